@@ -1,0 +1,43 @@
+# chatwire build and test targets. `make test` is what CI runs (.ci/run).
+GO        ?= go
+RACE      ?= -race
+# Packages benchmarked by `make bench`; BENCH selects benchmarks, COUNT repeats them for medians.
+BENCH     ?= .
+COUNT     ?= 5
+
+.PHONY: all test deps vet unit bench fmt
+
+all: test
+
+# deps makes sure the external programs the tests start are installed. As root it installs them
+# from Debian's packages; otherwise it fails and says what to install. Never a silent skip.
+deps:
+	@if ! command -v redis-server >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "make: installing redis-server from Debian packages"; \
+			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server; \
+		else \
+			echo "make: redis-server is missing: install it (Debian: sudo apt-get install redis-server) and run make test again" >&2; \
+			exit 1; \
+		fi; \
+	fi
+	@command -v redis-server >/dev/null 2>&1 || { echo "make: redis-server still missing after install" >&2; exit 1; }
+	@redis-server --version
+
+vet:
+	$(GO) vet ./...
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+		if [ -n "$$out" ]; then echo "gofmt needed:" $$out >&2; exit 1; fi
+
+unit:
+	$(GO) test $(RACE) -count=1 ./...
+
+test: deps vet unit
+
+# bench runs every benchmark (ours and the anchors they are compared with) in one run, COUNT
+# times, so medians can be read with benchstat. Benchmarks are never part of `make test`.
+bench:
+	GOMAXPROCS=2 $(GO) test -run='^$$' -bench='$(BENCH)' -benchmem -count=$(COUNT) ./... | tee bench.txt
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')

@@ -1,0 +1,55 @@
+// Package tokenmgr keeps platform access tokens fresh: it refreshes them ahead of expiry in the
+// background, makes one upstream fetch per key however many goroutines (or, with a shared
+// [Store], processes) need it, drops a token the platform rejected only if it is still the
+// current one, and never puts a token or secret in a log line or an error.
+package tokenmgr
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"time"
+)
+
+// Token is an access token and the time it stops being valid.
+type Token struct {
+	// Value is the access token itself. It is a secret: log [Fingerprint](Value) instead.
+	Value string
+	// ExpiresAt is when the platform stops accepting Value. The zero time means the platform
+	// gave no expiry: such a token is replaced only when it is invalidated.
+	ExpiresAt time.Time
+}
+
+// A Source fetches a new token from the platform. Token must be safe for concurrent use and
+// must send ctx along with any request it makes. Errors should match [ErrCredentials],
+// [ErrInvalid] or [ErrTemporary] through errors.Is where the platform says which, and must never
+// contain a secret or a token.
+type Source interface {
+	Token(ctx context.Context) (Token, error)
+}
+
+// A StatefulSource is a Source whose fetch consumes and produces state that must outlive the
+// process, such as an OAuth refresh token that rotates on every use. The [Manager] passes the
+// state it has (nil at first) and persists the returned state in the same [Store] write as the
+// new token, so a rotated refresh token is never lost or redeemed twice. A nil returned state
+// keeps the previous one.
+type StatefulSource interface {
+	Source
+	TokenState(ctx context.Context, state []byte) (Token, []byte, error)
+}
+
+// SourceFunc adapts a function to a [Source].
+type SourceFunc func(ctx context.Context) (Token, error)
+
+// Token calls f(ctx).
+func (f SourceFunc) Token(ctx context.Context) (Token, error) { return f(ctx) }
+
+// Fingerprint returns the first 8 hex digits of the SHA-256 of a token or secret: enough to tell
+// two tokens apart in a log, useless to an attacker. The empty string has the empty fingerprint.
+func Fingerprint(secret string) string {
+	if secret == "" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(secret))
+	return hex.EncodeToString(sum[:4])
+}
