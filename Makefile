@@ -41,3 +41,21 @@ bench:
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')
+
+# proto regenerates plugin/proto from adapter.proto with Debian's protoc (apt-get install
+# protobuf-compiler; it pulls libprotobuf-dev for the well-known types) and pinned generators
+# installed into ./bin. The generated code is committed; CI can run `make proto` then
+# `git diff --exit-code`.
+PROTOC_GEN_GO_VERSION      ?= v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION ?= v1.6.2
+PROTO_BIN                  := $(CURDIR)/bin
+
+.PHONY: proto
+proto:
+	@command -v protoc >/dev/null 2>&1 || { echo "make: protoc is missing: apt-get install protobuf-compiler" >&2; exit 1; }
+	GOBIN=$(PROTO_BIN) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+	GOBIN=$(PROTO_BIN) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+	PATH=$(PROTO_BIN):$$PATH protoc -I plugin/proto -I /usr/include \
+		--go_out=plugin/proto --go_opt=paths=source_relative \
+		--go-grpc_out=plugin/proto --go-grpc_opt=paths=source_relative \
+		plugin/proto/adapter.proto
