@@ -1,0 +1,70 @@
+package redistest
+
+import (
+	"fmt"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+)
+
+func TestKillRestart(t *testing.T) {
+	s := Start(t)
+	addr := s.Addr()
+	if err := ping(addr); err != nil {
+		t.Fatalf("ping after Start: %v", err)
+	}
+	s.Kill()
+	if err := ping(addr); err == nil {
+		t.Fatal("ping after Kill succeeded; want an error")
+	}
+	s.Kill() // a second Kill does nothing
+	s.Restart()
+	if s.Addr() != addr {
+		t.Errorf("Addr() after Restart = %s; want %s", s.Addr(), addr)
+	}
+	if err := ping(addr); err != nil {
+		t.Fatalf("ping after Restart: %v", err)
+	}
+	s.Restart() // restart a running server
+	if err := ping(addr); err != nil {
+		t.Fatalf("ping after second Restart: %v", err)
+	}
+}
+
+func TestTwoServers(t *testing.T) {
+	a, b := Start(t), Start(t)
+	if a.Addr() == b.Addr() {
+		t.Fatalf("two servers share %s", a.Addr())
+	}
+}
+
+// fatalTB records Fatalf instead of failing the real test.
+type fatalTB struct {
+	testing.TB
+	mu  sync.Mutex
+	msg string
+}
+
+func (f *fatalTB) Fatalf(format string, args ...any) {
+	f.mu.Lock()
+	f.msg = fmt.Sprintf(format, args...)
+	f.mu.Unlock()
+	runtime.Goexit()
+}
+
+func (f *fatalTB) Helper() {}
+
+func TestMissingServerFails(t *testing.T) {
+	t.Setenv("PATH", t.TempDir())
+	f := &fatalTB{TB: t}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		Start(f)
+	}()
+	<-done
+	if !strings.Contains(f.msg, "redis-server not found") {
+		t.Fatalf("Start without redis-server: Fatalf(%q); want a failure naming redis-server", f.msg)
+	}
+}
