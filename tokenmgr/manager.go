@@ -483,7 +483,7 @@ func (m *Manager) run(c *call, delay time.Duration, attempt int) {
 		m.emitFailure(ev, wait)
 		return
 	}
-	m.acceptLocked(e)
+	m.acceptLocked(e, fetched)
 	c.tok = e.Token
 	src := SourceStore
 	if fetched {
@@ -568,9 +568,11 @@ func (m *Manager) fetchUpstream(ctx context.Context, prev Entry) (Entry, error) 
 	return Entry{Token: tok, State: state, Issued: now}, nil
 }
 
-// acceptLocked makes e the current entry and schedules its refresh and expiry.
-func (m *Manager) acceptLocked(e Entry) {
+// acceptLocked makes e the current entry and schedules its refresh and expiry. fetched tells
+// whether e came from upstream just now (rather than from the store).
+func (m *Manager) acceptLocked(e Entry, fetched bool) {
 	now := time.Now()
+	prev := m.entry
 	m.entry = e
 	m.valid = true
 	m.want = ReasonExpired
@@ -586,11 +588,24 @@ func (m *Manager) acceptLocked(e Entry) {
 			issued = now
 		}
 		life := exp.Sub(issued)
-		m.nominal = max(m.nominal, life)
+		// The platform handed back the token we had, with no later expiry: it had nothing newer.
+		// Asking again before that token is about to expire would only burn quota.
+		noNews := fetched && prev.Token.Value == e.Token.Value &&
+			!exp.After(prev.Token.ExpiresAt.Add(min(2*time.Second, m.minInterval()/2)))
+		if !noNews {
+			m.nominal = max(m.nominal, life)
+		}
 		m.expireAt = exp.Add(-m.skew())
+		if fetched && !m.expireAt.After(now) {
+			// Just issued and still valid, if only briefly: hand it out for half of what is left.
+			m.expireAt = now.Add(exp.Sub(now) / 2)
+		}
 		at := issued.Add(time.Duration(float64(life) * (m.opts.RefreshAt + m.jitter)))
 		if latest := exp.Add(-m.margin()); at.After(latest) {
 			at = latest
+		}
+		if noNews {
+			at = exp.Add(-m.skew())
 		}
 		// A token handed back with little time left must not make us ask again at once.
 		if earliest := now.Add(m.minInterval()); at.Before(earliest) {

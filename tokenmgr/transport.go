@@ -82,7 +82,8 @@ func (t *Transport) token(req *http.Request) (Token, error) {
 		return Token{}, err
 	}
 	if tok.Value == "" {
-		return Token{}, fmt.Errorf("%w (%s %s)", ErrNoToken, req.Method, req.URL.Redacted())
+		// Scheme, host and path only: a query string may hold a secret.
+		return Token{}, fmt.Errorf("%w (%s %s://%s%s)", ErrNoToken, req.Method, req.URL.Scheme, req.URL.Host, req.URL.Path)
 	}
 	return tok, nil
 }

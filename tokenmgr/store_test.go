@@ -1,0 +1,228 @@
+package tokenmgr_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/silenceper/wechat/v2/credential"
+	"golang.org/x/oauth2"
+
+	"github.com/seed-a64d9e1f/chatwire/tokenmgr"
+)
+
+// rotatingSource is an OAuth refresh-token grant whose refresh token rotates on every use and
+// is single-use, as the Graph emulator's strict mode is.
+type rotatingSource struct {
+	mu       sync.Mutex
+	current  string   // the only refresh token the platform accepts
+	redeemed []string // refresh tokens presented, in order
+	n        int
+}
+
+func (s *rotatingSource) Token(ctx context.Context) (tokenmgr.Token, error) {
+	return tokenmgr.Token{}, errors.New("rotatingSource needs its state")
+}
+
+func (s *rotatingSource) TokenState(ctx context.Context, state []byte) (tokenmgr.Token, []byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.redeemed = append(s.redeemed, string(state))
+	if string(state) != s.current {
+		return tokenmgr.Token{}, nil, &tokenmgr.PlatformError{Platform: "graph", Code: "invalid_grant",
+			Message: "AADSTS70000: refresh token already redeemed", Kind: tokenmgr.ErrCredentials}
+	}
+	s.n++
+	s.current = fmt.Sprintf("rt-%d", s.n)
+	return tokenmgr.Token{Value: fmt.Sprintf("at-%d", s.n), ExpiresAt: time.Now().Add(time.Hour)}, []byte(s.current), nil
+}
+
+func TestRotatingStateIsPersistedWithTheToken(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		src := &rotatingSource{current: "rt-0"}
+		store := new(tokenmgr.MemoryStore)
+		store.Put("graph/t/c/bot", tokenmgr.Entry{State: []byte("rt-0")}) // from a login
+		m := tokenmgr.New("graph/t/c/bot", src, tokenmgr.Options{Store: store})
+		seen := map[string]bool{}
+		for range 10 {
+			seen[mustToken(t, m).Value] = true
+			time.Sleep(time.Hour) // refresh-ahead runs in the background meanwhile
+		}
+		m.Close()
+		if len(seen) < 10 {
+			t.Fatalf("saw %d distinct tokens in 10 hours of 1-hour tokens; want >= 10", len(seen))
+		}
+		// A restart: a new Manager over the same store redeems the latest refresh token.
+		m2 := tokenmgr.New("graph/t/c/bot", src, tokenmgr.Options{Store: store})
+		defer m2.Close()
+		time.Sleep(2 * time.Hour)
+		before := src.n
+		if got, want := mustToken(t, m2).Value, fmt.Sprintf("at-%d", before+1); got != want {
+			t.Fatalf("Token() after restart = %q; want %s", got, want)
+		}
+		for i, rt := range src.redeemed {
+			if want := fmt.Sprintf("rt-%d", i); rt != want {
+				t.Fatalf("redemption %d used %q; want %q (never lost, never reused)", i, rt, want)
+			}
+		}
+		e, _ := store.Load(t.Context(), "graph/t/c/bot")
+		if want := fmt.Sprint(src.n); string(e.State) != "rt-"+want || e.Token.Value != "at-"+want {
+			t.Fatalf("stored entry = %q/%q; want at-%s/rt-%s written together", e.Token.Value, e.State, want, want)
+		}
+	})
+}
+
+// Two managers over one store behave like two hosts sharing Redis.
+func TestSharedStoreOneFetchAndInvalidationEverywhere(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		src := counting(twoHours, 100*time.Millisecond)
+		store := new(tokenmgr.MemoryStore)
+		a := tokenmgr.New("wecom/ww1/1", src, tokenmgr.Options{Store: store})
+		defer a.Close()
+		b := tokenmgr.New("wecom/ww1/1", src, tokenmgr.Options{Store: store})
+		defer b.Close()
+
+		var wg sync.WaitGroup
+		for _, m := range []*tokenmgr.Manager{a, b, a, b} {
+			wg.Go(func() { mustToken(t, m) })
+		}
+		wg.Wait()
+		if n := src.fetches(); n != 1 {
+			t.Fatalf("fetches = %d for two managers; want 1", n)
+		}
+		if st := b.Status(); st.Fingerprint != tokenmgr.Fingerprint("tok-1") {
+			t.Fatalf("b holds %s; want tok-1", st.Fingerprint)
+		}
+
+		// a learns the platform rejected tok-1: b drops it too, and one fetch serves both.
+		time.Sleep(time.Minute)
+		a.Invalidate("tok-1")
+		synctest.Wait()
+		if st := b.Status(); st.State == "fresh" && st.Fingerprint == tokenmgr.Fingerprint("tok-1") {
+			t.Fatalf("b still hands out tok-1 after a invalidated it")
+		}
+		if got := mustToken(t, b).Value; got != "tok-2" {
+			t.Fatalf("b.Token() = %q; want tok-2", got)
+		}
+		if got := mustToken(t, a).Value; got != "tok-2" || src.fetches() != 2 {
+			t.Fatalf("a.Token() = %q after %d fetches; want tok-2 after 2", got, src.fetches())
+		}
+		if n := a.Status().Fetches + b.Status().Fetches; n != 2 {
+			t.Fatalf("a and b made %d fetches together; want 2", n)
+		}
+		// Refresh-ahead: whichever refreshes first, the other picks the token up from the store.
+		time.Sleep(100 * time.Minute)
+		synctest.Wait()
+		if n := src.fetches(); n != 3 {
+			t.Fatalf("fetches after one refresh-ahead cycle = %d; want 3", n)
+		}
+		if a.Status().Fingerprint != b.Status().Fingerprint {
+			t.Fatalf("a and b hold different tokens after refresh-ahead")
+		}
+	})
+}
+
+func TestMemoryStoreConditionalSemantics(t *testing.T) {
+	ctx := context.Background()
+	s := new(tokenmgr.MemoryStore)
+	calls := 0
+	fetch := func(ctx context.Context, prev tokenmgr.Entry) (tokenmgr.Entry, error) {
+		calls++
+		return tokenmgr.Entry{Token: tokenmgr.Token{Value: fmt.Sprintf("v%d", calls)}, State: prev.State}, nil
+	}
+	e, fetched, _ := s.Refresh(ctx, "k", 0, fetch)
+	if !fetched || e.Gen != 1 || e.Token.Value != "v1" {
+		t.Fatalf("Refresh(have 0) = %+v, %v; want v1 gen 1 fetched", e, fetched)
+	}
+	e, fetched, _ = s.Refresh(ctx, "k", 0, fetch) // someone else already wrote gen 1
+	if fetched || e.Gen != 1 || calls != 1 {
+		t.Fatalf("Refresh(have 0) again = gen %d fetched %v calls %d; want gen 1 from the store", e.Gen, fetched, calls)
+	}
+	s.Invalidate(ctx, "k", 0) // stale generation: no effect
+	if e, _ := s.Load(ctx, "k"); e.Token.Value != "v1" {
+		t.Fatalf("Invalidate(old gen) cleared the token")
+	}
+	s.Invalidate(ctx, "k", 1)
+	if e, _ := s.Load(ctx, "k"); e.Token.Value != "" || e.Gen != 1 {
+		t.Fatalf("Invalidate(gen 1) left %+v; want the token cleared, gen kept", e)
+	}
+	e, fetched, _ = s.Refresh(ctx, "k", 1, fetch)
+	if !fetched || e.Gen != 2 || e.Token.Value != "v2" {
+		t.Fatalf("Refresh(have 1) = %+v, %v; want v2 gen 2", e, fetched)
+	}
+	// A waiter gives up on its ctx while another fetch holds the key.
+	hold := make(chan struct{})
+	go s.Refresh(ctx, "k", 2, func(context.Context, tokenmgr.Entry) (tokenmgr.Entry, error) {
+		<-hold
+		return tokenmgr.Entry{Token: tokenmgr.Token{Value: "v3"}}, nil
+	})
+	time.Sleep(10 * time.Millisecond)
+	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer cancel()
+	if _, _, err := s.Refresh(short, "k", 2, fetch); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Refresh while another fetch holds the key = %v; want DeadlineExceeded", err)
+	}
+	close(hold)
+}
+
+func TestLogsAndStatusHoldNoSecrets(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var logs logBuffer
+		src := &rotatingSource{current: "rt-0"}
+		store := new(tokenmgr.MemoryStore)
+		store.Put("graph/t/c/bot", tokenmgr.Entry{State: []byte("rt-0")})
+		m := tokenmgr.New("graph/t/c/bot", src, tokenmgr.Options{Store: store, Logger: newLogger(&logs)})
+		defer m.Close()
+		var issued []string
+		for range 5 {
+			issued = append(issued, mustToken(t, m).Value)
+			m.Invalidate(issued[len(issued)-1])
+			time.Sleep(time.Minute)
+		}
+		st, _ := json.Marshal(m.Status())
+		out := logs.String() + string(st)
+		for _, s := range append(issued, "rt-1", "rt-2", "rt-3") {
+			if strings.Contains(out, `"`+s+`"`) || strings.Contains(out, s+" ") {
+				t.Fatalf("log or status contains %q:\n%s", s, out)
+			}
+		}
+		for _, key := range []string{`"key":"graph/t/c/bot"`, `"platform":"graph"`, `"reason":"initial"`, `"reason":"invalidated"`,
+			`"source":"upstream"`, `"took":`, `"expires_in":`, `"attempt":1`, `"fp":"` + tokenmgr.Fingerprint(issued[0]) + `"`} {
+			if !strings.Contains(out, key) {
+				t.Errorf("log lacks %s:\n%s", key, out)
+			}
+		}
+	})
+}
+
+var _ credential.AccessTokenContextHandle = tokenmgr.WeChatHandle{}
+
+func TestAdapters(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		src := counting(twoHours, 0)
+		m := tokenmgr.New("wecom/ww1/1", src, tokenmgr.Options{})
+		defer m.Close()
+
+		var ts oauth2.TokenSource = m.TokenSource()
+		ot, err := ts.Token()
+		if err != nil || ot.AccessToken != "tok-1" || ot.TokenType != "Bearer" || !ot.Valid() || ot.Expiry.Sub(time.Now()) != twoHours {
+			t.Fatalf("TokenSource().Token() = %+v, %v", ot, err)
+		}
+		h := m.WeChatHandle()
+		if v, err := h.GetAccessToken(); err != nil || v != "tok-1" {
+			t.Fatalf("GetAccessToken() = %q, %v", v, err)
+		}
+		if v, err := h.GetAccessTokenContext(t.Context()); err != nil || v != "tok-1" {
+			t.Fatalf("GetAccessTokenContext() = %q, %v", v, err)
+		}
+		if src.fetches() != 1 {
+			t.Fatalf("fetches = %d; want 1", src.fetches())
+		}
+	})
+}
