@@ -152,7 +152,7 @@ func TestTransportCustomRejected(t *testing.T) {
 type providerFunc func(context.Context) (tokenmgr.Token, error)
 
 func (f providerFunc) Token(ctx context.Context) (tokenmgr.Token, error) { return f(ctx) }
-func (f providerFunc) Invalidate(string)                                  {}
+func (f providerFunc) Invalidate(string)                                 {}
 
 type closeRecorder struct {
 	io.Reader
