@@ -1,0 +1,176 @@
+package plugin
+
+import (
+	"context"
+	"fmt"
+	"io"
+
+	"github.com/seed-a64d9e1f/chatwire/adapter"
+	pb "github.com/seed-a64d9e1f/chatwire/plugin/proto"
+)
+
+// Client talks to one plugin process. It is what go-plugin dispenses; most hosts use the
+// supervised [Plugin] from [Launch] instead. Its methods are safe for concurrent use.
+type Client struct {
+	rpc    pb.AdapterServiceClient
+	exited <-chan struct{} // closed when the plugin process exits (nil in tests without a process)
+}
+
+// NewClient returns a Client over an existing connection's service client; for tests and
+// hosts that manage connections themselves.
+func NewClient(rpc pb.AdapterServiceClient) *Client { return &Client{rpc: rpc} }
+
+// Info describes a plugin.
+type Info struct {
+	Version       string
+	Platforms     []string
+	ProtocolMinor int
+}
+
+// BotInfo is what Configure reports for each bot.
+type BotInfo struct {
+	Name         string
+	Platform     string
+	Capabilities []string // "upload", "poll", "recall"
+}
+
+// Exited returns a channel closed when the plugin process exits; nil if unknown.
+func (c *Client) Exited() <-chan struct{} { return c.exited }
+
+// Info asks the plugin what it is.
+func (c *Client) Info(ctx context.Context) (Info, error) {
+	r, err := c.rpc.Info(ctx, &pb.InfoRequest{})
+	if err != nil {
+		return Info{}, fromStatus(ctx, err)
+	}
+	return Info{Version: r.Version, Platforms: r.Platforms, ProtocolMinor: int(r.ProtocolMinor)}, nil
+}
+
+// Configure opens bots in the plugin, replacing any it had.
+func (c *Client) Configure(ctx context.Context, store StoreConfig, bots []BotConfig) ([]BotInfo, error) {
+	req := &pb.ConfigureRequest{Store: &pb.StoreConfig{RedisUrl: store.RedisURL, KeyPrefix: store.KeyPrefix, Dir: store.Dir}}
+	for _, b := range bots {
+		req.Bots = append(req.Bots, &pb.BotConfig{Name: b.Name, Platform: b.Platform, Config: b.Config})
+	}
+	r, err := c.rpc.Configure(ctx, req)
+	if err != nil {
+		return nil, fromStatus(ctx, err)
+	}
+	out := make([]BotInfo, 0, len(r.Bots))
+	for _, b := range r.Bots {
+		out = append(out, BotInfo{Name: b.Name, Platform: b.Platform, Capabilities: b.Capabilities})
+	}
+	return out, nil
+}
+
+// Metrics returns the plugin's metrics in the Prometheus text format.
+func (c *Client) Metrics(ctx context.Context) ([]byte, error) {
+	r, err := c.rpc.Metrics(ctx, &pb.MetricsRequest{})
+	if err != nil {
+		return nil, fromStatus(ctx, err)
+	}
+	return r.Text, nil
+}
+
+// Bot returns the adapter of the named bot, as served by the plugin. It implements
+// [adapter.Uploader] and [adapter.Poller] too; those fail with KindInvalidRequest when the
+// bot lacks the capability.
+func (c *Client) Bot(name string) *Bot { return &Bot{c: c, name: name} }
+
+// Bot is one bot served by a plugin: an [adapter.Adapter] whose calls are RPCs.
+type Bot struct {
+	c    *Client
+	name string
+}
+
+var (
+	_ adapter.Adapter  = (*Bot)(nil)
+	_ adapter.Uploader = (*Bot)(nil)
+	_ adapter.Poller   = (*Bot)(nil)
+)
+
+// Send implements [adapter.Adapter]. Attachments given as a Body are read into memory first
+// (at most [MaxMessageSize] in all).
+func (b *Bot) Send(ctx context.Context, msg adapter.Message) (adapter.Receipt, error) {
+	msg.Attachments = append([]adapter.Attachment(nil), msg.Attachments...) // the caller's stay untouched
+	if err := loadBodies(msg.Attachments); err != nil {
+		return adapter.Receipt{}, err
+	}
+	r, err := b.c.rpc.Send(ctx, &pb.SendRequest{Bot: b.name, Message: messageToProto(msg)})
+	if err != nil {
+		return adapter.Receipt{}, fromStatus(ctx, err)
+	}
+	return receiptFromProto(r.Receipt), nil
+}
+
+// HandleWebhook implements [adapter.Adapter].
+func (b *Bot) HandleWebhook(ctx context.Context, req *adapter.WebhookRequest) (*adapter.WebhookResponse, []adapter.Event, error) {
+	r, err := b.c.rpc.HandleWebhook(ctx, &pb.HandleWebhookRequest{Bot: b.name, Request: webhookRequestToProto(req)})
+	if err != nil {
+		return nil, nil, fromStatus(ctx, err)
+	}
+	return webhookResponseFromProto(r.Response), eventsFromProto(r.Events), errorFromProto(r.Error)
+}
+
+// Status implements [adapter.Adapter].
+func (b *Bot) Status(ctx context.Context) (adapter.Status, error) {
+	r, err := b.c.rpc.Status(ctx, &pb.StatusRequest{Bot: b.name})
+	if err != nil {
+		return adapter.Status{Bot: b.name}, fromStatus(ctx, err)
+	}
+	return statusFromProto(r), nil
+}
+
+// Upload implements [adapter.Uploader].
+func (b *Bot) Upload(ctx context.Context, a adapter.Attachment) (adapter.Attachment, error) {
+	as := []adapter.Attachment{a}
+	if err := loadBodies(as); err != nil {
+		return adapter.Attachment{}, err
+	}
+	r, err := b.c.rpc.Upload(ctx, &pb.UploadRequest{Bot: b.name, Attachment: attachmentToProto(as[0])})
+	if err != nil {
+		return adapter.Attachment{}, fromStatus(ctx, err)
+	}
+	return attachmentFromProto(r.Attachment), nil
+}
+
+// Poll implements [adapter.Poller].
+func (b *Bot) Poll(ctx context.Context) ([]adapter.Event, error) {
+	r, err := b.c.rpc.Poll(ctx, &pb.PollRequest{Bot: b.name})
+	if err != nil {
+		return nil, fromStatus(ctx, err)
+	}
+	return eventsFromProto(r.Events), nil
+}
+
+// Close closes the bot in the plugin.
+func (b *Bot) Close() error {
+	ctx := context.Background()
+	if _, err := b.c.rpc.CloseBot(ctx, &pb.CloseBotRequest{Bot: b.name}); err != nil {
+		return fromStatus(ctx, err)
+	}
+	return nil
+}
+
+// loadBodies reads streamed attachment bodies into Data, in place.
+func loadBodies(as []adapter.Attachment) error {
+	for i := range as {
+		a := &as[i]
+		if a.Body == nil {
+			continue
+		}
+		if a.Size > MaxMessageSize {
+			return &adapter.Error{Kind: adapter.KindTooLarge, Message: fmt.Sprintf("attachment %q: %d bytes is over the plugin limit of %d", a.Name, a.Size, MaxMessageSize)}
+		}
+		data, err := io.ReadAll(io.LimitReader(a.Body, MaxMessageSize+1))
+		if err != nil {
+			return &adapter.Error{Kind: adapter.KindInvalidRequest, Message: fmt.Sprintf("attachment %q: reading body", a.Name), Err: err}
+		}
+		if len(data) > MaxMessageSize {
+			return &adapter.Error{Kind: adapter.KindTooLarge, Message: fmt.Sprintf("attachment %q is over the plugin limit of %d bytes", a.Name, MaxMessageSize)}
+		}
+		a.Data, a.Body, a.Size = data, nil, int64(len(data))
+	}
+	return nil
+}
+

@@ -1,0 +1,269 @@
+package plugin
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/expfmt"
+
+	"github.com/seed-a64d9e1f/chatwire/adapter"
+	pb "github.com/seed-a64d9e1f/chatwire/plugin/proto"
+)
+
+// BotConfig is one bot as the host configures it.
+type BotConfig struct {
+	Name     string
+	Platform string // adapter.PlatformWeCom, adapter.PlatformGraph
+	// Config is the bot's platform section as JSON. It holds secrets: it crosses the process
+	// boundary only inside the Configure RPC, never in argv or the environment.
+	Config json.RawMessage
+}
+
+// StoreConfig says where a plugin keeps tokens and state that must survive restarts.
+type StoreConfig struct {
+	RedisURL  string // shared Redis store; empty: none
+	KeyPrefix string
+	Dir       string // state directory for an embedded file store; empty: memory only
+}
+
+// OpenFunc opens the adapter of one bot. It may do network work (it runs inside Configure,
+// after the handshake). It must not log secrets.
+type OpenFunc func(ctx context.Context, store StoreConfig, bot BotConfig) (adapter.Adapter, error)
+
+// ServerOptions configure a [Server].
+type ServerOptions struct {
+	// Open opens a bot's adapter. Required.
+	Open OpenFunc
+	// Platforms lists the platforms Open serves, reported by Info.
+	Platforms []string
+	// Version is the plugin's release, reported by Info. Empty means "dev".
+	Version string
+	// Gatherer provides the metrics the Metrics RPC returns. If nil, the RPC returns none.
+	Gatherer prometheus.Gatherer
+	// Logger receives bot lifecycle lines. If nil, nothing is logged.
+	Logger *slog.Logger
+}
+
+// Server serves the adapter service: it holds the bots the host configured and routes every
+// request to the bot it names. Its methods are safe for concurrent use.
+type Server struct {
+	pb.UnimplementedAdapterServiceServer
+	opts ServerOptions
+	log  *slog.Logger
+
+	mu   sync.RWMutex // guards bots
+	bots map[string]adapter.Adapter
+}
+
+// NewServer returns a Server with no bots.
+func NewServer(opts ServerOptions) *Server {
+	if opts.Version == "" {
+		opts.Version = "dev"
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Server{opts: opts, log: log, bots: make(map[string]adapter.Adapter)}
+}
+
+func (s *Server) bot(name string) (adapter.Adapter, error) {
+	s.mu.RLock()
+	a := s.bots[name]
+	s.mu.RUnlock()
+	if a == nil {
+		return nil, toStatus(&adapter.Error{Kind: adapter.KindNotFound, Message: fmt.Sprintf("no bot named %q", name)})
+	}
+	return a, nil
+}
+
+// Info implements the Info RPC.
+func (s *Server) Info(ctx context.Context, _ *pb.InfoRequest) (*pb.InfoResponse, error) {
+	return &pb.InfoResponse{Version: s.opts.Version, Platforms: s.opts.Platforms, ProtocolMinor: 0}, nil
+}
+
+// Configure opens every bot in the request and then replaces the set of bots with them,
+// closing bots that are replaced or no longer listed. If any bot fails to open, nothing
+// changes and the error names the bot.
+func (s *Server) Configure(ctx context.Context, req *pb.ConfigureRequest) (*pb.ConfigureResponse, error) {
+	if s.opts.Open == nil {
+		return nil, toStatus(&adapter.Error{Kind: adapter.KindInternal, Message: "plugin has no Open function"})
+	}
+	store := StoreConfig{RedisURL: req.GetStore().GetRedisUrl(), KeyPrefix: req.GetStore().GetKeyPrefix(), Dir: req.GetStore().GetDir()}
+	opened := make(map[string]adapter.Adapter, len(req.Bots))
+	closeAll := func() {
+		for _, a := range opened {
+			a.Close()
+		}
+	}
+	resp := &pb.ConfigureResponse{}
+	for _, b := range req.Bots {
+		if _, dup := opened[b.Name]; dup || b.Name == "" {
+			closeAll()
+			return nil, toStatus(&adapter.Error{Kind: adapter.KindInvalidRequest, Message: fmt.Sprintf("bot name %q empty or repeated", b.Name)})
+		}
+		a, err := s.opts.Open(ctx, store, BotConfig{Name: b.Name, Platform: b.Platform, Config: json.RawMessage(b.Config)})
+		if err != nil {
+			closeAll()
+			ae := &adapter.Error{Kind: adapter.KindOf(err), Message: fmt.Sprintf("bot %s: %v", b.Name, err), Code: adapter.Code(err), Err: err}
+			return nil, toStatus(ae)
+		}
+		opened[b.Name] = a
+		resp.Bots = append(resp.Bots, &pb.BotInfo{Name: b.Name, Platform: b.Platform, Capabilities: capabilities(a)})
+	}
+	s.mu.Lock()
+	old := s.bots
+	s.bots = opened
+	s.mu.Unlock()
+	for name, a := range old {
+		if err := a.Close(); err != nil {
+			s.log.Warn("closing replaced bot", "bot", name, "error", err)
+		}
+	}
+	names := make([]string, 0, len(opened))
+	for n := range opened {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	s.log.Info("bots configured", "bots", names)
+	return resp, nil
+}
+
+func capabilities(a adapter.Adapter) []string {
+	var caps []string
+	if _, ok := a.(adapter.Uploader); ok {
+		caps = append(caps, "upload")
+	}
+	if _, ok := a.(adapter.Poller); ok {
+		caps = append(caps, "poll")
+	}
+	if _, ok := a.(adapter.Recaller); ok {
+		caps = append(caps, "recall")
+	}
+	return caps
+}
+
+// Send implements the Send RPC.
+func (s *Server) Send(ctx context.Context, req *pb.SendRequest) (*pb.SendResponse, error) {
+	a, err := s.bot(req.Bot)
+	if err != nil {
+		return nil, err
+	}
+	r, err := a.Send(ctx, messageFromProto(req.Message))
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.SendResponse{Receipt: receiptToProto(r)}, nil
+}
+
+// HandleWebhook implements the HandleWebhook RPC. A refused request is not an RPC error:
+// its response and error both travel in the reply.
+func (s *Server) HandleWebhook(ctx context.Context, req *pb.HandleWebhookRequest) (*pb.HandleWebhookResponse, error) {
+	a, err := s.bot(req.Bot)
+	if err != nil {
+		return nil, err
+	}
+	resp, events, err := a.HandleWebhook(ctx, webhookRequestFromProto(req.Request))
+	return &pb.HandleWebhookResponse{Response: webhookResponseToProto(resp), Events: eventsToProto(events),
+		Error: errorToProto(err)}, nil
+}
+
+// Status implements the Status RPC.
+func (s *Server) Status(ctx context.Context, req *pb.StatusRequest) (*pb.StatusResponse, error) {
+	a, err := s.bot(req.Bot)
+	if err != nil {
+		return nil, err
+	}
+	st, err := a.Status(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return statusToProto(st), nil
+}
+
+// Upload implements the Upload RPC.
+func (s *Server) Upload(ctx context.Context, req *pb.UploadRequest) (*pb.UploadResponse, error) {
+	a, err := s.bot(req.Bot)
+	if err != nil {
+		return nil, err
+	}
+	u, ok := a.(adapter.Uploader)
+	if !ok {
+		return nil, toStatus(&adapter.Error{Kind: adapter.KindInvalidRequest, Message: "bot " + req.Bot + " cannot upload ahead of sending"})
+	}
+	att, err := u.Upload(ctx, attachmentFromProto(req.Attachment))
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.UploadResponse{Attachment: attachmentToProto(att)}, nil
+}
+
+// Poll implements the Poll RPC.
+func (s *Server) Poll(ctx context.Context, req *pb.PollRequest) (*pb.PollResponse, error) {
+	a, err := s.bot(req.Bot)
+	if err != nil {
+		return nil, err
+	}
+	p, ok := a.(adapter.Poller)
+	if !ok {
+		return nil, toStatus(&adapter.Error{Kind: adapter.KindInvalidRequest, Message: "bot " + req.Bot + " has nothing to poll"})
+	}
+	events, err := p.Poll(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.PollResponse{Events: eventsToProto(events)}, nil
+}
+
+// CloseBot implements the CloseBot RPC.
+func (s *Server) CloseBot(ctx context.Context, req *pb.CloseBotRequest) (*pb.CloseBotResponse, error) {
+	s.mu.Lock()
+	a := s.bots[req.Bot]
+	delete(s.bots, req.Bot)
+	s.mu.Unlock()
+	if a != nil {
+		if err := a.Close(); err != nil {
+			return nil, toStatus(err)
+		}
+	}
+	return &pb.CloseBotResponse{}, nil
+}
+
+// Metrics implements the Metrics RPC.
+func (s *Server) Metrics(ctx context.Context, _ *pb.MetricsRequest) (*pb.MetricsResponse, error) {
+	if s.opts.Gatherer == nil {
+		return &pb.MetricsResponse{}, nil
+	}
+	mfs, err := s.opts.Gatherer.Gather()
+	if err != nil && len(mfs) == 0 {
+		return nil, toStatus(&adapter.Error{Kind: adapter.KindInternal, Message: "gathering metrics", Err: err})
+	}
+	var buf bytes.Buffer
+	enc := expfmt.NewEncoder(&buf, expfmt.NewFormat(expfmt.TypeTextPlain))
+	for _, mf := range mfs {
+		if err := enc.Encode(mf); err != nil {
+			return nil, toStatus(&adapter.Error{Kind: adapter.KindInternal, Message: "encoding metrics", Err: err})
+		}
+	}
+	return &pb.MetricsResponse{Text: buf.Bytes()}, nil
+}
+
+// Close closes every bot.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	bots := s.bots
+	s.bots = make(map[string]adapter.Adapter)
+	s.mu.Unlock()
+	var errs []error
+	for _, a := range bots {
+		errs = append(errs, a.Close())
+	}
+	return errors.Join(errs...)
+}
