@@ -173,4 +173,3 @@ func loadBodies(as []adapter.Attachment) error {
 	}
 	return nil
 }
-

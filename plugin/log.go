@@ -178,4 +178,3 @@ func (w *lineLogger) Write(p []byte) (int, error) {
 	}
 	return len(p), nil
 }
-
