@@ -1,0 +1,149 @@
+package redisstore
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/seed-a64d9e1f/chatwire/tokenmgr"
+)
+
+// Messages on the channel are "<kind> <gen> <key>": kind w (written), i (invalidated) or r (lock
+// released without a write; wakes waiters only).
+
+// healthInterval is how long the subscriber waits for a message before it pings, so a silent
+// network failure is noticed.
+const healthInterval = 5 * time.Second
+
+// subscribe keeps one subscription to the Store's channel until Close, reconnecting with
+// jittered backoff. After every subscription but the first it resyncs the watched keys.
+func (s *Store) subscribe() {
+	defer close(s.done)
+	first := true
+	backoff := 50 * time.Millisecond
+	for s.ctx.Err() == nil {
+		ps := s.client.Subscribe(s.ctx, s.channel)
+		s.psMu.Lock()
+		s.ps = ps
+		s.psMu.Unlock()
+		if s.ctx.Err() == nil { // Close did not see ps
+			s.receive(ps, &first, func() { backoff = 50 * time.Millisecond })
+		}
+		s.psMu.Lock()
+		s.ps = nil
+		s.psMu.Unlock()
+		_ = ps.Close()
+		t := time.NewTimer(jitter(backoff))
+		select {
+		case <-s.ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		backoff = min(2*backoff, time.Second)
+	}
+}
+
+// receive handles messages of ps until it fails.
+func (s *Store) receive(ps *redis.PubSub, first *bool, connected func()) {
+	for {
+		msg, err := ps.ReceiveTimeout(s.ctx, healthInterval)
+		if err != nil {
+			if s.ctx.Err() != nil {
+				return
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				if err := ps.Ping(s.ctx); err == nil {
+					continue
+				}
+			}
+			return
+		}
+		switch m := msg.(type) {
+		case *redis.Subscription:
+			if m.Kind != "subscribe" {
+				continue
+			}
+			connected()
+			s.up(s.ctx)
+			if !*first {
+				s.resync()
+			}
+			*first = false
+		case *redis.Message:
+			s.dispatch(m.Payload)
+		}
+	}
+}
+
+// dispatch hands one published change to the watchers and waiters of its key.
+func (s *Store) dispatch(payload string) {
+	kind, rest, ok := strings.Cut(payload, " ")
+	if !ok {
+		return
+	}
+	g, key, ok := strings.Cut(rest, " ")
+	if !ok {
+		return
+	}
+	gen, err := strconv.ParseUint(g, 10, 64)
+	if err != nil {
+		return
+	}
+	s.mu.Lock()
+	sl := s.slots[key]
+	if sl == nil {
+		s.mu.Unlock()
+		return
+	}
+	wakeLocked(sl)
+	var fns []func(tokenmgr.Change)
+	if kind == "w" || kind == "i" {
+		fns = watchersOf(sl)
+	}
+	if kind == "i" && sl.local.Gen == gen {
+		sl.local.Token = tokenmgr.Token{}
+	}
+	s.mu.Unlock()
+	notify(fns, tokenmgr.Change{Gen: gen, Invalidated: kind == "i"})
+}
+
+// resync runs after the subscription reconnected: changes published meanwhile were missed.
+// It writes back entries fetched here during the outage, wakes waiters, and tells each watcher
+// the stored generation (as invalidated if its token is gone).
+func (s *Store) resync() {
+	ctx, cancel := context.WithTimeout(s.ctx, opTimeout)
+	defer cancel()
+	s.mu.Lock()
+	var keys []string
+	for key, sl := range s.slots {
+		if len(sl.watchers) > 0 || len(sl.waiters) > 0 || sl.dirty {
+			keys = append(keys, key)
+		}
+	}
+	s.mu.Unlock()
+	for _, key := range keys {
+		sl := s.slot(key)
+		if err := s.writeBack(ctx, key, sl); err != nil {
+			return
+		}
+		e, err := s.load(ctx, key, sl)
+		if err != nil {
+			s.fail(ctx, "resync", err)
+			return
+		}
+		s.mu.Lock()
+		wakeLocked(sl)
+		fns := watchersOf(sl)
+		s.mu.Unlock()
+		if e.Gen > 0 {
+			notify(fns, tokenmgr.Change{Gen: e.Gen, Invalidated: e.Token.Value == ""})
+		}
+	}
+}

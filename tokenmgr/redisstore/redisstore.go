@@ -1,0 +1,586 @@
+// Package redisstore is a [tokenmgr.Store] on Redis (go-redis v9) that lets a fleet of
+// processes share tokens: one upstream fetch per refresh across the fleet under a lease lock,
+// conditional writes by generation, and invalidations broadcast over pub/sub. When Redis is
+// unreachable, refreshes fall back to fetching in the process, and sharing resumes by itself.
+package redisstore
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	mrand "math/rand/v2"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/seed-a64d9e1f/chatwire/tokenmgr"
+)
+
+// opTimeout bounds Redis calls the Store makes on its own behalf: the write of a fetched token
+// (which must not be lost because the caller's ctx ended), the lock release, resyncs.
+const opTimeout = 5 * time.Second
+
+// Options configure a [Store]. The zero value is ready to use.
+type Options struct {
+	// KeyPrefix starts every Redis key and the pub/sub channel of the Store. Stores that share
+	// tokens must use the same prefix. An entry lives at <prefix>{<key>}, its lock at
+	// <prefix>{<key>}:lock (one hash slot in Cluster), and changes are published on
+	// <prefix>events. Empty means "chatwire:tok:".
+	KeyPrefix string
+	// LockTTL is the lease of the fleet-wide lock a process holds while it fetches. The holder
+	// extends it every LockTTL/3, so LockTTL only bounds how long others wait after a holder
+	// crashed or stalled; a stalled holder can never overwrite a newer entry. Zero means 10 s.
+	LockTTL time.Duration
+	// PollInterval is how often a process waiting for another one's fetch re-reads Redis in
+	// case the publish was lost, jittered to [½, 1½)×. Zero means 200 ms.
+	PollInterval time.Duration
+	// Retain is how long Redis keeps an entry after its token expired, as garbage collection
+	// of keys nobody uses any more; it is never a refresh margin. Entries holding State (a
+	// refresh token) and tokens without expiry get no TTL. Zero means 24 hours; negative
+	// means no TTL at all.
+	Retain time.Duration
+	// EncryptionKey, if set, must be 32 bytes: entries are sealed with AES-256-GCM, bound to
+	// their key and generation, and entries stored in the clear are refused. If nil, entries
+	// are stored in the clear (JSON).
+	EncryptionKey []byte
+	// PreviousKeys are older 32-byte keys still accepted for reading, so the key can be
+	// rotated: entries are rewritten with EncryptionKey at their next refresh. Requires
+	// EncryptionKey.
+	PreviousKeys [][]byte
+	// Logger receives a Warn line when Redis becomes unavailable (once per outage), an Info
+	// line when it is back, and Warn lines for unreadable entries. It never receives a token
+	// or state, only [tokenmgr.Fingerprint]s. If nil, nothing is logged.
+	Logger *slog.Logger
+}
+
+// Stats counts what a Store did without Redis.
+type Stats struct {
+	Available      bool   // Redis answered the last call (true until a call fails)
+	Outages        uint64 // times Redis became unavailable
+	LocalRefreshes uint64 // fetches made in this process because Redis was unavailable
+}
+
+// Store is a [tokenmgr.Store] and [tokenmgr.Notifier] on Redis. Its methods are safe for
+// concurrent use. Create it with [New] and Close it when done; it does not close the client.
+//
+// Refresh reads the entry; if it is no newer than the caller's, it takes the key's lock
+// (SET NX PX with a random owner id), re-reads, fetches, writes with a Lua script only if the
+// generation did not change meanwhile, publishes the change and releases the lock with a
+// compare-and-delete script. Processes that find the lock taken wait for the publish, re-reading
+// at PollInterval in case it is lost, until their ctx is done.
+//
+// If Redis fails, Refresh fetches in the process from the last entry it saw (so source state
+// carries over), gives the result the generation max(last seen, caller's)+1, and writes it back
+// when Redis answers again unless a newer entry was stored meanwhile. If Redis lost its data in a
+// restart, the next write continues from the highest generation the process knows, so Managers
+// still holding older tokens take the new one instead of fetching their own.
+type Store struct {
+	client  redis.UniversalClient
+	opts    Options // defaults resolved
+	codec   *codec
+	log     *slog.Logger
+	channel string
+
+	mu        sync.Mutex // guards slots, every slot's local, dirty, watchers and waiters, and downSince
+	slots     map[string]*slot
+	downSince time.Time
+
+	down           atomic.Bool
+	outages        atomic.Uint64
+	localRefreshes atomic.Uint64
+
+	psMu sync.Mutex    // guards ps
+	ps   *redis.PubSub // the current subscription, closed by Close to end a blocking read
+
+	ctx       context.Context // the subscriber's; canceled by Close
+	cancel    context.CancelFunc
+	done      chan struct{} // closed when the subscriber returned
+	closeOnce sync.Once
+}
+
+// slot is what the Store keeps in this process for one key.
+type slot struct {
+	lock     chan struct{}  // holds a value while a Refresh of the key runs here
+	local    tokenmgr.Entry // the newest entry seen or fetched here
+	dirty    bool           // local was fetched without Redis and is not stored yet
+	watchers map[int]func(tokenmgr.Change)
+	nextID   int
+	waiters  map[chan struct{}]struct{} // Refresh calls waiting for another process's fetch
+}
+
+var (
+	_ tokenmgr.Store    = (*Store)(nil)
+	_ tokenmgr.Notifier = (*Store)(nil)
+)
+
+// New returns a Store on client, which may be a single node, Sentinel or Cluster client. It
+// starts one pub/sub subscription, which reconnects by itself; Close stops it. New fails only
+// on bad Options (an encryption key of the wrong size).
+func New(client redis.UniversalClient, opts Options) (*Store, error) {
+	if client == nil {
+		return nil, errors.New("redisstore: nil client")
+	}
+	c, err := newCodec(opts.EncryptionKey, opts.PreviousKeys)
+	if err != nil {
+		return nil, err
+	}
+	if opts.KeyPrefix == "" {
+		opts.KeyPrefix = "chatwire:tok:"
+	}
+	if opts.LockTTL <= 0 {
+		opts.LockTTL = 10 * time.Second
+	}
+	if opts.PollInterval <= 0 {
+		opts.PollInterval = 200 * time.Millisecond
+	}
+	if opts.Retain == 0 {
+		opts.Retain = 24 * time.Hour
+	}
+	s := &Store{
+		client:  client,
+		opts:    opts,
+		codec:   c,
+		log:     opts.Logger,
+		channel: opts.KeyPrefix + "events",
+		slots:   make(map[string]*slot),
+		done:    make(chan struct{}),
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	go s.subscribe()
+	return s, nil
+}
+
+// Close stops the subscription and waits for it to end. Watchers get no more changes. Close
+// does not close the client. It returns nil.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		s.cancel()
+		s.psMu.Lock()
+		if s.ps != nil {
+			_ = s.ps.Close()
+		}
+		s.psMu.Unlock()
+		<-s.done
+	})
+	return nil
+}
+
+// Stats reports how the Store fared without Redis.
+func (s *Store) Stats() Stats {
+	return Stats{Available: !s.down.Load(), Outages: s.outages.Load(), LocalRefreshes: s.localRefreshes.Load()}
+}
+
+func (s *Store) valueKey(key string) string { return s.opts.KeyPrefix + "{" + key + "}" }
+func (s *Store) lockKey(key string) string  { return s.opts.KeyPrefix + "{" + key + "}:lock" }
+
+func (s *Store) slot(key string) *slot {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sl := s.slots[key]
+	if sl == nil {
+		sl = &slot{
+			lock:     make(chan struct{}, 1),
+			watchers: make(map[int]func(tokenmgr.Change)),
+			waiters:  make(map[chan struct{}]struct{}),
+		}
+		s.slots[key] = sl
+	}
+	return sl
+}
+
+// Load returns the entry stored for key. An entry that cannot be decrypted reads as its
+// generation alone (no token, no state).
+func (s *Store) Load(ctx context.Context, key string) (tokenmgr.Entry, error) {
+	if key == "" {
+		return tokenmgr.Entry{}, errors.New("redisstore: empty key")
+	}
+	sl := s.slot(key)
+	if err := s.writeBack(ctx, key, sl); err != nil {
+		return tokenmgr.Entry{}, fmt.Errorf("redisstore: load %s: %w", key, err)
+	}
+	e, err := s.load(ctx, key, sl)
+	if err != nil {
+		s.fail(ctx, "load", err)
+		return tokenmgr.Entry{}, fmt.Errorf("redisstore: load %s: %w", key, err)
+	}
+	return e, nil
+}
+
+// Refresh implements [tokenmgr.Store.Refresh]; see [Store] for the protocol.
+func (s *Store) Refresh(ctx context.Context, key string, have uint64, fetch tokenmgr.FetchFunc) (tokenmgr.Entry, bool, error) {
+	if key == "" {
+		return tokenmgr.Entry{}, false, errors.New("redisstore: empty key")
+	}
+	sl := s.slot(key)
+	select { // one Refresh of a key at a time in this process
+	case sl.lock <- struct{}{}:
+	case <-ctx.Done():
+		return tokenmgr.Entry{}, false, fmt.Errorf("redisstore: refresh %s: %w", key, ctx.Err())
+	}
+	defer func() { <-sl.lock }()
+
+	if err := s.writeBack(ctx, key, sl); err != nil {
+		return s.fetchLocal(ctx, key, sl, have, fetch, "write back", err)
+	}
+	e, err := s.load(ctx, key, sl)
+	if err != nil {
+		return s.fetchLocal(ctx, key, sl, have, fetch, "load", err)
+	}
+	if e.Gen > have {
+		return e, false, nil
+	}
+
+	wake := s.addWaiter(sl)
+	defer s.removeWaiter(sl, wake)
+	owner := newOwner()
+	lk := s.lockKey(key)
+	for {
+		got, err := s.client.SetNX(ctx, lk, owner, s.opts.LockTTL).Result()
+		if err != nil {
+			return s.fetchLocal(ctx, key, sl, have, fetch, "lock", err)
+		}
+		if got {
+			break
+		}
+		t := time.NewTimer(jitter(s.opts.PollInterval))
+		select {
+		case <-wake:
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return tokenmgr.Entry{}, false, fmt.Errorf("redisstore: waiting for another process to refresh %s: %w", key, ctx.Err())
+		}
+		t.Stop()
+		if e, err = s.load(ctx, key, sl); err != nil {
+			return s.fetchLocal(ctx, key, sl, have, fetch, "load", err)
+		}
+		if e.Gen > have {
+			return e, false, nil
+		}
+	}
+	release := s.hold(key, lk, owner)
+	defer release()
+
+	if e, err = s.load(ctx, key, sl); err != nil { // re-read under the lock
+		return s.fetchLocal(ctx, key, sl, have, fetch, "load", err)
+	}
+	if e.Gen > have {
+		return e, false, nil
+	}
+	base := e
+	if base.Gen == 0 { // Redis lost the entry (a restart without persistence): go on from ours
+		s.mu.Lock()
+		if sl.local.Gen > 0 {
+			base = sl.local
+		}
+		s.mu.Unlock()
+	}
+	n, err := fetch(ctx, base)
+	if err != nil {
+		return tokenmgr.Entry{}, false, err
+	}
+	n.Gen = max(base.Gen, have) + 1
+
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
+	defer cancel()
+	wrote, err := s.write(wctx, key, "eq", e.Gen, n)
+	if err != nil {
+		// The token is fetched but cannot be shared: use it, and write it back later.
+		s.fail(ctx, "write", err)
+		s.keepLocal(sl, n)
+		return n, true, nil
+	}
+	if !wrote {
+		// Our lease ran out and someone stored a newer entry: theirs wins.
+		cur, err := s.load(wctx, key, sl)
+		s.log.LogAttrs(ctx, slog.LevelWarn, "redisstore: discarded a fetched token: a newer one was stored meanwhile",
+			slog.String("key", key), slog.String("fp", tokenmgr.Fingerprint(n.Token.Value)), slog.Uint64("gen", cur.Gen))
+		if err != nil || cur.Gen <= have {
+			s.fail(ctx, "load", err)
+			s.keepLocal(sl, n)
+			return n, true, nil
+		}
+		return cur, false, nil
+	}
+	s.remember(sl, n)
+	return n, true, nil
+}
+
+// Invalidate implements [tokenmgr.Store.Invalidate] with a compare-and-invalidate script, and
+// publishes the invalidation to every Store sharing the Redis.
+func (s *Store) Invalidate(ctx context.Context, key string, gen uint64) error {
+	if key == "" {
+		return errors.New("redisstore: empty key")
+	}
+	sl := s.slot(key)
+	g := strconv.FormatUint(gen, 10)
+	s.mu.Lock()
+	var fns []func(tokenmgr.Change)
+	if sl.local.Gen == gen && sl.local.Token.Value != "" {
+		sl.local.Token = tokenmgr.Token{}
+		if sl.dirty { // only this process holds that entry: tell its watchers here
+			fns = watchersOf(sl)
+		}
+	}
+	s.mu.Unlock()
+	notify(fns, tokenmgr.Change{Gen: gen, Invalidated: true})
+
+	err := invalidateScript.Run(ctx, s.client, []string{s.valueKey(key)}, g, s.channel, "i "+g+" "+key).Err()
+	if err != nil {
+		s.fail(ctx, "invalidate", err)
+		return fmt.Errorf("redisstore: invalidate %s: %w", key, err)
+	}
+	s.up(ctx)
+	return nil
+}
+
+// Watch implements [tokenmgr.Notifier]: fn is called for every write and invalidation of key
+// published by any Store with the same KeyPrefix on this Redis (this one included), and for
+// entries fetched here while Redis is unavailable. After the subscription reconnects, fn gets
+// the stored generation, since changes may have been missed meanwhile.
+func (s *Store) Watch(key string, fn func(tokenmgr.Change)) (stop func()) {
+	sl := s.slot(key)
+	s.mu.Lock()
+	id := sl.nextID
+	sl.nextID++
+	sl.watchers[id] = fn
+	s.mu.Unlock()
+	return func() {
+		s.mu.Lock()
+		delete(sl.watchers, id)
+		s.mu.Unlock()
+	}
+}
+
+// load reads and decodes the entry of key and remembers it.
+func (s *Store) load(ctx context.Context, key string, sl *slot) (tokenmgr.Entry, error) {
+	h, err := s.client.HGetAll(ctx, s.valueKey(key)).Result()
+	if err != nil {
+		return tokenmgr.Entry{}, err
+	}
+	s.up(ctx)
+	e, bad := s.codec.entry(key, h)
+	if bad != nil {
+		s.log.LogAttrs(ctx, slog.LevelWarn, "redisstore: ignoring an unreadable entry; it will be fetched again",
+			slog.String("key", key), slog.Uint64("gen", e.Gen), slog.String("error", bad.Error()))
+	}
+	s.remember(sl, e)
+	return e, nil
+}
+
+// write stores e with the write script in mode "eq" (stored gen == expect) or "lt" (stored gen
+// < e.Gen) and reports whether it wrote.
+func (s *Store) write(ctx context.Context, key, mode string, expect uint64, e tokenmgr.Entry) (bool, error) {
+	tok, st, err := s.codec.fields(key, e)
+	if err != nil {
+		return false, err
+	}
+	var ttl int64
+	if len(e.State) == 0 && !e.Token.ExpiresAt.IsZero() && s.opts.Retain > 0 {
+		ttl = max(time.Until(e.Token.ExpiresAt)+s.opts.Retain, time.Second).Milliseconds()
+	}
+	g := strconv.FormatUint(e.Gen, 10)
+	n, err := writeScript.Run(ctx, s.client, []string{s.valueKey(key)},
+		mode, strconv.FormatUint(expect, 10), g, tok, st, ttl, s.channel, "w "+g+" "+key).Int()
+	if err != nil {
+		return false, err
+	}
+	s.up(ctx)
+	return n == 1, nil
+}
+
+// hold keeps the lock lk extended while a fetch runs; the returned func stops that and
+// releases the lock if owner still holds it.
+func (s *Store) hold(key, lk, owner string) (release func()) {
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	lease := s.opts.LockTTL.Milliseconds()
+	wg.Go(func() {
+		t := time.NewTicker(s.opts.LockTTL / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), s.opts.LockTTL/3)
+			n, err := extendScript.Run(ctx, s.client, []string{lk}, owner, lease).Int()
+			cancel()
+			if err == nil && n == 0 {
+				return // lost the lock: the conditional write decides
+			}
+		}
+	})
+	return func() {
+		close(stop)
+		wg.Wait()
+		ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+		defer cancel()
+		_ = releaseScript.Run(ctx, s.client, []string{lk}, owner, s.channel, "r 0 "+key).Err()
+	}
+}
+
+// fetchLocal is Refresh without Redis, after Redis failed with cause.
+func (s *Store) fetchLocal(ctx context.Context, key string, sl *slot, have uint64, fetch tokenmgr.FetchFunc, op string, cause error) (tokenmgr.Entry, bool, error) {
+	if ctx.Err() != nil { // the caller gave up: not an outage
+		return tokenmgr.Entry{}, false, fmt.Errorf("redisstore: refresh %s: %w", key, ctx.Err())
+	}
+	s.fail(ctx, op, cause)
+	s.mu.Lock()
+	prev := sl.local
+	s.mu.Unlock()
+	if prev.Gen > have {
+		return prev, false, nil // another Manager here fetched it, or it was read before the outage
+	}
+	n, err := fetch(ctx, prev)
+	if err != nil {
+		return tokenmgr.Entry{}, false, err
+	}
+	n.Gen = max(prev.Gen, have) + 1
+	s.localRefreshes.Add(1)
+	s.log.LogAttrs(ctx, slog.LevelDebug, "redisstore: fetched a token without redis",
+		slog.String("key", key), slog.Uint64("gen", n.Gen), slog.String("fp", tokenmgr.Fingerprint(n.Token.Value)))
+	s.keepLocal(sl, n)
+	return n, true, nil
+}
+
+// keepLocal makes n, which is not stored in Redis, this process's entry of the key and tells
+// the key's watchers here.
+func (s *Store) keepLocal(sl *slot, n tokenmgr.Entry) {
+	s.mu.Lock()
+	sl.local, sl.dirty = n, true
+	fns := watchersOf(sl)
+	s.mu.Unlock()
+	notify(fns, tokenmgr.Change{Gen: n.Gen})
+}
+
+// remember records e, read from or written to Redis, as the newest entry seen, unless a newer
+// one fetched here waits to be written back, or Redis lost the entry (Gen 0): the local copy
+// then keeps the state for the next fetch.
+func (s *Store) remember(sl *slot, e tokenmgr.Entry) {
+	if e.Gen == 0 {
+		return
+	}
+	s.mu.Lock()
+	if !sl.dirty || e.Gen >= sl.local.Gen {
+		sl.local, sl.dirty = e, false
+	}
+	s.mu.Unlock()
+}
+
+// writeBack stores the entry fetched here during an outage, unless Redis holds a newer one.
+// It returns an error only if Redis failed.
+func (s *Store) writeBack(ctx context.Context, key string, sl *slot) error {
+	s.mu.Lock()
+	e, dirty := sl.local, sl.dirty
+	s.mu.Unlock()
+	if !dirty {
+		return nil
+	}
+	wrote, err := s.write(ctx, key, "lt", 0, e)
+	if err != nil {
+		s.fail(ctx, "write back", err)
+		return err
+	}
+	s.mu.Lock()
+	if sl.dirty && sl.local.Gen == e.Gen {
+		sl.dirty = false
+	}
+	s.mu.Unlock()
+	if wrote {
+		s.log.LogAttrs(ctx, slog.LevelInfo, "redisstore: stored a token fetched while redis was unavailable",
+			slog.String("key", key), slog.Uint64("gen", e.Gen), slog.String("fp", tokenmgr.Fingerprint(e.Token.Value)))
+	} else {
+		s.log.LogAttrs(ctx, slog.LevelInfo, "redisstore: dropped a token fetched while redis was unavailable: a newer one is stored",
+			slog.String("key", key), slog.Uint64("gen", e.Gen), slog.String("fp", tokenmgr.Fingerprint(e.Token.Value)))
+	}
+	return nil
+}
+
+// fail records that Redis failed; the first failure of an outage is logged. Errors of a ctx
+// that is done are the caller's, not Redis's.
+func (s *Store) fail(ctx context.Context, op string, err error) {
+	if err == nil || ctx.Err() != nil {
+		return
+	}
+	if s.down.CompareAndSwap(false, true) {
+		s.outages.Add(1)
+		s.mu.Lock()
+		s.downSince = time.Now()
+		s.mu.Unlock()
+		s.log.LogAttrs(ctx, slog.LevelWarn, "redisstore: redis unavailable: tokens are refreshed in each process until it is back",
+			slog.String("op", op), slog.String("error", err.Error()))
+	}
+}
+
+// up records that Redis answered.
+func (s *Store) up(ctx context.Context) {
+	if !s.down.Load() || !s.down.CompareAndSwap(true, false) {
+		return
+	}
+	s.mu.Lock()
+	since := s.downSince
+	s.mu.Unlock()
+	s.log.LogAttrs(ctx, slog.LevelInfo, "redisstore: redis available again: sharing tokens",
+		slog.Duration("outage", time.Since(since).Round(time.Millisecond)),
+		slog.Uint64("local_refreshes", s.localRefreshes.Load()))
+}
+
+func (s *Store) addWaiter(sl *slot) chan struct{} {
+	ch := make(chan struct{}, 1)
+	s.mu.Lock()
+	sl.waiters[ch] = struct{}{}
+	s.mu.Unlock()
+	return ch
+}
+
+func (s *Store) removeWaiter(sl *slot, ch chan struct{}) {
+	s.mu.Lock()
+	delete(sl.waiters, ch)
+	s.mu.Unlock()
+}
+
+// wakeLocked wakes the Refresh calls waiting on sl. s.mu must be held.
+func wakeLocked(sl *slot) {
+	for ch := range sl.waiters {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func watchersOf(sl *slot) []func(tokenmgr.Change) {
+	fns := make([]func(tokenmgr.Change), 0, len(sl.watchers))
+	for _, fn := range sl.watchers {
+		fns = append(fns, fn)
+	}
+	return fns
+}
+
+func notify(fns []func(tokenmgr.Change), c tokenmgr.Change) {
+	for _, fn := range fns {
+		fn(c)
+	}
+}
+
+func newOwner() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// jitter spreads d over [d/2, 3d/2).
+func jitter(d time.Duration) time.Duration {
+	return d/2 + mrand.N(d)
+}
