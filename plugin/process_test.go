@@ -1,0 +1,318 @@
+package plugin
+
+// Subprocess tests: the test binary re-executes itself as a plugin (or as a host that
+// launches a plugin), selected by CHATWIRE_TEST_ROLE, as go-plugin's own tests do.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	goplugin "github.com/hashicorp/go-plugin"
+
+	"github.com/seed-a64d9e1f/chatwire/adapter"
+)
+
+const roleEnv = "CHATWIRE_TEST_ROLE"
+
+func TestMain(m *testing.M) {
+	switch os.Getenv(roleEnv) {
+	case "plugin":
+		servePluginForTest(ProtocolVersion)
+		os.Exit(0)
+	case "plugin-v2":
+		servePluginForTest(2)
+		os.Exit(0)
+	case "host":
+		hostForTest()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// testAdapter echoes: Send answers with the attachment bytes it got; text "panic" panics,
+// "log" logs at warn and debug; HandleWebhook returns the body it got.
+func testAdapter() adapter.Adapter {
+	return &fakeAdapter{
+		SendFn: func(ctx context.Context, msg adapter.Message) (adapter.Receipt, error) {
+			switch msg.Text {
+			case "panic":
+				panic("test panic in Send")
+			case "log":
+				slog.Warn("plugin-warn-marker", "n", 1)
+				slog.Debug("plugin-debug-marker")
+				slog.Error("plugin-error-marker")
+			}
+			n := 0
+			for _, a := range msg.Attachments {
+				n += len(a.Data)
+			}
+			return adapter.Receipt{ID: strconv.Itoa(n)}, nil
+		},
+		WebhookFn: func(ctx context.Context, req *adapter.WebhookRequest) (*adapter.WebhookResponse, []adapter.Event, error) {
+			return &adapter.WebhookResponse{Status: 200, Body: req.Body}, []adapter.Event{{ID: "e", Bot: "hr"}}, nil
+		},
+	}
+}
+
+func servePluginForTest(version int) {
+	opts := ServerOptions{
+		Platforms: []string{"test"},
+		Open: func(ctx context.Context, store StoreConfig, bot BotConfig) (adapter.Adapter, error) {
+			return testAdapter(), nil
+		},
+	}
+	if version == ProtocolVersion {
+		Serve(ServeOptions{ServerOptions: opts, LogLevel: slog.LevelDebug})
+		return
+	}
+	hs := Handshake
+	hs.ProtocolVersion = uint(version)
+	goplugin.Serve(&goplugin.ServeConfig{HandshakeConfig: hs,
+		VersionedPlugins: map[int]goplugin.PluginSet{version: PluginMap(NewServer(opts))},
+		GRPCServer:       newGRPCServer})
+}
+
+// hostForTest launches a plugin, prints its pid and waits to be killed.
+func hostForTest() {
+	p, err := Launch(context.Background(), testLaunchOptions(nil))
+	if err != nil {
+		fmt.Println("error", err)
+		os.Exit(1)
+	}
+	fmt.Println("pid", p.Pid())
+	select {}
+}
+
+func testLaunchOptions(log *slog.Logger) LaunchOptions {
+	exe, err := os.Executable()
+	if err != nil {
+		panic(err)
+	}
+	return LaunchOptions{
+		Path:       exe,
+		Env:        []string{roleEnv + "=plugin"},
+		Bots:       []BotConfig{{Name: "hr", Platform: "test", Config: []byte(`{"secret":"s3cret"}`)}},
+		Logger:     log,
+		BackoffMin: 50 * time.Millisecond,
+	}
+}
+
+// syncBuffer is a goroutine-safe log sink.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// eventually polls cond every 20ms until it holds or d passes.
+func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// alive reports whether pid is a running (not zombie) process.
+func alive(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	if err := syscall.Kill(pid, 0); err != nil {
+		return false
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// state is the field after the ")" that ends the command name
+	s := string(stat)
+	if i := strings.LastIndexByte(s, ')'); i >= 0 && i+2 < len(s) {
+		return s[i+2] != 'Z'
+	}
+	return true
+}
+
+func launchForTest(t *testing.T) (*Plugin, *syncBuffer) {
+	t.Helper()
+	var logs syncBuffer
+	log := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	p, err := Launch(t.Context(), testLaunchOptions(log))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		pid, dir := p.Pid(), p.sockDir
+		p.Close()
+		if alive(pid) {
+			t.Errorf("plugin %d still running after Close", pid)
+		}
+		if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("socket dir %s left behind: %v", dir, err)
+		}
+		if strings.Contains(logs.String(), "s3cret") {
+			t.Errorf("host log holds a bot secret")
+		}
+	})
+	return p, &logs
+}
+
+func TestProcessVersionMismatch(t *testing.T) {
+	opts := testLaunchOptions(nil)
+	opts.Env = []string{roleEnv + "=plugin-v2"}
+	opts.StartTimeout = 10 * time.Second
+	p, err := Launch(t.Context(), opts)
+	if err == nil {
+		p.Close()
+		t.Fatal("Launch of a v2 plugin succeeded; want a version error")
+	}
+	if !strings.Contains(err.Error(), "incompatible API version") {
+		t.Errorf("Launch error = %v; want incompatible API version", err)
+	}
+}
+
+func TestProcessRunByHand(t *testing.T) {
+	exe, _ := os.Executable()
+	cmd := exec.Command(exe)
+	cmd.Env = []string{roleEnv + "=plugin"}
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "This binary is a plugin") {
+		t.Errorf("plugin run by hand = %v, %q; want exit 1 with an explanation", err, out)
+	}
+}
+
+func TestProcessLogLevelsKept(t *testing.T) {
+	p, logs := launchForTest(t)
+	if _, err := p.Bot("hr").Send(t.Context(), adapter.Message{Text: "log"}); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		`"level":"WARN","msg":"plugin-warn-marker"`,
+		`"level":"DEBUG","msg":"plugin-debug-marker"`,
+		`"level":"ERROR","msg":"plugin-error-marker"`,
+	}
+	eventually(t, 5*time.Second, "plugin log lines with their levels in the host log", func() bool {
+		s := logs.String()
+		for _, w := range want {
+			if !strings.Contains(s, w) {
+				return false
+			}
+		}
+		return true
+	})
+	if s := logs.String(); !strings.Contains(s, `"n":1`) {
+		t.Errorf("plugin log attributes lost: %s", s)
+	}
+}
+
+func TestProcessPanicRestarts(t *testing.T) {
+	var states []bool
+	var mu sync.Mutex
+	opts := testLaunchOptions(nil)
+	opts.OnState = func(ready bool) { mu.Lock(); states = append(states, ready); mu.Unlock() }
+	p, err := Launch(t.Context(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	bot := p.Bot("hr")
+	firstPid := p.Pid()
+	_, err = bot.Send(t.Context(), adapter.Message{Text: "panic"})
+	if !errors.Is(err, adapter.ErrUnavailable) {
+		t.Errorf("Send that panics the plugin = %v; want unavailable", err)
+	}
+	eventually(t, 15*time.Second, "plugin restarted", func() bool { return p.Restarts() == 1 && p.Ready() })
+	if alive(firstPid) {
+		t.Errorf("crashed plugin %d still running", firstPid)
+	}
+	r, err := bot.Send(t.Context(), adapter.Message{Text: "ok", Attachments: []adapter.Attachment{{Data: []byte("abc")}}})
+	if err != nil || r.ID != "3" {
+		t.Errorf("Send after restart = %+v, %v; want id 3", r, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(states) < 3 || states[0] != true || states[1] != false || states[2] != true {
+		t.Errorf("readiness changes = %v; want [true false true]", states)
+	}
+}
+
+func TestProcessWebhookWhileDown(t *testing.T) {
+	p, _ := launchForTest(t)
+	p.mu.Lock()
+	p.ready = false // as during a restart
+	p.mu.Unlock()
+	resp, _, err := p.Bot("hr").HandleWebhook(t.Context(), &adapter.WebhookRequest{Method: "POST"})
+	if resp == nil || resp.Status != 503 || !errors.Is(err, adapter.ErrUnavailable) {
+		t.Errorf("webhook while restarting = %+v, %v; want 503 and unavailable", resp, err)
+	}
+	p.setReady(true)
+}
+
+func TestProcessLargePayload(t *testing.T) {
+	p, _ := launchForTest(t)
+	data := bytes.Repeat([]byte("x"), 5<<20)
+	r, err := p.Bot("hr").Send(t.Context(), adapter.Message{Attachments: []adapter.Attachment{{Name: "big", Body: bytes.NewReader(data), Size: int64(len(data))}}})
+	if err != nil || r.ID != strconv.Itoa(len(data)) {
+		t.Fatalf("Send 5 MiB = %+v, %v", r, err)
+	}
+	resp, evs, err := p.Bot("hr").HandleWebhook(t.Context(), &adapter.WebhookRequest{Method: "POST", Body: data})
+	if err != nil || len(resp.Body) != len(data) || len(evs) != 1 {
+		t.Fatalf("HandleWebhook 5 MiB = %d bytes, %d events, %v", bodyLen(resp), len(evs), err)
+	}
+}
+
+func TestProcessHostKilled(t *testing.T) {
+	exe, _ := os.Executable()
+	host := exec.Command(exe)
+	host.Env = []string{roleEnv + "=host"}
+	out, err := host.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := host.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		host.Process.Kill()
+		host.Wait()
+		t.Fatalf("reading host output: %v", err)
+	}
+	var pid int
+	if _, err := fmt.Sscanf(line, "pid %d", &pid); err != nil || !alive(pid) {
+		host.Process.Kill()
+		host.Wait()
+		t.Fatalf("host said %q", line)
+	}
+	host.Process.Signal(syscall.SIGKILL)
+	host.Wait()
+	killed := time.Now()
+	eventually(t, 2*time.Second, fmt.Sprintf("orphaned plugin %d exits", pid), func() bool { return !alive(pid) })
+	t.Logf("plugin exited %v after its host was killed", time.Since(killed).Round(time.Millisecond))
+}
