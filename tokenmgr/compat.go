@@ -40,6 +40,5 @@ func (h WeChatHandle) GetAccessToken() (string, error) {
 
 // GetAccessTokenContext returns the current token.
 func (h WeChatHandle) GetAccessTokenContext(ctx context.Context) (string, error) {
-	t, err := h.m.Token(ctx)
-	return t.Value, err
+	return h.m.AccessToken(ctx)
 }

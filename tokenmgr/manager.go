@@ -127,7 +127,7 @@ type Manager struct {
 	opts     Options // defaults resolved
 	jitter   float64 // this Manager's refresh-point offset, a fraction of the lifetime
 
-	cur atomic.Pointer[snapshot] // what Token returns without locking
+	cur atomic.Pointer[Token] // what Token returns without locking; nil: none to hand out
 
 	ctx    context.Context // manager-owned: refreshes run on it; canceled by Close
 	cancel context.CancelFunc
@@ -135,7 +135,7 @@ type Manager struct {
 
 	mu        sync.Mutex // guards the fields below
 	entry     Entry      // the entry held, even when its token is no longer handed out
-	valid     bool       // entry.Token is handed out (cur.ok)
+	valid     bool       // entry.Token is handed out (cur is not nil)
 	want      string     // why a token is needed while !valid: initial, expired, invalidated
 	nominal   time.Duration
 	refreshAt time.Time
@@ -151,13 +151,6 @@ type Manager struct {
 	stats     struct{ refreshes, fetches, failures uint64 }
 	lastOK    time.Time
 }
-
-type snapshot struct {
-	tok Token
-	ok  bool
-}
-
-var emptySnapshot = &snapshot{}
 
 // call is one refresh; callers that need its result wait on done.
 type call struct {
@@ -211,7 +204,6 @@ func New(key string, src Source, opts Options) *Manager {
 	}
 	m.onEvent = opts.OnEvent
 	m.jitter = (rand.Float64()*2 - 1) * opts.Jitter
-	m.cur.Store(emptySnapshot)
 	m.ctx, m.cancel = context.WithCancel(context.Background())
 	if n, ok := m.store.(Notifier); ok {
 		m.stopWatch = n.Watch(key, m.onChange)
@@ -226,17 +218,29 @@ func (m *Manager) Key() string { return m.key }
 // the current token is fresh, and also while a background refresh runs. ctx bounds only this
 // caller's wait: the fetch itself runs on the Manager's context and finishes for the others.
 func (m *Manager) Token(ctx context.Context) (Token, error) {
-	if s := m.cur.Load(); s.ok {
-		return s.tok, nil
+	if t := m.cur.Load(); t != nil {
+		// Field by field: a struct copy goes through the stack and stalls store forwarding.
+		return Token{Value: t.Value, ExpiresAt: t.ExpiresAt}, nil
 	}
 	return m.slow(ctx)
 }
 
+// AccessToken is Token for callers that need only the value to put on a request. It is the
+// fastest way to read a fresh token: a Token is too large for the compiler to keep in registers,
+// so every caller of Token copies it through memory.
+func (m *Manager) AccessToken(ctx context.Context) (string, error) {
+	if t := m.cur.Load(); t != nil {
+		return t.Value, nil
+	}
+	t, err := m.slow(ctx)
+	return t.Value, err
+}
+
 func (m *Manager) slow(ctx context.Context) (Token, error) {
 	m.mu.Lock()
-	if s := m.cur.Load(); s.ok {
+	if t := m.cur.Load(); t != nil {
 		m.mu.Unlock()
-		return s.tok, nil
+		return *t, nil
 	}
 	if m.closed {
 		m.mu.Unlock()
@@ -358,7 +362,7 @@ func (m *Manager) Close() error {
 	}
 	m.closed = true
 	m.valid = false
-	m.cur.Store(emptySnapshot)
+	m.cur.Store(nil)
 	if m.timer != nil {
 		m.timer.Stop()
 	}
@@ -409,7 +413,7 @@ func (m *Manager) backoff(n int, err error) time.Duration {
 func (m *Manager) dropLocked(why string) {
 	m.valid = false
 	m.want = why
-	m.cur.Store(emptySnapshot)
+	m.cur.Store(nil)
 }
 
 // startLocked starts a refresh for reason and returns its call.
@@ -613,7 +617,8 @@ func (m *Manager) acceptLocked(e Entry, fetched bool) {
 		}
 		m.refreshAt = at
 	}
-	m.cur.Store(&snapshot{tok: e.Token, ok: true})
+	tok := e.Token
+	m.cur.Store(&tok)
 	m.scheduleLocked()
 }
 
