@@ -157,12 +157,13 @@ func TestMemoryStoreConditionalSemantics(t *testing.T) {
 		t.Fatalf("Refresh(have 1) = %+v, %v; want v2 gen 2", e, fetched)
 	}
 	// A waiter gives up on its ctx while another fetch holds the key.
-	hold := make(chan struct{})
+	hold, holding := make(chan struct{}), make(chan struct{})
 	go s.Refresh(ctx, "k", 2, func(context.Context, tokenmgr.Entry) (tokenmgr.Entry, error) {
+		close(holding)
 		<-hold
 		return tokenmgr.Entry{Token: tokenmgr.Token{Value: "v3"}}, nil
 	})
-	time.Sleep(10 * time.Millisecond)
+	<-holding
 	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
 	defer cancel()
 	if _, _, err := s.Refresh(short, "k", 2, fetch); !errors.Is(err, context.DeadlineExceeded) {
