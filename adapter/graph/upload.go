@@ -1,0 +1,358 @@
+package graph
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Upload limits (spec §7).
+const (
+	// SimpleUploadMax is the largest file sent with one PUT …:/content; larger files use an
+	// upload session.
+	SimpleUploadMax = 4 << 20
+	// FragmentUnit is the size every upload-session fragment but the last is a multiple of.
+	FragmentUnit = 320 << 10
+	// DefaultFragmentSize is the fragment size used for upload sessions (16 × 320 KiB = 5 MiB).
+	DefaultFragmentSize = 16 * FragmentUnit
+	// maxInMemoryUpload bounds how much of a non-seekable stream is buffered for resumes.
+	maxInMemoryUpload = 256 << 20
+)
+
+// DriveItem is the part of a OneDrive driveItem the adapter uses.
+type DriveItem struct {
+	ID     string `json:"id"`
+	Name   string `json:"name"`
+	Size   int64  `json:"size"`
+	ETag   string `json:"eTag"`
+	WebURL string `json:"webUrl"`
+}
+
+// GUID returns the GUID inside the item's eTag ("\"{GUID},1\""), which Teams uses as the
+// reference attachment id.
+func (d *DriveItem) GUID() string {
+	s := strings.Trim(d.ETag, `"`)
+	s = strings.TrimPrefix(s, "{")
+	if i := strings.IndexAny(s, "},"); i >= 0 {
+		s = s[:i]
+	}
+	return strings.ToLower(s)
+}
+
+// Progress is called after each accepted fragment with the bytes the service has and the
+// total. It must return quickly.
+type Progress func(sent, total int64)
+
+// UploadOptions tune [Client.UploadFile]. The zero value is ready to use.
+type UploadOptions struct {
+	// FragmentSize is the upload-session fragment size, rounded down to a multiple of 320 KiB.
+	// Zero means DefaultFragmentSize.
+	FragmentSize int
+	// Progress, if not nil, is told about every accepted fragment.
+	Progress Progress
+	// MaxRetries bounds consecutive failed fragment attempts (5xx, dropped connections) and
+	// session restarts. Zero means 8.
+	MaxRetries int
+	// Conflict is the @microsoft.graph.conflictBehavior: "rename" (default), "replace", "fail".
+	Conflict string
+}
+
+// UploadFile uploads size bytes from r to OneDrive at itemPath, relative to /v1.0 and ending
+// before ":/content", e.g. "/me/drive/root:/Chatwire/report.pdf". Files up to
+// SimpleUploadMax go in one PUT; larger ones through an upload session: ordered fragments of
+// a multiple of 320 KiB, sent WITHOUT an Authorization header, resumed from the session's
+// nextExpectedRanges after a dropped connection or a 416, restarted after a 404 (session
+// gone), with exponential backoff on 5xx only. If r is not an io.ReaderAt the content is
+// buffered in memory (at most 256 MiB) so fragments can be sent again.
+func (c *Client) UploadFile(ctx context.Context, itemPath string, r io.Reader, size int64, opts UploadOptions) (*DriveItem, error) {
+	ra, ok := r.(io.ReaderAt)
+	if !ok {
+		if size > maxInMemoryUpload {
+			return nil, fmt.Errorf("graph: upload %s: %d bytes from a non-seekable stream (limit %d)", itemPath, size, maxInMemoryUpload)
+		}
+		buf := make([]byte, size)
+		if _, err := io.ReadFull(r, buf); err != nil {
+			return nil, fmt.Errorf("graph: upload %s: reading content: %w", itemPath, err)
+		}
+		ra = bytes.NewReader(buf)
+	}
+	if size <= SimpleUploadMax {
+		buf := make([]byte, size)
+		if _, err := ra.ReadAt(buf, 0); err != nil && err != io.EOF {
+			return nil, fmt.Errorf("graph: upload %s: reading content: %w", itemPath, err)
+		}
+		resp, err := c.send(ctx, http.MethodPut, escapePath(itemPath)+":/content", buf, "application/octet-stream")
+		if err != nil {
+			return nil, err
+		}
+		defer resp.Body.Close()
+		var item DriveItem
+		if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&item); err != nil {
+			return nil, fmt.Errorf("graph: upload %s: decoding driveItem: %w", itemPath, err)
+		}
+		if opts.Progress != nil {
+			opts.Progress(size, size)
+		}
+		return &item, nil
+	}
+	return c.uploadSession(ctx, itemPath, ra, size, opts)
+}
+
+// escapePath escapes the item path part of a drive path, leaving its structure alone.
+func escapePath(p string) string {
+	head, rest, ok := strings.Cut(p, "root:/")
+	if !ok {
+		return p
+	}
+	parts := strings.Split(rest, "/")
+	for i, s := range parts {
+		parts[i] = url.PathEscape(s)
+	}
+	return head + "root:/" + strings.Join(parts, "/")
+}
+
+type sessionStatus struct {
+	UploadURL          string   `json:"uploadUrl"`
+	NextExpectedRanges []string `json:"nextExpectedRanges"`
+}
+
+// nextOffset returns the start of the first expected range, or -1 if none is given.
+func (s *sessionStatus) nextOffset() int64 {
+	if len(s.NextExpectedRanges) == 0 {
+		return -1
+	}
+	a, _, _ := strings.Cut(s.NextExpectedRanges[0], "-")
+	n, err := strconv.ParseInt(a, 10, 64)
+	if err != nil || n < 0 {
+		return -1
+	}
+	return n
+}
+
+func (c *Client) createSession(ctx context.Context, itemPath string, size int64, conflict string) (string, error) {
+	if conflict == "" {
+		conflict = "rename"
+	}
+	name := itemPath[strings.LastIndex(itemPath, "/")+1:]
+	body := map[string]any{"item": map[string]any{"@microsoft.graph.conflictBehavior": conflict, "name": name, "fileSize": size}}
+	var st sessionStatus
+	if err := c.Do(ctx, http.MethodPost, escapePath(itemPath)+":/createUploadSession", body, &st); err != nil {
+		return "", err
+	}
+	if st.UploadURL == "" {
+		return "", fmt.Errorf("graph: createUploadSession for %s returned no uploadUrl", itemPath)
+	}
+	return st.UploadURL, nil
+}
+
+func (c *Client) uploadSession(ctx context.Context, itemPath string, ra io.ReaderAt, size int64, opts UploadOptions) (*DriveItem, error) {
+	uploadURL, err := c.createSession(ctx, itemPath, size, opts.Conflict)
+	if err != nil {
+		return nil, err
+	}
+	var item DriveItem
+	err = c.putSession(ctx, uploadURL, ra, size, opts, true, func() (string, error) {
+		return c.createSession(ctx, itemPath, size, opts.Conflict)
+	}, &item)
+	if err != nil {
+		return nil, err
+	}
+	return &item, nil
+}
+
+// putSession sends the content to an upload URL, following the session rules. restart makes
+// a new session after a 404; out receives the final JSON answer (may be empty for Outlook).
+func (c *Client) putSession(ctx context.Context, uploadURL string, ra io.ReaderAt, size int64, opts UploadOptions,
+	unitAligned bool, restart func() (string, error), out any) error {
+	frag := int64(opts.FragmentSize)
+	if frag <= 0 {
+		frag = DefaultFragmentSize
+	}
+	if unitAligned {
+		frag -= frag % FragmentUnit
+		if frag < FragmentUnit {
+			frag = FragmentUnit
+		}
+	}
+	maxRetries := opts.MaxRetries
+	if maxRetries <= 0 {
+		maxRetries = 8
+	}
+	buf := make([]byte, frag)
+	var offset int64
+	failures, restarts, statusChecks := 0, 0, 0
+	fail := func(err error) error {
+		failures++
+		if failures > maxRetries {
+			return err
+		}
+		return nil
+	}
+	for {
+		end := min(offset+frag, size) - 1
+		chunk := buf[:end-offset+1]
+		if _, err := ra.ReadAt(chunk, offset); err != nil && err != io.EOF {
+			return fmt.Errorf("graph: upload: reading content at %d: %w", offset, err)
+		}
+		resp, err := c.putFragment(ctx, uploadURL, chunk, offset, end, size)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			// Dropped connection: the bytes may or may not have arrived. Back off, then ask.
+			if e := fail(err); e != nil {
+				return &APIError{StatusCode: http.StatusBadGateway, Code: "connectionError", Message: "upload: " + redactURLError(err).Error()}
+			}
+			if !c.sleep(ctx, c.backoff(failures)) {
+				return ctx.Err()
+			}
+			if offset, err = c.sessionOffset(ctx, uploadURL, offset); err != nil {
+				if isNotFound(err) && restarts < 2 && restart != nil {
+					restarts++
+					if uploadURL, err = restart(); err != nil {
+						return err
+					}
+					offset = 0
+					continue
+				}
+				return err
+			}
+			continue
+		}
+		raw, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+		resp.Body.Close()
+		switch {
+		case resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusCreated:
+			if opts.Progress != nil {
+				opts.Progress(size, size)
+			}
+			if out != nil && len(bytes.TrimSpace(raw)) > 0 {
+				if err := json.Unmarshal(raw, out); err != nil {
+					return fmt.Errorf("graph: upload: decoding the final answer: %w", err)
+				}
+			}
+			return nil
+		case resp.StatusCode == http.StatusAccepted:
+			failures = 0
+			var st sessionStatus
+			json.Unmarshal(raw, &st)
+			next := st.nextOffset()
+			if next < 0 || next > size {
+				next = end + 1
+			}
+			offset = next
+			if opts.Progress != nil {
+				opts.Progress(offset, size)
+			}
+		case resp.StatusCode == http.StatusRequestedRangeNotSatisfiable:
+			// The service already has (part of) this range: ask it what it expects.
+			statusChecks++
+			if statusChecks > maxRetries*4 {
+				return parseAPIError(resp, raw, time.Now())
+			}
+			if offset, err = c.sessionOffset(ctx, uploadURL, end+1); err != nil {
+				return err
+			}
+		case resp.StatusCode == http.StatusNotFound:
+			if restarts >= 2 || restart == nil {
+				return parseAPIError(resp, raw, time.Now())
+			}
+			restarts++
+			c.log.LogAttrs(ctx, slog.LevelWarn, "graph upload session gone: starting over", slog.String("platform", "graph"))
+			if uploadURL, err = restart(); err != nil {
+				return err
+			}
+			offset = 0
+		case resp.StatusCode >= 500:
+			apiErr := parseAPIError(resp, raw, time.Now())
+			if e := fail(apiErr); e != nil {
+				return e
+			}
+			d := c.backoff(failures)
+			if apiErr.RetryAfter > d {
+				d = apiErr.RetryAfter
+			}
+			if !c.sleep(ctx, d) {
+				return ctx.Err()
+			}
+		default:
+			// Other 4xx: not retried with backoff (spec §7: limit attempts, no backoff).
+			return parseAPIError(resp, raw, time.Now())
+		}
+	}
+}
+
+func isNotFound(err error) bool {
+	e, ok := errorsAs[*APIError](err)
+	return ok && e.StatusCode == http.StatusNotFound
+}
+
+// putFragment PUTs one fragment to the upload URL. It never sends Authorization: the URL
+// itself is the credential, and Graph may answer 401 to a bearer token there.
+func (c *Client) putFragment(ctx context.Context, uploadURL string, chunk []byte, start, end, total int64) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, uploadURL, bytes.NewReader(chunk))
+	if err != nil {
+		return nil, err
+	}
+	req.ContentLength = int64(len(chunk))
+	req.Header.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, end, total))
+	req.Header.Del("Authorization")
+	return c.hc.Do(req)
+}
+
+// sessionOffset asks an upload session where to continue (GET uploadUrl). fallback is used
+// when the answer lists no range.
+func (c *Client) sessionOffset(ctx context.Context, uploadURL string, fallback int64) (int64, error) {
+	for attempt := 1; ; attempt++ {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, uploadURL, nil)
+		if err != nil {
+			return 0, err
+		}
+		resp, err := c.hc.Do(req)
+		if err == nil {
+			raw, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				var st sessionStatus
+				json.Unmarshal(raw, &st)
+				if n := st.nextOffset(); n >= 0 {
+					return n, nil
+				}
+				return fallback, nil
+			}
+			apiErr := parseAPIError(resp, raw, time.Now())
+			if resp.StatusCode < 500 {
+				return 0, apiErr
+			}
+			err = apiErr
+		}
+		if ctx.Err() != nil {
+			return 0, ctx.Err()
+		}
+		if attempt > 8 {
+			return 0, err
+		}
+		if !c.sleep(ctx, c.backoff(attempt)) {
+			return 0, ctx.Err()
+		}
+	}
+}
+
+func (c *Client) sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
