@@ -16,7 +16,7 @@ import (
 // the unscaled default of 30 s: such a token would never be usable.
 const testSkew = 20 * time.Millisecond
 
-func startRedis(t *testing.T) *redistest.Server { return redistest.Start(t) }
+func startRedis(t testing.TB) *redistest.Server { return redistest.Start(t) }
 
 // newHost returns a Store on its own client, as a separate host would have.
 func newHost(t *testing.T, addr string, opts redisstore.Options) (*redisstore.Store, *redis.Client) {

@@ -40,7 +40,14 @@ const (
 	childKey    = "wecom/corp/1000002"
 )
 
+// quietLogger drops go-redis's own log lines ("failed to dial" while redis-server is killed
+// on purpose); the Store's logging goes through Options.Logger.
+type quietLogger struct{}
+
+func (quietLogger) Printf(context.Context, string, ...any) {}
+
 func TestMain(m *testing.M) {
+	redis.SetLogger(quietLogger{})
 	if id := os.Getenv(childEnv); id != "" {
 		if err := runChild(id, os.Stdin, os.Stdout); err != nil {
 			fmt.Fprintln(os.Stderr, "child:", err)
