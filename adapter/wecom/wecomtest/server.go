@@ -323,6 +323,9 @@ func (t handlerTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if req.Body != nil {
 		req.Body.Close()
 	}
+	if err := req.Context().Err(); err != nil {
+		return nil, err // the client gave up before the handler answered
+	}
 	resp := rec.Result()
 	resp.Request = req
 	return resp, nil
