@@ -237,8 +237,21 @@ func TestCallbackRefusals(t *testing.T) {
 		{"plaintext not a message", "POST", notMsgQ, notMsg, 400, adapter.ErrInvalidRequest, 0},
 		{"too large", "POST", q, bytes.Repeat([]byte("x"), 64<<10+1), 413, adapter.ErrTooLarge, 0},
 		{"get ok", "GET", getQ, nil, 200, nil, 0},
-		{"get bad signature", "GET", func() url.Values { v := url.Values{}; v.Set("msg_signature", strings.Repeat("a", 40)); v.Set("timestamp", "1"); v.Set("nonce", "2"); v.Set("echostr", getQ.Get("echostr")); return v }(), nil, 401, adapter.ErrUnauthorized, 0},
-		{"get no echostr", "GET", func() url.Values { v := url.Values{}; v.Set("msg_signature", "a"); v.Set("timestamp", "1"); v.Set("nonce", "2"); return v }(), nil, 400, adapter.ErrInvalidRequest, 0},
+		{"get bad signature", "GET", func() url.Values {
+			v := url.Values{}
+			v.Set("msg_signature", strings.Repeat("a", 40))
+			v.Set("timestamp", "1")
+			v.Set("nonce", "2")
+			v.Set("echostr", getQ.Get("echostr"))
+			return v
+		}(), nil, 401, adapter.ErrUnauthorized, 0},
+		{"get no echostr", "GET", func() url.Values {
+			v := url.Values{}
+			v.Set("msg_signature", "a")
+			v.Set("timestamp", "1")
+			v.Set("nonce", "2")
+			return v
+		}(), nil, 400, adapter.ErrInvalidRequest, 0},
 		{"put", "PUT", q, good, 405, adapter.ErrInvalidRequest, 0},
 	}
 	for _, tc := range tests {
