@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
@@ -239,6 +240,14 @@ func (c *Client) url(path string) string {
 	return c.base + path
 }
 
+// sameHost reports whether u is on the Graph base's scheme and host (links such as
+// @odata.nextLink must not carry our token elsewhere).
+func (c *Client) sameHost(u string) bool {
+	b, err1 := url.Parse(c.base)
+	x, err2 := url.Parse(u)
+	return err1 == nil && err2 == nil && strings.EqualFold(b.Scheme, x.Scheme) && strings.EqualFold(b.Host, x.Host)
+}
+
 func idempotent(method string) bool {
 	switch method {
 	case http.MethodGet, http.MethodHead, http.MethodPut, http.MethodDelete, http.MethodOptions:
@@ -258,6 +267,9 @@ func (c *Client) send(ctx context.Context, method, path string, body []byte, con
 		}
 		if tok.Value == "" {
 			return nil, fmt.Errorf("%w (%s %s)", ErrNoToken, method, redactURL(c.url(path)))
+		}
+		if !c.sameHost(c.url(path)) {
+			return nil, fmt.Errorf("graph: refusing to send a token to %s: not the Graph host", redactURL(path))
 		}
 		var rd io.Reader
 		if body != nil {

@@ -1,0 +1,422 @@
+package graph
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/seed-a64d9e1f/chatwire/adapter"
+	"github.com/seed-a64d9e1f/chatwire/adapter/graph/graphtest"
+	"github.com/seed-a64d9e1f/chatwire/tokenmgr"
+)
+
+const (
+	notifyURL   = "https://bot.test/webhook/teams"
+	clientState = "client-state-secret-123"
+	otherUser   = "alice"
+)
+
+// hook is the host side of the webhook: it hands requests to the adapter and keeps events.
+type hook struct {
+	a      *Adapter
+	mu     sync.Mutex
+	events []adapter.Event
+	status []int
+	down   bool // answer 500 without asking the adapter
+}
+
+func (h *hook) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h.mu.Lock()
+	down := h.down
+	h.mu.Unlock()
+	if down {
+		w.WriteHeader(http.StatusInternalServerError)
+		return
+	}
+	req, err := adapter.NewWebhookRequest(r, 0)
+	if err != nil {
+		http.Error(w, err.Error(), adapter.HTTPStatus(err))
+		return
+	}
+	resp, evs, _ := h.a.HandleWebhook(r.Context(), req)
+	h.mu.Lock()
+	h.events = append(h.events, evs...)
+	h.status = append(h.status, resp.Status)
+	h.mu.Unlock()
+	resp.Write(w)
+}
+
+func (h *hook) take() []adapter.Event {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	evs := h.events
+	h.events = nil
+	return evs
+}
+
+type adapterEnv struct {
+	*env
+	a     *Adapter
+	hook  *hook
+	store *tokenmgr.MemoryStore
+}
+
+func newAdapter(t *testing.T, mutate func(*Options)) *adapterEnv {
+	t.Helper()
+	e := newEnv(t)
+	store := new(tokenmgr.MemoryStore)
+	opts := Options{Bot: "teams", Config: e.cfg, GraphBase: base, HTTPClient: e.hc, Store: store, Logger: e.logger(),
+		NotificationURL: notifyURL, ClientState: clientState}
+	if mutate != nil {
+		mutate(&opts)
+	}
+	a, err := New(opts)
+	if err != nil {
+		t.Fatalf("New() error = %v", err)
+	}
+	t.Cleanup(func() { a.Close() })
+	if opts.Auth != AuthClientCredentials {
+		rt := e.srv.IssueRefreshToken(testClient, botUser, "offline_access")
+		store.Put(a.Tokens().Key(), tokenmgr.Entry{State: []byte(rt)})
+	}
+	h := &hook{a: a}
+	e.srv.Client = &http.Client{Transport: graphtest.HandlerTransport(h)}
+	return &adapterEnv{env: e, a: a, hook: h, store: store}
+}
+
+func TestSendTeams(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ae := newAdapter(t, func(o *Options) { o.NotificationURL = "" })
+		ctx := t.Context()
+		cases := []struct {
+			name  string
+			msg   adapter.Message
+			check func(graphtest.Sent) bool
+		}{
+			{"text to chat", adapter.Message{To: adapter.Target{Chat: "chat-1"}, Text: "hello"},
+				func(s graphtest.Sent) bool {
+					return s.Kind == "chat" && s.ContentType == "text" && s.Content == "hello"
+				}},
+			{"html to channel", adapter.Message{To: adapter.Target{Channel: &adapter.Channel{Team: "T", Channel: "C"}}, HTML: "<b>hi</b>"},
+				func(s graphtest.Sent) bool {
+					return s.Kind == "channel" && s.ContentType == "html" && s.Content == "<b>hi</b>"
+				}},
+			{"mention", adapter.Message{To: adapter.Target{Chat: "chat-1"}, Text: "look <here>", Mentions: []adapter.Mention{{ID: otherUser, Name: "Alice"}}},
+				func(s graphtest.Sent) bool {
+					return s.ContentType == "html" && strings.Contains(s.Content, `<at id="0">Alice</at> look &lt;here&gt;`)
+				}},
+			{"1:1 with a user", adapter.Message{To: adapter.Target{User: otherUser}, Text: "dm"},
+				func(s graphtest.Sent) bool { return s.ChatID == "19:alice_bot-user@unq.gbl.spaces" }},
+			{"file as reference attachment", adapter.Message{To: adapter.Target{Chat: "chat-1"}, Text: "report",
+				Attachments: []adapter.Attachment{{Name: "r.pdf", ContentType: "application/pdf", Data: []byte("%PDF")}}},
+				func(s graphtest.Sent) bool {
+					return len(s.Attachments) == 1 && s.Attachments[0].Name == "r.pdf" && strings.Contains(s.Content, "<attachment id=")
+				}},
+			{"adaptive card", adapter.Message{To: adapter.Target{Chat: "chat-1"}, Card: json.RawMessage(`{"type":"adaptive","body":[{"type":"TextBlock","text":"x"}]}`)},
+				func(s graphtest.Sent) bool {
+					return strings.Contains(string(s.Raw), "application/vnd.microsoft.card.adaptive")
+				}},
+		}
+		var parent string
+		for _, tc := range cases {
+			r, err := ae.a.Send(ctx, tc.msg)
+			if err != nil || r.ID == "" {
+				t.Errorf("%s: Send() = %+v, %v", tc.name, r, err)
+				continue
+			}
+			sent := ae.srv.Sent()
+			if last := sent[len(sent)-1]; !tc.check(last) || last.ID != r.ID {
+				t.Errorf("%s: sent %+v", tc.name, last)
+			}
+			if tc.msg.To.Channel != nil {
+				parent = r.ID
+			}
+		}
+		r, err := ae.a.Send(ctx, adapter.Message{To: adapter.Target{Channel: &adapter.Channel{Team: "T", Channel: "C"}}, Text: "re", ReplyTo: parent})
+		sent := ae.srv.Sent()
+		if err != nil || sent[len(sent)-1].Kind != "reply" || sent[len(sent)-1].ReplyTo != parent || r.ID == "" {
+			t.Errorf("reply: %v %+v", err, sent[len(sent)-1])
+		}
+		// Uploaded once through Upload, then referenced by id.
+		up, err := ae.a.Upload(ctx, adapter.Attachment{Name: "big.bin", Data: randomBytes(5 << 20)})
+		if err != nil || up.ID == "" || up.URL == "" {
+			t.Fatalf("Upload() = %+v, %v", up, err)
+		}
+		if _, err := ae.a.Send(ctx, adapter.Message{To: adapter.Target{Chat: "chat-1"}, Text: "big", Attachments: []adapter.Attachment{{ID: up.ID}}}); err != nil {
+			t.Errorf("Send(uploaded id) error = %v", err)
+		}
+		// Errors keep their kinds.
+		_, err = ae.a.Send(ctx, adapter.Message{To: adapter.Target{Party: "2"}, Text: "x"})
+		if !errors.Is(err, adapter.ErrInvalidRecipient) {
+			t.Errorf("Send(party) error = %v; want invalid_recipient", err)
+		}
+		_, err = ae.a.Send(ctx, adapter.Message{To: adapter.Target{Chat: "chat-1"}})
+		if !errors.Is(err, adapter.ErrInvalidRequest) {
+			t.Errorf("Send(empty) error = %v; want invalid_request", err)
+		}
+		ae.srv.InjectThrottle(1, time.Minute)
+		_, err = ae.a.Send(ctx, adapter.Message{To: adapter.Target{Chat: "chat-1"}, Text: "x"})
+		if !errors.Is(err, adapter.ErrRateLimited) || adapter.RetryAfter(err) != time.Minute || adapter.Code(err) != "TooManyRequests" {
+			t.Errorf("throttled Send() error = %v; want rate_limited, 1m, TooManyRequests", err)
+		}
+	})
+}
+
+func TestClientCredentialsBot(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ae := newAdapter(t, func(o *Options) {
+			o.Auth, o.User, o.NotificationURL = AuthClientCredentials, "bot@contoso.test", ""
+		})
+		_, err := ae.a.Send(t.Context(), adapter.Message{To: adapter.Target{Chat: "chat-1"}, Text: "x"})
+		if !errors.Is(err, adapter.ErrUnauthorized) || !strings.Contains(err.Error(), "delegated") {
+			t.Errorf("Teams Send() with client credentials = %v; want an error saying Teams needs delegated auth", err)
+		}
+		if len(ae.srv.Requests()) != 0 || len(ae.srv.TokenRequests()) != 0 {
+			t.Errorf("a refused Teams send made requests")
+		}
+		big := randomBytes(4 << 20)
+		_, err = ae.a.Send(t.Context(), adapter.Message{To: adapter.Target{Emails: []string{"a@example.com", "b@example.com"}},
+			Subject: "hi", HTML: "<p>hi</p>", Attachments: []adapter.Attachment{
+				{Name: "a.txt", Data: []byte("small")}, {Name: "big.bin", Data: big}}})
+		if err != nil {
+			t.Fatalf("mail Send() error = %v", err)
+		}
+		s := ae.srv.Sent()
+		if len(s) != 1 || s[0].From != "bot@contoso.test" || len(s[0].To) != 2 || len(s[0].Attachments) != 2 || !bytes.Equal(s[0].Attachments[1].Data, big) {
+			t.Errorf("Sent() = %+v", s)
+		}
+		if _, err := New(Options{Config: ae.cfg, Auth: AuthClientCredentials, User: "x", Subscribe: []string{"chats"}}); !errors.Is(err, adapter.ErrInvalidRequest) {
+			t.Errorf("New(client credentials, chats) error = %v", err)
+		}
+	})
+}
+
+func TestWebhookNotifications(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ae := newAdapter(t, nil)
+		if err := ae.a.Start(t.Context()); err != nil {
+			t.Fatalf("Start() error = %v", err)
+		}
+		subs := ae.srv.Subscriptions()
+		if len(subs) != 2 {
+			t.Fatalf("subscriptions = %+v; want chats and mail", subs)
+		}
+		ae.srv.AddChatMessage("chat-1", otherUser, "Alice", "hello bot")
+		evs := ae.hook.take()
+		if len(evs) != 1 || evs[0].Text != "hello bot" || evs[0].Sender.ID != otherUser || evs[0].Chat.ID != "chat-1" ||
+			evs[0].Chat.Type != adapter.ChatGroup || evs[0].Platform != "graph" || evs[0].Bot != "teams" || evs[0].Kind != adapter.EventMessage {
+			t.Fatalf("events = %+v", evs)
+		}
+		// A byte-for-byte redelivery yields the same event id (the host drops it).
+		ae.srv.DeliverAgain()
+		if again := ae.hook.take(); len(again) != 1 || again[0].ID != evs[0].ID {
+			t.Errorf("redelivery events = %+v; want the same id %s", again, evs[0].ID)
+		}
+		// The bot's own message and system messages are dropped.
+		if _, err := ae.a.Send(t.Context(), adapter.Message{To: adapter.Target{Chat: "chat-1"}, Text: "echo"}); err != nil {
+			t.Fatal(err)
+		}
+		ae.srv.Flush()
+		ae.srv.AddChatMessage("chat-1", "", "", "Alice added Bob")
+		if evs := ae.hook.take(); len(evs) != 0 {
+			t.Errorf("own/system message events = %+v; want none", evs)
+		}
+		// Channel replies and mail.
+		ae.srv.AddChannelMessage("T", "C", "", otherUser, "Alice", "in channel") // no subscription for channels
+		ae.srv.DeliverMail(botUser, "carol@example.com", "Subject", "mail body")
+		evs = ae.hook.take()
+		if len(evs) != 1 || evs[0].Chat.Type != adapter.ChatMail || evs[0].Text != "mail body" || evs[0].Sender.ID != "carol@example.com" {
+			t.Errorf("mail events = %+v", evs)
+		}
+		for _, st := range ae.hook.status {
+			if st != http.StatusAccepted && st != http.StatusOK { // 200: validation
+				t.Errorf("webhook answered %d; want 202", st)
+			}
+		}
+	})
+}
+
+func TestWebhookRefusesForgeries(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ae := newAdapter(t, nil)
+		body := []byte(`{"value":[{"subscriptionId":"x","clientState":"guess","changeType":"created","resource":"chats('c')/messages('1')"}]}`)
+		resp, evs, err := ae.a.HandleWebhook(t.Context(), &adapter.WebhookRequest{Method: "POST", Body: body})
+		if resp.Status != 401 || len(evs) != 0 || !errors.Is(err, adapter.ErrUnauthorized) {
+			t.Errorf("forged clientState: %d %v %v; want 401 unauthorized", resp.Status, evs, err)
+		}
+		for _, b := range []string{"", "null", "[]", `{"value":{}}`, "{", `{"value":[1]}`} {
+			resp, _, err := ae.a.HandleWebhook(t.Context(), &adapter.WebhookRequest{Method: "POST", Body: []byte(b)})
+			if resp.Status != 400 || !errors.Is(err, adapter.ErrInvalidRequest) {
+				t.Errorf("body %q: %d %v; want 400 invalid_request", b, resp.Status, err)
+			}
+		}
+		resp, _, _ = ae.a.HandleWebhook(t.Context(), &adapter.WebhookRequest{Method: "POST", Query: map[string][]string{"validationToken": {"a b&c"}}})
+		if resp.Status != 200 || string(resp.Body) != "a b&c" || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/plain") {
+			t.Errorf("validation = %d %q %v", resp.Status, resp.Body, resp.Header)
+		}
+		if len(ae.srv.Requests()) != 0 {
+			t.Errorf("forged or malformed notifications caused %d Graph requests", len(ae.srv.Requests()))
+		}
+	})
+}
+
+func TestWebhookAsksForRedeliveryWhenGraphIsDown(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ae := newAdapter(t, nil)
+		if err := ae.a.Start(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		ae.srv.InjectStatus(20, 503, 0) // the message fetch keeps failing past the fetch budget
+		ae.srv.AddChatMessage("chat-1", otherUser, "Alice", "hi")
+		if evs := ae.hook.take(); len(evs) != 0 || ae.hook.status[len(ae.hook.status)-1] != 503 {
+			t.Fatalf("events %v status %v; want none and 503", evs, ae.hook.status)
+		}
+		ae.srv.InjectStatus(0, 0, 0)
+		for range 20 { // drain what is left of the fault queue
+			ae.a.Client().Do(t.Context(), "GET", "/me", nil, nil)
+		}
+		if n := ae.srv.Redeliver(); n != 1 {
+			t.Fatalf("Redeliver() = %d; want 1", n)
+		}
+		if evs := ae.hook.take(); len(evs) != 1 || evs[0].Text != "hi" {
+			t.Errorf("redelivered events = %+v", evs)
+		}
+	})
+}
+
+func TestSubscriptionLifecycle(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ae := newAdapter(t, func(o *Options) { o.SubscriptionLifetime = 2 * time.Hour; o.Chats = []string{"chat-1"} })
+		if err := ae.a.Start(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		find := func(res string) graphtest.Subscription {
+			for _, s := range ae.srv.Subscriptions() {
+				if strings.Contains(s.Resource, res) {
+					return s
+				}
+			}
+			return graphtest.Subscription{}
+		}
+		mail := find("mailFolders")
+		if mail.ID == "" || mail.LifecycleURL == "" || mail.ClientState != clientState {
+			t.Fatalf("mail subscription = %+v", mail)
+		}
+		// Renewed ahead of expiry by the refresh-ahead machinery.
+		time.Sleep(100 * time.Minute)
+		synctest.Wait()
+		renewed := find("mailFolders")
+		if renewed.ID != mail.ID || !renewed.Expiration.After(mail.Expiration) {
+			t.Errorf("after 100 min: subscription %s expiring %v; want %s renewed past %v", renewed.ID, renewed.Expiration, mail.ID, mail.Expiration)
+		}
+		// reauthorizationRequired: renew, answer 202.
+		before := find("mailFolders").Expiration
+		time.Sleep(time.Minute)
+		if st, err := ae.srv.Lifecycle(mail.ID, "reauthorizationRequired"); err != nil || st != 202 {
+			t.Fatalf("Lifecycle(reauthorizationRequired) = %d, %v", st, err)
+		}
+		time.Sleep(30 * time.Second)
+		synctest.Wait()
+		if after := find("mailFolders"); !after.Expiration.After(before) {
+			t.Errorf("reauthorizationRequired did not renew: %v → %v", before, after.Expiration)
+		}
+		// missed: mail that arrived while the webhook was down comes through a delta resync.
+		ae.hook.mu.Lock()
+		ae.hook.down = true
+		ae.hook.mu.Unlock()
+		ae.srv.DeliverMail(botUser, "dave@example.com", "lost", "while down")
+		ae.hook.mu.Lock()
+		ae.hook.down = false
+		ae.hook.mu.Unlock()
+		if st, _ := ae.srv.Lifecycle(mail.ID, "missed"); st != 202 {
+			t.Fatalf("Lifecycle(missed) = %d", st)
+		}
+		if evs := ae.hook.take(); len(evs) != 1 || evs[0].Text != "while down" {
+			t.Errorf("missed resync events = %+v", evs)
+		}
+		// subscriptionRemoved: recreated, and chats resynced.
+		chat := find("chats/chat-1")
+		ae.hook.mu.Lock()
+		ae.hook.down = true
+		ae.hook.mu.Unlock()
+		ae.srv.AddChatMessage("chat-1", otherUser, "Alice", "during removal")
+		ae.hook.mu.Lock()
+		ae.hook.down = false
+		ae.hook.mu.Unlock()
+		if st, _ := ae.srv.Lifecycle(chat.ID, "subscriptionRemoved"); st != 202 {
+			t.Fatalf("Lifecycle(subscriptionRemoved) = %d", st)
+		}
+		if evs := ae.hook.take(); len(evs) != 1 || evs[0].Text != "during removal" {
+			t.Errorf("removal resync events = %+v", evs)
+		}
+		time.Sleep(time.Minute)
+		synctest.Wait()
+		if re := find("chats/chat-1"); re.ID == "" || re.ID == chat.ID {
+			t.Errorf("chat subscription after removal = %+v; want a new one", re)
+		}
+		subs, err := ae.a.Subscriptions(t.Context())
+		if err != nil || subs["chats/chat-1/messages"] != find("chats/chat-1").ID {
+			t.Errorf("Subscriptions() = %v, %v", subs, err)
+		}
+	})
+}
+
+func TestPolling(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ae := newAdapter(t, func(o *Options) { o.NotificationURL = ""; o.Chats = []string{"chat-1"} })
+		ae.srv.AddChatMessage("chat-1", otherUser, "Alice", "history")
+		ae.srv.DeliverMail(botUser, "carol@example.com", "old", "history")
+		ctx := t.Context()
+		start := time.Now()
+		if evs, err := ae.a.Poll(ctx); err != nil || len(evs) != 0 || time.Since(start) != 30*time.Second {
+			t.Fatalf("first Poll() = %v, %v after %v; want a baseline with no events after the 30 s interval", evs, err, time.Since(start))
+		}
+		ae.srv.AddChatMessage("chat-1", otherUser, "Alice", "one")
+		ae.srv.AddChatMessage("chat-1", otherUser, "Alice", "two")
+		ae.srv.AddChatMessage("chat-1", "", "", "system")
+		ae.srv.DeliverMail(botUser, "carol@example.com", "new", "three")
+		if _, err := ae.a.Send(ctx, adapter.Message{To: adapter.Target{Chat: "chat-1"}, Text: "own"}); err != nil {
+			t.Fatal(err)
+		}
+		evs, err := ae.a.Poll(ctx)
+		var texts []string
+		for _, e := range evs {
+			texts = append(texts, e.Text)
+		}
+		if err != nil || strings.Join(texts, ",") != "three,one,two" {
+			t.Fatalf("Poll() = %v, %v; want three, one, two", texts, err)
+		}
+		// Nothing new: wait one interval, return nothing (and commit the previous batch).
+		start = time.Now()
+		if evs, err := ae.a.Poll(ctx); len(evs) != 0 || err != nil || time.Since(start) != 30*time.Second {
+			t.Errorf("idle Poll() = %v, %v after %v", evs, err, time.Since(start))
+		}
+	})
+}
+
+func TestStatus(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ae := newAdapter(t, func(o *Options) { o.NotificationURL = "" })
+		if err := ae.a.Start(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		st, _ := ae.a.Status(t.Context())
+		if !st.Healthy || st.Bot != "teams" || len(st.Tokens) != 1 || st.Tokens[0].State != "fresh" {
+			t.Errorf("Status() = %+v", st)
+		}
+		ae.a.Close()
+		st, _ = ae.a.Status(t.Context())
+		if st.Healthy {
+			t.Errorf("Status() after Close = %+v; want unhealthy", st)
+		}
+		if _, err := ae.a.Send(t.Context(), adapter.Message{To: adapter.Target{Chat: "c"}, Text: "x"}); !errors.Is(err, adapter.ErrUnavailable) {
+			t.Errorf("Send after Close = %v", err)
+		}
+	})
+}

@@ -1,0 +1,299 @@
+package graph
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/seed-a64d9e1f/chatwire/adapter"
+)
+
+// pollState holds the receive cursors. Committed cursors move only when the next Poll call
+// shows the previous batch was taken (at-least-once delivery).
+type pollState struct {
+	baselined    bool
+	mailDelta    string            // committed delta link
+	chatLast     map[string]string // chat id → newest message id seen (committed)
+	pendingDelta string
+	pendingChat  map[string]string
+}
+
+func (p *pollState) commit() {
+	if p.pendingDelta != "" {
+		p.mailDelta = p.pendingDelta
+		p.pendingDelta = ""
+	}
+	for k, v := range p.pendingChat {
+		if p.chatLast == nil {
+			p.chatLast = map[string]string{}
+		}
+		p.chatLast[k] = v
+	}
+	p.pendingChat = nil
+}
+
+func (a *Adapter) mailFolder() string {
+	if a.opts.User != "" {
+		return "/users/" + pathID(a.opts.User) + "/mailFolders/inbox/messages"
+	}
+	return "/me/mailFolders/inbox/messages"
+}
+
+// deltaMail follows a mail delta query from link (empty: start) to its deltaLink and returns
+// the messages seen and the new deltaLink.
+func (a *Adapter) deltaMail(ctx context.Context, link string) ([]json.RawMessage, string, error) {
+	if link == "" {
+		link = a.mailFolder() + "/delta"
+	}
+	var all []json.RawMessage
+	for range 100 {
+		var page struct {
+			Value     []json.RawMessage `json:"value"`
+			NextLink  string            `json:"@odata.nextLink"`
+			DeltaLink string            `json:"@odata.deltaLink"`
+		}
+		if err := a.client.Do(ctx, http.MethodGet, link, nil, &page); err != nil {
+			return nil, "", err
+		}
+		all = append(all, page.Value...)
+		if page.DeltaLink != "" {
+			return all, page.DeltaLink, nil
+		}
+		if page.NextLink == "" {
+			break
+		}
+		link = page.NextLink
+	}
+	return all, link, nil
+}
+
+// baselineMail sets the mail cursor to "now" without emitting history.
+func (a *Adapter) baselineMail(ctx context.Context) error {
+	_, link, err := a.deltaMail(ctx, "")
+	if err != nil {
+		return err
+	}
+	a.pollMu.Lock()
+	a.poll.mailDelta = link
+	a.pollMu.Unlock()
+	return nil
+}
+
+func (a *Adapter) mailEvents(ctx context.Context, msgs []json.RawMessage) ([]adapter.Event, error) {
+	me, err := a.self(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var evs []adapter.Event
+	for _, raw := range msgs {
+		if ev, ok := a.mailEvent(ResourceRef{Kind: ResourceMail}, raw, me); ok {
+			evs = append(evs, ev)
+		}
+	}
+	return evs, nil
+}
+
+// resyncMail fetches the mail changes since the cursor and advances it (after a "missed"
+// or "subscriptionRemoved" lifecycle event). Repeats are dropped by the host by event id.
+func (a *Adapter) resyncMail(ctx context.Context) ([]adapter.Event, error) {
+	a.pollMu.Lock()
+	link := a.poll.mailDelta
+	a.pollMu.Unlock()
+	msgs, next, err := a.deltaMail(ctx, link)
+	if err != nil {
+		return nil, err
+	}
+	evs, err := a.mailEvents(ctx, msgs)
+	if err != nil {
+		return nil, err
+	}
+	a.pollMu.Lock()
+	a.poll.mailDelta = next
+	a.pollMu.Unlock()
+	return evs, nil
+}
+
+// newChatMessages lists a chat newest first and returns the messages after last (oldest
+// first) and the newest id. With last empty it returns no messages (a baseline).
+func (a *Adapter) newChatMessages(ctx context.Context, chat, last string) ([]json.RawMessage, string, error) {
+	link := "/chats/" + pathID(chat) + "/messages?" + url.Values{"$top": {"50"}, "$orderby": {"createdDateTime desc"}}.Encode()
+	var out []json.RawMessage
+	newest := last
+	for page := 0; page < 20 && link != ""; page++ {
+		var resp struct {
+			Value    []json.RawMessage `json:"value"`
+			NextLink string            `json:"@odata.nextLink"`
+		}
+		if err := a.client.Do(ctx, http.MethodGet, link, nil, &resp); err != nil {
+			return nil, "", err
+		}
+		for _, raw := range resp.Value {
+			var m struct {
+				ID string `json:"id"`
+			}
+			json.Unmarshal(raw, &m)
+			if page == 0 && newest == last && m.ID != "" && idAfter(m.ID, last) {
+				newest = m.ID
+			}
+			if last == "" || !idAfter(m.ID, last) {
+				slices.Reverse(out)
+				return out, newest, nil
+			}
+			out = append(out, raw)
+		}
+		link = resp.NextLink
+	}
+	slices.Reverse(out)
+	return out, newest, nil
+}
+
+// idAfter compares Teams message ids (epoch milliseconds).
+func idAfter(a, b string) bool {
+	x, err1 := strconv.ParseInt(a, 10, 64)
+	y, err2 := strconv.ParseInt(b, 10, 64)
+	if err1 != nil || err2 != nil {
+		return a > b
+	}
+	return x > y
+}
+
+func (a *Adapter) chatEvents(ctx context.Context, chat string, msgs []json.RawMessage) ([]adapter.Event, error) {
+	me, err := a.self(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var evs []adapter.Event
+	for _, raw := range msgs {
+		var m struct {
+			ID string `json:"id"`
+		}
+		json.Unmarshal(raw, &m)
+		if ev, ok := a.chatEvent(ResourceRef{Kind: ResourceChat, Chat: chat, Message: m.ID}, raw, me); ok {
+			evs = append(evs, ev)
+		}
+	}
+	return evs, nil
+}
+
+// resyncChats lists the configured chats for messages after the cursors.
+func (a *Adapter) resyncChats(ctx context.Context) ([]adapter.Event, error) {
+	var evs []adapter.Event
+	for _, chat := range a.opts.Chats {
+		a.pollMu.Lock()
+		last := a.poll.chatLast[chat]
+		a.pollMu.Unlock()
+		if last == "" {
+			continue
+		}
+		msgs, newest, err := a.newChatMessages(ctx, chat, last)
+		if err != nil {
+			return nil, err
+		}
+		ce, err := a.chatEvents(ctx, chat, msgs)
+		if err != nil {
+			return nil, err
+		}
+		evs = append(evs, ce...)
+		a.pollMu.Lock()
+		if a.poll.chatLast == nil {
+			a.poll.chatLast = map[string]string{}
+		}
+		a.poll.chatLast[chat] = newest
+		a.pollMu.Unlock()
+	}
+	return evs, nil
+}
+
+// Poll receives without a public notification URL: mail through a delta query, chats (the
+// configured Options.Chats) through a newest-first listing. The first call sets the cursors
+// to "now" and returns nothing; later calls return what arrived since. A batch's cursors are
+// committed when Poll is called again. When nothing is new, Poll waits PollInterval (or until
+// ctx is done) and returns no events and a nil error.
+func (a *Adapter) Poll(ctx context.Context) ([]adapter.Event, error) {
+	if a.isClosed() {
+		return nil, adapter.Errorf(adapter.KindUnavailable, "graph: adapter closed")
+	}
+	a.pollMu.Lock()
+	a.poll.commit()
+	st := a.poll
+	st.chatLast = cloneMap(a.poll.chatLast)
+	a.pollMu.Unlock()
+
+	var evs []adapter.Event
+	pendingChat := map[string]string{}
+	pendingDelta := ""
+	if a.subscribed(SubscribeMail) {
+		msgs, link, err := a.deltaMail(ctx, st.mailDelta)
+		if err != nil {
+			return nil, errorf(err, "graph: poll mail")
+		}
+		if st.baselined && st.mailDelta != "" {
+			me, err := a.mailEvents(ctx, msgs)
+			if err != nil {
+				return nil, errorf(err, "graph: poll mail")
+			}
+			evs = append(evs, me...)
+		}
+		pendingDelta = link
+	}
+	if a.subscribed(SubscribeChats) {
+		for _, chat := range a.opts.Chats {
+			last := st.chatLast[chat]
+			msgs, newest, err := a.newChatMessages(ctx, chat, last)
+			if err != nil {
+				return nil, errorf(err, "graph: poll chat %s", chat)
+			}
+			if last == "" && newest == "" {
+				newest = "0" // an empty chat: everything after it is new
+			}
+			ce, err := a.chatEvents(ctx, chat, msgs)
+			if err != nil {
+				return nil, errorf(err, "graph: poll chat %s", chat)
+			}
+			evs = append(evs, ce...)
+			pendingChat[chat] = newest
+		}
+	}
+	a.pollMu.Lock()
+	a.poll.baselined = true
+	if !st.baselined {
+		// The first sweep is a baseline: commit at once, emit nothing.
+		if pendingDelta != "" {
+			a.poll.mailDelta = pendingDelta
+		}
+		for k, v := range pendingChat {
+			if a.poll.chatLast == nil {
+				a.poll.chatLast = map[string]string{}
+			}
+			a.poll.chatLast[k] = v
+		}
+		evs = nil
+	} else {
+		a.poll.pendingDelta = pendingDelta
+		a.poll.pendingChat = pendingChat
+	}
+	a.pollMu.Unlock()
+	if len(evs) > 0 {
+		return evs, nil
+	}
+	t := time.NewTimer(a.opts.PollInterval)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	case <-a.closed:
+	}
+	return nil, nil
+}
+
+func cloneMap(m map[string]string) map[string]string {
+	out := make(map[string]string, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
