@@ -67,7 +67,7 @@ type adapterEnv struct {
 	store *tokenmgr.MemoryStore
 }
 
-func newAdapter(t *testing.T, mutate func(*Options)) *adapterEnv {
+func newAdapter(t testing.TB, mutate func(*Options)) *adapterEnv {
 	t.Helper()
 	e := newEnv(t)
 	store := new(tokenmgr.MemoryStore)

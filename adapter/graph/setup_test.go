@@ -33,7 +33,7 @@ type env struct {
 	log *logBuffer
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	s := &graphtest.Server{LoginUser: botUser, StrictUpload: true}
 	s.AddClient(testClient, testSecret, "http://localhost:8400/callback")
