@@ -13,8 +13,9 @@ import (
 	"github.com/seed-a64d9e1f/chatwire/tokenmgr"
 )
 
-// Messages on the channel are "<kind> <gen> <key>": kind w (written), i (invalidated) or r (lock
-// released without a write; wakes waiters only).
+// Messages on the channel are "<kind> <gen> <key>": kind w (written) or i (invalidated), or,
+// for waiters only, r (lock released without a write) and f (the holder's fetch failed; gen is
+// 1 for a credentials error, else 0).
 
 // healthInterval is how long the subscriber waits for a message before it pings, so a silent
 // network failure is noticed.
@@ -102,7 +103,11 @@ func (s *Store) dispatch(payload string) {
 		s.mu.Unlock()
 		return
 	}
-	wakeLocked(sl)
+	wk := kind
+	if kind == "f" {
+		wk += g
+	}
+	wakeLocked(sl, wk)
 	var fns []func(tokenmgr.Change)
 	if kind == "w" || kind == "i" {
 		fns = watchersOf(sl)
@@ -139,7 +144,7 @@ func (s *Store) resync() {
 			return
 		}
 		s.mu.Lock()
-		wakeLocked(sl)
+		wakeLocked(sl, "")
 		fns := watchersOf(sl)
 		s.mu.Unlock()
 		if e.Gen > 0 {

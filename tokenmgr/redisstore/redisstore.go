@@ -73,7 +73,10 @@ type Stats struct {
 // (SET NX PX with a random owner id), re-reads, fetches, writes with a Lua script only if the
 // generation did not change meanwhile, publishes the change and releases the lock with a
 // compare-and-delete script. Processes that find the lock taken wait for the publish, re-reading
-// at PollInterval in case it is lost, until their ctx is done.
+// at PollInterval in case it is lost, until their ctx is done. If the holder's fetch fails, the
+// release publishes that too, and the waiting processes return an error of the same kind
+// ([tokenmgr.ErrTemporary] or [tokenmgr.ErrCredentials]) instead of calling the failing
+// upstream one after another. If the holder dies, the others take over when its lease ends.
 //
 // If Redis fails, Refresh fetches in the process from the last entry it saw (so source state
 // carries over), gives the result the generation max(last seen, caller's)+1, and writes it back
@@ -111,7 +114,7 @@ type slot struct {
 	dirty    bool           // local was fetched without Redis and is not stored yet
 	watchers map[int]func(tokenmgr.Change)
 	nextID   int
-	waiters  map[chan struct{}]struct{} // Refresh calls waiting for another process's fetch
+	waiters  map[chan string]struct{} // Refresh calls waiting for another process's fetch; get the message kind
 }
 
 var (
@@ -190,7 +193,7 @@ func (s *Store) slot(key string) *slot {
 		sl = &slot{
 			lock:     make(chan struct{}, 1),
 			watchers: make(map[int]func(tokenmgr.Change)),
-			waiters:  make(map[chan struct{}]struct{}),
+			waiters:  make(map[chan string]struct{}),
 		}
 		s.slots[key] = sl
 	}
@@ -253,7 +256,17 @@ func (s *Store) Refresh(ctx context.Context, key string, have uint64, fetch toke
 		}
 		t := time.NewTimer(jitter(s.opts.PollInterval))
 		select {
-		case <-wake:
+		case kind := <-wake:
+			if kind == "f0" || kind == "f1" {
+				// The holder's fetch failed: share its outcome rather than try at once, so a
+				// failing upstream gets one call per round, not one per process.
+				t.Stop()
+				cause := tokenmgr.ErrTemporary
+				if kind == "f1" {
+					cause = tokenmgr.ErrCredentials
+				}
+				return tokenmgr.Entry{}, false, fmt.Errorf("redisstore: another process failed to refresh %s: %w", key, cause)
+			}
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
@@ -267,8 +280,9 @@ func (s *Store) Refresh(ctx context.Context, key string, have uint64, fetch toke
 			return e, false, nil
 		}
 	}
-	release := s.hold(key, lk, owner)
-	defer release()
+	released := "r 0 " + key // what the release publishes: the lock is free
+	release := s.hold(lk, owner)
+	defer func() { release(released) }()
 
 	if e, err = s.load(ctx, key, sl); err != nil { // re-read under the lock
 		return s.fetchLocal(ctx, key, sl, have, fetch, "load", err)
@@ -286,6 +300,10 @@ func (s *Store) Refresh(ctx context.Context, key string, have uint64, fetch toke
 	}
 	n, err := fetch(ctx, base)
 	if err != nil {
+		released = "f 0 " + key
+		if tokenmgr.IsPermanent(err) {
+			released = "f 1 " + key
+		}
 		return tokenmgr.Entry{}, false, err
 	}
 	n.Gen = max(base.Gen, have) + 1
@@ -399,8 +417,8 @@ func (s *Store) write(ctx context.Context, key, mode string, expect uint64, e to
 }
 
 // hold keeps the lock lk extended while a fetch runs; the returned func stops that and
-// releases the lock if owner still holds it.
-func (s *Store) hold(key, lk, owner string) (release func()) {
+// releases the lock if owner still holds it, publishing msg.
+func (s *Store) hold(lk, owner string) (release func(msg string)) {
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	lease := s.opts.LockTTL.Milliseconds()
@@ -421,12 +439,12 @@ func (s *Store) hold(key, lk, owner string) (release func()) {
 			}
 		}
 	})
-	return func() {
+	return func(msg string) {
 		close(stop)
 		wg.Wait()
 		ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 		defer cancel()
-		_ = releaseScript.Run(ctx, s.client, []string{lk}, owner, s.channel, "r 0 "+key).Err()
+		_ = releaseScript.Run(ctx, s.client, []string{lk}, owner, s.channel, msg).Err()
 	}
 }
 
@@ -536,26 +554,32 @@ func (s *Store) up(ctx context.Context) {
 		slog.Uint64("local_refreshes", s.localRefreshes.Load()))
 }
 
-func (s *Store) addWaiter(sl *slot) chan struct{} {
-	ch := make(chan struct{}, 1)
+func (s *Store) addWaiter(sl *slot) chan string {
+	ch := make(chan string, 1)
 	s.mu.Lock()
 	sl.waiters[ch] = struct{}{}
 	s.mu.Unlock()
 	return ch
 }
 
-func (s *Store) removeWaiter(sl *slot, ch chan struct{}) {
+func (s *Store) removeWaiter(sl *slot, ch chan string) {
 	s.mu.Lock()
 	delete(sl.waiters, ch)
 	s.mu.Unlock()
 }
 
-// wakeLocked wakes the Refresh calls waiting on sl. s.mu must be held.
-func wakeLocked(sl *slot) {
+// wakeLocked wakes the Refresh calls waiting on sl with the kind of message that woke them
+// ("w", "i", "r", "f0", "f1", or "" after a resync). A failure replaces a pending wake-up,
+// so it is not lost. s.mu must be held.
+func wakeLocked(sl *slot, kind string) {
 	for ch := range sl.waiters {
 		select {
-		case ch <- struct{}{}:
+		case ch <- kind:
 		default:
+			if kind == "f0" || kind == "f1" {
+				<-ch
+				ch <- kind
+			}
 		}
 	}
 }

@@ -52,7 +52,8 @@ return 1
 `)
 
 // releaseScript deletes the lock if ARGV[1] still owns it (compare-and-delete, as in
-// bsm/redislock), and publishes that the lock is free so waiters try at once.
+// bsm/redislock), and publishes ARGV[3] so waiters learn at once that the lock is free or that
+// the fetch failed.
 //
 //	KEYS[1] lock key  ARGV[1] owner  ARGV[2] channel  ARGV[3] message
 var releaseScript = redis.NewScript(`

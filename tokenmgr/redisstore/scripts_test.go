@@ -127,7 +127,7 @@ func TestLockScripts(t *testing.T) {
 	if !c.SetNX(ctx, lk, "owner-c", s.opts.LockTTL).Val() {
 		t.Fatal("SetNX on a free lock failed")
 	}
-	release := s.hold("k", lk, "owner-c")
+	release := s.hold(lk, "owner-c")
 	deadline := time.Now().Add(3 * s.opts.LockTTL)
 	for time.Now().Before(deadline) {
 		if v := c.Get(ctx, lk).Val(); v != "owner-c" {
@@ -135,7 +135,7 @@ func TestLockScripts(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	release()
+	release("r 0 k")
 	if n := c.Exists(ctx, lk).Val(); n != 0 {
 		t.Fatalf("lock still exists after release")
 	}

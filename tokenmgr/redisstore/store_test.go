@@ -586,3 +586,76 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// setCalls returns how many SET commands the server has run (lock attempts).
+func setCalls(t *testing.T, rc *redis.Client) int64 {
+	t.Helper()
+	for _, l := range strings.Split(rc.Info(t.Context(), "commandstats").Val(), "\r\n") {
+		if rest, ok := strings.CutPrefix(l, "cmdstat_set:calls="); ok {
+			n, _ := strconv.ParseInt(rest[:strings.IndexByte(rest, ',')], 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+// TestFetchFailureShared checks that when the lock holder's fetch fails, the processes waiting
+// for it get the failure (with its kind) instead of each calling the failing upstream in turn.
+func TestFetchFailureShared(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  error
+	}{
+		{"temporary", fmt.Errorf("%w: 503", tokenmgr.ErrTemporary)},
+		{"credentials", fmt.Errorf("%w: errcode 40001", tokenmgr.ErrCredentials)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := startRedis(t)
+			holder, rc := newHost(t, srv.Addr(), redisstore.Options{})
+			var fetches atomic.Int64
+			started, release := make(chan struct{}, 1), make(chan struct{})
+			go func() {
+				_, _, _ = holder.Refresh(t.Context(), key, 0, func(ctx context.Context, prev tokenmgr.Entry) (tokenmgr.Entry, error) {
+					fetches.Add(1)
+					started <- struct{}{}
+					<-release
+					return tokenmgr.Entry{}, tc.err
+				})
+			}()
+			<-started
+			var waiters []*redisstore.Store
+			for range 3 {
+				w, _ := newHost(t, srv.Addr(), redisstore.Options{PollInterval: time.Hour})
+				waitSubscribed(t, holder, w)
+				waiters = append(waiters, w)
+			}
+			base := setCalls(t, rc)
+			errs := make(chan error, 3)
+			for _, w := range waiters {
+				go func() {
+					_, _, err := w.Refresh(t.Context(), key, 0, func(ctx context.Context, prev tokenmgr.Entry) (tokenmgr.Entry, error) {
+						fetches.Add(1)
+						return tokenmgr.Entry{}, tc.err
+					})
+					errs <- err
+				}()
+			}
+			for deadline := time.Now().Add(5 * time.Second); setCalls(t, rc) < base+3; { // all three tried the lock
+				if time.Now().After(deadline) {
+					t.Fatal("waiters did not try the lock within 5s")
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			close(release)
+			for range 3 {
+				err := <-errs
+				if !errors.Is(err, tc.err.(interface{ Unwrap() error }).Unwrap()) {
+					t.Errorf("waiter Refresh = %v; want the holder's failure kind", err)
+				}
+			}
+			if n := fetches.Load(); n != 1 {
+				t.Errorf("%d fetches; want 1 (the holder's)", n)
+			}
+		})
+	}
+}
