@@ -3,7 +3,6 @@ package wecom
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"encoding/xml"
 	"errors"
 	"fmt"
@@ -84,20 +83,14 @@ type refusal struct {
 
 func (r *refusal) Error() string { return r.msg }
 
-// envelope is the outer XML of a callback POST.
-type envelope struct {
-	ToUserName string `xml:"ToUserName"`
-	AgentID    string `xml:"AgentID"`
-	Encrypt    string `xml:"Encrypt"`
-}
-
 // parsePost verifies, decrypts and parses a callback POST body into an event.
 func (c *Client) parsePost(sig, ts, nonce string, body []byte) (adapter.Event, error) {
-	var env envelope
-	if err := xml.Unmarshal(body, &env); err != nil || env.Encrypt == "" {
+	env, err := parseXML(body)
+	encrypted, _ := env["Encrypt"].(string)
+	if err != nil || encrypted == "" {
 		return adapter.Event{}, &refusal{http.StatusBadRequest, adapter.KindInvalidRequest, "body is not a WeCom callback envelope", nil}
 	}
-	if !c.crypto.Verify(sig, ts, nonce, env.Encrypt) {
+	if !c.crypto.Verify(sig, ts, nonce, encrypted) {
 		return adapter.Event{}, &refusal{http.StatusUnauthorized, adapter.KindUnauthorized, "bad signature", ErrSignature}
 	}
 	sec, err := strconv.ParseInt(ts, 10, 64)
@@ -110,7 +103,7 @@ func (c *Client) parsePost(sig, ts, nonce string, body []byte) (adapter.Event, e
 				fmt.Sprintf("timestamp %s off by %s, outside the %s window: refused as a replay", ts, d.Round(time.Second), c.window), nil}
 		}
 	}
-	plain, err := c.crypto.Decrypt(env.Encrypt)
+	plain, err := c.crypto.Decrypt(encrypted)
 	if err != nil {
 		return adapter.Event{}, err
 	}
@@ -168,10 +161,7 @@ func ParseMessage(plain []byte) (adapter.Event, error) {
 	if err != nil {
 		return adapter.Event{}, errors.New("wecom: message has no valid CreateTime")
 	}
-	raw, err := json.Marshal(m)
-	if err != nil {
-		return adapter.Event{}, fmt.Errorf("wecom: message: %w", err)
-	}
+	raw := appendJSON(make([]byte, 0, len(plain)), m)
 	ev := adapter.Event{
 		Platform: adapter.PlatformWeCom,
 		Kind:     adapter.EventMessage,
@@ -218,8 +208,18 @@ func ParseMessage(plain []byte) (adapter.Event, error) {
 }
 
 // parseXML returns the children of the root element as a map: a leaf's text, a nested
-// element's own map, repeated names as []any. Attributes are ignored.
+// element's own map, repeated names as []any. Attributes are ignored. It tries the fast
+// scanner first and falls back to encoding/xml.
 func parseXML(data []byte) (map[string]any, error) {
+	m, err := scanXML(data)
+	if err != errSlowPath {
+		return m, err
+	}
+	return parseXMLSlow(data)
+}
+
+// parseXMLSlow is parseXML on encoding/xml.
+func parseXMLSlow(data []byte) (map[string]any, error) {
 	d := xml.NewDecoder(bytes.NewReader(data))
 	d.Strict = true
 	count := 0
