@@ -21,6 +21,10 @@ func NewPluginLogHandler(w io.Writer, level slog.Leveler) slog.Handler {
 }
 
 func hclogAttr(groups []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		// JSON would carry nanoseconds, which the host logs as 2.3e+06: keep "2.3ms".
+		return slog.String(a.Key, a.Value.Duration().String())
+	}
 	if len(groups) > 0 {
 		return a
 	}

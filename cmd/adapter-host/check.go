@@ -1,0 +1,173 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/seed-a64d9e1f/chatwire/adapter"
+	"github.com/seed-a64d9e1f/chatwire/internal/platforms"
+	"github.com/seed-a64d9e1f/chatwire/plugin"
+	"github.com/seed-a64d9e1f/chatwire/tokenmgr"
+)
+
+// explanations says in plain words what platform codes mean and what to do.
+var explanations = map[string]string{
+	// WeCom errcodes
+	"-1":    "WeCom is busy; try again in a moment",
+	"40001": "the corp_secret is wrong: copy the app's Secret again from the WeCom admin console (App Management → your app)",
+	"40013": "the corp_id is wrong: it is on My Company → Company Information, and starts with ww",
+	"40014": "the access token is invalid; chatwire fetches a new one by itself",
+	"40056": "the agent_id is wrong: use the AgentId shown on the app's page",
+	"40058": "a required field is missing or malformed in the request",
+	"41001": "the access token is missing; chatwire fetches one by itself",
+	"41004": "corp_secret is empty",
+	"42001": "the access token expired; chatwire fetches a new one by itself",
+	"45009": "the API call limit was reached: WeCom blocks the app for a while (60 s or more)",
+	"45033": "too many concurrent calls; slow down",
+	"48002": "this API is not allowed for the app: check its permissions in the admin console",
+	"60011": "the app may not see this member, department or tag: widen its visible range",
+	"60020": "this host's IP address is not on the app's trusted IP list (App → Enterprise trusted IP)",
+	"81013": "none of the recipients exists or may receive messages from this app",
+	"82001": "all recipients are invalid or outside the app's visible range",
+	"301002": "the app may not read this member",
+	// Microsoft identity platform (AADSTS) and Graph codes
+	"AADSTS7000215":              "the client_secret is wrong: use the secret's Value (not its ID) from App registrations → Certificates & secrets",
+	"AADSTS7000222":              "the client_secret expired: create a new one in App registrations → Certificates & secrets",
+	"AADSTS700016":               "the client_id is not an app in this tenant: check client_id and tenant_id",
+	"AADSTS90002":                "the tenant_id does not exist: use the Directory (tenant) ID from the app's Overview",
+	"AADSTS50034":                "the user account does not exist in this tenant",
+	"AADSTS50076":                "multi-factor authentication is required: run adapter-host graph login again",
+	"AADSTS50079":                "the user must enrol in multi-factor authentication",
+	"AADSTS65001":                "the app lacks consent for the permissions it asks for: grant admin consent in API permissions",
+	"AADSTS70008":                "the refresh token or code expired: run adapter-host graph login again",
+	"AADSTS700082":               "the refresh token expired after long inactivity: run adapter-host graph login again",
+	"AADSTS50173":                "the refresh token was revoked (password change?): run adapter-host graph login again",
+	"AADSTS53003":                "a Conditional Access policy blocked the sign-in",
+	"invalid_client":             "the client_id or client_secret is wrong",
+	"invalid_grant":              "the stored sign-in is no longer valid: run adapter-host graph login again",
+	"InvalidAuthenticationToken": "Graph rejected the access token; chatwire fetches a new one by itself",
+	"Forbidden":                  "the app lacks a Graph permission for this call: check API permissions and admin consent",
+	"TooManyRequests":            "Graph is throttling this app; chatwire waits when it can",
+}
+
+// explain returns the plain-words meaning of a platform code, or "".
+func explain(code string) string {
+	if ex, ok := explanations[code]; ok {
+		return ex
+	}
+	if strings.HasPrefix(code, "AADSTS") {
+		return "see https://login.microsoftonline.com/error?code=" + strings.TrimPrefix(code, "AADSTS")
+	}
+	return ""
+}
+
+var codeInText = regexp.MustCompile(`errcode (-?\d+)|(AADSTS\d+)|\b(invalid_client|invalid_grant)\b`)
+
+// platformCode finds the platform's code in err: an adapter.Error's, a
+// tokenmgr.PlatformError's, or one named in the message ("errcode 40001", "AADSTS7000215").
+func platformCode(err error) string {
+	if c := adapter.Code(err); c != "" {
+		return c
+	}
+	var pe *tokenmgr.PlatformError
+	if errors.As(err, &pe) && pe.Code != "" {
+		return pe.Code
+	}
+	if m := codeInText.FindStringSubmatch(err.Error()); m != nil {
+		for _, g := range m[1:] {
+			if g != "" {
+				return g
+			}
+		}
+	}
+	return ""
+}
+
+type checkFailed struct{ n, of int }
+
+func (e checkFailed) Error() string { return fmt.Sprintf("%d of %d bots failed the check", e.n, e.of) }
+func (e checkFailed) ExitCode() int { return 2 }
+
+func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("check", "check --config FILE [--offline]", stderr)
+	config := fs.String("config", "", "config file to check (required)")
+	offline := fs.Bool("offline", false, "only validate the file; do not contact the platforms")
+	timeout := fs.Duration("timeout", 20*time.Second, "how long each credential probe may take")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *config == "" {
+		return errNoConfig
+	}
+	cfg, err := LoadConfig(*config)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "config %s: ok (%d bots, listen %s)\n", *config, len(cfg.Bots), cfg.Server.Listen)
+	if *offline {
+		return nil
+	}
+	opener := platforms.New(slog.New(slog.DiscardHandler), nil)
+	store := plugin.StoreConfig{RedisURL: cfg.Store.RedisURL, KeyPrefix: cfg.Store.KeyPrefix, Dir: cfg.Store.Dir}
+	failed := 0
+	for _, b := range cfg.Bots {
+		if err := probe(ctx, opener, store, b, *timeout); err != nil {
+			failed++
+			fmt.Fprintf(stdout, "bot %s (%s): FAILED: %v\n", b.Name, b.Platform, err)
+			code := platformCode(err)
+			var pe *tokenmgr.PlatformError
+			errors.As(err, &pe)
+			if ex := explain(code); ex != "" {
+				fmt.Fprintf(stdout, "    what it means: %s\n", ex)
+			} else if pe != nil && pe.Hint != "" {
+				fmt.Fprintf(stdout, "    what it means: %s\n", pe.Hint)
+			}
+			continue
+		}
+		fmt.Fprintf(stdout, "bot %s (%s): ok, credentials accepted\n", b.Name, b.Platform)
+		if b.WeCom != nil && b.WeCom.Token != "" {
+			fmt.Fprintf(stdout, "    callback URL to set in the WeCom console: <your public URL>/webhook/%s\n", b.Name)
+		}
+	}
+	if failed > 0 {
+		return checkFailed{failed, len(cfg.Bots)}
+	}
+	return nil
+}
+
+// probe opens the bot in process and fetches a token.
+func probe(ctx context.Context, opener *platforms.Opener, store plugin.StoreConfig, b BotConfig, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var section any = b.WeCom
+	if b.Graph != nil {
+		section = b.Graph
+	}
+	data, err := json.Marshal(section)
+	if err != nil {
+		return err
+	}
+	a, err := opener.Open(ctx, store, plugin.BotConfig{Name: b.Name, Platform: b.Platform, Config: data})
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	tp, ok := a.(interface{ Tokens() *tokenmgr.Manager })
+	if !ok {
+		_, err := a.Status(ctx)
+		return err
+	}
+	_, err = tp.Tokens().Token(ctx)
+	return err
+}
+
+func cmdGraphLogin(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	return errors.New("graph login: the Graph adapter is not part of this build yet")
+}

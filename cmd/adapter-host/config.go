@@ -1,0 +1,420 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"reflect"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/seed-a64d9e1f/chatwire/adapter"
+	"github.com/seed-a64d9e1f/chatwire/internal/platforms"
+)
+
+// Config is the host configuration file (YAML). ${VAR} anywhere in a value is replaced by
+// the environment variable VAR; an unset variable is an error.
+type Config struct {
+	Server ServerConfig `yaml:"server"`
+	Store  StoreConfig  `yaml:"store"`
+	Plugin PluginConfig `yaml:"plugin"`
+	Bots   []BotConfig  `yaml:"bots"`
+}
+
+// ServerConfig is the HTTP listener.
+type ServerConfig struct {
+	// Listen is host:port. Empty means 127.0.0.1:8080.
+	Listen string `yaml:"listen"`
+	// APIKeys are accepted as "Authorization: Bearer <key>" on /v1. Empty is allowed only on
+	// a loopback listener.
+	APIKeys []string `yaml:"api_keys"`
+	// PublicURL is how platforms reach this host, for messages that print webhook URLs.
+	PublicURL string `yaml:"public_url"`
+}
+
+// StoreConfig says where tokens and state live: Redis (shared by a fleet) or a directory
+// (one host); neither means memory only.
+type StoreConfig struct {
+	RedisURL  string `yaml:"redis_url"`
+	KeyPrefix string `yaml:"key_prefix"`
+	Dir       string `yaml:"dir"`
+}
+
+// PluginConfig names the plugin executable. Empty Path means this executable ("plugin"
+// subcommand).
+type PluginConfig struct {
+	Path string `yaml:"path"`
+}
+
+// BotConfig is one bot.
+type BotConfig struct {
+	Name     string           `yaml:"name"`
+	Platform string           `yaml:"platform"`
+	WeCom    *platforms.WeCom `yaml:"wecom"`
+	Graph    *platforms.Graph `yaml:"graph"`
+	Deliver  *DeliverConfig   `yaml:"deliver"`
+}
+
+// DeliverConfig makes the host POST every event to a URL, signed with the secret.
+type DeliverConfig struct {
+	WebhookURL    string `yaml:"webhook_url"`
+	WebhookSecret string `yaml:"webhook_secret"`
+}
+
+// ConfigError lists every problem found in a config file, each prefixed with its field path.
+type ConfigError struct {
+	File     string
+	Problems []string
+}
+
+func (e *ConfigError) Error() string {
+	return fmt.Sprintf("config %s:\n  %s", e.File, strings.Join(e.Problems, "\n  "))
+}
+
+// LoadConfig reads, expands, checks and validates the config file at path.
+func LoadConfig(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return ParseConfig(path, data, os.LookupEnv)
+}
+
+// ParseConfig parses data as a config named name, expanding ${VAR} with lookup.
+func ParseConfig(name string, data []byte, lookup func(string) (string, bool)) (*Config, error) {
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return nil, &ConfigError{File: name, Problems: []string{strings.TrimPrefix(err.Error(), "yaml: ")}}
+	}
+	cerr := &ConfigError{File: name}
+	if len(root.Content) == 0 {
+		cerr.Problems = append(cerr.Problems, "the file is empty")
+		return nil, cerr
+	}
+	doc := root.Content[0]
+	check(doc, reflect.TypeFor[Config](), "", lookup, cerr)
+	if len(cerr.Problems) > 0 {
+		return nil, cerr
+	}
+	// The tree is clean: decode it (KnownFields as a backstop).
+	expanded, err := yaml.Marshal(doc)
+	if err != nil {
+		return nil, err
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(expanded))
+	dec.KnownFields(true)
+	var cfg Config
+	if err := dec.Decode(&cfg); err != nil {
+		return nil, &ConfigError{File: name, Problems: []string{err.Error()}}
+	}
+	cfg.defaults()
+	cfg.validate(cerr)
+	if len(cerr.Problems) > 0 {
+		return nil, cerr
+	}
+	return &cfg, nil
+}
+
+var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
+
+// check walks n against type t: unknown keys, scalars of the wrong type and unset ${VAR}s
+// are reported with their path; ${VAR} references are expanded in place.
+func check(n *yaml.Node, t reflect.Type, path string, lookup func(string) (string, bool), cerr *ConfigError) {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	problem := func(format string, args ...any) {
+		p := path
+		if p == "" {
+			p = "(top level)"
+		}
+		cerr.Problems = append(cerr.Problems, p+": "+fmt.Sprintf(format, args...))
+	}
+	if n.Kind == yaml.AliasNode {
+		n = n.Alias
+	}
+	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+		return // an empty section or value: the zero value
+	}
+	switch t.Kind() {
+	case reflect.Struct:
+		if n.Kind != yaml.MappingNode {
+			problem("want a mapping (key: value lines), got %s", describe(n))
+			return
+		}
+		fields := map[string]reflect.StructField{}
+		var names []string
+		for i := range t.NumField() {
+			f := t.Field(i)
+			tag := strings.Split(f.Tag.Get("yaml"), ",")[0]
+			if tag == "" || tag == "-" {
+				continue
+			}
+			fields[tag] = f
+			names = append(names, tag)
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i].Value, n.Content[i+1]
+			f, ok := fields[k]
+			if !ok {
+				problem("unknown key %q (known keys: %s)", k, strings.Join(names, ", "))
+				continue
+			}
+			check(v, f.Type, join(path, k), lookup, cerr)
+		}
+	case reflect.Slice:
+		if n.Kind != yaml.SequenceNode {
+			problem("want a list, got %s", describe(n))
+			return
+		}
+		for i, c := range n.Content {
+			check(c, t.Elem(), fmt.Sprintf("%s[%d]", path, i), lookup, cerr)
+		}
+	default:
+		if n.Kind != yaml.ScalarNode {
+			problem("want a single value, got %s", describe(n))
+			return
+		}
+		var missing []string
+		expanded := envRef.ReplaceAllStringFunc(n.Value, func(ref string) string {
+			name := envRef.FindStringSubmatch(ref)[1]
+			v, ok := lookup(name)
+			if !ok {
+				missing = append(missing, name)
+			}
+			return v
+		})
+		if len(missing) > 0 {
+			problem("environment variable %s is not set", strings.Join(missing, ", "))
+			return
+		}
+		if expanded != n.Value {
+			n.Value, n.Tag, n.Style = expanded, "!!str", yaml.DoubleQuotedStyle
+			if t.Kind() != reflect.String {
+				n.Tag = "" // let the decoder resolve the expanded number or bool
+				n.Style = 0
+			}
+		}
+		switch t.Kind() {
+		case reflect.Int, reflect.Int64, reflect.Int32:
+			if _, err := strconv.ParseInt(n.Value, 10, 64); err != nil {
+				problem("want a whole number, got %q", n.Value)
+			}
+		case reflect.Bool:
+			if _, err := strconv.ParseBool(n.Value); err != nil {
+				problem("want true or false, got %q", n.Value)
+			}
+		case reflect.String:
+			n.Tag = "!!str" // 1000002 or yes as a string field stays text
+		}
+	}
+}
+
+func describe(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	}
+	return fmt.Sprintf("%q", n.Value)
+}
+
+func join(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+func (c *Config) defaults() {
+	if c.Server.Listen == "" {
+		c.Server.Listen = "127.0.0.1:8080"
+	}
+	if c.Store.KeyPrefix == "" {
+		c.Store.KeyPrefix = "chatwire"
+	}
+	for i := range c.Bots {
+		if g := c.Bots[i].Graph; g != nil {
+			if g.Auth == "" {
+				g.Auth = "delegated"
+			}
+			if len(g.Subscribe) == 0 && g.NotificationURL != "" {
+				if g.Auth == "delegated" {
+					g.Subscribe = []string{"chats", "mail"}
+				} else {
+					g.Subscribe = []string{"mail"}
+				}
+			}
+		}
+	}
+}
+
+var botName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+
+func (c *Config) validate(cerr *ConfigError) {
+	p := func(path, format string, args ...any) {
+		cerr.Problems = append(cerr.Problems, path+": "+fmt.Sprintf(format, args...))
+	}
+	host, _, err := net.SplitHostPort(c.Server.Listen)
+	if err != nil {
+		p("server.listen", "want host:port, got %q", c.Server.Listen)
+	}
+	for i, k := range c.Server.APIKeys {
+		if strings.TrimSpace(k) == "" {
+			p(fmt.Sprintf("server.api_keys[%d]", i), "empty key (is its environment variable set to something?)")
+		} else if len(k) < 16 {
+			p(fmt.Sprintf("server.api_keys[%d]", i), "too short: use at least 16 random characters")
+		}
+	}
+	if err == nil && len(c.Server.APIKeys) == 0 && !isLoopback(host) {
+		p("server.api_keys", "required when server.listen is not a loopback address (%s): without keys anyone who can reach it can send as your bots", c.Server.Listen)
+	}
+	if c.Store.RedisURL != "" && c.Store.Dir != "" {
+		p("store", "set redis_url or dir, not both")
+	}
+	if c.Store.RedisURL != "" {
+		if u, err := url.Parse(c.Store.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") {
+			p("store.redis_url", "want redis://host:port/db or rediss://…")
+		}
+	}
+	if len(c.Bots) == 0 {
+		p("bots", "no bots configured")
+	}
+	seen := map[string]bool{}
+	for i, b := range c.Bots {
+		at := fmt.Sprintf("bots[%d]", i)
+		switch {
+		case b.Name == "":
+			p(at+".name", "required")
+		case !botName.MatchString(b.Name):
+			p(at+".name", "%q: use lower-case letters, digits, - and _ (it appears in URLs)", b.Name)
+		case seen[b.Name]:
+			p(at+".name", "%q is used by another bot", b.Name)
+		}
+		seen[b.Name] = true
+		switch b.Platform {
+		case adapter.PlatformWeCom:
+			if b.Graph != nil {
+				p(at+".graph", "not allowed on a wecom bot")
+			}
+			if b.WeCom == nil {
+				p(at+".wecom", "required for platform wecom")
+			} else {
+				validateWeCom(at+".wecom", b.WeCom, p)
+			}
+		case adapter.PlatformGraph:
+			if b.WeCom != nil {
+				p(at+".wecom", "not allowed on a graph bot")
+			}
+			if b.Graph == nil {
+				p(at+".graph", "required for platform graph")
+			} else {
+				validateGraph(at+".graph", b.Graph, c.Store, p)
+			}
+		case "":
+			p(at+".platform", "required: wecom or graph")
+		default:
+			p(at+".platform", "%q: want wecom or graph", b.Platform)
+		}
+		if d := b.Deliver; d != nil {
+			if d.WebhookURL == "" {
+				p(at+".deliver.webhook_url", "required")
+			} else if u, err := url.Parse(d.WebhookURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+				p(at+".deliver.webhook_url", "want an http or https URL")
+			}
+			if d.WebhookSecret == "" {
+				p(at+".deliver.webhook_secret", "required: events are signed with it")
+			}
+		}
+	}
+}
+
+func validateWeCom(at string, w *platforms.WeCom, p func(string, string, ...any)) {
+	if w.CorpID == "" {
+		p(at+".corp_id", "required")
+	}
+	if w.CorpSecret == "" {
+		p(at+".corp_secret", "required")
+	}
+	if w.AgentID <= 0 {
+		p(at+".agent_id", "required: the app's AgentId, a positive number")
+	}
+	if (w.Token == "") != (w.EncodingAESKey == "") {
+		p(at, "set both token and encoding_aes_key (to receive messages) or neither")
+	}
+	if w.EncodingAESKey != "" && len(w.EncodingAESKey) != 43 {
+		p(at+".encoding_aes_key", "must be 43 characters (as shown in the WeCom admin console)")
+	}
+	checkBase(at+".api_base", w.APIBase, p)
+}
+
+func validateGraph(at string, g *platforms.Graph, store StoreConfig, p func(string, string, ...any)) {
+	if g.TenantID == "" {
+		p(at+".tenant_id", "required")
+	}
+	if g.ClientID == "" {
+		p(at+".client_id", "required")
+	}
+	switch g.Auth {
+	case "delegated":
+		if g.User == "" {
+			p(at+".user", "required for delegated auth: the account the bot acts as")
+		}
+		if store.Dir == "" && store.RedisURL == "" {
+			p("store", "a delegated graph bot (%s) needs store.dir or store.redis_url to keep its refresh token", at)
+		}
+	case "client_credentials":
+		if g.ClientSecret == "" {
+			p(at+".client_secret", "required for client_credentials")
+		}
+		for _, s := range g.Subscribe {
+			if s == "chats" {
+				p(at+".subscribe", "chats needs delegated auth (Teams chat messages cannot be read with app-only tokens)")
+			}
+		}
+	default:
+		p(at+".auth", "%q: want delegated or client_credentials", g.Auth)
+	}
+	for i, s := range g.Subscribe {
+		if s != "chats" && s != "mail" {
+			p(fmt.Sprintf("%s.subscribe[%d]", at, i), "%q: want chats or mail", s)
+		}
+	}
+	if g.NotificationURL != "" {
+		if g.ClientState == "" {
+			p(at+".client_state", "required with notification_url: it proves notifications come from Microsoft")
+		}
+		if u, err := url.Parse(g.NotificationURL); err != nil || u.Scheme != "https" && !isLoopback(u.Hostname()) {
+			p(at+".notification_url", "want an https URL (Graph only calls https)")
+		}
+	}
+	checkBase(at+".login_base", g.LoginBase, p)
+	checkBase(at+".graph_base", g.GraphBase, p)
+}
+
+func checkBase(at, base string, p func(string, string, ...any)) {
+	if base == "" {
+		return
+	}
+	if u, err := url.Parse(base); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		p(at, "want an http or https URL, got %q", base)
+	}
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// errNoConfig is returned when no --config was given.
+var errNoConfig = errors.New("no config file: pass --config FILE (see adapter-host --help)")

@@ -1,0 +1,88 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+const goodConfig = `
+server: {listen: "127.0.0.1:8080", api_keys: ["${KEY}"]}
+store: {dir: ./state}
+bots:
+  - name: hr
+    platform: wecom
+    wecom: {corp_id: ww1, corp_secret: "${WECOM_SECRET}", agent_id: 1000002,
+            token: tok, encoding_aes_key: "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"}
+    deliver: {webhook_url: "http://127.0.0.1:9000/events", webhook_secret: "${HOOK}"}
+  - name: teams
+    platform: graph
+    graph: {tenant_id: t, client_id: c, client_secret: "${GRAPH_SECRET}", auth: delegated,
+            user: bot@contoso.com, notification_url: "https://bot.example.com/webhook/teams",
+            client_state: cs}
+`
+
+func envOf(m map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
+}
+
+var goodEnv = map[string]string{"KEY": "0123456789abcdef0123", "WECOM_SECRET": "s3cret: with # chars", "HOOK": "h", "GRAPH_SECRET": "g"}
+
+func TestParseConfig(t *testing.T) {
+	cfg, err := ParseConfig("c.yaml", []byte(goodConfig), envOf(goodEnv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Bots[0].WeCom.CorpSecret; got != "s3cret: with # chars" {
+		t.Errorf("corp_secret = %q; want the env value verbatim", got)
+	}
+	if cfg.Bots[0].WeCom.AgentID != 1000002 {
+		t.Errorf("agent_id = %d", cfg.Bots[0].WeCom.AgentID)
+	}
+	if g := cfg.Bots[1].Graph; len(g.Subscribe) != 2 {
+		t.Errorf("subscribe default = %v; want [chats mail]", g.Subscribe)
+	}
+}
+
+func TestParseConfigErrors(t *testing.T) {
+	tests := []struct {
+		name   string
+		config string
+		env    map[string]string
+		want   string
+	}{
+		{"unknown top key", "bot: []", nil, `(top level): unknown key "bot"`},
+		{"unknown nested key", strings.Replace(goodConfig, "corp_id: ww1", "corpid: ww1", 1), goodEnv, `bots[0].wecom: unknown key "corpid"`},
+		{"missing env", goodConfig, map[string]string{"KEY": "0123456789abcdef0123", "HOOK": "h", "GRAPH_SECRET": "g"}, "bots[0].wecom.corp_secret: environment variable WECOM_SECRET is not set"},
+		{"empty secret", goodConfig, map[string]string{"KEY": "0123456789abcdef0123", "WECOM_SECRET": "", "HOOK": "h", "GRAPH_SECRET": "g"}, "bots[0].wecom.corp_secret: required"},
+		{"bad number", strings.Replace(goodConfig, "agent_id: 1000002", "agent_id: abc", 1), goodEnv, `bots[0].wecom.agent_id: want a whole number, got "abc"`},
+		{"bad platform", strings.Replace(goodConfig, "platform: graph", "platform: slack", 1), goodEnv, `bots[1].platform: "slack": want wecom or graph`},
+		{"duplicate name", strings.Replace(goodConfig, "name: teams", "name: hr", 1), goodEnv, `bots[1].name: "hr" is used by another bot`},
+		{"no keys off loopback", strings.Replace(goodConfig, `api_keys: ["${KEY}"]`, "api_keys: []", 1) + "\n", goodEnv, ""},
+		{"no keys public", strings.Replace(strings.Replace(goodConfig, `api_keys: ["${KEY}"]`, "api_keys: []", 1), "127.0.0.1:8080", "0.0.0.0:8080", 1), goodEnv, "server.api_keys: required when server.listen is not a loopback address"},
+		{"bad aes key", strings.Replace(goodConfig, "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG", "short", 1), goodEnv, "bots[0].wecom.encoding_aes_key: must be 43 characters"},
+		{"bad webhook url", strings.Replace(goodConfig, "http://127.0.0.1:9000/events", "ftp://x", 1), goodEnv, "bots[0].deliver.webhook_url: want an http or https URL"},
+		{"app-only chats", strings.Replace(goodConfig, "auth: delegated", "auth: client_credentials, subscribe: [chats]", 1), goodEnv, "bots[1].graph.subscribe: chats needs delegated auth"},
+		{"list expected", "bots: {name: x}", nil, "bots: want a list"},
+		{"not yaml", "bots: [", nil, "did not find expected"},
+		{"empty", "", nil, "the file is empty"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseConfig("c.yaml", []byte(tc.config), envOf(tc.env))
+			if tc.want == "" {
+				if err != nil {
+					t.Errorf("ParseConfig = %v; want nil", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("ParseConfig error = %v; want it to contain %q", err, tc.want)
+			}
+			for _, v := range tc.env {
+				if len(v) > 3 && strings.Contains(err.Error(), v) {
+					t.Errorf("error %q contains a secret", err)
+				}
+			}
+		})
+	}
+}

@@ -1,0 +1,235 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/seed-a64d9e1f/chatwire/plugin"
+)
+
+// hostOptions tune a host beyond its config file (tests and the demo).
+type hostOptions struct {
+	Logger *slog.Logger
+	// PluginArgs are passed to the plugin executable. Nil means ["plugin"] when the host runs
+	// itself as the plugin, none otherwise.
+	PluginArgs []string
+	// PluginDebug makes the plugin log at debug level.
+	PluginDebug bool
+	// DeliverBackoff is the first wait between delivery retries. Zero means 1s.
+	DeliverBackoff time.Duration
+	// QueueSize bounds each bot's event queue. Zero means 10,000.
+	QueueSize int
+}
+
+// host is a running adapter-host: plugin, HTTP server, deliverers.
+type host struct {
+	cfg    *Config
+	log    *slog.Logger
+	plugin *plugin.Plugin
+	srv    *server
+	http   *http.Server
+	ln     net.Listener
+	m      *metrics
+	redis  *redis.Client
+
+	connMu   sync.Mutex            // guards newConns
+	newConns map[net.Conn]struct{} // connections that have not sent a request yet
+
+	stopDeliver context.CancelFunc
+	wg          sync.WaitGroup // deliverers and the HTTP server
+	serveErr    chan error
+}
+
+// startHost launches the plugin, configures the bots, and starts serving HTTP. ctx bounds
+// the start only; call shutdown to stop.
+func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	h := &host{cfg: cfg, log: log, m: newMetrics(), serveErr: make(chan error, 1)}
+
+	path, args := cfg.Plugin.Path, opts.PluginArgs
+	if path == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("finding this executable to run as the plugin: %w", err)
+		}
+		path = exe
+		if args == nil {
+			args = []string{"plugin"}
+		}
+	}
+	if opts.PluginDebug {
+		args = append(args, "--debug")
+	}
+	var bots []plugin.BotConfig
+	for _, b := range cfg.Bots {
+		var section any = b.WeCom
+		if b.Graph != nil {
+			section = b.Graph
+		}
+		data, err := json.Marshal(section)
+		if err != nil {
+			return nil, err
+		}
+		bots = append(bots, plugin.BotConfig{Name: b.Name, Platform: b.Platform, Config: data})
+	}
+	p, err := plugin.Launch(ctx, plugin.LaunchOptions{
+		Path:      path,
+		Args:      args,
+		Store:     plugin.StoreConfig{RedisURL: cfg.Store.RedisURL, KeyPrefix: cfg.Store.KeyPrefix, Dir: cfg.Store.Dir},
+		Bots:      bots,
+		Logger:    log,
+		OnRestart: h.m.restarts.Inc,
+		OnState: func(ready bool) {
+			if ready {
+				h.m.ready.Set(1)
+			} else {
+				h.m.ready.Set(0)
+			}
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	h.plugin = p
+	h.m.ready.Set(1)
+
+	var dedup Dedup = NewLRU(0)
+	if cfg.Store.RedisURL != "" {
+		ro, err := redis.ParseURL(cfg.Store.RedisURL)
+		if err != nil {
+			p.Close()
+			return nil, fmt.Errorf("store.redis_url: %w", err)
+		}
+		h.redis = redis.NewClient(ro)
+		dedup = &RedisDedup{Client: h.redis, Prefix: cfg.Store.KeyPrefix + ":dedup:"}
+	}
+	h.srv = &server{
+		bots:    make(map[string]*bot),
+		keys:    cfg.Server.APIKeys,
+		ready:   p.Ready,
+		dedup:   dedup,
+		log:     log,
+		m:       h.m,
+		gather:  prometheus.Gatherers{h.m.reg, pluginGatherer{fetch: p.Metrics}},
+		closing: make(chan struct{}),
+	}
+	for _, b := range cfg.Bots {
+		h.srv.bots[b.Name] = &bot{name: b.Name, platform: b.Platform, adapter: p.Bot(b.Name), queue: NewQueue(opts.QueueSize)}
+		h.srv.names = append(h.srv.names, b.Name)
+	}
+
+	ln, err := net.Listen("tcp", cfg.Server.Listen)
+	if err != nil {
+		p.Close()
+		return nil, fmt.Errorf("server.listen: %w", err)
+	}
+	h.ln = ln
+	h.http = &http.Server{Handler: h.srv.routes(), ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		ConnState: h.trackConn}
+	h.wg.Add(1)
+	go func() {
+		defer h.wg.Done()
+		if err := h.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			h.serveErr <- err
+		}
+	}()
+
+	dctx, cancel := context.WithCancel(context.Background())
+	h.stopDeliver = cancel
+	backoff := opts.DeliverBackoff
+	if backoff <= 0 {
+		backoff = time.Second
+	}
+	for _, b := range cfg.Bots {
+		if b.Deliver == nil {
+			continue
+		}
+		d := &deliverer{bot: b.Name, url: b.Deliver.WebhookURL, secret: b.Deliver.WebhookSecret,
+			queue: h.srv.bots[b.Name].queue, client: &http.Client{}, log: log,
+			backoffMin: backoff, backoffMax: time.Minute,
+			result: func(ok bool) {
+				r := "ok"
+				if !ok {
+					r = "error"
+				}
+				h.m.deliveries.WithLabelValues(b.Name, r).Inc()
+			}}
+		h.wg.Add(1)
+		go func() { defer h.wg.Done(); d.run(dctx) }()
+	}
+	log.Info("adapter-host listening", "addr", ln.Addr().String(), "bots", len(cfg.Bots), "api_keys", len(cfg.Server.APIKeys) > 0)
+	return h, nil
+}
+
+// trackConn remembers connections that sent no request yet: http.Server.Shutdown waits up to
+// 5 s for them (clients open spare connections), so shutdown closes them itself.
+func (h *host) trackConn(c net.Conn, st http.ConnState) {
+	h.connMu.Lock()
+	defer h.connMu.Unlock()
+	if h.newConns == nil {
+		h.newConns = make(map[net.Conn]struct{})
+	}
+	if st == http.StateNew {
+		h.newConns[c] = struct{}{}
+	} else {
+		delete(h.newConns, c)
+	}
+}
+
+// URL returns the base URL the host serves on.
+func (h *host) URL() string { return "http://" + h.ln.Addr().String() }
+
+// wait blocks until ctx is done or the server fails, then shuts down.
+func (h *host) wait(ctx context.Context) error {
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-h.serveErr:
+	}
+	return errors.Join(err, h.shutdown())
+}
+
+// shutdown drains: /readyz turns 503 at once, in-flight requests finish (up to 15s), SSE
+// streams end, deliverers stop after their current attempt, then the plugin is stopped.
+func (h *host) shutdown() error {
+	h.log.Info("shutting down: draining requests")
+	close(h.srv.closing)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	h.connMu.Lock()
+	for c := range h.newConns {
+		c.Close()
+	}
+	h.connMu.Unlock()
+	err := h.http.Shutdown(ctx)
+	h.log.Debug("HTTP requests drained")
+	h.stopDeliver()
+	h.wg.Wait()
+	h.log.Debug("deliveries stopped")
+	for _, name := range h.srv.names {
+		if held, unconsumed := h.srv.bots[name].queue.Len(); unconsumed > 0 {
+			h.log.Warn("events never consumed are lost with this process", "bot", name, "events", unconsumed, "held", held)
+		}
+	}
+	h.plugin.Close()
+	if h.redis != nil {
+		h.redis.Close()
+	}
+	h.log.Info("stopped")
+	return err
+}

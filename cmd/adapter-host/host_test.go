@@ -1,0 +1,538 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/seed-a64d9e1f/chatwire/adapter"
+	"github.com/seed-a64d9e1f/chatwire/adapter/wecom/wecomtest"
+	"github.com/seed-a64d9e1f/chatwire/internal/platforms"
+)
+
+// TestMain lets the test binary serve as the plugin, as adapter-host does ("plugin").
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == "plugin" {
+		platforms.Serve("test", slog.LevelDebug)
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+const (
+	testCorp   = "wwtest0000000001"
+	testAgent  = int64(1000002)
+	testSecret = "corp-secret-do-not-log-1234"
+	testToken  = "callbacktoken-secret"
+	testAESKey = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
+	testAPIKey = "api-key-0123456789abcdef"
+	hookSecret = "hook-secret-do-not-log"
+)
+
+var secrets = []string{testSecret, testToken, testAESKey, testAPIKey, hookSecret}
+
+// syncBuffer is a goroutine-safe log sink.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type env struct {
+	t    *testing.T
+	emu  *wecomtest.Server
+	h    *host
+	logs *syncBuffer
+	cb   wecomtest.Callback
+	msg  int64
+}
+
+type setupOpts struct {
+	deliverURL string
+	noKeys     bool
+}
+
+// setup runs emulated WeCom and a host with one bot "hr" served by a plugin subprocess
+// (this test binary).
+func setup(t *testing.T, o setupOpts) *env {
+	t.Helper()
+	emu := &wecomtest.Server{PushRetries: -1}
+	emu.AddApp(testCorp, testSecret, testAgent)
+	emu.AddUsers("alice", "bob")
+	ws := httptest.NewServer(emu)
+	t.Cleanup(ws.Close)
+	cfg := &Config{
+		Server: ServerConfig{Listen: "127.0.0.1:0", APIKeys: []string{testAPIKey}},
+		Bots: []BotConfig{{Name: "hr", Platform: adapter.PlatformWeCom, WeCom: &platforms.WeCom{
+			CorpID: testCorp, CorpSecret: testSecret, AgentID: testAgent, Token: testToken, EncodingAESKey: testAESKey, APIBase: ws.URL}}},
+	}
+	if o.noKeys {
+		cfg.Server.APIKeys = nil
+	}
+	if o.deliverURL != "" {
+		cfg.Bots[0].Deliver = &DeliverConfig{WebhookURL: o.deliverURL, WebhookSecret: hookSecret}
+	}
+	cfg.defaults()
+	cerr := &ConfigError{}
+	cfg.validate(cerr)
+	if len(cerr.Problems) > 0 {
+		t.Fatal(cerr)
+	}
+	logs := &syncBuffer{}
+	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	h, err := startHost(t.Context(), cfg, hostOptions{Logger: log, PluginDebug: true, DeliverBackoff: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, emu: emu, h: h, logs: logs, msg: 100,
+		cb: wecomtest.Callback{URL: h.URL() + "/webhook/hr", Token: testToken, EncodingAESKey: testAESKey, CorpID: testCorp, AgentID: testAgent}}
+	t.Cleanup(func() {
+		pid := h.plugin.Pid()
+		h.shutdown()
+		if pid != 0 && syscall.Kill(pid, 0) == nil {
+			if stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); !strings.Contains(string(stat), ") Z") {
+				t.Errorf("plugin %d still running after shutdown", pid)
+			}
+		}
+		s := logs.String()
+		for _, sec := range secrets {
+			if strings.Contains(s, sec) {
+				t.Errorf("log holds secret %q", sec)
+			}
+		}
+	})
+	return e
+}
+
+// do makes an API request and returns the status and body.
+func (e *env) do(method, path, key string, body any) (int, http.Header, []byte) {
+	e.t.Helper()
+	var r io.Reader
+	switch b := body.(type) {
+	case nil:
+	case string:
+		r = strings.NewReader(b)
+	default:
+		data, _ := json.Marshal(b)
+		r = bytes.NewReader(data)
+	}
+	req, _ := http.NewRequestWithContext(e.t.Context(), method, e.h.URL()+path, r)
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	for _, sec := range secrets {
+		if strings.Contains(string(data), sec) {
+			e.t.Errorf("%s %s response holds secret %q", method, path, sec)
+		}
+	}
+	return resp.StatusCode, resp.Header, data
+}
+
+// push delivers a text message from user to the bot's webhook like WeCom.
+func (e *env) push(user, text string) (wecomtest.Push, []byte) {
+	e.t.Helper()
+	e.msg++
+	msg := wecomtest.TextMessage(testCorp, testAgent, user, text, e.msg, time.Now())
+	p, err := e.emu.Push(e.t.Context(), e.cb, msg)
+	if err != nil {
+		e.t.Fatalf("push: %v (status %d)", err, p.Status)
+	}
+	return p, msg
+}
+
+type sseEvent struct {
+	id, kind string
+	ev       adapter.Event
+}
+
+// subscribe reads the bot's SSE stream into a channel until the test ends.
+func (e *env) subscribe(lastID string) <-chan sseEvent {
+	ch := make(chan sseEvent, 100)
+	ctx, cancel := context.WithCancel(e.t.Context())
+	ready := make(chan struct{})
+	done := make(chan struct{})
+	e.t.Cleanup(func() { cancel(); <-done })
+	go func() {
+		defer close(done)
+		var once sync.Once
+		readSSEWithHook(ctx, e.h.URL()+"/v1/bots/hr/events", testAPIKey, lastID, func() { once.Do(func() { close(ready) }) },
+			func(id, kind string, data []byte) error {
+				var ev adapter.Event
+				json.Unmarshal(data, &ev)
+				ch <- sseEvent{id, kind, ev}
+				return nil
+			})
+	}()
+	select {
+	case <-ready:
+	case <-time.After(5 * time.Second):
+		e.t.Fatal("SSE stream did not start")
+	}
+	return ch
+}
+
+func next(t *testing.T, ch <-chan sseEvent) sseEvent {
+	t.Helper()
+	select {
+	case ev := <-ch:
+		return ev
+	case <-time.After(10 * time.Second):
+		t.Fatal("no SSE event within 10s")
+	}
+	return sseEvent{}
+}
+
+func TestSend(t *testing.T) {
+	e := setup(t, setupOpts{})
+	status, _, body := e.do("POST", "/v1/bots/hr/messages", testAPIKey, `{"to":{"user":"alice"},"text":"hi"}`)
+	if status != 200 {
+		t.Fatalf("send = %d %s", status, body)
+	}
+	var r sendResponse
+	json.Unmarshal(body, &r)
+	if r.ID == "" || r.Bot != "hr" || r.Platform != "wecom" || r.Invalid == nil {
+		t.Errorf("send response = %s", body)
+	}
+	if sent := e.emu.Sent(); len(sent) != 1 || sent[0].Content != "hi" || sent[0].ToUser != "alice" {
+		t.Errorf("WeCom got %+v", sent)
+	}
+	// A message with an attachment goes through the plugin and WeCom's media upload.
+	status, _, body = e.do("POST", "/v1/bots/hr/messages", testAPIKey, map[string]any{"to": map[string]any{"users": []string{"alice", "nobody"}},
+		"attachments": []map[string]any{{"name": "a.txt", "content_type": "text/plain", "data": []byte("hello file")}}})
+	if status != 200 {
+		t.Fatalf("send file = %d %s", status, body)
+	}
+}
+
+func TestSendErrors(t *testing.T) {
+	e := setup(t, setupOpts{})
+	tests := []struct {
+		name       string
+		key        string
+		path       string
+		body       string
+		prepare    func()
+		wantStatus int
+		wantKind   string
+		wantCode   string
+	}{
+		{"no key", "", "/v1/bots/hr/messages", `{"to":{"user":"alice"},"text":"x"}`, nil, 401, "unauthorized", ""},
+		{"wrong key", "nope-nope-nope-nope", "/v1/bots/hr/messages", `{"to":{"user":"alice"},"text":"x"}`, nil, 401, "unauthorized", ""},
+		{"unknown bot", testAPIKey, "/v1/bots/nobody/messages", `{"to":{"user":"alice"},"text":"x"}`, nil, 404, "not_found", ""},
+		{"bad json", testAPIKey, "/v1/bots/hr/messages", `{"to":`, nil, 400, "invalid_request", ""},
+		{"unknown field", testAPIKey, "/v1/bots/hr/messages", `{"to":{"user":"alice"},"txt":"x"}`, nil, 400, "invalid_request", ""},
+		{"no target", testAPIKey, "/v1/bots/hr/messages", `{"text":"x"}`, nil, 400, "invalid_request", ""},
+		{"two targets", testAPIKey, "/v1/bots/hr/messages", `{"to":{"user":"a","party":"2"},"text":"x"}`, nil, 400, "invalid_request", ""},
+		{"invalid recipient", testAPIKey, "/v1/bots/hr/messages", `{"to":{"user":"nobody"},"text":"x"}`, nil, 400, "invalid_recipient", "81013"},
+		{"rate limited", testAPIKey, "/v1/bots/hr/messages", `{"to":{"user":"alice"},"text":"x"}`, func() { e.emu.Fail("message/send", 45009, 1) }, 429, "rate_limited", "45009"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.prepare != nil {
+				tc.prepare()
+			}
+			status, hdr, body := e.do("POST", tc.path, tc.key, tc.body)
+			var eb errorBody
+			json.Unmarshal(body, &eb)
+			if status != tc.wantStatus || string(eb.Error.Kind) != tc.wantKind || eb.Error.PlatformCode != tc.wantCode || eb.Error.Message == "" {
+				t.Errorf("POST %s = %d %s; want %d kind %s code %q", tc.path, status, body, tc.wantStatus, tc.wantKind, tc.wantCode)
+			}
+			if status == 429 && hdr.Get("Retry-After") == "" {
+				t.Error("429 without Retry-After")
+			}
+		})
+	}
+}
+
+func TestWebhookToSSE(t *testing.T) {
+	e := setup(t, setupOpts{})
+	// Events that arrive before any consumer connects are kept for it.
+	e.push("alice", "early")
+	ch := e.subscribe("")
+	first := next(t, ch)
+	if first.id != "1" || first.kind != "message" || first.ev.Text != "early" || first.ev.Sender.ID != "alice" ||
+		first.ev.Bot != "hr" || first.ev.Platform != "wecom" || first.ev.Chat.Type != "direct" || first.ev.ID == "" {
+		t.Errorf("first event = %+v", first)
+	}
+	_, msg := e.push("bob", "second")
+	if ev := next(t, ch); ev.id != "2" || ev.ev.Text != "second" {
+		t.Errorf("second event = %+v", ev)
+	}
+	// WeCom redelivers byte for byte: 200 to WeCom, no second event.
+	if p, err := e.emu.Push(t.Context(), e.cb, msg); err != nil || p.Status != 200 {
+		t.Fatalf("redelivery = %+v, %v", p, err)
+	}
+	e.push("alice", "third")
+	if ev := next(t, ch); ev.id != "3" || ev.ev.Text != "third" {
+		t.Errorf("after a duplicate, event = %+v; want id 3 text third", ev)
+	}
+	// Resuming with Last-Event-ID replays what came after it.
+	ch2 := e.subscribe("1")
+	if ev := next(t, ch2); ev.id != "2" {
+		t.Errorf("resumed stream starts at %s; want 2", ev.id)
+	}
+	// Bad signatures are refused before anything is trusted.
+	bad := e.cb
+	bad.Token = "wrong-token"
+	if p, _ := e.emu.Push(t.Context(), bad, wecomtest.TextMessage(testCorp, testAgent, "eve", "forged", 999, time.Now())); p.Status/100 != 4 {
+		t.Errorf("forged push status = %d; want 4xx", p.Status)
+	}
+	// URL verification GET.
+	if err := e.emu.VerifyURL(t.Context(), e.cb); err != nil {
+		t.Errorf("VerifyURL = %v", err)
+	}
+	if status, _, _ := e.do("POST", "/webhook/nobody", "", "x"); status != 404 {
+		t.Errorf("webhook for unknown bot = %d; want 404", status)
+	}
+}
+
+func TestDelivery(t *testing.T) {
+	var mu sync.Mutex
+	var got []adapter.Event
+	calls := 0
+	recv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		defer mu.Unlock()
+		calls++
+		if calls == 1 {
+			http.Error(w, "not yet", 500) // the first attempt fails: delivery retries
+			return
+		}
+		if !Verify(hookSecret, body, r.Header.Get(SignatureHeader)) {
+			t.Errorf("bad signature %q", r.Header.Get(SignatureHeader))
+		}
+		var ev adapter.Event
+		json.Unmarshal(body, &ev)
+		got = append(got, ev)
+	}))
+	defer recv.Close()
+	e := setup(t, setupOpts{deliverURL: recv.URL})
+	e.push("alice", "one")
+	e.push("bob", "two")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mu.Lock()
+		n := len(got)
+		mu.Unlock()
+		if n == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("delivered %d events; want 2", n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if got[0].Text != "one" || got[1].Text != "two" {
+		t.Errorf("delivered %+v; want one, two in order", got)
+	}
+}
+
+func TestOpsEndpoints(t *testing.T) {
+	e := setup(t, setupOpts{})
+	e.do("POST", "/v1/bots/hr/messages", testAPIKey, `{"to":{"user":"alice"},"text":"hi"}`)
+	status, _, body := e.do("GET", "/v1/tokens", testAPIKey, nil)
+	if status != 200 || !strings.Contains(string(body), `"key":"wecom/`+testCorp+`/1000002"`) || !strings.Contains(string(body), `"state":"fresh"`) {
+		t.Errorf("/v1/tokens = %d %s", status, body)
+	}
+	if status, _, _ := e.do("GET", "/v1/tokens", "", nil); status != 401 {
+		t.Errorf("/v1/tokens without key = %d; want 401", status)
+	}
+	for _, p := range []string{"/healthz", "/readyz"} {
+		if status, _, body := e.do("GET", p, "", nil); status != 200 {
+			t.Errorf("%s = %d %s", p, status, body)
+		}
+	}
+	status, _, body = e.do("GET", "/metrics", "", nil)
+	for _, want := range []string{`chatwire_sends_total{bot="hr",code="",result="ok"} 1`, "chatwire_token_refreshes_total{",
+		`reason="initial",result="ok"`, "chatwire_token_expiry_seconds{", `chatwire_upstream_requests_total{code="200",platform="wecom"}`,
+		"chatwire_plugin_ready 1", "chatwire_plugin_restarts_total 0"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	if t.Failed() {
+		t.Logf("/metrics = %d\n%s", status, body)
+	}
+}
+
+func TestPluginCrash(t *testing.T) {
+	e := setup(t, setupOpts{})
+	ch := e.subscribe("")
+	pid := e.h.plugin.Pid()
+	syscall.Kill(pid, syscall.SIGKILL)
+	// While the plugin is down, the platform is told to come back later.
+	var sawDown bool
+	deadline := time.Now().Add(15 * time.Second)
+	for e.h.plugin.Restarts() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("plugin not restarted within 15s")
+		}
+		if !e.h.plugin.Ready() {
+			if status, _, _ := e.do("GET", "/readyz", "", nil); status == 503 {
+				sawDown = true
+			}
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if !sawDown {
+		t.Log("restart was too quick to observe /readyz 503")
+	}
+	if e.h.plugin.Pid() == pid {
+		t.Error("plugin pid unchanged after restart")
+	}
+	// Bots were configured again: webhooks and sends work.
+	e.push("alice", "after restart")
+	if ev := next(t, ch); ev.ev.Text != "after restart" {
+		t.Errorf("event after restart = %+v", ev)
+	}
+	if status, _, body := e.do("POST", "/v1/bots/hr/messages", testAPIKey, `{"to":{"user":"alice"},"text":"hi"}`); status != 200 {
+		t.Errorf("send after restart = %d %s", status, body)
+	}
+	if _, _, body := e.do("GET", "/metrics", "", nil); !strings.Contains(string(body), "chatwire_plugin_restarts_total 1") {
+		t.Error("/metrics does not count the restart")
+	}
+}
+
+func TestWebhookAnswered503WhileDown(t *testing.T) {
+	e := setup(t, setupOpts{})
+	srv := e.h.srv
+	ready := srv.ready
+	srv.ready = func() bool { return false }
+	defer func() { srv.ready = ready }()
+	msg := wecomtest.TextMessage(testCorp, testAgent, "alice", "x", 1, time.Now())
+	p, _ := e.emu.Push(t.Context(), e.cb, msg)
+	if p.Status != 503 {
+		t.Errorf("webhook while the plugin is down = %d; want 503", p.Status)
+	}
+	if status, _, _ := e.do("GET", "/readyz", "", nil); status != 503 {
+		t.Errorf("/readyz while down = %d; want 503", status)
+	}
+}
+
+func TestNoKeysLoopback(t *testing.T) {
+	e := setup(t, setupOpts{noKeys: true})
+	if status, _, body := e.do("POST", "/v1/bots/hr/messages", "", `{"to":{"user":"alice"},"text":"hi"}`); status != 200 {
+		t.Errorf("send without keys on loopback = %d %s", status, body)
+	}
+}
+
+func TestCLIAgainstHost(t *testing.T) {
+	e := setup(t, setupOpts{})
+	file := filepath.Join(t.TempDir(), "report.txt")
+	os.WriteFile(file, bytes.Repeat([]byte("chatwire "), 50000), 0o600)
+	var out, errb bytes.Buffer
+	err := run(t.Context(), []string{"send", "--url", e.h.URL(), "--api-key", testAPIKey, "--bot", "hr", "--to", "user:alice", "--file", file}, &out, &errb)
+	if err != nil || !strings.Contains(out.String(), "sent: bot hr") || !strings.Contains(errb.String(), "100%") {
+		t.Errorf("send --file = %v\nstdout %s\nstderr %s", err, out.String(), errb.String())
+	}
+	out.Reset()
+	err = run(t.Context(), []string{"send", "--url", e.h.URL(), "--api-key", testAPIKey, "--bot", "hr", "--to", "user:nobody", "--text", "x"}, &out, &errb)
+	if err == nil || !strings.Contains(err.Error(), "81013") {
+		t.Errorf("send to nobody = %v; want an error with the platform code explained", err)
+	}
+	out.Reset()
+	err = run(t.Context(), []string{"token", "status", "--url", e.h.URL(), "--api-key", testAPIKey}, &out, &errb)
+	if err != nil || !strings.Contains(out.String(), "wecom/"+testCorp) {
+		t.Errorf("token status = %v\n%s", err, out.String())
+	}
+}
+
+func TestCLI(t *testing.T) {
+	var out, errb bytes.Buffer
+	if err := run(t.Context(), []string{"--help"}, &out, &errb); err != nil || !strings.Contains(out.String(), "adapter-host demo") {
+		t.Errorf("--help = %v %s", err, out.String())
+	}
+	out.Reset()
+	if err := run(t.Context(), []string{"version"}, &out, &errb); err != nil || !strings.HasPrefix(out.String(), "adapter-host ") {
+		t.Errorf("version = %v %s", err, out.String())
+	}
+	if err := run(t.Context(), []string{"frobnicate"}, &out, &errb); err == nil {
+		t.Error("unknown command accepted")
+	}
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("bots:\n  - name: hr\n    platform: wecom\n    wecom: {corp_id: ww1, agent_id: 1}\n"), 0o600)
+	err := run(t.Context(), []string{"run", "--config", bad}, &out, &errb)
+	if err == nil || !strings.Contains(err.Error(), "bots[0].wecom.corp_secret: required") {
+		t.Errorf("run with a bad config = %v", err)
+	}
+}
+
+func TestCheck(t *testing.T) {
+	emu := &wecomtest.Server{}
+	emu.AddApp(testCorp, testSecret, testAgent)
+	ws := httptest.NewServer(emu)
+	defer ws.Close()
+	dir := t.TempDir()
+	write := func(secret string) string {
+		p := filepath.Join(dir, "c.yaml")
+		os.WriteFile(p, []byte(fmt.Sprintf("bots:\n  - name: hr\n    platform: wecom\n    wecom: {corp_id: %s, corp_secret: %q, agent_id: %d, api_base: %q}\n",
+			testCorp, secret, testAgent, ws.URL)), 0o600)
+		return p
+	}
+	var out, errb bytes.Buffer
+	if err := run(t.Context(), []string{"check", "--config", write(testSecret)}, &out, &errb); err != nil || !strings.Contains(out.String(), "bot hr (wecom): ok") {
+		t.Errorf("check good = %v\n%s", err, out.String())
+	}
+	out.Reset()
+	err := run(t.Context(), []string{"check", "--config", write("wrong-secret")}, &out, &errb)
+	if err == nil || exitCode(err) != 2 || !strings.Contains(out.String(), "what it means:") || !strings.Contains(out.String(), "Secret") {
+		t.Errorf("check bad secret = %v (exit %d)\n%s", err, exitCode(err), out.String())
+	}
+	if strings.Contains(out.String(), "wrong-secret") {
+		t.Error("check output holds the secret")
+	}
+}
+
+func TestDemo(t *testing.T) {
+	var logs syncBuffer
+	var out syncBuffer
+	s, err := runDemo(t.Context(), demoOptions{Duration: 4 * time.Second, TokenLifetime: 2 * time.Second, Every: 400 * time.Millisecond,
+		Log: slog.New(slog.NewTextHandler(&logs, nil)), Out: &out})
+	if err != nil {
+		t.Fatalf("demo: %v\n%s", err, out.String())
+	}
+	if s.UsersSent < 5 || s.EchoesSeen != s.UsersSent || s.Revocations != 1 || s.Duplicates != 1 || s.TokenFetches < 3 || s.Restarts != 0 {
+		t.Errorf("demo summary = %+v", s)
+	}
+	for _, want := range []string{`reason=invalidated`, `reason=initial`, "duplicate event dropped"} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("demo log lacks %q", want)
+		}
+	}
+	if !strings.Contains(out.String(), "echo  → alice: echo: hello!") {
+		t.Errorf("demo output lacks the conversation:\n%s", out.String())
+	}
+}

@@ -1,0 +1,176 @@
+// Command adapter-host runs chatwire as a sidecar: bots written in any language send and
+// receive WeCom and Microsoft Graph messages through its HTTP API, while the platform
+// adapters run in a supervised plugin subprocess (this same executable by default).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/seed-a64d9e1f/chatwire/internal/platforms"
+)
+
+// version is set at build time with -ldflags "-X main.version=v1.2.3".
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "adapter-host:", err)
+		}
+		os.Exit(exitCode(err))
+	}
+}
+
+func exitCode(err error) int {
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	var ec interface{ ExitCode() int }
+	if errors.As(err, &ec) {
+		return ec.ExitCode()
+	}
+	return 1
+}
+
+const usage = `adapter-host: WeCom and Microsoft Graph bots over a local HTTP API.
+
+Usage:
+  adapter-host demo [--duration 40s]        see it work: emulated WeCom, no credentials, no network
+  adapter-host run --config FILE            serve the HTTP API for the bots in FILE
+  adapter-host check --config FILE          validate FILE and try each bot's credentials
+  adapter-host token status [--config FILE | --url URL --api-key KEY]
+                                            token state of a running host (no secrets shown)
+  adapter-host send --bot NAME --to KIND:ID (--text T | --markdown M | --file PATH) [...]
+                                            send through a running host
+  adapter-host graph login --config FILE --bot NAME
+                                            sign a delegated Graph bot in (browser, PKCE)
+  adapter-host version                      print the version
+  adapter-host plugin                       serve as the adapter plugin (started by the host itself)
+
+Common flags:
+  --log-format text|json   log line format on stderr (default text)
+  --log-level  debug|info|warn|error (default info)
+
+Run "adapter-host COMMAND --help" for a command's flags. The config file format, the HTTP API
+and the event JSON are described in the README.
+`
+
+// run is the whole program; main only adds signals and the exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return errors.New("no command given")
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "-h", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	case "version", "--version":
+		fmt.Fprintln(stdout, "adapter-host", version)
+		return nil
+	case "plugin":
+		level := slog.LevelInfo
+		for _, a := range rest {
+			if a == "--debug" {
+				level = slog.LevelDebug
+			}
+		}
+		platforms.Serve(version, level)
+		return nil
+	case "run":
+		return cmdRun(ctx, rest, stdout, stderr)
+	case "demo":
+		return cmdDemo(ctx, rest, stdout, stderr)
+	case "check":
+		return cmdCheck(ctx, rest, stdout, stderr)
+	case "token":
+		if len(rest) == 0 || rest[0] != "status" {
+			return errors.New(`token: want "token status" (see adapter-host --help)`)
+		}
+		return cmdTokenStatus(ctx, rest[1:], stdout, stderr)
+	case "send":
+		return cmdSend(ctx, rest, stdout, stderr)
+	case "graph":
+		if len(rest) == 0 || rest[0] != "login" {
+			return errors.New(`graph: want "graph login" (see adapter-host --help)`)
+		}
+		return cmdGraphLogin(ctx, rest[1:], stdout, stderr)
+	}
+	fmt.Fprint(stderr, usage)
+	return fmt.Errorf("unknown command %q", cmd)
+}
+
+// logFlags are the logging flags every long-running command takes.
+type logFlags struct {
+	format string
+	level  string
+}
+
+func (l *logFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&l.format, "log-format", "text", "log line format on stderr: text or json")
+	fs.StringVar(&l.level, "log-level", "info", "least level logged: debug, info, warn or error")
+}
+
+func (l *logFlags) logger(w io.Writer) (*slog.Logger, slog.Level, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(l.level)); err != nil {
+		return nil, 0, fmt.Errorf("--log-level %q: want debug, info, warn or error", l.level)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch strings.ToLower(l.format) {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), level, nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), level, nil
+	}
+	return nil, 0, fmt.Errorf("--log-format %q: want text or json", l.format)
+}
+
+func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: adapter-host %s\n\nFlags:\n", synopsis)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("run", "run --config FILE [--log-format text|json] [--log-level info]", stderr)
+	config := fs.String("config", os.Getenv("CHATWIRE_CONFIG"), "config file (default $CHATWIRE_CONFIG)")
+	var lf logFlags
+	lf.register(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *config == "" {
+		return errNoConfig
+	}
+	log, level, err := lf.logger(stderr)
+	if err != nil {
+		return err
+	}
+	cfg, err := LoadConfig(*config)
+	if err != nil {
+		return err
+	}
+	h, err := startHost(ctx, cfg, hostOptions{Logger: log, PluginDebug: level <= slog.LevelDebug})
+	if err != nil {
+		return err
+	}
+	return h.wait(ctx)
+}

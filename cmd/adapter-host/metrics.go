@@ -1,0 +1,69 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+)
+
+// metrics are the host's own metrics; the plugin's (token refreshes, expiry, upstream calls)
+// are merged in at scrape time by pluginGatherer.
+type metrics struct {
+	reg        *prometheus.Registry
+	sends      *prometheus.CounterVec
+	webhooks   *prometheus.CounterVec
+	events     *prometheus.CounterVec
+	deliveries *prometheus.CounterVec
+	restarts   prometheus.Counter
+	ready      prometheus.Gauge
+}
+
+func newMetrics() *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		sends: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "chatwire_sends_total",
+			Help: "Messages sent through the API by bot, result (ok or an error kind) and platform code."}, []string{"bot", "result", "code"}),
+		webhooks: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "chatwire_webhooks_total",
+			Help: "Platform webhook requests by bot and result (ok, an error kind, unavailable while the plugin restarts)."}, []string{"bot", "result"}),
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "chatwire_events_total",
+			Help: "Events received by bot and outcome (queued, duplicate)."}, []string{"bot", "outcome"}),
+		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "chatwire_deliveries_total",
+			Help: "Event webhook delivery attempts by bot and result (ok, error)."}, []string{"bot", "result"}),
+		restarts: prometheus.NewCounter(prometheus.CounterOpts{Name: "chatwire_plugin_restarts_total",
+			Help: "Crashed or hung plugin processes replaced."}),
+		ready: prometheus.NewGauge(prometheus.GaugeOpts{Name: "chatwire_plugin_ready",
+			Help: "1 while the plugin runs with its bots configured."}),
+	}
+	m.reg.MustRegister(m.sends, m.webhooks, m.events, m.deliveries, m.restarts, m.ready)
+	return m
+}
+
+// pluginGatherer gathers the plugin's metrics over RPC; while the plugin is down it
+// contributes nothing rather than failing the scrape.
+type pluginGatherer struct {
+	fetch func(ctx context.Context) ([]byte, error)
+}
+
+func (g pluginGatherer) Gather() ([]*dto.MetricFamily, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	text, err := g.fetch(ctx)
+	if err != nil || len(text) == 0 {
+		return nil, nil
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := parser.TextToMetricFamilies(bytes.NewReader(text))
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*dto.MetricFamily, 0, len(mfs))
+	for _, mf := range mfs {
+		out = append(out, mf)
+	}
+	return out, nil
+}

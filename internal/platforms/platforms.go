@@ -1,0 +1,135 @@
+// Package platforms opens the adapter of a configured bot (WeCom or Graph) inside a plugin
+// process, with the token store the host chose and metrics for the plugin's registry.
+package platforms
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/seed-a64d9e1f/chatwire/adapter"
+	"github.com/seed-a64d9e1f/chatwire/adapter/wecom"
+	"github.com/seed-a64d9e1f/chatwire/internal/filestore"
+	"github.com/seed-a64d9e1f/chatwire/plugin"
+	"github.com/seed-a64d9e1f/chatwire/tokenmgr"
+	"github.com/seed-a64d9e1f/chatwire/tokenmgr/redisstore"
+)
+
+// WeCom is a WeCom bot's configuration section. CorpSecret, Token and EncodingAESKey are
+// secrets.
+type WeCom struct {
+	CorpID         string `yaml:"corp_id" json:"corp_id"`
+	CorpSecret     string `yaml:"corp_secret" json:"corp_secret"`
+	AgentID        int64  `yaml:"agent_id" json:"agent_id"`
+	Token          string `yaml:"token" json:"token,omitempty"`
+	EncodingAESKey string `yaml:"encoding_aes_key" json:"encoding_aes_key,omitempty"`
+	APIBase        string `yaml:"api_base" json:"api_base,omitempty"`
+}
+
+// Graph is a Microsoft Graph bot's configuration section. ClientSecret and ClientState are
+// secrets.
+type Graph struct {
+	TenantID        string   `yaml:"tenant_id" json:"tenant_id"`
+	ClientID        string   `yaml:"client_id" json:"client_id"`
+	ClientSecret    string   `yaml:"client_secret" json:"client_secret"`
+	Auth            string   `yaml:"auth" json:"auth"` // "delegated" or "client_credentials"
+	User            string   `yaml:"user" json:"user,omitempty"`
+	NotificationURL string   `yaml:"notification_url" json:"notification_url,omitempty"`
+	ClientState     string   `yaml:"client_state" json:"client_state,omitempty"`
+	Subscribe       []string `yaml:"subscribe" json:"subscribe,omitempty"`
+	LoginBase       string   `yaml:"login_base" json:"login_base,omitempty"`
+	GraphBase       string   `yaml:"graph_base" json:"graph_base,omitempty"`
+}
+
+// Supported lists the platforms this build can open.
+func Supported() []string { return []string{adapter.PlatformWeCom} }
+
+// Opener opens bots for a plugin [plugin.Server]. Its zero value is not usable: use New.
+type Opener struct {
+	log *slog.Logger
+	m   *Metrics
+
+	mu     sync.Mutex // guards stores
+	stores map[plugin.StoreConfig]tokenmgr.Store
+}
+
+// New returns an Opener logging to log (nil: nowhere) and counting in reg (nil: nowhere).
+func New(log *slog.Logger, reg prometheus.Registerer) *Opener {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Opener{log: log, m: NewMetrics(reg), stores: make(map[plugin.StoreConfig]tokenmgr.Store)}
+}
+
+// store returns the one store for cfg, opening it on first use.
+func (o *Opener) store(cfg plugin.StoreConfig) (tokenmgr.Store, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if s, ok := o.stores[cfg]; ok {
+		return s, nil
+	}
+	var (
+		s   tokenmgr.Store
+		err error
+	)
+	switch {
+	case cfg.RedisURL != "":
+		var ro *redis.Options
+		ro, err = redis.ParseURL(cfg.RedisURL)
+		if err != nil {
+			return nil, fmt.Errorf("store.redis_url: %w", err)
+		}
+		prefix := cfg.KeyPrefix
+		if prefix != "" {
+			prefix += ":tok:"
+		}
+		s, err = redisstore.New(redis.NewClient(ro), redisstore.Options{KeyPrefix: prefix, Logger: o.log})
+	case cfg.Dir != "":
+		s, err = filestore.Open(cfg.Dir)
+	default:
+		s = new(tokenmgr.MemoryStore)
+	}
+	if err != nil {
+		return nil, err
+	}
+	o.stores[cfg] = s
+	return s, nil
+}
+
+// Open opens bot's adapter; it has the signature of [plugin.OpenFunc].
+func (o *Opener) Open(ctx context.Context, sc plugin.StoreConfig, bot plugin.BotConfig) (adapter.Adapter, error) {
+	store, err := o.store(sc)
+	if err != nil {
+		return nil, err
+	}
+	log := o.log.With("bot", bot.Name)
+	topts := tokenmgr.Options{Store: store, Logger: log, OnEvent: o.m.tokenEvent}
+	hc := &http.Client{Transport: o.m.transport(bot.Platform, http.DefaultTransport), Timeout: 2 * time.Minute}
+	switch bot.Platform {
+	case adapter.PlatformWeCom:
+		var c WeCom
+		if err := json.Unmarshal(bot.Config, &c); err != nil {
+			return nil, fmt.Errorf("wecom config: %w", err)
+		}
+		cl, err := wecom.New(wecom.Config{Bot: bot.Name, CorpID: c.CorpID, CorpSecret: c.CorpSecret, AgentID: c.AgentID,
+			Token: c.Token, EncodingAESKey: c.EncodingAESKey, APIBase: c.APIBase},
+			wecom.Options{HTTPClient: hc, Logger: log, TokenOptions: topts, SplitText: true})
+		if err != nil {
+			return nil, err
+		}
+		o.m.watch(cl.Tokens())
+		log.Info("bot opened", "platform", bot.Platform, "corp_id", c.CorpID, "agent_id", strconv.FormatInt(c.AgentID, 10))
+		return cl, nil
+	case adapter.PlatformGraph:
+		return nil, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: "the graph adapter is not part of this build yet"}
+	}
+	return nil, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: fmt.Sprintf("unknown platform %q", bot.Platform)}
+}
