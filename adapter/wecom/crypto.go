@@ -11,7 +11,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 )
 
 // Errors of [Crypto]. They say what failed, never what the key or token is.
@@ -69,11 +68,16 @@ func (c *Crypto) sign(sum *[sha1.Size]byte, timestamp, nonce, encrypted string) 
 			p[j], p[j-1] = p[j-1], p[j]
 		}
 	}
-	h := sha1.New()
-	for _, s := range p {
-		io.WriteString(h, s)
+	n := len(p[0]) + len(p[1]) + len(p[2]) + len(p[3])
+	var stack [512]byte
+	buf := stack[:0]
+	if n > len(stack) {
+		buf = make([]byte, 0, n)
 	}
-	h.Sum(sum[:0])
+	for _, s := range p {
+		buf = append(buf, s...)
+	}
+	*sum = sha1.Sum(buf)
 }
 
 // Verify reports whether signature is the signature of timestamp, nonce and encrypted,

@@ -34,11 +34,14 @@ func scanXML(data []byte) (map[string]any, error) {
 	if err != nil {
 		return nil, err
 	}
-	root := map[string]any{}
+	var root map[string]any
 	if !selfClosing {
-		if _, _, err := s.content(name, root, 1); err != nil {
+		if _, _, err := s.content(name, &root, 1); err != nil {
 			return nil, err
 		}
+	}
+	if root == nil {
+		root = map[string]any{}
 	}
 	s.skipSpace()
 	if s.pos != len(s.data) {
@@ -105,13 +108,42 @@ func (s *scanner) name() (string, error) {
 	if s.pos == start {
 		return "", errSlowPath
 	}
+	if n, ok := knownNames[string(s.data[start:s.pos])]; ok {
+		return n, nil // no allocation for the names WeCom uses
+	}
 	return string(s.data[start:s.pos]), nil
 }
 
+// knownNames interns the element names of WeCom messages.
+var knownNames = func() map[string]string {
+	m := map[string]string{}
+	for _, n := range []string{"xml", "ToUserName", "FromUserName", "CreateTime", "MsgType", "Content", "MsgId",
+		"AgentID", "Encrypt", "PicUrl", "MediaId", "Format", "Recognition", "ThumbMediaId", "Location_X",
+		"Location_Y", "Scale", "Label", "Title", "Description", "Url", "Event", "EventKey", "Latitude",
+		"Longitude", "Precision", "Token", "OpenKfId", "item"} {
+		m[n] = n
+	}
+	return m
+}()
+
 // content reads the content of element name up to and including its end tag, adding child
-// elements to m. It returns the element's text and whether it had children.
-func (s *scanner) content(name string, m map[string]any, depth int) (string, bool, error) {
+// elements to *m (made on the first child). It returns the element's text and whether it
+// had children.
+func (s *scanner) content(name string, m *map[string]any, depth int) (string, bool, error) {
 	var text []byte
+	var only []byte // the text while it is a single chunk, not yet copied
+	chunks := 0
+	add := func(b []byte) {
+		chunks++
+		switch chunks {
+		case 1:
+			only = b
+		case 2:
+			text = append(append(text, only...), b...)
+		default:
+			text = append(text, b...)
+		}
+	}
 	kids := false
 	for {
 		if s.pos >= len(s.data) {
@@ -128,7 +160,7 @@ func (s *scanner) content(name string, m map[string]any, depth int) (string, boo
 			if !plainText(chunk) {
 				return "", false, errSlowPath
 			}
-			text = append(text, chunk...)
+			add(chunk)
 			s.pos += 9 + end + 3
 		case c == '<' && s.pos+1 < len(s.data) && s.data[s.pos+1] == '/':
 			s.pos += 2
@@ -137,6 +169,9 @@ func (s *scanner) content(name string, m map[string]any, depth int) (string, boo
 				return "", false, errSlowPath
 			}
 			s.pos++
+			if chunks == 1 {
+				return string(only), kids, nil
+			}
 			return string(text), kids, nil
 		case c == '<':
 			if s.pos+1 >= len(s.data) || !nameStart(s.data[s.pos+1]) {
@@ -152,8 +187,8 @@ func (s *scanner) content(name string, m map[string]any, depth int) (string, boo
 			kids = true
 			var v any = ""
 			if !selfClosing {
-				sub := map[string]any{}
-				t, hasKids, err := s.content(child, sub, depth+1)
+				var sub map[string]any
+				t, hasKids, err := s.content(child, &sub, depth+1)
 				if err != nil {
 					return "", false, err
 				}
@@ -162,20 +197,23 @@ func (s *scanner) content(name string, m map[string]any, depth int) (string, boo
 					v = sub
 				}
 			}
-			switch old := m[child].(type) {
+			if *m == nil {
+				*m = make(map[string]any, 8)
+			}
+			switch old := (*m)[child].(type) {
 			case nil:
-				m[child] = v
+				(*m)[child] = v
 			case []any:
-				m[child] = append(old, v)
+				(*m)[child] = append(old, v)
 			default:
-				m[child] = []any{old, v}
+				(*m)[child] = []any{old, v}
 			}
 		case c == '&':
 			r, n := entity(s.data[s.pos:])
 			if n == 0 {
 				return "", false, errSlowPath
 			}
-			text = utf8.AppendRune(text, r)
+			add(utf8.AppendRune(nil, r))
 			s.pos += n
 		default:
 			end := s.pos
@@ -186,7 +224,7 @@ func (s *scanner) content(name string, m map[string]any, depth int) (string, boo
 			if !plainText(chunk) || bytes.Contains(chunk, []byte("]]>")) {
 				return "", false, errSlowPath
 			}
-			text = append(text, chunk...)
+			add(chunk)
 			s.pos = end
 		}
 	}
