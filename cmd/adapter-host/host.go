@@ -139,7 +139,7 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 	}
 	h.ln = ln
 	h.http = &http.Server{Handler: h.srv.routes(), ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		ErrorLog:  slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		ConnState: h.trackConn}
 	h.wg.Add(1)
 	go func() {
