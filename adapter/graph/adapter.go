@@ -1,3 +1,7 @@
+// Package graph is the Microsoft Graph adapter of chatwire: Teams chat and channel messages,
+// Outlook mail and OneDrive files over a thin net/http client, with tokens from the identity
+// platform (client credentials, rotating refresh tokens, PKCE and device code sign-in) kept by
+// tokenmgr, and change notifications turned into events. Package graphtest emulates both.
 package graph
 
 import (
@@ -75,6 +79,9 @@ type Options struct {
 	UploadFolder string
 	// MaxRetryWait bounds throttling waits inside a call (see ClientOptions). Zero means 10 s.
 	MaxRetryWait time.Duration
+	// UploadProgress, if not nil, is told about the progress of every OneDrive upload
+	// (sent and total bytes of the named file). It must return quickly.
+	UploadProgress func(name string, sent, total int64)
 	// FetchTimeout bounds fetching the messages of one notification POST, so Graph gets its
 	// answer within 3 seconds. Zero means 2.5 seconds.
 	FetchTimeout time.Duration
@@ -357,7 +364,11 @@ func (a *Adapter) Upload(ctx context.Context, at adapter.Attachment) (adapter.At
 	if name == "" || name == "." || name == "/" {
 		name = "file"
 	}
-	item, err := a.client.UploadFile(ctx, a.drivePrefix()+"/drive/root:/"+a.opts.UploadFolder+"/"+name, r, size, UploadOptions{})
+	var uo UploadOptions
+	if p := a.opts.UploadProgress; p != nil {
+		uo.Progress = func(sent, total int64) { p(name, sent, total) }
+	}
+	item, err := a.client.UploadFile(ctx, a.drivePrefix()+"/drive/root:/"+a.opts.UploadFolder+"/"+name, r, size, uo)
 	if err != nil {
 		return adapter.Attachment{}, toAdapterError(err, "upload %s", name)
 	}
@@ -430,11 +441,14 @@ func (a *Adapter) Status(ctx context.Context) (adapter.Status, error) {
 	switch {
 	case a.isClosed():
 		s.Healthy, s.Detail = false, "closed"
-	case st.State == "failing" || st.State == "expired" || st.State == "invalid" || (st.State == "empty" && st.LastError != ""):
+	case st.State == "fresh" || st.State == "refreshing" || st.State == "failing":
+		// A valid token is held (a failing background refresh still leaves it usable).
+	case st.State == "empty" && st.LastError == "":
+		// No token fetched yet: the first send will fetch one.
+	default:
+		s.Healthy, s.Detail = false, "token "+st.State
 		if st.LastError != "" {
-			s.Healthy, s.Detail = false, st.LastError
-		} else if st.State != "fresh" && st.State != "empty" {
-			s.Healthy, s.Detail = false, "token "+st.State
+			s.Detail += ": " + st.LastError
 		}
 	}
 	a.subsMu.Lock()

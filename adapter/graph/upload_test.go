@@ -2,6 +2,7 @@ package graph
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"math/rand/v2"
 	"testing"
@@ -11,10 +12,16 @@ import (
 	"github.com/seed-a64d9e1f/chatwire/adapter/graph/graphtest"
 )
 
+// randomBytes returns n pseudo-random bytes: a random 64 KiB block repeated, each copy
+// stamped with its index so misplaced fragments are caught (cheap under -race).
 func randomBytes(n int) []byte {
+	block := make([]byte, 64<<10)
+	rand.NewChaCha8([32]byte{1, 2, 3}).Read(block)
 	b := make([]byte, n)
-	r := rand.NewChaCha8([32]byte{1, 2, 3})
-	r.Read(b)
+	for i := 0; i < n; i += len(block) {
+		copy(b[i:], block)
+		binary.BigEndian.PutUint32(b[i:min(i+4, n)], uint32(i/len(block)))
+	}
 	return b
 }
 

@@ -365,7 +365,9 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, bool
 		graphError(w, http.StatusUnsupportedMediaType, "UnsupportedMediaType", "content encoding not supported")
 		return nil, false
 	}
-	b, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
+	buf := bytes.NewBuffer(make([]byte, 0, min(max(r.ContentLength, 0), limit)+1))
+	_, err := buf.ReadFrom(io.LimitReader(r.Body, limit+1))
+	b := buf.Bytes()
 	if err != nil {
 		graphError(w, http.StatusBadRequest, "BadRequest", "reading body: "+err.Error())
 		return nil, false
@@ -390,11 +392,13 @@ var errDropped = fmt.Errorf("graphtest: connection reset by peer: %w", io.ErrUne
 func (t handlerTransport) RoundTrip(req *http.Request) (resp *http.Response, err error) {
 	var body []byte
 	if req.Body != nil {
-		body, err = io.ReadAll(req.Body)
+		buf := bytes.NewBuffer(make([]byte, 0, max(req.ContentLength, 0)+1))
+		_, err = buf.ReadFrom(req.Body)
 		req.Body.Close()
 		if err != nil {
 			return nil, err
 		}
+		body = buf.Bytes()
 	}
 	in := req.Clone(req.Context())
 	in.Body = io.NopCloser(bytes.NewReader(body))
