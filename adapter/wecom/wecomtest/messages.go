@@ -216,6 +216,9 @@ func (s *Server) sendLocked(tok *token, data []byte, appchat bool) map[string]an
 	for _, t := range invTags {
 		rec.Invalid = append(rec.Invalid, "tag:"+t)
 	}
+	if s.MemberLimitCode != 0 && s.overLimitLocked(rec.AgentID, users) {
+		return errBody(s.MemberLimitCode, nil)
+	}
 	rec.MsgID = randHex(24)
 	rec.Delivered = s.deliverLocked(rec.AgentID, users, &rec)
 	for k, v := range extra {
@@ -229,6 +232,30 @@ func (s *Server) sendLocked(tok *token, data []byte, appchat bool) map[string]an
 	s.byMsgID[rec.MsgID] = len(s.sent)
 	s.sent = append(s.sent, rec)
 	return resp
+}
+
+// overLimitLocked reports whether one more message would exceed MemberLimit for a user.
+func (s *Server) overLimitLocked(agentID int64, users []string) bool {
+	limit := s.MemberLimit
+	if limit == 0 {
+		limit = 30
+	}
+	if limit < 0 {
+		return false
+	}
+	now := time.Now()
+	for _, u := range users {
+		n := 0
+		for _, t := range s.recv[strconv.FormatInt(agentID, 10)+"/"+u] {
+			if now.Sub(t) < time.Minute {
+				n++
+			}
+		}
+		if n >= limit {
+			return true
+		}
+	}
+	return false
 }
 
 // deliverLocked applies MemberLimit and returns who received the message.

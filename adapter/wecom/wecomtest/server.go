@@ -38,6 +38,10 @@ type Server struct {
 	// MemberLimit is how many messages one member receives from one app per minute; more are
 	// dropped silently (recorded with Dropped set). Zero means 30; negative means no limit.
 	MemberLimit int
+	// MemberLimitCode, if not zero, makes a message/send that would exceed MemberLimit for
+	// any recipient fail with this errcode (45009, say) instead of dropping silently. Whether
+	// real WeCom errors here is unverified.
+	MemberLimitCode int
 	// PushTimeout bounds each callback delivery. Zero means 5 s.
 	PushTimeout time.Duration
 	// PushRetries is how many times a failed callback delivery (non-200 or timeout) is

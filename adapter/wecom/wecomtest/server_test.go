@@ -268,6 +268,12 @@ func TestMemberLimit(t *testing.T) {
 		if d := srv.Sent()[5].Delivered; len(d) != 1 {
 			t.Errorf("after a minute delivered %v; want [a]", d)
 		}
+		srv.MemberLimitCode = 45009
+		for i, want := range []int{0, 0, 45009} {
+			if r := send(t, srv, tok, `{"touser":"a","msgtype":"text","agentid":1,"text":{"content":"x"}}`); code(r) != want {
+				t.Errorf("with MemberLimitCode, send %d = %v; want %d", i, r, want)
+			}
+		}
 	})
 }
 
