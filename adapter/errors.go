@@ -179,7 +179,7 @@ func Errorf(k Kind, format string, args ...any) *Error {
 // KindOf classifies err: the Kind of the first *Error in its chain; else the Kind whose
 // sentinel it matches (so platform error types with an Is method onto the sentinels work);
 // else tokenmgr's ErrInvalid → KindTokenExpired, ErrCredentials → KindUnauthorized,
-// ErrTemporary and context deadlines → KindUnavailable. nil has the empty Kind; anything else
+// ErrTemporary, ErrClosed and context errors → KindUnavailable. nil has the empty Kind; anything else
 // is KindInternal.
 func KindOf(err error) Kind {
 	if err == nil {
@@ -202,7 +202,8 @@ func KindOf(err error) Kind {
 		return KindTokenExpired
 	case errors.Is(err, tokenmgr.ErrCredentials):
 		return KindUnauthorized
-	case errors.Is(err, tokenmgr.ErrTemporary), errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, tokenmgr.ErrTemporary), errors.Is(err, tokenmgr.ErrClosed),
+		errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 		return KindUnavailable
 	}
 	return KindInternal

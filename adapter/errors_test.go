@@ -89,6 +89,8 @@ func TestKindOf(t *testing.T) {
 		{"tokenmgr credentials", &tokenmgr.PlatformError{Platform: "wecom", Code: "40001", Kind: tokenmgr.ErrCredentials}, adapter.KindUnauthorized},
 		{"tokenmgr temporary", &tokenmgr.PlatformError{Platform: "wecom", Code: "-1", Kind: tokenmgr.ErrTemporary}, adapter.KindUnavailable},
 		{"deadline", fmt.Errorf("x: %w", context.DeadlineExceeded), adapter.KindUnavailable},
+		{"canceled", context.Canceled, adapter.KindUnavailable},
+		{"closed", fmt.Errorf("x: %w", tokenmgr.ErrClosed), adapter.KindUnavailable},
 		{"unknown kind", &adapter.Error{Kind: "bogus"}, adapter.KindInternal},
 		{"outer Error wins", &adapter.Error{Kind: adapter.KindRateLimited, Err: tokenmgr.ErrInvalid}, adapter.KindRateLimited},
 	}

@@ -303,6 +303,8 @@ func send(ctx context.Context, hc *http.Client, method, base, endpoint string, q
 	if resp.StatusCode != http.StatusOK {
 		snippet, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		resp.Body.Close()
+		// A proxy's error page might echo the URL: redact it like the URL itself.
+		snippet = secretParam.ReplaceAll(snippet, []byte("${1}=REDACTED"))
 		return nil, &HTTPError{Endpoint: endpoint, StatusCode: resp.StatusCode, Body: snippet}
 	}
 	return resp, nil

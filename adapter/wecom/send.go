@@ -68,6 +68,9 @@ type sendResponse struct {
 // and each attachment one image/voice/video/file message, uploaded first unless it has an
 // ID. HTML, channels and mail addresses are refused (KindInvalidRequest).
 //
+// Mentions are appended to markdown as "<@userid>" (which notifies them) and to text as
+// "@name" (WeCom app text has no real mention); cards and attachments carry none.
+//
 // Recipients WeCom refused while delivering to the others are listed in Receipt.Invalid; if
 // all are refused the error is KindInvalidRecipient (81013). If a later part of a
 // multi-part message fails, the receipt still lists the parts sent.

@@ -226,8 +226,11 @@ func (s *Server) RevokeTokens(code int) {
 
 // Fail makes the next n calls of endpoint ("gettoken", "message/send", …; "" for every
 // endpoint) answer errcode code: -1 (busy), 45009, 45033, 60020 (IP not allowed), or any
-// other. A negative n fails every call until ClearFailures.
+// other. A negative n fails every call until ClearFailures; zero does nothing.
 func (s *Server) Fail(endpoint string, code, n int) {
+	if n == 0 {
+		return
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.initLocked()
