@@ -179,8 +179,8 @@ func Errorf(k Kind, format string, args ...any) *Error {
 // KindOf classifies err: the Kind of the first *Error in its chain; else the Kind whose
 // sentinel it matches (so platform error types with an Is method onto the sentinels work);
 // else tokenmgr's ErrInvalid → KindTokenExpired, ErrCredentials → KindUnauthorized,
-// ErrTemporary, ErrClosed and context errors → KindUnavailable. nil has the empty Kind; anything else
-// is KindInternal.
+// ErrTemporary, ErrClosed and context errors → KindUnavailable. nil has the empty Kind;
+// anything else is KindInternal.
 func KindOf(err error) Kind {
 	if err == nil {
 		return ""
