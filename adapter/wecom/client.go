@@ -202,8 +202,8 @@ func (c *Client) Status(ctx context.Context) (adapter.Status, error) {
 	return st, ctx.Err()
 }
 
-// TokenSource fetches WeCom access tokens with gettoken. It is a [tokenmgr.Source]; a
-// TokenSource must not be copied after first use. Its errors are *APIError values that match tokenmgr.ErrCredentials for a wrong corp id or
+// TokenSource fetches WeCom access tokens with gettoken, retrying -1 (busy) up to 3 times.
+// It is a [tokenmgr.Source]; a TokenSource must not be copied after first use. Its errors are *APIError values that match tokenmgr.ErrCredentials for a wrong corp id or
 // secret and tokenmgr.ErrTemporary for -1 and 45009 (with a RetryAfter of 60 s).
 type TokenSource struct {
 	APIBase    string // as [Config.APIBase]; empty means DefaultAPIBase
@@ -230,7 +230,24 @@ func (s *TokenSource) Token(ctx context.Context) (tokenmgr.Token, error) {
 	if hc == nil {
 		hc = http.DefaultClient
 	}
-	if err := roundTrip(ctx, hc, http.MethodGet, base, EndpointGetToken, q, nil, &out); err != nil {
+	// -1 (busy) is retried here, at most 3 times with backoff, as WeCom advises; anything
+	// else goes back to the Manager, which backs off by itself.
+	for attempt := 0; ; attempt++ {
+		err = roundTrip(ctx, hc, http.MethodGet, base, EndpointGetToken, q, nil, &out)
+		var apiErr *APIError
+		if err == nil || attempt == 3 || !errors.As(err, &apiErr) || apiErr.Code != -1 {
+			break
+		}
+		wait := 500 * time.Millisecond << attempt
+		t := time.NewTimer(wait/2 + rand.N(wait/2+1))
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return tokenmgr.Token{}, err
+		}
+	}
+	if err != nil {
 		return tokenmgr.Token{}, err
 	}
 	if out.AccessToken == "" {

@@ -1,0 +1,127 @@
+package wecom_test
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/seed-a64d9e1f/chatwire/adapter"
+	"github.com/seed-a64d9e1f/chatwire/adapter/wecom"
+	"github.com/seed-a64d9e1f/chatwire/tokenmgr"
+)
+
+func TestAPIError(t *testing.T) {
+	tests := []struct {
+		code     int
+		endpoint string
+		kind     adapter.Kind
+		tm       error // tokenmgr sentinel matched, if any
+		retry    time.Duration
+		hint     bool
+	}{
+		{40014, wecom.EndpointSend, adapter.KindTokenExpired, tokenmgr.ErrInvalid, 0, true},
+		{42001, wecom.EndpointSend, adapter.KindTokenExpired, tokenmgr.ErrInvalid, 0, true},
+		{41001, wecom.EndpointSend, adapter.KindTokenExpired, tokenmgr.ErrInvalid, 0, true},
+		{40001, wecom.EndpointSend, adapter.KindTokenExpired, tokenmgr.ErrInvalid, 0, true},
+		{40001, wecom.EndpointGetToken, adapter.KindUnauthorized, tokenmgr.ErrCredentials, 0, true},
+		{40013, wecom.EndpointGetToken, adapter.KindUnauthorized, tokenmgr.ErrCredentials, 0, true},
+		{41004, wecom.EndpointGetToken, adapter.KindUnauthorized, tokenmgr.ErrCredentials, 0, true},
+		{60020, wecom.EndpointSend, adapter.KindUnauthorized, tokenmgr.ErrCredentials, 0, true},
+		{48002, wecom.EndpointSend, adapter.KindUnauthorized, nil, 0, true},
+		{-1, wecom.EndpointSend, adapter.KindUnavailable, tokenmgr.ErrTemporary, 0, true},
+		{45009, wecom.EndpointSend, adapter.KindRateLimited, tokenmgr.ErrTemporary, 60 * time.Second, true},
+		{45033, wecom.EndpointSend, adapter.KindRateLimited, tokenmgr.ErrTemporary, time.Second, true},
+		{81013, wecom.EndpointSend, adapter.KindInvalidRecipient, nil, 0, true},
+		{60111, wecom.EndpointSend, adapter.KindInvalidRecipient, nil, 0, true},
+		{40007, wecom.EndpointSend, adapter.KindNotFound, nil, 0, true},
+		{86003, wecom.EndpointAppChatSend, adapter.KindNotFound, nil, 0, true},
+		{45002, wecom.EndpointSend, adapter.KindTooLarge, nil, 0, true},
+		{40008, wecom.EndpointSend, adapter.KindInvalidRequest, nil, 0, true},
+		{99999, wecom.EndpointSend, adapter.KindInvalidRequest, nil, 0, false},
+	}
+	for _, tc := range tests {
+		e := &wecom.APIError{Code: tc.code, Msg: "m", Endpoint: tc.endpoint}
+		if e.Kind() != tc.kind || !errors.Is(e, tc.kind.Err()) {
+			t.Errorf("%d on %s: Kind() = %s; want %s", tc.code, tc.endpoint, e.Kind(), tc.kind)
+		}
+		for _, s := range []error{tokenmgr.ErrInvalid, tokenmgr.ErrCredentials, tokenmgr.ErrTemporary} {
+			if got := errors.Is(e, s); got != (s == tc.tm) {
+				t.Errorf("%d on %s: errors.Is(%v) = %v", tc.code, tc.endpoint, s, got)
+			}
+		}
+		if e.RetryAfter() != tc.retry || tokenmgr.RetryAfter(e) != tc.retry {
+			t.Errorf("%d: RetryAfter = %v; want %v", tc.code, e.RetryAfter(), tc.retry)
+		}
+		if (e.Hint() != "") != tc.hint {
+			t.Errorf("%d: Hint() = %q", tc.code, e.Hint())
+		}
+	}
+}
+
+func TestHTTPError(t *testing.T) {
+	tests := []struct {
+		status int
+		kind   adapter.Kind
+	}{
+		{502, adapter.KindUnavailable},
+		{503, adapter.KindUnavailable},
+		{429, adapter.KindRateLimited},
+		{404, adapter.KindNotFound},
+		{403, adapter.KindUnavailable},
+	}
+	for _, tc := range tests {
+		if got := adapter.KindOf(&wecom.HTTPError{StatusCode: tc.status}); got != tc.kind {
+			t.Errorf("KindOf(HTTP %d) = %s; want %s", tc.status, got, tc.kind)
+		}
+	}
+}
+
+// blockingTransport never answers: it waits for the request's ctx.
+type blockingTransport struct{}
+
+func (blockingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	<-r.Context().Done()
+	return nil, r.Context().Err()
+}
+
+// TestContext: every call gives up when the caller's ctx does.
+func TestContext(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c, err := wecom.New(testConfig(), wecom.Options{HTTPClient: &http.Client{Transport: blockingTransport{}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+		defer cancel()
+		start := time.Now()
+		_, err = c.Send(ctx, text(adapter.Target{User: "u"}, "x"))
+		if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, adapter.ErrUnavailable) {
+			t.Errorf("Send on a hung server: %v; want deadline exceeded, unavailable", err)
+		}
+		if d := time.Since(start); d != 3*time.Second {
+			t.Errorf("Send returned after %v; want 3s", d)
+		}
+		canceled, cancel2 := context.WithCancel(t.Context())
+		cancel2()
+		if _, err := c.Upload(canceled, adapter.Attachment{Name: "f", Data: []byte("123456")}); !errors.Is(err, context.Canceled) {
+			t.Errorf("Upload with canceled ctx: %v", err)
+		}
+	})
+}
+
+func TestGetTokenBusyRetried(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c, srv := setup(t, wecom.Options{})
+		srv.Fail("gettoken", -1, 3)
+		if _, err := c.Send(t.Context(), text(adapter.Target{User: "u"}, "x")); err != nil {
+			t.Fatalf("Send with gettoken busy 3 times: %v", err)
+		}
+		if got := srv.TokenRequests(); got != 4 {
+			t.Errorf("TokenRequests() = %d; want 4", got)
+		}
+	})
+}
