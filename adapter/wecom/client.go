@@ -363,6 +363,7 @@ type HTTPError struct {
 	Body       []byte // the first 512 bytes
 }
 
+// Error returns "wecom: <endpoint>: HTTP <status>: <start of the body>".
 func (e *HTTPError) Error() string {
 	return fmt.Sprintf("wecom: %s: HTTP %d: %s", e.Endpoint, e.StatusCode, truncate(string(e.Body), 200))
 }

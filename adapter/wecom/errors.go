@@ -42,6 +42,7 @@ type APIError struct {
 	Invalid []string
 }
 
+// Error returns "wecom: <endpoint>: errcode <code>: <errmsg> (<hint>)".
 func (e *APIError) Error() string {
 	s := fmt.Sprintf("wecom: %s: errcode %d: %s", e.Endpoint, e.Code, e.Msg)
 	if h := e.Hint(); h != "" {
