@@ -309,11 +309,11 @@ func TestSubscriptionLifecycle(t *testing.T) {
 			t.Fatalf("mail subscription = %+v", mail)
 		}
 		// Renewed ahead of expiry by the refresh-ahead machinery.
-		time.Sleep(100 * time.Minute)
+		time.Sleep(112 * time.Minute) // refresh-ahead: 80% ±5% of 2 h, no later than 5 min before expiry
 		synctest.Wait()
 		renewed := find("mailFolders")
 		if renewed.ID != mail.ID || !renewed.Expiration.After(mail.Expiration) {
-			t.Errorf("after 100 min: subscription %s expiring %v; want %s renewed past %v", renewed.ID, renewed.Expiration, mail.ID, mail.Expiration)
+			t.Errorf("after 112 min: subscription %s expiring %v; want %s renewed past %v", renewed.ID, renewed.Expiration, mail.ID, mail.Expiration)
 		}
 		// reauthorizationRequired: renew, answer 202.
 		before := find("mailFolders").Expiration
