@@ -1,20 +1,27 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"regexp"
 	"strings"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/seed-a64d9e1f/chatwire/adapter"
+	"github.com/seed-a64d9e1f/chatwire/adapter/graph"
+	"github.com/seed-a64d9e1f/chatwire/internal/filestore"
 	"github.com/seed-a64d9e1f/chatwire/internal/platforms"
 	"github.com/seed-a64d9e1f/chatwire/plugin"
 	"github.com/seed-a64d9e1f/chatwire/tokenmgr"
+	"github.com/seed-a64d9e1f/chatwire/tokenmgr/redisstore"
 )
 
 // explanations says in plain words what platform codes mean and what to do.
@@ -169,5 +176,95 @@ func probe(ctx context.Context, opener *platforms.Opener, store plugin.StoreConf
 }
 
 func cmdGraphLogin(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return errors.New("graph login: the Graph adapter is not part of this build yet")
+	fs := newFlagSet("graph login", "graph login --config FILE --bot NAME [--redirect URL | --device]", stderr)
+	config := fs.String("config", os.Getenv("CHATWIRE_CONFIG"), "config file (required)")
+	botName := fs.String("bot", "", "the delegated Graph bot to sign in (required)")
+	redirect := fs.String("redirect", "http://localhost:8400/callback", "loopback redirect URI registered for the app (Authentication → Mobile and desktop applications)")
+	device := fs.Bool("device", false, "use the device code flow instead (sign in on another device)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *config == "" {
+		return errNoConfig
+	}
+	cfg, err := LoadConfig(*config)
+	if err != nil {
+		return err
+	}
+	var g *platforms.Graph
+	for _, b := range cfg.Bots {
+		if b.Name == *botName && b.Graph != nil {
+			g = b.Graph
+		}
+	}
+	if g == nil {
+		return fmt.Errorf("graph login: no graph bot named %q in %s", *botName, *config)
+	}
+	if g.Auth != "delegated" {
+		return fmt.Errorf("graph login: bot %s uses %s auth; only delegated bots sign in", *botName, g.Auth)
+	}
+	gc := platforms.GraphConfig(*g, nil)
+	var res *graph.LoginResult
+	if *device {
+		res, err = gc.DeviceLogin(ctx, func(dc graph.DeviceCode) error {
+			fmt.Fprintf(stdout, "To sign in, open %s and enter the code %s (valid until %s)\n", dc.VerificationURI, dc.UserCode, dc.ExpiresAt.Format(time.Kitchen))
+			return nil
+		})
+	} else {
+		res, err = gc.Login(ctx, graph.LoginOptions{RedirectURL: *redirect, LoginHint: g.User, Open: func(u string) error {
+			fmt.Fprintf(stdout, "Open this URL in a browser and sign in as %s:\n\n  %s\n\nWaiting for the redirect to %s ...\n", cmp.Or(g.User, "the bot's account"), u, *redirect)
+			return nil
+		}})
+	}
+	if err != nil {
+		if ex := explain(platformCode(err)); ex != "" {
+			return fmt.Errorf("%w (%s)", err, ex)
+		}
+		return err
+	}
+	store, where, err := openStore(cfg.Store)
+	if err != nil {
+		return err
+	}
+	key := platforms.GraphKey(*g)
+	if err := seed(ctx, store, key, res); err != nil {
+		return fmt.Errorf("graph login: storing the sign-in: %w", err)
+	}
+	fmt.Fprintf(stdout, "signed in; the refresh token is stored in %s under %s\n", where, key)
+	if cfg.Store.Dir != "" {
+		fmt.Fprintln(stdout, "restart adapter-host (if it runs) so it reads the new sign-in")
+	}
+	return nil
+}
+
+// openStore opens the token store a config names, for commands that write to it.
+func openStore(sc StoreConfig) (tokenmgr.Store, string, error) {
+	switch {
+	case sc.RedisURL != "":
+		ro, err := redis.ParseURL(sc.RedisURL)
+		if err != nil {
+			return nil, "", err
+		}
+		s, err := redisstore.New(redis.NewClient(ro), redisstore.Options{KeyPrefix: sc.KeyPrefix + ":tok:"})
+		return s, "Redis", err
+	case sc.Dir != "":
+		s, err := filestore.Open(sc.Dir)
+		if err != nil {
+			return nil, "", err
+		}
+		return s, s.Path(), nil
+	}
+	return nil, "", errors.New("no store configured: set store.dir or store.redis_url so the sign-in survives")
+}
+
+// seed writes a login's tokens as the newest entry of key.
+func seed(ctx context.Context, store tokenmgr.Store, key string, res *graph.LoginResult) error {
+	cur, err := store.Load(ctx, key)
+	if err != nil {
+		return err
+	}
+	_, _, err = store.Refresh(ctx, key, cur.Gen, func(ctx context.Context, prev tokenmgr.Entry) (tokenmgr.Entry, error) {
+		return tokenmgr.Entry{Token: tokenmgr.Token{Value: res.AccessToken, ExpiresAt: res.ExpiresAt}, State: res.State(), Issued: time.Now()}, nil
+	})
+	return err
 }

@@ -10,14 +10,20 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/seed-a64d9e1f/chatwire/adapter"
+	"github.com/seed-a64d9e1f/chatwire/adapter/graph"
+	"github.com/seed-a64d9e1f/chatwire/adapter/graph/graphtest"
 	"github.com/seed-a64d9e1f/chatwire/adapter/wecom/wecomtest"
 	"github.com/seed-a64d9e1f/chatwire/internal/platforms"
 )
@@ -28,7 +34,8 @@ type demoSummary struct {
 	EchoesSeen    int
 	TokenFetches  int
 	Refreshes     uint64
-	Revocations   int
+	Revocations   int // revocations injected
+	Invalidations int // tokens dropped after the platform rejected them
 	Duplicates    int
 	Restarts      int
 	PluginPid     int
@@ -54,8 +61,8 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "\ndemo summary: %d user messages, %d echoes, %d token fetches (%d refreshes), %d early revocation answered by a transparent retry, %d duplicate dropped, %d plugin restarts\n",
-		s.UsersSent, s.EchoesSeen, s.TokenFetches, s.Refreshes, s.Revocations, s.Duplicates, s.Restarts)
+	fmt.Fprintf(stdout, "\ndemo summary: %d user messages, %d echoes; %d token fetches (%d refreshes); %d early revocations injected, %d rejected tokens replaced by a transparent retry; %d duplicate dropped; %d plugin restarts\n",
+		s.UsersSent, s.EchoesSeen, s.TokenFetches, s.Refreshes, s.Revocations, s.Invalidations, s.Duplicates, s.Restarts)
 	if s.EchoesSeen != s.UsersSent {
 		return fmt.Errorf("demo: %d of %d messages got no echo", s.UsersSent-s.EchoesSeen, s.UsersSent)
 	}
@@ -81,59 +88,113 @@ func randomString(n int) string {
 	return string(b)
 }
 
-// runDemo runs emulated WeCom, a host with a real plugin subprocess, an echo bot on the
-// HTTP API (SSE in, POST out) and simulated users, then reports what happened.
+// runDemo runs emulated WeCom and Microsoft Graph, a host with a real plugin subprocess, an
+// echo bot on the HTTP API (SSE in, POST out) and simulated users, then reports what happened.
 func runDemo(ctx context.Context, o demoOptions) (demoSummary, error) {
 	var sum demoSummary
 	out := &lockedWriter{w: o.Out}
+
+	// Emulated WeCom: one app, two members.
 	const corpID, agentID = "wwdemo00000000001", int64(1000002)
 	secret := randomString(32)
-	emu := &wecomtest.Server{TokenLifetime: o.TokenLifetime, PushRetryDelay: 200 * time.Millisecond}
-	emu.AddApp(corpID, secret, agentID)
-	emu.AddUsers("alice", "bob")
-	wecomSrv := httptest.NewServer(emu)
+	wemu := &wecomtest.Server{TokenLifetime: o.TokenLifetime, PushRetryDelay: 200 * time.Millisecond}
+	wemu.AddApp(corpID, secret, agentID)
+	wemu.AddUsers("alice", "bob")
+	wecomSrv := httptest.NewServer(wemu)
 	defer wecomSrv.Close()
 
+	// Emulated identity platform + Graph: a delegated bot already signed in (as after
+	// "adapter-host graph login"), a Teams group chat with two people.
+	const clientID, chatID, botUser = "demo-client", "19:demo-chat@thread.v2", "chatwire-bot"
+	gsecret := randomString(32)
+	gemu := &graphtest.Server{TokenLifetime: o.TokenLifetime, LoginUser: botUser}
+	gemu.AddClient(clientID, gsecret)
+	graphSrv := httptest.NewServer(gemu)
+	defer graphSrv.Close()
+	defer gemu.Flush()
+
+	dir, err := os.MkdirTemp("", "chatwire-demo-")
+	if err != nil {
+		return sum, err
+	}
+	defer os.RemoveAll(dir)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return sum, err
+	}
+	hostURL := "http://" + ln.Addr().String()
+
 	apiKey := randomString(24)
+	wc := &platforms.WeCom{CorpID: corpID, CorpSecret: secret, AgentID: agentID,
+		Token: randomString(16), EncodingAESKey: randomString(43), APIBase: wecomSrv.URL}
+	gc := &platforms.Graph{TenantID: "demo-tenant", ClientID: clientID, ClientSecret: gsecret, Auth: "delegated",
+		NotificationURL: hostURL + "/webhook/teams", ClientState: randomString(20), Subscribe: []string{"chats"},
+		LoginBase: graphSrv.URL, GraphBase: graphSrv.URL}
 	cfg := &Config{
-		Server: ServerConfig{Listen: "127.0.0.1:0", APIKeys: []string{apiKey}},
-		Bots: []BotConfig{{Name: "echo", Platform: adapter.PlatformWeCom, WeCom: &platforms.WeCom{
-			CorpID: corpID, CorpSecret: secret, AgentID: agentID,
-			Token: randomString(16), EncodingAESKey: randomString(43), APIBase: wecomSrv.URL}}},
+		Server: ServerConfig{Listen: ln.Addr().String(), APIKeys: []string{apiKey}},
+		Store:  StoreConfig{Dir: dir},
+		Bots: []BotConfig{
+			{Name: "echo", Platform: adapter.PlatformWeCom, WeCom: wc},
+			{Name: "teams", Platform: adapter.PlatformGraph, Graph: gc},
+		},
 	}
 	cfg.defaults()
-	fmt.Fprintf(out, "chatwire demo: emulated WeCom at %s, tokens live %s; the bot runs in a plugin subprocess\n", wecomSrv.URL, o.TokenLifetime)
-	h, err := startHost(ctx, cfg, hostOptions{Logger: o.Log, PluginDebug: o.PluginDebug, PluginArgs: o.PluginArgs})
+	store, _, err := openStore(cfg.Store)
 	if err != nil {
+		return sum, err
+	}
+	rt := gemu.IssueRefreshToken(clientID, botUser, strings.Join(graph.DefaultDelegatedScopes, " "))
+	if err := seed(ctx, store, platforms.GraphKey(*gc), &graph.LoginResult{RefreshToken: rt}); err != nil {
+		return sum, err
+	}
+
+	fmt.Fprintf(out, "chatwire demo: emulated WeCom at %s and Microsoft Graph at %s; tokens live %s\n", wecomSrv.URL, graphSrv.URL, o.TokenLifetime)
+	h, err := startHost(ctx, cfg, hostOptions{Logger: o.Log, PluginDebug: o.PluginDebug, PluginArgs: o.PluginArgs, Listener: ln})
+	if err != nil {
+		ln.Close()
 		return sum, err
 	}
 	defer h.shutdown()
 	sum.PluginPid = h.plugin.Pid()
-	fmt.Fprintf(out, "host listening on %s (plugin pid %d)\n\n", h.URL(), sum.PluginPid)
+	fmt.Fprintf(out, "host listening on %s; bots echo (wecom) and teams (graph) run in plugin process %d\n\n", h.URL(), sum.PluginPid)
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var echoes atomic.Int64
-	echoErr := make(chan error, 1)
-	go func() { echoErr <- echoBot(ctx, h.URL(), apiKey, "echo", &echoes, o.Log) }()
+	echoErr := make(chan error, 2)
+	for _, b := range []string{"echo", "teams"} {
+		go func() { echoErr <- echoBot(ctx, h.URL(), apiKey, b, &echoes, o.Log) }()
+	}
 
-	cb := wecomtest.Callback{URL: h.URL() + "/webhook/echo", Token: cfg.Bots[0].WeCom.Token,
-		EncodingAESKey: cfg.Bots[0].WeCom.EncodingAESKey, CorpID: corpID, AgentID: agentID}
-	if err := emu.VerifyURL(ctx, cb); err != nil {
+	cb := wecomtest.Callback{URL: h.URL() + "/webhook/echo", Token: wc.Token, EncodingAESKey: wc.EncodingAESKey, CorpID: corpID, AgentID: agentID}
+	if err := wemu.VerifyURL(ctx, cb); err != nil {
 		return sum, fmt.Errorf("demo: callback URL verification: %w", err)
 	}
 	fmt.Fprintln(out, "WeCom verified the callback URL /webhook/echo")
+	// Graph validates /webhook/teams when the plugin subscribes to the bot's chats.
+	for deadline := time.Now().Add(15 * time.Second); len(gemu.Subscriptions()) == 0; {
+		if time.Now().After(deadline) {
+			return sum, errors.New("demo: the teams bot did not subscribe to chat notifications")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	fmt.Fprintln(out, "Graph validated the notification URL /webhook/teams; the teams bot is subscribed to its chats")
 
-	// Print the bot's replies as WeCom receives them.
-	var printed int
+	// Print the bots' replies as the platforms receive them.
+	var wPrinted, gPrinted int
 	printSent := func() {
-		sent := emu.Sent()
-		for ; printed < len(sent); printed++ {
-			fmt.Fprintf(out, "  echo  → %-5s: %s\n", sent[printed].ToUser, sent[printed].Content)
+		sent := wemu.Sent()
+		for ; wPrinted < len(sent); wPrinted++ {
+			fmt.Fprintf(out, "  [wecom] echo  → %-5s: %s\n", sent[wPrinted].ToUser, sent[wPrinted].Content)
+		}
+		gsent := gemu.Sent()
+		for ; gPrinted < len(gsent); gPrinted++ {
+			fmt.Fprintf(out, "  [teams] teams → chat : %s\n", gsent[gPrinted].Content)
 		}
 	}
 
-	users := []string{"alice", "bob"}
+	type user struct{ name, platform string }
+	users := []user{{"alice", "wecom"}, {"Carol", "teams"}, {"bob", "wecom"}, {"Dave", "teams"}}
 	lines := []string{"hello!", "what's the weather?", "tell me a joke", "are you a bot?", "ping", "thanks"}
 	start := time.Now()
 	revoked, duplicated := false, false
@@ -142,28 +203,34 @@ func runDemo(ctx context.Context, o demoOptions) (demoSummary, error) {
 	defer tick.Stop()
 	for i := 0; time.Since(start) < o.Duration; i++ {
 		if !revoked && time.Since(start) >= o.Duration/2 {
-			emu.RevokeTokens(42001)
+			wemu.RevokeTokens(42001)
+			gemu.RevokeTokens()
 			revoked = true
-			sum.Revocations++
-			fmt.Fprintln(out, "*** WeCom revokes the access token early (errcode 42001); the next send refreshes and retries once, transparently")
+			sum.Revocations += 2
+			fmt.Fprintln(out, "*** both platforms revoke their access tokens early (WeCom 42001, Graph 401 InvalidAuthenticationToken);\n    the next call refreshes and retries once, transparently")
 		}
-		user := users[i%len(users)]
+		u := users[i%len(users)]
 		text := fmt.Sprintf("%s (#%d)", lines[i%len(lines)], i+1)
-		msg := wecomtest.TextMessage(corpID, agentID, user, text, int64(7000000+i), time.Now())
-		fmt.Fprintf(out, "  %-5s → echo : %s\n", user, text)
-		if _, err := emu.Push(ctx, cb, msg); err != nil {
-			return sum, fmt.Errorf("demo: push: %w", err)
-		}
-		sum.UsersSent++
-		if !duplicated && i == 2 {
-			// WeCom redelivers byte for byte when it misses an answer: the host drops it by id.
-			if _, err := emu.Push(ctx, cb, last); err != nil {
+		if u.platform == "teams" {
+			fmt.Fprintf(out, "  [teams] %-5s → chat : %s\n", u.name, text)
+			gemu.AddChatMessage(chatID, "user-"+strings.ToLower(u.name), u.name, text)
+		} else {
+			msg := wecomtest.TextMessage(corpID, agentID, u.name, text, int64(7000000+i), time.Now())
+			fmt.Fprintf(out, "  [wecom] %-5s → echo : %s\n", u.name, text)
+			if _, err := wemu.Push(ctx, cb, msg); err != nil {
 				return sum, fmt.Errorf("demo: push: %w", err)
 			}
-			duplicated = true
-			fmt.Fprintln(out, "*** WeCom redelivers the previous message; the host drops the duplicate by event id")
+			if !duplicated && last != nil {
+				// WeCom redelivers byte for byte when it misses an answer: the host drops it by id.
+				if _, err := wemu.Push(ctx, cb, last); err != nil {
+					return sum, fmt.Errorf("demo: push: %w", err)
+				}
+				duplicated = true
+				fmt.Fprintln(out, "*** WeCom redelivers an earlier message; the host drops the duplicate by event id")
+			}
+			last = msg
 		}
-		last = msg
+		sum.UsersSent++
 		select {
 		case <-tick.C:
 		case <-ctx.Done():
@@ -181,26 +248,38 @@ func runDemo(ctx context.Context, o demoOptions) (demoSummary, error) {
 	printSent()
 
 	sum.EchoesSeen = int(echoes.Load())
-	sum.TokenFetches = emu.TokensIssued()
+	sum.TokenFetches = wemu.TokensIssued()
+	sum.TokenFetches += len(gemu.TokenRequests())
 	sum.Restarts = h.plugin.Restarts()
 	for _, st := range h.srv.statuses(ctx) {
 		for _, t := range st.Tokens {
-			sum.Refreshes += t.Refreshes
+			if !strings.Contains(t.Key, "/subscription/") {
+				sum.Refreshes += t.Refreshes
+			}
 		}
 	}
-	mfs, _ := h.m.reg.Gather()
+	mfs, _ := h.srv.gather.Gather() // host and plugin metrics
+	sum.Duplicates = int(counterSum(mfs, "chatwire_events_total", "outcome", "duplicate"))
+	sum.Invalidations = int(counterSum(mfs, "chatwire_token_refreshes_total", "result", "invalidation"))
+	return sum, nil
+}
+
+// counterSum adds the counters of family name whose label has value.
+func counterSum(mfs []*dto.MetricFamily, name, label, value string) float64 {
+	var sum float64
 	for _, mf := range mfs {
-		if mf.GetName() == "chatwire_events_total" {
-			for _, m := range mf.GetMetric() {
-				for _, l := range m.GetLabel() {
-					if l.GetName() == "outcome" && l.GetValue() == "duplicate" {
-						sum.Duplicates += int(m.GetCounter().GetValue())
-					}
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == label && l.GetValue() == value {
+					sum += m.GetCounter().GetValue()
 				}
 			}
 		}
 	}
-	return sum, nil
+	return sum
 }
 
 // echoBot is a bot written against the HTTP API only: it reads events over SSE and answers
@@ -214,7 +293,14 @@ func echoBot(ctx context.Context, base, key, bot string, echoes *atomic.Int64, l
 		if ev.Kind != adapter.EventMessage {
 			return nil
 		}
-		body, _ := json.Marshal(map[string]any{"to": map[string]string{"user": ev.Sender.ID}, "text": "echo: " + ev.Text})
+		if strings.HasPrefix(ev.Text, "echo: ") {
+			return nil // never answer an echo
+		}
+		to := map[string]string{"user": ev.Sender.ID}
+		if ev.Platform == adapter.PlatformGraph {
+			to = map[string]string{"chat": ev.Chat.ID}
+		}
+		body, _ := json.Marshal(map[string]any{"to": to, "text": "echo: " + ev.Text})
 		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/bots/"+bot+"/messages", bytes.NewReader(body))
 		req.Header.Set("Authorization", "Bearer "+key)
 		req.Header.Set("Content-Type", "application/json")

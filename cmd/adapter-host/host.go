@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/seed-a64d9e1f/chatwire/adapter"
 	"github.com/seed-a64d9e1f/chatwire/plugin"
 )
 
@@ -30,6 +31,8 @@ type hostOptions struct {
 	DeliverBackoff time.Duration
 	// QueueSize bounds each bot's event queue. Zero means 10,000.
 	QueueSize int
+	// Listener, if not nil, is served instead of listening on cfg.Server.Listen.
+	Listener net.Listener
 }
 
 // host is a running adapter-host: plugin, HTTP server, deliverers.
@@ -132,10 +135,13 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 		h.srv.names = append(h.srv.names, b.Name)
 	}
 
-	ln, err := net.Listen("tcp", cfg.Server.Listen)
-	if err != nil {
-		p.Close()
-		return nil, fmt.Errorf("server.listen: %w", err)
+	ln := opts.Listener
+	if ln == nil {
+		ln, err = net.Listen("tcp", cfg.Server.Listen)
+		if err != nil {
+			p.Close()
+			return nil, fmt.Errorf("server.listen: %w", err)
+		}
 	}
 	h.ln = ln
 	h.http = &http.Server{Handler: h.srv.routes(), ReadHeaderTimeout: 10 * time.Second,
@@ -172,6 +178,15 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 		h.wg.Add(1)
 		go func() { defer h.wg.Done(); d.run(dctx) }()
 	}
+	for _, b := range cfg.Bots {
+		if b.Graph == nil || b.Graph.NotificationURL != "" {
+			continue
+		}
+		if poller, ok := h.srv.bots[b.Name].adapter.(adapter.Poller); ok {
+			h.wg.Add(1)
+			go func() { defer h.wg.Done(); h.poll(dctx, h.srv.bots[b.Name], poller) }()
+		}
+	}
 	log.Info("adapter-host listening", "addr", ln.Addr().String(), "bots", len(cfg.Bots), "api_keys", len(cfg.Server.APIKeys) > 0)
 	return h, nil
 }
@@ -188,6 +203,38 @@ func (h *host) trackConn(c net.Conn, st http.ConnState) {
 		h.newConns[c] = struct{}{}
 	} else {
 		delete(h.newConns, c)
+	}
+}
+
+// poll receives the events of a bot without webhooks (Graph with no notification_url): it
+// queues each batch before asking for the next, which is when the adapter commits it.
+func (h *host) poll(ctx context.Context, b *bot, p adapter.Poller) {
+	wait := time.Second
+	for ctx.Err() == nil {
+		events, err := p.Poll(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			h.log.Warn("poll failed; retrying", "bot", b.name, "in", wait, "error", err)
+			select {
+			case <-time.After(wait):
+			case <-ctx.Done():
+				return
+			}
+			wait = min(2*wait, time.Minute)
+			continue
+		}
+		wait = time.Second
+		for ctx.Err() == nil {
+			if err := h.srv.enqueue(ctx, b, events); err == nil {
+				break
+			}
+			select {
+			case <-time.After(time.Second):
+			case <-ctx.Done():
+			}
+		}
 	}
 }
 

@@ -524,7 +524,7 @@ func TestDemo(t *testing.T) {
 	if err != nil {
 		t.Fatalf("demo: %v\n%s", err, out.String())
 	}
-	if s.UsersSent < 5 || s.EchoesSeen != s.UsersSent || s.Revocations != 1 || s.Duplicates != 1 || s.TokenFetches < 3 || s.Restarts != 0 {
+	if s.UsersSent < 5 || s.EchoesSeen != s.UsersSent || s.Revocations != 2 || s.Invalidations < 1 || s.Duplicates != 1 || s.TokenFetches < 3 || s.Restarts != 0 {
 		t.Errorf("demo summary = %+v", s)
 	}
 	for _, want := range []string{`reason=invalidated`, `reason=initial`, "duplicate event dropped"} {
@@ -532,7 +532,7 @@ func TestDemo(t *testing.T) {
 			t.Errorf("demo log lacks %q", want)
 		}
 	}
-	if !strings.Contains(out.String(), "echo  → alice: echo: hello!") {
+	if !strings.Contains(out.String(), "echo  → alice: echo: hello!") || !strings.Contains(out.String(), "teams → chat : echo: ") {
 		t.Errorf("demo output lacks the conversation:\n%s", out.String())
 	}
 }

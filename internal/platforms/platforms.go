@@ -3,6 +3,7 @@
 package platforms
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
+	"github.com/seed-a64d9e1f/chatwire/adapter/graph"
 	"github.com/seed-a64d9e1f/chatwire/adapter/wecom"
 	"github.com/seed-a64d9e1f/chatwire/internal/filestore"
 	"github.com/seed-a64d9e1f/chatwire/plugin"
@@ -49,8 +51,61 @@ type Graph struct {
 	GraphBase       string   `yaml:"graph_base" json:"graph_base,omitempty"`
 }
 
+// GraphOptions turns a bot's Graph section into the adapter's options.
+func GraphOptions(bot string, c Graph, hc *http.Client, store tokenmgr.Store, log *slog.Logger, topts tokenmgr.Options) graph.Options {
+	return graph.Options{
+		Bot:             bot,
+		Config:          GraphConfig(c, hc),
+		Auth:            c.Auth,
+		User:            c.User,
+		GraphBase:       c.GraphBase,
+		HTTPClient:      hc,
+		Store:           store,
+		Logger:          log,
+		TokenOptions:    topts,
+		NotificationURL: c.NotificationURL,
+		ClientState:     c.ClientState,
+		Subscribe:       c.Subscribe,
+	}
+}
+
+// GraphConfig returns the app registration of a Graph section.
+func GraphConfig(c Graph, hc *http.Client) graph.Config {
+	return graph.Config{Tenant: c.TenantID, ClientID: c.ClientID, ClientSecret: c.ClientSecret, LoginBase: c.LoginBase, HTTPClient: hc}
+}
+
+// GraphKey returns the token key of a Graph bot, where graph login stores its sign-in.
+func GraphKey(c Graph) string {
+	if c.Auth == graph.AuthClientCredentials {
+		return GraphConfig(c, nil).Key("")
+	}
+	return GraphConfig(c, nil).Key(cmp.Or(c.User, "me"))
+}
+
+// start runs the Graph adapter's Start (subscriptions, which Graph validates by calling the
+// host's webhook) once the host can answer, retrying with backoff until it succeeds or the
+// adapter is closed.
+func (o *Opener) start(bot string, a *graph.Adapter, log *slog.Logger) {
+	wait := 500 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		time.Sleep(wait)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		err := a.Start(ctx)
+		cancel()
+		if err == nil {
+			log.Info("graph bot started", "attempt", attempt)
+			return
+		}
+		if st, _ := a.Status(context.Background()); st.Detail == "closed" {
+			return
+		}
+		log.Warn("graph bot start failed; retrying", "attempt", attempt, "in", wait*2, "error", err)
+		wait = min(2*wait, time.Minute)
+	}
+}
+
 // Supported lists the platforms this build can open.
-func Supported() []string { return []string{adapter.PlatformWeCom} }
+func Supported() []string { return []string{adapter.PlatformWeCom, adapter.PlatformGraph} }
 
 // Opener opens bots for a plugin [plugin.Server]. Its zero value is not usable: use New.
 type Opener struct {
@@ -129,7 +184,18 @@ func (o *Opener) Open(ctx context.Context, sc plugin.StoreConfig, bot plugin.Bot
 		log.Info("bot opened", "platform", bot.Platform, "corp_id", c.CorpID, "agent_id", strconv.FormatInt(c.AgentID, 10))
 		return cl, nil
 	case adapter.PlatformGraph:
-		return nil, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: "the graph adapter is not part of this build yet"}
+		var c Graph
+		if err := json.Unmarshal(bot.Config, &c); err != nil {
+			return nil, fmt.Errorf("graph config: %w", err)
+		}
+		a, err := graph.New(GraphOptions(bot.Name, c, hc, store, log, topts))
+		if err != nil {
+			return nil, err
+		}
+		o.m.watch(a.Tokens())
+		log.Info("bot opened", "platform", bot.Platform, "tenant", c.TenantID, "auth", c.Auth, "notifications", c.NotificationURL != "")
+		go o.start(bot.Name, a, log)
+		return a, nil
 	}
 	return nil, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: fmt.Sprintf("unknown platform %q", bot.Platform)}
 }
