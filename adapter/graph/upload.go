@@ -159,19 +159,40 @@ func (c *Client) uploadSession(ctx context.Context, itemPath string, ra io.Reade
 		return nil, err
 	}
 	var item DriveItem
-	err = c.putSession(ctx, uploadURL, ra, size, opts, true, func() (string, error) {
-		return c.createSession(ctx, itemPath, size, opts.Conflict)
-	}, &item)
+	s := &session{
+		restart: func() (string, error) { return c.createSession(ctx, itemPath, size, opts.Conflict) },
+		// The final fragment's answer was lost and the session is gone: the file may be
+		// complete. Look it up rather than upload it a second time.
+		completed: func() bool {
+			var got DriveItem
+			if err := c.Do(ctx, http.MethodGet, escapePath(itemPath), nil, &got); err != nil || got.Size != size {
+				return false
+			}
+			item = got
+			return true
+		},
+	}
+	err = c.putSession(ctx, uploadURL, ra, size, opts, true, s, &item)
 	if err != nil {
 		return nil, err
 	}
 	return &item, nil
 }
 
-// putSession sends the content to an upload URL, following the session rules. restart makes
-// a new session after a 404; out receives the final JSON answer (may be empty for Outlook).
+// session holds the hooks of an upload session that can be recreated. A nil *session cannot.
+type session struct {
+	restart   func() (string, error) // creates a new session, returning its upload URL
+	completed func() bool            // reports whether the upload finished after all
+}
+
+// putSession sends the content to an upload URL, following the session rules. s (may be
+// nil) restarts after a 404; out receives the final JSON answer (may be empty for Outlook).
 func (c *Client) putSession(ctx context.Context, uploadURL string, ra io.ReaderAt, size int64, opts UploadOptions,
-	unitAligned bool, restart func() (string, error), out any) error {
+	unitAligned bool, s *session, out any) error {
+	var restart func() (string, error)
+	if s != nil {
+		restart = s.restart
+	}
 	frag := int64(opts.FragmentSize)
 	if frag <= 0 {
 		frag = DefaultFragmentSize
@@ -215,6 +236,12 @@ func (c *Client) putSession(ctx context.Context, uploadURL string, ra io.ReaderA
 				return ctx.Err()
 			}
 			if offset, err = c.sessionOffset(ctx, uploadURL, offset); err != nil {
+				if isNotFound(err) && end == size-1 && s != nil && s.completed() {
+					if opts.Progress != nil {
+						opts.Progress(size, size)
+					}
+					return nil
+				}
 				if isNotFound(err) && restarts < 2 && restart != nil {
 					restarts++
 					if uploadURL, err = restart(); err != nil {

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"math/rand/v2"
+	"strings"
 	"testing"
 	"testing/synctest"
 
@@ -141,6 +142,36 @@ func TestMailLargeAttachment(t *testing.T) {
 		sent := e.srv.Sent()
 		if len(sent) != 1 || sent[0].Kind != "mail" || len(sent[0].Attachments) != 2 || !bytes.Equal(sent[0].Attachments[1].Data, big) {
 			t.Fatalf("Sent() = %+v; want one mail with both attachments", len(sent))
+		}
+	})
+}
+
+// TestUploadLostFinalAnswer drops the answer to the final fragment: the file is complete and
+// the session gone, so the client must find the item rather than upload it again.
+func TestUploadLostFinalAnswer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t)
+		_, c := e.delegated(t, nil)
+		data := randomBytes(6 << 20)
+		injected := false
+		item, err := c.UploadFile(t.Context(), "/me/drive/root:/f.bin", bytes.NewReader(data), int64(len(data)), UploadOptions{
+			Progress: func(sent, total int64) {
+				if !injected {
+					injected = true
+					e.srv.DropUploadResponses(1)
+				}
+			}})
+		if err != nil {
+			t.Fatalf("UploadFile() error = %v", err)
+		}
+		creates := 0
+		for _, r := range e.srv.Requests() {
+			if strings.HasSuffix(r.Path, "createUploadSession") {
+				creates++
+			}
+		}
+		if f := e.srv.Files()[botUser+":f.bin"]; !bytes.Equal(f.Data, data) || item.ID != f.ID || creates != 1 {
+			t.Errorf("item %+v, sessions created %d; want the stored item from one session", item, creates)
 		}
 	})
 }

@@ -82,6 +82,21 @@ func (s *Server) serveDrive(w http.ResponseWriter, r *http.Request, tok *accessT
 		return
 	}
 	p, op, ok := strings.Cut(strings.TrimPrefix(rest, "root:/"), ":/")
+	if !ok && r.Method == http.MethodGet && strings.HasPrefix(rest, "root:/") {
+		s.mu.Lock()
+		f := s.files[user+":"+strings.TrimSuffix(p, ":")]
+		var v map[string]any
+		if f != nil {
+			v = itemJSON(f)
+		}
+		s.mu.Unlock()
+		if v == nil {
+			graphError(w, http.StatusNotFound, "itemNotFound", "The resource could not be found.")
+			return
+		}
+		writeJSON(w, http.StatusOK, v)
+		return
+	}
 	if !ok || !strings.HasPrefix(rest, "root:/") || p == "" {
 		graphError(w, http.StatusBadRequest, "invalidRequest", "Invalid drive path.")
 		return
