@@ -1,7 +1,6 @@
 package redisstore
 
 import (
-	"context"
 	"errors"
 	"net"
 	"strconv"
@@ -123,8 +122,7 @@ func (s *Store) dispatch(payload string) {
 // It writes back entries fetched here during the outage, wakes waiters, and tells each watcher
 // the stored generation (as invalidated if its token is gone).
 func (s *Store) resync() {
-	ctx, cancel := context.WithTimeout(s.ctx, opTimeout)
-	defer cancel()
+	ctx := s.ctx
 	s.mu.Lock()
 	var keys []string
 	for key, sl := range s.slots {

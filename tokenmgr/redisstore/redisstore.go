@@ -22,9 +22,13 @@ import (
 	"github.com/seed-a64d9e1f/chatwire/tokenmgr"
 )
 
-// opTimeout bounds Redis calls the Store makes on its own behalf: the write of a fetched token
-// (which must not be lost because the caller's ctx ended), the lock release, resyncs.
-const opTimeout = 5 * time.Second
+// probeInterval is how often Refresh tries Redis while it is unavailable; between tries it
+// fetches in the process at once instead of waiting for Redis to fail again.
+const probeInterval = time.Second
+
+// ErrUnavailable is returned (wrapped) by Load and Invalidate while Redis is unavailable and
+// was last tried less than a second ago.
+var ErrUnavailable = errors.New("redisstore: redis unavailable")
 
 // Options configure a [Store]. The zero value is ready to use.
 type Options struct {
@@ -40,6 +44,11 @@ type Options struct {
 	// PollInterval is how often a process waiting for another one's fetch re-reads Redis in
 	// case the publish was lost, jittered to [½, 1½)×. Zero means 200 ms.
 	PollInterval time.Duration
+	// Timeout bounds each Redis call the Store makes. A call that fails or runs out of time
+	// makes Refresh fetch in the process instead: a client's own retries and dial attempts
+	// (about 1.7 s with go-redis defaults against a dead server) do not delay a refresh by more
+	// than this. Zero means 1 second.
+	Timeout time.Duration
 	// Retain is how long Redis keeps an entry after its token expired, as garbage collection
 	// of keys nobody uses any more; it is never a refresh margin. Entries holding State (a
 	// refresh token) and tokens without expiry get no TTL. Zero means 24 hours; negative
@@ -95,6 +104,7 @@ type Store struct {
 	downSince time.Time
 
 	down           atomic.Bool
+	lastFail       atomic.Int64 // unix ns of the last failed Redis call
 	outages        atomic.Uint64
 	localRefreshes atomic.Uint64
 
@@ -144,6 +154,9 @@ func New(client redis.UniversalClient, opts Options) (*Store, error) {
 	}
 	if opts.Retain == 0 {
 		opts.Retain = 24 * time.Hour
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = time.Second
 	}
 	s := &Store{
 		client:  client,
@@ -206,6 +219,9 @@ func (s *Store) Load(ctx context.Context, key string) (tokenmgr.Entry, error) {
 	if key == "" {
 		return tokenmgr.Entry{}, errors.New("redisstore: empty key")
 	}
+	if s.skip() {
+		return tokenmgr.Entry{}, fmt.Errorf("redisstore: load %s: %w", key, ErrUnavailable)
+	}
 	sl := s.slot(key)
 	if err := s.writeBack(ctx, key, sl); err != nil {
 		return tokenmgr.Entry{}, fmt.Errorf("redisstore: load %s: %w", key, err)
@@ -231,6 +247,9 @@ func (s *Store) Refresh(ctx context.Context, key string, have uint64, fetch toke
 	}
 	defer func() { <-sl.lock }()
 
+	if s.skip() {
+		return s.fetchLocal(ctx, key, sl, have, fetch, "", nil)
+	}
 	if err := s.writeBack(ctx, key, sl); err != nil {
 		return s.fetchLocal(ctx, key, sl, have, fetch, "write back", err)
 	}
@@ -247,7 +266,9 @@ func (s *Store) Refresh(ctx context.Context, key string, have uint64, fetch toke
 	owner := newOwner()
 	lk := s.lockKey(key)
 	for {
-		got, err := s.client.SetNX(ctx, lk, owner, s.opts.LockTTL).Result()
+		lctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
+		got, err := s.client.SetNX(lctx, lk, owner, s.opts.LockTTL).Result()
+		cancel()
 		if err != nil {
 			return s.fetchLocal(ctx, key, sl, have, fetch, "lock", err)
 		}
@@ -308,12 +329,11 @@ func (s *Store) Refresh(ctx context.Context, key string, have uint64, fetch toke
 	}
 	n.Gen = max(base.Gen, have) + 1
 
-	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
-	defer cancel()
+	wctx := context.WithoutCancel(ctx) // a fetched token is stored even if the caller left
 	wrote, err := s.write(wctx, key, "eq", e.Gen, n)
 	if err != nil {
 		// The token is fetched but cannot be shared: use it, and write it back later.
-		s.fail(ctx, "write", err)
+		s.fail(wctx, "write", err)
 		s.keepLocal(sl, n)
 		return n, true, nil
 	}
@@ -323,7 +343,7 @@ func (s *Store) Refresh(ctx context.Context, key string, have uint64, fetch toke
 		s.log.LogAttrs(ctx, slog.LevelWarn, "redisstore: discarded a fetched token: a newer one was stored meanwhile",
 			slog.String("key", key), slog.String("fp", tokenmgr.Fingerprint(n.Token.Value)), slog.Uint64("gen", cur.Gen))
 		if err != nil || cur.Gen <= have {
-			s.fail(ctx, "load", err)
+			s.fail(wctx, "load", err)
 			s.keepLocal(sl, n)
 			return n, true, nil
 		}
@@ -352,7 +372,12 @@ func (s *Store) Invalidate(ctx context.Context, key string, gen uint64) error {
 	s.mu.Unlock()
 	notify(fns, tokenmgr.Change{Gen: gen, Invalidated: true})
 
-	err := invalidateScript.Run(ctx, s.client, []string{s.valueKey(key)}, g, s.channel, "i "+g+" "+key).Err()
+	if s.skip() {
+		return fmt.Errorf("redisstore: invalidate %s: %w", key, ErrUnavailable)
+	}
+	ictx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
+	defer cancel()
+	err := invalidateScript.Run(ictx, s.client, []string{s.valueKey(key)}, g, s.channel, "i "+g+" "+key).Err()
 	if err != nil {
 		s.fail(ctx, "invalidate", err)
 		return fmt.Errorf("redisstore: invalidate %s: %w", key, err)
@@ -381,7 +406,9 @@ func (s *Store) Watch(key string, fn func(tokenmgr.Change)) (stop func()) {
 
 // load reads and decodes the entry of key and remembers it.
 func (s *Store) load(ctx context.Context, key string, sl *slot) (tokenmgr.Entry, error) {
-	h, err := s.client.HGetAll(ctx, s.valueKey(key)).Result()
+	rctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
+	defer cancel()
+	h, err := s.client.HGetAll(rctx, s.valueKey(key)).Result()
 	if err != nil {
 		return tokenmgr.Entry{}, err
 	}
@@ -407,7 +434,9 @@ func (s *Store) write(ctx context.Context, key, mode string, expect uint64, e to
 		ttl = max(time.Until(e.Token.ExpiresAt)+s.opts.Retain, time.Second).Milliseconds()
 	}
 	g := strconv.FormatUint(e.Gen, 10)
-	n, err := writeScript.Run(ctx, s.client, []string{s.valueKey(key)},
+	wctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
+	defer cancel()
+	n, err := writeScript.Run(wctx, s.client, []string{s.valueKey(key)},
 		mode, strconv.FormatUint(expect, 10), g, tok, st, ttl, s.channel, "w "+g+" "+key).Int()
 	if err != nil {
 		return false, err
@@ -442,7 +471,7 @@ func (s *Store) hold(lk, owner string) (release func(msg string)) {
 	return func(msg string) {
 		close(stop)
 		wg.Wait()
-		ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), s.opts.Timeout)
 		defer cancel()
 		_ = releaseScript.Run(ctx, s.client, []string{lk}, owner, s.channel, msg).Err()
 	}
@@ -531,6 +560,7 @@ func (s *Store) fail(ctx context.Context, op string, err error) {
 	if err == nil || ctx.Err() != nil {
 		return
 	}
+	s.lastFail.Store(time.Now().UnixNano())
 	if s.down.CompareAndSwap(false, true) {
 		s.outages.Add(1)
 		s.mu.Lock()
@@ -539,6 +569,11 @@ func (s *Store) fail(ctx context.Context, op string, err error) {
 		s.log.LogAttrs(ctx, slog.LevelWarn, "redisstore: redis unavailable: tokens are refreshed in each process until it is back",
 			slog.String("op", op), slog.String("error", err.Error()))
 	}
+}
+
+// skip reports whether Redis is unavailable and was tried less than probeInterval ago.
+func (s *Store) skip() bool {
+	return s.down.Load() && time.Since(time.Unix(0, s.lastFail.Load())) < probeInterval
 }
 
 // up records that Redis answered.

@@ -98,7 +98,7 @@ func TestInvalidateScript(t *testing.T) {
 
 // TestLockScripts proves the lock is released and extended only by its owner.
 func TestLockScripts(t *testing.T) {
-	s, c := newTestStore(t, Options{LockTTL: 300 * time.Millisecond})
+	s, c := newTestStore(t, Options{LockTTL: 600 * time.Millisecond})
 	ctx := t.Context()
 	lk := s.lockKey("k")
 	if !c.SetNX(ctx, lk, "owner-a", time.Minute).Val() {

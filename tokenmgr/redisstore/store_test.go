@@ -81,19 +81,25 @@ func TestRedisRestart(t *testing.T) {
 	srv := startRedis(t)
 	src := &countingSource{life: time.Second}
 	var (
-		logs   syncBuffer
+		logs   [3]syncBuffer
 		ms     []*tokenmgr.Manager
 		stores []*redisstore.Store
 	)
 	for i := range 3 {
-		opts := redisstore.Options{LockTTL: time.Second, PollInterval: 50 * time.Millisecond}
-		if i == 0 {
-			opts.Logger = slog.New(slog.NewTextHandler(&logs, nil))
-		}
-		st, _ := newHost(t, srv.Addr(), opts)
+		log := slog.New(slog.NewTextHandler(&logs[i], &slog.HandlerOptions{Level: slog.LevelDebug}))
+		st, _ := newHost(t, srv.Addr(), redisstore.Options{LockTTL: time.Second, PollInterval: 50 * time.Millisecond, Logger: log})
 		stores = append(stores, st)
-		ms = append(ms, newManager(t, st, src))
+		m := tokenmgr.New(key, src, tokenmgr.Options{Store: st, ExpirySkew: testSkew, Logger: log})
+		t.Cleanup(func() { _ = m.Close() })
+		ms = append(ms, m)
 	}
+	defer func() {
+		if t.Failed() {
+			for i := range 3 {
+				t.Logf("host %d: status %+v\n%s", i, ms[i].Status(), logs[i].String())
+			}
+		}
+	}()
 
 	// Callers ask for tokens all the time, as a busy bot would.
 	var (
@@ -128,10 +134,10 @@ func TestRedisRestart(t *testing.T) {
 
 	srv.Kill()
 	deadline := time.Now().Add(5 * time.Second)
-	for _, st := range stores {
+	for i, st := range stores {
 		for st.Stats().LocalRefreshes < 1 {
 			if time.Now().After(deadline) {
-				t.Fatalf("no local refresh during the outage: stats %+v", st.Stats())
+				t.Fatalf("host %d made no local refresh during the outage: stats %+v", i, st.Stats())
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
@@ -157,11 +163,11 @@ func TestRedisRestart(t *testing.T) {
 			t.Errorf("host %d stats %+v; want available after at least one outage", i, s)
 		}
 	}
-	if n := strings.Count(logs.String(), "redis unavailable"); n != 1 {
-		t.Errorf("host 0 logged %d outage warnings; want 1:\n%s", n, logs.String())
+	if n := strings.Count(logs[0].String(), "redis unavailable"); n != 1 {
+		t.Errorf("host 0 logged %d outage warnings; want 1", n)
 	}
-	if !strings.Contains(logs.String(), "redis available again") {
-		t.Errorf("host 0 logged no recovery:\n%s", logs.String())
+	if !strings.Contains(logs[0].String(), "redis available again") {
+		t.Errorf("host 0 logged no recovery")
 	}
 }
 
