@@ -52,6 +52,7 @@ var aadHints = map[int]string{
 	50079:   "the user must register for multi-factor authentication: sign in interactively (graph login)",
 	50078:   "the multi-factor authentication has expired: sign in interactively again",
 	65001:   "the user or an administrator has not consented to the app's permissions: sign in interactively to consent, or have an admin grant consent (/adminconsent or Grant admin consent in the portal)",
+	65004:   "the user declined to consent to the app's permissions: sign in again and accept, or have an admin grant consent",
 	53003:   "Conditional Access blocked the sign-in: ask an administrator which policy applies to this app and user",
 	50058:   "no user is signed in (silent sign-in failed): sign in interactively",
 	50034:   "the user account does not exist in this tenant: check the user name and tenant",
@@ -72,6 +73,7 @@ var errorHints = map[string]string{
 	"invalid_scope":           "the requested scope is not valid for this flow",
 	"consent_required":        "consent is required: sign in interactively or ask an admin to grant consent",
 	"interaction_required":    "the user must sign in interactively (graph login)",
+	"access_denied":           "the sign-in was cancelled or refused: sign in again and accept the requested permissions",
 	"authorization_declined":  "the user declined the sign-in",
 	"expired_token":           "the device code expired before sign-in finished: start graph login again",
 	"bad_verification_code":   "the device code is not recognised: start graph login again",
@@ -222,11 +224,14 @@ func (e *AuthError) Error() string {
 
 // Temporary reports whether retrying later may succeed without a configuration change.
 func (e *AuthError) Temporary() bool {
+	if e.StatusCode == http.StatusTooManyRequests || e.StatusCode >= 500 {
+		return true
+	}
 	switch e.ErrorCode {
 	case "temporarily_unavailable", "server_error", "authorization_pending", "slow_down":
 		return true
 	}
-	return e.ErrorCode == "" && (e.StatusCode == http.StatusTooManyRequests || e.StatusCode >= 500 || e.StatusCode == 0)
+	return false
 }
 
 // Is maps e onto the tokenmgr sentinels: credential and grant errors are

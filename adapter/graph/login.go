@@ -94,13 +94,16 @@ func (c Config) Login(ctx context.Context, opts LoginOptions) (*LoginResult, err
 		var res result
 		switch {
 		case q.Get("error") != "":
-			res.err = &AuthError{ErrorCode: q.Get("error"), Description: cleanDescription(q.Get("error_description"))}
-			if ae := ParseAuthError(0, nil, []byte(q.Get("error_description"))); ae.Code != 0 {
-				res.err.(*AuthError).Code, res.err.(*AuthError).Codes, res.err.(*AuthError).Hint = ae.Code, ae.Codes, ae.Hint
+			// An error redirect (access_denied, consent_required, …): explain it like a token error.
+			ae := ParseAuthError(0, nil, []byte(q.Get("error_description")))
+			ae.ErrorCode = q.Get("error")
+			if ae.Description == "" {
+				ae.Description = cleanDescription(q.Get("error_description"))
 			}
-			if res.err.(*AuthError).Hint == "" {
-				res.err.(*AuthError).Hint = errorHints[q.Get("error")]
+			if ae.Hint == "" {
+				ae.Hint = errorHints[ae.ErrorCode]
 			}
+			res.err = ae
 		case subtle.ConstantTimeCompare([]byte(q.Get("state")), []byte(state)) != 1:
 			http.Error(w, "Sign-in failed: the state parameter does not match this login. Start the login again.", http.StatusBadRequest)
 			return // a forged or stale redirect: keep waiting for the real one
@@ -123,14 +126,19 @@ func (c Config) Login(ctx context.Context, opts LoginOptions) (*LoginResult, err
 	go srv.Serve(ln)
 	defer srv.Close()
 
-	if err := opts.Open(authURL); err != nil {
-		return nil, fmt.Errorf("graph: login: opening the sign-in page: %w", err)
-	}
 	var res result
-	select {
-	case res = <-done:
-	case <-ctx.Done():
-		return nil, fmt.Errorf("graph: login: waiting for the sign-in redirect: %w", ctx.Err())
+	if err := opts.Open(authURL); err != nil {
+		select {
+		case res = <-done: // the redirect arrived anyway: its answer says more
+		default:
+			return nil, fmt.Errorf("graph: login: opening the sign-in page: %w", err)
+		}
+	} else {
+		select {
+		case res = <-done:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("graph: login: waiting for the sign-in redirect: %w", ctx.Err())
+		}
 	}
 	if res.err != nil {
 		return nil, res.err

@@ -300,6 +300,14 @@ func TestLoginPKCE(t *testing.T) {
 	if !errors.As(err, &ae) || ae.Code != 50011 || !strings.Contains(ae.Hint, "redirect") {
 		t.Errorf("Login(redirect + /) error = %v; want AADSTS50011 with a hint", err)
 	}
+	// An error redirect (consent not given) is explained.
+	srv.AuthorizeError = "consent_required"
+	_, err = cfg.Login(ctx, LoginOptions{RedirectURL: redirect, Open: open})
+	if !errors.As(err, &ae) || ae.Code != 65001 || ae.ErrorCode != "consent_required" || ae.Hint != HintFor(65001) ||
+		strings.Contains(ae.Error(), "Trace ID") {
+		t.Errorf("Login(consent_required) error = %v; want AADSTS65001 with its hint", err)
+	}
+	srv.AuthorizeError = ""
 	// Non-loopback redirects are refused locally.
 	if _, err := cfg.Login(ctx, LoginOptions{RedirectURL: "https://example.com/cb", Open: open}); err == nil {
 		t.Errorf("Login(non-loopback) error = nil")

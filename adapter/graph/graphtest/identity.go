@@ -156,14 +156,26 @@ func (s *Server) serveAuthorize(w http.ResponseWriter, r *http.Request, tenant s
 	if q.Get("code_challenge") != "" && method == "" {
 		method = "plain"
 	}
-	code := "code-" + randomString(24)
-	s.codes[code] = &authCode{client: id, user: s.loginUser(), redirect: redirect, challenge: q.Get("code_challenge"),
-		method: method, scope: q.Get("scope"), expires: time.Now().Add(10 * time.Minute)}
 	v := u.Query()
-	v.Set("code", code)
 	if st := q.Get("state"); st != "" {
 		v.Set("state", st)
 	}
+	if s.AuthorizeError != "" {
+		desc := map[string]string{
+			"access_denied":        "AADSTS65004: User declined to consent to access the app.",
+			"consent_required":     "AADSTS65001: The user or administrator has not consented to use the application with ID '" + id + "'.",
+			"interaction_required": "AADSTS50076: Due to a configuration change made by your administrator, you must use multi-factor authentication.",
+		}[s.AuthorizeError]
+		v.Set("error", s.AuthorizeError)
+		v.Set("error_description", desc+"\r\nTrace ID: "+newGUID())
+		u.RawQuery = v.Encode()
+		http.Redirect(w, r, u.String(), http.StatusFound)
+		return
+	}
+	code := "code-" + randomString(24)
+	s.codes[code] = &authCode{client: id, user: s.loginUser(), redirect: redirect, challenge: q.Get("code_challenge"),
+		method: method, scope: q.Get("scope"), expires: time.Now().Add(10 * time.Minute)}
+	v.Set("code", code)
 	u.RawQuery = v.Encode()
 	http.Redirect(w, r, u.String(), http.StatusFound)
 }

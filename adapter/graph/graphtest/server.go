@@ -40,6 +40,9 @@ type Server struct {
 	// LoginUser is the user id the authorize and device endpoints sign in. Empty means
 	// "user-1".
 	LoginUser string
+	// AuthorizeError, if set, makes the authorize endpoint redirect with this error
+	// (access_denied, consent_required, interaction_required) instead of a code.
+	AuthorizeError string
 	// Client delivers change notifications and validation requests. If nil,
 	// http.DefaultClient is used.
 	Client *http.Client
