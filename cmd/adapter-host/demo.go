@@ -47,6 +47,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	duration := fs.Duration("duration", 40*time.Second, "how long the simulated users talk")
 	lifetime := fs.Duration("token-lifetime", 12*time.Second, "lifetime of the emulated WeCom access tokens (real ones live 2h)")
 	every := fs.Duration("every", 2*time.Second, "time between simulated user messages")
+	noEcho := fs.Bool("no-echo", false, "do not run the built-in echo bot: print how to connect your own (e.g. examples/python-bot) and wait for it")
 	var lf logFlags
 	lf.register(fs)
 	if err := fs.Parse(args); err != nil {
@@ -57,7 +58,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	s, err := runDemo(ctx, demoOptions{Duration: *duration, TokenLifetime: *lifetime, Every: *every,
-		Log: log, PluginDebug: level <= slog.LevelDebug, Out: stdout})
+		Log: log, PluginDebug: level <= slog.LevelDebug, Out: stdout, NoEcho: *noEcho})
 	if err != nil {
 		return err
 	}
@@ -76,6 +77,7 @@ type demoOptions struct {
 	PluginDebug                    bool
 	Out                            io.Writer
 	PluginArgs                     []string // tests: how the test binary serves as the plugin
+	NoEcho                         bool     // an external bot answers; wait up to a minute for it
 }
 
 func randomString(n int) string {
@@ -162,9 +164,14 @@ func runDemo(ctx context.Context, o demoOptions) (demoSummary, error) {
 	defer cancel()
 	var echoes atomic.Int64
 	echoErr := make(chan error, 2)
-	for _, b := range []string{"echo", "teams"} {
-		go func() { echoErr <- echoBot(ctx, h.URL(), apiKey, b, &echoes, o.Log) }()
+	if o.NoEcho {
+		fmt.Fprintf(out, "connect your bot now (events wait for it), for example:\n  CHATWIRE_URL=%s CHATWIRE_API_KEY=%s python3 examples/python-bot/echo_bot.py echo\n\n", h.URL(), apiKey)
+	} else {
+		for _, b := range []string{"echo", "teams"} {
+			go func() { echoErr <- echoBot(ctx, h.URL(), apiKey, b, &echoes, o.Log) }()
+		}
 	}
+	replies := func() int { return len(wemu.Sent()) + len(gemu.Sent()) }
 
 	cb := wecomtest.Callback{URL: h.URL() + "/webhook/echo", Token: wc.Token, EncodingAESKey: wc.EncodingAESKey, CorpID: corpID, AgentID: agentID}
 	if err := wemu.VerifyURL(ctx, cb); err != nil {
@@ -241,13 +248,18 @@ func runDemo(ctx context.Context, o demoOptions) (demoSummary, error) {
 		printSent()
 	}
 	// Let the last echoes arrive.
-	deadline := time.Now().Add(10 * time.Second)
-	for int(echoes.Load()) < sum.UsersSent && time.Now().Before(deadline) {
+	wait := 10 * time.Second
+	if o.NoEcho {
+		wait = time.Minute
+	}
+	deadline := time.Now().Add(wait)
+	for replies() < sum.UsersSent && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
+		printSent()
 	}
 	printSent()
 
-	sum.EchoesSeen = int(echoes.Load())
+	sum.EchoesSeen = replies() // as the platforms received them
 	sum.TokenFetches = wemu.TokensIssued()
 	sum.TokenFetches += len(gemu.TokenRequests())
 	sum.Restarts = h.plugin.Restarts()

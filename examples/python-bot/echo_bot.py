@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""An echo bot for chatwire's adapter-host, in Python with the standard library only.
+
+It reads the bot's events over Server-Sent Events (GET /v1/bots/{bot}/events), answers every
+message with POST /v1/bots/{bot}/messages, and resumes with Last-Event-ID after a reconnect,
+so it misses nothing while the host or the network hiccups.
+
+    CHATWIRE_URL=http://127.0.0.1:8080 CHATWIRE_API_KEY=... python3 echo_bot.py hr
+
+Environment:
+    CHATWIRE_URL      the host's base URL (default http://127.0.0.1:8080)
+    CHATWIRE_API_KEY  an API key from server.api_keys (none if the host has no keys)
+    ECHO_MAX          stop after this many echoes (default: run forever)
+"""
+
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+
+BASE = os.environ.get("CHATWIRE_URL", "http://127.0.0.1:8080").rstrip("/")
+KEY = os.environ.get("CHATWIRE_API_KEY", "")
+MAX = int(os.environ.get("ECHO_MAX", "0"))
+
+
+def request(method, path, body=None, headers=None):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(BASE + path, data=data, method=method)
+    if KEY:
+        req.add_header("Authorization", "Bearer " + KEY)
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    for k, v in (headers or {}).items():
+        req.add_header(k, v)
+    return urllib.request.urlopen(req, timeout=None if method == "GET" else 120)
+
+
+def events(bot, last_id):
+    """Yields (id, kind, event) from the bot's SSE stream, starting after last_id."""
+    headers = {"Accept": "text/event-stream"}
+    if last_id:
+        headers["Last-Event-ID"] = last_id
+    with request("GET", "/v1/bots/%s/events" % bot, headers=headers) as resp:
+        ev_id, kind, data = None, None, []
+        for raw in resp:
+            line = raw.decode("utf-8").rstrip("\r\n")
+            if line == "":
+                if data:
+                    yield ev_id, kind, json.loads("\n".join(data))
+                ev_id, kind, data = None, None, []
+            elif line.startswith(":"):
+                continue  # comment or keep-alive ping
+            elif line.startswith("id: "):
+                ev_id = line[4:]
+            elif line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: "):
+                data.append(line[6:])
+
+
+def reply_target(event):
+    """Where to answer: the sender on WeCom, the chat (or mail sender) on Graph."""
+    if event["platform"] == "wecom":
+        return {"user": event["sender"]["id"]}
+    if event["chat"]["type"] == "mail":
+        return {"email": event["sender"]["id"]}
+    return {"chat": event["chat"]["id"]}
+
+
+def send(bot, to, text):
+    """Sends text; on 429 waits Retry-After and tries again."""
+    while True:
+        try:
+            with request("POST", "/v1/bots/%s/messages" % bot, {"to": to, "text": text}) as resp:
+                return json.load(resp)
+        except urllib.error.HTTPError as e:
+            err = json.load(e).get("error", {})
+            if e.code == 429:
+                wait = int(e.headers.get("Retry-After", "1"))
+                print("rate limited (%s); waiting %ds" % (err.get("platform_code"), wait), file=sys.stderr)
+                time.sleep(wait)
+                continue
+            raise RuntimeError("send failed: %s %s (%s)" % (e.code, err.get("message"), err.get("kind")))
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit("usage: echo_bot.py BOT_NAME")
+    bot = sys.argv[1]
+    last_id, echoed, backoff = None, 0, 1
+    while True:
+        try:
+            for ev_id, kind, event in events(bot, last_id):
+                backoff = 1
+                if kind == "message" and not event["text"].startswith("echo: "):
+                    receipt = send(bot, reply_target(event), "echo: " + event["text"])
+                    echoed += 1
+                    print("%s: %r -> echoed (id %s)" % (event["sender"]["id"], event["text"], receipt["id"]), flush=True)
+                last_id = ev_id  # acknowledge only what was handled
+                if MAX and echoed >= MAX:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+            print("event stream lost (%s); reconnecting in %ds" % (e, backoff), file=sys.stderr)
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 30)
+
+
+if __name__ == "__main__":
+    main()
