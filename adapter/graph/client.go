@@ -95,6 +95,8 @@ func parseAPIError(resp *http.Response, body []byte, now time.Time) *APIError {
 		e.Hint = "no bearer token reached Graph: a proxy or an HTTP client dropped the Authorization header"
 	case e.StatusCode == 401 && strings.Contains(e.Message, "application-only context only for import"):
 		e.Hint = "Teams messages cannot be posted with client credentials: use delegated auth (graph login)"
+	case e.StatusCode == 401 && strings.Contains(e.Message, "Access token validation failure"):
+		e.Hint = "the token is not for Graph (wrong audience or tenant): request https://graph.microsoft.com scopes"
 	case e.Code == "NoPermissionsInAccessToken":
 		e.Hint = "the app token carries no application permission: grant admin consent for the needed Graph permissions"
 	case e.Code == "ErrorAccessDenied" || e.Code == "accessDenied" || e.Code == "Forbidden":

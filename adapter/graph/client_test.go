@@ -233,3 +233,25 @@ func TestTeamsNeedsDelegatedToken(t *testing.T) {
 		}
 	})
 }
+
+func TestDroppedConnectionRetriedOnlyWhenIdempotent(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t)
+		_, c := e.delegated(t, nil)
+		if _, err := c.GetUser(t.Context(), "me"); err != nil {
+			t.Fatal(err)
+		}
+		e.srv.DropRequests(2)
+		if _, err := c.GetUser(t.Context(), "me"); err != nil {
+			t.Errorf("GET after two dropped connections: %v", err)
+		}
+		e.srv.DropRequests(1)
+		_, err := post(t, c, "chat-1", "x")
+		if !errors.Is(toAdapterError(err, ""), adapter.ErrUnavailable) {
+			t.Errorf("POST over a dropped connection = %v; want unavailable, not a blind resend", err)
+		}
+		if n := len(e.srv.Sent()); n != 0 {
+			t.Errorf("Sent() = %d; want 0", n)
+		}
+	})
+}

@@ -32,9 +32,13 @@ func (s *Server) authGraph(w http.ResponseWriter, r *http.Request) (tok *accessT
 	s.initLocked()
 	t := s.tokens[raw]
 	status := http.StatusUnauthorized
+	dropped := false
 	defer func() {
 		s.graphReqs = append(s.graphReqs, Request{Method: r.Method, Path: r.URL.Path, Auth: raw, Status: status})
 		s.mu.Unlock()
+		if dropped {
+			panic(http.ErrAbortHandler) // the client sees a reset connection
+		}
 	}()
 	switch {
 	case raw == "":
@@ -50,6 +54,10 @@ func (s *Server) authGraph(w http.ResponseWriter, r *http.Request) (tok *accessT
 		if len(s.faults) > 0 {
 			f := s.faults[0]
 			s.faults = s.faults[1:]
+			if f.drop {
+				status, dropped = 0, true
+				return nil, false
+			}
 			status = f.status
 			if f.retryAfter != "" {
 				w.Header().Set("Retry-After", f.retryAfter)

@@ -83,7 +83,8 @@ type Request struct {
 	Method, Path string
 	// Auth is the bearer token presented ("" if none).
 	Auth string
-	// Status is the status code the server answered.
+	// Status is 401 for a rejected token, the injected status for a fault, and 200 when the
+	// request reached its endpoint (whatever that endpoint then answered).
 	Status int
 }
 
@@ -297,6 +298,16 @@ func (s *Server) DropUploadConnections(n int) {
 	defer s.mu.Unlock()
 	for range n {
 		s.uploadFault = append(s.uploadFault, fault{drop: true})
+	}
+}
+
+// DropRequests makes the next n Graph requests (after the token check) end with a dropped
+// connection, as a reset by a proxy would.
+func (s *Server) DropRequests(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for range n {
+		s.faults = append(s.faults, fault{drop: true})
 	}
 }
 
