@@ -62,7 +62,7 @@ func (s *syncBuffer) String() string {
 }
 
 type env struct {
-	t    *testing.T
+	t    testing.TB
 	emu  *wecomtest.Server
 	h    *host
 	logs *syncBuffer
@@ -73,11 +73,12 @@ type env struct {
 type setupOpts struct {
 	deliverURL string
 	noKeys     bool
+	quiet      bool // log at Info (benchmarks), not Debug
 }
 
 // setup runs emulated WeCom and a host with one bot "hr" served by a plugin subprocess
 // (this test binary).
-func setup(t *testing.T, o setupOpts) *env {
+func setup(t testing.TB, o setupOpts) *env {
 	t.Helper()
 	emu := &wecomtest.Server{PushRetries: -1}
 	emu.AddApp(testCorp, testSecret, testAgent)
@@ -102,8 +103,12 @@ func setup(t *testing.T, o setupOpts) *env {
 		t.Fatal(cerr)
 	}
 	logs := &syncBuffer{}
-	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	h, err := startHost(t.Context(), cfg, hostOptions{Logger: log, PluginDebug: true, DeliverBackoff: 20 * time.Millisecond})
+	level := slog.LevelDebug
+	if o.quiet {
+		level = slog.LevelInfo
+	}
+	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: level}))
+	h, err := startHost(t.Context(), cfg, hostOptions{Logger: log, PluginDebug: !o.quiet, DeliverBackoff: 20 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
