@@ -133,23 +133,25 @@ type Manager struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // refresh goroutines
 
-	mu        sync.Mutex // guards the fields below
-	entry     Entry      // the entry held, even when its token is no longer handed out
-	valid     bool       // entry.Token is handed out (cur is not nil)
-	want      string     // why a token is needed while !valid: initial, expired, invalidated
-	nominal   time.Duration
-	refreshAt time.Time
-	expireAt  time.Time // entry.Token.ExpiresAt - skew; zero if the token has no expiry
-	timer     *time.Timer
-	call      *call // the refresh in flight, if any
-	lastFetch time.Time
-	fails     int // consecutive failures
-	lastErr   error
-	retryAt   time.Time
-	closed    bool
-	stopWatch func()
-	stats     struct{ refreshes, fetches, failures uint64 }
-	lastOK    time.Time
+	mu           sync.Mutex // guards the fields below
+	entry        Entry      // the entry held, even when its token is no longer handed out
+	valid        bool       // entry.Token is handed out (cur is not nil)
+	want         string     // why a token is needed while !valid: initial, expired, invalidated
+	nominal      time.Duration
+	refreshAt    time.Time
+	expireAt     time.Time // entry.Token.ExpiresAt - skew; zero if the token has no expiry
+	notBefore    time.Time // no refresh-ahead or expiry fetch before this: the platform has nothing newer
+	timer        *time.Timer
+	call         *call // the refresh in flight, if any
+	lastFetch    time.Time
+	lastFetchWhy string // the reason of the last upstream fetch
+	fails        int    // consecutive failures
+	lastErr      error
+	retryAt      time.Time
+	closed       bool
+	stopWatch    func()
+	stats        struct{ refreshes, fetches, failures uint64 }
+	lastOK       time.Time
 }
 
 // call is one refresh; callers that need its result wait on done.
@@ -424,8 +426,15 @@ func (m *Manager) startLocked(reason string) *call {
 	}
 	m.call = c
 	var delay time.Duration
-	if reason != ReasonShared && !m.lastFetch.IsZero() {
+	// The minimum interval stops refresh loops. A first rejection of a token is answered at
+	// once (WeCom may revoke a token it just issued); a rejection of the token that answered
+	// a rejection waits.
+	first := reason == ReasonInvalidated && m.lastFetchWhy != ReasonInvalidated
+	if reason != ReasonShared && !first && !m.lastFetch.IsZero() {
 		delay = time.Until(m.lastFetch.Add(m.minInterval()))
+	}
+	if reason == ReasonAhead || reason == ReasonExpired {
+		delay = max(delay, time.Until(m.notBefore))
 	}
 	attempt := m.fails + 1
 	m.wg.Add(1)
@@ -467,6 +476,7 @@ func (m *Manager) run(c *call, delay time.Duration, attempt int) {
 	}
 	if fetched {
 		m.lastFetch = time.Now()
+		m.lastFetchWhy = c.reason
 	}
 	var ev Event
 	if err != nil {
@@ -585,7 +595,7 @@ func (m *Manager) acceptLocked(e Entry, fetched bool) {
 	m.retryAt = time.Time{}
 	m.stats.refreshes++
 	m.lastOK = now
-	m.refreshAt, m.expireAt = time.Time{}, time.Time{}
+	m.refreshAt, m.expireAt, m.notBefore = time.Time{}, time.Time{}, time.Time{}
 	if exp := e.Token.ExpiresAt; !exp.IsZero() {
 		issued := e.Issued
 		if issued.IsZero() || issued.After(now) {
@@ -609,7 +619,14 @@ func (m *Manager) acceptLocked(e Entry, fetched bool) {
 			at = latest
 		}
 		if noNews {
-			at = exp.Add(-m.skew())
+			// The platform has nothing newer until this token expires: hand it out until
+			// just before then, and ask again (in time for the callers) once it has expired.
+			m.expireAt = exp.Add(-min(m.skew()/10, 100*time.Millisecond))
+			if !m.expireAt.After(now) {
+				m.expireAt = now.Add(exp.Sub(now) / 2)
+			}
+			m.notBefore = exp
+			at = exp
 		}
 		// A token handed back with little time left must not make us ask again at once.
 		if earliest := now.Add(m.minInterval()); at.Before(earliest) {

@@ -117,7 +117,7 @@ func TestSharedStoreOneFetchAndInvalidationEverywhere(t *testing.T) {
 			t.Fatalf("a and b made %d fetches together; want 2", n)
 		}
 		// Refresh-ahead: whichever refreshes first, the other picks the token up from the store.
-		time.Sleep(100 * time.Minute)
+		time.Sleep(105 * time.Minute) // past both jittered refresh points (at most 85% of 2h after ~1 min)
 		synctest.Wait()
 		if n := src.fetches(); n != 3 {
 			t.Fatalf("fetches after one refresh-ahead cycle = %d; want 3", n)

@@ -1,6 +1,7 @@
 package tokenmgr
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -26,10 +27,14 @@ type Transport struct {
 	Source Provider
 	// Base sends the requests. If nil, http.DefaultTransport is used.
 	Base http.RoundTripper
-	// Rejected reports whether a response means the token was rejected. If nil, a 401 does.
-	// It must not consume the body unless it returns true.
-	Rejected func(*http.Response) bool
+	// Rejected reports whether a 401 response means the token was rejected, given up to the
+	// first 64 KiB of its body (resp.Body still reads the whole body afterwards). Graph, for
+	// one, answers 401 for reasons other than the token. If nil, every 401 does.
+	Rejected func(resp *http.Response, body []byte) bool
 }
+
+// maxPeek bounds how much of a 401 body Rejected sees.
+const maxPeek = 64 << 10
 
 // ErrNoToken is returned by Transport instead of sending a request without a token.
 var ErrNoToken = errors.New("tokenmgr: refusing to send a request with an empty access token")
@@ -96,10 +101,21 @@ func (t *Transport) authorize(req *http.Request, tok Token, body io.ReadCloser) 
 }
 
 func (t *Transport) rejected(resp *http.Response) bool {
-	if t.Rejected != nil {
-		return t.Rejected(resp)
+	if resp.StatusCode != http.StatusUnauthorized {
+		return false
 	}
-	return resp.StatusCode == http.StatusUnauthorized
+	if t.Rejected == nil {
+		return true
+	}
+	peek, err := io.ReadAll(io.LimitReader(resp.Body, maxPeek))
+	resp.Body = struct {
+		io.Reader
+		io.Closer
+	}{io.MultiReader(bytes.NewReader(peek), resp.Body), resp.Body}
+	if err != nil {
+		return false
+	}
+	return t.Rejected(resp, peek)
 }
 
 func (t *Transport) base() http.RoundTripper {

@@ -125,27 +125,43 @@ func TestTransportRefusesEmptyToken(t *testing.T) {
 	}
 }
 
-func TestTransportCustomRejected(t *testing.T) {
-	// WeCom-style: HTTP 200 with an errcode in the body.
+func TestTransportRejectedSeesTheBody(t *testing.T) {
+	// Graph-style: only a 401 whose code is InvalidAuthenticationToken rejects the token.
 	var calls int
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		calls++
-		if r.Header.Get("Authorization") == "Bearer tok-1" {
-			w.Header().Set("X-Errcode", "42001")
+		w.WriteHeader(http.StatusUnauthorized)
+		if r.URL.Path == "/token" && r.Header.Get("Authorization") == "Bearer tok-1" {
+			io.WriteString(w, `{"error":{"code":"InvalidAuthenticationToken"}}`)
+			return
 		}
+		io.WriteString(w, `{"error":{"code":"Unauthorized","message":"import purposes only"}}`)
 	}))
 	defer srv.Close()
-	m := tokenmgr.New("wecom/ww/1", counting(time.Hour, 0), tokenmgr.Options{MinInterval: time.Nanosecond})
+	m := tokenmgr.New("graph/t/c/app", counting(time.Hour, 0), tokenmgr.Options{})
 	defer m.Close()
 	client := &http.Client{Transport: &tokenmgr.Transport{Source: m,
-		Rejected: func(r *http.Response) bool { return r.Header.Get("X-Errcode") == "42001" }}}
-	resp, err := client.Get(srv.URL)
+		Rejected: func(r *http.Response, body []byte) bool {
+			return strings.Contains(string(body), `"InvalidAuthenticationToken"`)
+		}}}
+
+	resp, err := client.Get(srv.URL + "/import")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if calls != 1 || !strings.Contains(string(body), "import purposes") || mustToken(t, m).Value != "tok-1" {
+		t.Fatalf("calls = %d, body %q, token %s; want one call, the whole body, tok-1 kept", calls, body, mustToken(t, m).Value)
+	}
+
+	resp, err = client.Get(srv.URL + "/token")
 	if err != nil {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	if calls != 2 || resp.Header.Get("X-Errcode") != "" {
-		t.Fatalf("calls = %d, final errcode %q; want 2 calls ending in success", calls, resp.Header.Get("X-Errcode"))
+	if calls != 3 || mustToken(t, m).Value != "tok-2" {
+		t.Fatalf("calls = %d, token %s; want a retry and tok-2", calls, mustToken(t, m).Value)
 	}
 }
 
