@@ -27,6 +27,7 @@ type Server struct {
 	bin  string
 	dir  string
 	port int
+	args []string // extra redis-server arguments
 
 	mu  sync.Mutex // guards cmd, log, done
 	cmd *exec.Cmd  // nil while killed
@@ -41,11 +42,18 @@ type Server struct {
 // (Debian: apt-get install redis-server; `make test` installs it).
 func Start(t testing.TB) *Server {
 	t.Helper()
+	return StartArgs(t)
+}
+
+// StartArgs is Start with extra redis-server arguments, which also apply on Restart; for
+// example StartArgs(t, "--cluster-enabled", "yes") for a node to build a Cluster from.
+func StartArgs(t testing.TB, args ...string) *Server {
+	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		t.Fatalf("redistest: redis-server not found in PATH (install it: apt-get install redis-server, or run make test): %v", err)
 	}
-	s := &Server{t: t, bin: bin, dir: t.TempDir()}
+	s := &Server{t: t, bin: bin, dir: t.TempDir(), args: args}
 	t.Cleanup(s.stop)
 	var lastErr error
 	for range 5 { // a free port may be taken between choosing it and binding it: try again
@@ -99,10 +107,12 @@ func (s *Server) Restart() {
 
 func (s *Server) start() error {
 	log := new(bytes.Buffer)
-	cmd := exec.Command(s.bin,
+	args := append([]string{
 		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--dir", s.dir,
-		"--daemonize", "no", "--protected-mode", "no", "--loglevel", "warning")
+		"--daemonize", "no", "--protected-mode", "no", "--loglevel", "warning",
+	}, s.args...)
+	cmd := exec.Command(s.bin, args...)
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", s.bin, err)

@@ -2,10 +2,13 @@ package redistest
 
 import (
 	"fmt"
+	"io"
+	"net"
 	"runtime"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 func TestKillRestart(t *testing.T) {
@@ -67,4 +70,26 @@ func TestMissingServerFails(t *testing.T) {
 	if !strings.Contains(f.msg, "redis-server not found") {
 		t.Fatalf("Start without redis-server: Fatalf(%q); want a failure naming redis-server", f.msg)
 	}
+}
+
+func TestStartArgs(t *testing.T) {
+	s := StartArgs(t, "--maxmemory", "10mb")
+	check := func(when string) {
+		t.Helper()
+		c, err := net.Dial("tcp", s.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintf(c, "CONFIG GET maxmemory\r\n")
+		buf := make([]byte, 256)
+		n, _ := io.ReadAtLeast(c, buf, 30)
+		if !strings.Contains(string(buf[:n]), "10485760") {
+			t.Fatalf("%s: CONFIG GET maxmemory = %q; want 10485760 (the extra argument)", when, buf[:n])
+		}
+	}
+	check("after StartArgs")
+	s.Restart()
+	check("after Restart")
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/seed-a64d9e1f/chatwire/internal/redistest"
+	"github.com/seed-a64d9e1f/chatwire/tokenmgr"
 	"github.com/seed-a64d9e1f/chatwire/tokenmgr/redisstore"
 )
 
@@ -31,4 +32,9 @@ func newHost(t *testing.T, addr string, opts redisstore.Options) (*redisstore.St
 		_ = c.Close()
 	})
 	return s, c
+}
+
+type managerWithStore struct {
+	m  *tokenmgr.Manager
+	st *redisstore.Store
 }

@@ -16,9 +16,12 @@ import (
 // for waiters only, r (lock released without a write) and f (the holder's fetch failed; gen is
 // 1 for a credentials error, else 0).
 
-// healthInterval is how long the subscriber waits for a message before it pings, so a silent
-// network failure is noticed.
-const healthInterval = 5 * time.Second
+// The subscriber reads with readTimeout, so Close never waits longer than that for it, and
+// pings after healthInterval without a message, so a silent network failure is noticed.
+const (
+	readTimeout    = time.Second
+	healthInterval = 5 * time.Second
+)
 
 // subscribe keeps one subscription to the Store's channel until Close, reconnecting with
 // jittered backoff. After every subscription but the first it resyncs the watched keys.
@@ -51,20 +54,26 @@ func (s *Store) subscribe() {
 
 // receive handles messages of ps until it fails.
 func (s *Store) receive(ps *redis.PubSub, first *bool, connected func()) {
+	last := time.Now() // of the last message
 	for {
-		msg, err := ps.ReceiveTimeout(s.ctx, healthInterval)
+		msg, err := ps.ReceiveTimeout(s.ctx, readTimeout)
 		if err != nil {
 			if s.ctx.Err() != nil {
 				return
 			}
 			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				if err := ps.Ping(s.ctx); err == nil {
-					continue
-				}
+			if !errors.As(err, &ne) || !ne.Timeout() {
+				return
 			}
-			return
+			if time.Since(last) >= healthInterval {
+				if err := ps.Ping(s.ctx); err != nil {
+					return
+				}
+				last = time.Now()
+			}
+			continue
 		}
+		last = time.Now()
 		switch m := msg.(type) {
 		case *redis.Subscription:
 			if m.Kind != "subscribe" {
