@@ -80,7 +80,6 @@ func (s *Store) receive(ps *redis.PubSub, first *bool, connected func()) {
 				continue
 			}
 			connected()
-			s.up(s.ctx)
 			if !*first {
 				s.resync()
 			}

@@ -665,3 +665,63 @@ func TestFetchFailureShared(t *testing.T) {
 		})
 	}
 }
+
+// TestOutageWriteBack refreshes while Redis is down and then restarted empty: the local fetch
+// starts from the state seen last, and the entry it made (with its rotated state) is written
+// back once Redis answers, so other hosts get it.
+func TestOutageWriteBack(t *testing.T) {
+	srv := startRedis(t)
+	st, _ := newHost(t, srv.Addr(), redisstore.Options{Timeout: 200 * time.Millisecond})
+	ctx := t.Context()
+	withState := func(v, state, wantPrev string) tokenmgr.FetchFunc {
+		return func(ctx context.Context, prev tokenmgr.Entry) (tokenmgr.Entry, error) {
+			if string(prev.State) != wantPrev {
+				t.Errorf("fetch %s: prev state %q; want %q", v, prev.State, wantPrev)
+			}
+			return tokenmgr.Entry{Token: tokenmgr.Token{Value: v, ExpiresAt: time.Now().Add(time.Hour)}, State: []byte(state)}, nil
+		}
+	}
+	if _, _, err := st.Refresh(ctx, key, 0, withState("t1", "s1", "")); err != nil {
+		t.Fatal(err)
+	}
+	srv.Kill()
+	t0 := time.Now()
+	e, fetched, err := st.Refresh(ctx, key, 1, withState("t2", "s2", "s1"))
+	if err != nil || !fetched || e.Gen != 2 || e.Token.Value != "t2" {
+		t.Fatalf("Refresh without Redis = %q gen %d fetched %v, %v; want t2 gen 2 fetched", e.Token.Value, e.Gen, fetched, err)
+	}
+	t.Logf("refresh without redis took %v (Timeout 200ms)", time.Since(t0))
+	if s := st.Stats(); s.Available || s.Outages != 1 || s.LocalRefreshes != 1 {
+		t.Errorf("Stats = %+v; want unavailable, 1 outage, 1 local refresh", s)
+	}
+	if _, err := st.Load(ctx, key); err == nil {
+		t.Error("Load without Redis succeeded")
+	}
+	if err := st.Invalidate(ctx, key, 1); !errors.Is(err, redisstore.ErrUnavailable) {
+		t.Errorf("Invalidate right after a failure = %v; want ErrUnavailable at once", err)
+	}
+
+	srv.Restart() // empty: no persistence
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := st.Load(ctx, key); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Load still fails 10s after the restart: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	other, _ := newHost(t, srv.Addr(), redisstore.Options{})
+	got, err := other.Load(ctx, key)
+	if err != nil || got.Gen != 2 || got.Token.Value != "t2" || string(got.State) != "s2" {
+		t.Fatalf("another host reads %q gen %d state %q, %v; want the written-back t2 gen 2 state s2", got.Token.Value, got.Gen, got.State, err)
+	}
+	if !st.Stats().Available {
+		t.Errorf("Stats().Available = false after Redis answered")
+	}
+	// The next refresh continues the generations and the state.
+	if e, fetched, err := other.Refresh(ctx, key, 2, withState("t3", "s3", "s2")); err != nil || !fetched || e.Gen != 3 {
+		t.Fatalf("Refresh after write-back = gen %d fetched %v, %v; want gen 3 fetched", e.Gen, fetched, err)
+	}
+}
