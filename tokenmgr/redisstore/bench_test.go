@@ -110,6 +110,16 @@ func BenchmarkManagerTokenRedisStore(b *testing.B) {
 		}
 		b.ReportMetric(float64(h.n.Load()-before)/float64(b.N), "redis-cmds/op")
 	})
+	b.Run("AccessToken", func(b *testing.B) {
+		b.ReportAllocs()
+		before := h.n.Load()
+		for b.Loop() {
+			if _, err := m.AccessToken(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(h.n.Load()-before)/float64(b.N), "redis-cmds/op")
+	})
 	b.Run("parallel", func(b *testing.B) {
 		b.ReportAllocs()
 		before := h.n.Load()

@@ -91,7 +91,14 @@ type Stats struct {
 // carries over), gives the result the generation max(last seen, caller's)+1, and writes it back
 // when Redis answers again unless a newer entry was stored meanwhile. If Redis lost its data in a
 // restart, the next write continues from the highest generation the process knows, so Managers
-// still holding older tokens take the new one instead of fetching their own.
+// still holding older tokens take the new one instead of fetching their own. Without Redis there
+// is no fleet lock: hosts that refresh during an outage each fetch (and may each redeem the
+// same source state once); when Redis is back, the first entry written back wins, the others
+// are dropped with an Info line, and their Managers move to it at their next refresh.
+//
+// An entry is a Redis hash with the fields gen (decimal), tok (token, expiry, issue time) and
+// st (state, absent if none). With an EncryptionKey, tok and st are sealed; gen stays readable so
+// the scripts can compare it.
 type Store struct {
 	client  redis.UniversalClient
 	opts    Options // defaults resolved
