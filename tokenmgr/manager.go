@@ -602,9 +602,10 @@ func (m *Manager) acceptLocked(e Entry, fetched bool) {
 			issued = now
 		}
 		life := exp.Sub(issued)
-		// The platform handed back the token we had, with no later expiry: it had nothing newer.
-		// Asking again before that token is about to expire would only burn quota.
-		noNews := fetched && prev.Token.Value == e.Token.Value &&
+		// The platform handed back the token we had, with no later expiry, to us or to another
+		// user of the store: it had nothing newer. Asking again before that token is about to
+		// expire would only burn quota.
+		noNews := prev.Token.Value == e.Token.Value && e.Issued.After(prev.Issued) &&
 			!exp.After(prev.Token.ExpiresAt.Add(min(2*time.Second, m.minInterval()/2)))
 		if !noNews {
 			m.nominal = max(m.nominal, life)

@@ -396,51 +396,67 @@ func TestRetryAfterIsHonoured(t *testing.T) {
 	})
 }
 
-// A platform that hands back the same token while it is valid, reporting the remaining
-// lifetime (WeCom may do this): no refresh loop, and no caller ever fails.
-func TestSameTokenShortLifetimeDoesNotLoop(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		var mu sync.Mutex
-		var cur tokenmgr.Token
-		issued := 0
-		src := &fakeSource{fn: func(ctx context.Context, n int) (tokenmgr.Token, error) {
-			mu.Lock()
-			defer mu.Unlock()
-			if !cur.ExpiresAt.After(time.Now()) {
-				issued++
-				cur = tokenmgr.Token{Value: fmt.Sprintf("tok-%d", issued), ExpiresAt: time.Now().Add(twoHours)}
-			}
-			// expires_in has whole seconds: the reported expiry wobbles a little.
-			return tokenmgr.Token{Value: cur.Value, ExpiresAt: cur.ExpiresAt.Truncate(time.Second)}, nil
-		}}
-		m := tokenmgr.New("wecom/ww1/1", src, tokenmgr.Options{})
-		defer m.Close()
-		start := time.Now()
-		for time.Since(start) < 5*twoHours {
-			tok, err := m.Token(t.Context())
-			if err != nil {
-				t.Fatalf("Token() at %v: %v", time.Since(start), err)
-			}
-			if !tok.ExpiresAt.After(time.Now()) {
-				t.Fatalf("Token() at %v returned an expired token", time.Since(start))
-			}
-			time.Sleep(time.Second)
-		}
-		m.Close()
+// sameTokenPlatform hands back the same token while it is valid, reporting the remaining
+// lifetime (WeCom may do this), and a new one once it has expired.
+func sameTokenPlatform() (*fakeSource, func() int) {
+	var mu sync.Mutex
+	var cur tokenmgr.Token
+	issued := 0
+	src := &fakeSource{fn: func(ctx context.Context, n int) (tokenmgr.Token, error) {
 		mu.Lock()
-		lifetimes := issued
-		mu.Unlock()
-		t.Logf("%d fetches over %d token lifetimes", src.fetches(), lifetimes)
-		if n := src.fetches(); n > 2*lifetimes+1 {
-			t.Fatalf("fetches = %d over %d lifetimes; want at most 2 per lifetime", n, lifetimes)
+		defer mu.Unlock()
+		if !cur.ExpiresAt.After(time.Now()) {
+			issued++
+			cur = tokenmgr.Token{Value: fmt.Sprintf("tok-%d", issued), ExpiresAt: time.Now().Add(twoHours)}
 		}
-		times := src.fetchTimes()
-		for i := 1; i < len(times); i++ {
-			if gap := times[i].Sub(times[i-1]); gap < 10*time.Second {
-				t.Fatalf("fetches %d and %d only %v apart; want >= the 10s minimum interval", i, i+1, gap)
-			}
-		}
-	})
+		// expires_in has whole seconds: the reported expiry wobbles a little.
+		return tokenmgr.Token{Value: cur.Value, ExpiresAt: cur.ExpiresAt.Truncate(time.Second)}, nil
+	}}
+	return src, func() int { mu.Lock(); defer mu.Unlock(); return issued }
+}
+
+// Against such a platform: no refresh loop, two fetches per lifetime (refresh-ahead, which
+// gets the same token, then one at expiry), and no caller ever fails or gets an expired
+// token. Three managers sharing a store (three hosts sharing Redis) fetch no more than one.
+func TestSameTokenShortLifetimeDoesNotLoop(t *testing.T) {
+	for _, managers := range []int{1, 3} {
+		t.Run(fmt.Sprintf("%d managers", managers), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				src, issued := sameTokenPlatform()
+				store := new(tokenmgr.MemoryStore)
+				var ms []*tokenmgr.Manager
+				for range managers {
+					ms = append(ms, tokenmgr.New("wecom/ww1/1", src, tokenmgr.Options{Store: store}))
+				}
+				start := time.Now()
+				for i := 0; time.Since(start) < 5*twoHours; i++ {
+					m := ms[i%len(ms)]
+					tok, err := m.Token(t.Context())
+					if err != nil {
+						t.Fatalf("Token() at %v: %v", time.Since(start), err)
+					}
+					if !tok.ExpiresAt.After(time.Now()) {
+						t.Fatalf("Token() at %v returned an expired token", time.Since(start))
+					}
+					time.Sleep(time.Second)
+				}
+				for _, m := range ms {
+					m.Close()
+				}
+				lifetimes := issued()
+				t.Logf("%d fetches over %d token lifetimes", src.fetches(), lifetimes)
+				if n := src.fetches(); n > 2*lifetimes+1 {
+					t.Fatalf("fetches = %d over %d lifetimes; want at most 2 per lifetime", n, lifetimes)
+				}
+				times := src.fetchTimes()
+				for i := 1; i < len(times); i++ {
+					if gap := times[i].Sub(times[i-1]); gap < 10*time.Second {
+						t.Fatalf("fetches %d and %d only %v apart; want >= the 10s minimum interval", i, i+1, gap)
+					}
+				}
+			})
+		})
+	}
 }
 
 func TestSourceReturningBadTokens(t *testing.T) {
