@@ -183,6 +183,26 @@ func launchForTest(t *testing.T) (*Plugin, *syncBuffer) {
 	return p, &logs
 }
 
+func TestProcessSecretsNotInArgvOrEnv(t *testing.T) {
+	t.Setenv("CHATWIRE_TEST_HOST_SECRET", "host-env-secret") // the host's environment is not inherited
+	p, _ := launchForTest(t)
+	pid := p.Pid()
+	for _, f := range []string{"cmdline", "environ"} {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/%s", pid, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, secret := range []string{"s3cret", "host-env-secret"} {
+			if bytes.Contains(data, []byte(secret)) {
+				t.Errorf("plugin %s holds %q", f, secret)
+			}
+		}
+	}
+	if _, err := p.Bot("hr").Send(t.Context(), adapter.Message{Text: "x"}); err != nil {
+		t.Errorf("Send = %v; the bot (configured over RPC) should work", err)
+	}
+}
+
 func TestProcessVersionMismatch(t *testing.T) {
 	opts := testLaunchOptions(nil)
 	opts.Env = []string{roleEnv + "=plugin-v2"}

@@ -122,6 +122,7 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return nil
 	}
 	opener := platforms.New(slog.New(slog.DiscardHandler), nil)
+	opener.NoStart = true // a probe creates no Graph subscriptions
 	store := plugin.StoreConfig{RedisURL: cfg.Store.RedisURL, KeyPrefix: cfg.Store.KeyPrefix, Dir: cfg.Store.Dir}
 	failed := 0
 	for _, b := range cfg.Bots {

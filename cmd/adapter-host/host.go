@@ -49,6 +49,9 @@ type host struct {
 	connMu   sync.Mutex            // guards newConns
 	newConns map[net.Conn]struct{} // connections that have not sent a request yet
 
+	shutdownOnce sync.Once
+	shutdownErr  error
+
 	stopDeliver context.CancelFunc
 	wg          sync.WaitGroup // deliverers and the HTTP server
 	serveErr    chan error
@@ -253,7 +256,13 @@ func (h *host) wait(ctx context.Context) error {
 
 // shutdown drains: /readyz turns 503 at once, in-flight requests finish (up to 15s), SSE
 // streams end, deliverers stop after their current attempt, then the plugin is stopped.
+// Later calls return the first call's result.
 func (h *host) shutdown() error {
+	h.shutdownOnce.Do(func() { h.shutdownErr = h.drain() })
+	return h.shutdownErr
+}
+
+func (h *host) drain() error {
 	h.log.Info("shutting down: draining requests")
 	close(h.srv.closing)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)

@@ -74,21 +74,35 @@ type setupOpts struct {
 	deliverURL string
 	noKeys     bool
 	quiet      bool // log at Info (benchmarks), not Debug
+	redisURL   string
+	// emu and apiBase share an emulator between hosts; nil: a new one.
+	emu     *wecomtest.Server
+	apiBase string
+}
+
+func newEmulator() *wecomtest.Server {
+	emu := &wecomtest.Server{PushRetries: -1}
+	emu.AddApp(testCorp, testSecret, testAgent)
+	emu.AddUsers("alice", "bob")
+	return emu
 }
 
 // setup runs emulated WeCom and a host with one bot "hr" served by a plugin subprocess
 // (this test binary).
 func setup(t testing.TB, o setupOpts) *env {
 	t.Helper()
-	emu := &wecomtest.Server{PushRetries: -1}
-	emu.AddApp(testCorp, testSecret, testAgent)
-	emu.AddUsers("alice", "bob")
-	ws := httptest.NewServer(emu)
-	t.Cleanup(ws.Close)
+	emu, apiBase := o.emu, o.apiBase
+	if emu == nil {
+		emu = newEmulator()
+		ws := httptest.NewServer(emu)
+		t.Cleanup(ws.Close)
+		apiBase = ws.URL
+	}
 	cfg := &Config{
 		Server: ServerConfig{Listen: "127.0.0.1:0", APIKeys: []string{testAPIKey}},
+		Store:  StoreConfig{RedisURL: o.redisURL},
 		Bots: []BotConfig{{Name: "hr", Platform: adapter.PlatformWeCom, WeCom: &platforms.WeCom{
-			CorpID: testCorp, CorpSecret: testSecret, AgentID: testAgent, Token: testToken, EncodingAESKey: testAESKey, APIBase: ws.URL}}},
+			CorpID: testCorp, CorpSecret: testSecret, AgentID: testAgent, Token: testToken, EncodingAESKey: testAESKey, APIBase: apiBase}}},
 	}
 	if o.noKeys {
 		cfg.Server.APIKeys = nil
@@ -539,5 +553,32 @@ func TestDemo(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "echo  → alice: echo: hello!") || !strings.Contains(out.String(), "teams → chat : echo: ") {
 		t.Errorf("demo output lacks the conversation:\n%s", out.String())
+	}
+}
+
+func TestShutdownDrains(t *testing.T) {
+	e := setup(t, setupOpts{})
+	e.emu.Fail("message/send", 45033, 1) // "too many concurrent calls": the adapter waits 1s and retries
+	type result struct {
+		status int
+		body   []byte
+	}
+	done := make(chan result, 1)
+	go func() {
+		status, _, body := e.do("POST", "/v1/bots/hr/messages", testAPIKey, `{"to":{"user":"alice"},"text":"in flight"}`)
+		done <- result{status, body}
+	}()
+	for e.emu.Calls("message/send") == 0 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := e.h.shutdown(); err != nil {
+		t.Errorf("shutdown = %v", err)
+	}
+	r := <-done
+	if r.status != 200 {
+		t.Errorf("send in flight during shutdown = %d %s; want 200", r.status, r.body)
+	}
+	if _, err := http.Get(e.h.URL() + "/healthz"); err == nil {
+		t.Error("host still answers after shutdown")
 	}
 }

@@ -109,6 +109,10 @@ func Supported() []string { return []string{adapter.PlatformWeCom, adapter.Platf
 
 // Opener opens bots for a plugin [plugin.Server]. Its zero value is not usable: use New.
 type Opener struct {
+	// NoStart leaves Graph bots unstarted: no subscriptions are created (for credential
+	// probes). False: each Graph bot is started in the background after it opens.
+	NoStart bool
+
 	log *slog.Logger
 	m   *Metrics
 
@@ -194,7 +198,9 @@ func (o *Opener) Open(ctx context.Context, sc plugin.StoreConfig, bot plugin.Bot
 		}
 		o.m.watch(a.Tokens())
 		log.Info("bot opened", "platform", bot.Platform, "tenant", c.TenantID, "auth", c.Auth, "notifications", c.NotificationURL != "")
-		go o.start(bot.Name, a, log)
+		if !o.NoStart {
+			go o.start(bot.Name, a, log)
+		}
 		return a, nil
 	}
 	return nil, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: fmt.Sprintf("unknown platform %q", bot.Platform)}

@@ -1,0 +1,91 @@
+package main
+
+import (
+	"context"
+	"testing"
+
+	"github.com/seed-a64d9e1f/chatwire/adapter"
+)
+
+func events(ids ...string) []adapter.Event {
+	var out []adapter.Event
+	for _, id := range ids {
+		out = append(out, adapter.Event{ID: id, Kind: adapter.EventMessage})
+	}
+	return out
+}
+
+func TestQueue(t *testing.T) {
+	q := NewQueue(3)
+	if err := q.Append(events("a", "b")); err != nil {
+		t.Fatal(err)
+	}
+	// A consumer without Last-Event-ID starts at the oldest unconsumed event.
+	if s := q.Start(0, false); s != 1 {
+		t.Errorf("Start = %d; want 1", s)
+	}
+	got, _, _ := q.Read(1, 10)
+	if len(got) != 2 || got[0].seq != 1 || got[1].seq != 2 {
+		t.Fatalf("Read = %+v", got)
+	}
+	q.Consumed(1)
+	if s := q.Start(0, false); s != 2 {
+		t.Errorf("Start after consuming 1 = %d; want 2", s)
+	}
+	if s := q.Start(1, true); s != 2 {
+		t.Errorf("Start(Last-Event-ID 1) = %d; want 2", s)
+	}
+	// Room is made by dropping consumed events only.
+	if err := q.Append(events("c", "d")); err != nil {
+		t.Fatalf("Append with one consumed event to drop = %v", err)
+	}
+	if err := q.Append(events("e")); err != errQueueFull {
+		t.Errorf("Append to a queue full of unconsumed events = %v; want errQueueFull", err)
+	}
+	if held, unconsumed := q.Len(); held != 3 || unconsumed != 3 {
+		t.Errorf("Len = %d, %d; want 3, 3", held, unconsumed)
+	}
+	// A reader behind the oldest event held learns how many it missed.
+	if got, _, lost := q.Read(1, 10); lost != 1 || got[0].seq != 2 {
+		t.Errorf("Read(1) = first %d, lost %d; want first 2, lost 1", got[0].seq, lost)
+	}
+	// Appends wake readers.
+	_, wake, _ := q.Read(5, 10)
+	q.Consumed(4)
+	q.Append(events("f"))
+	select {
+	case <-wake:
+	default:
+		t.Error("Append did not wake a waiting reader")
+	}
+}
+
+func TestLRU(t *testing.T) {
+	ctx := context.Background()
+	l := NewLRU(2)
+	for i, tc := range []struct {
+		id   string
+		want bool
+	}{{"a", true}, {"a", false}, {"b", true}, {"c", true}, {"a", true} /* evicted */, {"c", false}} {
+		if got, _ := l.Add(ctx, tc.id); got != tc.want {
+			t.Errorf("step %d: Add(%q) = %v; want %v", i, tc.id, got, tc.want)
+		}
+	}
+	l.Remove(ctx, "c")
+	if got, _ := l.Add(ctx, "c"); !got {
+		t.Error("Add after Remove = false; want true")
+	}
+}
+
+func TestSign(t *testing.T) {
+	body := []byte(`{"id":"x"}`)
+	// echo -n '{"id":"x"}' | openssl dgst -sha256 -hmac secret
+	const want = "sha256=ebf5302b9c8bc5e255e0d2135c1a75138c004e631d57c70e6081aa366c1de3b9"
+	got := Sign("secret", body)
+	if got != want {
+		t.Errorf("Sign = %q; want %q", got, want)
+	}
+	if !Verify("secret", body, got) || Verify("other", body, got) || Verify("secret", append(body, ' '), got) {
+		t.Error("Verify does not match Sign")
+	}
+}
