@@ -671,8 +671,11 @@ func TestFetchFailureShared(t *testing.T) {
 // back once Redis answers, so other hosts get it.
 func TestOutageWriteBack(t *testing.T) {
 	srv := startRedis(t)
-	st, _ := newHost(t, srv.Addr(), redisstore.Options{Timeout: 200 * time.Millisecond})
+	var logs syncBuffer
+	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	st, _ := newHost(t, srv.Addr(), redisstore.Options{Timeout: 200 * time.Millisecond, Logger: log})
 	ctx := t.Context()
+	// Values carry a marker so the log check below can find any leak.
 	withState := func(v, state, wantPrev string) tokenmgr.FetchFunc {
 		return func(ctx context.Context, prev tokenmgr.Entry) (tokenmgr.Entry, error) {
 			if string(prev.State) != wantPrev {
@@ -681,13 +684,22 @@ func TestOutageWriteBack(t *testing.T) {
 			return tokenmgr.Entry{Token: tokenmgr.Token{Value: v, ExpiresAt: time.Now().Add(time.Hour)}, State: []byte(state)}, nil
 		}
 	}
-	if _, _, err := st.Refresh(ctx, key, 0, withState("t1", "s1", "")); err != nil {
+	defer func() {
+		out := logs.String()
+		if strings.Contains(out, "SECRET") {
+			t.Errorf("a token or state reached the log:\n%s", out)
+		}
+		if !strings.Contains(out, "redis unavailable") || !strings.Contains(out, "stored a token fetched while redis was unavailable") {
+			t.Errorf("log lacks the outage and write-back lines:\n%s", out)
+		}
+	}()
+	if _, _, err := st.Refresh(ctx, key, 0, withState("SECRET-t1", "SECRET-s1", "")); err != nil {
 		t.Fatal(err)
 	}
 	srv.Kill()
 	t0 := time.Now()
-	e, fetched, err := st.Refresh(ctx, key, 1, withState("t2", "s2", "s1"))
-	if err != nil || !fetched || e.Gen != 2 || e.Token.Value != "t2" {
+	e, fetched, err := st.Refresh(ctx, key, 1, withState("SECRET-t2", "SECRET-s2", "SECRET-s1"))
+	if err != nil || !fetched || e.Gen != 2 || e.Token.Value != "SECRET-t2" {
 		t.Fatalf("Refresh without Redis = %q gen %d fetched %v, %v; want t2 gen 2 fetched", e.Token.Value, e.Gen, fetched, err)
 	}
 	t.Logf("refresh without redis took %v (Timeout 200ms)", time.Since(t0))
@@ -714,14 +726,14 @@ func TestOutageWriteBack(t *testing.T) {
 	}
 	other, _ := newHost(t, srv.Addr(), redisstore.Options{})
 	got, err := other.Load(ctx, key)
-	if err != nil || got.Gen != 2 || got.Token.Value != "t2" || string(got.State) != "s2" {
+	if err != nil || got.Gen != 2 || got.Token.Value != "SECRET-t2" || string(got.State) != "SECRET-s2" {
 		t.Fatalf("another host reads %q gen %d state %q, %v; want the written-back t2 gen 2 state s2", got.Token.Value, got.Gen, got.State, err)
 	}
 	if !st.Stats().Available {
 		t.Errorf("Stats().Available = false after Redis answered")
 	}
 	// The next refresh continues the generations and the state.
-	if e, fetched, err := other.Refresh(ctx, key, 2, withState("t3", "s3", "s2")); err != nil || !fetched || e.Gen != 3 {
+	if e, fetched, err := other.Refresh(ctx, key, 2, withState("SECRET-t3", "SECRET-s3", "SECRET-s2")); err != nil || !fetched || e.Gen != 3 {
 		t.Fatalf("Refresh after write-back = gen %d fetched %v, %v; want gen 3 fetched", e.Gen, fetched, err)
 	}
 }
