@@ -39,7 +39,8 @@ type Options struct {
 	KeyPrefix string
 	// LockTTL is the lease of the fleet-wide lock a process holds while it fetches. The holder
 	// extends it every LockTTL/3, so LockTTL only bounds how long others wait after a holder
-	// crashed or stalled; a stalled holder can never overwrite a newer entry. Zero means 10 s.
+	// crashed or stalled; a stalled holder can never overwrite a newer entry. Zero means 10 s;
+	// less than 10 ms counts as 10 ms.
 	LockTTL time.Duration
 	// PollInterval is how often a process waiting for another one's fetch re-reads Redis in
 	// case the publish was lost, jittered to [½, 1½)×. Zero means 200 ms.
@@ -156,6 +157,7 @@ func New(client redis.UniversalClient, opts Options) (*Store, error) {
 	if opts.LockTTL <= 0 {
 		opts.LockTTL = 10 * time.Second
 	}
+	opts.LockTTL = max(opts.LockTTL, 10*time.Millisecond)
 	if opts.PollInterval <= 0 {
 		opts.PollInterval = 200 * time.Millisecond
 	}

@@ -310,6 +310,12 @@ func TestRefreshProtocol(t *testing.T) {
 		hosts = append(hosts, st)
 	}
 	ctx := t.Context()
+	if e, err := hosts[0].Load(ctx, key); err != nil || e.Gen != 0 || e.Token.Value != "" || e.State != nil {
+		t.Fatalf("Load of an absent key = %+v, %v; want a zero Entry and no error", e, err)
+	}
+	if _, _, err := hosts[0].Refresh(ctx, "", 0, nil); err == nil {
+		t.Fatal("Refresh of an empty key succeeded; want an error")
+	}
 	var fetches atomic.Int64
 	var wg sync.WaitGroup
 	results := make([]tokenmgr.Entry, 20)
