@@ -1,0 +1,200 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/seed-a64d9e1f/chatwire/adapter/wecom/wecomtest"
+	"github.com/seed-a64d9e1f/chatwire/internal/redistest"
+)
+
+// sendResult is one API send during the fault run.
+type sendResult struct {
+	at     time.Duration
+	host   string
+	status int
+	kind   string
+}
+
+// TestFaultsWeCom runs a steady load of sends and callbacks through two hosts sharing Redis
+// while, one after the other: redis-server is killed and restarted; one host's plugin is
+// SIGKILLed; the token endpoint fails with -1 while WeCom revokes the token early; the other
+// host is SIGKILLed and started again. No callback WeCom got a 200 for is lost or delivered
+// twice, every failed send says why, and everything recovers without a restart by hand.
+func TestFaultsWeCom(t *testing.T) {
+	rds := redistest.Start(t)
+	emu := &wecomtest.Server{TokenLifetime: 8 * time.Second, ReportRemaining: true, LenientAgentID: true, MemberLimit: -1,
+		PushRetries: 40, PushRetryDelay: 250 * time.Millisecond, PushTimeout: 3 * time.Second}
+	emu.AddApp(corpID, corpSecret, agentID)
+	tap := &tokenTap{next: emu}
+	api := httptest.NewServer(tap)
+	defer api.Close()
+	bot := &botReceiver{t: t}
+	hook := httptest.NewServer(bot)
+	defer hook.Close()
+
+	cfg := wecomConfig(api.URL, rds.Addr(), hook.URL)
+	a := startHost(t, "hostA", cfg, secretEnv()...)
+	b := startHost(t, "hostB", cfg, secretEnv()...)
+	a.apiKey, b.apiKey = apiKey, apiKey
+	cb := wecomtest.Callback{Token: cbToken, EncodingAESKey: aesKey, CorpID: corpID, AgentID: agentID}
+
+	var bDown atomic.Bool
+	start := time.Now()
+	since := func() time.Duration { return time.Since(start).Round(time.Millisecond) }
+	const runFor = 34 * time.Second
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	var mu sync.Mutex
+	var sends []sendResult
+	var responses []string
+	var pushed []wecomtest.Push
+	var wg sync.WaitGroup
+	wg.Go(func() { // sends, alternating hosts (only A while B is down)
+		for i := 0; time.Since(start) < runFor; i++ {
+			h := a
+			if i%2 == 1 && !bDown.Load() {
+				h = b
+			}
+			status, body, _ := h.do("POST", "/v1/bots/hr/messages", map[string]any{
+				"to": map[string]any{"user": fmt.Sprintf("user%d", i%5)}, "text": fmt.Sprintf("load %d", i)})
+			var e struct {
+				Error struct{ Kind string } `json:"error"`
+			}
+			json.Unmarshal(body, &e)
+			mu.Lock()
+			sends = append(sends, sendResult{since(), h.name, status, e.Error.Kind})
+			responses = append(responses, string(body))
+			mu.Unlock()
+			time.Sleep(30 * time.Millisecond)
+		}
+	})
+	wg.Go(func() { // callbacks, pushed like WeCom pushes: retried until a 200
+		var pwg sync.WaitGroup
+		for i := 0; time.Since(start) < runFor; i++ {
+			h := a
+			if i%2 == 1 && !bDown.Load() {
+				h = b
+			}
+			c := cb
+			c.URL = "http://" + h.addr + "/webhook/hr"
+			msg := textMessage(1000 + i)
+			pwg.Go(func() {
+				p, err := emu.Push(ctx, c, msg)
+				mu.Lock()
+				defer mu.Unlock()
+				if err != nil {
+					t.Errorf("push %d via %s: %v after %d attempts (last status %d)", i, h.name, err, p.Attempts, p.Status)
+					return
+				}
+				pushed = append(pushed, p)
+			})
+			time.Sleep(80 * time.Millisecond)
+		}
+		pwg.Wait()
+	})
+
+	// The faults, one after the other.
+	at := func(d time.Duration) { time.Sleep(time.Until(start.Add(d))) }
+	at(3 * time.Second)
+	t.Logf("%v: kill redis-server", since())
+	rds.Kill()
+	at(6 * time.Second)
+	rds.Restart()
+	t.Logf("%v: redis-server back", since())
+
+	at(9 * time.Second)
+	plugins := children(a.cmd.Process.Pid)
+	if len(plugins) == 0 {
+		t.Fatalf("hostA has no plugin process")
+	}
+	t.Logf("%v: SIGKILL hostA's plugin %v", since(), plugins)
+	for _, p := range plugins {
+		syscall.Kill(p, syscall.SIGKILL)
+	}
+
+	at(15 * time.Second)
+	t.Logf("%v: token endpoint answers -1 five times, and WeCom revokes the token early", since())
+	emu.Fail("gettoken", -1, 5)
+	emu.RevokeTokens(42001)
+
+	at(20 * time.Second)
+	bPlugins := children(b.cmd.Process.Pid)
+	t.Logf("%v: SIGKILL hostB (pid %d, plugins %v)", since(), b.cmd.Process.Pid, bPlugins)
+	bDown.Store(true)
+	b.kill()
+	time.Sleep(2 * time.Second)
+	for _, p := range bPlugins {
+		if alive(p) {
+			t.Errorf("hostB's plugin %d still running 2s after hostB was killed", p)
+		}
+	}
+	b.start(secretEnv()...)
+	bDown.Store(false)
+	t.Logf("%v: hostB back", since())
+
+	wg.Wait()
+	recovered := 27 * time.Second
+
+	// Callbacks WeCom got a 200 for reach the bot exactly once.
+	deadline := time.Now().Add(30 * time.Second)
+	for len(bot.byID()) < len(pushed) && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(2 * time.Second)
+	ids := bot.byID()
+	if len(ids) != len(pushed) {
+		t.Errorf("bot received %d distinct events for %d acknowledged callbacks", len(ids), len(pushed))
+	}
+	for id, n := range ids {
+		if n != 1 {
+			t.Errorf("event %s delivered %d times; want once", id, n)
+		}
+	}
+	retried := 0
+	for _, p := range pushed {
+		if p.Attempts > 1 {
+			retried++
+		}
+	}
+
+	// Sends: failures name their kind; none after recovery.
+	failed, late := 0, 0
+	byKind := map[string]int{}
+	for _, s := range sends {
+		if s.status == 200 {
+			continue
+		}
+		failed++
+		byKind[fmt.Sprintf("%d %s", s.status, s.kind)]++
+		if s.kind == "" {
+			t.Errorf("send at %v via %s failed with %d and no error kind", s.at, s.host, s.status)
+		}
+		if s.at > recovered {
+			late++
+			t.Errorf("send at %v via %s failed with %d %s after every fault was over", s.at, s.host, s.status, s.kind)
+		}
+	}
+	t.Logf("%d sends, %d failed (%v), %d late; %d callbacks acknowledged, %d needed a redelivery; plugin restarts logged by hostA: %d",
+		len(sends), failed, byKind, late, len(pushed), retried, a.log.count("plugin", "restart"))
+	if len(sends) < 200 || len(pushed) < 200 {
+		t.Errorf("only %d sends and %d callbacks: the load did not run", len(sends), len(pushed))
+	}
+
+	var texts []string
+	for _, h := range []*host{a, b} {
+		texts = append(texts, h.log.String())
+	}
+	texts = append(texts, strings.Join(responses, "\n"), strings.Join(bot.bodies, "\n"))
+	secretScan(t, "logs, responses and deliveries", texts,
+		append([]string{corpSecret, cbToken, aesKey, hookSecret, apiKey}, tap.issued()...))
+}
