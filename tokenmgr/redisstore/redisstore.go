@@ -63,6 +63,13 @@ type Options struct {
 	// rotated: entries are rewritten with EncryptionKey at their next refresh. Requires
 	// EncryptionKey.
 	PreviousKeys [][]byte
+	// SharedStateOnly, if true, makes a refresh that redeems source state (a rotating refresh
+	// token) fail with [ErrUnavailable] and [tokenmgr.ErrTemporary] while Redis is unavailable,
+	// instead of fetching in the process: hosts never redeem the same state twice, at the cost
+	// of tokens expiring if the outage outlasts them (the Manager keeps serving a valid token
+	// and retries with backoff). Use it for platforms that revoke a refresh token family on
+	// reuse. If false, every refresh falls back to fetching in the process.
+	SharedStateOnly bool
 	// Logger receives a Warn line when Redis becomes unavailable (once per outage), an Info
 	// line when it is back, and Warn lines for unreadable entries. It never receives a token
 	// or state, only [tokenmgr.Fingerprint]s. If nil, nothing is logged.
@@ -497,6 +504,9 @@ func (s *Store) fetchLocal(ctx context.Context, key string, sl *slot, have uint6
 	s.mu.Unlock()
 	if prev.Gen > have {
 		return prev, false, nil // another Manager here fetched it, or it was read before the outage
+	}
+	if s.opts.SharedStateOnly && len(prev.State) > 0 {
+		return tokenmgr.Entry{}, false, fmt.Errorf("redisstore: not refreshing %s without redis, it redeems source state: %w (%w)", key, ErrUnavailable, tokenmgr.ErrTemporary)
 	}
 	n, err := fetch(ctx, prev)
 	if err != nil {

@@ -743,3 +743,33 @@ func TestOutageWriteBack(t *testing.T) {
 		t.Fatalf("Refresh after write-back = gen %d fetched %v, %v; want gen 3 fetched", e.Gen, fetched, err)
 	}
 }
+
+// TestSharedStateOnly checks that with SharedStateOnly a refresh redeeming state is refused
+// without Redis, while a stateless one still falls back to a local fetch.
+func TestSharedStateOnly(t *testing.T) {
+	srv := startRedis(t)
+	st, _ := newHost(t, srv.Addr(), redisstore.Options{SharedStateOnly: true, Timeout: 200 * time.Millisecond})
+	ctx := t.Context()
+	var fetches atomic.Int64
+	stateful := func(ctx context.Context, prev tokenmgr.Entry) (tokenmgr.Entry, error) {
+		fetches.Add(1)
+		return tokenmgr.Entry{Token: tokenmgr.Token{Value: "a", ExpiresAt: time.Now().Add(time.Hour)}, State: []byte("refresh")}, nil
+	}
+	if _, _, err := st.Refresh(ctx, "with-state", 0, stateful); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := st.Refresh(ctx, "stateless", 0, fixedFetch("b", &fetches)); err != nil {
+		t.Fatal(err)
+	}
+	srv.Kill()
+	_, _, err := st.Refresh(ctx, "with-state", 1, stateful)
+	if !errors.Is(err, redisstore.ErrUnavailable) || !errors.Is(err, tokenmgr.ErrTemporary) {
+		t.Errorf("stateful Refresh without Redis = %v; want ErrUnavailable and ErrTemporary", err)
+	}
+	if e, fetched, err := st.Refresh(ctx, "stateless", 1, fixedFetch("c", &fetches)); err != nil || !fetched || e.Token.Value != "c" {
+		t.Errorf("stateless Refresh without Redis = %q fetched %v, %v; want a local fetch", e.Token.Value, fetched, err)
+	}
+	if n := fetches.Load(); n != 3 {
+		t.Errorf("%d fetches; want 3 (none for the refused stateful refresh)", n)
+	}
+}
