@@ -78,7 +78,7 @@ type Options struct {
 
 // Stats counts what a Store did without Redis.
 type Stats struct {
-	Available      bool   // Redis answered the last call (true until a call fails)
+	Available      bool   // false from a failed Redis call until a call succeeds
 	Outages        uint64 // times Redis became unavailable
 	LocalRefreshes uint64 // fetches made in this process because Redis was unavailable
 }
@@ -149,7 +149,7 @@ var (
 
 // New returns a Store on client, which may be a single node, Sentinel or Cluster client. It
 // starts one pub/sub subscription, which reconnects by itself; Close stops it. New fails only
-// on bad Options (an encryption key of the wrong size).
+// on a nil client or an encryption key of the wrong size.
 func New(client redis.UniversalClient, opts Options) (*Store, error) {
 	if client == nil {
 		return nil, errors.New("redisstore: nil client")
