@@ -37,7 +37,7 @@ type deliverer struct {
 	bot    string
 	url    string
 	secret string
-	queue  *Queue
+	queue  eventQueue
 	client *http.Client
 	log    *slog.Logger
 	// backoffMin and backoffMax bound the wait between attempts.

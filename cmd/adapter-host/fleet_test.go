@@ -1,6 +1,11 @@
 package main
 
 import (
+	"encoding/json"
+	"net/http"
+	"sync"
+
+	"github.com/seed-a64d9e1f/chatwire/adapter"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -29,10 +34,11 @@ func TestFleetSharesRedis(t *testing.T) {
 		t.Errorf("WeCom issued %d tokens to two hosts sharing Redis; want 1", n)
 	}
 
+	// Events live in a Redis stream: a bot reading from host A gets what reached host B.
 	chA := a.subscribe("")
-	_, msg := a.push("alice", "once")
-	if ev := next(t, chA); ev.ev.Text != "once" {
-		t.Fatalf("host A event = %+v", ev)
+	_, msg := b.push("alice", "once")
+	if ev := next(t, chA); ev.ev.Text != "once" || ev.id != "1" {
+		t.Fatalf("host A event = %+v; want the event host B received", ev)
 	}
 	// WeCom retries the same bytes; the load balancer sends them to host B.
 	cbB := b.cb
@@ -50,7 +56,58 @@ func TestFleetSharesRedis(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if held, _ := b.h.srv.bots["hr"].queue.Len(); held != 0 {
-		t.Errorf("host B queued %d events; want 0", held)
+	if held, _ := b.h.srv.bots["hr"].queue.Len(); held != 1 {
+		t.Errorf("the shared stream holds %d events; want 1", held)
+	}
+	// A consumer that connects later to either host starts after what was consumed.
+	a.push("bob", "twice")
+	if ev := next(t, chA); ev.ev.Text != "twice" || ev.id != "2" {
+		t.Fatalf("second event = %+v", ev)
+	}
+}
+
+// TestFleetDeliversOnce runs two hosts with the same delivery webhook on one Redis: each event
+// is POSTed once, in order, whichever host received it.
+func TestFleetDeliversOnce(t *testing.T) {
+	rs := redistest.Start(t)
+	emu := newEmulator()
+	ws := httptest.NewServer(emu)
+	defer ws.Close()
+	var mu sync.Mutex
+	var got []string
+	recv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var ev adapter.Event
+		json.NewDecoder(r.Body).Decode(&ev)
+		mu.Lock()
+		got = append(got, ev.Text)
+		mu.Unlock()
+	}))
+	defer recv.Close()
+	url := "redis://" + rs.Addr() + "/0"
+	a := setup(t, setupOpts{redisURL: url, emu: emu, apiBase: ws.URL, deliverURL: recv.URL})
+	b := setup(t, setupOpts{redisURL: url, emu: emu, apiBase: ws.URL, deliverURL: recv.URL})
+	want := []string{"1", "2", "3", "4"}
+	for i, text := range want {
+		if i%2 == 0 {
+			a.push("alice", text)
+		} else {
+			b.push("alice", text)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mu.Lock()
+		n := len(got)
+		mu.Unlock()
+		if n >= len(want) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond) // a second delivery would arrive now
+	mu.Lock()
+	defer mu.Unlock()
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("delivered %v; want %v once each, in order", got, want)
 	}
 }

@@ -134,7 +134,11 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 		closing: make(chan struct{}),
 	}
 	for _, b := range cfg.Bots {
-		h.srv.bots[b.Name] = &bot{name: b.Name, platform: b.Platform, adapter: p.Bot(b.Name), queue: NewQueue(opts.QueueSize)}
+		var q eventQueue = NewQueue(opts.QueueSize)
+		if h.redis != nil {
+			q = NewRedisQueue(h.redis, cfg.Store.KeyPrefix, b.Name, opts.QueueSize, log)
+		}
+		h.srv.bots[b.Name] = &bot{name: b.Name, platform: b.Platform, adapter: p.Bot(b.Name), queue: q}
 		h.srv.names = append(h.srv.names, b.Name)
 	}
 
@@ -179,7 +183,15 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 				h.m.deliveries.WithLabelValues(b.Name, r).Inc()
 			}}
 		h.wg.Add(1)
-		go func() { defer h.wg.Done(); d.run(dctx) }()
+		go func() {
+			defer h.wg.Done()
+			if h.redis == nil {
+				d.run(dctx)
+				return
+			}
+			// One host of the fleet delivers a bot's events, in order.
+			asLeader(dctx, h.redis, cfg.Store.KeyPrefix+":deliver:{"+b.Name+"}", 10*time.Second, log, d.run)
+		}()
 	}
 	for _, b := range cfg.Bots {
 		if b.Graph == nil || b.Graph.NotificationURL != "" {
@@ -278,9 +290,12 @@ func (h *host) drain() error {
 	h.wg.Wait()
 	h.log.Debug("deliveries stopped")
 	for _, name := range h.srv.names {
-		if held, unconsumed := h.srv.bots[name].queue.Len(); unconsumed > 0 {
+		if held, unconsumed := h.srv.bots[name].queue.Len(); unconsumed > 0 && h.redis == nil {
 			h.log.Warn("events never consumed are lost with this process", "bot", name, "events", unconsumed, "held", held)
 		}
+	}
+	for _, name := range h.srv.names {
+		h.srv.bots[name].queue.Close()
 	}
 	h.plugin.Close()
 	if h.redis != nil {

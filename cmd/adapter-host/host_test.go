@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -67,7 +68,6 @@ type env struct {
 	h    *host
 	logs *syncBuffer
 	cb   wecomtest.Callback
-	msg  int64
 }
 
 type setupOpts struct {
@@ -126,7 +126,7 @@ func setup(t testing.TB, o setupOpts) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{t: t, emu: emu, h: h, logs: logs, msg: 100,
+	e := &env{t: t, emu: emu, h: h, logs: logs,
 		cb: wecomtest.Callback{URL: h.URL() + "/webhook/hr", Token: testToken, EncodingAESKey: testAESKey, CorpID: testCorp, AgentID: testAgent}}
 	t.Cleanup(func() {
 		pid := h.plugin.Pid()
@@ -176,11 +176,13 @@ func (e *env) do(method, path, key string, body any) (int, http.Header, []byte) 
 	return resp.StatusCode, resp.Header, data
 }
 
+// msgIDs numbers pushed messages across every env, as WeCom's MsgId is unique per corp.
+var msgIDs atomic.Int64
+
 // push delivers a text message from user to the bot's webhook like WeCom.
 func (e *env) push(user, text string) (wecomtest.Push, []byte) {
 	e.t.Helper()
-	e.msg++
-	msg := wecomtest.TextMessage(testCorp, testAgent, user, text, e.msg, time.Now())
+	msg := wecomtest.TextMessage(testCorp, testAgent, user, text, msgIDs.Add(1), time.Now())
 	p, err := e.emu.Push(e.t.Context(), e.cb, msg)
 	if err != nil {
 		e.t.Fatalf("push: %v (status %d)", err, p.Status)

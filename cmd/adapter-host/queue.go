@@ -47,7 +47,7 @@ func (q *Queue) Append(events []adapter.Event) error {
 	}
 	encoded := make([][]byte, len(events))
 	for i, e := range events {
-		data, err := json.Marshal(e)
+		data, err := jsonEvent(e)
 		if err != nil {
 			return err
 		}
@@ -72,6 +72,9 @@ func (q *Queue) Append(events []adapter.Event) error {
 	q.wake = make(chan struct{})
 	return nil
 }
+
+// jsonEvent is an event's JSON as SSE and delivery send it.
+func jsonEvent(e adapter.Event) ([]byte, error) { return json.Marshal(e) }
 
 // Start returns the seq a new consumer starts at: after lastID if the consumer gives one
 // (Last-Event-ID), else the oldest event no consumer has received.

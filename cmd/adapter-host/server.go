@@ -29,7 +29,7 @@ type bot struct {
 	name     string
 	platform string
 	adapter  adapter.Adapter
-	queue    *Queue
+	queue    eventQueue
 }
 
 // server is the host's HTTP API. Handlers are safe for concurrent use.

@@ -1,0 +1,283 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/seed-a64d9e1f/chatwire/adapter"
+)
+
+// eventQueue is a bot's event queue: in memory ([Queue]) for one host, a Redis stream
+// ([RedisQueue]) shared by a fleet.
+type eventQueue interface {
+	Append(events []adapter.Event) error
+	Start(lastID uint64, resume bool) uint64
+	Read(seq uint64, n int) (out []queued, wake <-chan struct{}, lost uint64)
+	Consumed(seq uint64)
+	Len() (held, unconsumed int)
+	Close()
+}
+
+var (
+	_ eventQueue = (*Queue)(nil)
+	_ eventQueue = (*RedisQueue)(nil)
+)
+
+// Close implements eventQueue; a memory queue holds no resources.
+func (q *Queue) Close() {}
+
+// redisOpTimeout bounds each Redis call of a RedisQueue.
+const redisOpTimeout = 5 * time.Second
+
+// appendScript adds events to the stream as entries 0-<seq>, seq from a counter, atomically,
+// so every host of a fleet numbers events the same way. When the stream would exceed the
+// limit, entries every consumer has received are trimmed first; if it still would, nothing is
+// added and -1 is returned. KEYS: stream, counter, consumed. ARGV: max, then kind, data pairs.
+var appendScript = redis.NewScript(`
+local n = (#ARGV - 1) / 2
+local max = tonumber(ARGV[1])
+if redis.call('XLEN', KEYS[1]) + n > max then
+  local consumed = tonumber(redis.call('GET', KEYS[3]) or '0')
+  redis.call('XTRIM', KEYS[1], 'MINID', '0-' .. (consumed + 1))
+  if redis.call('XLEN', KEYS[1]) + n > max then return -1 end
+end
+local seq = 0
+for i = 0, n - 1 do
+  seq = redis.call('INCR', KEYS[2])
+  redis.call('XADD', KEYS[1], '0-' .. seq, 'k', ARGV[2 + 2 * i], 'd', ARGV[3 + 2 * i])
+end
+return seq
+`)
+
+// consumedScript raises the consumed mark, never lowers it. KEYS: consumed. ARGV: seq.
+var consumedScript = redis.NewScript(`
+if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return 0
+`)
+
+// RedisQueue is a bot's event queue on a Redis stream, shared by every host of a fleet: an
+// event a platform delivered to one host is read over SSE from any host. Safe for concurrent
+// use. A Redis failure makes Append fail (the webhook is answered 503, so the platform
+// redelivers) and reads wait and retry.
+type RedisQueue struct {
+	rdb                      redis.UniversalClient
+	stream, counter, consumd string
+	max                      int
+	log                      *slog.Logger
+
+	mu   sync.Mutex // guards wake
+	wake chan struct{}
+
+	stop context.CancelFunc
+	done chan struct{}
+}
+
+// NewRedisQueue returns the queue of bot under prefix, holding at most max events (0 means
+// 10,000), and starts watching the stream for new entries.
+func NewRedisQueue(rdb redis.UniversalClient, prefix, bot string, max int, log *slog.Logger) *RedisQueue {
+	if max <= 0 {
+		max = 10000
+	}
+	base := prefix + ":events:{" + bot + "}"
+	ctx, cancel := context.WithCancel(context.Background())
+	q := &RedisQueue{rdb: rdb, stream: base, counter: base + ":seq", consumd: base + ":consumed", max: max, log: log,
+		wake: make(chan struct{}), stop: cancel, done: make(chan struct{})}
+	go q.watch(ctx)
+	return q
+}
+
+func (q *RedisQueue) broadcast() {
+	q.mu.Lock()
+	close(q.wake)
+	q.wake = make(chan struct{})
+	q.mu.Unlock()
+}
+
+// watch wakes readers whenever any host adds to the stream (XREAD BLOCK), and every second
+// anyway so readers retry after a Redis error.
+func (q *RedisQueue) watch(ctx context.Context) {
+	defer close(q.done)
+	last := "$"
+	for ctx.Err() == nil {
+		res, err := q.rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{q.stream, last}, Count: 100, Block: time.Second}).Result()
+		switch {
+		case err == nil:
+			for _, s := range res {
+				if n := len(s.Messages); n > 0 {
+					last = s.Messages[n-1].ID
+				}
+			}
+			q.broadcast()
+		case errors.Is(err, redis.Nil):
+			q.broadcast() // timeout: let readers re-check
+		case ctx.Err() == nil:
+			q.log.Warn("event stream watch failed; retrying", "stream", q.stream, "error", err)
+			select {
+			case <-time.After(time.Second + rand.N(time.Second)):
+			case <-ctx.Done():
+			}
+			q.broadcast()
+		}
+	}
+}
+
+// Append implements eventQueue.
+func (q *RedisQueue) Append(events []adapter.Event) error {
+	if len(events) == 0 {
+		return nil
+	}
+	args := []any{q.max}
+	for _, e := range events {
+		data, err := jsonEvent(e)
+		if err != nil {
+			return err
+		}
+		args = append(args, e.Kind, data)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), redisOpTimeout)
+	defer cancel()
+	n, err := appendScript.Run(ctx, q.rdb, []string{q.stream, q.counter, q.consumd}, args...).Int64()
+	if err != nil {
+		return err
+	}
+	if n < 0 {
+		return errQueueFull
+	}
+	q.broadcast()
+	return nil
+}
+
+// Start implements eventQueue.
+func (q *RedisQueue) Start(lastID uint64, resume bool) uint64 {
+	if resume {
+		return lastID + 1
+	}
+	return q.consumed() + 1
+}
+
+func (q *RedisQueue) consumed() uint64 {
+	ctx, cancel := context.WithTimeout(context.Background(), redisOpTimeout)
+	defer cancel()
+	n, err := q.rdb.Get(ctx, q.consumd).Uint64()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		q.log.Warn("reading the consumed mark failed", "stream", q.stream, "error", err)
+	}
+	return n
+}
+
+// Read implements eventQueue.
+func (q *RedisQueue) Read(seq uint64, n int) ([]queued, <-chan struct{}, uint64) {
+	q.mu.Lock()
+	wake := q.wake
+	q.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), redisOpTimeout)
+	defer cancel()
+	msgs, err := q.rdb.XRangeN(ctx, q.stream, "0-"+strconv.FormatUint(seq, 10), "+", int64(n)).Result()
+	if err != nil {
+		q.log.Warn("reading events failed; retrying", "stream", q.stream, "error", err)
+		return nil, wake, 0
+	}
+	var out []queued
+	var lost uint64
+	for i, m := range msgs {
+		s, err := strconv.ParseUint(strings.TrimPrefix(m.ID, "0-"), 10, 64)
+		if err != nil {
+			continue
+		}
+		if i == 0 && s > seq {
+			lost = s - seq
+		}
+		kind, _ := m.Values["k"].(string)
+		data, _ := m.Values["d"].(string)
+		out = append(out, queued{seq: s, kind: kind, data: []byte(data)})
+	}
+	return out, wake, lost
+}
+
+// Consumed implements eventQueue.
+func (q *RedisQueue) Consumed(seq uint64) {
+	ctx, cancel := context.WithTimeout(context.Background(), redisOpTimeout)
+	defer cancel()
+	if err := consumedScript.Run(ctx, q.rdb, []string{q.consumd}, seq).Err(); err != nil {
+		q.log.Warn("recording consumed events failed", "stream", q.stream, "error", err)
+	}
+}
+
+// Len implements eventQueue.
+func (q *RedisQueue) Len() (held, unconsumed int) {
+	ctx, cancel := context.WithTimeout(context.Background(), redisOpTimeout)
+	defer cancel()
+	n, _ := q.rdb.XLen(ctx, q.stream).Result()
+	last, _ := q.rdb.Get(ctx, q.counter).Uint64()
+	un := int64(last) - int64(q.consumed())
+	return int(n), int(max(0, min(un, n)))
+}
+
+// Close stops watching the stream.
+func (q *RedisQueue) Close() {
+	q.stop()
+	<-q.done
+}
+
+// leaseScript extends or releases a lease only for its owner. KEYS: lock. ARGV: owner, ttl ms
+// (0 releases).
+var leaseScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if tonumber(ARGV[2]) == 0 then return redis.call('DEL', KEYS[1]) end
+return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+`)
+
+// asLeader runs fn while this process holds the fleet-wide lease key (SET NX PX, extended
+// every ttl/3), so one host of a fleet does a job such as delivering a bot's events. fn's
+// ctx ends when the lease is lost or ctx ends. asLeader returns when ctx ends.
+func asLeader(ctx context.Context, rdb redis.UniversalClient, key string, ttl time.Duration, log *slog.Logger, fn func(ctx context.Context)) {
+	owner := randomString(16)
+	for ctx.Err() == nil {
+		ok, err := rdb.SetNX(ctx, key, owner, ttl).Result()
+		if err != nil && ctx.Err() == nil {
+			log.Warn("lease: Redis failed", "key", key, "error", err)
+		}
+		if !ok {
+			select {
+			case <-time.After(ttl/3 + rand.N(ttl/3)):
+			case <-ctx.Done():
+			}
+			continue
+		}
+		lctx, cancel := context.WithCancel(ctx)
+		go func() {
+			t := time.NewTicker(ttl / 3)
+			defer t.Stop()
+			for {
+				select {
+				case <-lctx.Done():
+					return
+				case <-t.C:
+					n, err := leaseScript.Run(lctx, rdb, []string{key}, owner, ttl.Milliseconds()).Int()
+					if err != nil || n == 0 {
+						if lctx.Err() == nil {
+							log.Warn("lease lost", "key", key, "error", err)
+						}
+						cancel()
+						return
+					}
+				}
+			}
+		}()
+		fn(lctx)
+		cancel()
+		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), redisOpTimeout)
+		leaseScript.Run(rctx, rdb, []string{key}, owner, 0)
+		rcancel()
+	}
+}
