@@ -61,3 +61,9 @@ proto:
 		--go_out=plugin/proto --go_opt=paths=source_relative \
 		--go-grpc_out=plugin/proto --go-grpc_opt=paths=source_relative \
 		plugin/proto/adapter.proto
+
+# demo runs the end-to-end demo: emulated WeCom and Graph, a real plugin subprocess, an echo
+# bot on the HTTP API; no credentials, no network. It ends by itself.
+.PHONY: demo
+demo:
+	$(GO) run ./cmd/adapter-host demo
