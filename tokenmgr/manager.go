@@ -544,8 +544,17 @@ func (m *Manager) usable(e Entry) bool {
 		return true
 	}
 	m.mu.Lock()
-	skew := m.skew()
+	nominal := m.nominal
 	m.mu.Unlock()
+	// Scale by the entry's own lifetime too: a Manager that has held no token yet must not
+	// judge another process's short-lived token by the 2-hour defaults.
+	if !e.Issued.IsZero() {
+		nominal = max(nominal, e.Token.ExpiresAt.Sub(e.Issued))
+	}
+	skew := m.opts.ExpirySkew
+	if nominal > 0 {
+		skew = min(skew, nominal/100)
+	}
 	return time.Until(e.Token.ExpiresAt) > skew
 }
 

@@ -227,3 +227,22 @@ func TestAdapters(t *testing.T) {
 		}
 	})
 }
+
+// A Manager that has held no token yet takes a short-lived token from the store instead of
+// judging it by the 2-hour defaults (found by the redisstore tests: a 20 s token was fetched
+// again, and 1.5 s tokens failed with "store keeps returning a stale token").
+func TestShortLivedTokenFromStoreIsUsed(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		src := counting(20*time.Second, 0)
+		store := new(tokenmgr.MemoryStore)
+		a := tokenmgr.New("wecom/ww1/1", src, tokenmgr.Options{Store: store})
+		defer a.Close()
+		mustToken(t, a)
+		time.Sleep(5 * time.Second) // 15 s left: less than the unscaled 30 s skew
+		b := tokenmgr.New("wecom/ww1/1", src, tokenmgr.Options{Store: store})
+		defer b.Close()
+		if got := mustToken(t, b).Value; got != "tok-1" || src.fetches() != 1 {
+			t.Fatalf("b.Token() = %q after %d fetches; want tok-1 from the store, 1 fetch", got, src.fetches())
+		}
+	})
+}
