@@ -47,7 +47,9 @@ func exitCode(err error) int {
 const usage = `adapter-host: WeCom and Microsoft Graph bots over a local HTTP API.
 
 Usage:
-  adapter-host demo [--duration 40s]        see it work: emulated WeCom, no credentials, no network
+  adapter-host demo [--duration 40s] [--no-echo]
+                                            see it work: emulated WeCom and Graph, a real plugin
+                                            process, an echo bot; no credentials, no network
   adapter-host run --config FILE            serve the HTTP API for the bots in FILE
   adapter-host check --config FILE          validate FILE and try each bot's credentials
   adapter-host token status [--config FILE | --url URL --api-key KEY]
@@ -63,8 +65,14 @@ Common flags:
   --log-format text|json   log line format on stderr (default text)
   --log-level  debug|info|warn|error (default info)
 
-Run "adapter-host COMMAND --help" for a command's flags. The config file format, the HTTP API
-and the event JSON are described in the README.
+Examples:
+  adapter-host check --config bots.yaml
+  CHATWIRE_API_KEY=... adapter-host run --config bots.yaml --log-format json
+  adapter-host send --config bots.yaml --bot hr --to user:zhangsan --text "build is green"
+  adapter-host send --config bots.yaml --bot teams --to chat:19:abc@thread.v2 --file report.pdf
+
+Run "adapter-host COMMAND --help" for a command's flags. Commented configs for real WeCom and
+Graph apps are in examples/configs; the HTTP API and the event JSON are in the README.
 `
 
 // run is the whole program; main only adds signals and the exit code.
