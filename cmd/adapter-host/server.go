@@ -95,7 +95,7 @@ type errorBody struct {
 	Error struct {
 		Kind         adapter.Kind `json:"kind"`
 		Message      string       `json:"message"`
-		PlatformCode string       `json:"platform_code,omitempty"`
+		PlatformCode string       `json:"platform_code"`
 	} `json:"error"`
 }
 
