@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
@@ -197,4 +199,113 @@ func TestFaultsWeCom(t *testing.T) {
 	texts = append(texts, strings.Join(responses, "\n"), strings.Join(bot.bodies, "\n"))
 	secretScan(t, "logs, responses and deliveries", texts,
 		append([]string{corpSecret, cbToken, aesKey, hookSecret, apiKey}, tap.issued()...))
+}
+
+// faultyGettoken sits in front of the emulator and, while mode says so, answers gettoken
+// with a 502 HTML page or holds it until the mode changes.
+type faultyGettoken struct {
+	next http.Handler
+	mode atomic.Value // "", "html", "hang"
+}
+
+func (f *faultyGettoken) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if strings.HasSuffix(r.URL.Path, "/gettoken") {
+		switch f.mode.Load() {
+		case "html":
+			w.Header().Set("Content-Type", "text/html")
+			w.WriteHeader(http.StatusBadGateway)
+			io.WriteString(w, "<html><body><h1>502 Bad Gateway</h1></body></html>")
+			return
+		case "hang":
+			for f.mode.Load() == "hang" && r.Context().Err() == nil {
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
+	}
+	f.next.ServeHTTP(w, r)
+}
+
+// TestTokenEndpointFaults: the token endpoint answers 502 with an HTML page, then hangs,
+// across token expiry. Sends go on while the token is valid, fail saying why once it has
+// expired, and work again by themselves once the endpoint recovers.
+func TestTokenEndpointFaults(t *testing.T) {
+	emu := &wecomtest.Server{TokenLifetime: 6 * time.Second, LenientAgentID: true, MemberLimit: -1}
+	emu.AddApp(corpID, corpSecret, agentID)
+	faulty := &faultyGettoken{next: emu}
+	faulty.mode.Store("")
+	tap := &tokenTap{next: faulty}
+	api := httptest.NewServer(tap)
+	defer api.Close()
+	h := startHost(t, "host", singleHostConfig(api.URL, t.TempDir()), secretEnv()...)
+	h.apiKey = apiKey
+
+	start := time.Now()
+	var results []sendResult
+	var responses []string
+	client := &http.Client{Timeout: 10 * time.Second}
+	send := func() {
+		req, _ := http.NewRequest("POST", "http://"+h.addr+"/v1/bots/hr/messages",
+			strings.NewReader(`{"to":{"user":"zhangsan"},"text":"hi"}`))
+		req.Header.Set("Authorization", "Bearer "+apiKey)
+		r := sendResult{host: h.name}
+		resp, err := client.Do(req)
+		r.at = time.Since(start)
+		if err != nil {
+			r.kind = "client: " + err.Error()
+		} else {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			var e struct {
+				Error struct{ Kind, Message string } `json:"error"`
+			}
+			json.Unmarshal(body, &e)
+			r.status, r.kind = resp.StatusCode, e.Error.Kind
+			responses = append(responses, string(body))
+		}
+		results = append(results, r)
+	}
+	// The endpoint's modes change on a clock of their own, whatever the sends are doing.
+	go func() {
+		for _, step := range []struct {
+			at   time.Duration
+			mode string
+		}{{2 * time.Second, "html"}, {12 * time.Second, "hang"}, {18 * time.Second, ""}} {
+			time.Sleep(time.Until(start.Add(step.at)))
+			faulty.mode.Store(step.mode)
+		}
+	}()
+	for time.Since(start) < 26*time.Second {
+		send()
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	var failedHTML, failedHang, okAfter, failedAfter int
+	for _, r := range results {
+		switch {
+		case r.at > 20*time.Second && r.status == 200:
+			okAfter++
+		case r.at > 20*time.Second:
+			failedAfter++
+			t.Errorf("send at %v failed with %d %s after the endpoint recovered", r.at, r.status, r.kind)
+		case r.status != 200 && r.kind == "":
+			t.Errorf("send at %v failed with %d and no error kind", r.at, r.status)
+		case r.status != 200 && r.at < 12*time.Second:
+			failedHTML++
+		case r.status != 200:
+			failedHang++
+		}
+	}
+	t.Logf("%d sends: %d failed while gettoken answered HTML, %d while it hung, %d ok after recovery",
+		len(results), failedHTML, failedHang, okAfter)
+	if failedHTML == 0 {
+		t.Errorf("no send failed during 10 s of HTML answers across a 6 s token's expiry: the fault did not bite")
+	}
+	if okAfter < 10 {
+		t.Errorf("only %d sends succeeded after recovery", okAfter)
+	}
+	if h.log.count("token refresh failed") == 0 {
+		t.Errorf("no 'token refresh failed' line in the host log:\n%s", h.log)
+	}
+	secretScan(t, "logs and responses", []string{h.log.String(), strings.Join(responses, "\n")},
+		append([]string{corpSecret, cbToken, aesKey, apiKey}, tap.issued()...))
 }
