@@ -34,8 +34,6 @@ type ServerConfig struct {
 	// APIKeys are accepted as "Authorization: Bearer <key>" on /v1. Empty is allowed only on
 	// a loopback listener.
 	APIKeys []string `yaml:"api_keys"`
-	// PublicURL is how platforms reach this host, for messages that print webhook URLs.
-	PublicURL string `yaml:"public_url"`
 }
 
 // StoreConfig says where tokens and state live: Redis (shared by a fleet) or a directory
