@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 
@@ -391,6 +392,11 @@ func validateGraph(at string, g *platforms.Graph, store StoreConfig, p func(stri
 		}
 		if u, err := url.Parse(g.NotificationURL); err != nil || u.Scheme != "https" && !isLoopback(u.Hostname()) {
 			p(at+".notification_url", "want an https URL (Graph only calls https)")
+		}
+	}
+	if g.PollInterval != "" {
+		if d, err := time.ParseDuration(g.PollInterval); err != nil || d < 100*time.Millisecond {
+			p(at+".poll_interval", "want a duration of at least 100ms such as 30s, got %q", g.PollInterval)
 		}
 	}
 	checkBase(at+".login_base", g.LoginBase, p)

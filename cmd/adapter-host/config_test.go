@@ -62,6 +62,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{"bad aes key", strings.Replace(goodConfig, "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG", "short", 1), goodEnv, "bots[0].wecom.encoding_aes_key: must be 43 characters"},
 		{"bad webhook url", strings.Replace(goodConfig, "http://127.0.0.1:9000/events", "ftp://x", 1), goodEnv, "bots[0].deliver.webhook_url: want an http or https URL"},
 		{"app-only chats", strings.Replace(goodConfig, "auth: delegated", "auth: client_credentials, subscribe: [chats]", 1), goodEnv, "bots[1].graph.subscribe: chats needs delegated auth"},
+		{"bad poll interval", strings.Replace(goodConfig, "client_state: cs}", "client_state: cs, poll_interval: soon}", 1), goodEnv, `bots[1].graph.poll_interval: want a duration`},
 		{"list expected", "bots: {name: x}", nil, "bots: want a list"},
 		{"not yaml", "bots: [", nil, "did not find expected"},
 		{"empty", "", nil, "the file is empty"},

@@ -49,6 +49,12 @@ type Graph struct {
 	Subscribe       []string `yaml:"subscribe" json:"subscribe,omitempty"`
 	LoginBase       string   `yaml:"login_base" json:"login_base,omitempty"`
 	GraphBase       string   `yaml:"graph_base" json:"graph_base,omitempty"`
+	// Chats limits chat subscriptions to these chat ids, and names the chats polled when
+	// there is no notification URL. Empty: every chat of the user (subscriptions only).
+	Chats []string `yaml:"chats" json:"chats,omitempty"`
+	// PollInterval is how often a bot without a notification URL looks for new mail and
+	// chat messages, as a Go duration ("30s"). Empty means 30s.
+	PollInterval string `yaml:"poll_interval" json:"poll_interval,omitempty"`
 }
 
 // GraphOptions turns a bot's Graph section into the adapter's options.
@@ -66,7 +72,14 @@ func GraphOptions(bot string, c Graph, hc *http.Client, store tokenmgr.Store, lo
 		NotificationURL: c.NotificationURL,
 		ClientState:     c.ClientState,
 		Subscribe:       c.Subscribe,
+		Chats:           c.Chats,
+		PollInterval:    pollInterval(c.PollInterval),
 	}
+}
+
+func pollInterval(s string) time.Duration {
+	d, _ := time.ParseDuration(s) // validated by the host; empty or bad: the adapter's default
+	return d
 }
 
 // GraphConfig returns the app registration of a Graph section.
