@@ -493,7 +493,7 @@ func errorf(err error, format string, args ...any) error {
 		return nil
 	}
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return &adapter.Error{Kind: adapter.KindUnavailable, Platform: adapter.PlatformGraph, Message: fmt.Sprintf(format, args...) + ": " + err.Error(), Err: err}
+		return &adapter.Error{Kind: adapter.KindUnavailable, Platform: adapter.PlatformGraph, Message: strings.TrimPrefix(fmt.Sprintf(format, args...), "graph: ") + ": " + err.Error(), Err: err}
 	}
 	return toAdapterError(err, format, args...)
 }

@@ -423,7 +423,7 @@ func toAdapterError(err error, format string, args ...any) error {
 	if errors.As(err, &ae) {
 		return err
 	}
-	msg := fmt.Sprintf(format, args...)
+	msg := strings.TrimPrefix(fmt.Sprintf(format, args...), "graph: ") // adapter.Error adds the platform
 	if msg != "" {
 		msg += ": "
 	}
