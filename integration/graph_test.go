@@ -824,3 +824,102 @@ func TestGraphWebhookBadInput(t *testing.T) {
 	secretScan(t, "log, webhook responses and deliveries", []string{h.log.String(), strings.Join(responses, "\n"),
 		strings.Join(bot.bodies, "\n")}, graphSecrets(tap))
 }
+
+// dropper fails the next n notification POSTs the emulator makes (validation requests pass),
+// as a notification lost on the way would be.
+type dropper struct{ n atomic.Int64 }
+
+func (d *dropper) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.URL.Query().Get("validationToken") == "" && d.n.Add(-1) >= 0 {
+		if r.Body != nil {
+			r.Body.Close()
+		}
+		return nil, fmt.Errorf("dropper: notification lost")
+	}
+	d.n.Store(max(d.n.Load(), 0))
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+// TestGraphLifecycle: Graph's lifecycle events through a real host. reauthorizationRequired
+// renews the subscription; a notification lost on the way is recovered by "missed" (the host
+// resyncs the inbox) and reaches the bot once, even when Graph later redelivers it;
+// subscriptionRemoved makes the host create a new subscription, which then carries mail.
+func TestGraphLifecycle(t *testing.T) {
+	drop := &dropper{}
+	emu := &graphtest.Server{Client: &http.Client{Transport: drop, Timeout: 10 * time.Second}}
+	emu.AddClient(graphClientID, graphSecret)
+	tap := &graphTap{next: emu}
+	api := httptest.NewServer(tap)
+	defer api.Close()
+	bot := &botReceiver{t: t}
+	hook := httptest.NewServer(bot)
+	defer hook.Close()
+	h := startMailHost(t, "graph-life", emu, api.URL, hook.URL)
+	sub := emu.Subscriptions()[0]
+
+	// reauthorizationRequired: acknowledged, and the subscription renewed (PATCH).
+	patched := func() int {
+		n := 0
+		for _, r := range emu.Requests() {
+			if r.Method == "PATCH" && r.Path == "/v1.0/subscriptions/"+sub.ID && r.Status == 200 {
+				n++
+			}
+		}
+		return n
+	}
+	if status, err := emu.Lifecycle(sub.ID, "reauthorizationRequired"); err != nil || status/100 != 2 {
+		t.Errorf("reauthorizationRequired: %d %v; want 2xx", status, err)
+	}
+	if !waitFor(10*time.Second, func() bool { return patched() == 1 }) {
+		t.Errorf("subscription renewed %d times after reauthorizationRequired; want once", patched())
+	}
+
+	// A notification lost on the way, then "missed": the host resyncs and finds the mail.
+	drop.n.Store(1)
+	lost := emu.DeliverMail(graphUser, "frank@example.com", "lost", "lost on the way")
+	if status, err := emu.Lifecycle(sub.ID, "missed"); err != nil || status/100 != 2 {
+		t.Errorf("missed: %d %v; want 2xx", status, err)
+	}
+	if !waitFor(15*time.Second, func() bool { return bot.byID()["graph:mail/"+lost] > 0 }) {
+		t.Errorf("the mail whose notification was lost did not reach the bot after 'missed':\n%s", h.log)
+	}
+	// Graph redelivers the lost notification later: acknowledged, dropped as a duplicate.
+	if n := emu.Redeliver(); n != 1 {
+		t.Errorf("redelivery of the lost notification: %d acknowledged; want 1", n)
+	}
+
+	renewals := patched()
+
+	// subscriptionRemoved: the host creates a new subscription, and mail flows through it.
+	// (The new one may take up to tokenmgr's minimum refresh interval, 10 s, to appear: the
+	// subscription was renewed just above.)
+	if status, err := emu.Lifecycle(sub.ID, "subscriptionRemoved"); err != nil || status/100 != 2 {
+		t.Errorf("subscriptionRemoved: %d %v; want 2xx", status, err)
+	}
+	var renewed graphtest.Subscription
+	if !waitFor(15*time.Second, func() bool {
+		s := emu.Subscriptions()
+		if len(s) == 1 && s[0].ID != sub.ID {
+			renewed = s[0]
+			return true
+		}
+		return false
+	}) {
+		t.Fatalf("no new subscription after subscriptionRemoved (%d live):\n%s", len(emu.Subscriptions()), h.log)
+	}
+	if renewed.ClientState != graphClientState || renewed.Resource != sub.Resource {
+		t.Errorf("new subscription for %s (clientState kept: %v); want %s", renewed.Resource, renewed.ClientState == graphClientState, sub.Resource)
+	}
+	after := emu.DeliverMail(graphUser, "grace@example.com", "after", "through the new subscription")
+	if !waitFor(15*time.Second, func() bool { return bot.byID()["graph:mail/"+after] > 0 }) {
+		t.Errorf("mail after the subscription was recreated did not reach the bot:\n%s", h.log)
+	}
+	// Events are delivered in queue order: with the last one there, any duplicate would be too.
+	ids := bot.byID()
+	if len(ids) != 2 || ids["graph:mail/"+lost] != 1 || ids["graph:mail/"+after] != 1 {
+		t.Errorf("bot got %v; want graph:mail/%s and graph:mail/%s once each", ids, lost, after)
+	}
+	t.Logf("lifecycle: renewed %d×, lost mail resynced, subscription %s… replaced by %s…; host logged %d lifecycle lines",
+		renewals, sub.ID[:8], renewed.ID[:8], h.log.count("graph lifecycle event"))
+	secretScan(t, "log and deliveries", []string{h.log.String(), strings.Join(bot.bodies, "\n")}, graphSecrets(tap))
+}
