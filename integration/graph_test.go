@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -561,6 +562,13 @@ func TestGraphFleet(t *testing.T) {
 	}
 	var texts []string
 	for _, h := range hosts {
+		for _, path := range []string{"/v1/tokens", "/metrics"} {
+			status, body, _ := h.do("GET", path, nil)
+			if status != 200 {
+				t.Errorf("%s GET %s: %d", h.name, path, status)
+			}
+			texts = append(texts, string(body))
+		}
 		texts = append(texts, h.log.String())
 	}
 	lb.mu.Lock()
@@ -600,7 +608,10 @@ func TestGraphThrottling(t *testing.T) {
 	tap := &graphTap{next: emu}
 	api := httptest.NewServer(tap)
 	defer api.Close()
-	h := startMailHost(t, "graph-mail", emu, api.URL, "")
+	bot := &botReceiver{t: t}
+	hook := httptest.NewServer(bot)
+	defer hook.Close()
+	h := startMailHost(t, "graph-mail", emu, api.URL, hook.URL)
 
 	var responses []string
 	mail := func(i int) (int, []byte, http.Header, time.Duration) {
@@ -660,6 +671,41 @@ func TestGraphThrottling(t *testing.T) {
 		t.Errorf("send after the throttle: %d %s", status, body)
 	}
 
+	// Retry-After as an HTTP date: two minutes away is returned at once with the seconds left;
+	// two seconds away is waited out.
+	emu.InjectRetryAfterHeader(http.StatusTooManyRequests, time.Now().Add(2*time.Minute).UTC().Format(http.TimeFormat))
+	status, body, hdr, _ = mail(5)
+	if ra, _ := strconv.Atoi(hdr.Get("Retry-After")); status != 429 || ra < 100 || ra > 121 {
+		t.Errorf("send throttled until a date 2 min away: %d Retry-After %q %s; want 429 with about 120", status, hdr.Get("Retry-After"), body)
+	}
+	emu.InjectRetryAfterHeader(http.StatusTooManyRequests, time.Now().Add(2*time.Second).UTC().Format(http.TimeFormat))
+	if status, body, _, took := mail(6); status != 200 {
+		t.Errorf("send throttled until a date 2 s away: %d %s after %v; want 200", status, body, took)
+	}
+
+	// A notification whose message fetch is throttled for 60 s: the host asks Graph to
+	// redeliver (no event queued), and the redelivery brings the event. One throttled for 1 s
+	// is waited out inside the webhook, within Graph's 3 s.
+	emu.InjectThrottle(1, 60*time.Second)
+	throttled := emu.DeliverMail(graphUser, "judy@example.com", "throttled", "fetched on redelivery")
+	if n := emu.Redeliver(); n != 1 {
+		t.Errorf("notification whose fetch was throttled for 60 s: %d redelivered; want 1 (the first answered 503)", n)
+	}
+	emu.InjectThrottle(1, time.Second)
+	waited := emu.DeliverMail(graphUser, "judy@example.com", "waited", "fetched after 1 s")
+	if n := emu.Redeliver(); n != 0 {
+		t.Errorf("notification whose fetch was throttled for 1 s was not acknowledged the first time (%d redelivered)", n)
+	}
+	if !waitFor(15*time.Second, func() bool { return bot.byID()["graph:mail/"+waited] > 0 }) {
+		t.Errorf("throttled notifications' events did not reach the bot: %v", bot.byID())
+	}
+	if ids := bot.byID(); len(ids) != 2 || ids["graph:mail/"+throttled] != 1 || ids["graph:mail/"+waited] != 1 {
+		t.Errorf("bot got %v; want graph:mail/%s and graph:mail/%s once each", ids, throttled, waited)
+	}
+	if n := h.log.count("asking for redelivery"); n != 1 {
+		t.Errorf("host logged %d 'asking for redelivery' lines; want 1", n)
+	}
+
 	// The token revoked while three senders are busy: one new token, no failed send.
 	before, _ := tokenGrants(emu, "client_credentials")
 	var wg sync.WaitGroup
@@ -702,7 +748,8 @@ func TestGraphThrottling(t *testing.T) {
 	if rejected < 1 || rejected > 3 {
 		t.Errorf("%d requests rejected with the revoked token; want 1..3 (one per sender in flight)", rejected)
 	}
-	secretScan(t, "log and API responses", []string{h.log.String(), strings.Join(responses, "\n")}, graphSecrets(tap))
+	secretScan(t, "log, API responses and deliveries", []string{h.log.String(), strings.Join(responses, "\n"),
+		strings.Join(bot.bodies, "\n")}, graphSecrets(tap))
 }
 
 // TestGraphWebhookBadInput: forged, malformed and oversized notifications to a real host get
