@@ -970,3 +970,66 @@ func TestGraphLifecycle(t *testing.T) {
 		renewals, sub.ID[:8], renewed.ID[:8], h.log.count("graph lifecycle event"))
 	secretScan(t, "log and deliveries", []string{h.log.String(), strings.Join(bot.bodies, "\n")}, graphSecrets(tap))
 }
+
+// TestGraphCAE: a delegated bot whose token is revoked under continuous access evaluation
+// (Graph answers with a claims challenge) while two senders are busy: every send succeeds,
+// and the fleet of one asks for exactly one new token, carrying the challenge's claims.
+func TestGraphCAE(t *testing.T) {
+	emu := &graphtest.Server{CAE: true, StrictRefresh: true, LoginUser: graphUser}
+	redirect := fmt.Sprintf("http://127.0.0.1:%d/callback", freePort(t))
+	emu.AddClient(graphClientID, graphSecret, redirect)
+	tap := &graphTap{next: emu}
+	api := httptest.NewServer(tap)
+	defer api.Close()
+	store := fmt.Sprintf("  dir: %q", t.TempDir())
+	cfg := graphConfig("teams", store, "delegated", api.URL, "", "[]", "")
+	loginOut := graphLogin(t, cfg, "teams", redirect)
+	h := startHost(t, "graph-cae", cfg, graphEnv()...)
+	h.apiKey = apiKey
+
+	chat := "19:kim_bot@unq.gbl.spaces"
+	before := len(emu.TokenRequests())
+	var responses []string
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	var fails atomic.Int64
+	for w := range 2 {
+		wg.Go(func() {
+			for i := range 12 {
+				if w == 0 && i == 4 {
+					emu.RevokeTokens()
+				}
+				status, body, _, err := apiSend(h, "/v1/bots/teams/messages", map[string]any{
+					"to": map[string]any{"chat": chat}, "text": fmt.Sprintf("cae %d/%d", w, i)})
+				mu.Lock()
+				responses = append(responses, string(body))
+				mu.Unlock()
+				if err != nil || status != 200 {
+					fails.Add(1)
+					t.Errorf("sender %d send %d: %d %s %v", w, i, status, body, err)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		})
+	}
+	wg.Wait()
+	reqs := emu.TokenRequests()[before:]
+	withClaims := 0
+	for _, r := range reqs {
+		if r.Error != "" {
+			t.Errorf("token request %s failed: %s", r.GrantType, r.Error)
+		}
+		if r.Claims != "" {
+			withClaims++
+		}
+	}
+	t.Logf("CAE revocation: 24 sends, %d failed; %d token requests after the first send, %d with claims; %d messages in the chat",
+		fails.Load(), len(reqs), withClaims, len(emu.Messages(chat)))
+	if len(reqs) != 1 || withClaims != 1 {
+		t.Errorf("CAE revocation cost %d token requests (%d with claims); want exactly one, with the challenge's claims", len(reqs), withClaims)
+	}
+	if n := len(emu.Messages(chat)); n != 24-int(fails.Load()) {
+		t.Errorf("chat holds %d messages for %d successful sends", n, 24-fails.Load())
+	}
+	secretScan(t, "log, login output and API responses", []string{h.log.String(), loginOut, strings.Join(responses, "\n")}, graphSecrets(tap))
+}
