@@ -395,8 +395,9 @@ func (m *Manager) minInterval() time.Duration { return m.scaled(m.opts.MinInterv
 
 // backoff returns the wait after the n-th consecutive failure (n >= 1), jittered to [d/2, d].
 func (m *Manager) backoff(n int, err error) time.Duration {
-	hi := m.scaled(m.opts.BackoffMax, 1.0/40)
-	lo := min(m.scaled(m.opts.BackoffMin, 1.0/7200), hi)
+	// Floored at 1 ms: however short-lived a token, a failing source is never hammered.
+	hi := max(m.scaled(m.opts.BackoffMax, 1.0/40), time.Millisecond)
+	lo := min(max(m.scaled(m.opts.BackoffMin, 1.0/7200), time.Millisecond), hi)
 	d := hi
 	if !IsPermanent(err) && n < 63 {
 		d = lo << (n - 1)

@@ -630,3 +630,23 @@ func TestFingerprint(t *testing.T) {
 		t.Errorf("Fingerprint(\"\") = %q; want empty", got)
 	}
 }
+
+// A source that fails for a token lifetime of microseconds is still retried with a pause.
+func TestBackoffFloor(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		src := &fakeSource{fn: func(ctx context.Context, n int) (tokenmgr.Token, error) {
+			if n == 1 {
+				return tokenmgr.Token{Value: "tok-1", ExpiresAt: time.Now().Add(10 * time.Microsecond)}, nil
+			}
+			return tokenmgr.Token{}, fmt.Errorf("%w: down", tokenmgr.ErrTemporary)
+		}}
+		m := tokenmgr.New("wecom/ww1/1", src, tokenmgr.Options{})
+		defer m.Close()
+		mustToken(t, m)
+		time.Sleep(time.Second)
+		// Waits are jittered in [d/2, d] with d >= 1 ms: at most 2,000 attempts a second.
+		if n := src.fetches(); n > 2001 {
+			t.Fatalf("%d fetches in a second; want the 1 ms backoff floor to hold them to 2,000", n)
+		}
+	})
+}
