@@ -63,9 +63,11 @@ type Options struct {
 	// ExpirySkew is how long before its ExpiresAt a token stops being handed out, allowing
 	// for clock skew and request latency. Zero means 30 seconds (scaled: at most 1%).
 	ExpirySkew time.Duration
-	// MinInterval is the least time between two upstream fetches of the key, whatever asks for
-	// them, so a platform that hands back a token about to expire cannot cause a refresh loop.
-	// Zero means 10 seconds (scaled: at most 1/720 of the lifetime).
+	// MinInterval is the least time between two upstream fetches of the key, so neither a
+	// platform that hands back a token about to expire nor one that rejects every token can
+	// cause a refresh loop. One exception keeps a bot fast: the first rejection of a token is
+	// answered at once, even right after a fetch; a rejection of the token that answered it
+	// waits. Zero means 10 seconds (scaled: at most 1/720 of the lifetime).
 	MinInterval time.Duration
 	// BackoffMin and BackoffMax bound the exponential, jittered wait between failed fetches.
 	// Zero means 1 second (scaled: at most 1/7200) and 3 minutes (scaled: at most 1/40).
