@@ -34,7 +34,8 @@ type Message struct {
 }
 
 // Target says where a [Message] goes. Set exactly one field. User means a member (WeCom) or a
-// 1:1 chat with that user (Graph).
+// 1:1 chat with that user (Graph). User and each element of Users hold one id: WeCom refuses
+// "|" or "@all" inside one (send to several with Users, to everyone with All).
 type Target struct {
 	User  string   `json:"user,omitempty"`
 	Users []string `json:"users,omitempty"`

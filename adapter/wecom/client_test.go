@@ -112,6 +112,20 @@ func TestSendTargets(t *testing.T) {
 		{"channel", adapter.Target{Channel: &adapter.Channel{Team: "t", Channel: "c"}}, "", "", "", "cannot send"},
 		{"email", adapter.Target{Email: "a@b"}, "", "", "", "cannot send"},
 		{"none", adapter.Target{}, "", "", "", "no target"},
+		// Recipient injection: "@all" and "|" inside one id would widen the recipients.
+		{"user @all", adapter.Target{User: "@all"}, "", "", "", "Target.All"},
+		{"user @ALL", adapter.Target{User: "@ALL"}, "", "", "", "Target.All"},
+		{"user with pipe", adapter.Target{User: "alice|bob"}, "", "", "", "Target.Users"},
+		{"users element with pipe", adapter.Target{Users: []string{"a", "b|c"}}, "", "", "", "users[1]"},
+		{"users element @all", adapter.Target{Users: []string{"a", "@all"}}, "", "", "", "Target.All"},
+		{"users element empty", adapter.Target{Users: []string{"a", ""}}, "", "", "", "users[1] is empty"},
+		{"users over 1000", adapter.Target{Users: make([]string, 1001)}, "", "", "", "at most 1000 users"},
+		{"party @all", adapter.Target{Party: "2|@all"}, "", "", "", "Target.All"},
+		{"party empty id", adapter.Target{Party: "2||3"}, "", "", "", "empty id"},
+		{"party over 100", adapter.Target{Party: strings.Repeat("1|", 100) + "1"}, "", "", "", "at most 100 party"},
+		{"tag @all", adapter.Target{Tag: "@all"}, "", "", "", "Target.All"},
+		{"tag over 100", adapter.Target{Tag: strings.Repeat("1|", 100) + "1"}, "", "", "", "at most 100 tag"},
+		{"party 100", adapter.Target{Party: strings.Repeat("1|", 99) + "1"}, "", strings.Repeat("1|", 99) + "1", "", ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -119,7 +119,17 @@ func (c *Client) Send(ctx context.Context, msg adapter.Message) (adapter.Receipt
 	return rc, nil
 }
 
-// target resolves msg.To into the recipient fields and the endpoint.
+// Recipient limits per field of message/send (spec §4.1).
+const (
+	maxUsers   = 1000
+	maxParties = 100
+	maxTags    = 100
+)
+
+// target resolves msg.To into the recipient fields and the endpoint. WeCom reads "|" in a
+// recipient field as a separator and "@all" as every member, so neither may hide inside a
+// single id: several users go in Users, everyone is All. Party and Tag keep "|" as the
+// documented way to name several ("2|3"), each id checked the same way.
 func (c *Client) target(to adapter.Target) (sendRequest, string, error) {
 	kind, err := to.Kind()
 	if err != nil {
@@ -128,15 +138,29 @@ func (c *Client) target(to adapter.Target) (sendRequest, string, error) {
 	r := sendRequest{AgentID: c.cfg.AgentID}
 	switch kind {
 	case adapter.TargetUser:
+		if err := checkUser("user", to.User); err != nil {
+			return r, "", err
+		}
 		r.ToUser = to.User
 	case adapter.TargetUsers:
-		if len(to.Users) > 1000 {
-			return r, "", invalid("at most 1000 users per message; got %d", len(to.Users))
+		if len(to.Users) > maxUsers {
+			return r, "", invalid("at most %d users per message; got %d", maxUsers, len(to.Users))
+		}
+		for i, u := range to.Users {
+			if err := checkUser(fmt.Sprintf("users[%d]", i), u); err != nil {
+				return r, "", err
+			}
 		}
 		r.ToUser = strings.Join(to.Users, "|")
 	case adapter.TargetParty:
+		if err := checkIDList("party", to.Party, maxParties); err != nil {
+			return r, "", err
+		}
 		r.ToParty = to.Party
 	case adapter.TargetTag:
+		if err := checkIDList("tag", to.Tag, maxTags); err != nil {
+			return r, "", err
+		}
 		r.ToTag = to.Tag
 	case adapter.TargetAll:
 		r.ToUser = "@all"
@@ -146,6 +170,36 @@ func (c *Client) target(to adapter.Target) (sendRequest, string, error) {
 		return r, "", invalid("WeCom cannot send to %s", to)
 	}
 	return r, EndpointSend, nil
+}
+
+// checkUser refuses a user id that WeCom would read as more than one recipient.
+func checkUser(field, id string) error {
+	switch {
+	case id == "":
+		return invalid("%s is empty", field)
+	case strings.EqualFold(id, "@all"):
+		return invalid(`%s is "@all": set Target.All to send to every member`, field)
+	case strings.Contains(id, "|"):
+		return invalid(`%s %q contains "|": list several users in Target.Users`, field, id)
+	}
+	return nil
+}
+
+// checkIDList checks a "|"-separated party or tag list: at most max ids, none empty or "@all".
+func checkIDList(field, list string, max int) error {
+	ids := strings.Split(list, "|")
+	if len(ids) > max {
+		return invalid("at most %d %s ids per message; got %d", max, field, len(ids))
+	}
+	for _, id := range ids {
+		switch {
+		case id == "":
+			return invalid("%s %q has an empty id", field, list)
+		case strings.EqualFold(id, "@all"):
+			return invalid(`%s %q names "@all": set Target.All to send to every member`, field, list)
+		}
+	}
+	return nil
 }
 
 // part is one WeCom message of a Message, perhaps needing an upload first.
