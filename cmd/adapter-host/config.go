@@ -26,6 +26,22 @@ type Config struct {
 	Store  StoreConfig  `yaml:"store"`
 	Plugin PluginConfig `yaml:"plugin"`
 	Bots   []BotConfig  `yaml:"bots"`
+
+	// raw maps the path of every value that came from ${VAR} expansion to its text before
+	// expansion, so error messages quote "${WECOM_SECRET}", never the secret itself.
+	raw map[string]expansion
+}
+
+// expansion is a value that came from ${VAR} expansion: the text as written and the result.
+type expansion struct{ raw, value string }
+
+// show quotes the value at path for an error message: the raw ${VAR} text if the value came
+// from the environment, else v.
+func (c *Config) show(path, v string) string {
+	if r, ok := c.raw[path]; ok {
+		return strconv.Quote(r.raw)
+	}
+	return strconv.Quote(v)
 }
 
 // ServerConfig is the HTTP listener.
@@ -97,7 +113,8 @@ func ParseConfig(name string, data []byte, lookup func(string) (string, bool)) (
 		return nil, cerr
 	}
 	doc := root.Content[0]
-	check(doc, reflect.TypeFor[Config](), "", lookup, cerr)
+	raw := map[string]expansion{}
+	check(doc, reflect.TypeFor[Config](), "", lookup, raw, cerr)
 	if len(cerr.Problems) > 0 {
 		return nil, cerr
 	}
@@ -110,8 +127,15 @@ func ParseConfig(name string, data []byte, lookup func(string) (string, bool)) (
 	dec.KnownFields(true)
 	var cfg Config
 	if err := dec.Decode(&cfg); err != nil {
-		return nil, &ConfigError{File: name, Problems: []string{err.Error()}}
+		msg := err.Error()
+		for _, x := range raw { // the decoder quotes values: never an expanded one
+			if x.value != "" {
+				msg = strings.ReplaceAll(msg, x.value, x.raw)
+			}
+		}
+		return nil, &ConfigError{File: name, Problems: []string{msg}}
 	}
+	cfg.raw = raw
 	cfg.defaults()
 	cfg.validate(cerr)
 	if len(cerr.Problems) > 0 {
@@ -123,8 +147,9 @@ func ParseConfig(name string, data []byte, lookup func(string) (string, bool)) (
 var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
 
 // check walks n against type t: unknown keys, scalars of the wrong type and unset ${VAR}s
-// are reported with their path; ${VAR} references are expanded in place.
-func check(n *yaml.Node, t reflect.Type, path string, lookup func(string) (string, bool), cerr *ConfigError) {
+// are reported with their path; ${VAR} references are expanded in place, and raw records the
+// text before expansion by path. Problems never quote an expanded value: it may be a secret.
+func check(n *yaml.Node, t reflect.Type, path string, lookup func(string) (string, bool), raw map[string]expansion, cerr *ConfigError) {
 	for t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
@@ -165,7 +190,7 @@ func check(n *yaml.Node, t reflect.Type, path string, lookup func(string) (strin
 				problem("unknown key %q (known keys: %s)", k, strings.Join(names, ", "))
 				continue
 			}
-			check(v, f.Type, join(path, k), lookup, cerr)
+			check(v, f.Type, join(path, k), lookup, raw, cerr)
 		}
 	case reflect.Slice:
 		if n.Kind != yaml.SequenceNode {
@@ -173,7 +198,7 @@ func check(n *yaml.Node, t reflect.Type, path string, lookup func(string) (strin
 			return
 		}
 		for i, c := range n.Content {
-			check(c, t.Elem(), fmt.Sprintf("%s[%d]", path, i), lookup, cerr)
+			check(c, t.Elem(), fmt.Sprintf("%s[%d]", path, i), lookup, raw, cerr)
 		}
 	default:
 		if n.Kind != yaml.ScalarNode {
@@ -193,7 +218,9 @@ func check(n *yaml.Node, t reflect.Type, path string, lookup func(string) (strin
 			problem("environment variable %s is not set", strings.Join(missing, ", "))
 			return
 		}
+		shown := n.Value // what problems quote: the text as written, ${VAR} unexpanded
 		if expanded != n.Value {
+			raw[path] = expansion{raw: n.Value, value: expanded}
 			n.Value, n.Tag, n.Style = expanded, "!!str", yaml.DoubleQuotedStyle
 			if t.Kind() != reflect.String {
 				n.Tag = "" // let the decoder resolve the expanded number or bool
@@ -203,11 +230,11 @@ func check(n *yaml.Node, t reflect.Type, path string, lookup func(string) (strin
 		switch t.Kind() {
 		case reflect.Int, reflect.Int64, reflect.Int32:
 			if _, err := strconv.ParseInt(n.Value, 10, 64); err != nil {
-				problem("want a whole number, got %q", n.Value)
+				problem("want a whole number, got %q", shown)
 			}
 		case reflect.Bool:
 			if _, err := strconv.ParseBool(n.Value); err != nil {
-				problem("want true or false, got %q", n.Value)
+				problem("want true or false, got %q", shown)
 			}
 		case reflect.String:
 			n.Tag = "!!str" // 1000002 or yes as a string field stays text
@@ -263,7 +290,7 @@ func (c *Config) validate(cerr *ConfigError) {
 	}
 	host, _, err := net.SplitHostPort(c.Server.Listen)
 	if err != nil {
-		p("server.listen", "want host:port, got %q", c.Server.Listen)
+		p("server.listen", "want host:port, got %s", c.show("server.listen", c.Server.Listen))
 	}
 	for i, k := range c.Server.APIKeys {
 		if strings.TrimSpace(k) == "" {
@@ -273,7 +300,7 @@ func (c *Config) validate(cerr *ConfigError) {
 		}
 	}
 	if err == nil && len(c.Server.APIKeys) == 0 && !isLoopback(host) {
-		p("server.api_keys", "required when server.listen is not a loopback address (%s): without keys anyone who can reach it can send as your bots", c.Server.Listen)
+		p("server.api_keys", "required when server.listen is not a loopback address %s: without keys anyone who can reach it can send as your bots", c.show("server.listen", c.Server.Listen))
 	}
 	if c.Store.RedisURL != "" && c.Store.Dir != "" {
 		p("store", "set redis_url or dir, not both")
@@ -293,9 +320,9 @@ func (c *Config) validate(cerr *ConfigError) {
 		case b.Name == "":
 			p(at+".name", "required")
 		case !botName.MatchString(b.Name):
-			p(at+".name", "%q: use lower-case letters, digits, - and _ (it appears in URLs)", b.Name)
+			p(at+".name", "%s: use lower-case letters, digits, - and _ (it appears in URLs)", c.show(at+".name", b.Name))
 		case seen[b.Name]:
-			p(at+".name", "%q is used by another bot", b.Name)
+			p(at+".name", "%s is used by another bot", c.show(at+".name", b.Name))
 		}
 		seen[b.Name] = true
 		switch b.Platform {
@@ -306,7 +333,7 @@ func (c *Config) validate(cerr *ConfigError) {
 			if b.WeCom == nil {
 				p(at+".wecom", "required for platform wecom")
 			} else {
-				validateWeCom(at+".wecom", b.WeCom, p)
+				c.validateWeCom(at+".wecom", b.WeCom, p)
 			}
 		case adapter.PlatformGraph:
 			if b.WeCom != nil {
@@ -315,12 +342,12 @@ func (c *Config) validate(cerr *ConfigError) {
 			if b.Graph == nil {
 				p(at+".graph", "required for platform graph")
 			} else {
-				validateGraph(at+".graph", b.Graph, c.Store, p)
+				c.validateGraph(at+".graph", b.Graph, p)
 			}
 		case "":
 			p(at+".platform", "required: wecom or graph")
 		default:
-			p(at+".platform", "%q: want wecom or graph", b.Platform)
+			p(at+".platform", "%s: want wecom or graph", c.show(at+".platform", b.Platform))
 		}
 		if d := b.Deliver; d != nil {
 			if d.WebhookURL == "" {
@@ -335,7 +362,7 @@ func (c *Config) validate(cerr *ConfigError) {
 	}
 }
 
-func validateWeCom(at string, w *platforms.WeCom, p func(string, string, ...any)) {
+func (c *Config) validateWeCom(at string, w *platforms.WeCom, p func(string, string, ...any)) {
 	if w.CorpID == "" {
 		p(at+".corp_id", "required")
 	}
@@ -351,10 +378,11 @@ func validateWeCom(at string, w *platforms.WeCom, p func(string, string, ...any)
 	if w.EncodingAESKey != "" && len(w.EncodingAESKey) != 43 {
 		p(at+".encoding_aes_key", "must be 43 characters (as shown in the WeCom admin console)")
 	}
-	checkBase(at+".api_base", w.APIBase, p)
+	c.checkBase(at+".api_base", w.APIBase, p)
 }
 
-func validateGraph(at string, g *platforms.Graph, store StoreConfig, p func(string, string, ...any)) {
+func (c *Config) validateGraph(at string, g *platforms.Graph, p func(string, string, ...any)) {
+	store := c.Store
 	if g.TenantID == "" {
 		p(at+".tenant_id", "required")
 	}
@@ -379,11 +407,12 @@ func validateGraph(at string, g *platforms.Graph, store StoreConfig, p func(stri
 			}
 		}
 	default:
-		p(at+".auth", "%q: want delegated or client_credentials", g.Auth)
+		p(at+".auth", "%s: want delegated or client_credentials", c.show(at+".auth", g.Auth))
 	}
 	for i, s := range g.Subscribe {
 		if s != "chats" && s != "mail" {
-			p(fmt.Sprintf("%s.subscribe[%d]", at, i), "%q: want chats or mail", s)
+			sp := fmt.Sprintf("%s.subscribe[%d]", at, i)
+			p(sp, "%s: want chats or mail", c.show(sp, s))
 		}
 	}
 	if g.NotificationURL != "" {
@@ -396,19 +425,19 @@ func validateGraph(at string, g *platforms.Graph, store StoreConfig, p func(stri
 	}
 	if g.PollInterval != "" {
 		if d, err := time.ParseDuration(g.PollInterval); err != nil || d < 100*time.Millisecond {
-			p(at+".poll_interval", "want a duration of at least 100ms such as 30s, got %q", g.PollInterval)
+			p(at+".poll_interval", "want a duration of at least 100ms such as 30s, got %s", c.show(at+".poll_interval", g.PollInterval))
 		}
 	}
-	checkBase(at+".login_base", g.LoginBase, p)
-	checkBase(at+".graph_base", g.GraphBase, p)
+	c.checkBase(at+".login_base", g.LoginBase, p)
+	c.checkBase(at+".graph_base", g.GraphBase, p)
 }
 
-func checkBase(at, base string, p func(string, string, ...any)) {
+func (c *Config) checkBase(at, base string, p func(string, string, ...any)) {
 	if base == "" {
 		return
 	}
 	if u, err := url.Parse(base); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		p(at, "want an http or https URL, got %q", base)
+		p(at, "want an http or https URL, got %s", c.show(at, base))
 	}
 }
 

@@ -87,3 +87,37 @@ func TestParseConfigErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestConfigErrorsHideExpandedValues puts a secret where it does not belong: every problem
+// quotes the ${VAR} text as written, never the value it expanded to.
+func TestConfigErrorsHideExpandedValues(t *testing.T) {
+	const marker = "MARKER-s3cr3t-do-not-print"
+	env := map[string]string{"KEY": "0123456789abcdef0123", "WECOM_SECRET": marker, "HOOK": "h", "GRAPH_SECRET": "g"}
+	tests := []struct {
+		name, from, to, want string
+	}{
+		{"agent_id", "agent_id: 1000002", `agent_id: "${WECOM_SECRET}"`, `bots[0].wecom.agent_id: want a whole number, got "${WECOM_SECRET}"`},
+		{"listen", `listen: "127.0.0.1:8080"`, `listen: "${WECOM_SECRET}"`, `server.listen: want host:port, got "${WECOM_SECRET}"`},
+		{"name", "name: teams", "name: ${WECOM_SECRET}", `bots[1].name: "${WECOM_SECRET}": use lower-case`},
+		{"platform", "platform: graph", "platform: ${WECOM_SECRET}", `bots[1].platform: "${WECOM_SECRET}": want wecom or graph`},
+		{"auth", "auth: delegated", `auth: "${WECOM_SECRET}"`, `bots[1].graph.auth: "${WECOM_SECRET}": want delegated`},
+		{"api_base", "token: tok,", "token: tok, api_base: \"x${WECOM_SECRET}\",", `bots[0].wecom.api_base: want an http or https URL, got "x${WECOM_SECRET}"`},
+		{"poll_interval", "client_state: cs}", `client_state: cs, poll_interval: "${WECOM_SECRET}"}`, `bots[1].graph.poll_interval: want a duration of at least 100ms such as 30s, got "${WECOM_SECRET}"`},
+		{"subscribe", "client_state: cs}", `client_state: cs, subscribe: ["${WECOM_SECRET}"]}`, `bots[1].graph.subscribe[0]: "${WECOM_SECRET}": want chats or mail`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			config := strings.Replace(goodConfig, tc.from, tc.to, 1)
+			if config == goodConfig {
+				t.Fatalf("%q not in the config", tc.from)
+			}
+			_, err := ParseConfig("c.yaml", []byte(config), envOf(env))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("ParseConfig error = %v; want it to contain %q", err, tc.want)
+			}
+			if err != nil && strings.Contains(err.Error(), marker) {
+				t.Errorf("error prints the secret: %v", err)
+			}
+		})
+	}
+}
