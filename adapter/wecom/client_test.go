@@ -307,6 +307,35 @@ func TestSendAttachmentsAndMedia(t *testing.T) {
 	}
 }
 
+// TestMediaTextAndJSON: media/get of a text or JSON file returns the file; only a JSON answer
+// with a non-zero errcode is an error. File names survive quotes and non-ASCII characters.
+func TestMediaTextAndJSON(t *testing.T) {
+	t.Parallel()
+	c, _ := setup(t, wecom.Options{})
+	tests := []struct {
+		name, contentType, data string
+	}{
+		{"notes.txt", "text/plain; charset=utf-8", "plain text, not JSON\n"},
+		{"data.json", "application/json", `{"items":[1,2,3]}`},
+		{"ok.json", "application/json", `{"errcode":0,"errmsg":"ok","x":1}`},
+		{`报告 "v2"; final.txt`, "text/plain", "quoted name"},
+	}
+	for _, tc := range tests {
+		up, err := c.Upload(t.Context(), adapter.Attachment{Name: tc.name, ContentType: tc.contentType, Data: []byte(tc.data)})
+		if err != nil {
+			t.Fatalf("Upload(%s): %v", tc.name, err)
+		}
+		got, err := c.Media(t.Context(), up.ID)
+		if err != nil {
+			t.Errorf("Media(%s) error = %v; want the file", tc.name, err)
+			continue
+		}
+		if string(got.Data) != tc.data || got.Name != tc.name || got.ContentType != tc.contentType || got.Size != int64(len(tc.data)) {
+			t.Errorf("Media(%s) = name %q type %q data %q", tc.name, got.Name, got.ContentType, got.Data)
+		}
+	}
+}
+
 func TestUploadLimits(t *testing.T) {
 	t.Parallel()
 	tests := []struct {

@@ -143,25 +143,37 @@ func (c *Client) Media(ctx context.Context, mediaID string) (adapter.Attachment,
 			if err != nil {
 				return fmt.Errorf("wecom: %s: %w: %w", EndpointMediaGet, tokenmgr.ErrTemporary, sanitizeErr(err))
 			}
-			ct := resp.Header.Get("Content-Type")
-			mt, _, _ := mime.ParseMediaType(ct)
-			if mt == "application/json" || mt == "text/plain" || (len(data) > 0 && data[0] == '{' && mt == "") {
-				return decode(EndpointMediaGet, data, nil) // an error answer, or an empty success
+			if mediaError(data) {
+				return decode(EndpointMediaGet, data, nil)
+			}
+			if len(data) == 0 { // media has more than 5 bytes (upload limit)
+				return fmt.Errorf("wecom: %s: %w: empty answer", EndpointMediaGet, tokenmgr.ErrTemporary)
 			}
 			if len(data) > maxMedia {
 				return fmt.Errorf("wecom: %s: media over %d bytes", EndpointMediaGet, maxMedia)
 			}
-			a.Data, a.Size, a.ContentType = data, int64(len(data)), ct
+			a.Data, a.Size, a.ContentType = data, int64(len(data)), resp.Header.Get("Content-Type")
 			if _, params, err := mime.ParseMediaType(resp.Header.Get("Content-Disposition")); err == nil {
 				a.Name = params["filename"]
 			}
 			return nil
 		})
 	})
-	if err == nil && a.Data == nil {
-		err = fmt.Errorf("wecom: %s: no content", EndpointMediaGet)
-	}
 	return a, wrapErr(EndpointMediaGet, err)
+}
+
+// mediaError reports whether a media/get body is an error answer: a JSON object with a
+// non-zero errcode. Anything else is the file itself, whatever its Content-Type: a text or
+// JSON file is content too.
+func mediaError(data []byte) bool {
+	data = bytes.TrimLeft(data, " \t\r\n")
+	if len(data) == 0 || data[0] != '{' || len(data) > maxResponse {
+		return false
+	}
+	var st struct {
+		ErrCode *int `json:"errcode"`
+	}
+	return json.Unmarshal(data, &st) == nil && st.ErrCode != nil && *st.ErrCode != 0
 }
 
 // CreateAppChat creates an app group chat (appchat/create) with owner and users (2 to

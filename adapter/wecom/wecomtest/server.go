@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"mime"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -460,7 +461,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			break
 		}
 		w.Header().Set("Content-Type", m.ContentType)
-		w.Header().Set("Content-Disposition", fmt.Sprintf(`attachment; filename="%s"`, m.Name))
+		cd := mime.FormatMediaType("attachment", map[string]string{"filename": m.Name})
+		if cd == "" { // a name FormatMediaType cannot encode (control characters)
+			cd = "attachment"
+		}
+		w.Header().Set("Content-Disposition", cd)
 		w.Header().Set("Content-Length", strconv.Itoa(len(m.Data)))
 		w.WriteHeader(http.StatusOK)
 		w.Write(m.Data)
