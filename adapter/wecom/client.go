@@ -256,12 +256,15 @@ func (s *TokenSource) Token(ctx context.Context) (tokenmgr.Token, error) {
 	if out.ExpiresIn <= 0 {
 		return tokenmgr.Token{}, fmt.Errorf("wecom: gettoken: %w: answer has expires_in %d", tokenmgr.ErrTemporary, out.ExpiresIn)
 	}
-	tok := tokenmgr.Token{Value: out.AccessToken, ExpiresAt: time.Now().Add(time.Duration(out.ExpiresIn) * time.Second)}
+	now := time.Now()
+	tok := tokenmgr.Token{Value: out.AccessToken, ExpiresAt: now.Add(time.Duration(out.ExpiresIn) * time.Second)}
 	// Whether a repeated gettoken reports the remaining or the full lifetime is not
 	// documented. Fetching does not extend a token, so a value seen before keeps the expiry
-	// it was first given: a bot then never holds a token past its real end.
+	// it was first given while that expiry is ahead: a bot then never holds a token past its
+	// real end. Once that expiry has passed, the same value can only be a fresh issue (WeCom
+	// may hand it back with a new lifetime), so its expires_in is believed.
 	s.mu.Lock()
-	if s.last.Value == tok.Value && s.last.ExpiresAt.Before(tok.ExpiresAt) {
+	if s.last.Value == tok.Value && s.last.ExpiresAt.After(now) && s.last.ExpiresAt.Before(tok.ExpiresAt) {
 		tok.ExpiresAt = s.last.ExpiresAt
 	}
 	s.last = tok

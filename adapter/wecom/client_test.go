@@ -520,6 +520,37 @@ func TestTokenIdle(t *testing.T) {
 	}
 }
 
+// TestTokenReissuedAfterExpiry: WeCom hands back an expired token's value with a fresh
+// expires_in. The bot must take the new lifetime, not keep the value's first expiry (which is
+// in the past, so tokenmgr would refuse the token at every refresh).
+func TestTokenReissuedAfterExpiry(t *testing.T) {
+	for _, remaining := range []bool{false, true} {
+		t.Run(fmt.Sprint("remaining=", remaining), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				srv := &wecomtest.Server{ReissueExpired: true, ReportRemaining: remaining}
+				c, err := wecom.New(testConfig(), wecom.Options{HTTPClient: srv.Client()})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				start := time.Now()
+				for i := range 5 {
+					if _, err := c.Send(t.Context(), text(adapter.Target{User: "u"}, "x")); err != nil {
+						t.Fatalf("send %d (after %v): %v", i, time.Since(start), err)
+					}
+					time.Sleep(2*time.Hour + 30*time.Minute)
+				}
+				if got := srv.TokensIssued(); got != 1 {
+					t.Errorf("TokensIssued() = %d; want 1 (the same value all along)", got)
+				}
+				if got := srv.TokenRequests(); got > 15 {
+					t.Errorf("TokenRequests() = %d over 5 lifetimes; want a few per lifetime", got)
+				}
+			})
+		})
+	}
+}
+
 // TestRateLimited: 45009 comes back at once as rate_limited with retry-after ≥ 60 s, with
 // no retry.
 func TestRateLimited(t *testing.T) {

@@ -31,6 +31,11 @@ type Server struct {
 	// ReportRemaining makes a repeated gettoken report the remaining lifetime as expires_in
 	// rather than the full lifetime (real WeCom's behaviour here is unverified).
 	ReportRemaining bool
+	// ReissueExpired makes gettoken hand back the value of an app's token that has expired
+	// (or has under a second left), with a fresh full lifetime, instead of a new value: a
+	// client must not keep the old expiry for a value it has seen before. Revoked tokens are
+	// never reissued.
+	ReissueExpired bool
 	// MediaLifetime is how long an uploaded media_id stays valid. Zero means 72 hours.
 	MediaLifetime time.Duration
 	// LenientAgentID accepts agentid sent as a numeric string ("1000002"), as silenceper
@@ -532,6 +537,10 @@ func (s *Server) getTokenLocked(r *http.Request) map[string]any {
 			exp = t.expires.Sub(now)
 		}
 		return map[string]any{"errcode": 0, "errmsg": "ok", "access_token": t.value, "expires_in": int64(exp / time.Second)}
+	}
+	if t := s.current[key]; t != nil && t.revoked == 0 && s.ReissueExpired {
+		t.issued, t.expires = now, now.Add(life)
+		return map[string]any{"errcode": 0, "errmsg": "ok", "access_token": t.value, "expires_in": int64(life / time.Second)}
 	}
 	t := &token{value: "emu-" + randHex(24), app: key, agentID: agentID, issued: now, expires: now.Add(life)}
 	s.tokens[t.value] = t

@@ -98,6 +98,29 @@ func TestTokenLifetimeAndRemaining(t *testing.T) {
 	})
 }
 
+func TestReissueExpired(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv := &wecomtest.Server{TokenLifetime: 100 * time.Second, ReissueExpired: true}
+		tok1, _, _ := getToken(t, srv, "ww1", "s")
+		time.Sleep(100 * time.Second)
+		msg := `{"touser":"u","msgtype":"text","agentid":1,"text":{"content":"x"}}`
+		if r := send(t, srv, tok1, msg); code(r) != 42001 {
+			t.Errorf("send with expired token = %v; want 42001", r)
+		}
+		tok2, _, m := getToken(t, srv, "ww1", "s")
+		if tok2 != tok1 || m["expires_in"] != float64(100) || srv.TokensIssued() != 1 {
+			t.Errorf("gettoken after expiry = %v (same value %v, %d issued); want the same value, expires_in 100", m, tok2 == tok1, srv.TokensIssued())
+		}
+		if r := send(t, srv, tok1, msg); code(r) != 0 {
+			t.Errorf("send with the reissued token = %v", r)
+		}
+		srv.RevokeTokens(42001)
+		if tok3, _, _ := getToken(t, srv, "ww1", "s"); tok3 == tok1 {
+			t.Errorf("a revoked token was reissued")
+		}
+	})
+}
+
 func TestRevokeTokens(t *testing.T) {
 	for _, c := range []int{0, 42001, 40014} {
 		t.Run(fmt.Sprint(c), func(t *testing.T) {
