@@ -3,6 +3,7 @@ package wecom_test
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -212,6 +213,24 @@ func TestCallbackRefusals(t *testing.T) {
 	badKey, badKeyQ, _ := wecomtest.Encrypt(otherKey, msg, now, "n5")
 	getQ, _ := wecomtest.VerifyQuery(cb, "echo123", now-86400, "n6") // old: GETs are not time-checked
 	notMsg, notMsgQ, _ := wecomtest.Encrypt(cb, []byte("<xml><MsgType>text</MsgType>"), now, "n7")
+	// Envelopes whose Encrypt cannot be decrypted, with a bad or a good signature: the
+	// signature must be checked first (401), and only a signed one reaches decryption (400).
+	cr, err := wecom.NewCrypto(testToken, testAESKey, testCorp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	envelope := func(enc string) []byte {
+		return fmt.Appendf(nil, "<xml><ToUserName><![CDATA[%s]]></ToUserName><Encrypt><![CDATA[%s]]></Encrypt><AgentID><![CDATA[%d]]></AgentID></xml>", testCorp, enc, testAgent)
+	}
+	signed := func(enc string, sig bool) url.Values {
+		v := url.Values{"timestamp": {fmt.Sprint(now)}, "nonce": {"n8"}, "msg_signature": {strings.Repeat("0", 40)}}
+		if sig {
+			v.Set("msg_signature", cr.Signature(v.Get("timestamp"), "n8", enc))
+		}
+		return v
+	}
+	undecryptable := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{0x5a}, 31)) // not whole AES blocks
+	garbage := "!!not base64 at all!!"
 
 	tests := []struct {
 		name   string
@@ -235,6 +254,10 @@ func TestCallbackRefusals(t *testing.T) {
 		{"not xml", "POST", q, []byte("{json}"), 400, adapter.ErrInvalidRequest, 0},
 		{"no Encrypt", "POST", q, []byte("<xml><ToUserName>x</ToUserName></xml>"), 400, adapter.ErrInvalidRequest, 0},
 		{"plaintext not a message", "POST", notMsgQ, notMsg, 400, adapter.ErrInvalidRequest, 0},
+		{"bad signature, undecryptable", "POST", signed(undecryptable, false), envelope(undecryptable), 401, adapter.ErrUnauthorized, 0},
+		{"bad signature, garbage Encrypt", "POST", signed(garbage, false), envelope(garbage), 401, adapter.ErrUnauthorized, 0},
+		{"signed, undecryptable", "POST", signed(undecryptable, true), envelope(undecryptable), 400, adapter.ErrInvalidRequest, 0},
+		{"signed, garbage Encrypt", "POST", signed(garbage, true), envelope(garbage), 400, adapter.ErrInvalidRequest, 0},
 		{"too large", "POST", q, bytes.Repeat([]byte("x"), 64<<10+1), 413, adapter.ErrTooLarge, 0},
 		{"get ok", "GET", getQ, nil, 200, nil, 0},
 		{"get bad signature", "GET", func() url.Values {
