@@ -46,7 +46,7 @@ type deliverer struct {
 }
 
 func (d *deliverer) run(ctx context.Context) {
-	seq := d.queue.Start(0, false)
+	seq, _ := d.queue.Start(0, false)
 	for {
 		events, wake, lost := d.queue.Read(seq, 100)
 		if lost > 0 {

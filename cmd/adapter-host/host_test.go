@@ -336,6 +336,21 @@ func TestWebhookToSSE(t *testing.T) {
 	}
 }
 
+// TestSSEResumeAfterRestart is a client that reconnects to a restarted host with the
+// Last-Event-ID it had (the Python example does on every reconnect): the new host numbered
+// from 1 again, so it gets what is unconsumed, with one log line saying why.
+func TestSSEResumeAfterRestart(t *testing.T) {
+	e := setup(t, setupOpts{})
+	e.push("alice", "after restart")
+	ch := e.subscribe("500")
+	if ev := next(t, ch); ev.id != "1" || ev.ev.Text != "after restart" {
+		t.Errorf("stream resumed with Last-Event-ID 500 starts at %+v; want id 1", ev)
+	}
+	if n := strings.Count(e.logs.String(), "Last-Event-ID was never issued"); n != 1 {
+		t.Errorf("log says %d times that Last-Event-ID was unknown; want once", n)
+	}
+}
+
 func TestDelivery(t *testing.T) {
 	var mu sync.Mutex
 	var got []adapter.Event

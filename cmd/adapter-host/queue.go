@@ -77,14 +77,16 @@ func (q *Queue) Append(events []adapter.Event) error {
 func jsonEvent(e adapter.Event) ([]byte, error) { return json.Marshal(e) }
 
 // Start returns the seq a new consumer starts at: after lastID if the consumer gives one
-// (Last-Event-ID), else the oldest event no consumer has received.
-func (q *Queue) Start(lastID uint64, resume bool) uint64 {
+// (Last-Event-ID), else the oldest event no consumer has received. A lastID this queue never
+// issued (the host restarted and numbers from 1 again) is unknown: the consumer starts at
+// the oldest unconsumed event too, rather than skipping every event up to lastID.
+func (q *Queue) Start(lastID uint64, resume bool) (seq uint64, unknown bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if resume {
-		return lastID + 1
+	if resume && lastID < q.next {
+		return lastID + 1, false
 	}
-	return q.consumed + 1
+	return q.consumed + 1, resume
 }
 
 // Read returns the events from seq on (at most n), and a channel closed when more arrive.

@@ -21,19 +21,22 @@ func TestQueue(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A consumer without Last-Event-ID starts at the oldest unconsumed event.
-	if s := q.Start(0, false); s != 1 {
-		t.Errorf("Start = %d; want 1", s)
+	if s, unknown := q.Start(0, false); s != 1 || unknown {
+		t.Errorf("Start = %d, %v; want 1, false", s, unknown)
 	}
 	got, _, _ := q.Read(1, 10)
 	if len(got) != 2 || got[0].seq != 1 || got[1].seq != 2 {
 		t.Fatalf("Read = %+v", got)
 	}
 	q.Consumed(1)
-	if s := q.Start(0, false); s != 2 {
+	if s, _ := q.Start(0, false); s != 2 {
 		t.Errorf("Start after consuming 1 = %d; want 2", s)
 	}
-	if s := q.Start(1, true); s != 2 {
-		t.Errorf("Start(Last-Event-ID 1) = %d; want 2", s)
+	if s, unknown := q.Start(1, true); s != 2 || unknown {
+		t.Errorf("Start(Last-Event-ID 1) = %d, %v; want 2, false", s, unknown)
+	}
+	if s, unknown := q.Start(2, true); s != 3 || unknown {
+		t.Errorf("Start(Last-Event-ID 2, the newest) = %d, %v; want 3, false", s, unknown)
 	}
 	// Room is made by dropping consumed events only.
 	if err := q.Append(events("c", "d")); err != nil {
@@ -57,6 +60,26 @@ func TestQueue(t *testing.T) {
 	case <-wake:
 	default:
 		t.Error("Append did not wake a waiting reader")
+	}
+}
+
+// TestQueueResumeUnknownID is a client resuming with a Last-Event-ID from before a host
+// restart: the new queue numbers from 1 again, so the id is unknown and the client gets the
+// oldest unconsumed event instead of nothing until seq 501.
+func TestQueueResumeUnknownID(t *testing.T) {
+	q := NewQueue(0)
+	if err := q.Append(events("a", "b", "c")); err != nil {
+		t.Fatal(err)
+	}
+	q.Consumed(1)
+	for _, last := range []uint64{4, 500} { // 4: the next seq, not issued yet
+		s, unknown := q.Start(last, true)
+		if s != 2 || !unknown {
+			t.Errorf("Start(Last-Event-ID %d) = %d, %v; want 2 (oldest unconsumed), true", last, s, unknown)
+		}
+		if got, _, _ := q.Read(s, 10); len(got) != 2 || got[0].seq != 2 {
+			t.Errorf("Read(%d) = %+v; want seqs 2 and 3", s, got)
+		}
 	}
 }
 

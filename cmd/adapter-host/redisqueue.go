@@ -19,7 +19,9 @@ import (
 // ([RedisQueue]) shared by a fleet.
 type eventQueue interface {
 	Append(events []adapter.Event) error
-	Start(lastID uint64, resume bool) uint64
+	// Start returns the seq a consumer starts at, and whether lastID (given when resume is
+	// true) was unknown: not issued by this queue, so the oldest unconsumed event is used.
+	Start(lastID uint64, resume bool) (seq uint64, unknown bool)
 	Read(seq uint64, n int) (out []queued, wake <-chan struct{}, lost uint64)
 	Consumed(seq uint64)
 	Len() (held, unconsumed int)
@@ -157,12 +159,23 @@ func (q *RedisQueue) Append(events []adapter.Event) error {
 	return nil
 }
 
-// Start implements eventQueue.
-func (q *RedisQueue) Start(lastID uint64, resume bool) uint64 {
+// Start implements eventQueue. A lastID above the stream's counter (the stream was reset or
+// the keys deleted, so numbering began again) is unknown.
+func (q *RedisQueue) Start(lastID uint64, resume bool) (seq uint64, unknown bool) {
 	if resume {
-		return lastID + 1
+		ctx, cancel := context.WithTimeout(context.Background(), redisOpTimeout)
+		defer cancel()
+		issued, err := q.rdb.Get(ctx, q.counter).Uint64()
+		switch {
+		case err != nil && !errors.Is(err, redis.Nil):
+			// Redis is down: trust the client; reads retry until Redis answers.
+			q.log.Warn("reading the event counter failed", "stream", q.stream, "error", err)
+			return lastID + 1, false
+		case lastID <= issued:
+			return lastID + 1, false
+		}
 	}
-	return q.consumed() + 1
+	return q.consumed() + 1, resume
 }
 
 func (q *RedisQueue) consumed() uint64 {

@@ -290,7 +290,11 @@ func (s *server) events(w http.ResponseWriter, r *http.Request) {
 		s.sseClients--
 		s.sseMu.Unlock()
 	}()
-	seq := b.queue.Start(last, resume)
+	seq, unknown := b.queue.Start(last, resume)
+	if unknown {
+		s.log.Warn("Last-Event-ID was never issued by this event queue (the host restarted or the stream was reset); starting at the oldest unconsumed event",
+			"bot", b.name, "last_event_id", last, "start", seq)
+	}
 	ping := time.NewTicker(15 * time.Second)
 	defer ping.Stop()
 	for {
