@@ -307,6 +307,70 @@ func TestSendAttachmentsAndMedia(t *testing.T) {
 	}
 }
 
+// TestSendVoiceVideoMPNews: voice and video attachments are uploaded with their own media
+// type and sent as voice and video messages (video with its title); mpnews cards go out as
+// mpnews.
+func TestSendVoiceVideoMPNews(t *testing.T) {
+	t.Parallel()
+	c, srv := setup(t, wecom.Options{})
+	amr, mp4 := []byte("#!AMR\n-fake-voice"), []byte("\x00\x00\x00\x18ftypmp42-fake-video")
+	rc, err := c.Send(t.Context(), adapter.Message{To: adapter.Target{User: "u"}, Attachments: []adapter.Attachment{
+		{Name: "v.amr", ContentType: "audio/amr", Data: amr},
+		{Name: "clip.mp4", ContentType: "video/mp4", Data: mp4, Title: "Demo", Description: "the demo"},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent := srv.Sent()
+	if len(sent) != 2 || len(rc.IDs) != 2 {
+		t.Fatalf("sent %d messages, receipt %+v; want voice and video", len(sent), rc)
+	}
+	for i, want := range []struct {
+		typ  string
+		data []byte
+	}{{"voice", amr}, {"video", mp4}} {
+		m := srv.Media(sent[i].MediaID)
+		if sent[i].MsgType != want.typ || m == nil || m.Type != want.typ || string(m.Data) != string(want.data) {
+			t.Errorf("message %d: msgtype %q, media %+v; want %s", i, sent[i].MsgType, m, want.typ)
+		}
+	}
+	var body struct {
+		Video struct {
+			MediaID     string `json:"media_id"`
+			Title       string `json:"title"`
+			Description string `json:"description"`
+		} `json:"video"`
+	}
+	if err := json.Unmarshal(sent[1].Body, &body); err != nil || body.Video.Title != "Demo" ||
+		body.Video.Description != "the demo" || body.Video.MediaID != sent[1].MediaID {
+		t.Errorf("video body %s; want media_id, title and description", sent[1].Body)
+	}
+
+	card := fmt.Sprintf(`{"type":"mpnews","mpnews":{"articles":[{"title":"t","thumb_media_id":%q,"content":"<p>hi</p>","digest":"d"}]}}`, sent[1].MediaID)
+	if _, err := c.Send(t.Context(), adapter.Message{To: adapter.Target{User: "u"}, Card: json.RawMessage(card)}); err != nil {
+		t.Fatal(err)
+	}
+	last := srv.Sent()[2]
+	var mp struct {
+		MPNews struct {
+			Articles []struct {
+				Title   string `json:"title"`
+				Content string `json:"content"`
+			} `json:"articles"`
+		} `json:"mpnews"`
+	}
+	if err := json.Unmarshal(last.Body, &mp); err != nil || last.MsgType != "mpnews" || len(mp.MPNews.Articles) != 1 || mp.MPNews.Articles[0].Content != "<p>hi</p>" {
+		t.Errorf("mpnews sent as %q: %s", last.MsgType, last.Body)
+	}
+	nine := `{"type":"mpnews","articles":[` + strings.Repeat(`{"title":"t"},`, 8) + `{"title":"t"}]}`
+	if _, err := c.Send(t.Context(), adapter.Message{To: adapter.Target{User: "u"}, Card: json.RawMessage(nine)}); !errors.Is(err, adapter.ErrInvalidRequest) {
+		t.Errorf("mpnews with 9 articles: error = %v; want invalid request", err)
+	}
+	if got := srv.Calls("message/send"); got != 3 {
+		t.Errorf("message/send called %d times; want 3", got)
+	}
+}
+
 // TestMediaTextAndJSON: media/get of a text or JSON file returns the file; only a JSON answer
 // with a non-zero errcode is an error. File names survive quotes and non-ASCII characters.
 func TestMediaTextAndJSON(t *testing.T) {
@@ -347,6 +411,8 @@ func TestUploadLimits(t *testing.T) {
 		{"voice over 2MB", adapter.Attachment{Name: "v.amr", ContentType: "audio/amr", Body: strings.NewReader(""), Size: 2<<20 + 1}, adapter.ErrTooLarge},
 		{"image over 10MB", adapter.Attachment{Name: "i.png", ContentType: "image/png", Body: strings.NewReader(""), Size: 10<<20 + 1}, adapter.ErrTooLarge},
 		{"file over 20MB", adapter.Attachment{Name: "f", Body: strings.NewReader(""), Size: 20<<20 + 1}, adapter.ErrTooLarge},
+		{"video over 10MB", adapter.Attachment{Name: "v.mp4", ContentType: "video/mp4", Body: strings.NewReader(""), Size: 10<<20 + 1}, adapter.ErrTooLarge},
+		{"typed video over 10MB", adapter.Attachment{Type: adapter.AttachVideo, Name: "v", Data: make([]byte, 10<<20+1)}, adapter.ErrTooLarge},
 		{"voice not amr", adapter.Attachment{Name: "v.mp3", ContentType: "audio/mpeg", Data: []byte("123456")}, adapter.ErrInvalidRequest},
 		{"no content", adapter.Attachment{Name: "n"}, adapter.ErrInvalidRequest},
 		{"short body", adapter.Attachment{Name: "s", Body: strings.NewReader("1234567"), Size: 10}, adapter.ErrInvalidRequest},

@@ -372,6 +372,9 @@ func TestUploadErrors(t *testing.T) {
 		{"empty", "file", "media", nil, 44001},
 		{"voice over 2MB", "voice", "media", make([]byte, 2<<20+1), 40006},
 		{"image over 10MB", "image", "media", make([]byte, 10<<20+1), 40009},
+		{"video over 10MB", "video", "media", make([]byte, 10<<20+1), 40011},
+		{"file over 20MB", "file", "media", make([]byte, 20<<20+1), 45001},
+		{"video at 10MB", "video", "media", make([]byte, 10<<20), 0},
 	}
 	for _, tc := range tests {
 		if r := upload(t, srv, tok, tc.typ, tc.field, tc.data); code(r) != tc.want {
