@@ -35,9 +35,10 @@ type Adapter interface {
 	// HandleWebhook turns one platform callback request into the HTTP response to give the
 	// platform and the events it carried (zero or more). It verifies signatures before it
 	// trusts anything in the request. On a request it refuses, it returns a non-nil response
-	// (4xx) and an *Error whose Kind says why (KindUnauthorized for a bad signature,
-	// KindInvalidRequest for a malformed or replayed request, KindTooLarge for a body over
-	// the limit); the host should answer with the response and log the error. A host must
+	// (4xx) and an *Error whose Kind says why (KindUnauthorized for a bad signature or a
+	// request it will not trust though signed, such as a replayed timestamp or another
+	// tenant's payload; KindInvalidRequest for a malformed request; KindTooLarge for a body
+	// over the limit); the host should answer with the response and log the error. A host must
 	// queue the events before it writes a 2xx response, so nothing acknowledged is lost.
 	HandleWebhook(ctx context.Context, req *WebhookRequest) (*WebhookResponse, []Event, error)
 

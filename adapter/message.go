@@ -18,9 +18,10 @@ type Message struct {
 	Markdown string `json:"markdown,omitempty"`
 	HTML     string `json:"html,omitempty"` // Graph only
 	// Card is a platform card as raw JSON with a "type": WeCom "news", "textcard",
-	// "template_card", "mpnews" or "video"; the card's fields sit either under a key named
-	// like its type ({"type":"textcard","textcard":{...}}) or beside "type"
-	// ({"type":"textcard","title":..}). Graph takes {"type":"adaptive", ...}.
+	// "template_card" or "mpnews" (a WeCom video is an [Attachment] of type video, with Title
+	// and Description); the card's fields sit either under a key named like its type
+	// ({"type":"textcard","textcard":{...}}) or beside "type" ({"type":"textcard","title":..}).
+	// Graph takes {"type":"adaptive", ...}.
 	Card json.RawMessage `json:"card,omitempty"`
 
 	Subject string `json:"subject,omitempty"`  // mail subject; ignored elsewhere

@@ -239,6 +239,7 @@ func TestSendContent(t *testing.T) {
 		{"template card", adapter.Message{Card: json.RawMessage(`{"type":"template_card","card_type":"text_notice","main_title":{"title":"x"}}`)}, "template_card", nil},
 		{"template card bad type", adapter.Message{Card: json.RawMessage(`{"type":"template_card","card_type":"nope"}`)}, "", adapter.ErrInvalidRequest},
 		{"unknown card", adapter.Message{Card: json.RawMessage(`{"type":"adaptive"}`)}, "", adapter.ErrInvalidRequest},
+		{"video card", adapter.Message{Card: json.RawMessage(`{"type":"video","media_id":"m"}`)}, "", adapter.ErrInvalidRequest},
 		{"card not object", adapter.Message{Card: json.RawMessage(`[1]`)}, "", adapter.ErrInvalidRequest},
 		{"html", adapter.Message{HTML: "<b>x</b>"}, "", adapter.ErrInvalidRequest},
 		{"two kinds", adapter.Message{Text: "a", Markdown: "b"}, "", adapter.ErrInvalidRequest},
@@ -253,6 +254,9 @@ func TestSendContent(t *testing.T) {
 			if tc.wantErr != nil {
 				if !errors.Is(err, tc.wantErr) {
 					t.Errorf("Send error = %v; want %v", err, tc.wantErr)
+				}
+				if tc.name == "video card" && (err == nil || !strings.Contains(err.Error(), "Attachments")) {
+					t.Errorf("video card error = %v; want it to point to Message.Attachments", err)
 				}
 				return
 			}

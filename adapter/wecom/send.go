@@ -407,6 +407,8 @@ func cardPart(card json.RawMessage) (*part, error) {
 			return nil, invalid("template_card has card_type %q", tc.CardType)
 		}
 		r.TemplateCard = inner
+	case adapter.AttachImage, adapter.AttachVoice, adapter.AttachVideo, adapter.AttachFile:
+		return nil, invalid("WeCom sends a %s as an attachment (Message.Attachments), not as a card", typ)
 	default:
 		return nil, invalid("card type %q is not one WeCom sends (news, textcard, template_card, mpnews)", typ)
 	}
