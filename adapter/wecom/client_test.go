@@ -678,11 +678,32 @@ func TestBusyRetries(t *testing.T) {
 		}
 		srv.ClearFailures()
 
-		// 45033: a short backoff, then success.
+		// 45033: a short backoff (1 s, jittered down to half), then success.
 		srv.Fail("message/send", 45033, 1)
+		calls, start := srv.Calls("message/send"), time.Now()
 		if _, err := c.Send(t.Context(), text(adapter.Target{User: "u"}, "x")); err != nil {
 			t.Errorf("Send after one 45033: %v", err)
 		}
+		if got := srv.Calls("message/send") - calls; got != 2 {
+			t.Errorf("after one 45033: message/send called %d times; want 2", got)
+		}
+		if d := time.Since(start); d < 500*time.Millisecond || d > time.Second {
+			t.Errorf("after one 45033: waited %v; want 0.5 s to 1 s", d)
+		}
+		// 45033 every time: 2 retries (1 s, 2 s, each jittered down to half), then rate limited.
+		srv.Fail("message/send", 45033, -1)
+		calls, start = srv.Calls("message/send"), time.Now()
+		_, err = c.Send(t.Context(), text(adapter.Target{User: "u"}, "x"))
+		if !errors.Is(err, adapter.ErrRateLimited) || adapter.Code(err) != "45033" || adapter.RetryAfter(err) != time.Second {
+			t.Errorf("persistent 45033: error = %v (retry after %v); want rate limited 45033, 1 s", err, adapter.RetryAfter(err))
+		}
+		if got := srv.Calls("message/send") - calls; got != 3 {
+			t.Errorf("persistent 45033: message/send called %d times; want 3 (1 + 2 retries)", got)
+		}
+		if d := time.Since(start); d < 1500*time.Millisecond || d > 3*time.Second {
+			t.Errorf("persistent 45033: waited %v; want 1.5 s to 3 s", d)
+		}
+		srv.ClearFailures()
 		// A deadline shorter than the backoff: no wait, the error at once.
 		srv.Fail("message/send", -1, 1)
 		ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
 	"github.com/seed-a64d9e1f/chatwire/adapter/wecom"
+	"github.com/seed-a64d9e1f/chatwire/adapter/wecom/wecomtest"
 	"github.com/seed-a64d9e1f/chatwire/tokenmgr"
 )
 
@@ -122,6 +123,66 @@ func TestGetTokenBusyRetried(t *testing.T) {
 		}
 		if got := srv.TokenRequests(); got != 4 {
 			t.Errorf("TokenRequests() = %d; want 4", got)
+		}
+	})
+}
+
+// TestGetTokenBusyGivesUp: gettoken answering -1 is retried 3 times with a short, jittered
+// backoff (0.5 s, 1 s, 2 s, each halved at least), then the -1 comes back as a temporary error.
+func TestGetTokenBusyGivesUp(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv := &wecomtest.Server{}
+		srv.Fail("gettoken", -1, -1)
+		src := &wecom.TokenSource{APIBase: "http://wecom.test", CorpID: testCorp, CorpSecret: testSecret, HTTPClient: srv.Client()}
+		start := time.Now()
+		_, err := src.Token(t.Context())
+		var apiErr *wecom.APIError
+		if !errors.As(err, &apiErr) || apiErr.Code != -1 || !errors.Is(err, tokenmgr.ErrTemporary) {
+			t.Fatalf("Token error = %v; want temporary -1", err)
+		}
+		if got := srv.TokenRequests(); got != 4 {
+			t.Errorf("TokenRequests() = %d; want 4 (1 + 3 retries)", got)
+		}
+		if d := time.Since(start); d < 1750*time.Millisecond || d > 3500*time.Millisecond {
+			t.Errorf("gave up after %v; want 1.75 s to 3.5 s of backoff", d)
+		}
+	})
+}
+
+// TestGetTokenRateLimited: gettoken answering 45009 is not retried: the Client returns a
+// rate-limited error with a retry-after of 60 s, and asks again only once that has passed.
+func TestGetTokenRateLimited(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c, srv := setup(t, wecom.Options{})
+		srv.Fail("gettoken", 45009, -1)
+		start := time.Now()
+		_, err := c.Send(t.Context(), text(adapter.Target{User: "u"}, "x"))
+		if !errors.Is(err, adapter.ErrRateLimited) || adapter.Code(err) != "45009" || adapter.RetryAfter(err) < 60*time.Second {
+			t.Fatalf("Send error = %v (retry after %v); want rate limited 45009, ≥ 60 s", err, adapter.RetryAfter(err))
+		}
+		if got := adapter.HTTPStatus(err); got != http.StatusTooManyRequests {
+			t.Errorf("HTTPStatus = %d; want 429", got)
+		}
+		if d := time.Since(start); d != 0 {
+			t.Errorf("Send waited %v on 45009; want an immediate return", d)
+		}
+		if got := srv.TokenRequests(); got != 1 {
+			t.Errorf("TokenRequests() = %d; want 1 (no retry on 45009)", got)
+		}
+		time.Sleep(30 * time.Second)
+		if _, err := c.Send(t.Context(), text(adapter.Target{User: "u"}, "x")); !errors.Is(err, adapter.ErrRateLimited) {
+			t.Errorf("Send 30 s later: %v; want rate limited", err)
+		}
+		if got := srv.TokenRequests(); got != 1 {
+			t.Errorf("TokenRequests() = %d 30 s later; want still 1", got)
+		}
+		srv.ClearFailures()
+		time.Sleep(31 * time.Second)
+		if _, err := c.Send(t.Context(), text(adapter.Target{User: "u"}, "x")); err != nil {
+			t.Errorf("Send after the block: %v", err)
+		}
+		if got := srv.TokenRequests(); got != 2 {
+			t.Errorf("TokenRequests() = %d after the block; want 2", got)
 		}
 	})
 }
