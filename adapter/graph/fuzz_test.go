@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"testing/synctest"
@@ -88,6 +89,17 @@ func TestNoSecretsInLogsOrErrors(t *testing.T) {
 		record(ae.a.Start(ctx))
 		_, err := ae.a.Send(ctx, adapter.Message{To: adapter.Target{Chat: "c"}, Text: "x"})
 		record(err)
+		// An upload URL is a credential (tempauth= in its query): dropped connections on the
+		// fragments and on every status GET must not put it in an error or a log line.
+		ae.srv.DropUploadConnections(40)
+		_, err = ae.a.Upload(ctx, adapter.Attachment{Name: "big.bin", Data: randomBytes(5 << 20)})
+		record(err)
+		if err == nil {
+			t.Errorf("Upload() through dropped connections succeeded; want an error")
+		}
+		// And with a session that works, but a client that cannot send to it.
+		_, err = ae.a.Client().putFragment(ctx, "http://graph.test/upload/x?tempauth=tempauth-marker\x7f", []byte("x"), 0, 0, 1)
+		record(err)
 		ae.srv.RevokeTokens()
 		_, err = ae.a.Send(ctx, adapter.Message{To: adapter.Target{Chat: "c"}, Text: "x"})
 		record(err)
@@ -117,6 +129,17 @@ func TestNoSecretsInLogsOrErrors(t *testing.T) {
 			if r.Auth != "" {
 				secrets = append(secrets, r.Auth)
 			}
+		}
+		for _, u := range ae.srv.UploadURLs() {
+			pu, err := url.Parse(u)
+			if err != nil || pu.Query().Get("tempauth") == "" {
+				t.Fatalf("upload URL without tempauth: %v", err)
+			}
+			secrets = append(secrets, pu.Query().Get("tempauth"))
+		}
+		secrets = append(secrets, "tempauth-marker")
+		if len(ae.srv.UploadURLs()) == 0 {
+			t.Fatalf("no upload session was created; the upload scenario did not run")
 		}
 		if len(secrets) < 5 {
 			t.Fatalf("collected only %d secrets; the scenario did not run", len(secrets))

@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/seed-a64d9e1f/chatwire/adapter"
 )
 
 // Upload limits (spec §7).
@@ -79,15 +81,18 @@ func (c *Client) UploadFile(ctx context.Context, itemPath string, r io.Reader, s
 			return nil, fmt.Errorf("graph: upload %s: %d bytes from a non-seekable stream (limit %d)", itemPath, size, maxInMemoryUpload)
 		}
 		buf := make([]byte, size)
-		if _, err := io.ReadFull(r, buf); err != nil {
+		if n, err := io.ReadFull(r, buf); err != nil {
+			if err == io.EOF || err == io.ErrUnexpectedEOF {
+				return nil, shortContent(int64(n), size, err)
+			}
 			return nil, fmt.Errorf("graph: upload %s: reading content: %w", itemPath, err)
 		}
 		ra = bytes.NewReader(buf)
 	}
 	if size <= SimpleUploadMax {
 		buf := make([]byte, size)
-		if _, err := ra.ReadAt(buf, 0); err != nil && err != io.EOF {
-			return nil, fmt.Errorf("graph: upload %s: reading content: %w", itemPath, err)
+		if err := readFull(ra, buf, 0, size); err != nil {
+			return nil, err
 		}
 		resp, err := c.send(ctx, http.MethodPut, escapePath(itemPath)+":/content", buf, "application/octet-stream")
 		if err != nil {
@@ -104,6 +109,28 @@ func (c *Client) UploadFile(ctx context.Context, itemPath string, r io.Reader, s
 		return &item, nil
 	}
 	return c.uploadSession(ctx, itemPath, ra, size, opts)
+}
+
+// readFull reads exactly len(p) bytes at off (io.ReadFull semantics for an io.ReaderAt): a
+// reader that ends early is an invalid request, never a zero-padded upload.
+func readFull(ra io.ReaderAt, p []byte, off, size int64) error {
+	n, err := ra.ReadAt(p, off)
+	if n == len(p) {
+		return nil
+	}
+	if err == nil || err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	if err == io.ErrUnexpectedEOF {
+		return shortContent(off+int64(n), size, err)
+	}
+	return fmt.Errorf("graph: upload: reading content at %d: %w", off+int64(n), err)
+}
+
+// shortContent is the error for content that ends before its declared size.
+func shortContent(got, size int64, err error) error {
+	return &adapter.Error{Kind: adapter.KindInvalidRequest, Platform: adapter.PlatformGraph, Code: "contentTooShort",
+		Message: fmt.Sprintf("upload: the content ended after %d bytes but its declared size is %d", got, size), Err: err}
 }
 
 // escapePath escapes the item path part of a drive path, leaving its structure alone.
@@ -217,11 +244,48 @@ func (c *Client) putSession(ctx context.Context, uploadURL string, ra io.ReaderA
 		}
 		return nil
 	}
+	done := func() error {
+		if opts.Progress != nil {
+			opts.Progress(size, size)
+		}
+		return nil
+	}
+	// gone handles a 404 from the session (expired or already completed): if the fragment
+	// just sent was the last, the file may be complete (its answer was lost), so look it up;
+	// otherwise start over with a new session (spec §7). It reports whether the upload is done.
+	gone := func(err error, final bool) (bool, error) {
+		if !isNotFound(err) {
+			return false, err
+		}
+		if final && s != nil && s.completed() {
+			return true, done()
+		}
+		if restarts >= 2 || restart == nil {
+			return false, err
+		}
+		restarts++
+		c.log.LogAttrs(ctx, slog.LevelWarn, "graph upload session gone: starting over", slog.String("platform", "graph"))
+		u, rerr := restart()
+		if rerr != nil {
+			return false, rerr
+		}
+		uploadURL, offset = u, 0
+		return false, nil
+	}
 	for {
+		if offset >= size {
+			// The session says it has every byte, yet no fragment got the final answer: the
+			// upload may have completed; anything else is a broken session.
+			if offset == size && s != nil && s.completed() {
+				return done()
+			}
+			return &APIError{StatusCode: http.StatusBadGateway, Code: "uploadIncomplete",
+				Message: fmt.Sprintf("upload: the session reports all %d bytes received but the upload did not complete", size)}
+		}
 		end := min(offset+frag, size) - 1
 		chunk := buf[:end-offset+1]
-		if _, err := ra.ReadAt(chunk, offset); err != nil && err != io.EOF {
-			return fmt.Errorf("graph: upload: reading content at %d: %w", offset, err)
+		if err := readFull(ra, chunk, offset, size); err != nil {
+			return err
 		}
 		resp, err := c.putFragment(ctx, uploadURL, chunk, offset, end, size)
 		if err != nil {
@@ -230,27 +294,15 @@ func (c *Client) putSession(ctx context.Context, uploadURL string, ra io.ReaderA
 			}
 			// Dropped connection: the bytes may or may not have arrived. Back off, then ask.
 			if e := fail(err); e != nil {
-				return &APIError{StatusCode: http.StatusBadGateway, Code: "connectionError", Message: "upload: " + redactURLError(err).Error()}
+				return &APIError{StatusCode: http.StatusBadGateway, Code: "connectionError", Message: "upload: " + err.Error()}
 			}
 			if !c.sleep(ctx, c.backoff(failures)) {
 				return ctx.Err()
 			}
-			if offset, err = c.sessionOffset(ctx, uploadURL, offset); err != nil {
-				if isNotFound(err) && end == size-1 && s != nil && s.completed() {
-					if opts.Progress != nil {
-						opts.Progress(size, size)
-					}
-					return nil
+			if offset, err = c.sessionOffset(ctx, uploadURL, offset, size); err != nil {
+				if ok, err := gone(err, end == size-1); ok || err != nil {
+					return err
 				}
-				if isNotFound(err) && restarts < 2 && restart != nil {
-					restarts++
-					if uploadURL, err = restart(); err != nil {
-						return err
-					}
-					offset = 0
-					continue
-				}
-				return err
 			}
 			continue
 		}
@@ -258,15 +310,12 @@ func (c *Client) putSession(ctx context.Context, uploadURL string, ra io.ReaderA
 		resp.Body.Close()
 		switch {
 		case resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusCreated:
-			if opts.Progress != nil {
-				opts.Progress(size, size)
-			}
 			if out != nil && len(bytes.TrimSpace(raw)) > 0 {
 				if err := json.Unmarshal(raw, out); err != nil {
 					return fmt.Errorf("graph: upload: decoding the final answer: %w", err)
 				}
 			}
-			return nil
+			return done()
 		case resp.StatusCode == http.StatusAccepted:
 			failures = 0
 			var st sessionStatus
@@ -276,7 +325,7 @@ func (c *Client) putSession(ctx context.Context, uploadURL string, ra io.ReaderA
 				next = end + 1
 			}
 			offset = next
-			if opts.Progress != nil {
+			if opts.Progress != nil && offset < size {
 				opts.Progress(offset, size)
 			}
 		case resp.StatusCode == http.StatusRequestedRangeNotSatisfiable:
@@ -285,19 +334,15 @@ func (c *Client) putSession(ctx context.Context, uploadURL string, ra io.ReaderA
 			if statusChecks > maxRetries*4 {
 				return parseAPIError(resp, raw, time.Now())
 			}
-			if offset, err = c.sessionOffset(ctx, uploadURL, end+1); err != nil {
-				return err
+			if offset, err = c.sessionOffset(ctx, uploadURL, end+1, size); err != nil {
+				if ok, err := gone(err, end == size-1); ok || err != nil {
+					return err
+				}
 			}
 		case resp.StatusCode == http.StatusNotFound:
-			if restarts >= 2 || restart == nil {
-				return parseAPIError(resp, raw, time.Now())
-			}
-			restarts++
-			c.log.LogAttrs(ctx, slog.LevelWarn, "graph upload session gone: starting over", slog.String("platform", "graph"))
-			if uploadURL, err = restart(); err != nil {
+			if ok, err := gone(parseAPIError(resp, raw, time.Now()), false); ok || err != nil {
 				return err
 			}
-			offset = 0
 		case resp.StatusCode >= 500:
 			apiErr := parseAPIError(resp, raw, time.Now())
 			if e := fail(apiErr); e != nil {
@@ -323,25 +368,31 @@ func isNotFound(err error) bool {
 }
 
 // putFragment PUTs one fragment to the upload URL. It never sends Authorization: the URL
-// itself is the credential, and Graph may answer 401 to a bearer token there.
+// itself is the credential (real ones carry tempauth=), and Graph may answer 401 to a bearer
+// token there. Errors never include the URL's query.
 func (c *Client) putFragment(ctx context.Context, uploadURL string, chunk []byte, start, end, total int64) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPut, uploadURL, bytes.NewReader(chunk))
 	if err != nil {
-		return nil, err
+		return nil, redactURLError(err)
 	}
 	req.ContentLength = int64(len(chunk))
 	req.Header.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, end, total))
 	req.Header.Del("Authorization")
-	return c.hc.Do(req)
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, redactURLError(err)
+	}
+	return resp, nil
 }
 
 // sessionOffset asks an upload session where to continue (GET uploadUrl). fallback is used
-// when the answer lists no range.
-func (c *Client) sessionOffset(ctx context.Context, uploadURL string, fallback int64) (int64, error) {
+// when the answer lists no range. An offset past size is a broken answer, returned as an
+// error (it would otherwise index past the content). Errors never include the URL's query.
+func (c *Client) sessionOffset(ctx context.Context, uploadURL string, fallback, size int64) (int64, error) {
 	for attempt := 1; ; attempt++ {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, uploadURL, nil)
 		if err != nil {
-			return 0, err
+			return 0, redactURLError(err)
 		}
 		resp, err := c.hc.Do(req)
 		if err == nil {
@@ -350,16 +401,23 @@ func (c *Client) sessionOffset(ctx context.Context, uploadURL string, fallback i
 			if resp.StatusCode == http.StatusOK {
 				var st sessionStatus
 				json.Unmarshal(raw, &st)
-				if n := st.nextOffset(); n >= 0 {
-					return n, nil
+				n := st.nextOffset()
+				if n < 0 {
+					n = fallback
 				}
-				return fallback, nil
+				if n > size {
+					return 0, &APIError{StatusCode: http.StatusBadGateway, Code: "invalidUploadStatus",
+						Message: fmt.Sprintf("upload: the session expects bytes from %d but the file has only %d", n, size)}
+				}
+				return n, nil
 			}
 			apiErr := parseAPIError(resp, raw, time.Now())
 			if resp.StatusCode < 500 {
 				return 0, apiErr
 			}
 			err = apiErr
+		} else {
+			err = &APIError{StatusCode: http.StatusBadGateway, Code: "connectionError", Message: "upload status: " + redactURLError(err).Error()}
 		}
 		if ctx.Err() != nil {
 			return 0, ctx.Err()

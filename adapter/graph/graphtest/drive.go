@@ -18,6 +18,7 @@ const MaxSimpleUpload = 4 << 20
 
 type uploadSession struct {
 	id, kind, user, path, draft string // kind "drive" or "mail"
+	tempauth                    string // the query credential of the upload URL
 	name, contentType           string
 	total                       int64 // -1 until known
 	data                        []byte
@@ -33,6 +34,30 @@ func (s *Server) Files() map[string]File {
 		out[k] = *f
 	}
 	return out
+}
+
+// UploadURLs returns every upload URL handed out so far, in order. Each carries a unique
+// tempauth= credential in its query, as real ones do.
+func (s *Server) UploadURLs() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.uploadURLs...)
+}
+
+// UploadRequest is one request an upload URL received.
+type UploadRequest struct {
+	Method string
+	// Range is the Content-Range of a PUT ("bytes 0-327679/1048576"), "" otherwise.
+	Range string
+	// Status is the status answered; 0 for a dropped connection.
+	Status int
+}
+
+// UploadRequests returns the requests upload URLs received so far, in order.
+func (s *Server) UploadRequests() []UploadRequest {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]UploadRequest(nil), s.uploadReqs...)
 }
 
 // ExpireUploadSessions ends every open upload session: the next request to its URL gets 404.
@@ -177,11 +202,15 @@ func (s *Server) openSession(w http.ResponseWriter, r *http.Request, u *uploadSe
 	s.mu.Lock()
 	s.initLocked()
 	u.id = randomString(16)
+	u.tempauth = "tempauth-" + randomString(16)
 	u.expires = time.Now().Add(s.sessionLife()).UTC()
 	s.sessions[u.id] = u
+	// Like SharePoint's, the URL carries its credential in the query (tempauth=).
+	uploadURL := baseURL(r) + "/upload/" + u.id + "?guid=%27" + u.id + "%27&tempauth=" + u.tempauth
+	s.uploadURLs = append(s.uploadURLs, uploadURL)
 	s.mu.Unlock()
 	writeJSON(w, http.StatusOK, map[string]any{
-		"uploadUrl": baseURL(r) + "/upload/" + u.id, "expirationDateTime": u.expires.Format(time.RFC3339Nano),
+		"uploadUrl": uploadURL, "expirationDateTime": u.expires.Format(time.RFC3339Nano),
 		"nextExpectedRanges": []string{"0-"},
 	})
 }
@@ -233,18 +262,46 @@ func (s *Server) serveUpload(w http.ResponseWriter, r *http.Request) {
 		s.uploadFault = s.uploadFault[1:]
 	}
 	s.mu.Unlock()
+	sw := &statusWriter{ResponseWriter: w}
+	defer func() {
+		s.mu.Lock()
+		s.uploadReqs = append(s.uploadReqs, UploadRequest{Method: r.Method, Range: r.Header.Get("Content-Range"), Status: sw.status})
+		s.mu.Unlock()
+	}()
 	if f != nil {
-		if f.drop {
+		switch {
+		case f.drop:
 			panic(http.ErrAbortHandler)
-		}
-		if f.dropAfter {
+		case f.dropAfter:
 			s.serveUploadInner(discard{http.Header{}}, r, id) // the bytes arrive, the answer is lost
 			panic(http.ErrAbortHandler)
+		case f.afterAccept:
+			s.serveUploadInner(discard{http.Header{}}, r, id) // the bytes arrive, the answer is an error
 		}
-		uploadError(w, f.status, f.code, "serviceUnavailable", "The service is temporarily unavailable.")
+		uploadError(sw, f.status, f.code, "serviceUnavailable", "The service is temporarily unavailable.")
 		return
 	}
-	s.serveUploadInner(w, r, id)
+	s.serveUploadInner(sw, r, id)
+}
+
+// statusWriter remembers the status written.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
 }
 
 type discard struct{ h http.Header }
@@ -267,6 +324,10 @@ func (s *Server) serveUploadInner(w http.ResponseWriter, r *http.Request, id str
 	s.mu.Unlock()
 	if u == nil {
 		uploadError(w, http.StatusNotFound, "itemNotFound", "uploadSessionNotFound", "The upload session was not found.")
+		return
+	}
+	if r.URL.Query().Get("tempauth") != u.tempauth {
+		uploadError(w, http.StatusUnauthorized, "unauthenticated", "invalidAuthentication", "The upload URL's tempauth is not valid.")
 		return
 	}
 	switch r.Method {

@@ -64,6 +64,8 @@ type Server struct {
 	drafts      map[string]*MailMessage
 	files       map[string]*File // "user:path" → file
 	sessions    map[string]*uploadSession
+	uploadURLs  []string
+	uploadReqs  []UploadRequest
 	subs        map[string]*Subscription
 	pending     []delivery // failed deliveries, for Redeliver
 	last        *delivery
@@ -146,11 +148,12 @@ type Subscription struct {
 }
 
 type fault struct {
-	status     int
-	retryAfter string // header value, "" for none
-	code       string
-	drop       bool
-	dropAfter  bool
+	status      int
+	retryAfter  string // header value, "" for none
+	code        string
+	drop        bool
+	dropAfter   bool
+	afterAccept bool
 }
 
 type delivery struct {
@@ -318,6 +321,17 @@ func (s *Server) DropUploadResponses(n int) {
 	defer s.mu.Unlock()
 	for range n {
 		s.uploadFault = append(s.uploadFault, fault{dropAfter: true})
+	}
+}
+
+// FailUploadResponses makes the next n requests to upload URLs accept their bytes and then
+// answer status (a 5xx, as a gateway that lost the backend's answer would): the client sends
+// the range again and must handle the 416 that follows.
+func (s *Server) FailUploadResponses(n, status int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for range n {
+		s.uploadFault = append(s.uploadFault, fault{afterAccept: true, status: status, code: codeFor(status)})
 	}
 }
 
