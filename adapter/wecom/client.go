@@ -324,7 +324,7 @@ func send(ctx context.Context, hc *http.Client, method, base, endpoint string, q
 		snippet, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		resp.Body.Close()
 		// A proxy's error page might echo the URL: redact it like the URL itself.
-		snippet = secretParam.ReplaceAll(snippet, []byte("${1}=REDACTED"))
+		snippet = redactSecrets(snippet)
 		return nil, &HTTPError{Endpoint: endpoint, StatusCode: resp.StatusCode, Body: snippet}
 	}
 	return resp, nil

@@ -3,7 +3,9 @@ package wecom_test
 import (
 	"context"
 	"errors"
+	"io"
 	"net/http"
+	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -185,4 +187,39 @@ func TestGetTokenRateLimited(t *testing.T) {
 			t.Errorf("TokenRequests() = %d after the block; want 2", got)
 		}
 	})
+}
+
+// TestHTTPErrorRedacted: a non-200 answer's body (a proxy echoing the request, say) loses
+// secret values both as query parameters and as JSON fields, even when cut off mid-value.
+func TestHTTPErrorRedacted(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name, body string
+		secrets    []string
+	}{
+		{"query", `bad gateway for /cgi-bin/gettoken?corpid=ww1&corpsecret=QSECRET1&x=1 token access_token=QTOKEN1`, []string{"QSECRET1", "QTOKEN1"}},
+		{"json", `{"error":"bad gateway","request":{"access_token":"JTOKEN1","corpsecret" : "JSECRET1","secret":"J\"SECRET2"}}`, []string{"JTOKEN1", "JSECRET1", "SECRET2"}},
+		{"json cut off", `{"pad":"` + strings.Repeat("x", 480) + `","access_token":"CUTTOKEN` + strings.Repeat("z", 100) + `"}`, []string{"CUTTOK"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			hc := &http.Client{Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
+				return &http.Response{StatusCode: http.StatusBadGateway, Body: io.NopCloser(strings.NewReader(tc.body)),
+					Header: http.Header{}, Request: r}, nil
+			})}
+			src := &wecom.TokenSource{CorpID: testCorp, CorpSecret: testSecret, HTTPClient: hc}
+			_, err := src.Token(t.Context())
+			var he *wecom.HTTPError
+			if !errors.As(err, &he) || he.StatusCode != http.StatusBadGateway {
+				t.Fatalf("Token error = %v; want an HTTPError 502", err)
+			}
+			if !strings.Contains(string(he.Body), "REDACTED") {
+				t.Errorf("body %q has nothing redacted", he.Body)
+			}
+			assertNoSecrets(t, err.Error()+string(he.Body), tc.secrets...)
+		})
+	}
+	err := wecom.FromWeChat("user/get", errors.New(`bad answer {"access_token":"FWTOKEN","errcode":1}`))
+	assertNoSecrets(t, err.Error(), "FWTOKEN")
 }

@@ -34,8 +34,18 @@ func (c *Client) Work() *work.Work {
 	return wk
 }
 
-// secretParam matches secret query parameters inside error text.
-var secretParam = regexp.MustCompile(`(access_token|corpsecret|secret)=[^&\s"',]*`)
+// Secrets inside error text: query parameters (access_token=…) and JSON fields
+// ("access_token":"…", up to the closing quote or, in a cut-off body, the end).
+var (
+	secretParam = regexp.MustCompile(`(access_token|corpsecret|secret)=[^&\s"',]*`)
+	secretField = regexp.MustCompile(`"(access_token|corpsecret|secret)"(\s*:\s*)"(?:[^"\\]|\\.)*"?`)
+)
+
+// redactSecrets replaces the values of secret query parameters and JSON fields in b.
+func redactSecrets(b []byte) []byte {
+	b = secretParam.ReplaceAll(b, []byte("${1}=REDACTED"))
+	return secretField.ReplaceAll(b, []byte(`"${1}"${2}"REDACTED"`))
+}
 
 // FromWeChat converts an error of a silenceper/wechat call on endpoint ("user/get") into
 // this package's terms: a *util.CommonError becomes an *APIError (so errors.Is works with
@@ -51,5 +61,5 @@ func FromWeChat(endpoint string, err error) error {
 	if errors.As(err, &ce) {
 		return &APIError{Code: int(ce.ErrCode), Msg: truncate(ce.ErrMsg, 300), Endpoint: endpoint}
 	}
-	return fmt.Errorf("wecom: %s: %s", endpoint, secretParam.ReplaceAllString(err.Error(), "${1}=REDACTED"))
+	return fmt.Errorf("wecom: %s: %s", endpoint, redactSecrets([]byte(err.Error())))
 }
