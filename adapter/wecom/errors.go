@@ -112,7 +112,7 @@ func (e *APIError) Kind() adapter.Kind {
 // hints explains permanent codes in plain words.
 var hints = map[int]string{
 	-1:    "WeCom is busy; retry in a few seconds",
-	40001: "the corp secret is wrong: copy the app's Secret from the WeCom admin console",
+	40001: "the corp secret is wrong: copy the app's Secret from the WeCom admin console", // from gettoken; see Hint
 	40003: "a user id does not exist",
 	40004: "media type not allowed",
 	40005: "bad media type parameter",
@@ -148,8 +148,19 @@ var hints = map[int]string{
 	86003: "chat does not exist or was not created by this app",
 }
 
-// Hint says what to do about e in plain words; empty if nothing useful can be said.
-func (e *APIError) Hint() string { return hints[e.Code] }
+// hint40001Token explains 40001 from an API other than gettoken, where WeCom means the
+// access token, not the secret (spec §2).
+const hint40001Token = "the access token was refused as an invalid credential; it is refreshed and the call retried once, " +
+	"so if this persists the token is not this app's (check corp_id and agent_id of a shared token store)"
+
+// Hint says what to do about e in plain words; empty if nothing useful can be said. 40001
+// blames the secret only when gettoken answered it.
+func (e *APIError) Hint() string {
+	if e.Code == 40001 && e.Endpoint != EndpointGetToken {
+		return hint40001Token
+	}
+	return hints[e.Code]
+}
 
 // wrapErr turns any error from a call to endpoint into an *adapter.Error (keeping err in the
 // chain) so callers can branch on adapter kinds. nil stays nil.

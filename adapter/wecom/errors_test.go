@@ -223,3 +223,31 @@ func TestHTTPErrorRedacted(t *testing.T) {
 	err := wecom.FromWeChat("user/get", errors.New(`bad answer {"access_token":"FWTOKEN","errcode":1}`))
 	assertNoSecrets(t, err.Error(), "FWTOKEN")
 }
+
+// Test40001Hint: 40001 blames the secret when gettoken answers it, and the token when a
+// business API does after a successful refresh (spec §2).
+func Test40001Hint(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fromGetToken := (&wecom.APIError{Code: 40001, Endpoint: wecom.EndpointGetToken}).Hint()
+		fromSend := (&wecom.APIError{Code: 40001, Endpoint: wecom.EndpointSend}).Hint()
+		if !strings.Contains(fromGetToken, "secret is wrong") {
+			t.Errorf("gettoken 40001 hint = %q; want it to blame the secret", fromGetToken)
+		}
+		if strings.Contains(fromSend, "secret") || !strings.Contains(fromSend, "access token") {
+			t.Errorf("message/send 40001 hint = %q; want it to blame the token, not the secret", fromSend)
+		}
+
+		c, srv := setup(t, wecom.Options{})
+		srv.Fail("message/send", 40001, -1)
+		_, err := c.Send(t.Context(), text(adapter.Target{User: "u"}, "x"))
+		if !errors.Is(err, adapter.ErrTokenExpired) || adapter.Code(err) != "40001" {
+			t.Fatalf("Send error = %v; want token expired 40001", err)
+		}
+		if strings.Contains(err.Error(), "secret is wrong") || !strings.Contains(err.Error(), fromSend) {
+			t.Errorf("Send error %q; want the token hint", err)
+		}
+		if got := srv.TokenRequests(); got != 2 {
+			t.Errorf("TokenRequests() = %d; want 2 (one refresh)", got)
+		}
+	})
+}
