@@ -104,6 +104,8 @@ type Adapter struct {
 	pollMu sync.Mutex // guards poll
 	poll   pollState
 
+	fetchSem chan struct{} // bounds concurrent notification fetches (maxConcurrentFetches)
+
 	closeOnce sync.Once
 	closed    chan struct{}
 }
@@ -167,7 +169,8 @@ func New(opts Options) (*Adapter, error) {
 	if opts.Config.HTTPClient == nil {
 		opts.Config.HTTPClient = opts.HTTPClient
 	}
-	a := &Adapter{opts: opts, log: opts.Logger, subs: map[string]*subscription{}, closed: make(chan struct{})}
+	a := &Adapter{opts: opts, log: opts.Logger, subs: map[string]*subscription{}, closed: make(chan struct{}),
+		fetchSem: make(chan struct{}, maxConcurrentFetches)}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -417,6 +418,55 @@ func TestStatus(t *testing.T) {
 		}
 		if _, err := ae.a.Send(t.Context(), adapter.Message{To: adapter.Target{Chat: "c"}, Text: "x"}); !errors.Is(err, adapter.ErrUnavailable) {
 			t.Errorf("Send after Close = %v", err)
+		}
+	})
+}
+
+// inflight counts the message fetches in flight and keeps the maximum; each takes 10 ms of
+// (fake) time so concurrent fetches overlap.
+type inflight struct {
+	srv      *graphtest.Server
+	mu       sync.Mutex
+	now, max int
+}
+
+func (h *inflight) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/messages/") {
+		h.mu.Lock()
+		h.now++
+		h.max = max(h.max, h.now)
+		h.mu.Unlock()
+		time.Sleep(10 * time.Millisecond)
+		defer func() {
+			h.mu.Lock()
+			h.now--
+			h.mu.Unlock()
+		}()
+	}
+	h.srv.ServeHTTP(w, r)
+}
+
+// TestWebhookFetchConcurrencyCapped: a POST with many items fetches at most 4 messages at a
+// time (Outlook's per-mailbox concurrency limit), still all of them.
+func TestWebhookFetchConcurrencyCapped(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		counter := &inflight{}
+		ae := newAdapter(t, func(o *Options) {
+			o.HTTPClient = &http.Client{Transport: graphtest.HandlerTransport(counter)}
+		})
+		counter.srv = ae.srv
+		var items []string
+		for i := range 40 {
+			m := ae.srv.AddChatMessage("chat-1", otherUser, "Alice", fmt.Sprint("m", i))
+			items = append(items, fmt.Sprintf(`{"subscriptionId":"s","clientState":%q,"changeType":"created","resource":"chats('chat-1')/messages('%s')"}`, clientState, m.ID))
+		}
+		body := []byte(`{"value":[` + strings.Join(items, ",") + `]}`)
+		resp, evs, err := ae.a.HandleWebhook(t.Context(), &adapter.WebhookRequest{Method: "POST", Body: body})
+		if err != nil || resp.Status != http.StatusAccepted || len(evs) != 40 {
+			t.Fatalf("HandleWebhook() = %d, %d events, %v; want 202 with 40 events", resp.Status, len(evs), err)
+		}
+		if counter.max != maxConcurrentFetches {
+			t.Errorf("at most %d fetches ran at once; want exactly the cap %d", counter.max, maxConcurrentFetches)
 		}
 	})
 }

@@ -45,6 +45,10 @@ type NotificationBatch struct {
 // maxNotifications bounds the items accepted in one POST.
 const maxNotifications = 1000
 
+// maxConcurrentFetches bounds the message fetches (and lifecycle handlers) running at once
+// for one adapter: Outlook allows 4 concurrent requests per app and mailbox (spec §3).
+const maxConcurrentFetches = 4
+
 // ParseNotifications parses a notification POST body. It rejects anything that is not a JSON
 // object with a "value" array of at most 1000 items; it never panics.
 func ParseNotifications(body []byte) (*NotificationBatch, error) {
@@ -229,9 +233,23 @@ func (a *Adapter) HandleWebhook(ctx context.Context, req *adapter.WebhookRequest
 			}
 		}
 	}
+	// run runs f with one of the adapter's fetch slots; an item that gets no slot before the
+	// fetch budget ends asks for a redelivery.
+	run := func(f func()) {
+		wg.Go(func() {
+			select {
+			case a.fetchSem <- struct{}{}:
+			case <-fctx.Done():
+				addEvents(nil, fctx.Err())
+				return
+			}
+			defer func() { <-a.fetchSem }()
+			f()
+		})
+	}
 	for _, n := range items {
 		if n.LifecycleEvent != "" {
-			wg.Go(func() { addEvents(a.lifecycle(fctx, n)) })
+			run(func() { addEvents(a.lifecycle(fctx, n)) })
 			continue
 		}
 		if n.ChangeType != "" && !strings.Contains(n.ChangeType, "created") {
@@ -246,7 +264,7 @@ func (a *Adapter) HandleWebhook(ctx context.Context, req *adapter.WebhookRequest
 		if ref.Kind == ResourceChat {
 			a.seenChat(ref.Chat, ref.Message)
 		}
-		wg.Go(func() {
+		run(func() {
 			ev, ok, err := a.fetchEvent(fctx, ref)
 			if ok {
 				addEvents([]adapter.Event{ev}, nil)
