@@ -91,7 +91,7 @@ func hostForTest() {
 		fmt.Println("error", err)
 		os.Exit(1)
 	}
-	fmt.Println("pid", p.Pid())
+	fmt.Println("pid", p.Pid(), "dir", p.sockDir)
 	select {}
 }
 
@@ -325,14 +325,22 @@ func TestProcessHostKilled(t *testing.T) {
 		t.Fatalf("reading host output: %v", err)
 	}
 	var pid int
-	if _, err := fmt.Sscanf(line, "pid %d", &pid); err != nil || !alive(pid) {
+	var dir string
+	if _, err := fmt.Sscanf(line, "pid %d dir %s", &pid, &dir); err != nil || !alive(pid) || !strings.Contains(dir, socketDirPrefix) {
 		host.Process.Kill()
 		host.Wait()
 		t.Fatalf("host said %q", line)
 	}
+	t.Cleanup(func() { os.RemoveAll(dir) }) // only if the test failed
+	if ents, err := os.ReadDir(dir); err != nil || len(ents) != 1 {
+		t.Fatalf("socket dir %s holds %d entries, %v; want the plugin's socket", dir, len(ents), err)
+	}
 	host.Process.Signal(syscall.SIGKILL)
 	host.Wait()
 	killed := time.Now()
-	eventually(t, 2*time.Second, fmt.Sprintf("orphaned plugin %d exits", pid), func() bool { return !alive(pid) })
-	t.Logf("plugin exited %v after its host was killed", time.Since(killed).Round(time.Millisecond))
+	eventually(t, 2*time.Second, fmt.Sprintf("orphaned plugin %d exits and removes its socket dir %s", pid, dir), func() bool {
+		_, err := os.Lstat(dir)
+		return !alive(pid) && errors.Is(err, os.ErrNotExist)
+	})
+	t.Logf("plugin exited and cleaned up %v after its host was killed", time.Since(killed).Round(time.Millisecond))
 }

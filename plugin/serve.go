@@ -4,6 +4,12 @@ import (
 	"log"
 	"log/slog"
 	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -31,19 +37,28 @@ type ServeOptions struct {
 // default slog logger. Run without a host, Serve prints a note and exits with status 1.
 func Serve(opts ServeOptions) {
 	log.SetFlags(0)
+	// stderr is a pipe to the host: once the host is gone, Go's default for a write to a
+	// broken stdout/stderr pipe is death by SIGPIPE, which would skip the orphan cleanup
+	// below (and leave the socket). Ignored, such a write just fails.
+	signal.Ignore(syscall.SIGPIPE)
 	if opts.Logger == nil {
 		opts.Logger = slog.New(NewPluginLogHandler(os.Stderr, opts.LogLevel))
 		slog.SetDefault(opts.Logger)
 	}
 	srv := NewServer(opts.ServerOptions)
-	go watchParent(srv, opts.Logger, opts.ParentPoll)
+	o := &orphanWatch{srv: srv, log: opts.Logger, served: make(chan struct{})}
+	go o.watchParent(opts.ParentPoll)
 	goplugin.Serve(&goplugin.ServeConfig{
 		HandshakeConfig:  Handshake,
 		VersionedPlugins: VersionedPlugins(srv),
-		GRPCServer:       newGRPCServer,
+		GRPCServer:       o.newGRPCServer,
 		Logger: hclog.New(&hclog.LoggerOptions{Name: "go-plugin", Output: os.Stderr, JSONFormat: true,
 			Level: hclog.LevelFromString(hclogLevelName(opts.LogLevel))}),
 	})
+	close(o.served)
+	if o.orphaned.Load() {
+		o.exit() // does not return
+	}
 	if err := srv.Close(); err != nil {
 		opts.Logger.Warn("closing bots", "error", err)
 	}
@@ -54,23 +69,79 @@ func newGRPCServer(opts []grpc.ServerOption) *grpc.Server {
 	return grpc.NewServer(opts...)
 }
 
+// socketDirPrefix names the per-process socket directories [Launch] creates.
+const socketDirPrefix = "chatwire-plugin-"
+
+// orphanWatch makes the plugin exit, cleaning up after itself, when its host is gone.
+type orphanWatch struct {
+	srv      *Server
+	log      *slog.Logger
+	grpc     atomic.Pointer[grpc.Server]
+	served   chan struct{} // closed when goplugin.Serve returns
+	orphaned atomic.Bool
+	once     sync.Once
+}
+
+// newGRPCServer is go-plugin's GRPCServer factory; it keeps the server to stop it.
+func (o *orphanWatch) newGRPCServer(opts []grpc.ServerOption) *grpc.Server {
+	s := newGRPCServer(opts)
+	o.grpc.Store(s)
+	return s
+}
+
 // watchParent exits the process when its parent changes: the host died without killing the
 // plugin (SIGKILL, OOM), and the plugin was re-parented.
-func watchParent(srv *Server, log *slog.Logger, every time.Duration) {
+func (o *orphanWatch) watchParent(every time.Duration) {
 	if every <= 0 {
 		every = 250 * time.Millisecond
 	}
 	ppid := os.Getppid()
 	for range time.Tick(every) {
 		if os.Getppid() != ppid {
-			log.Warn("host process is gone; plugin exiting", "host_pid", ppid)
-			done := make(chan struct{})
-			go func() { srv.Close(); close(done) }()
-			select {
-			case <-done:
-			case <-time.After(time.Second):
-			}
-			os.Exit(2)
+			o.log.Warn("host process is gone; plugin exiting", "host_pid", ppid)
+			o.orphaned.Store(true)
+			o.exit()
 		}
+	}
+}
+
+// exit closes the bots (for at most 1s), stops the gRPC server, removes the socket
+// directory and exits with status 2. Stopping the server closes go-plugin's listener, which
+// removes the unix socket file; os.Exit alone would skip that and leave it behind.
+func (o *orphanWatch) exit() {
+	o.once.Do(func() {
+		done := make(chan struct{})
+		go func() { o.srv.Close(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(time.Second):
+			o.log.Warn("closing bots took over 1s; exiting anyway")
+		}
+		if s := o.grpc.Load(); s != nil {
+			s.Stop()
+		}
+		select { // goplugin.Serve returns once its server stopped
+		case <-o.served:
+		case <-time.After(time.Second):
+		}
+		removeSocketDir(o.log)
+		os.Exit(2)
+	})
+}
+
+// removeSocketDir removes the socket directory the host gave this plugin, which nobody else
+// will remove once the host is gone. Only a directory made by [Launch] (its name says so)
+// and only once empty, that is with this plugin's socket already removed: os.Remove never
+// deletes anything else in it.
+func removeSocketDir(log *slog.Logger) {
+	dir := os.Getenv("PLUGIN_UNIX_SOCKET_DIR")
+	if dir == "" || !strings.HasPrefix(filepath.Base(dir), socketDirPrefix) {
+		return
+	}
+	if fi, err := os.Lstat(dir); err != nil || !fi.IsDir() {
+		return
+	}
+	if err := os.Remove(dir); err != nil {
+		log.Warn("removing socket directory", "dir", dir, "error", err)
 	}
 }
