@@ -36,12 +36,22 @@ type LaunchOptions struct {
 	Logger *slog.Logger
 	// StartTimeout bounds starting a plugin process and configuring its bots. Zero means 30s.
 	StartTimeout time.Duration
-	// BackoffMin and BackoffMax bound the jittered wait between restart attempts. Zero means
-	// 200ms and 30s.
+	// BackoffMin and BackoffMax bound the wait between restart attempts. The wait starts at
+	// BackoffMin and doubles with each consecutive failure (a crash, a hang or a failed start)
+	// up to BackoffMax; each wait is jittered down to half its value. Zero means 200ms and 30s.
 	BackoffMin, BackoffMax time.Duration
-	// PingInterval is how often the plugin's health is checked; three failed checks in a row
-	// restart it. Zero means 10s.
+	// StableAfter is how long a plugin must run before it counts as stable: when a stable
+	// plugin fails, the wait starts again at BackoffMin. Zero means 30s.
+	StableAfter time.Duration
+	// PingInterval is how often the plugin's health is checked (an Info RPC bounded by
+	// PingTimeout); PingMisses failed checks in a row get it killed and replaced. A hung
+	// plugin is thus noticed within PingMisses × (PingInterval + PingTimeout).
+	// Zero means 10s.
 	PingInterval time.Duration
+	// PingTimeout bounds each health check. Zero means 5s, or PingInterval if shorter.
+	PingTimeout time.Duration
+	// PingMisses is how many failed health checks in a row restart the plugin. Zero means 3.
+	PingMisses int
 	// OnRestart, if not nil, is called after a crashed or hung plugin was replaced.
 	OnRestart func()
 	// OnState, if not nil, is called with true when the plugin is ready and false when it is
@@ -66,6 +76,7 @@ type Plugin struct {
 
 	mu       sync.Mutex // guards the fields below
 	gp       *goplugin.Client
+	proc     *os.Process // gp's process, to kill it when go-plugin's Kill is stuck
 	cur      *Client
 	sockDir  string
 	ready    bool
@@ -73,8 +84,10 @@ type Plugin struct {
 	restarts int
 	lastErr  error
 
-	stop chan struct{}
-	done chan struct{}
+	ctx    context.Context // cancelled by Close: bounds restarts' RPCs
+	cancel context.CancelFunc
+	stop   chan struct{}
+	done   chan struct{}
 }
 
 // Launch starts the plugin at opts.Path, checks its protocol version, configures its bots
@@ -92,8 +105,18 @@ func Launch(ctx context.Context, opts LaunchOptions) (*Plugin, error) {
 	if opts.BackoffMax <= 0 {
 		opts.BackoffMax = 30 * time.Second
 	}
+	opts.BackoffMax = max(opts.BackoffMax, opts.BackoffMin)
+	if opts.StableAfter <= 0 {
+		opts.StableAfter = 30 * time.Second
+	}
 	if opts.PingInterval <= 0 {
 		opts.PingInterval = 10 * time.Second
+	}
+	if opts.PingTimeout <= 0 {
+		opts.PingTimeout = min(5*time.Second, opts.PingInterval)
+	}
+	if opts.PingMisses <= 0 {
+		opts.PingMisses = 3
 	}
 	if opts.Env == nil {
 		for _, k := range DefaultEnvAllowlist {
@@ -103,10 +126,12 @@ func Launch(ctx context.Context, opts LaunchOptions) (*Plugin, error) {
 		}
 	}
 	p := &Plugin{opts: opts, log: opts.Logger, stop: make(chan struct{}), done: make(chan struct{})}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
 	if p.log == nil {
 		p.log = slog.New(slog.DiscardHandler)
 	}
 	if err := p.start(ctx); err != nil {
+		p.cancel()
 		return nil, err
 	}
 	p.setReady(true)
@@ -118,7 +143,7 @@ func Launch(ctx context.Context, opts LaunchOptions) (*Plugin, error) {
 func (p *Plugin) start(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, p.opts.StartTimeout)
 	defer cancel()
-	sockDir, err := os.MkdirTemp("", "chatwire-plugin-")
+	sockDir, err := os.MkdirTemp("", socketDirPrefix+"*")
 	if err != nil {
 		return fmt.Errorf("plugin: %w", err)
 	}
@@ -140,11 +165,11 @@ func (p *Plugin) start(ctx context.Context) error {
 			grpc.MaxCallRecvMsgSize(MaxMessageSize), grpc.MaxCallSendMsgSize(MaxMessageSize))},
 	})
 	fail := func(err error) error {
-		gp.Kill()
+		p.stopProcess(gp, cmd.Process, false)
 		os.RemoveAll(sockDir)
 		return err
 	}
-	cp, err := gp.Client()
+	cp, err := gp.Client() // starts cmd in this goroutine: cmd.Process is set from here on
 	if err != nil {
 		return fail(fmt.Errorf("plugin: starting %s: %w", p.opts.Path, err))
 	}
@@ -170,7 +195,7 @@ func (p *Plugin) start(ctx context.Context) error {
 	p.log.Info("plugin started", "path", p.opts.Path, "pid", pid, "version", info.Version,
 		"protocol", gp.NegotiatedVersion(), "bots", len(p.opts.Bots))
 	p.mu.Lock()
-	p.gp, p.cur, p.sockDir = gp, c, sockDir
+	p.gp, p.proc, p.cur, p.sockDir = gp, cmd.Process, c, sockDir
 	p.mu.Unlock()
 	return nil
 }
@@ -185,42 +210,96 @@ func (p *Plugin) setReady(ready bool) {
 	}
 }
 
-// kill stops the current process (if any) and removes its socket directory.
-func (p *Plugin) kill() {
+// killGrace bounds go-plugin's Kill (a Shutdown RPC, then up to 2s for the process to
+// exit): a hung plugin never answers the RPC, so past this the process is killed directly.
+const killGrace = 3 * time.Second
+
+// kill stops the current process (if any) and removes its socket directory. hung says the
+// plugin stopped answering: it is killed at once instead of being asked to shut down.
+func (p *Plugin) kill(hung bool) {
 	p.mu.Lock()
-	gp, dir := p.gp, p.sockDir
-	p.gp, p.cur, p.sockDir = nil, nil, ""
+	gp, proc, dir := p.gp, p.proc, p.sockDir
+	p.gp, p.proc, p.cur, p.sockDir = nil, nil, nil, ""
 	p.mu.Unlock()
 	if gp != nil {
-		gp.Kill()
+		p.stopProcess(gp, proc, hung)
 	}
 	if dir != "" {
 		os.RemoveAll(dir)
 	}
 }
 
+// stopProcess kills gp's process and waits, boundedly, for go-plugin to clean up after it.
+// go-plugin's Kill first sends a Shutdown RPC with no deadline, which a hung (or stopped)
+// plugin never answers; proc is then killed directly, which makes that RPC fail.
+func (p *Plugin) stopProcess(gp *goplugin.Client, proc *os.Process, hung bool) {
+	if hung && proc != nil {
+		proc.Kill() // SIGKILL; os.Process uses a pidfd, so a reused pid is never hit
+	}
+	done := make(chan struct{})
+	go func() { gp.Kill(); close(done) }()
+	select {
+	case <-done:
+		return
+	case <-time.After(killGrace):
+	}
+	if proc != nil {
+		p.log.Warn("plugin did not shut down; killing it", "pid", proc.Pid)
+		proc.Kill()
+	}
+	select {
+	case <-done:
+	case <-time.After(killGrace):
+		p.log.Error("plugin client still not stopped after the process was killed; giving up on it")
+	}
+}
+
+// backoff is the restart delay: it doubles from min up to max with each consecutive failure
+// and starts again at min once a plugin has run for stable.
+type backoff struct {
+	min, max, stable time.Duration
+	next             time.Duration // zero before the first failure
+}
+
+// failed returns the (unjittered) wait before the next start, after a plugin that ran for
+// uptime failed; a failed start counts as zero uptime.
+func (b *backoff) failed(uptime time.Duration) time.Duration {
+	if b.next == 0 || uptime >= b.stable {
+		b.next = b.min
+	}
+	d := b.next
+	b.next = min(2*b.next, b.max)
+	return d
+}
+
 // supervise waits for the current process to exit or stop answering, then replaces it.
 func (p *Plugin) supervise() {
 	defer close(p.done)
+	bo := backoff{min: p.opts.BackoffMin, max: p.opts.BackoffMax, stable: p.opts.StableAfter}
+	up := time.Now() // when the current process became ready
 	for {
 		p.mu.Lock()
-		cur, gp := p.cur, p.gp
+		cur := p.cur
 		p.mu.Unlock()
-		why := p.watch(cur, gp)
+		why, hung := p.watch(cur)
 		if why == nil {
 			return // stopped
 		}
+		uptime := time.Since(up)
 		p.setReady(false)
-		p.log.Error("plugin failed; restarting", "error", why)
-		p.kill()
-		wait := p.opts.BackoffMin
+		p.log.Error("plugin failed; restarting", "error", why, "uptime", uptime.Round(time.Millisecond))
+		p.kill(hung)
 		for attempt := 1; ; attempt++ {
+			d := bo.failed(uptime)
+			uptime = 0
+			wait := jitter(d)
+			p.log.Info("plugin restart scheduled", "attempt", attempt, "backoff", d, "wait", wait)
 			select {
 			case <-p.stop:
 				return
-			case <-time.After(jitter(wait)):
+			case <-time.After(wait):
 			}
-			err := p.start(context.Background())
+			err := p.start(p.ctx)
 			if err == nil {
 				break
 			}
@@ -228,8 +307,8 @@ func (p *Plugin) supervise() {
 			p.lastErr = err
 			p.mu.Unlock()
 			p.log.Error("plugin restart failed", "attempt", attempt, "error", err)
-			wait = min(2*wait, p.opts.BackoffMax)
 		}
+		up = time.Now()
 		p.mu.Lock()
 		p.restarts++
 		p.lastErr = nil
@@ -242,28 +321,43 @@ func (p *Plugin) supervise() {
 	}
 }
 
-// watch returns why the current plugin must be replaced, or nil when the Plugin is closed.
-func (p *Plugin) watch(cur *Client, gp *goplugin.Client) error {
+// watch returns why the current plugin must be replaced (hung: it stopped answering health
+// checks), or nil when the Plugin is closed. Health checks run in their own goroutine with a
+// deadline, so Close and the process's exit are noticed while one is pending.
+func (p *Plugin) watch(cur *Client) (why error, hung bool) {
 	t := time.NewTicker(p.opts.PingInterval)
 	defer t.Stop()
+	ctx, cancel := context.WithCancel(p.ctx)
+	defer cancel()
+	var result chan error // non-nil while a check is pending
 	misses := 0
 	for {
 		select {
 		case <-p.stop:
-			return nil
+			return nil, false
 		case <-cur.Exited():
-			return errors.New("plugin process exited")
+			return errors.New("plugin process exited"), false
 		case <-t.C:
-			cp, err := gp.Client()
-			if err == nil {
-				err = cp.Ping()
+			if result != nil {
+				continue // the pending check ends by its own deadline
 			}
+			result = make(chan error, 1)
+			go func(res chan<- error) {
+				ctx, cancel := context.WithTimeout(ctx, p.opts.PingTimeout)
+				defer cancel()
+				_, err := cur.Info(ctx)
+				res <- err
+			}(result)
+		case err := <-result:
+			result = nil
 			if err == nil {
 				misses = 0
 				continue
 			}
-			if misses++; misses >= 3 {
-				return fmt.Errorf("plugin not answering: %w", err)
+			misses++
+			p.log.Warn("plugin health check failed", "misses", misses, "error", err)
+			if misses >= p.opts.PingMisses {
+				return fmt.Errorf("plugin not answering (%d health checks failed): %w", misses, err), true
 			}
 		}
 	}
@@ -335,8 +429,8 @@ func (p *Plugin) Metrics(ctx context.Context) ([]byte, error) {
 // response, so the platform redelivers).
 func (p *Plugin) Bot(name string) adapter.Adapter { return &supervisedBot{p: p, name: name} }
 
-// Close stops supervising, stops the plugin (asking it to shut down, then killing it after 2s)
-// and removes its socket directory.
+// Close stops supervising, stops the plugin (asking it to shut down, then killing it after 2s,
+// or after 3s if it does not even answer) and removes its socket directory.
 func (p *Plugin) Close() error {
 	p.mu.Lock()
 	if p.closed {
@@ -346,8 +440,9 @@ func (p *Plugin) Close() error {
 	p.closed = true
 	p.mu.Unlock()
 	close(p.stop)
+	p.cancel()
 	<-p.done
-	p.kill()
+	p.kill(false)
 	p.setReady(false)
 	return nil
 }

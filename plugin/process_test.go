@@ -7,11 +7,13 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -33,6 +35,9 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	case "plugin-v2":
 		servePluginForTest(2)
+		os.Exit(0)
+	case "plugin-crash":
+		servePluginForTest(ProtocolVersion)
 		os.Exit(0)
 	case "host":
 		hostForTest()
@@ -70,6 +75,10 @@ func servePluginForTest(version int) {
 	opts := ServerOptions{
 		Platforms: []string{"test"},
 		Open: func(ctx context.Context, store StoreConfig, bot BotConfig) (adapter.Adapter, error) {
+			if os.Getenv(roleEnv) == "plugin-crash" {
+				// crash right after configuring, leaving Configure time to answer
+				time.AfterFunc(50*time.Millisecond, func() { os.Exit(3) })
+			}
 			return testAdapter(), nil
 		},
 	}
@@ -282,16 +291,213 @@ func TestProcessPanicRestarts(t *testing.T) {
 	}
 }
 
+// TestProcessWebhookWhileDown kills the plugin and checks that while it is being restarted
+// (BackoffMin keeps that window open for at least 1.5s) the bot is not ready, webhooks get a
+// 503 and sends fail as unavailable, and that all work again after the restart.
 func TestProcessWebhookWhileDown(t *testing.T) {
-	p, _ := launchForTest(t)
-	p.mu.Lock()
-	p.ready = false // as during a restart
-	p.mu.Unlock()
-	resp, _, err := p.Bot("hr").HandleWebhook(t.Context(), &adapter.WebhookRequest{Method: "POST"})
-	if resp == nil || resp.Status != 503 || !errors.Is(err, adapter.ErrUnavailable) {
-		t.Errorf("webhook while restarting = %+v, %v; want 503 and unavailable", resp, err)
+	var logs syncBuffer
+	opts := testLaunchOptions(slog.New(slog.NewJSONHandler(&logs, nil)))
+	opts.BackoffMin = 3 * time.Second // jittered to [1.5s, 3s]
+	p, err := Launch(t.Context(), opts)
+	if err != nil {
+		t.Fatal(err)
 	}
-	p.setReady(true)
+	defer p.Close()
+	bot := p.Bot("hr")
+	pid := p.Pid()
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	eventually(t, 2*time.Second, "Ready() false after the plugin was killed", func() bool { return !p.Ready() })
+	resp, evs, err := bot.HandleWebhook(t.Context(), &adapter.WebhookRequest{Method: "POST", Body: []byte("hi")})
+	if time.Since(killed) >= 1500*time.Millisecond {
+		t.Fatalf("checks ran %v after the kill: past the restart window", time.Since(killed))
+	}
+	if resp == nil || resp.Status != 503 || len(evs) != 0 || !errors.Is(err, adapter.ErrUnavailable) || !errors.Is(err, ErrRestarting) {
+		t.Errorf("webhook while restarting = %+v, %d events, %v; want 503, no events, unavailable (restarting)", resp, len(evs), err)
+	}
+	if _, err := bot.Send(t.Context(), adapter.Message{Text: "x"}); !errors.Is(err, adapter.ErrUnavailable) {
+		t.Errorf("Send while restarting = %v; want unavailable", err)
+	}
+	if p.Ready() {
+		t.Errorf("Ready() true again %v after the kill; BackoffMin should keep it down >= 1.5s", time.Since(killed))
+	}
+	eventually(t, 15*time.Second, "plugin ready again", p.Ready)
+	if p.Pid() == pid || p.Restarts() != 1 {
+		t.Errorf("after restart: pid %d (was %d), %d restarts; want a new pid, 1 restart", p.Pid(), pid, p.Restarts())
+	}
+	resp, evs, err = bot.HandleWebhook(t.Context(), &adapter.WebhookRequest{Method: "POST", Body: []byte("hi")})
+	if err != nil || resp.Status != 200 || string(resp.Body) != "hi" || len(evs) != 1 {
+		t.Errorf("webhook after restart = %+v, %d events, %v; want 200 hi, 1 event", resp, len(evs), err)
+	}
+}
+
+// TestProcessHungPluginReplaced stops the plugin with SIGSTOP: it keeps its socket open but
+// answers nothing, so only a health check with a deadline can notice.
+func TestProcessHungPluginReplaced(t *testing.T) {
+	var down time.Time
+	var mu sync.Mutex
+	opts := testLaunchOptions(nil)
+	opts.PingInterval, opts.PingTimeout, opts.PingMisses = 100*time.Millisecond, 200*time.Millisecond, 3
+	opts.OnState = func(ready bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		if !ready && down.IsZero() {
+			down = time.Now()
+		}
+	}
+	// PingMisses × (interval + timeout) is 900ms; the rest is slack for a loaded machine
+	// running -race
+	const detectBound = 3 * time.Second
+	p, err := Launch(t.Context(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bot := p.Bot("hr")
+	pid := p.Pid()
+	stopForTest(t, pid)
+	stopped := time.Now()
+	eventually(t, detectBound, "hung plugin detected (Ready false)", func() bool { return !p.Ready() })
+	mu.Lock()
+	t.Logf("hung plugin detected %v after SIGSTOP", down.Sub(stopped).Round(time.Millisecond))
+	mu.Unlock()
+	eventually(t, 15*time.Second, "hung plugin replaced", func() bool { return p.Restarts() == 1 && p.Ready() })
+	if p.Pid() == pid {
+		t.Errorf("pid after replacement = %d, the hung one's", pid)
+	}
+	if alive(pid) {
+		t.Errorf("hung plugin %d still running after its replacement", pid)
+	}
+	r, err := bot.Send(t.Context(), adapter.Message{Attachments: []adapter.Attachment{{Data: []byte("abcd")}}})
+	if err != nil || r.ID != "4" {
+		t.Errorf("Send after replacement = %+v, %v; want id 4 (bot configured again)", r, err)
+	}
+	closeWithin(t, p, 5*time.Second)
+}
+
+// TestProcessCloseWhileHung: Close must not wait for a hung plugin to answer its Shutdown
+// RPC (go-plugin's Kill does, with no deadline).
+func TestProcessCloseWhileHung(t *testing.T) {
+	p, err := Launch(t.Context(), testLaunchOptions(nil)) // PingInterval 10s: no check runs
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, dir := p.Pid(), p.sockDir
+	stopForTest(t, pid)
+	closeWithin(t, p, killGrace+2*time.Second)
+	if alive(pid) {
+		t.Errorf("hung plugin %d still running after Close", pid)
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("socket dir %s left behind: %v", dir, err)
+	}
+}
+
+// stopForTest sends SIGSTOP to pid; cleanup resumes and kills it, should it still run.
+func stopForTest(t *testing.T, pid int) {
+	t.Helper()
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if alive(pid) {
+			syscall.Kill(pid, syscall.SIGCONT)
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
+}
+
+// closeWithin fails the test if p.Close takes longer than d.
+func closeWithin(t *testing.T, p *Plugin, d time.Duration) {
+	t.Helper()
+	start := time.Now()
+	done := make(chan struct{})
+	go func() { p.Close(); close(done) }()
+	select {
+	case <-done:
+		t.Logf("Close took %v", time.Since(start).Round(time.Millisecond))
+	case <-time.After(d):
+		t.Fatalf("Close still running after %v", d)
+	}
+}
+
+// TestProcessCrashBackoff runs a plugin that crashes right after each start: the waits
+// between restarts must double (BackoffMin 100ms, then 200ms, 400ms, 800ms), not start over
+// at BackoffMin after every crash.
+func TestProcessCrashBackoff(t *testing.T) {
+	var logs syncBuffer
+	opts := testLaunchOptions(slog.New(slog.NewJSONHandler(&logs, nil)))
+	opts.Env = []string{roleEnv + "=plugin-crash"}
+	opts.BackoffMin, opts.BackoffMax = 100*time.Millisecond, 10*time.Second
+	p, err := Launch(t.Context(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	type sched struct {
+		at      time.Time
+		backoff time.Duration
+	}
+	scheduled := func() []sched {
+		var out []sched
+		for _, line := range strings.Split(logs.String(), "\n") {
+			var e struct {
+				Time    time.Time     `json:"time"`
+				Msg     string        `json:"msg"`
+				Backoff time.Duration `json:"backoff"`
+			}
+			if json.Unmarshal([]byte(line), &e) == nil && e.Msg == "plugin restart scheduled" {
+				out = append(out, sched{e.Time, e.Backoff})
+			}
+		}
+		return out
+	}
+	eventually(t, 30*time.Second, "five restarts scheduled", func() bool { return len(scheduled()) >= 5 })
+	s := scheduled()[:5]
+	want := opts.BackoffMin
+	for i, e := range s {
+		if e.backoff != want {
+			t.Errorf("restart %d: backoff %v; want %v", i+1, e.backoff, want)
+		}
+		if i > 0 {
+			// the jittered wait is at least half the backoff, and a crash comes after it
+			if gap, low := e.at.Sub(s[i-1].at), s[i-1].backoff/2; gap < low {
+				t.Errorf("restart %d came %v after the previous one; want >= %v", i+1, gap, low)
+			}
+		}
+		want *= 2
+	}
+	if gap := s[4].at.Sub(s[3].at); gap < 400*time.Millisecond {
+		t.Errorf("gap between the 4th and 5th restarts = %v; want >= 400ms (half of 800ms)", gap)
+	}
+}
+
+func TestBackoff(t *testing.T) {
+	ms := time.Millisecond
+	b := backoff{min: 100 * ms, max: 1000 * ms, stable: 30 * time.Second}
+	var got []time.Duration
+	for range 6 {
+		got = append(got, b.failed(time.Second)) // crashes after 1s: not stable
+	}
+	want := []time.Duration{100 * ms, 200 * ms, 400 * ms, 800 * ms, 1000 * ms, 1000 * ms}
+	if !slices.Equal(got, want) {
+		t.Errorf("waits after consecutive crashes = %v; want %v", got, want)
+	}
+	if d := b.failed(30 * time.Second); d != 100*ms {
+		t.Errorf("wait after a stable run = %v; want BackoffMin again", d)
+	}
+	if d := b.failed(0); d != 200*ms {
+		t.Errorf("wait after a failed start following a reset = %v; want 200ms", d)
+	}
+}
+
+func TestJitterRange(t *testing.T) {
+	for range 1000 {
+		if d := jitter(time.Second); d < 500*time.Millisecond || d > time.Second {
+			t.Fatalf("jitter(1s) = %v; want within [500ms, 1s]", d)
+		}
+	}
 }
 
 func TestProcessLargePayload(t *testing.T) {
