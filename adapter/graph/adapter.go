@@ -68,7 +68,8 @@ type Options struct {
 	// delegated auth and mail only with client credentials.
 	Subscribe []string
 	// Chats limits chat subscriptions and polling to these chat ids. Nil means all chats of
-	// the user (getAllMessages) for subscriptions; polling needs explicit chats.
+	// the user: one getAllMessages subscription, and for polling and resyncs the chats
+	// GET /me/chats lists (each polled every PollInterval; set Chats to watch fewer).
 	Chats []string
 	// SubscriptionLifetime is how long a subscription is requested for; it is renewed at
 	// about 80% of it. Zero means 24 hours.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -467,6 +468,80 @@ func TestWebhookFetchConcurrencyCapped(t *testing.T) {
 		}
 		if counter.max != maxConcurrentFetches {
 			t.Errorf("at most %d fetches ran at once; want exactly the cap %d", counter.max, maxConcurrentFetches)
+		}
+	})
+}
+
+// TestPollingDiscoversChats: without Options.Chats, polling watches the chats GET /me/chats
+// lists, including one that appears after the baseline, and says which in one log line.
+func TestPollingDiscoversChats(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ae := newAdapter(t, func(o *Options) { o.NotificationURL = "" })
+		ae.srv.AddChatMessage("chat-1", otherUser, "Alice", "history")
+		ae.srv.AddChatMessage("19:alice_carol@unq.gbl.spaces", otherUser, "Alice", "not the bot's chat")
+		ctx := t.Context()
+		if evs, err := ae.a.Poll(ctx); err != nil || len(evs) != 0 {
+			t.Fatalf("first Poll() = %v, %v; want a baseline", evs, err)
+		}
+		ae.srv.AddChatMessage("chat-1", otherUser, "Alice", "one")
+		ae.srv.AddChatMessage("chat-2", otherUser, "Alice", "in a new chat")
+		ae.srv.AddChatMessage("19:alice_carol@unq.gbl.spaces", otherUser, "Alice", "still not the bot's")
+		evs, err := ae.a.Poll(ctx)
+		var got []string
+		for _, e := range evs {
+			got = append(got, e.Chat.ID+":"+e.Text)
+		}
+		if err != nil || strings.Join(got, ",") != "chat-1:one,chat-2:in a new chat" {
+			t.Fatalf("Poll() = %v, %v; want the new message of chat-1 and all of the new chat-2", got, err)
+		}
+		logs := ae.log.String()
+		if n := strings.Count(logs, "graph watching chats"); n != 2 || !strings.Contains(logs, "chats=chat-1,chat-2") ||
+			!strings.Contains(logs, `source="GET /me/chats"`) {
+			t.Errorf("logs %q; want one line per change of the watched chats (2), naming them and the source", logs)
+		}
+	})
+}
+
+// TestResyncDiscoversChats: with the default getAllMessages subscription, a
+// subscriptionRemoved resyncs every chat of the user, including one never notified.
+func TestResyncDiscoversChats(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ae := newAdapter(t, nil)
+		ae.srv.AddChatMessage("chat-old", otherUser, "Alice", "before start")
+		time.Sleep(time.Second)
+		if err := ae.a.Start(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		var chatSub graphtest.Subscription
+		for _, s := range ae.srv.Subscriptions() {
+			if strings.Contains(s.Resource, "getAllMessages") {
+				chatSub = s
+			}
+		}
+		if chatSub.ID == "" {
+			t.Fatalf("subscriptions = %+v; want getAllMessages", ae.srv.Subscriptions())
+		}
+		time.Sleep(time.Second)
+		ae.srv.AddChatMessage("chat-1", otherUser, "Alice", "notified")
+		ae.hook.take()
+		ae.hook.mu.Lock()
+		ae.hook.down = true
+		ae.hook.mu.Unlock()
+		ae.srv.AddChatMessage("chat-1", otherUser, "Alice", "lost in chat-1")
+		ae.srv.AddChatMessage("chat-9", otherUser, "Alice", "lost in a chat never notified")
+		ae.hook.mu.Lock()
+		ae.hook.down = false
+		ae.hook.mu.Unlock()
+		if st, _ := ae.srv.Lifecycle(chatSub.ID, "subscriptionRemoved"); st != 202 {
+			t.Fatalf("Lifecycle(subscriptionRemoved) = %d", st)
+		}
+		var got []string
+		for _, e := range ae.hook.take() {
+			got = append(got, e.Text)
+		}
+		slices.Sort(got)
+		if strings.Join(got, ",") != "lost in a chat never notified,lost in chat-1" {
+			t.Errorf("resync events = %q; want both lost messages and nothing from before Start", got)
 		}
 	})
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -457,8 +458,15 @@ func (a *Adapter) Start(ctx context.Context) error {
 		a.subs[s.resource] = s
 		a.subsMu.Unlock()
 	}
-	// Cursors let a "missed" or "subscriptionRemoved" lifecycle event resync.
+	// Cursors let a "missed" or "subscriptionRemoved" lifecycle event resync. Without
+	// Options.Chats, chats no notification named are resynced from now on (Teams message
+	// ids are epoch milliseconds).
 	if a.subscribed(SubscribeChats) {
+		a.pollMu.Lock()
+		if a.poll.chatSince == "" {
+			a.poll.chatSince = strconv.FormatInt(time.Now().UnixMilli()-1, 10)
+		}
+		a.pollMu.Unlock()
 		for _, c := range a.opts.Chats {
 			if _, newest, err := a.newChatMessages(ctx, c, ""); err == nil {
 				a.seenChat(c, cmp.Or(newest, "0"))

@@ -3,10 +3,12 @@ package graph
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
@@ -20,6 +22,11 @@ type pollState struct {
 	chatLast     map[string]string // chat id → newest message id seen (committed)
 	pendingDelta string
 	pendingChat  map[string]string
+	// chatSince is the cursor of a chat without one when Options.Chats is empty (a Teams
+	// message id, i.e. epoch milliseconds): the moment Start ran.
+	chatSince string
+	// polledChats is the chat list last logged, so the log says it once per change.
+	polledChats string
 }
 
 func (p *pollState) commit() {
@@ -179,17 +186,103 @@ func (a *Adapter) chatEvents(ctx context.Context, chat string, msgs []json.RawMe
 	return evs, nil
 }
 
-// resyncChats lists the configured chats for messages after the cursors.
+// maxChatPages bounds the pages of GET /me/chats read (50 chats each).
+const maxChatPages = 40
+
+// listChats returns the ids of the user's chats (GET /me/chats, every page up to
+// maxChatPages), for polling and resyncs when Options.Chats is empty.
+func (a *Adapter) listChats(ctx context.Context) ([]string, error) {
+	link := a.drivePrefix() + "/chats?$top=50"
+	var ids []string
+	for page := 0; page < maxChatPages && link != ""; page++ {
+		var resp struct {
+			Value []struct {
+				ID string `json:"id"`
+			} `json:"value"`
+			NextLink string `json:"@odata.nextLink"`
+		}
+		if err := a.client.Do(ctx, http.MethodGet, link, nil, &resp); err != nil {
+			return nil, err
+		}
+		for _, c := range resp.Value {
+			if c.ID != "" {
+				ids = append(ids, c.ID)
+			}
+		}
+		link = resp.NextLink
+	}
+	if link != "" {
+		a.log.LogAttrs(ctx, slog.LevelWarn, "graph chat list truncated: set chats to the ones to watch",
+			slog.String("platform", "graph"), slog.String("bot", a.opts.Bot), slog.Int("chats", len(ids)))
+	}
+	return ids, nil
+}
+
+// chatsToWatch returns the chats polled and resynced: Options.Chats, else the user's chats
+// (GET /me/chats) plus any chat a notification named. It logs the list once per change.
+func (a *Adapter) chatsToWatch(ctx context.Context) (chats []string, discovered bool, err error) {
+	source := "options"
+	if chats = a.opts.Chats; len(chats) == 0 {
+		if chats, err = a.listChats(ctx); err != nil {
+			return nil, true, err
+		}
+		discovered, source = true, "GET /me/chats"
+		if a.opts.NotificationURL != "" {
+			a.pollMu.Lock()
+			for c := range a.poll.chatLast {
+				if !slices.Contains(chats, c) {
+					chats = append(chats, c) // named by a notification
+				}
+			}
+			a.pollMu.Unlock()
+		}
+	}
+	list := strings.Join(chats, ",")
+	a.pollMu.Lock()
+	changed := list != a.poll.polledChats
+	a.poll.polledChats = list
+	a.pollMu.Unlock()
+	if changed {
+		a.log.LogAttrs(ctx, slog.LevelInfo, "graph watching chats", slog.String("platform", "graph"), slog.String("bot", a.opts.Bot),
+			slog.String("source", source), slog.Int("count", len(chats)), slog.String("chats", truncate(list, 1000)))
+	}
+	return chats, discovered, nil
+}
+
+// skippable reports whether a discovered chat cannot be read for good (left, deleted, no
+// access): it is skipped rather than failing the whole sweep.
+func skippable(err error) bool {
+	e, ok := errorsAs[*APIError](err)
+	return ok && (e.StatusCode == http.StatusNotFound || e.StatusCode == http.StatusForbidden)
+}
+
+func (a *Adapter) logSkipped(ctx context.Context, chat string, err error) {
+	a.log.LogAttrs(ctx, slog.LevelWarn, "graph chat not readable: skipped", slog.String("platform", "graph"),
+		slog.String("bot", a.opts.Bot), slog.String("chat", chat), slog.String("error", err.Error()))
+}
+
+// resyncChats lists the watched chats for messages after the cursors.
 func (a *Adapter) resyncChats(ctx context.Context) ([]adapter.Event, error) {
+	chats, discovered, err := a.chatsToWatch(ctx)
+	if err != nil {
+		return nil, err
+	}
 	var evs []adapter.Event
-	for _, chat := range a.opts.Chats {
+	for _, chat := range chats {
 		a.pollMu.Lock()
 		last := a.poll.chatLast[chat]
+		if last == "" && discovered {
+			last = a.poll.chatSince // a chat no notification named: everything since Start
+		}
 		a.pollMu.Unlock()
 		if last == "" {
 			continue
 		}
 		msgs, newest, err := a.newChatMessages(ctx, chat, last)
+		if discovered && skippable(err) {
+			a.logSkipped(ctx, chat, err)
+			continue
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -208,8 +301,8 @@ func (a *Adapter) resyncChats(ctx context.Context) ([]adapter.Event, error) {
 	return evs, nil
 }
 
-// Poll receives without a public notification URL: mail through a delta query, chats (the
-// configured Options.Chats) through a newest-first listing. The first call sets the cursors
+// Poll receives without a public notification URL: mail through a delta query, chats
+// (Options.Chats, else every chat GET /me/chats lists) through a newest-first listing. The first call sets the cursors
 // to "now" and returns nothing; later calls return what arrived since. A batch's cursors are
 // committed when Poll is called again. When nothing is new, Poll waits PollInterval (or until
 // ctx is done) and returns no events and a nil error.
@@ -241,9 +334,20 @@ func (a *Adapter) Poll(ctx context.Context) ([]adapter.Event, error) {
 		pendingDelta = link
 	}
 	if a.subscribed(SubscribeChats) {
-		for _, chat := range a.opts.Chats {
-			last := st.chatLast[chat]
+		chats, discovered, err := a.chatsToWatch(ctx)
+		if err != nil {
+			return nil, errorf(err, "graph: poll: listing chats")
+		}
+		for _, chat := range chats {
+			last, known := st.chatLast[chat]
+			if !known && discovered && st.baselined {
+				last = "0" // a chat that appeared after the baseline: all of it is new
+			}
 			msgs, newest, err := a.newChatMessages(ctx, chat, last)
+			if discovered && skippable(err) {
+				a.logSkipped(ctx, chat, err)
+				continue
+			}
 			if err != nil {
 				return nil, errorf(err, "graph: poll chat %s", chat)
 			}

@@ -107,6 +107,8 @@ func (s *Server) serveGraph(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case user != "" && n == 0 && m == http.MethodGet:
 		writeJSON(w, http.StatusOK, map[string]any{"id": user, "displayName": user, "mail": user, "userPrincipalName": user})
+	case user != "" && n == 1 && at(0, "chats") && m == http.MethodGet:
+		s.listChats(w, r, user)
 	case user == "" && n == 1 && at(0, "chats") && m == http.MethodPost:
 		s.createChat(w, r, tok)
 	case user == "" && at(0, "chats") && n == 3 && at(2, "messages") && m == http.MethodPost:
@@ -299,7 +301,73 @@ func (s *Server) createChat(w http.ResponseWriter, r *http.Request, tok *accessT
 	}
 	sort.Strings(ids)
 	id := "19:" + ids[0] + "_" + ids[1] + "@unq.gbl.spaces"
+	s.mu.Lock()
+	s.initLocked()
+	if _, ok := s.chats[id]; !ok {
+		s.chats[id] = nil // listed by GET /me/chats from now on
+	}
+	s.mu.Unlock()
 	writeJSON(w, http.StatusCreated, map[string]any{"id": id, "chatType": "oneOnOne"})
+}
+
+// listChats answers GET /me/chats (and /users/{id}/chats): the chats the user is in, as
+// pages of $top (default 20, at most 50) linked by @odata.nextLink. A oneOnOne chat
+// ("19:a_b@unq.gbl.spaces") has its two users as members; the emulator counts every user as
+// a member of every other chat (those AddChatMessage created).
+func (s *Server) listChats(w http.ResponseWriter, r *http.Request, user string) {
+	q := r.URL.Query()
+	top, _ := strconv.Atoi(q.Get("$top"))
+	if top <= 0 {
+		top = 20
+	}
+	if top > 50 {
+		graphError(w, http.StatusBadRequest, "BadRequest", "$top must be at most 50.")
+		return
+	}
+	skip, _ := strconv.Atoi(q.Get("$skiptoken"))
+	type chat struct {
+		id      string
+		created time.Time
+	}
+	s.mu.Lock()
+	s.initLocked()
+	var list []chat
+	for id, msgs := range s.chats {
+		if strings.Contains(id, "/") { // a channel
+			continue
+		}
+		if strings.HasSuffix(id, "@unq.gbl.spaces") {
+			a, b, _ := strings.Cut(strings.TrimSuffix(strings.TrimPrefix(id, "19:"), "@unq.gbl.spaces"), "_")
+			if user != a && user != b {
+				continue
+			}
+		}
+		c := chat{id: id}
+		if len(msgs) > 0 {
+			c.created = msgs[0].Created
+		}
+		list = append(list, c)
+	}
+	s.mu.Unlock()
+	sort.Slice(list, func(i, j int) bool { return list[i].id < list[j].id })
+	out := []any{}
+	for i := skip; i < len(list) && i < skip+top; i++ {
+		c := list[i]
+		ct := "group"
+		if strings.HasSuffix(c.id, "@unq.gbl.spaces") {
+			ct = "oneOnOne"
+		}
+		out = append(out, map[string]any{"id": c.id, "chatType": ct, "topic": nil,
+			"createdDateTime": c.created.Format(time.RFC3339Nano), "lastUpdatedDateTime": c.created.Format(time.RFC3339Nano)})
+	}
+	resp := map[string]any{"value": out}
+	if skip+top < len(list) {
+		v := url.Values{}
+		v.Set("$top", strconv.Itoa(top))
+		v.Set("$skiptoken", strconv.Itoa(skip+top))
+		resp["@odata.nextLink"] = baseURL(r) + r.URL.Path + "?" + v.Encode()
+	}
+	writeJSON(w, http.StatusOK, resp)
 }
 
 // AddChatMessage posts a message into a 1:1 or group chat as user fromID (empty: a system

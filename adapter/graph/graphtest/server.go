@@ -206,6 +206,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p := r.URL.Path
 	switch {
 	case strings.HasPrefix(p, "/v1.0/"):
+		// Graph answers every request with a request-id and echoes the caller's
+		// client-request-id (or makes one up), errors and successes alike (spec §2, §9).
+		crid := r.Header.Get("client-request-id")
+		if crid == "" {
+			crid = newGUID()
+		}
+		w.Header().Set("request-id", newGUID())
+		w.Header().Set("client-request-id", crid)
 		s.serveGraph(w, r)
 	case strings.HasPrefix(p, "/upload/"):
 		s.serveUpload(w, r)
@@ -367,21 +375,30 @@ func newGUID() string {
 
 // graphError writes Graph's OData error envelope with request-id headers.
 func graphError(w http.ResponseWriter, status int, code, msg string) {
-	rid := newGUID()
+	rid := w.Header().Get("request-id")
+	if rid == "" {
+		rid = newGUID()
+	}
+	crid := w.Header().Get("client-request-id")
+	if crid == "" {
+		crid = rid
+	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("request-id", rid)
-	w.Header().Set("client-request-id", rid)
+	w.Header().Set("client-request-id", crid)
 	w.Header().Set("x-ms-ags-diagnostic", `{"ServerInfo":{"DataCenter":"emulator"}}`)
 	w.WriteHeader(status)
 	json.NewEncoder(w).Encode(map[string]any{"error": map[string]any{
 		"code": code, "message": msg,
-		"innerError": map[string]string{"date": time.Now().UTC().Format("2006-01-02T15:04:05"), "request-id": rid, "client-request-id": rid},
+		"innerError": map[string]string{"date": time.Now().UTC().Format("2006-01-02T15:04:05"), "request-id": rid, "client-request-id": crid},
 	}})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("request-id", newGUID())
+	if w.Header().Get("request-id") == "" {
+		w.Header().Set("request-id", newGUID())
+	}
 	w.WriteHeader(status)
 	json.NewEncoder(w).Encode(v)
 }

@@ -225,6 +225,13 @@ func TestUploadSessionRules(t *testing.T) {
 			{"second fragment", unit, unit, nil, 202},
 			{"last fragment", 2 * unit, 10, nil, 201},
 		}
+		// The tempauth in the URL's query is its credential.
+		if resp, _ := do(t, s, "GET", strings.Replace(sess.UploadURL, "tempauth=", "tempauth=x", 1), nil, nil); resp.StatusCode != 401 {
+			t.Errorf("wrong tempauth = %d; want 401", resp.StatusCode)
+		}
+		if u := s.UploadURLs(); len(u) != 1 || u[0] != sess.UploadURL || !strings.Contains(u[0], "tempauth=") {
+			t.Errorf("UploadURLs() = %v; want the one URL with its tempauth", u)
+		}
 		for _, c := range checks {
 			if got := put(c.start, c.n, c.hdr); got != c.wantStatus {
 				t.Errorf("%s: status %d; want %d", c.name, got, c.wantStatus)
@@ -328,5 +335,63 @@ func TestDeviceCodePending(t *testing.T) {
 	}
 	if resp, m := form(t, s, "contoso", poll); resp.StatusCode != 200 || m["refresh_token"] == nil {
 		t.Errorf("approved poll = %d %v", resp.StatusCode, m)
+	}
+}
+
+func TestListChats(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := &graphtest.Server{}
+		rt := s.IssueRefreshToken("app", "bob", "offline_access")
+		_, m := form(t, s, "contoso", url.Values{"client_id": {"app"}, "grant_type": {"refresh_token"}, "refresh_token": {rt}})
+		auth := map[string]string{"Authorization": "Bearer " + m["access_token"].(string)}
+		for i := range 3 {
+			s.AddChatMessage(fmt.Sprintf("19:g%d@thread.v2", i), "alice", "Alice", "hi")
+		}
+		s.AddChatMessage("19:alice_carol@unq.gbl.spaces", "alice", "Alice", "not bob's")
+		s.AddChannelMessage("T", "C", "", "alice", "Alice", "a channel is not a chat")
+		do(t, s, "POST", "http://graph.test/v1.0/chats", auth, []byte(`{"chatType":"oneOnOne","members":[{"user@odata.bind":"https://graph.microsoft.com/v1.0/users('alice')"},{"user@odata.bind":"https://graph.microsoft.com/v1.0/users('bob')"}]}`))
+		var ids []string
+		link := "http://graph.test/v1.0/me/chats?$top=2"
+		for link != "" {
+			resp, b := do(t, s, "GET", link, auth, nil)
+			var page struct {
+				Value []struct {
+					ID       string `json:"id"`
+					ChatType string `json:"chatType"`
+				} `json:"value"`
+				Next string `json:"@odata.nextLink"`
+			}
+			if resp.StatusCode != 200 || json.Unmarshal(b, &page) != nil || len(page.Value) > 2 {
+				t.Fatalf("GET %s = %d %s", link, resp.StatusCode, b)
+			}
+			for _, c := range page.Value {
+				ids = append(ids, c.ID+":"+c.ChatType)
+			}
+			link = page.Next
+		}
+		want := "19:alice_bob@unq.gbl.spaces:oneOnOne,19:g0@thread.v2:group,19:g1@thread.v2:group,19:g2@thread.v2:group"
+		if got := strings.Join(ids, ","); got != want {
+			t.Errorf("/me/chats = %s; want %s", got, want)
+		}
+	})
+}
+
+func TestClientRequestIDEchoed(t *testing.T) {
+	s := &graphtest.Server{}
+	auth := map[string]string{"Authorization": "Bearer " + appToken(t, s), "client-request-id": "my-request-1"}
+	for _, u := range []string{"http://graph.test/v1.0/users/u", "http://graph.test/v1.0/nowhere"} {
+		resp, b := do(t, s, "GET", u, auth, nil)
+		if resp.Header.Get("client-request-id") != "my-request-1" || resp.Header.Get("request-id") == "" {
+			t.Errorf("GET %s (%d): client-request-id %q, request-id %q; want the caller's id echoed and a request id",
+				u, resp.StatusCode, resp.Header.Get("client-request-id"), resp.Header.Get("request-id"))
+		}
+		if resp.StatusCode >= 400 && (!strings.Contains(string(b), `"client-request-id":"my-request-1"`) ||
+			!strings.Contains(string(b), resp.Header.Get("request-id"))) {
+			t.Errorf("error body %s; want innerError with the same ids as the headers", b)
+		}
+	}
+	delete(auth, "client-request-id")
+	if resp, _ := do(t, s, "GET", "http://graph.test/v1.0/users/u", auth, nil); resp.Header.Get("client-request-id") == "" {
+		t.Errorf("no client-request-id given: the answer has none; want one made up")
 	}
 }
