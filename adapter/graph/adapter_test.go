@@ -15,6 +15,7 @@ import (
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
 	"github.com/seed-a64d9e1f/chatwire/adapter/graph/graphtest"
+	"github.com/seed-a64d9e1f/chatwire/internal/filestore"
 	"github.com/seed-a64d9e1f/chatwire/tokenmgr"
 )
 
@@ -542,6 +543,74 @@ func TestResyncDiscoversChats(t *testing.T) {
 		slices.Sort(got)
 		if strings.Join(got, ",") != "lost in a chat never notified,lost in chat-1" {
 			t.Errorf("resync events = %q; want both lost messages and nothing from before Start", got)
+		}
+	})
+}
+
+// TestRotatedRefreshTokenSurvivesAdapterRestart: a delegated adapter on a file store sends,
+// is closed, and a new adapter (a new process: a new store loaded from the same directory)
+// sends again. The emulator kills every redeemed refresh token, so the second send works
+// only if the rotated one reached the disk; the emulator sees exactly one redemption per
+// adapter and no failed one.
+func TestRotatedRefreshTokenSurvivesAdapterRestart(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t)
+		e.srv.StrictRefresh = true
+		dir := t.TempDir()
+		start := func() (*Adapter, *filestore.Store) {
+			t.Helper()
+			st, err := filestore.Open(dir)
+			if err != nil {
+				t.Fatalf("filestore.Open() error = %v", err)
+			}
+			a, err := New(Options{Bot: "teams", Config: e.cfg, GraphBase: base, HTTPClient: e.hc, Store: st, Logger: e.logger()})
+			if err != nil {
+				t.Fatalf("New() error = %v", err)
+			}
+			return a, st
+		}
+		send := func(a *Adapter, text string) {
+			t.Helper()
+			if _, err := a.Send(t.Context(), adapter.Message{To: adapter.Target{Chat: "chat-1"}, Text: text}); err != nil {
+				t.Fatalf("Send(%q) error = %v", text, err)
+			}
+		}
+		// What graph login leaves behind: the refresh token in the state file.
+		key := e.cfg.Key("me")
+		rt0 := []byte(e.srv.IssueRefreshToken(testClient, botUser, "offline_access"))
+		if login, err := filestore.Open(dir); err != nil || login.SetState(key, rt0) != nil {
+			t.Fatalf("seeding the state file: %v", err)
+		}
+		a1, st1 := start()
+		if a1.Tokens().Key() != key {
+			t.Fatalf("token key = %q; want %q", a1.Tokens().Key(), key)
+		}
+		send(a1, "before restart")
+		rt1 := st1.State(key)
+		if len(rt1) == 0 || bytes.Equal(rt1, rt0) {
+			t.Fatalf("the refresh token was not rotated in the store")
+		}
+		a1.Close()
+
+		a2, st2 := start()
+		defer a2.Close()
+		if got := st2.State(key); !bytes.Equal(got, rt1) {
+			t.Fatalf("after restart the store holds %s; want the rotated refresh token %s",
+				tokenmgr.Fingerprint(string(got)), tokenmgr.Fingerprint(string(rt1)))
+		}
+		send(a2, "after restart")
+		if rt2 := st2.State(key); len(rt2) == 0 || bytes.Equal(rt2, rt1) {
+			t.Errorf("the second redemption's refresh token was not stored")
+		}
+		var grants []string
+		for _, r := range e.srv.TokenRequests() {
+			grants = append(grants, r.GrantType+":"+r.Error)
+		}
+		if strings.Join(grants, ",") != "refresh_token:,refresh_token:" {
+			t.Errorf("token requests = %v; want exactly two successful refresh_token redemptions", grants)
+		}
+		if sent := e.srv.Sent(); len(sent) != 2 || sent[1].Content != "after restart" {
+			t.Errorf("Sent() = %d messages; want both", len(sent))
 		}
 	})
 }
