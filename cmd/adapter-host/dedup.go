@@ -6,10 +6,11 @@ import (
 	"sync"
 	"time"
 
-	"github.com/redis/go-redis/v9"
+	"github.com/seed-a64d9e1f/chatwire/adapter"
 )
 
-// Dedup remembers event ids so a redelivered webhook does not queue its events twice.
+// Dedup remembers event ids so a redelivered webhook does not queue its events twice. It is
+// used with a memory [Queue]; Redis queues deduplicate themselves ([dedupAppender]).
 type Dedup interface {
 	// Add records id and reports whether it was new.
 	Add(ctx context.Context, id string) (bool, error)
@@ -62,23 +63,18 @@ func (l *LRU) Remove(_ context.Context, id string) error {
 	return nil
 }
 
-// RedisDedup is a Dedup shared by a fleet: SET NX with a TTL.
-type RedisDedup struct {
-	Client redis.UniversalClient
-	Prefix string        // e.g. "chatwire:dedup:"
-	TTL    time.Duration // how long an id is remembered; 0 means 24h
+// dedupTTL is how long a fleet remembers an event id (platforms redeliver within minutes).
+const dedupTTL = 24 * time.Hour
+
+// dedupAppender is a queue that deduplicates and appends in one atomic step, as a fleet needs:
+// a separate mark (SET NX) then append would let a host die between the two, or answer a
+// concurrent redelivery 200 before the first delivery is queued. [RedisQueue] is one.
+type dedupAppender interface {
+	// AppendNew appends the events whose key was not seen before and remembers their keys,
+	// atomically: a key is remembered if and only if its event is queued. keys[i] == ""
+	// means events[i] is not deduplicated. dup[i] reports that events[i] was dropped as a
+	// duplicate. On error nothing is queued and nothing remembered.
+	AppendNew(ctx context.Context, events []adapter.Event, keys []string) (dup []bool, err error)
 }
 
-// Add implements Dedup.
-func (r *RedisDedup) Add(ctx context.Context, id string) (bool, error) {
-	ttl := r.TTL
-	if ttl <= 0 {
-		ttl = 24 * time.Hour
-	}
-	return r.Client.SetNX(ctx, r.Prefix+id, 1, ttl).Result()
-}
-
-// Remove implements Dedup.
-func (r *RedisDedup) Remove(ctx context.Context, id string) error {
-	return r.Client.Del(ctx, r.Prefix+id).Err()
-}
+var _ dedupAppender = (*RedisQueue)(nil)

@@ -2,15 +2,18 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
-	"sync"
-
-	"github.com/seed-a64d9e1f/chatwire/adapter"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
+	"github.com/seed-a64d9e1f/chatwire/adapter"
+	"github.com/seed-a64d9e1f/chatwire/adapter/wecom/wecomtest"
 	"github.com/seed-a64d9e1f/chatwire/internal/redistest"
 )
 
@@ -109,5 +112,65 @@ func TestFleetDeliversOnce(t *testing.T) {
 	defer mu.Unlock()
 	if strings.Join(got, ",") != strings.Join(want, ",") {
 		t.Errorf("delivered %v; want %v once each, in order", got, want)
+	}
+}
+
+// TestFleetDedupAtomic gives host A a Redis user that may not XADD (its append fails) nor DEL
+// (a mark it set could not be undone, as if A were SIGKILLed between marking and queueing):
+// A answers 503, leaves no dedup mark, and the redelivery to host B is queued, not dropped.
+// Then both hosts receive the same callbacks at once: each event is queued exactly once.
+func TestFleetDedupAtomic(t *testing.T) {
+	rs := redistest.Start(t)
+	admin := redis.NewClient(&redis.Options{Addr: rs.Addr()})
+	defer admin.Close()
+	if err := admin.Do(t.Context(), "ACL", "SETUSER", "crippled", "on", ">crippled-pw", "~*", "&*", "+@all", "-xadd", "-del").Err(); err != nil {
+		t.Fatal(err)
+	}
+	emu := newEmulator()
+	ws := httptest.NewServer(emu)
+	defer ws.Close()
+	a := setup(t, setupOpts{redisURL: "redis://crippled:crippled-pw@" + rs.Addr() + "/0", emu: emu, apiBase: ws.URL})
+	b := setup(t, setupOpts{redisURL: "redis://" + rs.Addr() + "/0", emu: emu, apiBase: ws.URL})
+
+	msg := wecomtest.TextMessage(testCorp, testAgent, "alice", "not lost", msgIDs.Add(1), time.Now())
+	if p, _ := emu.Push(t.Context(), a.cb, msg); p.Status != 503 {
+		t.Fatalf("push to the host that cannot queue = %d; want 503", p.Status)
+	}
+	if keys, _ := admin.Keys(t.Context(), "chatwire:dedup:*").Result(); len(keys) != 0 {
+		t.Errorf("dedup marks %v left by a delivery that was not queued", keys)
+	}
+	if p, err := emu.Push(t.Context(), b.cb, msg); err != nil || p.Status != 200 {
+		t.Fatalf("redelivery to host B = %+v, %v", p, err)
+	}
+	ch := b.subscribe("")
+	if ev := next(t, ch); ev.ev.Text != "not lost" {
+		t.Fatalf("host B event = %+v; want the redelivered one", ev)
+	}
+
+	// The same callbacks to both hosts at once.
+	c := setup(t, setupOpts{redisURL: "redis://" + rs.Addr() + "/0", emu: emu, apiBase: ws.URL})
+	const n = 10
+	var wg sync.WaitGroup
+	for i := range n {
+		msg := wecomtest.TextMessage(testCorp, testAgent, "bob", fmt.Sprint("both ", i), msgIDs.Add(1), time.Now())
+		for _, h := range []*env{b, c} {
+			wg.Go(func() {
+				if p, err := emu.Push(t.Context(), h.cb, msg); err != nil || p.Status != 200 {
+					t.Errorf("push %d = %+v, %v", i, p, err)
+				}
+			})
+		}
+	}
+	wg.Wait()
+	if n2, _ := admin.XLen(t.Context(), "chatwire:events:{hr}").Result(); n2 != n+1 {
+		t.Errorf("stream holds %d events after %d callbacks delivered twice each; want %d", n2, n, n+1)
+	}
+	seen := map[string]bool{}
+	for range n {
+		ev := next(t, ch)
+		if seen[ev.ev.Text] {
+			t.Errorf("event %q came out twice", ev.ev.Text)
+		}
+		seen[ev.ev.Text] = true
 	}
 }

@@ -113,21 +113,19 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 	h.plugin = p
 	h.m.ready.Set(1)
 
-	var dedup Dedup = NewLRU(0)
 	if cfg.Store.RedisURL != "" {
 		ro, err := redis.ParseURL(cfg.Store.RedisURL)
 		if err != nil {
 			p.Close()
 			return nil, fmt.Errorf("store.redis_url: %w", err)
 		}
-		h.redis = redis.NewClient(ro)
-		dedup = &RedisDedup{Client: h.redis, Prefix: cfg.Store.KeyPrefix + ":dedup:"}
+		h.redis = redis.NewClient(ro) // its queues deduplicate events themselves
 	}
 	h.srv = &server{
 		bots:    make(map[string]*bot),
 		keys:    cfg.Server.APIKeys,
 		ready:   p.Ready,
-		dedup:   dedup,
+		dedup:   NewLRU(0),
 		log:     log,
 		m:       h.m,
 		gather:  prometheus.Gatherers{h.m.reg, pluginGatherer{fetch: p.Metrics}},
@@ -138,7 +136,7 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 		if h.redis != nil {
 			q = NewRedisQueue(h.redis, cfg.Store.KeyPrefix, b.Name, opts.QueueSize, log)
 		}
-		h.srv.bots[b.Name] = &bot{name: b.Name, platform: b.Platform, adapter: p.Bot(b.Name), queue: q}
+		h.srv.bots[b.Name] = newBot(b.Name, b.Platform, p.Bot(b.Name), q)
 		h.srv.names = append(h.srv.names, b.Name)
 	}
 

@@ -2,7 +2,10 @@ package main
 
 import (
 	"context"
+	"log/slog"
+	"strings"
 	"testing"
+	"testing/synctest"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
 )
@@ -110,5 +113,81 @@ func TestSign(t *testing.T) {
 	}
 	if !Verify("secret", body, got) || Verify("other", body, got) || Verify("secret", append(body, ' '), got) {
 		t.Error("Verify does not match Sign")
+	}
+}
+
+// stallQueue is a memory Queue whose first Append waits for release and then fails as a
+// full queue would (or a host dying mid-append): the window between marking an event's id
+// and queueing it.
+type stallQueue struct {
+	*Queue
+	entered, release chan struct{}
+	calls            int
+}
+
+func (q *stallQueue) Append(events []adapter.Event) error {
+	q.calls++
+	if q.calls == 1 {
+		close(q.entered)
+		<-q.release
+		return errQueueFull
+	}
+	return q.Queue.Append(events)
+}
+
+// TestEnqueueRedeliveryWaitsForFirst delivers the same event twice at once on one host: the
+// second delivery is not answered as a duplicate while the first is still being queued, and
+// when the first fails (503), the second queues the event instead of losing it.
+func TestEnqueueRedeliveryWaitsForFirst(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		q := &stallQueue{Queue: NewQueue(0), entered: make(chan struct{}), release: make(chan struct{})}
+		s := &server{dedup: NewLRU(0), log: slog.New(slog.DiscardHandler), m: newMetrics()}
+		b := newBot("hr", adapter.PlatformWeCom, nil, q)
+		ev := events("wecom:1")
+		first, second := make(chan error, 1), make(chan error, 1)
+		go func() { first <- s.enqueue(t.Context(), b, ev) }()
+		<-q.entered
+		go func() { second <- s.enqueue(t.Context(), b, ev) }()
+		synctest.Wait()
+		answered := false
+		select {
+		case err := <-second:
+			t.Errorf("redelivery answered (%v) while the first delivery was still being queued", err)
+			answered = true
+		default:
+		}
+		close(q.release)
+		if err := <-first; err != errQueueFull {
+			t.Errorf("first enqueue = %v; want errQueueFull", err)
+		}
+		if !answered {
+			if err := <-second; err != nil {
+				t.Errorf("second enqueue = %v; want nil", err)
+			}
+		}
+		if held, _ := q.Len(); held != 1 {
+			t.Errorf("queue holds %d events; want the redelivered one", held)
+		}
+	})
+}
+
+// TestEnqueueFullQueueForgetsID fills a memory queue: the webhook's append fails, and the
+// redelivery after a consumer made room is queued, not dropped as a duplicate.
+func TestEnqueueFullQueueForgetsID(t *testing.T) {
+	q := NewQueue(1)
+	s := &server{dedup: NewLRU(0), log: slog.New(slog.DiscardHandler), m: newMetrics()}
+	b := newBot("hr", adapter.PlatformWeCom, nil, q)
+	if err := s.enqueue(t.Context(), b, events("wecom:1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.enqueue(t.Context(), b, events("wecom:2")); err != errQueueFull {
+		t.Fatalf("enqueue into a full queue = %v; want errQueueFull", err)
+	}
+	q.Consumed(1)
+	if err := s.enqueue(t.Context(), b, events("wecom:2")); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, _ := q.Read(2, 10); len(got) != 1 || !strings.Contains(string(got[0].data), `"wecom:2"`) {
+		t.Errorf("after the redelivery the queue holds %+v; want event wecom:2", got)
 	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"strconv"
@@ -59,6 +60,53 @@ end
 return seq
 `)
 
+// appendNewScript is appendScript with deduplication in the same atomic step: an event whose
+// dedup key exists is skipped, the others are added and then their keys set (with a TTL), so
+// a key exists if and only if its event is in the stream; no host can mark an event and die
+// before queueing it, and no host answers a redelivery before the first delivery is queued.
+// The stream entries are written before the counter and the keys: a failed XADD leaves
+// nothing behind. KEYS: stream, counter, consumed, then one dedup key per event that has one.
+// ARGV: max, ttl ms, then per event: index of its key in KEYS (0: none), kind, data.
+// Returns {last seq or -1 when full, then 1 for each event dropped as a duplicate, else 0}.
+var appendNewScript = redis.NewScript(`
+local max, ttl = tonumber(ARGV[1]), ARGV[2]
+local n = (#ARGV - 2) / 3
+local dup, seen, fresh = {}, {}, 0
+for i = 0, n - 1 do
+  local k = tonumber(ARGV[3 + 3 * i])
+  dup[i + 1] = 0
+  if k > 0 then
+    local key = KEYS[k]
+    if seen[key] or redis.call('EXISTS', key) == 1 then dup[i + 1] = 1 else seen[key] = true end
+  end
+  if dup[i + 1] == 0 then fresh = fresh + 1 end
+end
+if fresh > 0 and redis.call('XLEN', KEYS[1]) + fresh > max then
+  local consumed = tonumber(redis.call('GET', KEYS[3]) or '0')
+  redis.call('XTRIM', KEYS[1], 'MINID', '0-' .. (consumed + 1))
+  if redis.call('XLEN', KEYS[1]) + fresh > max then
+    local out = {-1}
+    for i = 1, n do out[i + 1] = 0 end
+    return out
+  end
+end
+local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
+for i = 0, n - 1 do
+  if dup[i + 1] == 0 then
+    seq = seq + 1
+    redis.call('XADD', KEYS[1], '0-' .. seq, 'k', ARGV[4 + 3 * i], 'd', ARGV[5 + 3 * i])
+  end
+end
+if fresh > 0 then redis.call('SET', KEYS[2], seq) end
+for i = 0, n - 1 do
+  local k = tonumber(ARGV[3 + 3 * i])
+  if k > 0 and dup[i + 1] == 0 then redis.call('SET', KEYS[k], 1, 'PX', ttl) end
+end
+local out = {seq}
+for i = 1, n do out[i + 1] = dup[i] end
+return out
+`)
+
 // consumedScript raises the consumed mark, never lowers it. KEYS: consumed. ARGV: seq.
 var consumedScript = redis.NewScript(`
 if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then
@@ -74,6 +122,7 @@ return 0
 type RedisQueue struct {
 	rdb                      redis.UniversalClient
 	stream, counter, consumd string
+	dedup                    string // prefix of dedup keys, in the stream's hash slot
 	max                      int
 	log                      *slog.Logger
 
@@ -92,7 +141,8 @@ func NewRedisQueue(rdb redis.UniversalClient, prefix, bot string, max int, log *
 	}
 	base := prefix + ":events:{" + bot + "}"
 	ctx, cancel := context.WithCancel(context.Background())
-	q := &RedisQueue{rdb: rdb, stream: base, counter: base + ":seq", consumd: base + ":consumed", max: max, log: log,
+	q := &RedisQueue{rdb: rdb, stream: base, counter: base + ":seq", consumd: base + ":consumed",
+		dedup: prefix + ":dedup:{" + bot + "}:", max: max, log: log,
 		wake: make(chan struct{}), stop: cancel, done: make(chan struct{})}
 	go q.watch(ctx)
 	return q
@@ -157,6 +207,45 @@ func (q *RedisQueue) Append(events []adapter.Event) error {
 	}
 	q.broadcast()
 	return nil
+}
+
+// AppendNew implements dedupAppender with one Lua script: see appendNewScript.
+func (q *RedisQueue) AppendNew(ctx context.Context, events []adapter.Event, keys []string) ([]bool, error) {
+	if len(events) == 0 {
+		return nil, nil
+	}
+	rkeys := []string{q.stream, q.counter, q.consumd}
+	args := []any{q.max, dedupTTL.Milliseconds()}
+	for i, e := range events {
+		data, err := jsonEvent(e)
+		if err != nil {
+			return nil, err
+		}
+		k := 0
+		if keys[i] != "" {
+			rkeys = append(rkeys, q.dedup+keys[i])
+			k = len(rkeys)
+		}
+		args = append(args, k, e.Kind, data)
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), redisOpTimeout)
+	defer cancel()
+	res, err := appendNewScript.Run(ctx, q.rdb, rkeys, args...).Int64Slice()
+	if err != nil {
+		return nil, err
+	}
+	if len(res) != len(events)+1 {
+		return nil, fmt.Errorf("append script returned %d values for %d events", len(res), len(events))
+	}
+	if res[0] < 0 {
+		return nil, errQueueFull
+	}
+	dup := make([]bool, len(events))
+	for i := range dup {
+		dup[i] = res[i+1] == 1
+	}
+	q.broadcast()
+	return dup, nil
 }
 
 // Start implements eventQueue. A lastID above the stream's counter (the stream was reset or

@@ -30,6 +30,14 @@ type bot struct {
 	platform string
 	adapter  adapter.Adapter
 	queue    eventQueue
+	// enq holds a token while an enqueue into a queue without atomic dedup runs, so marking
+	// ids, appending and unmarking them after a failed append are one step for other
+	// deliveries of the same events. A channel (not a mutex) so synctest sees waiters block.
+	enq chan struct{}
+}
+
+func newBot(name, platform string, a adapter.Adapter, q eventQueue) *bot {
+	return &bot{name: name, platform: platform, adapter: a, queue: q, enq: make(chan struct{}, 1)}
 }
 
 // server is the host's HTTP API. Handlers are safe for concurrent use.
@@ -174,9 +182,31 @@ func (s *server) webhook(w http.ResponseWriter, r *http.Request) {
 	resp.Write(w)
 }
 
-// enqueue drops events seen before and queues the rest; if they cannot be queued, their
-// ids are forgotten again so the redelivery is not taken for a duplicate.
+// enqueue drops events seen before and queues the rest; if they cannot be queued, no id is
+// remembered, so the redelivery is not taken for a duplicate. A redelivery that arrives while
+// the first delivery is being queued waits for it: it is answered only once the events are
+// queued (a duplicate) or the first failed (then it queues them itself).
 func (s *server) enqueue(ctx context.Context, b *bot, events []adapter.Event) error {
+	if da, ok := b.queue.(dedupAppender); ok {
+		keys := make([]string, len(events))
+		for i, e := range events {
+			keys[i] = e.ID
+		}
+		dup, err := da.AppendNew(ctx, events, keys)
+		if err != nil {
+			return err
+		}
+		for i, e := range events {
+			s.countQueued(b, e, dup[i])
+		}
+		return nil
+	}
+	select {
+	case b.enq <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-b.enq }()
 	var fresh []adapter.Event
 	for _, e := range events {
 		if e.ID == "" {
@@ -189,8 +219,7 @@ func (s *server) enqueue(ctx context.Context, b *bot, events []adapter.Event) er
 			isNew = true
 		}
 		if !isNew {
-			s.m.events.WithLabelValues(b.name, "duplicate").Inc()
-			s.log.Info("duplicate event dropped", "bot", b.name, "event", e.ID)
+			s.countQueued(b, e, true)
 			continue
 		}
 		fresh = append(fresh, e)
@@ -204,10 +233,20 @@ func (s *server) enqueue(ctx context.Context, b *bot, events []adapter.Event) er
 		return err
 	}
 	for _, e := range fresh {
-		s.m.events.WithLabelValues(b.name, "queued").Inc()
-		s.log.Debug("event queued", "bot", b.name, "event", e.ID, "kind", e.Kind)
+		s.countQueued(b, e, false)
 	}
 	return nil
+}
+
+// countQueued logs and counts an event queued or dropped as a duplicate.
+func (s *server) countQueued(b *bot, e adapter.Event, dup bool) {
+	if dup {
+		s.m.events.WithLabelValues(b.name, "duplicate").Inc()
+		s.log.Info("duplicate event dropped", "bot", b.name, "event", e.ID)
+		return
+	}
+	s.m.events.WithLabelValues(b.name, "queued").Inc()
+	s.log.Debug("event queued", "bot", b.name, "event", e.ID, "kind", e.Kind)
 }
 
 // sendResponse is the answer to a successful send.
