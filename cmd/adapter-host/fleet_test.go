@@ -174,3 +174,35 @@ func TestFleetDedupAtomic(t *testing.T) {
 		seen[ev.ev.Text] = true
 	}
 }
+
+// TestStoreOutageMetrics takes Redis away from a host whose WeCom token was just revoked: the
+// plugin fetches a token locally, and /metrics says so (redisstore Stats).
+func TestStoreOutageMetrics(t *testing.T) {
+	rs := redistest.Start(t)
+	e := setup(t, setupOpts{redisURL: "redis://" + rs.Addr() + "/0"})
+	if status, _, body := e.do("POST", "/v1/bots/hr/messages", testAPIKey, `{"to":{"user":"alice"},"text":"hi"}`); status != 200 {
+		t.Fatalf("send = %d %s", status, body)
+	}
+	_, _, body := e.do("GET", "/metrics", "", nil)
+	for _, want := range []string{"chatwire_store_outages_total 0", "chatwire_store_local_refreshes_total 0", "chatwire_store_available 1"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics with Redis up lacks %s", want)
+		}
+	}
+	rs.Kill()
+	defer rs.Restart()
+	e.emu.RevokeTokens(42001) // the next send is rejected: the plugin must fetch a new token
+	if status, _, body := e.do("POST", "/v1/bots/hr/messages", testAPIKey, `{"to":{"user":"alice"},"text":"without redis"}`); status != 200 {
+		t.Fatalf("send without Redis = %d %s", status, body)
+	}
+	_, _, body = e.do("GET", "/metrics", "", nil)
+	for _, want := range []string{"chatwire_store_outages_total 1", "chatwire_store_local_refreshes_total 1", "chatwire_store_available 0",
+		"# TYPE chatwire_store_outages_total counter", "# TYPE chatwire_store_local_refreshes_total counter"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics during the outage lacks %s", want)
+		}
+	}
+	if t.Failed() {
+		t.Logf("/metrics:\n%s", body)
+	}
+}

@@ -398,7 +398,18 @@ func TestDelivery(t *testing.T) {
 func TestOpsEndpoints(t *testing.T) {
 	e := setup(t, setupOpts{})
 	e.do("POST", "/v1/bots/hr/messages", testAPIKey, `{"to":{"user":"alice"},"text":"hi"}`)
-	status, _, body := e.do("GET", "/v1/tokens", testAPIKey, nil)
+	e.push("alice", "counted")
+	bad := e.cb
+	bad.Token = "wrong-token"
+	e.emu.Push(t.Context(), bad, wecomtest.TextMessage(testCorp, testAgent, "eve", "forged", msgIDs.Add(1), time.Now()))
+	status, _, body := e.do("GET", "/v1/bots", testAPIKey, nil)
+	if status != 200 || strings.TrimSpace(string(body)) != `{"bots":[{"name":"hr","platform":"wecom"}]}` {
+		t.Errorf("/v1/bots = %d %s", status, body)
+	}
+	if status, _, _ := e.do("GET", "/v1/bots", "", nil); status != 401 {
+		t.Errorf("/v1/bots without key = %d; want 401", status)
+	}
+	status, _, body = e.do("GET", "/v1/tokens", testAPIKey, nil)
 	if status != 200 || !strings.Contains(string(body), `"key":"wecom/`+testCorp+`/1000002"`) || !strings.Contains(string(body), `"state":"fresh"`) {
 		t.Errorf("/v1/tokens = %d %s", status, body)
 	}
@@ -413,7 +424,9 @@ func TestOpsEndpoints(t *testing.T) {
 	status, _, body = e.do("GET", "/metrics", "", nil)
 	for _, want := range []string{`chatwire_sends_total{bot="hr",code="",result="ok"} 1`, "chatwire_token_refreshes_total{",
 		`reason="initial",result="ok"`, "chatwire_token_expiry_seconds{", `chatwire_upstream_requests_total{code="200",platform="wecom"}`,
-		"chatwire_plugin_ready 1", "chatwire_plugin_restarts_total 0"} {
+		"chatwire_plugin_ready 1", "chatwire_plugin_restarts_total 0",
+		`chatwire_webhooks_total{bot="hr",result="ok"} 1`, `chatwire_webhooks_total{bot="hr",result="unauthorized"} 1`,
+		`chatwire_events_total{bot="hr",outcome="queued"} 1`} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("/metrics lacks %s", want)
 		}

@@ -138,7 +138,48 @@ func New(log *slog.Logger, reg prometheus.Registerer) *Opener {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Opener{log: log, m: NewMetrics(reg), stores: make(map[plugin.StoreConfig]tokenmgr.Store)}
+	o := &Opener{log: log, m: NewMetrics(reg), stores: make(map[plugin.StoreConfig]tokenmgr.Store)}
+	if reg != nil {
+		reg.MustRegister(prometheus.CollectorFunc(o.collectStores))
+	}
+	return o
+}
+
+var (
+	storeOutagesDesc = prometheus.NewDesc("chatwire_store_outages_total",
+		"Times the Redis token store became unavailable (redisstore Stats.Outages).", nil, nil)
+	storeLocalDesc = prometheus.NewDesc("chatwire_store_local_refreshes_total",
+		"Token fetches made in this plugin process without Redis because it was unavailable (redisstore Stats.LocalRefreshes).", nil, nil)
+	storeAvailableDesc = prometheus.NewDesc("chatwire_store_available",
+		"1 while the Redis token store answers, 0 from a failed call until one succeeds (redisstore Stats.Available).", nil, nil)
+)
+
+// collectStores reports the Redis stores' outage counters at scrape time; nothing without a
+// Redis store.
+func (o *Opener) collectStores(ch chan<- prometheus.Metric) {
+	o.mu.Lock()
+	var stats []redisstore.Stats
+	for _, s := range o.stores {
+		if rs, ok := s.(*redisstore.Store); ok {
+			stats = append(stats, rs.Stats())
+		}
+	}
+	o.mu.Unlock()
+	if len(stats) == 0 {
+		return
+	}
+	var outages, local uint64
+	available := 1.0
+	for _, st := range stats {
+		outages += st.Outages
+		local += st.LocalRefreshes
+		if !st.Available {
+			available = 0
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(storeOutagesDesc, prometheus.CounterValue, float64(outages))
+	ch <- prometheus.MustNewConstMetric(storeLocalDesc, prometheus.CounterValue, float64(local))
+	ch <- prometheus.MustNewConstMetric(storeAvailableDesc, prometheus.GaugeValue, available)
 }
 
 // store returns the one store for cfg, opening it on first use.
