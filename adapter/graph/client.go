@@ -169,8 +169,8 @@ type ClientOptions struct {
 
 // Client is a thin Microsoft Graph client over net/http. It never sends a request without a
 // non-empty bearer token; on 401 InvalidAuthenticationToken it invalidates that token
-// (compare-and-invalidate) and retries once; on a CAE claims challenge it asks for a token
-// carrying the claims and retries once; on 429/503/504 it waits (Retry-After or jittered
+// (compare-and-invalidate) and retries once; on a CAE claims challenge (401, or 403 under
+// Conditional Access) it asks for a token carrying the claims and retries once; on 429/503/504 it waits (Retry-After or jittered
 // exponential backoff) while the wait fits MaxRetryWait and ctx. Safe for concurrent use.
 type Client struct {
 	base   string
@@ -308,7 +308,10 @@ func (c *Client) send(ctx context.Context, method, path string, body []byte, con
 		resp.Body.Close()
 		apiErr := parseAPIError(resp, raw, time.Now())
 		switch {
-		case resp.StatusCode == http.StatusUnauthorized && apiErr.Claims != "" && !caeRetried && c.claims != nil:
+		case (resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden) &&
+			apiErr.Claims != "" && !caeRetried && c.claims != nil:
+			// A CAE claims challenge; under Conditional Access Graph may send it on a 403
+			// (spec §2).
 			caeRetried = true
 			c.claims.SetClaims(apiErr.Claims)
 			c.tokens.Invalidate(tok.Value)

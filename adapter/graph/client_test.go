@@ -2,7 +2,9 @@ package graph
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
+	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -11,6 +13,7 @@ import (
 	"time"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
+	"github.com/seed-a64d9e1f/chatwire/adapter/graph/graphtest"
 	"github.com/seed-a64d9e1f/chatwire/tokenmgr"
 )
 
@@ -254,4 +257,61 @@ func TestDroppedConnectionRetriedOnlyWhenIdempotent(t *testing.T) {
 			t.Errorf("Sent() = %d; want 0", n)
 		}
 	})
+}
+
+// TestCAEClaimsChallengeOn403: under Conditional Access Graph may send the claims challenge
+// on a 403 (spec §2); it is answered like the 401 one: a token with the claims, one retry.
+func TestCAEClaimsChallengeOn403(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t)
+		e.cfg.CAE = true
+		challenged := false
+		h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strings.HasPrefix(r.URL.Path, "/v1.0/chats/") && !challenged {
+				challenged = true
+				claims := base64.StdEncoding.EncodeToString([]byte(`{"access_token":{"acrs":{"essential":true,"value":"c1"}}}`))
+				w.Header().Set("WWW-Authenticate", `Bearer realm="", authorization_uri="https://login.microsoftonline.com/common/oauth2/authorize", error="insufficient_claims", claims="`+claims+`"`)
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusForbidden)
+				io.WriteString(w, `{"error":{"code":"Forbidden","message":"Conditional Access requires step-up."}}`)
+				return
+			}
+			e.srv.ServeHTTP(w, r)
+		})
+		store := new(tokenmgr.MemoryStore)
+		e.seed(store)
+		src := e.cfg.RefreshSource()
+		m := tokenmgr.New(e.cfg.Key(botUser), src, tokenmgr.Options{Store: store})
+		defer m.Close()
+		c := NewClient(m, src, ClientOptions{GraphBase: base, HTTPClient: &http.Client{Transport: graphtest.HandlerTransport(h)}})
+		if _, err := post(t, c, "chat-1", "step-up"); err != nil {
+			t.Fatalf("send after a 403 claims challenge: %v", err)
+		}
+		reqs := e.srv.TokenRequests()
+		if len(reqs) != 2 || !strings.Contains(reqs[1].Claims, `"acrs"`) || !challenged {
+			t.Errorf("token requests = %+v; want a second one carrying the challenge's claims", reqs)
+		}
+	})
+}
+
+func TestParseRetryAfterBadValues(t *testing.T) {
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	tests := []struct {
+		v    string
+		want time.Duration
+	}{
+		{"7", 7 * time.Second},
+		{"1.5", 1500 * time.Millisecond},
+		{"", 0}, {"soon", 0}, {"0", 0}, {"-5", 0}, {"NaN", 0}, {"nan", 0}, {"Inf", 0}, {"-Inf", 0}, {"-1e400", 0},
+		{"315", 315 * time.Second},
+		{"100000", time.Hour}, {"1e12", time.Hour}, {"1e400", time.Hour},
+		{now.Add(30 * time.Second).Format(http.TimeFormat), 30 * time.Second},
+		{now.Add(-time.Minute).Format(http.TimeFormat), 0},
+		{now.Add(1000 * time.Hour).Format(http.TimeFormat), time.Hour},
+	}
+	for _, tc := range tests {
+		if got := parseRetryAfter(tc.v, now); got != tc.want {
+			t.Errorf("parseRetryAfter(%q) = %v; want %v", tc.v, got, tc.want)
+		}
+	}
 }
