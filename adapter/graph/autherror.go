@@ -2,7 +2,9 @@ package graph
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"regexp"
 	"strconv"
@@ -250,24 +252,35 @@ func (e *AuthError) Is(target error) bool {
 // RetryAfter returns how long the platform asked to wait (see [tokenmgr.RetryAfter]).
 func (e *AuthError) RetryAfter() time.Duration { return e.Wait }
 
+// maxRetryAfter caps a Retry-After (seen in practice: 1 to 315 s, spec §3): a longer one is
+// taken as this long, so a bogus value neither is ignored nor stalls refreshes for days.
+const maxRetryAfter = time.Hour
+
 // parseRetryAfter reads a Retry-After value: delta-seconds or an HTTP date. It returns zero
-// for an absent or unreadable value.
+// for an absent, unreadable, non-finite, zero or past value, and caps it at maxRetryAfter.
 func parseRetryAfter(v string, now time.Time) time.Duration {
 	v = strings.TrimSpace(v)
 	if v == "" {
 		return 0
 	}
-	if f, err := strconv.ParseFloat(v, 64); err == nil {
-		if f <= 0 || f > 24*3600 {
-			return 0
+	if f, err := strconv.ParseFloat(v, 64); err == nil || errors.Is(err, strconv.ErrRange) {
+		switch {
+		case math.IsNaN(f) || math.IsInf(f, 0) && err == nil || f <= 0:
+			return 0 // "NaN", "Inf", negative: not a delay
+		case f >= maxRetryAfter.Seconds():
+			return maxRetryAfter
 		}
 		return time.Duration(f * float64(time.Second))
 	}
 	if t, err := http.ParseTime(v); err == nil {
-		if d := t.Sub(now); d > 0 {
-			return d
+		d := t.Sub(now)
+		switch {
+		case d <= 0:
+			return 0
+		case d > maxRetryAfter:
+			return maxRetryAfter
 		}
-		return 0
+		return d
 	}
 	return 0
 }
