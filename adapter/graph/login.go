@@ -93,6 +93,11 @@ func (c Config) Login(ctx context.Context, opts LoginOptions) (*LoginResult, err
 		q := r.URL.Query()
 		var res result
 		switch {
+		case subtle.ConstantTimeCompare([]byte(q.Get("state")), []byte(state)) != 1:
+			// A forged or stale redirect, code or error alike (the platform echoes state on
+			// both): refuse it and keep waiting for the real one.
+			http.Error(w, "Sign-in failed: the state parameter does not match this login. Start the login again.", http.StatusBadRequest)
+			return
 		case q.Get("error") != "":
 			// An error redirect (access_denied, consent_required, …): explain it like a token error.
 			ae := ParseAuthError(0, nil, []byte(q.Get("error_description")))
@@ -104,9 +109,6 @@ func (c Config) Login(ctx context.Context, opts LoginOptions) (*LoginResult, err
 				ae.Hint = errorHints[ae.ErrorCode]
 			}
 			res.err = ae
-		case subtle.ConstantTimeCompare([]byte(q.Get("state")), []byte(state)) != 1:
-			http.Error(w, "Sign-in failed: the state parameter does not match this login. Start the login again.", http.StatusBadRequest)
-			return // a forged or stale redirect: keep waiting for the real one
 		case q.Get("code") == "":
 			res.err = errors.New("graph: login: the redirect carried neither a code nor an error")
 		default:

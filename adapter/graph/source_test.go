@@ -257,16 +257,20 @@ func TestLoginPKCE(t *testing.T) {
 		if q.Get("code_challenge_method") != "S256" || q.Get("code_challenge") == "" || q.Get("state") == "" || !strings.HasPrefix(q.Get("redirect_uri"), redirect) {
 			return fmt.Errorf("authorize URL lacks PKCE S256, state or the exact redirect: %s", authURL)
 		}
-		// A forged redirect with the wrong state is refused and the login keeps waiting.
-		resp, err := browser.Get(redirect + "?code=forged&state=wrong")
-		if err != nil {
-			return err
+		// Forged redirects with the wrong or no state, code or error alike, are refused and
+		// the login keeps waiting.
+		for _, q := range []string{"?code=forged&state=wrong", "?error=access_denied&error_description=forged&state=wrong",
+			"?error=access_denied"} {
+			resp, err := browser.Get(redirect + q)
+			if err != nil {
+				return err
+			}
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusBadRequest {
+				forged++
+			}
 		}
-		resp.Body.Close()
-		if resp.StatusCode == http.StatusBadRequest {
-			forged++
-		}
-		resp, err = browser.Get(authURL)
+		resp, err := browser.Get(authURL)
 		if err != nil {
 			return err
 		}
@@ -283,8 +287,8 @@ func TestLoginPKCE(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Login() error = %v", err)
 	}
-	if res.RefreshToken == "" || res.AccessToken == "" || forged != 1 {
-		t.Errorf("Login() = rt %v at %v, forged refused %d; want tokens and the forged redirect refused", res.RefreshToken != "", res.AccessToken != "", forged)
+	if res.RefreshToken == "" || res.AccessToken == "" || forged != 3 {
+		t.Errorf("Login() = rt %v at %v, forged refused %d; want tokens and the 3 forged redirects refused", res.RefreshToken != "", res.AccessToken != "", forged)
 	}
 	var codes []string
 	for _, r := range srv.TokenRequests() {
