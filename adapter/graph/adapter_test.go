@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
@@ -611,6 +612,41 @@ func TestRotatedRefreshTokenSurvivesAdapterRestart(t *testing.T) {
 		}
 		if sent := e.srv.Sent(); len(sent) != 2 || sent[1].Content != "after restart" {
 			t.Errorf("Sent() = %d messages; want both", len(sent))
+		}
+	})
+}
+
+// TestStartTwice: a second Start keeps the running subscriptions (no duplicate managers,
+// nothing leaked past Close) and creates nothing new.
+func TestStartTwice(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ae := newAdapter(t, nil)
+		if err := ae.a.Start(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		ae.a.subsMu.Lock()
+		first := maps.Clone(ae.a.subs)
+		ae.a.subsMu.Unlock()
+		if err := ae.a.Start(t.Context()); err != nil {
+			t.Fatalf("second Start() error = %v", err)
+		}
+		ae.a.subsMu.Lock()
+		for res, s := range first {
+			if ae.a.subs[res] != s {
+				t.Errorf("subscription %s: a second Start replaced its manager", res)
+				s.m.Close() // the old one would renew forever
+			}
+		}
+		n := len(ae.a.subs)
+		ae.a.subsMu.Unlock()
+		posts := 0
+		for _, r := range ae.srv.Requests() {
+			if r.Method == http.MethodPost && r.Path == "/v1.0/subscriptions" {
+				posts++
+			}
+		}
+		if n != 2 || posts != 2 || len(ae.srv.Subscriptions()) != 2 {
+			t.Errorf("after two Starts: %d managers, %d creations, %d subscriptions; want 2 each", n, posts, len(ae.srv.Subscriptions()))
 		}
 	})
 }

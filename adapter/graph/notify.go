@@ -413,7 +413,8 @@ func (s *subSource) TokenState(ctx context.Context, state []byte) (tokenmgr.Toke
 
 // Start creates the subscriptions (when a NotificationURL is set) and keeps them renewed
 // ahead of expiry until Close; without a NotificationURL it prepares polling. It looks up
-// the bot's own user, so the token must work: it is the place to fail at start.
+// the bot's own user, so the token must work: it is the place to fail at start. Calling it
+// again keeps the subscriptions already running and creates only missing ones.
 func (a *Adapter) Start(ctx context.Context) error {
 	me, err := a.self(ctx)
 	if err != nil {
@@ -443,6 +444,12 @@ func (a *Adapter) Start(ctx context.Context) error {
 	tmo := a.opts.TokenOptions
 	tmo.Store, tmo.Logger, tmo.Platform = a.opts.Store, a.opts.Logger, "graph"
 	for _, s := range subs {
+		a.subsMu.Lock()
+		_, running := a.subs[s.resource]
+		a.subsMu.Unlock()
+		if running {
+			continue // Start called again (or retried after a partial failure): keep it
+		}
 		key := a.tokens.Key() + "/subscription/" + s.resource
 		s.m = tokenmgr.New(key, &subSource{a: a, resource: s.resource}, tmo)
 		if _, err := s.m.Token(ctx); err != nil {
@@ -454,6 +461,11 @@ func (a *Adapter) Start(ctx context.Context) error {
 			a.subsMu.Unlock()
 			s.m.Close()
 			return adapter.Errorf(adapter.KindUnavailable, "graph: adapter closed")
+		}
+		if _, dup := a.subs[s.resource]; dup {
+			a.subsMu.Unlock()
+			s.m.Close() // a concurrent Start got there first
+			continue
 		}
 		a.subs[s.resource] = s
 		a.subsMu.Unlock()
