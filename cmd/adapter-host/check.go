@@ -126,6 +126,20 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	store := plugin.StoreConfig{RedisURL: cfg.Store.RedisURL, KeyPrefix: cfg.Store.KeyPrefix, Dir: cfg.Store.Dir}
 	failed := 0
 	for _, b := range cfg.Bots {
+		if b.Graph != nil && b.Graph.Auth == graph.AuthDelegated {
+			// Redeeming the stored refresh token would rotate it under a running host.
+			note, err := probeDelegated(ctx, cfg.Store, b, *timeout)
+			if err != nil {
+				failed++
+				fmt.Fprintf(stdout, "bot %s (%s): FAILED: %v\n", b.Name, b.Platform, err)
+				if ex := explain(platformCode(err)); ex != "" {
+					fmt.Fprintf(stdout, "    what it means: %s\n", ex)
+				}
+				continue
+			}
+			fmt.Fprintf(stdout, "bot %s (%s): ok, %s\n", b.Name, b.Platform, note)
+			continue
+		}
 		if err := probe(ctx, opener, store, b, *timeout); err != nil {
 			failed++
 			fmt.Fprintf(stdout, "bot %s (%s): FAILED: %v\n", b.Name, b.Platform, err)
@@ -148,6 +162,37 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return checkFailed{failed, len(cfg.Bots)}
 	}
 	return nil
+}
+
+// probeDelegated checks a delegated Graph bot without redeeming its stored refresh token
+// (which would rotate it under a running host): the app's client secret with a client
+// credentials token request, and that a sign-in is stored. note says what was checked.
+func probeDelegated(ctx context.Context, sc StoreConfig, b BotConfig, timeout time.Duration) (note string, err error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	key := platforms.GraphKey(*b.Graph)
+	store, _, err := openStore(sc)
+	if err != nil {
+		return "", err
+	}
+	if c, ok := store.(interface{ Close() error }); ok {
+		defer c.Close()
+	}
+	e, err := store.Load(ctx, key)
+	if err != nil {
+		return "", fmt.Errorf("reading the stored sign-in: %w", err)
+	}
+	if len(e.State) == 0 {
+		return "", fmt.Errorf("no sign-in stored under %s: run adapter-host graph login --config FILE --bot %s", key, b.Name)
+	}
+	note = "a sign-in is stored (check does not redeem it, so a running host keeps its refresh token; the sign-in itself is tried at the host's next refresh)"
+	if b.Graph.ClientSecret == "" {
+		return "public client (no client_secret to try); " + note, nil
+	}
+	if _, err := platforms.GraphConfig(*b.Graph, nil).ClientCredentials().Token(ctx); err != nil {
+		return "", err
+	}
+	return "client secret accepted; " + note, nil
 }
 
 // probe opens the bot in process and fetches a token.
@@ -233,7 +278,7 @@ func cmdGraphLogin(ctx context.Context, args []string, stdout, stderr io.Writer)
 	}
 	fmt.Fprintf(stdout, "signed in; the refresh token is stored in %s under %s\n", where, key)
 	if cfg.Store.Dir != "" {
-		fmt.Fprintln(stdout, "restart adapter-host (if it runs) so it reads the new sign-in")
+		fmt.Fprintln(stdout, "a running adapter-host redeems the new sign-in at its next token refresh; no restart needed")
 	}
 	return nil
 }

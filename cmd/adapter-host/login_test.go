@@ -69,3 +69,62 @@ bots:
 		t.Error("the refresh token was printed")
 	}
 }
+
+// TestCheckGraphDelegatedDoesNotRedeem checks a delegated bot whose sign-in a running host
+// uses: check tries the client secret, sees the stored sign-in, and never redeems it.
+func TestCheckGraphDelegatedDoesNotRedeem(t *testing.T) {
+	emu := &graphtest.Server{}
+	emu.AddClient("client-1", "graph-secret-value")
+	gs := httptest.NewServer(emu)
+	defer gs.Close()
+	dir := t.TempDir()
+	state := filepath.Join(dir, "state")
+	write := func(secret string) string {
+		p := filepath.Join(dir, "c.yaml")
+		os.WriteFile(p, []byte(fmt.Sprintf(`
+store: {dir: %q}
+bots:
+  - name: teams
+    platform: graph
+    graph: {tenant_id: t1, client_id: client-1, client_secret: %q, auth: delegated, user: bot@contoso.com,
+            login_base: %q, graph_base: %q}
+`, state, secret, gs.URL, gs.URL)), 0o600)
+		return p
+	}
+	var out, errb bytes.Buffer
+	err := run(t.Context(), []string{"check", "--config", write("graph-secret-value")}, &out, &errb)
+	if err == nil || !strings.Contains(out.String(), "no sign-in stored") || !strings.Contains(out.String(), "graph login") {
+		t.Errorf("check without a sign-in = %v\n%s", err, out.String())
+	}
+
+	s, err := filestore.Open(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := platforms.GraphKey(platforms.Graph{TenantID: "t1", ClientID: "client-1", Auth: "delegated", User: "bot@contoso.com"})
+	rt := emu.IssueRefreshToken("client-1", "bot-user", "offline_access")
+	if err := s.SetState(key, []byte(rt)); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	err = run(t.Context(), []string{"check", "--config", write("graph-secret-value")}, &out, &errb)
+	if err != nil || !strings.Contains(out.String(), "bot teams (graph): ok, client secret accepted; a sign-in is stored (check does not redeem it") {
+		t.Errorf("check with a sign-in = %v\n%s", err, out.String())
+	}
+	for _, r := range emu.TokenRequests() {
+		if r.GrantType == "refresh_token" {
+			t.Errorf("check redeemed the stored refresh token: %+v", r)
+		}
+	}
+	if s2, _ := filestore.Open(state); string(s2.State(key)) != rt {
+		t.Error("check changed the stored sign-in")
+	}
+	out.Reset()
+	err = run(t.Context(), []string{"check", "--config", write("wrong-secret")}, &out, &errb)
+	if err == nil || !strings.Contains(out.String(), "AADSTS7000215") || !strings.Contains(out.String(), "what it means:") {
+		t.Errorf("check with a wrong secret = %v\n%s", err, out.String())
+	}
+	if strings.Contains(out.String(), rt) || strings.Contains(out.String(), "wrong-secret") {
+		t.Error("check printed a secret")
+	}
+}

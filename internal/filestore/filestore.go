@@ -1,30 +1,40 @@
 // Package filestore is a [tokenmgr.Store] for a single host: tokens stay in memory, and the
 // source state that must survive a restart (rotating refresh tokens) is written to one file
-// with 0600 permissions, replaced atomically on every change.
+// with 0600 permissions, replaced atomically on every change. Processes may share the
+// directory (a running host, and graph login or check): every write re-reads the file under
+// a lock and changes only its own key, and a refresh redeems the state another process wrote
+// for its key since (a new sign-in) instead of the one it holds in memory.
 package filestore
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 
 	"github.com/seed-a64d9e1f/chatwire/tokenmgr"
 )
 
-// FileName is the state file's name inside the directory.
-const FileName = "chatwire-state.json"
+// FileName is the state file's name inside the directory; LockName is the file locked
+// (flock) while a process reads or rewrites it.
+const (
+	FileName = "chatwire-state.json"
+	LockName = "chatwire-state.lock"
+)
 
 // Store keeps tokens in memory and source state in a file. Its methods are safe for
-// concurrent use within one process; two processes must not share a directory.
+// concurrent use, also by Stores of other processes on the same directory.
 type Store struct {
 	mem  tokenmgr.MemoryStore
 	path string
+	lock string // path of the lock file
 
-	mu    sync.Mutex        // guards state and file writes
-	state map[string][]byte // key → source state, as on disk
+	mu    sync.Mutex        // guards state and file access by this process
+	state map[string][]byte // key → source state as this process last read or wrote it
 }
 
 var (
@@ -42,23 +52,58 @@ func Open(dir string) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("filestore: %w", err)
 	}
-	s := &Store{path: filepath.Join(dir, FileName), state: make(map[string][]byte)}
+	s := &Store{path: filepath.Join(dir, FileName), lock: filepath.Join(dir, LockName), state: make(map[string][]byte)}
+	var disk map[string][]byte
+	err := s.locked(func() (err error) { disk, err = s.read(); return err })
+	if err != nil {
+		return nil, err
+	}
+	for k, v := range disk {
+		s.state[k] = v
+		s.mem.Put(k, tokenmgr.Entry{State: v})
+	}
+	return s, nil
+}
+
+// locked runs fn holding this process's mutex and the directory's file lock.
+func (s *Store) locked(fn func() error) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f, err := os.OpenFile(s.lock, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("filestore: %w", err)
+	}
+	defer f.Close() // closing releases the lock
+	for {
+		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX)
+		if err != syscall.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("filestore: locking %s: %w", s.lock, err)
+	}
+	return fn()
+}
+
+// read returns the state in the file (empty if there is no file). Call it under locked.
+func (s *Store) read() (map[string][]byte, error) {
+	out := make(map[string][]byte)
 	data, err := os.ReadFile(s.path)
 	switch {
 	case os.IsNotExist(err):
+		return out, nil
 	case err != nil:
 		return nil, fmt.Errorf("filestore: %w", err)
-	default:
-		var f map[string]fileEntry
-		if err := json.Unmarshal(data, &f); err != nil {
-			return nil, fmt.Errorf("filestore: %s is corrupt: %w", s.path, err)
-		}
-		for k, e := range f {
-			s.state[k] = e.State
-			s.mem.Put(k, tokenmgr.Entry{State: e.State})
-		}
 	}
-	return s, nil
+	var f map[string]fileEntry
+	if err := json.Unmarshal(data, &f); err != nil {
+		return nil, fmt.Errorf("filestore: %s is corrupt: %w", s.path, err)
+	}
+	for k, e := range f {
+		out[k] = e.State
+	}
+	return out, nil
 }
 
 // Path returns the state file's path.
@@ -70,10 +115,24 @@ func (s *Store) Load(ctx context.Context, key string) (tokenmgr.Entry, error) {
 }
 
 // Refresh implements [tokenmgr.Store]; a fetched entry's state is written to the file before
-// Refresh returns, so a rotated refresh token is never lost.
+// Refresh returns, so a rotated refresh token is never lost. If another process changed
+// key's state in the file since this one last read or wrote it (graph login stored a new
+// sign-in), fetch gets that state rather than the one held in memory.
 func (s *Store) Refresh(ctx context.Context, key string, have uint64, fetch tokenmgr.FetchFunc) (tokenmgr.Entry, bool, error) {
 	var saveErr error
 	e, fetched, err := s.mem.Refresh(ctx, key, have, func(ctx context.Context, prev tokenmgr.Entry) (tokenmgr.Entry, error) {
+		if err := s.locked(func() error {
+			disk, err := s.read()
+			if err != nil {
+				return err
+			}
+			if d, ok := disk[key]; ok && !bytes.Equal(d, s.state[key]) {
+				prev.State = d // recorded as ours once a fetch from it succeeds and is saved
+			}
+			return nil
+		}); err != nil {
+			return tokenmgr.Entry{}, fmt.Errorf("%w: %w", tokenmgr.ErrTemporary, err)
+		}
 		e, err := fetch(ctx, prev)
 		if err == nil && e.State != nil {
 			saveErr = s.SetState(key, e.State)
@@ -96,15 +155,23 @@ func (s *Store) Watch(key string, fn func(tokenmgr.Change)) (stop func()) {
 	return s.mem.Watch(key, fn)
 }
 
-// SetState stores state for key (a refresh token from a login, say) and writes the file.
+// SetState stores state for key (a refresh token from a login, say) and writes the file:
+// it re-reads the file under the lock and changes only key, so the keys other processes
+// wrote meanwhile are kept.
 func (s *Store) SetState(key string, state []byte) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.state[key] = append([]byte(nil), state...)
-	if err := s.writeLocked(); err != nil {
-		return err
-	}
-	return nil
+	state = append([]byte(nil), state...)
+	return s.locked(func() error {
+		disk, err := s.read()
+		if err != nil {
+			return err
+		}
+		disk[key] = state
+		if err := s.write(disk); err != nil {
+			return err
+		}
+		s.state[key] = state
+		return nil
+	})
 }
 
 // State returns the state stored for key, or nil.
@@ -114,11 +181,11 @@ func (s *Store) State(key string) []byte {
 	return s.state[key]
 }
 
-// writeLocked replaces the file atomically: write a 0600 temporary file in the same
-// directory, sync it, rename it over the old one.
-func (s *Store) writeLocked() error {
-	f := make(map[string]fileEntry, len(s.state))
-	for k, v := range s.state {
+// write replaces the file with state atomically: write a 0600 temporary file in the same
+// directory, sync it, rename it over the old one. Call it under locked.
+func (s *Store) write(state map[string][]byte) error {
+	f := make(map[string]fileEntry, len(state))
+	for k, v := range state {
 		f[k] = fileEntry{State: v}
 	}
 	data, err := json.MarshalIndent(f, "", "  ")

@@ -2,9 +2,11 @@ package filestore
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -49,8 +51,12 @@ func TestStateSurvivesReopen(t *testing.T) {
 		t.Errorf("State = %q; want xx", got)
 	}
 	entries, _ := os.ReadDir(dir)
-	if len(entries) != 1 {
-		t.Errorf("dir holds %d files; want only the state file (temporary files removed)", len(entries))
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	if len(names) != 2 || names[0] != FileName || names[1] != LockName {
+		t.Errorf("dir holds %v; want only the state and lock files (temporary files removed)", names)
 	}
 }
 
@@ -63,3 +69,91 @@ func TestCorruptFile(t *testing.T) {
 }
 
 func contains(b []byte, s string) bool { return strings.Contains(string(b), s) }
+
+// TestConcurrentWritersKeepEachOthersKeys runs two Stores on one directory, as a host and
+// graph login (or check) would, writing different keys at once: none is lost.
+func TestConcurrentWritersKeepEachOthersKeys(t *testing.T) {
+	dir := t.TempDir()
+	a, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 20
+	var wg sync.WaitGroup
+	for i := range n {
+		for name, s := range map[string]*Store{"a": a, "b": b} {
+			wg.Go(func() {
+				if err := s.SetState(fmt.Sprintf("%s/%d", name, i), []byte(name)); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+	}
+	wg.Wait()
+	c, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		for _, name := range []string{"a", "b"} {
+			if got := string(c.State(fmt.Sprintf("%s/%d", name, i))); got != name {
+				t.Errorf("key %s/%d = %q after concurrent writes; want %q", name, i, got, name)
+			}
+		}
+	}
+}
+
+// TestRefreshRedeemsStateWrittenByAnother is a running host (a) and graph login (b) on one
+// directory: the host's next refresh redeems the new sign-in, not the refresh token it held,
+// and its write keeps b's other keys.
+func TestRefreshRedeemsStateWrittenByAnother(t *testing.T) {
+	dir := t.TempDir()
+	const key = "graph/t/c/u"
+	a, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var redeemed []string
+	fetch := func(ctx context.Context, prev tokenmgr.Entry) (tokenmgr.Entry, error) {
+		redeemed = append(redeemed, string(prev.State))
+		return tokenmgr.Entry{Token: tokenmgr.Token{Value: "access", ExpiresAt: time.Now().Add(time.Hour)},
+			State: append(append([]byte(nil), prev.State...), '+')}, nil
+	}
+	if _, _, err := a.Refresh(t.Context(), key, 0, fetch); err != nil {
+		t.Fatal(err)
+	}
+	b, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.SetState(key, []byte("new-sign-in")); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.SetState("graph/t/c/other", []byte("other")); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := a.Refresh(t.Context(), key, 1, fetch); err != nil {
+		t.Fatal(err)
+	}
+	if len(redeemed) != 2 || redeemed[1] != "new-sign-in" {
+		t.Errorf("refreshes redeemed %q; want the second to redeem the new sign-in", redeemed)
+	}
+	c, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(c.State(key)); got != "new-sign-in+" {
+		t.Errorf("state of %s = %q; want the rotation of the new sign-in", key, got)
+	}
+	if got := string(c.State("graph/t/c/other")); got != "other" {
+		t.Errorf("other key = %q; the host's write dropped it", got)
+	}
+	// A third refresh goes on from what the host wrote itself.
+	if _, _, err := a.Refresh(t.Context(), key, 2, fetch); err != nil || redeemed[2] != "new-sign-in+" {
+		t.Errorf("third refresh redeemed %q, %v; want new-sign-in+", redeemed[len(redeemed)-1], err)
+	}
+}
