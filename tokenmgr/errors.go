@@ -36,7 +36,10 @@ type PlatformError struct {
 }
 
 func (e *PlatformError) Error() string {
-	msg := fmt.Sprintf("%s: error %s: %s", e.Platform, e.Code, e.Message)
+	msg := e.Platform + ": " + e.Message
+	if e.Code != "" {
+		msg = fmt.Sprintf("%s: error %s: %s", e.Platform, e.Code, e.Message)
+	}
 	if e.Hint != "" {
 		msg += " (" + e.Hint + ")"
 	}

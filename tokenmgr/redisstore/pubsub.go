@@ -14,7 +14,8 @@ import (
 
 // Messages on the channel are "<kind> <gen> <key>": kind w (written) or i (invalidated), or,
 // for waiters only, r (lock released without a write) and f (the holder's fetch failed; gen is
-// 1 for a credentials error, else 0).
+// 1 for a credentials error, else 0). An f message may go on with a newline and the JSON of a
+// [failure]: the platform's code, the hint and the wait, never a secret.
 
 // The subscriber reads with readTimeout, so Close never waits longer than that for it, and
 // pings after healthInterval without a message, so a silent network failure is noticed.
@@ -104,17 +105,20 @@ func (s *Store) dispatch(payload string) {
 	if err != nil {
 		return
 	}
+	w := wakeup{kind: kind}
+	if kind == "f" {
+		w.fail = &failure{Credentials: gen == 1}
+		if i := strings.LastIndexByte(key, '\n'); i >= 0 && w.fail.decode(key[i+1:]) {
+			key = key[:i]
+		}
+	}
 	s.mu.Lock()
 	sl := s.slots[key]
 	if sl == nil {
 		s.mu.Unlock()
 		return
 	}
-	wk := kind
-	if kind == "f" {
-		wk += g
-	}
-	wakeLocked(sl, wk)
+	wakeLocked(sl, w)
 	var fns []func(tokenmgr.Change)
 	if kind == "w" || kind == "i" {
 		fns = watchersOf(sl)
@@ -150,7 +154,7 @@ func (s *Store) resync() {
 			return
 		}
 		s.mu.Lock()
-		wakeLocked(sl, "")
+		wakeLocked(sl, wakeup{})
 		fns := watchersOf(sl)
 		s.mu.Unlock()
 		if e.Gen > 0 {

@@ -76,11 +76,35 @@ type Options struct {
 	Logger *slog.Logger
 }
 
-// Stats counts what a Store did without Redis.
+// Stats are a Store's counters since [New], meant to be exported as metrics: Available is a
+// gauge, every other field only grows (a Prometheus counter).
 type Stats struct {
-	Available      bool   // false from a failed Redis call until a call succeeds
-	Outages        uint64 // times Redis became unavailable
-	LocalRefreshes uint64 // fetches made in this process because Redis was unavailable
+	// Available is false from a failed Redis call until a call succeeds.
+	Available bool
+	// Outages counts the times Redis became unavailable; each one is logged once, as a warning.
+	Outages uint64
+	// Errors counts failed Redis calls, not counting calls whose ctx was done.
+	Errors uint64
+	// LocalRefreshes counts upstream fetches made in this process because Redis was unavailable.
+	LocalRefreshes uint64
+	// Fetches counts upstream fetches made here while holding the fleet lock.
+	Fetches uint64
+	// Shared counts refreshes answered with an entry another process (or another Manager in this
+	// process) fetched: no upstream fetch here.
+	Shared uint64
+	// Waits counts refreshes that found another process fetching and waited for it.
+	Waits uint64
+	// PeerFailures counts refreshes that returned the failure of another process's fetch instead
+	// of calling the upstream themselves.
+	PeerFailures uint64
+	// Discarded counts fetched entries not stored because a newer one was stored meanwhile (the
+	// holder's lease ran out).
+	Discarded uint64
+	// WriteBacks counts entries fetched during an outage and stored once Redis answered.
+	WriteBacks uint64
+	// Unreadable counts stored entries that could not be decoded (a wrong or missing encryption
+	// key, or tampering); they are fetched again.
+	Unreadable uint64
 }
 
 // Store is a [tokenmgr.Store] and [tokenmgr.Notifier] on Redis. Its methods are safe for
@@ -118,10 +142,11 @@ type Store struct {
 	slots     map[string]*slot
 	downSince time.Time
 
-	down           atomic.Bool
-	lastFail       atomic.Int64 // unix ns of the last failed Redis call
-	outages        atomic.Uint64
-	localRefreshes atomic.Uint64
+	down     atomic.Bool
+	lastFail atomic.Int64 // unix ns of the last failed Redis call
+	stats    struct {
+		outages, errors, localRefreshes, fetches, shared, waits, peerFailures, discarded, writeBacks, unreadable atomic.Uint64
+	}
 
 	psMu sync.Mutex    // guards ps
 	ps   *redis.PubSub // the current subscription, closed by Close to end a blocking read
@@ -139,7 +164,13 @@ type slot struct {
 	dirty    bool           // local was fetched without Redis and is not stored yet
 	watchers map[int]func(tokenmgr.Change)
 	nextID   int
-	waiters  map[chan string]struct{} // Refresh calls waiting for another process's fetch; get the message kind
+	waiters  map[chan wakeup]struct{} // Refresh calls waiting for another process's fetch
+}
+
+// wakeup is what wakes a Refresh waiting for another process's fetch: a message about its key.
+type wakeup struct {
+	kind string   // "w", "i", "r", "f" (see pubsub.go), or "" after a resync
+	fail *failure // kind "f": what the holder's fetch failed with
 }
 
 var (
@@ -206,9 +237,22 @@ func (s *Store) Close() error {
 	return nil
 }
 
-// Stats reports how the Store fared without Redis.
+// Stats returns the Store's counters.
 func (s *Store) Stats() Stats {
-	return Stats{Available: !s.down.Load(), Outages: s.outages.Load(), LocalRefreshes: s.localRefreshes.Load()}
+	c := &s.stats
+	return Stats{
+		Available:      !s.down.Load(),
+		Outages:        c.outages.Load(),
+		Errors:         c.errors.Load(),
+		LocalRefreshes: c.localRefreshes.Load(),
+		Fetches:        c.fetches.Load(),
+		Shared:         c.shared.Load(),
+		Waits:          c.waits.Load(),
+		PeerFailures:   c.peerFailures.Load(),
+		Discarded:      c.discarded.Load(),
+		WriteBacks:     c.writeBacks.Load(),
+		Unreadable:     c.unreadable.Load(),
+	}
 }
 
 func (s *Store) valueKey(key string) string { return s.opts.KeyPrefix + "{" + key + "}" }
@@ -222,7 +266,7 @@ func (s *Store) slot(key string) *slot {
 		sl = &slot{
 			lock:     make(chan struct{}, 1),
 			watchers: make(map[int]func(tokenmgr.Change)),
-			waiters:  make(map[chan string]struct{}),
+			waiters:  make(map[chan wakeup]struct{}),
 		}
 		s.slots[key] = sl
 	}
@@ -274,14 +318,14 @@ func (s *Store) Refresh(ctx context.Context, key string, have uint64, fetch toke
 		return s.fetchLocal(ctx, key, sl, have, fetch, "load", err)
 	}
 	if e.Gen > have {
-		return e, false, nil
+		return s.sharedEntry(e)
 	}
 
 	wake := s.addWaiter(sl)
 	defer s.removeWaiter(sl, wake)
 	owner := newOwner()
 	lk := s.lockKey(key)
-	for {
+	for waited := false; ; waited = true {
 		lctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
 		got, err := s.client.SetNX(lctx, lk, owner, s.opts.LockTTL).Result()
 		cancel()
@@ -291,18 +335,18 @@ func (s *Store) Refresh(ctx context.Context, key string, have uint64, fetch toke
 		if got {
 			break
 		}
+		if !waited {
+			s.stats.waits.Add(1)
+		}
 		t := time.NewTimer(jitter(s.opts.PollInterval))
 		select {
-		case kind := <-wake:
-			if kind == "f0" || kind == "f1" {
+		case w := <-wake:
+			if w.kind == "f" {
 				// The holder's fetch failed: share its outcome rather than try at once, so a
 				// failing upstream gets one call per round, not one per process.
 				t.Stop()
-				cause := tokenmgr.ErrTemporary
-				if kind == "f1" {
-					cause = tokenmgr.ErrCredentials
-				}
-				return tokenmgr.Entry{}, false, fmt.Errorf("redisstore: another process failed to refresh %s: %w", key, cause)
+				s.stats.peerFailures.Add(1)
+				return tokenmgr.Entry{}, false, w.fail.err(key)
 			}
 		case <-t.C:
 		case <-ctx.Done():
@@ -314,7 +358,7 @@ func (s *Store) Refresh(ctx context.Context, key string, have uint64, fetch toke
 			return s.fetchLocal(ctx, key, sl, have, fetch, "load", err)
 		}
 		if e.Gen > have {
-			return e, false, nil
+			return s.sharedEntry(e)
 		}
 	}
 	released := "r 0 " + key // what the release publishes: the lock is free
@@ -325,7 +369,7 @@ func (s *Store) Refresh(ctx context.Context, key string, have uint64, fetch toke
 		return s.fetchLocal(ctx, key, sl, have, fetch, "load", err)
 	}
 	if e.Gen > have {
-		return e, false, nil
+		return s.sharedEntry(e)
 	}
 	base := e
 	if base.Gen == 0 { // Redis lost the entry (a restart without persistence): go on from ours
@@ -337,12 +381,16 @@ func (s *Store) Refresh(ctx context.Context, key string, have uint64, fetch toke
 	}
 	n, err := fetch(ctx, base)
 	if err != nil {
-		released = "f 0 " + key
-		if tokenmgr.IsPermanent(err) {
-			released = "f 1 " + key
+		// Tell the waiting processes how the fetch failed, so they back off as this one does
+		// instead of calling the failing upstream in turn. But if it failed because this
+		// process's caller gave up or shut down, the upstream may be fine: the plain release
+		// lets a waiter take the lock and fetch.
+		if !errors.Is(ctx.Err(), context.Canceled) {
+			released = failureMessage(key, err)
 		}
 		return tokenmgr.Entry{}, false, err
 	}
+	s.stats.fetches.Add(1)
 	n.Gen = max(base.Gen, have) + 1
 
 	wctx := context.WithoutCancel(ctx) // a fetched token is stored even if the caller left
@@ -363,7 +411,8 @@ func (s *Store) Refresh(ctx context.Context, key string, have uint64, fetch toke
 			s.keepLocal(sl, n)
 			return n, true, nil
 		}
-		return cur, false, nil
+		s.stats.discarded.Add(1)
+		return s.sharedEntry(cur)
 	}
 	s.remember(sl, n)
 	return n, true, nil
@@ -431,6 +480,7 @@ func (s *Store) load(ctx context.Context, key string, sl *slot) (tokenmgr.Entry,
 	s.up(ctx)
 	e, bad := s.codec.entry(key, h)
 	if bad != nil {
+		s.stats.unreadable.Add(1)
 		s.log.LogAttrs(ctx, slog.LevelWarn, "redisstore: ignoring an unreadable entry; it will be fetched again",
 			slog.String("key", key), slog.Uint64("gen", e.Gen), slog.String("error", bad.Error()))
 	}
@@ -503,7 +553,7 @@ func (s *Store) fetchLocal(ctx context.Context, key string, sl *slot, have uint6
 	prev := sl.local
 	s.mu.Unlock()
 	if prev.Gen > have {
-		return prev, false, nil // another Manager here fetched it, or it was read before the outage
+		return s.sharedEntry(prev) // another Manager here fetched it, or it was read before the outage
 	}
 	if s.opts.SharedStateOnly && len(prev.State) > 0 {
 		return tokenmgr.Entry{}, false, fmt.Errorf("redisstore: not refreshing %s without redis, it redeems source state: %w (%w)", key, ErrUnavailable, tokenmgr.ErrTemporary)
@@ -513,7 +563,7 @@ func (s *Store) fetchLocal(ctx context.Context, key string, sl *slot, have uint6
 		return tokenmgr.Entry{}, false, err
 	}
 	n.Gen = max(prev.Gen, have) + 1
-	s.localRefreshes.Add(1)
+	s.stats.localRefreshes.Add(1)
 	s.log.LogAttrs(ctx, slog.LevelDebug, "redisstore: fetched a token without redis",
 		slog.String("key", key), slog.Uint64("gen", n.Gen), slog.String("fp", tokenmgr.Fingerprint(n.Token.Value)))
 	s.keepLocal(sl, n)
@@ -564,6 +614,7 @@ func (s *Store) writeBack(ctx context.Context, key string, sl *slot) error {
 	}
 	s.mu.Unlock()
 	if wrote {
+		s.stats.writeBacks.Add(1)
 		s.log.LogAttrs(ctx, slog.LevelInfo, "redisstore: stored a token fetched while redis was unavailable",
 			slog.String("key", key), slog.Uint64("gen", e.Gen), slog.String("fp", tokenmgr.Fingerprint(e.Token.Value)))
 	} else {
@@ -580,8 +631,9 @@ func (s *Store) fail(ctx context.Context, op string, err error) {
 		return
 	}
 	s.lastFail.Store(time.Now().UnixNano())
+	s.stats.errors.Add(1)
 	if s.down.CompareAndSwap(false, true) {
-		s.outages.Add(1)
+		s.stats.outages.Add(1)
 		s.mu.Lock()
 		s.downSince = time.Now()
 		s.mu.Unlock()
@@ -605,35 +657,51 @@ func (s *Store) up(ctx context.Context) {
 	s.mu.Unlock()
 	s.log.LogAttrs(ctx, slog.LevelInfo, "redisstore: redis available again: sharing tokens",
 		slog.Duration("outage", time.Since(since).Round(time.Millisecond)),
-		slog.Uint64("local_refreshes", s.localRefreshes.Load()))
+		slog.Uint64("local_refreshes", s.stats.localRefreshes.Load()))
 }
 
-func (s *Store) addWaiter(sl *slot) chan string {
-	ch := make(chan string, 1)
+// sharedEntry returns e, which another process or Manager fetched, as Refresh's result.
+func (s *Store) sharedEntry(e tokenmgr.Entry) (tokenmgr.Entry, bool, error) {
+	s.stats.shared.Add(1)
+	return e, false, nil
+}
+
+func (s *Store) addWaiter(sl *slot) chan wakeup {
+	ch := make(chan wakeup, 1)
 	s.mu.Lock()
 	sl.waiters[ch] = struct{}{}
 	s.mu.Unlock()
 	return ch
 }
 
-func (s *Store) removeWaiter(sl *slot, ch chan string) {
+func (s *Store) removeWaiter(sl *slot, ch chan wakeup) {
 	s.mu.Lock()
 	delete(sl.waiters, ch)
 	s.mu.Unlock()
 }
 
-// wakeLocked wakes the Refresh calls waiting on sl with the kind of message that woke them
-// ("w", "i", "r", "f0", "f1", or "" after a resync). A failure replaces a pending wake-up,
-// so it is not lost. s.mu must be held.
-func wakeLocked(sl *slot, kind string) {
+// wakeLocked wakes the Refresh calls waiting on sl with w. A waiter that has a wake-up pending
+// keeps it, unless w is a failure, which replaces it so that it is not lost. It never blocks:
+// s.mu must be held, and the waiter may be taking the pending wake-up at this very moment.
+func wakeLocked(sl *slot, w wakeup) {
 	for ch := range sl.waiters {
 		select {
-		case ch <- kind:
+		case ch <- w:
+			continue
 		default:
-			if kind == "f0" || kind == "f1" {
-				<-ch
-				ch <- kind
-			}
+		}
+		if w.kind != "f" {
+			continue
+		}
+		// Every send happens under s.mu, so once the pending value is gone (taken here or by
+		// the waiter) the send below succeeds; neither step waits.
+		select {
+		case <-ch:
+		default:
+		}
+		select {
+		case ch <- w:
+		default:
 		}
 	}
 }

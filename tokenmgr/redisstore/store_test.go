@@ -195,7 +195,7 @@ func (s *rotatingSource) TokenState(ctx context.Context, state []byte) (tokenmgr
 	}
 	if got != s.cur {
 		s.bad = append(s.bad, string(state))
-		return tokenmgr.Token{}, nil, fmt.Errorf("%w: invalid_grant: refresh token %q was already redeemed", tokenmgr.ErrCredentials, state)
+		return tokenmgr.Token{}, nil, fmt.Errorf("%w: invalid_grant: refresh token already redeemed (fp %s)", tokenmgr.ErrCredentials, tokenmgr.Fingerprint(string(state)))
 	}
 	s.redeemed = append(s.redeemed, got)
 	s.cur++
@@ -361,12 +361,13 @@ func TestRefreshProtocol(t *testing.T) {
 	}
 	// When the holder finishes, a waiter is woken by the publish, not by a poll.
 	slow, _ := newHost(t, srv.Addr(), redisstore.Options{PollInterval: time.Hour})
+	waitSubscribed(t, hosts[0], slow)
 	got := make(chan tokenmgr.Entry, 1)
 	go func() {
 		e, _, _ := slow.Refresh(ctx, key, 2, fixedFetch("never", &fetches))
 		got <- e
 	}()
-	time.Sleep(50 * time.Millisecond) // let it start waiting (a late start only reads the result)
+	waitFor(t, "the waiter to find the lock taken", func() bool { return slow.Stats().Waits == 1 })
 	close(release)
 	select {
 	case e := <-got:
@@ -375,6 +376,19 @@ func TestRefreshProtocol(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("waiter not woken by the publish within 5s (poll interval 1h)")
+	}
+	if st := slow.Stats(); st.Waits != 1 || st.Shared != 1 || st.Fetches != 0 {
+		t.Errorf("waiter Stats = %+v; want 1 wait, 1 shared entry, no fetch", st)
+	}
+}
+
+// waitFor polls cond until it holds, failing the test after 5 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after 5s waiting for %s", what)
+		}
 	}
 }
 
@@ -599,31 +613,48 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// setCalls returns how many SET commands the server has run (lock attempts).
-func setCalls(t *testing.T, rc *redis.Client) int64 {
-	t.Helper()
-	for _, l := range strings.Split(rc.Info(t.Context(), "commandstats").Val(), "\r\n") {
-		if rest, ok := strings.CutPrefix(l, "cmdstat_set:calls="); ok {
-			n, _ := strconv.ParseInt(rest[:strings.IndexByte(rest, ',')], 10, 64)
-			return n
-		}
-	}
-	return 0
+// hintedError is a platform error as an adapter makes it: its code only in its text, and a
+// Hint method (like wecom.APIError).
+type hintedError struct{}
+
+func (hintedError) Error() string {
+	return "wecom: gettoken: errcode 40013: invalid corpid SECRET-free-text-stays-here"
 }
+func (hintedError) Hint() string              { return "corp_id is wrong: copy it from My Company" }
+func (hintedError) Is(target error) bool      { return target == tokenmgr.ErrCredentials }
+func (hintedError) RetryAfter() time.Duration { return 0 }
 
 // TestFetchFailureShared checks that when the lock holder's fetch fails, the processes waiting
-// for it get the failure (with its kind) instead of each calling the failing upstream in turn.
+// for it get the failure instead of each calling the failing upstream in turn: its kind
+// (errors.Is), and the platform's code, hint and wait when the holder's error had them, but
+// nothing else of the holder's error text.
 func TestFetchFailureShared(t *testing.T) {
-	for _, tc := range []struct {
+	srv := startRedis(t)
+	for i, tc := range []struct {
 		name string
 		err  error
+		kind error
+		// want a *tokenmgr.PlatformError with these (code "" = no PlatformError at all)
+		platform, code, hint string
+		wait                 time.Duration
 	}{
-		{"temporary", fmt.Errorf("%w: 503", tokenmgr.ErrTemporary)},
-		{"credentials", fmt.Errorf("%w: errcode 40001", tokenmgr.ErrCredentials)},
+		{name: "temporary", err: fmt.Errorf("%w: 503", tokenmgr.ErrTemporary), kind: tokenmgr.ErrTemporary},
+		{name: "credentials", err: fmt.Errorf("%w: errcode", tokenmgr.ErrCredentials), kind: tokenmgr.ErrCredentials},
+		{name: "platform error", kind: tokenmgr.ErrCredentials,
+			err: fmt.Errorf("graph: token: %w", &tokenmgr.PlatformError{Platform: "graph", Code: "AADSTS7000215",
+				Message: "Invalid client secret provided SECRET-free-text-stays-here", Hint: "use the secret's Value, not its ID", Kind: tokenmgr.ErrCredentials}),
+			platform: "graph", code: "AADSTS7000215", hint: "use the secret's Value, not its ID"},
+		{name: "rate limited", kind: tokenmgr.ErrTemporary,
+			err: &tokenmgr.PlatformError{Platform: "wecom", Code: "45009", Message: "api freq out of limit SECRET-free-text-stays-here",
+				Kind: tokenmgr.ErrTemporary, Wait: 90 * time.Second},
+			platform: "wecom", code: "45009", wait: 90 * time.Second},
+		// The platform is the key's first part when the error does not say.
+		{name: "adapter error", err: fmt.Errorf("refresh: %w", hintedError{}), kind: tokenmgr.ErrCredentials,
+			platform: "graph", code: "40013", hint: "corp_id is wrong: copy it from My Company"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			srv := startRedis(t)
-			holder, rc := newHost(t, srv.Addr(), redisstore.Options{})
+			key := fmt.Sprintf("%s-%d", key, i)
+			holder, _ := newHost(t, srv.Addr(), redisstore.Options{})
 			var fetches atomic.Int64
 			started, release := make(chan struct{}, 1), make(chan struct{})
 			go func() {
@@ -641,7 +672,6 @@ func TestFetchFailureShared(t *testing.T) {
 				waitSubscribed(t, holder, w)
 				waiters = append(waiters, w)
 			}
-			base := setCalls(t, rc)
 			errs := make(chan error, 3)
 			for _, w := range waiters {
 				go func() {
@@ -652,23 +682,93 @@ func TestFetchFailureShared(t *testing.T) {
 					errs <- err
 				}()
 			}
-			for deadline := time.Now().Add(5 * time.Second); setCalls(t, rc) < base+3; { // all three tried the lock
-				if time.Now().After(deadline) {
-					t.Fatal("waiters did not try the lock within 5s")
-				}
-				time.Sleep(5 * time.Millisecond)
+			for _, w := range waiters {
+				waitFor(t, "every waiter to find the lock taken", func() bool { return w.Stats().Waits == 1 })
 			}
 			close(release)
 			for range 3 {
 				err := <-errs
-				if !errors.Is(err, tc.err.(interface{ Unwrap() error }).Unwrap()) {
-					t.Errorf("waiter Refresh = %v; want the holder's failure kind", err)
+				if !errors.Is(err, tc.kind) {
+					t.Errorf("waiter Refresh = %v; want the holder's failure kind %v", err, tc.kind)
+				}
+				if err != nil && strings.Contains(err.Error(), "SECRET") {
+					t.Errorf("waiter error %q carries the holder's free text; want only code and hint", err)
+				}
+				var pe *tokenmgr.PlatformError
+				switch {
+				case tc.code == "":
+					if errors.As(err, &pe) {
+						t.Errorf("waiter error %v is a PlatformError %+v; the holder's error had no code", err, pe)
+					}
+				case !errors.As(err, &pe):
+					t.Errorf("waiter error %v is no *tokenmgr.PlatformError; want code %s", err, tc.code)
+				case pe.Code != tc.code || pe.Hint != tc.hint || pe.Platform != tc.platform || pe.Kind != tc.kind || tokenmgr.RetryAfter(err) != tc.wait:
+					t.Errorf("waiter error = %+v (retry after %v); want platform %q code %q hint %q kind %v wait %v",
+						pe, tokenmgr.RetryAfter(err), tc.platform, tc.code, tc.hint, tc.kind, tc.wait)
+				case tc.hint != "" && !strings.Contains(err.Error(), tc.hint) || !strings.Contains(err.Error(), tc.code):
+					t.Errorf("waiter error text %q lacks the code or the hint", err)
 				}
 			}
 			if n := fetches.Load(); n != 1 {
 				t.Errorf("%d fetches; want 1 (the holder's)", n)
 			}
+			for _, w := range waiters {
+				if st := w.Stats(); st.PeerFailures != 1 || st.Fetches != 0 {
+					t.Errorf("waiter Stats = %+v; want 1 peer failure, no fetch", st)
+				}
+			}
 		})
+	}
+}
+
+// slowSource blocks every fetch until its ctx is done, as a token endpoint that hangs.
+type slowSource struct{ started chan struct{} }
+
+func (s slowSource) Token(ctx context.Context) (tokenmgr.Token, error) {
+	s.started <- struct{}{}
+	<-ctx.Done()
+	// As a source over HTTP reports it: a temporary failure of the request.
+	return tokenmgr.Token{}, fmt.Errorf("%w: Get token: %w", tokenmgr.ErrTemporary, ctx.Err())
+}
+
+// TestClosedHolderLetsOthersFetch closes the Manager holding the lock while its fetch runs
+// (a host shutting down): the fetch fails with the Manager's own cancellation, which says
+// nothing about the upstream, so the waiting process is not told to back off; it takes the
+// lock and fetches at once.
+func TestClosedHolderLetsOthersFetch(t *testing.T) {
+	srv := startRedis(t)
+	holder, _ := newHost(t, srv.Addr(), redisstore.Options{})
+	waiter, _ := newHost(t, srv.Addr(), redisstore.Options{PollInterval: time.Hour})
+	waitSubscribed(t, holder, waiter)
+
+	src := slowSource{started: make(chan struct{}, 1)}
+	m := tokenmgr.New(key, src, tokenmgr.Options{Store: holder})
+	go func() { _, _ = m.Token(t.Context()) }()
+	<-src.started
+
+	type result struct {
+		e       tokenmgr.Entry
+		fetched bool
+		err     error
+	}
+	got := make(chan result, 1)
+	var fetches atomic.Int64
+	go func() {
+		e, fetched, err := waiter.Refresh(t.Context(), key, 0, fixedFetch("mine", &fetches))
+		got <- result{e, fetched, err}
+	}()
+	waitFor(t, "the waiter to find the lock taken", func() bool { return waiter.Stats().Waits == 1 })
+	m.Close() // cancels the holder's fetch
+	select {
+	case r := <-got:
+		if r.err != nil || !r.fetched || r.e.Token.Value != "mine" {
+			t.Fatalf("waiter Refresh after the holder closed = %q fetched %v, %v; want its own fetch", r.e.Token.Value, r.fetched, r.err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("waiter not done 5s after the holder closed (poll interval 1h)")
+	}
+	if st := waiter.Stats(); st.PeerFailures != 0 || st.Fetches != 1 {
+		t.Errorf("waiter Stats = %+v; want no peer failure, 1 fetch", st)
 	}
 }
 
