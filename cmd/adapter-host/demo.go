@@ -34,12 +34,14 @@ type demoSummary struct {
 	EchoesSeen    int
 	TokenFetches  int
 	Refreshes     uint64
-	Revocations   int // revocations injected
+	Revocations   int // platforms told to revoke their tokens early
 	Invalidations int // tokens dropped after the platform rejected them
-	Duplicates    int
-	Restarts      int
-	PluginPid     int
-	EventsHandled int64
+	// InvalidationsBy counts Invalidations by platform ("wecom", "graph"), from the metrics.
+	InvalidationsBy map[string]int
+	Duplicates      int
+	Restarts        int
+	PluginPid       int
+	EventsHandled   int64
 }
 
 func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -62,8 +64,9 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "\ndemo summary: %d user messages, %d echoes; %d token fetches (%d refreshes); %d early revocations injected, %d rejected tokens replaced by a transparent retry; %d duplicate dropped; %d plugin restarts\n",
-		s.UsersSent, s.EchoesSeen, s.TokenFetches, s.Refreshes, s.Revocations, s.Invalidations, s.Duplicates, s.Restarts)
+	fmt.Fprintf(stdout, "\ndemo summary: %d user messages, %d echoes; %d token fetches (%d refreshes); %d early revocations injected, %d rejected tokens replaced by a transparent retry (wecom %d, graph %d); %d duplicate dropped; %d plugin restarts\n",
+		s.UsersSent, s.EchoesSeen, s.TokenFetches, s.Refreshes, s.Revocations, s.Invalidations,
+		s.InvalidationsBy[adapter.PlatformWeCom], s.InvalidationsBy[adapter.PlatformGraph], s.Duplicates, s.Restarts)
 	if s.EchoesSeen != s.UsersSent {
 		return fmt.Errorf("demo: %d of %d messages got no echo", s.UsersSent-s.EchoesSeen, s.UsersSent)
 	}
@@ -211,9 +214,10 @@ func runDemo(ctx context.Context, o demoOptions) (demoSummary, error) {
 	for i := 0; time.Since(start) < o.Duration; i++ {
 		if !revoked && time.Since(start) >= o.Duration/2 {
 			wemu.RevokeTokens(42001)
+			sum.Revocations++
 			gemu.RevokeTokens()
+			sum.Revocations++
 			revoked = true
-			sum.Revocations += 2
 			fmt.Fprintln(out, "*** both platforms revoke their access tokens early (WeCom 42001, Graph 401 InvalidAuthenticationToken);\n    the next call refreshes and retries once, transparently")
 		}
 		u := users[i%len(users)]
@@ -273,22 +277,35 @@ func runDemo(ctx context.Context, o demoOptions) (demoSummary, error) {
 	mfs, _ := h.srv.gather.Gather() // host and plugin metrics
 	sum.Duplicates = int(counterSum(mfs, "chatwire_events_total", "outcome", "duplicate"))
 	sum.Invalidations = int(counterSum(mfs, "chatwire_token_refreshes_total", "result", "invalidation"))
+	sum.InvalidationsBy = map[string]int{}
+	for _, p := range platforms.Supported() {
+		sum.InvalidationsBy[p] = int(counterSum(mfs, "chatwire_token_refreshes_total", "result", "invalidation", "platform", p))
+	}
 	return sum, nil
 }
 
-// counterSum adds the counters of family name whose label has value.
-func counterSum(mfs []*dto.MetricFamily, name, label, value string) float64 {
+// counterSum adds the counters of family name whose labels have the values given as
+// label, value pairs.
+func counterSum(mfs []*dto.MetricFamily, name string, labelValues ...string) float64 {
 	var sum float64
 	for _, mf := range mfs {
 		if mf.GetName() != name {
 			continue
 		}
+	metric:
 		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == label && l.GetValue() == value {
-					sum += m.GetCounter().GetValue()
+			for i := 0; i+1 < len(labelValues); i += 2 {
+				found := false
+				for _, l := range m.GetLabel() {
+					if l.GetName() == labelValues[i] && l.GetValue() == labelValues[i+1] {
+						found = true
+					}
+				}
+				if !found {
+					continue metric
 				}
 			}
+			sum += m.GetCounter().GetValue()
 		}
 	}
 	return sum

@@ -565,24 +565,50 @@ func TestCheck(t *testing.T) {
 	}
 }
 
+// TestDemo runs the demo command as a user would (short durations): exit status 0, the
+// summary, the conversation on screen, and on each platform a rejected token replaced by a
+// refresh, as the plugin's log shows.
 func TestDemo(t *testing.T) {
-	var logs syncBuffer
-	var out syncBuffer
-	s, err := runDemo(t.Context(), demoOptions{Duration: 4 * time.Second, TokenLifetime: 2 * time.Second, Every: 400 * time.Millisecond,
-		Log: slog.New(slog.NewTextHandler(&logs, nil)), Out: &out})
-	if err != nil {
-		t.Fatalf("demo: %v\n%s", err, out.String())
+	var out, errb syncBuffer
+	err := run(t.Context(), []string{"demo", "--duration", "4s", "--token-lifetime", "2s", "--every", "400ms"}, &out, &errb)
+	if err != nil || exitCode(err) != 0 {
+		t.Fatalf("demo = %v (exit %d)\nstdout:\n%s\nstderr:\n%s", err, exitCode(err), out.String(), errb.String())
 	}
-	if s.UsersSent < 5 || s.EchoesSeen != s.UsersSent || s.Revocations != 2 || s.Invalidations < 1 || s.Duplicates != 1 || s.TokenFetches < 3 || s.Restarts != 0 {
-		t.Errorf("demo summary = %+v", s)
+	stdout, logs := out.String(), errb.String()
+	var sent, echoed int
+	if i := strings.Index(stdout, "demo summary: "); i < 0 {
+		t.Errorf("no summary in the output:\n%s", stdout)
+	} else if _, err := fmt.Sscanf(stdout[i:], "demo summary: %d user messages, %d echoes", &sent, &echoed); err != nil || sent < 5 || echoed != sent {
+		t.Errorf("summary = %q (%v); want at least 5 messages, each echoed", strings.SplitN(stdout[i:], "\n", 2)[0], err)
 	}
-	for _, want := range []string{`reason=invalidated`, `reason=initial`, "duplicate event dropped"} {
-		if !strings.Contains(logs.String(), want) {
-			t.Errorf("demo log lacks %q", want)
+	for _, want := range []string{"demo ok: every message was echoed; nothing lost, nothing doubled", "1 duplicate dropped", "0 plugin restarts",
+		"echo  → alice: echo: hello!", "teams → chat : echo: "} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("demo output lacks %q:\n%s", want, stdout)
 		}
 	}
-	if !strings.Contains(out.String(), "echo  → alice: echo: hello!") || !strings.Contains(out.String(), "teams → chat : echo: ") {
-		t.Errorf("demo output lacks the conversation:\n%s", out.String())
+	for _, platform := range []string{"wecom", "graph"} {
+		found := false
+		for _, line := range strings.Split(logs, "\n") {
+			if strings.Contains(line, `msg="token refreshed"`) && strings.Contains(line, "reason=invalidated") && strings.Contains(line, "platform="+platform) {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("the log shows no %s token refreshed with reason=invalidated", platform)
+		}
+	}
+	// The summary counts them from the metrics, per platform.
+	var wecomInv, graphInv int
+	if i := strings.Index(stdout, "transparent retry (wecom "); i < 0 {
+		t.Error("summary lacks the invalidations per platform")
+	} else if _, err := fmt.Sscanf(stdout[i:], "transparent retry (wecom %d, graph %d)", &wecomInv, &graphInv); err != nil || wecomInv < 1 || graphInv < 1 {
+		t.Errorf("summary counts wecom %d, graph %d invalidations (%v); want at least 1 each", wecomInv, graphInv, err)
+	}
+	for _, want := range []string{"reason=initial", "duplicate event dropped"} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("demo log lacks %q", want)
+		}
 	}
 }
 

@@ -33,8 +33,10 @@ func main() {
 	}
 }
 
+// exitCode is the exit status for run's result: 0 for nil and --help, an error's own
+// ExitCode (check failures: 2), else 1.
 func exitCode(err error) int {
-	if errors.Is(err, flag.ErrHelp) {
+	if err == nil || errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
 	var ec interface{ ExitCode() int }
