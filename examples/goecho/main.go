@@ -56,7 +56,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	pluginPath := fs.String("plugin", "adapter-plugin", "path of the chatwire adapter plugin executable")
 	pluginArg := fs.String("plugin-arg", "", "an argument for the plugin (\"plugin\" when it is adapter-host)")
-	listen := fs.String("listen", "127.0.0.1:8090", "address for the WeCom callback (real mode)")
+	listen := fs.String("listen", "127.0.0.1:8090", "address for the WeCom callback (real mode; emulated mode uses a free port)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -128,10 +128,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			}()
 		}
 	})
-	ln, err := net.Listen("tcp", *listen)
+	addr := *listen
 	if emulated {
-		ln, err = net.Listen("tcp", "127.0.0.1:0")
+		addr = "127.0.0.1:0" // the emulator pushes to whatever port is free
 	}
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return err
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"log/slog"
+	"net"
 	"os"
 	"strings"
 	"testing"
@@ -25,11 +26,24 @@ func TestEcho(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Setenv("WECOM_CORP_ID", "")
+	// --listen names a port this test owns; emulated mode must not open it (it uses a free one).
+	own, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := own.Addr().String()
+	own.Close()
 	var out, errb bytes.Buffer
-	if err := run(t.Context(), []string{"--plugin", exe, "--plugin-arg", "plugin"}, &out, &errb); err != nil {
+	if err := run(t.Context(), []string{"--plugin", exe, "--plugin-arg", "plugin", "--listen", addr}, &out, &errb); err != nil {
 		t.Fatalf("run = %v\n%s\n%s", err, out.String(), errb.String())
 	}
 	if !strings.Contains(out.String(), `WeCom delivered to zhangsan: "echo: hello plugin"`) {
 		t.Errorf("output:\n%s", out.String())
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Errorf("--listen %s still taken after run returned (a leaked listener): %v", addr, err)
+	} else {
+		ln.Close()
 	}
 }

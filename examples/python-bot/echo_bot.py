@@ -69,17 +69,37 @@ def reply_target(event):
     return {"chat": event["chat"]["id"]}
 
 
+# How often send tries in all when the host answers 429 or 503, and the longest wait it
+# honours between tries.
+SEND_ATTEMPTS = 6
+MAX_RETRY_AFTER = 60
+
+
+def retry_after(e):
+    """Seconds the answer e asks to wait (Retry-After in seconds), bounded; 1 if absent."""
+    try:
+        wait = int(e.headers.get("Retry-After", "1"))
+    except ValueError:  # an HTTP date, or garbage: wait a little
+        wait = 1
+    return max(0, min(wait, MAX_RETRY_AFTER))
+
+
 def send(bot, to, text):
-    """Sends text; on 429 waits Retry-After and tries again."""
-    while True:
+    """Sends text. On 429 (rate limited) or 503 (the host's plugin restarting, the platform
+    unavailable) it waits Retry-After and tries again, up to SEND_ATTEMPTS tries in all."""
+    for attempt in range(1, SEND_ATTEMPTS + 1):
         try:
             with request("POST", "/v1/bots/%s/messages" % bot, {"to": to, "text": text}) as resp:
                 return json.load(resp)
         except urllib.error.HTTPError as e:
-            err = json.load(e).get("error", {})
-            if e.code == 429:
-                wait = int(e.headers.get("Retry-After", "1"))
-                print("rate limited (%s); waiting %ds" % (err.get("platform_code"), wait), file=sys.stderr)
+            try:
+                err = json.load(e).get("error", {})
+            except ValueError:  # not the host's JSON (a proxy's page, say)
+                err = {}
+            if e.code in (429, 503) and attempt < SEND_ATTEMPTS:
+                wait = retry_after(e)
+                print("send answered %d (%s); retrying in %ds" % (e.code, err.get("platform_code") or err.get("kind") or "no detail", wait),
+                      file=sys.stderr, flush=True)
                 time.sleep(wait)
                 continue
             raise RuntimeError("send failed: %s %s (%s)" % (e.code, err.get("message"), err.get("kind")))
