@@ -154,6 +154,12 @@ type Manager struct {
 	stopWatch    func()
 	stats        struct{ refreshes, fetches, failures uint64 }
 	lastOK       time.Time
+
+	// Invalidations, kept so that a refresh in flight when one arrives does not bring back a
+	// token that was rejected meanwhile (see rejectedLocked).
+	badValue string // the token value last invalidated, here or by another user of the store
+	badSeq   uint64 // counts invalidations of a value; see call.fetchSeq
+	deadGen  uint64 // the newest generation known to be invalidated
 }
 
 // call is one refresh; callers that need its result wait on done.
@@ -162,8 +168,12 @@ type call struct {
 	reason string
 	have   uint64 // generation held when the call began
 	invGen uint64 // if not 0, invalidate this generation in the store first
-	tok    Token  // result, set before done is closed
-	err    error
+	// fetchSeq is badSeq when the last upstream fetch of this call began: a fetch that began
+	// after the last invalidation may hand back the invalidated value (the platform issued it
+	// again); one that began before may not.
+	fetchSeq uint64
+	tok      Token // result, set before done is closed
+	err      error
 }
 
 // New returns a Manager for key, fetching from src. The key names the app, never its secret:
@@ -285,9 +295,15 @@ func (m *Manager) Invalidate(bad string) {
 		m.mu.Unlock()
 		return
 	}
+	gen := m.entry.Gen
 	m.dropLocked(ReasonInvalidated)
+	m.rejectLocked(bad, gen)
 	if m.call == nil && (m.lastErr == nil || !time.Now().Before(m.retryAt)) {
-		m.startLocked(ReasonInvalidated)
+		m.startLocked(ReasonInvalidated) // invalidates gen in the store first
+	} else {
+		// A refresh is in flight (or backing off): tell the store, and through it every other
+		// user, now rather than when it is over. The refresh's result is checked against bad.
+		m.invalidateLater(gen)
 	}
 	m.scheduleLocked()
 	m.mu.Unlock()
@@ -414,6 +430,44 @@ func (m *Manager) backoff(n int, err error) time.Duration {
 	return d
 }
 
+// rejectLocked records that the token value of generation gen was invalidated.
+func (m *Manager) rejectLocked(value string, gen uint64) {
+	m.badValue = value
+	m.badSeq++
+	m.deadGen = max(m.deadGen, gen)
+}
+
+// rejectedLocked reports whether e, the result of the refresh c, is a token invalidated while
+// c ran: its generation was invalidated, or it holds the invalidated value and was not fetched
+// from upstream after the invalidation.
+func (m *Manager) rejectedLocked(e Entry, fetched bool, c *call) bool {
+	if m.deadGen != 0 && e.Gen <= m.deadGen {
+		return true
+	}
+	return m.badValue != "" && e.Token.Value == m.badValue && !(fetched && c.fetchSeq == m.badSeq)
+}
+
+// invalidateLater invalidates generation gen in the store in the background.
+func (m *Manager) invalidateLater(gen uint64) {
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		ctx, cancel := context.WithTimeout(m.ctx, m.opts.RefreshTimeout)
+		defer cancel()
+		m.invalidateStore(ctx, gen)
+	}()
+}
+
+// invalidateStore invalidates generation gen in the store. A failure is logged at Debug level
+// only: the store reports its own outages (redisstore logs one warning per outage and counts
+// them), and a line per invalidation would repeat that for every rejected request.
+func (m *Manager) invalidateStore(ctx context.Context, gen uint64) {
+	if err := m.store.Invalidate(ctx, m.key, gen); err != nil && ctx.Err() == nil {
+		m.log.LogAttrs(ctx, slog.LevelDebug, "token store invalidate failed",
+			slog.String("key", m.key), slog.String("platform", m.platform), slog.Uint64("gen", gen), slog.Any("error", err))
+	}
+}
+
 // dropLocked stops handing out the current token.
 func (m *Manager) dropLocked(why string) {
 	m.valid = false
@@ -457,19 +511,36 @@ func (m *Manager) run(c *call, delay time.Duration, attempt int) {
 		}
 	}
 	start := time.Now()
+	ctx, cancel := context.WithTimeout(m.ctx, m.opts.RefreshTimeout)
+	defer cancel()
 	var (
-		e       Entry
-		fetched bool
-		err     = m.ctx.Err()
+		e                 Entry
+		fetched, upstream bool // e is from upstream; some fetch of this call went upstream
+		err               = m.ctx.Err()
 	)
-	if err == nil {
-		ctx, cancel := context.WithTimeout(m.ctx, m.opts.RefreshTimeout)
-		e, fetched, err = m.fetch(ctx, c)
-		cancel()
+	for tries := 1; ; tries++ {
+		if err == nil {
+			e, fetched, err = m.fetch(ctx, c)
+			upstream = upstream || fetched
+		}
+		m.mu.Lock()
+		if err != nil || m.closed || !m.rejectedLocked(e, fetched, c) {
+			break // with m.mu held: nothing can be invalidated between this check and accepting e
+		}
+		// e was invalidated while this refresh ran: never hand it out. Ask for a newer entry,
+		// and if e is the rejected value stored again, drop it from the store too.
+		if tries == 3 {
+			err = fmt.Errorf("%w: the store keeps returning an invalidated token", ErrTemporary)
+			break
+		}
+		c.have, c.invGen = e.Gen, 0
+		if e.Gen > m.deadGen {
+			c.invGen = e.Gen
+		}
+		m.mu.Unlock()
 	}
 	took := time.Since(start)
 
-	m.mu.Lock()
 	m.call = nil
 	if m.closed {
 		c.err = ErrClosed
@@ -477,7 +548,7 @@ func (m *Manager) run(c *call, delay time.Duration, attempt int) {
 		m.mu.Unlock()
 		return
 	}
-	if fetched {
+	if upstream {
 		m.lastFetch = time.Now()
 		m.lastFetchWhy = c.reason
 	}
@@ -519,14 +590,12 @@ func (m *Manager) run(c *call, delay time.Duration, attempt int) {
 // fetch gets an entry newer than c.have through the store.
 func (m *Manager) fetch(ctx context.Context, c *call) (Entry, bool, error) {
 	if c.invGen != 0 {
-		if err := m.store.Invalidate(ctx, m.key, c.invGen); err != nil {
-			m.log.LogAttrs(ctx, slog.LevelWarn, "token store invalidate failed",
-				slog.String("key", m.key), slog.String("platform", m.platform), slog.Any("error", err))
-		}
+		m.invalidateStore(ctx, c.invGen)
 	}
 	have := c.have
+	fetch := func(ctx context.Context, prev Entry) (Entry, error) { return m.fetchUpstream(ctx, c, prev) }
 	for range 3 {
-		e, fetched, err := m.store.Refresh(ctx, m.key, have, m.fetchUpstream)
+		e, fetched, err := m.store.Refresh(ctx, m.key, have, fetch)
 		if err != nil {
 			return Entry{}, false, err
 		}
@@ -561,10 +630,11 @@ func (m *Manager) usable(e Entry) bool {
 	return time.Until(e.Token.ExpiresAt) > skew
 }
 
-// fetchUpstream asks the source for a new token; it is the store's FetchFunc.
-func (m *Manager) fetchUpstream(ctx context.Context, prev Entry) (Entry, error) {
+// fetchUpstream asks the source for a new token for the refresh c; it is the store's FetchFunc.
+func (m *Manager) fetchUpstream(ctx context.Context, c *call, prev Entry) (Entry, error) {
 	m.mu.Lock()
 	m.stats.fetches++
+	c.fetchSeq = m.badSeq
 	m.mu.Unlock()
 	var (
 		tok   Token
@@ -601,6 +671,7 @@ func (m *Manager) acceptLocked(e Entry, fetched bool) {
 	prev := m.entry
 	m.entry = e
 	m.valid = true
+	m.badValue = "" // a newer token was handed out: entries after it are the fleet's to judge
 	m.want = ReasonExpired
 	m.fails = 0
 	m.lastErr = nil
@@ -719,11 +790,23 @@ func (m *Manager) onChange(ch Change) {
 		return
 	}
 	if ch.Invalidated {
+		if ch.Gen <= m.deadGen {
+			m.mu.Unlock() // known already (our own invalidation, heard back)
+			return
+		}
 		if !m.valid || ch.Gen != m.entry.Gen {
+			// Not a token handed out here, but a refresh in flight may be bringing it (or the
+			// same value again): remember, so that it is not adopted.
+			if ch.Gen == m.entry.Gen {
+				m.rejectLocked(m.entry.Token.Value, ch.Gen)
+			} else {
+				m.deadGen = ch.Gen
+			}
 			m.mu.Unlock()
 			return
 		}
 		fp := Fingerprint(m.entry.Token.Value)
+		m.rejectLocked(m.entry.Token.Value, ch.Gen)
 		m.dropLocked(ReasonInvalidated)
 		if m.call == nil {
 			m.startLocked(ReasonInvalidated)

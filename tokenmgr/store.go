@@ -43,7 +43,8 @@ type Store interface {
 
 	// Invalidate clears the token stored for key if the stored Gen is still gen (compare and
 	// invalidate): a late report about an old token never throws away a newer one. State and
-	// Gen are kept, so the next Refresh with have = gen fetches.
+	// Gen are kept, so the next Refresh with have = gen fetches. A Manager logs a failed
+	// Invalidate at Debug level only: a shared store reports its own outages, once each.
 	Invalidate(ctx context.Context, key string, gen uint64) error
 }
 
