@@ -132,7 +132,7 @@ func TestRefreshAheadDoesNotBlockCallers(t *testing.T) {
 		for i := 2; i < len(times); i++ {
 			gap := times[i].Sub(times[i-1])
 			// 80% ± 5% of 6 s, plus the 200 ms fetch.
-			if gap < 4500*time.Millisecond || gap > 5300*time.Millisecond {
+			if gap < 4700*time.Millisecond || gap > 5300*time.Millisecond {
 				t.Fatalf("gap between fetches %d and %d = %v; want 4.7s..5.3s", i, i+1, gap)
 			}
 		}

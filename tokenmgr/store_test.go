@@ -129,74 +129,192 @@ func TestSharedStoreOneFetchAndInvalidationEverywhere(t *testing.T) {
 }
 
 func TestMemoryStoreConditionalSemantics(t *testing.T) {
-	ctx := context.Background()
-	s := new(tokenmgr.MemoryStore)
-	calls := 0
-	fetch := func(ctx context.Context, prev tokenmgr.Entry) (tokenmgr.Entry, error) {
-		calls++
-		return tokenmgr.Entry{Token: tokenmgr.Token{Value: fmt.Sprintf("v%d", calls)}, State: prev.State}, nil
-	}
-	e, fetched, _ := s.Refresh(ctx, "k", 0, fetch)
-	if !fetched || e.Gen != 1 || e.Token.Value != "v1" {
-		t.Fatalf("Refresh(have 0) = %+v, %v; want v1 gen 1 fetched", e, fetched)
-	}
-	e, fetched, _ = s.Refresh(ctx, "k", 0, fetch) // someone else already wrote gen 1
-	if fetched || e.Gen != 1 || calls != 1 {
-		t.Fatalf("Refresh(have 0) again = gen %d fetched %v calls %d; want gen 1 from the store", e.Gen, fetched, calls)
-	}
-	s.Invalidate(ctx, "k", 0) // stale generation: no effect
-	if e, _ := s.Load(ctx, "k"); e.Token.Value != "v1" {
-		t.Fatalf("Invalidate(old gen) cleared the token")
-	}
-	s.Invalidate(ctx, "k", 1)
-	if e, _ := s.Load(ctx, "k"); e.Token.Value != "" || e.Gen != 1 {
-		t.Fatalf("Invalidate(gen 1) left %+v; want the token cleared, gen kept", e)
-	}
-	e, fetched, _ = s.Refresh(ctx, "k", 1, fetch)
-	if !fetched || e.Gen != 2 || e.Token.Value != "v2" {
-		t.Fatalf("Refresh(have 1) = %+v, %v; want v2 gen 2", e, fetched)
-	}
-	// A waiter gives up on its ctx while another fetch holds the key.
-	hold, holding := make(chan struct{}), make(chan struct{})
-	go s.Refresh(ctx, "k", 2, func(context.Context, tokenmgr.Entry) (tokenmgr.Entry, error) {
-		close(holding)
-		<-hold
-		return tokenmgr.Entry{Token: tokenmgr.Token{Value: "v3"}}, nil
+	synctest.Test(t, func(t *testing.T) {
+		ctx := t.Context()
+		s := new(tokenmgr.MemoryStore)
+		calls := 0
+		fetch := func(ctx context.Context, prev tokenmgr.Entry) (tokenmgr.Entry, error) {
+			calls++
+			return tokenmgr.Entry{Token: tokenmgr.Token{Value: fmt.Sprintf("v%d", calls)}, State: prev.State}, nil
+		}
+		e, fetched, _ := s.Refresh(ctx, "k", 0, fetch)
+		if !fetched || e.Gen != 1 || e.Token.Value != "v1" {
+			t.Fatalf("Refresh(have 0) = %+v, %v; want v1 gen 1 fetched", e, fetched)
+		}
+		e, fetched, _ = s.Refresh(ctx, "k", 0, fetch) // someone else already wrote gen 1
+		if fetched || e.Gen != 1 || calls != 1 {
+			t.Fatalf("Refresh(have 0) again = gen %d fetched %v calls %d; want gen 1 from the store", e.Gen, fetched, calls)
+		}
+		s.Invalidate(ctx, "k", 0) // stale generation: no effect
+		if e, _ := s.Load(ctx, "k"); e.Token.Value != "v1" {
+			t.Fatalf("Invalidate(old gen) cleared the token")
+		}
+		s.Invalidate(ctx, "k", 1)
+		if e, _ := s.Load(ctx, "k"); e.Token.Value != "" || e.Gen != 1 {
+			t.Fatalf("Invalidate(gen 1) left %+v; want the token cleared, gen kept", e)
+		}
+		e, fetched, _ = s.Refresh(ctx, "k", 1, fetch)
+		if !fetched || e.Gen != 2 || e.Token.Value != "v2" {
+			t.Fatalf("Refresh(have 1) = %+v, %v; want v2 gen 2", e, fetched)
+		}
+		// A waiter gives up on its ctx while another fetch holds the key.
+		hold, holding := make(chan struct{}), make(chan struct{})
+		go s.Refresh(ctx, "k", 2, func(context.Context, tokenmgr.Entry) (tokenmgr.Entry, error) {
+			close(holding)
+			<-hold
+			return tokenmgr.Entry{Token: tokenmgr.Token{Value: "v3"}}, nil
+		})
+		<-holding
+		short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+		defer cancel()
+		t0 := time.Now()
+		if _, _, err := s.Refresh(short, "k", 2, fetch); !errors.Is(err, context.DeadlineExceeded) || time.Since(t0) != 20*time.Millisecond {
+			t.Fatalf("Refresh while another fetch holds the key = %v after %v; want DeadlineExceeded after 20ms", err, time.Since(t0))
+		}
+		close(hold)
+		synctest.Wait()
+		if e, _ := s.Load(ctx, "k"); e.Token.Value != "v3" || e.Gen != 3 || calls != 2 {
+			t.Fatalf("after the held fetch: %q gen %d, %d fetches; want v3 gen 3, the waiter's fetch not made", e.Token.Value, e.Gen, calls)
+		}
 	})
-	<-holding
-	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
-	defer cancel()
-	if _, _, err := s.Refresh(short, "k", 2, fetch); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("Refresh while another fetch holds the key = %v; want DeadlineExceeded", err)
-	}
-	close(hold)
 }
 
+// secretSource is a StatefulSource whose tokens and states are marked SECRET-, and whose
+// errors, in the mode set, carry ERRTEXT- markers (not secret: they must reach the log).
+type secretSource struct {
+	mu   sync.Mutex
+	n    int
+	mode string // "", "temporary" or "credentials"
+}
+
+func (s *secretSource) Token(ctx context.Context) (tokenmgr.Token, error) {
+	return tokenmgr.Token{}, errors.New("secretSource needs its state")
+}
+
+func (s *secretSource) TokenState(ctx context.Context, state []byte) (tokenmgr.Token, []byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch s.mode {
+	case "temporary":
+		return tokenmgr.Token{}, nil, fmt.Errorf("%w: upstream said 503 ERRTEXT-temporary", tokenmgr.ErrTemporary)
+	case "credentials":
+		return tokenmgr.Token{}, nil, &tokenmgr.PlatformError{Platform: "wecom", Code: "40001",
+			Message: "invalid credential ERRTEXT-credentials", Hint: "check the corp secret", Kind: tokenmgr.ErrCredentials}
+	}
+	if want := fmt.Sprintf("SECRET-RT-%d", s.n); string(state) != want {
+		return tokenmgr.Token{}, nil, fmt.Errorf("%w: wrong refresh token (fp %s; want fp %s)", tokenmgr.ErrCredentials,
+			tokenmgr.Fingerprint(string(state)), tokenmgr.Fingerprint(want))
+	}
+	s.n++
+	return tokenmgr.Token{Value: fmt.Sprintf("SECRET-AT-%d", s.n), ExpiresAt: time.Now().Add(twoHours)},
+		[]byte(fmt.Sprintf("SECRET-RT-%d", s.n)), nil
+}
+
+func (s *secretSource) set(mode string) {
+	s.mu.Lock()
+	s.mode = mode
+	s.mu.Unlock()
+}
+
+// TestLogsAndStatusHoldNoSecrets runs two Managers on a shared store through success,
+// invalidation (local and heard from the store), refresh-ahead, temporary and credential
+// failures and recovery, and checks that no token or state marker reaches the log, Status,
+// the events or any error returned, while the failures' own texts do reach the log.
 func TestLogsAndStatusHoldNoSecrets(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		var logs logBuffer
-		src := &rotatingSource{current: "rt-0"}
-		store := new(tokenmgr.MemoryStore)
-		store.Put("graph/t/c/bot", tokenmgr.Entry{State: []byte("rt-0")})
-		m := tokenmgr.New("graph/t/c/bot", src, tokenmgr.Options{Store: store, Logger: newLogger(&logs)})
-		defer m.Close()
-		var issued []string
-		for range 5 {
-			issued = append(issued, mustToken(t, m).Value)
-			m.Invalidate(issued[len(issued)-1])
-			time.Sleep(time.Minute)
+		const key = "wecom/ww1/1"
+		var (
+			logs   logBuffer
+			out    strings.Builder // Status, errors and events, next to the log
+			outMu  sync.Mutex
+			issued []string
+		)
+		record := func(format string, args ...any) {
+			outMu.Lock()
+			fmt.Fprintf(&out, format+"\n", args...)
+			outMu.Unlock()
 		}
-		st, _ := json.Marshal(m.Status())
-		out := logs.String() + string(st)
-		for _, s := range append(issued, "rt-1", "rt-2", "rt-3") {
-			if strings.Contains(out, `"`+s+`"`) || strings.Contains(out, s+" ") {
-				t.Fatalf("log or status contains %q:\n%s", s, out)
+		src := &secretSource{}
+		store := new(tokenmgr.MemoryStore)
+		store.Put(key, tokenmgr.Entry{State: []byte("SECRET-RT-0")}) // from a login
+		opts := tokenmgr.Options{Store: store, Logger: newLogger(&logs),
+			OnEvent: func(ev tokenmgr.Event) { record("event %+v err %v", ev, ev.Err) }}
+		a := tokenmgr.New(key, src, opts)
+		defer a.Close()
+		b := tokenmgr.New(key, src, opts)
+		defer b.Close()
+		status := func() {
+			for _, m := range []*tokenmgr.Manager{a, b} {
+				st, err := json.Marshal(m.Status())
+				if err != nil {
+					t.Fatal(err)
+				}
+				record("status %s %+v", st, m.Status())
 			}
 		}
-		for _, key := range []string{`"key":"graph/t/c/bot"`, `"platform":"graph"`, `"reason":"initial"`, `"reason":"invalidated"`,
-			`"source":"upstream"`, `"took":`, `"expires_in":`, `"attempt":1`, `"fp":"` + tokenmgr.Fingerprint(issued[0]) + `"`} {
-			if !strings.Contains(out, key) {
-				t.Errorf("log lacks %s:\n%s", key, out)
+		token := func(m *tokenmgr.Manager) (tokenmgr.Token, error) {
+			tok, err := m.Token(t.Context())
+			record("token error %v", err)
+			if err == nil {
+				issued = append(issued, tok.Value)
+			}
+			return tok, err
+		}
+
+		tok, _ := token(a) // initial, from upstream
+		token(b)           // from the store
+		status()
+		a.Invalidate(tok.Value) // b hears it from the store
+		synctest.Wait()
+		status()
+		token(a)
+		token(b)
+		time.Sleep(100 * time.Minute) // refresh-ahead
+		synctest.Wait()
+		status()
+		tok, _ = token(b)
+
+		src.set("temporary")
+		b.Invalidate(tok.Value)
+		tok, _ = token(b) // the refresh fails
+		synctest.Wait()
+		status()
+		src.set("credentials")
+		time.Sleep(10 * time.Second) // past the backoff: the retry fails with a credentials error
+		synctest.Wait()
+		token(a)
+		status()
+		src.set("")
+		time.Sleep(5 * time.Minute) // past BackoffMax: recovered
+		synctest.Wait()
+		token(a)
+		token(b)
+		status()
+		a.Close()
+		b.Close()
+		token(a) // closed
+		status()
+
+		all := logs.String() + out.String()
+		if len(issued) < 4 {
+			t.Fatalf("only %d tokens handed out; the scenario did not run:\n%s", len(issued), all)
+		}
+		if strings.Contains(all, "SECRET") {
+			t.Fatalf("a token or a refresh token reached the log, Status, an event or an error:\n%s", all)
+		}
+		for _, want := range []string{
+			// every path ran and was logged or reported
+			`"msg":"token refreshed"`, `"msg":"token invalidated"`, `"msg":"token refresh failed"`,
+			`"msg":"token refresh failed: credentials rejected, fix the configuration"`,
+			"ERRTEXT-temporary", "ERRTEXT-credentials", "check the corp secret", `"last_error":`,
+			"tokenmgr: manager closed",
+			// with the keys of T8
+			`"key":"wecom/ww1/1"`, `"platform":"wecom"`, `"reason":"initial"`, `"reason":"invalidated"`,
+			`"reason":"ahead"`, `"reason":"shared"`, `"source":"upstream"`, `"source":"store"`, `"took":`,
+			`"expires_in":`, `"attempt":2`, `"fp":"` + tokenmgr.Fingerprint(issued[0]) + `"`,
+		} {
+			if !strings.Contains(all, want) {
+				t.Errorf("log, Status, events and errors lack %s:\n%s", want, all)
 			}
 		}
 	})
