@@ -117,7 +117,11 @@ type Stats struct {
 // at PollInterval in case it is lost, until their ctx is done. If the holder's fetch fails, the
 // release publishes that too, and the waiting processes return an error of the same kind
 // ([tokenmgr.ErrTemporary] or [tokenmgr.ErrCredentials]) instead of calling the failing
-// upstream one after another. If the holder dies, the others take over when its lease ends.
+// upstream one after another; when the holder's error carried the platform's code, a hint or a
+// Retry-After, the waiters' error is a [*tokenmgr.PlatformError] with them (never the error's
+// other text). A fetch that failed because the holder's own ctx was canceled (its Manager
+// closed) is released plainly: a waiter takes the lock and fetches. If the holder dies, the
+// others take over when its lease ends.
 //
 // If Redis fails, Refresh fetches in the process from the last entry it saw (so source state
 // carries over), gives the result the generation max(last seen, caller's)+1, and writes it back
