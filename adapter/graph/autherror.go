@@ -202,6 +202,10 @@ func (e *AuthError) PlatformCode() string {
 	return strconv.Itoa(e.StatusCode)
 }
 
+// PlatformHint returns e.Hint, so stores that share a failure across hosts (redisstore) can
+// pass the fix on without knowing this type.
+func (e *AuthError) PlatformHint() string { return e.Hint }
+
 func (e *AuthError) Error() string {
 	var b strings.Builder
 	b.WriteString("graph: identity platform: ")

@@ -38,7 +38,8 @@ var codeInText = regexp.MustCompile(`errcode (-?\d{1,12})\b|\b(AADSTS\d{1,12})\b
 
 // describe returns the failure to publish for err, a fetch of key failing. The code and hint
 // come from a [*tokenmgr.PlatformError] in err's chain, else from errors with the methods
-// PlatformCode() string and Hint() string, else the code from the text of err.
+// PlatformCode() string and Hint() string (or PlatformHint() string), else the code from
+// the text of err.
 func describe(key string, err error) failure {
 	f := failure{Credentials: tokenmgr.IsPermanent(err), WaitMS: tokenmgr.RetryAfter(err).Milliseconds()}
 	var pe *tokenmgr.PlatformError
@@ -60,6 +61,12 @@ func describe(key string, err error) failure {
 		var h interface{ Hint() string }
 		if errors.As(err, &h) {
 			f.Hint = h.Hint()
+		}
+	}
+	if f.Hint == "" {
+		var h interface{ PlatformHint() string } // for errors whose Hint is a field
+		if errors.As(err, &h) {
+			f.Hint = h.PlatformHint()
 		}
 	}
 	if f.Platform == "" {

@@ -1,0 +1,55 @@
+package redisstore
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/seed-a64d9e1f/chatwire/tokenmgr"
+)
+
+// fieldHintError is shaped like graph.AuthError: its hint is a field, offered through
+// PlatformHint, and it says whether it is permanent through Is.
+type fieldHintError struct{ hint string }
+
+func (e *fieldHintError) Error() string        { return "identity platform: invalid_client (AADSTS7000215)" }
+func (e *fieldHintError) PlatformCode() string { return "AADSTS7000215" }
+func (e *fieldHintError) PlatformHint() string { return e.hint }
+func (e *fieldHintError) Is(target error) bool { return target == tokenmgr.ErrCredentials }
+
+// TestFailureMessageRoundTrip: what a holder publishes about its failed fetch comes back to a
+// waiter as an error of the same kind with the code and the hint, for each way an adapter
+// states them, and never with the error's free text.
+func TestFailureMessageRoundTrip(t *testing.T) {
+	const key = "graph/t/c/app"
+	const hint = "use the client secret's Value, not its Secret ID"
+	for name, err := range map[string]error{
+		"PlatformHint method": fmt.Errorf("fetch: %w", &fieldHintError{hint: hint}),
+		"PlatformError": &tokenmgr.PlatformError{Platform: "graph", Code: "AADSTS7000215", Message: "SECRET-free-text",
+			Hint: hint, Kind: tokenmgr.ErrCredentials},
+	} {
+		t.Run(name, func(t *testing.T) {
+			msg := failureMessage(key, err)
+			if strings.Contains(msg, "SECRET-") {
+				t.Fatalf("message carries the error's free text: %q", msg)
+			}
+			head, detail, ok := strings.Cut(msg, "\n")
+			if !ok || head != "f 1 "+key {
+				t.Fatalf("message = %q; want a credentials failure with detail", msg)
+			}
+			f := failure{Credentials: true}
+			if !f.decode(detail) {
+				t.Fatalf("detail %q not decoded", detail)
+			}
+			got := f.err(key)
+			var pe *tokenmgr.PlatformError
+			if !errors.Is(got, tokenmgr.ErrCredentials) || !errors.As(got, &pe) {
+				t.Fatalf("waiter's error %v: want ErrCredentials and a *PlatformError", got)
+			}
+			if pe.Code != "AADSTS7000215" || pe.Hint != hint || pe.Platform != "graph" {
+				t.Errorf("waiter's error has platform %q code %q hint %q", pe.Platform, pe.Code, pe.Hint)
+			}
+		})
+	}
+}
