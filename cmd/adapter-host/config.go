@@ -80,6 +80,10 @@ type BotConfig struct {
 type DeliverConfig struct {
 	WebhookURL    string `yaml:"webhook_url"`
 	WebhookSecret string `yaml:"webhook_secret"`
+	// Concurrency is how many events may be POSTed at once, each for a different chat;
+	// events of one chat always arrive one after the other, in order. 0 means 4; 1 delivers
+	// every event of the bot in order.
+	Concurrency int `yaml:"concurrency"`
 }
 
 // ConfigError lists every problem found in a config file, each prefixed with its field path.
@@ -357,6 +361,9 @@ func (c *Config) validate(cerr *ConfigError) {
 			}
 			if d.WebhookSecret == "" {
 				p(at+".deliver.webhook_secret", "required: events are signed with it")
+			}
+			if d.Concurrency < 0 || d.Concurrency > 64 {
+				p(at+".deliver.concurrency", "%d: want 1 to 64 (0 means 4)", d.Concurrency)
 			}
 		}
 	}

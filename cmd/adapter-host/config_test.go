@@ -60,6 +60,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{"no keys off loopback", strings.Replace(goodConfig, `api_keys: ["${KEY}"]`, "api_keys: []", 1) + "\n", goodEnv, ""},
 		{"no keys public", strings.Replace(strings.Replace(goodConfig, `api_keys: ["${KEY}"]`, "api_keys: []", 1), "127.0.0.1:8080", "0.0.0.0:8080", 1), goodEnv, "server.api_keys: required when server.listen is not a loopback address"},
 		{"bad aes key", strings.Replace(goodConfig, "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG", "short", 1), goodEnv, "bots[0].wecom.encoding_aes_key: must be 43 characters"},
+		{"bad delivery concurrency", strings.Replace(goodConfig, `webhook_secret: "${HOOK}"}`, `webhook_secret: "${HOOK}", concurrency: 100}`, 1), goodEnv, "bots[0].deliver.concurrency: 100: want 1 to 64 (0 means 4)"},
 		{"bad webhook url", strings.Replace(goodConfig, "http://127.0.0.1:9000/events", "ftp://x", 1), goodEnv, "bots[0].deliver.webhook_url: want an http or https URL"},
 		{"app-only chats", strings.Replace(goodConfig, "auth: delegated", "auth: client_credentials, subscribe: [chats]", 1), goodEnv, "bots[1].graph.subscribe: chats needs delegated auth"},
 		{"bad poll interval", strings.Replace(goodConfig, "client_state: cs}", "client_state: cs, poll_interval: soon}", 1), goodEnv, `bots[1].graph.poll_interval: want a duration`},

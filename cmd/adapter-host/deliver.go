@@ -6,12 +6,14 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 )
 
@@ -31,8 +33,11 @@ func Verify(secret string, body []byte, sig string) bool {
 	return hmac.Equal([]byte(Sign(secret, body)), []byte(sig))
 }
 
-// deliverer POSTs a bot's events, in order, to its webhook URL, retrying each with jittered
-// exponential backoff until it gets a 2xx or the host stops.
+// deliverer POSTs a bot's events to its webhook URL, retrying each with jittered
+// exponential backoff until it gets a 2xx or the host stops. Events of one chat are
+// delivered one after the other, in queue order; up to lanes chats are delivered at once,
+// so one slow conversation or a burst does not hold up the rest. The queue's consumed mark
+// only ever covers an unbroken run of delivered events.
 type deliverer struct {
 	bot    string
 	url    string
@@ -40,10 +45,16 @@ type deliverer struct {
 	queue  eventQueue
 	client *http.Client
 	log    *slog.Logger
+	// lanes is how many POSTs may be in flight at once (each for a different chat); 0 or 1
+	// delivers every event in queue order.
+	lanes int
 	// backoffMin and backoffMax bound the wait between attempts.
 	backoffMin, backoffMax time.Duration
 	result                 func(ok bool)
 }
+
+// defaultDeliverLanes is deliver.concurrency's default.
+const defaultDeliverLanes = 4
 
 func (d *deliverer) run(ctx context.Context) {
 	seq, _ := d.queue.Start(0, false)
@@ -60,14 +71,83 @@ func (d *deliverer) run(ctx context.Context) {
 				return
 			}
 		}
+		if !d.deliverBatch(ctx, events) {
+			return
+		}
+		seq = events[len(events)-1].seq + 1
+	}
+}
+
+// deliverBatch delivers events (in queue order) and reports whether all of them were
+// delivered before ctx ended. Events are spread over lanes by chat; each lane delivers its
+// events in order; the consumed mark advances over the delivered prefix as lanes finish.
+func (d *deliverer) deliverBatch(ctx context.Context, events []queued) bool {
+	lanes := min(max(d.lanes, 1), len(events))
+	if lanes == 1 {
 		for _, ev := range events {
 			if !d.deliver(ctx, ev) {
-				return
+				return false
 			}
 			d.queue.Consumed(ev.seq)
-			seq = ev.seq + 1
 		}
+		return true
 	}
+	byLane := make([][]int, lanes) // indexes into events, in order
+	for i, ev := range events {
+		l := int(laneHash(chatOf(ev.data)) % uint32(lanes))
+		byLane[l] = append(byLane[l], i)
+	}
+	var mu sync.Mutex // guards done and next
+	done := make([]bool, len(events))
+	next := 0 // events[:next] are all delivered
+	var wg sync.WaitGroup
+	for _, idx := range byLane {
+		if len(idx) == 0 {
+			continue
+		}
+		wg.Go(func() {
+			for _, i := range idx {
+				if !d.deliver(ctx, events[i]) {
+					return
+				}
+				mu.Lock()
+				done[i] = true
+				advanced := false
+				for next < len(done) && done[next] {
+					next++
+					advanced = true
+				}
+				upTo := events[max(next, 1)-1].seq
+				mu.Unlock()
+				if advanced {
+					d.queue.Consumed(upTo) // raises the mark only, so calls may overlap
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return next == len(events)
+}
+
+// chatOf returns the chat id of an event's JSON, or "" if it has none.
+func chatOf(data []byte) string {
+	var e struct {
+		Chat struct {
+			ID string `json:"id"`
+		} `json:"chat"`
+	}
+	json.Unmarshal(data, &e)
+	return e.Chat.ID
+}
+
+// laneHash is FNV-1a of s.
+func laneHash(s string) uint32 {
+	h := uint32(2166136261)
+	for i := 0; i < len(s); i++ {
+		h ^= uint32(s[i])
+		h *= 16777619
+	}
+	return h
 }
 
 // deliver posts one event until it is accepted; false if ctx ended first.

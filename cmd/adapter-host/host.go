@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -170,8 +171,11 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 		if b.Deliver == nil {
 			continue
 		}
+		lanes := cmp.Or(b.Deliver.Concurrency, defaultDeliverLanes)
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.MaxIdleConnsPerHost = lanes // keep one connection per lane
 		d := &deliverer{bot: b.Name, url: b.Deliver.WebhookURL, secret: b.Deliver.WebhookSecret,
-			queue: h.srv.bots[b.Name].queue, client: &http.Client{}, log: log,
+			queue: h.srv.bots[b.Name].queue, client: &http.Client{Transport: tr}, log: log, lanes: lanes,
 			backoffMin: backoff, backoffMax: time.Minute,
 			result: func(ok bool) {
 				r := "ok"
@@ -187,7 +191,7 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 				d.run(dctx)
 				return
 			}
-			// One host of the fleet delivers a bot's events, in order.
+			// One host of the fleet delivers a bot's events (in order within each chat).
 			asLeader(dctx, h.redis, cfg.Store.KeyPrefix+":deliver:{"+b.Name+"}", 10*time.Second, log, d.run)
 		}()
 	}
