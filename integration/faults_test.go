@@ -24,6 +24,7 @@ type sendResult struct {
 	host   string
 	status int
 	kind   string
+	text   string
 }
 
 // TestFaultsWeCom runs a steady load of sends and callbacks through two hosts sharing Redis
@@ -67,14 +68,15 @@ func TestFaultsWeCom(t *testing.T) {
 			if i%2 == 1 && !bDown.Load() {
 				h = b
 			}
+			text := fmt.Sprintf("load %d", i)
 			status, body, _ := h.do("POST", "/v1/bots/hr/messages", map[string]any{
-				"to": map[string]any{"user": fmt.Sprintf("user%d", i%5)}, "text": fmt.Sprintf("load %d", i)})
+				"to": map[string]any{"user": fmt.Sprintf("user%d", i%5)}, "text": text})
 			var e struct {
 				Error struct{ Kind string } `json:"error"`
 			}
 			json.Unmarshal(body, &e)
 			mu.Lock()
-			sends = append(sends, sendResult{since(), h.name, status, e.Error.Kind})
+			sends = append(sends, sendResult{since(), h.name, status, e.Error.Kind, text})
 			responses = append(responses, string(body))
 			mu.Unlock()
 			time.Sleep(30 * time.Millisecond)
@@ -184,6 +186,21 @@ func TestFaultsWeCom(t *testing.T) {
 		if s.at > recovered {
 			late++
 			t.Errorf("send at %v via %s failed with %d %s after every fault was over", s.at, s.host, s.status, s.kind)
+		}
+	}
+	// Sends the host answered 200 for reached WeCom exactly once; a failed one at most once
+	// (it may have failed after WeCom took it, e.g. when its plugin was killed mid-call).
+	delivered := map[string]int{}
+	for _, s := range emu.Sent() {
+		delivered[s.Content]++
+	}
+	for _, s := range sends {
+		n := delivered[s.text]
+		switch {
+		case s.status == 200 && n != 1:
+			t.Errorf("send %q answered 200 via %s at %v reached WeCom %d times; want once", s.text, s.host, s.at, n)
+		case s.status != 200 && n > 1:
+			t.Errorf("failed send %q reached WeCom %d times", s.text, n)
 		}
 	}
 	t.Logf("%d sends, %d failed (%v), %d late; %d callbacks acknowledged, %d needed a redelivery; plugin restarts logged by hostA: %d",

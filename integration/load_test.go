@@ -51,7 +51,8 @@ func TestLoad(t *testing.T) {
 	rds := redistest.Start(t)
 	emu := &wecomtest.Server{TokenLifetime: 10 * time.Second, ReportRemaining: true, LenientAgentID: true, MemberLimit: -1}
 	emu.AddApp(corpID, corpSecret, agentID)
-	api := httptest.NewServer(emu)
+	tap := &tokenTap{next: emu}
+	api := httptest.NewServer(tap)
 	defer api.Close()
 	bot := &botReceiver{t: t}
 	hook := httptest.NewServer(bot)
@@ -132,10 +133,10 @@ func TestLoad(t *testing.T) {
 					fail("callback: %v", err)
 					continue
 				}
-				io.Copy(io.Discard, resp.Body)
+				out, _ := io.ReadAll(resp.Body)
 				resp.Body.Close()
 				if resp.StatusCode != 200 {
-					fail("callback: %d", resp.StatusCode)
+					fail("callback: %d %s", resp.StatusCode, bytes.TrimSpace(out))
 					continue
 				}
 				mu.Lock()
@@ -152,13 +153,40 @@ func TestLoad(t *testing.T) {
 	for _, e := range errs {
 		t.Error(e)
 	}
-	waitFor := time.Now().Add(30 * time.Second)
+	stopped := time.Now()
+	waitFor := stopped.Add(30 * time.Second)
 	for len(bot.byID()) < len(hookLat) && time.Now().Before(waitFor) {
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond)
 	}
-	if got := len(bot.byID()); got != len(hookLat) {
+	drained := time.Since(stopped)
+	ids := bot.byID()
+	if got := len(ids); got != len(hookLat) {
 		t.Errorf("bot received %d distinct events for %d acknowledged callbacks", got, len(hookLat))
 	}
+	dups := 0
+	for _, n := range ids {
+		if n != 1 {
+			dups++
+		}
+	}
+	if dups > 0 {
+		t.Errorf("%d events delivered more than once", dups)
+	}
+	// Every send answered 200 reached WeCom exactly once (each text is unique).
+	delivered := map[string]int{}
+	for _, s := range emu.Sent() {
+		delivered[s.Content]++
+	}
+	if len(delivered) != len(sendLat) {
+		t.Errorf("WeCom received %d distinct messages for %d sends answered 200", len(delivered), len(sendLat))
+	}
+	for text, n := range delivered {
+		if n != 1 {
+			t.Errorf("message %q reached WeCom %d times", text, n)
+		}
+	}
+	secretScan(t, "host log and deliveries", []string{h.log.String(), strings.Join(bot.bodies, "\n")},
+		append([]string{corpSecret, cbToken, aesKey, hookSecret, apiKey}, tap.issued()...))
 	slices.Sort(sendLat)
 	slices.Sort(hookLat)
 	t.Logf("load for %v through one host + plugin (2 cores, shared with the load generator and the emulator):", elapsed.Round(time.Second))
@@ -166,6 +194,7 @@ func TestLoad(t *testing.T) {
 		percentile(sendLat, 0.50).Round(10*time.Microsecond), percentile(sendLat, 0.99).Round(10*time.Microsecond))
 	t.Logf("  callbacks: %5d  %6.0f/s  p50 %v  p99 %v", len(hookLat), float64(len(hookLat))/elapsed.Seconds(),
 		percentile(hookLat, 0.50).Round(10*time.Microsecond), percentile(hookLat, 0.99).Round(10*time.Microsecond))
+	t.Logf("  delivery:  every event at the bot %v after the load stopped", drained.Round(10*time.Millisecond))
 	t.Logf("  peak RSS:  host %d MiB, plugin %d MiB; errors: %d; gettoken calls: %d", peakHost/1024, peakPlugin/1024, len(errs), emu.TokenRequests())
 	if len(sendLat) < 100 || len(hookLat) < 100 {
 		t.Errorf("only %d sends and %d callbacks completed", len(sendLat), len(hookLat))
