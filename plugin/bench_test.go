@@ -2,8 +2,10 @@ package plugin
 
 import (
 	"context"
+	"io"
 	"testing"
 
+	"github.com/hashicorp/go-hclog"
 	goplugin "github.com/hashicorp/go-plugin"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
@@ -26,6 +28,10 @@ func BenchmarkSend(b *testing.B) {
 	b.Run("in-process", func(b *testing.B) { run(b, testAdapter()) })
 	b.Run("grpc-conn", func(b *testing.B) {
 		srv := NewServer(ServerOptions{Open: func(context.Context, StoreConfig, BotConfig) (adapter.Adapter, error) { return testAdapter(), nil }})
+		// TestPluginGRPCConn logs at debug level to hclog.DefaultOutput (stderr), and its lines
+		// would land inside the benchmark's result lines: make bench's output unparseable.
+		defer func(w io.Writer) { hclog.DefaultOutput = w }(hclog.DefaultOutput)
+		hclog.DefaultOutput = io.Discard
 		client, _ := goplugin.TestPluginGRPCConn(b, false, PluginMap(srv))
 		defer client.Close()
 		raw, err := client.Dispense(PluginName)
