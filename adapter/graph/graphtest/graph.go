@@ -310,21 +310,45 @@ func (s *Server) createChat(w http.ResponseWriter, r *http.Request, tok *accessT
 	writeJSON(w, http.StatusCreated, map[string]any{"id": id, "chatType": "oneOnOne"})
 }
 
-// listChats answers GET /me/chats (and /users/{id}/chats): the chats the user is in, as
-// pages of $top (default 20, at most 50) linked by @odata.nextLink. A oneOnOne chat
-// ("19:a_b@unq.gbl.spaces") has its two users as members; the emulator counts every user as
-// a member of every other chat (those AddChatMessage created).
-func (s *Server) listChats(w http.ResponseWriter, r *http.Request, user string) {
+// pageParams reads the paging query of a list request: $top (default 20, at most 50; a
+// larger value is answered with 400 and ok false) and $skiptoken (the emulator's tokens are
+// offsets; anything else reads as 0).
+func pageParams(w http.ResponseWriter, r *http.Request) (top, skip int, ok bool) {
 	q := r.URL.Query()
-	top, _ := strconv.Atoi(q.Get("$top"))
+	top, _ = strconv.Atoi(q.Get("$top"))
 	if top <= 0 {
 		top = 20
 	}
 	if top > 50 {
 		graphError(w, http.StatusBadRequest, "BadRequest", "$top must be at most 50.")
+		return 0, 0, false
+	}
+	skip, _ = strconv.Atoi(q.Get("$skiptoken"))
+	return top, skip, true
+}
+
+// page is the response of one page of a list of total items: out, and an @odata.nextLink
+// to the next page if there is one.
+func page(r *http.Request, out []any, top, skip, total int) map[string]any {
+	resp := map[string]any{"value": out}
+	if skip+top < total {
+		v := url.Values{}
+		v.Set("$top", strconv.Itoa(top))
+		v.Set("$skiptoken", strconv.Itoa(skip+top))
+		resp["@odata.nextLink"] = baseURL(r) + r.URL.Path + "?" + v.Encode()
+	}
+	return resp
+}
+
+// listChats answers GET /me/chats (and /users/{id}/chats): the chats the user is in, as
+// pages of $top (default 20, at most 50) linked by @odata.nextLink. A oneOnOne chat
+// ("19:a_b@unq.gbl.spaces") has its two users as members; the emulator counts every user as
+// a member of every other chat (those AddChatMessage created).
+func (s *Server) listChats(w http.ResponseWriter, r *http.Request, user string) {
+	top, skip, ok := pageParams(w, r)
+	if !ok {
 		return
 	}
-	skip, _ := strconv.Atoi(q.Get("$skiptoken"))
 	type chat struct {
 		id      string
 		created time.Time
@@ -360,14 +384,7 @@ func (s *Server) listChats(w http.ResponseWriter, r *http.Request, user string) 
 		out = append(out, map[string]any{"id": c.id, "chatType": ct, "topic": nil,
 			"createdDateTime": c.created.Format(time.RFC3339Nano), "lastUpdatedDateTime": c.created.Format(time.RFC3339Nano)})
 	}
-	resp := map[string]any{"value": out}
-	if skip+top < len(list) {
-		v := url.Values{}
-		v.Set("$top", strconv.Itoa(top))
-		v.Set("$skiptoken", strconv.Itoa(skip+top))
-		resp["@odata.nextLink"] = baseURL(r) + r.URL.Path + "?" + v.Encode()
-	}
-	writeJSON(w, http.StatusOK, resp)
+	writeJSON(w, http.StatusOK, page(r, out, top, skip, len(list)))
 }
 
 // AddChatMessage posts a message into a 1:1 or group chat as user fromID (empty: a system
@@ -418,16 +435,10 @@ func chatJSON(m *ChatMessage) map[string]any {
 }
 
 func (s *Server) listChat(w http.ResponseWriter, r *http.Request, key string) {
-	q := r.URL.Query()
-	top, _ := strconv.Atoi(q.Get("$top"))
-	if top <= 0 {
-		top = 20
-	}
-	if top > 50 {
-		graphError(w, http.StatusBadRequest, "BadRequest", "$top must be at most 50.")
+	top, skip, ok := pageParams(w, r)
+	if !ok {
 		return
 	}
-	skip, _ := strconv.Atoi(q.Get("$skiptoken"))
 	s.mu.Lock()
 	s.initLocked()
 	var list []*ChatMessage
@@ -442,14 +453,7 @@ func (s *Server) listChat(w http.ResponseWriter, r *http.Request, key string) {
 	for i := skip; i < len(list) && i < skip+top; i++ {
 		out = append(out, chatJSON(list[i]))
 	}
-	resp := map[string]any{"value": out}
-	if skip+top < len(list) {
-		v := url.Values{}
-		v.Set("$top", strconv.Itoa(top))
-		v.Set("$skiptoken", strconv.Itoa(skip+top))
-		resp["@odata.nextLink"] = baseURL(r) + r.URL.Path + "?" + v.Encode()
-	}
-	writeJSON(w, http.StatusOK, resp)
+	writeJSON(w, http.StatusOK, page(r, out, top, skip, len(list)))
 }
 
 func (s *Server) getChat(w http.ResponseWriter, key, id string) {

@@ -395,3 +395,47 @@ func TestClientRequestIDEchoed(t *testing.T) {
 		t.Errorf("no client-request-id given: the answer has none; want one made up")
 	}
 }
+
+// TestListChatMessagesPaging: GET /chats/{id}/messages pages newest first by $top with
+// @odata.nextLink ($skiptoken), like /me/chats; a $top above 50 is a 400 on both.
+func TestListChatMessagesPaging(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := &graphtest.Server{}
+		rt := s.IssueRefreshToken("app", "bob", "offline_access")
+		_, m := form(t, s, "contoso", url.Values{"client_id": {"app"}, "grant_type": {"refresh_token"}, "refresh_token": {rt}})
+		auth := map[string]string{"Authorization": "Bearer " + m["access_token"].(string)}
+		var want []string
+		for i := range 5 {
+			msg := s.AddChatMessage("19:g@thread.v2", "alice", "Alice", fmt.Sprint("m", i))
+			want = append([]string{msg.ID}, want...) // newest first
+		}
+		var got []string
+		pages := 0
+		link := "http://graph.test/v1.0/chats/19:g@thread.v2/messages?$top=2"
+		for link != "" {
+			resp, b := do(t, s, "GET", link, auth, nil)
+			var page struct {
+				Value []struct {
+					ID string `json:"id"`
+				} `json:"value"`
+				Next string `json:"@odata.nextLink"`
+			}
+			if resp.StatusCode != 200 || json.Unmarshal(b, &page) != nil || len(page.Value) > 2 {
+				t.Fatalf("GET %s = %d %s", link, resp.StatusCode, b)
+			}
+			pages++
+			for _, v := range page.Value {
+				got = append(got, v.ID)
+			}
+			link = page.Next
+		}
+		if pages != 3 || strings.Join(got, ",") != strings.Join(want, ",") {
+			t.Errorf("%d pages with %v; want 3 pages with %v", pages, got, want)
+		}
+		for _, u := range []string{"http://graph.test/v1.0/chats/19:g@thread.v2/messages?$top=51", "http://graph.test/v1.0/me/chats?$top=51"} {
+			if resp, b := do(t, s, "GET", u, auth, nil); resp.StatusCode != 400 || !strings.Contains(string(b), "$top must be at most 50") {
+				t.Errorf("GET %s = %d %s; want 400", u, resp.StatusCode, b)
+			}
+		}
+	})
+}
