@@ -310,9 +310,9 @@ func (s *Server) createChat(w http.ResponseWriter, r *http.Request, tok *accessT
 	writeJSON(w, http.StatusCreated, map[string]any{"id": id, "chatType": "oneOnOne"})
 }
 
-// pageParams reads the paging query of a list request: $top (default 20, at most 50; a
-// larger value is answered with 400 and ok false) and $skiptoken (the emulator's tokens are
-// offsets; anything else reads as 0).
+// pageParams reads the paging query of a list request: $top (default 20, at most 50) and
+// $skiptoken (the emulator's tokens are offsets). A $top above 50 or a $skiptoken that is
+// not an offset is answered with 400 and ok false.
 func pageParams(w http.ResponseWriter, r *http.Request) (top, skip int, ok bool) {
 	q := r.URL.Query()
 	top, _ = strconv.Atoi(q.Get("$top"))
@@ -323,7 +323,13 @@ func pageParams(w http.ResponseWriter, r *http.Request) (top, skip int, ok bool)
 		graphError(w, http.StatusBadRequest, "BadRequest", "$top must be at most 50.")
 		return 0, 0, false
 	}
-	skip, _ = strconv.Atoi(q.Get("$skiptoken"))
+	if st := q.Get("$skiptoken"); st != "" {
+		var err error
+		if skip, err = strconv.Atoi(st); err != nil || skip < 0 {
+			graphError(w, http.StatusBadRequest, "BadRequest", "Invalid $skiptoken: follow @odata.nextLink as given.")
+			return 0, 0, false
+		}
+	}
 	return top, skip, true
 }
 

@@ -437,5 +437,15 @@ func TestListChatMessagesPaging(t *testing.T) {
 				t.Errorf("GET %s = %d %s; want 400", u, resp.StatusCode, b)
 			}
 		}
+		// A skiptoken the emulator did not hand out is a 400, not a panic (a negative one
+		// indexed before the list).
+		for _, tok := range []string{"-3", "x", "1e3"} {
+			for _, u := range []string{"http://graph.test/v1.0/chats/19:g@thread.v2/messages", "http://graph.test/v1.0/me/chats"} {
+				u += "?$skiptoken=" + tok
+				if resp, b := do(t, s, "GET", u, auth, nil); resp.StatusCode != 400 || !strings.Contains(string(b), "$skiptoken") {
+					t.Errorf("GET %s = %d %s; want 400", u, resp.StatusCode, b)
+				}
+			}
+		}
 	})
 }
