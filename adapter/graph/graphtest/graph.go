@@ -14,8 +14,48 @@ import (
 
 const bearerChallenge = `Bearer realm="", authorization_uri="https://login.microsoftonline.com/common/oauth2/authorize", client_id="` + graphAppID + `"`
 
-// caeClaims is the claims challenge the emulator sends in CAE mode (base64 of a claims request).
-var caeClaims = base64.StdEncoding.EncodeToString([]byte(`{"access_token":{"nbf":{"essential":true,"value":"1604106651"}}}`))
+// caeChallenge is the claims request of the challenge the emulator sends in CAE mode, and
+// caeClaims the base64 form it takes in WWW-Authenticate.
+const caeChallenge = `{"access_token":{"nbf":{"essential":true,"value":"1604106651"}}}`
+
+var caeClaims = base64.StdEncoding.EncodeToString([]byte(caeChallenge))
+
+// hasChallengeClaims reports whether a token request's claims parameter asks for every
+// access-token claim of caeChallenge. Anything that is not a JSON claims request does not.
+func hasChallengeClaims(claims string) bool {
+	var want, got struct {
+		AccessToken map[string]json.RawMessage `json:"access_token"`
+	}
+	if json.Unmarshal([]byte(caeChallenge), &want) != nil || json.Unmarshal([]byte(claims), &got) != nil {
+		return false
+	}
+	for k := range want.AccessToken {
+		if _, ok := got.AccessToken[k]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// claimsChallenge writes Graph's CAE claims challenge.
+func claimsChallenge(w http.ResponseWriter) {
+	w.Header().Set("WWW-Authenticate", bearerChallenge+`, error="insufficient_claims", claims="`+caeClaims+`"`)
+	graphError(w, http.StatusUnauthorized, "InvalidAuthenticationToken", "Continuous access evaluation resulted in challenge with result: InteractionRequired and code: TokenIssuedBeforeRevocationTimestamp")
+}
+
+// claimsPendingLocked reports whether CAE still challenges t: its app or user was challenged
+// and t was not requested with the claims. A token with the claims ends the challenge.
+func (s *Server) claimsPendingLocked(t *accessToken) bool {
+	p := principal{t.client, t.user}
+	if !s.challenged[p] {
+		return false
+	}
+	if !hasChallengeClaims(t.claims) {
+		return true
+	}
+	delete(s.challenged, p)
+	return false
+}
 
 func unauthorized(w http.ResponseWriter, msg string) {
 	w.Header().Set("WWW-Authenticate", bearerChallenge)
@@ -46,10 +86,15 @@ func (s *Server) authGraph(w http.ResponseWriter, r *http.Request) (tok *accessT
 	case t == nil:
 		unauthorized(w, "CompactToken parsing failed with error code: 80049217")
 	case t.revoked && s.CAE:
-		w.Header().Set("WWW-Authenticate", bearerChallenge+`, error="insufficient_claims", claims="`+caeClaims+`"`)
-		graphError(w, http.StatusUnauthorized, "InvalidAuthenticationToken", "Continuous access evaluation resulted in challenge with result: InteractionRequired and code: TokenIssuedBeforeRevocationTimestamp")
+		if s.challenged == nil {
+			s.challenged = map[principal]bool{}
+		}
+		s.challenged[principal{t.client, t.user}] = true
+		claimsChallenge(w)
 	case t.revoked || !time.Now().Before(t.expires):
 		unauthorized(w, "Access token has expired or is not yet valid.")
+	case s.CAE && s.claimsPendingLocked(t):
+		claimsChallenge(w)
 	default:
 		if len(s.faults) > 0 {
 			f := s.faults[0]

@@ -30,8 +30,13 @@ type Server struct {
 	// platform keeps old refresh tokens valid; strict mode proves rotation is persisted.
 	StrictRefresh bool
 	// CAE makes Graph answer a revoked token with a claims challenge (401, WWW-Authenticate
-	// error="insufficient_claims") instead of InvalidAuthenticationToken; a token requested
-	// with the challenge's claims is accepted.
+	// error="insufficient_claims") instead of InvalidAuthenticationToken. Once it has
+	// challenged an app or user (client id and user, "" for app-only), Graph answers every
+	// token of that app or user with the same challenge unless the token was requested with
+	// the challenge's claims (the token request's claims parameter names every claim the
+	// challenge asks for); the first such token presented ends the challenge. This is stricter
+	// than the spec says Graph is (§2 says the client must ask with the claims; it does not say
+	// a new token issued without them is refused): it proves a client sends them.
 	CAE bool
 	// StrictUpload makes upload URLs reject requests carrying an Authorization header (401).
 	StrictUpload bool
@@ -67,12 +72,16 @@ type Server struct {
 	uploadURLs  []string
 	uploadReqs  []UploadRequest
 	subs        map[string]*Subscription
-	pending     []delivery // failed deliveries, for Redeliver
+	challenged  map[principal]bool // CAE: apps and users challenged, until a token with the claims
+	pending     []delivery         // failed deliveries, for Redeliver
 	last        *delivery
 	deliveries  int
 
 	wg sync.WaitGroup // background notification deliveries
 }
+
+// principal is whom a token was issued to: an app (user "") or a user of an app.
+type principal struct{ client, user string }
 
 type client struct {
 	secret    string

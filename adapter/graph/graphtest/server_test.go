@@ -449,3 +449,70 @@ func TestListChatMessagesPaging(t *testing.T) {
 		}
 	})
 }
+
+// TestCAEClaimsLessTokenRejected: in CAE mode, once Graph challenged an app or user, a new
+// token requested without the challenge's claims gets the same challenge; one requested with
+// them is accepted and ends the challenge. Other users of the app are not challenged.
+func TestCAEClaimsLessTokenRejected(t *testing.T) {
+	s := &graphtest.Server{CAE: true}
+	const challenge = `{"access_token":{"nbf":{"essential":true,"value":"1604106651"}}}`
+	rtA := s.IssueRefreshToken("app", "ann", "offline_access")
+	rtB := s.IssueRefreshToken("app", "ben", "offline_access")
+	token := func(rt, claims string) string {
+		t.Helper()
+		v := url.Values{"client_id": {"app"}, "grant_type": {"refresh_token"}, "refresh_token": {rt}}
+		if claims != "" {
+			v.Set("claims", claims)
+		}
+		resp, m := form(t, s, "contoso", v)
+		at, _ := m["access_token"].(string)
+		if resp.StatusCode != 200 || at == "" {
+			t.Fatalf("token with claims %q = %d %v", claims, resp.StatusCode, m["error"])
+		}
+		return at
+	}
+	get := func(tok string) (int, string) {
+		t.Helper()
+		resp, _ := do(t, s, "GET", "http://graph.test/v1.0/me", map[string]string{"Authorization": "Bearer " + tok}, nil)
+		return resp.StatusCode, resp.Header.Get("WWW-Authenticate")
+	}
+	old := token(rtA, "")
+	if st, _ := get(old); st != 200 {
+		t.Fatalf("before revocation: %d", st)
+	}
+	s.RevokeTokens()
+	st, want := get(old)
+	if st != 401 || !strings.Contains(want, `error="insufficient_claims"`) {
+		t.Fatalf("revoked token = %d %q; want the claims challenge", st, want)
+	}
+	plain := token(rtA, "")
+	for name, tok := range map[string]string{
+		"new token without claims":    plain,
+		"new token with only cp1":     token(rtA, `{"access_token":{"xms_cc":{"values":["cp1"]}}}`),
+		"new token with bad claims":   token(rtA, `{"access_token":`),
+		"new token with id_token nbf": token(rtA, `{"id_token":{"nbf":{"essential":true}}}`),
+	} {
+		if st, h := get(tok); st != 401 || h != want {
+			t.Errorf("%s = %d %q; want 401 with the same challenge %q", name, st, h, want)
+		}
+	}
+	if st, h := get(token(rtB, "")); st != 200 {
+		t.Errorf("a fresh token of another user = %d %q; want 200 (only ann was challenged)", st, h)
+	}
+	withClaims := token(rtA, `{"access_token":{"nbf":{"essential":true,"value":"1604106651"},"xms_cc":{"values":["cp1"]}}}`)
+	if st, h := get(withClaims); st != 200 {
+		t.Fatalf("token with the challenge's claims = %d %q; want 200", st, h)
+	}
+	if st, _ := get(plain); st != 200 {
+		t.Errorf("claims-less token after a token with the claims was presented = %d; want 200 (challenge over)", st)
+	}
+	if st, _ := get(old); st != 401 {
+		t.Errorf("the revoked token = %d; want 401 still", st)
+	}
+	if st, _ := get(plain); st != 401 {
+		t.Errorf("claims-less token after the revoked one was challenged again = %d; want 401", st)
+	}
+	if st, _ := get(token(rtA, challenge)); st != 200 {
+		t.Errorf("token with exactly the challenge as claims = %d; want 200", st)
+	}
+}
