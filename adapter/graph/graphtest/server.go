@@ -51,6 +51,20 @@ type Server struct {
 	// Client delivers change notifications and validation requests. If nil,
 	// http.DefaultClient is used.
 	Client *http.Client
+	// DeliveryTimeout is how long a notification POST may take to be answered; a later
+	// answer counts as none. Zero means 3 seconds, as Graph expects (spec §6).
+	DeliveryTimeout time.Duration
+	// RedeliverBase turns on automatic redelivery, as Graph retries a notification POST that
+	// was not acknowledged (a non-2xx answer, or none within DeliveryTimeout) with
+	// exponential backoff for up to 4 hours (spec §6): retry n is posted RedeliverBase·2^(n-1)
+	// after the previous attempt ended, with the same bytes, until one is acknowledged,
+	// RedeliverMax retries were made, or the next would start more than 4 hours after the
+	// first attempt; then the notification is dropped. Zero (the default) makes no automatic
+	// retry: failed deliveries wait for [Server.Redeliver].
+	RedeliverBase time.Duration
+	// RedeliverMax caps the automatic retries of one notification POST. Zero means no cap
+	// other than the 4 hours.
+	RedeliverMax int
 
 	mu          sync.Mutex // guards everything below
 	seq         int
@@ -76,8 +90,12 @@ type Server struct {
 	pending     []delivery         // failed deliveries, for Redeliver
 	last        *delivery
 	deliveries  int
+	deliverySeq int               // numbers notification POSTs (DeliveryAttempt.Delivery)
+	attempts    []DeliveryAttempt // every notification POST, retries included
+	closed      bool              // Close was called: no more automatic retries
+	stop        chan struct{}     // closed by Close; wakes scheduled retries
 
-	wg sync.WaitGroup // background notification deliveries
+	wg sync.WaitGroup // background notification deliveries and scheduled retries
 }
 
 // principal is whom a token was issued to: an app (user "") or a user of an app.
@@ -168,6 +186,33 @@ type fault struct {
 type delivery struct {
 	url  string
 	body []byte
+	// Set when the delivery is first posted: its number, the attempts made, and when the
+	// first one started.
+	id       int
+	attempts int
+	first    time.Time
+}
+
+// DeliveryAttempt is one notification POST the server made: a first delivery or a retry.
+type DeliveryAttempt struct {
+	// Delivery numbers notification POSTs from 1; the retries of one share its number.
+	// DeliverAgain posts under a new number.
+	Delivery int
+	// Attempt is 1 for the first POST of a delivery, 2 for the first retry, and so on.
+	Attempt int
+	URL     string
+	// Body is the request body as posted; every attempt of a delivery has the same bytes.
+	Body    []byte
+	Start   time.Time
+	Elapsed time.Duration
+	// Status is the status answered in time, 0 if none was.
+	Status int
+	// Err says why no answer came in time ("" if one did).
+	Err string
+	// Retry is the wait before the automatic retry that follows, 0 if none does.
+	Retry time.Duration
+	// GaveUp marks the last attempt of a delivery automatic redelivery dropped unacknowledged.
+	GaveUp bool
 }
 
 // TokenRequest is one request the token endpoint received. It holds no secret.

@@ -315,8 +315,37 @@ func (s *Server) deliverAsync(ds []delivery) {
 	}()
 }
 
-// Flush waits until background notification deliveries have finished.
+// Flush waits until background notification deliveries have finished, and with
+// RedeliverBase set, until their scheduled retries were acknowledged or given up.
 func (s *Server) Flush() { s.wg.Wait() }
+
+// Close stops automatic redelivery (scheduled retries are dropped) and waits for the
+// deliveries in flight. The server still answers requests afterwards; failed deliveries then
+// wait for Redeliver as with RedeliverBase zero.
+func (s *Server) Close() {
+	s.mu.Lock()
+	if !s.closed {
+		s.closed = true
+		if s.stop != nil {
+			close(s.stop)
+		}
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+}
+
+// DeliveryAttempts returns every notification POST made so far, retries included, in the
+// order they ended (validation requests and lifecycle notifications excluded).
+func (s *Server) DeliveryAttempts() []DeliveryAttempt {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]DeliveryAttempt, len(s.attempts))
+	for i, a := range s.attempts {
+		a.Body = bytes.Clone(a.Body)
+		out[i] = a
+	}
+	return out
+}
 
 func (s *Server) deliverAll(ds []delivery) int {
 	ok := 0
@@ -328,40 +357,128 @@ func (s *Server) deliverAll(ds []delivery) int {
 	return ok
 }
 
-// post delivers one notification POST with Graph's 3-second timeout. A failed delivery is
-// kept for Redeliver.
+// post makes the first attempt of a new delivery.
 func (s *Server) post(d delivery) bool {
+	s.mu.Lock()
+	s.deliverySeq++
+	d.id, d.attempts = s.deliverySeq, 0
+	s.mu.Unlock()
+	return s.attempt(d)
+}
+
+// attempt POSTs d once, with Graph's timeout (3 s unless DeliveryTimeout says otherwise),
+// and records it. Unacknowledged, d is kept for Redeliver or, with RedeliverBase set,
+// retried later.
+func (s *Server) attempt(d delivery) bool {
+	timeout := s.DeliveryTimeout
+	if timeout <= 0 {
+		timeout = 3 * time.Second
+	}
+	start := time.Now()
+	d.attempts++
+	if d.attempts == 1 {
+		d.first = start
+	}
 	s.mu.Lock()
 	s.deliveries++
 	dd := d
 	s.last = &dd
 	s.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, d.url, bytes.NewReader(d.body))
 	req.Header.Set("Content-Type", "application/json; charset=utf-8")
+	a := DeliveryAttempt{Delivery: d.id, Attempt: d.attempts, URL: d.url, Body: d.body, Start: start}
 	resp, err := s.httpClient().Do(req)
-	good := err == nil && resp.StatusCode/100 == 2
 	if err == nil {
 		io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<16))
 		resp.Body.Close()
 	}
+	a.Elapsed = time.Since(start)
+	switch {
+	case err != nil:
+		a.Err = err.Error()
+	case ctx.Err() != nil: // answered, but too late (a transport that ignores the deadline)
+		a.Err = fmt.Sprintf("answered %d after the %v timeout", resp.StatusCode, timeout)
+	default:
+		a.Status = resp.StatusCode
+	}
+	good := a.Status/100 == 2
+	s.mu.Lock()
+	var stop chan struct{}
 	if !good {
-		s.mu.Lock()
-		s.pending = append(s.pending, d)
-		s.mu.Unlock()
+		switch {
+		case s.RedeliverBase <= 0 || s.closed:
+			s.pending = append(s.pending, d)
+		default:
+			if a.Retry = s.retryWait(d, time.Now()); a.Retry > 0 {
+				if s.stop == nil {
+					s.stop = make(chan struct{})
+				}
+				stop = s.stop
+				s.wg.Add(1)
+			} else {
+				a.GaveUp = true
+			}
+		}
+	}
+	s.attempts = append(s.attempts, a)
+	s.mu.Unlock()
+	if stop != nil {
+		go s.redeliverAfter(d, a.Retry, stop)
 	}
 	return good
 }
 
-// Redeliver retries the deliveries that failed (non-2xx or no answer), as Graph does for up
-// to 4 hours, and returns how many now succeeded.
+// redeliverWindow is how long Graph retries an unacknowledged notification (spec §6).
+const redeliverWindow = 4 * time.Hour
+
+// retryWait is the wait before the next automatic retry of d, whose latest attempt ended
+// at now, or 0 if d is given up.
+func (s *Server) retryWait(d delivery, now time.Time) time.Duration {
+	retries := d.attempts - 1 // made so far
+	if s.RedeliverMax > 0 && retries >= s.RedeliverMax {
+		return 0
+	}
+	wait := s.RedeliverBase
+	for range retries {
+		if wait > redeliverWindow {
+			break
+		}
+		wait *= 2
+	}
+	if now.Add(wait).Sub(d.first) > redeliverWindow {
+		return 0
+	}
+	return wait
+}
+
+// redeliverAfter posts d again after wait, unless Close is called first.
+func (s *Server) redeliverAfter(d delivery, wait time.Duration, stop <-chan struct{}) {
+	defer s.wg.Done()
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		s.attempt(d)
+	case <-stop:
+	}
+}
+
+// Redeliver retries the deliveries that failed (non-2xx or no answer) and were not retried
+// automatically, as Graph does for up to 4 hours, and returns how many now succeeded.
 func (s *Server) Redeliver() int {
 	s.mu.Lock()
 	ds := s.pending
 	s.pending = nil
 	s.mu.Unlock()
-	return s.deliverAll(ds)
+	ok := 0
+	for _, d := range ds {
+		if s.attempt(d) {
+			ok++
+		}
+	}
+	return ok
 }
 
 // DeliverAgain posts the last notification again, byte for byte, as Graph sometimes does.
