@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -27,6 +28,7 @@ type Server struct {
 	bin  string
 	dir  string
 	port int
+	pre  []string // arguments before the common ones: a config file, --sentinel
 	args []string // extra redis-server arguments
 
 	mu  sync.Mutex // guards cmd, log, done
@@ -49,24 +51,64 @@ func Start(t testing.TB) *Server {
 // example StartArgs(t, "--cluster-enabled", "yes") for a node to build a Cluster from.
 func StartArgs(t testing.TB, args ...string) *Server {
 	t.Helper()
+	s := newServer(t)
+	s.args = args
+	s.launch()
+	return s
+}
+
+// MasterName is the name under which a Sentinel started by [StartSentinel] monitors its master.
+const MasterName = "mymaster"
+
+// StartSentinel starts a Sentinel (redis-server <config> --sentinel) on a free 127.0.0.1 port
+// that monitors master as [MasterName] with a quorum of 1, so this one Sentinel can fail the
+// master over to a replica by itself. down-after-milliseconds is 500 and failover-timeout
+// 5000: a killed master is replaced within a few seconds. Point a go-redis FailoverClient (or
+// UniversalClient with MasterName) at its Addr. Restart keeps the Sentinel's configuration,
+// which it rewrites as it learns the topology.
+func StartSentinel(t testing.TB, master *Server) *Server {
+	t.Helper()
+	s := newServer(t)
+	conf := filepath.Join(s.dir, "sentinel.conf")
+	text := fmt.Sprintf("sentinel monitor %[1]s 127.0.0.1 %[2]d 1\n"+
+		"sentinel down-after-milliseconds %[1]s 500\n"+
+		"sentinel failover-timeout %[1]s 5000\n", MasterName, master.port)
+	if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
+		t.Fatalf("redistest: write sentinel config: %v", err)
+	}
+	s.pre = []string{conf, "--sentinel"}
+	s.launch()
+	return s
+}
+
+func newServer(t testing.TB) *Server {
+	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		t.Fatalf("redistest: redis-server not found in PATH (install it: apt-get install redis-server, or run make test): %v", err)
 	}
-	s := &Server{t: t, bin: bin, dir: t.TempDir(), args: args}
+	return &Server{t: t, bin: bin, dir: t.TempDir()}
+}
+
+// launch starts s on a free port, registering its cleanup.
+func (s *Server) launch() {
+	t := s.t
+	t.Helper()
 	t.Cleanup(s.stop)
-	var lastErr error
+	var (
+		err     error
+		lastErr error
+	)
 	for range 5 { // a free port may be taken between choosing it and binding it: try again
 		s.port, err = freePort()
 		if err != nil {
 			t.Fatalf("redistest: choose a port: %v", err)
 		}
 		if lastErr = s.start(); lastErr == nil {
-			return s
+			return
 		}
 	}
 	t.Fatalf("redistest: %v", lastErr)
-	return nil
 }
 
 // Addr returns the server's address, "127.0.0.1:port". It stays the same across Restart.
@@ -107,11 +149,11 @@ func (s *Server) Restart() {
 
 func (s *Server) start() error {
 	log := new(bytes.Buffer)
-	args := append([]string{
+	args := append(append(slices.Clip(s.pre),
 		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--dir", s.dir,
 		"--daemonize", "no", "--protected-mode", "no", "--loglevel", "warning",
-	}, s.args...)
+	), s.args...)
 	cmd := exec.Command(s.bin, args...)
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {

@@ -93,3 +93,31 @@ func TestStartArgs(t *testing.T) {
 	s.Restart()
 	check("after Restart")
 }
+
+func TestStartSentinel(t *testing.T) {
+	m := Start(t)
+	s := StartSentinel(t, m)
+	if s.Addr() == m.Addr() {
+		t.Fatalf("sentinel and master share %s", s.Addr())
+	}
+	_, port, _ := net.SplitHostPort(m.Addr())
+	check := func(when string) {
+		t.Helper()
+		c, err := net.Dial("tcp", s.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintf(c, "SENTINEL get-master-addr-by-name %s\r\n", MasterName)
+		want := fmt.Sprintf("$9\r\n127.0.0.1\r\n$%d\r\n%s\r\n", len(port), port)
+		buf := make([]byte, 256)
+		n, _ := io.ReadAtLeast(c, buf, len(want)+4)
+		if !strings.Contains(string(buf[:n]), want) {
+			t.Fatalf("%s: SENTINEL get-master-addr-by-name = %q; want the master 127.0.0.1:%s", when, buf[:n], port)
+		}
+	}
+	check("after StartSentinel")
+	s.Restart()
+	check("after Restart")
+}
