@@ -31,6 +31,11 @@ const (
 
 var errUnreadable = errors.New("redisstore: stored value cannot be read with the configured keys")
 
+// errForeign marks a value sealed with a key this codec does not hold (or sealed while this
+// codec has no key at all). Such a value is another host's, probably valid: it is never
+// overwritten (see writeScript), unlike a value that is damaged or was planted in the clear.
+var errForeign = fmt.Errorf("%w: encrypted with a key this host does not have", errUnreadable)
+
 type sealer struct {
 	id   [keyIDLen]byte
 	aead cipher.AEAD
@@ -38,8 +43,10 @@ type sealer struct {
 
 // codec encodes entry fields, sealing them when a key is configured. It is immutable.
 type codec struct {
-	seal *sealer   // nil: store in the clear
-	open []*sealer // keys accepted for reading, the current one first
+	seal       *sealer   // nil: store in the clear
+	open       []*sealer // keys accepted for reading, the current one first
+	readPlain  bool      // with seal: accept values stored in the clear (Options.AcceptPlaintext)
+	openKeyIDs string    // the ids of open, concatenated: the sealed values writeScript may replace
 }
 
 func newSealer(key []byte) (*sealer, error) {
@@ -60,8 +67,8 @@ func newSealer(key []byte) (*sealer, error) {
 	return s, nil
 }
 
-func newCodec(key []byte, previous [][]byte) (*codec, error) {
-	c := new(codec)
+func newCodec(key []byte, previous [][]byte, acceptPlain bool) (*codec, error) {
+	c := &codec{readPlain: acceptPlain}
 	if key == nil {
 		if len(previous) > 0 {
 			return nil, errors.New("redisstore: PreviousKeys set without EncryptionKey")
@@ -77,6 +84,7 @@ func newCodec(key []byte, previous [][]byte) (*codec, error) {
 			c.seal = s
 		}
 		c.open = append(c.open, s)
+		c.openKeyIDs += string(s.id[:])
 	}
 	return c, nil
 }
@@ -102,8 +110,9 @@ func (c *codec) encode(key, field string, gen uint64, plain []byte) (string, err
 	return string(out), nil
 }
 
-// decode reverses encode. With a key configured, a value stored in the clear is refused: it
-// could have been planted by anyone who can write to Redis.
+// decode reverses encode. With a key configured, a value stored in the clear is refused unless
+// readPlain is set: it could have been planted by anyone who can write to Redis. A value sealed
+// with a key id not among c.open gives errForeign.
 func (c *codec) decode(key, field string, gen uint64, stored string) ([]byte, error) {
 	if stored == "" {
 		return nil, errUnreadable
@@ -111,7 +120,7 @@ func (c *codec) decode(key, field string, gen uint64, stored string) ([]byte, er
 	b := []byte(stored)
 	switch b[0] {
 	case formatPlain:
-		if c.seal != nil {
+		if c.seal != nil && !c.readPlain {
 			return nil, fmt.Errorf("%w: stored in the clear, but encryption is on", errUnreadable)
 		}
 		return b[1:], nil
@@ -136,9 +145,9 @@ func (c *codec) decode(key, field string, gen uint64, stored string) ([]byte, er
 			return plain, nil
 		}
 		if c.seal == nil {
-			return nil, fmt.Errorf("%w: encrypted, but no key is configured", errUnreadable)
+			return nil, fmt.Errorf("%w (none is configured)", errForeign)
 		}
-		return nil, fmt.Errorf("%w: encrypted with an unknown key", errUnreadable)
+		return nil, fmt.Errorf("%w (not EncryptionKey nor one of PreviousKeys)", errForeign)
 	}
 	return nil, fmt.Errorf("%w: unknown format", errUnreadable)
 }
@@ -168,7 +177,8 @@ func (c *codec) fields(key string, e tokenmgr.Entry) (tok, st string, err error)
 }
 
 // entry decodes a stored hash. An unreadable field reads as absent and is reported in err
-// (wrapping errUnreadable) while the returned entry keeps its Gen.
+// (wrapping errUnreadable, and errForeign if any field is sealed with a key c lacks) while the
+// returned entry keeps its Gen.
 func (c *codec) entry(key string, h map[string]string) (tokenmgr.Entry, error) {
 	var e tokenmgr.Entry
 	g, ok := h["gen"]
@@ -188,7 +198,7 @@ func (c *codec) entry(key string, h map[string]string) (tokenmgr.Entry, error) {
 			err = json.Unmarshal(plain, &t)
 		}
 		if err != nil {
-			bad = err
+			bad = worse(bad, err)
 		} else {
 			e.Token = tokenmgr.Token{Value: t.Value, ExpiresAt: t.ExpiresAt}
 			e.Issued = t.Issued
@@ -197,7 +207,7 @@ func (c *codec) entry(key string, h map[string]string) (tokenmgr.Entry, error) {
 	if s, ok := h["st"]; ok {
 		plain, err := c.decode(key, "st", gen, s)
 		if err != nil {
-			bad = err
+			bad = worse(bad, err)
 		} else {
 			e.State = plain
 		}
@@ -211,4 +221,13 @@ func (c *codec) entry(key string, h map[string]string) (tokenmgr.Entry, error) {
 		}
 	}
 	return e, bad
+}
+
+// worse returns the error entry reports when fields fail with a and b (a may be nil): a field
+// sealed with a foreign key decides, since it makes the whole entry another host's.
+func worse(a, b error) error {
+	if a != nil && errors.Is(a, errForeign) {
+		return a
+	}
+	return b
 }

@@ -120,6 +120,12 @@ func (s *Store) dispatch(payload string) {
 	}
 	wakeLocked(sl, w)
 	var fns []func(tokenmgr.Change)
+	if sl.foreign {
+		// The change is about an entry this Store cannot read; its Managers hold their own
+		// tokens (fetchForeign), whose generations the message says nothing about.
+		s.mu.Unlock()
+		return
+	}
 	if kind == "w" || kind == "i" {
 		fns = watchersOf(sl)
 	}
@@ -148,7 +154,7 @@ func (s *Store) resync() {
 		if err := s.writeBack(ctx, key, sl); err != nil {
 			return
 		}
-		e, err := s.load(ctx, key, sl)
+		e, foreign, err := s.load(ctx, key, sl)
 		if err != nil {
 			s.fail(ctx, "resync", err)
 			return
@@ -157,7 +163,7 @@ func (s *Store) resync() {
 		wakeLocked(sl, wakeup{})
 		fns := watchersOf(sl)
 		s.mu.Unlock()
-		if e.Gen > 0 {
+		if e.Gen > 0 && !foreign {
 			notify(fns, tokenmgr.Change{Gen: e.Gen, Invalidated: e.Token.Value == ""})
 		}
 	}

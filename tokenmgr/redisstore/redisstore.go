@@ -2,6 +2,8 @@
 // processes share tokens: one upstream fetch per refresh across the fleet under a lease lock,
 // conditional writes by generation, and invalidations broadcast over pub/sub. When Redis is
 // unreachable, refreshes fall back to fetching in the process, and sharing resumes by itself.
+// Entries can be sealed with AES-256-GCM; a host without the key never overwrites a sealed
+// entry, it logs the misconfiguration and refreshes by itself.
 package redisstore
 
 import (
@@ -56,13 +58,29 @@ type Options struct {
 	// means no TTL at all.
 	Retain time.Duration
 	// EncryptionKey, if set, must be 32 bytes: entries are sealed with AES-256-GCM, bound to
-	// their key and generation, and entries stored in the clear are refused. If nil, entries
-	// are stored in the clear (JSON).
+	// their key and generation, and entries stored in the clear are refused (read as absent and
+	// replaced at the next refresh) unless AcceptPlaintext is set. If nil, entries are stored
+	// in the clear (JSON).
+	//
+	// A Store never overwrites, nor invalidates, an entry sealed with a key it does not have
+	// (EncryptionKey or PreviousKeys; any key, for a Store without one): it logs one Error line
+	// per key ("stored token for <key> is encrypted with a key this host does not have"),
+	// counts the reads in Stats.Unreadable, and refreshes that key in the process, as during an
+	// outage (Stats.LocalRefreshes), until the stored entry is readable again. Hosts with the
+	// key keep sharing undisturbed.
 	EncryptionKey []byte
-	// PreviousKeys are older 32-byte keys still accepted for reading, so the key can be
-	// rotated: entries are rewritten with EncryptionKey at their next refresh. Requires
-	// EncryptionKey.
+	// PreviousKeys are more 32-byte keys accepted for reading, so the key can be rotated:
+	// entries are rewritten with EncryptionKey at their next refresh. Requires EncryptionKey.
+	// To rotate without any host refreshing on its own, first add the new key here on every
+	// host, then make it the EncryptionKey (the old one in PreviousKeys), then drop the old one.
 	PreviousKeys [][]byte
+	// AcceptPlaintext, with EncryptionKey, reads entries stored in the clear (by hosts that do
+	// not have the key yet) instead of refusing them; entries are still written sealed. It is
+	// meant for turning encryption on host by host: the token and source state (a refresh
+	// token) in the clear entry are used, not thrown away and fetched again. Turn it off once
+	// every host has the key, since while it is on anyone who can write to Redis can plant a
+	// token. It has no effect without EncryptionKey.
+	AcceptPlaintext bool
 	// SharedStateOnly, if true, makes a refresh that redeems source state (a rotating refresh
 	// token) fail with [ErrUnavailable] and [tokenmgr.ErrTemporary] while Redis is unavailable,
 	// instead of fetching in the process: hosts never redeem the same state twice, at the cost
@@ -71,8 +89,9 @@ type Options struct {
 	// reuse. If false, every refresh falls back to fetching in the process.
 	SharedStateOnly bool
 	// Logger receives a Warn line when Redis becomes unavailable (once per outage), an Info
-	// line when it is back, and Warn lines for unreadable entries. It never receives a token
-	// or state, only [tokenmgr.Fingerprint]s. If nil, nothing is logged.
+	// line when it is back, Warn lines for unreadable entries, and an Error line per key whose
+	// entry is sealed with a key this Store does not have. It never receives a token, state or
+	// key material, only [tokenmgr.Fingerprint]s. If nil, nothing is logged.
 	Logger *slog.Logger
 }
 
@@ -85,7 +104,8 @@ type Stats struct {
 	Outages uint64
 	// Errors counts failed Redis calls, not counting calls whose ctx was done.
 	Errors uint64
-	// LocalRefreshes counts upstream fetches made in this process because Redis was unavailable.
+	// LocalRefreshes counts upstream fetches made in this process without the fleet lock: Redis
+	// was unavailable, or the stored entry is sealed with a key this Store does not have.
 	LocalRefreshes uint64
 	// Fetches counts upstream fetches made here while holding the fleet lock.
 	Fetches uint64
@@ -102,8 +122,9 @@ type Stats struct {
 	Discarded uint64
 	// WriteBacks counts entries fetched during an outage and stored once Redis answered.
 	WriteBacks uint64
-	// Unreadable counts stored entries that could not be decoded (a wrong or missing encryption
-	// key, or tampering); they are fetched again.
+	// Unreadable counts reads of stored entries that could not be decoded: sealed with a key
+	// this Store does not have (left alone; see [Options.EncryptionKey]), stored in the clear
+	// while encryption is on, or damaged. The last two are fetched again and replaced.
 	Unreadable uint64
 }
 
@@ -133,8 +154,9 @@ type Stats struct {
 // are dropped with an Info line, and their Managers move to it at their next refresh.
 //
 // An entry is a Redis hash with the fields gen (decimal), tok (token, expiry, issue time) and
-// st (state, absent if none). With an EncryptionKey, tok and st are sealed; gen stays readable so
-// the scripts can compare it.
+// st (state, absent if none). With an EncryptionKey, tok and st are sealed; gen and the id of
+// the sealing key stay readable so the scripts can compare them: an entry sealed with a key the
+// Store lacks is never replaced by it (see [Options.EncryptionKey]).
 type Store struct {
 	client  redis.UniversalClient
 	opts    Options // defaults resolved
@@ -166,6 +188,7 @@ type slot struct {
 	lock     chan struct{}  // holds a value while a Refresh of the key runs here
 	local    tokenmgr.Entry // the newest entry seen or fetched here
 	dirty    bool           // local was fetched without Redis and is not stored yet
+	foreign  bool           // the stored entry is sealed with a key we lack: local is our own (fetchForeign)
 	watchers map[int]func(tokenmgr.Change)
 	nextID   int
 	waiters  map[chan wakeup]struct{} // Refresh calls waiting for another process's fetch
@@ -189,7 +212,7 @@ func New(client redis.UniversalClient, opts Options) (*Store, error) {
 	if client == nil {
 		return nil, errors.New("redisstore: nil client")
 	}
-	c, err := newCodec(opts.EncryptionKey, opts.PreviousKeys)
+	c, err := newCodec(opts.EncryptionKey, opts.PreviousKeys, opts.AcceptPlaintext)
 	if err != nil {
 		return nil, err
 	}
@@ -290,7 +313,7 @@ func (s *Store) Load(ctx context.Context, key string) (tokenmgr.Entry, error) {
 	if err := s.writeBack(ctx, key, sl); err != nil {
 		return tokenmgr.Entry{}, fmt.Errorf("redisstore: load %s: %w", key, err)
 	}
-	e, err := s.load(ctx, key, sl)
+	e, _, err := s.load(ctx, key, sl)
 	if err != nil {
 		s.fail(ctx, "load", err)
 		return tokenmgr.Entry{}, fmt.Errorf("redisstore: load %s: %w", key, err)
@@ -317,9 +340,12 @@ func (s *Store) Refresh(ctx context.Context, key string, have uint64, fetch toke
 	if err := s.writeBack(ctx, key, sl); err != nil {
 		return s.fetchLocal(ctx, key, sl, have, fetch, "write back", err)
 	}
-	e, err := s.load(ctx, key, sl)
+	e, foreign, err := s.load(ctx, key, sl)
 	if err != nil {
 		return s.fetchLocal(ctx, key, sl, have, fetch, "load", err)
+	}
+	if foreign {
+		return s.fetchForeign(ctx, key, sl, have, e.Gen, fetch)
 	}
 	if e.Gen > have {
 		return s.sharedEntry(e)
@@ -358,8 +384,11 @@ func (s *Store) Refresh(ctx context.Context, key string, have uint64, fetch toke
 			return tokenmgr.Entry{}, false, fmt.Errorf("redisstore: waiting for another process to refresh %s: %w", key, ctx.Err())
 		}
 		t.Stop()
-		if e, err = s.load(ctx, key, sl); err != nil {
+		if e, foreign, err = s.load(ctx, key, sl); err != nil {
 			return s.fetchLocal(ctx, key, sl, have, fetch, "load", err)
+		}
+		if foreign {
+			return s.fetchForeign(ctx, key, sl, have, e.Gen, fetch)
 		}
 		if e.Gen > have {
 			return s.sharedEntry(e)
@@ -367,10 +396,19 @@ func (s *Store) Refresh(ctx context.Context, key string, have uint64, fetch toke
 	}
 	released := "r 0 " + key // what the release publishes: the lock is free
 	release := s.hold(lk, owner)
-	defer func() { release(released) }()
+	defer func() {
+		if release != nil {
+			release(released)
+		}
+	}()
 
-	if e, err = s.load(ctx, key, sl); err != nil { // re-read under the lock
+	if e, foreign, err = s.load(ctx, key, sl); err != nil { // re-read under the lock
 		return s.fetchLocal(ctx, key, sl, have, fetch, "load", err)
+	}
+	if foreign { // not ours to refresh: free the lock for the hosts that have the key
+		release(released)
+		release = nil
+		return s.fetchForeign(ctx, key, sl, have, e.Gen, fetch)
 	}
 	if e.Gen > have {
 		return s.sharedEntry(e)
@@ -398,16 +436,20 @@ func (s *Store) Refresh(ctx context.Context, key string, have uint64, fetch toke
 	n.Gen = max(base.Gen, have) + 1
 
 	wctx := context.WithoutCancel(ctx) // a fetched token is stored even if the caller left
-	wrote, err := s.write(wctx, key, "eq", e.Gen, n)
+	res, err := s.write(wctx, key, "eq", e.Gen, n)
 	if err != nil {
 		// The token is fetched but cannot be shared: use it, and write it back later.
 		s.fail(wctx, "write", err)
 		s.keepLocal(sl, n)
 		return n, true, nil
 	}
-	if !wrote {
-		// Our lease ran out and someone stored a newer entry: theirs wins.
-		cur, err := s.load(wctx, key, sl)
+	if res != written {
+		// Our lease ran out and someone stored a newer entry: theirs wins, if we can read it.
+		cur, foreign, err := s.load(wctx, key, sl)
+		if err == nil && foreign {
+			s.keepForeign(sl, n)
+			return n, true, nil
+		}
 		s.log.LogAttrs(ctx, slog.LevelWarn, "redisstore: discarded a fetched token: a newer one was stored meanwhile",
 			slog.String("key", key), slog.String("fp", tokenmgr.Fingerprint(n.Token.Value)), slog.Uint64("gen", cur.Gen))
 		if err != nil || cur.Gen <= have {
@@ -434,7 +476,7 @@ func (s *Store) Invalidate(ctx context.Context, key string, gen uint64) error {
 	var fns []func(tokenmgr.Change)
 	if sl.local.Gen == gen && sl.local.Token.Value != "" {
 		sl.local.Token = tokenmgr.Token{}
-		if sl.dirty { // only this process holds that entry: tell its watchers here
+		if sl.dirty || sl.foreign { // only this process holds that entry: tell its watchers here
 			fns = watchersOf(sl)
 		}
 	}
@@ -446,7 +488,9 @@ func (s *Store) Invalidate(ctx context.Context, key string, gen uint64) error {
 	}
 	ictx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
 	defer cancel()
-	err := invalidateScript.Run(ictx, s.client, []string{s.valueKey(key)}, g, s.channel, "i "+g+" "+key).Err()
+	// The script leaves an entry sealed with a key this Store lacks alone: the token
+	// invalidated here is then this process's own, dropped above.
+	err := invalidateScript.Run(ictx, s.client, []string{s.valueKey(key)}, g, s.channel, "i "+g+" "+key, s.codec.openKeyIDs).Err()
 	if err != nil {
 		s.fail(ctx, "invalidate", err)
 		return fmt.Errorf("redisstore: invalidate %s: %w", key, err)
@@ -473,31 +517,61 @@ func (s *Store) Watch(key string, fn func(tokenmgr.Change)) (stop func()) {
 	}
 }
 
-// load reads and decodes the entry of key and remembers it.
-func (s *Store) load(ctx context.Context, key string, sl *slot) (tokenmgr.Entry, error) {
+// load reads and decodes the entry of key and remembers it. foreign reports that the entry is
+// sealed with a key this Store lacks: e then holds its Gen alone, and the slot keeps the entry
+// this process fetched for itself (see fetchForeign). The first such read of a key, and the
+// first readable one after it, are logged.
+func (s *Store) load(ctx context.Context, key string, sl *slot) (e tokenmgr.Entry, foreign bool, err error) {
 	rctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
 	defer cancel()
 	h, err := s.client.HGetAll(rctx, s.valueKey(key)).Result()
 	if err != nil {
-		return tokenmgr.Entry{}, err
+		return tokenmgr.Entry{}, false, err
 	}
 	s.up(ctx)
 	e, bad := s.codec.entry(key, h)
 	if bad != nil {
 		s.stats.unreadable.Add(1)
+	}
+	foreign = errors.Is(bad, errForeign)
+	s.mu.Lock()
+	was := sl.foreign
+	sl.foreign = foreign
+	s.mu.Unlock()
+	switch {
+	case foreign && !was:
+		s.log.LogAttrs(ctx, slog.LevelError, "redisstore: stored token for "+key+" is encrypted with a key this host does not have: set the same encryption key on every host",
+			slog.String("key", key), slog.Uint64("gen", e.Gen),
+			slog.String("effect", "this host fetches its own tokens for the key and leaves the stored one alone"))
+	case !foreign && was:
+		s.log.LogAttrs(ctx, slog.LevelInfo, "redisstore: stored token for "+key+" is readable again: sharing it",
+			slog.String("key", key), slog.Uint64("gen", e.Gen))
+	case bad != nil && !foreign:
 		s.log.LogAttrs(ctx, slog.LevelWarn, "redisstore: ignoring an unreadable entry; it will be fetched again",
 			slog.String("key", key), slog.Uint64("gen", e.Gen), slog.String("error", bad.Error()))
 	}
-	s.remember(sl, e)
-	return e, nil
+	if !foreign {
+		s.remember(sl, e)
+	}
+	return e, foreign, nil
 }
 
+// writeResult is what the write script did; its values are the script's return values.
+type writeResult int
+
+const (
+	writeStale   writeResult = 0 // the generation condition failed
+	written      writeResult = 1
+	writeForeign writeResult = 2 // the stored entry is sealed with a key this Store lacks
+)
+
 // write stores e with the write script in mode "eq" (stored gen == expect) or "lt" (stored gen
-// < e.Gen) and reports whether it wrote.
-func (s *Store) write(ctx context.Context, key, mode string, expect uint64, e tokenmgr.Entry) (bool, error) {
+// < e.Gen), unless the stored entry is sealed with a key this Store lacks, and reports what it
+// did.
+func (s *Store) write(ctx context.Context, key, mode string, expect uint64, e tokenmgr.Entry) (writeResult, error) {
 	tok, st, err := s.codec.fields(key, e)
 	if err != nil {
-		return false, err
+		return writeStale, err
 	}
 	var ttl int64
 	if len(e.State) == 0 && !e.Token.ExpiresAt.IsZero() && s.opts.Retain > 0 {
@@ -507,12 +581,12 @@ func (s *Store) write(ctx context.Context, key, mode string, expect uint64, e to
 	wctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
 	defer cancel()
 	n, err := writeScript.Run(wctx, s.client, []string{s.valueKey(key)},
-		mode, strconv.FormatUint(expect, 10), g, tok, st, ttl, s.channel, "w "+g+" "+key).Int()
+		mode, strconv.FormatUint(expect, 10), g, tok, st, ttl, s.channel, "w "+g+" "+key, s.codec.openKeyIDs).Int()
 	if err != nil {
-		return false, err
+		return writeStale, err
 	}
 	s.up(ctx)
-	return n == 1, nil
+	return writeResult(n), nil
 }
 
 // hold keeps the lock lk extended while a fetch runs; the returned func stops that and
@@ -574,6 +648,42 @@ func (s *Store) fetchLocal(ctx context.Context, key string, sl *slot, have uint6
 	return n, true, nil
 }
 
+// fetchForeign is Refresh when the stored entry, of generation stored, is sealed with a key this
+// Store lacks. It fetches in the process, as during an outage, and never writes to Redis: the
+// hosts that have the key keep sharing theirs. Other Managers of this Store share what it
+// fetched, and the source state it redeems is this process's own from then on.
+func (s *Store) fetchForeign(ctx context.Context, key string, sl *slot, have, stored uint64, fetch tokenmgr.FetchFunc) (tokenmgr.Entry, bool, error) {
+	s.mu.Lock()
+	prev := sl.local
+	s.mu.Unlock()
+	if prev.Gen > have {
+		return s.sharedEntry(prev) // another Manager here fetched it, or it was read before
+	}
+	if s.opts.SharedStateOnly && len(prev.State) > 0 {
+		return tokenmgr.Entry{}, false, fmt.Errorf("redisstore: not refreshing %s in this process, it redeems source state: the stored token is encrypted with a key this host does not have (%w)", key, tokenmgr.ErrTemporary)
+	}
+	n, err := fetch(ctx, prev)
+	if err != nil {
+		return tokenmgr.Entry{}, false, err
+	}
+	n.Gen = max(prev.Gen, have, stored) + 1
+	s.stats.localRefreshes.Add(1)
+	s.log.LogAttrs(ctx, slog.LevelDebug, "redisstore: fetched a token in this process: the stored one is encrypted with a key this host does not have",
+		slog.String("key", key), slog.Uint64("gen", n.Gen), slog.String("fp", tokenmgr.Fingerprint(n.Token.Value)))
+	s.keepForeign(sl, n)
+	return n, true, nil
+}
+
+// keepForeign makes n, fetched here while the stored entry is sealed with a key this Store
+// lacks, this process's entry of the key and tells the key's watchers here.
+func (s *Store) keepForeign(sl *slot, n tokenmgr.Entry) {
+	s.mu.Lock()
+	sl.local, sl.dirty, sl.foreign = n, false, true
+	fns := watchersOf(sl)
+	s.mu.Unlock()
+	notify(fns, tokenmgr.Change{Gen: n.Gen})
+}
+
 // keepLocal makes n, which is not stored in Redis, this process's entry of the key and tells
 // the key's watchers here.
 func (s *Store) keepLocal(sl *slot, n tokenmgr.Entry) {
@@ -607,7 +717,7 @@ func (s *Store) writeBack(ctx context.Context, key string, sl *slot) error {
 	if !dirty {
 		return nil
 	}
-	wrote, err := s.write(ctx, key, "lt", 0, e)
+	res, err := s.write(ctx, key, "lt", 0, e)
 	if err != nil {
 		s.fail(ctx, "write back", err)
 		return err
@@ -617,11 +727,15 @@ func (s *Store) writeBack(ctx context.Context, key string, sl *slot) error {
 		sl.dirty = false
 	}
 	s.mu.Unlock()
-	if wrote {
+	switch res {
+	case written:
 		s.stats.writeBacks.Add(1)
 		s.log.LogAttrs(ctx, slog.LevelInfo, "redisstore: stored a token fetched while redis was unavailable",
 			slog.String("key", key), slog.Uint64("gen", e.Gen), slog.String("fp", tokenmgr.Fingerprint(e.Token.Value)))
-	} else {
+	case writeForeign: // the load that follows logs why
+		s.log.LogAttrs(ctx, slog.LevelInfo, "redisstore: kept a token fetched while redis was unavailable in this process: the stored one is encrypted with a key this host does not have",
+			slog.String("key", key), slog.Uint64("gen", e.Gen), slog.String("fp", tokenmgr.Fingerprint(e.Token.Value)))
+	default:
 		s.log.LogAttrs(ctx, slog.LevelInfo, "redisstore: dropped a token fetched while redis was unavailable: a newer one is stored",
 			slog.String("key", key), slog.Uint64("gen", e.Gen), slog.String("fp", tokenmgr.Fingerprint(e.Token.Value)))
 	}

@@ -1,6 +1,8 @@
 package redisstore
 
 import (
+	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -51,11 +53,11 @@ func TestWriteScript(t *testing.T) {
 		{"write-back of an older gen", "lt", 0, entry("e", 2), false, 2, "c"},
 		{"write-back of a newer gen", "lt", 0, entry("f", 5), true, 5, "f"},
 	} {
-		wrote, err := s.write(ctx, key, st.mode, st.expect, st.e)
+		res, err := s.write(ctx, key, st.mode, st.expect, st.e)
 		if err != nil {
 			t.Fatalf("%s: write: %v", st.name, err)
 		}
-		if wrote != st.want {
+		if wrote := res == written; wrote != st.want {
 			t.Errorf("%s: write(%s, expect %d, gen %d) = %v; want %v", st.name, st.mode, st.expect, st.e.Gen, wrote, st.want)
 		}
 		got, err := s.Load(ctx, key)
@@ -93,6 +95,73 @@ func TestInvalidateScript(t *testing.T) {
 	got, _ := s.Load(ctx, "k")
 	if got.Token.Value != "" || got.Gen != 3 || string(got.State) != "refresh-1" {
 		t.Fatalf("after Invalidate(gen 3) = token %q gen %d state %q; want no token, gen 3, state kept", got.Token.Value, got.Gen, got.State)
+	}
+}
+
+// TestScriptsLeaveForeignEntries proves that the write and invalidate scripts never replace or
+// delete an entry sealed with a key the Store lacks, in any mode, while a Store holding that key
+// (as EncryptionKey or in PreviousKeys) does replace it.
+func TestScriptsLeaveForeignEntries(t *testing.T) {
+	k1, k2 := make([]byte, 32), make([]byte, 32)
+	k1[0], k2[0] = 1, 2
+	owner, c := newTestStore(t, Options{EncryptionKey: k1})
+	ctx := t.Context()
+	const key = "k"
+	seal := func(gen uint64) map[string]string {
+		e := entry("sealed", gen)
+		e.State = []byte("state")
+		c.Del(ctx, owner.valueKey(key))
+		if res, err := owner.write(ctx, key, "eq", 0, e); err != nil || res != written {
+			t.Fatalf("owner write = %v, %v; want written", res, err)
+		}
+		return c.HGetAll(ctx, owner.valueKey(key)).Val()
+	}
+	for _, tc := range []struct {
+		name string
+		opts Options
+		ok   bool
+	}{
+		{"no key", Options{}, false},
+		{"other key", Options{EncryptionKey: k2}, false},
+		{"other key, ours previous", Options{EncryptionKey: k2, PreviousKeys: [][]byte{k1}}, true},
+		{"same key", Options{EncryptionKey: k1}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st, err := New(c, tc.opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+			want := func(what string, before map[string]string, res, wantOK, wantNo writeResult) {
+				t.Helper()
+				after := c.HGetAll(ctx, owner.valueKey(key)).Val()
+				changed := fmt.Sprint(before) != fmt.Sprint(after)
+				if tc.ok && (res != wantOK || !changed) || !tc.ok && (res != wantNo || changed) {
+					t.Errorf("%s = %d (entry changed: %v); want %d and changed %v", what, res, changed, map[bool]writeResult{true: wantOK, false: wantNo}[tc.ok], tc.ok)
+				}
+			}
+			h := seal(3)
+			res, err := st.write(ctx, key, "eq", 3, entry("new", 4))
+			if err != nil {
+				t.Fatal(err)
+			}
+			want("write eq", h, res, written, writeForeign)
+			h = seal(3)
+			res, err = st.write(ctx, key, "lt", 0, entry("new", 9))
+			if err != nil {
+				t.Fatal(err)
+			}
+			want("write lt", h, res, written, writeForeign)
+			h = seal(3)
+			if res, _ = st.write(ctx, key, "eq", 2, entry("new", 3)); res != writeStale {
+				t.Errorf("write on a wrong gen = %d; want %d (stale) before any key check", res, writeStale)
+			}
+			n, err := invalidateScript.Run(ctx, c, []string{st.valueKey(key)}, "3", st.channel, "i 3 k", st.codec.openKeyIDs).Int()
+			if err != nil {
+				t.Fatal(err)
+			}
+			want("invalidate", h, writeResult(n), 1, 2)
+		})
 	}
 }
 
@@ -146,13 +215,14 @@ func TestLockScripts(t *testing.T) {
 func TestCodec(t *testing.T) {
 	k1, k2 := make([]byte, 32), make([]byte, 32)
 	k1[0], k2[0] = 1, 2
-	c1, err := newCodec(k1, nil)
+	c1, err := newCodec(k1, nil, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c2, _ := newCodec(k2, [][]byte{k1})
-	c2only, _ := newCodec(k2, nil)
-	plain, _ := newCodec(nil, nil)
+	c2, _ := newCodec(k2, [][]byte{k1}, false)
+	c2only, _ := newCodec(k2, nil, false)
+	plain, _ := newCodec(nil, nil, false)
+	rollout, _ := newCodec(k1, nil, true)
 	v, err := c1.encode("key", "tok", 7, []byte("secret"))
 	if err != nil {
 		t.Fatal(err)
@@ -165,16 +235,22 @@ func TestCodec(t *testing.T) {
 		gen   uint64
 		in    string
 		ok    bool
+		// foreign: sealed with a key the codec lacks, so never to be overwritten by it
+		foreign bool
 	}{
-		{"same key", c1, "key", "tok", 7, v, true},
-		{"previous key", c2, "key", "tok", 7, v, true},
-		{"unknown key", c2only, "key", "tok", 7, v, false},
-		{"no key", plain, "key", "tok", 7, v, false},
-		{"other key name", c1, "other", "tok", 7, v, false},
-		{"other field", c1, "key", "st", 7, v, false},
-		{"other generation", c1, "key", "tok", 8, v, false},
-		{"plaintext refused", c1, "key", "tok", 7, "psecret", false},
-		{"plaintext accepted without key", plain, "key", "tok", 7, "psecret", true},
+		{"same key", c1, "key", "tok", 7, v, true, false},
+		{"previous key", c2, "key", "tok", 7, v, true, false},
+		{"unknown key", c2only, "key", "tok", 7, v, false, true},
+		{"no key", plain, "key", "tok", 7, v, false, true},
+		{"other key name", c1, "other", "tok", 7, v, false, false},
+		{"other field", c1, "key", "st", 7, v, false, false},
+		{"other generation", c1, "key", "tok", 8, v, false, false},
+		{"tampered", c1, "key", "tok", 7, v[:len(v)-1] + "x", false, false},
+		{"truncated key id", plain, "key", "tok", 7, v[:5], false, false},
+		{"plaintext refused", c1, "key", "tok", 7, "psecret", false, false},
+		{"plaintext accepted in a rollout", rollout, "key", "tok", 7, "psecret", true, false},
+		{"sealed still checked in a rollout", rollout, "key", "tok", 8, v, false, false},
+		{"plaintext accepted without key", plain, "key", "tok", 7, "psecret", true, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := tc.c.decode(tc.key, tc.field, tc.gen, tc.in)
@@ -184,12 +260,15 @@ func TestCodec(t *testing.T) {
 			if !tc.ok && err == nil {
 				t.Fatalf("decode = %q; want an error", got)
 			}
+			if f := errors.Is(err, errForeign); f != tc.foreign {
+				t.Fatalf("decode error %v: foreign = %v; want %v", err, f, tc.foreign)
+			}
 		})
 	}
-	if _, err := newCodec(make([]byte, 16), nil); err == nil {
+	if _, err := newCodec(make([]byte, 16), nil, false); err == nil {
 		t.Error("newCodec(16-byte key) succeeded; want an error")
 	}
-	if _, err := newCodec(nil, [][]byte{k1}); err == nil {
+	if _, err := newCodec(nil, [][]byte{k1}, false); err == nil {
 		t.Error("newCodec(previous keys without a key) succeeded; want an error")
 	}
 }

@@ -586,9 +586,11 @@ func TestEncryption(t *testing.T) {
 		t.Fatalf("rotated entry shows the token:\n%q", r)
 	}
 
-	// A Manager on a store without the key refetches instead of using garbage.
+	// A Manager on a store without the key refetches instead of using garbage. (plain itself
+	// would hand out the entry it read before the key was set, as during an outage.)
+	nokey, _ := newHost(t, srv.Addr(), redisstore.Options{})
 	src := &countingSource{life: time.Hour}
-	m := newManager(t, plain, src)
+	m := newManager(t, nokey, src)
 	tok, err := m.Token(ctx)
 	if err != nil || tok.Value != "tok-1" {
 		t.Fatalf("Manager on an unreadable entry: Token = %q, %v; want a fresh fetch tok-1", tok.Value, err)
