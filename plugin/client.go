@@ -48,7 +48,7 @@ func (c *Client) Info(ctx context.Context) (Info, error) {
 
 // Configure opens bots in the plugin, replacing any it had.
 func (c *Client) Configure(ctx context.Context, store StoreConfig, bots []BotConfig) ([]BotInfo, error) {
-	req := &pb.ConfigureRequest{Store: &pb.StoreConfig{RedisUrl: store.RedisURL, KeyPrefix: store.KeyPrefix, Dir: store.Dir}}
+	req := &pb.ConfigureRequest{Store: storeToProto(store)}
 	for _, b := range bots {
 		req.Bots = append(req.Bots, &pb.BotConfig{Name: b.Name, Platform: b.Platform, Config: b.Config})
 	}

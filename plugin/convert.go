@@ -15,6 +15,25 @@ import (
 
 // This file maps the adapter model to its wire form and back, field by field.
 
+func storeToProto(s StoreConfig) *pb.StoreConfig {
+	return &pb.StoreConfig{RedisUrl: s.RedisURL, KeyPrefix: s.KeyPrefix, Dir: s.Dir,
+		RedisAddrs: s.RedisAddrs, RedisMasterName: s.RedisMasterName, RedisUsername: s.RedisUsername,
+		RedisPassword: s.RedisPassword, RedisSentinelPassword: s.RedisSentinelPassword,
+		RedisDb: int32(s.RedisDB), RedisTls: s.RedisTLS,
+		EncryptionKey: s.EncryptionKey, PreviousEncryptionKeys: s.PreviousEncryptionKeys, AcceptPlaintext: s.AcceptPlaintext}
+}
+
+func storeFromProto(p *pb.StoreConfig) StoreConfig {
+	if p == nil {
+		return StoreConfig{}
+	}
+	return StoreConfig{RedisURL: p.RedisUrl, KeyPrefix: p.KeyPrefix, Dir: p.Dir,
+		RedisAddrs: p.RedisAddrs, RedisMasterName: p.RedisMasterName, RedisUsername: p.RedisUsername,
+		RedisPassword: p.RedisPassword, RedisSentinelPassword: p.RedisSentinelPassword,
+		RedisDB: int(p.RedisDb), RedisTLS: p.RedisTls,
+		EncryptionKey: p.EncryptionKey, PreviousEncryptionKeys: p.PreviousEncryptionKeys, AcceptPlaintext: p.AcceptPlaintext}
+}
+
 func targetToProto(t adapter.Target) *pb.Target {
 	p := &pb.Target{User: t.User, Users: t.Users, Party: t.Party, Tag: t.Tag, All: t.All, Chat: t.Chat,
 		Email: t.Email, Emails: t.Emails}

@@ -26,12 +26,34 @@ type BotConfig struct {
 	Config json.RawMessage
 }
 
-// StoreConfig says where a plugin keeps tokens and state that must survive restarts.
+// StoreConfig says where a plugin keeps tokens and state that must survive restarts. It holds
+// secrets (passwords, encryption keys): it crosses the process boundary only inside the
+// Configure RPC, never in argv or the environment, and must never be logged.
 type StoreConfig struct {
-	RedisURL  string // shared Redis store; empty: none
+	RedisURL  string // shared Redis store on one node; empty: none (or RedisAddrs)
 	KeyPrefix string
 	Dir       string // state directory for an embedded file store; empty: memory only
+
+	// RedisAddrs name the shared Redis store instead of RedisURL: with RedisMasterName they are
+	// Sentinel addresses; several without it, Cluster nodes; one, a single node.
+	RedisAddrs            []string
+	RedisMasterName       string
+	RedisUsername         string
+	RedisPassword         string
+	RedisSentinelPassword string // for the Sentinels themselves, if they require one
+	RedisDB               int    // not with Cluster
+	RedisTLS              bool
+
+	// EncryptionKey (32 bytes) seals the tokens and state stored in Redis with AES-256-GCM;
+	// PreviousEncryptionKeys are still read, never written; AcceptPlaintext reads entries
+	// stored in the clear while encryption is being turned on (see redisstore.Options).
+	EncryptionKey          []byte
+	PreviousEncryptionKeys [][]byte
+	AcceptPlaintext        bool
 }
+
+// UsesRedis reports whether c names a Redis store (RedisURL or RedisAddrs).
+func (c StoreConfig) UsesRedis() bool { return c.RedisURL != "" || len(c.RedisAddrs) > 0 }
 
 // OpenFunc opens the adapter of one bot. It may do network work (it runs inside Configure,
 // after the handshake). It must not log secrets.
@@ -96,7 +118,7 @@ func (s *Server) Configure(ctx context.Context, req *pb.ConfigureRequest) (*pb.C
 	if s.opts.Open == nil {
 		return nil, toStatus(&adapter.Error{Kind: adapter.KindInternal, Message: "plugin has no Open function"})
 	}
-	store := StoreConfig{RedisURL: req.GetStore().GetRedisUrl(), KeyPrefix: req.GetStore().GetKeyPrefix(), Dir: req.GetStore().GetDir()}
+	store := storeFromProto(req.GetStore())
 	opened := make(map[string]adapter.Adapter, len(req.Bots))
 	closeAll := func() {
 		for _, a := range opened {

@@ -5,6 +5,7 @@ package platforms
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -14,7 +15,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
 	"github.com/seed-a64d9e1f/chatwire/adapter/graph"
@@ -129,8 +129,8 @@ type Opener struct {
 	log *slog.Logger
 	m   *Metrics
 
-	mu     sync.Mutex // guards stores
-	stores map[plugin.StoreConfig]tokenmgr.Store
+	mu     sync.Mutex                // guards stores
+	stores map[string]tokenmgr.Store // by storeID
 }
 
 // New returns an Opener logging to log (nil: nowhere) and counting in reg (nil: nowhere).
@@ -138,7 +138,7 @@ func New(log *slog.Logger, reg prometheus.Registerer) *Opener {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	o := &Opener{log: log, m: NewMetrics(reg), stores: make(map[plugin.StoreConfig]tokenmgr.Store)}
+	o := &Opener{log: log, m: NewMetrics(reg), stores: make(map[string]tokenmgr.Store)}
 	if reg != nil {
 		reg.MustRegister(prometheus.CollectorFunc(o.collectStores))
 	}
@@ -149,7 +149,7 @@ var (
 	storeOutagesDesc = prometheus.NewDesc("chatwire_store_outages_total",
 		"Times the Redis token store became unavailable (redisstore Stats.Outages).", nil, nil)
 	storeLocalDesc = prometheus.NewDesc("chatwire_store_local_refreshes_total",
-		"Token fetches made in this plugin process without Redis because it was unavailable (redisstore Stats.LocalRefreshes).", nil, nil)
+		"Token fetches made in this plugin process without the fleet's Redis lock: Redis was unavailable, or the stored entry is sealed with an encryption key this host does not have (redisstore Stats.LocalRefreshes).", nil, nil)
 	storeAvailableDesc = prometheus.NewDesc("chatwire_store_available",
 		"1 while the Redis token store answers, 0 from a failed call until one succeeds (redisstore Stats.Available).", nil, nil)
 )
@@ -182,11 +182,20 @@ func (o *Opener) collectStores(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(storeAvailableDesc, prometheus.GaugeValue, available)
 }
 
+// storeID identifies a StoreConfig (which holds slices, so it is no map key itself). It holds
+// no secret in the clear: it is a digest.
+func storeID(cfg plugin.StoreConfig) string {
+	data, _ := json.Marshal(cfg) // strings, numbers, bools and bytes: cannot fail
+	sum := sha256.Sum256(data)
+	return string(sum[:])
+}
+
 // store returns the one store for cfg, opening it on first use.
 func (o *Opener) store(cfg plugin.StoreConfig) (tokenmgr.Store, error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if s, ok := o.stores[cfg]; ok {
+	id := storeID(cfg)
+	if s, ok := o.stores[id]; ok {
 		return s, nil
 	}
 	var (
@@ -194,17 +203,8 @@ func (o *Opener) store(cfg plugin.StoreConfig) (tokenmgr.Store, error) {
 		err error
 	)
 	switch {
-	case cfg.RedisURL != "":
-		var ro *redis.Options
-		ro, err = redis.ParseURL(cfg.RedisURL)
-		if err != nil {
-			return nil, fmt.Errorf("store.redis_url: %w", err)
-		}
-		prefix := cfg.KeyPrefix
-		if prefix != "" {
-			prefix += ":tok:"
-		}
-		s, err = redisstore.New(redis.NewClient(ro), redisstore.Options{KeyPrefix: prefix, Logger: o.log})
+	case cfg.UsesRedis():
+		s, _, err = OpenRedisStore(cfg, o.log) // kept for the life of the process, as the store
 	case cfg.Dir != "":
 		s, err = filestore.Open(cfg.Dir)
 	default:
@@ -213,7 +213,7 @@ func (o *Opener) store(cfg plugin.StoreConfig) (tokenmgr.Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	o.stores[cfg] = s
+	o.stores[id] = s
 	return s, nil
 }
 

@@ -125,12 +125,27 @@ func (x *InfoResponse) GetProtocolMinor() int32 {
 
 // StoreConfig says where the plugin keeps tokens and state that must survive restarts.
 type StoreConfig struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	RedisUrl      string                 `protobuf:"bytes,1,opt,name=redis_url,json=redisUrl,proto3" json:"redis_url,omitempty"` // shared store; empty: none
-	KeyPrefix     string                 `protobuf:"bytes,2,opt,name=key_prefix,json=keyPrefix,proto3" json:"key_prefix,omitempty"`
-	Dir           string                 `protobuf:"bytes,3,opt,name=dir,proto3" json:"dir,omitempty"` // state directory for the embedded file store; empty: memory only
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	RedisUrl  string                 `protobuf:"bytes,1,opt,name=redis_url,json=redisUrl,proto3" json:"redis_url,omitempty"` // shared store; empty: none
+	KeyPrefix string                 `protobuf:"bytes,2,opt,name=key_prefix,json=keyPrefix,proto3" json:"key_prefix,omitempty"`
+	Dir       string                 `protobuf:"bytes,3,opt,name=dir,proto3" json:"dir,omitempty"` // state directory for the embedded file store; empty: memory only
+	// Instead of redis_url: redis_addrs with redis_master_name are Sentinel addresses; several
+	// without it, Cluster nodes; one, a single node. redis_db is not used with Cluster.
+	RedisAddrs            []string `protobuf:"bytes,4,rep,name=redis_addrs,json=redisAddrs,proto3" json:"redis_addrs,omitempty"`
+	RedisMasterName       string   `protobuf:"bytes,5,opt,name=redis_master_name,json=redisMasterName,proto3" json:"redis_master_name,omitempty"`
+	RedisUsername         string   `protobuf:"bytes,6,opt,name=redis_username,json=redisUsername,proto3" json:"redis_username,omitempty"`
+	RedisPassword         string   `protobuf:"bytes,7,opt,name=redis_password,json=redisPassword,proto3" json:"redis_password,omitempty"`                           // a secret
+	RedisSentinelPassword string   `protobuf:"bytes,8,opt,name=redis_sentinel_password,json=redisSentinelPassword,proto3" json:"redis_sentinel_password,omitempty"` // a secret
+	RedisDb               int32    `protobuf:"varint,9,opt,name=redis_db,json=redisDb,proto3" json:"redis_db,omitempty"`
+	RedisTls              bool     `protobuf:"varint,10,opt,name=redis_tls,json=redisTls,proto3" json:"redis_tls,omitempty"`
+	// encryption_key (32 bytes, a secret) seals stored tokens and state with AES-256-GCM;
+	// previous_encryption_keys are still read, never written; accept_plaintext reads entries
+	// stored in the clear while encryption is being turned on.
+	EncryptionKey          []byte   `protobuf:"bytes,11,opt,name=encryption_key,json=encryptionKey,proto3" json:"encryption_key,omitempty"`
+	PreviousEncryptionKeys [][]byte `protobuf:"bytes,12,rep,name=previous_encryption_keys,json=previousEncryptionKeys,proto3" json:"previous_encryption_keys,omitempty"`
+	AcceptPlaintext        bool     `protobuf:"varint,13,opt,name=accept_plaintext,json=acceptPlaintext,proto3" json:"accept_plaintext,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *StoreConfig) Reset() {
@@ -182,6 +197,76 @@ func (x *StoreConfig) GetDir() string {
 		return x.Dir
 	}
 	return ""
+}
+
+func (x *StoreConfig) GetRedisAddrs() []string {
+	if x != nil {
+		return x.RedisAddrs
+	}
+	return nil
+}
+
+func (x *StoreConfig) GetRedisMasterName() string {
+	if x != nil {
+		return x.RedisMasterName
+	}
+	return ""
+}
+
+func (x *StoreConfig) GetRedisUsername() string {
+	if x != nil {
+		return x.RedisUsername
+	}
+	return ""
+}
+
+func (x *StoreConfig) GetRedisPassword() string {
+	if x != nil {
+		return x.RedisPassword
+	}
+	return ""
+}
+
+func (x *StoreConfig) GetRedisSentinelPassword() string {
+	if x != nil {
+		return x.RedisSentinelPassword
+	}
+	return ""
+}
+
+func (x *StoreConfig) GetRedisDb() int32 {
+	if x != nil {
+		return x.RedisDb
+	}
+	return 0
+}
+
+func (x *StoreConfig) GetRedisTls() bool {
+	if x != nil {
+		return x.RedisTls
+	}
+	return false
+}
+
+func (x *StoreConfig) GetEncryptionKey() []byte {
+	if x != nil {
+		return x.EncryptionKey
+	}
+	return nil
+}
+
+func (x *StoreConfig) GetPreviousEncryptionKeys() [][]byte {
+	if x != nil {
+		return x.PreviousEncryptionKeys
+	}
+	return nil
+}
+
+func (x *StoreConfig) GetAcceptPlaintext() bool {
+	if x != nil {
+		return x.AcceptPlaintext
+	}
+	return false
 }
 
 type BotConfig struct {
@@ -2204,12 +2289,24 @@ const file_adapter_proto_rawDesc = "" +
 	"\fInfoResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x1c\n" +
 	"\tplatforms\x18\x02 \x03(\tR\tplatforms\x12%\n" +
-	"\x0eprotocol_minor\x18\x03 \x01(\x05R\rprotocolMinor\"[\n" +
+	"\x0eprotocol_minor\x18\x03 \x01(\x05R\rprotocolMinor\"\xf2\x03\n" +
 	"\vStoreConfig\x12\x1b\n" +
 	"\tredis_url\x18\x01 \x01(\tR\bredisUrl\x12\x1d\n" +
 	"\n" +
 	"key_prefix\x18\x02 \x01(\tR\tkeyPrefix\x12\x10\n" +
-	"\x03dir\x18\x03 \x01(\tR\x03dir\"S\n" +
+	"\x03dir\x18\x03 \x01(\tR\x03dir\x12\x1f\n" +
+	"\vredis_addrs\x18\x04 \x03(\tR\n" +
+	"redisAddrs\x12*\n" +
+	"\x11redis_master_name\x18\x05 \x01(\tR\x0fredisMasterName\x12%\n" +
+	"\x0eredis_username\x18\x06 \x01(\tR\rredisUsername\x12%\n" +
+	"\x0eredis_password\x18\a \x01(\tR\rredisPassword\x126\n" +
+	"\x17redis_sentinel_password\x18\b \x01(\tR\x15redisSentinelPassword\x12\x19\n" +
+	"\bredis_db\x18\t \x01(\x05R\aredisDb\x12\x1b\n" +
+	"\tredis_tls\x18\n" +
+	" \x01(\bR\bredisTls\x12%\n" +
+	"\x0eencryption_key\x18\v \x01(\fR\rencryptionKey\x128\n" +
+	"\x18previous_encryption_keys\x18\f \x03(\fR\x16previousEncryptionKeys\x12)\n" +
+	"\x10accept_plaintext\x18\r \x01(\bR\x0facceptPlaintext\"S\n" +
 	"\tBotConfig\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\bplatform\x18\x02 \x01(\tR\bplatform\x12\x16\n" +
