@@ -13,15 +13,12 @@ import (
 	"strings"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/seed-a64d9e1f/chatwire/adapter"
 	"github.com/seed-a64d9e1f/chatwire/adapter/graph"
 	"github.com/seed-a64d9e1f/chatwire/internal/filestore"
 	"github.com/seed-a64d9e1f/chatwire/internal/platforms"
 	"github.com/seed-a64d9e1f/chatwire/plugin"
 	"github.com/seed-a64d9e1f/chatwire/tokenmgr"
-	"github.com/seed-a64d9e1f/chatwire/tokenmgr/redisstore"
 )
 
 // explanations says in plain words what platform codes mean and what to do.
@@ -123,7 +120,10 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	opener := platforms.New(slog.New(slog.DiscardHandler), nil)
 	opener.NoStart = true // a probe creates no Graph subscriptions
-	store := plugin.StoreConfig{RedisURL: cfg.Store.RedisURL, KeyPrefix: cfg.Store.KeyPrefix, Dir: cfg.Store.Dir}
+	store, err := cfg.Store.plugin()
+	if err != nil {
+		return err
+	}
 	failed := 0
 	for _, b := range cfg.Bots {
 		if b.Graph != nil && b.Graph.Auth == graph.AuthDelegated {
@@ -286,13 +286,16 @@ func cmdGraphLogin(ctx context.Context, args []string, stdout, stderr io.Writer)
 // openStore opens the token store a config names, for commands that write to it.
 func openStore(sc StoreConfig) (tokenmgr.Store, string, error) {
 	switch {
-	case sc.RedisURL != "":
-		ro, err := redis.ParseURL(sc.RedisURL)
+	case sc.usesRedis():
+		ps, err := sc.plugin()
 		if err != nil {
 			return nil, "", err
 		}
-		s, err := redisstore.New(redis.NewClient(ro), redisstore.Options{KeyPrefix: sc.KeyPrefix + ":tok:"})
-		return s, "Redis", err
+		s, _, err := platforms.OpenRedisStore(ps, nil) // the client lives as long as the command
+		if err != nil {
+			return nil, "", err
+		}
+		return s, "Redis", nil
 	case sc.Dir != "":
 		s, err := filestore.Open(sc.Dir)
 		if err != nil {
@@ -300,7 +303,7 @@ func openStore(sc StoreConfig) (tokenmgr.Store, string, error) {
 		}
 		return s, s.Path(), nil
 	}
-	return nil, "", errors.New("no store configured: set store.dir or store.redis_url so the sign-in survives")
+	return nil, "", errors.New("no store configured: set store.dir or store.redis_url (or store.redis) so the sign-in survives")
 }
 
 // seed writes a login's tokens as the newest entry of key.

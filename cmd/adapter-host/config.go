@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -17,6 +19,7 @@ import (
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
 	"github.com/seed-a64d9e1f/chatwire/internal/platforms"
+	"github.com/seed-a64d9e1f/chatwire/plugin"
 )
 
 // Config is the host configuration file (YAML). ${VAR} anywhere in a value is replaced by
@@ -54,11 +57,91 @@ type ServerConfig struct {
 }
 
 // StoreConfig says where tokens and state live: Redis (shared by a fleet) or a directory
-// (one host); neither means memory only.
+// (one host); neither means memory only. Redis is named by RedisURL (one node) or Redis (one
+// node, Sentinel or Cluster), not both.
 type StoreConfig struct {
-	RedisURL  string `yaml:"redis_url"`
-	KeyPrefix string `yaml:"key_prefix"`
-	Dir       string `yaml:"dir"`
+	RedisURL  string       `yaml:"redis_url"`
+	Redis     *RedisConfig `yaml:"redis"`
+	KeyPrefix string       `yaml:"key_prefix"`
+	Dir       string       `yaml:"dir"`
+	// EncryptionKey, 32 bytes as base64 (standard or URL alphabet, padded or not) or 64 hex
+	// digits, seals the tokens and refresh tokens stored in Redis with AES-256-GCM.
+	// PreviousEncryptionKeys are still read, never written (key rotation). AcceptPlaintext
+	// reads entries stored in the clear while encryption is being turned on. Secrets.
+	EncryptionKey          string   `yaml:"encryption_key"`
+	PreviousEncryptionKeys []string `yaml:"previous_encryption_keys"`
+	AcceptPlaintext        bool     `yaml:"accept_plaintext"`
+}
+
+// RedisConfig names Redis nodes: Addrs with MasterName are Sentinel addresses; several Addrs
+// without it are Cluster nodes; one is a single node. Password and SentinelPassword are
+// secrets.
+type RedisConfig struct {
+	Addrs            []string `yaml:"addrs"`
+	MasterName       string   `yaml:"master_name"`
+	Username         string   `yaml:"username"`
+	Password         string   `yaml:"password"`
+	SentinelPassword string   `yaml:"sentinel_password"`
+	DB               int      `yaml:"db"`
+	TLS              bool     `yaml:"tls"`
+}
+
+// usesRedis reports whether the store is on Redis.
+func (s StoreConfig) usesRedis() bool { return s.RedisURL != "" || s.Redis != nil }
+
+// plugin returns the store configuration sent to the plugin, keys decoded. It fails only on
+// a key that validate rejects.
+func (s StoreConfig) plugin() (plugin.StoreConfig, error) {
+	sc := plugin.StoreConfig{RedisURL: s.RedisURL, KeyPrefix: s.KeyPrefix, Dir: s.Dir, AcceptPlaintext: s.AcceptPlaintext}
+	if r := s.Redis; r != nil {
+		sc.RedisAddrs, sc.RedisMasterName, sc.RedisUsername, sc.RedisPassword = r.Addrs, r.MasterName, r.Username, r.Password
+		sc.RedisSentinelPassword, sc.RedisDB, sc.RedisTLS = r.SentinelPassword, r.DB, r.TLS
+	}
+	if s.EncryptionKey != "" {
+		k, err := parseStoreKey(s.EncryptionKey)
+		if err != nil {
+			return sc, fmt.Errorf("store.encryption_key: %w", err)
+		}
+		sc.EncryptionKey = k
+	}
+	for i, ks := range s.PreviousEncryptionKeys {
+		k, err := parseStoreKey(ks)
+		if err != nil {
+			return sc, fmt.Errorf("store.previous_encryption_keys[%d]: %w", i, err)
+		}
+		sc.PreviousEncryptionKeys = append(sc.PreviousEncryptionKeys, k)
+	}
+	return sc, nil
+}
+
+// parseStoreKey decodes a 32-byte store encryption key written as 64 hex digits or as base64
+// (standard or URL alphabet, padded or not). Its errors give lengths, never the text.
+func parseStoreKey(s string) ([]byte, error) {
+	s = strings.TrimSpace(s)
+	if isHex(s) && len(s)%2 == 0 {
+		if len(s) != 64 {
+			return nil, fmt.Errorf("want 32 bytes as base64 or 64 hex digits, got %d bytes", len(s)/2)
+		}
+		return hex.DecodeString(s)
+	}
+	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.URLEncoding, base64.RawStdEncoding, base64.RawURLEncoding} {
+		if b, err := enc.DecodeString(s); err == nil {
+			if len(b) != 32 {
+				return nil, fmt.Errorf("want 32 bytes as base64 or 64 hex digits, got %d bytes", len(b))
+			}
+			return b, nil
+		}
+	}
+	return nil, fmt.Errorf("want 32 bytes as base64 or 64 hex digits, got %d characters that are neither", len(s))
+}
+
+func isHex(s string) bool {
+	for _, c := range s {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
+			return false
+		}
+	}
+	return s != ""
 }
 
 // PluginConfig names the plugin executable. Empty Path means this executable ("plugin"
@@ -314,6 +397,7 @@ func (c *Config) validate(cerr *ConfigError) {
 			p("store.redis_url", "want redis://host:port/db or rediss://…")
 		}
 	}
+	c.validateStore(p)
 	if len(c.Bots) == 0 {
 		p("bots", "no bots configured")
 	}
@@ -369,6 +453,93 @@ func (c *Config) validate(cerr *ConfigError) {
 	}
 }
 
+// validateStore checks store.redis and the encryption keys. Its problems never quote a key or
+// a password, only lengths and the ${VAR}s they came from.
+func (c *Config) validateStore(p func(string, string, ...any)) {
+	st := c.Store
+	if st.RedisURL != "" && st.Redis != nil {
+		p("store", "set redis_url or redis, not both")
+	}
+	if st.Dir != "" && st.Redis != nil {
+		p("store", "set redis or dir, not both")
+	}
+	if r := st.Redis; r != nil {
+		at := "store.redis"
+		switch {
+		case len(r.Addrs) == 0 && r.MasterName != "":
+			p(at+".master_name", "needs %s.addrs: the addresses of the Sentinels that know this master", at)
+		case len(r.Addrs) == 0:
+			p(at+".addrs", "required: one host:port (a single node), the Sentinels' with master_name, or several Cluster nodes'")
+		}
+		for i, a := range r.Addrs {
+			ap := fmt.Sprintf("%s.addrs[%d]", at, i)
+			if h, port, err := net.SplitHostPort(a); err != nil || h == "" {
+				p(ap, "want host:port, got %s", c.show(ap, a))
+			} else if n, err := strconv.Atoi(port); err != nil || n <= 0 || n > 65535 {
+				p(ap, "want host:port with a port number, got %s", c.show(ap, a))
+			}
+		}
+		cluster := len(r.Addrs) > 1 && r.MasterName == ""
+		switch {
+		case r.DB < 0:
+			p(at+".db", "%d: want 0 or more", r.DB)
+		case r.DB != 0 && cluster:
+			p(at+".db", "not with Cluster (several addrs without master_name): a Redis Cluster has only database 0")
+		}
+		if r.SentinelPassword != "" && r.MasterName == "" {
+			p(at+".sentinel_password", "only with master_name: it is the Sentinels' own password")
+		}
+	}
+	keyProblem := func(path, v string) {
+		if v == "" {
+			if _, ok := c.raw[path]; ok {
+				p(path, "empty (is %s set to something?)", c.vars(path))
+			}
+			return
+		}
+		if _, err := parseStoreKey(v); err != nil {
+			if vars := c.vars(path); vars != "" {
+				p(path, "%v (set from %s)", err, vars)
+			} else {
+				p(path, "%v", err)
+			}
+		}
+	}
+	keyProblem("store.encryption_key", st.EncryptionKey)
+	for i, k := range st.PreviousEncryptionKeys {
+		path := fmt.Sprintf("store.previous_encryption_keys[%d]", i)
+		if k == "" {
+			if _, ok := c.raw[path]; !ok {
+				p(path, "empty")
+				continue
+			}
+		}
+		keyProblem(path, k)
+	}
+	encrypting := st.EncryptionKey != "" || len(st.PreviousEncryptionKeys) > 0 || st.AcceptPlaintext
+	if encrypting && !st.usesRedis() {
+		p("store.encryption_key", "the encryption keys need a Redis store (store.redis_url or store.redis): they seal what is stored in Redis; store.dir and memory are not encrypted")
+	}
+	if st.EncryptionKey == "" {
+		if len(st.PreviousEncryptionKeys) > 0 {
+			p("store.previous_encryption_keys", "needs store.encryption_key: previous keys are only read, entries are written with the current key")
+		}
+		if st.AcceptPlaintext {
+			p("store.accept_plaintext", "has no effect without store.encryption_key")
+		}
+	}
+}
+
+// vars names the ${VAR}s the value at path came from ("" if it was written in the file),
+// never their values.
+func (c *Config) vars(path string) string {
+	r, ok := c.raw[path]
+	if !ok {
+		return ""
+	}
+	return strings.Join(envRef.FindAllString(r.raw, -1), ", ")
+}
+
 func (c *Config) validateWeCom(at string, w *platforms.WeCom, p func(string, string, ...any)) {
 	if w.CorpID == "" {
 		p(at+".corp_id", "required")
@@ -401,8 +572,8 @@ func (c *Config) validateGraph(at string, g *platforms.Graph, p func(string, str
 		if g.User == "" {
 			p(at+".user", "required for delegated auth: the account the bot acts as")
 		}
-		if store.Dir == "" && store.RedisURL == "" {
-			p("store", "a delegated graph bot (%s) needs store.dir or store.redis_url to keep its refresh token", at)
+		if store.Dir == "" && !store.usesRedis() {
+			p("store", "a delegated graph bot (%s) needs store.dir or store.redis_url (or store.redis) to keep its refresh token", at)
 		}
 	case "client_credentials":
 		if g.ClientSecret == "" {

@@ -17,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
+	"github.com/seed-a64d9e1f/chatwire/internal/platforms"
 	"github.com/seed-a64d9e1f/chatwire/plugin"
 )
 
@@ -45,7 +46,7 @@ type host struct {
 	http   *http.Server
 	ln     net.Listener
 	m      *metrics
-	redis  *redis.Client
+	redis  redis.UniversalClient // nil without Redis; its queues deduplicate events themselves
 
 	connMu   sync.Mutex            // guards newConns
 	newConns map[net.Conn]struct{} // connections that have not sent a request yet
@@ -93,10 +94,19 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 		}
 		bots = append(bots, plugin.BotConfig{Name: b.Name, Platform: b.Platform, Config: data})
 	}
+	store, err := cfg.Store.plugin()
+	if err != nil {
+		return nil, err
+	}
+	// One client for the host's queues, dedup and leases, built like the plugin's for tokens.
+	h.redis, err = platforms.RedisClient(store)
+	if err != nil {
+		return nil, err
+	}
 	p, err := plugin.Launch(ctx, plugin.LaunchOptions{
 		Path:      path,
 		Args:      args,
-		Store:     plugin.StoreConfig{RedisURL: cfg.Store.RedisURL, KeyPrefix: cfg.Store.KeyPrefix, Dir: cfg.Store.Dir},
+		Store:     store,
 		Bots:      bots,
 		Logger:    log,
 		OnRestart: h.m.restarts.Inc,
@@ -109,19 +119,13 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 		},
 	})
 	if err != nil {
+		if h.redis != nil {
+			h.redis.Close()
+		}
 		return nil, err
 	}
 	h.plugin = p
 	h.m.ready.Set(1)
-
-	if cfg.Store.RedisURL != "" {
-		ro, err := redis.ParseURL(cfg.Store.RedisURL)
-		if err != nil {
-			p.Close()
-			return nil, fmt.Errorf("store.redis_url: %w", err)
-		}
-		h.redis = redis.NewClient(ro) // its queues deduplicate events themselves
-	}
 	h.srv = &server{
 		bots:    make(map[string]*bot),
 		keys:    cfg.Server.APIKeys,
@@ -146,6 +150,9 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 		ln, err = net.Listen("tcp", cfg.Server.Listen)
 		if err != nil {
 			p.Close()
+			if h.redis != nil {
+				h.redis.Close()
+			}
 			return nil, fmt.Errorf("server.listen: %w", err)
 		}
 	}

@@ -75,6 +75,7 @@ type setupOpts struct {
 	noKeys     bool
 	quiet      bool // log at Info (benchmarks), not Debug
 	redisURL   string
+	store      *StoreConfig // instead of redisURL
 	// emu and apiBase share an emulator between hosts; nil: a new one.
 	emu     *wecomtest.Server
 	apiBase string
@@ -103,6 +104,9 @@ func setup(t testing.TB, o setupOpts) *env {
 		Store:  StoreConfig{RedisURL: o.redisURL},
 		Bots: []BotConfig{{Name: "hr", Platform: adapter.PlatformWeCom, WeCom: &platforms.WeCom{
 			CorpID: testCorp, CorpSecret: testSecret, AgentID: testAgent, Token: testToken, EncodingAESKey: testAESKey, APIBase: apiBase}}},
+	}
+	if o.store != nil {
+		cfg.Store = *o.store
 	}
 	if o.noKeys {
 		cfg.Server.APIKeys = nil
