@@ -137,6 +137,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 func (s *server) webhook(w http.ResponseWriter, r *http.Request) {
 	b := s.bots[r.PathValue("bot")]
 	if b == nil {
+		s.log.Warn("webhook refused: no such bot", "bot", clip(r.PathValue("bot"), 64), "remote", r.RemoteAddr)
 		http.NotFound(w, r)
 		return
 	}
@@ -420,4 +421,12 @@ func (s *server) readyz(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	io.WriteString(w, "ready\n")
+}
+
+// clip returns s cut to at most n bytes (for logging what a request named).
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return strings.ToValidUTF8(s[:n], "") + "…"
 }
