@@ -65,3 +65,15 @@ func RetryAfter(err error) time.Duration {
 // IsPermanent reports whether err is a credentials error: retrying without a configuration
 // change will not succeed.
 func IsPermanent(err error) bool { return errors.Is(err, ErrCredentials) }
+
+// backoffError is the last refresh failure, handed to a caller that arrives while the Manager
+// waits before trying again: errors.Is and errors.As see the failure, and RetryAfter is the
+// time left until the next attempt (not the wait the failure asked for when it happened).
+type backoffError struct {
+	err  error
+	left time.Duration
+}
+
+func (e *backoffError) Error() string             { return e.err.Error() }
+func (e *backoffError) Unwrap() error             { return e.err }
+func (e *backoffError) RetryAfter() time.Duration { return e.left }

@@ -279,9 +279,10 @@ func (m *Manager) slow(ctx context.Context) (*Token, error) {
 	}
 	c := m.call
 	if c == nil {
-		if m.lastErr != nil && time.Now().Before(m.retryAt) {
-			// Backing off after a failure: share its result rather than hammer the platform.
-			err := m.lastErr
+		if now := time.Now(); m.lastErr != nil && now.Before(m.retryAt) {
+			// Backing off after a failure: share its result rather than hammer the platform,
+			// saying how long is left of the wait.
+			err := &backoffError{err: m.lastErr, left: m.retryAt.Sub(now)}
 			m.mu.Unlock()
 			return &noToken, err
 		}

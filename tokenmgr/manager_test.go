@@ -385,7 +385,17 @@ func TestRetryAfterIsHonoured(t *testing.T) {
 		if _, err := m.Token(t.Context()); tokenmgr.RetryAfter(err) != time.Minute {
 			t.Fatalf("Token() = %v; want the rate limit with its wait", err)
 		}
-		time.Sleep(59 * time.Second)
+		time.Sleep(20 * time.Second)
+		// A caller during the wait gets the same failure, with the time left to wait.
+		_, err := m.Token(t.Context())
+		var pe *tokenmgr.PlatformError
+		if !errors.Is(err, tokenmgr.ErrTemporary) || !errors.As(err, &pe) || pe.Code != "45009" {
+			t.Fatalf("Token() during the wait = %v; want the shared 45009 failure", err)
+		}
+		if got := tokenmgr.RetryAfter(err); got != 40*time.Second {
+			t.Fatalf("RetryAfter during the wait = %v; want the 40s left", got)
+		}
+		time.Sleep(39 * time.Second)
 		if n := src.fetches(); n != 1 {
 			t.Fatalf("fetches before Retry-After elapsed = %d; want 1", n)
 		}

@@ -2,6 +2,7 @@ package graph
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -436,7 +437,9 @@ func toAdapterError(err error, format string, args ...any) error {
 	}
 	if e, ok := errorsAs[*AuthError](err); ok {
 		return &adapter.Error{Kind: e.Kind(), Platform: adapter.PlatformGraph, Code: e.PlatformCode(),
-			Message: msg + strings.TrimPrefix(e.Error(), "graph: "), RetryAfter: e.Wait, Err: err}
+			// tokenmgr.RetryAfter: while the token manager backs off after this failure, the
+			// time left rather than the wait the failure first asked for.
+			Message: msg + strings.TrimPrefix(e.Error(), "graph: "), RetryAfter: cmp.Or(tokenmgr.RetryAfter(err), e.Wait), Err: err}
 	}
 	k := adapter.KindOf(err)
 	if errors.Is(err, ErrNoToken) {

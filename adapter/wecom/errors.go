@@ -1,6 +1,7 @@
 package wecom
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/url"
@@ -178,7 +179,9 @@ func wrapErr(endpoint string, err error) error {
 	if errors.As(err, &apiErr) {
 		out.Kind = apiErr.Kind()
 		out.Code = strconv.Itoa(apiErr.Code)
-		out.RetryAfter = apiErr.RetryAfter()
+		// The outermost wait: while the token manager backs off after a failed gettoken, the
+		// time left rather than the 60 s a 45009 first asked for.
+		out.RetryAfter = cmp.Or(tokenmgr.RetryAfter(err), apiErr.RetryAfter())
 		msg = apiErr.Endpoint + ": " + apiErr.Msg
 		if h := apiErr.Hint(); h != "" {
 			msg += " (" + h + ")"

@@ -152,7 +152,8 @@ func TestGetTokenBusyGivesUp(t *testing.T) {
 }
 
 // TestGetTokenRateLimited: gettoken answering 45009 is not retried: the Client returns a
-// rate-limited error with a retry-after of 60 s, and asks again only once that has passed.
+// rate-limited error with a retry-after of 60 s, then the time left of it to later callers,
+// and asks again only once it has passed.
 func TestGetTokenRateLimited(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		c, srv := setup(t, wecom.Options{})
@@ -172,8 +173,8 @@ func TestGetTokenRateLimited(t *testing.T) {
 			t.Errorf("TokenRequests() = %d; want 1 (no retry on 45009)", got)
 		}
 		time.Sleep(30 * time.Second)
-		if _, err := c.Send(t.Context(), text(adapter.Target{User: "u"}, "x")); !errors.Is(err, adapter.ErrRateLimited) {
-			t.Errorf("Send 30 s later: %v; want rate limited", err)
+		if _, err := c.Send(t.Context(), text(adapter.Target{User: "u"}, "x")); !errors.Is(err, adapter.ErrRateLimited) || adapter.RetryAfter(err) != 30*time.Second {
+			t.Errorf("Send 30 s later: %v (retry after %v); want rate limited, retry after the 30 s left", err, adapter.RetryAfter(err))
 		}
 		if got := srv.TokenRequests(); got != 1 {
 			t.Errorf("TokenRequests() = %d 30 s later; want still 1", got)
