@@ -269,7 +269,7 @@ func TestLogsAndStatusHoldNoSecrets(t *testing.T) {
 		status()
 		token(a)
 		token(b)
-		time.Sleep(100 * time.Minute) // refresh-ahead
+		time.Sleep(104 * time.Minute) // refresh-ahead: at 80% ± 5% of 2 h, so by 102 min
 		synctest.Wait()
 		status()
 		tok, _ = token(b)
