@@ -82,9 +82,11 @@ func pollInterval(s string) time.Duration {
 	return d
 }
 
-// GraphConfig returns the app registration of a Graph section.
+// GraphConfig returns the app registration of a Graph section. It declares the cp1 client
+// capability (continuous access evaluation): the adapter answers Graph's claims challenges,
+// so a revoked session is noticed at once instead of when the token expires.
 func GraphConfig(c Graph, hc *http.Client) graph.Config {
-	return graph.Config{Tenant: c.TenantID, ClientID: c.ClientID, ClientSecret: c.ClientSecret, LoginBase: c.LoginBase, HTTPClient: hc}
+	return graph.Config{Tenant: c.TenantID, ClientID: c.ClientID, ClientSecret: c.ClientSecret, LoginBase: c.LoginBase, HTTPClient: hc, CAE: true}
 }
 
 // GraphKey returns the token key of a Graph bot, where graph login stores its sign-in.

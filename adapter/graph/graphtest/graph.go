@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -37,17 +38,35 @@ func hasChallengeClaims(claims string) bool {
 	return true
 }
 
+// declaresCP1 reports whether a token request's claims parameter declares the client
+// capability cp1 ({"access_token":{"xms_cc":{"values":["cp1"]}}}): only such clients get CAE
+// claims challenges (spec §2); the others see a revoked token as an expired one.
+func declaresCP1(claims string) bool {
+	var c struct {
+		AccessToken struct {
+			XMSCC struct {
+				Values []string `json:"values"`
+			} `json:"xms_cc"`
+		} `json:"access_token"`
+	}
+	if json.Unmarshal([]byte(claims), &c) != nil {
+		return false
+	}
+	return slices.Contains(c.AccessToken.XMSCC.Values, "cp1")
+}
+
 // claimsChallenge writes Graph's CAE claims challenge.
 func claimsChallenge(w http.ResponseWriter) {
 	w.Header().Set("WWW-Authenticate", bearerChallenge+`, error="insufficient_claims", claims="`+caeClaims+`"`)
 	graphError(w, http.StatusUnauthorized, "InvalidAuthenticationToken", "Continuous access evaluation resulted in challenge with result: InteractionRequired and code: TokenIssuedBeforeRevocationTimestamp")
 }
 
-// claimsPendingLocked reports whether CAE still challenges t: its app or user was challenged
-// and t was not requested with the claims. A token with the claims ends the challenge.
+// claimsPendingLocked reports whether CAE still challenges t: t declares cp1, its app or user
+// was challenged, and t was not requested with the claims. A token with the claims ends the
+// challenge.
 func (s *Server) claimsPendingLocked(t *accessToken) bool {
 	p := principal{t.client, t.user}
-	if !s.challenged[p] {
+	if !s.challenged[p] || !declaresCP1(t.claims) {
 		return false
 	}
 	if !hasChallengeClaims(t.claims) {
@@ -85,7 +104,7 @@ func (s *Server) authGraph(w http.ResponseWriter, r *http.Request) (tok *accessT
 		unauthorized(w, "Access token is empty.")
 	case t == nil:
 		unauthorized(w, "CompactToken parsing failed with error code: 80049217")
-	case t.revoked && s.CAE:
+	case t.revoked && s.CAE && declaresCP1(t.claims):
 		if s.challenged == nil {
 			s.challenged = map[principal]bool{}
 		}

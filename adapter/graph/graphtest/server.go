@@ -29,14 +29,16 @@ type Server struct {
 	// StrictRefresh makes a refresh token unusable once redeemed (AADSTS70008). The real
 	// platform keeps old refresh tokens valid; strict mode proves rotation is persisted.
 	StrictRefresh bool
-	// CAE makes Graph answer a revoked token with a claims challenge (401, WWW-Authenticate
-	// error="insufficient_claims") instead of InvalidAuthenticationToken. Once it has
-	// challenged an app or user (client id and user, "" for app-only), Graph answers every
-	// token of that app or user with the same challenge unless the token was requested with
-	// the challenge's claims (the token request's claims parameter names every claim the
-	// challenge asks for); the first such token presented ends the challenge. This is stricter
-	// than the spec says Graph is (§2 says the client must ask with the claims; it does not say
-	// a new token issued without them is refused): it proves a client sends them.
+	// CAE makes Graph answer a revoked token of a client that declared the cp1 capability (its
+	// token request's claims had access_token.xms_cc.values ["cp1"]) with a claims challenge
+	// (401, WWW-Authenticate error="insufficient_claims") instead of the plain "expired" 401
+	// other clients get (spec §2). Once it has challenged an app or user (client id and user,
+	// "" for app-only), Graph answers every cp1 token of that app or user with the same
+	// challenge unless the token was requested with the challenge's claims (the claims
+	// parameter names every claim the challenge asks for); the first such token presented ends
+	// the challenge. This is stricter than the spec says Graph is (§2 says the client must ask
+	// with the claims; it does not say a new token issued without them is refused): it proves
+	// a client sends them.
 	CAE bool
 	// StrictUpload makes upload URLs reject requests carrying an Authorization header (401).
 	StrictUpload bool

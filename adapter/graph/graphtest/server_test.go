@@ -155,7 +155,19 @@ func TestGraph401AndCAE(t *testing.T) {
 		t.Errorf("revoked: %d %s", resp.StatusCode, b)
 	}
 	s.CAE = true
-	resp, _ = do(t, s, "GET", "http://graph.test/v1.0/users/u", auth, nil)
+	// A client that did not declare cp1 gets no claims challenge, only the plain 401.
+	if resp, b := do(t, s, "GET", "http://graph.test/v1.0/users/u", auth, nil); resp.StatusCode != 401 ||
+		strings.Contains(resp.Header.Get("WWW-Authenticate"), "insufficient_claims") || !strings.Contains(string(b), "Access token has expired") {
+		t.Errorf("CAE, revoked token of a client without cp1: %d %q %s; want the plain 401", resp.StatusCode, resp.Header.Get("WWW-Authenticate"), b)
+	}
+	_, m := form(t, s, "contoso", url.Values{"client_id": {"app"}, "client_secret": {"x"}, "grant_type": {"client_credentials"},
+		"scope": {"https://graph.microsoft.com/.default"}, "claims": {`{"access_token":{"xms_cc":{"values":["cp1"]}}}`}})
+	cp1 := map[string]string{"Authorization": "Bearer " + m["access_token"].(string)}
+	if resp, b := do(t, s, "GET", "http://graph.test/v1.0/users/u", cp1, nil); resp.StatusCode != 200 {
+		t.Fatalf("cp1 token: %d %s", resp.StatusCode, b)
+	}
+	s.RevokeTokens()
+	resp, _ = do(t, s, "GET", "http://graph.test/v1.0/users/u", cp1, nil)
 	h := resp.Header.Get("WWW-Authenticate")
 	i := strings.Index(h, `claims="`)
 	if resp.StatusCode != 401 || !strings.Contains(h, `error="insufficient_claims"`) || i < 0 {
@@ -451,11 +463,13 @@ func TestListChatMessagesPaging(t *testing.T) {
 }
 
 // TestCAEClaimsLessTokenRejected: in CAE mode, once Graph challenged an app or user, a new
-// token requested without the challenge's claims gets the same challenge; one requested with
-// them is accepted and ends the challenge. Other users of the app are not challenged.
+// token of a cp1 client requested without the challenge's claims gets the same challenge; one
+// requested with them is accepted and ends the challenge. Clients that did not declare cp1 are
+// not under CAE, and other users of the app are not challenged.
 func TestCAEClaimsLessTokenRejected(t *testing.T) {
 	s := &graphtest.Server{CAE: true}
-	const challenge = `{"access_token":{"nbf":{"essential":true,"value":"1604106651"}}}`
+	const cp1 = `{"access_token":{"xms_cc":{"values":["cp1"]}}}`
+	const withChallenge = `{"access_token":{"nbf":{"essential":true,"value":"1604106651"},"xms_cc":{"values":["cp1"]}}}`
 	rtA := s.IssueRefreshToken("app", "ann", "offline_access")
 	rtB := s.IssueRefreshToken("app", "ben", "offline_access")
 	token := func(rt, claims string) string {
@@ -476,7 +490,7 @@ func TestCAEClaimsLessTokenRejected(t *testing.T) {
 		resp, _ := do(t, s, "GET", "http://graph.test/v1.0/me", map[string]string{"Authorization": "Bearer " + tok}, nil)
 		return resp.StatusCode, resp.Header.Get("WWW-Authenticate")
 	}
-	old := token(rtA, "")
+	old := token(rtA, cp1)
 	if st, _ := get(old); st != 200 {
 		t.Fatalf("before revocation: %d", st)
 	}
@@ -485,34 +499,36 @@ func TestCAEClaimsLessTokenRejected(t *testing.T) {
 	if st != 401 || !strings.Contains(want, `error="insufficient_claims"`) {
 		t.Fatalf("revoked token = %d %q; want the claims challenge", st, want)
 	}
-	plain := token(rtA, "")
+	plain := token(rtA, cp1)
 	for name, tok := range map[string]string{
-		"new token without claims":    plain,
-		"new token with only cp1":     token(rtA, `{"access_token":{"xms_cc":{"values":["cp1"]}}}`),
-		"new token with bad claims":   token(rtA, `{"access_token":`),
-		"new token with id_token nbf": token(rtA, `{"id_token":{"nbf":{"essential":true}}}`),
+		"new cp1 token without the challenge's claims": plain,
+		"new cp1 token with id_token nbf":              token(rtA, `{"id_token":{"nbf":{"essential":true}},"access_token":{"xms_cc":{"values":["cp1"]}}}`),
 	} {
 		if st, h := get(tok); st != 401 || h != want {
 			t.Errorf("%s = %d %q; want 401 with the same challenge %q", name, st, h, want)
 		}
 	}
-	if st, h := get(token(rtB, "")); st != 200 {
+	for name, tok := range map[string]string{
+		"new token without claims":  token(rtA, ""),
+		"new token with bad claims": token(rtA, `{"access_token":`),
+	} {
+		if st, h := get(tok); st != 200 {
+			t.Errorf("%s (no cp1: not under CAE) = %d %q; want 200", name, st, h)
+		}
+	}
+	if st, h := get(token(rtB, cp1)); st != 200 {
 		t.Errorf("a fresh token of another user = %d %q; want 200 (only ann was challenged)", st, h)
 	}
-	withClaims := token(rtA, `{"access_token":{"nbf":{"essential":true,"value":"1604106651"},"xms_cc":{"values":["cp1"]}}}`)
-	if st, h := get(withClaims); st != 200 {
+	if st, h := get(token(rtA, withChallenge)); st != 200 {
 		t.Fatalf("token with the challenge's claims = %d %q; want 200", st, h)
 	}
 	if st, _ := get(plain); st != 200 {
-		t.Errorf("claims-less token after a token with the claims was presented = %d; want 200 (challenge over)", st)
+		t.Errorf("cp1 token without the claims after a token with them was presented = %d; want 200 (challenge over)", st)
 	}
 	if st, _ := get(old); st != 401 {
 		t.Errorf("the revoked token = %d; want 401 still", st)
 	}
 	if st, _ := get(plain); st != 401 {
-		t.Errorf("claims-less token after the revoked one was challenged again = %d; want 401", st)
-	}
-	if st, _ := get(token(rtA, challenge)); st != 200 {
-		t.Errorf("token with exactly the challenge as claims = %d; want 200", st)
+		t.Errorf("cp1 token without the claims after the revoked one was challenged again = %d; want 401", st)
 	}
 }
