@@ -200,6 +200,9 @@ func TestHTTPErrorRedacted(t *testing.T) {
 	}{
 		{"query", `bad gateway for /cgi-bin/gettoken?corpid=ww1&corpsecret=QSECRET1&x=1 token access_token=QTOKEN1`, []string{"QSECRET1", "QTOKEN1"}},
 		{"json", `{"error":"bad gateway","request":{"access_token":"JTOKEN1","corpsecret" : "JSECRET1","secret":"J\"SECRET2"}}`, []string{"JTOKEN1", "JSECRET1", "SECRET2"}},
+		{"upper case", `ACCESS_TOKEN=UTOKEN1&CorpSecret=USECRET1 {"Access_Token":"UTOKEN2"}`, []string{"UTOKEN1", "USECRET1", "UTOKEN2"}},
+		{"url-escaped", `<a href="/cgi-bin/message/send%3Faccess_token%3DETOKEN1%26x%3D1">retry</a>`, []string{"ETOKEN1"}},
+		{"html-escaped json", `<pre>{&quot;access_token&quot;:&quot;HTOKEN1&quot;,&quot;secret&quot;: &quot;HSECRET1&quot;}</pre>`, []string{"HTOKEN1", "HSECRET1"}},
 		{"json cut off", `{"pad":"` + strings.Repeat("x", 480) + `","access_token":"CUTTOKEN` + strings.Repeat("z", 100) + `"}`, []string{"CUTTOK"}},
 	}
 	for _, tc := range tests {

@@ -34,17 +34,20 @@ func (c *Client) Work() *work.Work {
 	return wk
 }
 
-// Secrets inside error text: query parameters (access_token=…) and JSON fields
-// ("access_token":"…", up to the closing quote or, in a cut-off body, the end).
+// Secrets inside error text, in any letter case: query parameters (access_token=…, also
+// URL-escaped as access_token%3D…), JSON fields ("access_token":"…", up to the closing quote
+// or, in a cut-off body, the end) and the same JSON HTML-escaped (&quot;access_token&quot;:…).
 var (
-	secretParam = regexp.MustCompile(`(access_token|corpsecret|secret)=[^&\s"',]*`)
-	secretField = regexp.MustCompile(`"(access_token|corpsecret|secret)"(\s*:\s*)"(?:[^"\\]|\\.)*"?`)
+	secretParam     = regexp.MustCompile(`(?i)(access_token|corpsecret|secret)(=|%3D)[^&\s"',<]*`)
+	secretField     = regexp.MustCompile(`(?i)"(access_token|corpsecret|secret)"(\s*:\s*)"(?:[^"\\]|\\.)*"?`)
+	secretFieldHTML = regexp.MustCompile(`(?i)&quot;(access_token|corpsecret|secret)&quot;(\s*:\s*)&quot;.*?(&quot;|$)`)
 )
 
 // redactSecrets replaces the values of secret query parameters and JSON fields in b.
 func redactSecrets(b []byte) []byte {
-	b = secretParam.ReplaceAll(b, []byte("${1}=REDACTED"))
-	return secretField.ReplaceAll(b, []byte(`"${1}"${2}"REDACTED"`))
+	b = secretParam.ReplaceAll(b, []byte("${1}${2}REDACTED"))
+	b = secretField.ReplaceAll(b, []byte(`"${1}"${2}"REDACTED"`))
+	return secretFieldHTML.ReplaceAll(b, []byte(`&quot;${1}&quot;${2}&quot;REDACTED&quot;`))
 }
 
 // FromWeChat converts an error of a silenceper/wechat call on endpoint ("user/get") into
