@@ -29,6 +29,12 @@ const (
 	maxPlatform = 32
 	maxCode     = 64
 	maxHint     = 512
+
+	// maxWaitMS bounds the wait a failure asks waiters to keep (1 h). A message comes from
+	// anyone who can write to Redis, the threat the encryption guards against, so a wait
+	// published as 1e12 ms must not park every waiting host's refresh for decades (nor
+	// overflow a time.Duration).
+	maxWaitMS = int64(time.Hour / time.Millisecond)
 )
 
 // codeInText finds a platform code in an error's text when no error in its chain says it:
@@ -41,7 +47,7 @@ var codeInText = regexp.MustCompile(`errcode (-?\d{1,12})\b|\b(AADSTS\d{1,12})\b
 // PlatformCode() string and Hint() string (or PlatformHint() string), else the code from
 // the text of err.
 func describe(key string, err error) failure {
-	f := failure{Credentials: tokenmgr.IsPermanent(err), WaitMS: tokenmgr.RetryAfter(err).Milliseconds()}
+	f := failure{Credentials: tokenmgr.IsPermanent(err), WaitMS: clampWait(tokenmgr.RetryAfter(err).Milliseconds())}
 	var pe *tokenmgr.PlatformError
 	if errors.As(err, &pe) {
 		f.Platform, f.Code, f.Hint = pe.Platform, pe.Code, pe.Hint
@@ -75,6 +81,9 @@ func describe(key string, err error) failure {
 	f.Platform, f.Code, f.Hint = clip(f.Platform, maxPlatform), clip(f.Code, maxCode), clip(f.Hint, maxHint)
 	return f
 }
+
+// clampWait returns ms bounded to [0, maxWaitMS].
+func clampWait(ms int64) int64 { return min(max(ms, 0), maxWaitMS) }
 
 // clip returns s cut to at most n bytes, without a partial rune at the end.
 func clip(s string, n int) string {
@@ -113,7 +122,7 @@ func (f *failure) decode(detail string) bool {
 	}
 	d.Credentials = f.Credentials
 	d.Platform, d.Code, d.Hint = clip(d.Platform, maxPlatform), clip(d.Code, maxCode), clip(d.Hint, maxHint)
-	d.WaitMS = max(d.WaitMS, 0)
+	d.WaitMS = clampWait(d.WaitMS)
 	*f = d
 	return true
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/seed-a64d9e1f/chatwire/tokenmgr"
 )
@@ -51,5 +52,34 @@ func TestFailureMessageRoundTrip(t *testing.T) {
 				t.Errorf("waiter's error has platform %q code %q hint %q", pe.Platform, pe.Code, pe.Hint)
 			}
 		})
+	}
+}
+
+// TestFailureWaitIsBounded: a wait published by whoever can write to Redis, or asked by a
+// platform, reaches a waiter as at most an hour and never negative, however large it was.
+func TestFailureWaitIsBounded(t *testing.T) {
+	const key = "graph/t/c/app"
+	for _, tc := range []struct {
+		detail string
+		want   time.Duration
+	}{
+		{`{"c":"x","w":1000000000000}`, time.Hour},
+		{`{"c":"x","w":9300000000000}`, time.Hour}, // overflows a Duration in ms
+		{`{"c":"x","w":9223372036854775807}`, time.Hour},
+		{`{"c":"x","w":-5}`, 0},
+		{`{"c":"x","w":1500}`, 1500 * time.Millisecond},
+	} {
+		f := failure{}
+		if !f.decode(tc.detail) {
+			t.Fatalf("detail %q not decoded", tc.detail)
+		}
+		var pe *tokenmgr.PlatformError
+		if !errors.As(f.err(key), &pe) || pe.Wait != tc.want {
+			t.Errorf("detail %q: waiter's error %v with wait %v; want %v", tc.detail, f.err(key), pe, tc.want)
+		}
+	}
+	f := describe(key, &tokenmgr.PlatformError{Code: "429", Kind: tokenmgr.ErrTemporary, Wait: 1000 * time.Hour})
+	if f.WaitMS != int64(time.Hour/time.Millisecond) {
+		t.Errorf("describe kept a wait of %d ms; want at most an hour", f.WaitMS)
 	}
 }
