@@ -64,6 +64,7 @@ func TestLoad(t *testing.T) {
 
 	var mu sync.Mutex
 	var sendLat, hookLat []time.Duration
+	var responses []string // every API and webhook response body, for the secret scan
 	var errs []string
 	fail := func(format string, args ...any) {
 		mu.Lock()
@@ -109,6 +110,9 @@ func TestLoad(t *testing.T) {
 					}
 					out, _ := io.ReadAll(resp.Body)
 					resp.Body.Close()
+					mu.Lock()
+					responses = append(responses, string(out))
+					mu.Unlock()
 					if resp.StatusCode != 200 {
 						fail("send: %d %s", resp.StatusCode, out)
 						continue
@@ -135,6 +139,9 @@ func TestLoad(t *testing.T) {
 				}
 				out, _ := io.ReadAll(resp.Body)
 				resp.Body.Close()
+				mu.Lock()
+				responses = append(responses, string(out))
+				mu.Unlock()
 				if resp.StatusCode != 200 {
 					fail("callback: %d %s", resp.StatusCode, bytes.TrimSpace(out))
 					continue
@@ -185,7 +192,7 @@ func TestLoad(t *testing.T) {
 			t.Errorf("message %q reached WeCom %d times", text, n)
 		}
 	}
-	secretScan(t, "host log and deliveries", []string{h.log.String(), strings.Join(bot.bodies, "\n")},
+	secretScan(t, "host log, responses and deliveries", []string{h.log.String(), strings.Join(responses, "\n"), strings.Join(bot.bodies, "\n")},
 		append([]string{corpSecret, cbToken, aesKey, hookSecret, apiKey}, tap.issued()...))
 	slices.Sort(sendLat)
 	slices.Sort(hookLat)
