@@ -167,6 +167,8 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 // probeDelegated checks a delegated Graph bot without redeeming its stored refresh token
 // (which would rotate it under a running host): the app's client secret with a client
 // credentials token request, and that a sign-in is stored. note says what was checked.
+// For the multi-tenant endpoints (common, consumers, organizations) the secret is not
+// tried: the identity platform takes no client credentials request there.
 func probeDelegated(ctx context.Context, sc StoreConfig, b BotConfig, timeout time.Duration) (note string, err error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -188,6 +190,12 @@ func probeDelegated(ctx context.Context, sc StoreConfig, b BotConfig, timeout ti
 	note = "a sign-in is stored (check does not redeem it, so a running host keeps its refresh token; the sign-in itself is tried at the host's next refresh)"
 	if b.Graph.ClientSecret == "" {
 		return "public client (no client_secret to try); " + note, nil
+	}
+	if t := strings.ToLower(b.Graph.TenantID); t == "" || t == "common" || t == "consumers" || t == "organizations" {
+		// The only request that tries a secret without the user is client credentials, and the
+		// identity platform refuses it for these multi-tenant endpoints (AADSTS9001023), so a
+		// working bot would fail here.
+		return fmt.Sprintf("client secret not tried (tenant %q allows no client credentials request; it is tried at the host's next refresh); ", b.Graph.TenantID) + note, nil
 	}
 	if _, err := platforms.GraphConfig(*b.Graph, nil).ClientCredentials().Token(ctx); err != nil {
 		return "", err

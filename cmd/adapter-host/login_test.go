@@ -128,3 +128,45 @@ bots:
 		t.Error("check printed a secret")
 	}
 }
+
+// TestCheckGraphDelegatedMultiTenant checks a personal-account delegated bot (tenant
+// consumers): client credentials are refused for that tenant (AADSTS9001023), so check
+// must not try the secret that way, and must say it did not.
+func TestCheckGraphDelegatedMultiTenant(t *testing.T) {
+	emu := &graphtest.Server{}
+	emu.AddClient("client-1", "graph-secret-value")
+	gs := httptest.NewServer(emu)
+	defer gs.Close()
+	dir := t.TempDir()
+	state := filepath.Join(dir, "state")
+	p := filepath.Join(dir, "c.yaml")
+	if err := os.WriteFile(p, []byte(fmt.Sprintf(`
+store: {dir: %q}
+bots:
+  - name: personal
+    platform: graph
+    graph: {tenant_id: consumers, client_id: client-1, client_secret: graph-secret-value, auth: delegated, user: bot@outlook.com,
+            login_base: %q, graph_base: %q}
+`, state, gs.URL, gs.URL)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, err := filestore.Open(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := platforms.GraphKey(platforms.Graph{TenantID: "consumers", ClientID: "client-1", Auth: "delegated", User: "bot@outlook.com"})
+	if err := s.SetState(key, []byte(emu.IssueRefreshToken("client-1", "bot-user", "offline_access"))); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	err = run(t.Context(), []string{"check", "--config", p}, &out, &errb)
+	if err != nil || !strings.Contains(out.String(), `bot personal (graph): ok, client secret not tried (tenant "consumers"`) {
+		t.Errorf("check of a consumers delegated bot = %v\n%s", err, out.String())
+	}
+	if strings.Contains(out.String(), "FAILED") {
+		t.Errorf("check tried client credentials for tenant consumers:\n%s", out.String())
+	}
+	if n := len(emu.TokenRequests()); n != 0 {
+		t.Errorf("check made %d token requests, want 0", n)
+	}
+}
