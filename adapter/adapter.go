@@ -39,7 +39,10 @@ type Adapter interface {
 	// request it will not trust though signed, such as a replayed timestamp or another
 	// tenant's payload; KindInvalidRequest for a malformed request; KindTooLarge for a body
 	// over the limit); the host should answer with the response and log the error. A host must
-	// queue the events before it writes a 2xx response, so nothing acknowledged is lost.
+	// queue the events before it writes a 2xx response, so nothing acknowledged is lost. A
+	// response asking for redelivery (such as 503) with a nil error may carry the events
+	// already processed; the host queues those too, deduplicating by event id when the
+	// platform redelivers, so each attempt makes progress.
 	HandleWebhook(ctx context.Context, req *WebhookRequest) (*WebhookResponse, []Event, error)
 
 	// Status reports the health of the bot and the state of its tokens, without secrets.

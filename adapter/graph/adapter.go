@@ -106,6 +106,7 @@ type Adapter struct {
 	poll   pollState
 
 	fetchSem chan struct{} // bounds concurrent notification fetches (maxConcurrentFetches)
+	fetched  fetchCache    // recent notification fetch outcomes, for redeliveries
 
 	closeOnce sync.Once
 	closed    chan struct{}

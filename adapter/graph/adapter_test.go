@@ -474,6 +474,75 @@ func TestWebhookFetchConcurrencyCapped(t *testing.T) {
 	})
 }
 
+// slowFetch makes every message fetch take 500 ms of (fake) time.
+type slowFetch struct{ srv *graphtest.Server }
+
+func (h *slowFetch) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/messages/") {
+		time.Sleep(500 * time.Millisecond)
+	}
+	h.srv.ServeHTTP(w, r)
+}
+
+// TestWebhookBigBatchProgressesAcrossRedeliveries: a batch bigger than the 4 fetch slots can
+// fetch in the fetch budget is answered 503 with the events fetched so far, and each
+// redelivery gets further, until all arrive (the host deduplicates by id) and it is acked.
+func TestWebhookBigBatchProgressesAcrossRedeliveries(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		slow := &slowFetch{}
+		ae := newAdapter(t, func(o *Options) {
+			o.HTTPClient = &http.Client{Transport: graphtest.HandlerTransport(slow)}
+		})
+		slow.srv = ae.srv
+		const n = 60 // 4 slots × 2.5 s / 0.5 s = 20 fetches per POST at most
+		var items []string
+		for i := range n {
+			m := ae.srv.AddChatMessage("chat-1", otherUser, "Alice", fmt.Sprint("m", i))
+			items = append(items, fmt.Sprintf(`{"subscriptionId":"s","clientState":%q,"changeType":"created","resource":"chats('chat-1')/messages('%s')"}`, clientState, m.ID))
+		}
+		body := []byte(`{"value":[` + strings.Join(items, ",") + `]}`)
+		queued := map[string]adapter.Event{} // the host's queue, deduplicated by event id
+		attempts := 0
+		for ; attempts < 10; attempts++ {
+			resp, evs, err := ae.a.HandleWebhook(t.Context(), &adapter.WebhookRequest{Method: "POST", Body: body})
+			if err != nil {
+				t.Fatalf("attempt %d: HandleWebhook() error = %v", attempts+1, err)
+			}
+			before := len(queued)
+			for _, ev := range evs {
+				queued[ev.ID] = ev
+			}
+			if resp.Status == http.StatusAccepted {
+				break
+			}
+			if resp.Status != http.StatusServiceUnavailable {
+				t.Fatalf("attempt %d: status %d; want 202 or 503", attempts+1, resp.Status)
+			}
+			if len(queued) == before {
+				t.Fatalf("attempt %d: 503 with no new events (%d of %d queued); a redelivery must make progress", attempts+1, len(queued), n)
+			}
+		}
+		if attempts == 0 {
+			t.Fatalf("the first POST was acknowledged; want a batch too big for one fetch budget")
+		}
+		if attempts >= 10 {
+			t.Fatalf("not acknowledged after 10 deliveries; %d of %d events queued", len(queued), n)
+		}
+		texts := map[string]int{}
+		for _, ev := range queued {
+			texts[ev.Text]++
+		}
+		for i := range n {
+			if texts[fmt.Sprint("m", i)] != 1 {
+				t.Errorf("message m%d queued %d times; want once", i, texts[fmt.Sprint("m", i)])
+			}
+		}
+		if len(queued) != n {
+			t.Errorf("%d events queued; want %d", len(queued), n)
+		}
+	})
+}
+
 // TestPollingDiscoversChats: without Options.Chats, polling watches the chats GET /me/chats
 // lists, including one that appears after the baseline, and says which in one log line.
 func TestPollingDiscoversChats(t *testing.T) {

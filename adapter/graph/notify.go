@@ -158,6 +158,45 @@ func (r ResourceRef) path() string {
 	return "/users/" + pathID(r.User) + "/messages/" + pathID(r.Message)
 }
 
+// fetchCache remembers the outcome of recent notification fetches by resource path, so the
+// redelivery of a batch that ran out of fetch budget fetches only what it did not get to.
+type fetchCache struct {
+	mu    sync.Mutex
+	m     map[string]fetchedItem
+	order []string // oldest first
+}
+
+type fetchedItem struct {
+	ev adapter.Event
+	ok bool
+}
+
+// maxFetchCache bounds the fetch outcomes kept: a full batch (maxNotifications) and more.
+const maxFetchCache = 2 * maxNotifications
+
+func (c *fetchCache) get(key string) (adapter.Event, bool, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	it, hit := c.m[key]
+	return it.ev, it.ok, hit
+}
+
+func (c *fetchCache) put(key string, ev adapter.Event, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = map[string]fetchedItem{}
+	}
+	if _, dup := c.m[key]; !dup {
+		c.order = append(c.order, key)
+	}
+	c.m[key] = fetchedItem{ev: ev, ok: ok}
+	for len(c.order) > maxFetchCache {
+		delete(c.m, c.order[0])
+		c.order = c.order[1:]
+	}
+}
+
 // seenChat moves the resync cursor of a chat to id if it is newer.
 func (a *Adapter) seenChat(chat, id string) {
 	a.pollMu.Lock()
@@ -179,8 +218,10 @@ func textResponse(status int, body string) *adapter.WebhookResponse {
 // HandleWebhook answers Graph's validation handshake, turns change notifications into
 // events (fetching each message, dropping the bot's own and system messages) and handles
 // lifecycle events. Items whose clientState does not match are dropped; a POST with only such
-// items is refused with 401. If a message cannot be fetched for a temporary reason, the
-// answer is 503 so Graph redelivers (events are deduplicated by id).
+// items is refused with 401. If a message cannot be fetched for a temporary reason, or not
+// within Options.FetchTimeout, the answer is 503 so Graph redelivers; it carries the events
+// fetched so far, which the host queues too (events are deduplicated by id). Fetch outcomes
+// are remembered, so a redelivery fetches only the items not fetched before.
 func (a *Adapter) HandleWebhook(ctx context.Context, req *adapter.WebhookRequest) (*adapter.WebhookResponse, []adapter.Event, error) {
 	if tok := req.Query.Get("validationToken"); tok != "" {
 		// Query values are already URL-decoded, as Graph wants them echoed.
@@ -265,8 +306,19 @@ func (a *Adapter) HandleWebhook(ctx context.Context, req *adapter.WebhookRequest
 		if ref.Kind == ResourceChat {
 			a.seenChat(ref.Chat, ref.Message)
 		}
+		if ev, ok, hit := a.fetched.get(ref.path()); hit {
+			// Fetched for an earlier delivery of this item that asked for a redelivery: no
+			// slot needed, so each redelivery of a big batch gets further.
+			if ok {
+				addEvents([]adapter.Event{ev}, nil)
+			}
+			continue
+		}
 		run(func() {
 			ev, ok, err := a.fetchEvent(fctx, ref)
+			if err == nil {
+				a.fetched.put(ref.path(), ev, ok)
+			}
 			if ok {
 				addEvents([]adapter.Event{ev}, nil)
 			} else if err != nil {
@@ -276,9 +328,12 @@ func (a *Adapter) HandleWebhook(ctx context.Context, req *adapter.WebhookRequest
 	}
 	wg.Wait()
 	if retry != nil {
-		a.log.LogAttrs(ctx, slog.LevelWarn, "graph notification not processed: asking for redelivery",
-			slog.String("platform", "graph"), slog.String("error", retry.Error()))
-		return textResponse(http.StatusServiceUnavailable, "try again"), nil, nil
+		// The events fetched so far go with the 503: the host queues them (deduplicated by id
+		// when Graph redelivers), so a batch too big for one fetch budget is not refetched
+		// from scratch, and lost, on every redelivery.
+		a.log.LogAttrs(ctx, slog.LevelWarn, "graph notification not fully processed: asking for redelivery",
+			slog.String("platform", "graph"), slog.Int("events", len(events)), slog.String("error", retry.Error()))
+		return textResponse(http.StatusServiceUnavailable, "try again"), events, nil
 	}
 	return &adapter.WebhookResponse{Status: http.StatusAccepted}, events, nil
 }
