@@ -617,6 +617,89 @@ func TestResyncDiscoversChats(t *testing.T) {
 	})
 }
 
+// failChat answers 503 to listings of one chat's messages while fail is set.
+type failChat struct {
+	srv  *graphtest.Server
+	mu   sync.Mutex
+	chat string
+	fail bool
+}
+
+func (h *failChat) set(fail bool) {
+	h.mu.Lock()
+	h.fail = fail
+	h.mu.Unlock()
+}
+
+func (h *failChat) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h.mu.Lock()
+	fail := h.fail && r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/chats/"+h.chat+"/messages")
+	h.mu.Unlock()
+	if fail {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		w.Write([]byte(`{"error":{"code":"serviceNotAvailable","message":"down"}}`))
+		return
+	}
+	h.srv.ServeHTTP(w, r)
+}
+
+// TestResyncFailureKeepsCursors: a chat resync that fails on a later chat asks for a
+// redelivery and moves no cursor, so the redelivered resync still returns the messages of
+// the chats read before the failure.
+func TestResyncFailureKeepsCursors(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fc := &failChat{chat: "chat-9"}
+		ae := newAdapter(t, func(o *Options) {
+			o.HTTPClient = &http.Client{Transport: graphtest.HandlerTransport(fc)}
+		})
+		fc.srv = ae.srv
+		if err := ae.a.Start(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		var chatSub graphtest.Subscription
+		for _, s := range ae.srv.Subscriptions() {
+			if strings.Contains(s.Resource, "getAllMessages") {
+				chatSub = s
+			}
+		}
+		if chatSub.ID == "" {
+			t.Fatalf("subscriptions = %+v; want getAllMessages", ae.srv.Subscriptions())
+		}
+		time.Sleep(time.Second)
+		ae.srv.AddChatMessage("chat-1", otherUser, "Alice", "notified")
+		ae.srv.AddChatMessage("chat-9", otherUser, "Alice", "notified in chat-9")
+		ae.hook.take()
+		ae.hook.mu.Lock()
+		ae.hook.down = true
+		ae.hook.mu.Unlock()
+		ae.srv.AddChatMessage("chat-1", otherUser, "Alice", "lost in chat-1")
+		ae.srv.AddChatMessage("chat-9", otherUser, "Alice", "lost in chat-9")
+		ae.hook.mu.Lock()
+		ae.hook.down = false
+		ae.hook.mu.Unlock()
+		fc.set(true) // chat-1 (listed first) is read, chat-9 fails
+		if st, _ := ae.srv.Lifecycle(chatSub.ID, "missed"); st != http.StatusServiceUnavailable {
+			t.Fatalf("Lifecycle(missed) with chat-9 unreadable = %d; want 503", st)
+		}
+		if evs := ae.hook.take(); len(evs) != 0 {
+			t.Fatalf("failed resync events = %+v; want none", evs)
+		}
+		fc.set(false)
+		if st, _ := ae.srv.Lifecycle(chatSub.ID, "missed"); st != http.StatusAccepted {
+			t.Fatalf("redelivered Lifecycle(missed) = %d; want 202", st)
+		}
+		var got []string
+		for _, e := range ae.hook.take() {
+			got = append(got, e.Text)
+		}
+		slices.Sort(got)
+		if strings.Join(got, ",") != "lost in chat-1,lost in chat-9" {
+			t.Errorf("redelivered resync events = %q; want both lost messages", got)
+		}
+	})
+}
+
 // TestRotatedRefreshTokenSurvivesAdapterRestart: a delegated adapter on a file store sends,
 // is closed, and a new adapter (a new process: a new store loaded from the same directory)
 // sends again. The emulator kills every redeemed refresh token, so the second send works

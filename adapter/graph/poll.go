@@ -261,13 +261,16 @@ func (a *Adapter) logSkipped(ctx context.Context, chat string, err error) {
 		slog.String("bot", a.opts.Bot), slog.String("chat", chat), slog.String("error", err.Error()))
 }
 
-// resyncChats lists the watched chats for messages after the cursors.
+// resyncChats lists the watched chats for messages after the cursors. The cursors move only
+// once every chat was read: on an error no events are returned (the notification is
+// redelivered), so a cursor moved early would lose that chat's messages for good.
 func (a *Adapter) resyncChats(ctx context.Context) ([]adapter.Event, error) {
 	chats, discovered, err := a.chatsToWatch(ctx)
 	if err != nil {
 		return nil, err
 	}
 	var evs []adapter.Event
+	moved := map[string]string{}
 	for _, chat := range chats {
 		a.pollMu.Lock()
 		last := a.poll.chatLast[chat]
@@ -291,13 +294,19 @@ func (a *Adapter) resyncChats(ctx context.Context) ([]adapter.Event, error) {
 			return nil, err
 		}
 		evs = append(evs, ce...)
-		a.pollMu.Lock()
-		if a.poll.chatLast == nil {
-			a.poll.chatLast = map[string]string{}
-		}
-		a.poll.chatLast[chat] = newest
-		a.pollMu.Unlock()
+		moved[chat] = newest
 	}
+	a.pollMu.Lock()
+	if a.poll.chatLast == nil {
+		a.poll.chatLast = map[string]string{}
+	}
+	for chat, newest := range moved {
+		// A notification may have moved the cursor further meanwhile.
+		if cur := a.poll.chatLast[chat]; cur == "" || idAfter(newest, cur) {
+			a.poll.chatLast[chat] = newest
+		}
+	}
+	a.pollMu.Unlock()
 	return evs, nil
 }
 
