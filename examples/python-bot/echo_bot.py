@@ -11,6 +11,8 @@ Environment:
     CHATWIRE_URL      the host's base URL (default http://127.0.0.1:8080)
     CHATWIRE_API_KEY  an API key from server.api_keys (none if the host has no keys)
     ECHO_MAX          stop after this many echoes (default: run forever)
+    ECHO_SEND_BUDGET  seconds a send keeps retrying on 429/503 before the message is given
+                      up (default 120)
 """
 
 import json
@@ -69,10 +71,16 @@ def reply_target(event):
     return {"chat": event["chat"]["id"]}
 
 
-# How often send tries in all when the host answers 429 or 503, and the longest wait it
-# honours between tries.
-SEND_ATTEMPTS = 6
-MAX_RETRY_AFTER = 60
+# How long send keeps trying in all when the host answers 429 or 503, and the longest wait
+# it honours between tries. A plugin restart can take 30 s or more (the host's backoff
+# reaches 30 s, and a start may take as long again), so the budget outlasts a few.
+SEND_BUDGET = float(os.environ.get("ECHO_SEND_BUDGET", "120"))
+MAX_RETRY_AFTER = 30
+MIN_RETRY_WAIT = 0.1  # even on Retry-After: 0, so a bot never hammers the host
+
+
+class SendFailed(RuntimeError):
+    """A send the host refused, or kept answering 429/503 to for all of SEND_BUDGET."""
 
 
 def retry_after(e):
@@ -81,13 +89,15 @@ def retry_after(e):
         wait = int(e.headers.get("Retry-After", "1"))
     except ValueError:  # an HTTP date, or garbage: wait a little
         wait = 1
-    return max(0, min(wait, MAX_RETRY_AFTER))
+    return max(MIN_RETRY_WAIT, min(wait, MAX_RETRY_AFTER))
 
 
 def send(bot, to, text):
     """Sends text. On 429 (rate limited) or 503 (the host's plugin restarting, the platform
-    unavailable) it waits Retry-After and tries again, up to SEND_ATTEMPTS tries in all."""
-    for attempt in range(1, SEND_ATTEMPTS + 1):
+    unavailable) it waits Retry-After (at most MAX_RETRY_AFTER) and tries again, for up to
+    SEND_BUDGET seconds in all. Raises SendFailed when it gives up."""
+    deadline = time.monotonic() + SEND_BUDGET
+    while True:
         try:
             with request("POST", "/v1/bots/%s/messages" % bot, {"to": to, "text": text}) as resp:
                 return json.load(resp)
@@ -96,13 +106,14 @@ def send(bot, to, text):
                 err = json.load(e).get("error", {})
             except ValueError:  # not the host's JSON (a proxy's page, say)
                 err = {}
-            if e.code in (429, 503) and attempt < SEND_ATTEMPTS:
-                wait = retry_after(e)
-                print("send answered %d (%s); retrying in %ds" % (e.code, err.get("platform_code") or err.get("kind") or "no detail", wait),
+            left = deadline - time.monotonic()
+            if e.code in (429, 503) and left > 0:
+                wait = min(retry_after(e), left)
+                print("send answered %d (%s); retrying in %gs" % (e.code, err.get("platform_code") or err.get("kind") or "no detail", wait),
                       file=sys.stderr, flush=True)
                 time.sleep(wait)
                 continue
-            raise RuntimeError("send failed: %s %s (%s)" % (e.code, err.get("message"), err.get("kind")))
+            raise SendFailed("send failed: %s %s (%s)" % (e.code, err.get("message"), err.get("kind")))
 
 
 def main():
@@ -115,10 +126,16 @@ def main():
             for ev_id, kind, event in events(bot, last_id):
                 backoff = 1
                 if kind == "message" and not event["text"].startswith("echo: "):
-                    receipt = send(bot, reply_target(event), "echo: " + event["text"])
-                    echoed += 1
-                    print("%s: %r -> echoed (id %s)" % (event["sender"]["id"], event["text"], receipt["id"]), flush=True)
-                last_id = ev_id  # acknowledge only what was handled
+                    try:
+                        receipt = send(bot, reply_target(event), "echo: " + event["text"])
+                    except SendFailed as e:
+                        # Give this message up and keep serving the others; the stream
+                        # position stays, so a reconnect resumes after this event.
+                        print("%s: %r -> not echoed: %s" % (event["sender"]["id"], event["text"], e), file=sys.stderr, flush=True)
+                    else:
+                        echoed += 1
+                        print("%s: %r -> echoed (id %s)" % (event["sender"]["id"], event["text"], receipt["id"]), flush=True)
+                last_id = ev_id  # acknowledge only what was handled (echoed or given up)
                 if MAX and echoed >= MAX:
                     return
         except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
