@@ -117,17 +117,22 @@ func (s *Store) Load(ctx context.Context, key string) (tokenmgr.Entry, error) {
 // Refresh implements [tokenmgr.Store]; a fetched entry's state is written to the file before
 // Refresh returns, so a rotated refresh token is never lost. If another process changed
 // key's state in the file since this one last read or wrote it (graph login stored a new
-// sign-in), fetch gets that state rather than the one held in memory.
+// sign-in), fetch gets that state rather than the one held in memory. If another process
+// changes key's state while fetch runs, its state is newer than the one fetch returns
+// (rotated from the old one) and is kept: the file is not changed, and the entry returned
+// holds the newer state, which the next refresh redeems.
 func (s *Store) Refresh(ctx context.Context, key string, have uint64, fetch tokenmgr.FetchFunc) (tokenmgr.Entry, bool, error) {
 	var saveErr error
 	e, fetched, err := s.mem.Refresh(ctx, key, have, func(ctx context.Context, prev tokenmgr.Entry) (tokenmgr.Entry, error) {
+		var from []byte // key's state in the file as fetch starts; nil if it has none
 		if err := s.locked(func() error {
 			disk, err := s.read()
 			if err != nil {
 				return err
 			}
-			if d, ok := disk[key]; ok && !bytes.Equal(d, s.state[key]) {
-				prev.State = d // recorded as ours once a fetch from it succeeds and is saved
+			from = disk[key]
+			if from != nil && !bytes.Equal(from, s.state[key]) {
+				prev.State = from // recorded as ours once a fetch from it succeeds and is saved
 			}
 			return nil
 		}); err != nil {
@@ -135,7 +140,11 @@ func (s *Store) Refresh(ctx context.Context, key string, have uint64, fetch toke
 		}
 		e, err := fetch(ctx, prev)
 		if err == nil && e.State != nil {
-			saveErr = s.SetState(key, e.State)
+			var newer []byte
+			newer, saveErr = s.swapState(key, from, e.State)
+			if newer != nil {
+				e.State = newer
+			}
 		}
 		return e, err
 	})
@@ -143,6 +152,31 @@ func (s *Store) Refresh(ctx context.Context, key string, have uint64, fetch toke
 		return e, fetched, fmt.Errorf("filestore: token refreshed but its state was not saved: %w", saveErr)
 	}
 	return e, fetched, err
+}
+
+// swapState writes state for key, under the lock, unless another process wrote a different
+// state for key since fetch started from from (nil: the file had none): that state is newer,
+// so it is kept and returned.
+func (s *Store) swapState(key string, from, state []byte) (newer []byte, err error) {
+	state = append([]byte(nil), state...)
+	err = s.locked(func() error {
+		disk, err := s.read()
+		if err != nil {
+			return err
+		}
+		if d := disk[key]; d != nil && !bytes.Equal(d, from) {
+			newer = d
+			s.state[key] = d
+			return nil
+		}
+		disk[key] = state
+		if err := s.write(disk); err != nil {
+			return err
+		}
+		s.state[key] = state
+		return nil
+	})
+	return newer, err
 }
 
 // Invalidate implements [tokenmgr.Store].

@@ -157,3 +157,64 @@ func TestRefreshRedeemsStateWrittenByAnother(t *testing.T) {
 		t.Errorf("third refresh redeemed %q, %v; want new-sign-in+", redeemed[len(redeemed)-1], err)
 	}
 }
+
+// TestSignInDuringRefreshIsKept is graph login (b) storing a new sign-in while the host (a)
+// is redeeming the old refresh token: the rotation of the old one must not overwrite the new
+// sign-in, in the file or in a's memory, and a's next refresh redeems the new sign-in.
+func TestSignInDuringRefreshIsKept(t *testing.T) {
+	dir := t.TempDir()
+	const key = "graph/t/c/u"
+	b, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.SetState(key, []byte("old")); err != nil {
+		t.Fatal(err)
+	}
+	a, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var redeemed []string
+	signIn := func() error { return nil }
+	fetch := func(ctx context.Context, prev tokenmgr.Entry) (tokenmgr.Entry, error) {
+		redeemed = append(redeemed, string(prev.State))
+		if err := signIn(); err != nil { // b writes while the fetch is on the network
+			return tokenmgr.Entry{}, err
+		}
+		return tokenmgr.Entry{Token: tokenmgr.Token{Value: "access", ExpiresAt: time.Now().Add(time.Hour)},
+			State: append(append([]byte(nil), prev.State...), '+')}, nil
+	}
+	loaded, err := a.Load(t.Context(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signIn = func() error { return b.SetState(key, []byte("new-sign-in")) }
+	e, fetched, err := a.Refresh(t.Context(), key, loaded.Gen, fetch)
+	if err != nil || !fetched {
+		t.Fatalf("Refresh = %v, %v; want a fetch", fetched, err)
+	}
+	if string(e.State) != "new-sign-in" {
+		t.Errorf("refreshed entry holds state %q; want the newer new-sign-in", e.State)
+	}
+	c, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(c.State(key)); got != "new-sign-in" {
+		t.Errorf("state in the file = %q after a sign-in during a refresh; want new-sign-in", got)
+	}
+	if got := string(a.State(key)); got != "new-sign-in" {
+		t.Errorf("a.State = %q; want new-sign-in", got)
+	}
+	signIn = func() error { return nil }
+	if _, _, err := a.Refresh(t.Context(), key, e.Gen, fetch); err != nil {
+		t.Fatal(err)
+	}
+	if len(redeemed) != 2 || redeemed[0] != "old" || redeemed[1] != "new-sign-in" {
+		t.Errorf("refreshes redeemed %q; want old, then new-sign-in", redeemed)
+	}
+	if c, err := Open(dir); err != nil || string(c.State(key)) != "new-sign-in+" {
+		t.Errorf("state in the file after the next refresh = %q, %v; want new-sign-in+", c.State(key), err)
+	}
+}
