@@ -165,7 +165,9 @@ func (p *Plugin) start(ctx context.Context) error {
 			grpc.MaxCallRecvMsgSize(MaxMessageSize), grpc.MaxCallSendMsgSize(MaxMessageSize))},
 	})
 	fail := func(err error) error {
-		p.stopProcess(gp, cmd.Process, false)
+		// Past the deadline (Info or Configure unanswered) the plugin is taken as hung: a
+		// Shutdown RPC would only wait out the kill grace.
+		p.stopProcess(gp, cmd.Process, ctx.Err() != nil)
 		os.RemoveAll(sockDir)
 		return err
 	}

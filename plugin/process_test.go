@@ -39,6 +39,9 @@ func TestMain(m *testing.M) {
 	case "plugin-crash":
 		servePluginForTest(ProtocolVersion)
 		os.Exit(0)
+	case "plugin-hang-configure":
+		servePluginForTest(ProtocolVersion)
+		os.Exit(0)
 	case "host":
 		hostForTest()
 		os.Exit(0)
@@ -75,6 +78,9 @@ func servePluginForTest(version int) {
 	opts := ServerOptions{
 		Platforms: []string{"test"},
 		Open: func(ctx context.Context, store StoreConfig, bot BotConfig) (adapter.Adapter, error) {
+			if os.Getenv(roleEnv) == "plugin-hang-configure" {
+				syscall.Kill(os.Getpid(), syscall.SIGSTOP) // Configure never answers
+			}
 			if os.Getenv(roleEnv) == "plugin-crash" {
 				// crash right after configuring, leaving Configure time to answer
 				time.AfterFunc(50*time.Millisecond, func() { os.Exit(3) })
@@ -391,6 +397,28 @@ func TestProcessCloseWhileHung(t *testing.T) {
 	}
 	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("socket dir %s left behind: %v", dir, err)
+	}
+}
+
+// TestProcessStartTimeoutKillsHung: a plugin that never answers Configure is killed at once
+// when StartTimeout passes, not after a Shutdown RPC has waited out the kill grace.
+func TestProcessStartTimeoutKillsHung(t *testing.T) {
+	opts := testLaunchOptions(nil)
+	opts.Env = []string{roleEnv + "=plugin-hang-configure"}
+	opts.StartTimeout = 2 * time.Second
+	start := time.Now()
+	p, err := Launch(t.Context(), opts)
+	took := time.Since(start)
+	if err == nil {
+		p.Close()
+		t.Fatal("Launch of a plugin that never answers Configure succeeded")
+	}
+	if !strings.Contains(err.Error(), "configuring bots") {
+		t.Errorf("Launch error = %v; want the Configure timeout", err)
+	}
+	// StartTimeout, then a SIGKILL; the kill grace (3s) would come on top without it
+	if limit := opts.StartTimeout + killGrace/2; took > limit {
+		t.Errorf("Launch returned after %v; want <= %v (StartTimeout %v, no kill grace)", took, limit, opts.StartTimeout)
 	}
 }
 
