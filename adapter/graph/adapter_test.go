@@ -2,6 +2,7 @@ package graph
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -617,12 +618,13 @@ func TestResyncDiscoversChats(t *testing.T) {
 	})
 }
 
-// failChat answers 503 to listings of one chat's messages while fail is set.
+// failChat answers status (0: 503) to listings of one chat's messages while fail is set.
 type failChat struct {
-	srv  *graphtest.Server
-	mu   sync.Mutex
-	chat string
-	fail bool
+	srv    *graphtest.Server
+	mu     sync.Mutex
+	chat   string
+	status int
+	fail   bool
 }
 
 func (h *failChat) set(fail bool) {
@@ -634,11 +636,12 @@ func (h *failChat) set(fail bool) {
 func (h *failChat) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.mu.Lock()
 	fail := h.fail && r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/chats/"+h.chat+"/messages")
+	status := cmp.Or(h.status, http.StatusServiceUnavailable)
 	h.mu.Unlock()
 	if fail {
 		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusServiceUnavailable)
-		w.Write([]byte(`{"error":{"code":"serviceNotAvailable","message":"down"}}`))
+		w.WriteHeader(status)
+		w.Write([]byte(`{"error":{"code":"failChat","message":"not now"}}`))
 		return
 	}
 	h.srv.ServeHTTP(w, r)
@@ -696,6 +699,49 @@ func TestResyncFailureKeepsCursors(t *testing.T) {
 		slices.Sort(got)
 		if strings.Join(got, ",") != "lost in chat-1,lost in chat-9" {
 			t.Errorf("redelivered resync events = %q; want both lost messages", got)
+		}
+	})
+}
+
+// TestPollingLateChatStartsAtBaseline: a chat unreadable (403) at the polling baseline is
+// warned about once, however many polls skip it, and once readable only what arrived
+// after the baseline comes out, not its history.
+func TestPollingLateChatStartsAtBaseline(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fc := &failChat{chat: "chat-old", status: http.StatusForbidden}
+		ae := newAdapter(t, func(o *Options) {
+			o.NotificationURL = ""
+			o.HTTPClient = &http.Client{Transport: graphtest.HandlerTransport(fc)}
+		})
+		fc.srv = ae.srv
+		ae.srv.AddChatMessage("chat-1", otherUser, "Alice", "history")
+		ae.srv.AddChatMessage("chat-old", otherUser, "Alice", "old history")
+		time.Sleep(time.Second)
+		fc.set(true)
+		ctx := t.Context()
+		if evs, err := ae.a.Poll(ctx); err != nil || len(evs) != 0 {
+			t.Fatalf("first Poll() = %v, %v; want a baseline", evs, err)
+		}
+		texts := func(evs []adapter.Event) string {
+			var got []string
+			for _, e := range evs {
+				got = append(got, e.Chat.ID+":"+e.Text)
+			}
+			return strings.Join(got, ",")
+		}
+		for i := range 2 {
+			ae.srv.AddChatMessage("chat-1", otherUser, "Alice", fmt.Sprint("one", i))
+			if evs, err := ae.a.Poll(ctx); err != nil || texts(evs) != fmt.Sprint("chat-1:one", i) {
+				t.Fatalf("Poll() with chat-old unreadable = %q, %v; want chat-1:one%d", texts(evs), err, i)
+			}
+		}
+		if n := strings.Count(ae.log.String(), `level=WARN msg="graph chat not readable: skipped"`); n != 1 {
+			t.Errorf("%d warnings for the unreadable chat over 3 polls; want 1", n)
+		}
+		fc.set(false)
+		ae.srv.AddChatMessage("chat-old", otherUser, "Alice", "new in chat-old")
+		if evs, err := ae.a.Poll(ctx); err != nil || texts(evs) != "chat-old:new in chat-old" {
+			t.Errorf("Poll() once chat-old is readable = %q, %v; want only its message after the baseline", texts(evs), err)
 		}
 	})
 }

@@ -1,6 +1,7 @@
 package graph
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"log/slog"
@@ -27,6 +28,9 @@ type pollState struct {
 	chatSince string
 	// polledChats is the chat list last logged, so the log says it once per change.
 	polledChats string
+	// skipWarned holds the chats warned about as unreadable, so the log says it once per
+	// chat (until the chat is read again).
+	skipWarned map[string]bool
 }
 
 func (p *pollState) commit() {
@@ -256,9 +260,27 @@ func skippable(err error) bool {
 	return ok && (e.StatusCode == http.StatusNotFound || e.StatusCode == http.StatusForbidden)
 }
 
+// logSkipped warns that a chat is skipped, once per chat; later sweeps log it at debug level.
 func (a *Adapter) logSkipped(ctx context.Context, chat string, err error) {
-	a.log.LogAttrs(ctx, slog.LevelWarn, "graph chat not readable: skipped", slog.String("platform", "graph"),
+	a.pollMu.Lock()
+	level := slog.LevelDebug
+	if !a.poll.skipWarned[chat] {
+		if a.poll.skipWarned == nil {
+			a.poll.skipWarned = map[string]bool{}
+		}
+		a.poll.skipWarned[chat] = true
+		level = slog.LevelWarn
+	}
+	a.pollMu.Unlock()
+	a.log.LogAttrs(ctx, level, "graph chat not readable: skipped", slog.String("platform", "graph"),
 		slog.String("bot", a.opts.Bot), slog.String("chat", chat), slog.String("error", err.Error()))
+}
+
+// chatReadable forgets that chat was warned about as unreadable.
+func (a *Adapter) chatReadable(chat string) {
+	a.pollMu.Lock()
+	delete(a.poll.skipWarned, chat)
+	a.pollMu.Unlock()
 }
 
 // resyncChats lists the watched chats for messages after the cursors. The cursors move only
@@ -289,6 +311,7 @@ func (a *Adapter) resyncChats(ctx context.Context) ([]adapter.Event, error) {
 		if err != nil {
 			return nil, err
 		}
+		a.chatReadable(chat)
 		ce, err := a.chatEvents(ctx, chat, msgs)
 		if err != nil {
 			return nil, err
@@ -319,6 +342,7 @@ func (a *Adapter) Poll(ctx context.Context) ([]adapter.Event, error) {
 	if a.isClosed() {
 		return nil, adapter.Errorf(adapter.KindUnavailable, "graph: adapter closed")
 	}
+	start := time.Now()
 	a.pollMu.Lock()
 	a.poll.commit()
 	st := a.poll
@@ -350,7 +374,9 @@ func (a *Adapter) Poll(ctx context.Context) ([]adapter.Event, error) {
 		for _, chat := range chats {
 			last, known := st.chatLast[chat]
 			if !known && discovered && st.baselined {
-				last = "0" // a chat that appeared after the baseline: all of it is new
+				// A chat that appeared after the baseline, or was unreadable at it: what
+				// came after the baseline is new, its history is not.
+				last = cmp.Or(st.chatSince, "0")
 			}
 			msgs, newest, err := a.newChatMessages(ctx, chat, last)
 			if discovered && skippable(err) {
@@ -360,6 +386,7 @@ func (a *Adapter) Poll(ctx context.Context) ([]adapter.Event, error) {
 			if err != nil {
 				return nil, errorf(err, "graph: poll chat %s", chat)
 			}
+			a.chatReadable(chat)
 			if last == "" && newest == "" {
 				newest = "0" // an empty chat: everything after it is new
 			}
@@ -374,7 +401,11 @@ func (a *Adapter) Poll(ctx context.Context) ([]adapter.Event, error) {
 	a.pollMu.Lock()
 	a.poll.baselined = true
 	if !st.baselined {
-		// The first sweep is a baseline: commit at once, emit nothing.
+		// The first sweep is a baseline: commit at once, emit nothing. Chats without a
+		// cursor later start from the baseline (Teams message ids are epoch milliseconds).
+		if a.poll.chatSince == "" {
+			a.poll.chatSince = strconv.FormatInt(start.UnixMilli()-1, 10)
+		}
 		if pendingDelta != "" {
 			a.poll.mailDelta = pendingDelta
 		}
