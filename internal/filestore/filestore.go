@@ -14,13 +14,13 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"syscall"
 
 	"github.com/seed-a64d9e1f/chatwire/tokenmgr"
 )
 
 // FileName is the state file's name inside the directory; LockName is the file locked
-// (flock) while a process reads or rewrites it.
+// (flock) while a process reads or rewrites it. The file lock is taken on Unix systems only:
+// on other systems, only one process may use a state dir.
 const (
 	FileName = "chatwire-state.json"
 	LockName = "chatwire-state.lock"
@@ -65,7 +65,8 @@ func Open(dir string) (*Store, error) {
 	return s, nil
 }
 
-// locked runs fn holding this process's mutex and the directory's file lock.
+// locked runs fn holding this process's mutex and the directory's file lock (on Unix; see
+// lockFile).
 func (s *Store) locked(fn func() error) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -74,13 +75,7 @@ func (s *Store) locked(fn func() error) error {
 		return fmt.Errorf("filestore: %w", err)
 	}
 	defer f.Close() // closing releases the lock
-	for {
-		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX)
-		if err != syscall.EINTR {
-			break
-		}
-	}
-	if err != nil {
+	if err := lockFile(f); err != nil {
 		return fmt.Errorf("filestore: locking %s: %w", s.lock, err)
 	}
 	return fn()
