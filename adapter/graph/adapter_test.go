@@ -746,6 +746,32 @@ func TestPollingLateChatStartsAtBaseline(t *testing.T) {
 	})
 }
 
+// TestWatchedChatsLoggedOncePerChange: chats named by notifications (kept in a map) are
+// logged as watched once, not on every sweep in whatever order the map gives.
+func TestWatchedChatsLoggedOncePerChange(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ae := newAdapter(t, nil)
+		var items []string
+		for _, c := range []string{"chat-b", "chat-a"} { // not listed by GET /me/chats
+			items = append(items, fmt.Sprintf(`{"subscriptionId":"s","clientState":%q,"changeType":"created","resource":"chats('%s')/messages('1')"}`, clientState, c))
+		}
+		body := []byte(`{"value":[` + strings.Join(items, ",") + `]}`)
+		if resp, _, err := ae.a.HandleWebhook(t.Context(), &adapter.WebhookRequest{Method: "POST", Body: body}); err != nil || resp.Status != http.StatusAccepted {
+			t.Fatalf("HandleWebhook() = %+v, %v; want 202", resp, err)
+		}
+		for range 20 {
+			chats, _, err := ae.a.chatsToWatch(t.Context())
+			if err != nil || !slices.Contains(chats, "chat-a") || !slices.Contains(chats, "chat-b") {
+				t.Fatalf("chatsToWatch() = %v, %v; want chat-a and chat-b", chats, err)
+			}
+		}
+		logs := ae.log.String()
+		if n := strings.Count(logs, "graph watching chats"); n != 1 || !strings.Contains(logs, "chats=chat-a,chat-b") {
+			t.Errorf("%d watched-chats lines in %q; want 1, naming chat-a,chat-b", n, logs)
+		}
+	})
+}
+
 // TestRotatedRefreshTokenSurvivesAdapterRestart: a delegated adapter on a file store sends,
 // is closed, and a new adapter (a new process: a new store loaded from the same directory)
 // sends again. The emulator kills every redeemed refresh token, so the second send works

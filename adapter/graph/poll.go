@@ -241,6 +241,9 @@ func (a *Adapter) chatsToWatch(ctx context.Context) (chats []string, discovered 
 			a.pollMu.Unlock()
 		}
 	}
+	// Sorted, so a list that did not change (notified chats come from a map) is logged once.
+	chats = slices.Clone(chats)
+	slices.Sort(chats)
 	list := strings.Join(chats, ",")
 	a.pollMu.Lock()
 	changed := list != a.poll.polledChats
