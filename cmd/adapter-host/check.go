@@ -173,13 +173,11 @@ func probeDelegated(ctx context.Context, sc StoreConfig, b BotConfig, timeout ti
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	key := platforms.GraphKey(*b.Graph)
-	store, _, err := openStore(sc)
+	store, _, closeStore, err := openStore(sc)
 	if err != nil {
 		return "", err
 	}
-	if c, ok := store.(interface{ Close() error }); ok {
-		defer c.Close()
-	}
+	defer closeStore()
 	e, err := store.Load(ctx, key)
 	if err != nil {
 		return "", fmt.Errorf("reading the stored sign-in: %w", err)
@@ -276,10 +274,11 @@ func cmdGraphLogin(ctx context.Context, args []string, stdout, stderr io.Writer)
 		}
 		return err
 	}
-	store, where, err := openStore(cfg.Store)
+	store, where, closeStore, err := openStore(cfg.Store)
 	if err != nil {
 		return err
 	}
+	defer closeStore()
 	key := platforms.GraphKey(*g)
 	if err := seed(ctx, store, key, res); err != nil {
 		return fmt.Errorf("graph login: storing the sign-in: %w", err)
@@ -291,27 +290,28 @@ func cmdGraphLogin(ctx context.Context, args []string, stdout, stderr io.Writer)
 	return nil
 }
 
-// openStore opens the token store a config names, for commands that write to it.
-func openStore(sc StoreConfig) (tokenmgr.Store, string, error) {
+// openStore opens the token store a config names, for commands that write to it. where
+// names it for messages; closeStore releases it (for Redis, the store and its client).
+func openStore(sc StoreConfig) (store tokenmgr.Store, where string, closeStore func() error, err error) {
 	switch {
 	case sc.usesRedis():
 		ps, err := sc.plugin()
 		if err != nil {
-			return nil, "", err
+			return nil, "", nil, err
 		}
-		s, _, err := platforms.OpenRedisStore(ps, nil) // the client lives as long as the command
+		s, closeClient, err := platforms.OpenRedisStore(ps, nil)
 		if err != nil {
-			return nil, "", err
+			return nil, "", nil, err
 		}
-		return s, "Redis", nil
+		return s, "Redis", func() error { return errors.Join(s.Close(), closeClient()) }, nil
 	case sc.Dir != "":
 		s, err := filestore.Open(sc.Dir)
 		if err != nil {
-			return nil, "", err
+			return nil, "", nil, err
 		}
-		return s, s.Path(), nil
+		return s, s.Path(), func() error { return nil }, nil
 	}
-	return nil, "", errors.New("no store configured: set store.dir or store.redis_url (or store.redis) so the sign-in survives")
+	return nil, "", nil, errors.New("no store configured: set store.dir or store.redis_url (or store.redis) so the sign-in survives")
 }
 
 // seed writes a login's tokens as the newest entry of key.

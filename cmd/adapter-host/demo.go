@@ -144,10 +144,11 @@ func runDemo(ctx context.Context, o demoOptions) (demoSummary, error) {
 		},
 	}
 	cfg.defaults()
-	store, _, err := openStore(cfg.Store)
+	store, _, closeStore, err := openStore(cfg.Store)
 	if err != nil {
 		return sum, err
 	}
+	defer closeStore()
 	rt := gemu.IssueRefreshToken(clientID, botUser, strings.Join(graph.DefaultDelegatedScopes, " "))
 	if err := seed(ctx, store, platforms.GraphKey(*gc), &graph.LoginResult{RefreshToken: rt}); err != nil {
 		return sum, err

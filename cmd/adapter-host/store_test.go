@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -18,7 +19,9 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
+	"github.com/seed-a64d9e1f/chatwire/adapter/graph"
 	"github.com/seed-a64d9e1f/chatwire/adapter/wecom/wecomtest"
+	"github.com/seed-a64d9e1f/chatwire/internal/platforms"
 	"github.com/seed-a64d9e1f/chatwire/internal/redistest"
 )
 
@@ -301,5 +304,57 @@ func TestCheckOfflineStoreSecrets(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "ok") || strings.Contains(out.String(), key) || strings.Contains(out.String(), storeMarker) {
 		t.Errorf("check output:\n%s\nwant ok and no secret", out.String())
+	}
+}
+
+// TestCheckDelegatedClosesRedis runs check on three delegated Graph bots whose sign-ins live
+// in Redis: each probe opens the store, and once check returns none of their connections
+// may be left open on the server.
+func TestCheckDelegatedClosesRedis(t *testing.T) {
+	rs := redistest.Start(t)
+	admin := redis.NewClient(&redis.Options{Addr: rs.Addr()})
+	defer admin.Close()
+	sc := StoreConfig{RedisURL: "redis://" + rs.Addr() + "/0"}
+	var bots strings.Builder
+	for i := range 3 {
+		g := platforms.Graph{TenantID: "t1", ClientID: "client-1", Auth: "delegated", User: fmt.Sprintf("bot%d@contoso.com", i)}
+		fmt.Fprintf(&bots, "  - name: teams%d\n    platform: graph\n    graph: {tenant_id: t1, client_id: client-1, auth: delegated, user: %s, login_base: \"http://127.0.0.1:1\", graph_base: \"http://127.0.0.1:1\"}\n", i, g.User)
+		store, _, closeStore, err := openStore(sc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = seed(t.Context(), store, platforms.GraphKey(g), &graph.LoginResult{RefreshToken: "rt"})
+		closeStore()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	path := filepath.Join(t.TempDir(), "c.yaml")
+	if err := os.WriteFile(path, []byte("store: {redis_url: \""+sc.RedisURL+"\"}\nbots:\n"+bots.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := cmdCheck(t.Context(), []string{"--config", path}, &out, io.Discard); err != nil {
+		t.Fatalf("check = %v\n%s", err, out.String())
+	}
+	if n := strings.Count(out.String(), "ok, public client"); n != 3 {
+		t.Errorf("check passed %d bots; want 3\n%s", n, out.String())
+	}
+	// the server notices closed connections a moment later: only admin's may stay
+	var list string
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var err error
+		list, err = admin.ClientList(t.Context()).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Count(strings.TrimSpace(list), "\n") == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := strings.Count(strings.TrimSpace(list), "\n") + 1; n != 1 {
+		t.Errorf("%d Redis connections open after check; want 1 (the test's own):\n%s", n, list)
 	}
 }
