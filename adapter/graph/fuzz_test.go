@@ -100,6 +100,20 @@ func TestNoSecretsInLogsOrErrors(t *testing.T) {
 		// And with a session that works, but a client that cannot send to it.
 		_, err = ae.a.Client().putFragment(ctx, "http://graph.test/upload/x?tempauth=tempauth-marker\x7f", []byte("x"), 0, 0, 1)
 		record(err)
+		// OneDrive personal upload URLs carry the credential in the path: a dropped
+		// connection on the fragment and on the status GET must not show it either.
+		ae.srv.DropUploadConnections(1)
+		_, err = ae.a.Client().putFragment(ctx, "http://graph.test/upload/pathauth-marker?tempauth=tempauth-marker", []byte("x"), 0, 0, 1)
+		if err == nil {
+			t.Errorf("putFragment() through a dropped connection succeeded; want an error")
+		}
+		record(err)
+		ae.srv.DropUploadConnections(20)
+		_, err = ae.a.Client().sessionOffset(ctx, "http://graph.test/upload/pathauth-marker?tempauth=tempauth-marker", 0, 1)
+		if err == nil {
+			t.Errorf("sessionOffset() through dropped connections succeeded; want an error")
+		}
+		record(err)
 		ae.srv.RevokeTokens()
 		_, err = ae.a.Send(ctx, adapter.Message{To: adapter.Target{Chat: "c"}, Text: "x"})
 		record(err)
@@ -137,7 +151,7 @@ func TestNoSecretsInLogsOrErrors(t *testing.T) {
 			}
 			secrets = append(secrets, pu.Query().Get("tempauth"))
 		}
-		secrets = append(secrets, "tempauth-marker")
+		secrets = append(secrets, "tempauth-marker", "pathauth-marker")
 		if len(ae.srv.UploadURLs()) == 0 {
 			t.Fatalf("no upload session was created; the upload scenario did not run")
 		}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -369,30 +370,31 @@ func isNotFound(err error) bool {
 
 // putFragment PUTs one fragment to the upload URL. It never sends Authorization: the URL
 // itself is the credential (real ones carry tempauth=), and Graph may answer 401 to a bearer
-// token there. Errors never include the URL's query.
+// token there. Errors never include the URL's path or query.
 func (c *Client) putFragment(ctx context.Context, uploadURL string, chunk []byte, start, end, total int64) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPut, uploadURL, bytes.NewReader(chunk))
 	if err != nil {
-		return nil, redactURLError(err)
+		return nil, uploadURLError(err)
 	}
 	req.ContentLength = int64(len(chunk))
 	req.Header.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, end, total))
 	req.Header.Del("Authorization")
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return nil, redactURLError(err)
+		return nil, uploadURLError(err)
 	}
 	return resp, nil
 }
 
 // sessionOffset asks an upload session where to continue (GET uploadUrl). fallback is used
 // when the answer lists no range. An offset past size is a broken answer, returned as an
-// error (it would otherwise index past the content). Errors never include the URL's query.
+// error (it would otherwise index past the content). Errors never include the URL's path or
+// query.
 func (c *Client) sessionOffset(ctx context.Context, uploadURL string, fallback, size int64) (int64, error) {
 	for attempt := 1; ; attempt++ {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, uploadURL, nil)
 		if err != nil {
-			return 0, redactURLError(err)
+			return 0, uploadURLError(err)
 		}
 		resp, err := c.hc.Do(req)
 		if err == nil {
@@ -417,7 +419,7 @@ func (c *Client) sessionOffset(ctx context.Context, uploadURL string, fallback, 
 			}
 			err = apiErr
 		} else {
-			err = &APIError{StatusCode: http.StatusBadGateway, Code: "connectionError", Message: "upload status: " + redactURLError(err).Error()}
+			err = &APIError{StatusCode: http.StatusBadGateway, Code: "connectionError", Message: "upload status: " + uploadURLError(err).Error()}
 		}
 		if ctx.Err() != nil {
 			return 0, ctx.Err()
@@ -429,6 +431,25 @@ func (c *Client) sessionOffset(ctx context.Context, uploadURL string, fallback, 
 			return 0, ctx.Err()
 		}
 	}
+}
+
+// uploadURLError is err with any upload URL in it cut to its scheme and host: the URL is
+// the credential, in its query (SharePoint's tempauth=) or in its path (OneDrive personal).
+func uploadURLError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return fmt.Errorf("%s %s: %w", ue.Op, uploadURLHost(ue.URL), ue.Err)
+	}
+	return err
+}
+
+// uploadURLHost returns scheme://host of an upload URL, or "(upload url)".
+func uploadURLHost(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return "(upload url)"
+	}
+	return u.Scheme + "://" + u.Host
 }
 
 func (c *Client) sleep(ctx context.Context, d time.Duration) bool {
