@@ -1,7 +1,7 @@
 // Package filestore is a [tokenmgr.Store] for a single host: tokens stay in memory, and the
 // source state that must survive a restart (rotating refresh tokens) is written to one file
 // with 0600 permissions, replaced atomically on every change. Processes may share the
-// directory (a running host, and graph login or check): every write re-reads the file under
+// directory on Unix (a running host, and graph login or check): every write re-reads the file under
 // a lock and changes only its own key, and a refresh redeems the state another process wrote
 // for its key since (a new sign-in) instead of the one it holds in memory.
 package filestore
@@ -10,13 +10,19 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/seed-a64d9e1f/chatwire/tokenmgr"
 )
+
+// saveTimeout bounds how long a refresh waits for the lock to save a fetched state.
+const saveTimeout = 30 * time.Second
 
 // FileName is the state file's name inside the directory; LockName is the file locked
 // (flock) while a process reads or rewrites it. The file lock is taken on Unix systems only:
@@ -33,7 +39,8 @@ type Store struct {
 	path string
 	lock string // path of the lock file
 
-	mu    sync.Mutex        // guards state and file access by this process
+	files chan struct{}     // holds one value while this process uses the file: a mutex honouring ctx
+	mu    sync.Mutex        // guards state; held only while locked runs its fn, never while waiting
 	state map[string][]byte // key → source state as this process last read or wrote it
 }
 
@@ -52,9 +59,10 @@ func Open(dir string) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("filestore: %w", err)
 	}
-	s := &Store{path: filepath.Join(dir, FileName), lock: filepath.Join(dir, LockName), state: make(map[string][]byte)}
+	s := &Store{path: filepath.Join(dir, FileName), lock: filepath.Join(dir, LockName),
+		files: make(chan struct{}, 1), state: make(map[string][]byte)}
 	var disk map[string][]byte
-	err := s.locked(func() (err error) { disk, err = s.read(); return err })
+	err := s.locked(context.Background(), func() (err error) { disk, err = s.read(); return err })
 	if err != nil {
 		return nil, err
 	}
@@ -65,21 +73,30 @@ func Open(dir string) (*Store, error) {
 	return s, nil
 }
 
-// locked runs fn holding this process's mutex and the directory's file lock (on Unix; see
-// lockFile).
-func (s *Store) locked(fn func() error) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+// locked runs fn holding this process's turn at the file, the directory's file lock (on
+// Unix; see lockFile) and s.mu. Waiting for the turn or the lock ends when ctx does.
+func (s *Store) locked(ctx context.Context, fn func() error) error {
+	select {
+	case s.files <- struct{}{}:
+	case <-ctx.Done():
+		return fmt.Errorf("filestore: waiting for %s: %w", s.path, context.Cause(ctx))
+	}
+	defer func() { <-s.files }()
 	f, err := os.OpenFile(s.lock, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return fmt.Errorf("filestore: %w", err)
 	}
 	defer f.Close() // closing releases the lock
-	if err := lockFile(f); err != nil {
+	if err := lockFile(ctx, f); err != nil {
 		return fmt.Errorf("filestore: locking %s: %w", s.lock, err)
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	return fn()
 }
+
+// errCorrupt marks a state file that cannot be parsed.
+var errCorrupt = errors.New("corrupt")
 
 // read returns the state in the file (empty if there is no file). Call it under locked.
 func (s *Store) read() (map[string][]byte, error) {
@@ -93,7 +110,7 @@ func (s *Store) read() (map[string][]byte, error) {
 	}
 	var f map[string]fileEntry
 	if err := json.Unmarshal(data, &f); err != nil {
-		return nil, fmt.Errorf("filestore: %s is corrupt: %w", s.path, err)
+		return nil, fmt.Errorf("filestore: %s is %w: %w", s.path, errCorrupt, err)
 	}
 	for k, e := range f {
 		out[k] = e.State
@@ -116,14 +133,20 @@ func (s *Store) Load(ctx context.Context, key string) (tokenmgr.Entry, error) {
 // changes key's state while fetch runs, its state is newer than the one fetch returns
 // (rotated from the old one) and is kept: the file is not changed, and the entry returned
 // holds the newer state, which the next refresh redeems.
+//
+// A state file that cannot be read or parsed does not stop a refresh: fetch gets the state
+// held in memory, and a corrupt file is moved aside (to its name plus ".corrupt") and
+// replaced with the states this process holds, so that the rotated state is saved.
 func (s *Store) Refresh(ctx context.Context, key string, have uint64, fetch tokenmgr.FetchFunc) (tokenmgr.Entry, bool, error) {
 	var saveErr error
 	e, fetched, err := s.mem.Refresh(ctx, key, have, func(ctx context.Context, prev tokenmgr.Entry) (tokenmgr.Entry, error) {
 		var from []byte // key's state in the file as fetch starts; nil if it has none
-		if err := s.locked(func() error {
+		if err := s.locked(ctx, func() error {
 			disk, err := s.read()
 			if err != nil {
-				return err
+				// Go on from memory: one unreadable file must not stop every bot's refresh.
+				from = s.state[key]
+				return nil
 			}
 			from = disk[key]
 			if from != nil && !bytes.Equal(from, s.state[key]) {
@@ -136,7 +159,10 @@ func (s *Store) Refresh(ctx context.Context, key string, have uint64, fetch toke
 		e, err := fetch(ctx, prev)
 		if err == nil && e.State != nil {
 			var newer []byte
-			newer, saveErr = s.swapState(key, from, e.State)
+			// The token is fetched and its state perhaps rotated: save it even if ctx ends now.
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), saveTimeout)
+			newer, saveErr = s.swapState(sctx, key, from, e.State)
+			cancel()
 			if newer != nil {
 				e.State = newer
 			}
@@ -152,16 +178,27 @@ func (s *Store) Refresh(ctx context.Context, key string, have uint64, fetch toke
 // swapState writes state for key, under the lock, unless another process wrote a different
 // state for key since fetch started from from (nil: the file had none): that state is newer,
 // so it is kept and returned.
-func (s *Store) swapState(key string, from, state []byte) (newer []byte, err error) {
+func (s *Store) swapState(ctx context.Context, key string, from, state []byte) (newer []byte, err error) {
 	state = append([]byte(nil), state...)
-	err = s.locked(func() error {
+	err = s.locked(ctx, func() error {
 		disk, err := s.read()
-		if err != nil {
+		switch {
+		case errors.Is(err, errCorrupt):
+			// Keep a copy of the corrupt file for whoever repairs it, and save what this
+			// process holds: no other process's newer state can be read from it anyway.
+			data, err := os.ReadFile(s.path)
+			if err == nil {
+				err = os.WriteFile(s.path+".corrupt", data, 0o600)
+			}
+			if err != nil {
+				return fmt.Errorf("filestore: %w", err)
+			}
+			disk = maps.Clone(s.state)
+		case err != nil:
 			return err
-		}
-		if d := disk[key]; d != nil && !bytes.Equal(d, from) {
-			newer = d
-			s.state[key] = d
+		case disk[key] != nil && !bytes.Equal(disk[key], from):
+			newer = disk[key]
+			s.state[key] = newer
 			return nil
 		}
 		disk[key] = state
@@ -189,7 +226,7 @@ func (s *Store) Watch(key string, fn func(tokenmgr.Change)) (stop func()) {
 // wrote meanwhile are kept.
 func (s *Store) SetState(key string, state []byte) error {
 	state = append([]byte(nil), state...)
-	return s.locked(func() error {
+	return s.locked(context.Background(), func() error {
 		disk, err := s.read()
 		if err != nil {
 			return err

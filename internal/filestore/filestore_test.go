@@ -2,6 +2,7 @@ package filestore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -216,5 +217,76 @@ func TestSignInDuringRefreshIsKept(t *testing.T) {
 	}
 	if c, err := Open(dir); err != nil || string(c.State(key)) != "new-sign-in+" {
 		t.Errorf("state in the file after the next refresh = %q, %v; want new-sign-in+", c.State(key), err)
+	}
+}
+
+// TestRefreshSurvivesCorruptFile: a state file corrupted while the host runs does not stop
+// its refreshes: the refresh redeems the state held in memory, saves the rotation, and keeps
+// a copy of the corrupt file. Open still refuses a corrupt file.
+func TestRefreshSurvivesCorruptFile(t *testing.T) {
+	dir := t.TempDir()
+	const key = "graph/t/c/u"
+	b, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.SetState(key, []byte("old")); err != nil {
+		t.Fatal(err)
+	}
+	a, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(a.Path(), []byte("{"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(dir); err == nil || !strings.Contains(err.Error(), "corrupt") {
+		t.Errorf("Open of a corrupt file = %v; want an error saying it is corrupt", err)
+	}
+	var redeemed []string
+	fetch := func(ctx context.Context, prev tokenmgr.Entry) (tokenmgr.Entry, error) {
+		redeemed = append(redeemed, string(prev.State))
+		return tokenmgr.Entry{Token: tokenmgr.Token{Value: "access", ExpiresAt: time.Now().Add(time.Hour)},
+			State: append(append([]byte(nil), prev.State...), '+')}, nil
+	}
+	loaded, err := a.Load(t.Context(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, fetched, err := a.Refresh(t.Context(), key, loaded.Gen, fetch); err != nil || !fetched {
+		t.Fatalf("Refresh with a corrupt file = %v, %v; want a fetch and no error", fetched, err)
+	}
+	if len(redeemed) != 1 || redeemed[0] != "old" {
+		t.Errorf("refresh redeemed %q; want the state in memory, old", redeemed)
+	}
+	c, err := Open(dir)
+	if err != nil {
+		t.Fatalf("Open after the refresh: %v; want the file rewritten", err)
+	}
+	if got := string(c.State(key)); got != "old+" {
+		t.Errorf("state in the file = %q; want old+", got)
+	}
+	if data, err := os.ReadFile(a.Path() + ".corrupt"); err != nil || string(data) != "{" {
+		t.Errorf("copy of the corrupt file = %q, %v; want {", data, err)
+	}
+}
+
+// TestRefreshHonoursContextWhileWaiting: a refresh waiting for this process's turn at the
+// file returns when its context ends instead of blocking.
+func TestRefreshHonoursContextWhileWaiting(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.files <- struct{}{} // another goroutine of this process is using the file
+	defer func() { <-s.files }()
+	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+	defer cancel()
+	fetch := func(ctx context.Context, prev tokenmgr.Entry) (tokenmgr.Entry, error) {
+		t.Error("fetch ran without the lock")
+		return tokenmgr.Entry{}, nil
+	}
+	if _, _, err := s.Refresh(ctx, "graph/t/c/u", 0, fetch); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Refresh while the file is busy = %v; want the context's deadline", err)
 	}
 }

@@ -2,9 +2,12 @@
 
 package filestore
 
-import "os"
+import (
+	"context"
+	"os"
+)
 
 // lockFile takes no lock on systems without flock: only the Store's in-process mutex
 // serializes access, so on other systems, only one process may use a state dir at a time
 // (a running host and graph login must not share one).
-func lockFile(*os.File) error { return nil }
+func lockFile(context.Context, *os.File) error { return nil }
