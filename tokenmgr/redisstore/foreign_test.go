@@ -231,3 +231,29 @@ func tokNumOf(v string) int64 {
 	n, _ := strconv.ParseInt(v[strings.LastIndexByte(v, '-')+1:], 10, 64)
 	return n
 }
+
+// TestForeignEntryTurnedUnreadable: when the entry a host could not decrypt is replaced by
+// one it cannot read at all, the host warns that it ignores it, and never says it is
+// readable again.
+func TestForeignEntryTurnedUnreadable(t *testing.T) {
+	srv := startRedis(t)
+	ctx := t.Context()
+	keyed, rc := newHost(t, srv.Addr(), redisstore.Options{EncryptionKey: bytes.Repeat([]byte{1}, 32)})
+	var n atomic.Int64
+	if _, _, err := keyed.Refresh(ctx, key, 0, fixedFetch("SECRET-SEALED", &n)); err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	plain, _ := newHost(t, srv.Addr(), redisstore.Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if _, _, err := plain.Refresh(ctx, key, 0, fixedFetch("SECRET-LOCAL", &n)); err != nil {
+		t.Fatal(err)
+	}
+	rc.HSet(ctx, "chatwire:tok:{"+key+"}", "gen", "not-a-number")
+	if _, err := plain.Load(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+	log := logs.String()
+	if strings.Contains(log, "readable again") || !strings.Contains(log, "level=WARN msg=\"redisstore: ignoring an unreadable entry") {
+		t.Errorf("log:\n%s\nwant a warning that the unreadable entry is ignored, and nothing saying it is readable again", log)
+	}
+}

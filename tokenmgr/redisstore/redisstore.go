@@ -543,7 +543,7 @@ func (s *Store) load(ctx context.Context, key string, sl *slot) (e tokenmgr.Entr
 		s.log.LogAttrs(ctx, slog.LevelError, "redisstore: stored token for "+key+" is encrypted with a key this host does not have: set the same encryption key on every host",
 			slog.String("key", key), slog.Uint64("gen", e.Gen),
 			slog.String("effect", "this host fetches its own tokens for the key and leaves the stored one alone"))
-	case !foreign && was:
+	case !foreign && was && bad == nil:
 		s.log.LogAttrs(ctx, slog.LevelInfo, "redisstore: stored token for "+key+" is readable again: sharing it",
 			slog.String("key", key), slog.Uint64("gen", e.Gen))
 	case bad != nil && !foreign:
