@@ -40,32 +40,20 @@ func (q *Queue) Close() {}
 // redisOpTimeout bounds each Redis call of a RedisQueue.
 const redisOpTimeout = 5 * time.Second
 
-// appendScript adds events to the stream as entries 0-<seq>, seq from a counter, atomically,
-// so every host of a fleet numbers events the same way. When the stream would exceed the
-// limit, entries every consumer has received are trimmed first; if it still would, nothing is
-// added and -1 is returned. KEYS: stream, counter, consumed. ARGV: max, then kind, data pairs.
-var appendScript = redis.NewScript(`
-local n = (#ARGV - 1) / 2
-local max = tonumber(ARGV[1])
-if redis.call('XLEN', KEYS[1]) + n > max then
-  local consumed = tonumber(redis.call('GET', KEYS[3]) or '0')
-  redis.call('XTRIM', KEYS[1], 'MINID', '0-' .. (consumed + 1))
-  if redis.call('XLEN', KEYS[1]) + n > max then return -1 end
-end
-local seq = 0
-for i = 0, n - 1 do
-  seq = redis.call('INCR', KEYS[2])
-  redis.call('XADD', KEYS[1], '0-' .. seq, 'k', ARGV[2 + 2 * i], 'd', ARGV[3 + 2 * i])
-end
-return seq
-`)
-
-// appendNewScript is appendScript with deduplication in the same atomic step: an event whose
-// dedup key exists is skipped, the others are added and then their keys set (with a TTL), so
-// a key exists if and only if its event is in the stream; no host can mark an event and die
-// before queueing it, and no host answers a redelivery before the first delivery is queued.
-// The stream entries are written before the counter and the keys: a failed XADD leaves
-// nothing behind. KEYS: stream, counter, consumed, then one dedup key per event that has one.
+// appendNewScript adds events to the stream as entries 0-<seq>, seq from a counter, with
+// deduplication in the same atomic step, so every host of a fleet numbers events the same
+// way: an event whose dedup key exists (or whose key an earlier event of the batch has) is
+// skipped, the others are added and then their keys set (with a TTL), so a key exists if
+// and only if its event is in the stream; no host can mark an event and die before queueing
+// it, and no host answers a redelivery before the first delivery is queued. When the stream
+// would exceed max, entries every consumer has received are trimmed first; if it still
+// would, nothing is added.
+// The stream entries are written before the counter and the keys, and Redis does not roll
+// back a script that fails part way: only a failed first XADD leaves nothing behind. If a
+// later one fails (Redis out of memory, say), the batch's earlier entries stay in the stream
+// without the counter raised or their dedup keys set, and later appends fail at XADD while
+// those entries hold the ids they would take.
+// KEYS: stream, counter, consumed, then one dedup key per event that has one.
 // ARGV: max, ttl ms, then per event: index of its key in KEYS (0: none), kind, data.
 // Returns {last seq or -1 when full, then 1 for each event dropped as a duplicate, else 0}.
 var appendNewScript = redis.NewScript(`
@@ -183,30 +171,10 @@ func (q *RedisQueue) watch(ctx context.Context) {
 	}
 }
 
-// Append implements eventQueue.
+// Append implements eventQueue: AppendNew without dedup keys.
 func (q *RedisQueue) Append(events []adapter.Event) error {
-	if len(events) == 0 {
-		return nil
-	}
-	args := []any{q.max}
-	for _, e := range events {
-		data, err := jsonEvent(e)
-		if err != nil {
-			return err
-		}
-		args = append(args, e.Kind, data)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), redisOpTimeout)
-	defer cancel()
-	n, err := appendScript.Run(ctx, q.rdb, []string{q.stream, q.counter, q.consumd}, args...).Int64()
-	if err != nil {
-		return err
-	}
-	if n < 0 {
-		return errQueueFull
-	}
-	q.broadcast()
-	return nil
+	_, err := q.AppendNew(context.Background(), events, make([]string, len(events)))
+	return err
 }
 
 // AppendNew implements dedupAppender with one Lua script: see appendNewScript.

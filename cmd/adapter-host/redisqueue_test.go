@@ -2,6 +2,7 @@ package main
 
 import (
 	"log/slog"
+	"slices"
 	"testing"
 
 	"github.com/redis/go-redis/v9"
@@ -74,5 +75,63 @@ func TestRedisQueueResumeUnknownID(t *testing.T) {
 	}
 	if s, unknown := q.Start(1, true); s != 2 || unknown {
 		t.Errorf("Start(Last-Event-ID 1) after the reset = %d, %v; want 2, false", s, unknown)
+	}
+}
+
+// TestRedisQueueAppendNew calls AppendNew directly: a key twice in one batch queues its
+// event once, a full queue sets no dedup key (so the redelivery is not taken for a
+// duplicate), and a batch of only duplicates adds nothing and reports the current counter.
+func TestRedisQueueAppendNew(t *testing.T) {
+	rs := redistest.Start(t)
+	rdb := redis.NewClient(&redis.Options{Addr: rs.Addr()})
+	defer rdb.Close()
+	ctx := t.Context()
+	q := NewRedisQueue(rdb, "p", "hr", 3, slog.New(slog.DiscardHandler))
+	defer q.Close()
+
+	dup, err := q.AppendNew(ctx, events("a", "a", "n"), []string{"k1", "k1", ""})
+	if err != nil || !slices.Equal(dup, []bool{false, true, false}) {
+		t.Fatalf("AppendNew(a/k1, a/k1, n/no key) = %v, %v; want [false true false]", dup, err)
+	}
+	if n, _ := rdb.XLen(ctx, q.stream).Result(); n != 2 {
+		t.Errorf("stream holds %d entries after a batch with one duplicate; want 2", n)
+	}
+	if n, _ := rdb.Exists(ctx, q.dedup+"k1").Result(); n != 1 {
+		t.Errorf("dedup key k1 missing after its event was queued")
+	}
+	if ttl, _ := rdb.PTTL(ctx, q.dedup+"k1").Result(); ttl <= 0 || ttl > dedupTTL {
+		t.Errorf("dedup key k1 TTL = %v; want within (0, %v]", ttl, dedupTTL)
+	}
+
+	// one slot left: two fresh events do not fit, nothing is consumed to trim
+	if _, err := q.AppendNew(ctx, events("b", "c"), []string{"k2", "k3"}); err != errQueueFull {
+		t.Fatalf("AppendNew of two to a queue with one slot = %v; want errQueueFull", err)
+	}
+	if n, _ := rdb.Exists(ctx, q.dedup+"k2", q.dedup+"k3").Result(); n != 0 {
+		t.Errorf("%d dedup keys set by an append that failed as full; want 0", n)
+	}
+	if n, _ := rdb.XLen(ctx, q.stream).Result(); n != 2 {
+		t.Errorf("stream holds %d entries after a failed append; want 2", n)
+	}
+
+	// only duplicates: nothing added, the counter stays and is what the script answers
+	dup, err = q.AppendNew(ctx, events("a"), []string{"k1"})
+	if err != nil || !slices.Equal(dup, []bool{true}) {
+		t.Fatalf("AppendNew of a duplicate = %v, %v; want [true], nil", dup, err)
+	}
+	res, err := appendNewScript.Run(ctx, rdb, []string{q.stream, q.counter, q.consumd, q.dedup + "k1"},
+		q.max, dedupTTL.Milliseconds(), 1, "message", "{}").Int64Slice()
+	if err != nil || !slices.Equal(res, []int64{2, 1}) {
+		t.Errorf("append script on a batch of only duplicates = %v, %v; want [2 1] (the counter, one duplicate)", res, err)
+	}
+	if seq, _ := rdb.Get(ctx, q.counter).Int64(); seq != 2 {
+		t.Errorf("counter = %d after duplicates only; want 2", seq)
+	}
+	if n, _ := rdb.XLen(ctx, q.stream).Result(); n != 2 {
+		t.Errorf("stream holds %d entries after duplicates only; want 2", n)
+	}
+	// and the slot is still free for a fresh event
+	if dup, err := q.AppendNew(ctx, events("b"), []string{"k2"}); err != nil || !slices.Equal(dup, []bool{false}) {
+		t.Errorf("AppendNew of a fresh event into the last slot = %v, %v", dup, err)
 	}
 }
