@@ -285,3 +285,79 @@ func TestCloseStopsRedelivery(t *testing.T) {
 		}
 	})
 }
+
+// slowBodyTransport answers validation requests and acknowledges every notification POST at
+// once with 202, but its response body takes 5 s to read.
+type slowBodyTransport struct{}
+
+type slowBody struct{ read bool }
+
+func (b *slowBody) Read([]byte) (int, error) {
+	if !b.read {
+		b.read = true
+		time.Sleep(5 * time.Second)
+	}
+	return 0, io.EOF
+}
+
+func (b *slowBody) Close() error { return nil }
+
+func (slowBodyTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Body != nil {
+		io.Copy(io.Discard, r.Body)
+		r.Body.Close()
+	}
+	if tok := r.URL.Query().Get("validationToken"); tok != "" {
+		return &http.Response{StatusCode: http.StatusOK, Header: http.Header{"Content-Type": {"text/plain"}},
+			Body: io.NopCloser(strings.NewReader(tok)), Request: r}, nil
+	}
+	return &http.Response{StatusCode: http.StatusAccepted, Header: http.Header{}, Body: &slowBody{}, Request: r}, nil
+}
+
+// TestAnswerInTimeWithSlowBodyIsAcknowledged: a 202 that arrives within the timeout counts,
+// even if reading its body (which Graph ignores) runs past the timeout.
+func TestAnswerInTimeWithSlowBodyIsAcknowledged(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := &graphtest.Server{RedeliverBase: time.Minute, RedeliverMax: 1, Client: &http.Client{Transport: slowBodyTransport{}}}
+		subscribe(t, s, "https://bot.test/hook")
+		s.DeliverMail("u", "a@example.com", "s", "t")
+		s.Flush()
+		as := s.DeliveryAttempts()
+		if len(as) != 1 || as[0].Status != http.StatusAccepted || as[0].Err != "" || as[0].Retry != 0 {
+			t.Errorf("attempts %s (err %q); want one, acknowledged with 202", summary(as), as[0].Err)
+		}
+	})
+}
+
+// TestFlushWhileRetriesAreScheduled: Flush running while DeliverAgain schedules retries from
+// another goroutine neither races (WaitGroup misuse) nor returns with a retry scheduled.
+func TestFlushWhileRetriesAreScheduled(t *testing.T) {
+	rc := &receiver{answer: func(int, http.ResponseWriter, *http.Request) { panic(http.ErrAbortHandler) }}
+	s := &graphtest.Server{RedeliverBase: time.Millisecond, RedeliverMax: 1, Client: &http.Client{Transport: graphtest.HandlerTransport(rc)}}
+	t.Cleanup(s.Close)
+	subscribe(t, s, "https://bot.test/hook")
+	s.DeliverMail("u", "a@example.com", "s", "t")
+	s.Flush()
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for range 200 {
+			s.DeliverAgain()
+		}
+	})
+	wg.Go(func() {
+		for range 200 {
+			s.Flush()
+		}
+	})
+	wg.Wait()
+	s.Flush()
+	as := s.DeliveryAttempts()
+	if len(as) != 2*201 {
+		t.Fatalf("%d attempts; want 402 (201 deliveries, each retried once)", len(as))
+	}
+	for i, a := range as {
+		if a.Err == "" || (a.Attempt == 2) != a.GaveUp {
+			t.Errorf("attempt %d = %+v; want failed, the retry given up", i, a)
+		}
+	}
+}

@@ -97,7 +97,11 @@ type Server struct {
 	closed      bool              // Close was called: no more automatic retries
 	stop        chan struct{}     // closed by Close; wakes scheduled retries
 
-	wg sync.WaitGroup // background notification deliveries and scheduled retries
+	// busy counts background notification deliveries and scheduled retries (guarded by mu,
+	// so a retry scheduled by Redeliver cannot race a Flush already waiting, as a
+	// WaitGroup.Add from zero would); idle is signalled when it drops to zero.
+	busy int
+	idle *sync.Cond
 }
 
 // principal is whom a token was issued to: an app (user "") or a user of an app.

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -308,16 +309,40 @@ func (s *Server) deliverAsync(ds []delivery) {
 	if len(ds) == 0 {
 		return
 	}
-	s.wg.Add(1)
+	s.mu.Lock()
+	s.busy++
+	s.mu.Unlock()
 	go func() {
-		defer s.wg.Done()
+		defer s.done()
 		s.deliverAll(ds)
 	}()
 }
 
+// done ends one unit of background work counted in busy.
+func (s *Server) done() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.busy--
+	if s.busy == 0 && s.idle != nil {
+		s.idle.Broadcast()
+	}
+}
+
+// waitIdle waits until no background delivery or scheduled retry is left.
+func (s *Server) waitIdle() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.idle == nil {
+		s.idle = sync.NewCond(&s.mu)
+	}
+	for s.busy > 0 {
+		s.idle.Wait()
+	}
+}
+
 // Flush waits until background notification deliveries have finished, and with
 // RedeliverBase set, until their scheduled retries were acknowledged or given up.
-func (s *Server) Flush() { s.wg.Wait() }
+func (s *Server) Flush() { s.waitIdle() }
 
 // Close stops automatic redelivery (scheduled retries are dropped) and waits for the
 // deliveries in flight. The server still answers requests afterwards; failed deliveries then
@@ -331,7 +356,7 @@ func (s *Server) Close() {
 		}
 	}
 	s.mu.Unlock()
-	s.wg.Wait()
+	s.waitIdle()
 }
 
 // DeliveryAttempts returns every notification POST made so far, retries included, in the
@@ -390,6 +415,7 @@ func (s *Server) attempt(d delivery) bool {
 	req.Header.Set("Content-Type", "application/json; charset=utf-8")
 	a := DeliveryAttempt{Delivery: d.id, Attempt: d.attempts, URL: d.url, Body: d.body, Start: start}
 	resp, err := s.httpClient().Do(req)
+	late := err == nil && ctx.Err() != nil // answered, but too late (a transport that ignores the deadline)
 	if err == nil {
 		io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<16))
 		resp.Body.Close()
@@ -398,7 +424,7 @@ func (s *Server) attempt(d delivery) bool {
 	switch {
 	case err != nil:
 		a.Err = err.Error()
-	case ctx.Err() != nil: // answered, but too late (a transport that ignores the deadline)
+	case late: // checked before the body was read: reading it is not part of the answer time
 		a.Err = fmt.Sprintf("answered %d after the %v timeout", resp.StatusCode, timeout)
 	default:
 		a.Status = resp.StatusCode
@@ -416,7 +442,7 @@ func (s *Server) attempt(d delivery) bool {
 					s.stop = make(chan struct{})
 				}
 				stop = s.stop
-				s.wg.Add(1)
+				s.busy++ // under mu, with closed false: Close waits for it
 			} else {
 				a.GaveUp = true
 			}
@@ -455,7 +481,7 @@ func (s *Server) retryWait(d delivery, now time.Time) time.Duration {
 
 // redeliverAfter posts d again after wait, unless Close is called first.
 func (s *Server) redeliverAfter(d delivery, wait time.Duration, stop <-chan struct{}) {
-	defer s.wg.Done()
+	defer s.done()
 	t := time.NewTimer(wait)
 	defer t.Stop()
 	select {
