@@ -131,6 +131,9 @@ func TestFleetDedupAtomic(t *testing.T) {
 	defer ws.Close()
 	a := setup(t, setupOpts{redisURL: "redis://crippled:crippled-pw@" + rs.Addr() + "/0", emu: emu, apiBase: ws.URL})
 	b := setup(t, setupOpts{redisURL: "redis://" + rs.Addr() + "/0", emu: emu, apiBase: ws.URL})
+	if a.h.srv.dedup != nil || b.h.srv.dedup != nil {
+		t.Error("a host on Redis built an in-memory dedup LRU; its queues deduplicate by themselves")
+	}
 
 	msg := wecomtest.TextMessage(testCorp, testAgent, "alice", "not lost", msgIDs.Add(1), time.Now())
 	if p, _ := emu.Push(t.Context(), a.cb, msg); p.Status != 503 {

@@ -130,16 +130,20 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 		bots:    make(map[string]*bot),
 		keys:    cfg.Server.APIKeys,
 		ready:   p.Ready,
-		dedup:   NewLRU(0),
 		log:     log,
 		m:       h.m,
 		gather:  prometheus.Gatherers{h.m.reg, pluginGatherer{fetch: p.Metrics}},
 		closing: make(chan struct{}),
 	}
+	if h.redis == nil {
+		h.srv.dedup = NewLRU(0) // Redis queues deduplicate events themselves (dedupAppender)
+	}
 	for _, b := range cfg.Bots {
-		var q eventQueue = NewQueue(opts.QueueSize)
+		var q eventQueue
 		if h.redis != nil {
 			q = NewRedisQueue(h.redis, cfg.Store.KeyPrefix, b.Name, opts.QueueSize, log)
+		} else {
+			q = NewQueue(opts.QueueSize)
 		}
 		h.srv.bots[b.Name] = newBot(b.Name, b.Platform, p.Bot(b.Name), q)
 		h.srv.names = append(h.srv.names, b.Name)

@@ -46,7 +46,7 @@ type server struct {
 	names   []string // configured order
 	keys    []string
 	ready   func() bool
-	dedup   Dedup
+	dedup   Dedup // for memory queues; nil when every queue is a dedupAppender (Redis)
 	log     *slog.Logger
 	m       *metrics
 	gather  prometheus.Gatherer
