@@ -103,11 +103,17 @@ func summary(as []graphtest.DeliveryAttempt) string {
 
 // TestAutoRedeliveryBackoff: with RedeliverBase set, a notification answered 503 and then 500
 // is posted again after base and then 2·base, byte for byte, and the third attempt's 202 ends it.
+// Under synctest, in process: the waits are exact and no real time passes.
 func TestAutoRedeliveryBackoff(t *testing.T) {
+	synctest.Test(t, testAutoRedeliveryBackoff)
+}
+
+func testAutoRedeliveryBackoff(t *testing.T) {
 	const base = 30 * time.Millisecond
-	s := &graphtest.Server{RedeliverBase: base, RedeliverMax: 5}
 	rc := &receiver{answer: failFirst(503, 500)}
-	subscribe(t, s, startReceiver(t, s, rc))
+	s := &graphtest.Server{RedeliverBase: base, RedeliverMax: 5, Client: &http.Client{Transport: graphtest.HandlerTransport(rc)}}
+	t.Cleanup(s.Close)
+	subscribe(t, s, "https://bot.test/hook?bot=1")
 	s.DeliverMail("u", "a@example.com", "s", "t")
 	s.Flush() // waits for the scheduled retries
 	as := s.DeliveryAttempts()
@@ -141,24 +147,25 @@ func TestAutoRedeliveryBackoff(t *testing.T) {
 }
 
 // TestAutoRedeliveryTimeout: an endpoint that does not answer within DeliveryTimeout counts
-// as unacknowledged and gets the notification again.
+// as unacknowledged and gets the notification again. Under synctest, in process: the 300 ms
+// pass in fake time, so a loaded machine cannot stretch them.
 func TestAutoRedeliveryTimeout(t *testing.T) {
+	synctest.Test(t, testAutoRedeliveryTimeout)
+}
+
+func testAutoRedeliveryTimeout(t *testing.T) {
 	const timeout = 300 * time.Millisecond
-	s := &graphtest.Server{RedeliverBase: 10 * time.Millisecond, RedeliverMax: 3, DeliveryTimeout: timeout}
-	release := make(chan struct{})
 	rc := &receiver{answer: func(n int, w http.ResponseWriter, r *http.Request) {
 		if n == 1 {
-			select { // hang until the server gives up on this POST
-			case <-r.Context().Done():
-			case <-release:
-			}
+			<-r.Context().Done() // hang until the server gives up on this POST
 			return
 		}
 		w.WriteHeader(http.StatusOK)
 	}}
-	hook := startReceiver(t, s, rc)
-	t.Cleanup(func() { close(release) }) // runs before both Closes
-	subscribe(t, s, hook)
+	s := &graphtest.Server{RedeliverBase: 10 * time.Millisecond, RedeliverMax: 3, DeliveryTimeout: timeout,
+		Client: &http.Client{Transport: graphtest.HandlerTransport(rc)}}
+	t.Cleanup(s.Close)
+	subscribe(t, s, "https://bot.test/hook")
 	s.DeliverMail("u", "a@example.com", "s", "t")
 	s.Flush()
 	as := s.DeliveryAttempts()
@@ -175,11 +182,16 @@ func TestAutoRedeliveryTimeout(t *testing.T) {
 }
 
 // TestAutoRedeliveryGivesUp: RedeliverMax retries, then the notification is dropped (not
-// kept for Redeliver), the last attempt marked GaveUp.
+// kept for Redeliver), the last attempt marked GaveUp. Under synctest, in process.
 func TestAutoRedeliveryGivesUp(t *testing.T) {
-	s := &graphtest.Server{RedeliverBase: 5 * time.Millisecond, RedeliverMax: 3}
+	synctest.Test(t, testAutoRedeliveryGivesUp)
+}
+
+func testAutoRedeliveryGivesUp(t *testing.T) {
 	rc := &receiver{answer: func(int, http.ResponseWriter, *http.Request) { panic(http.ErrAbortHandler) }} // connection reset
-	subscribe(t, s, startReceiver(t, s, rc))
+	s := &graphtest.Server{RedeliverBase: 5 * time.Millisecond, RedeliverMax: 3, Client: &http.Client{Transport: graphtest.HandlerTransport(rc)}}
+	t.Cleanup(s.Close)
+	subscribe(t, s, "https://bot.test/hook")
 	s.DeliverMail("u", "a@example.com", "s", "t")
 	s.Flush()
 	as := s.DeliveryAttempts()
