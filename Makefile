@@ -12,26 +12,21 @@ all: test
 # deps makes sure the external programs the tests start (redis-server, python3) are installed. As root it installs them
 # from Debian's packages; otherwise it fails and says what to install. Never a silent skip.
 deps:
-	@if ! command -v redis-server >/dev/null 2>&1; then \
+	@missing=; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v python3 >/dev/null 2>&1 || missing="$$missing python3"; \
+	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			echo "make: installing redis-server from Debian packages"; \
-			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server; \
+			echo "make: installing$$missing from Debian packages"; \
+			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing || exit 1; \
 		else \
-			echo "make: redis-server is missing: install it (Debian: sudo apt-get install redis-server) and run make test again" >&2; \
+			echo "make: missing:$$missing (redis-server for the Redis tests, python3 for the Python example bot's test):" \
+				"install it (Debian: sudo apt-get install$$missing) and run make test again" >&2; \
 			exit 1; \
 		fi; \
 	fi
 	@command -v redis-server >/dev/null 2>&1 || { echo "make: redis-server still missing after install" >&2; exit 1; }
 	@redis-server --version
-	@if ! command -v python3 >/dev/null 2>&1; then \
-		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			echo "make: installing python3 from Debian packages"; \
-			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3; \
-		else \
-			echo "make: python3 is missing (the Python example bot's test runs it): install it (Debian: sudo apt-get install python3) and run make test again" >&2; \
-			exit 1; \
-		fi; \
-	fi
 	@command -v python3 >/dev/null 2>&1 || { echo "make: python3 still missing after install" >&2; exit 1; }
 	@python3 --version
 
