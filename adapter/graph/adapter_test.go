@@ -772,6 +772,61 @@ func TestWatchedChatsLoggedOncePerChange(t *testing.T) {
 	})
 }
 
+// throttleToken answers the token endpoint's first n requests 429 with Retry-After: 60.
+type throttleToken struct {
+	srv *graphtest.Server
+	mu  sync.Mutex
+	n   int
+}
+
+func (h *throttleToken) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h.mu.Lock()
+	throttle := h.n > 0 && strings.HasSuffix(r.URL.Path, "/oauth2/v2.0/token")
+	if throttle {
+		h.n--
+	}
+	h.mu.Unlock()
+	if throttle {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Retry-After", "60")
+		w.WriteHeader(http.StatusTooManyRequests)
+		w.Write([]byte(`{"error":"temporarily_unavailable","error_description":"AADSTS50196: too many requests","error_codes":[50196]}`))
+		return
+	}
+	h.srv.ServeHTTP(w, r)
+}
+
+// TestTokenBackoffRetryAfterIsTimeLeft: after the token endpoint answered 429 with
+// Retry-After: 60, a send during the token manager's backoff fails at once with
+// adapter.RetryAfter the time left of that minute, not the full minute again.
+func TestTokenBackoffRetryAfterIsTimeLeft(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		th := &throttleToken{n: 1}
+		hc := &http.Client{Transport: graphtest.HandlerTransport(th)}
+		ae := newAdapter(t, func(o *Options) { o.NotificationURL, o.HTTPClient, o.Config.HTTPClient = "", hc, hc })
+		th.srv = ae.srv
+		ctx := t.Context()
+		msg := adapter.Message{To: adapter.Target{Chat: "chat-1"}, Text: "x"}
+		_, err := ae.a.Send(ctx, msg)
+		if !errors.Is(err, adapter.ErrRateLimited) || adapter.RetryAfter(err) != time.Minute {
+			t.Fatalf("Send() with the token endpoint throttled = %v (retry after %v); want rate_limited, 1m", err, adapter.RetryAfter(err))
+		}
+		redeemed := len(ae.srv.TokenRequests())
+		time.Sleep(20 * time.Second)
+		_, err = ae.a.Send(ctx, msg)
+		if !errors.Is(err, adapter.ErrRateLimited) || adapter.RetryAfter(err) != 40*time.Second {
+			t.Errorf("Send() 20 s into the backoff = %v (retry after %v); want rate_limited, 40s", err, adapter.RetryAfter(err))
+		}
+		if n := len(ae.srv.TokenRequests()); n != redeemed {
+			t.Errorf("%d token requests during the backoff; want none", n-redeemed)
+		}
+		time.Sleep(41 * time.Second)
+		if _, err := ae.a.Send(ctx, msg); err != nil {
+			t.Errorf("Send() after the backoff = %v; want success", err)
+		}
+	})
+}
+
 // TestRotatedRefreshTokenSurvivesAdapterRestart: a delegated adapter on a file store sends,
 // is closed, and a new adapter (a new process: a new store loaded from the same directory)
 // sends again. The emulator kills every redeemed refresh token, so the second send works
