@@ -116,7 +116,9 @@ bots:
 			t.Errorf("check redeemed the stored refresh token: %+v", r)
 		}
 	}
-	if s2, _ := filestore.Open(state); string(s2.State(key)) != rt {
+	if s2, err := filestore.Open(state); err != nil {
+		t.Errorf("reopening the store: %v", err)
+	} else if string(s2.State(key)) != rt {
 		t.Error("check changed the stored sign-in")
 	}
 	out.Reset()

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -77,13 +79,14 @@ func sendOK(t *testing.T, e *env, text string) {
 	}
 }
 
-// waitMetric polls e's /metrics until it holds line.
+// waitMetric polls e's /metrics until one of its lines is line (the whole line: "x 1"
+// is not held by "x 10").
 func waitMetric(t *testing.T, e *env, line string) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		_, _, body := e.do("GET", "/metrics", "", nil)
-		if strings.Contains(string(body), line) {
+		if slices.Contains(strings.Split(string(body), "\n"), line) {
 			return
 		}
 		if time.Now().After(deadline) {
@@ -107,6 +110,12 @@ func TestStoreEncrypted(t *testing.T) {
 	defer ws.Close()
 	key := newStoreKey(t)
 	store := &StoreConfig{RedisURL: "redis://" + rs.Addr() + "/0", EncryptionKey: key}
+	rawKey, err := base64.StdEncoding.DecodeString(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(append([]byte("chatwire/redisstore key id\x00"), rawKey...))
+	keyID := string(sum[:8])
 	a := setup(t, setupOpts{store: store, emu: emu, apiBase: ws.URL})
 
 	sendOK(t, a, "sealed")
@@ -124,8 +133,10 @@ func TestStoreEncrypted(t *testing.T) {
 				t.Errorf("field %s of the Redis entry holds a secret in the clear", field)
 			}
 		}
-		if field == "tok" && json.Valid([]byte(v)) {
-			t.Errorf("field tok is JSON: stored in the clear, not sealed")
+		// sealed: 'e', the key id (first 8 bytes of SHA-256 of the id label and the key), a
+		// 12-byte nonce, then AES-GCM ciphertext and its 16-byte tag (see redisstore's codec)
+		if field == "tok" && (len(v) < 1+8+12+16 || v[0] != 'e' || v[1:9] != keyID) {
+			t.Errorf("field tok is not sealed with the configured key: format %q, %d bytes", v[:min(1, len(v))], len(v))
 		}
 	}
 	sendOK(t, a, "still working") // the sealed entry is read back
@@ -185,7 +196,7 @@ func TestStoreSentinel(t *testing.T) {
 		t.Errorf("token entry on the master: %d, %v; want it stored through the Sentinel", n, err)
 	}
 	storeDedupOnce(t, e, admin)
-	waitDelivered(t, &mu, &delivered, "once")
+	waitDelivered(t, e, &mu, &delivered, "once")
 	if n, _ := admin.Exists(t.Context(), "chatwire:deliver:{hr}").Result(); n != 1 {
 		t.Errorf("delivery lease not on the master")
 	}
@@ -266,7 +277,9 @@ func storeDedupOnce(t *testing.T, e *env, admin redis.UniversalClient) {
 	}
 }
 
-func waitDelivered(t *testing.T, mu *sync.Mutex, got *[]string, want ...string) {
+// waitDelivered waits until got holds as many deliveries as want and e's bot hr has no
+// unconsumed event left (so a duplicate delivery would already be in got), then compares.
+func waitDelivered(t *testing.T, e *env, mu *sync.Mutex, got *[]string, want ...string) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -274,6 +287,17 @@ func waitDelivered(t *testing.T, mu *sync.Mutex, got *[]string, want ...string) 
 		n := len(*got)
 		mu.Unlock()
 		if n >= len(want) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// the consumed mark is raised only after a delivery was answered
+	for {
+		if _, unconsumed := e.h.srv.bots["hr"].queue.Len(); unconsumed == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("events still unconsumed after %v", 10*time.Second)
 			break
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -288,13 +312,13 @@ func waitDelivered(t *testing.T, mu *sync.Mutex, got *[]string, want ...string) 
 // TestCheckOfflineStoreSecrets runs check --offline on a config with Redis passwords and
 // encryption keys: its output holds none of them.
 func TestCheckOfflineStoreSecrets(t *testing.T) {
-	key := newStoreKey(t)
+	key, prev := newStoreKey(t), newStoreKey(t)
 	t.Setenv("STORE_KEY", key)
 	t.Setenv("REDIS_PW", storeMarker)
 	path := filepath.Join(t.TempDir(), "c.yaml")
 	cfg := storeConfig(`  redis: {addrs: ["127.0.0.1:26379"], master_name: m, password: "${REDIS_PW}", sentinel_password: "${REDIS_PW}"}
   encryption_key: "${STORE_KEY}"
-  previous_encryption_keys: ["` + newStoreKey(t) + `"]`)
+  previous_encryption_keys: ["` + prev + `"]`)
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -302,7 +326,7 @@ func TestCheckOfflineStoreSecrets(t *testing.T) {
 	if err := cmdCheck(t.Context(), []string{"--config", path, "--offline"}, &out, io.Discard); err != nil {
 		t.Fatalf("check --offline = %v\n%s", err, out.String())
 	}
-	if !strings.Contains(out.String(), "ok") || strings.Contains(out.String(), key) || strings.Contains(out.String(), storeMarker) {
+	if !strings.Contains(out.String(), "ok") || strings.Contains(out.String(), key) || strings.Contains(out.String(), prev) || strings.Contains(out.String(), storeMarker) {
 		t.Errorf("check output:\n%s\nwant ok and no secret", out.String())
 	}
 }
