@@ -111,6 +111,16 @@ func failureMessage(key string, err error) string {
 	return msg + "\n" + string(detail)
 }
 
+// cut returns the key of an f message's rest ("<key>" or "<key>\n<detail>"), cut at its first
+// newline, with the detail decoded into f; a rest whose detail is not one is all key.
+// failureMessage adds no detail to a key with a newline, and JSON holds none.
+func (f *failure) cut(rest string) (key string) {
+	if k, detail, ok := strings.Cut(rest, "\n"); ok && f.decode(detail) {
+		return k
+	}
+	return rest
+}
+
 // decode reads the detail of an f message into f and reports whether it was one.
 func (f *failure) decode(detail string) bool {
 	if !strings.HasPrefix(detail, "{") {

@@ -83,3 +83,28 @@ func TestFailureWaitIsBounded(t *testing.T) {
 		t.Errorf("describe kept a wait of %d ms; want at most an hour", f.WaitMS)
 	}
 }
+
+// TestFailureMessageCut: a waiter cuts an f message into the key and the detail the holder
+// published, also when the hint holds a newline, and takes a message without detail as all key.
+func TestFailureMessageCut(t *testing.T) {
+	const key = "graph/t/c/app"
+	err := &tokenmgr.PlatformError{Platform: "graph", Code: "AADSTS7000215", Hint: "line one\nline two", Kind: tokenmgr.ErrCredentials}
+	rest, ok := strings.CutPrefix(failureMessage(key, err), "f 1 ")
+	if !ok {
+		t.Fatalf("message %q; want a credentials failure", failureMessage(key, err))
+	}
+	f := failure{Credentials: true}
+	if got := f.cut(rest); got != key || f.Code != "AADSTS7000215" || f.Hint != "line one\nline two" {
+		t.Errorf("cut(%q) = key %q, code %q, hint %q; want %q with the code and the hint", rest, got, f.Code, f.Hint, key)
+	}
+	plain := failureMessage(key, errors.New("SECRET-no-detail"))
+	rest, _ = strings.CutPrefix(plain, "f 0 ")
+	f = failure{}
+	if got := f.cut(rest); got != key || f.Code != "" {
+		t.Errorf("cut(%q) = key %q, code %q; want %q and no code", rest, got, f.Code, key)
+	}
+	f = failure{}
+	if got := f.cut("a\nb"); got != "a\nb" {
+		t.Errorf("cut of a key with a newline and no detail = %q; want all of it", got)
+	}
+}

@@ -15,7 +15,8 @@ import (
 // Messages on the channel are "<kind> <gen> <key>": kind w (written) or i (invalidated), or,
 // for waiters only, r (lock released without a write) and f (the holder's fetch failed; gen is
 // 1 for a credentials error, else 0). An f message may go on with a newline and the JSON of a
-// [failure]: the platform's code, the hint and the wait, never a secret.
+// [failure]: the platform's code, the hint and the wait, never a secret. The message is cut at
+// its first newline (JSON has none, escaped or not): a key with a newline gets no detail.
 
 // The subscriber reads with readTimeout, so Close never waits longer than that for it, and
 // pings after healthInterval without a message, so a silent network failure is noticed.
@@ -108,9 +109,7 @@ func (s *Store) dispatch(payload string) {
 	w := wakeup{kind: kind}
 	if kind == "f" {
 		w.fail = &failure{Credentials: gen == 1}
-		if i := strings.LastIndexByte(key, '\n'); i >= 0 && w.fail.decode(key[i+1:]) {
-			key = key[:i]
-		}
+		key = w.fail.cut(key)
 	}
 	s.mu.Lock()
 	sl := s.slots[key]
