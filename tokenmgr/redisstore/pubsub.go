@@ -121,7 +121,7 @@ func (s *Store) dispatch(payload string) {
 	var fns []func(tokenmgr.Change)
 	if sl.foreign {
 		// The change is about an entry this Store cannot read; its Managers hold their own
-		// tokens (fetchForeign), whose generations the message says nothing about.
+		// tokens (fetchHere), whose generations the message says nothing about.
 		s.mu.Unlock()
 		return
 	}

@@ -188,7 +188,7 @@ type slot struct {
 	lock     chan struct{}  // holds a value while a Refresh of the key runs here
 	local    tokenmgr.Entry // the newest entry seen or fetched here
 	dirty    bool           // local was fetched without Redis and is not stored yet
-	foreign  bool           // the stored entry is sealed with a key we lack: local is our own (fetchForeign)
+	foreign  bool           // the stored entry is sealed with a key we lack: local is our own (fetchHere)
 	watchers map[int]func(tokenmgr.Change)
 	nextID   int
 	waiters  map[chan wakeup]struct{} // Refresh calls waiting for another process's fetch
@@ -345,7 +345,7 @@ func (s *Store) Refresh(ctx context.Context, key string, have uint64, fetch toke
 		return s.fetchLocal(ctx, key, sl, have, fetch, "load", err)
 	}
 	if foreign {
-		return s.fetchForeign(ctx, key, sl, have, e.Gen, fetch)
+		return s.fetchHere(ctx, key, sl, have, e.Gen, fetch, true)
 	}
 	if e.Gen > have {
 		return s.sharedEntry(e)
@@ -388,7 +388,7 @@ func (s *Store) Refresh(ctx context.Context, key string, have uint64, fetch toke
 			return s.fetchLocal(ctx, key, sl, have, fetch, "load", err)
 		}
 		if foreign {
-			return s.fetchForeign(ctx, key, sl, have, e.Gen, fetch)
+			return s.fetchHere(ctx, key, sl, have, e.Gen, fetch, true)
 		}
 		if e.Gen > have {
 			return s.sharedEntry(e)
@@ -408,7 +408,7 @@ func (s *Store) Refresh(ctx context.Context, key string, have uint64, fetch toke
 	if foreign { // not ours to refresh: free the lock for the hosts that have the key
 		release(released)
 		release = nil
-		return s.fetchForeign(ctx, key, sl, have, e.Gen, fetch)
+		return s.fetchHere(ctx, key, sl, have, e.Gen, fetch, true)
 	}
 	if e.Gen > have {
 		return s.sharedEntry(e)
@@ -440,21 +440,21 @@ func (s *Store) Refresh(ctx context.Context, key string, have uint64, fetch toke
 	if err != nil {
 		// The token is fetched but cannot be shared: use it, and write it back later.
 		s.fail(wctx, "write", err)
-		s.keepLocal(sl, n)
+		s.keep(sl, n, false)
 		return n, true, nil
 	}
 	if res != written {
 		// Our lease ran out and someone stored a newer entry: theirs wins, if we can read it.
 		cur, foreign, err := s.load(wctx, key, sl)
 		if err == nil && foreign {
-			s.keepForeign(sl, n)
+			s.keep(sl, n, true)
 			return n, true, nil
 		}
 		s.log.LogAttrs(ctx, slog.LevelWarn, "redisstore: discarded a fetched token: a newer one was stored meanwhile",
 			slog.String("key", key), slog.String("fp", tokenmgr.Fingerprint(n.Token.Value)), slog.Uint64("gen", cur.Gen))
 		if err != nil || cur.Gen <= have {
 			s.fail(wctx, "load", err)
-			s.keepLocal(sl, n)
+			s.keep(sl, n, false)
 			return n, true, nil
 		}
 		s.stats.discarded.Add(1)
@@ -519,7 +519,7 @@ func (s *Store) Watch(key string, fn func(tokenmgr.Change)) (stop func()) {
 
 // load reads and decodes the entry of key and remembers it. foreign reports that the entry is
 // sealed with a key this Store lacks: e then holds its Gen alone, and the slot keeps the entry
-// this process fetched for itself (see fetchForeign). The first such read of a key, and the
+// this process fetched for itself (see fetchHere). The first such read of a key, and the
 // first readable one after it, are logged.
 func (s *Store) load(ctx context.Context, key string, sl *slot) (e tokenmgr.Entry, foreign bool, err error) {
 	rctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
@@ -627,32 +627,16 @@ func (s *Store) fetchLocal(ctx context.Context, key string, sl *slot, have uint6
 		return tokenmgr.Entry{}, false, fmt.Errorf("redisstore: refresh %s: %w", key, ctx.Err())
 	}
 	s.fail(ctx, op, cause)
-	s.mu.Lock()
-	prev := sl.local
-	s.mu.Unlock()
-	if prev.Gen > have {
-		return s.sharedEntry(prev) // another Manager here fetched it, or it was read before the outage
-	}
-	if s.opts.SharedStateOnly && len(prev.State) > 0 {
-		return tokenmgr.Entry{}, false, fmt.Errorf("redisstore: not refreshing %s without redis, it redeems source state: %w (%w)", key, ErrUnavailable, tokenmgr.ErrTemporary)
-	}
-	n, err := fetch(ctx, prev)
-	if err != nil {
-		return tokenmgr.Entry{}, false, err
-	}
-	n.Gen = max(prev.Gen, have) + 1
-	s.stats.localRefreshes.Add(1)
-	s.log.LogAttrs(ctx, slog.LevelDebug, "redisstore: fetched a token without redis",
-		slog.String("key", key), slog.Uint64("gen", n.Gen), slog.String("fp", tokenmgr.Fingerprint(n.Token.Value)))
-	s.keepLocal(sl, n)
-	return n, true, nil
+	return s.fetchHere(ctx, key, sl, have, 0, fetch, false)
 }
 
-// fetchForeign is Refresh when the stored entry, of generation stored, is sealed with a key this
-// Store lacks. It fetches in the process, as during an outage, and never writes to Redis: the
-// hosts that have the key keep sharing theirs. Other Managers of this Store share what it
-// fetched, and the source state it redeems is this process's own from then on.
-func (s *Store) fetchForeign(ctx context.Context, key string, sl *slot, have, stored uint64, fetch tokenmgr.FetchFunc) (tokenmgr.Entry, bool, error) {
+// fetchHere fetches in the process, never under the fleet lock, and makes the entry fetched
+// this process's own (keep), shared by the Store's Managers. Without foreign, Redis is
+// unavailable (fetchLocal) and the entry is written back later. With foreign, the stored
+// entry, of generation stored, is sealed with a key this Store lacks: the entry is never
+// written to Redis, so the hosts that have the key keep sharing theirs, and the source state
+// it redeems is this process's own from then on.
+func (s *Store) fetchHere(ctx context.Context, key string, sl *slot, have, stored uint64, fetch tokenmgr.FetchFunc, foreign bool) (tokenmgr.Entry, bool, error) {
 	s.mu.Lock()
 	prev := sl.local
 	s.mu.Unlock()
@@ -660,7 +644,10 @@ func (s *Store) fetchForeign(ctx context.Context, key string, sl *slot, have, st
 		return s.sharedEntry(prev) // another Manager here fetched it, or it was read before
 	}
 	if s.opts.SharedStateOnly && len(prev.State) > 0 {
-		return tokenmgr.Entry{}, false, fmt.Errorf("redisstore: not refreshing %s in this process, it redeems source state: the stored token is encrypted with a key this host does not have (%w)", key, tokenmgr.ErrTemporary)
+		if foreign {
+			return tokenmgr.Entry{}, false, fmt.Errorf("redisstore: not refreshing %s in this process, it redeems source state: the stored token is encrypted with a key this host does not have (%w)", key, tokenmgr.ErrTemporary)
+		}
+		return tokenmgr.Entry{}, false, fmt.Errorf("redisstore: not refreshing %s without redis, it redeems source state: %w (%w)", key, ErrUnavailable, tokenmgr.ErrTemporary)
 	}
 	n, err := fetch(ctx, prev)
 	if err != nil {
@@ -668,27 +655,28 @@ func (s *Store) fetchForeign(ctx context.Context, key string, sl *slot, have, st
 	}
 	n.Gen = max(prev.Gen, have, stored) + 1
 	s.stats.localRefreshes.Add(1)
-	s.log.LogAttrs(ctx, slog.LevelDebug, "redisstore: fetched a token in this process: the stored one is encrypted with a key this host does not have",
+	msg := "redisstore: fetched a token without redis"
+	if foreign {
+		msg = "redisstore: fetched a token in this process: the stored one is encrypted with a key this host does not have"
+	}
+	s.log.LogAttrs(ctx, slog.LevelDebug, msg,
 		slog.String("key", key), slog.Uint64("gen", n.Gen), slog.String("fp", tokenmgr.Fingerprint(n.Token.Value)))
-	s.keepForeign(sl, n)
+	s.keep(sl, n, foreign)
 	return n, true, nil
 }
 
-// keepForeign makes n, fetched here while the stored entry is sealed with a key this Store
-// lacks, this process's entry of the key and tells the key's watchers here.
-func (s *Store) keepForeign(sl *slot, n tokenmgr.Entry) {
+// keep makes n, which is not stored in Redis, this process's entry of the key and tells the
+// key's watchers here. Without foreign, n is written back once Redis is reachable (dirty);
+// with foreign, it was fetched while the stored entry is sealed with a key this Store lacks,
+// and is never written.
+func (s *Store) keep(sl *slot, n tokenmgr.Entry, foreign bool) {
 	s.mu.Lock()
-	sl.local, sl.dirty, sl.foreign = n, false, true
-	fns := watchersOf(sl)
-	s.mu.Unlock()
-	notify(fns, tokenmgr.Change{Gen: n.Gen})
-}
-
-// keepLocal makes n, which is not stored in Redis, this process's entry of the key and tells
-// the key's watchers here.
-func (s *Store) keepLocal(sl *slot, n tokenmgr.Entry) {
-	s.mu.Lock()
-	sl.local, sl.dirty = n, true
+	sl.local = n
+	if foreign {
+		sl.dirty, sl.foreign = false, true
+	} else {
+		sl.dirty = true
+	}
 	fns := watchersOf(sl)
 	s.mu.Unlock()
 	notify(fns, tokenmgr.Change{Gen: n.Gen})
