@@ -14,7 +14,7 @@ import (
 // PlatformHint, and it says whether it is permanent through Is.
 type fieldHintError struct{ hint string }
 
-func (e *fieldHintError) Error() string        { return "identity platform: invalid_client (AADSTS7000215)" }
+func (e *fieldHintError) Error() string        { return "identity platform: SECRET-free-text (AADSTS7000215)" }
 func (e *fieldHintError) PlatformCode() string { return "AADSTS7000215" }
 func (e *fieldHintError) PlatformHint() string { return e.hint }
 func (e *fieldHintError) Is(target error) bool { return target == tokenmgr.ErrCredentials }

@@ -367,7 +367,7 @@ func TestRefreshProtocol(t *testing.T) {
 		e, _, _ := slow.Refresh(ctx, key, 2, fixedFetch("never", &fetches))
 		got <- e
 	}()
-	waitFor(t, "the waiter to find the lock taken", func() bool { return slow.Stats().Waits == 1 })
+	waitWithin(t, "the waiter to find the lock taken", 5*time.Second, func() bool { return slow.Stats().Waits == 1 })
 	close(release)
 	select {
 	case e := <-got:
@@ -379,16 +379,6 @@ func TestRefreshProtocol(t *testing.T) {
 	}
 	if st := slow.Stats(); st.Waits != 1 || st.Shared != 1 || st.Fetches != 0 {
 		t.Errorf("waiter Stats = %+v; want 1 wait, 1 shared entry, no fetch", st)
-	}
-}
-
-// waitFor polls cond until it holds, failing the test after 5 s.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after 5s waiting for %s", what)
-		}
 	}
 }
 
@@ -685,7 +675,7 @@ func TestFetchFailureShared(t *testing.T) {
 				}()
 			}
 			for _, w := range waiters {
-				waitFor(t, "every waiter to find the lock taken", func() bool { return w.Stats().Waits == 1 })
+				waitWithin(t, "every waiter to find the lock taken", 5*time.Second, func() bool { return w.Stats().Waits == 1 })
 			}
 			close(release)
 			for range 3 {
@@ -759,7 +749,7 @@ func TestClosedHolderLetsOthersFetch(t *testing.T) {
 		e, fetched, err := waiter.Refresh(t.Context(), key, 0, fixedFetch("mine", &fetches))
 		got <- result{e, fetched, err}
 	}()
-	waitFor(t, "the waiter to find the lock taken", func() bool { return waiter.Stats().Waits == 1 })
+	waitWithin(t, "the waiter to find the lock taken", 5*time.Second, func() bool { return waiter.Stats().Waits == 1 })
 	m.Close() // cancels the holder's fetch
 	select {
 	case r := <-got:

@@ -12,7 +12,8 @@ import (
 // Store's mutex, so it must never block: an earlier version drained a full channel with a
 // blocking receive, which hung forever (holding the mutex) when the waiter emptied the
 // channel first. The race needs the waiter to run between two instructions, so this test
-// repeats it many times; the old code hung after 1,000 to 33,000 rounds here.
+// repeats it for a second (hundreds of thousands of rounds here); the old code hung after
+// 1,000 to 33,000 rounds.
 func TestWakeNeverBlocks(t *testing.T) {
 	sl := &slot{waiters: make(map[chan wakeup]struct{})}
 	ch := make(chan wakeup, 1)
@@ -34,8 +35,7 @@ func TestWakeNeverBlocks(t *testing.T) {
 	go func() {
 		defer close(done)
 		fail := &failure{Code: "40001"}
-		for i := range 500_000 {
-			rounds.Store(int64(i))
+		for end := time.Now().Add(time.Second); rounds.Add(1)%1024 != 0 || time.Now().Before(end); {
 			mu.Lock()
 			wakeLocked(sl, wakeup{kind: "w"})
 			wakeLocked(sl, wakeup{kind: "f", fail: fail})
@@ -44,11 +44,12 @@ func TestWakeNeverBlocks(t *testing.T) {
 	}()
 	select {
 	case <-done:
-	case <-time.After(10 * time.Second):
+	case <-time.After(11 * time.Second): // a second of rounds, then 10 s to see the last one end
 		t.Fatalf("wakeLocked blocked after %d rounds while the waiter was taking its wake-ups", rounds.Load())
 	}
 	close(stop)
 	got.Wait()
+	t.Logf("%d rounds", rounds.Load())
 
 	// A failure replaces a pending wake-up; another wake-up does not replace a failure.
 	wakeLocked(sl, wakeup{kind: "w"})
