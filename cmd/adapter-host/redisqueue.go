@@ -48,11 +48,10 @@ const redisOpTimeout = 5 * time.Second
 // it, and no host answers a redelivery before the first delivery is queued. When the stream
 // would exceed max, entries every consumer has received are trimmed first; if it still
 // would, nothing is added.
-// The stream entries are written before the counter and the keys, and Redis does not roll
-// back a script that fails part way: only a failed first XADD leaves nothing behind. If a
-// later one fails (Redis out of memory, say), the batch's earlier entries stay in the stream
-// without the counter raised or their dedup keys set, and later appends fail at XADD while
-// those entries hold the ids they would take.
+// The stream entries are written before the counter and the keys. Redis does not roll back a
+// script that fails part way, so if an XADD fails (Redis out of memory, say) the script
+// deletes the entries it added before it, leaving the stream, the counter and the keys as
+// they were, and returns the error: the webhook gets a 503 and its redelivery starts over.
 // KEYS: stream, counter, consumed, then one dedup key per event that has one.
 // ARGV: max, ttl ms, then per event: index of its key in KEYS (0: none), kind, data.
 // Returns {last seq or -1 when full, then 1 for each event dropped as a duplicate, else 0}.
@@ -79,10 +78,16 @@ if fresh > 0 and redis.call('XLEN', KEYS[1]) + fresh > max then
   end
 end
 local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
+local added = {}
 for i = 0, n - 1 do
   if dup[i + 1] == 0 then
     seq = seq + 1
-    redis.call('XADD', KEYS[1], '0-' .. seq, 'k', ARGV[4 + 3 * i], 'd', ARGV[5 + 3 * i])
+    local r = redis.pcall('XADD', KEYS[1], '0-' .. seq, 'k', ARGV[4 + 3 * i], 'd', ARGV[5 + 3 * i])
+    if type(r) == 'table' and r.err then
+      if #added > 0 then redis.call('XDEL', KEYS[1], unpack(added)) end
+      return r
+    end
+    added[#added + 1] = '0-' .. seq
   end
 end
 if fresh > 0 then redis.call('SET', KEYS[2], seq) end

@@ -135,3 +135,31 @@ func TestRedisQueueAppendNew(t *testing.T) {
 		t.Errorf("AppendNew of a fresh event into the last slot = %v, %v", dup, err)
 	}
 }
+
+// TestRedisQueueAppendNewXADDFails: when an XADD of the script fails (here: an entry with a
+// later id already in the stream, as a stream written by something else would have), the
+// append returns the error and leaves the counter and the dedup keys as they were, so the
+// webhook is answered 503 and its redelivery is not taken for a duplicate.
+func TestRedisQueueAppendNewXADDFails(t *testing.T) {
+	rs := redistest.Start(t)
+	rdb := redis.NewClient(&redis.Options{Addr: rs.Addr()})
+	defer rdb.Close()
+	ctx := t.Context()
+	q := NewRedisQueue(rdb, "p", "hr", 100, slog.New(slog.DiscardHandler))
+	defer q.Close()
+	if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: q.stream, ID: "0-5", Values: []string{"k", "message", "d", "{}"}}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.AppendNew(ctx, events("a", "b"), []string{"k1", "k2"}); err == nil {
+		t.Fatal("AppendNew over a stream whose top id is ahead of the counter succeeded; want the XADD error")
+	}
+	if n, _ := rdb.Exists(ctx, q.dedup+"k1", q.dedup+"k2").Result(); n != 0 {
+		t.Errorf("%d dedup keys set by a failed append; want 0", n)
+	}
+	if n, err := rdb.Get(ctx, q.counter).Result(); err != redis.Nil {
+		t.Errorf("counter = %q, %v after a failed append; want unset", n, err)
+	}
+	if n, _ := rdb.XLen(ctx, q.stream).Result(); n != 1 {
+		t.Errorf("stream holds %d entries after a failed append; want only the 1 it had", n)
+	}
+}
