@@ -214,13 +214,7 @@ func ParseConfig(name string, data []byte, lookup func(string) (string, bool)) (
 	dec.KnownFields(true)
 	var cfg Config
 	if err := dec.Decode(&cfg); err != nil {
-		msg := err.Error()
-		for _, x := range raw { // the decoder quotes values: never an expanded one
-			if x.value != "" {
-				msg = strings.ReplaceAll(msg, x.value, x.raw)
-			}
-		}
-		return nil, &ConfigError{File: name, Problems: []string{msg}}
+		return nil, &ConfigError{File: name, Problems: decodeProblems(err, expanded, raw)}
 	}
 	cfg.raw = raw
 	cfg.defaults()
@@ -229,6 +223,67 @@ func ParseConfig(name string, data []byte, lookup func(string) (string, bool)) (
 		return nil, cerr
 	}
 	return &cfg, nil
+}
+
+// decodeProblems returns the problems to report for err, from decoding expanded. The decoder
+// quotes values, shortened to their first 7 characters and "...", so an error about a value
+// from the environment is replaced by one naming the field and the ${VAR}s, never quoting
+// any of the value; the other errors are scrubbed of every expanded value all the same.
+func decodeProblems(err error, expanded []byte, raw map[string]expansion) []string {
+	var msgs []string
+	if te := (*yaml.TypeError)(nil); errors.As(err, &te) {
+		msgs = te.Errors // "line N: ..."
+	} else {
+		msgs = []string{err.Error()}
+	}
+	fromEnv := map[int]string{} // line of expanded → path of a value from the environment there
+	if len(raw) > 0 {
+		var root yaml.Node
+		if yaml.Unmarshal(expanded, &root) == nil && len(root.Content) > 0 {
+			valueLines(root.Content[0], "", raw, fromEnv)
+		}
+	}
+	var out []string
+	for _, m := range msgs {
+		var line int
+		if _, serr := fmt.Sscanf(m, "line %d:", &line); serr == nil {
+			if path, ok := fromEnv[line]; ok {
+				vars := strings.Join(envRef.FindAllString(raw[path].raw, -1), ", ")
+				out = append(out, fmt.Sprintf("%s: the value set from %s is not one this field takes (the value is not shown)", path, vars))
+				continue
+			}
+		} else if len(raw) > 0 {
+			// No line to tell which value it is about: it may quote any of them.
+			out = append(out, "the config cannot be decoded (the decoder's message is not shown: it may quote a value set from the environment)")
+			continue
+		}
+		for _, x := range raw {
+			if x.value != "" {
+				m = strings.ReplaceAll(m, x.value, x.raw)
+			}
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// valueLines records in lines the line of every scalar value under n whose path (as check
+// names it) is in raw.
+func valueLines(n *yaml.Node, path string, raw map[string]expansion, lines map[int]string) {
+	switch n.Kind {
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			valueLines(n.Content[i+1], join(path, n.Content[i].Value), raw, lines)
+		}
+	case yaml.SequenceNode:
+		for i, c := range n.Content {
+			valueLines(c, fmt.Sprintf("%s[%d]", path, i), raw, lines)
+		}
+	case yaml.ScalarNode:
+		if _, ok := raw[path]; ok {
+			lines[n.Line] = path
+		}
+	}
 }
 
 var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)

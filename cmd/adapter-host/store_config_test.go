@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/hex"
+	"errors"
 	"strings"
 	"testing"
+
+	"go.yaml.in/yaml/v3"
 )
 
 // storeMarker is in every secret of the store tests: no error may contain it.
@@ -80,6 +83,7 @@ func TestParseConfigStoreErrors(t *testing.T) {
 		"EMPTY": "",
 		"PW":    storeMarker,
 		"KEY":   good,
+		"ONE":   "1", // ParseBool takes it, the YAML decoder does not
 	}
 	redis := `  redis_url: "redis://127.0.0.1:6379/0"` + "\n"
 	tests := []struct{ name, store, want string }{
@@ -104,6 +108,8 @@ func TestParseConfigStoreErrors(t *testing.T) {
 		{"negative db", `  redis: {addrs: ["10.0.0.1:6379"], db: -1, password: "${PW}"}`, `store.redis.db: -1: want 0 or more`},
 		{"sentinel password without master", `  redis: {addrs: ["10.0.0.1:6379"], sentinel_password: "${PW}"}`, `store.redis.sentinel_password: only with master_name`},
 		{"unknown redis key", `  redis: {addrs: ["10.0.0.1:6379"], pasword: "${PW}"}`, `store.redis: unknown key "pasword"`},
+		{"plaintext from env not a yaml bool", redis + `  encryption_key: "${KEY}"` + "\n" + `  accept_plaintext: "${ONE}"`,
+			`store.accept_plaintext: the value set from ${ONE} is not one this field takes (the value is not shown)`},
 		{"plaintext not bool", redis + `  encryption_key: "${KEY}"` + "\n" + `  accept_plaintext: maybe`, `store.accept_plaintext: want true or false`},
 	}
 	for _, tc := range tests {
@@ -138,5 +144,29 @@ func TestParseStoreKey(t *testing.T) {
 		if _, err := parseStoreKey(s); err == nil {
 			t.Errorf("parseStoreKey(%d chars) accepted a bad key", len(s))
 		}
+	}
+}
+
+// TestDecodeProblemsQuoteNoExpandedValue: the decoder quotes a value's first 7 characters and
+// "..."; an error about a value from the environment names the field and the ${VAR} instead,
+// and an error without a line says nothing of the values.
+func TestDecodeProblemsQuoteNoExpandedValue(t *testing.T) {
+	expanded := []byte("store:\n  redis_url: redis://x:6379/0\n  accept_plaintext: \"" + storeMarker + "\"\n")
+	raw := map[string]expansion{"store.accept_plaintext": {raw: "${PLAIN}", value: storeMarker}}
+	te := &yaml.TypeError{Errors: []string{
+		"line 3: cannot unmarshal !!str `" + storeMarker[:7] + "...` into bool",
+		"line 2: cannot unmarshal !!str `redis:/...` into int",
+	}}
+	got := decodeProblems(te, expanded, raw)
+	want := []string{
+		"store.accept_plaintext: the value set from ${PLAIN} is not one this field takes (the value is not shown)",
+		"line 2: cannot unmarshal !!str `redis:/...` into int",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("decodeProblems = %q; want %q", got, want)
+	}
+	got = decodeProblems(errors.New("yaml: something about `"+storeMarker[:7]+"...`"), expanded, raw)
+	if len(got) != 1 || strings.Contains(got[0], storeMarker[:7]) || !strings.Contains(got[0], "not shown") {
+		t.Errorf("decodeProblems of an error without a line = %q; want a message quoting no value", got)
 	}
 }
