@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/url"
 	"os"
@@ -536,8 +537,8 @@ func (c *Config) validateStore(p func(string, string, ...any)) {
 		}
 		cluster := len(r.Addrs) > 1 && r.MasterName == ""
 		switch {
-		case r.DB < 0:
-			p(at+".db", "%d: want 0 or more", r.DB)
+		case r.DB < 0 || r.DB > math.MaxInt32:
+			p(at+".db", "%d: want 0 to %d", r.DB, math.MaxInt32)
 		case r.DB != 0 && cluster:
 			p(at+".db", "not with Cluster (several addrs without master_name): a Redis Cluster has only database 0")
 		}
