@@ -121,14 +121,14 @@ func parseStoreKey(s string) ([]byte, error) {
 	s = strings.TrimSpace(s)
 	if isHex(s) && len(s)%2 == 0 {
 		if len(s) != 64 {
-			return nil, fmt.Errorf("want 32 bytes as base64 or 64 hex digits, got %d bytes", len(s)/2)
+			return nil, fmt.Errorf("not a key: want 32 bytes as base64 or 64 hex digits, got %d bytes", len(s)/2)
 		}
 		return hex.DecodeString(s)
 	}
 	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.URLEncoding, base64.RawStdEncoding, base64.RawURLEncoding} {
 		if b, err := enc.DecodeString(s); err == nil {
 			if len(b) != 32 {
-				return nil, fmt.Errorf("want 32 bytes as base64 or 64 hex digits, got %d bytes", len(b))
+				return nil, fmt.Errorf("not a key: want 32 bytes as base64 or 64 hex digits, got %d bytes", len(b))
 			}
 			return b, nil
 		}

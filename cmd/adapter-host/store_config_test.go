@@ -88,11 +88,11 @@ func TestParseConfigStoreErrors(t *testing.T) {
 	redis := `  redis_url: "redis://127.0.0.1:6379/0"` + "\n"
 	tests := []struct{ name, store, want string }{
 		{"key not base64", redis + `  encryption_key: "${SHORT}"`, `store.encryption_key: want 32 bytes as base64 or 64 hex digits, got 20 characters that are neither (set from ${SHORT})`},
-		{"key too short base64", redis + `  encryption_key: "${B64}"`, `store.encryption_key: want 32 bytes as base64 or 64 hex digits, got 19 bytes (set from ${B64})`},
-		{"key too short hex", redis + `  encryption_key: "${HEX}"`, `store.encryption_key: want 32 bytes as base64 or 64 hex digits, got 16 bytes`},
-		{"key literal", redis + `  encryption_key: "` + storeMarker + `"`, `store.encryption_key: want 32 bytes as base64 or 64 hex digits, got 14 bytes`},
+		{"key too short base64", redis + `  encryption_key: "${B64}"`, `store.encryption_key: not a key: want 32 bytes as base64 or 64 hex digits, got 19 bytes (set from ${B64})`},
+		{"key too short hex", redis + `  encryption_key: "${HEX}"`, `store.encryption_key: not a key: want 32 bytes as base64 or 64 hex digits, got 16 bytes`},
+		{"key literal", redis + `  encryption_key: "` + storeMarker + `"`, `store.encryption_key: not a key: want 32 bytes as base64 or 64 hex digits, got 14 bytes`},
 		{"key empty env", redis + `  encryption_key: "${EMPTY}"`, `store.encryption_key: empty (is ${EMPTY} set to something?)`},
-		{"previous key bad", redis + `  encryption_key: "${KEY}"` + "\n" + `  previous_encryption_keys: ["${KEY}", "${B64}"]`, `store.previous_encryption_keys[1]: want 32 bytes as base64 or 64 hex digits, got 19 bytes`},
+		{"previous key bad", redis + `  encryption_key: "${KEY}"` + "\n" + `  previous_encryption_keys: ["${KEY}", "${B64}"]`, `store.previous_encryption_keys[1]: not a key: want 32 bytes as base64 or 64 hex digits, got 19 bytes`},
 		{"previous key empty", redis + `  encryption_key: "${KEY}"` + "\n" + `  previous_encryption_keys: [""]`, `store.previous_encryption_keys[0]: empty`},
 		{"key without redis", `  dir: ./state` + "\n" + `  encryption_key: "${KEY}"`, `store.encryption_key: the encryption keys need a Redis store`},
 		{"key without any store", `  encryption_key: "${KEY}"`, `store.encryption_key: the encryption keys need a Redis store`},
