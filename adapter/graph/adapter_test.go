@@ -332,13 +332,9 @@ func TestSubscriptionLifecycle(t *testing.T) {
 			t.Errorf("reauthorizationRequired did not renew: %v → %v", before, after.Expiration)
 		}
 		// missed: mail that arrived while the webhook was down comes through a delta resync.
-		ae.hook.mu.Lock()
-		ae.hook.down = true
-		ae.hook.mu.Unlock()
+		ae.hook.setDown(true)
 		ae.srv.DeliverMail(botUser, "dave@example.com", "lost", "while down")
-		ae.hook.mu.Lock()
-		ae.hook.down = false
-		ae.hook.mu.Unlock()
+		ae.hook.setDown(false)
 		if st, _ := ae.srv.Lifecycle(mail.ID, "missed"); st != 202 {
 			t.Fatalf("Lifecycle(missed) = %d", st)
 		}
@@ -347,13 +343,9 @@ func TestSubscriptionLifecycle(t *testing.T) {
 		}
 		// subscriptionRemoved: recreated, and chats resynced.
 		chat := find("chats/chat-1")
-		ae.hook.mu.Lock()
-		ae.hook.down = true
-		ae.hook.mu.Unlock()
+		ae.hook.setDown(true)
 		ae.srv.AddChatMessage("chat-1", otherUser, "Alice", "during removal")
-		ae.hook.mu.Lock()
-		ae.hook.down = false
-		ae.hook.mu.Unlock()
+		ae.hook.setDown(false)
 		if st, _ := ae.srv.Lifecycle(chat.ID, "subscriptionRemoved"); st != 202 {
 			t.Fatalf("Lifecycle(subscriptionRemoved) = %d", st)
 		}
@@ -584,26 +576,14 @@ func TestResyncDiscoversChats(t *testing.T) {
 		if err := ae.a.Start(t.Context()); err != nil {
 			t.Fatal(err)
 		}
-		var chatSub graphtest.Subscription
-		for _, s := range ae.srv.Subscriptions() {
-			if strings.Contains(s.Resource, "getAllMessages") {
-				chatSub = s
-			}
-		}
-		if chatSub.ID == "" {
-			t.Fatalf("subscriptions = %+v; want getAllMessages", ae.srv.Subscriptions())
-		}
+		chatSub := chatSubscription(t, ae.srv)
 		time.Sleep(time.Second)
 		ae.srv.AddChatMessage("chat-1", otherUser, "Alice", "notified")
 		ae.hook.take()
-		ae.hook.mu.Lock()
-		ae.hook.down = true
-		ae.hook.mu.Unlock()
+		ae.hook.setDown(true)
 		ae.srv.AddChatMessage("chat-1", otherUser, "Alice", "lost in chat-1")
 		ae.srv.AddChatMessage("chat-9", otherUser, "Alice", "lost in a chat never notified")
-		ae.hook.mu.Lock()
-		ae.hook.down = false
-		ae.hook.mu.Unlock()
+		ae.hook.setDown(false)
 		if st, _ := ae.srv.Lifecycle(chatSub.ID, "subscriptionRemoved"); st != 202 {
 			t.Fatalf("Lifecycle(subscriptionRemoved) = %d", st)
 		}
@@ -660,27 +640,15 @@ func TestResyncFailureKeepsCursors(t *testing.T) {
 		if err := ae.a.Start(t.Context()); err != nil {
 			t.Fatal(err)
 		}
-		var chatSub graphtest.Subscription
-		for _, s := range ae.srv.Subscriptions() {
-			if strings.Contains(s.Resource, "getAllMessages") {
-				chatSub = s
-			}
-		}
-		if chatSub.ID == "" {
-			t.Fatalf("subscriptions = %+v; want getAllMessages", ae.srv.Subscriptions())
-		}
+		chatSub := chatSubscription(t, ae.srv)
 		time.Sleep(time.Second)
 		ae.srv.AddChatMessage("chat-1", otherUser, "Alice", "notified")
 		ae.srv.AddChatMessage("chat-9", otherUser, "Alice", "notified in chat-9")
 		ae.hook.take()
-		ae.hook.mu.Lock()
-		ae.hook.down = true
-		ae.hook.mu.Unlock()
+		ae.hook.setDown(true)
 		ae.srv.AddChatMessage("chat-1", otherUser, "Alice", "lost in chat-1")
 		ae.srv.AddChatMessage("chat-9", otherUser, "Alice", "lost in chat-9")
-		ae.hook.mu.Lock()
-		ae.hook.down = false
-		ae.hook.mu.Unlock()
+		ae.hook.setDown(false)
 		fc.set(true) // chat-1 (listed first) is read, chat-9 fails
 		if st, _ := ae.srv.Lifecycle(chatSub.ID, "missed"); st != http.StatusServiceUnavailable {
 			t.Fatalf("Lifecycle(missed) with chat-9 unreadable = %d; want 503", st)
@@ -928,4 +896,23 @@ func TestStartTwice(t *testing.T) {
 			t.Errorf("after two Starts: %d managers, %d creations, %d subscriptions; want 2 each", n, posts, len(ae.srv.Subscriptions()))
 		}
 	})
+}
+
+// setDown makes the hook answer 500 without asking the adapter (down) or serve again.
+func (h *hook) setDown(down bool) {
+	h.mu.Lock()
+	h.down = down
+	h.mu.Unlock()
+}
+
+// chatSubscription returns the getAllMessages subscription the adapter created on srv.
+func chatSubscription(t *testing.T, srv *graphtest.Server) graphtest.Subscription {
+	t.Helper()
+	for _, s := range srv.Subscriptions() {
+		if strings.Contains(s.Resource, "getAllMessages") {
+			return s
+		}
+	}
+	t.Fatalf("subscriptions = %+v; want getAllMessages", srv.Subscriptions())
+	return graphtest.Subscription{}
 }
