@@ -149,6 +149,7 @@ func (p *Plugin) start(ctx context.Context) error {
 	}
 	cmd := exec.Command(p.opts.Path, p.opts.Args...)
 	cmd.Env = append(append([]string(nil), p.opts.Env...), "PLUGIN_UNIX_SOCKET_DIR="+sockDir)
+	ownProcessGroup(cmd)
 	gp := goplugin.NewClient(&goplugin.ClientConfig{
 		HandshakeConfig:  Handshake,
 		VersionedPlugins: VersionedPlugins(nil),

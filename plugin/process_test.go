@@ -605,3 +605,22 @@ func TestProcessHostKilled(t *testing.T) {
 	})
 	t.Logf("plugin exited and cleaned up %v after its host was killed", time.Since(killed).Round(time.Millisecond))
 }
+
+// TestProcessOwnGroup: the plugin runs in a process group of its own, so the SIGHUP and
+// SIGCONT the kernel sends to an orphaned group never reach it while its host lives (they once
+// resumed a SIGSTOPped plugin in a detached test run and let its hung Configure answer).
+func TestProcessOwnGroup(t *testing.T) {
+	p, err := Launch(t.Context(), testLaunchOptions(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	pid := p.Pid()
+	pgid, err := syscall.Getpgid(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pgid != pid || pgid == syscall.Getpgrp() {
+		t.Errorf("plugin %d is in process group %d (the host's is %d); want a group of its own", pid, pgid, syscall.Getpgrp())
+	}
+}
