@@ -181,6 +181,13 @@ func (c *fetchCache) get(key string) (adapter.Event, bool, bool) {
 	return it.ev, it.ok, hit
 }
 
+// forget drops every remembered outcome.
+func (c *fetchCache) forget() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.m, c.order = nil, nil
+}
+
 func (c *fetchCache) put(key string, ev adapter.Event, ok bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
