@@ -23,7 +23,9 @@ const (
 // event. Its JSON form is the event JSON of the host's HTTP API.
 type Event struct {
 	// ID is stable across redeliveries of the same event, for dedup: WeCom "wecom:<MsgId>"
-	// or "wecom:<FromUserName>:<CreateTime>:<Event>"; Graph its resource id.
+	// or, for events (which have no MsgId), "wecom:<FromUserName>:<CreateTime>:<Event>:<digest>"
+	// with a digest of every field, so distinct events in one second keep distinct ids;
+	// Graph its resource id.
 	ID       string `json:"id"`
 	Bot      string `json:"bot"`      // the configured bot name
 	Platform string `json:"platform"` // PlatformWeCom, PlatformGraph

@@ -3,6 +3,8 @@ package wecom
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/xml"
 	"errors"
 	"fmt"
@@ -145,8 +147,14 @@ const (
 // ParseMessage parses a decrypted callback message (spec §5.4: text, image, voice, video,
 // location, link, and events of every kind) into an event. Event.Raw holds every field of
 // the XML as a JSON object (nested elements as objects, repeated ones as arrays), so fields
-// the model lacks (EventKey, ScanCodeInfo, …) reach consumers. Event.ID is "wecom:<MsgId>"
-// or, for events, "wecom:<FromUserName>:<CreateTime>:<Event>". Bot is left empty.
+// the model lacks (EventKey, ScanCodeInfo, …) reach consumers. Bot is left empty.
+//
+// Event.ID is "wecom:<MsgId>" for messages. Events have no MsgId, and several distinct ones
+// can share sender, second and name (a bulk import sends change_contact events from "sys",
+// two clicks on different menu entries), so their id is
+// "wecom:<FromUserName>:<CreateTime>:<Event>:<digest>", where digest is the first 128 bits
+// of the SHA-256 of Raw, in hex: it covers every field, so a redelivery (the same message
+// again) keeps its id and any two events that differ in a field do not share one.
 func ParseMessage(plain []byte) (adapter.Event, error) {
 	m, err := parseXML(plain)
 	if err != nil {
@@ -173,7 +181,8 @@ func ParseMessage(plain []byte) (adapter.Event, error) {
 	if id := strings.TrimSpace(str("MsgId")); id != "" {
 		ev.ID = "wecom:" + id
 	} else {
-		ev.ID = "wecom:" + from + ":" + strconv.FormatInt(ct, 10) + ":" + str("Event")
+		sum := sha256.Sum256(raw)
+		ev.ID = "wecom:" + from + ":" + strconv.FormatInt(ct, 10) + ":" + str("Event") + ":" + hex.EncodeToString(sum[:16])
 	}
 	switch typ {
 	case "text":

@@ -3,7 +3,9 @@ package wecom_test
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -98,7 +100,7 @@ func TestCallbackRoundTrip(t *testing.T) {
 	var raw map[string]any
 	json.Unmarshal(ev.Raw, &raw)
 	if ev.Kind != "event" || ev.Text != "click" || raw["EventKey"] != "menu_1" ||
-		ev.ID != fmt.Sprintf("wecom:bono:%d:click", now.Unix()) {
+		!strings.HasPrefix(ev.ID, fmt.Sprintf("wecom:bono:%d:click:", now.Unix())) {
 		t.Errorf("event = %+v raw %v", ev, raw)
 	}
 }
@@ -343,17 +345,17 @@ func TestParseMessage(t *testing.T) {
 		{"link", "<MsgType><![CDATA[link]]></MsgType><Title><![CDATA[T]]></Title><Description><![CDATA[D]]></Description><Url><![CDATA[https://u]]></Url><PicUrl><![CDATA[https://p]]></PicUrl><MsgId>6</MsgId>",
 			"wecom:6", "message", "https://u", adapter.Attachment{Type: "link", Title: "T", Description: "D", URL: "https://u"}, "PicUrl", "https://p"},
 		{"enter_agent", "<MsgType><![CDATA[event]]></MsgType><Event><![CDATA[enter_agent]]></Event><EventKey><![CDATA[]]></EventKey>",
-			"wecom:bono:1738984503:enter_agent", "event", "enter_agent", adapter.Attachment{}, "EventKey", ""},
+			"wecom:bono:1738984503:enter_agent:043b62d8d2f46325c52585100c72c596", "event", "enter_agent", adapter.Attachment{}, "EventKey", ""},
 		{"subscribe", "<MsgType><![CDATA[event]]></MsgType><Event><![CDATA[subscribe]]></Event>",
-			"wecom:bono:1738984503:subscribe", "event", "subscribe", adapter.Attachment{}, "Event", "subscribe"},
+			"wecom:bono:1738984503:subscribe:c785ccafbe757d7d2328a4a474cbd5e7", "event", "subscribe", adapter.Attachment{}, "Event", "subscribe"},
 		{"LOCATION", "<MsgType><![CDATA[event]]></MsgType><Event><![CDATA[LOCATION]]></Event><Latitude>23.1</Latitude><Longitude>113.3</Longitude><Precision>50</Precision>",
-			"wecom:bono:1738984503:LOCATION", "event", "LOCATION", adapter.Attachment{}, "Latitude", "23.1"},
+			"wecom:bono:1738984503:LOCATION:efffd938857fb1d2a2d3a4b54f4d6715", "event", "LOCATION", adapter.Attachment{}, "Latitude", "23.1"},
 		{"click", "<MsgType><![CDATA[event]]></MsgType><Event><![CDATA[click]]></Event><EventKey><![CDATA[k1]]></EventKey>",
-			"wecom:bono:1738984503:click", "event", "click", adapter.Attachment{}, "EventKey", "k1"},
+			"wecom:bono:1738984503:click:05dd1ffcf05b758e3f91586d95543099", "event", "click", adapter.Attachment{}, "EventKey", "k1"},
 		{"view", "<MsgType><![CDATA[event]]></MsgType><Event><![CDATA[view]]></Event><EventKey><![CDATA[https://x]]></EventKey>",
-			"wecom:bono:1738984503:view", "event", "view", adapter.Attachment{}, "EventKey", "https://x"},
+			"wecom:bono:1738984503:view:6de0d8dbd5920f3340d5d5d288b34851", "event", "view", adapter.Attachment{}, "EventKey", "https://x"},
 		{"kf", "<MsgType><![CDATA[event]]></MsgType><Event><![CDATA[kf_msg_or_event]]></Event><Token><![CDATA[tk]]></Token><OpenKfId><![CDATA[wk1]]></OpenKfId>",
-			"wecom:bono:1738984503:kf_msg_or_event", "event", "kf_msg_or_event", adapter.Attachment{}, "OpenKfId", "wk1"},
+			"wecom:bono:1738984503:kf_msg_or_event:1791693dae082008fa60707f6f03444e", "event", "kf_msg_or_event", adapter.Attachment{}, "OpenKfId", "wk1"},
 		{"unknown type", "<MsgType><![CDATA[hologram]]></MsgType><MsgId>9</MsgId>",
 			"wecom:9", "message", "", adapter.Attachment{}, "MsgType", "hologram"},
 	}
@@ -373,6 +375,14 @@ func TestParseMessage(t *testing.T) {
 				}
 			} else if len(ev.Attachments) != 0 {
 				t.Errorf("Attachments = %+v; want none", ev.Attachments)
+			}
+			if tc.kind == "event" {
+				// The digest is pinned above: a change would make every event redelivered across
+				// an upgrade look new. Here: it is the SHA-256 of Raw, as documented.
+				sum := sha256.Sum256(ev.Raw)
+				if !strings.HasSuffix(ev.ID, ":"+hex.EncodeToString(sum[:16])) {
+					t.Errorf("ID %q does not end in the digest of Raw %s", ev.ID, ev.Raw)
+				}
 			}
 			var raw map[string]any
 			if err := json.Unmarshal(ev.Raw, &raw); err != nil || raw[tc.rawKey] != tc.rawVal || raw["AgentID"] != "1000002" {
@@ -422,5 +432,109 @@ func TestParseMessageErrors(t *testing.T) {
 				t.Errorf("ParseMessage(%q) = %+v; want an error", tc.body, ev)
 			}
 		})
+	}
+}
+
+// changeContact returns the plaintext of a change_contact event as WeCom sends it from "sys"
+// (no MsgId, doc 90970): one per member created in a bulk import.
+func changeContact(userID string, at time.Time) []byte {
+	return fmt.Appendf(nil, "<xml><ToUserName><![CDATA[%s]]></ToUserName><FromUserName><![CDATA[sys]]></FromUserName>"+
+		"<CreateTime>%d</CreateTime><MsgType><![CDATA[event]]></MsgType><Event><![CDATA[change_contact]]></Event>"+
+		"<ChangeType>create_user</ChangeType><UserID><![CDATA[%s]]></UserID><Name><![CDATA[%s]]></Name></xml>",
+		testCorp, at.Unix(), userID, userID)
+}
+
+// dedupHandler serves the webhook and keeps events by id, dropping repeated ids as the host
+// does, so a count of kept events is a count of messages that reach consumers.
+type dedupHandler struct {
+	webhookHandler
+	ids []string // first-seen order
+}
+
+func (h *dedupHandler) kept() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	seen := map[string]bool{}
+	h.ids = h.ids[:0]
+	for _, ev := range h.events {
+		if !seen[ev.ID] {
+			seen[ev.ID] = true
+			h.ids = append(h.ids, ev.ID)
+		}
+	}
+	return h.ids
+}
+
+// TestEventIDsWithoutMsgId (issue 11 item 1): events carry no MsgId, and several distinct
+// events can share sender, second and event name. Each must keep an id of its own, while a
+// redelivery of one keeps its id and is still dropped as a duplicate.
+func TestEventIDsWithoutMsgId(t *testing.T) {
+	t.Parallel()
+	c, _ := setup(t, wecom.Options{})
+	h := &dedupHandler{webhookHandler: webhookHandler{c: c}}
+	hs := httptest.NewServer(h)
+	defer hs.Close()
+	srv := &wecomtest.Server{HTTPClient: hs.Client()}
+	cb := testCallback(hs.URL + "/webhook/hr")
+	push := func(msg []byte) {
+		t.Helper()
+		if p, err := srv.Push(t.Context(), cb, msg); err != nil || p.Status != 200 {
+			t.Fatalf("Push = %+v, %v", p, err)
+		}
+	}
+
+	now := time.Now()
+	for _, u := range []string{"zhangsan", "lisi", "wangwu"} {
+		push(changeContact(u, now))
+	}
+	if got := h.kept(); len(got) != 3 {
+		t.Fatalf("3 change_contact events for 3 users in one second kept %d: %q; want 3", len(got), got)
+	}
+	push(changeContact("lisi", now)) // WeCom redelivering the second one
+	if got := h.kept(); len(got) != 3 {
+		t.Errorf("after a redelivery kept %d events: %q; want still 3", len(got), got)
+	}
+	if n := len(h.events); n != 4 || h.events[3].ID != h.events[1].ID {
+		t.Errorf("redelivered event id %q; want the original's %q", h.events[len(h.events)-1].ID, h.events[1].ID)
+	}
+
+	// Two clicks on different menu entries in the same second are two events.
+	push(wecomtest.EventMessage(testCorp, testAgent, "bono", "click", "menu_1", now))
+	push(wecomtest.EventMessage(testCorp, testAgent, "bono", "click", "menu_2", now))
+	if got := h.kept(); len(got) != 5 {
+		t.Errorf("two clicks with different EventKey kept %d events in all: %q; want 5", len(got), got)
+	}
+	if len(h.errs) != 0 {
+		t.Fatalf("webhook errors: %v", h.errs)
+	}
+}
+
+// TestEventIDDigest: an event's id covers every field (a change anywhere, even in a nested
+// element, gives a new id) but not the XML's layout (a redelivery laid out differently keeps it).
+func TestEventIDDigest(t *testing.T) {
+	t.Parallel()
+	const base = `<xml><ToUserName>ww</ToUserName><FromUserName>sys</FromUserName><CreateTime>1</CreateTime>` +
+		`<MsgType>event</MsgType><Event>sys_approval_change</Event><ApprovalInfo><SpNo>%s</SpNo><SpStatus>%s</SpStatus></ApprovalInfo></xml>`
+	id := func(body string) string {
+		t.Helper()
+		ev, err := wecom.ParseMessage([]byte(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ev.ID
+	}
+	a := id(fmt.Sprintf(base, "202601010001", "1"))
+	for _, tc := range []struct {
+		name, body string
+		same       bool
+	}{
+		{"identical", fmt.Sprintf(base, "202601010001", "1"), true},
+		{"laid out on lines", strings.ReplaceAll(fmt.Sprintf(base, "202601010001", "1"), "><", ">\n  <"), true},
+		{"other approval", fmt.Sprintf(base, "202601010002", "1"), false},
+		{"other status", fmt.Sprintf(base, "202601010001", "2"), false},
+	} {
+		if b := id(tc.body); (a == b) != tc.same {
+			t.Errorf("%s: ParseMessage id %q vs %q; want same=%v", tc.name, b, a, tc.same)
+		}
 	}
 }
