@@ -49,7 +49,9 @@ func (c Config) key() string { return "wecom/" + c.CorpID + "/" + strconv.Format
 // Options tune a [Client]. The zero value is ready to use.
 type Options struct {
 	// HTTPClient makes every request of this Client. If nil, http.DefaultClient is used.
-	// Requests carry the caller's ctx, so its Timeout is only a backstop.
+	// Requests carry the caller's ctx, so its Timeout is only a backstop. Its CheckRedirect
+	// is not used: the Client never follows a redirect (the token is in the URL), and
+	// reports one as an *HTTPError.
 	HTTPClient *http.Client
 	// Logger receives webhook refusals (Warn) and retries (Debug), never a secret. If nil,
 	// nothing is logged.
@@ -209,7 +211,7 @@ type TokenSource struct {
 	APIBase    string // as [Config.APIBase]; empty means DefaultAPIBase
 	CorpID     string
 	CorpSecret string
-	HTTPClient *http.Client // nil: http.DefaultClient
+	HTTPClient *http.Client // nil: http.DefaultClient; redirects are never followed
 
 	mu   sync.Mutex     // guards last
 	last tokenmgr.Token // the last token fetched
@@ -313,12 +315,16 @@ func send(ctx context.Context, hc *http.Client, method, base, endpoint string, q
 	if b != nil && b.contentType != "" {
 		req.Header.Set("Content-Type", b.contentType)
 	}
-	resp, err := hc.Do(req)
+	resp, err := noRedirects(hc).Do(req)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("wecom: %s: %w", endpoint, ctx.Err())
 		}
 		return nil, fmt.Errorf("wecom: %s: %w: %w", endpoint, tokenmgr.ErrTemporary, sanitizeErr(err))
+	}
+	if resp.StatusCode >= 300 && resp.StatusCode < 400 {
+		resp.Body.Close()
+		return nil, &HTTPError{Endpoint: endpoint, StatusCode: resp.StatusCode, Redirect: redirectTarget(resp)}
 	}
 	if resp.StatusCode != http.StatusOK {
 		snippet, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
@@ -328,6 +334,25 @@ func send(ctx context.Context, hc *http.Client, method, base, endpoint string, q
 		return nil, &HTTPError{Endpoint: endpoint, StatusCode: resp.StatusCode, Body: snippet}
 	}
 	return resp, nil
+}
+
+// noRedirects returns a copy of hc that does not follow redirects. Every request carries a
+// secret in its URL (access_token, or corpsecret for gettoken), which a redirect would hand
+// to its target, in the query and in Referer: an API base that redirects is an error.
+func noRedirects(hc *http.Client) *http.Client {
+	c := *hc
+	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	return &c
+}
+
+// redirectTarget returns the scheme and host a redirect points to (never its path or
+// query, which may echo the token), or "another location".
+func redirectTarget(resp *http.Response) string {
+	u, err := resp.Location()
+	if err != nil || u.Host == "" {
+		return "another location"
+	}
+	return u.Scheme + "://" + u.Host
 }
 
 // decode checks errcode in data and decodes data into out.
@@ -359,15 +384,24 @@ func decode(endpoint string, data []byte, out any) error {
 
 // HTTPError is an answer with an HTTP status other than 200 (WeCom reports its own errors
 // with 200 and an errcode, so this means a proxy or outage). 5xx statuses match
-// adapter.ErrUnavailable and tokenmgr.ErrTemporary.
+// adapter.ErrUnavailable and tokenmgr.ErrTemporary. A redirect (3xx) is never followed:
+// every request carries the access token or the corp secret in its URL.
 type HTTPError struct {
 	Endpoint   string
 	StatusCode int
-	Body       []byte // the first 512 bytes
+	Body       []byte // the first 512 bytes, secrets redacted; empty for a redirect
+	// Redirect is, for a 3xx answer, the scheme and host its Location points to ("another
+	// location" if it has none); empty otherwise.
+	Redirect string
 }
 
-// Error returns "wecom: <endpoint>: HTTP <status>: <start of the body>".
+// Error returns "wecom: <endpoint>: HTTP <status>: <start of the body>", or for a redirect
+// "wecom: <endpoint>: HTTP <status>: redirect to <scheme://host> refused …".
 func (e *HTTPError) Error() string {
+	if e.Redirect != "" {
+		return fmt.Sprintf("wecom: %s: HTTP %d: redirect to %s refused (API requests carry the token in the URL and never follow redirects; check api_base)",
+			e.Endpoint, e.StatusCode, e.Redirect)
+	}
 	return fmt.Sprintf("wecom: %s: HTTP %d: %s", e.Endpoint, e.StatusCode, truncate(string(e.Body), 200))
 }
 

@@ -5,7 +5,11 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/http/httptest"
+	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -254,4 +258,76 @@ func Test40001Hint(t *testing.T) {
 			t.Errorf("TokenRequests() = %d; want 2 (one refresh)", got)
 		}
 	})
+}
+
+// TestRedirectsRefused (issue 11 item 10): an API base that answers with a redirect must not
+// make the client carry the token (a query parameter) or the corp secret to the target, not
+// even in a Referer. The redirect is refused with a clear error that holds no secret.
+func TestRedirectsRefused(t *testing.T) {
+	t.Parallel()
+	const leakToken = "TOKEN-must-not-leak-7f3a"
+	for _, status := range []int{http.StatusMovedPermanently, http.StatusFound, http.StatusSeeOther,
+		http.StatusTemporaryRedirect, http.StatusPermanentRedirect} {
+		t.Run(strconv.Itoa(status), func(t *testing.T) {
+			t.Parallel()
+			var mu sync.Mutex
+			var elsewhere []string // requests the redirect target saw
+			target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				mu.Lock()
+				elsewhere = append(elsewhere, r.Method+" "+r.URL.String()+" referer="+r.Referer())
+				mu.Unlock()
+				io.WriteString(w, `{"errcode":0,"errmsg":"ok","access_token":"x","expires_in":7200,"msgid":"m1"}`)
+			}))
+			defer target.Close()
+			var redirectToken atomic.Bool // whether gettoken is redirected too
+			api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == "/cgi-bin/gettoken" && !redirectToken.Load() {
+					io.WriteString(w, `{"errcode":0,"errmsg":"ok","access_token":"`+leakToken+`","expires_in":7200}`)
+					return
+				}
+				http.Redirect(w, r, target.URL+r.URL.RequestURI(), status)
+			}))
+			defer api.Close()
+
+			hc := api.Client() // follows redirects by default
+			c, err := wecom.New(wecom.Config{CorpID: testCorp, CorpSecret: testSecret, AgentID: testAgent, APIBase: api.URL},
+				wecom.Options{HTTPClient: hc})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			check := func(what string, err error) {
+				t.Helper()
+				if err == nil {
+					t.Fatalf("%s through a %d redirect succeeded; want an error", what, status)
+				}
+				if !strings.Contains(err.Error(), "redirect") {
+					t.Errorf("%s error = %q; want one saying the redirect was refused", what, err)
+				}
+				assertNoSecrets(t, err.Error(), leakToken, testSecret)
+				mu.Lock()
+				defer mu.Unlock()
+				if len(elsewhere) != 0 {
+					t.Errorf("%s: the redirect target saw %q; want no request", what, elsewhere)
+				}
+			}
+			_, err = c.Send(t.Context(), text(adapter.Target{User: "zhangsan"}, "hi"))
+			check("Send", err)
+			var he *wecom.HTTPError
+			if !errors.As(err, &he) || he.StatusCode != status {
+				t.Errorf("Send error = %#v; want an *HTTPError with status %d", err, status)
+			}
+			_, err = c.Media(t.Context(), "media1")
+			check("Media", err)
+
+			redirectToken.Store(true)
+			src := &wecom.TokenSource{APIBase: api.URL, CorpID: testCorp, CorpSecret: testSecret, HTTPClient: hc}
+			_, err = src.Token(t.Context())
+			check("gettoken", err)
+
+			if hc.CheckRedirect != nil {
+				t.Errorf("the caller's http.Client was changed")
+			}
+		})
+	}
 }
