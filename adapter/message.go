@@ -35,12 +35,13 @@ type Message struct {
 }
 
 // Target says where a [Message] goes. Set exactly one field. User means a member (WeCom) or a
-// 1:1 chat with that user (Graph). User and each element of Users hold one id: WeCom refuses
-// "|" or "@all" inside one (send to several with Users, to everyone with All).
+// 1:1 chat with that user (Graph). User, each element of Users, Party and Chat hold one id:
+// WeCom refuses "|" or "@all" inside one (send to several users with Users, to everyone with
+// All), and any id with white space around it or a control character in it.
 type Target struct {
 	User  string   `json:"user,omitempty"`
 	Users []string `json:"users,omitempty"`
-	Party string   `json:"party,omitempty"` // WeCom department id; several as "2|3"
+	Party string   `json:"party,omitempty"` // one WeCom department id ("|" is refused)
 	Tag   string   `json:"tag,omitempty"`   // WeCom tag id; several as "1|4"
 	All   bool     `json:"all,omitempty"`   // every member visible to the WeCom app ("@all")
 	Chat  string   `json:"chat,omitempty"`  // WeCom app chat id, Graph chat id

@@ -106,8 +106,9 @@ func TestSendTargets(t *testing.T) {
 		user, party, tag, err string
 	}{
 		{"users", adapter.Target{Users: []string{"a", "b"}}, "a|b", "", "", ""},
-		{"party", adapter.Target{Party: "2|3"}, "", "2|3", "", ""},
+		{"party", adapter.Target{Party: "2"}, "", "2", "", ""},
 		{"tag", adapter.Target{Tag: "1"}, "", "", "1", ""},
+		{"tags", adapter.Target{Tag: "1|4"}, "", "", "1|4", ""},
 		{"all", adapter.Target{All: true}, "@all", "", "", ""},
 		{"channel", adapter.Target{Channel: &adapter.Channel{Team: "t", Channel: "c"}}, "", "", "", "cannot send"},
 		{"email", adapter.Target{Email: "a@b"}, "", "", "", "cannot send"},
@@ -120,12 +121,32 @@ func TestSendTargets(t *testing.T) {
 		{"users element @all", adapter.Target{Users: []string{"a", "@all"}}, "", "", "", "Target.All"},
 		{"users element empty", adapter.Target{Users: []string{"a", ""}}, "", "", "", "users[1] is empty"},
 		{"users over 1000", adapter.Target{Users: make([]string, 1001)}, "", "", "", "at most 1000 users"},
-		{"party @all", adapter.Target{Party: "2|@all"}, "", "", "", "Target.All"},
-		{"party empty id", adapter.Target{Party: "2||3"}, "", "", "", "empty id"},
-		{"party over 100", adapter.Target{Party: strings.Repeat("1|", 100) + "1"}, "", "", "", "at most 100 party"},
+		{"party @all", adapter.Target{Party: "@all"}, "", "", "", "Target.All"},
 		{"tag @all", adapter.Target{Tag: "@all"}, "", "", "", "Target.All"},
+		{"tag list @all", adapter.Target{Tag: "2|@all"}, "", "", "", "Target.All"},
+		{"tag empty id", adapter.Target{Tag: "2||3"}, "", "", "", "empty id"},
 		{"tag over 100", adapter.Target{Tag: strings.Repeat("1|", 100) + "1"}, "", "", "", "at most 100 tag"},
-		{"party 100", adapter.Target{Party: strings.Repeat("1|", 99) + "1"}, "", strings.Repeat("1|", 99) + "1", "", ""},
+		{"tag 100", adapter.Target{Tag: strings.Repeat("1|", 99) + "1"}, "", "", strings.Repeat("1|", 99) + "1", ""},
+		// Issue 11 item 15: a party id with "|" names several departments ("2|1" adds the
+		// root, every member); ids with surrounding white space or control characters are
+		// not what the caller meant (" @all" would slip past the @all check).
+		{"party with pipe", adapter.Target{Party: "2|3"}, "", "", "", `party "2|3" contains "|"`},
+		{"party with pipe to root", adapter.Target{Party: "5|1"}, "", "", "", `party "5|1" contains "|"`},
+		{"party leading space", adapter.Target{Party: " 2"}, "", "", "", `party " 2" has white space around it`},
+		{"party trailing newline", adapter.Target{Party: "2\n"}, "", "", "", `party "2\n" has white space around it`},
+		{"party control char", adapter.Target{Party: "2\x003"}, "", "", "", `party "2\x003" contains a control character`},
+		{"party spaced @all", adapter.Target{Party: " @all"}, "", "", "", `party " @all" has white space around it`},
+		{"user leading space", adapter.Target{User: " zhangsan"}, "", "", "", `user " zhangsan" has white space around it`},
+		{"user trailing newline", adapter.Target{User: "zhangsan\n"}, "", "", "", `user "zhangsan\n" has white space around it`},
+		{"user inner newline", adapter.Target{User: "zhang\nsan"}, "", "", "", `user "zhang\nsan" contains a control character`},
+		{"user spaced @all", adapter.Target{User: "@all "}, "", "", "", `user "@all " has white space around it`},
+		{"users element tab", adapter.Target{Users: []string{"a", "\tb"}}, "", "", "", `users[1] "\tb" has white space around it`},
+		{"tag element space", adapter.Target{Tag: "1| 4"}, "", "", "", `tag " 4" in "1| 4" has white space around it`},
+		{"tag element newline @all", adapter.Target{Tag: "1|\n@all"}, "", "", "", `tag "\n@all" in "1|\n@all" has white space around it`},
+		{"tag surrounding space", adapter.Target{Tag: " 1|4 "}, "", "", "", `has white space around it`},
+		{"chat trailing space", adapter.Target{Chat: "chat1 "}, "", "", "", `chat "chat1 " has white space around it`},
+		{"chat newline", adapter.Target{Chat: "\nchat1"}, "", "", "", `chat "\nchat1" has white space around it`},
+		{"chat control char", adapter.Target{Chat: "ch\x7fat"}, "", "", "", `chat "ch\x7fat" contains a control character`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -140,11 +161,12 @@ func TestSendTargets(t *testing.T) {
 				if errors.As(err, &ae) && ae.Platform != "wecom" {
 					t.Errorf("error platform = %q; want wecom", ae.Platform)
 				}
-				if srv.Calls("message/send") != 0 {
-					t.Errorf("an invalid request reached WeCom")
+				if n := srv.Calls("gettoken") + srv.Calls("message/send") + srv.Calls("appchat/send"); n != 0 {
+					t.Errorf("an invalid request reached WeCom (%d calls)", n)
 				}
 				return
 			}
+
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -231,6 +253,12 @@ func TestSendContent(t *testing.T) {
 		wantErr error
 	}{
 		{"markdown mention", adapter.Message{Markdown: "**hi**", Mentions: []adapter.Mention{{ID: "zhangsan"}}}, "markdown", nil},
+		// A mention id is a user id, sent inside "<@…>": checked like one (issue 11 item 15).
+		{"markdown mention spaced", adapter.Message{Markdown: "hi", Mentions: []adapter.Mention{{ID: "zhangsan "}}}, "", adapter.ErrInvalidRequest},
+		{"markdown mention newline", adapter.Message{Markdown: "hi", Mentions: []adapter.Mention{{ID: "a\nb"}}}, "", adapter.ErrInvalidRequest},
+		{"markdown mention @all", adapter.Message{Markdown: "hi", Mentions: []adapter.Mention{{ID: "@all"}}}, "", adapter.ErrInvalidRequest},
+		{"markdown mention pipe", adapter.Message{Markdown: "hi", Mentions: []adapter.Mention{{ID: "a|b"}}}, "", adapter.ErrInvalidRequest},
+		{"markdown mention markup", adapter.Message{Markdown: "hi", Mentions: []adapter.Mention{{ID: "a><@b"}}}, "", adapter.ErrInvalidRequest},
 		{"textcard nested", adapter.Message{Card: json.RawMessage(`{"type":"textcard","textcard":{"title":"t","description":"d","url":"https://x"}}`)}, "textcard", nil},
 		{"textcard flat", adapter.Message{Card: json.RawMessage(`{"type":"textcard","title":"t","description":"d","url":"https://x","btntxt":"go"}`)}, "textcard", nil},
 		{"textcard no description", adapter.Message{Card: json.RawMessage(`{"type":"textcard","title":"t","url":"https://x"}`)}, "", adapter.ErrInvalidRequest},
@@ -254,6 +282,9 @@ func TestSendContent(t *testing.T) {
 			if tc.wantErr != nil {
 				if !errors.Is(err, tc.wantErr) {
 					t.Errorf("Send error = %v; want %v", err, tc.wantErr)
+				}
+				if strings.HasPrefix(tc.name, "markdown mention ") && (err == nil || !strings.Contains(err.Error(), "mentions[0]")) {
+					t.Errorf("mention error = %v; want it to name mentions[0]", err)
 				}
 				if tc.name == "video card" && (err == nil || !strings.Contains(err.Error(), "Attachments")) {
 					t.Errorf("video card error = %v; want it to point to Message.Attachments", err)

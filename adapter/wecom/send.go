@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
@@ -71,6 +72,9 @@ type sendResponse struct {
 // Mentions are appended to markdown as "<@userid>" (which notifies them) and to text as
 // "@name" (WeCom app text has no real mention); cards and attachments carry none.
 //
+// Ids are checked before any call (see [adapter.Target]): "|" and "@all" inside one id, white
+// space around an id or a control character in it are invalid requests naming the id.
+//
 // Recipients WeCom refused while delivering to the others are listed in Receipt.Invalid; if
 // all are refused the error is KindInvalidRecipient (81013). If a later part of a
 // multi-part message fails, the receipt still lists the parts sent.
@@ -128,8 +132,11 @@ const (
 
 // target resolves msg.To into the recipient fields and the endpoint. WeCom reads "|" in a
 // recipient field as a separator and "@all" as every member, so neither may hide inside a
-// single id: several users go in Users, everyone is All. Party and Tag keep "|" as the
-// documented way to name several ("2|3"), each id checked the same way.
+// single id: several users go in Users, everyone is All. A party is one department ("|"
+// would add others, and department 1 is the root: every member). Tag keeps "|" as the
+// documented way to name several ("1|4"), each id checked like the others. No id may have
+// white space around it or a control character in it: WeCom would not match it as given
+// (" @all" would slip past the check for "@all").
 func (c *Client) target(to adapter.Target) (sendRequest, string, error) {
 	kind, err := to.Kind()
 	if err != nil {
@@ -138,7 +145,7 @@ func (c *Client) target(to adapter.Target) (sendRequest, string, error) {
 	r := sendRequest{AgentID: c.cfg.AgentID}
 	switch kind {
 	case adapter.TargetUser:
-		if err := checkUser("user", to.User); err != nil {
+		if err := checkSingle("user", to.User, "list several users in Target.Users"); err != nil {
 			return r, "", err
 		}
 		r.ToUser = to.User
@@ -147,13 +154,13 @@ func (c *Client) target(to adapter.Target) (sendRequest, string, error) {
 			return r, "", invalid("at most %d users per message; got %d", maxUsers, len(to.Users))
 		}
 		for i, u := range to.Users {
-			if err := checkUser(fmt.Sprintf("users[%d]", i), u); err != nil {
+			if err := checkSingle(fmt.Sprintf("users[%d]", i), u, "list several users in Target.Users"); err != nil {
 				return r, "", err
 			}
 		}
 		r.ToUser = strings.Join(to.Users, "|")
 	case adapter.TargetParty:
-		if err := checkIDList("party", to.Party, maxParties); err != nil {
+		if err := checkSingle("party", to.Party, "WeCom would read it as several departments; name one department per message"); err != nil {
 			return r, "", err
 		}
 		r.ToParty = to.Party
@@ -165,6 +172,9 @@ func (c *Client) target(to adapter.Target) (sendRequest, string, error) {
 	case adapter.TargetAll:
 		r.ToUser = "@all"
 	case adapter.TargetChat:
+		if err := checkSingle("chat", to.Chat, "name one app chat"); err != nil {
+			return r, "", err
+		}
 		return sendRequest{ChatID: to.Chat}, EndpointAppChatSend, nil
 	default:
 		return r, "", invalid("WeCom cannot send to %s", to)
@@ -172,31 +182,53 @@ func (c *Client) target(to adapter.Target) (sendRequest, string, error) {
 	return r, EndpointSend, nil
 }
 
-// checkUser refuses a user id that WeCom would read as more than one recipient.
-func checkUser(field, id string) error {
-	switch {
-	case id == "":
-		return invalid("%s is empty", field)
-	case strings.EqualFold(id, "@all"):
-		return invalid(`%s is "@all": set Target.All to send to every member`, field)
-	case strings.Contains(id, "|"):
-		return invalid(`%s %q contains "|": list several users in Target.Users`, field, id)
+// checkSingle refuses an id that WeCom would read as more than one recipient, or not as
+// given; several explains how to name more than one. The error names the id: ids are not
+// secrets.
+func checkSingle(field, id, several string) error {
+	if p := idProblem(id); p != "" {
+		if id == "" {
+			return invalid("%s %s", field, p)
+		}
+		return invalid("%s %q %s", field, id, p)
+	}
+	if strings.Contains(id, "|") {
+		return invalid(`%s %q contains "|": %s`, field, id, several)
 	}
 	return nil
 }
 
-// checkIDList checks a "|"-separated party or tag list: at most max ids, none empty or "@all".
+// idProblem says what is wrong with one id, or returns "": empty, "@all" in any case, white
+// space around it, or a control character in it.
+func idProblem(id string) string {
+	switch {
+	case id == "":
+		return "is empty"
+	case strings.TrimSpace(id) != id:
+		return "has white space around it"
+	case strings.IndexFunc(id, unicode.IsControl) >= 0:
+		return "contains a control character"
+	case strings.EqualFold(id, "@all"):
+		return `is "@all": set Target.All to send to every member`
+	}
+	return ""
+}
+
+// checkIDList checks a "|"-separated tag list: at most max ids, none with an idProblem.
 func checkIDList(field, list string, max int) error {
 	ids := strings.Split(list, "|")
 	if len(ids) > max {
 		return invalid("at most %d %s ids per message; got %d", max, field, len(ids))
 	}
 	for _, id := range ids {
-		switch {
+		switch p := idProblem(id); {
+		case p == "":
 		case id == "":
 			return invalid("%s %q has an empty id", field, list)
-		case strings.EqualFold(id, "@all"):
-			return invalid(`%s %q names "@all": set Target.All to send to every member`, field, list)
+		case len(ids) == 1:
+			return invalid("%s %q %s", field, id, p)
+		default:
+			return invalid("%s %q in %q %s", field, id, list, p)
 		}
 	}
 	return nil
@@ -253,7 +285,14 @@ func (c *Client) parts(msg adapter.Message) ([]*part, error) {
 		}
 	case msg.Markdown != "":
 		md := msg.Markdown
-		for _, m := range msg.Mentions {
+		for i, m := range msg.Mentions {
+			field := fmt.Sprintf("mentions[%d]", i)
+			if err := checkSingle(field, m.ID, "mention one user per Mention"); err != nil {
+				return nil, err
+			}
+			if strings.ContainsAny(m.ID, "<>") {
+				return nil, invalid(`%s %q contains "<" or ">", which would break out of the mention`, field, m.ID)
+			}
 			md += " <@" + m.ID + ">"
 		}
 		chunks, err := c.chunks("markdown", md)
