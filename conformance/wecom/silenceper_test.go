@@ -2,6 +2,7 @@ package wecom_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"image"
@@ -23,7 +24,9 @@ import (
 	"github.com/silenceper/wechat/v2/work/config"
 	"github.com/silenceper/wechat/v2/work/message"
 
+	"github.com/seed-a64d9e1f/chatwire/adapter/wecom"
 	"github.com/seed-a64d9e1f/chatwire/adapter/wecom/wecomtest"
+	"github.com/seed-a64d9e1f/chatwire/tokenmgr"
 )
 
 // silenceper/wechat/v2 (v2.1.14, github.com/silenceper/wechat) is a widely used Go WeCom
@@ -234,5 +237,47 @@ func TestSilenceperMedia(t *testing.T) {
 	}
 	if _, err := mat.UploadImg(docPath); commonCode(t, err) != 40005 {
 		t.Errorf("UploadImg(text file): %v; want 40005 (only JPG and PNG)", err)
+	}
+}
+
+// TestChatwireWorkRecoversFrom42001: wecom.Client.Work (silenceper's client on chatwire's
+// token Manager) sends through the emulator, and after WeCom revokes the token a call
+// wrapped in Tokens().Do with wecom.FromWeChat fetches one new token and succeeds, as
+// Client.Work documents.
+func TestChatwireWorkRecoversFrom42001(t *testing.T) {
+	_, _, srv, hs := silenceperWork(t)
+	c, err := wecom.New(wecom.Config{CorpID: spCorp, CorpSecret: spSecret, AgentID: 1000002, APIBase: hs.URL},
+		wecom.Options{HTTPClient: hs.Client()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	wk := c.Work()
+	send := func(content string) error {
+		return c.Tokens().Do(t.Context(), func(ctx context.Context, _ tokenmgr.Token) error {
+			_, err := wk.GetMessage().SendText(message.SendTextRequest{
+				SendRequestCommon: &message.SendRequestCommon{ToUser: "zhangsan", AgentID: spAgent},
+				Text:              message.TextField{Content: content}})
+			return wecom.FromWeChat("message/send", err)
+		})
+	}
+	if err := send("before"); err != nil {
+		t.Fatalf("send through Client.Work: %v", err)
+	}
+	srv.RevokeTokens(42001)
+	if err := send("after"); err != nil {
+		t.Fatalf("send after revocation: %v; want one refresh and a retry", err)
+	}
+	var apiErr *wecom.APIError
+	if err := wecom.FromWeChat("message/send", func() error {
+		_, err := wk.GetMessage().SendText(message.SendTextRequest{
+			SendRequestCommon: &message.SendRequestCommon{ToUser: "nobody", AgentID: spAgent},
+			Text:              message.TextField{Content: "x"}})
+		return err
+	}()); !errors.As(err, &apiErr) || apiErr.Code != 81013 {
+		t.Errorf("FromWeChat(81013) = %v; want an *APIError with code 81013", err)
+	}
+	if n := len(srv.Sent()); n != 2 || srv.TokensIssued() != 2 {
+		t.Errorf("%d messages, %d tokens issued; want 2 and 2", n, srv.TokensIssued())
 	}
 }
