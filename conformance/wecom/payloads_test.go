@@ -132,3 +132,44 @@ func TestPublishedCallbacks(t *testing.T) {
 		})
 	}
 }
+
+// TestPublishedEventIDs: distinct published event samples get distinct event ids (the two
+// change_contact samples come from "sys" in the same second, as a bulk import's do; issue 11
+// item 1), and a redelivery — the same plaintext encrypted again by @wecom/crypto with
+// another random, timestamp and nonce — keeps its id, so dedup drops it and nothing else.
+func TestPublishedEventIDs(t *testing.T) {
+	plains := readPublished(t)
+	a := newApp(t)
+	c := a.client(t)
+	ids := map[string]string{}
+	for i, p := range plains {
+		ev, err := wecom.ParseMessage([]byte(p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if publishedCases[i].id != "" {
+			continue // messages are deduplicated by MsgId, and the docs reuse one MsgId in every sample
+		}
+		if other, dup := ids[ev.ID]; dup {
+			t.Errorf("%s and %s share the event id %q: one of them would be dropped as a duplicate", other, publishedCases[i].file, ev.ID)
+		}
+		ids[ev.ID] = publishedCases[i].file
+	}
+	now := time.Now().Unix()
+	first, q1 := vendorSeal(t, a, plains, now)
+	again, q2 := vendorSeal(t, a, plains, now+1)
+	for i := range plains {
+		var got [2]string
+		for j, d := range [][]any{{first[i], q1[i]}, {again[i], q2[i]}} {
+			_, events, err := c.HandleWebhook(context.Background(), &adapter.WebhookRequest{
+				Method: http.MethodPost, Path: "/w", Query: d[1].(url.Values), Body: d[0].([]byte)})
+			if err != nil || len(events) != 1 {
+				t.Fatalf("%s: HandleWebhook: %d events, %v", publishedCases[i].file, len(events), err)
+			}
+			got[j] = events[0].ID
+		}
+		if string(first[i]) == string(again[i]) || got[0] != got[1] {
+			t.Errorf("%s: redelivery re-encrypted has id %q, first delivery %q; want the same", publishedCases[i].file, got[1], got[0])
+		}
+	}
+}
