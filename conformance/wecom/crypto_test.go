@@ -384,3 +384,47 @@ func TestEmulatorOpensVendorReplies(t *testing.T) {
 		}
 	}
 }
+
+// TestVendorDecryptsEmulatorEchostr: the URL-verification GET wecomtest builds (VerifyQuery,
+// used by Server.VerifyURL) carries an echostr that @wecom/crypto decrypts to the echo and a
+// signature it computes the same; and Server.VerifyURL succeeds against chatwire.
+func TestVendorDecryptsEmulatorEchostr(t *testing.T) {
+	a := newApp(t)
+	echoes := []string{"1616140317555161061", "5927782489442352469", "中文", "a+b/c=d&e"}
+	var ops []nodeOp
+	var qs []url.Values
+	for i, e := range echoes {
+		q, err := wecomtest.VerifyQuery(a.callback(""), e, 1409659589+int64(i), "263014780")
+		if err != nil {
+			t.Fatal(err)
+		}
+		// As the bot's server sees it: through a real URL query.
+		q, _ = url.ParseQuery(q.Encode())
+		qs = append(qs, q)
+		ops = append(ops, nodeOp{Op: "decrypt", Key: a.key, Encrypt: q.Get("echostr")},
+			nodeOp{Op: "sign", Token: a.token, Timestamp: q.Get("timestamp"), Nonce: q.Get("nonce"), Encrypt: q.Get("echostr")})
+	}
+	res := wecomCrypto(t, ops)
+	for i, e := range echoes {
+		if d := res[2*i]; d.Message != e || d.ID != a.corp {
+			t.Errorf("echostr for %q: @wecom/crypto decrypts %q for %q (%s)", e, d.Message, d.ID, d.Error)
+		}
+		if s := res[2*i+1].Signature; s != qs[i].Get("msg_signature") {
+			t.Errorf("echostr for %q: msg_signature %s; @wecom/crypto computes %s", e, qs[i].Get("msg_signature"), s)
+		}
+	}
+	c := a.client(t)
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		req, err := adapter.NewWebhookRequest(r, 0)
+		if err != nil {
+			http.Error(w, err.Error(), 400)
+			return
+		}
+		resp, _, _ := c.HandleWebhook(r.Context(), req)
+		resp.Write(w)
+	})
+	srv := &wecomtest.Server{HTTPClient: wecomtest.HandlerClient(h)}
+	if err := srv.VerifyURL(context.Background(), a.callback("http://bot.test/webhook")); err != nil {
+		t.Errorf("wecomtest VerifyURL against chatwire: %v", err)
+	}
+}
