@@ -440,7 +440,8 @@ func (s *Server) uploadImgLocked(r *http.Request, data []byte) map[string]any {
 	path := imagePath + m.ID + "/0"
 	s.images[path] = m
 	u := scheme + "://" + r.Host + path
-	return map[string]any{"errcode": 0, "errmsg": "ok", "url": u}
+	// errmsg "" as in the doc's sample (copied in several SDKs' comments), like media/upload.
+	return map[string]any{"errcode": 0, "errmsg": "", "url": u}
 }
 
 func (s *Server) mediaLocked(id string) (*Media, int) {
