@@ -123,6 +123,11 @@ func TestSilenceperTokenAndMessages(t *testing.T) {
 	if _, err := send("nobody", "x"); commonCode(t, err) != 81013 {
 		t.Errorf("send to nobody valid: %v; want 81013", err)
 	}
+	// A wrong secret: gettoken answers 40001, which silenceper reports (as text, spec §7).
+	bad := work.NewWork(&config.Config{CorpID: spCorp, CorpSecret: "wrong", AgentID: spAgent, Cache: cache.NewMemory()})
+	if _, err := bad.GetContext().GetAccessToken(); err == nil || !strings.Contains(err.Error(), "errcode=40001") {
+		t.Errorf("gettoken with a wrong secret: %v; want errcode=40001", err)
+	}
 }
 
 // TestSilenceperAppChat: appchat/send to a chat the app created.
