@@ -5,22 +5,27 @@ RACE      ?= -race
 BENCH     ?= .
 COUNT     ?= 5
 
-.PHONY: all test deps vet unit bench fmt
+.PHONY: all test deps vet unit conformance bench fmt
 
 all: test
 
-# deps makes sure the external programs the tests start (redis-server, python3) are installed. As root it installs them
-# from Debian's packages; otherwise it fails and says what to install. Never a silent skip.
+# deps makes sure the external programs the tests start (redis-server, python3, node and npm for the conformance
+# oracles) are installed. As root it installs them from Debian's packages; otherwise it fails and says what to install.
+# Never a silent skip. Then it installs the npm packages conformance/ drives, exactly as locked in
+# conformance/node/package-lock.json (npm ci; again only when the lockfile changed).
 deps:
 	@missing=; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	command -v python3 >/dev/null 2>&1 || missing="$$missing python3"; \
+	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 			echo "make: installing$$missing from Debian packages"; \
 			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing || exit 1; \
 		else \
-			echo "make: missing:$$missing (redis-server for the Redis tests, python3 for the Python example bot's test):" \
+			echo "make: missing:$$missing (redis-server for the Redis tests, python3 for the Python example bot's test," \
+				"nodejs and npm for the conformance oracles):" \
 				"install it (Debian: sudo apt-get install$$missing) and run make test again" >&2; \
 			exit 1; \
 		fi; \
@@ -29,6 +34,13 @@ deps:
 	@redis-server --version
 	@command -v python3 >/dev/null 2>&1 || { echo "make: python3 still missing after install" >&2; exit 1; }
 	@python3 --version
+	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { echo "make: node or npm still missing after install" >&2; exit 1; }
+	@echo "node $$(node --version), npm $$(npm --version)"
+	@if [ ! -f conformance/node/node_modules/.package-lock.json ] || \
+		[ conformance/node/package-lock.json -nt conformance/node/node_modules/.package-lock.json ]; then \
+		echo "make: npm ci in conformance/node"; \
+		cd conformance/node && npm ci --no-audit --no-fund || exit 1; \
+	fi
 
 vet:
 	$(GO) vet ./...
@@ -38,7 +50,13 @@ vet:
 unit:
 	$(GO) test $(RACE) -count=1 ./...
 
-test: deps vet unit
+# conformance pits the adapters and emulators against outside code and published payloads (conformance/, its own Go
+# module so vendor test dependencies stay out of go.mod; README "Proven against"). Needs `make deps` (node, npm ci).
+conformance:
+	cd conformance && $(GO) vet ./...
+	cd conformance && $(GO) test $(RACE) -count=1 ./...
+
+test: deps vet unit conformance
 
 # bench runs every benchmark (ours and the anchors they are compared with) in one run, COUNT
 # times, so medians can be read with benchstat; then the refresh-stream comparison once (it runs

@@ -362,41 +362,86 @@ func (s *Server) uploadLocked(r *http.Request, data []byte) map[string]any {
 	if !ok {
 		return errBody(40005, nil)
 	}
+	m, code := readMedia(r, data, lim.max, lim.code)
+	if code != 0 {
+		return errBody(code, nil)
+	}
+	m.ID, m.Type = randHex(24), typ
+	s.media[m.ID] = m
+	return map[string]any{"errcode": 0, "errmsg": "", "type": typ, "media_id": m.ID,
+		"created_at": strconv.FormatInt(m.Created.Unix(), 10)}
+}
+
+// readMedia reads the multipart part named "media" of an upload: 44001 if there is none or
+// it is empty, 40006 if it has 5 bytes or fewer, tooLarge if it has more than max.
+func readMedia(r *http.Request, data []byte, max int64, tooLarge int) (*Media, int) {
 	_, params, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if err != nil || params["boundary"] == "" {
-		return errBody(44001, nil)
+		return nil, 44001
 	}
 	mr := multipart.NewReader(bytes.NewReader(data), params["boundary"])
 	for {
 		p, err := mr.NextPart()
 		if err != nil {
-			return errBody(44001, nil) // no "media" part
+			return nil, 44001 // no "media" part
 		}
 		if p.FormName() != "media" {
 			continue
 		}
-		content, err := io.ReadAll(io.LimitReader(p, lim.max+1))
+		content, err := io.ReadAll(io.LimitReader(p, max+1))
 		if err != nil {
-			return errBody(44001, nil)
+			return nil, 44001
 		}
 		switch {
 		case len(content) == 0:
-			return errBody(44001, nil)
+			return nil, 44001
 		case len(content) <= 5:
-			return errBody(40006, nil)
-		case int64(len(content)) > lim.max:
-			return errBody(lim.code, nil)
+			return nil, 40006
+		case int64(len(content)) > max:
+			return nil, tooLarge
 		}
 		_, dp, _ := mime.ParseMediaType(p.Header.Get("Content-Disposition"))
-		m := &Media{ID: randHex(24), Type: typ, Name: p.FileName(), ContentType: p.Header.Get("Content-Type"),
+		m := &Media{Name: p.FileName(), ContentType: p.Header.Get("Content-Type"),
 			Data: content, Created: time.Now(), FileLength: dp["filelength"]}
 		if m.ContentType == "" {
 			m.ContentType = "application/octet-stream"
 		}
-		s.media[m.ID] = m
-		return map[string]any{"errcode": 0, "errmsg": "", "type": typ, "media_id": m.ID,
-			"created_at": strconv.FormatInt(m.Created.Unix(), 10)}
+		return m, 0
 	}
+}
+
+// maxUploadImg is media/uploadimg's limit: "图片文件大小应在 5B ~ 2MB 之间" (doc 90256).
+const maxUploadImg = 2 << 20
+
+// imagePath is where the Server serves images uploaded with media/uploadimg, as WeCom
+// serves them from http://p.qpic.cn/pic_wework/<n>/<hash>/0.
+const imagePath = "/pic_wework/"
+
+// uploadImgLocked answers media/uploadimg (doc 90256): a JPG or PNG of 5 B to 2 MB in the
+// part "media" becomes a permanent image whose URL, on the Server's own host so a test can
+// fetch it, is returned as "url". A file of another type gets 40005 (the errcode is assumed:
+// the doc names only the formats).
+func (s *Server) uploadImgLocked(r *http.Request, data []byte) map[string]any {
+	m, code := readMedia(r, data, maxUploadImg, 40009)
+	if code != 0 {
+		return errBody(code, nil)
+	}
+	switch ct := http.DetectContentType(m.Data); ct {
+	case "image/jpeg", "image/png":
+		m.ContentType = ct
+	default:
+		return errBody(40005, nil)
+	}
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	m.ID, m.Type = randHex(24), "image"
+	path := imagePath + m.ID + "/0"
+	s.images[path] = m
+	u := scheme + "://" + r.Host + path
+	// errmsg "" as in the doc's sample (copied in several SDKs' comments), like media/upload.
+	return map[string]any{"errcode": 0, "errmsg": "", "url": u}
 }
 
 func (s *Server) mediaLocked(id string) (*Media, int) {

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/silenceper/wechat/v2/util"
@@ -50,8 +51,8 @@ func Encrypt(cb Callback, msg []byte, timestamp int64, nonce string) (body []byt
 	}
 	ts := strconv.FormatInt(timestamp, 10)
 	sig := util.Signature(cb.Token, ts, nonce, string(enc))
-	body = fmt.Appendf(nil, "<xml><ToUserName><![CDATA[%s]]></ToUserName><Encrypt><![CDATA[%s]]></Encrypt><AgentID><![CDATA[%d]]></AgentID></xml>",
-		cb.CorpID, enc, cb.AgentID)
+	body = fmt.Appendf(nil, "<xml><ToUserName>%s</ToUserName><Encrypt><![CDATA[%s]]></Encrypt><AgentID><![CDATA[%d]]></AgentID></xml>",
+		CDATA(cb.CorpID), enc, cb.AgentID)
 	return body, url.Values{"msg_signature": {sig}, "timestamp": {ts}, "nonce": {nonce}}, nil
 }
 
@@ -218,16 +219,24 @@ func randUint() uint64 {
 	return n >> 1
 }
 
+// CDATA returns s as an XML CDATA section. A "]]>" inside s would end the section early
+// (malformed XML that WeCom's own parsers reject), so it is split across two sections as
+// WeCom's libraries and every XML writer do: "]]" closes one, ">" opens the next
+// ("a]]>b" → "<![CDATA[a]]]]><![CDATA[>b]]>"). Parsers join the sections back into s.
+func CDATA(s string) string {
+	return "<![CDATA[" + strings.ReplaceAll(s, "]]>", "]]]]><![CDATA[>") + "]]>"
+}
+
 // TextMessage returns the plaintext XML of a text message from user to the app, as WeCom
 // sends it (no newlines).
 func TextMessage(corpID string, agentID int64, from, content string, msgID int64, at time.Time) []byte {
-	return fmt.Appendf(nil, "<xml><ToUserName><![CDATA[%s]]></ToUserName><FromUserName><![CDATA[%s]]></FromUserName><CreateTime>%d</CreateTime><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[%s]]></Content><MsgId>%d</MsgId><AgentID>%d</AgentID></xml>",
-		corpID, from, at.Unix(), content, msgID, agentID)
+	return fmt.Appendf(nil, "<xml><ToUserName>%s</ToUserName><FromUserName>%s</FromUserName><CreateTime>%d</CreateTime><MsgType><![CDATA[text]]></MsgType><Content>%s</Content><MsgId>%d</MsgId><AgentID>%d</AgentID></xml>",
+		CDATA(corpID), CDATA(from), at.Unix(), CDATA(content), msgID, agentID)
 }
 
 // EventMessage returns the plaintext XML of an event (click, enter_agent, subscribe, …)
 // from user, with an optional EventKey.
 func EventMessage(corpID string, agentID int64, from, event, key string, at time.Time) []byte {
-	return fmt.Appendf(nil, "<xml><ToUserName><![CDATA[%s]]></ToUserName><FromUserName><![CDATA[%s]]></FromUserName><CreateTime>%d</CreateTime><MsgType><![CDATA[event]]></MsgType><Event><![CDATA[%s]]></Event><EventKey><![CDATA[%s]]></EventKey><AgentID>%d</AgentID></xml>",
-		corpID, from, at.Unix(), event, key, agentID)
+	return fmt.Appendf(nil, "<xml><ToUserName>%s</ToUserName><FromUserName>%s</FromUserName><CreateTime>%d</CreateTime><MsgType><![CDATA[event]]></MsgType><Event>%s</Event><EventKey>%s</EventKey><AgentID>%d</AgentID></xml>",
+		CDATA(corpID), CDATA(from), at.Unix(), CDATA(event), CDATA(key), agentID)
 }

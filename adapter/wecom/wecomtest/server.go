@@ -14,6 +14,7 @@ import (
 	"mime"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -74,6 +75,7 @@ type Server struct {
 	sent     []Sent
 	byMsgID  map[string]int // msgid → index in sent
 	media    map[string]*Media
+	images   map[string]*Media // media/uploadimg uploads, by URL path
 	chats    map[string]*Chat
 	pushes   []Push
 	recv     map[string][]time.Time // agentid/user → delivery times in the last minute
@@ -173,6 +175,7 @@ func (s *Server) initLocked() {
 	s.calls = map[string]int{}
 	s.byMsgID = map[string]int{}
 	s.media = map[string]*Media{}
+	s.images = map[string]*Media{}
 	s.chats = map[string]*Chat{}
 	s.recv = map[string][]time.Time{}
 }
@@ -300,6 +303,21 @@ func (s *Server) Media(id string) *Media {
 	return nil
 }
 
+// Image returns the image uploaded with media/uploadimg whose returned url is u, or nil.
+func (s *Server) Image(u string) *Media {
+	p, err := url.Parse(u)
+	if err != nil {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if m, ok := s.images[p.Path]; ok {
+		c := *m
+		return &c
+	}
+	return nil
+}
+
 // Chat returns the app chat with id, or nil.
 func (s *Server) Chat(id string) *Chat {
 	s.mu.Lock()
@@ -410,8 +428,13 @@ func randHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-// ServeHTTP answers the WeCom API under /cgi-bin/.
+// ServeHTTP answers the WeCom API under /cgi-bin/, and GETs of the permanent image URLs
+// media/uploadimg returned.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if strings.HasPrefix(r.URL.Path, imagePath) && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+		s.serveImage(w, r)
+		return
+	}
 	endpoint, ok := strings.CutPrefix(r.URL.Path, "/cgi-bin/")
 	if !ok {
 		http.NotFound(w, r)
@@ -459,6 +482,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		resp = s.recallLocked(data)
 	case "media/upload":
 		resp = s.uploadLocked(r, data)
+	case "media/uploadimg":
+		resp = s.uploadImgLocked(r, data)
 	case "media/get":
 		m, code := s.mediaLocked(r.URL.Query().Get("media_id"))
 		if code != 0 {
@@ -479,6 +504,25 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		resp = errBody(48001, nil)
 	}
 	writeJSON(w, resp)
+}
+
+// serveImage serves an image uploaded with media/uploadimg; the URL needs no token and
+// never expires.
+func (s *Server) serveImage(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	s.initLocked()
+	m := s.images[r.URL.Path]
+	s.mu.Unlock()
+	if m == nil {
+		http.NotFound(w, r)
+		return
+	}
+	w.Header().Set("Content-Type", m.ContentType)
+	w.Header().Set("Content-Length", strconv.Itoa(len(m.Data)))
+	w.WriteHeader(http.StatusOK)
+	if r.Method == http.MethodGet {
+		w.Write(m.Data)
+	}
 }
 
 // injectedLocked returns the errcode a Fail or LimitCalls knob imposes on this call, or 0.

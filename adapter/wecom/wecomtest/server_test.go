@@ -441,3 +441,66 @@ func TestVerifyURLFailures(t *testing.T) {
 		}
 	})
 }
+
+// uploadImg posts data as the part field to media/uploadimg.
+func uploadImg(t *testing.T, srv *wecomtest.Server, tok, field string, data []byte) map[string]any {
+	t.Helper()
+	var buf bytes.Buffer
+	mw := multipart.NewWriter(&buf)
+	w, _ := mw.CreateFormFile(field, "pic.png")
+	w.Write(data)
+	mw.Close()
+	req, _ := http.NewRequest("POST", base+"media/uploadimg?"+url.Values{"access_token": {tok}}.Encode(), &buf)
+	req.Header.Set("Content-Type", mw.FormDataContentType())
+	resp, err := srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out map[string]any
+	json.NewDecoder(resp.Body).Decode(&out)
+	return out
+}
+
+// TestUploadImg: media/uploadimg (doc 90256) returns a permanent url for a JPG or PNG of
+// 5 B to 2 MB, served back without a token; other files are refused.
+func TestUploadImg(t *testing.T) {
+	srv := &wecomtest.Server{}
+	tok, _, _ := getToken(t, srv, "ww1", "s")
+	pngData := append([]byte("\x89PNG\r\n\x1a\n"), bytes.Repeat([]byte{0}, 64)...)
+	r := uploadImg(t, srv, tok, "media", pngData)
+	u, _ := r["url"].(string)
+	if code(r) != 0 || !strings.HasPrefix(u, "http://wecom.test/pic_wework/") {
+		t.Fatalf("uploadimg = %v; want a url", r)
+	}
+	if m := srv.Image(u); m == nil || !bytes.Equal(m.Data, pngData) || m.ContentType != "image/png" {
+		t.Errorf("Image(%s) = %+v", u, m)
+	}
+	resp, err := srv.Client().Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !bytes.Equal(got, pngData) || resp.Header.Get("Content-Type") != "image/png" {
+		t.Errorf("GET url = %d %q %d bytes", resp.StatusCode, resp.Header.Get("Content-Type"), len(got))
+	}
+	big := append(append([]byte(nil), pngData...), make([]byte, 2<<20)...)
+	for _, c := range []struct {
+		name, field string
+		data        []byte
+		want        int
+	}{
+		{"text file", "media", []byte("hello, not an image"), 40005},
+		{"5 bytes", "media", pngData[:5], 40006},
+		{"over 2 MB", "media", big, 40009},
+		{"no media part", "file", pngData, 44001},
+	} {
+		if r := uploadImg(t, srv, tok, c.field, c.data); code(r) != c.want {
+			t.Errorf("uploadimg %s = %v; want %d", c.name, r, c.want)
+		}
+	}
+	if r := uploadImg(t, srv, "bad-token", "media", pngData); code(r) != 40014 {
+		t.Errorf("uploadimg with a bad token = %v; want 40014", r)
+	}
+}
