@@ -18,8 +18,11 @@ import (
 // pollState holds the receive cursors. Committed cursors move only when the next Poll call
 // shows the previous batch was taken (at-least-once delivery).
 type pollState struct {
-	baselined    bool
-	mailDelta    string            // committed delta link
+	baselined bool
+	mailDelta string // committed delta link
+	// mailSince is when mail watching began (the mail baseline): mail received before it
+	// (less mailClockSlack) is never a new message, whatever a delta round says.
+	mailSince    time.Time
 	chatLast     map[string]string // chat id → newest message id seen (committed)
 	pendingDelta string
 	pendingChat  map[string]string
@@ -54,11 +57,19 @@ func (a *Adapter) mailFolder() string {
 	return "/me/mailFolders/inbox/messages"
 }
 
+// mailClockSlack absorbs clock skew between this host and Exchange when mail is compared
+// with mailSince.
+const mailClockSlack = 10 * time.Minute
+
 // deltaMail follows a mail delta query from link (empty: start) to its deltaLink and returns
-// the messages seen and the new deltaLink.
+// the messages seen and the new deltaLink. The first round asks for changeType=created:
+// Graph's message delta otherwise reports every change (an old mail marked read comes back
+// as an item, a deleted one as @removed), and Graph keeps the option in the links it hands
+// back (learn.microsoft.com/graph/api/message-delta, "changeType" query parameter;
+// learn.microsoft.com/graph/delta-query-messages).
 func (a *Adapter) deltaMail(ctx context.Context, link string) ([]json.RawMessage, string, error) {
 	if link == "" {
-		link = a.mailFolder() + "/delta"
+		link = a.mailFolder() + "/delta?changeType=created"
 	}
 	var all []json.RawMessage
 	for range 100 {
@@ -84,6 +95,7 @@ func (a *Adapter) deltaMail(ctx context.Context, link string) ([]json.RawMessage
 
 // baselineMail sets the mail cursor to "now" without emitting history.
 func (a *Adapter) baselineMail(ctx context.Context) error {
+	a.markMailSince(time.Now())
 	_, link, err := a.deltaMail(ctx, "")
 	if err != nil {
 		return err
@@ -94,18 +106,77 @@ func (a *Adapter) baselineMail(ctx context.Context) error {
 	return nil
 }
 
+// markMailSince records when mail watching began, once.
+func (a *Adapter) markMailSince(t time.Time) {
+	a.pollMu.Lock()
+	if a.poll.mailSince.IsZero() {
+		a.poll.mailSince = t
+	}
+	a.pollMu.Unlock()
+}
+
+// mailEvents turns the items of a mail delta round into events. Only created mail is a
+// message: @removed items are deletions, and an item received before mail watching began
+// (less mailClockSlack) is an update of an old mail (read, flagged, moved), even if the
+// service did not apply changeType=created.
 func (a *Adapter) mailEvents(ctx context.Context, msgs []json.RawMessage) ([]adapter.Event, error) {
 	me, err := a.self(ctx)
 	if err != nil {
 		return nil, err
 	}
+	a.pollMu.Lock()
+	since := a.poll.mailSince
+	a.pollMu.Unlock()
+	if !since.IsZero() {
+		since = since.Add(-mailClockSlack)
+	}
 	var evs []adapter.Event
+	skipped := 0
 	for _, raw := range msgs {
+		if mailChange(raw, since) != changeCreated {
+			skipped++
+			continue
+		}
 		if ev, ok := a.mailEvent(ResourceRef{Kind: ResourceMail}, raw, me); ok {
 			evs = append(evs, ev)
 		}
 	}
+	if skipped > 0 {
+		a.log.LogAttrs(ctx, slog.LevelDebug, "graph mail delta: updates and deletions are not messages",
+			slog.String("platform", "graph"), slog.String("bot", a.opts.Bot), slog.Int("skipped", skipped))
+	}
 	return evs, nil
+}
+
+// Kinds of change in a mail delta round.
+const (
+	changeCreated = "created"
+	changeUpdated = "updated"
+	changeRemoved = "removed"
+)
+
+// mailChange classifies a mail delta item: "removed" for an @removed item, "updated" for a
+// message received before since (when since is set), "created" otherwise.
+func mailChange(raw json.RawMessage, since time.Time) string {
+	var m struct {
+		Removed          json.RawMessage `json:"@removed"`
+		ReceivedDateTime time.Time       `json:"receivedDateTime"`
+		CreatedDateTime  time.Time       `json:"createdDateTime"`
+	}
+	if json.Unmarshal(raw, &m) != nil {
+		return changeUpdated // not a message: never emitted
+	}
+	if len(m.Removed) > 0 && string(m.Removed) != "null" {
+		return changeRemoved
+	}
+	at := m.ReceivedDateTime
+	if at.IsZero() {
+		at = m.CreatedDateTime
+	}
+	if !since.IsZero() && !at.IsZero() && at.Before(since) {
+		return changeUpdated
+	}
+	return changeCreated
 }
 
 // resyncMail fetches the mail changes since the cursor and advances it (after a "missed"
@@ -356,6 +427,7 @@ func (a *Adapter) Poll(ctx context.Context) ([]adapter.Event, error) {
 	pendingChat := map[string]string{}
 	pendingDelta := ""
 	if a.subscribed(SubscribeMail) {
+		a.markMailSince(start)
 		msgs, link, err := a.deltaMail(ctx, st.mailDelta)
 		if err != nil {
 			return nil, errorf(err, "graph: poll mail")

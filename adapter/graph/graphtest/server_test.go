@@ -532,3 +532,51 @@ func TestCAEClaimsLessTokenRejected(t *testing.T) {
 		t.Errorf("cp1 token without the claims after the revoked one was challenged again = %d; want 401", st)
 	}
 }
+
+// TestMailDeltaReportsChanges: delta rounds report updates and @removed deletions as Graph
+// does, and changeType=created (kept in the deltaLink) limits them to new mail.
+func TestMailDeltaReportsChanges(t *testing.T) {
+	s := &graphtest.Server{}
+	a := s.DeliverMail("u", "x@example.com", "a", "a")
+	b := s.DeliverMail("u", "x@example.com", "b", "b")
+	auth := map[string]string{"Authorization": "Bearer " + appToken(t, s)}
+	round := func(link string) (ids []string, removed []string, next string) {
+		t.Helper()
+		resp, body := do(t, s, "GET", link, auth, nil)
+		if resp.StatusCode != 200 {
+			t.Fatalf("GET %s = %d %s", link, resp.StatusCode, body)
+		}
+		var v struct {
+			Value []struct {
+				ID      string         `json:"id"`
+				Removed map[string]any `json:"@removed"`
+			} `json:"value"`
+			DeltaLink string `json:"@odata.deltaLink"`
+		}
+		json.Unmarshal(body, &v)
+		for _, it := range v.Value {
+			if it.Removed != nil {
+				removed = append(removed, it.ID)
+			} else {
+				ids = append(ids, it.ID)
+			}
+		}
+		return ids, removed, v.DeltaLink
+	}
+	_, _, all := round("http://graph.test/v1.0/users/u/mailFolders/inbox/messages/delta")
+	first, _, created := round("http://graph.test/v1.0/users/u/mailFolders/inbox/messages/delta?changeType=created")
+	if len(first) != 2 {
+		t.Fatalf("initial round = %v; want both messages", first)
+	}
+	s.MarkMailRead("u", a)
+	s.DeleteMail("u", b)
+	c := s.DeliverMail("u", "x@example.com", "c", "c")
+	ids, removed, _ := round(all)
+	if strings.Join(ids, ",") != a+","+c || strings.Join(removed, ",") != b {
+		t.Errorf("delta = items %v removed %v; want items [%s %s] removed [%s]", ids, removed, a, c, b)
+	}
+	ids, removed, _ = round(created)
+	if strings.Join(ids, ",") != c || len(removed) != 0 {
+		t.Errorf("changeType=created delta = items %v removed %v; want only %s", ids, removed, c)
+	}
+}
