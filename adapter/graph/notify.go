@@ -43,6 +43,13 @@ type NotificationBatch struct {
 	ValidationTokens []string       `json:"validationTokens"`
 }
 
+// maxValidationToken bounds the validationToken echoed on the validation handshake. Graph's
+// tokens are opaque text of about 120 bytes ("Validation: Testing client application
+// reachability for subscription Request-Id: {guid}"); the echo answers an unauthenticated
+// request with attacker-chosen text, so anything much larger is refused rather than
+// reflected. 4 KiB leaves room for a longer format.
+const maxValidationToken = 4 << 10
+
 // maxNotifications bounds the items accepted in one POST.
 const maxNotifications = 1000
 
@@ -218,8 +225,11 @@ func (a *Adapter) seenChat(chat, id string) {
 
 func equalSecret(a, b string) bool { return subtle.ConstantTimeCompare([]byte(a), []byte(b)) == 1 }
 
+// textResponse is a plain-text answer; nosniff keeps a browser from reading it as HTML
+// (the validation echo carries caller-chosen text).
 func textResponse(status int, body string) *adapter.WebhookResponse {
-	return &adapter.WebhookResponse{Status: status, Header: http.Header{"Content-Type": {"text/plain; charset=utf-8"}}, Body: []byte(body)}
+	return &adapter.WebhookResponse{Status: status, Body: []byte(body), Header: http.Header{
+		"Content-Type": {"text/plain; charset=utf-8"}, "X-Content-Type-Options": {"nosniff"}}}
 }
 
 // HandleWebhook answers Graph's validation handshake, turns change notifications into
@@ -230,7 +240,14 @@ func textResponse(status int, body string) *adapter.WebhookResponse {
 // fetched so far, which the host queues too (events are deduplicated by id). Fetch outcomes
 // are remembered, so a redelivery fetches only the items not fetched before.
 func (a *Adapter) HandleWebhook(ctx context.Context, req *adapter.WebhookRequest) (*adapter.WebhookResponse, []adapter.Event, error) {
-	if tok := req.Query.Get("validationToken"); tok != "" {
+	// The validation handshake is a POST with ?validationToken= (Graph docs, "Receive change
+	// notifications through webhooks", notificationUrl validation): any other method gets 405
+	// below, never the echo.
+	if tok := req.Query.Get("validationToken"); tok != "" && req.Method == http.MethodPost {
+		if len(tok) > maxValidationToken {
+			return textResponse(http.StatusBadRequest, "validationToken too long"), nil,
+				adapter.Errorf(adapter.KindInvalidRequest, "graph: validationToken of %d bytes (limit %d)", len(tok), maxValidationToken)
+		}
 		// Query values are already URL-decoded, as Graph wants them echoed.
 		return textResponse(http.StatusOK, tok), nil, nil
 	}
