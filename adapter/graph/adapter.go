@@ -97,8 +97,13 @@ type Adapter struct {
 	client *Client
 	log    *slog.Logger
 
-	subsMu sync.Mutex // guards subs
+	subsMu sync.Mutex // guards subs, subIDs and subIDOrder
 	subs   map[string]*subscription
+	// subIDs maps the ids of this adapter's subscriptions, current and recent (a recreated
+	// subscription's old id may still be redelivered), to their resource: a notification is
+	// trusted only for resources under the subscription it names.
+	subIDs     map[string]string
+	subIDOrder []string
 
 	meMu   sync.Mutex // guards me
 	me     *User

@@ -23,7 +23,9 @@ type pollState struct {
 	// mailSince is when mail watching began (the mail baseline): mail received before it
 	// (less mailClockSlack) is never a new message, whatever a delta round says.
 	mailSince    time.Time
-	chatLast     map[string]string // chat id → newest message id seen (committed)
+	chatLast     map[string]string // chat id → newest message id seen (committed); at most maxChatCursors
+	chatTouch    map[string]uint64 // chat id → chatClock when its cursor last moved (for eviction)
+	chatClock    uint64
 	pendingDelta string
 	pendingChat  map[string]string
 	// chatSince is the cursor of a chat without one when Options.Chats is empty (a Teams
@@ -36,18 +38,45 @@ type pollState struct {
 	skipWarned map[string]bool
 }
 
-func (p *pollState) commit() {
+func (p *pollState) commit(pinned []string) {
 	if p.pendingDelta != "" {
 		p.mailDelta = p.pendingDelta
 		p.pendingDelta = ""
 	}
 	for k, v := range p.pendingChat {
-		if p.chatLast == nil {
-			p.chatLast = map[string]string{}
-		}
-		p.chatLast[k] = v
+		p.setChat(k, v, pinned)
 	}
 	p.pendingChat = nil
+}
+
+// setChat sets the cursor of chat, then drops the least recently moved cursors beyond
+// maxChatCursors, never those of pinned chats (Options.Chats).
+func (p *pollState) setChat(chat, id string, pinned []string) {
+	if p.chatLast == nil {
+		p.chatLast = map[string]string{}
+	}
+	if p.chatTouch == nil {
+		p.chatTouch = map[string]uint64{}
+	}
+	p.chatLast[chat] = id
+	p.chatClock++
+	p.chatTouch[chat] = p.chatClock
+	for len(p.chatLast) > maxChatCursors {
+		victim, at := "", uint64(0)
+		for c := range p.chatLast {
+			if slices.Contains(pinned, c) {
+				continue
+			}
+			if t := p.chatTouch[c]; victim == "" || t < at {
+				victim, at = c, t
+			}
+		}
+		if victim == "" {
+			return
+		}
+		delete(p.chatLast, victim)
+		delete(p.chatTouch, victim)
+	}
 }
 
 func (a *Adapter) mailFolder() string {
@@ -56,6 +85,13 @@ func (a *Adapter) mailFolder() string {
 	}
 	return "/me/mailFolders/inbox/messages"
 }
+
+// maxChatCursors bounds the chat resync cursors kept (chatLast). Every chat the user is in
+// can be named by a getAllMessages notification, and polling without Options.Chats watches
+// up to maxChatPages × 50 = 2,000 listed chats, so the bound is twice that: 4,096 entries of
+// about 100 bytes. Past it the least recently moved cursor is dropped; that chat's next
+// resync then starts at chatSince (repeats are dropped by event id, nothing is lost).
+const maxChatCursors = 4096
 
 // mailClockSlack absorbs clock skew between this host and Exchange when mail is compared
 // with mailSince.
@@ -394,13 +430,10 @@ func (a *Adapter) resyncChats(ctx context.Context) ([]adapter.Event, error) {
 		moved[chat] = newest
 	}
 	a.pollMu.Lock()
-	if a.poll.chatLast == nil {
-		a.poll.chatLast = map[string]string{}
-	}
 	for chat, newest := range moved {
 		// A notification may have moved the cursor further meanwhile.
 		if cur := a.poll.chatLast[chat]; cur == "" || idAfter(newest, cur) {
-			a.poll.chatLast[chat] = newest
+			a.poll.setChat(chat, newest, a.opts.Chats)
 		}
 	}
 	a.pollMu.Unlock()
@@ -418,7 +451,7 @@ func (a *Adapter) Poll(ctx context.Context) ([]adapter.Event, error) {
 	}
 	start := time.Now()
 	a.pollMu.Lock()
-	a.poll.commit()
+	a.poll.commit(a.opts.Chats)
 	st := a.poll
 	st.chatLast = cloneMap(a.poll.chatLast)
 	a.pollMu.Unlock()
@@ -485,10 +518,7 @@ func (a *Adapter) Poll(ctx context.Context) ([]adapter.Event, error) {
 			a.poll.mailDelta = pendingDelta
 		}
 		for k, v := range pendingChat {
-			if a.poll.chatLast == nil {
-				a.poll.chatLast = map[string]string{}
-			}
-			a.poll.chatLast[k] = v
+			a.poll.setChat(k, v, a.opts.Chats)
 		}
 		evs = nil
 	} else {
