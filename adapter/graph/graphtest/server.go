@@ -181,6 +181,8 @@ type Subscription struct {
 	ID, Resource, ChangeType, NotificationURL, LifecycleURL, ClientState string
 	Expiration                                                           time.Time
 	Creator                                                              string
+	// LatestSupportedTLSVersion is latestSupportedTlsVersion as asked, "v1_2" by default.
+	LatestSupportedTLSVersion string
 }
 
 type fault struct {

@@ -580,3 +580,46 @@ func TestMailDeltaReportsChanges(t *testing.T) {
 		t.Errorf("changeType=created delta = items %v removed %v; want only %s", ids, removed, c)
 	}
 }
+
+// TestSubscriptionAnswerFields: POST /subscriptions answers with the clientState given and
+// latestSupportedTlsVersion (default v1_2), as Graph's create and renew examples show; an
+// unknown TLS version is refused.
+func TestSubscriptionAnswerFields(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		endpoint := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/plain")
+			io.WriteString(w, r.URL.Query().Get("validationToken"))
+		})
+		s := &graphtest.Server{LoginUser: "u", Client: &http.Client{Transport: graphtest.HandlerTransport(endpoint)}}
+		auth := map[string]string{"Authorization": "Bearer " + appToken(t, s)}
+		create := func(tls string) (int, map[string]any) {
+			v := map[string]any{"changeType": "created", "notificationUrl": "https://bot.test/hook", "resource": "users/u/messages",
+				"expirationDateTime": time.Now().Add(time.Hour), "clientState": "cs-secret"}
+			if tls != "" {
+				v["latestSupportedTlsVersion"] = tls
+			}
+			body, _ := json.Marshal(v)
+			resp, b := do(t, s, "POST", "http://graph.test/v1.0/subscriptions", auth, body)
+			var m map[string]any
+			json.Unmarshal(b, &m)
+			return resp.StatusCode, m
+		}
+		for _, tc := range []struct{ tls, want string }{{"", "v1_2"}, {"v1_3", "v1_3"}, {"v1_2", "v1_2"}} {
+			st, m := create(tc.tls)
+			if st != 201 || m["clientState"] != "cs-secret" || m["latestSupportedTlsVersion"] != tc.want || m["notificationContentType"] != "application/json" {
+				t.Errorf("create(tls %q) = %d %v; want 201 with clientState, latestSupportedTlsVersion %s", tc.tls, st, m, tc.want)
+			}
+			id, _ := m["id"].(string)
+			resp, b := do(t, s, "PATCH", "http://graph.test/v1.0/subscriptions/"+id, auth,
+				fmt.Appendf(nil, `{"expirationDateTime":%q}`, time.Now().Add(2*time.Hour).Format(time.RFC3339)))
+			var r map[string]any
+			json.Unmarshal(b, &r)
+			if resp.StatusCode != 200 || r["clientState"] != "cs-secret" || r["latestSupportedTlsVersion"] != tc.want {
+				t.Errorf("renew = %d %v; want clientState and latestSupportedTlsVersion kept", resp.StatusCode, r)
+			}
+		}
+		if st, m := create("v9"); st != 400 {
+			t.Errorf("create(tls v9) = %d %v; want 400", st, m)
+		}
+	})
+}
