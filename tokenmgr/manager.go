@@ -720,6 +720,9 @@ func (m *Manager) acceptLocked(e Entry, fetched bool) {
 		if latest := exp.Add(-m.margin()); at.After(latest) {
 			at = latest
 		}
+		if hint := e.Token.RefreshAt; !hint.IsZero() && hint.Before(at) {
+			at = hint // the platform's refresh hint (Entra refresh_in)
+		}
 		if noNews {
 			// The platform has nothing newer until this token expires: hand it out until
 			// just before then, and ask again (in time for the callers) once it has expired.

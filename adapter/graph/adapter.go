@@ -97,8 +97,13 @@ type Adapter struct {
 	client *Client
 	log    *slog.Logger
 
-	subsMu sync.Mutex // guards subs
+	subsMu sync.Mutex // guards subs, subIDs and subIDOrder
 	subs   map[string]*subscription
+	// subIDs maps the ids of this adapter's subscriptions, current and recent (a recreated
+	// subscription's old id may still be redelivered), to their resource: a notification is
+	// trusted only for resources under the subscription it names.
+	subIDs     map[string]string
+	subIDOrder []string
 
 	meMu   sync.Mutex // guards me
 	me     *User
@@ -129,6 +134,16 @@ func New(opts Options) (*Adapter, error) {
 	}
 	if opts.Config.ClientID == "" {
 		return nil, adapter.Errorf(adapter.KindInvalidRequest, "graph: client_id is required")
+	}
+	if opts.User != "" {
+		if err := validUserID("user (the bot's mailbox)", opts.User); err != nil {
+			return nil, err
+		}
+	}
+	for _, c := range opts.Chats {
+		if err := validChatID("chats: chat", c); err != nil {
+			return nil, err
+		}
 	}
 	if opts.Auth == AuthClientCredentials && opts.User == "" {
 		return nil, adapter.Errorf(adapter.KindInvalidRequest, "graph: user (the mailbox) is required with client credentials")
@@ -243,6 +258,9 @@ func (a *Adapter) Send(ctx context.Context, msg adapter.Message) (adapter.Receip
 	case adapter.TargetEmail, adapter.TargetEmails:
 		return adapter.Receipt{}, a.sendMail(ctx, msg)
 	case adapter.TargetChat, adapter.TargetChannel, adapter.TargetUser:
+		if err := validateTarget(msg); err != nil {
+			return adapter.Receipt{}, err
+		}
 		if a.opts.Auth == AuthClientCredentials {
 			return adapter.Receipt{}, errDelegated()
 		}

@@ -451,6 +451,7 @@ func TestWebhookFetchConcurrencyCapped(t *testing.T) {
 			o.HTTPClient = &http.Client{Transport: graphtest.HandlerTransport(counter)}
 		})
 		counter.srv = ae.srv
+		ae.trustSub("s")
 		var items []string
 		for i := range 40 {
 			m := ae.srv.AddChatMessage("chat-1", otherUser, "Alice", fmt.Sprint("m", i))
@@ -487,6 +488,7 @@ func TestWebhookBigBatchProgressesAcrossRedeliveries(t *testing.T) {
 			o.HTTPClient = &http.Client{Transport: graphtest.HandlerTransport(slow)}
 		})
 		slow.srv = ae.srv
+		ae.trustSub("s")
 		const n = 60 // 4 slots × 2.5 s / 0.5 s = 20 fetches per POST at most
 		var items []string
 		for i := range n {
@@ -719,6 +721,7 @@ func TestPollingLateChatStartsAtBaseline(t *testing.T) {
 func TestWatchedChatsLoggedOncePerChange(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		ae := newAdapter(t, nil)
+		ae.trustSub("s")
 		var items []string
 		for _, c := range []string{"chat-b", "chat-a"} { // not listed by GET /me/chats
 			items = append(items, fmt.Sprintf(`{"subscriptionId":"s","clientState":%q,"changeType":"created","resource":"chats('%s')/messages('1')"}`, clientState, c))
@@ -903,6 +906,12 @@ func (h *hook) setDown(down bool) {
 	h.mu.Lock()
 	h.down = down
 	h.mu.Unlock()
+}
+
+// trustSub makes id one of the adapter's subscriptions, to the bot user's getAllMessages (as
+// Start would), for tests that POST notifications without running Start.
+func (ae *adapterEnv) trustSub(id string) {
+	ae.a.rememberSub(id, "users/"+botUser+"/chats/getAllMessages")
 }
 
 // chatSubscription returns the getAllMessages subscription the adapter created on srv.

@@ -181,6 +181,7 @@ func BenchmarkHandleWebhook(b *testing.B) {
 	}
 	msg := ae.srv.AddChatMessage("chat-1", otherUser, "Alice", "hello")
 	ae.hook.take()
+	ae.trustSub("s")
 	body := fmt.Appendf(nil, `{"value":[{"id":"n1","subscriptionId":"s","subscriptionExpirationDateTime":"2030-01-01T00:00:00Z","clientState":%q,"changeType":"created","resource":"chats('chat-1')/messages('%s')","tenantId":"t","resourceData":{"@odata.type":"#Microsoft.Graph.chatMessage","@odata.id":"chats('chat-1')/messages('%s')","id":"%s"}}]}`,
 		clientState, msg.ID, msg.ID, msg.ID)
 	b.Run("notification+fetch", func(b *testing.B) {

@@ -99,16 +99,7 @@ func (c Config) Login(ctx context.Context, opts LoginOptions) (*LoginResult, err
 			http.Error(w, "Sign-in failed: the state parameter does not match this login. Start the login again.", http.StatusBadRequest)
 			return
 		case q.Get("error") != "":
-			// An error redirect (access_denied, consent_required, …): explain it like a token error.
-			ae := ParseAuthError(0, nil, []byte(q.Get("error_description")))
-			ae.ErrorCode = q.Get("error")
-			if ae.Description == "" {
-				ae.Description = cleanDescription(q.Get("error_description"))
-			}
-			if ae.Hint == "" {
-				ae.Hint = errorHints[ae.ErrorCode]
-			}
-			res.err = ae
+			res.err = redirectError(q)
 		case q.Get("code") == "":
 			res.err = errors.New("graph: login: the redirect carried neither a code nor an error")
 		default:
@@ -150,6 +141,24 @@ func (c Config) Login(ctx context.Context, opts LoginOptions) (*LoginResult, err
 		return nil, tokenError(err)
 	}
 	return loginResult(t), nil
+}
+
+// redirectError explains an error redirect (error=access_denied&error_description=…) like a
+// token error. The description is kept whatever it says: with an AADSTS code it also gives
+// the code and its hint; without one ("the user canceled the authentication") it is the
+// only explanation there is. StatusCode is 0: no HTTP status came with it.
+func redirectError(q url.Values) *AuthError {
+	desc := q.Get("error_description")
+	ae := ParseAuthError(0, nil, []byte(desc))
+	ae.ErrorCode = truncate(q.Get("error"), 100)
+	ae.Description = cleanDescription(desc)
+	if ae.Description == "" {
+		ae.Description = "the sign-in redirect reported " + ae.ErrorCode + " without a description"
+	}
+	if ae.Hint == "" {
+		ae.Hint = errorHints[ae.ErrorCode]
+	}
+	return ae
 }
 
 func loginResult(t *oauth2.Token) *LoginResult {

@@ -210,7 +210,7 @@ func (c *Client) SendMail(ctx context.Context, mailbox string, m *Mail, large []
 		}
 		// Outlook takes fragments up to 4 MB; no 320 KiB rule, but aligned sizes are fine.
 		err := c.putSession(ctx, st.UploadURL, bytes.NewReader(a.Data), int64(len(a.Data)),
-			UploadOptions{FragmentSize: 12 * FragmentUnit, Progress: progress}, false, nil, nil)
+			UploadOptions{FragmentSize: 12 * FragmentUnit, Progress: progress}, outlookSession, nil, nil)
 		if err != nil {
 			return err
 		}

@@ -43,6 +43,13 @@ type NotificationBatch struct {
 	ValidationTokens []string       `json:"validationTokens"`
 }
 
+// maxValidationToken bounds the validationToken echoed on the validation handshake. Graph's
+// tokens are opaque text of about 120 bytes ("Validation: Testing client application
+// reachability for subscription Request-Id: {guid}"); the echo answers an unauthenticated
+// request with attacker-chosen text, so anything much larger is refused rather than
+// reflected. 4 KiB leaves room for a longer format.
+const maxValidationToken = 4 << 10
+
 // maxNotifications bounds the items accepted in one POST.
 const maxNotifications = 1000
 
@@ -208,18 +215,18 @@ func (c *fetchCache) put(key string, ev adapter.Event, ok bool) {
 func (a *Adapter) seenChat(chat, id string) {
 	a.pollMu.Lock()
 	defer a.pollMu.Unlock()
-	if a.poll.chatLast == nil {
-		a.poll.chatLast = map[string]string{}
-	}
 	if last := a.poll.chatLast[chat]; last == "" || idAfter(id, last) {
-		a.poll.chatLast[chat] = id
+		a.poll.setChat(chat, id, a.opts.Chats)
 	}
 }
 
 func equalSecret(a, b string) bool { return subtle.ConstantTimeCompare([]byte(a), []byte(b)) == 1 }
 
+// textResponse is a plain-text answer; nosniff keeps a browser from reading it as HTML
+// (the validation echo carries caller-chosen text).
 func textResponse(status int, body string) *adapter.WebhookResponse {
-	return &adapter.WebhookResponse{Status: status, Header: http.Header{"Content-Type": {"text/plain; charset=utf-8"}}, Body: []byte(body)}
+	return &adapter.WebhookResponse{Status: status, Body: []byte(body), Header: http.Header{
+		"Content-Type": {"text/plain; charset=utf-8"}, "X-Content-Type-Options": {"nosniff"}}}
 }
 
 // HandleWebhook answers Graph's validation handshake, turns change notifications into
@@ -230,7 +237,14 @@ func textResponse(status int, body string) *adapter.WebhookResponse {
 // fetched so far, which the host queues too (events are deduplicated by id). Fetch outcomes
 // are remembered, so a redelivery fetches only the items not fetched before.
 func (a *Adapter) HandleWebhook(ctx context.Context, req *adapter.WebhookRequest) (*adapter.WebhookResponse, []adapter.Event, error) {
-	if tok := req.Query.Get("validationToken"); tok != "" {
+	// The validation handshake is a POST with ?validationToken= (Graph docs, "Receive change
+	// notifications through webhooks", notificationUrl validation): any other method gets 405
+	// below, never the echo.
+	if tok := req.Query.Get("validationToken"); tok != "" && req.Method == http.MethodPost {
+		if len(tok) > maxValidationToken {
+			return textResponse(http.StatusBadRequest, "validationToken too long"), nil,
+				adapter.Errorf(adapter.KindInvalidRequest, "graph: validationToken of %d bytes (limit %d)", len(tok), maxValidationToken)
+		}
 		// Query values are already URL-decoded, as Graph wants them echoed.
 		return textResponse(http.StatusOK, tok), nil, nil
 	}
@@ -310,6 +324,18 @@ func (a *Adapter) HandleWebhook(ctx context.Context, req *adapter.WebhookRequest
 				slog.String("platform", "graph"), slog.String("error", err.Error()))
 			continue
 		}
+		// The resource is fetched with the bot's token: only one under the subscription the
+		// notification names is trusted (a leaked clientState must not read other mailboxes
+		// or chats).
+		if ok, err := a.covers(ctx, n.SubscriptionID, ref); err != nil {
+			addEvents(nil, err)
+			continue
+		} else if !ok {
+			a.log.LogAttrs(ctx, slog.LevelWarn, "graph notification for a resource outside its subscription refused",
+				slog.String("platform", "graph"), slog.String("bot", a.opts.Bot), slog.String("subscription", truncate(n.SubscriptionID, 64)),
+				slog.String("resource", truncate(n.Resource, 200)))
+			continue
+		}
 		if ref.Kind == ResourceChat {
 			a.seenChat(ref.Chat, ref.Message)
 		}
@@ -343,6 +369,89 @@ func (a *Adapter) HandleWebhook(ctx context.Context, req *adapter.WebhookRequest
 		return textResponse(http.StatusServiceUnavailable, "try again"), events, nil
 	}
 	return &adapter.WebhookResponse{Status: http.StatusAccepted}, events, nil
+}
+
+// maxSubIDs bounds the subscription ids remembered (current and recent ones).
+const maxSubIDs = 256
+
+// rememberSub records that id is (or was) this adapter's subscription to resource.
+func (a *Adapter) rememberSub(id, resource string) {
+	if id == "" {
+		return
+	}
+	a.subsMu.Lock()
+	defer a.subsMu.Unlock()
+	if a.subIDs == nil {
+		a.subIDs = map[string]string{}
+	}
+	if _, ok := a.subIDs[id]; !ok {
+		a.subIDOrder = append(a.subIDOrder, id)
+	}
+	a.subIDs[id] = resource
+	for len(a.subIDOrder) > maxSubIDs {
+		delete(a.subIDs, a.subIDOrder[0])
+		a.subIDOrder = a.subIDOrder[1:]
+	}
+}
+
+// subscriptionResource returns the resource of this adapter's subscription id (current,
+// or one it had recently), or false for an id that is not ours.
+func (a *Adapter) subscriptionResource(ctx context.Context, id string) (string, bool) {
+	if id == "" {
+		return "", false
+	}
+	a.subsMu.Lock()
+	res, ok := a.subIDs[id]
+	subs := make([]*subscription, 0, len(a.subs))
+	for _, s := range a.subs {
+		subs = append(subs, s)
+	}
+	a.subsMu.Unlock()
+	if ok {
+		return res, true
+	}
+	// A subscription restored from the store (created by an earlier run) is known only
+	// through its manager.
+	for _, s := range subs {
+		if t, err := s.m.Token(ctx); err == nil && t.Value == id {
+			a.rememberSub(id, s.resource)
+			return s.resource, true
+		}
+	}
+	return "", false
+}
+
+// covers reports whether ref lies under the resource of subscription subID: the chat of a
+// chats/{id}/messages subscription, any chat for getAllMessages, the bot's own mailbox for
+// a mail subscription. Channel messages are under no subscription this adapter makes. err
+// is set only when the bot's own user cannot be looked up (worth a redelivery).
+func (a *Adapter) covers(ctx context.Context, subID string, ref ResourceRef) (bool, error) {
+	res, ok := a.subscriptionResource(ctx, subID)
+	if !ok {
+		return false, nil
+	}
+	lower := strings.ToLower(res)
+	switch {
+	case lower == "chats/getallmessages" || strings.HasSuffix(lower, "/chats/getallmessages"):
+		return ref.Kind == ResourceChat, nil
+	case strings.HasPrefix(lower, "chats/") && strings.HasSuffix(lower, "/messages"):
+		chat := res[len("chats/") : len(res)-len("/messages")]
+		return ref.Kind == ResourceChat && strings.EqualFold(ref.Chat, chat), nil
+	case strings.HasSuffix(lower, "/messages") && (strings.HasPrefix(lower, "me/") || strings.HasPrefix(lower, "users/")):
+		if ref.Kind != ResourceMail {
+			return false, nil
+		}
+		me, err := a.self(ctx)
+		if err != nil {
+			return false, err
+		}
+		for _, own := range []string{me.ID, me.UserPrincipalName, me.Mail, a.opts.User} {
+			if own != "" && strings.EqualFold(ref.User, own) {
+				return true, nil
+			}
+		}
+	}
+	return false, nil
 }
 
 // fetchEvent fetches the message a notification names and turns it into an event. ok is
@@ -450,6 +559,7 @@ func (s *subSource) TokenState(ctx context.Context, state []byte) (tokenmgr.Toke
 	if id := string(state); id != "" {
 		err := a.client.Do(ctx, http.MethodPatch, "/subscriptions/"+pathID(id), map[string]any{"expirationDateTime": exp}, &out)
 		if err == nil {
+			a.rememberSub(id, s.resource)
 			return tokenmgr.Token{Value: id, ExpiresAt: out.Expiration}, state, nil
 		}
 		if !isNotFound(err) {
@@ -470,6 +580,7 @@ func (s *subSource) TokenState(ctx context.Context, state []byte) (tokenmgr.Toke
 	if out.Expiration.IsZero() {
 		out.Expiration = exp
 	}
+	a.rememberSub(out.ID, s.resource)
 	return tokenmgr.Token{Value: out.ID, ExpiresAt: out.Expiration}, []byte(out.ID), nil
 }
 

@@ -18,9 +18,14 @@ import (
 // pollState holds the receive cursors. Committed cursors move only when the next Poll call
 // shows the previous batch was taken (at-least-once delivery).
 type pollState struct {
-	baselined    bool
-	mailDelta    string            // committed delta link
-	chatLast     map[string]string // chat id → newest message id seen (committed)
+	baselined bool
+	mailDelta string // committed delta link
+	// mailSince is when mail watching began (the mail baseline): mail received before it
+	// (less mailClockSlack) is never a new message, whatever a delta round says.
+	mailSince    time.Time
+	chatLast     map[string]string // chat id → newest message id seen (committed); at most maxChatCursors
+	chatTouch    map[string]uint64 // chat id → chatClock when its cursor last moved (for eviction)
+	chatClock    uint64
 	pendingDelta string
 	pendingChat  map[string]string
 	// chatSince is the cursor of a chat without one when Options.Chats is empty (a Teams
@@ -33,18 +38,45 @@ type pollState struct {
 	skipWarned map[string]bool
 }
 
-func (p *pollState) commit() {
+func (p *pollState) commit(pinned []string) {
 	if p.pendingDelta != "" {
 		p.mailDelta = p.pendingDelta
 		p.pendingDelta = ""
 	}
 	for k, v := range p.pendingChat {
-		if p.chatLast == nil {
-			p.chatLast = map[string]string{}
-		}
-		p.chatLast[k] = v
+		p.setChat(k, v, pinned)
 	}
 	p.pendingChat = nil
+}
+
+// setChat sets the cursor of chat, then drops the least recently moved cursors beyond
+// maxChatCursors, never those of pinned chats (Options.Chats).
+func (p *pollState) setChat(chat, id string, pinned []string) {
+	if p.chatLast == nil {
+		p.chatLast = map[string]string{}
+	}
+	if p.chatTouch == nil {
+		p.chatTouch = map[string]uint64{}
+	}
+	p.chatLast[chat] = id
+	p.chatClock++
+	p.chatTouch[chat] = p.chatClock
+	for len(p.chatLast) > maxChatCursors {
+		victim, at := "", uint64(0)
+		for c := range p.chatLast {
+			if slices.Contains(pinned, c) {
+				continue
+			}
+			if t := p.chatTouch[c]; victim == "" || t < at {
+				victim, at = c, t
+			}
+		}
+		if victim == "" {
+			return
+		}
+		delete(p.chatLast, victim)
+		delete(p.chatTouch, victim)
+	}
 }
 
 func (a *Adapter) mailFolder() string {
@@ -54,11 +86,26 @@ func (a *Adapter) mailFolder() string {
 	return "/me/mailFolders/inbox/messages"
 }
 
+// maxChatCursors bounds the chat resync cursors kept (chatLast). Every chat the user is in
+// can be named by a getAllMessages notification, and polling without Options.Chats watches
+// up to maxChatPages × 50 = 2,000 listed chats, so the bound is twice that: 4,096 entries of
+// about 100 bytes. Past it the least recently moved cursor is dropped; that chat's next
+// resync then starts at chatSince (repeats are dropped by event id, nothing is lost).
+const maxChatCursors = 4096
+
+// mailClockSlack absorbs clock skew between this host and Exchange when mail is compared
+// with mailSince.
+const mailClockSlack = 10 * time.Minute
+
 // deltaMail follows a mail delta query from link (empty: start) to its deltaLink and returns
-// the messages seen and the new deltaLink.
+// the messages seen and the new deltaLink. The first round asks for changeType=created:
+// Graph's message delta otherwise reports every change (an old mail marked read comes back
+// as an item, a deleted one as @removed), and Graph keeps the option in the links it hands
+// back (learn.microsoft.com/graph/api/message-delta, "changeType" query parameter;
+// learn.microsoft.com/graph/delta-query-messages).
 func (a *Adapter) deltaMail(ctx context.Context, link string) ([]json.RawMessage, string, error) {
 	if link == "" {
-		link = a.mailFolder() + "/delta"
+		link = a.mailFolder() + "/delta?changeType=created"
 	}
 	var all []json.RawMessage
 	for range 100 {
@@ -84,6 +131,7 @@ func (a *Adapter) deltaMail(ctx context.Context, link string) ([]json.RawMessage
 
 // baselineMail sets the mail cursor to "now" without emitting history.
 func (a *Adapter) baselineMail(ctx context.Context) error {
+	a.markMailSince(time.Now())
 	_, link, err := a.deltaMail(ctx, "")
 	if err != nil {
 		return err
@@ -94,18 +142,77 @@ func (a *Adapter) baselineMail(ctx context.Context) error {
 	return nil
 }
 
+// markMailSince records when mail watching began, once.
+func (a *Adapter) markMailSince(t time.Time) {
+	a.pollMu.Lock()
+	if a.poll.mailSince.IsZero() {
+		a.poll.mailSince = t
+	}
+	a.pollMu.Unlock()
+}
+
+// mailEvents turns the items of a mail delta round into events. Only created mail is a
+// message: @removed items are deletions, and an item received before mail watching began
+// (less mailClockSlack) is an update of an old mail (read, flagged, moved), even if the
+// service did not apply changeType=created.
 func (a *Adapter) mailEvents(ctx context.Context, msgs []json.RawMessage) ([]adapter.Event, error) {
 	me, err := a.self(ctx)
 	if err != nil {
 		return nil, err
 	}
+	a.pollMu.Lock()
+	since := a.poll.mailSince
+	a.pollMu.Unlock()
+	if !since.IsZero() {
+		since = since.Add(-mailClockSlack)
+	}
 	var evs []adapter.Event
+	skipped := 0
 	for _, raw := range msgs {
+		if mailChange(raw, since) != changeCreated {
+			skipped++
+			continue
+		}
 		if ev, ok := a.mailEvent(ResourceRef{Kind: ResourceMail}, raw, me); ok {
 			evs = append(evs, ev)
 		}
 	}
+	if skipped > 0 {
+		a.log.LogAttrs(ctx, slog.LevelDebug, "graph mail delta: updates and deletions are not messages",
+			slog.String("platform", "graph"), slog.String("bot", a.opts.Bot), slog.Int("skipped", skipped))
+	}
 	return evs, nil
+}
+
+// Kinds of change in a mail delta round.
+const (
+	changeCreated = "created"
+	changeUpdated = "updated"
+	changeRemoved = "removed"
+)
+
+// mailChange classifies a mail delta item: "removed" for an @removed item, "updated" for a
+// message received before since (when since is set), "created" otherwise.
+func mailChange(raw json.RawMessage, since time.Time) string {
+	var m struct {
+		Removed          json.RawMessage `json:"@removed"`
+		ReceivedDateTime time.Time       `json:"receivedDateTime"`
+		CreatedDateTime  time.Time       `json:"createdDateTime"`
+	}
+	if json.Unmarshal(raw, &m) != nil {
+		return changeUpdated // not a message: never emitted
+	}
+	if len(m.Removed) > 0 && string(m.Removed) != "null" {
+		return changeRemoved
+	}
+	at := m.ReceivedDateTime
+	if at.IsZero() {
+		at = m.CreatedDateTime
+	}
+	if !since.IsZero() && !at.IsZero() && at.Before(since) {
+		return changeUpdated
+	}
+	return changeCreated
 }
 
 // resyncMail fetches the mail changes since the cursor and advances it (after a "missed"
@@ -323,13 +430,10 @@ func (a *Adapter) resyncChats(ctx context.Context) ([]adapter.Event, error) {
 		moved[chat] = newest
 	}
 	a.pollMu.Lock()
-	if a.poll.chatLast == nil {
-		a.poll.chatLast = map[string]string{}
-	}
 	for chat, newest := range moved {
 		// A notification may have moved the cursor further meanwhile.
 		if cur := a.poll.chatLast[chat]; cur == "" || idAfter(newest, cur) {
-			a.poll.chatLast[chat] = newest
+			a.poll.setChat(chat, newest, a.opts.Chats)
 		}
 	}
 	a.pollMu.Unlock()
@@ -347,7 +451,7 @@ func (a *Adapter) Poll(ctx context.Context) ([]adapter.Event, error) {
 	}
 	start := time.Now()
 	a.pollMu.Lock()
-	a.poll.commit()
+	a.poll.commit(a.opts.Chats)
 	st := a.poll
 	st.chatLast = cloneMap(a.poll.chatLast)
 	a.pollMu.Unlock()
@@ -356,6 +460,7 @@ func (a *Adapter) Poll(ctx context.Context) ([]adapter.Event, error) {
 	pendingChat := map[string]string{}
 	pendingDelta := ""
 	if a.subscribed(SubscribeMail) {
+		a.markMailSince(start)
 		msgs, link, err := a.deltaMail(ctx, st.mailDelta)
 		if err != nil {
 			return nil, errorf(err, "graph: poll mail")
@@ -413,10 +518,7 @@ func (a *Adapter) Poll(ctx context.Context) ([]adapter.Event, error) {
 			a.poll.mailDelta = pendingDelta
 		}
 		for k, v := range pendingChat {
-			if a.poll.chatLast == nil {
-				a.poll.chatLast = map[string]string{}
-			}
-			a.poll.chatLast[k] = v
+			a.poll.setChat(k, v, a.opts.Chats)
 		}
 		evs = nil
 	} else {

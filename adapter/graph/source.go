@@ -198,11 +198,37 @@ func (s *ClientCredentials) Token(ctx context.Context) (tokenmgr.Token, error) {
 	if cl := s.take(c.CAE); cl != "" {
 		cc.EndpointParams = url.Values{"claims": {cl}}
 	}
+	now := time.Now()
 	t, err := cc.Token(c.ctx(ctx))
 	if err != nil {
 		return tokenmgr.Token{}, tokenError(err)
 	}
-	return tokenmgr.Token{Value: t.AccessToken, ExpiresAt: t.Expiry}, nil
+	return tokenmgr.Token{Value: t.AccessToken, ExpiresAt: t.Expiry, RefreshAt: refreshAt(now, t.Extra("refresh_in"), t.Expiry)}, nil
+}
+
+// refreshAt turns Entra's optional refresh_in (seconds, a number or a numeric string; sent
+// for long-lived tokens) into the time to refresh at, as MSAL does
+// (microsoft-authentication-library-for-go apps/internal/oauth/ops/accesstokens/tokens.go,
+// RefreshIn → RefreshOn = now + refresh_in). now is when the request was sent, so the hint
+// is never late. Zero if absent, not positive, or not before the expiry.
+func refreshAt(now time.Time, v any, expires time.Time) time.Time {
+	var n float64
+	switch x := v.(type) {
+	case float64:
+		n = x
+	case json.Number:
+		n, _ = x.Float64()
+	case string:
+		n, _ = strconv.ParseFloat(x, 64)
+	}
+	if !(n > 0 && n < 1e9) {
+		return time.Time{}
+	}
+	at := now.Add(time.Duration(n * float64(time.Second)))
+	if !expires.IsZero() && !at.Before(expires) {
+		return time.Time{}
+	}
+	return at
 }
 
 // tokenError turns an oauth2 error into an *AuthError (platform answers) or an ErrTemporary
@@ -255,6 +281,7 @@ func (s *RefreshSource) TokenState(ctx context.Context, state []byte) (tokenmgr.
 	if cl := s.take(c.CAE); cl != "" {
 		form.Set("claims", cl)
 	}
+	now := time.Now()
 	tr, err := postToken(ctx, c.httpClient(), c.endpoint().TokenURL, form)
 	if err != nil {
 		return tokenmgr.Token{}, nil, err
@@ -263,7 +290,7 @@ func (s *RefreshSource) TokenState(ctx context.Context, state []byte) (tokenmgr.
 	if tr.RefreshToken == "" {
 		next = nil // keep the one we have
 	}
-	return tr.token(time.Now()), next, nil
+	return tr.token(now), next, nil
 }
 
 // TokenResponse is a successful token endpoint response.
@@ -274,12 +301,18 @@ type TokenResponse struct {
 	Scope        string `json:"scope"`
 	// ExpiresIn is in seconds; Microsoft sends a number, some proxies a string.
 	ExpiresIn json.Number `json:"expires_in"`
+	// RefreshIn is Entra's optional refresh hint in seconds (long-lived tokens): refresh
+	// then, though the token stays valid until ExpiresIn.
+	RefreshIn json.Number `json:"refresh_in"`
 }
 
 func (tr *TokenResponse) token(now time.Time) tokenmgr.Token {
 	t := tokenmgr.Token{Value: tr.AccessToken}
 	if n, err := strconv.ParseFloat(string(tr.ExpiresIn), 64); err == nil && n > 0 && n < 1e9 {
 		t.ExpiresAt = now.Add(time.Duration(n * float64(time.Second)))
+	}
+	if tr.RefreshIn != "" {
+		t.RefreshAt = refreshAt(now, tr.RefreshIn, t.ExpiresAt)
 	}
 	return t
 }

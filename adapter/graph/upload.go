@@ -200,7 +200,7 @@ func (c *Client) uploadSession(ctx context.Context, itemPath string, ra io.Reade
 			return true
 		},
 	}
-	err = c.putSession(ctx, uploadURL, ra, size, opts, true, s, &item)
+	err = c.putSession(ctx, uploadURL, ra, size, opts, driveSession, s, &item)
 	if err != nil {
 		return nil, err
 	}
@@ -213,10 +213,28 @@ type session struct {
 	completed func() bool            // reports whether the upload finished after all
 }
 
+// sessionKind tells the two upload-session protocols apart: they answer a range differently.
+type sessionKind int
+
+const (
+	// driveSession is a OneDrive upload session: a non-final range answers 202 Accepted with
+	// nextExpectedRanges, the final one 201 Created or 200 OK with the driveItem; fragments
+	// are multiples of 320 KiB ("driveItem: createUploadSession",
+	// https://learn.microsoft.com/graph/api/driveitem-createuploadsession).
+	driveSession sessionKind = iota
+	// outlookSession is an Outlook attachment upload session: a non-final range answers
+	// 200 OK with nextExpectedRanges (one offset, no "-end"), only the final range answers
+	// 201 Created, with the attachment's URL in Location ("Attach large files to Outlook
+	// messages or events", https://learn.microsoft.com/graph/outlook-large-attachments).
+	// So 200 is NOT done there.
+	outlookSession
+)
+
 // putSession sends the content to an upload URL, following the session rules. s (may be
 // nil) restarts after a 404; out receives the final JSON answer (may be empty for Outlook).
 func (c *Client) putSession(ctx context.Context, uploadURL string, ra io.ReaderAt, size int64, opts UploadOptions,
-	unitAligned bool, s *session, out any) error {
+	kind sessionKind, s *session, out any) error {
+	unitAligned := kind == driveSession
 	var restart func() (string, error)
 	if s != nil {
 		restart = s.restart
@@ -310,14 +328,15 @@ func (c *Client) putSession(ctx context.Context, uploadURL string, ra io.ReaderA
 		raw, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
 		resp.Body.Close()
 		switch {
-		case resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusCreated:
+		case completes(kind, resp.StatusCode, raw):
 			if out != nil && len(bytes.TrimSpace(raw)) > 0 {
 				if err := json.Unmarshal(raw, out); err != nil {
 					return fmt.Errorf("graph: upload: decoding the final answer: %w", err)
 				}
 			}
 			return done()
-		case resp.StatusCode == http.StatusAccepted:
+		case resp.StatusCode == http.StatusAccepted || resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusCreated:
+			// A range accepted, more expected: continue where the session says.
 			failures = 0
 			var st sessionStatus
 			json.Unmarshal(raw, &st)
@@ -361,6 +380,28 @@ func (c *Client) putSession(ctx context.Context, uploadURL string, ra io.ReaderA
 			return parseAPIError(resp, raw, time.Now())
 		}
 	}
+}
+
+// completes reports whether an answer to a range is the upload's completion signal. Outlook:
+// only 201 Created (its 200 OK means "range taken, send the next"). OneDrive: 200 OK or 201
+// Created (202 Accepted means "send the next"); a 200/201 that still lists
+// nextExpectedRanges is progress, not completion, whichever service sent it.
+func completes(kind sessionKind, status int, raw []byte) bool {
+	switch kind {
+	case outlookSession:
+		if status != http.StatusCreated {
+			return false
+		}
+	default:
+		if status != http.StatusOK && status != http.StatusCreated {
+			return false
+		}
+	}
+	var st sessionStatus
+	if json.Unmarshal(raw, &st) == nil && len(st.NextExpectedRanges) > 0 {
+		return false
+	}
+	return true
 }
 
 func isNotFound(err error) bool {

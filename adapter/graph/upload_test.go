@@ -383,3 +383,73 @@ func TestUpload404After416Restarts(t *testing.T) {
 		}
 	})
 }
+
+// TestMailAttachment9MiBArrivesWhole sends a 9 MiB attachment through an Outlook attachment
+// upload session, which answers every non-final range 200 OK (with nextExpectedRanges) and
+// only the final one 201 Created: the mail the emulator received carries every byte.
+func TestMailAttachment9MiBArrivesWhole(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t)
+		_, c := e.delegated(t, nil)
+		big := randomBytes(9 << 20)
+		m := &Mail{Subject: "report", Body: ChatBody{ContentType: "Text", Content: "see attached"}}
+		var r Recipient
+		r.EmailAddress.Address = "a@example.com"
+		m.ToRecipients = []Recipient{r}
+		var last int64
+		if err := c.SendMail(t.Context(), "me", m, []LargeAttachment{{Name: "big.bin", ContentType: "application/octet-stream", Data: big}},
+			func(sent, total int64) { last = sent }); err != nil {
+			t.Fatalf("SendMail() error = %v", err)
+		}
+		sent := e.srv.Sent()
+		if len(sent) != 1 || len(sent[0].Attachments) != 1 {
+			t.Fatalf("Sent() = %d mails; want one mail with one attachment", len(sent))
+		}
+		if got := sent[0].Attachments[0].Data; !bytes.Equal(got, big) {
+			t.Fatalf("attachment = %d bytes (equal %v); want the exact %d bytes", len(got), bytes.Equal(got, big), len(big))
+		}
+		if last != int64(len(big)) {
+			t.Errorf("last progress = %d; want %d", last, len(big))
+		}
+		reqs := e.srv.UploadRequests()
+		if len(reqs) < 3 {
+			t.Fatalf("upload requests = %+v; want at least three ranges for 9 MiB", reqs)
+		}
+		for i, q := range reqs {
+			want := http.StatusOK
+			if i == len(reqs)-1 {
+				want = http.StatusCreated
+			}
+			if q.Status != want {
+				t.Errorf("range %d (%s) answered %d; want %d (Outlook: 200 until the final 201)", i, q.Range, q.Status, want)
+			}
+		}
+	})
+}
+
+// TestDriveUploadSessionStatuses checks OneDrive's side of the same protocol: non-final
+// ranges answer 202 Accepted, the final one 201 with the driveItem.
+func TestDriveUploadSessionStatuses(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t)
+		_, c := e.delegated(t, nil)
+		data := randomBytes(11 << 20)
+		item, err := c.UploadFile(t.Context(), "/me/drive/root:/d.bin", bytes.NewReader(data), int64(len(data)), UploadOptions{})
+		if err != nil {
+			t.Fatalf("UploadFile() error = %v", err)
+		}
+		if f := e.srv.Files()[botUser+":d.bin"]; !bytes.Equal(f.Data, data) || item.Size != int64(len(data)) {
+			t.Fatalf("uploaded %d bytes; want %d identical", len(f.Data), len(data))
+		}
+		reqs := e.srv.UploadRequests()
+		for i, q := range reqs {
+			want := http.StatusAccepted
+			if i == len(reqs)-1 {
+				want = http.StatusCreated
+			}
+			if q.Status != want {
+				t.Errorf("range %d (%s) answered %d; want %d", i, q.Range, q.Status, want)
+			}
+		}
+	})
+}

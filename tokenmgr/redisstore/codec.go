@@ -157,11 +157,12 @@ type storedToken struct {
 	Value     string    `json:"v"`
 	ExpiresAt time.Time `json:"exp,omitzero"`
 	Issued    time.Time `json:"iss,omitzero"`
+	RefreshAt time.Time `json:"ra,omitzero"` // the platform's refresh hint, if any
 }
 
 // fields returns the stored tok and st fields of e (st is "" when e has no state).
 func (c *codec) fields(key string, e tokenmgr.Entry) (tok, st string, err error) {
-	plain, err := json.Marshal(storedToken{Value: e.Token.Value, ExpiresAt: e.Token.ExpiresAt, Issued: e.Issued})
+	plain, err := json.Marshal(storedToken{Value: e.Token.Value, ExpiresAt: e.Token.ExpiresAt, Issued: e.Issued, RefreshAt: e.Token.RefreshAt})
 	if err != nil {
 		return "", "", fmt.Errorf("redisstore: encode token: %w", err)
 	}
@@ -200,7 +201,7 @@ func (c *codec) entry(key string, h map[string]string) (tokenmgr.Entry, error) {
 		if err != nil {
 			bad = worse(bad, err)
 		} else {
-			e.Token = tokenmgr.Token{Value: t.Value, ExpiresAt: t.ExpiresAt}
+			e.Token = tokenmgr.Token{Value: t.Value, ExpiresAt: t.ExpiresAt, RefreshAt: t.RefreshAt}
 			e.Issued = t.Issued
 		}
 	}

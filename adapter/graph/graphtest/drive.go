@@ -208,11 +208,18 @@ func (s *Server) openSession(w http.ResponseWriter, r *http.Request, u *uploadSe
 	// Like SharePoint's, the URL carries its credential in the query (tempauth=).
 	uploadURL := baseURL(r) + "/upload/" + u.id + "?guid=%27" + u.id + "%27&tempauth=" + u.tempauth
 	s.uploadURLs = append(s.uploadURLs, uploadURL)
+	v := s.progress(u)
 	s.mu.Unlock()
-	writeJSON(w, http.StatusOK, map[string]any{
-		"uploadUrl": uploadURL, "expirationDateTime": u.expires.Format(time.RFC3339Nano),
-		"nextExpectedRanges": []string{"0-"},
-	})
+	v["uploadUrl"] = uploadURL
+	// OneDrive's createUploadSession answers 200 OK ("driveItem: createUploadSession",
+	// learn.microsoft.com/graph/api/driveitem-createuploadsession); Outlook's attachment
+	// createUploadSession answers 201 Created ("Attach large files to Outlook messages or
+	// events", learn.microsoft.com/graph/outlook-large-attachments, step 1).
+	status := http.StatusOK
+	if u.kind == "mail" {
+		status = http.StatusCreated
+	}
+	writeJSON(w, status, v)
 }
 
 func (s *Server) storeFileLocked(base, user, p string, data []byte) *File {
@@ -240,9 +247,16 @@ func itemJSON(f *File) map[string]any {
 		"file": map[string]any{"mimeType": "application/octet-stream"}}
 }
 
+// progress is the upload session status. OneDrive lists open ranges ("26-"); Outlook lists
+// one value, the offset to send next, with no "-end" (resources/uploadsession.md; the
+// example in "Attach large files to Outlook messages or events" shows ["2000000"]).
 func (s *Server) progress(u *uploadSession) map[string]any {
+	next := fmt.Sprintf("%d-", len(u.data))
+	if u.kind == "mail" {
+		next = strconv.Itoa(len(u.data))
+	}
 	return map[string]any{"expirationDateTime": u.expires.Format(time.RFC3339Nano),
-		"nextExpectedRanges": []string{fmt.Sprintf("%d-", len(u.data))}}
+		"nextExpectedRanges": []string{next}}
 }
 
 func uploadError(w http.ResponseWriter, status int, code, inner, msg string) {
@@ -389,7 +403,16 @@ func (s *Server) serveUploadInner(w http.ResponseWriter, r *http.Request, id str
 	u.total = total
 	u.data = append(u.data, data...)
 	if int64(len(u.data)) < total {
-		writeJSON(w, http.StatusAccepted, s.progress(u))
+		// The two services differ on a non-final range. OneDrive answers 202 Accepted
+		// ("driveItem: createUploadSession", learn.microsoft.com/graph/api/driveitem-createuploadsession);
+		// Outlook answers 200 OK and only the final range gets 201 Created ("Attach large
+		// files to Outlook messages or events", learn.microsoft.com/graph/outlook-large-attachments,
+		// step 2). A client that takes Outlook's 200 for "done" sends a cut attachment.
+		status := http.StatusAccepted
+		if u.kind == "mail" {
+			status = http.StatusOK
+		}
+		writeJSON(w, status, s.progress(u))
 		return
 	}
 	delete(s.sessions, id)

@@ -719,12 +719,45 @@ func (s *Server) DeliverMail(user, from, subject, text string) string {
 	s.initLocked()
 	s.seq++
 	mm := &MailMessage{ID: fmt.Sprintf("AAMk%06d", s.seq), From: from, Subject: subject, ContentType: "text", Content: text,
-		To: []string{user}, Received: time.Now().UTC(), seq: s.seq}
+		To: []string{user}, Received: time.Now().UTC(), seq: s.seq, modSeq: s.seq}
 	s.mail[user] = append(s.mail[user], mm)
 	ds := s.notifyMailLocked(user, mm)
 	s.mu.Unlock()
 	s.deliverAll(ds)
 	return mm.ID
+}
+
+// MarkMailRead marks a message in user's inbox read (an update: Graph's delta reports the
+// message again, as it does for any change, unless asked for changeType=created). It
+// reports whether the message exists.
+func (s *Server) MarkMailRead(user, id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.initLocked()
+	for _, m := range s.mail[user] {
+		if m.ID == id && !m.deleted {
+			s.seq++
+			m.IsRead, m.modSeq = true, s.seq
+			return true
+		}
+	}
+	return false
+}
+
+// DeleteMail deletes a message from user's inbox: GET answers 404 and delta reports it as
+// {"id", "@removed":{"reason":"deleted"}}. It reports whether the message existed.
+func (s *Server) DeleteMail(user, id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.initLocked()
+	for _, m := range s.mail[user] {
+		if m.ID == id && !m.deleted {
+			s.seq++
+			m.deleted, m.modSeq = true, s.seq
+			return true
+		}
+	}
+	return false
 }
 
 func mailToJSON(m *MailMessage) map[string]any {
@@ -735,6 +768,7 @@ func mailToJSON(m *MailMessage) map[string]any {
 		"sender":       map[string]any{"emailAddress": map[string]string{"address": m.From, "name": m.From}},
 		"toRecipients": []any{map[string]any{"emailAddress": map[string]string{"address": strings.Join(m.To, ",")}}},
 		"isDraft":      false,
+		"isRead":       m.IsRead,
 	}
 }
 
@@ -743,7 +777,7 @@ func (s *Server) getMail(w http.ResponseWriter, user, id string) {
 	s.initLocked()
 	var v map[string]any
 	for _, m := range s.mail[user] {
-		if m.ID == id {
+		if m.ID == id && !m.deleted {
 			v = mailToJSON(m)
 		}
 	}
@@ -755,20 +789,39 @@ func (s *Server) getMail(w http.ResponseWriter, user, id string) {
 	writeJSON(w, http.StatusOK, v)
 }
 
+// listMail lists user's inbox, or answers a delta query. Delta behaves as Graph's
+// message delta (learn.microsoft.com/graph/api/message-delta, /graph/delta-query-messages):
+// the first round (no $deltatoken) returns every message in the folder; later rounds return
+// what changed since the token: created and updated messages as items, deleted ones as
+// {"id", "@removed":{"reason":"deleted"}}. The changeType option (created, updated or
+// deleted), given on the first request, is kept in the deltaLink and limits later rounds to
+// that kind of change.
 func (s *Server) listMail(w http.ResponseWriter, r *http.Request, user string, delta bool) {
 	q := r.URL.Query()
 	after := -1
+	changeType := q.Get("changeType")
 	if delta {
 		after = 0
 		if t := q.Get("$deltatoken"); t != "" {
-			n, err := strconv.Atoi(t)
-			if err != nil {
+			n, ct, _ := strings.Cut(t, ".")
+			v, err := strconv.Atoi(n)
+			if err != nil || v < 0 {
 				graphError(w, http.StatusBadRequest, "SyncStateNotFound", "The sync state generation is not found.")
 				return
 			}
-			after = n
+			after = v
+			if ct != "" {
+				changeType = ct
+			}
+		}
+		switch changeType {
+		case "", "created", "updated", "deleted":
+		default:
+			graphError(w, http.StatusBadRequest, "ErrorInvalidParameter", "The value of changeType is not valid.")
+			return
 		}
 	}
+	initial := delta && q.Get("$deltatoken") == ""
 	s.mu.Lock()
 	s.initLocked()
 	out := []any{}
@@ -776,20 +829,42 @@ func (s *Server) listMail(w http.ResponseWriter, r *http.Request, user string, d
 	box := s.mail[user]
 	if delta {
 		for _, m := range box {
-			if m.seq > after {
-				out = append(out, mailToJSON(m))
+			switch {
+			case initial:
+				if !m.deleted {
+					out = append(out, mailToJSON(m))
+				}
+			case m.seq > after: // created since the token
+				if !m.deleted && (changeType == "" || changeType == "created") {
+					out = append(out, mailToJSON(m))
+				}
+			case m.modSeq > after && m.deleted:
+				if changeType == "" || changeType == "deleted" {
+					out = append(out, map[string]any{"@odata.type": "#microsoft.graph.message", "id": m.ID,
+						"@removed": map[string]any{"reason": "deleted"}})
+				}
+			case m.modSeq > after: // updated since the token
+				if changeType == "" || changeType == "updated" {
+					out = append(out, mailToJSON(m))
+				}
 			}
 		}
 		last = s.seq
 	} else {
 		for i := len(box) - 1; i >= 0; i-- { // newest first
-			out = append(out, mailToJSON(box[i]))
+			if !box[i].deleted {
+				out = append(out, mailToJSON(box[i]))
+			}
 		}
 	}
 	s.mu.Unlock()
 	resp := map[string]any{"value": out}
 	if delta {
-		resp["@odata.deltaLink"] = baseURL(r) + r.URL.Path + "?$deltatoken=" + strconv.Itoa(last)
+		tok := strconv.Itoa(last)
+		if changeType != "" {
+			tok += "." + changeType
+		}
+		resp["@odata.deltaLink"] = baseURL(r) + r.URL.Path + "?$deltatoken=" + tok
 	}
 	writeJSON(w, http.StatusOK, resp)
 }

@@ -164,7 +164,10 @@ type MailMessage struct {
 	To                                      []string
 	Received                                time.Time
 	Attachments                             []SentAttachment
-	seq                                     int
+	IsRead                                  bool
+	seq                                     int  // the change that created it
+	modSeq                                  int  // the last change (update or deletion)
+	deleted                                 bool // a tombstone: delta reports it as @removed
 }
 
 // File is a OneDrive item.
@@ -178,6 +181,8 @@ type Subscription struct {
 	ID, Resource, ChangeType, NotificationURL, LifecycleURL, ClientState string
 	Expiration                                                           time.Time
 	Creator                                                              string
+	// LatestSupportedTLSVersion is latestSupportedTlsVersion as asked, "v1_2" by default.
+	LatestSupportedTLSVersion string
 }
 
 type fault struct {

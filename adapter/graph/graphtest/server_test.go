@@ -532,3 +532,94 @@ func TestCAEClaimsLessTokenRejected(t *testing.T) {
 		t.Errorf("cp1 token without the claims after the revoked one was challenged again = %d; want 401", st)
 	}
 }
+
+// TestMailDeltaReportsChanges: delta rounds report updates and @removed deletions as Graph
+// does, and changeType=created (kept in the deltaLink) limits them to new mail.
+func TestMailDeltaReportsChanges(t *testing.T) {
+	s := &graphtest.Server{}
+	a := s.DeliverMail("u", "x@example.com", "a", "a")
+	b := s.DeliverMail("u", "x@example.com", "b", "b")
+	auth := map[string]string{"Authorization": "Bearer " + appToken(t, s)}
+	round := func(link string) (ids []string, removed []string, next string) {
+		t.Helper()
+		resp, body := do(t, s, "GET", link, auth, nil)
+		if resp.StatusCode != 200 {
+			t.Fatalf("GET %s = %d %s", link, resp.StatusCode, body)
+		}
+		var v struct {
+			Value []struct {
+				ID      string         `json:"id"`
+				Removed map[string]any `json:"@removed"`
+			} `json:"value"`
+			DeltaLink string `json:"@odata.deltaLink"`
+		}
+		json.Unmarshal(body, &v)
+		for _, it := range v.Value {
+			if it.Removed != nil {
+				removed = append(removed, it.ID)
+			} else {
+				ids = append(ids, it.ID)
+			}
+		}
+		return ids, removed, v.DeltaLink
+	}
+	_, _, all := round("http://graph.test/v1.0/users/u/mailFolders/inbox/messages/delta")
+	first, _, created := round("http://graph.test/v1.0/users/u/mailFolders/inbox/messages/delta?changeType=created")
+	if len(first) != 2 {
+		t.Fatalf("initial round = %v; want both messages", first)
+	}
+	s.MarkMailRead("u", a)
+	s.DeleteMail("u", b)
+	c := s.DeliverMail("u", "x@example.com", "c", "c")
+	ids, removed, _ := round(all)
+	if strings.Join(ids, ",") != a+","+c || strings.Join(removed, ",") != b {
+		t.Errorf("delta = items %v removed %v; want items [%s %s] removed [%s]", ids, removed, a, c, b)
+	}
+	ids, removed, _ = round(created)
+	if strings.Join(ids, ",") != c || len(removed) != 0 {
+		t.Errorf("changeType=created delta = items %v removed %v; want only %s", ids, removed, c)
+	}
+}
+
+// TestSubscriptionAnswerFields: POST /subscriptions answers with the clientState given and
+// latestSupportedTlsVersion (default v1_2), as Graph's create and renew examples show; an
+// unknown TLS version is refused.
+func TestSubscriptionAnswerFields(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		endpoint := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/plain")
+			io.WriteString(w, r.URL.Query().Get("validationToken"))
+		})
+		s := &graphtest.Server{LoginUser: "u", Client: &http.Client{Transport: graphtest.HandlerTransport(endpoint)}}
+		auth := map[string]string{"Authorization": "Bearer " + appToken(t, s)}
+		create := func(tls string) (int, map[string]any) {
+			v := map[string]any{"changeType": "created", "notificationUrl": "https://bot.test/hook", "resource": "users/u/messages",
+				"expirationDateTime": time.Now().Add(time.Hour), "clientState": "cs-secret"}
+			if tls != "" {
+				v["latestSupportedTlsVersion"] = tls
+			}
+			body, _ := json.Marshal(v)
+			resp, b := do(t, s, "POST", "http://graph.test/v1.0/subscriptions", auth, body)
+			var m map[string]any
+			json.Unmarshal(b, &m)
+			return resp.StatusCode, m
+		}
+		for _, tc := range []struct{ tls, want string }{{"", "v1_2"}, {"v1_3", "v1_3"}, {"v1_2", "v1_2"}} {
+			st, m := create(tc.tls)
+			if st != 201 || m["clientState"] != "cs-secret" || m["latestSupportedTlsVersion"] != tc.want || m["notificationContentType"] != "application/json" {
+				t.Errorf("create(tls %q) = %d %v; want 201 with clientState, latestSupportedTlsVersion %s", tc.tls, st, m, tc.want)
+			}
+			id, _ := m["id"].(string)
+			resp, b := do(t, s, "PATCH", "http://graph.test/v1.0/subscriptions/"+id, auth,
+				fmt.Appendf(nil, `{"expirationDateTime":%q}`, time.Now().Add(2*time.Hour).Format(time.RFC3339)))
+			var r map[string]any
+			json.Unmarshal(b, &r)
+			if resp.StatusCode != 200 || r["clientState"] != "cs-secret" || r["latestSupportedTlsVersion"] != tc.want {
+				t.Errorf("renew = %d %v; want clientState and latestSupportedTlsVersion kept", resp.StatusCode, r)
+			}
+		}
+		if st, m := create("v9"); st != 400 {
+			t.Errorf("create(tls v9) = %d %v; want 400", st, m)
+		}
+	})
+}

@@ -2,6 +2,7 @@ package graphtest
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -119,10 +120,20 @@ func clampExpiration(resource string, exp time.Time, lifecycle bool) (time.Time,
 	return exp.UTC(), ""
 }
 
+// subJSON is a subscription as Graph answers it to POST and PATCH /subscriptions: the
+// examples of "Create subscription" and "Update subscription"
+// (learn.microsoft.com/graph/api/subscription-post-subscriptions) carry the clientState
+// given, latestSupportedTlsVersion and notificationContentType.
 func subJSON(sub *Subscription) map[string]any {
-	v := map[string]any{"id": sub.ID, "resource": sub.Resource, "changeType": sub.ChangeType,
+	var cs any
+	if sub.ClientState != "" {
+		cs = sub.ClientState
+	}
+	v := map[string]any{"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#subscriptions/$entity",
+		"id": sub.ID, "resource": sub.Resource, "changeType": sub.ChangeType,
 		"notificationUrl": sub.NotificationURL, "expirationDateTime": sub.Expiration.Format(time.RFC3339Nano),
-		"clientState": nil, "applicationId": "app", "creatorId": sub.Creator}
+		"clientState": cs, "applicationId": "app", "creatorId": sub.Creator,
+		"latestSupportedTlsVersion": cmp.Or(sub.LatestSupportedTLSVersion, "v1_2"), "notificationContentType": "application/json"}
 	if sub.LifecycleURL != "" {
 		v["lifecycleNotificationUrl"] = sub.LifecycleURL
 	}
@@ -141,9 +152,18 @@ func (s *Server) createSubscription(w http.ResponseWriter, r *http.Request, tok 
 		Resource        string    `json:"resource"`
 		Expiration      time.Time `json:"expirationDateTime"`
 		ClientState     string    `json:"clientState"`
+		TLS             string    `json:"latestSupportedTlsVersion"`
 	}
 	if err := json.Unmarshal(raw, &b); err != nil || b.Resource == "" || b.NotificationURL == "" || b.ChangeType == "" {
 		graphError(w, http.StatusBadRequest, "InvalidRequest", "changeType, notificationUrl, resource and expirationDateTime are required.")
+		return
+	}
+	switch b.TLS {
+	case "":
+		b.TLS = "v1_2" // the default (resources/subscription.md)
+	case "v1_0", "v1_1", "v1_2", "v1_3":
+	default:
+		graphError(w, http.StatusBadRequest, "InvalidRequest", "latestSupportedTlsVersion must be one of v1_0, v1_1, v1_2, v1_3.")
 		return
 	}
 	if len(b.ClientState) > 128 {
@@ -170,7 +190,7 @@ func (s *Server) createSubscription(w http.ResponseWriter, r *http.Request, tok 
 	}
 	s.mu.Lock()
 	sub := &Subscription{ID: newGUID(), Resource: b.Resource, ChangeType: b.ChangeType, NotificationURL: b.NotificationURL,
-		LifecycleURL: b.LifecycleURL, ClientState: b.ClientState, Expiration: exp, Creator: tok.user}
+		LifecycleURL: b.LifecycleURL, ClientState: b.ClientState, Expiration: exp, Creator: tok.user, LatestSupportedTLSVersion: b.TLS}
 	s.subs[sub.ID] = sub
 	v := subJSON(sub)
 	s.mu.Unlock()
