@@ -200,7 +200,7 @@ func NewClient(tokens tokenmgr.Provider, claims ClaimsSetter, opts ClientOptions
 	if opts.BackoffBase <= 0 {
 		opts.BackoffBase = time.Second
 	}
-	c := &Client{base: strings.TrimRight(opts.GraphBase, "/") + "/v1.0", hc: opts.HTTPClient, tokens: tokens, claims: claims, opts: opts, log: opts.Logger}
+	c := &Client{base: strings.TrimRight(opts.GraphBase, "/") + "/v1.0", hc: bearerStaysHome(opts.HTTPClient), tokens: tokens, claims: claims, opts: opts, log: opts.Logger}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
@@ -447,4 +447,27 @@ func toAdapterError(err error, format string, args ...any) error {
 	}
 	return &adapter.Error{Kind: k, Platform: adapter.PlatformGraph, Message: msg + strings.TrimPrefix(err.Error(), "graph: "),
 		RetryAfter: tokenmgr.RetryAfter(err), Err: err}
+}
+
+// bearerStaysHome returns a copy of hc whose redirects never carry the Authorization header to
+// another origin (scheme, host and port). Graph redirects downloads to pre-authenticated URLs
+// on other hosts, which need no token; Go's client already drops the header for another
+// domain, but keeps it for the same host on another port or scheme, which is another server.
+// The caller's own CheckRedirect, if any, still decides whether to follow.
+func bearerStaysHome(hc *http.Client) *http.Client {
+	cp := *hc
+	prev := hc.CheckRedirect
+	cp.CheckRedirect = func(req *http.Request, via []*http.Request) error {
+		if o := via[0].URL; req.URL.Scheme != o.Scheme || req.URL.Host != o.Host {
+			req.Header.Del("Authorization")
+		}
+		if prev != nil {
+			return prev(req, via)
+		}
+		if len(via) >= 10 {
+			return errors.New("stopped after 10 redirects")
+		}
+		return nil
+	}
+	return &cp
 }

@@ -95,11 +95,18 @@ func (c Config) oauth2() *oauth2.Config {
 	return &oauth2.Config{ClientID: c.ClientID, ClientSecret: c.ClientSecret, Endpoint: c.endpoint(), Scopes: c.scopes()}
 }
 
+// httpClient returns a copy of the configured client that never follows a redirect. Every
+// token request carries a secret in its body (the client secret, a refresh token, an auth
+// code): a 307/308 would re-POST it to the redirect's target, and Entra's token endpoint does
+// not redirect, so a 3xx is answered as the error it is.
 func (c Config) httpClient() *http.Client {
+	hc := http.DefaultClient
 	if c.HTTPClient != nil {
-		return c.HTTPClient
+		hc = c.HTTPClient
 	}
-	return http.DefaultClient
+	cp := *hc
+	cp.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	return &cp
 }
 
 func (c Config) ctx(ctx context.Context) context.Context {
@@ -236,12 +243,29 @@ func refreshAt(now time.Time, v any, expires time.Time) time.Time {
 func tokenError(err error) error {
 	var re *oauth2.RetrieveError
 	if errors.As(err, &re) && re.Response != nil {
+		if err := refusedRedirect(re.Response.StatusCode, re.Response.Header); err != nil {
+			return err
+		}
 		return ParseAuthError(re.Response.StatusCode, re.Response.Header, re.Body)
 	}
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return err
 	}
 	return fmt.Errorf("graph: token request: %w: %v", tokenmgr.ErrTemporary, err)
+}
+
+// refusedRedirect explains a 3xx from the token endpoint, which is never followed (see
+// [Config.httpClient]): it names the redirect's scheme and host, never its path or query.
+func refusedRedirect(status int, header http.Header) error {
+	if status < 300 || status > 399 {
+		return nil
+	}
+	where := "another location"
+	if u, err := url.Parse(header.Get("Location")); err == nil && u.Host != "" {
+		where = u.Scheme + "://" + u.Host
+	}
+	return fmt.Errorf("graph: identity platform: HTTP %d: redirect to %s refused (token requests carry secrets; check login_base and any proxy): %w",
+		status, where, tokenmgr.ErrTemporary)
 }
 
 // RefreshSource is a [tokenmgr.StatefulSource] for a user's delegated token: it redeems the
@@ -320,6 +344,9 @@ func (tr *TokenResponse) token(now time.Time) tokenmgr.Token {
 // ParseTokenResponse parses a token endpoint answer: on 2xx a [TokenResponse] with a
 // non-empty access token, otherwise an *AuthError. It accepts any body without panicking.
 func ParseTokenResponse(status int, header http.Header, body []byte) (*TokenResponse, error) {
+	if err := refusedRedirect(status, header); err != nil {
+		return nil, err
+	}
 	if status < 200 || status > 299 {
 		return nil, ParseAuthError(status, header, body)
 	}
