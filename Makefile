@@ -5,7 +5,7 @@ RACE      ?= -race
 BENCH     ?= .
 COUNT     ?= 5
 
-.PHONY: all test deps vet unit bench fmt
+.PHONY: all test deps vet unit bench fmt conformance
 
 all: test
 
@@ -38,7 +38,13 @@ vet:
 unit:
 	$(GO) test $(RACE) -count=1 ./...
 
-test: deps vet unit
+test: deps vet unit conformance
+
+# conformance pits the adapters and emulators against outside oracles (vendor libraries and
+# published payloads). It is its own Go module (conformance/go.mod), so the vendor libraries
+# stay out of the main go.mod.
+conformance:
+	cd conformance && $(GO) vet ./... && $(GO) test -count=1 ./...
 
 # bench runs every benchmark (ours and the anchors they are compared with) in one run, COUNT
 # times, so medians can be read with benchstat; then the refresh-stream comparison once (it runs
