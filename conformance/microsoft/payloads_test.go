@@ -370,7 +370,7 @@ func TestDocTokenErrors(t *testing.T) {
 		hintContains string
 	}{
 		{name: "invalid_scope", file: "token-error-invalid-scope.json", status: 400, err: "invalid_scope", code: 70011,
-			desc: "AADSTS70011: The provided value for the input parameter 'scope' is not valid. The scope https://foo.microsoft.com/.default is not valid.",
+			desc:  "AADSTS70011: The provided value for the input parameter 'scope' is not valid. The scope https://foo.microsoft.com/.default is not valid.",
 			trace: "255d1aef-8c98-452f-ac51-23d051240864", hintContains: "/.default"},
 		{name: "authorization_pending", file: "token-error-device-pending.json", status: 400, err: "authorization_pending", code: 70016,
 			desc:  "AADSTS70016: OAuth 2.0 device flow error. Authorization is pending. Continue polling.",
@@ -384,9 +384,9 @@ func TestDocTokenErrors(t *testing.T) {
 			desc:         "AADSTS50011: The redirect URI 'http://localhost:8400/callback' specified in the request does not match the redirect URIs configured for the application '11111111-2222-3333-4444-555555555555'.",
 			hintContains: "redirect_uri"},
 		{name: "invalid_client", status: 401, err: "invalid_client", code: 7000215,
-			body:         `{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '11111111-2222-3333-4444-555555555555'.\r\nTrace ID: 2c5d8a7e-1f0b-4c3d-9e8f-7a6b5c4d3e2f\r\nCorrelation ID: 9e8d7c6b-5a4f-4e3d-2c1b-0a9f8e7d6c5b\r\nTimestamp: 2023-05-06 06:03:00Z","error_codes":[7000215],"timestamp":"2023-05-06 06:03:00Z","trace_id":"2c5d8a7e-1f0b-4c3d-9e8f-7a6b5c4d3e2f","correlation_id":"9e8d7c6b-5a4f-4e3d-2c1b-0a9f8e7d6c5b","error_uri":"https://login.microsoftonline.com/error?code=7000215"}`,
-			desc:         "AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '11111111-2222-3333-4444-555555555555'.",
-			trace:        "2c5d8a7e-1f0b-4c3d-9e8f-7a6b5c4d3e2f", hintContains: "Secret ID"},
+			body:  `{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '11111111-2222-3333-4444-555555555555'.\r\nTrace ID: 2c5d8a7e-1f0b-4c3d-9e8f-7a6b5c4d3e2f\r\nCorrelation ID: 9e8d7c6b-5a4f-4e3d-2c1b-0a9f8e7d6c5b\r\nTimestamp: 2023-05-06 06:03:00Z","error_codes":[7000215],"timestamp":"2023-05-06 06:03:00Z","trace_id":"2c5d8a7e-1f0b-4c3d-9e8f-7a6b5c4d3e2f","correlation_id":"9e8d7c6b-5a4f-4e3d-2c1b-0a9f8e7d6c5b","error_uri":"https://login.microsoftonline.com/error?code=7000215"}`,
+			desc:  "AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '11111111-2222-3333-4444-555555555555'.",
+			trace: "2c5d8a7e-1f0b-4c3d-9e8f-7a6b5c4d3e2f", hintContains: "Secret ID"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
