@@ -534,3 +534,54 @@ func (s *sequenced) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	s.d.ServeHTTP(w, r)
 }
+
+// TestDocChatPoll: polling a chat (no subscriptions) reads the list the docs publish
+// (api-reference/v1.0/api/chat-list-messages.md Example 2, the answer with Prefer:
+// include-unknown-enum-members, which chatwire sends; nextLink host rewritten to the test's
+// Graph). It holds a text message, an image-only message and a systemEventMessage whose
+// createdDateTime is malformed in the docs ("2021-03-1706:47:05.123Z"). The first poll is a
+// baseline; when the two newer messages appear, the second poll turns them into events, in
+// order, and drops the system event without failing the page.
+func TestDocChatPoll(t *testing.T) {
+	const chat = "19:2da4c29f6d7041eca70b638b43d45437@thread.v2"
+	full := strings.ReplaceAll(string(fixture(t, "chat-list-messages.json")), "https://graph.microsoft.com/", graphBase+"/")
+	var page map[string]any
+	if err := json.Unmarshal([]byte(full), &page); err != nil {
+		t.Fatal(err)
+	}
+	vals := page["value"].([]any)
+	page["value"] = vals[2:] // before the two newer messages arrived
+	delete(page, "@odata.nextLink")
+	older, _ := json.Marshal(page)
+	d := newDocServer(t)
+	n := 0
+	seq := &sequenced{d: d, path: "GET /v1.0/chats/" + chat + "/messages", answers: []docAnswer{ok(older), ok([]byte(full))}, n: &n}
+	hc := &http.Client{Transport: graphtest.HandlerTransport(seq)}
+	cfg := graph.Config{Tenant: docTenant, ClientID: confClientID, ClientSecret: confSecret, LoginBase: loginBase, HTTPClient: hc}
+	store := new(tokenmgr.MemoryStore)
+	graph.Seed(store, cfg.Key("me"), &graph.LoginResult{RefreshToken: "AwABAAAAvPM1KaPlrEqdFSBzjqfTGAMxZGUTdM0t4B4-seed"})
+	a, err := graph.New(graph.Options{Bot: "docs", Config: cfg, GraphBase: graphBase, HTTPClient: hc, Store: store,
+		Subscribe: []string{graph.SubscribeChats}, Chats: []string{chat}, PollInterval: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	ctx := context.Background()
+	if evs, err := a.Poll(ctx); err != nil || len(evs) != 0 {
+		t.Fatalf("baseline poll: %d events, %v", len(evs), err)
+	}
+	evs, err := a.Poll(ctx)
+	if err != nil {
+		t.Fatalf("poll: %v", err)
+	}
+	if len(evs) != 2 {
+		t.Fatalf("poll: %d events, want 2: %+v", len(evs), evs)
+	}
+	robin := adapter.Sender{ID: "8ea0e38b-efb3-4757-924a-5f94061cf8c2", Name: "Robin Kline"}
+	checkEvent(t, "image", evs[0], adapter.Event{ID: "graph:chats/" + chat + "/messages/1615971548136", Bot: "docs", Platform: adapter.PlatformGraph,
+		Kind: adapter.EventMessage, Chat: adapter.Chat{ID: chat, Type: adapter.ChatGroup}, Sender: robin, Text: "",
+		Time: time.Date(2021, 3, 17, 8, 59, 8, 136e6, time.UTC)})
+	checkEvent(t, "text", evs[1], adapter.Event{ID: "graph:chats/" + chat + "/messages/1616964509832", Bot: "docs", Platform: adapter.PlatformGraph,
+		Kind: adapter.EventMessage, Chat: adapter.Chat{ID: chat, Type: adapter.ChatGroup}, Sender: robin, Text: "Hello world",
+		Time: time.Date(2021, 3, 28, 20, 48, 29, 832e6, time.UTC)})
+}
