@@ -48,6 +48,8 @@ func fixture(t testing.TB, name string) []byte {
 type docServer struct {
 	t      testing.TB
 	routes map[string]docAnswer // "GET /v1.0/…" (decoded path) → answer
+	// funcs answer a route from the request, for answers that depend on its body.
+	funcs map[string]func(r *http.Request) docAnswer
 
 	mu     sync.Mutex
 	tokens []docAnswer
@@ -88,6 +90,10 @@ func (d *docServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	key := r.Method + " " + r.URL.Path
 	d.seen = append(d.seen, key)
 	d.auths = append(d.auths, r.Header.Get("Authorization"))
+	if f, ok := d.funcs[key]; ok {
+		d.write(w, f(r))
+		return
+	}
 	a, ok := d.routes[key]
 	if !ok {
 		d.t.Errorf("unexpected request %s", key)
@@ -118,14 +124,18 @@ func ok(body []byte) docAnswer { return docAnswer{status: 200, body: body} }
 
 // docAdapter returns a delegated Graph adapter whose every request goes to d in process,
 // seeded with a refresh token the documented refresh answer redeems.
-func docAdapter(t *testing.T, d *docServer) *graph.Adapter {
+func docAdapter(t *testing.T, d *docServer, opts ...func(*graph.Options)) *graph.Adapter {
 	t.Helper()
 	hc := &http.Client{Transport: graphtest.HandlerTransport(d)}
 	cfg := graph.Config{Tenant: docTenant, ClientID: confClientID, ClientSecret: confSecret, LoginBase: loginBase, HTTPClient: hc}
 	store := new(tokenmgr.MemoryStore)
 	graph.Seed(store, cfg.Key("me"), &graph.LoginResult{RefreshToken: "AwABAAAAvPM1KaPlrEqdFSBzjqfTGAMxZGUTdM0t4B4-seed"})
-	a, err := graph.New(graph.Options{Bot: "docs", Config: cfg, GraphBase: graphBase, HTTPClient: hc, Store: store,
-		ClientState: docClientState, FetchTimeout: 10 * time.Second})
+	o := graph.Options{Bot: "docs", Config: cfg, GraphBase: graphBase, HTTPClient: hc, Store: store,
+		ClientState: docClientState, FetchTimeout: 10 * time.Second}
+	for _, f := range opts {
+		f(&o)
+	}
+	a, err := graph.New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,98 +154,153 @@ func newDocServer(t testing.TB) *docServer {
 	return d
 }
 
-// TestDocChangeNotifications feeds the change notifications the docs publish through
-// HandleWebhook, which fetches each message from a server answering with the documented
-// chatMessage and message bodies:
+const docChat = "19:8ea0e38b-efb3-4757-924a-5f94061cf8c2_97f62344-57dc-409c-88ad-c4af14158ff5@unq.gbl.spaces"
+
+// startedDocAdapter returns a started adapter subscribed to docChat and the inbox, its
+// subscriptions created against d, which answers with the subscription-post docs' shape
+// (api/subscription-post-subscriptions.md: 201 and the subscription) and the subscription
+// ids the docs' notifications name; Start's baselines get the chat-list-messages.md shape
+// (empty) and the message-delta.md shape (a last page with @odata.deltaLink).
+func startedDocAdapter(t *testing.T, d *docServer) *graph.Adapter {
+	t.Helper()
+	const chatSub, mailSub = "10493aa0-4d29-4df5-bc0c-ef742cc6cd7f", "7f105c7d-2dc5-4530-97cd-4e7ae6534c07"
+	d.funcs = map[string]func(*http.Request) docAnswer{"POST /v1.0/subscriptions": func(r *http.Request) docAnswer {
+		var req map[string]any
+		json.NewDecoder(r.Body).Decode(&req)
+		res, _ := req["resource"].(string)
+		id := mailSub
+		if strings.Contains(res, "chats") {
+			id = chatSub
+		}
+		req["@odata.context"] = "https://graph.microsoft.com/v1.0/$metadata#subscriptions/$entity"
+		req["id"], req["applicationId"], req["creatorId"] = id, "24d3b144-21ae-4080-943f-7067b395b913", "8ee44408-0679-472c-bc2a-692812af3437"
+		req["includeResourceData"], req["encryptionCertificate"], req["encryptionCertificateId"] = false, nil, nil
+		req["notificationQueryOptions"], req["notificationUrlAppId"] = nil, nil
+		b, _ := json.Marshal(req)
+		return docAnswer{status: http.StatusCreated, body: b}
+	}}
+	d.routes["GET /v1.0/chats/"+docChat+"/messages"] = ok([]byte(`{"@odata.context":"https://graph.microsoft.com/v1.0/$metadata#chats('19%3A8ea0e38b')/messages","@odata.count":0,"value":[]}`))
+	d.routes["GET /v1.0/me/mailFolders/inbox/messages/delta"] = ok([]byte(`{"@odata.context":"https://graph.microsoft.com/v1.0/$metadata#Collection(message)",` +
+		`"@odata.deltaLink":"` + graphBase + `/v1.0/me/mailfolders('inbox')/messages/delta?$deltatoken=LztZwWjo5IivWBhyxw5rACKxf7mPm0oW6JZZ7fvKxYPS_67JnEYmfQQMPccy6FRun0DWJF5775dvuXxlZnMYhBubC1v4SBVT9ZjO8f7acZI","value":[]}`))
+	a := docAdapter(t, d, func(o *graph.Options) {
+		o.NotificationURL = "https://bot.example/webhook/docs"
+		o.Subscribe = []string{graph.SubscribeChats, graph.SubscribeMail}
+		o.Chats = []string{docChat}
+	})
+	ctx := context.Background()
+	if err := a.Start(ctx); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	subs, err := a.Subscriptions(ctx)
+	if err != nil || subs["chats/"+docChat+"/messages"] != chatSub || len(subs) != 2 {
+		t.Fatalf("subscriptions %v, %v", subs, err)
+	}
+	return a
+}
+
+// TestDocChangeNotifications feeds the change notifications the docs publish through a
+// started adapter's HandleWebhook (its subscriptions created against the fake, which answers
+// with the subscription-post docs' shape and the subscription ids the notifications name),
+// which fetches each message from the fake answering with the documented bodies:
 //   - notification-chat.json: concepts/teams-changenotifications-chatmessage.md, "Notifications
 //     with resource data" (chat message; encryptedContent kept, the adapter fetches instead)
-//   - notification-channel.json: the same page's channel message and reply resources, and a
-//     chat message that turns out to be a system event
 //   - notification-mail.json: concepts/change-notifications-delivery-webhooks.md, "Change
-//     notification example" (resource users/{user}@{tenant}/messages/{id})
-//   - chatmessage-chat.json, chatmessage-reply.json: api-reference/v1.0/api/chatmessage-get.md
-//     Examples 1 and 3, verbatim
-//   - chatmessage-channel.json: chatmessage-get.md Example 2, with the body, reference
-//     attachment and channel mention of api/chatmessage-post.md ("file attachment",
-//     "mention a channel") in place of the example's inline image
-//   - chatmessage-system.json: a systemEventMessage as api/chat-list-messages.md lists them
-//     (from null, eventDetail membersAddedEventMessageDetail)
+//     notification example" (resource users/{user_guid}@{tenant_guid}/messages/{id}), and the
+//     same with the Users/{id}/Messages/{id} form of its resourceData @odata.id
+//   - a chat notification naming a systemEventMessage (chatmessage-system.json, as
+//     api/chat-list-messages.md lists them: from null, eventDetail), which is no event
+//   - chatmessage-chat.json: api-reference/v1.0/api/chatmessage-get.md Example 1, verbatim
 //   - message-mail.json: api-reference/v1.0/api/message-get.md Example 1
+//   - subscription answers: api/subscription-post-subscriptions.md (201, the subscription)
 func TestDocChangeNotifications(t *testing.T) {
 	d := newDocServer(t)
-	chat := "19:8ea0e38b-efb3-4757-924a-5f94061cf8c2_97f62344-57dc-409c-88ad-c4af14158ff5@unq.gbl.spaces"
-	team, channel := "fbe2bf47-16c8-47cf-b4a5-4b9b187c508b", "19:4a95f7d8db4c4e7fae857bcebe0623e6@thread.tacv2"
+	chat := docChat
 	d.routes["GET /v1.0/chats/"+chat+"/messages/1612289992105"] = ok(fixture(t, "chatmessage-chat.json"))
 	d.routes["GET /v1.0/chats/"+chat+"/messages/1615971548136"] = ok(fixture(t, "chatmessage-system.json"))
-	d.routes["GET /v1.0/teams/"+team+"/channels/"+channel+"/messages/1614618259349"] = ok(fixture(t, "chatmessage-channel.json"))
-	d.routes["GET /v1.0/teams/"+team+"/channels/"+channel+"/messages/1612509044972/replies/1613671348387"] = ok(fixture(t, "chatmessage-reply.json"))
 	d.routes["GET /v1.0/users/87d349ed-44d7-43e1-9a83-5f2406dee5bd@e61ef81e-8bd8-476a-92e8-4a62f8426fca/messages/AAMkADhMGAAA="] = ok(fixture(t, "message-mail.json"))
-	a := docAdapter(t, d)
+	d.routes["GET /v1.0/users/87d349ed-44d7-43e1-9a83-5f2406dee5bd/messages/AAMkADhMGAAA="] = ok(fixture(t, "message-mail.json"))
+	a := startedDocAdapter(t, d)
 	ctx := context.Background()
 
-	post := func(name string) (*adapter.WebhookResponse, []adapter.Event) {
+	post := func(name string, body []byte) []adapter.Event {
 		t.Helper()
 		resp, evs, err := a.HandleWebhook(ctx, &adapter.WebhookRequest{Method: http.MethodPost, Path: "/webhook/docs",
-			Header: http.Header{"Content-Type": {"application/json; charset=utf-8"}}, Query: url.Values{}, Body: fixture(t, name)})
+			Header: http.Header{"Content-Type": {"application/json; charset=utf-8"}}, Query: url.Values{}, Body: body})
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
 		if resp.Status != http.StatusAccepted {
 			t.Fatalf("%s: status %d %s, want 202", name, resp.Status, resp.Body)
 		}
-		return resp, evs
+		return evs
 	}
 
-	_, evs := post("notification-chat.json")
+	evs := post("chat", fixture(t, "notification-chat.json"))
 	if len(evs) != 1 {
 		t.Fatalf("chat notification: %d events", len(evs))
 	}
-	ev := evs[0]
-	want := adapter.Event{ID: "graph:chats/" + chat + "/messages/1612289992105", Bot: "docs", Platform: adapter.PlatformGraph,
+	checkEvent(t, "chat", evs[0], adapter.Event{ID: "graph:chats/" + chat + "/messages/1612289992105", Bot: "docs", Platform: adapter.PlatformGraph,
 		Kind: adapter.EventMessage, Chat: adapter.Chat{ID: chat, Type: adapter.ChatDirect},
 		Sender: adapter.Sender{ID: "8ea0e38b-efb3-4757-924a-5f94061cf8c2", Name: "Robin Kline"}, Text: "test",
-		Time: time.Date(2021, 2, 2, 18, 19, 52, 105e6, time.UTC)}
-	checkEvent(t, "chat", ev, want)
+		Time: time.Date(2021, 2, 2, 18, 19, 52, 105e6, time.UTC)})
 
-	_, evs = post("notification-channel.json")
-	if len(evs) != 2 {
-		t.Fatalf("channel notifications: %d events, want 2 (message and reply; the system event is not one): %+v", len(evs), evs)
+	system := strings.ReplaceAll(string(fixture(t, "notification-chat.json")), "1612289992105", "1615971548136")
+	if evs := post("system", []byte(system)); len(evs) != 0 {
+		t.Fatalf("system event message: %d events, want none", len(evs))
 	}
-	byID := map[string]adapter.Event{}
-	for _, e := range evs {
-		byID[e.ID] = e
-	}
-	chEv := byID["graph:teams/"+team+"/channels/"+channel+"/messages/1614618259349"]
-	checkEvent(t, "channel", chEv, adapter.Event{ID: "graph:teams/" + team + "/channels/" + channel + "/messages/1614618259349",
-		Bot: "docs", Platform: adapter.PlatformGraph, Kind: adapter.EventMessage,
-		Chat:   adapter.Chat{ID: team + "/" + channel, Type: adapter.ChatChannel},
-		Sender: adapter.Sender{ID: "8ea0e38b-efb3-4757-924a-5f94061cf8c2", Name: "Robin Kline"},
-		Text:   "Budget review at 3 pm & the agenda General", Time: time.Date(2021, 3, 1, 17, 4, 19, 349e6, time.UTC)})
-	if len(chEv.Attachments) != 1 || chEv.Attachments[0].Name != "Budget.docx" || chEv.Attachments[0].ID != "153fa47d-18c9-4179-be08-9879815a9f90" ||
-		chEv.Attachments[0].URL != "https://m365x987948.sharepoint.com/sites/test/Shared%20Documents/General/test%20doc.docx" {
-		t.Errorf("channel attachments: %+v", chEv.Attachments)
-	}
-	checkEvent(t, "reply", byID["graph:teams/"+team+"/channels/"+channel+"/messages/1612509044972/replies/1613671348387"],
-		adapter.Event{ID: "graph:teams/" + team + "/channels/" + channel + "/messages/1612509044972/replies/1613671348387",
-			Bot: "docs", Platform: adapter.PlatformGraph, Kind: adapter.EventMessage,
-			Chat:   adapter.Chat{ID: team + "/" + channel, Type: adapter.ChatChannel},
-			Sender: adapter.Sender{ID: "8ea0e38b-efb3-4757-924a-5f94061cf8c2", Name: "Robin Kline"},
-			Text:   "Test", Time: time.Date(2021, 2, 18, 18, 2, 28, 387e6, time.UTC)})
 
-	_, evs = post("notification-mail.json")
-	if len(evs) != 1 {
-		t.Fatalf("mail notification: %d events", len(evs))
-	}
-	checkEvent(t, "mail", evs[0], adapter.Event{ID: "graph:mail/AAMkADhMGAAA=", Bot: "docs", Platform: adapter.PlatformGraph,
+	mail := adapter.Event{ID: "graph:mail/AAMkADhMGAAA=", Bot: "docs", Platform: adapter.PlatformGraph,
 		Kind: adapter.EventMessage, Chat: adapter.Chat{ID: "adelev@contoso.OnMicrosoft.com", Type: adapter.ChatMail},
 		Sender: adapter.Sender{ID: "adelev@contoso.OnMicrosoft.com", Name: "Adele Vance"}, Text: "The group represents Nevada.",
-		Time: time.Date(2018, 9, 9, 3, 15, 8, 0, time.UTC)})
+		Time: time.Date(2018, 9, 9, 3, 15, 8, 0, time.UTC)}
+	evs = post("mail", fixture(t, "notification-mail.json"))
+	if len(evs) != 1 {
+		t.Fatalf("mail notification (resource users/{user_guid}@{tenant_guid}/messages/{id}): %d events, want 1", len(evs))
+	}
+	checkEvent(t, "mail", evs[0], mail)
+	plain := strings.ReplaceAll(string(fixture(t, "notification-mail.json")),
+		"users/87d349ed-44d7-43e1-9a83-5f2406dee5bd@e61ef81e-8bd8-476a-92e8-4a62f8426fca/messages/", "Users/87d349ed-44d7-43e1-9a83-5f2406dee5bd/Messages/")
+	evs = post("mail (Users/{id}/Messages/{id})", []byte(plain))
+	if len(evs) != 1 {
+		t.Fatalf("mail notification (resource Users/{id}/Messages/{id}): %d events, want 1", len(evs))
+	}
+	checkEvent(t, "mail", evs[0], mail)
 	// Every Graph request carried the documented refresh answer's access token.
 	wantAuth := "Bearer " + jsonField(t, fixture(t, "token-refresh-success.json"), "access_token")
 	for i, h := range d.auths {
 		if h != wantAuth {
 			t.Errorf("request %s: Authorization is not the refreshed token", d.seen[i])
 		}
+	}
+}
+
+// TestDocChannelPosts: the chatMessage the docs publish for a channel message and a reply
+// (chatmessage-get.md Examples 2 and 3; chatmessage-channel.json adds the body, reference
+// attachment and channel mention of api/chatmessage-post.md) is what Graph answers a channel
+// post and a reply with (chatmessage-post.md: 201 Created and the chatMessage); the client
+// reads them.
+func TestDocChannelPosts(t *testing.T) {
+	d := newDocServer(t)
+	team, channel := "fbe2bf47-16c8-47cf-b4a5-4b9b187c508b", "19:4a95f7d8db4c4e7fae857bcebe0623e6@thread.tacv2"
+	d.routes["POST /v1.0/teams/"+team+"/channels/"+channel+"/messages"] = docAnswer{status: http.StatusCreated, body: fixture(t, "chatmessage-channel.json")}
+	d.routes["POST /v1.0/teams/"+team+"/channels/"+channel+"/messages/1612509044972/replies"] = docAnswer{status: http.StatusCreated, body: fixture(t, "chatmessage-reply.json")}
+	a := docAdapter(t, d)
+	ctx := context.Background()
+	m, err := a.Client().PostChannelMessage(ctx, team, channel, "", &graph.NewChatMessage{Body: graph.ChatBody{ContentType: "text", Content: "Budget review"}})
+	if err != nil {
+		t.Fatalf("channel post: %v", err)
+	}
+	if m.ID != "1614618259349" || m.ChannelIdentity == nil || m.ChannelIdentity.TeamID != team || m.ChannelIdentity.ChannelID != channel ||
+		m.From == nil || m.From.User == nil || m.From.User.DisplayName != "Robin Kline" || len(m.Attachments) != 1 || m.Attachments[0].ContentType != "reference" ||
+		!m.CreatedDateTime.Equal(time.Date(2021, 3, 1, 17, 4, 19, 349e6, time.UTC)) {
+		t.Errorf("channel message: %+v", m)
+	}
+	r, err := a.Client().PostChannelMessage(ctx, team, channel, "1612509044972", &graph.NewChatMessage{Body: graph.ChatBody{ContentType: "text", Content: "Test"}})
+	if err != nil {
+		t.Fatalf("reply: %v", err)
+	}
+	if r.ID != "1613671348387" || r.ReplyToID != "1612509044972" || r.Body.Content != "<div><div>Test</div></div>" {
+		t.Errorf("reply: %+v", r)
 	}
 }
 
@@ -265,7 +330,7 @@ func checkEvent(t *testing.T, what string, got, want adapter.Event) {
 func TestDocMailStyleBody(t *testing.T) {
 	d := newDocServer(t)
 	d.routes["GET /v1.0/users/87d349ed-44d7-43e1-9a83-5f2406dee5bd/messages/AAMkAGE1M2IyNGNmLTI5MTktNDUyZi1iOTVl==="] = ok(fixture(t, "message-mail-style.json"))
-	a := docAdapter(t, d)
+	a := startedDocAdapter(t, d)
 	body := strings.ReplaceAll(string(fixture(t, "notification-mail.json")),
 		"users/87d349ed-44d7-43e1-9a83-5f2406dee5bd@e61ef81e-8bd8-476a-92e8-4a62f8426fca/messages/AAMkADhMGAAA=",
 		"Users/87d349ed-44d7-43e1-9a83-5f2406dee5bd/Messages/AAMkAGE1M2IyNGNmLTI5MTktNDUyZi1iOTVl===")
