@@ -6,10 +6,12 @@ package microsoft
 // whose HTTP client reaches a fake server answering with the documented bodies.
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -649,4 +651,154 @@ func TestDocChatPoll(t *testing.T) {
 	checkEvent(t, "text", evs[1], adapter.Event{ID: "graph:chats/" + chat + "/messages/1616964509832", Bot: "docs", Platform: adapter.PlatformGraph,
 		Kind: adapter.EventMessage, Chat: adapter.Chat{ID: chat, Type: adapter.ChatGroup}, Sender: robin, Text: "Hello world",
 		Time: time.Date(2021, 3, 28, 20, 48, 29, 832e6, time.UTC)})
+}
+
+// TestDocOutlookLargeAttachment: a 9 MiB mail attachment against a fake answering as
+// concepts/outlook-large-attachments.md documents Outlook's attachment upload session: the
+// session is created with 201 and an uploadUrl on another host (outlook.office.com), every
+// non-final range is answered 200 with nextExpectedRanges holding the next start offset, only
+// the final range gets 201 with a Location header and no body; Authorization must not be
+// sent to the uploadUrl. The draft must be sent only once the attachment is whole.
+// (Issue 11 item 2: the emulator answered 202 for non-final ranges, so the adapter's "200 =
+// done" went unnoticed.)
+func TestDocOutlookLargeAttachment(t *testing.T) {
+	d := newDocServer(t)
+	const draftID = "AAMkADI5MAAIT3drCAAA="
+	const sessionPath = "/api/v2.0/Users('a8e8e219-4931-95c1-b73d-62626fd79c32@72aa88bf-76f0-494f-91ab-2d7cd730db47')/Messages('AAMkADI5MAAIT3drCAAA=')/AttachmentSessions('AAMkADI5MAAIT3k0tAAA=')"
+	uploadURL := "https://outlook.office.example" + sessionPath + "?authtoken=eyJhbGciOiJSUzI1NiIsImtpZCI6IktmYUNIUlN6bllHMmNI"
+	data := make([]byte, 9<<20)
+	for i := range data {
+		data[i] = byte(i*7 + i>>13)
+	}
+	var (
+		got      []byte
+		complete bool
+		sentWhen = -1 // len(got) when the draft was sent
+	)
+	// The draft: user-post-messages.md answers 201 and the message (isDraft true).
+	d.routes["POST /v1.0/me/messages"] = docAnswer{status: http.StatusCreated, body: []byte(`{"@odata.context":"https://graph.microsoft.com/v1.0/$metadata#users('a8e8e219-4931-95c1-b73d-62626fd79c32')/messages/$entity",` +
+		`"@odata.etag":"W/\"CQAAABYAAAC4ofQHEIqCSbQPot83AFcbAAAnjjuZ\"","id":"` + draftID + `","subject":"Quarterly report","isDraft":true,"hasAttachments":false}`)}
+	d.routes["POST /v1.0/me/messages/"+draftID+"/attachments/createUploadSession"] = docAnswer{status: http.StatusCreated,
+		body: []byte(`{"@odata.context":"https://graph.microsoft.com/v1.0/$metadata#microsoft.graph.uploadSession","uploadUrl":"` + uploadURL +
+			`","expirationDateTime":"2019-09-25T01:09:30.7671707Z","nextExpectedRanges":["0-"]}`)}
+	d.funcs = map[string]func(*http.Request) docAnswer{
+		"PUT " + sessionPath: func(r *http.Request) docAnswer {
+			if r.Header.Get("Authorization") != "" {
+				t.Errorf("Authorization sent to the uploadUrl")
+				return docAnswer{status: 401, body: []byte(`{"error":{"code":"InvalidAuthenticationToken","message":"Authorization must not be sent"}}`)}
+			}
+			var start, end, total int
+			if _, err := fmt.Sscanf(r.Header.Get("Content-Range"), "bytes %d-%d/%d", &start, &end, &total); err != nil || start != len(got) || total != len(data) {
+				t.Errorf("Content-Range %q with %d bytes held", r.Header.Get("Content-Range"), len(got))
+				return docAnswer{status: 416, body: []byte(`{"error":{"code":"InvalidRange","message":"out of order"}}`)}
+			}
+			b, _ := io.ReadAll(r.Body)
+			if len(b) != end-start+1 || len(b) > 4<<20 {
+				t.Errorf("range %d-%d carried %d bytes", start, end, len(b))
+			}
+			got = append(got, b...)
+			if len(got) < total {
+				return ok([]byte(fmt.Sprintf(`{"@odata.context":"https://outlook.office.com/api/v2.0/$metadata#Users('a8e8e219-4931-95c1-b73d-62626fd79c32%%4072aa88bf-76f0-494f-91ab-2d7cd730db47')/Messages('AAMkADI5MAAIT3drCAAA%%3D')/AttachmentSessions/$entity",`+
+					`"ExpirationDateTime":"2019-09-25T01:09:30.7671707Z","nextExpectedRanges":["%d"]}`, len(got))))
+			}
+			complete = true
+			return docAnswer{status: http.StatusCreated, header: http.Header{"Location": {"https://outlook.office.example/api/v2.0/Users('a8e8e219-4931-95c1-b73d-62626fd79c32@72aa88bf-76f0-494f-91ab-2d7cd730db47')/Messages('AAMkADI5MAAIT3drCAAA=')/Attachments('AAMkADI5MAAIT3drCAAABEgAQANAqbAe7qaROhYdTnUQwXm0=')"},
+				"Content-Type": {"text/plain"}}}
+		},
+		"POST /v1.0/me/messages/" + draftID + "/send": func(r *http.Request) docAnswer {
+			sentWhen = len(got)
+			return docAnswer{status: http.StatusAccepted, header: http.Header{"Content-Type": {"text/plain"}}}
+		},
+	}
+	a := docAdapter(t, d)
+	var to graph.Recipient
+	to.EmailAddress.Address = "AlexW@contoso.OnMicrosoft.com"
+	err := a.Client().SendMail(context.Background(), "me", &graph.Mail{Subject: "Quarterly report", Body: graph.ChatBody{ContentType: "Text", Content: "attached"},
+		ToRecipients: []graph.Recipient{to}}, []graph.LargeAttachment{{Name: "report.bin", ContentType: "application/octet-stream", Data: data}}, nil)
+	if err != nil {
+		t.Fatalf("SendMail: %v", err)
+	}
+	if !complete || !bytes.Equal(got, data) {
+		t.Fatalf("attachment: %d of %d bytes uploaded (complete %v, equal %v)", len(got), len(data), complete, bytes.Equal(got, data))
+	}
+	if sentWhen != len(data) {
+		t.Fatalf("draft sent with %d of %d attachment bytes uploaded", sentWhen, len(data))
+	}
+}
+
+// TestDocMailDeltaUpdates: mail polling against a fake answering messages/delta as
+// api-reference/v1.0/api/message-delta.md documents it: a round returns created, updated and
+// deleted items alike (an updated one is the whole message again; a deleted one
+// {"@odata.type","id","@removed":{"reason":"deleted"}}) unless the request asks
+// changeType=created, an option Graph keeps in the next/delta links it hands back. An old
+// mail marked read and a deleted one are no new messages; only the mail that arrived is.
+// (Issue 11 item 3: the emulator's delta returned only new mail, so re-emitted updates went
+// unnoticed.)
+func TestDocMailDeltaUpdates(t *testing.T) {
+	d := newDocServer(t)
+	old := string(fixture(t, "message-mail.json"))
+	updated := strings.Replace(old, `"isRead": true`, `"isRead": true, "lastModifiedDateTime": "2026-12-04T10:00:00Z"`, 1)
+	arrived := strings.NewReplacer(`"AAMkADhMGAAA="`, `"AAMkADhMGAAB="`, `"receivedDateTime": "2018-09-09T03:15:08Z"`,
+		`"receivedDateTime": "`+time.Now().UTC().Add(time.Minute).Format(time.RFC3339)+`"`, "The group represents Nevada.", "Tickets for Friday?").Replace(old)
+	removed := `{"@odata.type":"#microsoft.graph.message","id":"AAMkADhMGAAC=","@removed":{"reason":"deleted"}}`
+	var compact = func(s string) string {
+		var v any
+		json.Unmarshal([]byte(s), &v)
+		b, _ := json.Marshal(v)
+		return string(b)
+	}
+	d.funcs = map[string]func(*http.Request) docAnswer{"GET /v1.0/me/mailFolders/inbox/messages/delta": func(r *http.Request) docAnswer {
+		q := r.URL.Query()
+		ct := q.Get("changeType")
+		if ct != "" && ct != "created" && ct != "updated" && ct != "deleted" {
+			return docAnswer{status: 400, body: []byte(`{"error":{"code":"ErrorInvalidParameter","message":"The value of changeType is not valid."}}`)}
+		}
+		link := func(token string) string {
+			v := url.Values{"$deltatoken": {token}}
+			if ct != "" {
+				v.Set("changeType", ct)
+			}
+			return graphBase + "/v1.0/me/mailFolders/inbox/messages/delta?" + v.Encode()
+		}
+		var items []string
+		next := "round1"
+		switch q.Get("$deltatoken") {
+		case "": // the initial round: what the folder holds
+			items = append(items, compact(old))
+		case "round1": // what changed since: the old mail was read, one arrived, one was deleted
+			if ct == "" || ct == "updated" {
+				items = append(items, compact(updated))
+			}
+			if ct == "" || ct == "created" {
+				items = append(items, compact(arrived))
+			}
+			if ct == "" || ct == "deleted" {
+				items = append(items, removed)
+			}
+			next = "round2"
+		default:
+			next = "round2"
+		}
+		return ok([]byte(`{"@odata.context":"https://graph.microsoft.com/v1.0/$metadata#Collection(message)","@odata.deltaLink":"` + link(next) +
+			`","value":[` + strings.Join(items, ",") + `]}`))
+	}}
+	a := docAdapter(t, d, func(o *graph.Options) {
+		o.Subscribe = []string{graph.SubscribeMail}
+		o.PollInterval = time.Millisecond
+	})
+	ctx := context.Background()
+	if evs, err := a.Poll(ctx); err != nil || len(evs) != 0 {
+		t.Fatalf("baseline poll: %d events, %v", len(evs), err)
+	}
+	evs, err := a.Poll(ctx)
+	if err != nil {
+		t.Fatalf("poll: %v", err)
+	}
+	var ids []string
+	for _, ev := range evs {
+		ids = append(ids, ev.ID)
+	}
+	if len(evs) != 1 || evs[0].ID != "graph:mail/AAMkADhMGAAB=" || evs[0].Text != "Tickets for Friday?" {
+		t.Fatalf("events %v, want only the mail that arrived (graph:mail/AAMkADhMGAAB=)", ids)
+	}
 }
