@@ -200,7 +200,7 @@ func NewClient(tokens tokenmgr.Provider, claims ClaimsSetter, opts ClientOptions
 	if opts.BackoffBase <= 0 {
 		opts.BackoffBase = time.Second
 	}
-	c := &Client{base: strings.TrimRight(opts.GraphBase, "/") + "/v1.0", hc: bearerStaysHome(opts.HTTPClient), tokens: tokens, claims: claims, opts: opts, log: opts.Logger}
+	c := &Client{base: strings.TrimRight(opts.GraphBase, "/") + "/v1.0", hc: opts.HTTPClient, tokens: tokens, claims: claims, opts: opts, log: opts.Logger}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
@@ -288,7 +288,7 @@ func (c *Client) send(ctx context.Context, method, path string, body []byte, con
 		if body != nil {
 			req.Header.Set("Content-Type", contentType)
 		}
-		resp, err := c.hc.Do(req)
+		resp, err := bearerStaysHome(c.hc).Do(req)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
@@ -449,7 +449,8 @@ func toAdapterError(err error, format string, args ...any) error {
 		RetryAfter: tokenmgr.RetryAfter(err), Err: err}
 }
 
-// bearerStaysHome returns a copy of hc whose redirects never carry the Authorization header to
+// bearerStaysHome returns a copy of hc (made per request, so a caller that changes its client
+// later is heard) whose redirects never carry the Authorization header to
 // another origin (scheme, host and port). Graph redirects downloads to pre-authenticated URLs
 // on other hosts, which need no token; Go's client already drops the header for another
 // domain, but keeps it for the same host on another port or scheme, which is another server.

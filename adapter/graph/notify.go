@@ -445,8 +445,14 @@ func (a *Adapter) covers(ctx context.Context, subID string, ref ResourceRef) (bo
 		if err != nil {
 			return false, err
 		}
+		user := ref.User
+		// Graph names a mailbox in notifications as users/{user-id}@{tenant-id}/messages/…
+		// (the documented change notification shape): the part before @{tenant GUID} is the id.
+		if i := strings.LastIndexByte(user, '@'); i > 0 && isGUID(user[i+1:]) {
+			user = user[:i]
+		}
 		for _, own := range []string{me.ID, me.UserPrincipalName, me.Mail, a.opts.User} {
-			if own != "" && strings.EqualFold(ref.User, own) {
+			if own != "" && (strings.EqualFold(ref.User, own) || strings.EqualFold(user, own)) {
 				return true, nil
 			}
 		}
@@ -730,4 +736,24 @@ func (a *Adapter) lifecycle(ctx context.Context, n Notification) ([]adapter.Even
 		return a.resyncMail(ctx)
 	}
 	return nil, nil
+}
+
+// isGUID reports whether s is a GUID in its 8-4-4-4-12 hex form.
+func isGUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case i == 8 || i == 13 || i == 18 || i == 23:
+			if c != '-' {
+				return false
+			}
+		case '0' <= c && c <= '9', 'a' <= c && c <= 'f', 'A' <= c && c <= 'F':
+		default:
+			return false
+		}
+	}
+	return true
 }

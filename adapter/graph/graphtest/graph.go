@@ -52,7 +52,8 @@ func declaresCP1(claims string) bool {
 	if json.Unmarshal([]byte(claims), &c) != nil {
 		return false
 	}
-	return slices.Contains(c.AccessToken.XMSCC.Values, "cp1")
+	// Capability names are case-insensitive: MSAL and the docs send "cp1", azidentity "CP1".
+	return slices.ContainsFunc(c.AccessToken.XMSCC.Values, func(v string) bool { return strings.EqualFold(v, "cp1") })
 }
 
 // claimsChallenge writes Graph's CAE claims challenge.

@@ -1,16 +1,24 @@
 package graphtest
 
 import (
+	"crypto"
+	"crypto/rand"
+	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"html"
+	"math/big"
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 )
+
+const grantDeviceCode = "urn:ietf:params:oauth:grant-type:device_code"
 
 type accessToken struct {
 	client, user string // user "" for an app-only token
@@ -26,9 +34,9 @@ type refreshToken struct {
 }
 
 type authCode struct {
-	client, user, redirect, challenge, method, scope string
-	expires                                          time.Time
-	used                                             bool
+	client, user, redirect, challenge, method, scope, nonce string
+	expires                                                 time.Time
+	used                                                    bool
 }
 
 type deviceCode struct {
@@ -117,8 +125,28 @@ func aadPage(w http.ResponseWriter, code int, desc string) {
 		code, html.EscapeString(desc))
 }
 
+// isIdentityPath reports whether p is an identity platform path other than
+// "/{tenant}/oauth2/v2.0/…": the OpenID Connect discovery document and the signing keys.
+func isIdentityPath(p string) bool {
+	return strings.HasSuffix(p, openIDConfigSuffix) || strings.HasSuffix(p, jwksSuffix)
+}
+
+const (
+	openIDConfigSuffix = "/v2.0/.well-known/openid-configuration"
+	jwksSuffix         = "/discovery/v2.0/keys"
+)
+
 func (s *Server) serveIdentity(w http.ResponseWriter, r *http.Request) {
-	tenant, op, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/"), "/oauth2/v2.0/")
+	p := r.URL.Path
+	if t, ok := strings.CutSuffix(p, openIDConfigSuffix); ok {
+		serveOpenIDConfig(w, r, strings.TrimPrefix(t, "/"))
+		return
+	}
+	if t, ok := strings.CutSuffix(p, jwksSuffix); ok && !strings.Contains(strings.TrimPrefix(t, "/"), "/") {
+		serveJWKS(w, r)
+		return
+	}
+	tenant, op, _ := strings.Cut(strings.TrimPrefix(p, "/"), "/oauth2/v2.0/")
 	switch op {
 	case "token":
 		s.serveToken(w, r, tenant)
@@ -174,7 +202,7 @@ func (s *Server) serveAuthorize(w http.ResponseWriter, r *http.Request, tenant s
 	}
 	code := "code-" + randomString(24)
 	s.codes[code] = &authCode{client: id, user: s.loginUser(), redirect: redirect, challenge: q.Get("code_challenge"),
-		method: method, scope: q.Get("scope"), expires: time.Now().Add(10 * time.Minute)}
+		method: method, scope: q.Get("scope"), nonce: q.Get("nonce"), expires: time.Now().Add(10 * time.Minute)}
 	v.Set("code", code)
 	u.RawQuery = v.Encode()
 	http.Redirect(w, r, u.String(), http.StatusFound)
@@ -258,7 +286,7 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tenant strin
 		case c.public && secret != "":
 			fail(401, "invalid_client", 700025, "Client is public so neither 'client_assertion' nor 'client_secret' should be presented.")
 			return
-		case !c.public && secret == "" && grant != "urn:ietf:params:oauth:grant-type:device_code":
+		case !c.public && secret == "" && grant != grantDeviceCode && grant != "device_code":
 			fail(401, "invalid_client", 7000218, "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.")
 			return
 		case !c.public && secret != "" && subtle.ConstantTimeCompare([]byte(secret), []byte(c.secret)) != 1:
@@ -266,13 +294,17 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tenant strin
 			return
 		}
 	}
-	var user, scope string
+	var user, scope, nonce string
 	var issueRT bool
 	now := time.Now()
 	switch grant {
 	case "client_credentials":
-		scope = f.Get("scope")
+		// The OpenID Connect scopes MSAL adds to every request (openid offline_access
+		// profile) are ignored; what remains must be one resource's /.default (AADSTS1002012
+		// quotes the whole scope, "openid offline_access profile" when nothing remains).
+		scope = resourceScopes(f.Get("scope"))
 		if !strings.HasSuffix(scope, "/.default") || strings.Contains(scope, " ") {
+			scope = f.Get("scope")
 			fail(400, "invalid_scope", 1002012, fmt.Sprintf("The provided value for scope %s is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI).", scope))
 			return
 		}
@@ -297,8 +329,8 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tenant strin
 			return
 		}
 		code.used = true
-		user, scope = code.user, code.scope
-		issueRT = strings.Contains(" "+scope+" ", " offline_access ")
+		user, scope, nonce = code.user, code.scope, code.nonce
+		issueRT = hasScope(scope, "offline_access")
 	case "refresh_token":
 		rt := s.refresh[f.Get("refresh_token")]
 		switch {
@@ -320,7 +352,9 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tenant strin
 		if sc := f.Get("scope"); sc != "" {
 			scope = sc
 		}
-	case "urn:ietf:params:oauth:grant-type:device_code":
+	case grantDeviceCode, "device_code":
+		// RFC 8628 names the grant urn:ietf:params:oauth:grant-type:device_code; MSAL sends
+		// the short "device_code", which the platform accepts as well.
 		d := s.devices[f.Get("device_code")]
 		switch {
 		case d == nil || d.client != id:
@@ -338,7 +372,7 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tenant strin
 		}
 		delete(s.devices, f.Get("device_code"))
 		user, scope = s.loginUser(), d.scope
-		issueRT = strings.Contains(" "+scope+" ", " offline_access ")
+		issueRT = hasScope(scope, "offline_access")
 	default:
 		fail(400, "unsupported_grant_type", 70003, fmt.Sprintf("The app requested an unsupported grant type '%s'.", grant))
 		return
@@ -359,6 +393,22 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tenant strin
 		rt := "rt-" + randomString(24)
 		s.refresh[rt] = &refreshToken{client: id, user: user, scope: scope, lastUsed: now}
 		resp["refresh_token"] = rt
+	}
+	if user != "" && hasScope(scope, "openid") {
+		// An id_token for the signed-in user, signed with the key published at jwks_uri
+		// (OpenID Connect Core §2; the v2.0 claims of the platform's id token reference).
+		tok, err := idToken(issuerBase(r), tenant, id, user, nonce, now)
+		if err != nil {
+			aadError(w, 500, "server_error", 50000, "signing the id_token: "+err.Error())
+			return
+		}
+		resp["id_token"] = tok
+	}
+	if user != "" && f.Get("client_info") == "1" {
+		// MSAL asks for client_info (base64url JSON of the user's object id and home tenant)
+		// to key its account cache.
+		ci, _ := json.Marshal(map[string]string{"uid": user, "utid": tenantID(tenant)})
+		resp["client_info"] = base64.RawURLEncoding.EncodeToString(ci)
 	}
 	w.Header().Set("Cache-Control", "no-store")
 	writeJSON(w, http.StatusOK, resp)
@@ -383,4 +433,197 @@ func contains(list []string, v string) bool {
 		}
 	}
 	return false
+}
+
+// hasScope reports whether the space-separated scope list has scope.
+func hasScope(list, scope string) bool {
+	for _, s := range strings.Fields(list) {
+		if s == scope {
+			return true
+		}
+	}
+	return false
+}
+
+// oidcScopes are the OpenID Connect scopes, which name no resource.
+var oidcScopes = map[string]bool{"openid": true, "profile": true, "email": true, "offline_access": true}
+
+// resourceScopes returns the scope list without the OpenID Connect scopes.
+func resourceScopes(list string) string {
+	var out []string
+	for _, s := range strings.Fields(list) {
+		if !oidcScopes[s] {
+			out = append(out, s)
+		}
+	}
+	return strings.Join(out, " ")
+}
+
+// Tenant ids of the multi-tenant endpoints: a user signing in through /common or
+// /organizations belongs to homeTenantID in the emulator; /consumers is the Microsoft
+// account tenant, as on the real platform.
+const (
+	homeTenantID     = "5a1e0e11-7e57-4c0d-9a3e-6f1d2c3b4a59"
+	consumerTenantID = "9188040d-6c67-4c5b-b112-36a304b66dad"
+)
+
+// tenantID returns the tenant GUID for a tenant path segment: a GUID as given, the home
+// tenant for common and organizations, and for a domain a GUID derived from its name (stable
+// for a name, as the platform's is).
+func tenantID(tenant string) string {
+	t := strings.ToLower(tenant)
+	switch t {
+	case "common", "organizations", "":
+		return homeTenantID
+	case "consumers":
+		return consumerTenantID
+	}
+	if isGUID(t) {
+		return t
+	}
+	h := sha256.Sum256([]byte("graphtest tenant " + t))
+	h[6] = h[6]&0x0f | 0x80 // version 8 (RFC 9562: custom)
+	h[8] = h[8]&0x3f | 0x80
+	x := fmt.Sprintf("%x", h[:16])
+	return x[:8] + "-" + x[8:12] + "-" + x[12:16] + "-" + x[16:20] + "-" + x[20:]
+}
+
+func isGUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i, c := range s {
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return false
+			}
+		default:
+			if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// issuerBase is the emulator's own origin as the client reached it: "https://host" behind TLS.
+func issuerBase(r *http.Request) string {
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	return scheme + "://" + r.Host
+}
+
+// serveOpenIDConfig answers GET /{tenant}/v2.0/.well-known/openid-configuration with the
+// OpenID Connect discovery document the platform publishes for a tenant (documented under
+// "Find your app's OpenID configuration document URI", learn.microsoft.com/entra/identity-platform/v2-protocols-oidc).
+// Its endpoints are the emulator's own, so a client that discovers them (MSAL, azidentity)
+// sends every later request here. For a specific tenant the endpoints and the issuer carry
+// the tenant id; for common, organizations and consumers the issuer is the template
+// "…/{tenantid}/v2.0", as the real documents have it.
+func serveOpenIDConfig(w http.ResponseWriter, r *http.Request, tenant string) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	if tenant == "" || strings.Contains(tenant, "/") {
+		aadError(w, 400, "invalid_tenant", 90002, fmt.Sprintf("Tenant '%s' not found.", tenant))
+		return
+	}
+	base := issuerBase(r)
+	seg, iss := tenantID(tenant), ""
+	switch strings.ToLower(tenant) {
+	case "common", "organizations", "consumers":
+		seg = strings.ToLower(tenant)
+		iss = base + "/{tenantid}/v2.0"
+	default:
+		iss = base + "/" + seg + "/v2.0"
+	}
+	if strings.ToLower(tenant) == "consumers" {
+		iss = base + "/" + consumerTenantID + "/v2.0"
+	}
+	ep := base + "/" + seg
+	w.Header().Set("Cache-Control", "max-age=86400, private")
+	writeJSON(w, http.StatusOK, map[string]any{
+		"token_endpoint":                        ep + "/oauth2/v2.0/token",
+		"token_endpoint_auth_methods_supported": []string{"client_secret_post", "private_key_jwt", "client_secret_basic"},
+		"jwks_uri":                              ep + jwksSuffix,
+		"response_modes_supported":              []string{"query", "fragment", "form_post"},
+		"subject_types_supported":               []string{"pairwise"},
+		"id_token_signing_alg_values_supported": []string{"RS256"},
+		"response_types_supported":              []string{"code", "id_token", "code id_token", "id_token token"},
+		"scopes_supported":                      []string{"openid", "profile", "email", "offline_access"},
+		"issuer":                                iss,
+		"request_uri_parameter_supported":       false,
+		"userinfo_endpoint":                     base + "/oidc/userinfo",
+		"authorization_endpoint":                ep + "/oauth2/v2.0/authorize",
+		"device_authorization_endpoint":         ep + "/oauth2/v2.0/devicecode",
+		"http_logout_supported":                 true,
+		"frontchannel_logout_supported":         true,
+		"end_session_endpoint":                  ep + "/oauth2/v2.0/logout",
+		"claims_supported": []string{"sub", "iss", "cloud_instance_name", "cloud_instance_host_name", "cloud_graph_host_name",
+			"msgraph_host", "aud", "exp", "iat", "auth_time", "acr", "nonce", "preferred_username", "name", "tid", "ver",
+			"at_hash", "c_hash", "email"},
+		"kerberos_endpoint":     ep + "/kerberos",
+		"tenant_region_scope":   "WW",
+		"cloud_instance_name":   "microsoftonline.com",
+		"cloud_graph_host_name": "graph.windows.net",
+		"msgraph_host":          r.Host,
+		"rbac_url":              "https://pas.windows.net",
+	})
+}
+
+// signingKey is the emulator's id_token signing key, made on first use and shared by every
+// Server in the process (the platform, too, signs for all tenants with the same keys).
+var signingKey = sync.OnceValues(func() (*rsa.PrivateKey, error) { return rsa.GenerateKey(rand.Reader, 2048) })
+
+// keyID is the "kid" of k: a thumbprint of its modulus, as stable as the key.
+func keyID(k *rsa.PublicKey) string {
+	h := sha256.Sum256(k.N.Bytes())
+	return base64.RawURLEncoding.EncodeToString(h[:15])
+}
+
+// serveJWKS answers GET /{tenant}/discovery/v2.0/keys with the signing key as a JWK set.
+func serveJWKS(w http.ResponseWriter, r *http.Request) {
+	k, err := signingKey()
+	if err != nil {
+		aadError(w, 500, "server_error", 50000, "no signing key: "+err.Error())
+		return
+	}
+	pub := &k.PublicKey
+	writeJSON(w, http.StatusOK, map[string]any{"keys": []map[string]any{{
+		"kty": "RSA", "use": "sig", "kid": keyID(pub),
+		"n": base64.RawURLEncoding.EncodeToString(pub.N.Bytes()),
+		"e": base64.RawURLEncoding.EncodeToString(big.NewInt(int64(pub.E)).Bytes()),
+	}}})
+}
+
+// idToken returns a signed v2.0 id_token for user, issued by the tenant's issuer to client.
+func idToken(base, tenant, client, user, nonce string, now time.Time) (string, error) {
+	k, err := signingKey()
+	if err != nil {
+		return "", err
+	}
+	tid := tenantID(tenant)
+	sub := sha256.Sum256([]byte(client + "\x00" + user)) // pairwise: per app and user
+	claims := map[string]any{
+		"aud": client, "iss": base + "/" + tid + "/v2.0", "iat": now.Unix(), "nbf": now.Unix(), "exp": now.Add(time.Hour).Unix(),
+		"name": user, "oid": user, "preferred_username": user, "sub": base64.RawURLEncoding.EncodeToString(sub[:]),
+		"tid": tid, "ver": "2.0", "uti": randomString(11),
+	}
+	if nonce != "" {
+		claims["nonce"] = nonce
+	}
+	hb, _ := json.Marshal(map[string]string{"typ": "JWT", "alg": "RS256", "kid": keyID(&k.PublicKey)})
+	cb, _ := json.Marshal(claims)
+	signing := base64.RawURLEncoding.EncodeToString(hb) + "." + base64.RawURLEncoding.EncodeToString(cb)
+	sum := sha256.Sum256([]byte(signing))
+	sig, err := rsa.SignPKCS1v15(rand.Reader, k, crypto.SHA256, sum[:])
+	if err != nil {
+		return "", err
+	}
+	return signing + "." + base64.RawURLEncoding.EncodeToString(sig), nil
 }

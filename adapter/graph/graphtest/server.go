@@ -282,7 +282,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.serveGraph(w, r)
 	case strings.HasPrefix(p, "/upload/"):
 		s.serveUpload(w, r)
-	case strings.Contains(p, "/oauth2/v2.0/"):
+	case strings.Contains(p, "/oauth2/v2.0/"), isIdentityPath(p):
 		s.serveIdentity(w, r)
 	default:
 		graphError(w, http.StatusNotFound, "UnknownError", "no such endpoint: "+p)
