@@ -75,6 +75,8 @@ func TestWebhookResourceMustBeUnderItsSubscription(t *testing.T) {
 			item(chatSub, "users/victim/messages/"+victim),
 			item(chatSub, "Users/victim/Messages/"+victim),
 			item(mailSub, "Users/victim/Messages/"+victim),
+			// Graph's {user-id}@{tenant-id} form: only the bot's own id before the tenant counts.
+			item(mailSub, "Users/victim@9f0e5c2a-1b3d-4e6f-8a7b-0c1d2e3f4a5b/Messages/"+victim),
 			item(chatSub, fmt.Sprintf("chats('chat-2')/messages('%s')", m2.ID)),
 			item(mailSub, fmt.Sprintf("chats('chat-1')/messages('%s')", m1.ID)),
 			item("not-a-subscription", fmt.Sprintf("chats('chat-1')/messages('%s')", m1.ID)),
