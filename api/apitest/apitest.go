@@ -1,0 +1,179 @@
+// Package apitest checks HTTP exchanges with adapter-host against api/openapi.yaml, with
+// kin-openapi's openapi3filter. Tests wrap their HTTP client's transport in a [Transport], so
+// every request they make and every response they get is validated: the document cannot
+// drift from the server without a test failing.
+package apitest
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+
+	"github.com/getkin/kin-openapi/openapi3"
+	"github.com/getkin/kin-openapi/openapi3filter"
+	"github.com/getkin/kin-openapi/routers"
+	"github.com/getkin/kin-openapi/routers/legacy"
+
+	"github.com/seed-a64d9e1f/chatwire/api"
+)
+
+// Load parses api/openapi.yaml and validates it as an OpenAPI document.
+func Load() (*openapi3.T, error) {
+	loader := openapi3.NewLoader()
+	doc, err := loader.LoadFromData(api.OpenAPI)
+	if err != nil {
+		return nil, fmt.Errorf("api/openapi.yaml: %w", err)
+	}
+	if err := doc.Validate(loader.Context); err != nil {
+		return nil, fmt.Errorf("api/openapi.yaml is not a valid OpenAPI document: %w", err)
+	}
+	return doc, nil
+}
+
+// Validator checks exchanges against the document. It is safe for concurrent use.
+type Validator struct {
+	doc    *openapi3.T
+	router routers.Router
+}
+
+// New returns a Validator for api/openapi.yaml.
+func New() (*Validator, error) {
+	doc, err := Load()
+	if err != nil {
+		return nil, err
+	}
+	// Routes match by path and method only: tests run hosts on any loopback port, not on the
+	// document's example server.
+	doc.Servers = nil
+	r, err := legacy.NewRouter(doc)
+	if err != nil {
+		return nil, err
+	}
+	return &Validator{doc: doc, router: r}, nil
+}
+
+// Check validates one exchange: req (whose body was reqBody) and the response to it (whose
+// body was respBody; ignored for a text/event-stream, whose status and headers are still
+// checked). It returns nil if both match the document, and otherwise an error saying what
+// differs. A request the document does not allow must be refused with a 4xx (which must
+// itself match the document); a route the document does not name must be unknown to the
+// server too (404 or 405).
+func (v *Validator) Check(req *http.Request, reqBody []byte, resp *http.Response, respBody []byte) error {
+	what := req.Method + " " + req.URL.Path
+	route, params, err := v.router.FindRoute(req)
+	if err != nil {
+		if resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusMethodNotAllowed {
+			return nil
+		}
+		return fmt.Errorf("%s is not in api/openapi.yaml (%v), yet the server answered %d", what, err, resp.StatusCode)
+	}
+	ctx := context.Background()
+	r := req.Clone(ctx)
+	r.Body = io.NopCloser(bytes.NewReader(reqBody))
+	in := &openapi3filter.RequestValidationInput{
+		Request:    r,
+		PathParams: params,
+		Route:      route,
+		Options: &openapi3filter.Options{
+			AuthenticationFunc: openapi3filter.NoopAuthenticationFunc,
+			MultiError:         true,
+		},
+	}
+	reqErr := openapi3filter.ValidateRequest(ctx, in)
+	if reqErr != nil && (resp.StatusCode < 400 || resp.StatusCode > 499) {
+		return fmt.Errorf("%s: the request does not match api/openapi.yaml, yet the server answered %d (the document is stricter than the server): %v",
+			what, resp.StatusCode, reqErr)
+	}
+	ct := resp.Header.Get("Content-Type")
+	stream := isEventStream(ct)
+	out := &openapi3filter.ResponseValidationInput{
+		RequestValidationInput: in,
+		Status:                 resp.StatusCode,
+		Header:                 resp.Header,
+		Body:                   io.NopCloser(bytes.NewReader(respBody)),
+		Options: &openapi3filter.Options{
+			IncludeResponseStatus: true,
+			MultiError:            true,
+			ExcludeResponseBody:   stream,
+		},
+	}
+	if err := openapi3filter.ValidateResponse(ctx, out); err != nil {
+		return fmt.Errorf("%s: response %d does not match api/openapi.yaml: %v", what, resp.StatusCode, err)
+	}
+	if stream {
+		// The body is not read, so openapi3filter did not compare the content type.
+		ref := route.Operation.Responses.Status(resp.StatusCode)
+		if ref == nil || ref.Value == nil || ref.Value.Content.Get(ct) == nil {
+			return fmt.Errorf("%s: response %d is a %s, which api/openapi.yaml does not declare for it", what, resp.StatusCode, ct)
+		}
+	}
+	return nil
+}
+
+func isEventStream(ct string) bool {
+	mt, _, err := mime.ParseMediaType(ct)
+	return err == nil && mt == "text/event-stream"
+}
+
+// Transport is an http.RoundTripper that validates the exchanges it carries with a
+// [Validator] and reports every mismatch. Bodies are read in full (they are handed on
+// unchanged); a text/event-stream response body is passed through unread.
+type Transport struct {
+	Next      http.RoundTripper // nil means http.DefaultTransport (as it was when first used)
+	Validator *Validator
+	// Match selects the requests to validate (those to an adapter-host); nil means all.
+	Match func(*http.Request) bool
+	// Report receives each mismatch.
+	Report func(req *http.Request, err error)
+}
+
+// RoundTrip implements http.RoundTripper.
+func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	next := t.Next
+	if next == nil {
+		next = http.DefaultTransport
+	}
+	if t.Match != nil && !t.Match(req) {
+		return next.RoundTrip(req)
+	}
+	var reqBody []byte
+	if req.Body != nil && req.Body != http.NoBody {
+		var err error
+		reqBody, err = io.ReadAll(req.Body)
+		req.Body.Close()
+		if err != nil {
+			return nil, err
+		}
+		// A RoundTripper must not modify the request: send a copy with the body restored.
+		req = req.Clone(req.Context())
+		req.Body = io.NopCloser(bytes.NewReader(reqBody))
+		req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(reqBody)), nil }
+		req.ContentLength = int64(len(reqBody))
+	}
+	resp, err := next.RoundTrip(req)
+	if err != nil {
+		return resp, err
+	}
+	var respBody []byte
+	if !isEventStream(resp.Header.Get("Content-Type")) {
+		respBody, err = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		resp.Body = io.NopCloser(bytes.NewReader(respBody))
+		if err != nil {
+			// The caller sees the same failure when it reads the body; nothing to validate.
+			resp.Body = io.NopCloser(io.MultiReader(bytes.NewReader(respBody), errReader{err}))
+			return resp, nil
+		}
+	}
+	if verr := t.Validator.Check(req, reqBody, resp, respBody); verr != nil && t.Report != nil {
+		t.Report(req, verr)
+	}
+	return resp, nil
+}
+
+type errReader struct{ err error }
+
+func (r errReader) Read([]byte) (int, error) { return 0, r.err }
