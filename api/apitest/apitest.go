@@ -177,3 +177,24 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 type errReader struct{ err error }
 
 func (r errReader) Read([]byte) (int, error) { return 0, r.err }
+
+// CheckDelivery validates an event delivery the host POSTed to a bot's deliver.webhook_url
+// (the document's "event" webhook): its headers and its body, the Event JSON.
+func (v *Validator) CheckDelivery(req *http.Request, body []byte) error {
+	item := v.doc.Webhooks["event"]
+	if item == nil || item.Post == nil {
+		return fmt.Errorf("api/openapi.yaml declares no event webhook")
+	}
+	ctx := context.Background()
+	r := req.Clone(ctx)
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	in := &openapi3filter.RequestValidationInput{
+		Request: r,
+		Route:   &routers.Route{Spec: v.doc, Path: req.URL.Path, PathItem: item, Method: http.MethodPost, Operation: item.Post},
+		Options: &openapi3filter.Options{AuthenticationFunc: openapi3filter.NoopAuthenticationFunc, MultiError: true},
+	}
+	if err := openapi3filter.ValidateRequest(ctx, in); err != nil {
+		return fmt.Errorf("event delivery does not match api/openapi.yaml's event webhook: %v", err)
+	}
+	return nil
+}
