@@ -9,18 +9,21 @@ COUNT     ?= 5
 
 all: test
 
-# deps makes sure the external programs the tests start (redis-server, python3) are installed. As root it installs them
-# from Debian's packages; otherwise it fails and says what to install. Never a silent skip.
+# deps makes sure the external programs the tests start (redis-server, python3, node with npm) are installed. As root it
+# installs them from Debian's packages; otherwise it fails and says what to install. Never a silent skip. Then it installs
+# the npm packages the conformance tests use as published, pinned by their package-lock.json (npm ci).
 deps:
 	@missing=; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	command -v python3 >/dev/null 2>&1 || missing="$$missing python3"; \
+	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 			echo "make: installing$$missing from Debian packages"; \
 			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing || exit 1; \
 		else \
-			echo "make: missing:$$missing (redis-server for the Redis tests, python3 for the Python example bot's test):" \
+			echo "make: missing:$$missing (redis-server for the Redis tests, python3 for the Python example bot's test, nodejs and npm for the conformance tests):" \
 				"install it (Debian: sudo apt-get install$$missing) and run make test again" >&2; \
 			exit 1; \
 		fi; \
@@ -29,6 +32,9 @@ deps:
 	@redis-server --version
 	@command -v python3 >/dev/null 2>&1 || { echo "make: python3 still missing after install" >&2; exit 1; }
 	@python3 --version
+	@command -v node >/dev/null 2>&1 || { echo "make: node still missing after install" >&2; exit 1; }
+	@node --version
+	npm ci --prefix conformance/node-sse --no-audit --no-fund
 
 vet:
 	$(GO) vet ./...

@@ -7,6 +7,7 @@ package apitest
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"mime"
@@ -195,6 +196,22 @@ func (v *Validator) CheckDelivery(req *http.Request, body []byte) error {
 	}
 	if err := openapi3filter.ValidateRequest(ctx, in); err != nil {
 		return fmt.Errorf("event delivery does not match api/openapi.yaml's event webhook: %v", err)
+	}
+	return nil
+}
+
+// CheckEvent validates one event's JSON (an SSE data: field) against the Event schema.
+func (v *Validator) CheckEvent(data []byte) error {
+	s := v.doc.Components.Schemas["Event"]
+	if s == nil || s.Value == nil {
+		return fmt.Errorf("api/openapi.yaml has no Event schema")
+	}
+	var ev any
+	if err := json.Unmarshal(data, &ev); err != nil {
+		return fmt.Errorf("event data is not JSON: %v", err)
+	}
+	if err := s.Value.VisitJSON(ev, openapi3.EnableJSONSchema2020(), openapi3.MultiErrors()); err != nil {
+		return fmt.Errorf("event does not match api/openapi.yaml's Event schema: %v", err)
 	}
 	return nil
 }
