@@ -2,6 +2,7 @@ package integration
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -20,6 +21,7 @@ var contract struct {
 	v     *apitest.Validator
 	mu    sync.Mutex
 	hosts map[string]*contractLog // by host address
+	seen  map[string]int          // "GET /healthz 200" → exchanges seen
 }
 
 // contractLog collects the mismatches seen in the exchanges with one host.
@@ -36,6 +38,7 @@ func installContractCheck() error {
 	}
 	contract.v = v
 	contract.hosts = map[string]*contractLog{}
+	contract.seen = map[string]int{}
 	http.DefaultTransport = validated(http.DefaultTransport)
 	return nil
 }
@@ -51,7 +54,24 @@ func validated(next http.RoundTripper) http.RoundTripper {
 				l.errs = append(l.errs, err.Error())
 				l.mu.Unlock()
 			}
+		},
+		Observe: func(r *http.Request, resp *http.Response) {
+			if op := contract.v.Operation(r); op != "" {
+				contract.mu.Lock()
+				contract.seen[fmt.Sprintf("%s %d", op, resp.StatusCode)]++
+				contract.mu.Unlock()
+			}
 		}}
+}
+
+// contractCoverage writes which of the document's responses the run exercised (with
+// CHATWIRE_CONTRACT_COVERAGE=1), to see what the suite leaves unproven.
+func contractCoverage(w io.Writer) {
+	contract.mu.Lock()
+	defer contract.mu.Unlock()
+	for _, r := range contract.v.Responses() {
+		fmt.Fprintf(w, "contract coverage: %-45s %d\n", r, contract.seen[r])
+	}
 }
 
 func hostLog(addr string) *contractLog {

@@ -49,6 +49,9 @@ func TestMain(m *testing.M) {
 		}
 	}
 	code := m.Run()
+	if os.Getenv("CHATWIRE_CONTRACT_COVERAGE") != "" {
+		contractCoverage(os.Stderr)
+	}
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

@@ -12,6 +12,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"slices"
 
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/getkin/kin-openapi/openapi3filter"
@@ -114,6 +115,31 @@ func (v *Validator) Check(req *http.Request, reqBody []byte, resp *http.Response
 	return nil
 }
 
+// Operation names the document's operation req is for ("POST /v1/bots/{bot}/messages"), or
+// returns "" if the document has none.
+func (v *Validator) Operation(req *http.Request) string {
+	route, _, err := v.router.FindRoute(req)
+	if err != nil {
+		return ""
+	}
+	return route.Method + " " + route.Path
+}
+
+// Responses lists every operation and response status the document declares, as
+// "GET /healthz 200".
+func (v *Validator) Responses() []string {
+	var out []string
+	for path, item := range v.doc.Paths.Map() {
+		for method, op := range item.Operations() {
+			for code := range op.Responses.Map() {
+				out = append(out, method+" "+path+" "+code)
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
 func isEventStream(ct string) bool {
 	mt, _, err := mime.ParseMediaType(ct)
 	return err == nil && mt == "text/event-stream"
@@ -129,6 +155,8 @@ type Transport struct {
 	Match func(*http.Request) bool
 	// Report receives each mismatch.
 	Report func(req *http.Request, err error)
+	// Observe, if set, receives every validated exchange (for coverage of the document).
+	Observe func(req *http.Request, resp *http.Response)
 }
 
 // RoundTrip implements http.RoundTripper.
@@ -171,6 +199,9 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	if verr := t.Validator.Check(req, reqBody, resp, respBody); verr != nil && t.Report != nil {
 		t.Report(req, verr)
+	}
+	if t.Observe != nil {
+		t.Observe(req, resp)
 	}
 	return resp, nil
 }
