@@ -5,9 +5,13 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
+	"time"
+
+	"github.com/seed-a64d9e1f/chatwire/adapter/wecom/wecomtest"
 
 	"github.com/seed-a64d9e1f/chatwire/api/apitest"
 )
@@ -166,4 +170,88 @@ type recordingTB struct {
 
 func (r *recordingTB) Errorf(format string, args ...any) {
 	r.errs = append(r.errs, fmt.Sprintf(format, args...))
+}
+
+// TestContractTour makes, against real binaries, the requests the other tests leave out, so
+// that every route and its usual answers are checked against api/openapi.yaml: health,
+// readiness, metrics, the bot list and token status, the API key refused on each /v1 route,
+// a bad Last-Event-ID, WeCom's URL check (good, forged, without echostr), routes and methods
+// the server does not have, and a host without API keys answering anonymous requests.
+func TestContractTour(t *testing.T) {
+	emu := &wecomtest.Server{LenientAgentID: true}
+	emu.AddApp(corpID, corpSecret, agentID)
+	api := httptest.NewServer(emu)
+	defer api.Close()
+	cfg := singleHostConfig(api.URL, t.TempDir())
+	h := startHost(t, "host", cfg, secretEnv()...)
+	keyless := `  api_keys: ["${CHATWIRE_API_KEY}"]` + "\n"
+	if !strings.Contains(cfg, keyless) {
+		t.Fatalf("singleHostConfig changed; no api_keys line in:\n%s", cfg)
+	}
+	open := startHost(t, "keyless", strings.Replace(cfg, keyless, "", 1), secretEnv()...)
+
+	cb := wecomtest.Callback{Token: cbToken, EncodingAESKey: aesKey, CorpID: corpID, AgentID: agentID}
+	verify, err := wecomtest.VerifyQuery(cb, "echo-4711", time.Now().Unix(), "v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := url.Values{}
+	for k, v := range verify {
+		forged[k] = v
+	}
+	forged.Set("msg_signature", strings.Repeat("0", 40))
+	send := `{"to":{"user":"zhangsan"},"text":"tour"}`
+	cases := []struct {
+		name, method, path string
+		host               *host
+		key                string // "-": none
+		header             []string
+		body               string
+		status             int
+		contains           string
+	}{
+		{"healthz", "GET", "/healthz", h, "-", nil, "", 200, "ok"},
+		{"readyz", "GET", "/readyz", h, "-", nil, "", 200, "ready"},
+		{"metrics", "GET", "/metrics", h, "-", nil, "", 200, "chatwire_"},
+		{"bots", "GET", "/v1/bots", h, apiKey, nil, "", 200, `"hr"`},
+		{"tokens", "GET", "/v1/tokens", h, apiKey, nil, "", 200, `"bots"`},
+		{"bots without key", "GET", "/v1/bots", h, "-", nil, "", 401, "unauthorized"},
+		{"tokens with a wrong key", "GET", "/v1/tokens", h, "not-the-key", nil, "", 401, "unauthorized"},
+		{"events without key", "GET", "/v1/bots/hr/events", h, "-", nil, "", 401, "unauthorized"},
+		{"events of no bot", "GET", "/v1/bots/nobody/events", h, apiKey, nil, "", 404, "not_found"},
+		{"events with a bad Last-Event-ID", "GET", "/v1/bots/hr/events", h, apiKey, []string{"Last-Event-ID", "abc"}, "", 400, "invalid_request"},
+		{"wecom url check", "GET", "/webhook/hr?" + verify.Encode(), h, "-", nil, "", 200, "echo-4711"},
+		{"wecom url check forged", "GET", "/webhook/hr?" + forged.Encode(), h, "-", nil, "", 401, ""},
+		{"wecom url check without echostr", "GET", "/webhook/hr", h, "-", nil, "", 400, ""},
+		{"url check of no bot", "GET", "/webhook/nobody?" + verify.Encode(), h, "-", nil, "", 404, ""},
+		{"a method the server lacks", "PUT", "/webhook/hr", h, "-", nil, "x", 405, ""},
+		{"a path the server lacks", "GET", "/v2/bots", h, apiKey, nil, "", 404, ""},
+		{"keyless: bots", "GET", "/v1/bots", open, "-", nil, "", 200, `"hr"`},
+		{"keyless: send", "POST", "/v1/bots/hr/messages", open, "-", []string{"Content-Type", "application/json"}, send, 200, `"platform":"wecom"`},
+		{"keyless: a key is accepted too", "GET", "/v1/tokens", open, apiKey, nil, "", 200, `"bots"`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var body io.Reader
+			if tc.body != "" {
+				body = strings.NewReader(tc.body)
+			}
+			req, _ := http.NewRequest(tc.method, "http://"+tc.host.addr+tc.path, body)
+			if tc.key != "-" {
+				req.Header.Set("Authorization", "Bearer "+tc.key)
+			}
+			for i := 0; i+1 < len(tc.header); i += 2 {
+				req.Header.Set(tc.header[i], tc.header[i+1])
+			}
+			resp, err := http.DefaultClient.Do(req) // validated against api/openapi.yaml
+			if err != nil {
+				t.Fatal(err)
+			}
+			out, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tc.status || !strings.Contains(string(out), tc.contains) {
+				t.Errorf("%s %s: %d %q; want %d with %q", tc.method, tc.path, resp.StatusCode, out, tc.status, tc.contains)
+			}
+		})
+	}
 }

@@ -2,12 +2,15 @@ package apitest
 
 import (
 	"bufio"
+	"context"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/getkin/kin-openapi/openapi3filter"
 )
 
 // fakeHost answers like adapter-host, and in the ways a drifted host would.
@@ -120,5 +123,29 @@ func TestTransportValidates(t *testing.T) {
 				t.Errorf("report %q does not mention %q", got[0], tc.want)
 			}
 		})
+	}
+}
+
+// TestBearerPresent: a bearer requirement holds only with "Authorization: Bearer <key>", so a
+// document that demanded a key would be caught accepting anonymous requests.
+func TestBearerPresent(t *testing.T) {
+	v, err := New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	scheme := v.doc.Components.SecuritySchemes["bearer"].Value
+	for _, tc := range []struct {
+		header string
+		ok     bool
+	}{{"Bearer k1", true}, {"bearer k1", true}, {"", false}, {"Bearer ", false}, {"Basic a2V5", false}, {"k1", false}} {
+		req, _ := http.NewRequest("GET", "http://127.0.0.1/v1/bots", nil)
+		if tc.header != "" {
+			req.Header.Set("Authorization", tc.header)
+		}
+		in := &openapi3filter.AuthenticationInput{RequestValidationInput: &openapi3filter.RequestValidationInput{Request: req},
+			SecuritySchemeName: "bearer", SecurityScheme: scheme}
+		if err := bearerPresent(context.Background(), in); (err == nil) != tc.ok {
+			t.Errorf("Authorization %q: err %v; want ok=%v", tc.header, err, tc.ok)
+		}
 	}
 }
