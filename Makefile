@@ -12,7 +12,7 @@ all: test
 # deps makes sure the external programs the tests start (redis-server, python3, node and npm for the conformance
 # oracles) are installed. As root it installs them from Debian's packages; otherwise it fails and says what to install.
 # Never a silent skip. Then it installs the npm packages conformance/ drives, exactly as locked in
-# conformance/node/package-lock.json (npm ci; again only when the lockfile changed).
+# conformance/node{,-sse}/package-lock.json (npm ci; again only when a lockfile changed).
 deps:
 	@missing=; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
@@ -36,11 +36,12 @@ deps:
 	@python3 --version
 	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { echo "make: node or npm still missing after install" >&2; exit 1; }
 	@echo "node $$(node --version), npm $$(npm --version)"
-	@if [ ! -f conformance/node/node_modules/.package-lock.json ] || \
-		[ conformance/node/package-lock.json -nt conformance/node/node_modules/.package-lock.json ]; then \
-		echo "make: npm ci in conformance/node"; \
-		cd conformance/node && npm ci --no-audit --no-fund || exit 1; \
-	fi
+	@for d in conformance/node conformance/node-sse; do \
+		if [ ! -f $$d/node_modules/.package-lock.json ] || [ $$d/package-lock.json -nt $$d/node_modules/.package-lock.json ]; then \
+			echo "make: npm ci in $$d"; \
+			(cd $$d && npm ci --no-audit --no-fund) || exit 1; \
+		fi; \
+	done
 
 vet:
 	$(GO) vet ./...

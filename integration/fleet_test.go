@@ -93,6 +93,9 @@ func (b *botReceiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
+	if msg := checkDelivery(r, body); msg != "" {
+		b.t.Errorf("%s", msg) // the host's delivery does not match api/openapi.yaml
+	}
 	b.mu.Lock()
 	b.events = append(b.events, ev)
 	b.bodies = append(b.bodies, string(body))

@@ -34,6 +34,11 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binDir = dir
+	if err := installContractCheck(); err != nil {
+		fmt.Fprintln(os.Stderr, "integration:", err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
 	for _, name := range []string{"adapter-host", "adapter-plugin"} {
 		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), "../cmd/"+name)
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
@@ -44,6 +49,9 @@ func TestMain(m *testing.M) {
 		}
 	}
 	code := m.Run()
+	if os.Getenv("CHATWIRE_CONTRACT_COVERAGE") != "" {
+		contractCoverage(os.Stderr)
+	}
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
@@ -124,6 +132,7 @@ func startHost(t testing.TB, name, config string, env ...string) *host {
 	if err := os.WriteFile(h.config, []byte(strings.ReplaceAll(config, "{{ADDR}}", h.addr)), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(watchContract(t, h.addr)) // runs after h.stop: every exchange checked
 	h.start(env...)
 	t.Cleanup(h.stop)
 	return h

@@ -60,7 +60,7 @@ func TestLoad(t *testing.T) {
 	h := startHost(t, "host", wecomConfig(api.URL, rds.Addr(), hook.URL), secretEnv()...)
 	h.apiKey = apiKey
 	cb := wecomtest.Callback{Token: cbToken, EncodingAESKey: aesKey, CorpID: corpID, AgentID: agentID}
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	client := &http.Client{Transport: validated(&http.Transport{MaxIdleConnsPerHost: 64})}
 
 	var mu sync.Mutex
 	var sendLat, hookLat []time.Duration
@@ -103,6 +103,7 @@ func TestLoad(t *testing.T) {
 					body := fmt.Sprintf(`{"to":{"user":"user%d"},"text":"load %d-%d"}`, i%50, w, i)
 					req, _ := http.NewRequest("POST", "http://"+h.addr+"/v1/bots/hr/messages", strings.NewReader(body))
 					req.Header.Set("Authorization", "Bearer "+apiKey)
+					req.Header.Set("Content-Type", "application/json")
 					resp, err := client.Do(req)
 					if err != nil {
 						fail("send: %v", err)
