@@ -40,7 +40,7 @@ var _ Log = (*Memory)(nil)
 func NewMemory(opts Options) *Memory {
 	opts = opts.withDefaults()
 	return &Memory{opts: opts, wake: make(chan struct{}), groups: map[string]*memGroup{},
-		dedup: dedupLRU{max: opts.DedupMax, ttl: opts.DedupTTL, order: list.New(), index: map[string]*list.Element{}},
+		dedup:  dedupLRU{max: opts.DedupMax, ttl: opts.DedupTTL, order: list.New(), index: map[string]*list.Element{}},
 		closed: make(chan struct{})}
 }
 
