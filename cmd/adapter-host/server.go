@@ -12,13 +12,13 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
+	"github.com/seed-a64d9e1f/chatwire/internal/eventlog"
 )
 
 // maxSendBody bounds a send request (attachments arrive base64-encoded inside it).
@@ -29,15 +29,11 @@ type bot struct {
 	name     string
 	platform string
 	adapter  adapter.Adapter
-	queue    eventQueue
-	// enq holds a token while an enqueue into a queue without atomic dedup runs, so marking
-	// ids, appending and unmarking them after a failed append are one step for other
-	// deliveries of the same events. A channel (not a mutex) so synctest sees waiters block.
-	enq chan struct{}
+	events   eventlog.Log // deduplicates and holds the bot's events
 }
 
-func newBot(name, platform string, a adapter.Adapter, q eventQueue) *bot {
-	return &bot{name: name, platform: platform, adapter: a, queue: q, enq: make(chan struct{}, 1)}
+func newBot(name, platform string, a adapter.Adapter, l eventlog.Log) *bot {
+	return &bot{name: name, platform: platform, adapter: a, events: l}
 }
 
 // server is the host's HTTP API. Handlers are safe for concurrent use.
@@ -46,14 +42,10 @@ type server struct {
 	names   []string // configured order
 	keys    []string
 	ready   func() bool
-	dedup   Dedup // for memory queues; nil when every queue is a dedupAppender (Redis)
 	log     *slog.Logger
 	m       *metrics
 	gather  prometheus.Gatherer
 	closing chan struct{} // closed when the host shuts down: SSE streams end
-
-	sseMu      sync.Mutex // guards sseClients
-	sseClients int
 }
 
 func (s *server) routes() http.Handler {
@@ -183,61 +175,33 @@ func (s *server) webhook(w http.ResponseWriter, r *http.Request) {
 	resp.Write(w)
 }
 
-// enqueue drops events seen before and queues the rest; if they cannot be queued, no id is
-// remembered, so the redelivery is not taken for a duplicate. A redelivery that arrives while
-// the first delivery is being queued waits for it: it is answered only once the events are
-// queued (a duplicate) or the first failed (then it queues them itself).
+// enqueue appends events to the bot's log, which drops those seen before (by event id,
+// for 24 h) in the same atomic step: all are in the log when it returns nil, none when it
+// returns an error (the webhook is answered 503 and the platform redelivers).
 func (s *server) enqueue(ctx context.Context, b *bot, events []adapter.Event) error {
-	if da, ok := b.queue.(dedupAppender); ok {
-		keys := make([]string, len(events))
-		for i, e := range events {
-			keys[i] = e.ID
-		}
-		dup, err := da.AppendNew(ctx, events, keys)
+	if len(events) == 0 {
+		return nil
+	}
+	recs := make([]eventlog.Record, len(events))
+	for i, e := range events {
+		data, err := jsonEvent(e)
 		if err != nil {
 			return err
 		}
-		for i, e := range events {
-			s.countQueued(b, e, dup[i])
-		}
-		return nil
+		recs[i] = eventlog.Record{Kind: e.Kind, Key: e.Chat.ID, Data: data, Dedup: e.ID}
 	}
-	select {
-	case b.enq <- struct{}{}:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	defer func() { <-b.enq }()
-	var fresh []adapter.Event
-	for _, e := range events {
-		if e.ID == "" {
-			fresh = append(fresh, e)
-			continue
-		}
-		isNew, err := s.dedup.Add(ctx, b.name+"\x00"+e.ID)
-		if err != nil {
-			s.log.Warn("dedup store failed; queueing the event anyway", "bot", b.name, "error", err)
-			isNew = true
-		}
-		if !isNew {
-			s.countQueued(b, e, true)
-			continue
-		}
-		fresh = append(fresh, e)
-	}
-	if err := b.queue.Append(fresh); err != nil {
-		for _, e := range fresh {
-			if e.ID != "" {
-				s.dedup.Remove(context.WithoutCancel(ctx), b.name+"\x00"+e.ID)
-			}
-		}
+	out, err := b.events.Append(ctx, recs...)
+	if err != nil {
 		return err
 	}
-	for _, e := range fresh {
-		s.countQueued(b, e, false)
+	for i, e := range events {
+		s.countQueued(b, e, out[i].Duplicate)
 	}
 	return nil
 }
+
+// jsonEvent is an event's JSON as SSE and delivery send it.
+func jsonEvent(e adapter.Event) ([]byte, error) { return json.Marshal(e) }
 
 // countQueued logs and counts an event queued or dropped as a duplicate.
 func (s *server) countQueued(b *bot, e adapter.Event, dup bool) {
@@ -297,21 +261,39 @@ func (s *server) send(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, sendResponse{ID: rc.ID, Bot: b.name, Platform: b.platform, Invalid: invalid})
 }
 
-// events streams a bot's events as Server-Sent Events.
+// events streams a bot's events as Server-Sent Events. The id: of each is its event log id;
+// a client resuming with Last-Event-ID gets the events after it, also across a reset of the
+// log's Redis stream. Without Last-Event-ID (or with a sequence number from a version that
+// numbered events), a client starts after the consumed mark: at the oldest event no consumer
+// has received.
 func (s *server) events(w http.ResponseWriter, r *http.Request) {
 	b := s.bot(w, r)
 	if b == nil {
 		return
 	}
-	var last uint64
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	go func() {
+		select {
+		case <-s.closing:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	var pos eventlog.ID
 	resume := false
 	if v := r.Header.Get("Last-Event-ID"); v != "" {
-		n, err := strconv.ParseUint(v, 10, 64)
-		if err != nil {
-			writeError(w, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: "Last-Event-ID must be a sequence number from an id: line"})
+		id, err := eventlog.ParseID(v)
+		switch {
+		case err == nil:
+			pos, resume = id, true
+		case isDigits(v):
+			s.log.Warn("Last-Event-ID is a sequence number from before event ids came from the event log; starting at the oldest unconsumed event",
+				"bot", b.name, "last_event_id", clip(v, 32))
+		default:
+			writeError(w, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: "Last-Event-ID must be an id from an id: line (<ms>-<n>)"})
 			return
 		}
-		last, resume = n, true
 	}
 	rc := http.NewResponseController(w)
 	w.Header().Set("Content-Type", "text/event-stream")
@@ -322,52 +304,69 @@ func (s *server) events(w http.ResponseWriter, r *http.Request) {
 	if err := rc.Flush(); err != nil {
 		return
 	}
-	s.sseMu.Lock()
-	s.sseClients++
-	s.sseMu.Unlock()
-	defer func() {
-		s.sseMu.Lock()
-		s.sseClients--
-		s.sseMu.Unlock()
-	}()
-	seq, unknown := b.queue.Start(last, resume)
-	if unknown {
-		s.log.Warn("Last-Event-ID was never issued by this event queue (the host restarted or the stream was reset); starting at the oldest unconsumed event",
-			"bot", b.name, "last_event_id", last, "start", seq)
+	failing := false
+	for !resume && ctx.Err() == nil {
+		id, err := b.events.ConsumedID(ctx)
+		if err == nil {
+			pos, resume = id, true
+			break
+		}
+		s.readFailed(ctx, b, err, &failing)
 	}
-	ping := time.NewTicker(15 * time.Second)
-	defer ping.Stop()
-	for {
-		events, wake, lost := b.queue.Read(seq, 100)
-		if lost > 0 {
-			fmt.Fprintf(w, ": %d events were dropped before this client asked for them\n\n", lost)
-		}
-		for _, ev := range events {
-			fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", ev.seq, ev.kind, ev.data)
-			seq = ev.seq + 1
-		}
-		if len(events) > 0 || lost > 0 {
-			if err := rc.Flush(); err != nil {
-				return
-			}
-			if len(events) > 0 {
-				b.queue.Consumed(events[len(events)-1].seq)
-			}
-			continue
-		}
-		select {
-		case <-wake:
-		case <-ping.C:
+	for ctx.Err() == nil {
+		rctx, rcancel := context.WithTimeout(ctx, 15*time.Second)
+		events, err := b.events.Read(rctx, pos, 100)
+		rcancel()
+		switch {
+		case ctx.Err() != nil:
+			return
+		case errors.Is(err, context.DeadlineExceeded):
 			io.WriteString(w, ": ping\n\n")
 			if err := rc.Flush(); err != nil {
 				return
 			}
-		case <-r.Context().Done():
-			return
-		case <-s.closing:
+			continue
+		case err != nil:
+			s.readFailed(ctx, b, err, &failing)
+			continue
+		}
+		if failing {
+			s.log.Info("event log readable again", "bot", b.name)
+			failing = false
+		}
+		for _, ev := range events {
+			fmt.Fprintf(w, "id: %s\nevent: %s\ndata: %s\n\n", ev.ID, ev.Kind, ev.Data)
+		}
+		if err := rc.Flush(); err != nil {
 			return
 		}
+		pos = events[len(events)-1].ID
+		if err := b.events.Consumed(ctx, pos); err != nil && ctx.Err() == nil {
+			s.log.Warn("recording consumed events failed", "bot", b.name, "error", err)
+		}
 	}
+}
+
+// readFailed logs a failing event log once per outage and waits a second.
+func (s *server) readFailed(ctx context.Context, b *bot, err error, failing *bool) {
+	if !*failing {
+		s.log.Warn("reading the event log failed; retrying", "bot", b.name, "error", err)
+		*failing = true
+	}
+	select {
+	case <-time.After(time.Second):
+	case <-ctx.Done():
+	}
+}
+
+// isDigits reports whether s is a non-empty run of ASCII digits.
+func isDigits(s string) bool {
+	for _, c := range []byte(s) {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return s != ""
 }
 
 type botStatus struct {
@@ -385,8 +384,11 @@ func (s *server) statuses(ctx context.Context) []botStatus {
 			st = adapter.Status{Detail: err.Error()}
 		}
 		st.Bot, st.Platform = b.name, b.platform
-		held, unconsumed := b.queue.Len()
-		out = append(out, botStatus{Status: st, Queued: held, Unconsumed: unconsumed})
+		n, err := b.events.Len(ctx)
+		if err != nil {
+			s.log.Warn("reading the event log's length failed", "bot", b.name, "error", err)
+		}
+		out = append(out, botStatus{Status: st, Queued: int(n.Held), Unconsumed: int(n.Unconsumed)})
 	}
 	return out
 }
