@@ -139,7 +139,7 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 	for _, b := range cfg.Bots {
 		// The stream and dedup keys are those the host used before its ids came from the
 		// log, so an upgraded fleet keeps its events and dedup records.
-		lopts := eventlog.Options{MaxLen: opts.QueueSize, Logger: log}
+		lopts := eventlog.Options{MaxLen: opts.QueueSize, Logger: log, AckTimeout: b.ackTimeout()}
 		var l eventlog.Log
 		if h.redis != nil {
 			l = eventlog.NewRedis(h.redis, cfg.Store.KeyPrefix+":events:{"+b.Name+"}", cfg.Store.KeyPrefix+":dedup:{"+b.Name+"}:", lopts)
@@ -180,7 +180,7 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 		backoff = time.Second
 	}
 	for _, b := range cfg.Bots {
-		if b.Deliver == nil {
+		if b.Deliver == nil || b.Deliver.WebhookURL == "" {
 			continue
 		}
 		lanes := cmp.Or(b.Deliver.Concurrency, defaultDeliverLanes)

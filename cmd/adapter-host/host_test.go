@@ -80,6 +80,8 @@ type setupOpts struct {
 	// emu and apiBase share an emulator between hosts; nil: a new one.
 	emu     *wecomtest.Server
 	apiBase string
+	// ackTimeout is deliver.ack_timeout.
+	ackTimeout string
 }
 
 func newEmulator() *wecomtest.Server {
@@ -114,6 +116,12 @@ func setup(t testing.TB, o setupOpts) *env {
 	}
 	if o.deliverURL != "" {
 		cfg.Bots[0].Deliver = &DeliverConfig{WebhookURL: o.deliverURL, WebhookSecret: hookSecret}
+	}
+	if o.ackTimeout != "" {
+		if cfg.Bots[0].Deliver == nil {
+			cfg.Bots[0].Deliver = &DeliverConfig{}
+		}
+		cfg.Bots[0].Deliver.AckTimeout = o.ackTimeout
 	}
 	cfg.defaults()
 	cerr := &ConfigError{}
@@ -202,19 +210,26 @@ type sseEvent struct {
 
 // subscribe reads the bot's SSE stream into a channel until the test ends.
 func (e *env) subscribe(lastID string) <-chan sseEvent {
-	ch := make(chan sseEvent, 100)
+	ch, _ := e.subscribeTo("", lastID)
+	return ch
+}
+
+// subscribeTo is subscribe with a query (such as "?group=g"); stop disconnects.
+func (e *env) subscribeTo(query, lastID string) (ch <-chan sseEvent, stop func()) {
+	out := make(chan sseEvent, 1000)
 	ctx, cancel := context.WithCancel(e.t.Context())
 	ready := make(chan struct{})
 	done := make(chan struct{})
-	e.t.Cleanup(func() { cancel(); <-done })
+	stop = func() { cancel(); <-done }
+	e.t.Cleanup(stop)
 	go func() {
 		defer close(done)
 		var once sync.Once
-		readSSEWithHook(ctx, e.h.URL()+"/v1/bots/hr/events", testAPIKey, lastID, func() { once.Do(func() { close(ready) }) },
+		readSSEWithHook(ctx, e.h.URL()+"/v1/bots/hr/events"+query, testAPIKey, lastID, func() { once.Do(func() { close(ready) }) },
 			func(id, kind string, data []byte) error {
 				var ev adapter.Event
 				json.Unmarshal(data, &ev)
-				ch <- sseEvent{id, kind, ev}
+				out <- sseEvent{id, kind, ev}
 				return nil
 			})
 	}()
@@ -223,7 +238,7 @@ func (e *env) subscribe(lastID string) <-chan sseEvent {
 	case <-time.After(5 * time.Second):
 		e.t.Fatal("SSE stream did not start")
 	}
-	return ch
+	return out, stop
 }
 
 func next(t *testing.T, ch <-chan sseEvent) sseEvent {

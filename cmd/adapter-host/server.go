@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -54,6 +55,7 @@ func (s *server) routes() http.Handler {
 	mux.HandleFunc("POST /webhook/{bot}", s.webhook)
 	mux.Handle("POST /v1/bots/{bot}/messages", s.auth(http.HandlerFunc(s.send)))
 	mux.Handle("GET /v1/bots/{bot}/events", s.auth(http.HandlerFunc(s.events)))
+	mux.Handle("POST /v1/bots/{bot}/events/ack", s.auth(http.HandlerFunc(s.ack)))
 	mux.Handle("GET /v1/tokens", s.auth(http.HandlerFunc(s.tokens)))
 	mux.Handle("GET /v1/bots", s.auth(http.HandlerFunc(s.listBots)))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
@@ -261,28 +263,43 @@ func (s *server) send(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, sendResponse{ID: rc.ID, Bot: b.name, Platform: b.platform, Invalid: invalid})
 }
 
-// events streams a bot's events as Server-Sent Events. The id: of each is its event log id;
-// a client resuming with Last-Event-ID gets the events after it, also across a reset of the
-// log's Redis stream. Without Last-Event-ID (or with a sequence number from a version that
-// numbered events), a client starts after the consumed mark: at the oldest event no consumer
-// has received.
+// events streams a bot's events as Server-Sent Events. The id: of each is its event log id.
+//
+// Without ?group, every client gets every event (broadcast): a client resuming with
+// Last-Event-ID gets the events after it, also across a reset of the log's Redis stream;
+// without Last-Event-ID (or with a sequence number from a version that numbered events), it
+// starts after the consumed mark: at the oldest event no consumer has received.
+//
+// With ?group=NAME, the connected clients of the group (on any host of a fleet) are
+// competing consumers: each event goes to one of them, which acknowledges it with
+// POST /v1/bots/{bot}/events/ack; an event not acknowledged within deliver.ack_timeout goes
+// to another. ?consumer=NAME names the client (default: a random name, sent in the first
+// comment line); a client that reconnects under its name does not get its unacknowledged
+// events again before the timeout. A new group starts at the consumed mark.
 func (s *server) events(w http.ResponseWriter, r *http.Request) {
 	b := s.bot(w, r)
 	if b == nil {
 		return
 	}
-	ctx, cancel := context.WithCancel(r.Context())
-	defer cancel()
-	go func() {
-		select {
-		case <-s.closing:
-			cancel()
-		case <-ctx.Done():
+	group, consumer := r.URL.Query().Get("group"), r.URL.Query().Get("consumer")
+	if group != "" {
+		if err := eventlog.CheckName(group); err != nil {
+			writeError(w, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: "group: " + err.Error()})
+			return
 		}
-	}()
+		if consumer == "" {
+			consumer = rand.Text()
+		} else if err := eventlog.CheckName(consumer); err != nil {
+			writeError(w, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: "consumer: " + err.Error()})
+			return
+		}
+	} else if consumer != "" {
+		writeError(w, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: "consumer needs group"})
+		return
+	}
 	var pos eventlog.ID
 	resume := false
-	if v := r.Header.Get("Last-Event-ID"); v != "" {
+	if v := r.Header.Get("Last-Event-ID"); v != "" && group == "" {
 		id, err := eventlog.ParseID(v)
 		switch {
 		case err == nil:
@@ -295,27 +312,54 @@ func (s *server) events(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	go func() {
+		select {
+		case <-s.closing:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	rc := http.NewResponseController(w)
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
 	w.Header().Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
 	io.WriteString(w, ": chatwire events for "+b.name+"\n\n")
+	if group != "" {
+		io.WriteString(w, ": group "+group+" consumer "+consumer+"\n\n")
+	}
 	if err := rc.Flush(); err != nil {
 		return
 	}
 	failing := false
-	for !resume && ctx.Err() == nil {
-		id, err := b.events.ConsumedID(ctx)
-		if err == nil {
-			pos, resume = id, true
-			break
+	// retry runs fn until it succeeds or ctx ends, logging a failing log once.
+	retry := func(fn func() error) bool {
+		for ctx.Err() == nil {
+			err := fn()
+			if err == nil {
+				return true
+			}
+			s.readFailed(ctx, b, err, &failing)
 		}
-		s.readFailed(ctx, b, err, &failing)
+		return false
+	}
+	if !resume && !retry(func() (err error) { pos, err = b.events.ConsumedID(ctx); return err }) {
+		return
+	}
+	read := func(ctx context.Context) ([]eventlog.Entry, error) { return b.events.Read(ctx, pos, 100) }
+	if group != "" {
+		if !retry(func() error { return b.events.CreateGroup(ctx, group, pos) }) {
+			return
+		}
+		read = func(ctx context.Context) ([]eventlog.Entry, error) {
+			return b.events.ReadGroup(ctx, group, consumer, 100)
+		}
 	}
 	for ctx.Err() == nil {
 		rctx, rcancel := context.WithTimeout(ctx, 15*time.Second)
-		events, err := b.events.Read(rctx, pos, 100)
+		events, err := read(rctx)
 		rcancel()
 		switch {
 		case ctx.Err() != nil:
@@ -334,17 +378,79 @@ func (s *server) events(w http.ResponseWriter, r *http.Request) {
 			s.log.Info("event log readable again", "bot", b.name)
 			failing = false
 		}
+		high := pos
 		for _, ev := range events {
 			fmt.Fprintf(w, "id: %s\nevent: %s\ndata: %s\n\n", ev.ID, ev.Kind, ev.Data)
+			high = max2(high, ev.ID)
 		}
 		if err := rc.Flush(); err != nil {
 			return
 		}
-		pos = events[len(events)-1].ID
-		if err := b.events.Consumed(ctx, pos); err != nil && ctx.Err() == nil {
+		if group == "" {
+			pos = events[len(events)-1].ID
+		}
+		if err := b.events.Consumed(ctx, high); err != nil && ctx.Err() == nil {
 			s.log.Warn("recording consumed events failed", "bot", b.name, "error", err)
 		}
 	}
+}
+
+func max2(a, b eventlog.ID) eventlog.ID {
+	if a.Less(b) {
+		return b
+	}
+	return a
+}
+
+// maxAckIDs bounds the ids of one acknowledgement.
+const maxAckIDs = 10000
+
+// ack acknowledges events a consumer group handed out: {"group": NAME, "ids": [...]} →
+// {"acked": how many were pending}.
+func (s *server) ack(w http.ResponseWriter, r *http.Request) {
+	b := s.bot(w, r)
+	if b == nil {
+		return
+	}
+	var req struct {
+		Group string   `json:"group"`
+		IDs   []string `json:"ids"`
+	}
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeError(w, &adapter.Error{Kind: adapter.KindTooLarge, Message: "request body over 1 MiB"})
+			return
+		}
+		writeError(w, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: "request body: " + err.Error()})
+		return
+	}
+	if err := eventlog.CheckName(req.Group); err != nil {
+		writeError(w, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: "group: " + err.Error()})
+		return
+	}
+	if len(req.IDs) == 0 || len(req.IDs) > maxAckIDs {
+		writeError(w, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: fmt.Sprintf("ids: want 1 to %d event ids", maxAckIDs)})
+		return
+	}
+	ids := make([]eventlog.ID, len(req.IDs))
+	for i, v := range req.IDs {
+		id, err := eventlog.ParseID(v)
+		if err != nil {
+			writeError(w, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: fmt.Sprintf("ids[%d]: %q is not an event id (<ms>-<n>)", i, clip(v, 40))})
+			return
+		}
+		ids[i] = id
+	}
+	n, err := b.events.Ack(r.Context(), req.Group, ids...)
+	if err != nil {
+		s.log.Warn("acknowledging events failed", "bot", b.name, "group", req.Group, "error", err)
+		writeError(w, &adapter.Error{Kind: adapter.KindUnavailable, Message: "the event log is unavailable; acknowledge again"})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]int{"acked": n})
 }
 
 // readFailed logs a failing event log once per outage and waits a second.
