@@ -8,6 +8,19 @@
 // increasing. A log never hands out an id at or below one it has already issued or read,
 // even after its Redis stream was reset (Redis restarted empty, FLUSHALL, DEL, eviction), so a
 // client resuming from an id it holds receives every entry appended after the reset.
+//
+// Order. A reader gets entries in id order, which is append order. A consumer group hands
+// out entries in id order, each to one consumer, and each consumer gets its entries in id
+// order; but two consumers may hold entries of the same Record.Key (one chat) at once, and
+// an entry handed to another consumer after AckTimeout arrives after later ones. A consumer
+// that needs one chat's events strictly in order acknowledges in order and checks ids; the
+// host's webhook delivery (one process, lanes by Key) keeps per-chat order.
+//
+// Limits. A reader that waits on a Redis stream and a writer that never saw the ids it holds
+// (another process whose server clock is behind) can interleave: entries appended after a
+// reset with ids below a reader's position are read only if the whole new stream is below it
+// (then the reader starts over at the stream's first entry). The floor rule above makes this
+// need both a reset and a clock skew between Redis servers.
 package eventlog
 
 import (

@@ -256,3 +256,30 @@ func TestRedisErrorsAreReturned(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestRedisAppendOutOfMemory: when Redis refuses writes (maxmemory reached, noeviction),
+// Append returns the error, no dedup key is left behind, and the same record appends once
+// Redis accepts writes again.
+func TestRedisAppendOutOfMemory(t *testing.T) {
+	env := newRedisEnv(t)
+	l := env.open(t, Options{})
+	ctx := testCtx(t)
+	mustAppend(t, l, rec(0))
+	env.rdb.ConfigSet(ctx, "maxmemory-policy", "noeviction")
+	env.rdb.ConfigSet(ctx, "maxmemory", "1")
+	r := rec(1)
+	r.Dedup = "ev-oom"
+	if _, err := l.Append(ctx, r, rec(2)); err == nil || !strings.Contains(err.Error(), "OOM") {
+		t.Fatalf("Append over maxmemory: %v, want the OOM error", err)
+	}
+	env.rdb.ConfigSet(ctx, "maxmemory", "0")
+	if n := env.rdb.Exists(ctx, l.dedup+"ev-oom").Val(); n != 0 {
+		t.Fatal("a refused append left its dedup key")
+	}
+	if n := env.rdb.XLen(ctx, l.stream).Val(); n != 1 {
+		t.Fatalf("stream holds %d entries after a refused append; want 1", n)
+	}
+	if a := mustAppend(t, l, r)[0]; a.Duplicate {
+		t.Fatal("the record refused under OOM was taken for a duplicate")
+	}
+}
