@@ -302,3 +302,33 @@ func TestDeletingAnyKeyKeepsWebhooksWorking(t *testing.T) {
 		}
 	}
 }
+
+// TestSSEResumeAcrossHostRestartWithRedis: a client that read some events from a host that
+// then stopped resumes with its Last-Event-ID on a new host on the same Redis: it gets
+// exactly the events after that id, including those that arrived while no host read them.
+func TestSSEResumeAcrossHostRestartWithRedis(t *testing.T) {
+	rs := redistest.Start(t)
+	emu := newEmulator()
+	ws := httptest.NewServer(emu)
+	defer ws.Close()
+	url := "redis://" + rs.Addr() + "/0"
+	a := setup(t, setupOpts{redisURL: url, emu: emu, apiBase: ws.URL})
+	ch, stop := a.subscribeTo("", "")
+	a.push("alice", "one")
+	a.push("alice", "two")
+	next(t, ch)
+	last := next(t, ch).id
+	a.push("alice", "three") // received by the stream, maybe not by this client
+	stop()
+	if err := a.h.shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	b := setup(t, setupOpts{redisURL: url, emu: emu, apiBase: ws.URL})
+	b.push("alice", "four")
+	ch = b.subscribe(last)
+	for _, want := range []string{"three", "four"} {
+		if ev := next(t, ch); ev.ev.Text != want || !idLess(t, last, ev.id) {
+			t.Fatalf("resumed after %s: %+v, want %q", last, ev, want)
+		}
+	}
+}
