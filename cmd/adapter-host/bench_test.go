@@ -14,6 +14,7 @@ import (
 	"github.com/seed-a64d9e1f/chatwire/adapter"
 	"github.com/seed-a64d9e1f/chatwire/adapter/wecom"
 	"github.com/seed-a64d9e1f/chatwire/adapter/wecom/wecomtest"
+	"github.com/seed-a64d9e1f/chatwire/internal/eventlog"
 )
 
 // callbacks returns n encrypted, signed WeCom message callbacks for cb (distinct MsgIds).
@@ -58,7 +59,7 @@ func BenchmarkWebhookToEvent(b *testing.B) {
 		b.Run(fmt.Sprintf("host-and-plugin-%dconns", par), func(b *testing.B) {
 			e := setup(b, setupOpts{quiet: true})
 			bodies, queries := callbacks(b, e.cb, b.N)
-			q := e.h.srv.bots["hr"].queue
+			q := e.h.srv.bots["hr"].events
 			client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: par}}
 			sem := make(chan struct{}, par)
 			errs := make(chan error, b.N)
@@ -76,7 +77,7 @@ func BenchmarkWebhookToEvent(b *testing.B) {
 					if resp.StatusCode != 200 {
 						errs <- fmt.Errorf("webhook answered %d", resp.StatusCode)
 					}
-					q.Consumed(math.MaxUint64) // a consumer keeps up: the queue never fills
+					q.Consumed(context.Background(), eventlog.ID{Ms: math.MaxUint64}) // a consumer keeps up: the log never fills
 				}()
 			}
 			for range par {
@@ -88,7 +89,7 @@ func BenchmarkWebhookToEvent(b *testing.B) {
 				b.Fatal(err)
 			}
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
-			if held, _ := q.Len(); held == 0 {
+			if n, _ := q.Len(context.Background()); n.Held == 0 {
 				b.Fatal("no events queued")
 			}
 		})

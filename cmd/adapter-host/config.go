@@ -160,7 +160,8 @@ type BotConfig struct {
 	Deliver  *DeliverConfig   `yaml:"deliver"`
 }
 
-// DeliverConfig makes the host POST every event to a URL, signed with the secret.
+// DeliverConfig makes the host POST every event to a URL, signed with the secret, and sets
+// how events reach consumer groups.
 type DeliverConfig struct {
 	WebhookURL    string `yaml:"webhook_url"`
 	WebhookSecret string `yaml:"webhook_secret"`
@@ -168,6 +169,19 @@ type DeliverConfig struct {
 	// events of one chat always arrive one after the other, in order. 0 means 4; 1 delivers
 	// every event of the bot in order.
 	Concurrency int `yaml:"concurrency"`
+	// AckTimeout is how long an event a consumer group handed to one consumer
+	// (GET /v1/bots/{bot}/events?group=NAME) may stay unacknowledged before it goes to
+	// another consumer of the group. Empty means 30s. A deliver block may hold only this.
+	AckTimeout string `yaml:"ack_timeout"`
+}
+
+// ackTimeout returns deliver.ack_timeout, 0 (the log's default, 30 s) when unset.
+func (b BotConfig) ackTimeout() time.Duration {
+	if b.Deliver == nil {
+		return 0
+	}
+	d, _ := time.ParseDuration(b.Deliver.AckTimeout)
+	return d
 }
 
 // ConfigError lists every problem found in a config file, each prefixed with its field path.
@@ -494,13 +508,20 @@ func (c *Config) validate(cerr *ConfigError) {
 			p(at+".platform", "%s: want wecom or graph", c.show(at+".platform", b.Platform))
 		}
 		if d := b.Deliver; d != nil {
-			if d.WebhookURL == "" {
+			switch u, err := url.Parse(d.WebhookURL); {
+			case d.WebhookURL == "" && (d.AckTimeout == "" || d.WebhookSecret != "" || d.Concurrency != 0):
 				p(at+".deliver.webhook_url", "required")
-			} else if u, err := url.Parse(d.WebhookURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			case d.WebhookURL == "": // only ack_timeout: events go to SSE consumers only
+			case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
 				p(at+".deliver.webhook_url", "want an http or https URL")
 			}
-			if d.WebhookSecret == "" {
+			if d.WebhookSecret == "" && d.WebhookURL != "" {
 				p(at+".deliver.webhook_secret", "required: events are signed with it")
+			}
+			if d.AckTimeout != "" {
+				if t, err := time.ParseDuration(d.AckTimeout); err != nil || t < 100*time.Millisecond {
+					p(at+".deliver.ack_timeout", "want a duration of at least 100ms such as 30s, got %s", c.show(at+".deliver.ack_timeout", d.AckTimeout))
+				}
 			}
 			if d.Concurrency < 0 || d.Concurrency > 64 {
 				p(at+".deliver.concurrency", "%d: want 1 to 64 (0 means 4)", d.Concurrency)

@@ -12,9 +12,10 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
-	"strconv"
 	"sync"
 	"time"
+
+	"github.com/seed-a64d9e1f/chatwire/internal/eventlog"
 )
 
 // SignatureHeader carries the HMAC-SHA256 of a delivered event's body.
@@ -35,14 +36,14 @@ func Verify(secret string, body []byte, sig string) bool {
 
 // deliverer POSTs a bot's events to its webhook URL, retrying each with jittered
 // exponential backoff until it gets a 2xx or the host stops. Events of one chat are
-// delivered one after the other, in queue order; up to lanes chats are delivered at once,
-// so one slow conversation or a burst does not hold up the rest. The queue's consumed mark
+// delivered one after the other, in log order; up to lanes chats are delivered at once,
+// so one slow conversation or a burst does not hold up the rest. The log's consumed mark
 // only ever covers an unbroken run of delivered events.
 type deliverer struct {
 	bot    string
 	url    string
 	secret string
-	queue  eventQueue
+	events eventlog.Log
 	client *http.Client
 	log    *slog.Logger
 	// lanes is how many POSTs may be in flight at once (each for a different chat); 0 or 1
@@ -57,44 +58,71 @@ type deliverer struct {
 const defaultDeliverLanes = 4
 
 func (d *deliverer) run(ctx context.Context) {
-	seq, _ := d.queue.Start(0, false)
-	for {
-		events, wake, lost := d.queue.Read(seq, 100)
-		if lost > 0 {
-			d.log.Warn("events dropped before delivery", "bot", d.bot, "count", lost)
+	var pos eventlog.ID
+	started := false
+	failing := false
+	for ctx.Err() == nil {
+		var events []eventlog.Entry
+		var err error
+		if !started {
+			pos, err = d.events.ConsumedID(ctx)
+			started = err == nil
+		} else {
+			events, err = d.events.Read(ctx, pos, 100)
 		}
-		if len(events) == 0 {
-			select {
-			case <-wake:
-				continue
-			case <-ctx.Done():
+		if err != nil {
+			if ctx.Err() != nil {
 				return
 			}
+			if !failing {
+				d.log.Warn("reading the event log failed; retrying", "bot", d.bot, "error", err)
+				failing = true
+			}
+			select {
+			case <-time.After(time.Second):
+			case <-ctx.Done():
+			}
+			continue
+		}
+		failing = false
+		if len(events) == 0 {
+			continue
 		}
 		if !d.deliverBatch(ctx, events) {
 			return
 		}
-		seq = events[len(events)-1].seq + 1
+		pos = events[len(events)-1].ID
 	}
 }
 
-// deliverBatch delivers events (in queue order) and reports whether all of them were
+// consumed raises the log's consumed mark to id.
+func (d *deliverer) consumed(ctx context.Context, id eventlog.ID) {
+	if err := d.events.Consumed(ctx, id); err != nil && ctx.Err() == nil {
+		d.log.Warn("recording delivered events failed; they may be delivered again", "bot", d.bot, "error", err)
+	}
+}
+
+// deliverBatch delivers events (in log order) and reports whether all of them were
 // delivered before ctx ended. Events are spread over lanes by chat; each lane delivers its
 // events in order; the consumed mark advances over the delivered prefix as lanes finish.
-func (d *deliverer) deliverBatch(ctx context.Context, events []queued) bool {
+func (d *deliverer) deliverBatch(ctx context.Context, events []eventlog.Entry) bool {
 	lanes := min(max(d.lanes, 1), len(events))
 	if lanes == 1 {
 		for _, ev := range events {
 			if !d.deliver(ctx, ev) {
 				return false
 			}
-			d.queue.Consumed(ev.seq)
+			d.consumed(ctx, ev.ID)
 		}
 		return true
 	}
 	byLane := make([][]int, lanes) // indexes into events, in order
 	for i, ev := range events {
-		l := int(laneHash(chatOf(ev.data)) % uint32(lanes))
+		chat := ev.Key
+		if chat == "" {
+			chat = chatOf(ev.Data) // an entry written before entries carried their chat
+		}
+		l := int(laneHash(chat) % uint32(lanes))
 		byLane[l] = append(byLane[l], i)
 	}
 	var mu sync.Mutex // guards done and next
@@ -117,10 +145,10 @@ func (d *deliverer) deliverBatch(ctx context.Context, events []queued) bool {
 					next++
 					advanced = true
 				}
-				upTo := events[max(next, 1)-1].seq
+				upTo := events[max(next, 1)-1].ID
 				mu.Unlock()
 				if advanced {
-					d.queue.Consumed(upTo) // raises the mark only, so calls may overlap
+					d.consumed(ctx, upTo) // raises the mark only, so calls may overlap
 				}
 			}
 		})
@@ -151,7 +179,7 @@ func laneHash(s string) uint32 {
 }
 
 // deliver posts one event until it is accepted; false if ctx ended first.
-func (d *deliverer) deliver(ctx context.Context, ev queued) bool {
+func (d *deliverer) deliver(ctx context.Context, ev eventlog.Entry) bool {
 	wait := d.backoffMin
 	for attempt := 1; ; attempt++ {
 		err := d.post(ctx, ev)
@@ -163,7 +191,7 @@ func (d *deliverer) deliver(ctx context.Context, ev queued) bool {
 		if ctx.Err() != nil {
 			return false
 		}
-		d.log.Warn("event delivery failed; retrying", "bot", d.bot, "seq", ev.seq, "attempt", attempt, "in", wait, "error", err)
+		d.log.Warn("event delivery failed; retrying", "bot", d.bot, "event", ev.ID.String(), "attempt", attempt, "in", wait, "error", err)
 		select {
 		case <-time.After(wait/2 + rand.N(wait/2+1)):
 		case <-ctx.Done():
@@ -173,16 +201,16 @@ func (d *deliverer) deliver(ctx context.Context, ev queued) bool {
 	}
 }
 
-func (d *deliverer) post(ctx context.Context, ev queued) error {
+func (d *deliverer) post(ctx context.Context, ev eventlog.Entry) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.url, bytes.NewReader(ev.data))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.url, bytes.NewReader(ev.Data))
 	if err != nil {
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set(SignatureHeader, Sign(d.secret, ev.data))
-	req.Header.Set("X-Chatwire-Event-Id", strconv.FormatUint(ev.seq, 10))
+	req.Header.Set(SignatureHeader, Sign(d.secret, ev.Data))
+	req.Header.Set("X-Chatwire-Event-Id", ev.ID.String())
 	req.Header.Set("X-Chatwire-Bot", d.bot)
 	resp, err := d.client.Do(req)
 	if err != nil {

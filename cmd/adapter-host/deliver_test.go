@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
+	"github.com/seed-a64d9e1f/chatwire/internal/eventlog"
 )
 
 // TestDeliveryLanes: with several lanes, events of one chat arrive one after the other in
@@ -21,12 +22,14 @@ import (
 // arrives exactly once, and the consumed mark never covers an event not yet delivered.
 func TestDeliveryLanes(t *testing.T) {
 	const lanes, chats, perChat = 4, 9, 40
-	q := NewQueue(0)
+	q := eventlog.NewMemory(eventlog.Options{})
+	defer q.Close()
+	var appended []eventlog.ID // in log order
 	var mu sync.Mutex
 	inFlight, peak := 0, 0
 	byChat := map[string][]int{}
 	seen := map[string]int{}
-	delivered := map[uint64]bool{}
+	delivered := map[string]bool{}
 	failedOnce := map[string]bool{}
 	recv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
@@ -38,11 +41,13 @@ func TestDeliveryLanes(t *testing.T) {
 		inFlight++
 		peak = max(peak, inFlight)
 		// The consumed mark may only cover events already delivered.
-		_, unconsumed := q.Len()
-		consumed := uint64(chats*perChat - unconsumed)
-		for s := uint64(1); s <= consumed; s++ {
-			if !delivered[s] {
-				t.Errorf("consumed mark %d covers event %d, not delivered yet", consumed, s)
+		consumed, _ := q.ConsumedID(t.Context())
+		for _, id := range appended {
+			if consumed.Less(id) {
+				break
+			}
+			if !delivered[id.String()] {
+				t.Errorf("consumed mark %v covers event %v, not delivered yet", consumed, id)
 				break
 			}
 		}
@@ -57,10 +62,7 @@ func TestDeliveryLanes(t *testing.T) {
 			http.Error(w, "not now", 500) // retried: still in order within its chat
 			return
 		}
-		seq := r.Header.Get("X-Chatwire-Event-Id")
-		var n uint64
-		fmt.Sscan(seq, &n)
-		delivered[n] = true
+		delivered[r.Header.Get("X-Chatwire-Event-Id")] = true
 		seen[ev.ID]++
 		var i int
 		fmt.Sscanf(ev.Text, "m%d", &i)
@@ -74,16 +76,26 @@ func TestDeliveryLanes(t *testing.T) {
 			events = append(events, adapter.Event{ID: fmt.Sprintf("c%d-%d", c, i), Chat: adapter.Chat{ID: fmt.Sprintf("chat%d", c)}, Text: fmt.Sprintf("m%d", i)})
 		}
 	}
-	if err := q.Append(events); err != nil {
+	s := &server{log: slog.New(slog.DiscardHandler), m: newMetrics()}
+	if err := s.enqueue(t.Context(), newBot("hr", adapter.PlatformWeCom, nil, q), events); err != nil {
 		t.Fatal(err)
 	}
-	d := &deliverer{bot: "hr", url: recv.URL, secret: "s", queue: q, client: recv.Client(), log: slog.New(slog.DiscardHandler),
+	all, err := q.Read(t.Context(), eventlog.ID{}, len(events))
+	if err != nil || len(all) != len(events) {
+		t.Fatalf("Read = %d entries, %v", len(all), err)
+	}
+	mu.Lock()
+	for _, e := range all {
+		appended = append(appended, e.ID)
+	}
+	mu.Unlock()
+	d := &deliverer{bot: "hr", url: recv.URL, secret: "s", events: q, client: recv.Client(), log: slog.New(slog.DiscardHandler),
 		lanes: lanes, backoffMin: time.Millisecond, backoffMax: 5 * time.Millisecond, result: func(bool) {}}
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 	go d.run(ctx)
 	for {
-		if _, un := q.Len(); un == 0 {
+		if n, _ := q.Len(ctx); n.Unconsumed == 0 {
 			break
 		}
 		if ctx.Err() != nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
+	"github.com/seed-a64d9e1f/chatwire/internal/eventlog"
 	"github.com/seed-a64d9e1f/chatwire/internal/platforms"
 	"github.com/seed-a64d9e1f/chatwire/plugin"
 )
@@ -46,7 +47,7 @@ type host struct {
 	http   *http.Server
 	ln     net.Listener
 	m      *metrics
-	redis  redis.UniversalClient // nil without Redis; its queues deduplicate events themselves
+	redis  redis.UniversalClient // nil without Redis
 
 	connMu   sync.Mutex            // guards newConns
 	newConns map[net.Conn]struct{} // connections that have not sent a request yet
@@ -135,17 +136,17 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 		gather:  prometheus.Gatherers{h.m.reg, pluginGatherer{fetch: p.Metrics}},
 		closing: make(chan struct{}),
 	}
-	if h.redis == nil {
-		h.srv.dedup = NewLRU(0) // Redis queues deduplicate events themselves (dedupAppender)
-	}
 	for _, b := range cfg.Bots {
-		var q eventQueue
+		// The stream and dedup keys are those the host used before its ids came from the
+		// log, so an upgraded fleet keeps its events and dedup records.
+		lopts := eventlog.Options{MaxLen: opts.QueueSize, Logger: log, AckTimeout: b.ackTimeout()}
+		var l eventlog.Log
 		if h.redis != nil {
-			q = NewRedisQueue(h.redis, cfg.Store.KeyPrefix, b.Name, opts.QueueSize, log)
+			l = eventlog.NewRedis(h.redis, cfg.Store.KeyPrefix+":events:{"+b.Name+"}", cfg.Store.KeyPrefix+":dedup:{"+b.Name+"}:", lopts)
 		} else {
-			q = NewQueue(opts.QueueSize)
+			l = eventlog.NewMemory(lopts)
 		}
-		h.srv.bots[b.Name] = newBot(b.Name, b.Platform, p.Bot(b.Name), q)
+		h.srv.bots[b.Name] = newBot(b.Name, b.Platform, p.Bot(b.Name), l)
 		h.srv.names = append(h.srv.names, b.Name)
 	}
 
@@ -179,14 +180,14 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 		backoff = time.Second
 	}
 	for _, b := range cfg.Bots {
-		if b.Deliver == nil {
+		if b.Deliver == nil || b.Deliver.WebhookURL == "" {
 			continue
 		}
 		lanes := cmp.Or(b.Deliver.Concurrency, defaultDeliverLanes)
 		tr := http.DefaultTransport.(*http.Transport).Clone()
 		tr.MaxIdleConnsPerHost = lanes // keep one connection per lane
 		d := &deliverer{bot: b.Name, url: b.Deliver.WebhookURL, secret: b.Deliver.WebhookSecret,
-			queue: h.srv.bots[b.Name].queue, client: &http.Client{Transport: tr}, log: log, lanes: lanes,
+			events: h.srv.bots[b.Name].events, client: &http.Client{Transport: tr}, log: log, lanes: lanes,
 			backoffMin: backoff, backoffMax: time.Minute,
 			result: func(ok bool) {
 				r := "ok"
@@ -303,12 +304,12 @@ func (h *host) drain() error {
 	h.wg.Wait()
 	h.log.Debug("deliveries stopped")
 	for _, name := range h.srv.names {
-		if held, unconsumed := h.srv.bots[name].queue.Len(); unconsumed > 0 && h.redis == nil {
-			h.log.Warn("events never consumed are lost with this process", "bot", name, "events", unconsumed, "held", held)
+		if n, _ := h.srv.bots[name].events.Len(ctx); n.Unconsumed > 0 && h.redis == nil {
+			h.log.Warn("events never consumed are lost with this process", "bot", name, "events", n.Unconsumed, "held", n.Held)
 		}
 	}
 	for _, name := range h.srv.names {
-		h.srv.bots[name].queue.Close()
+		h.srv.bots[name].events.Close()
 	}
 	h.plugin.Close()
 	if h.redis != nil {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
 	"github.com/seed-a64d9e1f/chatwire/adapter/wecom/wecomtest"
+	"github.com/seed-a64d9e1f/chatwire/internal/eventlog"
 	"github.com/seed-a64d9e1f/chatwire/internal/platforms"
 )
 
@@ -79,6 +80,8 @@ type setupOpts struct {
 	// emu and apiBase share an emulator between hosts; nil: a new one.
 	emu     *wecomtest.Server
 	apiBase string
+	// ackTimeout is deliver.ack_timeout.
+	ackTimeout string
 }
 
 func newEmulator() *wecomtest.Server {
@@ -113,6 +116,12 @@ func setup(t testing.TB, o setupOpts) *env {
 	}
 	if o.deliverURL != "" {
 		cfg.Bots[0].Deliver = &DeliverConfig{WebhookURL: o.deliverURL, WebhookSecret: hookSecret}
+	}
+	if o.ackTimeout != "" {
+		if cfg.Bots[0].Deliver == nil {
+			cfg.Bots[0].Deliver = &DeliverConfig{}
+		}
+		cfg.Bots[0].Deliver.AckTimeout = o.ackTimeout
 	}
 	cfg.defaults()
 	cerr := &ConfigError{}
@@ -201,19 +210,26 @@ type sseEvent struct {
 
 // subscribe reads the bot's SSE stream into a channel until the test ends.
 func (e *env) subscribe(lastID string) <-chan sseEvent {
-	ch := make(chan sseEvent, 100)
+	ch, _ := e.subscribeTo("", lastID)
+	return ch
+}
+
+// subscribeTo is subscribe with a query (such as "?group=g"); stop disconnects.
+func (e *env) subscribeTo(query, lastID string) (ch <-chan sseEvent, stop func()) {
+	out := make(chan sseEvent, 1000)
 	ctx, cancel := context.WithCancel(e.t.Context())
 	ready := make(chan struct{})
 	done := make(chan struct{})
-	e.t.Cleanup(func() { cancel(); <-done })
+	stop = func() { cancel(); <-done }
+	e.t.Cleanup(stop)
 	go func() {
 		defer close(done)
 		var once sync.Once
-		readSSEWithHook(ctx, e.h.URL()+"/v1/bots/hr/events", testAPIKey, lastID, func() { once.Do(func() { close(ready) }) },
+		readSSEWithHook(ctx, e.h.URL()+"/v1/bots/hr/events"+query, testAPIKey, lastID, func() { once.Do(func() { close(ready) }) },
 			func(id, kind string, data []byte) error {
 				var ev adapter.Event
 				json.Unmarshal(data, &ev)
-				ch <- sseEvent{id, kind, ev}
+				out <- sseEvent{id, kind, ev}
 				return nil
 			})
 	}()
@@ -222,7 +238,7 @@ func (e *env) subscribe(lastID string) <-chan sseEvent {
 	case <-time.After(5 * time.Second):
 		e.t.Fatal("SSE stream did not start")
 	}
-	return ch
+	return out, stop
 }
 
 func next(t *testing.T, ch <-chan sseEvent) sseEvent {
@@ -304,26 +320,27 @@ func TestWebhookToSSE(t *testing.T) {
 	e.push("alice", "early")
 	ch := e.subscribe("")
 	first := next(t, ch)
-	if first.id != "1" || first.kind != "message" || first.ev.Text != "early" || first.ev.Sender.ID != "alice" ||
+	if _, err := eventlog.ParseID(first.id); err != nil || first.kind != "message" || first.ev.Text != "early" || first.ev.Sender.ID != "alice" ||
 		first.ev.Bot != "hr" || first.ev.Platform != "wecom" || first.ev.Chat.Type != "direct" || first.ev.ID == "" {
 		t.Errorf("first event = %+v", first)
 	}
 	_, msg := e.push("bob", "second")
-	if ev := next(t, ch); ev.id != "2" || ev.ev.Text != "second" {
-		t.Errorf("second event = %+v", ev)
+	second := next(t, ch)
+	if !idLess(t, first.id, second.id) || second.ev.Text != "second" {
+		t.Errorf("second event = %+v", second)
 	}
 	// WeCom redelivers byte for byte: 200 to WeCom, no second event.
 	if p, err := e.emu.Push(t.Context(), e.cb, msg); err != nil || p.Status != 200 {
 		t.Fatalf("redelivery = %+v, %v", p, err)
 	}
 	e.push("alice", "third")
-	if ev := next(t, ch); ev.id != "3" || ev.ev.Text != "third" {
-		t.Errorf("after a duplicate, event = %+v; want id 3 text third", ev)
+	if ev := next(t, ch); !idLess(t, second.id, ev.id) || ev.ev.Text != "third" {
+		t.Errorf("after a duplicate, event = %+v; want text third", ev)
 	}
 	// Resuming with Last-Event-ID replays what came after it.
-	ch2 := e.subscribe("1")
-	if ev := next(t, ch2); ev.id != "2" {
-		t.Errorf("resumed stream starts at %s; want 2", ev.id)
+	ch2 := e.subscribe(first.id)
+	if ev := next(t, ch2); ev.id != second.id {
+		t.Errorf("resumed stream starts at %s; want %s", ev.id, second.id)
 	}
 	// Bad signatures are refused before anything is trusted.
 	bad := e.cb
@@ -340,19 +357,40 @@ func TestWebhookToSSE(t *testing.T) {
 	}
 }
 
-// TestSSEResumeAfterRestart is a client that reconnects to a restarted host with the
-// Last-Event-ID it had (the Python example does on every reconnect): the new host numbered
-// from 1 again, so it gets what is unconsumed, with one log line saying why.
+// TestSSEResumeAfterRestart is a client that reconnects to a restarted host (memory log)
+// with the Last-Event-ID it had (the Python example does on every reconnect): ids come from
+// the clock, so what the new host received comes after it. A sequence number from a version
+// that numbered events from 1 starts at the oldest unconsumed event, with one log line; an
+// id beyond every id the host issued (a host whose clock was ahead) reads from the first.
 func TestSSEResumeAfterRestart(t *testing.T) {
 	e := setup(t, setupOpts{})
 	e.push("alice", "after restart")
-	ch := e.subscribe("500")
-	if ev := next(t, ch); ev.id != "1" || ev.ev.Text != "after restart" {
-		t.Errorf("stream resumed with Last-Event-ID 500 starts at %+v; want id 1", ev)
+	if ev := next(t, e.subscribe("500")); ev.ev.Text != "after restart" {
+		t.Errorf("stream resumed with Last-Event-ID 500 starts at %+v; want the unconsumed event", ev)
 	}
-	if n := strings.Count(e.logs.String(), "Last-Event-ID was never issued"); n != 1 {
-		t.Errorf("log says %d times that Last-Event-ID was unknown; want once", n)
+	if n := strings.Count(e.logs.String(), "Last-Event-ID is a sequence number"); n != 1 {
+		t.Errorf("log says %d times that Last-Event-ID was a sequence number; want once", n)
 	}
+	before := eventlog.ID{Ms: uint64(time.Now().Add(-time.Minute).UnixMilli())}
+	if ev := next(t, e.subscribe(before.String())); ev.ev.Text != "after restart" {
+		t.Errorf("stream resumed with the previous host's id %v starts at %+v", before, ev)
+	}
+	ahead := eventlog.ID{Ms: uint64(time.Now().Add(time.Hour).UnixMilli())}
+	if ev := next(t, e.subscribe(ahead.String())); ev.ev.Text != "after restart" {
+		t.Errorf("stream resumed with an id ahead of the log %v starts at %+v", ahead, ev)
+	}
+}
+
+// idLess reports whether SSE id a is before b, failing the test if either is not a log id.
+func idLess(t *testing.T, a, b string) bool {
+	t.Helper()
+	ia, err1 := eventlog.ParseID(a)
+	ib, err2 := eventlog.ParseID(b)
+	if err1 != nil || err2 != nil {
+		t.Errorf("SSE ids %q, %q are not event log ids", a, b)
+		return false
+	}
+	return ia.Less(ib)
 }
 
 func TestDelivery(t *testing.T) {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -12,13 +13,13 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
+	"github.com/seed-a64d9e1f/chatwire/internal/eventlog"
 )
 
 // maxSendBody bounds a send request (attachments arrive base64-encoded inside it).
@@ -29,15 +30,11 @@ type bot struct {
 	name     string
 	platform string
 	adapter  adapter.Adapter
-	queue    eventQueue
-	// enq holds a token while an enqueue into a queue without atomic dedup runs, so marking
-	// ids, appending and unmarking them after a failed append are one step for other
-	// deliveries of the same events. A channel (not a mutex) so synctest sees waiters block.
-	enq chan struct{}
+	events   eventlog.Log // deduplicates and holds the bot's events
 }
 
-func newBot(name, platform string, a adapter.Adapter, q eventQueue) *bot {
-	return &bot{name: name, platform: platform, adapter: a, queue: q, enq: make(chan struct{}, 1)}
+func newBot(name, platform string, a adapter.Adapter, l eventlog.Log) *bot {
+	return &bot{name: name, platform: platform, adapter: a, events: l}
 }
 
 // server is the host's HTTP API. Handlers are safe for concurrent use.
@@ -46,14 +43,10 @@ type server struct {
 	names   []string // configured order
 	keys    []string
 	ready   func() bool
-	dedup   Dedup // for memory queues; nil when every queue is a dedupAppender (Redis)
 	log     *slog.Logger
 	m       *metrics
 	gather  prometheus.Gatherer
 	closing chan struct{} // closed when the host shuts down: SSE streams end
-
-	sseMu      sync.Mutex // guards sseClients
-	sseClients int
 }
 
 func (s *server) routes() http.Handler {
@@ -62,6 +55,7 @@ func (s *server) routes() http.Handler {
 	mux.HandleFunc("POST /webhook/{bot}", s.webhook)
 	mux.Handle("POST /v1/bots/{bot}/messages", s.auth(http.HandlerFunc(s.send)))
 	mux.Handle("GET /v1/bots/{bot}/events", s.auth(http.HandlerFunc(s.events)))
+	mux.Handle("POST /v1/bots/{bot}/events/ack", s.auth(http.HandlerFunc(s.ack)))
 	mux.Handle("GET /v1/tokens", s.auth(http.HandlerFunc(s.tokens)))
 	mux.Handle("GET /v1/bots", s.auth(http.HandlerFunc(s.listBots)))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
@@ -183,61 +177,33 @@ func (s *server) webhook(w http.ResponseWriter, r *http.Request) {
 	resp.Write(w)
 }
 
-// enqueue drops events seen before and queues the rest; if they cannot be queued, no id is
-// remembered, so the redelivery is not taken for a duplicate. A redelivery that arrives while
-// the first delivery is being queued waits for it: it is answered only once the events are
-// queued (a duplicate) or the first failed (then it queues them itself).
+// enqueue appends events to the bot's log, which drops those seen before (by event id,
+// for 24 h) in the same atomic step: all are in the log when it returns nil, none when it
+// returns an error (the webhook is answered 503 and the platform redelivers).
 func (s *server) enqueue(ctx context.Context, b *bot, events []adapter.Event) error {
-	if da, ok := b.queue.(dedupAppender); ok {
-		keys := make([]string, len(events))
-		for i, e := range events {
-			keys[i] = e.ID
-		}
-		dup, err := da.AppendNew(ctx, events, keys)
+	if len(events) == 0 {
+		return nil
+	}
+	recs := make([]eventlog.Record, len(events))
+	for i, e := range events {
+		data, err := jsonEvent(e)
 		if err != nil {
 			return err
 		}
-		for i, e := range events {
-			s.countQueued(b, e, dup[i])
-		}
-		return nil
+		recs[i] = eventlog.Record{Kind: e.Kind, Key: e.Chat.ID, Data: data, Dedup: e.ID}
 	}
-	select {
-	case b.enq <- struct{}{}:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	defer func() { <-b.enq }()
-	var fresh []adapter.Event
-	for _, e := range events {
-		if e.ID == "" {
-			fresh = append(fresh, e)
-			continue
-		}
-		isNew, err := s.dedup.Add(ctx, b.name+"\x00"+e.ID)
-		if err != nil {
-			s.log.Warn("dedup store failed; queueing the event anyway", "bot", b.name, "error", err)
-			isNew = true
-		}
-		if !isNew {
-			s.countQueued(b, e, true)
-			continue
-		}
-		fresh = append(fresh, e)
-	}
-	if err := b.queue.Append(fresh); err != nil {
-		for _, e := range fresh {
-			if e.ID != "" {
-				s.dedup.Remove(context.WithoutCancel(ctx), b.name+"\x00"+e.ID)
-			}
-		}
+	out, err := b.events.Append(ctx, recs...)
+	if err != nil {
 		return err
 	}
-	for _, e := range fresh {
-		s.countQueued(b, e, false)
+	for i, e := range events {
+		s.countQueued(b, e, out[i].Duplicate)
 	}
 	return nil
 }
+
+// jsonEvent is an event's JSON as SSE and delivery send it.
+func jsonEvent(e adapter.Event) ([]byte, error) { return json.Marshal(e) }
 
 // countQueued logs and counts an event queued or dropped as a duplicate.
 func (s *server) countQueued(b *bot, e adapter.Event, dup bool) {
@@ -297,77 +263,216 @@ func (s *server) send(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, sendResponse{ID: rc.ID, Bot: b.name, Platform: b.platform, Invalid: invalid})
 }
 
-// events streams a bot's events as Server-Sent Events.
+// events streams a bot's events as Server-Sent Events. The id: of each is its event log id.
+//
+// Without ?group, every client gets every event (broadcast): a client resuming with
+// Last-Event-ID gets the events after it, also across a reset of the log's Redis stream;
+// without Last-Event-ID (or with a sequence number from a version that numbered events), it
+// starts after the consumed mark: at the oldest event no consumer has received.
+//
+// With ?group=NAME, the connected clients of the group (on any host of a fleet) are
+// competing consumers: each event goes to one of them, which acknowledges it with
+// POST /v1/bots/{bot}/events/ack; an event not acknowledged within deliver.ack_timeout goes
+// to another. ?consumer=NAME names the client (default: a random name, sent in the first
+// comment line); a client that reconnects under its name does not get its unacknowledged
+// events again before the timeout. A new group starts at the consumed mark.
 func (s *server) events(w http.ResponseWriter, r *http.Request) {
 	b := s.bot(w, r)
 	if b == nil {
 		return
 	}
-	var last uint64
-	resume := false
-	if v := r.Header.Get("Last-Event-ID"); v != "" {
-		n, err := strconv.ParseUint(v, 10, 64)
-		if err != nil {
-			writeError(w, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: "Last-Event-ID must be a sequence number from an id: line"})
+	group, consumer := r.URL.Query().Get("group"), r.URL.Query().Get("consumer")
+	if group != "" {
+		if err := eventlog.CheckName(group); err != nil {
+			writeError(w, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: "group: " + err.Error()})
 			return
 		}
-		last, resume = n, true
+		if consumer == "" {
+			consumer = rand.Text()
+		} else if err := eventlog.CheckName(consumer); err != nil {
+			writeError(w, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: "consumer: " + err.Error()})
+			return
+		}
+	} else if consumer != "" {
+		writeError(w, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: "consumer needs group"})
+		return
 	}
+	var pos eventlog.ID
+	resume := false
+	if v := r.Header.Get("Last-Event-ID"); v != "" && group == "" {
+		id, err := eventlog.ParseID(v)
+		switch {
+		case err == nil:
+			pos, resume = id, true
+		case isDigits(v):
+			s.log.Warn("Last-Event-ID is a sequence number from before event ids came from the event log; starting at the oldest unconsumed event",
+				"bot", b.name, "last_event_id", clip(v, 32))
+		default:
+			writeError(w, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: "Last-Event-ID must be an id from an id: line (<ms>-<n>)"})
+			return
+		}
+	}
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	go func() {
+		select {
+		case <-s.closing:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	rc := http.NewResponseController(w)
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
 	w.Header().Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
 	io.WriteString(w, ": chatwire events for "+b.name+"\n\n")
+	if group != "" {
+		io.WriteString(w, ": group "+group+" consumer "+consumer+"\n\n")
+	}
 	if err := rc.Flush(); err != nil {
 		return
 	}
-	s.sseMu.Lock()
-	s.sseClients++
-	s.sseMu.Unlock()
-	defer func() {
-		s.sseMu.Lock()
-		s.sseClients--
-		s.sseMu.Unlock()
-	}()
-	seq, unknown := b.queue.Start(last, resume)
-	if unknown {
-		s.log.Warn("Last-Event-ID was never issued by this event queue (the host restarted or the stream was reset); starting at the oldest unconsumed event",
-			"bot", b.name, "last_event_id", last, "start", seq)
+	failing := false
+	// retry runs fn until it succeeds or ctx ends, logging a failing log once.
+	retry := func(fn func() error) bool {
+		for ctx.Err() == nil {
+			err := fn()
+			if err == nil {
+				return true
+			}
+			s.readFailed(ctx, b, err, &failing)
+		}
+		return false
 	}
-	ping := time.NewTicker(15 * time.Second)
-	defer ping.Stop()
-	for {
-		events, wake, lost := b.queue.Read(seq, 100)
-		if lost > 0 {
-			fmt.Fprintf(w, ": %d events were dropped before this client asked for them\n\n", lost)
+	if !resume && !retry(func() (err error) { pos, err = b.events.ConsumedID(ctx); return err }) {
+		return
+	}
+	read := func(ctx context.Context) ([]eventlog.Entry, error) { return b.events.Read(ctx, pos, 100) }
+	if group != "" {
+		if !retry(func() error { return b.events.CreateGroup(ctx, group, pos) }) {
+			return
 		}
-		for _, ev := range events {
-			fmt.Fprintf(w, "id: %d\nevent: %s\ndata: %s\n\n", ev.seq, ev.kind, ev.data)
-			seq = ev.seq + 1
+		read = func(ctx context.Context) ([]eventlog.Entry, error) {
+			return b.events.ReadGroup(ctx, group, consumer, 100)
 		}
-		if len(events) > 0 || lost > 0 {
-			if err := rc.Flush(); err != nil {
-				return
-			}
-			if len(events) > 0 {
-				b.queue.Consumed(events[len(events)-1].seq)
-			}
-			continue
-		}
-		select {
-		case <-wake:
-		case <-ping.C:
+	}
+	for ctx.Err() == nil {
+		rctx, rcancel := context.WithTimeout(ctx, 15*time.Second)
+		events, err := read(rctx)
+		rcancel()
+		switch {
+		case ctx.Err() != nil:
+			return
+		case errors.Is(err, context.DeadlineExceeded):
 			io.WriteString(w, ": ping\n\n")
 			if err := rc.Flush(); err != nil {
 				return
 			}
-		case <-r.Context().Done():
-			return
-		case <-s.closing:
+			continue
+		case err != nil:
+			s.readFailed(ctx, b, err, &failing)
+			continue
+		}
+		if failing {
+			s.log.Info("event log readable again", "bot", b.name)
+			failing = false
+		}
+		high := pos
+		for _, ev := range events {
+			fmt.Fprintf(w, "id: %s\nevent: %s\ndata: %s\n\n", ev.ID, ev.Kind, ev.Data)
+			high = max2(high, ev.ID)
+		}
+		if err := rc.Flush(); err != nil {
 			return
 		}
+		if group == "" {
+			pos = events[len(events)-1].ID
+		}
+		if err := b.events.Consumed(ctx, high); err != nil && ctx.Err() == nil {
+			s.log.Warn("recording consumed events failed", "bot", b.name, "error", err)
+		}
 	}
+}
+
+func max2(a, b eventlog.ID) eventlog.ID {
+	if a.Less(b) {
+		return b
+	}
+	return a
+}
+
+// maxAckIDs bounds the ids of one acknowledgement.
+const maxAckIDs = 10000
+
+// ack acknowledges events a consumer group handed out: {"group": NAME, "ids": [...]} →
+// {"acked": how many were pending}.
+func (s *server) ack(w http.ResponseWriter, r *http.Request) {
+	b := s.bot(w, r)
+	if b == nil {
+		return
+	}
+	var req struct {
+		Group string   `json:"group"`
+		IDs   []string `json:"ids"`
+	}
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeError(w, &adapter.Error{Kind: adapter.KindTooLarge, Message: "request body over 1 MiB"})
+			return
+		}
+		writeError(w, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: "request body: " + err.Error()})
+		return
+	}
+	if err := eventlog.CheckName(req.Group); err != nil {
+		writeError(w, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: "group: " + err.Error()})
+		return
+	}
+	if len(req.IDs) == 0 || len(req.IDs) > maxAckIDs {
+		writeError(w, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: fmt.Sprintf("ids: want 1 to %d event ids", maxAckIDs)})
+		return
+	}
+	ids := make([]eventlog.ID, len(req.IDs))
+	for i, v := range req.IDs {
+		id, err := eventlog.ParseID(v)
+		if err != nil {
+			writeError(w, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: fmt.Sprintf("ids[%d]: %q is not an event id (<ms>-<n>)", i, clip(v, 40))})
+			return
+		}
+		ids[i] = id
+	}
+	n, err := b.events.Ack(r.Context(), req.Group, ids...)
+	if err != nil {
+		s.log.Warn("acknowledging events failed", "bot", b.name, "group", req.Group, "error", err)
+		writeError(w, &adapter.Error{Kind: adapter.KindUnavailable, Message: "the event log is unavailable; acknowledge again"})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]int{"acked": n})
+}
+
+// readFailed logs a failing event log once per outage and waits a second.
+func (s *server) readFailed(ctx context.Context, b *bot, err error, failing *bool) {
+	if !*failing {
+		s.log.Warn("reading the event log failed; retrying", "bot", b.name, "error", err)
+		*failing = true
+	}
+	select {
+	case <-time.After(time.Second):
+	case <-ctx.Done():
+	}
+}
+
+// isDigits reports whether s is a non-empty run of ASCII digits.
+func isDigits(s string) bool {
+	for _, c := range []byte(s) {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return s != ""
 }
 
 type botStatus struct {
@@ -385,8 +490,11 @@ func (s *server) statuses(ctx context.Context) []botStatus {
 			st = adapter.Status{Detail: err.Error()}
 		}
 		st.Bot, st.Platform = b.name, b.platform
-		held, unconsumed := b.queue.Len()
-		out = append(out, botStatus{Status: st, Queued: held, Unconsumed: unconsumed})
+		n, err := b.events.Len(ctx)
+		if err != nil {
+			s.log.Warn("reading the event log's length failed", "bot", b.name, "error", err)
+		}
+		out = append(out, botStatus{Status: st, Queued: int(n.Held), Unconsumed: int(n.Unconsumed)})
 	}
 	return out
 }

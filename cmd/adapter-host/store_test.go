@@ -293,7 +293,7 @@ func waitDelivered(t *testing.T, e *env, mu *sync.Mutex, got *[]string, want ...
 	}
 	// the consumed mark is raised only after a delivery was answered
 	for {
-		if _, unconsumed := e.h.srv.bots["hr"].queue.Len(); unconsumed == 0 {
+		if n, _ := e.h.srv.bots["hr"].events.Len(t.Context()); n.Unconsumed == 0 {
 			break
 		}
 		if time.Now().After(deadline) {
