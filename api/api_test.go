@@ -2,6 +2,9 @@ package api_test
 
 import (
 	"context"
+	"os"
+	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -33,12 +36,9 @@ func TestOpenAPIDocumentValid(t *testing.T) {
 		}
 	}
 	slices.Sort(got)
-	// The routes of cmd/adapter-host/server.go (routes()).
-	want := []string{
-		"GET /healthz", "GET /metrics", "GET /readyz",
-		"GET /v1/bots", "GET /v1/bots/{bot}/events", "GET /v1/tokens",
-		"GET /webhook/{bot}", "POST /v1/bots/{bot}/messages", "POST /webhook/{bot}",
-	}
+	// The routes adapter-host registers, read from its source, so a new route without a
+	// document entry (or the reverse) fails here.
+	want := serverRoutes(t)
 	if !slices.Equal(got, want) {
 		t.Errorf("operations in api/openapi.yaml:\n%s\nwant (server.go's routes):\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
@@ -78,4 +78,32 @@ func atoi(s string) int {
 		n = n*10 + int(c-'0')
 	}
 	return n
+}
+
+// serverRoutes returns the "METHOD /path" patterns cmd/adapter-host registers on its mux.
+func serverRoutes(t *testing.T) []string {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join("..", "cmd", "adapter-host", "*.go"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("cmd/adapter-host sources: %v", err)
+	}
+	re := regexp.MustCompile(`mux\.Handle(?:Func)?\("([A-Z]+ /[^"]*)"`)
+	var routes []string
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range re.FindAllSubmatch(b, -1) {
+			routes = append(routes, string(m[1]))
+		}
+	}
+	if len(routes) == 0 {
+		t.Fatal("found no mux.Handle routes in cmd/adapter-host: the pattern is out of date")
+	}
+	slices.Sort(routes)
+	return routes
 }
