@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter/wecom/wecomtest"
+	"github.com/seed-a64d9e1f/chatwire/internal/eventlog"
 )
 
 // nodeSSEDir holds the third-party SSE client (npm eventsource) and its lock file.
@@ -279,7 +280,7 @@ func TestSSEConformanceEventSource(t *testing.T) {
 			t.Fatalf("callback %d: status %d", i, resp.StatusCode)
 		}
 	}
-	var ids []uint64
+	var ids []eventlog.ID
 	lastID := map[int]string{} // callback number → its SSE id
 	expect := func(from, to int) {
 		t.Helper()
@@ -298,8 +299,8 @@ func TestSSEConformanceEventSource(t *testing.T) {
 			if err := contract.v.CheckEvent([]byte(m.Data)); err != nil {
 				t.Error(err)
 			}
-			n, err := strconv.ParseUint(m.ID, 10, 64)
-			if err != nil || (len(ids) > 0 && n <= ids[len(ids)-1]) {
+			n, err := eventlog.ParseID(m.ID)
+			if err != nil || (len(ids) > 0 && !ids[len(ids)-1].Less(n)) {
 				t.Fatalf("event %d has id %q after %v: ids must increase", i, m.ID, ids)
 			}
 			ids = append(ids, n)
