@@ -166,6 +166,9 @@ func (e *env) do(method, path, key string, body any) (int, http.Header, []byte) 
 	if key != "" {
 		req.Header.Set("Authorization", "Bearer "+key)
 	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		e.t.Fatal(err)
@@ -295,6 +298,32 @@ func TestSendErrors(t *testing.T) {
 				t.Error("429 without Retry-After")
 			}
 		})
+	}
+}
+
+// TestSendTrailingData: a body with anything but whitespace after its JSON object is refused
+// whole, not sent as its first value (issue 11 item 4).
+func TestSendTrailingData(t *testing.T) {
+	e := setup(t, setupOpts{})
+	for _, body := range []string{
+		`{"to":{"user":"alice"},"text":"a"}{"to":{"user":"bob"},"text":"b"}`,
+		`{"to":{"user":"alice"},"text":"a"} x`,
+		`{"to":{"user":"alice"},"text":"a"}}`,
+		`{"to":{"user":"alice"},"text":"a"}[]`,
+	} {
+		status, _, resp := e.do("POST", "/v1/bots/hr/messages", testAPIKey, body)
+		var eb errorBody
+		json.Unmarshal(resp, &eb)
+		if status != 400 || eb.Error.Kind != adapter.KindInvalidRequest || !strings.Contains(eb.Error.Message, "after the JSON object") {
+			t.Errorf("POST %s = %d %s; want 400 invalid_request about data after the JSON object", body, status, resp)
+		}
+	}
+	if sent := e.emu.Sent(); len(sent) != 0 {
+		t.Errorf("WeCom got %d messages from refused bodies: %+v", len(sent), sent)
+	}
+	// Whitespace after the object is fine.
+	if status, _, resp := e.do("POST", "/v1/bots/hr/messages", testAPIKey, "{\"to\":{\"user\":\"alice\"},\"text\":\"a\"}\n \t\r\n"); status != 200 {
+		t.Errorf("body with trailing whitespace = %d %s; want 200", status, resp)
 	}
 }
 

@@ -263,16 +263,9 @@ func (s *server) send(w http.ResponseWriter, r *http.Request) {
 	if b == nil {
 		return
 	}
-	var msg adapter.Message
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxSendBody))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&msg); err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			writeError(w, &adapter.Error{Kind: adapter.KindTooLarge, Message: fmt.Sprintf("request body over %d bytes", maxSendBody)})
-			return
-		}
-		writeError(w, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: "request body: " + err.Error()})
+	msg, err := decodeSend(w, r)
+	if err != nil {
+		writeError(w, err)
 		return
 	}
 	if _, err := msg.To.Kind(); err != nil {
@@ -295,6 +288,32 @@ func (s *server) send(w http.ResponseWriter, r *http.Request) {
 		invalid = []string{}
 	}
 	writeJSON(w, http.StatusOK, sendResponse{ID: rc.ID, Bot: b.name, Platform: b.platform, Invalid: invalid})
+}
+
+// decodeSend reads a send request's body: exactly one JSON object (whitespace may follow,
+// nothing else), no unknown fields, at most maxSendBody bytes.
+func decodeSend(w http.ResponseWriter, r *http.Request) (adapter.Message, error) {
+	var msg adapter.Message
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxSendBody))
+	dec.DisallowUnknownFields()
+	bad := func(err error) error {
+		if tooBig := (*http.MaxBytesError)(nil); errors.As(err, &tooBig) {
+			return &adapter.Error{Kind: adapter.KindTooLarge, Message: fmt.Sprintf("request body over %d bytes", maxSendBody)}
+		}
+		return &adapter.Error{Kind: adapter.KindInvalidRequest, Message: "request body: " + err.Error()}
+	}
+	if err := dec.Decode(&msg); err != nil {
+		return msg, bad(err)
+	}
+	// A second value ({...}{...}) or any other trailing text is refused, not ignored: the
+	// client meant something other than what would be sent.
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		if tooBig := (*http.MaxBytesError)(nil); errors.As(err, &tooBig) {
+			return msg, bad(err)
+		}
+		return msg, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: "request body: unexpected data after the JSON object (send exactly one object)"}
+	}
+	return msg, nil
 }
 
 // events streams a bot's events as Server-Sent Events.
