@@ -436,10 +436,19 @@ func (c *Config) validate(cerr *ConfigError) {
 		p("server.listen", "want host:port, got %s", c.show("server.listen", c.Server.Listen))
 	}
 	for i, k := range c.Server.APIKeys {
-		if strings.TrimSpace(k) == "" {
-			p(fmt.Sprintf("server.api_keys[%d]", i), "empty key (is its environment variable set to something?)")
-		} else if len(k) < 16 {
-			p(fmt.Sprintf("server.api_keys[%d]", i), "too short: use at least 16 random characters")
+		at := fmt.Sprintf("server.api_keys[%d]", i)
+		switch {
+		case strings.TrimSpace(k) == "":
+			p(at, "empty key (is its environment variable set to something?)")
+		case strings.TrimSpace(k) != k:
+			// A Bearer token never carries it, so such a key could never match.
+			from := ""
+			if vars := c.vars(at); vars != "" {
+				from = " (set from " + vars + ": a trailing newline from a file?)"
+			}
+			p(at, "surrounding whitespace (spaces, tabs or newlines) in the key%s: no request could ever match it; remove it", from)
+		case len(k) < 16:
+			p(at, "too short: use at least 16 random characters")
 		}
 	}
 	if err == nil && len(c.Server.APIKeys) == 0 && !isLoopback(host) {

@@ -122,3 +122,27 @@ func TestConfigErrorsHideExpandedValues(t *testing.T) {
 		})
 	}
 }
+
+// TestAPIKeyWhitespaceRejected: a key with surrounding whitespace (a newline from a file, a
+// pasted space) could never match a Bearer token; it stops the host at start with the
+// field's path, without quoting the key (issue 11 item 8).
+func TestAPIKeyWhitespaceRejected(t *testing.T) {
+	const key = "0123456789abcdef0123"
+	for _, v := range []string{key + "\n", " " + key, "\t" + key + " ", key + "\r\n"} {
+		env := map[string]string{"KEY": v, "WECOM_SECRET": "s", "HOOK": "h", "GRAPH_SECRET": "g"}
+		_, err := ParseConfig("c.yaml", []byte(goodConfig), envOf(env))
+		want := "server.api_keys[0]: surrounding whitespace"
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("key %q: ParseConfig error = %v; want it to contain %q", v, err, want)
+			continue
+		}
+		if strings.Contains(err.Error(), key) {
+			t.Errorf("error quotes the key: %v", err)
+		}
+	}
+	// Written in the file rather than from the environment, too.
+	config := strings.Replace(goodConfig, `api_keys: ["${KEY}"]`, `api_keys: ["ok-key-0123456789abcdef", " `+key+`"]`, 1)
+	if _, err := ParseConfig("c.yaml", []byte(config), envOf(goodEnv)); err == nil || !strings.Contains(err.Error(), "server.api_keys[1]: surrounding whitespace") {
+		t.Errorf("ParseConfig error = %v; want server.api_keys[1] refused", err)
+	}
+}
