@@ -127,13 +127,14 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 	h.plugin = p
 	h.m.ready.Set(1)
 	h.srv = &server{
-		bots:    make(map[string]*bot),
-		keys:    cfg.Server.APIKeys,
-		ready:   p.Ready,
-		log:     log,
-		m:       h.m,
-		gather:  prometheus.Gatherers{h.m.reg, pluginGatherer{fetch: p.Metrics}},
-		closing: make(chan struct{}),
+		bots:     make(map[string]*bot),
+		keys:     cfg.Server.APIKeys,
+		ready:    p.Ready,
+		log:      log,
+		m:        h.m,
+		gather:   prometheus.Gatherers{h.m.reg, pluginGatherer{fetch: p.Metrics}},
+		closing:  make(chan struct{}),
+		refusals: newRefusalLog(log, refusalBurst, refusalWindow),
 	}
 	if h.redis == nil {
 		h.srv.dedup = NewLRU(0) // Redis queues deduplicate events themselves (dedupAppender)
@@ -299,6 +300,7 @@ func (h *host) drain() error {
 	h.connMu.Unlock()
 	err := h.http.Shutdown(ctx)
 	h.log.Debug("HTTP requests drained")
+	h.srv.refusals.close()
 	h.stopDeliver()
 	h.wg.Wait()
 	h.log.Debug("deliveries stopped")

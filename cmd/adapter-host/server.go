@@ -51,6 +51,8 @@ type server struct {
 	m       *metrics
 	gather  prometheus.Gatherer
 	closing chan struct{} // closed when the host shuts down: SSE streams end
+	// refusals logs refused API requests, rate-limited; nil logs none.
+	refusals *refusalLog
 
 	sseMu      sync.Mutex // guards sseClients
 	sseClients int
@@ -82,7 +84,11 @@ func (s *server) auth(next http.Handler) http.Handler {
 			}
 			if !ok || match != 1 {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="chatwire"`)
-				writeError(w, &adapter.Error{Kind: adapter.KindUnauthorized, Message: "missing or wrong API key: send Authorization: Bearer <key>"})
+				why := []any{"why", "no Bearer API key"}
+				if ok && got != "" {
+					why = []any{"why", "wrong API key", "key_fingerprint", fingerprint(got)} // never the key
+				}
+				s.refuse(w, r, &adapter.Error{Kind: adapter.KindUnauthorized, Message: "missing or wrong API key: send Authorization: Bearer <key>"}, why...)
 				return
 			}
 		}
@@ -93,9 +99,25 @@ func (s *server) auth(next http.Handler) http.Handler {
 func (s *server) bot(w http.ResponseWriter, r *http.Request) *bot {
 	b := s.bots[r.PathValue("bot")]
 	if b == nil {
-		writeError(w, &adapter.Error{Kind: adapter.KindNotFound, Message: fmt.Sprintf("no bot named %q", r.PathValue("bot"))})
+		s.refuse(w, r, &adapter.Error{Kind: adapter.KindNotFound, Message: fmt.Sprintf("no bot named %q", clip(r.PathValue("bot"), 64))})
 	}
 	return b
+}
+
+// refuse answers an API request the host refuses before doing anything for it (no or a
+// wrong key, a body that cannot be decoded, an unknown bot) with err, counts it, and logs
+// one line (rate-limited: see refusalLog). args add to the line; never a credential.
+func (s *server) refuse(w http.ResponseWriter, r *http.Request, err error, args ...any) {
+	kind := adapter.KindOf(err).Public()
+	if s.m != nil {
+		s.m.refused.WithLabelValues(string(kind)).Inc()
+	}
+	if s.refusals != nil {
+		line := append([]any{"kind", kind, "method", r.Method, "path", clip(r.URL.Path, 128), "remote", r.RemoteAddr,
+			"error", clip(err.Error(), 256)}, args...)
+		s.refusals.refused("API request refused", line...)
+	}
+	writeError(w, err)
 }
 
 // errorBody is the JSON of every API error.
@@ -265,11 +287,11 @@ func (s *server) send(w http.ResponseWriter, r *http.Request) {
 	}
 	msg, err := decodeSend(w, r)
 	if err != nil {
-		writeError(w, err)
+		s.refuse(w, r, err, "bot", b.name)
 		return
 	}
 	if _, err := msg.To.Kind(); err != nil {
-		writeError(w, err)
+		s.refuse(w, r, err, "bot", b.name)
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Minute)
@@ -327,7 +349,7 @@ func (s *server) events(w http.ResponseWriter, r *http.Request) {
 	if v := r.Header.Get("Last-Event-ID"); v != "" {
 		n, err := strconv.ParseUint(v, 10, 64)
 		if err != nil {
-			writeError(w, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: "Last-Event-ID must be a sequence number from an id: line"})
+			s.refuse(w, r, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: "Last-Event-ID must be a sequence number from an id: line"}, "bot", b.name)
 			return
 		}
 		last, resume = n, true
