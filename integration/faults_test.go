@@ -264,6 +264,7 @@ func TestTokenEndpointFaults(t *testing.T) {
 		req, _ := http.NewRequest("POST", "http://"+h.addr+"/v1/bots/hr/messages",
 			strings.NewReader(`{"to":{"user":"zhangsan"},"text":"hi"}`))
 		req.Header.Set("Authorization", "Bearer "+apiKey)
+		req.Header.Set("Content-Type", "application/json")
 		r := sendResult{host: h.name}
 		resp, err := client.Do(req)
 		r.at = time.Since(start)

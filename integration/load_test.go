@@ -103,6 +103,7 @@ func TestLoad(t *testing.T) {
 					body := fmt.Sprintf(`{"to":{"user":"user%d"},"text":"load %d-%d"}`, i%50, w, i)
 					req, _ := http.NewRequest("POST", "http://"+h.addr+"/v1/bots/hr/messages", strings.NewReader(body))
 					req.Header.Set("Authorization", "Bearer "+apiKey)
+					req.Header.Set("Content-Type", "application/json")
 					resp, err := client.Do(req)
 					if err != nil {
 						fail("send: %v", err)

@@ -9,7 +9,10 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"mime"
+	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -62,15 +65,94 @@ func (s *server) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /webhook/{bot}", s.webhook)
 	mux.HandleFunc("POST /webhook/{bot}", s.webhook)
-	mux.Handle("POST /v1/bots/{bot}/messages", s.auth(http.HandlerFunc(s.send)))
-	mux.Handle("GET /v1/bots/{bot}/events", s.auth(http.HandlerFunc(s.events)))
-	mux.Handle("GET /v1/tokens", s.auth(http.HandlerFunc(s.tokens)))
-	mux.Handle("GET /v1/bots", s.auth(http.HandlerFunc(s.listBots)))
+	mux.Handle("POST /v1/bots/{bot}/messages", s.api(s.send))
+	mux.Handle("GET /v1/bots/{bot}/events", s.api(s.events))
+	mux.Handle("GET /v1/tokens", s.api(s.tokens))
+	mux.Handle("GET /v1/bots", s.api(s.listBots))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /readyz", s.readyz)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.gather, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
 	return mux
 }
+
+// api wraps a /v1 handler: the browser checks of a host without keys (sameOrigin), then the
+// API key (auth), then a JSON body on POST (jsonBody). Webhooks are platform callbacks and
+// go through none of them.
+func (s *server) api(h http.HandlerFunc) http.Handler {
+	return s.sameOrigin(s.auth(jsonBody(s, h)))
+}
+
+// sameOrigin protects a host without API keys, which trusts anything that reaches its
+// loopback listener, from web pages in the user's browser: it refuses a request whose Host
+// is not a loopback name (DNS rebinding: evil.example resolved to 127.0.0.1) and one whose
+// Origin is present and not loopback (a cross-site form or fetch). With keys it does
+// nothing: a browser cannot attach the Authorization header cross-site without a CORS
+// preflight, which the host never grants.
+func (s *server) sameOrigin(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if len(s.keys) == 0 {
+			if !loopbackHost(r.Host) {
+				s.refuse(w, r, &statusError{status: http.StatusForbidden, Err: &adapter.Error{Kind: adapter.KindUnauthorized,
+					Message: "this host has no API keys and answers only requests addressed to a loopback name (localhost, 127.0.0.1, [::1]); got Host " + strconv.Quote(clip(r.Host, 64))}},
+					"why", "Host not loopback")
+				return
+			}
+			if o := r.Header.Get("Origin"); o != "" && !loopbackOrigin(o) {
+				s.refuse(w, r, &statusError{status: http.StatusForbidden, Err: &adapter.Error{Kind: adapter.KindUnauthorized,
+					Message: "this host has no API keys and refuses cross-origin requests from web pages; got Origin " + strconv.Quote(clip(o, 64))}},
+					"why", "Origin not loopback")
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// jsonBody refuses a POST whose Content-Type is not application/json with 415: the API takes
+// JSON only, and a browser can send text/plain or a form cross-site without a preflight.
+func jsonBody(s *server, next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost {
+			ct := r.Header.Get("Content-Type")
+			if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
+				w.Header().Set("Accept-Post", "application/json")
+				s.refuse(w, r, &statusError{status: http.StatusUnsupportedMediaType, Err: &adapter.Error{Kind: adapter.KindInvalidRequest,
+					Message: "send the body as JSON with Content-Type: application/json; got " + strconv.Quote(clip(ct, 64))}})
+				return
+			}
+		}
+		next(w, r)
+	}
+}
+
+// loopbackHost reports whether a Host header (with or without a port) names this machine:
+// localhost, a 127.x.x.x address or [::1].
+func loopbackHost(hostport string) bool {
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	} else {
+		host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	}
+	host = strings.TrimSuffix(host, ".")
+	return strings.EqualFold(host, "localhost") || isLoopback(host)
+}
+
+// loopbackOrigin reports whether an Origin header is an http(s) origin on a loopback host;
+// "null" (a sandboxed page, a file) is not.
+func loopbackOrigin(origin string) bool {
+	u, err := url.Parse(origin)
+	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "" && loopbackHost(u.Host)
+}
+
+// statusError is an API error answered with a status other than its kind's (403, 415).
+type statusError struct {
+	status int
+	Err    *adapter.Error
+}
+
+func (e *statusError) Error() string { return e.Err.Error() }
+func (e *statusError) Unwrap() error { return e.Err }
 
 // auth requires a configured API key as a Bearer token; with no keys configured (allowed
 // only on a loopback listener) it lets every request through.
@@ -129,9 +211,14 @@ type errorBody struct {
 	} `json:"error"`
 }
 
-// writeError answers with err's HTTP status and error JSON; rate limits get Retry-After.
+// writeError answers with err's HTTP status (its kind's, or a statusError's) and error JSON;
+// rate limits get Retry-After.
 func writeError(w http.ResponseWriter, err error) {
 	kind := adapter.KindOf(err)
+	status := kind.HTTPStatus()
+	if se := (*statusError)(nil); errors.As(err, &se) {
+		status = se.status
+	}
 	var body errorBody
 	body.Error.Kind = kind.Public()
 	body.Error.Message = err.Error()
@@ -143,7 +230,7 @@ func writeError(w http.ResponseWriter, err error) {
 		}
 		w.Header().Set("Retry-After", strconv.Itoa(secs))
 	}
-	writeJSON(w, kind.HTTPStatus(), body)
+	writeJSON(w, status, body)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
