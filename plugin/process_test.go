@@ -54,13 +54,16 @@ func TestMain(m *testing.M) {
 }
 
 // testAdapter echoes: Send answers with the attachment bytes it got; text "panic" panics,
-// "log" logs at warn and debug; HandleWebhook returns the body it got.
+// "crash" makes the process exit, "log" logs at warn and debug; HandleWebhook returns the
+// body it got, and panics on the body "panic".
 func testAdapter() adapter.Adapter {
 	return &fakeAdapter{
 		SendFn: func(ctx context.Context, msg adapter.Message) (adapter.Receipt, error) {
 			switch msg.Text {
 			case "panic":
 				panic("test panic in Send")
+			case "crash":
+				os.Exit(3)
 			case "log":
 				slog.Warn("plugin-warn-marker", "n", 1)
 				slog.Debug("plugin-debug-marker")
@@ -73,6 +76,9 @@ func testAdapter() adapter.Adapter {
 			return adapter.Receipt{ID: strconv.Itoa(n)}, nil
 		},
 		WebhookFn: func(ctx context.Context, req *adapter.WebhookRequest) (*adapter.WebhookResponse, []adapter.Event, error) {
+			if string(req.Body) == "panic" {
+				panic("test panic in HandleWebhook")
+			}
 			return &adapter.WebhookResponse{Status: 200, Body: req.Body}, []adapter.Event{{ID: "e", Bot: "hr"}}, nil
 		},
 	}
@@ -285,7 +291,55 @@ func TestProcessLogLevelsKept(t *testing.T) {
 	}
 }
 
-func TestProcessPanicRestarts(t *testing.T) {
+// TestProcessPanicRecovered: a panic in one bot's handler is one failed call (internal), not
+// a dead plugin: the other bot, and the same one, keep working in the same process; the
+// panic is logged once with its stack and counted (issue 11 item 14).
+func TestProcessPanicRecovered(t *testing.T) {
+	var logs syncBuffer
+	opts := testLaunchOptions(slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	opts.Bots = append(opts.Bots, BotConfig{Name: "ops", Platform: "test", Config: []byte(`{}`)})
+	p, err := Launch(t.Context(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	pid := p.Pid()
+	_, err = p.Bot("hr").Send(t.Context(), adapter.Message{Text: "panic"})
+	if !errors.Is(err, adapter.ErrInternal) || strings.Contains(err.Error(), "test panic") {
+		t.Errorf("Send that panics = %v; want an internal error that does not quote the panic", err)
+	}
+	resp, evs, err := p.Bot("hr").HandleWebhook(t.Context(), &adapter.WebhookRequest{Method: "POST", Body: []byte("panic")})
+	if !errors.Is(err, adapter.ErrInternal) || resp != nil || len(evs) != 0 {
+		t.Errorf("webhook that panics = %+v, %d events, %v; want an internal error", resp, len(evs), err)
+	}
+	r, err := p.Bot("ops").Send(t.Context(), adapter.Message{Attachments: []adapter.Attachment{{Data: []byte("ab")}}})
+	if err != nil || r.ID != "2" {
+		t.Errorf("the other bot's Send = %+v, %v; want id 2", r, err)
+	}
+	if r, err := p.Bot("hr").Send(t.Context(), adapter.Message{Text: "ok"}); err != nil || r.ID != "0" {
+		t.Errorf("the panicking bot's next Send = %+v, %v; want it to work", r, err)
+	}
+	if p.Pid() != pid || p.Restarts() != 0 || !p.Ready() {
+		t.Errorf("after the panics: pid %d (was %d), %d restarts, ready %v; want the same process, ready", p.Pid(), pid, p.Restarts(), p.Ready())
+	}
+	metrics, err := p.Metrics(t.Context())
+	if err != nil || !strings.Contains(string(metrics), `chatwire_plugin_panics_total{method="/chatwire.adapter.v1.AdapterService/Send"} 1`) ||
+		!strings.Contains(string(metrics), `chatwire_plugin_panics_total{method="/chatwire.adapter.v1.AdapterService/HandleWebhook"} 1`) {
+		t.Errorf("plugin metrics = %v\n%s\nwant chatwire_plugin_panics_total 1 for Send and for HandleWebhook", err, metrics)
+	}
+	eventually(t, 5*time.Second, "the panics logged with their stacks", func() bool {
+		return strings.Count(logs.String(), "panic in a plugin call") == 2
+	})
+	for _, line := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(line, "panic in a plugin call") && (!strings.Contains(line, "test panic in") || !strings.Contains(line, "goroutine ")) {
+			t.Errorf("panic log line lacks the panic or its stack: %s", line)
+		}
+	}
+}
+
+// TestProcessCrashRestarts: a plugin process that dies is replaced and its bots configured
+// again.
+func TestProcessCrashRestarts(t *testing.T) {
 	var states []bool
 	var mu sync.Mutex
 	opts := testLaunchOptions(nil)
@@ -297,9 +351,9 @@ func TestProcessPanicRestarts(t *testing.T) {
 	defer p.Close()
 	bot := p.Bot("hr")
 	firstPid := p.Pid()
-	_, err = bot.Send(t.Context(), adapter.Message{Text: "panic"})
+	_, err = bot.Send(t.Context(), adapter.Message{Text: "crash"})
 	if !errors.Is(err, adapter.ErrUnavailable) {
-		t.Errorf("Send that panics the plugin = %v; want unavailable", err)
+		t.Errorf("Send that crashes the plugin = %v; want unavailable", err)
 	}
 	eventually(t, 15*time.Second, "plugin restarted", func() bool { return p.Restarts() == 1 && p.Ready() })
 	if alive(firstPid) {
