@@ -678,3 +678,46 @@ func TestProcessOwnGroup(t *testing.T) {
 		t.Errorf("plugin %d is in process group %d (the host's is %d); want a group of its own", pid, pgid, syscall.Getpgrp())
 	}
 }
+
+// TestProcessTimedOutCallMarksNotReady: a call whose deadline passes unanswered (a webhook
+// within the platform's budget) starts a health check at once; a hung plugin is then not
+// ready, and ready again once it answers, without waiting for the next periodic check
+// (issue 11 item 13).
+func TestProcessTimedOutCallMarksNotReady(t *testing.T) {
+	var states []bool
+	var mu sync.Mutex
+	opts := testLaunchOptions(nil)
+	// No periodic check during the test (10s), a quick one when asked, no replacement.
+	opts.PingInterval, opts.PingTimeout, opts.PingMisses = 10*time.Second, 200*time.Millisecond, 1000
+	opts.OnState = func(ready bool) { mu.Lock(); states = append(states, ready); mu.Unlock() }
+	p, err := Launch(t.Context(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	pid := p.Pid()
+	stopForTest(t, pid)
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	_, _, err = p.Bot("hr").HandleWebhook(ctx, &adapter.WebhookRequest{Method: "POST", Body: []byte("hi")})
+	if !errors.Is(err, adapter.ErrUnavailable) {
+		t.Errorf("webhook to a hung plugin = %v; want unavailable", err)
+	}
+	eventually(t, 5*time.Second, "Ready() false after a webhook timed out on a hung plugin", func() bool { return !p.Ready() })
+	resp, _, err := p.Bot("hr").HandleWebhook(t.Context(), &adapter.WebhookRequest{Method: "POST", Body: []byte("hi")})
+	if !errors.Is(err, ErrNotAnswering) || resp == nil || resp.Status != 503 {
+		t.Errorf("webhook while not answering = %+v, %v; want a fast 503, not answering", resp, err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "Ready() again once the plugin answers", p.Ready)
+	if p.Pid() != pid || p.Restarts() != 0 {
+		t.Errorf("pid %d (was %d), %d restarts; want the same process", p.Pid(), pid, p.Restarts())
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(states, []bool{true, false, true}) {
+		t.Errorf("readiness changes = %v; want [true false true]", states)
+	}
+}

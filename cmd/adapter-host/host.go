@@ -35,6 +35,10 @@ type hostOptions struct {
 	QueueSize int
 	// Listener, if not nil, is served instead of listening on cfg.Server.Listen.
 	Listener net.Listener
+	// PingInterval, PingTimeout and PingMisses tune the plugin's health checks (see
+	// plugin.LaunchOptions); zero means its defaults.
+	PingInterval, PingTimeout time.Duration
+	PingMisses                int
 }
 
 // host is a running adapter-host: plugin, HTTP server, deliverers.
@@ -104,12 +108,15 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 		return nil, err
 	}
 	p, err := plugin.Launch(ctx, plugin.LaunchOptions{
-		Path:      path,
-		Args:      args,
-		Store:     store,
-		Bots:      bots,
-		Logger:    log,
-		OnRestart: h.m.restarts.Inc,
+		Path:         path,
+		Args:         args,
+		Store:        store,
+		Bots:         bots,
+		Logger:       log,
+		OnRestart:    h.m.restarts.Inc,
+		PingInterval: opts.PingInterval,
+		PingTimeout:  opts.PingTimeout,
+		PingMisses:   opts.PingMisses,
 		OnState: func(ready bool) {
 			if ready {
 				h.m.ready.Set(1)
@@ -126,15 +133,17 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 	}
 	h.plugin = p
 	h.m.ready.Set(1)
+	_, _, webhookTimeout := cfg.Server.timeouts()
 	h.srv = &server{
-		bots:     make(map[string]*bot),
-		keys:     cfg.Server.APIKeys,
-		ready:    p.Ready,
-		log:      log,
-		m:        h.m,
-		gather:   prometheus.Gatherers{h.m.reg, pluginGatherer{fetch: p.Metrics}},
-		closing:  make(chan struct{}),
-		refusals: newRefusalLog(log, refusalBurst, refusalWindow),
+		bots:           make(map[string]*bot),
+		keys:           cfg.Server.APIKeys,
+		ready:          p.Ready,
+		log:            log,
+		m:              h.m,
+		gather:         prometheus.Gatherers{h.m.reg, pluginGatherer{fetch: p.Metrics}},
+		closing:        make(chan struct{}),
+		refusals:       newRefusalLog(log, refusalBurst, refusalWindow),
+		webhookTimeout: webhookTimeout,
 	}
 	if h.redis == nil {
 		h.srv.dedup = NewLRU(0) // Redis queues deduplicate events themselves (dedupAppender)

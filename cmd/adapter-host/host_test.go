@@ -79,6 +79,10 @@ type setupOpts struct {
 	// emu and apiBase share an emulator between hosts; nil: a new one.
 	emu     *wecomtest.Server
 	apiBase string
+	// server overrides the server section's timeouts and body budget (listen and keys stay).
+	server ServerConfig
+	// ping tunes the plugin's health checks (PingInterval, PingTimeout, PingMisses only).
+	ping hostOptions
 }
 
 func newEmulator() *wecomtest.Server {
@@ -111,6 +115,8 @@ func setup(t testing.TB, o setupOpts) *env {
 	if o.noKeys {
 		cfg.Server.APIKeys = nil
 	}
+	cfg.Server.ReadTimeout, cfg.Server.IdleTimeout, cfg.Server.WebhookTimeout = o.server.ReadTimeout, o.server.IdleTimeout, o.server.WebhookTimeout
+	cfg.Server.BodyMemoryMiB = o.server.BodyMemoryMiB
 	if o.deliverURL != "" {
 		cfg.Bots[0].Deliver = &DeliverConfig{WebhookURL: o.deliverURL, WebhookSecret: hookSecret}
 	}
@@ -126,7 +132,8 @@ func setup(t testing.TB, o setupOpts) *env {
 		level = slog.LevelInfo
 	}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: level}))
-	h, err := startHost(t.Context(), cfg, hostOptions{Logger: log, PluginDebug: !o.quiet, DeliverBackoff: 20 * time.Millisecond})
+	h, err := startHost(t.Context(), cfg, hostOptions{Logger: log, PluginDebug: !o.quiet, DeliverBackoff: 20 * time.Millisecond,
+		PingInterval: o.ping.PingInterval, PingTimeout: o.ping.PingTimeout, PingMisses: o.ping.PingMisses})
 	if err != nil {
 		t.Fatal(err)
 	}

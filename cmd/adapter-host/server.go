@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/subtle"
 	"encoding/json"
@@ -56,6 +57,9 @@ type server struct {
 	closing chan struct{} // closed when the host shuts down: SSE streams end
 	// refusals logs refused API requests, rate-limited; nil logs none.
 	refusals *refusalLog
+	// webhookTimeout bounds a webhook from its body to the plugin's answer (and queueing):
+	// the platform's budget. Zero means defaultWebhookTimeout.
+	webhookTimeout time.Duration
 
 	sseMu      sync.Mutex // guards sseClients
 	sseClients int
@@ -256,6 +260,9 @@ func (s *server) webhook(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "restarting, try again", http.StatusServiceUnavailable)
 		return
 	}
+	budget := cmp.Or(s.webhookTimeout, defaultWebhookTimeout)
+	ctx, cancel := context.WithTimeout(r.Context(), budget)
+	defer cancel()
 	req, err := adapter.NewWebhookRequest(r, 0)
 	if err != nil {
 		s.m.webhooks.WithLabelValues(b.name, string(adapter.KindOf(err))).Inc()
@@ -263,17 +270,24 @@ func (s *server) webhook(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, http.StatusText(adapter.HTTPStatus(err)), adapter.HTTPStatus(err))
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
-	defer cancel()
 	resp, events, err := b.adapter.HandleWebhook(ctx, req)
 	if err != nil {
 		kind := adapter.KindOf(err)
 		s.m.webhooks.WithLabelValues(b.name, string(kind)).Inc()
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			// The platform stops waiting at about 5 s and redelivers: say so before it does.
+			s.log.Warn("the plugin did not answer a webhook within its budget; asking the platform to redeliver",
+				"bot", b.name, "budget", budget, "error", err)
+			w.Header().Set("Retry-After", "1")
+			http.Error(w, "try again", http.StatusServiceUnavailable)
+			return
+		}
 		s.log.Warn("webhook refused", "bot", b.name, "kind", kind, "error", err, "remote", r.RemoteAddr)
 		if resp == nil {
 			status := kind.HTTPStatus()
 			if kind == adapter.KindUnavailable || kind == adapter.KindInternal {
 				status = http.StatusServiceUnavailable // the platform will redeliver
+				w.Header().Set("Retry-After", "1")
 			}
 			http.Error(w, http.StatusText(status), status)
 			return
