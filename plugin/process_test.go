@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -514,6 +515,23 @@ func stopForTest(t *testing.T, pid int) {
 			syscall.Kill(pid, syscall.SIGCONT)
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
+	})
+	// The signal is delivered asynchronously: wait until every thread is stopped, so that
+	// none answers a call made next.
+	eventually(t, 5*time.Second, fmt.Sprintf("every thread of %d stopped", pid), func() bool {
+		tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
+		if err != nil || len(tasks) == 0 {
+			return false
+		}
+		for _, f := range tasks {
+			stat, err := os.ReadFile(f)
+			s := string(stat)
+			i := strings.LastIndexByte(s, ')')
+			if err != nil || i < 0 || i+2 >= len(s) || (s[i+2] != 'T' && s[i+2] != 't') {
+				return false
+			}
+		}
+		return true
 	})
 }
 

@@ -133,7 +133,7 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 	}
 	h.plugin = p
 	h.m.ready.Set(1)
-	_, _, webhookTimeout := cfg.Server.timeouts()
+	readTimeout, idleTimeout, webhookTimeout := cfg.Server.timeouts()
 	h.srv = &server{
 		bots:           make(map[string]*bot),
 		keys:           cfg.Server.APIKeys,
@@ -144,6 +144,7 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 		closing:        make(chan struct{}),
 		refusals:       newRefusalLog(log, refusalBurst, refusalWindow),
 		webhookTimeout: webhookTimeout,
+		bodies:         newBodyBudget(cfg.Server.bodyMemory(), h.m.bodyBytes.Add),
 	}
 	if h.redis == nil {
 		h.srv.dedup = NewLRU(0) // Redis queues deduplicate events themselves (dedupAppender)
@@ -172,6 +173,7 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 	}
 	h.ln = ln
 	h.http = &http.Server{Handler: h.srv.routes(), ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout: readTimeout, IdleTimeout: idleTimeout,
 		ErrorLog:  slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		ConnState: h.trackConn}
 	h.wg.Add(1)

@@ -1,6 +1,9 @@
 package main
 
 import (
+	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -17,10 +20,8 @@ func TestWebhookHungPlugin(t *testing.T) {
 		// no periodic check during the test, a quick one when a webhook times out, no replacement
 		ping: hostOptions{PingInterval: 10 * time.Second, PingTimeout: 200 * time.Millisecond, PingMisses: 1000}})
 	pid := e.h.plugin.Pid()
-	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
 	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGCONT) }) // before the host shuts down
+	stopProcess(t, pid)
 	start := time.Now()
 	p, _ := pushAny(e, "alice", "while hung")
 	took := time.Since(start)
@@ -70,4 +71,40 @@ func TestWebhookHungPlugin(t *testing.T) {
 func pushAny(e *env, user, text string) (wecomtest.Push, error) {
 	msg := wecomtest.TextMessage(testCorp, testAgent, user, text, msgIDs.Add(1), time.Now())
 	return e.emu.Push(e.t.Context(), e.cb, msg)
+}
+
+// stopProcess sends SIGSTOP to pid and waits until every thread of it is stopped: the
+// signal is delivered asynchronously, and a thread not yet stopped could still answer.
+func stopProcess(t *testing.T, pid int) {
+	t.Helper()
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !allStopped(pid) {
+		if time.Now().After(deadline) {
+			t.Fatalf("process %d not stopped 5s after SIGSTOP", pid)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// allStopped reports whether every thread of pid is in state T (stopped).
+func allStopped(pid int) bool {
+	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
+	if err != nil || len(tasks) == 0 {
+		return false
+	}
+	for _, f := range tasks {
+		stat, err := os.ReadFile(f)
+		if err != nil {
+			return false
+		}
+		s := string(stat)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 || i+2 >= len(s) || (s[i+2] != 'T' && s[i+2] != 't') {
+			return false
+		}
+	}
+	return true
 }

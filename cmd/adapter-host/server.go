@@ -60,6 +60,8 @@ type server struct {
 	// webhookTimeout bounds a webhook from its body to the plugin's answer (and queueing):
 	// the platform's budget. Zero means defaultWebhookTimeout.
 	webhookTimeout time.Duration
+	// bodies bounds the request bodies held at once; nil: no bound.
+	bodies *bodyBudget
 
 	sseMu      sync.Mutex // guards sseClients
 	sseClients int
@@ -263,11 +265,37 @@ func (s *server) webhook(w http.ResponseWriter, r *http.Request) {
 	budget := cmp.Or(s.webhookTimeout, defaultWebhookTimeout)
 	ctx, cancel := context.WithTimeout(r.Context(), budget)
 	defer cancel()
-	req, err := adapter.NewWebhookRequest(r, 0)
+	release, err := s.bodies.hold(r, adapter.DefaultMaxWebhookBody)
 	if err != nil {
+		// The platform redelivers after a 503; a body over the limit never fits.
+		kind := adapter.KindOf(err)
+		s.m.webhooks.WithLabelValues(b.name, string(kind)).Inc()
+		if s.refusals != nil {
+			s.refusals.refused("webhook refused before reading its body", "bot", b.name, "kind", kind, "error", err, "remote", r.RemoteAddr)
+		}
+		if kind == adapter.KindUnavailable {
+			w.Header().Set("Retry-After", "1")
+		}
+		w.Header().Set("Connection", "close") // not waiting for a body it will not read
+		http.Error(w, http.StatusText(kind.HTTPStatus()), kind.HTTPStatus())
+		return
+	}
+	defer release()
+	// The body is read within the budget too: a client that sends it slowly is cut off.
+	rc := http.NewResponseController(w)
+	deadline, _ := ctx.Deadline()
+	rc.SetReadDeadline(deadline)
+	req, err := adapter.NewWebhookRequest(r, 0)
+	rc.SetReadDeadline(time.Time{}) // read: a deadline left set would cancel ctx when it passes
+	if err != nil {
+		status := adapter.HTTPStatus(err)
+		if isTimeout(err) {
+			status = http.StatusRequestTimeout // the platform redelivers
+		}
 		s.m.webhooks.WithLabelValues(b.name, string(adapter.KindOf(err))).Inc()
-		s.log.Warn("webhook refused", "bot", b.name, "error", err)
-		http.Error(w, http.StatusText(adapter.HTTPStatus(err)), adapter.HTTPStatus(err))
+		s.log.Warn("webhook refused", "bot", b.name, "status", status, "error", err)
+		w.Header().Set("Connection", "close")
+		http.Error(w, http.StatusText(status), status)
 		return
 	}
 	resp, events, err := b.adapter.HandleWebhook(ctx, req)
@@ -386,11 +414,23 @@ func (s *server) send(w http.ResponseWriter, r *http.Request) {
 	if b == nil {
 		return
 	}
-	msg, err := decodeSend(w, r)
+	release, err := s.bodies.hold(r, maxSendBody)
 	if err != nil {
+		w.Header().Set("Connection", "close") // not waiting for a body it will not read
 		s.refuse(w, r, err, "bot", b.name)
 		return
 	}
+	defer release() // the decoded message lives until the send is done
+	msg, err := decodeSend(w, r)
+	if err != nil {
+		// The rest of the body may never come: close rather than wait to drain it.
+		w.Header().Set("Connection", "close")
+		s.refuse(w, r, err, "bot", b.name)
+		return
+	}
+	// Read (under server.read_timeout): a deadline left set would cancel the request's ctx
+	// when it passes, in the middle of a long send.
+	http.NewResponseController(w).SetReadDeadline(time.Time{})
 	if _, err := msg.To.Kind(); err != nil {
 		s.refuse(w, r, err, "bot", b.name)
 		return
@@ -423,6 +463,10 @@ func decodeSend(w http.ResponseWriter, r *http.Request) (adapter.Message, error)
 		if tooBig := (*http.MaxBytesError)(nil); errors.As(err, &tooBig) {
 			return &adapter.Error{Kind: adapter.KindTooLarge, Message: fmt.Sprintf("request body over %d bytes", maxSendBody)}
 		}
+		if isTimeout(err) {
+			return &statusError{status: http.StatusRequestTimeout, Err: &adapter.Error{Kind: adapter.KindInvalidRequest,
+				Message: "request body not received in time (server.read_timeout)"}}
+		}
 		return &adapter.Error{Kind: adapter.KindInvalidRequest, Message: "request body: " + err.Error()}
 	}
 	if err := dec.Decode(&msg); err != nil {
@@ -431,7 +475,7 @@ func decodeSend(w http.ResponseWriter, r *http.Request) (adapter.Message, error)
 	// A second value ({...}{...}) or any other trailing text is refused, not ignored: the
 	// client meant something other than what would be sent.
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		if tooBig := (*http.MaxBytesError)(nil); errors.As(err, &tooBig) {
+		if tooBig := (*http.MaxBytesError)(nil); errors.As(err, &tooBig) || isTimeout(err) {
 			return msg, bad(err)
 		}
 		return msg, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: "request body: unexpected data after the JSON object (send exactly one object)"}
@@ -456,6 +500,7 @@ func (s *server) events(w http.ResponseWriter, r *http.Request) {
 		last, resume = n, true
 	}
 	rc := http.NewResponseController(w)
+	rc.SetReadDeadline(time.Time{}) // a stream outlives server.read_timeout
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
 	w.Header().Set("X-Accel-Buffering", "no")
