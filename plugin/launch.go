@@ -537,7 +537,9 @@ func (b *supervisedBot) Status(ctx context.Context) (adapter.Status, error) {
 	if err != nil {
 		return adapter.Status{Bot: b.name, Detail: err.Error()}, err
 	}
-	return c.Bot(b.name).Status(ctx)
+	st, err := c.Bot(b.name).Status(ctx)
+	b.p.checkAfter(ctx, err)
+	return st, err
 }
 
 func (b *supervisedBot) Upload(ctx context.Context, a adapter.Attachment) (adapter.Attachment, error) {
@@ -545,7 +547,9 @@ func (b *supervisedBot) Upload(ctx context.Context, a adapter.Attachment) (adapt
 	if err != nil {
 		return adapter.Attachment{}, err
 	}
-	return c.Bot(b.name).Upload(ctx, a)
+	att, err := c.Bot(b.name).Upload(ctx, a)
+	b.p.checkAfter(ctx, err)
+	return att, err
 }
 
 func (b *supervisedBot) Poll(ctx context.Context) ([]adapter.Event, error) {
