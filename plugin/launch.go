@@ -44,8 +44,10 @@ type LaunchOptions struct {
 	// plugin fails, the wait starts again at BackoffMin. Zero means 30s.
 	StableAfter time.Duration
 	// PingInterval is how often the plugin's health is checked (an Info RPC bounded by
-	// PingTimeout); PingMisses failed checks in a row get it killed and replaced. A hung
-	// plugin is thus noticed within PingMisses × (PingInterval + PingTimeout).
+	// PingTimeout). One failed check makes the plugin not ready (calls fail fast as
+	// unavailable) until a check passes; checks then come every second at most, and
+	// PingMisses failed checks in a row get it killed and replaced. A call whose caller's
+	// deadline passes (a webhook the plugin did not answer in time) starts a check at once.
 	// Zero means 10s.
 	PingInterval time.Duration
 	// PingTimeout bounds each health check. Zero means 5s, or PingInterval if shorter.
@@ -68,6 +70,10 @@ var DefaultEnvAllowlist = []string{"PATH", "HOME", "TMPDIR", "TZ", "LANG", "SSL_
 // being replaced.
 var ErrRestarting = errors.New("plugin: restarting")
 
+// ErrNotAnswering is the cause of the unavailable errors bots return while their plugin
+// process fails its health checks (hung), before it is replaced.
+var ErrNotAnswering = errors.New("plugin: not answering")
+
 // Plugin is a supervised plugin process. Its bots ([Plugin.Bot]) stay valid across restarts.
 // Its methods are safe for concurrent use.
 type Plugin struct {
@@ -80,6 +86,7 @@ type Plugin struct {
 	cur      *Client
 	sockDir  string
 	ready    bool
+	hung     bool // the current process failed its last health check
 	closed   bool
 	restarts int
 	lastErr  error
@@ -88,6 +95,7 @@ type Plugin struct {
 	cancel context.CancelFunc
 	stop   chan struct{}
 	done   chan struct{}
+	probe  chan struct{} // a call timed out: check the plugin's health now
 }
 
 // Launch starts the plugin at opts.Path, checks its protocol version, configures its bots
@@ -125,7 +133,7 @@ func Launch(ctx context.Context, opts LaunchOptions) (*Plugin, error) {
 			}
 		}
 	}
-	p := &Plugin{opts: opts, log: opts.Logger, stop: make(chan struct{}), done: make(chan struct{})}
+	p := &Plugin{opts: opts, log: opts.Logger, stop: make(chan struct{}), done: make(chan struct{}), probe: make(chan struct{}, 1)}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	if p.log == nil {
 		p.log = slog.New(slog.DiscardHandler)
@@ -203,13 +211,36 @@ func (p *Plugin) start(ctx context.Context) error {
 	return nil
 }
 
-func (p *Plugin) setReady(ready bool) {
+func (p *Plugin) setReady(ready bool) { p.update(func() { p.ready = ready }) }
+
+// setHung records whether the current process failed its last health check.
+func (p *Plugin) setHung(hung bool) { p.update(func() { p.hung = hung }) }
+
+// update applies change to the state under p.mu and calls OnState if readiness changed.
+func (p *Plugin) update(change func()) {
 	p.mu.Lock()
-	changed := p.ready != ready
-	p.ready = ready
+	before := p.ready && !p.hung
+	change()
+	after := p.ready && !p.hung
 	p.mu.Unlock()
-	if changed && p.opts.OnState != nil {
-		p.opts.OnState(ready)
+	if before != after && p.opts.OnState != nil {
+		p.opts.OnState(after)
+	}
+}
+
+// suspect asks for a health check now: a call's deadline passed without an answer.
+func (p *Plugin) suspect() {
+	select {
+	case p.probe <- struct{}{}:
+	default:
+	}
+}
+
+// checkAfter reports a call's outcome to the supervisor: a call whose own deadline passed
+// may mean a hung plugin.
+func (p *Plugin) checkAfter(ctx context.Context, err error) {
+	if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		p.suspect()
 	}
 }
 
@@ -290,6 +321,7 @@ func (p *Plugin) supervise() {
 		}
 		uptime := time.Since(up)
 		p.setReady(false)
+		p.setHung(false) // the next process starts with a clean record
 		p.log.Error("plugin failed; restarting", "error", why, "uptime", uptime.Round(time.Millisecond))
 		p.kill(hung)
 		for attempt := 1; ; attempt++ {
@@ -333,6 +365,18 @@ func (p *Plugin) watch(cur *Client) (why error, hung bool) {
 	ctx, cancel := context.WithCancel(p.ctx)
 	defer cancel()
 	var result chan error // non-nil while a check is pending
+	check := func() {
+		if result != nil {
+			return // the pending check ends by its own deadline
+		}
+		result = make(chan error, 1)
+		go func(res chan<- error) {
+			ctx, cancel := context.WithTimeout(ctx, p.opts.PingTimeout)
+			defer cancel()
+			_, err := cur.Info(ctx)
+			res <- err
+		}(result)
+	}
 	misses := 0
 	for {
 		select {
@@ -341,26 +385,28 @@ func (p *Plugin) watch(cur *Client) (why error, hung bool) {
 		case <-cur.Exited():
 			return errors.New("plugin process exited"), false
 		case <-t.C:
-			if result != nil {
-				continue // the pending check ends by its own deadline
-			}
-			result = make(chan error, 1)
-			go func(res chan<- error) {
-				ctx, cancel := context.WithTimeout(ctx, p.opts.PingTimeout)
-				defer cancel()
-				_, err := cur.Info(ctx)
-				res <- err
-			}(result)
+			check()
+		case <-p.probe:
+			check()
 		case err := <-result:
 			result = nil
 			if err == nil {
+				if misses > 0 {
+					p.log.Info("plugin answering again", "after_misses", misses)
+					p.setHung(false)
+					t.Reset(p.opts.PingInterval)
+				}
 				misses = 0
 				continue
 			}
 			misses++
-			p.log.Warn("plugin health check failed", "misses", misses, "error", err)
+			p.log.Warn("plugin health check failed; not ready until it answers", "misses", misses, "error", err)
 			if misses >= p.opts.PingMisses {
 				return fmt.Errorf("plugin not answering (%d health checks failed): %w", misses, err), true
+			}
+			if misses == 1 {
+				p.setHung(true)
+				t.Reset(min(p.opts.PingInterval, time.Second))
 			}
 		}
 	}
@@ -370,11 +416,12 @@ func jitter(d time.Duration) time.Duration {
 	return d/2 + rand.N(d/2+1)
 }
 
-// Ready reports whether the plugin is running with its bots configured.
+// Ready reports whether the plugin is running with its bots configured and answered its
+// last health check.
 func (p *Plugin) Ready() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.ready && !p.closed
+	return p.ready && !p.hung && !p.closed
 }
 
 // Restarts returns how many times a failed plugin was replaced.
@@ -410,6 +457,10 @@ func (p *Plugin) current() (*Client, error) {
 			msg += " (last attempt: " + strings.TrimPrefix(p.lastErr.Error(), "plugin: ") + ")"
 		}
 		return nil, &adapter.Error{Kind: adapter.KindUnavailable, Message: msg, Err: ErrRestarting}
+	}
+	if p.hung {
+		return nil, &adapter.Error{Kind: adapter.KindUnavailable, Err: ErrNotAnswering,
+			Message: "plugin not answering its health checks: calls fail fast until it answers or is replaced"}
 	}
 	return p.cur, nil
 }
@@ -466,7 +517,9 @@ func (b *supervisedBot) Send(ctx context.Context, msg adapter.Message) (adapter.
 	if err != nil {
 		return adapter.Receipt{}, err
 	}
-	return c.Bot(b.name).Send(ctx, msg)
+	r, err := c.Bot(b.name).Send(ctx, msg)
+	b.p.checkAfter(ctx, err)
+	return r, err
 }
 
 func (b *supervisedBot) HandleWebhook(ctx context.Context, req *adapter.WebhookRequest) (*adapter.WebhookResponse, []adapter.Event, error) {
@@ -474,7 +527,9 @@ func (b *supervisedBot) HandleWebhook(ctx context.Context, req *adapter.WebhookR
 	if err != nil {
 		return &adapter.WebhookResponse{Status: 503, Body: []byte("restarting, try again\n")}, nil, err
 	}
-	return c.Bot(b.name).HandleWebhook(ctx, req)
+	resp, events, err := c.Bot(b.name).HandleWebhook(ctx, req)
+	b.p.checkAfter(ctx, err)
+	return resp, events, err
 }
 
 func (b *supervisedBot) Status(ctx context.Context) (adapter.Status, error) {
@@ -482,7 +537,9 @@ func (b *supervisedBot) Status(ctx context.Context) (adapter.Status, error) {
 	if err != nil {
 		return adapter.Status{Bot: b.name, Detail: err.Error()}, err
 	}
-	return c.Bot(b.name).Status(ctx)
+	st, err := c.Bot(b.name).Status(ctx)
+	b.p.checkAfter(ctx, err)
+	return st, err
 }
 
 func (b *supervisedBot) Upload(ctx context.Context, a adapter.Attachment) (adapter.Attachment, error) {
@@ -490,7 +547,9 @@ func (b *supervisedBot) Upload(ctx context.Context, a adapter.Attachment) (adapt
 	if err != nil {
 		return adapter.Attachment{}, err
 	}
-	return c.Bot(b.name).Upload(ctx, a)
+	att, err := c.Bot(b.name).Upload(ctx, a)
+	b.p.checkAfter(ctx, err)
+	return att, err
 }
 
 func (b *supervisedBot) Poll(ctx context.Context) ([]adapter.Event, error) {

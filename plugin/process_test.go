@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -54,13 +55,16 @@ func TestMain(m *testing.M) {
 }
 
 // testAdapter echoes: Send answers with the attachment bytes it got; text "panic" panics,
-// "log" logs at warn and debug; HandleWebhook returns the body it got.
+// "crash" makes the process exit, "log" logs at warn and debug; HandleWebhook returns the
+// body it got, and panics on the body "panic".
 func testAdapter() adapter.Adapter {
 	return &fakeAdapter{
 		SendFn: func(ctx context.Context, msg adapter.Message) (adapter.Receipt, error) {
 			switch msg.Text {
 			case "panic":
 				panic("test panic in Send")
+			case "crash":
+				os.Exit(3)
 			case "log":
 				slog.Warn("plugin-warn-marker", "n", 1)
 				slog.Debug("plugin-debug-marker")
@@ -73,6 +77,9 @@ func testAdapter() adapter.Adapter {
 			return adapter.Receipt{ID: strconv.Itoa(n)}, nil
 		},
 		WebhookFn: func(ctx context.Context, req *adapter.WebhookRequest) (*adapter.WebhookResponse, []adapter.Event, error) {
+			if string(req.Body) == "panic" {
+				panic("test panic in HandleWebhook")
+			}
 			return &adapter.WebhookResponse{Status: 200, Body: req.Body}, []adapter.Event{{ID: "e", Bot: "hr"}}, nil
 		},
 	}
@@ -285,7 +292,55 @@ func TestProcessLogLevelsKept(t *testing.T) {
 	}
 }
 
-func TestProcessPanicRestarts(t *testing.T) {
+// TestProcessPanicRecovered: a panic in one bot's handler is one failed call (internal), not
+// a dead plugin: the other bot, and the same one, keep working in the same process; the
+// panic is logged once with its stack and counted (issue 11 item 14).
+func TestProcessPanicRecovered(t *testing.T) {
+	var logs syncBuffer
+	opts := testLaunchOptions(slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	opts.Bots = append(opts.Bots, BotConfig{Name: "ops", Platform: "test", Config: []byte(`{}`)})
+	p, err := Launch(t.Context(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	pid := p.Pid()
+	_, err = p.Bot("hr").Send(t.Context(), adapter.Message{Text: "panic"})
+	if !errors.Is(err, adapter.ErrInternal) || strings.Contains(err.Error(), "test panic") {
+		t.Errorf("Send that panics = %v; want an internal error that does not quote the panic", err)
+	}
+	resp, evs, err := p.Bot("hr").HandleWebhook(t.Context(), &adapter.WebhookRequest{Method: "POST", Body: []byte("panic")})
+	if !errors.Is(err, adapter.ErrInternal) || resp != nil || len(evs) != 0 {
+		t.Errorf("webhook that panics = %+v, %d events, %v; want an internal error", resp, len(evs), err)
+	}
+	r, err := p.Bot("ops").Send(t.Context(), adapter.Message{Attachments: []adapter.Attachment{{Data: []byte("ab")}}})
+	if err != nil || r.ID != "2" {
+		t.Errorf("the other bot's Send = %+v, %v; want id 2", r, err)
+	}
+	if r, err := p.Bot("hr").Send(t.Context(), adapter.Message{Text: "ok"}); err != nil || r.ID != "0" {
+		t.Errorf("the panicking bot's next Send = %+v, %v; want it to work", r, err)
+	}
+	if p.Pid() != pid || p.Restarts() != 0 || !p.Ready() {
+		t.Errorf("after the panics: pid %d (was %d), %d restarts, ready %v; want the same process, ready", p.Pid(), pid, p.Restarts(), p.Ready())
+	}
+	metrics, err := p.Metrics(t.Context())
+	if err != nil || !strings.Contains(string(metrics), `chatwire_plugin_panics_total{method="/chatwire.adapter.v1.AdapterService/Send"} 1`) ||
+		!strings.Contains(string(metrics), `chatwire_plugin_panics_total{method="/chatwire.adapter.v1.AdapterService/HandleWebhook"} 1`) {
+		t.Errorf("plugin metrics = %v\n%s\nwant chatwire_plugin_panics_total 1 for Send and for HandleWebhook", err, metrics)
+	}
+	eventually(t, 5*time.Second, "the panics logged with their stacks", func() bool {
+		return strings.Count(logs.String(), "panic in a plugin call") == 2
+	})
+	for _, line := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(line, "panic in a plugin call") && (!strings.Contains(line, "test panic in") || !strings.Contains(line, "goroutine ")) {
+			t.Errorf("panic log line lacks the panic or its stack: %s", line)
+		}
+	}
+}
+
+// TestProcessCrashRestarts: a plugin process that dies is replaced and its bots configured
+// again.
+func TestProcessCrashRestarts(t *testing.T) {
 	var states []bool
 	var mu sync.Mutex
 	opts := testLaunchOptions(nil)
@@ -297,9 +352,9 @@ func TestProcessPanicRestarts(t *testing.T) {
 	defer p.Close()
 	bot := p.Bot("hr")
 	firstPid := p.Pid()
-	_, err = bot.Send(t.Context(), adapter.Message{Text: "panic"})
+	_, err = bot.Send(t.Context(), adapter.Message{Text: "crash"})
 	if !errors.Is(err, adapter.ErrUnavailable) {
-		t.Errorf("Send that panics the plugin = %v; want unavailable", err)
+		t.Errorf("Send that crashes the plugin = %v; want unavailable", err)
 	}
 	eventually(t, 15*time.Second, "plugin restarted", func() bool { return p.Restarts() == 1 && p.Ready() })
 	if alive(firstPid) {
@@ -460,6 +515,23 @@ func stopForTest(t *testing.T, pid int) {
 			syscall.Kill(pid, syscall.SIGCONT)
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
+	})
+	// The signal is delivered asynchronously: wait until every thread is stopped, so that
+	// none answers a call made next.
+	eventually(t, 5*time.Second, fmt.Sprintf("every thread of %d stopped", pid), func() bool {
+		tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/stat", pid))
+		if err != nil || len(tasks) == 0 {
+			return false
+		}
+		for _, f := range tasks {
+			stat, err := os.ReadFile(f)
+			s := string(stat)
+			i := strings.LastIndexByte(s, ')')
+			if err != nil || i < 0 || i+2 >= len(s) || (s[i+2] != 'T' && s[i+2] != 't') {
+				return false
+			}
+		}
+		return true
 	})
 }
 
@@ -622,5 +694,48 @@ func TestProcessOwnGroup(t *testing.T) {
 	}
 	if pgid != pid || pgid == syscall.Getpgrp() {
 		t.Errorf("plugin %d is in process group %d (the host's is %d); want a group of its own", pid, pgid, syscall.Getpgrp())
+	}
+}
+
+// TestProcessTimedOutCallMarksNotReady: a call whose deadline passes unanswered (a webhook
+// within the platform's budget) starts a health check at once; a hung plugin is then not
+// ready, and ready again once it answers, without waiting for the next periodic check
+// (issue 11 item 13).
+func TestProcessTimedOutCallMarksNotReady(t *testing.T) {
+	var states []bool
+	var mu sync.Mutex
+	opts := testLaunchOptions(nil)
+	// No periodic check during the test (10s), a quick one when asked, no replacement.
+	opts.PingInterval, opts.PingTimeout, opts.PingMisses = 10*time.Second, 200*time.Millisecond, 1000
+	opts.OnState = func(ready bool) { mu.Lock(); states = append(states, ready); mu.Unlock() }
+	p, err := Launch(t.Context(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	pid := p.Pid()
+	stopForTest(t, pid)
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	_, _, err = p.Bot("hr").HandleWebhook(ctx, &adapter.WebhookRequest{Method: "POST", Body: []byte("hi")})
+	if !errors.Is(err, adapter.ErrUnavailable) {
+		t.Errorf("webhook to a hung plugin = %v; want unavailable", err)
+	}
+	eventually(t, 5*time.Second, "Ready() false after a webhook timed out on a hung plugin", func() bool { return !p.Ready() })
+	resp, _, err := p.Bot("hr").HandleWebhook(t.Context(), &adapter.WebhookRequest{Method: "POST", Body: []byte("hi")})
+	if !errors.Is(err, ErrNotAnswering) || resp == nil || resp.Status != 503 {
+		t.Errorf("webhook while not answering = %+v, %v; want a fast 503, not answering", resp, err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "Ready() again once the plugin answers", p.Ready)
+	if p.Pid() != pid || p.Restarts() != 0 {
+		t.Errorf("pid %d (was %d), %d restarts; want the same process", p.Pid(), pid, p.Restarts())
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(states, []bool{true, false, true}) {
+		t.Errorf("readiness changes = %v; want [true false true]", states)
 	}
 }

@@ -64,6 +64,13 @@ func Serve(opts ServeOptions) {
 	}
 }
 
+// newGRPCServer is the server factory for srv: a panic in a call is recovered into an
+// internal error for that call (see recoverUnary).
+func (s *Server) newGRPCServer(opts []grpc.ServerOption) *grpc.Server {
+	opts = append(opts, grpc.ChainUnaryInterceptor(s.recoverUnary), grpc.ChainStreamInterceptor(s.recoverStream))
+	return newGRPCServer(opts)
+}
+
 func newGRPCServer(opts []grpc.ServerOption) *grpc.Server {
 	opts = append(opts, grpc.MaxRecvMsgSize(MaxMessageSize), grpc.MaxSendMsgSize(MaxMessageSize))
 	return grpc.NewServer(opts...)
@@ -84,7 +91,7 @@ type orphanWatch struct {
 
 // newGRPCServer is go-plugin's GRPCServer factory; it keeps the server to stop it.
 func (o *orphanWatch) newGRPCServer(opts []grpc.ServerOption) *grpc.Server {
-	s := newGRPCServer(opts)
+	s := o.srv.newGRPCServer(opts)
 	o.grpc.Store(s)
 	return s
 }

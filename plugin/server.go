@@ -80,6 +80,9 @@ type Server struct {
 	opts ServerOptions
 	log  *slog.Logger
 
+	reg    *prometheus.Registry   // the Server's own metrics, served with opts.Gatherer's
+	panics *prometheus.CounterVec // recovered panics by gRPC method
+
 	mu   sync.RWMutex // guards bots
 	bots map[string]adapter.Adapter
 }
@@ -93,7 +96,11 @@ func NewServer(opts ServerOptions) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{opts: opts, log: log, bots: make(map[string]adapter.Adapter)}
+	s := &Server{opts: opts, log: log, bots: make(map[string]adapter.Adapter), reg: prometheus.NewRegistry(),
+		panics: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "chatwire_plugin_panics_total",
+			Help: "Panics in plugin calls recovered into internal errors, by gRPC method."}, []string{"method"})}
+	s.reg.MustRegister(s.panics)
+	return s
 }
 
 func (s *Server) bot(name string) (adapter.Adapter, error) {
@@ -260,10 +267,11 @@ func (s *Server) CloseBot(ctx context.Context, req *pb.CloseBotRequest) (*pb.Clo
 
 // Metrics implements the Metrics RPC.
 func (s *Server) Metrics(ctx context.Context, _ *pb.MetricsRequest) (*pb.MetricsResponse, error) {
-	if s.opts.Gatherer == nil {
-		return &pb.MetricsResponse{}, nil
+	gatherers := prometheus.Gatherers{s.reg}
+	if s.opts.Gatherer != nil {
+		gatherers = append(gatherers, s.opts.Gatherer)
 	}
-	mfs, err := s.opts.Gatherer.Gather()
+	mfs, err := gatherers.Gather()
 	if err != nil && len(mfs) == 0 {
 		return nil, toStatus(&adapter.Error{Kind: adapter.KindInternal, Message: "gathering metrics", Err: err})
 	}

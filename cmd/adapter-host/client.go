@@ -203,6 +203,7 @@ func cmdSend(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	var body io.Reader = strings.NewReader(string(head))
 	var size int64
+	length := int64(len(head))
 	var sent atomic.Int64
 	if *file != "" {
 		f, err := os.Open(*file)
@@ -239,9 +240,12 @@ func cmdSend(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			pw.CloseWithError(err)
 		}()
 		body = pr
+		// The exact length, so the host can reserve the body's memory rather than its largest.
+		length = int64(len(prefix)) + int64(base64.StdEncoding.EncodedLen(int(size))) + int64(len(`"}]}`))
 	}
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/bots/"+*botName+"/messages", body)
 	req.Header.Set("Content-Type", "application/json")
+	req.ContentLength = length
 	if key != "" {
 		req.Header.Set("Authorization", "Bearer "+key)
 	}

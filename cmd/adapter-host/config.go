@@ -55,6 +55,47 @@ type ServerConfig struct {
 	// APIKeys are accepted as "Authorization: Bearer <key>" on /v1. Empty is allowed only on
 	// a loopback listener.
 	APIKeys []string `yaml:"api_keys"`
+	// ReadTimeout bounds reading a request, headers and body (a send with attachments is
+	// up to 96 MiB). A duration such as "2m"; empty means 2m.
+	ReadTimeout string `yaml:"read_timeout"`
+	// IdleTimeout is how long a keep-alive connection may wait for its next request. Empty
+	// means 2m.
+	IdleTimeout string `yaml:"idle_timeout"`
+	// WebhookTimeout bounds a platform callback, from reading its body to the plugin's
+	// answer: past it the platform gets 503 and redelivers (WeCom and Graph give up after
+	// about 5 s). Empty means 4s.
+	WebhookTimeout string `yaml:"webhook_timeout"`
+	// BodyMemoryMiB bounds the request bodies held in memory at once, in MiB: a request
+	// whose body does not fit beside the others gets 503 with Retry-After, one larger than
+	// the whole budget 413. 0 means 256 (a largest send is 96).
+	BodyMemoryMiB int `yaml:"body_memory_mib"`
+}
+
+// Defaults of ServerConfig.
+const (
+	defaultReadTimeout    = 2 * time.Minute
+	defaultIdleTimeout    = 2 * time.Minute
+	defaultWebhookTimeout = 4 * time.Second
+	defaultBodyMemoryMiB  = 256
+)
+
+// timeouts returns the server's timeouts, defaults resolved. It assumes validate passed.
+func (s ServerConfig) timeouts() (read, idle, webhook time.Duration) {
+	parse := func(v string, def time.Duration) time.Duration {
+		if d, err := time.ParseDuration(v); err == nil && d > 0 {
+			return d
+		}
+		return def
+	}
+	return parse(s.ReadTimeout, defaultReadTimeout), parse(s.IdleTimeout, defaultIdleTimeout), parse(s.WebhookTimeout, defaultWebhookTimeout)
+}
+
+// bodyMemory returns the body memory budget in bytes.
+func (s ServerConfig) bodyMemory() int64 {
+	if s.BodyMemoryMiB <= 0 {
+		return defaultBodyMemoryMiB << 20
+	}
+	return int64(s.BodyMemoryMiB) << 20
 }
 
 // StoreConfig says where tokens and state live: Redis (shared by a fleet) or a directory
@@ -450,11 +491,32 @@ func (c *Config) validate(cerr *ConfigError) {
 		p("server.listen", "want host:port, got %s", c.show("server.listen", c.Server.Listen))
 	}
 	for i, k := range c.Server.APIKeys {
-		if strings.TrimSpace(k) == "" {
-			p(fmt.Sprintf("server.api_keys[%d]", i), "empty key (is its environment variable set to something?)")
-		} else if len(k) < 16 {
-			p(fmt.Sprintf("server.api_keys[%d]", i), "too short: use at least 16 random characters")
+		at := fmt.Sprintf("server.api_keys[%d]", i)
+		switch {
+		case strings.TrimSpace(k) == "":
+			p(at, "empty key (is its environment variable set to something?)")
+		case strings.TrimSpace(k) != k:
+			// A Bearer token never carries it, so such a key could never match.
+			from := ""
+			if vars := c.vars(at); vars != "" {
+				from = " (set from " + vars + ": a trailing newline from a file?)"
+			}
+			p(at, "surrounding whitespace (spaces, tabs or newlines) in the key%s: no request could ever match it; remove it", from)
+		case len(k) < 16:
+			p(at, "too short: use at least 16 random characters")
 		}
+	}
+	for _, f := range []struct{ path, v string }{{"server.read_timeout", c.Server.ReadTimeout},
+		{"server.idle_timeout", c.Server.IdleTimeout}, {"server.webhook_timeout", c.Server.WebhookTimeout}} {
+		if f.v == "" {
+			continue
+		}
+		if d, err := time.ParseDuration(f.v); err != nil || d < time.Millisecond {
+			p(f.path, "want a duration such as 30s, got %s", c.show(f.path, f.v))
+		}
+	}
+	if m := c.Server.BodyMemoryMiB; m < 0 || m > 1<<20 {
+		p("server.body_memory_mib", "%d: want 1 to %d, or 0 for %d", m, 1<<20, defaultBodyMemoryMiB)
 	}
 	if err == nil && len(c.Server.APIKeys) == 0 && !isLoopback(host) {
 		p("server.api_keys", "required when server.listen is not a loopback address %s: without keys anyone who can reach it can send as your bots", c.show("server.listen", c.Server.Listen))

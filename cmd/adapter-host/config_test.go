@@ -67,6 +67,10 @@ func TestParseConfigErrors(t *testing.T) {
 		{"bad webhook url", strings.Replace(goodConfig, "http://127.0.0.1:9000/events", "ftp://x", 1), goodEnv, "bots[0].deliver.webhook_url: want an http or https URL"},
 		{"app-only chats", strings.Replace(goodConfig, "auth: delegated", "auth: client_credentials, subscribe: [chats]", 1), goodEnv, "bots[1].graph.subscribe: chats needs delegated auth"},
 		{"bad poll interval", strings.Replace(goodConfig, "client_state: cs}", "client_state: cs, poll_interval: soon}", 1), goodEnv, `bots[1].graph.poll_interval: want a duration`},
+		{"bad webhook timeout", strings.Replace(goodConfig, `api_keys: ["${KEY}"]`, `api_keys: ["${KEY}"], webhook_timeout: soon`, 1), goodEnv, `server.webhook_timeout: want a duration such as 30s, got "soon"`},
+		{"bad read timeout", strings.Replace(goodConfig, `api_keys: ["${KEY}"]`, `api_keys: ["${KEY}"], read_timeout: "-1s"`, 1), goodEnv, `server.read_timeout: want a duration`},
+		{"bad body memory", strings.Replace(goodConfig, `api_keys: ["${KEY}"]`, `api_keys: ["${KEY}"], body_memory_mib: -5`, 1), goodEnv, `server.body_memory_mib: -5: want 1 to`},
+		{"good server timeouts", strings.Replace(goodConfig, `api_keys: ["${KEY}"]`, `api_keys: ["${KEY}"], webhook_timeout: 3s, read_timeout: 1m, idle_timeout: 90s, body_memory_mib: 512`, 1), goodEnv, ""},
 		{"list expected", "bots: {name: x}", nil, "bots: want a list"},
 		{"not yaml", "bots: [", nil, "did not find expected"},
 		{"empty", "", nil, "the file is empty"},
@@ -123,5 +127,29 @@ func TestConfigErrorsHideExpandedValues(t *testing.T) {
 				t.Errorf("error prints the secret: %v", err)
 			}
 		})
+	}
+}
+
+// TestAPIKeyWhitespaceRejected: a key with surrounding whitespace (a newline from a file, a
+// pasted space) could never match a Bearer token; it stops the host at start with the
+// field's path, without quoting the key (issue 11 item 8).
+func TestAPIKeyWhitespaceRejected(t *testing.T) {
+	const key = "0123456789abcdef0123"
+	for _, v := range []string{key + "\n", " " + key, "\t" + key + " ", key + "\r\n"} {
+		env := map[string]string{"KEY": v, "WECOM_SECRET": "s", "HOOK": "h", "GRAPH_SECRET": "g"}
+		_, err := ParseConfig("c.yaml", []byte(goodConfig), envOf(env))
+		want := "server.api_keys[0]: surrounding whitespace"
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("key %q: ParseConfig error = %v; want it to contain %q", v, err, want)
+			continue
+		}
+		if strings.Contains(err.Error(), key) {
+			t.Errorf("error quotes the key: %v", err)
+		}
+	}
+	// Written in the file rather than from the environment, too.
+	config := strings.Replace(goodConfig, `api_keys: ["${KEY}"]`, `api_keys: ["ok-key-0123456789abcdef", " `+key+`"]`, 1)
+	if _, err := ParseConfig("c.yaml", []byte(config), envOf(goodEnv)); err == nil || !strings.Contains(err.Error(), "server.api_keys[1]: surrounding whitespace") {
+		t.Errorf("ParseConfig error = %v; want server.api_keys[1] refused", err)
 	}
 }

@@ -36,6 +36,10 @@ type hostOptions struct {
 	QueueSize int
 	// Listener, if not nil, is served instead of listening on cfg.Server.Listen.
 	Listener net.Listener
+	// PingInterval, PingTimeout and PingMisses tune the plugin's health checks (see
+	// plugin.LaunchOptions); zero means its defaults.
+	PingInterval, PingTimeout time.Duration
+	PingMisses                int
 }
 
 // host is a running adapter-host: plugin, HTTP server, deliverers.
@@ -105,12 +109,15 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 		return nil, err
 	}
 	p, err := plugin.Launch(ctx, plugin.LaunchOptions{
-		Path:      path,
-		Args:      args,
-		Store:     store,
-		Bots:      bots,
-		Logger:    log,
-		OnRestart: h.m.restarts.Inc,
+		Path:         path,
+		Args:         args,
+		Store:        store,
+		Bots:         bots,
+		Logger:       log,
+		OnRestart:    h.m.restarts.Inc,
+		PingInterval: opts.PingInterval,
+		PingTimeout:  opts.PingTimeout,
+		PingMisses:   opts.PingMisses,
 		OnState: func(ready bool) {
 			if ready {
 				h.m.ready.Set(1)
@@ -127,14 +134,18 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 	}
 	h.plugin = p
 	h.m.ready.Set(1)
+	readTimeout, idleTimeout, webhookTimeout := cfg.Server.timeouts()
 	h.srv = &server{
-		bots:    make(map[string]*bot),
-		keys:    cfg.Server.APIKeys,
-		ready:   p.Ready,
-		log:     log,
-		m:       h.m,
-		gather:  prometheus.Gatherers{h.m.reg, pluginGatherer{fetch: p.Metrics}},
-		closing: make(chan struct{}),
+		bots:           make(map[string]*bot),
+		keys:           cfg.Server.APIKeys,
+		ready:          p.Ready,
+		log:            log,
+		m:              h.m,
+		gather:         prometheus.Gatherers{h.m.reg, pluginGatherer{fetch: p.Metrics}},
+		closing:        make(chan struct{}),
+		refusals:       newRefusalLog(log, refusalBurst, refusalWindow),
+		webhookTimeout: webhookTimeout,
+		bodies:         newBodyBudget(cfg.Server.bodyMemory(), h.m.bodyBytes.Add),
 	}
 	for _, b := range cfg.Bots {
 		// The stream and dedup keys are those the host used before its ids came from the
@@ -163,6 +174,7 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 	}
 	h.ln = ln
 	h.http = &http.Server{Handler: h.srv.routes(), ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout: readTimeout, IdleTimeout: idleTimeout,
 		ErrorLog:  slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		ConnState: h.trackConn}
 	h.wg.Add(1)
@@ -300,6 +312,7 @@ func (h *host) drain() error {
 	h.connMu.Unlock()
 	err := h.http.Shutdown(ctx)
 	h.log.Debug("HTTP requests drained")
+	h.srv.refusals.close()
 	h.stopDeliver()
 	h.wg.Wait()
 	h.log.Debug("deliveries stopped")

@@ -82,6 +82,10 @@ type setupOpts struct {
 	apiBase string
 	// ackTimeout is deliver.ack_timeout.
 	ackTimeout string
+	// server overrides the server section's timeouts and body budget (listen and keys stay).
+	server ServerConfig
+	// ping tunes the plugin's health checks (PingInterval, PingTimeout, PingMisses only).
+	ping hostOptions
 }
 
 func newEmulator() *wecomtest.Server {
@@ -114,6 +118,8 @@ func setup(t testing.TB, o setupOpts) *env {
 	if o.noKeys {
 		cfg.Server.APIKeys = nil
 	}
+	cfg.Server.ReadTimeout, cfg.Server.IdleTimeout, cfg.Server.WebhookTimeout = o.server.ReadTimeout, o.server.IdleTimeout, o.server.WebhookTimeout
+	cfg.Server.BodyMemoryMiB = o.server.BodyMemoryMiB
 	if o.deliverURL != "" {
 		cfg.Bots[0].Deliver = &DeliverConfig{WebhookURL: o.deliverURL, WebhookSecret: hookSecret}
 	}
@@ -135,7 +141,8 @@ func setup(t testing.TB, o setupOpts) *env {
 		level = slog.LevelInfo
 	}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: level}))
-	h, err := startHost(t.Context(), cfg, hostOptions{Logger: log, PluginDebug: !o.quiet, DeliverBackoff: 20 * time.Millisecond})
+	h, err := startHost(t.Context(), cfg, hostOptions{Logger: log, PluginDebug: !o.quiet, DeliverBackoff: 20 * time.Millisecond,
+		PingInterval: o.ping.PingInterval, PingTimeout: o.ping.PingTimeout, PingMisses: o.ping.PingMisses})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,6 +181,9 @@ func (e *env) do(method, path, key string, body any) (int, http.Header, []byte) 
 	req, _ := http.NewRequestWithContext(e.t.Context(), method, e.h.URL()+path, r)
 	if key != "" {
 		req.Header.Set("Authorization", "Bearer "+key)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -311,6 +321,32 @@ func TestSendErrors(t *testing.T) {
 				t.Error("429 without Retry-After")
 			}
 		})
+	}
+}
+
+// TestSendTrailingData: a body with anything but whitespace after its JSON object is refused
+// whole, not sent as its first value (issue 11 item 4).
+func TestSendTrailingData(t *testing.T) {
+	e := setup(t, setupOpts{})
+	for _, body := range []string{
+		`{"to":{"user":"alice"},"text":"a"}{"to":{"user":"bob"},"text":"b"}`,
+		`{"to":{"user":"alice"},"text":"a"} x`,
+		`{"to":{"user":"alice"},"text":"a"}}`,
+		`{"to":{"user":"alice"},"text":"a"}[]`,
+	} {
+		status, _, resp := e.do("POST", "/v1/bots/hr/messages", testAPIKey, body)
+		var eb errorBody
+		json.Unmarshal(resp, &eb)
+		if status != 400 || eb.Error.Kind != adapter.KindInvalidRequest || !strings.Contains(eb.Error.Message, "after the JSON object") {
+			t.Errorf("POST %s = %d %s; want 400 invalid_request about data after the JSON object", body, status, resp)
+		}
+	}
+	if sent := e.emu.Sent(); len(sent) != 0 {
+		t.Errorf("WeCom got %d messages from refused bodies: %+v", len(sent), sent)
+	}
+	// Whitespace after the object is fine.
+	if status, _, resp := e.do("POST", "/v1/bots/hr/messages", testAPIKey, "{\"to\":{\"user\":\"alice\"},\"text\":\"a\"}\n \t\r\n"); status != 200 {
+		t.Errorf("body with trailing whitespace = %d %s; want 200", status, resp)
 	}
 }
 

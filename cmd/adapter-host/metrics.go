@@ -19,6 +19,8 @@ type metrics struct {
 	webhooks   *prometheus.CounterVec
 	events     *prometheus.CounterVec
 	deliveries *prometheus.CounterVec
+	refused    *prometheus.CounterVec
+	bodyBytes  prometheus.Gauge
 	restarts   prometheus.Counter
 	ready      prometheus.Gauge
 }
@@ -34,12 +36,16 @@ func newMetrics() *metrics {
 			Help: "Events received by bot and outcome (queued, duplicate)."}, []string{"bot", "outcome"}),
 		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "chatwire_deliveries_total",
 			Help: "Event webhook delivery attempts by bot and result (ok, error)."}, []string{"bot", "result"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "chatwire_api_refused_total",
+			Help: "API requests refused before any work by error kind (unauthorized, invalid_request, not_found, ...)."}, []string{"kind"}),
+		bodyBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "chatwire_request_body_bytes_held",
+			Help: "Bytes of request bodies reserved against server.body_memory_mib right now."}),
 		restarts: prometheus.NewCounter(prometheus.CounterOpts{Name: "chatwire_plugin_restarts_total",
 			Help: "Crashed or hung plugin processes replaced."}),
 		ready: prometheus.NewGauge(prometheus.GaugeOpts{Name: "chatwire_plugin_ready",
 			Help: "1 while the plugin runs with its bots configured."}),
 	}
-	m.reg.MustRegister(m.sends, m.webhooks, m.events, m.deliveries, m.restarts, m.ready)
+	m.reg.MustRegister(m.sends, m.webhooks, m.events, m.deliveries, m.refused, m.bodyBytes, m.restarts, m.ready)
 	return m
 }
 

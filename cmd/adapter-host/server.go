@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
@@ -10,7 +11,10 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"mime"
+	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -47,22 +51,108 @@ type server struct {
 	m       *metrics
 	gather  prometheus.Gatherer
 	closing chan struct{} // closed when the host shuts down: SSE streams end
+	// refusals logs refused API requests, rate-limited; nil logs none.
+	refusals *refusalLog
+	// webhookTimeout bounds a webhook from its body to the plugin's answer (and queueing):
+	// the platform's budget. Zero means defaultWebhookTimeout.
+	webhookTimeout time.Duration
+	// bodies bounds the request bodies held at once; nil: no bound.
+	bodies *bodyBudget
 }
 
 func (s *server) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /webhook/{bot}", s.webhook)
 	mux.HandleFunc("POST /webhook/{bot}", s.webhook)
-	mux.Handle("POST /v1/bots/{bot}/messages", s.auth(http.HandlerFunc(s.send)))
-	mux.Handle("GET /v1/bots/{bot}/events", s.auth(http.HandlerFunc(s.events)))
-	mux.Handle("POST /v1/bots/{bot}/events/ack", s.auth(http.HandlerFunc(s.ack)))
-	mux.Handle("GET /v1/tokens", s.auth(http.HandlerFunc(s.tokens)))
-	mux.Handle("GET /v1/bots", s.auth(http.HandlerFunc(s.listBots)))
+	mux.Handle("POST /v1/bots/{bot}/messages", s.api(s.send))
+	mux.Handle("GET /v1/bots/{bot}/events", s.api(s.events))
+	mux.Handle("POST /v1/bots/{bot}/events/ack", s.api(s.ack))
+	mux.Handle("GET /v1/tokens", s.api(s.tokens))
+	mux.Handle("GET /v1/bots", s.api(s.listBots))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /readyz", s.readyz)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.gather, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
 	return mux
 }
+
+// api wraps a /v1 handler: the browser checks of a host without keys (sameOrigin), then the
+// API key (auth), then a JSON body on POST (jsonBody). Webhooks are platform callbacks and
+// go through none of them.
+func (s *server) api(h http.HandlerFunc) http.Handler {
+	return s.sameOrigin(s.auth(jsonBody(s, h)))
+}
+
+// sameOrigin protects a host without API keys, which trusts anything that reaches its
+// loopback listener, from web pages in the user's browser: it refuses a request whose Host
+// is not a loopback name (DNS rebinding: evil.example resolved to 127.0.0.1) and one whose
+// Origin is present and not loopback (a cross-site form or fetch). With keys it does
+// nothing: a browser cannot attach the Authorization header cross-site without a CORS
+// preflight, which the host never grants.
+func (s *server) sameOrigin(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if len(s.keys) == 0 {
+			if !loopbackHost(r.Host) {
+				s.refuse(w, r, &statusError{status: http.StatusForbidden, Err: &adapter.Error{Kind: adapter.KindUnauthorized,
+					Message: "this host has no API keys and answers only requests addressed to a loopback name (localhost, 127.0.0.1, [::1]); got Host " + strconv.Quote(clip(r.Host, 64))}},
+					"why", "Host not loopback")
+				return
+			}
+			if o := r.Header.Get("Origin"); o != "" && !loopbackOrigin(o) {
+				s.refuse(w, r, &statusError{status: http.StatusForbidden, Err: &adapter.Error{Kind: adapter.KindUnauthorized,
+					Message: "this host has no API keys and refuses cross-origin requests from web pages; got Origin " + strconv.Quote(clip(o, 64))}},
+					"why", "Origin not loopback")
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// jsonBody refuses a POST whose Content-Type is not application/json with 415: the API takes
+// JSON only, and a browser can send text/plain or a form cross-site without a preflight.
+func jsonBody(s *server, next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost {
+			ct := r.Header.Get("Content-Type")
+			if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
+				w.Header().Set("Accept-Post", "application/json")
+				s.refuse(w, r, &statusError{status: http.StatusUnsupportedMediaType, Err: &adapter.Error{Kind: adapter.KindInvalidRequest,
+					Message: "send the body as JSON with Content-Type: application/json; got " + strconv.Quote(clip(ct, 64))}})
+				return
+			}
+		}
+		next(w, r)
+	}
+}
+
+// loopbackHost reports whether a Host header (with or without a port) names this machine:
+// localhost, a 127.x.x.x address or [::1].
+func loopbackHost(hostport string) bool {
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	} else {
+		host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	}
+	host = strings.TrimSuffix(host, ".")
+	return strings.EqualFold(host, "localhost") || isLoopback(host)
+}
+
+// loopbackOrigin reports whether an Origin header is an http(s) origin on a loopback host;
+// "null" (a sandboxed page, a file) is not.
+func loopbackOrigin(origin string) bool {
+	u, err := url.Parse(origin)
+	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "" && loopbackHost(u.Host)
+}
+
+// statusError is an API error answered with a status other than its kind's (403, 415).
+type statusError struct {
+	status int
+	Err    *adapter.Error
+}
+
+func (e *statusError) Error() string { return e.Err.Error() }
+func (e *statusError) Unwrap() error { return e.Err }
 
 // auth requires a configured API key as a Bearer token; with no keys configured (allowed
 // only on a loopback listener) it lets every request through.
@@ -76,7 +166,11 @@ func (s *server) auth(next http.Handler) http.Handler {
 			}
 			if !ok || match != 1 {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="chatwire"`)
-				writeError(w, &adapter.Error{Kind: adapter.KindUnauthorized, Message: "missing or wrong API key: send Authorization: Bearer <key>"})
+				why := []any{"why", "no Bearer API key"}
+				if ok && got != "" {
+					why = []any{"why", "wrong API key", "key_fingerprint", fingerprint(got)} // never the key
+				}
+				s.refuse(w, r, &adapter.Error{Kind: adapter.KindUnauthorized, Message: "missing or wrong API key: send Authorization: Bearer <key>"}, why...)
 				return
 			}
 		}
@@ -87,9 +181,25 @@ func (s *server) auth(next http.Handler) http.Handler {
 func (s *server) bot(w http.ResponseWriter, r *http.Request) *bot {
 	b := s.bots[r.PathValue("bot")]
 	if b == nil {
-		writeError(w, &adapter.Error{Kind: adapter.KindNotFound, Message: fmt.Sprintf("no bot named %q", r.PathValue("bot"))})
+		s.refuse(w, r, &adapter.Error{Kind: adapter.KindNotFound, Message: fmt.Sprintf("no bot named %q", clip(r.PathValue("bot"), 64))})
 	}
 	return b
+}
+
+// refuse answers an API request the host refuses before doing anything for it (no or a
+// wrong key, a body that cannot be decoded, an unknown bot) with err, counts it, and logs
+// one line (rate-limited: see refusalLog). args add to the line; never a credential.
+func (s *server) refuse(w http.ResponseWriter, r *http.Request, err error, args ...any) {
+	kind := adapter.KindOf(err).Public()
+	if s.m != nil {
+		s.m.refused.WithLabelValues(string(kind)).Inc()
+	}
+	if s.refusals != nil {
+		line := append([]any{"kind", kind, "method", r.Method, "path", clip(r.URL.Path, 128), "remote", r.RemoteAddr,
+			"error", clip(err.Error(), 256)}, args...)
+		s.refusals.refused("API request refused", line...)
+	}
+	writeError(w, err)
 }
 
 // errorBody is the JSON of every API error.
@@ -101,9 +211,14 @@ type errorBody struct {
 	} `json:"error"`
 }
 
-// writeError answers with err's HTTP status and error JSON; rate limits get Retry-After.
+// writeError answers with err's HTTP status (its kind's, or a statusError's) and error JSON;
+// rate limits get Retry-After.
 func writeError(w http.ResponseWriter, err error) {
 	kind := adapter.KindOf(err)
+	status := kind.HTTPStatus()
+	if se := (*statusError)(nil); errors.As(err, &se) {
+		status = se.status
+	}
 	var body errorBody
 	body.Error.Kind = kind.Public()
 	body.Error.Message = err.Error()
@@ -115,7 +230,7 @@ func writeError(w http.ResponseWriter, err error) {
 		}
 		w.Header().Set("Retry-After", strconv.Itoa(secs))
 	}
-	writeJSON(w, kind.HTTPStatus(), body)
+	writeJSON(w, status, body)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -141,24 +256,60 @@ func (s *server) webhook(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "restarting, try again", http.StatusServiceUnavailable)
 		return
 	}
-	req, err := adapter.NewWebhookRequest(r, 0)
+	budget := cmp.Or(s.webhookTimeout, defaultWebhookTimeout)
+	ctx, cancel := context.WithTimeout(r.Context(), budget)
+	defer cancel()
+	release, err := s.bodies.hold(r, adapter.DefaultMaxWebhookBody)
 	if err != nil {
-		s.m.webhooks.WithLabelValues(b.name, string(adapter.KindOf(err))).Inc()
-		s.log.Warn("webhook refused", "bot", b.name, "error", err)
-		http.Error(w, http.StatusText(adapter.HTTPStatus(err)), adapter.HTTPStatus(err))
+		// The platform redelivers after a 503; a body over the limit never fits.
+		kind := adapter.KindOf(err)
+		s.m.webhooks.WithLabelValues(b.name, string(kind)).Inc()
+		if s.refusals != nil {
+			s.refusals.refused("webhook refused before reading its body", "bot", b.name, "kind", kind, "error", err, "remote", r.RemoteAddr)
+		}
+		if kind == adapter.KindUnavailable {
+			w.Header().Set("Retry-After", "1")
+		}
+		w.Header().Set("Connection", "close") // not waiting for a body it will not read
+		http.Error(w, http.StatusText(kind.HTTPStatus()), kind.HTTPStatus())
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
-	defer cancel()
+	defer release()
+	// The body is read within the budget too: a client that sends it slowly is cut off.
+	rc := http.NewResponseController(w)
+	deadline, _ := ctx.Deadline()
+	rc.SetReadDeadline(deadline)
+	req, err := adapter.NewWebhookRequest(r, 0)
+	rc.SetReadDeadline(time.Time{}) // read: a deadline left set would cancel ctx when it passes
+	if err != nil {
+		status := adapter.HTTPStatus(err)
+		if isTimeout(err) {
+			status = http.StatusRequestTimeout // the platform redelivers
+		}
+		s.m.webhooks.WithLabelValues(b.name, string(adapter.KindOf(err))).Inc()
+		s.log.Warn("webhook refused", "bot", b.name, "status", status, "error", err)
+		w.Header().Set("Connection", "close")
+		http.Error(w, http.StatusText(status), status)
+		return
+	}
 	resp, events, err := b.adapter.HandleWebhook(ctx, req)
 	if err != nil {
 		kind := adapter.KindOf(err)
 		s.m.webhooks.WithLabelValues(b.name, string(kind)).Inc()
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			// The platform stops waiting at about 5 s and redelivers: say so before it does.
+			s.log.Warn("the plugin did not answer a webhook within its budget; asking the platform to redeliver",
+				"bot", b.name, "budget", budget, "error", err)
+			w.Header().Set("Retry-After", "1")
+			http.Error(w, "try again", http.StatusServiceUnavailable)
+			return
+		}
 		s.log.Warn("webhook refused", "bot", b.name, "kind", kind, "error", err, "remote", r.RemoteAddr)
 		if resp == nil {
 			status := kind.HTTPStatus()
 			if kind == adapter.KindUnavailable || kind == adapter.KindInternal {
 				status = http.StatusServiceUnavailable // the platform will redeliver
+				w.Header().Set("Retry-After", "1")
 			}
 			http.Error(w, http.StatusText(status), status)
 			return
@@ -229,20 +380,25 @@ func (s *server) send(w http.ResponseWriter, r *http.Request) {
 	if b == nil {
 		return
 	}
-	var msg adapter.Message
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxSendBody))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&msg); err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			writeError(w, &adapter.Error{Kind: adapter.KindTooLarge, Message: fmt.Sprintf("request body over %d bytes", maxSendBody)})
-			return
-		}
-		writeError(w, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: "request body: " + err.Error()})
+	release, err := s.bodies.hold(r, maxSendBody)
+	if err != nil {
+		w.Header().Set("Connection", "close") // not waiting for a body it will not read
+		s.refuse(w, r, err, "bot", b.name)
 		return
 	}
+	defer release() // the decoded message lives until the send is done
+	msg, err := decodeSend(w, r)
+	if err != nil {
+		// The rest of the body may never come: close rather than wait to drain it.
+		w.Header().Set("Connection", "close")
+		s.refuse(w, r, err, "bot", b.name)
+		return
+	}
+	// Read (under server.read_timeout): a deadline left set would cancel the request's ctx
+	// when it passes, in the middle of a long send.
+	http.NewResponseController(w).SetReadDeadline(time.Time{})
 	if _, err := msg.To.Kind(); err != nil {
-		writeError(w, err)
+		s.refuse(w, r, err, "bot", b.name)
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Minute)
@@ -261,6 +417,36 @@ func (s *server) send(w http.ResponseWriter, r *http.Request) {
 		invalid = []string{}
 	}
 	writeJSON(w, http.StatusOK, sendResponse{ID: rc.ID, Bot: b.name, Platform: b.platform, Invalid: invalid})
+}
+
+// decodeSend reads a send request's body: exactly one JSON object (whitespace may follow,
+// nothing else), no unknown fields, at most maxSendBody bytes.
+func decodeSend(w http.ResponseWriter, r *http.Request) (adapter.Message, error) {
+	var msg adapter.Message
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxSendBody))
+	dec.DisallowUnknownFields()
+	bad := func(err error) error {
+		if tooBig := (*http.MaxBytesError)(nil); errors.As(err, &tooBig) {
+			return &adapter.Error{Kind: adapter.KindTooLarge, Message: fmt.Sprintf("request body over %d bytes", maxSendBody)}
+		}
+		if isTimeout(err) {
+			return &statusError{status: http.StatusRequestTimeout, Err: &adapter.Error{Kind: adapter.KindInvalidRequest,
+				Message: "request body not received in time (server.read_timeout)"}}
+		}
+		return &adapter.Error{Kind: adapter.KindInvalidRequest, Message: "request body: " + err.Error()}
+	}
+	if err := dec.Decode(&msg); err != nil {
+		return msg, bad(err)
+	}
+	// A second value ({...}{...}) or any other trailing text is refused, not ignored: the
+	// client meant something other than what would be sent.
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		if tooBig := (*http.MaxBytesError)(nil); errors.As(err, &tooBig) || isTimeout(err) {
+			return msg, bad(err)
+		}
+		return msg, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: "request body: unexpected data after the JSON object (send exactly one object)"}
+	}
+	return msg, nil
 }
 
 // events streams a bot's events as Server-Sent Events. The id: of each is its event log id.
@@ -284,17 +470,17 @@ func (s *server) events(w http.ResponseWriter, r *http.Request) {
 	group, consumer := r.URL.Query().Get("group"), r.URL.Query().Get("consumer")
 	if group != "" {
 		if err := eventlog.CheckName(group); err != nil {
-			writeError(w, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: "group: " + err.Error()})
+			s.refuse(w, r, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: "group: " + err.Error()}, "bot", b.name)
 			return
 		}
 		if consumer == "" {
 			consumer = rand.Text()
 		} else if err := eventlog.CheckName(consumer); err != nil {
-			writeError(w, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: "consumer: " + err.Error()})
+			s.refuse(w, r, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: "consumer: " + err.Error()}, "bot", b.name)
 			return
 		}
 	} else if consumer != "" {
-		writeError(w, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: "consumer needs group"})
+		s.refuse(w, r, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: "consumer needs group"}, "bot", b.name)
 		return
 	}
 	var pos eventlog.ID
@@ -308,7 +494,7 @@ func (s *server) events(w http.ResponseWriter, r *http.Request) {
 			s.log.Warn("Last-Event-ID is a sequence number from before event ids came from the event log; starting at the oldest unconsumed event",
 				"bot", b.name, "last_event_id", clip(v, 32))
 		default:
-			writeError(w, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: "Last-Event-ID must be an id from an id: line (<ms>-<n>)"})
+			s.refuse(w, r, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: "Last-Event-ID must be an id from an id: line (<ms>-<n>)"}, "bot", b.name)
 			return
 		}
 	}
@@ -322,6 +508,7 @@ func (s *server) events(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 	rc := http.NewResponseController(w)
+	rc.SetReadDeadline(time.Time{}) // a stream outlives server.read_timeout
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
 	w.Header().Set("X-Accel-Buffering", "no")
@@ -421,25 +608,25 @@ func (s *server) ack(w http.ResponseWriter, r *http.Request) {
 	if err := dec.Decode(&req); err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			writeError(w, &adapter.Error{Kind: adapter.KindTooLarge, Message: "request body over 1 MiB"})
+			s.refuse(w, r, &adapter.Error{Kind: adapter.KindTooLarge, Message: "request body over 1 MiB"}, "bot", b.name)
 			return
 		}
-		writeError(w, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: "request body: " + err.Error()})
+		s.refuse(w, r, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: "request body: " + err.Error()}, "bot", b.name)
 		return
 	}
 	if err := eventlog.CheckName(req.Group); err != nil {
-		writeError(w, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: "group: " + err.Error()})
+		s.refuse(w, r, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: "group: " + err.Error()}, "bot", b.name)
 		return
 	}
 	if len(req.IDs) == 0 || len(req.IDs) > maxAckIDs {
-		writeError(w, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: fmt.Sprintf("ids: want 1 to %d event ids", maxAckIDs)})
+		s.refuse(w, r, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: fmt.Sprintf("ids: want 1 to %d event ids", maxAckIDs)}, "bot", b.name)
 		return
 	}
 	ids := make([]eventlog.ID, len(req.IDs))
 	for i, v := range req.IDs {
 		id, err := eventlog.ParseID(v)
 		if err != nil {
-			writeError(w, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: fmt.Sprintf("ids[%d]: %q is not an event id (<ms>-<n>)", i, clip(v, 40))})
+			s.refuse(w, r, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: fmt.Sprintf("ids[%d]: %q is not an event id (<ms>-<n>)", i, clip(v, 40))}, "bot", b.name)
 			return
 		}
 		ids[i] = id
