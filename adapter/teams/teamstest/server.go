@@ -367,8 +367,8 @@ func (s *Server) jwksLocked() []byte {
 	for _, k := range s.keys {
 		pub := k.key.PublicKey
 		out.Keys = append(out.Keys, jwk{Kty: "RSA", Use: "sig", Kid: k.kid, X5t: k.x5t,
-			N: base64.RawURLEncoding.EncodeToString(pub.N.Bytes()),
-			E: base64.RawURLEncoding.EncodeToString(big.NewInt(int64(pub.E)).Bytes()),
+			N:   base64.RawURLEncoding.EncodeToString(pub.N.Bytes()),
+			E:   base64.RawURLEncoding.EncodeToString(big.NewInt(int64(pub.E)).Bytes()),
 			X5c: []string{base64.StdEncoding.EncodeToString(k.cert)}, Endorsements: k.endorsements})
 	}
 	b, _ := json.Marshal(out)

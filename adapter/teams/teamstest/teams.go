@@ -17,19 +17,19 @@ import (
 type TokenFault int
 
 const (
-	NoFault            TokenFault = iota
-	WrongAudience                 // aud is another app id
-	WrongIssuer                   // iss is an Entra issuer, not https://api.botframework.com
-	WrongServiceURL               // the serviceurl claim names another connector
-	Expired                       // exp and nbf an hour in the past
-	NoExpiry                      // no exp claim (botbuilder accepts it; chatwire must not)
-	UnendorsedKey                 // signed by a published key that does not endorse msteams
-	UnknownKey                    // signed by a key the JWKS never lists
-	TamperedToken                 // a claim changed after signing: the signature fails
-	TamperedBody                  // the body's serviceUrl changed after signing (replies redirected)
-	NoToken                       // no Authorization header
-	LowercaseScheme               // "bearer <jwt>"
-	AlgNone                       // an unsigned token with alg "none"
+	NoFault         TokenFault = iota
+	WrongAudience              // aud is another app id
+	WrongIssuer                // iss is an Entra issuer, not https://api.botframework.com
+	WrongServiceURL            // the serviceurl claim names another connector
+	Expired                    // exp and nbf an hour in the past
+	NoExpiry                   // no exp claim (botbuilder accepts it; chatwire must not)
+	UnendorsedKey              // signed by a published key that does not endorse msteams
+	UnknownKey                 // signed by a key the JWKS never lists
+	TamperedToken              // a claim changed after signing: the signature fails
+	TamperedBody               // the body's serviceUrl changed after signing (replies redirected)
+	NoToken                    // no Authorization header
+	LowercaseScheme            // "bearer <jwt>"
+	AlgNone                    // an unsigned token with alg "none"
 )
 
 // DeliverOptions change one delivery.
