@@ -398,18 +398,40 @@ func (s *Server) Deliver(ctx context.Context, appID string, a Activity, opt Deli
 	return d, nil
 }
 
-func (s *Server) attempt(ctx context.Context, b Bot, a Activity, opt DeliverOptions) (Attempt, error) {
+// SignedRequest returns the Authorization header and the body Teams would POST to bot appID
+// for activity a, with fault applied, without sending them: for driving other validators
+// (botbuilder) with the emulator's tokens. NoToken gives an empty header.
+func (s *Server) SignedRequest(appID string, a Activity, fault TokenFault) (auth string, body []byte, err error) {
+	b, err := s.bot(appID)
+	if err != nil {
+		return "", nil, err
+	}
+	auth, a, err = s.sign(b, a, fault)
+	if err != nil {
+		return "", nil, err
+	}
+	body, err = json.Marshal(a)
+	return auth, body, err
+}
+
+// sign mints the token for a (with fault) and returns the Authorization header and the
+// activity as it is sent.
+func (s *Server) sign(b Bot, a Activity, fault TokenFault) (string, Activity, error) {
 	s.mu.Lock()
 	s.initLocked()
 	claims := TokenClaims{Audience: b.AppID, ServiceURL: a.ServiceURL}
 	kid := ""
-	switch opt.Fault {
+	tenant := ""
+	if a.Conversation != nil {
+		tenant = a.Conversation.TenantID
+	}
+	switch fault {
 	case WrongAudience:
 		claims.Audience = newGUID()
 	case WrongIssuer:
-		claims.Issuer = "https://sts.windows.net/" + a.Conversation.TenantID + "/"
+		claims.Issuer = "https://sts.windows.net/" + tenant + "/"
 	case WrongServiceURL:
-		claims.ServiceURL = "https://smba.trafficmanager.net/emea/" + a.Conversation.TenantID + "/"
+		claims.ServiceURL = "https://smba.trafficmanager.net/emea/" + tenant + "/"
 	case Expired:
 		claims.NotBefore, claims.Expires = time.Now().Add(-2*time.Hour), time.Now().Add(-time.Hour)
 	case NoExpiry:
@@ -419,7 +441,7 @@ func (s *Server) attempt(ctx context.Context, b Bot, a Activity, opt DeliverOpti
 	}
 	var tok string
 	var err error
-	if opt.Fault == UnknownKey {
+	if fault == UnknownKey {
 		k := newSigningKey("msteams")
 		s.hidden[k.kid] = k
 		tok, err = s.channelTokenLocked(k.kid, claims)
@@ -429,9 +451,9 @@ func (s *Server) attempt(ctx context.Context, b Bot, a Activity, opt DeliverOpti
 	}
 	s.mu.Unlock()
 	if err != nil {
-		return Attempt{}, err
+		return "", a, err
 	}
-	switch opt.Fault {
+	switch fault {
 	case TamperedToken:
 		tok = tamperPayload(tok)
 	case TamperedBody:
@@ -439,6 +461,20 @@ func (s *Server) attempt(ctx context.Context, b Bot, a Activity, opt DeliverOpti
 	case AlgNone:
 		parts := strings.Split(tok, ".")
 		tok = b64(`{"alg":"none","typ":"JWT"}`) + "." + parts[1] + "."
+	}
+	switch fault {
+	case NoToken:
+		return "", a, nil
+	case LowercaseScheme:
+		return "bearer " + tok, a, nil
+	}
+	return "Bearer " + tok, a, nil
+}
+
+func (s *Server) attempt(ctx context.Context, b Bot, a Activity, opt DeliverOptions) (Attempt, error) {
+	auth, a, err := s.sign(b, a, opt.Fault)
+	if err != nil {
+		return Attempt{}, err
 	}
 	body, _ := json.Marshal(a)
 	timeout := s.deliveryTimeout(a.Type == "invoke")
@@ -449,12 +485,8 @@ func (s *Server) attempt(ctx context.Context, b Bot, a Activity, opt DeliverOpti
 		return Attempt{}, err
 	}
 	req.Header.Set("Content-Type", "application/json; charset=utf-8")
-	switch opt.Fault {
-	case NoToken:
-	case LowercaseScheme:
-		req.Header.Set("Authorization", "bearer "+tok)
-	default:
-		req.Header.Set("Authorization", "Bearer "+tok)
+	if auth != "" {
+		req.Header.Set("Authorization", auth)
 	}
 	req.Header.Set("x-ms-conversation-id", a.Conversation.ID)
 	req.Header.Set("x-ms-tenant-id", a.Conversation.TenantID)
