@@ -41,33 +41,67 @@ func (e *APIError) Error() string {
 	return s
 }
 
-func (e *APIError) hint() string {
-	switch {
-	case e.StatusCode == http.StatusUnauthorized:
-		return "the connector refused the bot token: check app_id, app_password and tenant_id, and that the Teams channel is enabled on the Azure Bot"
-	case e.permanentRecipient():
-		return "the bot can no longer write there until it is installed again; the conversation reference was forgotten"
-	case e.Code == "InvalidBotApiHost":
-		return "wrong cloud: use the serviceUrl of the tenant's cloud (GCC, GCC-High, DoD)"
-	case e.StatusCode == http.StatusPreconditionFailed:
-		return "concurrent operations on this conversation; not retried: try again later"
-	case e.StatusCode == http.StatusRequestEntityTooLarge:
-		return "shorten the message (Teams takes about 100 KB, 80 KB to be safe)"
-	}
-	return ""
+// codeInfo is what chatwire knows about one connector error code (spec §3.4, §6).
+type codeInfo struct {
+	kind adapter.Kind
+	// forget: the condition stays until the bot is installed again (or the conversation is
+	// gone), so the conversation reference is dropped.
+	forget bool
+	hint   string
 }
 
-// permanentRecipient reports a 403 that stays until the bot is installed again (spec §6.3).
-func (e *APIError) permanentRecipient() bool {
-	if e.StatusCode != http.StatusForbidden {
-		return false
-	}
-	switch e.Code {
-	case "BotNotInConversationRoster", "MessageWritesBlocked", "ConversationBlockedByUser", "ForbiddenOperationException", "BotDisabledByAdmin":
-		return true
-	}
-	return false
+// codes is the one table of the connector's error codes; statusInfo covers the rest by status.
+var codes = map[string]codeInfo{
+	"BotNotInConversationRoster":     {adapter.KindInvalidRecipient, true, "the bot was removed from the conversation; the reference was forgotten and comes back when the bot is installed again"},
+	"MessageWritesBlocked":           {adapter.KindInvalidRecipient, true, "the user blocked or uninstalled the bot; the reference was forgotten"},
+	"ConversationBlockedByUser":      {adapter.KindInvalidRecipient, true, "the user blocked the bot; the reference was forgotten"},
+	"ForbiddenOperationException":    {adapter.KindInvalidRecipient, false, "the bot is not installed for this user or team (install it first), or the operation is not allowed (a bot cannot edit or delete users' messages)"},
+	"BotDisabledByAdmin":             {adapter.KindInvalidRecipient, true, "an administrator disabled the bot in this tenant"},
+	"ConversationNotFound":           {adapter.KindNotFound, true, "the conversation does not exist (any more); the reference was forgotten"},
+	"ActivityNotFoundInConversation": {adapter.KindNotFound, false, ""},
+	"NotEnoughPermissions":           {adapter.KindUnauthorized, false, "the bot lacks a permission (RSC) for this operation"},
+	"InvalidBotApiHost":              {adapter.KindUnauthorized, false, "wrong cloud: use the serviceUrl of the tenant's cloud (GCC, GCC-High, DoD)"},
+	"BotNotRegistered":               {adapter.KindUnauthorized, false, "the app id is not a registered bot, or the Teams channel is not enabled on the Azure Bot"},
+	"PreconditionFailed":             {adapter.KindUnavailable, false, "concurrent operations on this conversation; not retried: try again later"},
+	"MessageSizeTooBig":              {adapter.KindTooLarge, false, "shorten the message (Teams takes about 100 KB, 80 KB to be safe)"},
+	"BadArgument":                    {adapter.KindInvalidRequest, false, ""},
+	"BadSyntax":                      {adapter.KindInvalidRequest, false, ""},
 }
+
+func statusInfo(status int) codeInfo {
+	switch {
+	case status == http.StatusTooManyRequests:
+		return codeInfo{kind: adapter.KindRateLimited}
+	case status == http.StatusUnauthorized:
+		return codeInfo{kind: adapter.KindUnauthorized, hint: "the connector refused the bot token: check app_id, app_password and tenant_id, and that the Teams channel is enabled on the Azure Bot"}
+	case status == http.StatusForbidden:
+		return codeInfo{kind: adapter.KindUnauthorized}
+	case status == http.StatusNotFound:
+		return codeInfo{kind: adapter.KindNotFound}
+	case status == http.StatusRequestEntityTooLarge:
+		return codes["MessageSizeTooBig"]
+	case status == http.StatusPreconditionFailed:
+		return codes["PreconditionFailed"]
+	case status >= 500:
+		return codeInfo{kind: adapter.KindUnavailable}
+	case status >= 400:
+		return codeInfo{kind: adapter.KindInvalidRequest}
+	}
+	return codeInfo{kind: adapter.KindInternal}
+}
+
+func (e *APIError) info() codeInfo {
+	if c, ok := codes[e.Code]; ok && e.StatusCode >= 400 && e.StatusCode != http.StatusUnauthorized && e.StatusCode != http.StatusTooManyRequests {
+		return c
+	}
+	return statusInfo(e.StatusCode)
+}
+
+func (e *APIError) hint() string { return e.info().hint }
+
+// forgetReference reports an error after which the conversation reference is dropped
+// (spec §6.3: permanent until the bot is installed again).
+func (e *APIError) forgetReference() bool { return e.info().forget }
 
 // Is maps a 401 onto [tokenmgr.ErrInvalid] and 429/5xx onto [tokenmgr.ErrTemporary].
 func (e *APIError) Is(target error) bool {
@@ -81,25 +115,7 @@ func (e *APIError) Is(target error) bool {
 }
 
 // Kind classifies e.
-func (e *APIError) Kind() adapter.Kind {
-	switch {
-	case e.StatusCode == http.StatusTooManyRequests:
-		return adapter.KindRateLimited
-	case e.permanentRecipient():
-		return adapter.KindInvalidRecipient
-	case e.StatusCode == http.StatusUnauthorized || e.StatusCode == http.StatusForbidden:
-		return adapter.KindUnauthorized
-	case e.StatusCode == http.StatusNotFound:
-		return adapter.KindNotFound
-	case e.StatusCode == http.StatusRequestEntityTooLarge:
-		return adapter.KindTooLarge
-	case e.StatusCode == http.StatusPreconditionFailed || e.StatusCode >= 500:
-		return adapter.KindUnavailable
-	case e.StatusCode >= 400:
-		return adapter.KindInvalidRequest
-	}
-	return adapter.KindInternal
-}
+func (e *APIError) Kind() adapter.Kind { return e.info().kind }
 
 func parseAPIError(resp *http.Response, body []byte) *APIError {
 	e := &APIError{StatusCode: resp.StatusCode, MSCV: resp.Header.Get("MS-CV"), RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"))}

@@ -337,7 +337,7 @@ func (a *Adapter) post(ctx context.Context, t target, act outActivity) (string, 
 // until the bot is installed again (403 roster/blocked, 404 conversation; spec §6.3).
 func (a *Adapter) writeFailed(ctx context.Context, ref Reference, err error, format string, args ...any) error {
 	var api *APIError
-	if errors.As(err, &api) && (api.permanentRecipient() || api.Code == "ConversationNotFound") {
+	if errors.As(err, &api) && api.forgetReference() {
 		a.forget(ctx, ref.ConversationID)
 		a.log.Warn("teams: conversation reference forgotten", "platform", Platform, "conversation", clip(ref.ConversationID, 80), "code", api.Code)
 	}
