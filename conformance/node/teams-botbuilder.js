@@ -5,7 +5,8 @@
 //     A CloudAdapter bot on 127.0.0.1 with ConfigurationBotFrameworkAuthentication's
 //     parameterized form pointed at the emulator's OpenID metadata: it validates every
 //     activity exactly as botbuilder does and answers messages with "echo: <text>" through
-//     its own ConnectorClient. Each processed request is logged to stderr as one JSON line.
+//     its own ConnectorClient, and Action.Execute invokes with a message response naming the
+//     verb and data botbuilder parsed. Each processed request is logged to stderr as one JSON line.
 //   node teams-botbuilder.js connector  {config, ops:[…]} on stdin; prints one result per op.
 //     Runs ConnectorClient calls (send, reply, update, delete, create) against the emulator.
 //
@@ -15,9 +16,7 @@
 'use strict';
 
 const http = require('http');
-const {
-  CloudAdapter,
-} = require('botbuilder');
+const { ActivityHandler, CloudAdapter } = require('botbuilder');
 const {
   BotFrameworkAuthenticationFactory,
   AuthenticationConfiguration,
@@ -91,6 +90,18 @@ async function serve() {
     new AuthenticationConfiguration(),
   );
   const adapter = new CloudAdapter(auth);
+  // The bot: echoes messages in their thread and answers Action.Execute with a message
+  // response naming the verb and data it parsed (botbuilder's getAdaptiveCardInvokeValue).
+  const bot = new ActivityHandler();
+  bot.onMessage(async (context, next) => {
+    await context.sendActivity(`echo: ${context.activity.text}`);
+    await next();
+  });
+  bot.onAdaptiveCardInvoke = async (context, invokeValue) => ({
+    statusCode: 200,
+    type: 'application/vnd.microsoft.activity.message',
+    value: `${invokeValue.action.verb} ${JSON.stringify(invokeValue.action.data)}`,
+  });
   adapter.onTurnError = async (context, error) => {
     process.stderr.write(JSON.stringify({ turnError: String(error) }) + '\n');
     throw error;
@@ -128,11 +139,7 @@ async function serve() {
       let error = '';
       console.error = (e) => (error = String((e && e.message) || e));
       try {
-        await adapter.process(req, r, async (context) => {
-          if (context.activity.type === 'message') {
-            await context.sendActivity(`echo: ${context.activity.text}`);
-          }
-        });
+        await adapter.process(req, r, (context) => bot.run(context));
       } finally {
         console.error = orig;
       }

@@ -193,6 +193,22 @@ func TestCloudAdapterAgainstEmulator(t *testing.T) {
 			}
 		})
 	}
+	// An Action.Execute click as the emulator sends it is what botbuilder parses: its invoke
+	// response comes back as the HTTP answer (spec §2.4).
+	inv, err := s.ExecuteAction(t.Context(), c, u, sent[0].ActivityID, "approve", map[string]int{"req": 42})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ir struct {
+		StatusCode int    `json:"statusCode"`
+		Type       string `json:"type"`
+		Value      string `json:"value"`
+	}
+	if inv.Final().Status != 200 || json.Unmarshal(inv.Final().Body, &ir) != nil || ir.StatusCode != 200 ||
+		ir.Type != "application/vnd.microsoft.activity.message" || ir.Value != `approve {"req":42}` {
+		t.Errorf("botbuilder answered the invoke %d %s; want 200 with verb approve and data {\"req\":42}", inv.Final().Status, inv.Final().Body)
+	}
+
 	// The spec's note: botbuilder accepts a token without exp (chatwire does not).
 	a, _ := s.Message(c, u, "no exp")
 	if d, err := s.Deliver(t.Context(), appID, a, teamstest.DeliverOptions{Fault: teamstest.NoExpiry}); err != nil || d.Final().Status != 200 {
