@@ -277,6 +277,17 @@ func TestRosterErrorForgetsReference(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Removed and told (conversationUpdate membersRemoved, installationUpdate remove): forgotten.
+	g2, err := e.srv.NewGroupChat(t.Context(), appID, "g2", u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.srv.Uninstall(t.Context(), g2); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, _ := e.a.References().Conversation(t.Context(), g2.ID); ok {
+		t.Error("reference kept after the bot was removed from a group chat")
+	}
 	// Removed without the bot being told.
 	e.srv.Inject(teamstest.Fault{Status: 403, Code: "BotNotInConversationRoster", Message: "The bot is not part of the conversation roster."})
 	_, err = e.a.Send(t.Context(), adapter.Message{To: adapter.Target{Chat: g.ID}, Text: "hi"})

@@ -204,7 +204,8 @@ func withChannelData(raw json.RawMessage, k string, v any) json.RawMessage {
 }
 
 // Uninstall removes the bot from c (for a personal chat: uninstalls the app for its user)
-// and tells the bot with an installationUpdate "remove". Later writes there get 403
+// and tells the bot: a conversationUpdate with the bot in membersRemoved (group chats and
+// teams), then an installationUpdate "remove". Later writes there get 403
 // BotNotInConversationRoster.
 func (s *Server) Uninstall(ctx context.Context, c Conversation) error {
 	b, err := s.bot(c.AppID)
@@ -226,6 +227,18 @@ func (s *Server) Uninstall(ctx context.Context, c Conversation) error {
 		delete(s.installed, c.AppID+"|"+by.ID)
 	}
 	s.mu.Unlock()
+	if c.ConversationType != "personal" {
+		// Removal from a team or group chat is also a conversationUpdate (spec §2.3).
+		up := s.newActivity("conversationUpdate", c, &by, b)
+		up.ID = "f:" + newGUID()
+		up.MembersRemoved = []Account{{ID: b.ID()}}
+		if c.ConversationType == "channel" {
+			up.ChannelData = withChannelData(up.ChannelData, "eventType", "teamMemberRemoved")
+		}
+		if _, err := s.Deliver(ctx, c.AppID, up, DeliverOptions{}); err != nil {
+			return err
+		}
+	}
 	in := s.newActivity("installationUpdate", c, &by, b)
 	in.ID, in.Action = "f:"+newGUID(), "remove"
 	_, err = s.Deliver(ctx, c.AppID, in, DeliverOptions{})
