@@ -50,6 +50,13 @@ func TestReplyInThread(t *testing.T) {
 	if conv, id, ok := teams.ParseID(rc.ID); !ok || id != s.ActivityID || conv != s.ConversationID {
 		t.Errorf("receipt %q; want the thread and id %s", rc.ID, s.ActivityID)
 	}
+	// A reply needs no target.
+	if _, err := e.a.Send(t.Context(), adapter.Message{ReplyTo: ev.ID, Text: "again"}); err != nil {
+		t.Fatalf("reply without a target: %v", err)
+	}
+	if s := lastSent(t, e.srv); s.Kind != "reply" || s.ConversationID != ch.ID+";messageid="+root {
+		t.Errorf("reply without a target went to %+v", s)
+	}
 	// The receipt edits and deletes the reply.
 	if err := e.a.Edit(t.Context(), rc.ID, adapter.Message{Text: "all green (edited)"}); err != nil {
 		t.Fatal(err)

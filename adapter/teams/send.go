@@ -28,7 +28,12 @@ type target struct {
 func (a *Adapter) resolve(ctx context.Context, msg adapter.Message) (target, error) {
 	kind, err := msg.To.Kind()
 	if err != nil {
-		return target{}, err
+		// A reply needs no target: the event id names its conversation.
+		conv, _, ok := ParseID(msg.ReplyTo)
+		if !ok || !isEmpty(msg.To) {
+			return target{}, err
+		}
+		kind, msg.To = adapter.TargetChat, adapter.Target{Chat: conv}
 	}
 	var t target
 	switch kind {
@@ -287,7 +292,8 @@ func messageBytes(act outActivity) int {
 
 // Send delivers msg to a conversation (To.Chat: a conversation id as in events), a channel
 // (To.Channel.Channel) or a user's 1:1 chat (To.User: a "29:" id or Entra object id of a user
-// who installed the bot). ReplyTo (an event id) posts into that message's thread. Receipt ids
+// who installed the bot). ReplyTo (an event id) posts into that message's thread; with
+// ReplyTo, To may be left empty. Receipt ids
 // are event-style ids that [Adapter.Recall] and [Adapter.Edit] take.
 func (a *Adapter) Send(ctx context.Context, msg adapter.Message) (adapter.Receipt, error) {
 	if a.isClosed() {
@@ -400,4 +406,9 @@ func (a *Adapter) Edit(ctx context.Context, id string, msg adapter.Message) erro
 		return a.writeFailed(ctx, ref, err, "update message %s", actID)
 	}
 	return nil
+}
+
+func isEmpty(t adapter.Target) bool {
+	return t.User == "" && len(t.Users) == 0 && t.Party == "" && t.Tag == "" && !t.All && t.Chat == "" &&
+		t.Channel == nil && t.Email == "" && len(t.Emails) == 0
 }
