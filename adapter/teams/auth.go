@@ -18,6 +18,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/seed-a64d9e1f/chatwire/adapter"
 	"github.com/seed-a64d9e1f/chatwire/tokenmgr"
 )
 
@@ -49,7 +50,12 @@ type keySet struct {
 	group       singleflight.Group
 }
 
-var errUnknownKey = errors.New("signing key not found in the connector's key set")
+var (
+	errUnknownKey = errors.New("signing key not found in the connector's key set")
+	// errKeysUnavailable wraps a failed key fetch when no cached key can stand in: the
+	// request is answered 503 so Teams redelivers it, not 401.
+	errKeysUnavailable = errors.New("the connector's signing keys could not be fetched")
+)
 
 // key returns the key kid.
 func (ks *keySet) key(ctx context.Context, kid string) (signingKey, error) {
@@ -100,7 +106,7 @@ func (ks *keySet) key(ctx context.Context, kid string) (signingKey, error) {
 	case ok:
 		return k, nil // the refresh failed or dropped the key: keep serving what we had
 	case err != nil:
-		return signingKey{}, fmt.Errorf("fetching the connector's keys: %w", err)
+		return signingKey{}, fmt.Errorf("%w: %w", errKeysUnavailable, err)
 	}
 	return signingKey{}, errUnknownKey
 }
@@ -230,6 +236,10 @@ func (a *Adapter) authenticate(ctx context.Context, header http.Header, body []b
 		key = k
 		return k.pub, nil // 3. the signature is checked with it
 	})
+	if errors.Is(err, errKeysUnavailable) {
+		return &adapter.Error{Kind: adapter.KindUnavailable, Platform: Platform, Code: "KeysUnavailable",
+			Message: "cannot check the activity's signature: " + err.Error() + " (" + a.opts.OpenIDMetadataURL + ")", Err: err}
+	}
 	if err != nil {
 		fail.reason, fail.err = jwtReason(err), err
 		return fail

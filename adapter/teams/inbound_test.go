@@ -341,3 +341,25 @@ func TestMalformedActivities(t *testing.T) {
 		t.Errorf("GET answered %d; want 405", resp.StatusCode)
 	}
 }
+
+// A key set that cannot be fetched is the bot's outage, not a bad token: 503, so Teams
+// redelivers, and no event.
+func TestKeysUnavailableIs503(t *testing.T) {
+	e := setup(t, func(o *teams.Options) { o.OpenIDMetadataURL = "http://127.0.0.1:1/v1/.well-known/openidconfiguration" })
+	u := e.srv.NewUser("Megan", tenant)
+	c, err := e.srv.InstallPersonalSilently(appID, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.srv.Redeliveries = -1
+	d, err := e.srv.Say(t.Context(), c, u, "hello")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Final().Status != http.StatusServiceUnavailable || len(e.Events()) != 0 {
+		t.Errorf("answer %d with %d events; want 503 and none", d.Final().Status, len(e.Events()))
+	}
+	if !strings.Contains(e.logs.String(), "KeysUnavailable") {
+		t.Errorf("log does not name the cause: %s", e.logs.String())
+	}
+}

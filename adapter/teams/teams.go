@@ -305,6 +305,9 @@ func (a *Adapter) HandleWebhook(ctx context.Context, req *adapter.WebhookRequest
 			return &adapter.WebhookResponse{Status: http.StatusUnauthorized}, nil,
 				&adapter.Error{Kind: adapter.KindUnauthorized, Platform: Platform, Code: "Unauthorized", Message: strings.TrimPrefix(ae.Error(), "teams: "), Err: err}
 		}
+		if adapter.KindOf(err) == adapter.KindUnavailable {
+			return &adapter.WebhookResponse{Status: http.StatusServiceUnavailable, Header: http.Header{"Retry-After": {"5"}}}, nil, err
+		}
 		return &adapter.WebhookResponse{Status: http.StatusBadRequest}, nil, err
 	}
 	// 9. Only now is the body parsed.
