@@ -43,10 +43,11 @@ type keySet struct {
 	// fetch replaces fetchKeys in tests; nil means fetchKeys.
 	fetch func(ctx context.Context) (map[string]signingKey, error)
 
-	mu          sync.Mutex // guards keys, fetched and lastAttempt
+	mu          sync.Mutex // guards keys, fetched, lastAttempt and lastFailure
 	keys        map[string]signingKey
 	fetched     time.Time // last successful fetch
 	lastAttempt time.Time // last fetch started
+	lastFailure time.Time // last fetch failed; no new fetch for failureFloor after it
 	group       singleflight.Group
 }
 
@@ -57,6 +58,9 @@ var (
 	errKeysUnavailable = errors.New("the connector's signing keys could not be fetched")
 )
 
+// failureFloor is the least time between a failed key fetch and the next one.
+const failureFloor = 10 * time.Second
+
 // key returns the key kid.
 func (ks *keySet) key(ctx context.Context, kid string) (signingKey, error) {
 	now := time.Now()
@@ -64,12 +68,23 @@ func (ks *keySet) key(ctx context.Context, kid string) (signingKey, error) {
 	k, ok := ks.keys[kid]
 	stale := ks.fetched.IsZero() || now.Sub(ks.fetched) >= ks.refresh
 	mayRefetch := ks.lastAttempt.IsZero() || now.Sub(ks.lastAttempt) >= ks.unknownEvery
+	failing := !ks.lastFailure.IsZero() && now.Sub(ks.lastFailure) < failureFloor
 	ks.mu.Unlock()
 	if ok && !stale {
 		return k, nil
 	}
 	if !ok && !stale && !mayRefetch {
 		return signingKey{}, errUnknownKey // refetched for an unknown kid less than unknownEvery ago
+	}
+	if failing {
+		// The key endpoint failed moments ago: do not hammer it on every request.
+		if ok {
+			return k, nil
+		}
+		if stale {
+			return signingKey{}, fmt.Errorf("%w: the last fetch failed less than %s ago", errKeysUnavailable, failureFloor)
+		}
+		return signingKey{}, errUnknownKey
 	}
 	ch := ks.group.DoChan("keys", func() (any, error) {
 		ks.mu.Lock()
@@ -83,6 +98,9 @@ func (ks *keySet) key(ctx context.Context, kid string) (signingKey, error) {
 		}
 		keys, err := fetch(fctx)
 		if err != nil {
+			ks.mu.Lock()
+			ks.lastFailure = time.Now()
+			ks.mu.Unlock()
 			return nil, err
 		}
 		ks.mu.Lock()

@@ -68,5 +68,30 @@ func TestKeySetRefreshAndUnknownKid(t *testing.T) {
 		if err := get("k1"); err != nil || fetches.Load() != 4 {
 			t.Errorf("k1 after 24 h with the JWKS down: %v, fetches %d; want served from cache after 1 attempt", err, fetches.Load())
 		}
+		for range 5 {
+			get("k1")
+		}
+		if fetches.Load() != 4 {
+			t.Errorf("fetches = %d; want no new attempt within 10 s of a failure", fetches.Load())
+		}
+		time.Sleep(10 * time.Second)
+		failing.Store(false)
+		if err := get("k1"); err != nil || fetches.Load() != 5 {
+			t.Errorf("k1 10 s after the failure: %v, fetches %d; want a new fetch", err, fetches.Load())
+		}
+		// A first fetch that fails: 503-worthy errors, one attempt per 10 s.
+		cold := &keySet{refresh: 24 * time.Hour, unknownEvery: 5 * time.Minute, fetch: func(ctx context.Context) (map[string]signingKey, error) {
+			fetches.Add(1)
+			return nil, errors.New("down")
+		}}
+		n := fetches.Load()
+		for range 3 {
+			if _, err := cold.key(ctx, "k1"); !errors.Is(err, errKeysUnavailable) {
+				t.Errorf("cold key = %v; want errKeysUnavailable", err)
+			}
+		}
+		if fetches.Load()-n != 1 {
+			t.Errorf("cold fetches = %d; want 1 within 10 s", fetches.Load()-n)
+		}
 	})
 }
