@@ -389,12 +389,12 @@ func TestConnector(t *testing.T) {
 
 func TestRedeliveryAfterSlowAnswer(t *testing.T) {
 	s, bot, _ := setup(t)
-	s.DeliveryTimeout = 200 * time.Millisecond
 	u := s.NewUser("Megan", tenant)
 	c, err := s.InstallPersonal(t.Context(), appID, u)
 	if err != nil {
 		t.Fatal(err)
 	}
+	s.DeliveryTimeout = time.Second
 	// The bot answers the first message attempt after a minute (cut short by the timeout).
 	base := len(bot.activities())
 	bot.delay = func(n int) time.Duration {
