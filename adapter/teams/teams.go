@@ -407,3 +407,14 @@ func (a *Adapter) answerInvoke(ctx context.Context, act *Activity, ev *adapter.E
 		return invokeResponse(def)
 	}
 }
+
+// A Limit is a number of requests allowed per period.
+type Limit struct {
+	N   int
+	Per time.Duration
+}
+
+// ThreadLimits are Teams' published limits for one bot sending to one conversation (spec §3.5:
+// "for estimation only"), for a sender that paces its own sends (the outbox). The connector
+// answers 429 with Retry-After beyond them, which [Adapter.Send] honours.
+var ThreadLimits = []Limit{{7, time.Second}, {8, 2 * time.Second}, {60, 30 * time.Second}, {1800, time.Hour}}
