@@ -90,7 +90,11 @@ func servePluginForTest(version int) {
 		Platforms: []string{"test"},
 		Open: func(ctx context.Context, store StoreConfig, bot BotConfig) (adapter.Adapter, error) {
 			if os.Getenv(roleEnv) == "plugin-hang-configure" {
-				syscall.Kill(os.Getpid(), syscall.SIGSTOP) // Configure never answers
+				// Configure never answers. SIGSTOP takes effect asynchronously (another thread
+				// handles it, then the group stops): without the select, Open could return and
+				// Configure answer in that window, which made TestProcessStartTimeoutKillsHung flaky.
+				syscall.Kill(os.Getpid(), syscall.SIGSTOP)
+				select {}
 			}
 			if os.Getenv(roleEnv) == "plugin-crash" {
 				// crash soon after configuring, leaving Configure (and Launch's start, under
