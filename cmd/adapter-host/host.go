@@ -134,6 +134,8 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 		m:       h.m,
 		gather:  prometheus.Gatherers{h.m.reg, pluginGatherer{fetch: p.Metrics}},
 		closing: make(chan struct{}),
+
+		pluginMetrics: p.Metrics,
 	}
 	if h.redis == nil {
 		h.srv.dedup = NewLRU(0) // Redis queues deduplicate events themselves (dedupAppender)
@@ -148,6 +150,7 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 		h.srv.bots[b.Name] = newBot(b.Name, b.Platform, p.Bot(b.Name), q)
 		h.srv.names = append(h.srv.names, b.Name)
 	}
+	h.registerChecks()
 
 	ln := opts.Listener
 	if ln == nil {

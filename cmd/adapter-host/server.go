@@ -51,6 +51,9 @@ type server struct {
 	m       *metrics
 	gather  prometheus.Gatherer
 	closing chan struct{} // closed when the host shuts down: SSE streams end
+	// checks are what /readyz runs (readiness.go); pluginMetrics reads the plugin's metrics.
+	checks        []readyCheck
+	pluginMetrics func(ctx context.Context) ([]byte, error)
 
 	sseMu      sync.Mutex // guards sseClients
 	sseClients int
@@ -407,20 +410,6 @@ func (s *server) listBots(w http.ResponseWriter, r *http.Request) {
 		out = append(out, item{n, s.bots[n].platform})
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"bots": out})
-}
-
-func (s *server) readyz(w http.ResponseWriter, r *http.Request) {
-	select {
-	case <-s.closing:
-		http.Error(w, "shutting down", http.StatusServiceUnavailable)
-		return
-	default:
-	}
-	if !s.ready() {
-		http.Error(w, "plugin not ready", http.StatusServiceUnavailable)
-		return
-	}
-	io.WriteString(w, "ready\n")
 }
 
 // clip returns s cut to at most n bytes (for logging what a request named).
