@@ -5,22 +5,24 @@ RACE      ?= -race
 BENCH     ?= .
 COUNT     ?= 5
 
-.PHONY: all test deps vet unit bench fmt
+.PHONY: all test deps vet rules unit bench fmt
 
 all: test
 
-# deps makes sure the external programs the tests start (redis-server, python3) are installed. As root it installs them
+# deps makes sure the external programs the tests start (redis-server, python3) and promtool
+# (Debian's prometheus package, for the alerting rules) are installed. As root it installs them
 # from Debian's packages; otherwise it fails and says what to install. Never a silent skip.
 deps:
 	@missing=; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	command -v python3 >/dev/null 2>&1 || missing="$$missing python3"; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 			echo "make: installing$$missing from Debian packages"; \
 			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing || exit 1; \
 		else \
-			echo "make: missing:$$missing (redis-server for the Redis tests, python3 for the Python example bot's test):" \
+			echo "make: missing:$$missing (redis-server for the Redis tests, python3 for the Python example bot's test, prometheus for promtool):" \
 				"install it (Debian: sudo apt-get install$$missing) and run make test again" >&2; \
 			exit 1; \
 		fi; \
@@ -29,6 +31,13 @@ deps:
 	@redis-server --version
 	@command -v python3 >/dev/null 2>&1 || { echo "make: python3 still missing after install" >&2; exit 1; }
 	@python3 --version
+	@command -v promtool >/dev/null 2>&1 || { echo "make: promtool still missing after install (Debian package prometheus)" >&2; exit 1; }
+	@promtool --version | head -1
+
+# rules checks the shipped Prometheus alerting rules and runs their unit tests.
+rules:
+	promtool check rules deploy/prometheus/alerts.yaml
+	cd deploy/prometheus && promtool test rules alerts_test.yaml
 
 vet:
 	$(GO) vet ./...
@@ -38,7 +47,7 @@ vet:
 unit:
 	$(GO) test $(RACE) -count=1 ./...
 
-test: deps vet unit
+test: deps vet rules unit
 
 # bench runs every benchmark (ours and the anchors they are compared with) in one run, COUNT
 # times, so medians can be read with benchstat; then the refresh-stream comparison once (it runs

@@ -151,6 +151,7 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 		h.srv.names = append(h.srv.names, b.Name)
 	}
 	h.registerChecks()
+	h.m.reg.MustRegister(prometheus.CollectorFunc(h.srv.collectServer))
 
 	ln := opts.Listener
 	if ln == nil {

@@ -144,6 +144,7 @@ func (s *server) webhook(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
+	defer observeSince(s.m.hookTime.WithLabelValues(b.name), time.Now())
 	if !s.ready() {
 		s.m.webhooks.WithLabelValues(b.name, "unavailable").Inc()
 		w.Header().Set("Retry-After", "1")
@@ -284,7 +285,9 @@ func (s *server) send(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Minute)
 	defer cancel()
+	start := time.Now()
 	rc, err := b.adapter.Send(ctx, msg)
+	s.m.observeSend(b.name, err, start)
 	if err != nil {
 		s.m.sends.WithLabelValues(b.name, string(adapter.KindOf(err)), adapter.Code(err)).Inc()
 		s.log.Warn("send failed", "bot", b.name, "to", msg.To.String(), "error", err)

@@ -1,0 +1,49 @@
+package main
+
+import (
+	"runtime"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// buildInfo is chatwire_build_info{version,revision,goversion} 1, from the binary's build
+// information (see buildVersion).
+func buildInfo() prometheus.Collector {
+	v, rev := buildVersion()
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "chatwire_build_info",
+		Help:        "Always 1; the labels say which build runs: module version, VCS revision, Go version.",
+		ConstLabels: prometheus.Labels{"version": v, "revision": rev, "goversion": runtime.Version()}},
+		func() float64 { return 1 })
+}
+
+var (
+	unconsumedDesc = prometheus.NewDesc("chatwire_events_unconsumed",
+		"Events received and not yet consumed (SSE, webhook delivery or a group ack), by bot.", []string{"bot"}, nil)
+	sseDesc = prometheus.NewDesc("chatwire_sse_consumers",
+		"Server-Sent Events streams open on this host.", nil, nil)
+)
+
+// collectServer reports the gauges read from the server's live state at scrape time.
+func (s *server) collectServer(ch chan<- prometheus.Metric) {
+	for _, name := range s.names {
+		_, unconsumed := s.bots[name].queue.Len()
+		ch <- prometheus.MustNewConstMetric(unconsumedDesc, prometheus.GaugeValue, float64(unconsumed), name)
+	}
+	s.sseMu.Lock()
+	n := s.sseClients
+	s.sseMu.Unlock()
+	ch <- prometheus.MustNewConstMetric(sseDesc, prometheus.GaugeValue, float64(n))
+}
+
+// observeSince observes the seconds since start in h; for defer.
+func observeSince(h prometheus.Observer, start time.Time) { h.Observe(time.Since(start).Seconds()) }
+
+// observeSend records a send's duration by bot and result.
+func (m *metrics) observeSend(bot string, err error, start time.Time) {
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	m.sendTime.WithLabelValues(bot, result).Observe(time.Since(start).Seconds())
+}
