@@ -5,9 +5,16 @@ RACE      ?= -race
 BENCH     ?= .
 COUNT     ?= 5
 
-.PHONY: all test deps vet rules unit bench fmt
+.PHONY: all test deps vet rules unit bench fmt build
 
 all: test
+
+# build writes bin/adapter-host with its version and revision from git set by -ldflags, for
+# checkouts Go does not stamp itself (git worktrees, GOFLAGS=-buildvcs=false).
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null)
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null)
+build:
+	$(GO) build -ldflags "-X main.version=$(VERSION) -X main.revision=$(REVISION)" -o bin/adapter-host ./cmd/adapter-host
 
 # deps makes sure the external programs the tests start (redis-server, python3) and promtool
 # (Debian's prometheus package, for the alerting rules) are installed. As root it installs them

@@ -45,13 +45,13 @@ type demoSummary struct {
 }
 
 func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("demo", "demo [--duration 40s] [--token-lifetime 12s] [--log-format text|json]", stderr)
+	fs := newFlagSet("demo", "demo [--duration 40s] [--token-lifetime 12s] [--log-format text|json]", stdout, stderr)
 	duration := fs.Duration("duration", 40*time.Second, "how long the simulated users talk")
 	lifetime := fs.Duration("token-lifetime", 12*time.Second, "lifetime of the access tokens both emulators issue, WeCom's and Graph's (real ones live 2h and 60-90 min)")
 	every := fs.Duration("every", 2*time.Second, "time between simulated user messages")
 	noEcho := fs.Bool("no-echo", false, "do not run the built-in echo bot: print how to connect your own (e.g. examples/python-bot) and wait for it")
 	var lf logFlags
-	lf.register(fs)
+	lf.register(fs.FlagSet)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

@@ -18,7 +18,8 @@ import (
 	"github.com/seed-a64d9e1f/chatwire/internal/platforms"
 )
 
-// version is set at build time with -ldflags "-X main.version=v1.2.3".
+// version is set at build time with -ldflags "-X main.version=v1.2.3"; left "dev", the
+// module version and VCS revision Go stamps into the binary are used (buildVersion).
 var version = "dev"
 
 func main() {
@@ -56,11 +57,11 @@ Usage:
   adapter-host check --config FILE          validate FILE and try each bot's credentials
   adapter-host token status [--config FILE | --url URL --api-key KEY]
                                             token state of a running host (no secrets shown)
-  adapter-host send --bot NAME --to KIND:ID (--text T | --markdown M | --file PATH) [...]
+  adapter-host send --bot NAME --to KIND:ID (--text T | --markdown M | --html H | --file PATH) [...]
                                             send through a running host
   adapter-host graph login --config FILE --bot NAME
                                             sign a delegated Graph bot in (browser, PKCE)
-  adapter-host version                      print the version
+  adapter-host version                      print the version, VCS revision and Go version
   adapter-host plugin                       serve as the adapter plugin (started by the host itself)
 
 Common flags:
@@ -79,6 +80,9 @@ Graph apps are in examples/configs; the HTTP API and the event JSON are in the R
 
 // run is the whole program; main only adds signals and the exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if startedAsPluginWithoutArg(args, stdout) {
+		return errors.New(`started by a plugin launcher without the "plugin" argument`)
+	}
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return errors.New("no command given")
@@ -89,16 +93,25 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprint(stdout, usage)
 		return nil
 	case "version", "--version":
-		fmt.Fprintln(stdout, "adapter-host", version)
+		if isHelp(rest) {
+			fmt.Fprint(stdout, versionUsage)
+			return nil
+		}
+		printVersion(stdout)
 		return nil
 	case "plugin":
+		if isHelp(rest) {
+			fmt.Fprint(stdout, pluginUsage)
+			return nil
+		}
 		level := slog.LevelInfo
 		for _, a := range rest {
 			if a == "--debug" {
 				level = slog.LevelDebug
 			}
 		}
-		platforms.Serve(version, level)
+		v, _ := buildVersion()
+		platforms.Serve(v, level)
 		return nil
 	case "run":
 		return cmdRun(ctx, rest, stdout, stderr)
@@ -107,14 +120,24 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "check":
 		return cmdCheck(ctx, rest, stdout, stderr)
 	case "token":
+		if isHelp(rest) {
+			fmt.Fprint(stdout, tokenUsage)
+			return nil
+		}
 		if len(rest) == 0 || rest[0] != "status" {
+			fmt.Fprint(stderr, tokenUsage)
 			return errors.New(`token: want "token status" (see adapter-host --help)`)
 		}
 		return cmdTokenStatus(ctx, rest[1:], stdout, stderr)
 	case "send":
 		return cmdSend(ctx, rest, stdout, stderr)
 	case "graph":
+		if isHelp(rest) {
+			fmt.Fprint(stdout, graphUsage)
+			return nil
+		}
 		if len(rest) == 0 || rest[0] != "login" {
+			fmt.Fprint(stderr, graphUsage)
 			return errors.New(`graph: want "graph login" (see adapter-host --help)`)
 		}
 		return cmdGraphLogin(ctx, rest[1:], stdout, stderr)
@@ -149,21 +172,22 @@ func (l *logFlags) logger(w io.Writer) (*slog.Logger, slog.Level, error) {
 	return nil, 0, fmt.Errorf("--log-format %q: want text or json", l.format)
 }
 
-func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: adapter-host %s\n\nFlags:\n", synopsis)
-		fs.PrintDefaults()
+// newFlagSet returns the flag set of a command; see flagSet.
+func newFlagSet(name, synopsis string, stdout, stderr io.Writer) *flagSet {
+	f := &flagSet{FlagSet: flag.NewFlagSet(name, flag.ContinueOnError), synopsis: synopsis, stdout: stdout, stderr: stderr}
+	f.SetOutput(stderr)
+	f.FlagSet.Usage = func() { f.printUsage(f.Output()) }
+	if onFlagSet != nil {
+		onFlagSet(f)
 	}
-	return fs
+	return f
 }
 
 func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("run", "run --config FILE [--log-format text|json] [--log-level info]", stderr)
+	fs := newFlagSet("run", "run --config FILE [--log-format text|json] [--log-level info]", stdout, stderr)
 	config := fs.String("config", os.Getenv("CHATWIRE_CONFIG"), "config file (default $CHATWIRE_CONFIG)")
 	var lf logFlags
-	lf.register(fs)
+	lf.register(fs.FlagSet)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
