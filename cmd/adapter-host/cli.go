@@ -117,3 +117,13 @@ func startedAsPluginWithoutArg(args []string, stdout io.Writer) bool {
 	fmt.Fprintln(stdout, plugin.MissingPluginArg+`: pass LaunchOptions.Args = []string{"plugin"}`)
 	return true
 }
+
+// instanceID names this host process in its log lines, so lines from several hosts on one
+// Redis can be told apart: the host name and a random suffix (new on each start).
+func instanceID() string {
+	name, err := os.Hostname()
+	if err != nil || name == "" {
+		name = "host"
+	}
+	return name + "-" + randomString(4)
+}

@@ -242,13 +242,14 @@ func (h *host) trackConn(c net.Conn, st http.ConnState) {
 // queues each batch before asking for the next, which is when the adapter commits it.
 func (h *host) poll(ctx context.Context, b *bot, p adapter.Poller) {
 	wait := time.Second
+	rl := newRetryLog(h.log, "poll")
 	for ctx.Err() == nil {
 		events, err := p.Poll(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
-			h.log.Warn("poll failed; retrying", "bot", b.name, "in", wait, "error", err)
+			rl.failed(err, "bot", b.name)
 			select {
 			case <-time.After(wait):
 			case <-ctx.Done():
@@ -258,6 +259,7 @@ func (h *host) poll(ctx context.Context, b *bot, p adapter.Poller) {
 			continue
 		}
 		wait = time.Second
+		rl.ok("bot", b.name)
 		for ctx.Err() == nil {
 			if err := h.srv.enqueue(ctx, b, events); err == nil {
 				break

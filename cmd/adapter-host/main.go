@@ -16,6 +16,7 @@ import (
 	"syscall"
 
 	"github.com/seed-a64d9e1f/chatwire/internal/platforms"
+	"github.com/seed-a64d9e1f/chatwire/plugin"
 )
 
 // version is set at build time with -ldflags "-X main.version=v1.2.3"; left "dev", the
@@ -162,7 +163,7 @@ func (l *logFlags) logger(w io.Writer) (*slog.Logger, slog.Level, error) {
 	if err := level.UnmarshalText([]byte(l.level)); err != nil {
 		return nil, 0, fmt.Errorf("--log-level %q: want debug, info, warn or error", l.level)
 	}
-	opts := &slog.HandlerOptions{Level: level}
+	opts := &slog.HandlerOptions{Level: level, ReplaceAttr: plugin.DurationsAsMillis}
 	switch strings.ToLower(l.format) {
 	case "text":
 		return slog.New(slog.NewTextHandler(w, opts)), level, nil
@@ -202,6 +203,9 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
+	// Every line of this host, the plugin's included, says which host wrote it.
+	log = log.With("instance", instanceID())
+	platforms.InstallRedisLog(log)
 	h, err := startHost(ctx, cfg, hostOptions{Logger: log, PluginDebug: level <= slog.LevelDebug})
 	if err != nil {
 		return err

@@ -118,6 +118,8 @@ type RedisQueue struct {
 	dedup                    string // prefix of dedup keys, in the stream's hash slot
 	max                      int
 	log                      *slog.Logger
+	readLog                  *retryLog // Read's failures, one line per outage
+	watchLog                 *retryLog // watch's failures, one line per outage
 
 	mu   sync.Mutex // guards wake
 	wake chan struct{}
@@ -135,8 +137,9 @@ func NewRedisQueue(rdb redis.UniversalClient, prefix, bot string, max int, log *
 	base := prefix + ":events:{" + bot + "}"
 	ctx, cancel := context.WithCancel(context.Background())
 	q := &RedisQueue{rdb: rdb, stream: base, counter: base + ":seq", consumd: base + ":consumed",
-		dedup: prefix + ":dedup:{" + bot + "}:", max: max, log: log,
-		wake: make(chan struct{}), stop: cancel, done: make(chan struct{})}
+		dedup: prefix + ":dedup:{" + bot + "}:", max: max, log: log, readLog: newRetryLog(log, "reading events"),
+		watchLog: newRetryLog(log, "event stream watch"),
+		wake:     make(chan struct{}), stop: cancel, done: make(chan struct{})}
 	go q.watch(ctx)
 	return q
 }
@@ -153,8 +156,12 @@ func (q *RedisQueue) broadcast() {
 func (q *RedisQueue) watch(ctx context.Context) {
 	defer close(q.done)
 	last := "$"
+	rl := q.watchLog
 	for ctx.Err() == nil {
 		res, err := q.rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{q.stream, last}, Count: 100, Block: time.Second}).Result()
+		if err == nil || errors.Is(err, redis.Nil) {
+			rl.ok("stream", q.stream)
+		}
 		switch {
 		case err == nil:
 			for _, s := range res {
@@ -166,7 +173,7 @@ func (q *RedisQueue) watch(ctx context.Context) {
 		case errors.Is(err, redis.Nil):
 			q.broadcast() // timeout: let readers re-check
 		case ctx.Err() == nil:
-			q.log.Warn("event stream watch failed; retrying", "stream", q.stream, "error", err)
+			rl.failed(err, "stream", q.stream)
 			select {
 			case <-time.After(time.Second + rand.N(time.Second)):
 			case <-ctx.Done():
@@ -259,9 +266,10 @@ func (q *RedisQueue) Read(seq uint64, n int) ([]queued, <-chan struct{}, uint64)
 	defer cancel()
 	msgs, err := q.rdb.XRangeN(ctx, q.stream, "0-"+strconv.FormatUint(seq, 10), "+", int64(n)).Result()
 	if err != nil {
-		q.log.Warn("reading events failed; retrying", "stream", q.stream, "error", err)
+		q.readLog.failed(err, "stream", q.stream)
 		return nil, wake, 0
 	}
+	q.readLog.ok("stream", q.stream)
 	var out []queued
 	var lost uint64
 	for i, m := range msgs {
@@ -317,10 +325,13 @@ return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 // ctx ends when the lease is lost or ctx ends. asLeader returns when ctx ends.
 func asLeader(ctx context.Context, rdb redis.UniversalClient, key string, ttl time.Duration, log *slog.Logger, fn func(ctx context.Context)) {
 	owner := randomString(16)
+	rl := newRetryLog(log, "lease")
 	for ctx.Err() == nil {
 		ok, err := rdb.SetNX(ctx, key, owner, ttl).Result()
 		if err != nil && ctx.Err() == nil {
-			log.Warn("lease: Redis failed", "key", key, "error", err)
+			rl.failed(err, "key", key)
+		} else if err == nil {
+			rl.ok("key", key)
 		}
 		if !ok {
 			select {
