@@ -24,7 +24,7 @@ func TestHelpEveryCommand(t *testing.T) {
 		{"--help"}, {"run", "--help"}, {"demo", "--help"}, {"check", "--help"},
 		{"token", "--help"}, {"token", "status", "--help"}, {"token", "status", "-h"},
 		{"send", "--help"}, {"graph", "--help"}, {"graph", "login", "--help"},
-		{"version", "--help"}, {"plugin", "--help"},
+		{"version", "--help"}, {"plugin", "--help"}, {"emulate", "--help"},
 	} {
 		var stdout, stderr bytes.Buffer
 		var fs *flagSet

@@ -169,7 +169,12 @@ func runDemo(ctx context.Context, o demoOptions) (demoSummary, error) {
 	var echoes atomic.Int64
 	echoErr := make(chan error, 2)
 	if o.NoEcho {
-		fmt.Fprintf(out, "connect your bot now (events wait for it), for example:\n  CHATWIRE_URL=%s CHATWIRE_API_KEY=%s python3 examples/python-bot/echo_bot.py echo\n\n", h.URL(), apiKey)
+		// One bot process per bot: each answers the events of the bot it is named after.
+		fmt.Fprintln(out, "connect your bots now (events wait for them), one process per bot, for example:")
+		for _, b := range h.srv.names {
+			fmt.Fprintf(out, "  CHATWIRE_URL=%s CHATWIRE_API_KEY=%s python3 examples/python-bot/echo_bot.py %s\n", h.URL(), apiKey, b)
+		}
+		fmt.Fprintln(out)
 	} else {
 		for _, b := range []string{"echo", "teams"} {
 			go func() { echoErr <- echoBot(ctx, h.URL(), apiKey, b, &echoes, o.Log) }()

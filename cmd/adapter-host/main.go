@@ -54,6 +54,8 @@ Usage:
   adapter-host demo [--duration 40s] [--no-echo]
                                             see it work: emulated WeCom and Graph, a real plugin
                                             process, an echo bot; no credentials, no network
+  adapter-host emulate [--dir DIR]          run emulated WeCom and Graph on fixed loopback ports,
+                                            write DIR/bots.yaml for them and print commands to try
   adapter-host run --config FILE            serve the HTTP API for the bots in FILE
   adapter-host check --config FILE          validate FILE and try each bot's credentials
   adapter-host token status [--config FILE | --url URL --api-key KEY]
@@ -120,6 +122,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdDemo(ctx, rest, stdout, stderr)
 	case "check":
 		return cmdCheck(ctx, rest, stdout, stderr)
+	case "emulate":
+		return cmdEmulate(ctx, rest, stdout, stderr)
 	case "token":
 		if isHelp(rest) {
 			fmt.Fprint(stdout, tokenUsage)
