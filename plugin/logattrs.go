@@ -38,7 +38,18 @@ func sortedPairs(args []any) []any {
 	slices.SortStableFunc(pairs, func(a, b kv) int { return cmp.Compare(a.k, b.k) })
 	out := make([]any, 0, len(args))
 	for _, p := range pairs {
-		out = append(out, p.k, p.v)
+		out = append(out, p.k, wholeNumber(p.v))
 	}
 	return append(out, rest...)
+}
+
+// wholeNumber turns a float64 holding a whole number (go-plugin decodes every JSON number of
+// the plugin's lines as float64) back into an int64, so ids and counts print as 1000002, not
+// 1.000002e+06.
+func wholeNumber(v any) any {
+	f, ok := v.(float64)
+	if !ok || f != math.Trunc(f) || math.Abs(f) > 1<<53 {
+		return v
+	}
+	return int64(f)
 }

@@ -52,3 +52,16 @@ func TestPluginLineFieldOrderStable(t *testing.T) {
 		}
 	}
 }
+
+// Whole numbers from the plugin's JSON lines print as integers on the host, in text too.
+func TestPluginLineNumbersKeepTheirType(t *testing.T) {
+	var buf bytes.Buffer
+	a := newHCLogAdapter(slog.New(slog.NewTextHandler(&buf, nil)), "plugin")
+	a.Info("token refreshed", "agent_id", float64(1000002), "next_refresh_in_ms", float64(5400000), "took_ms", 2.3)
+	line := buf.String()
+	for _, want := range []string{"agent_id=1000002", "next_refresh_in_ms=5400000", "took_ms=2.3"} {
+		if !bytes.Contains([]byte(line), []byte(want)) {
+			t.Errorf("line %q lacks %s", line, want)
+		}
+	}
+}
