@@ -24,16 +24,32 @@ var (
 		"Server-Sent Events streams open on this host.", nil, nil)
 )
 
+// scrapeBudget bounds how long a scrape waits for the event queues' counts.
+const scrapeBudget = 2 * time.Second
+
 // collectServer reports the gauges read from the server's live state at scrape time.
 func (s *server) collectServer(ch chan<- prometheus.Metric) {
-	for _, name := range s.names {
-		_, unconsumed := s.bots[name].queue.Len()
-		ch <- prometheus.MustNewConstMetric(unconsumedDesc, prometheus.GaugeValue, float64(unconsumed), name)
-	}
 	s.sseMu.Lock()
-	n := s.sseClients
+	sse := s.sseClients
 	s.sseMu.Unlock()
-	ch <- prometheus.MustNewConstMetric(sseDesc, prometheus.GaugeValue, float64(n))
+	ch <- prometheus.MustNewConstMetric(sseDesc, prometheus.GaugeValue, float64(sse))
+	// Redis queues ask Redis: concurrently, and a bot whose count does not come within
+	// scrapeBudget is left out of this scrape rather than holding it up.
+	counts := make([]chan int, len(s.names))
+	for i, name := range s.names {
+		counts[i] = make(chan int, 1)
+		go func() { _, n := s.bots[name].queue.Len(); counts[i] <- n }()
+	}
+	budget := time.NewTimer(scrapeBudget)
+	defer budget.Stop()
+	for i, name := range s.names {
+		select {
+		case n := <-counts[i]:
+			ch <- prometheus.MustNewConstMetric(unconsumedDesc, prometheus.GaugeValue, float64(n), name)
+		case <-budget.C:
+			return // Redis is slow or away: /readyz and chatwire_store_available say so
+		}
+	}
 }
 
 // observeSince observes the seconds since start in h; for defer.
