@@ -8,7 +8,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/seed-a64d9e1f/chatwire/adapter"
+	"github.com/seed-a64d9e1f/chatwire/adapter/graph/graphtest"
 	"github.com/seed-a64d9e1f/chatwire/adapter/wecom/wecomtest"
+	"github.com/seed-a64d9e1f/chatwire/internal/platforms"
 	"github.com/seed-a64d9e1f/chatwire/internal/redistest"
 )
 
@@ -106,5 +109,35 @@ func TestReadyzCredentialsRejected(t *testing.T) {
 	}
 	if !strings.Contains(e.logs.String(), "credentials rejected (40001)") {
 		t.Errorf("log does not say the credentials were rejected:\n%s", e.logs)
+	}
+}
+
+// A Graph bot whose client secret Entra ID rejects is named with the AADSTS code.
+func TestReadyzGraphCredentialsRejected(t *testing.T) {
+	gemu := &graphtest.Server{}
+	gemu.AddClient("mail-client", "the-secret-entra-knows")
+	gs := httptest.NewServer(gemu)
+	t.Cleanup(gs.Close)
+	cfg := &Config{
+		Server: ServerConfig{Listen: "127.0.0.1:0", APIKeys: []string{testAPIKey}},
+		Bots: []BotConfig{{Name: "mail", Platform: adapter.PlatformGraph, Graph: &platforms.Graph{
+			TenantID: "contoso", ClientID: "mail-client", ClientSecret: "not-the-secret", Auth: "client_credentials",
+			User: "bot@contoso.example", LoginBase: gs.URL, GraphBase: gs.URL}}},
+	}
+	cfg.defaults()
+	cerr := &ConfigError{}
+	cfg.validate(cerr)
+	if len(cerr.Problems) > 0 {
+		t.Fatal(cerr)
+	}
+	h, err := startHost(t.Context(), cfg, hostOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.shutdown() })
+	e := &env{t: t, h: h, logs: &syncBuffer{}}
+	_, body := e.waitReadyz("names the bot", func(s int, b readyBody) bool { return s == 503 && len(b.Failing) > 0 })
+	if !slices.Equal(body.Failing, []string{"bot mail: credentials rejected (AADSTS7000215)"}) {
+		t.Errorf("/readyz failing = %q; want [bot mail: credentials rejected (AADSTS7000215)]", body.Failing)
 	}
 }
