@@ -5,27 +5,36 @@ RACE      ?= -race
 BENCH     ?= .
 COUNT     ?= 5
 
-.PHONY: all test deps vet unit conformance bench fmt
+.PHONY: all test deps vet rules unit conformance bench fmt build
 
 all: test
 
+# build writes bin/adapter-host with its version and revision from git set by -ldflags, for
+# checkouts Go does not stamp itself (git worktrees, GOFLAGS=-buildvcs=false).
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null)
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null)
+build:
+	$(GO) build -ldflags "-X main.version=$(VERSION) -X main.revision=$(REVISION)" -o bin/adapter-host ./cmd/adapter-host
+
 # deps makes sure the external programs the tests start (redis-server, python3, node and npm for the conformance
-# oracles) are installed. As root it installs them from Debian's packages; otherwise it fails and says what to install.
-# Never a silent skip. Then it installs the npm packages conformance/ drives, exactly as locked in
-# conformance/node{,-sse}/package-lock.json (npm ci; again only when a lockfile changed).
+# oracles, promtool from Debian's prometheus package for the alerting rules) are installed. As root it installs them
+# from Debian's packages; otherwise it fails and says what to install. Never a silent skip. Then it installs the npm
+# packages conformance/ drives, exactly as locked in conformance/node{,-sse}/package-lock.json (npm ci; again only
+# when a lockfile changed).
 deps:
 	@missing=; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	command -v python3 >/dev/null 2>&1 || missing="$$missing python3"; \
 	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
 	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 			echo "make: installing$$missing from Debian packages"; \
 			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing || exit 1; \
 		else \
 			echo "make: missing:$$missing (redis-server for the Redis tests, python3 for the Python example bot's test," \
-				"nodejs and npm for the conformance oracles):" \
+				"nodejs and npm for the conformance oracles, prometheus for promtool):" \
 				"install it (Debian: sudo apt-get install$$missing) and run make test again" >&2; \
 			exit 1; \
 		fi; \
@@ -42,6 +51,13 @@ deps:
 			(cd $$d && npm ci --no-audit --no-fund) || exit 1; \
 		fi; \
 	done
+	@command -v promtool >/dev/null 2>&1 || { echo "make: promtool still missing after install (Debian package prometheus)" >&2; exit 1; }
+	@promtool --version | head -1
+
+# rules checks the shipped Prometheus alerting rules and runs their unit tests.
+rules:
+	promtool check rules deploy/prometheus/alerts.yaml
+	cd deploy/prometheus && promtool test rules alerts_test.yaml
 
 vet:
 	$(GO) vet ./...
@@ -57,7 +73,7 @@ conformance:
 	cd conformance && $(GO) vet ./...
 	cd conformance && $(GO) test $(RACE) -count=1 ./...
 
-test: deps vet unit conformance
+test: deps vet rules unit conformance
 
 # bench runs every benchmark (ours and the anchors they are compared with) in one run, COUNT
 # times, so medians can be read with benchstat; then the refresh-stream comparison once (it runs

@@ -182,7 +182,7 @@ func (p *Plugin) start(ctx context.Context) error {
 	}
 	cp, err := gp.Client() // starts cmd in this goroutine: cmd.Process is set from here on
 	if err != nil {
-		return fail(fmt.Errorf("plugin: starting %s: %w", p.opts.Path, err))
+		return fail(startError(p.opts.Path, err))
 	}
 	raw, err := cp.Dispense(PluginName)
 	if err != nil {

@@ -22,8 +22,8 @@ func NewPluginLogHandler(w io.Writer, level slog.Leveler) slog.Handler {
 
 func hclogAttr(groups []string, a slog.Attr) slog.Attr {
 	if a.Value.Kind() == slog.KindDuration {
-		// JSON would carry nanoseconds, which the host logs as 2.3e+06: keep "2.3ms".
-		return slog.String(a.Key, a.Value.Duration().String())
+		// JSON would carry nanoseconds, which the host logs as 2.3e+06: took_ms=2.3.
+		return DurationsAsMillis(groups, a)
 	}
 	if len(groups) > 0 {
 		return a
@@ -95,6 +95,8 @@ func (h *hclogAdapter) Log(level hclog.Level, msg string, args ...any) {
 	}
 	all = append(all, h.args...)
 	// go-plugin passes the plugin's own @timestamp as "timestamp"; the host has its own time.
+	// It builds args from a JSON object, in random order: sort them for a stable field order.
+	args = sortedPairs(args)
 	for i := 0; i+1 < len(args); i += 2 {
 		if k, ok := args[i].(string); ok && k == "timestamp" {
 			continue

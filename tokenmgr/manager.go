@@ -855,6 +855,12 @@ func (m *Manager) emit(ev Event) {
 	case EventRefresh:
 		attrs = append(attrs, slog.Duration("took", ev.Took), slog.Duration("expires_in", ev.ExpiresIn.Round(time.Second)),
 			slog.Int("attempt", ev.Attempt), slog.String("fp", ev.Fingerprint))
+		m.mu.Lock()
+		next := m.refreshAt // emit runs unlocked
+		m.mu.Unlock()
+		if !next.IsZero() {
+			attrs = append(attrs, slog.Duration("next_refresh_in", time.Until(next).Round(time.Second)))
+		}
 		m.log.LogAttrs(m.ctx, slog.LevelInfo, "token refreshed", attrs...)
 	case EventInvalidate:
 		attrs = append(attrs, slog.String("fp", ev.Fingerprint))

@@ -100,7 +100,7 @@ func (e checkFailed) Error() string { return fmt.Sprintf("%d of %d bots failed t
 func (e checkFailed) ExitCode() int { return 2 }
 
 func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("check", "check --config FILE [--offline]", stderr)
+	fs := newFlagSet("check", "check --config FILE [--offline]", stdout, stderr)
 	config := fs.String("config", "", "config file to check (required)")
 	offline := fs.Bool("offline", false, "only validate the file; do not contact the platforms")
 	timeout := fs.Duration("timeout", 20*time.Second, "how long each credential probe may take")
@@ -228,7 +228,7 @@ func probe(ctx context.Context, opener *platforms.Opener, store plugin.StoreConf
 }
 
 func cmdGraphLogin(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("graph login", "graph login --config FILE --bot NAME [--redirect URL | --device]", stderr)
+	fs := newFlagSet("graph login", "graph login --config FILE --bot NAME [--redirect URL | --device]", stdout, stderr)
 	config := fs.String("config", os.Getenv("CHATWIRE_CONFIG"), "config file (required)")
 	botName := fs.String("bot", "", "the delegated Graph bot to sign in (required)")
 	redirect := fs.String("redirect", "http://localhost:8400/callback", "loopback redirect URI registered for the app (Authentication → Mobile and desktop applications)")

@@ -74,9 +74,9 @@ func apiError(resp *http.Response) error {
 }
 
 func cmdTokenStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("token status", "token status [--config FILE | --url URL --api-key KEY] [--json]", stderr)
+	fs := newFlagSet("token status", "token status [--config FILE | --url URL --api-key KEY] [--json]", stdout, stderr)
 	var af apiFlags
-	af.register(fs)
+	af.register(fs.FlagSet)
 	asJSON := fs.Bool("json", false, "print the host's JSON as is")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -166,9 +166,9 @@ func parseTarget(s string) (adapter.Target, error) {
 }
 
 func cmdSend(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("send", "send --bot NAME --to KIND:ID (--text T | --markdown M | --html H | --file PATH)", stderr)
+	fs := newFlagSet("send", "send --bot NAME --to KIND:ID (--text T | --markdown M | --html H | --file PATH)", stdout, stderr)
 	var af apiFlags
-	af.register(fs)
+	af.register(fs.FlagSet)
 	botName := fs.String("bot", "", "bot name (required)")
 	to := fs.String("to", "", "recipient: user:ID, users:A,B, party:ID, tag:ID, all, chat:ID, channel:TEAM/CHANNEL, email:ADDRESS")
 	text := fs.String("text", "", "text to send")

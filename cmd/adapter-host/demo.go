@@ -45,13 +45,13 @@ type demoSummary struct {
 }
 
 func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("demo", "demo [--duration 40s] [--token-lifetime 12s] [--log-format text|json]", stderr)
+	fs := newFlagSet("demo", "demo [--duration 40s] [--token-lifetime 12s] [--log-format text|json]", stdout, stderr)
 	duration := fs.Duration("duration", 40*time.Second, "how long the simulated users talk")
 	lifetime := fs.Duration("token-lifetime", 12*time.Second, "lifetime of the access tokens both emulators issue, WeCom's and Graph's (real ones live 2h and 60-90 min)")
 	every := fs.Duration("every", 2*time.Second, "time between simulated user messages")
 	noEcho := fs.Bool("no-echo", false, "do not run the built-in echo bot: print how to connect your own (e.g. examples/python-bot) and wait for it")
 	var lf logFlags
-	lf.register(fs)
+	lf.register(fs.FlagSet)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -169,7 +169,12 @@ func runDemo(ctx context.Context, o demoOptions) (demoSummary, error) {
 	var echoes atomic.Int64
 	echoErr := make(chan error, 2)
 	if o.NoEcho {
-		fmt.Fprintf(out, "connect your bot now (events wait for it), for example:\n  CHATWIRE_URL=%s CHATWIRE_API_KEY=%s python3 examples/python-bot/echo_bot.py echo\n\n", h.URL(), apiKey)
+		// One bot process per bot: each answers the events of the bot it is named after.
+		fmt.Fprintln(out, "connect your bots now (events wait for them), one process per bot, for example:")
+		for _, b := range h.srv.names {
+			fmt.Fprintf(out, "  CHATWIRE_URL=%s CHATWIRE_API_KEY=%s python3 examples/python-bot/echo_bot.py %s\n", h.URL(), apiKey, b)
+		}
+		fmt.Fprintln(out)
 	} else {
 		for _, b := range []string{"echo", "teams"} {
 			go func() { echoErr <- echoBot(ctx, h.URL(), apiKey, b, &echoes, o.Log) }()

@@ -146,6 +146,8 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 		refusals:       newRefusalLog(log, refusalBurst, refusalWindow),
 		webhookTimeout: webhookTimeout,
 		bodies:         newBodyBudget(cfg.Server.bodyMemory(), h.m.bodyBytes.Add),
+
+		pluginMetrics: p.Metrics,
 	}
 	for _, b := range cfg.Bots {
 		// The stream and dedup keys are those the host used before its ids came from the
@@ -160,6 +162,8 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 		h.srv.bots[b.Name] = newBot(b.Name, b.Platform, p.Bot(b.Name), l)
 		h.srv.names = append(h.srv.names, b.Name)
 	}
+	h.registerChecks()
+	h.m.reg.MustRegister(prometheus.CollectorFunc(h.srv.collectServer))
 
 	ln := opts.Listener
 	if ln == nil {
@@ -251,13 +255,14 @@ func (h *host) trackConn(c net.Conn, st http.ConnState) {
 // queues each batch before asking for the next, which is when the adapter commits it.
 func (h *host) poll(ctx context.Context, b *bot, p adapter.Poller) {
 	wait := time.Second
+	rl := newRetryLog(h.log, "poll")
 	for ctx.Err() == nil {
 		events, err := p.Poll(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
-			h.log.Warn("poll failed; retrying", "bot", b.name, "in", wait, "error", err)
+			rl.failed(err, "bot", b.name)
 			select {
 			case <-time.After(wait):
 			case <-ctx.Done():
@@ -267,6 +272,7 @@ func (h *host) poll(ctx context.Context, b *bot, p adapter.Poller) {
 			continue
 		}
 		wait = time.Second
+		rl.ok("bot", b.name)
 		for ctx.Err() == nil {
 			if err := h.srv.enqueue(ctx, b, events); err == nil {
 				break

@@ -25,10 +25,13 @@ return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 // ctx ends when the lease is lost or ctx ends. asLeader returns when ctx ends.
 func asLeader(ctx context.Context, rdb redis.UniversalClient, key string, ttl time.Duration, log *slog.Logger, fn func(ctx context.Context)) {
 	owner := randomString(16)
+	rl := newRetryLog(log, "lease")
 	for ctx.Err() == nil {
 		ok, err := rdb.SetNX(ctx, key, owner, ttl).Result()
 		if err != nil && ctx.Err() == nil {
-			log.Warn("lease: Redis failed", "key", key, "error", err)
+			rl.failed(err, "key", key)
+		} else if err == nil {
+			rl.ok("key", key)
 		}
 		if !ok {
 			select {

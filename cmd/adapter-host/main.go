@@ -16,9 +16,11 @@ import (
 	"syscall"
 
 	"github.com/seed-a64d9e1f/chatwire/internal/platforms"
+	"github.com/seed-a64d9e1f/chatwire/plugin"
 )
 
-// version is set at build time with -ldflags "-X main.version=v1.2.3".
+// version is set at build time with -ldflags "-X main.version=v1.2.3"; left "dev", the
+// module version and VCS revision Go stamps into the binary are used (buildVersion).
 var version = "dev"
 
 func main() {
@@ -52,15 +54,17 @@ Usage:
   adapter-host demo [--duration 40s] [--no-echo]
                                             see it work: emulated WeCom and Graph, a real plugin
                                             process, an echo bot; no credentials, no network
+  adapter-host emulate [--dir DIR]          run emulated WeCom and Graph on fixed loopback ports,
+                                            write DIR/bots.yaml for them and print commands to try
   adapter-host run --config FILE            serve the HTTP API for the bots in FILE
   adapter-host check --config FILE          validate FILE and try each bot's credentials
   adapter-host token status [--config FILE | --url URL --api-key KEY]
                                             token state of a running host (no secrets shown)
-  adapter-host send --bot NAME --to KIND:ID (--text T | --markdown M | --file PATH) [...]
+  adapter-host send --bot NAME --to KIND:ID (--text T | --markdown M | --html H | --file PATH) [...]
                                             send through a running host
   adapter-host graph login --config FILE --bot NAME
                                             sign a delegated Graph bot in (browser, PKCE)
-  adapter-host version                      print the version
+  adapter-host version                      print the version, VCS revision and Go version
   adapter-host plugin                       serve as the adapter plugin (started by the host itself)
 
 Common flags:
@@ -79,6 +83,9 @@ Graph apps are in examples/configs; the HTTP API and the event JSON are in the R
 
 // run is the whole program; main only adds signals and the exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if startedAsPluginWithoutArg(args, stdout) {
+		return errors.New(`started by a plugin launcher without the "plugin" argument`)
+	}
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return errors.New("no command given")
@@ -89,16 +96,25 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprint(stdout, usage)
 		return nil
 	case "version", "--version":
-		fmt.Fprintln(stdout, "adapter-host", version)
+		if isHelp(rest) {
+			fmt.Fprint(stdout, versionUsage)
+			return nil
+		}
+		printVersion(stdout)
 		return nil
 	case "plugin":
+		if isHelp(rest) {
+			fmt.Fprint(stdout, pluginUsage)
+			return nil
+		}
 		level := slog.LevelInfo
 		for _, a := range rest {
 			if a == "--debug" {
 				level = slog.LevelDebug
 			}
 		}
-		platforms.Serve(version, level)
+		v, _ := buildVersion()
+		platforms.Serve(v, level)
 		return nil
 	case "run":
 		return cmdRun(ctx, rest, stdout, stderr)
@@ -106,15 +122,27 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdDemo(ctx, rest, stdout, stderr)
 	case "check":
 		return cmdCheck(ctx, rest, stdout, stderr)
+	case "emulate":
+		return cmdEmulate(ctx, rest, stdout, stderr)
 	case "token":
+		if isHelp(rest) {
+			fmt.Fprint(stdout, tokenUsage)
+			return nil
+		}
 		if len(rest) == 0 || rest[0] != "status" {
+			fmt.Fprint(stderr, tokenUsage)
 			return errors.New(`token: want "token status" (see adapter-host --help)`)
 		}
 		return cmdTokenStatus(ctx, rest[1:], stdout, stderr)
 	case "send":
 		return cmdSend(ctx, rest, stdout, stderr)
 	case "graph":
+		if isHelp(rest) {
+			fmt.Fprint(stdout, graphUsage)
+			return nil
+		}
 		if len(rest) == 0 || rest[0] != "login" {
+			fmt.Fprint(stderr, graphUsage)
 			return errors.New(`graph: want "graph login" (see adapter-host --help)`)
 		}
 		return cmdGraphLogin(ctx, rest[1:], stdout, stderr)
@@ -139,7 +167,7 @@ func (l *logFlags) logger(w io.Writer) (*slog.Logger, slog.Level, error) {
 	if err := level.UnmarshalText([]byte(l.level)); err != nil {
 		return nil, 0, fmt.Errorf("--log-level %q: want debug, info, warn or error", l.level)
 	}
-	opts := &slog.HandlerOptions{Level: level}
+	opts := &slog.HandlerOptions{Level: level, ReplaceAttr: plugin.DurationsAsMillis}
 	switch strings.ToLower(l.format) {
 	case "text":
 		return slog.New(slog.NewTextHandler(w, opts)), level, nil
@@ -149,21 +177,22 @@ func (l *logFlags) logger(w io.Writer) (*slog.Logger, slog.Level, error) {
 	return nil, 0, fmt.Errorf("--log-format %q: want text or json", l.format)
 }
 
-func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: adapter-host %s\n\nFlags:\n", synopsis)
-		fs.PrintDefaults()
+// newFlagSet returns the flag set of a command; see flagSet.
+func newFlagSet(name, synopsis string, stdout, stderr io.Writer) *flagSet {
+	f := &flagSet{FlagSet: flag.NewFlagSet(name, flag.ContinueOnError), synopsis: synopsis, stdout: stdout, stderr: stderr}
+	f.SetOutput(stderr)
+	f.FlagSet.Usage = func() { f.printUsage(f.Output()) }
+	if onFlagSet != nil {
+		onFlagSet(f)
 	}
-	return fs
+	return f
 }
 
 func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("run", "run --config FILE [--log-format text|json] [--log-level info]", stderr)
+	fs := newFlagSet("run", "run --config FILE [--log-format text|json] [--log-level info]", stdout, stderr)
 	config := fs.String("config", os.Getenv("CHATWIRE_CONFIG"), "config file (default $CHATWIRE_CONFIG)")
 	var lf logFlags
-	lf.register(fs)
+	lf.register(fs.FlagSet)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -178,6 +207,9 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
+	// Every line of this host, the plugin's included, says which host wrote it.
+	log = log.With("instance", instanceID())
+	platforms.InstallRedisLog(log)
 	h, err := startHost(ctx, cfg, hostOptions{Logger: log, PluginDebug: level <= slog.LevelDebug})
 	if err != nil {
 		return err

@@ -23,6 +23,8 @@ type metrics struct {
 	bodyBytes  prometheus.Gauge
 	restarts   prometheus.Counter
 	ready      prometheus.Gauge
+	sendTime   *prometheus.HistogramVec
+	hookTime   *prometheus.HistogramVec
 }
 
 func newMetrics() *metrics {
@@ -45,7 +47,14 @@ func newMetrics() *metrics {
 		ready: prometheus.NewGauge(prometheus.GaugeOpts{Name: "chatwire_plugin_ready",
 			Help: "1 while the plugin runs with its bots configured."}),
 	}
-	m.reg.MustRegister(m.sends, m.webhooks, m.events, m.deliveries, m.refused, m.bodyBytes, m.restarts, m.ready)
+	m.sendTime = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "chatwire_send_duration_seconds",
+		Help:    "How long sends through the API took, upload included, by bot and result (ok or error).",
+		Buckets: []float64{.025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 120}}, []string{"bot", "result"})
+	m.hookTime = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "chatwire_webhook_duration_seconds",
+		Help:    "How long platform webhook requests took to answer (checked, parsed, events queued), by bot.",
+		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 5}}, []string{"bot"})
+	m.reg.MustRegister(m.sends, m.webhooks, m.events, m.deliveries, m.refused, m.bodyBytes, m.restarts, m.ready, m.sendTime, m.hookTime,
+		buildInfo())
 	return m
 }
 

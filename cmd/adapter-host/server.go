@@ -17,6 +17,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -58,6 +59,12 @@ type server struct {
 	webhookTimeout time.Duration
 	// bodies bounds the request bodies held at once; nil: no bound.
 	bodies *bodyBudget
+	// checks are what /readyz runs (readiness.go); pluginMetrics reads the plugin's metrics.
+	checks        []readyCheck
+	pluginMetrics func(ctx context.Context) ([]byte, error)
+
+	sseMu      sync.Mutex // guards sseClients
+	sseClients int
 }
 
 func (s *server) routes() http.Handler {
@@ -250,6 +257,7 @@ func (s *server) webhook(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
+	defer observeSince(s.m.hookTime.WithLabelValues(b.name), time.Now())
 	if !s.ready() {
 		s.m.webhooks.WithLabelValues(b.name, "unavailable").Inc()
 		w.Header().Set("Retry-After", "1")
@@ -403,7 +411,9 @@ func (s *server) send(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Minute)
 	defer cancel()
+	start := time.Now()
 	rc, err := b.adapter.Send(ctx, msg)
+	s.m.observeSend(b.name, err, start)
 	if err != nil {
 		s.m.sends.WithLabelValues(b.name, string(adapter.KindOf(err)), adapter.Code(err)).Inc()
 		s.log.Warn("send failed", "bot", b.name, "to", msg.To.String(), "error", err)
@@ -520,6 +530,14 @@ func (s *server) events(w http.ResponseWriter, r *http.Request) {
 	if err := rc.Flush(); err != nil {
 		return
 	}
+	s.sseMu.Lock()
+	s.sseClients++
+	s.sseMu.Unlock()
+	defer func() {
+		s.sseMu.Lock()
+		s.sseClients--
+		s.sseMu.Unlock()
+	}()
 	failing := false
 	// retry runs fn until it succeeds or ctx ends, logging a failing log once.
 	retry := func(fn func() error) bool {
@@ -702,20 +720,6 @@ func (s *server) listBots(w http.ResponseWriter, r *http.Request) {
 		out = append(out, item{n, s.bots[n].platform})
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"bots": out})
-}
-
-func (s *server) readyz(w http.ResponseWriter, r *http.Request) {
-	select {
-	case <-s.closing:
-		http.Error(w, "shutting down", http.StatusServiceUnavailable)
-		return
-	default:
-	}
-	if !s.ready() {
-		http.Error(w, "plugin not ready", http.StatusServiceUnavailable)
-		return
-	}
-	io.WriteString(w, "ready\n")
 }
 
 // clip returns s cut to at most n bytes (for logging what a request named).

@@ -128,8 +128,9 @@ type Opener struct {
 	// probes). False: each Graph bot is started in the background after it opens.
 	NoStart bool
 
-	log *slog.Logger
-	m   *Metrics
+	log    *slog.Logger
+	m      *Metrics
+	health *health
 
 	mu     sync.Mutex                // guards stores
 	stores map[string]tokenmgr.Store // by storeID
@@ -140,9 +141,9 @@ func New(log *slog.Logger, reg prometheus.Registerer) *Opener {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	o := &Opener{log: log, m: NewMetrics(reg), stores: make(map[string]tokenmgr.Store)}
+	o := &Opener{log: log, m: NewMetrics(reg), health: newHealth(), stores: make(map[string]tokenmgr.Store)}
 	if reg != nil {
-		reg.MustRegister(prometheus.CollectorFunc(o.collectStores))
+		reg.MustRegister(prometheus.CollectorFunc(o.collectStores), prometheus.CollectorFunc(o.health.collect))
 	}
 	return o
 }
@@ -226,7 +227,10 @@ func (o *Opener) Open(ctx context.Context, sc plugin.StoreConfig, bot plugin.Bot
 		return nil, err
 	}
 	log := o.log.With("bot", bot.Name)
-	topts := tokenmgr.Options{Store: store, Logger: log, OnEvent: o.m.tokenEvent}
+	topts := tokenmgr.Options{Store: store, Logger: log, OnEvent: func(ev tokenmgr.Event) {
+		o.m.tokenEvent(ev)
+		o.health.event(bot.Name, ev)
+	}}
 	hc := &http.Client{Transport: o.m.transport(bot.Platform, http.DefaultTransport), Timeout: 2 * time.Minute}
 	switch bot.Platform {
 	case adapter.PlatformWeCom:
@@ -241,6 +245,10 @@ func (o *Opener) Open(ctx context.Context, sc plugin.StoreConfig, bot plugin.Bot
 			return nil, err
 		}
 		o.m.watch(cl.Tokens())
+		o.health.open(bot.Name, bot.Platform, cl.Tokens())
+		if !o.NoStart {
+			warm(cl.Tokens(), log)
+		}
 		log.Info("bot opened", "platform", bot.Platform, "corp_id", c.CorpID, "agent_id", strconv.FormatInt(c.AgentID, 10))
 		return cl, nil
 	case adapter.PlatformGraph:
@@ -253,6 +261,10 @@ func (o *Opener) Open(ctx context.Context, sc plugin.StoreConfig, bot plugin.Bot
 			return nil, err
 		}
 		o.m.watch(a.Tokens())
+		o.health.open(bot.Name, bot.Platform, a.Tokens())
+		if !o.NoStart {
+			warm(a.Tokens(), log)
+		}
 		log.Info("bot opened", "platform", bot.Platform, "tenant", c.TenantID, "auth", c.Auth, "notifications", c.NotificationURL != "")
 		if !o.NoStart {
 			go o.start(bot.Name, a, log)

@@ -14,6 +14,7 @@ import (
 func Serve(version string, level slog.Level) {
 	log := slog.New(plugin.NewPluginLogHandler(os.Stderr, level))
 	slog.SetDefault(log)
+	InstallRedisLog(log)
 	reg := prometheus.NewRegistry()
 	o := New(log, reg)
 	plugin.Serve(plugin.ServeOptions{

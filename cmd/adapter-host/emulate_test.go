@@ -1,0 +1,129 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/seed-a64d9e1f/chatwire/adapter"
+)
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// emulate writes a bots.yaml that check accepts and a host runs with: sends reach the
+// emulators, and users "saying" something arrive as events.
+func TestEmulate(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	listen := freeAddr(t)
+	var stdout, stderr syncBuffer
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"emulate", "--dir", t.TempDir(), "--listen", listen, "--wecom", "127.0.0.1:0", "--graph", "127.0.0.1:0"}, &stdout, &stderr)
+	}()
+	wrote := regexp.MustCompile(`Wrote (\S+bots\.yaml)`)
+	var cfgPath string
+	for deadline := time.Now().Add(30 * time.Second); cfgPath == ""; time.Sleep(20 * time.Millisecond) {
+		if m := wrote.FindStringSubmatch(stdout.String()); m != nil {
+			cfgPath = m[1]
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("emulate ended: %v\n%s%s", err, stdout.String(), stderr.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("emulate wrote no config:\n%s%s", stdout.String(), stderr.String())
+		}
+	}
+	out := stdout.String()
+	for _, want := range []string{"check --config " + cfgPath, "run --config " + cfgPath, "graph login --config " + cfgPath + " --bot teams",
+		"send --config " + cfgPath + " --bot hr", "curl -N", "echo_bot.py hr", "echo_bot.py teams"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("emulate does not print %q:\n%s", want, out)
+		}
+	}
+	var checkOut, checkErr syncBuffer
+	if err := run(ctx, []string{"check", "--config", cfgPath}, &checkOut, &checkErr); err != nil {
+		t.Fatalf("check of the written config: %v\n%s%s", err, checkOut.String(), checkErr.String())
+	}
+
+	cfg, err := LoadConfig(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := startHost(ctx, cfg, hostOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.shutdown()
+	key := cfg.Server.APIKeys[0]
+	post := func(path, body string) {
+		t.Helper()
+		req, _ := http.NewRequestWithContext(ctx, "POST", h.URL()+path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+key)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Errorf("POST %s %s = %d", path, body, resp.StatusCode)
+		}
+	}
+	post("/v1/bots/hr/messages", `{"to":{"user":"alice"},"text":"hi alice"}`)
+	post("/v1/bots/teams/messages", `{"to":{"chat":"`+emuChatID+`"},"text":"hi chat"}`)
+
+	// alice writes to hr through the emulator; the event reaches a bot on SSE.
+	wecomURL := regexp.MustCompile(`curl -d user=alice -d text=hi (\S+)`).FindStringSubmatch(out)
+	if wecomURL == nil {
+		t.Fatalf("no WeCom say command in:\n%s", out)
+	}
+	got := make(chan adapter.Event, 1)
+	sctx, stop := context.WithCancel(ctx)
+	defer stop()
+	connected := make(chan struct{})
+	go readSSEWithHook(sctx, h.URL()+"/v1/bots/hr/events", key, "", func() { close(connected) }, func(id, kind string, data []byte) error {
+		var ev adapter.Event
+		json.Unmarshal(data, &ev)
+		got <- ev
+		return errors.New("done")
+	})
+	<-connected
+	resp, err := http.PostForm(wecomURL[1], url.Values{"user": {"alice"}, "text": {"hello hr"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("say = %d", resp.StatusCode)
+	}
+	select {
+	case ev := <-got:
+		if ev.Text != "hello hr" || ev.Sender.ID != "alice" {
+			t.Errorf("event = %+v", ev)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("no event for alice's message")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("emulate: %v", err)
+	}
+}
