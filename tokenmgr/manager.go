@@ -679,7 +679,33 @@ func (m *Manager) fetchUpstream(ctx context.Context, c *call, prev Entry) (Entry
 		return Entry{}, fmt.Errorf("%w: source returned a token that expired %s ago", ErrTemporary,
 			now.Sub(tok.ExpiresAt).Round(time.Millisecond))
 	}
+	tok.ExpiresAt = m.firstExpiry(tok, prev, now)
 	return Entry{Token: tok, State: state, Issued: now}, nil
+}
+
+// firstExpiry returns the expiry of tok, a token just fetched: its own, or the earlier one
+// already known for the same value while that one is still ahead. Fetching does not extend a
+// token, but a platform may hand back its current token with a later expiry than its real one
+// (WeCom may report a full expires_in on a repeated gettoken). The expiry known is the one in
+// prev, the entry the store held when the fetch began, so the rule holds across every user of
+// the store (every host of a fleet), whoever fetched the value first; and the one this Manager
+// holds, for when the store lost it (an invalidation clears the stored token). Once that expiry
+// has passed, the same value can only be a new issue, and its own expiry is believed. A
+// platform that does extend a token it hands back gets it refreshed early, never late.
+func (m *Manager) firstExpiry(tok Token, prev Entry, now time.Time) time.Time {
+	exp := tok.ExpiresAt
+	if exp.IsZero() {
+		return exp
+	}
+	m.mu.Lock()
+	held := m.entry.Token
+	m.mu.Unlock()
+	for _, known := range [...]Token{prev.Token, held} {
+		if known.Value == tok.Value && known.ExpiresAt.After(now) && known.ExpiresAt.Before(exp) {
+			exp = known.ExpiresAt
+		}
+	}
+	return exp
 }
 
 // acceptLocked makes e the current entry and schedules its refresh and expiry. fetched tells

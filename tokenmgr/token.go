@@ -30,6 +30,13 @@ type Token struct {
 // must send ctx along with any request it makes. Errors should match [ErrCredentials],
 // [ErrInvalid] or [ErrTemporary] through errors.Is where the platform says which, and must never
 // contain a secret or a token.
+//
+// Fetching is taken not to extend a token: when a Source hands back a value the [Store] holds
+// (or the Manager holds) with a later expiry than the one known for it, while that one is still
+// ahead, the token keeps its known expiry. A platform such as WeCom may hand back its current
+// token on a repeated fetch with a full lifetime; whichever process of a fleet fetches it again,
+// the token is never kept past its real end. Once the known expiry has passed, the same value is
+// a new issue and its own expiry is believed.
 type Source interface {
 	Token(ctx context.Context) (Token, error)
 }
