@@ -105,3 +105,28 @@ func TestRepeatedTokenKeepsStoredExpiry(t *testing.T) {
 		})
 	}
 }
+
+// TestRepeatedTokenAfterInvalidationKeepsExpiry: an invalidation clears the stored token, so
+// the store no longer knows a value's expiry; the Manager that held it still does. A platform
+// that hands the rejected value back with a later expiry does not extend it.
+func TestRepeatedTokenAfterInvalidationKeepsExpiry(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		start := time.Now()
+		src := &fakeSource{fn: func(ctx context.Context, n int) (tokenmgr.Token, error) {
+			return tokenmgr.Token{Value: "tok", ExpiresAt: time.Now().Add(twoHours)}, nil
+		}}
+		m := tokenmgr.New("wecom/ww1/1", src, tokenmgr.Options{})
+		defer m.Close()
+		first := mustToken(t, m)
+		time.Sleep(time.Hour)
+		m.Invalidate(first.Value)
+		tok := mustToken(t, m)
+		if src.fetches() != 2 {
+			t.Fatalf("fetches = %d; want 2 (the invalidation refetches)", src.fetches())
+		}
+		if !tok.ExpiresAt.Equal(start.Add(twoHours)) {
+			t.Errorf("token handed back after its invalidation expires at start+%v; want start+%v (its first expiry)",
+				tok.ExpiresAt.Sub(start), twoHours)
+		}
+	})
+}
