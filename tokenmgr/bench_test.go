@@ -16,6 +16,7 @@ import (
 	"net/url"
 	"os"
 	"slices"
+	"sort"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -231,9 +232,9 @@ func BenchmarkFreshTokenParallel(b *testing.B) {
 
 // BenchmarkRefreshStream runs a steady stream of callers (4 goroutines, one call per
 // millisecond each) across CHATWIRE_BENCH_CYCLES (default 100) token lifetimes of 1 s with a
-// token endpoint that takes 200 ms, and reports the longest and the 99.9th-percentile wait of
-// any call. Target: no call waits more than 1 ms. chatwire refreshes at half the lifetime
-// here (RefreshAt 0.5) so that a 200 ms fetch fits a 1 s token, as 80% fits a 2-hour one.
+// token endpoint that takes 200 ms, and reports how many calls waited more than 1 ms, and the
+// longest and the 99.9th-percentile wait of any call. Target: no call waits more than 1 ms. Every contender runs with its defaults:
+// chatwire's refresh point learns the 200 ms fetch and starts the refresh early enough.
 // One iteration is the whole run: read the custom metrics, not ns/op.
 func BenchmarkRefreshStream(b *testing.B) {
 	cycles := 100
@@ -244,7 +245,7 @@ func BenchmarkRefreshStream(b *testing.B) {
 	for _, name := range order {
 		b.Run(name, func(b *testing.B) {
 			for b.Loop() {
-				get, calls := contenders(b, latency, life, tokenmgr.Options{RefreshAt: 0.5, Jitter: -1})[name](b)
+				get, calls := contenders(b, latency, life, tokenmgr.Options{})[name](b)
 				if _, err := get(context.Background()); err != nil {
 					b.Fatal(err)
 				}
@@ -272,6 +273,8 @@ func BenchmarkRefreshStream(b *testing.B) {
 				}
 				wg.Wait()
 				slices.Sort(waits)
+				over := len(waits) - sort.Search(len(waits), func(i int) bool { return waits[i] > time.Millisecond })
+				b.ReportMetric(float64(over), "waits>1ms")
 				b.ReportMetric(float64(waits[len(waits)-1])/1e6, "max-wait-ms")
 				b.ReportMetric(float64(waits[len(waits)*999/1000])/1e3, "p99.9-wait-µs")
 				b.ReportMetric(float64(calls.Load()-first), "fetches")

@@ -35,6 +35,19 @@ const (
 	EventInvalidate = "invalidation"
 )
 
+// The refresh point learns how long refreshes take: a background refresh starts no later than
+// expiry − skew − latencyFactor × the slowest of the last latencyWindow successful refreshes,
+// moved earlier by this Manager's jitter (0 to 2×Jitter of the lifetime, so that a fleet still
+// spreads its refreshes). A refresh then ends before the token stops being handed out even when
+// a fetch takes a good part of the token's lifetime; but the refresh point is never moved
+// earlier than half the lifetime on that account. A factor of 2 leaves room for a fetch twice
+// as slow as the slowest recent one; a window of 8 refreshes (hours, with 2-hour tokens)
+// forgets one slow fetch after a while without making the refresh point jump at every one.
+const (
+	latencyWindow = 8
+	latencyFactor = 2
+)
+
 // Options configure a [Manager]. The zero value is ready to use. Every timing is scaled down
 // for short-lived tokens: each duration below is a cap, and the value used is the smaller of it
 // and the stated fraction of the longest token lifetime seen for the key, so a 6-second token
@@ -53,7 +66,11 @@ type Options struct {
 	Platform string
 
 	// RefreshAt is the fraction of a token's lifetime after which it is refreshed in the
-	// background. Zero means 0.8.
+	// background. Zero means 0.8. The refresh point also learns how long refreshes take: it is
+	// never later than expiry − ExpirySkew − 2 × the slowest of the last 8 successful
+	// refreshes (less the jitter), so that a refresh ends before the token stops being handed
+	// out even when a fetch takes a good part of the lifetime (a 200 ms fetch of a 1 s token
+	// starts at about half of it); but never earlier than half the lifetime on that account.
 	RefreshAt float64
 	// Jitter spreads RefreshAt by up to ± this fraction of the lifetime, drawn once per
 	// Manager, so a fleet does not refresh in lockstep. Zero means 0.05; negative means none.
@@ -116,7 +133,8 @@ type Status struct {
 // A Manager keeps the token of one key fresh. Its methods are safe for concurrent use.
 //
 // A fresh token is returned by an atomic load. A background refresh starts at the jittered
-// refresh-ahead point; callers keep getting the current token meanwhile. Callers that need a
+// refresh-ahead point, early enough for the time recent refreshes took (see
+// [Options.RefreshAt]); callers keep getting the current token meanwhile. Callers that need a
 // token the Manager lacks (none yet, expired, invalidated) share one fetch and can each give up
 // on their own ctx. A failed refresh keeps the still-valid token, is retried with jittered
 // exponential backoff, and is returned at once to callers arriving during the backoff.
@@ -152,8 +170,10 @@ type Manager struct {
 	timer        *time.Timer
 	call         *call // the refresh in flight, if any
 	lastFetch    time.Time
-	lastFetchWhy string // the reason of the last upstream fetch
-	fails        int    // consecutive failures
+	lastFetchWhy string                       // the reason of the last upstream fetch
+	took         [latencyWindow]time.Duration // how long the last successful refreshes took, a ring
+	tookN        int                          // refreshes recorded in took, in all
+	fails        int                          // consecutive failures
 	lastErr      error
 	retryAt      time.Time
 	closed       bool
@@ -448,6 +468,22 @@ func (m *Manager) backoff(n int, err error) time.Duration {
 	return d
 }
 
+// learnedLatestLocked returns the latest point at which a refresh of a token issued at issued,
+// living life until exp, still ends before the token stops being handed out, judging by how
+// long the recent refreshes took (see latencyFactor): exp − skew − latencyFactor × the slowest,
+// shifted by this Manager's jitter (never later), and never before half the lifetime.
+func (m *Manager) learnedLatestLocked(issued time.Time, life time.Duration, exp time.Time) time.Time {
+	var slowest time.Duration
+	for _, d := range m.took[:min(m.tookN, latencyWindow)] {
+		slowest = max(slowest, d)
+	}
+	at := exp.Add(-m.skew() - latencyFactor*slowest + time.Duration((m.jitter-m.opts.Jitter)*float64(life)))
+	if floor := issued.Add(life / 2); at.Before(floor) {
+		at = floor
+	}
+	return at
+}
+
 // rejectLocked records that the token value of generation gen was invalidated.
 func (m *Manager) rejectLocked(value string, gen uint64) {
 	m.badValue = value
@@ -589,6 +625,8 @@ func (m *Manager) run(c *call, delay time.Duration, attempt int) {
 		m.emitFailure(ev, wait)
 		return
 	}
+	m.took[m.tookN%latencyWindow] = took
+	m.tookN++
 	m.acceptLocked(e, fetched)
 	c.tok = e.Token
 	src := SourceStore
@@ -679,7 +717,33 @@ func (m *Manager) fetchUpstream(ctx context.Context, c *call, prev Entry) (Entry
 		return Entry{}, fmt.Errorf("%w: source returned a token that expired %s ago", ErrTemporary,
 			now.Sub(tok.ExpiresAt).Round(time.Millisecond))
 	}
+	tok.ExpiresAt = m.firstExpiry(tok, prev, now)
 	return Entry{Token: tok, State: state, Issued: now}, nil
+}
+
+// firstExpiry returns the expiry of tok, a token just fetched: its own, or the earlier one
+// already known for the same value while that one is still ahead. Fetching does not extend a
+// token, but a platform may hand back its current token with a later expiry than its real one
+// (WeCom may report a full expires_in on a repeated gettoken). The expiry known is the one in
+// prev, the entry the store held when the fetch began, so the rule holds across every user of
+// the store (every host of a fleet), whoever fetched the value first; and the one this Manager
+// holds, for when the store lost it (an invalidation clears the stored token). Once that expiry
+// has passed, the same value can only be a new issue, and its own expiry is believed. A
+// platform that does extend a token it hands back gets it refreshed early, never late.
+func (m *Manager) firstExpiry(tok Token, prev Entry, now time.Time) time.Time {
+	exp := tok.ExpiresAt
+	if exp.IsZero() {
+		return exp
+	}
+	m.mu.Lock()
+	held := m.entry.Token
+	m.mu.Unlock()
+	for _, known := range [...]Token{prev.Token, held} {
+		if known.Value == tok.Value && known.ExpiresAt.After(now) && known.ExpiresAt.Before(exp) {
+			exp = known.ExpiresAt
+		}
+	}
+	return exp
 }
 
 // acceptLocked makes e the current entry and schedules its refresh and expiry. fetched tells
@@ -718,6 +782,9 @@ func (m *Manager) acceptLocked(e Entry, fetched bool) {
 		}
 		at := issued.Add(time.Duration(float64(life) * (m.opts.RefreshAt + m.jitter)))
 		if latest := exp.Add(-m.margin()); at.After(latest) {
+			at = latest
+		}
+		if latest := m.learnedLatestLocked(issued, life, exp); at.After(latest) {
 			at = latest
 		}
 		if hint := e.Token.RefreshAt; !hint.IsZero() && hint.Before(at) {

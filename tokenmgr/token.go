@@ -1,7 +1,8 @@
 // Package tokenmgr keeps platform access tokens fresh: it refreshes them ahead of expiry in the
-// background, makes one upstream fetch per key however many goroutines (or, with a shared
-// [Store], processes) need it, drops a token the platform rejected only if it is still the
-// current one, and never puts a token or secret in a log line or an error.
+// background, early enough for how long its fetches take, makes one upstream fetch per key
+// however many goroutines (or, with a shared [Store], processes) need it, drops a token the
+// platform rejected only if it is still the current one, and never puts a token or secret in a
+// log line or an error.
 package tokenmgr
 
 import (
@@ -35,6 +36,13 @@ type Token struct {
 // must send ctx along with any request it makes. Errors should match [ErrCredentials],
 // [ErrInvalid] or [ErrTemporary] through errors.Is where the platform says which, and must never
 // contain a secret or a token.
+//
+// Fetching is taken not to extend a token: when a Source hands back a value the [Store] holds
+// (or the Manager holds) with a later expiry than the one known for it, while that one is still
+// ahead, the token keeps its known expiry. A platform such as WeCom may hand back its current
+// token on a repeated fetch with a full lifetime; whichever process of a fleet fetches it again,
+// the token is never kept past its real end. Once the known expiry has passed, the same value is
+// a new issue and its own expiry is believed.
 type Source interface {
 	Token(ctx context.Context) (Token, error)
 }

@@ -16,7 +16,6 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
@@ -205,19 +204,21 @@ func (c *Client) Status(ctx context.Context) (adapter.Status, error) {
 }
 
 // TokenSource fetches WeCom access tokens with gettoken, retrying -1 (busy) up to 3 times.
-// It is a [tokenmgr.Source]; a TokenSource must not be copied after first use. Its errors are *APIError values that match tokenmgr.ErrCredentials for a wrong corp id or
+// It is a [tokenmgr.Source]. Its errors are *APIError values that match tokenmgr.ErrCredentials for a wrong corp id or
 // secret and tokenmgr.ErrTemporary for -1 and 45009 (with a RetryAfter of 60 s).
 type TokenSource struct {
 	APIBase    string // as [Config.APIBase]; empty means DefaultAPIBase
 	CorpID     string
 	CorpSecret string
 	HTTPClient *http.Client // nil: http.DefaultClient; redirects are never followed
-
-	mu   sync.Mutex     // guards last
-	last tokenmgr.Token // the last token fetched
 }
 
 // Token calls gettoken. The token's expiry is the response time plus expires_in.
+//
+// Whether a repeated gettoken reports the remaining or the full lifetime of a token handed
+// back again is not documented. Fetching does not extend a token, so a value seen before must
+// keep the expiry it was first given: the [tokenmgr.Manager] does that, from the entry its
+// Store holds, so the rule holds across a fleet sharing tokens (see [tokenmgr.Source]).
 func (s *TokenSource) Token(ctx context.Context) (tokenmgr.Token, error) {
 	base, err := apiBase(s.APIBase)
 	if err != nil {
@@ -258,20 +259,7 @@ func (s *TokenSource) Token(ctx context.Context) (tokenmgr.Token, error) {
 	if out.ExpiresIn <= 0 {
 		return tokenmgr.Token{}, fmt.Errorf("wecom: gettoken: %w: answer has expires_in %d", tokenmgr.ErrTemporary, out.ExpiresIn)
 	}
-	now := time.Now()
-	tok := tokenmgr.Token{Value: out.AccessToken, ExpiresAt: now.Add(time.Duration(out.ExpiresIn) * time.Second)}
-	// Whether a repeated gettoken reports the remaining or the full lifetime is not
-	// documented. Fetching does not extend a token, so a value seen before keeps the expiry
-	// it was first given while that expiry is ahead: a bot then never holds a token past its
-	// real end. Once that expiry has passed, the same value can only be a fresh issue (WeCom
-	// may hand it back with a new lifetime), so its expires_in is believed.
-	s.mu.Lock()
-	if s.last.Value == tok.Value && s.last.ExpiresAt.After(now) && s.last.ExpiresAt.Before(tok.ExpiresAt) {
-		tok.ExpiresAt = s.last.ExpiresAt
-	}
-	s.last = tok
-	s.mu.Unlock()
-	return tok, nil
+	return tokenmgr.Token{Value: out.AccessToken, ExpiresAt: time.Now().Add(time.Duration(out.ExpiresIn) * time.Second)}, nil
 }
 
 // maxResponse bounds JSON answers read into memory.
