@@ -295,6 +295,16 @@ func (a *Adapter) Close() error {
 	return nil
 }
 
+// refusal is a refused request's answer: the status and its text as a plain-text body (the
+// reason itself is logged, not told to the caller).
+func refusal(status int, h http.Header) *adapter.WebhookResponse {
+	if h == nil {
+		h = http.Header{}
+	}
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	return &adapter.WebhookResponse{Status: status, Header: h, Body: []byte(http.StatusText(status) + "\n")}
+}
+
 func errBadBody(msg string) error {
 	return &adapter.Error{Kind: adapter.KindInvalidRequest, Platform: Platform, Message: "activity refused: " + msg}
 }
@@ -305,33 +315,33 @@ func errBadBody(msg string) error {
 // Activities are answered 200 with an empty body, invokes with their invoke response.
 func (a *Adapter) HandleWebhook(ctx context.Context, req *adapter.WebhookRequest) (*adapter.WebhookResponse, []adapter.Event, error) {
 	if a.isClosed() {
-		return &adapter.WebhookResponse{Status: http.StatusServiceUnavailable}, nil, adapter.Errorf(adapter.KindUnavailable, "teams: adapter closed")
+		return refusal(http.StatusServiceUnavailable, nil), nil, adapter.Errorf(adapter.KindUnavailable, "teams: adapter closed")
 	}
 	if req.Method != http.MethodPost {
-		return &adapter.WebhookResponse{Status: http.StatusMethodNotAllowed, Header: http.Header{"Allow": {"POST"}}}, nil,
+		return refusal(http.StatusMethodNotAllowed, http.Header{"Allow": {"POST"}}), nil,
 			&adapter.Error{Kind: adapter.KindInvalidRequest, Platform: Platform, Message: "the messaging endpoint takes POST only"}
 	}
 	if err := a.authenticate(ctx, req.Header, req.Body); err != nil {
 		var ae *authError
 		if errors.As(err, &ae) {
-			return &adapter.WebhookResponse{Status: http.StatusUnauthorized}, nil,
+			return refusal(http.StatusUnauthorized, nil), nil,
 				&adapter.Error{Kind: adapter.KindUnauthorized, Platform: Platform, Code: "Unauthorized", Message: strings.TrimPrefix(ae.Error(), "teams: "), Err: err}
 		}
 		if adapter.KindOf(err) == adapter.KindUnavailable {
-			return &adapter.WebhookResponse{Status: http.StatusServiceUnavailable, Header: http.Header{"Retry-After": {"5"}}}, nil, err
+			return refusal(http.StatusServiceUnavailable, http.Header{"Retry-After": {"5"}}), nil, err
 		}
-		return &adapter.WebhookResponse{Status: http.StatusBadRequest}, nil, err
+		return refusal(http.StatusBadRequest, nil), nil, err
 	}
 	// 9. Only now is the body parsed.
 	var act Activity
 	if err := json.Unmarshal(req.Body, &act); err != nil {
-		return &adapter.WebhookResponse{Status: http.StatusBadRequest}, nil, errBadBody("body is not an activity: " + err.Error())
+		return refusal(http.StatusBadRequest, nil), nil, errBadBody("body is not an activity: " + err.Error())
 	}
 	if act.Type == "" || act.Conversation == nil || act.Conversation.ID == "" {
-		return &adapter.WebhookResponse{Status: http.StatusBadRequest}, nil, errBadBody("activity without type or conversation.id")
+		return refusal(http.StatusBadRequest, nil), nil, errBadBody("activity without type or conversation.id")
 	}
 	if act.ID == "" {
-		return &adapter.WebhookResponse{Status: http.StatusBadRequest}, nil, errBadBody("activity without id")
+		return refusal(http.StatusBadRequest, nil), nil, errBadBody("activity without id")
 	}
 	a.remember(ctx, &act)
 	ev := a.toEvent(&act, req.Body)
