@@ -18,6 +18,7 @@ import (
 const (
 	PlatformWeCom = "wecom"
 	PlatformGraph = "graph"
+	PlatformTeams = "teams" // Teams bots over the Bot Connector (adapter/teams)
 )
 
 // An Adapter connects one bot to one platform. Its methods are safe for concurrent use and

@@ -23,7 +23,7 @@ import (
 )
 
 // Platform is the platform name of Teams bots in events, errors and configuration.
-const Platform = "teams"
+const Platform = adapter.PlatformTeams
 
 // DefaultServiceHosts are the connector hosts the bot token may be sent to (spec §6.4).
 var DefaultServiceHosts = []string{"smba.trafficmanager.net", "*.teams.microsoft.com", "*.teams.microsoft.us", "canary.botapi.skype.com"}
@@ -38,8 +38,13 @@ type Options struct {
 	AppPassword string
 	// TenantID is the app's tenant. Required for single-tenant bots.
 	TenantID string
-	// AppType is AppSingleTenant or AppMultiTenant. Empty means AppSingleTenant.
+	// AppType is AppSingleTenant, AppMultiTenant or AppUserAssignedMSI. Empty means
+	// AppSingleTenant.
 	AppType string
+	// MSIEndpoint and MSIHeader are the identity endpoint and its header value (a secret) of a
+	// managed identity bot (App Service's IDENTITY_ENDPOINT and IDENTITY_HEADER). Empty means
+	// the Instance Metadata Service.
+	MSIEndpoint, MSIHeader string
 	// LoginBase is the identity platform's base URL. Empty means DefaultLoginBase.
 	LoginBase string
 	// OpenIDMetadataURL is where the connector's signing keys are described. Empty means
@@ -146,11 +151,15 @@ func New(opts Options) (*Adapter, error) {
 	if opts.AppID == "" {
 		return nil, adapter.Errorf(adapter.KindInvalidRequest, "teams: app_id is required")
 	}
-	if opts.AppPassword == "" {
-		return nil, adapter.Errorf(adapter.KindInvalidRequest, "teams: app_password is required")
+	if opts.AppPassword == "" && opts.AppType != AppUserAssignedMSI {
+		return nil, adapter.Errorf(adapter.KindInvalidRequest, "teams: app_password is required (or app_type %s)", AppUserAssignedMSI)
 	}
 	authority := opts.TenantID
 	switch opts.AppType {
+	case AppUserAssignedMSI:
+		if opts.TenantID == "" {
+			return nil, adapter.Errorf(adapter.KindInvalidRequest, "teams: tenant_id is required for a managed identity bot")
+		}
 	case "", AppSingleTenant:
 		opts.AppType = AppSingleTenant
 		if opts.TenantID == "" {
@@ -159,7 +168,7 @@ func New(opts Options) (*Adapter, error) {
 	case AppMultiTenant:
 		authority = MultiTenantAuthority
 	default:
-		return nil, adapter.Errorf(adapter.KindInvalidRequest, "teams: app_type %q: want %s or %s", opts.AppType, AppSingleTenant, AppMultiTenant)
+		return nil, adapter.Errorf(adapter.KindInvalidRequest, "teams: app_type %q: want %s, %s or %s", opts.AppType, AppSingleTenant, AppMultiTenant, AppUserAssignedMSI)
 	}
 	if opts.OpenIDMetadataURL == "" {
 		opts.OpenIDMetadataURL = DefaultMetadataURL
@@ -198,7 +207,10 @@ func New(opts Options) (*Adapter, error) {
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
 	}
-	src := &ClientCredentials{AppID: opts.AppID, Password: opts.AppPassword, Authority: authority, LoginBase: opts.LoginBase, HTTPClient: opts.HTTPClient}
+	var src tokenmgr.Source = &ClientCredentials{AppID: opts.AppID, Password: opts.AppPassword, Authority: authority, LoginBase: opts.LoginBase, HTTPClient: opts.HTTPClient}
+	if opts.AppType == AppUserAssignedMSI {
+		src = &ManagedIdentity{ClientID: opts.AppID, Endpoint: opts.MSIEndpoint, Header: opts.MSIHeader, HTTPClient: opts.HTTPClient}
+	}
 	tmo := opts.TokenOptions
 	tmo.Store, tmo.Logger = opts.Store, opts.Logger
 	if tmo.Platform == "" {
@@ -283,6 +295,16 @@ func (a *Adapter) Close() error {
 	return nil
 }
 
+// refusal is a refused request's answer: the status and its text as a plain-text body (the
+// reason itself is logged, not told to the caller).
+func refusal(status int, h http.Header) *adapter.WebhookResponse {
+	if h == nil {
+		h = http.Header{}
+	}
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	return &adapter.WebhookResponse{Status: status, Header: h, Body: []byte(http.StatusText(status) + "\n")}
+}
+
 func errBadBody(msg string) error {
 	return &adapter.Error{Kind: adapter.KindInvalidRequest, Platform: Platform, Message: "activity refused: " + msg}
 }
@@ -293,33 +315,33 @@ func errBadBody(msg string) error {
 // Activities are answered 200 with an empty body, invokes with their invoke response.
 func (a *Adapter) HandleWebhook(ctx context.Context, req *adapter.WebhookRequest) (*adapter.WebhookResponse, []adapter.Event, error) {
 	if a.isClosed() {
-		return &adapter.WebhookResponse{Status: http.StatusServiceUnavailable}, nil, adapter.Errorf(adapter.KindUnavailable, "teams: adapter closed")
+		return refusal(http.StatusServiceUnavailable, nil), nil, adapter.Errorf(adapter.KindUnavailable, "teams: adapter closed")
 	}
 	if req.Method != http.MethodPost {
-		return &adapter.WebhookResponse{Status: http.StatusMethodNotAllowed, Header: http.Header{"Allow": {"POST"}}}, nil,
+		return refusal(http.StatusMethodNotAllowed, http.Header{"Allow": {"POST"}}), nil,
 			&adapter.Error{Kind: adapter.KindInvalidRequest, Platform: Platform, Message: "the messaging endpoint takes POST only"}
 	}
 	if err := a.authenticate(ctx, req.Header, req.Body); err != nil {
 		var ae *authError
 		if errors.As(err, &ae) {
-			return &adapter.WebhookResponse{Status: http.StatusUnauthorized}, nil,
+			return refusal(http.StatusUnauthorized, nil), nil,
 				&adapter.Error{Kind: adapter.KindUnauthorized, Platform: Platform, Code: "Unauthorized", Message: strings.TrimPrefix(ae.Error(), "teams: "), Err: err}
 		}
 		if adapter.KindOf(err) == adapter.KindUnavailable {
-			return &adapter.WebhookResponse{Status: http.StatusServiceUnavailable, Header: http.Header{"Retry-After": {"5"}}}, nil, err
+			return refusal(http.StatusServiceUnavailable, http.Header{"Retry-After": {"5"}}), nil, err
 		}
-		return &adapter.WebhookResponse{Status: http.StatusBadRequest}, nil, err
+		return refusal(http.StatusBadRequest, nil), nil, err
 	}
 	// 9. Only now is the body parsed.
 	var act Activity
 	if err := json.Unmarshal(req.Body, &act); err != nil {
-		return &adapter.WebhookResponse{Status: http.StatusBadRequest}, nil, errBadBody("body is not an activity: " + err.Error())
+		return refusal(http.StatusBadRequest, nil), nil, errBadBody("body is not an activity: " + err.Error())
 	}
 	if act.Type == "" || act.Conversation == nil || act.Conversation.ID == "" {
-		return &adapter.WebhookResponse{Status: http.StatusBadRequest}, nil, errBadBody("activity without type or conversation.id")
+		return refusal(http.StatusBadRequest, nil), nil, errBadBody("activity without type or conversation.id")
 	}
 	if act.ID == "" {
-		return &adapter.WebhookResponse{Status: http.StatusBadRequest}, nil, errBadBody("activity without id")
+		return refusal(http.StatusBadRequest, nil), nil, errBadBody("activity without id")
 	}
 	a.remember(ctx, &act)
 	ev := a.toEvent(&act, req.Body)

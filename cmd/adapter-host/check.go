@@ -146,7 +146,9 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			code := platformCode(err)
 			var pe *tokenmgr.PlatformError
 			errors.As(err, &pe)
-			if ex := explain(code); ex != "" {
+			if ex := teamsExplain(err); ex != "" {
+				fmt.Fprintf(stdout, "    what it means: %s\n", ex)
+			} else if ex := explain(code); ex != "" {
 				fmt.Fprintf(stdout, "    what it means: %s\n", ex)
 			} else if pe != nil && pe.Hint != "" {
 				fmt.Fprintf(stdout, "    what it means: %s\n", pe.Hint)
@@ -156,6 +158,9 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintf(stdout, "bot %s (%s): ok, credentials accepted\n", b.Name, b.Platform)
 		if b.WeCom != nil && b.WeCom.Token != "" {
 			fmt.Fprintf(stdout, "    callback URL to set in the WeCom console: <your public URL>/webhook/%s\n", b.Name)
+		}
+		if b.Teams != nil {
+			fmt.Fprintf(stdout, "    messaging endpoint to set on the Azure Bot: <your public URL>/webhook/%s\n", b.Name)
 		}
 	}
 	if failed > 0 {
@@ -205,10 +210,7 @@ func probeDelegated(ctx context.Context, sc StoreConfig, b BotConfig, timeout ti
 func probe(ctx context.Context, opener *platforms.Opener, store plugin.StoreConfig, b BotConfig, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	var section any = b.WeCom
-	if b.Graph != nil {
-		section = b.Graph
-	}
+	section := b.pluginSection()
 	data, err := json.Marshal(section)
 	if err != nil {
 		return err

@@ -198,6 +198,7 @@ type BotConfig struct {
 	Platform string           `yaml:"platform"`
 	WeCom    *platforms.WeCom `yaml:"wecom"`
 	Graph    *platforms.Graph `yaml:"graph"`
+	Teams    *platforms.Teams `yaml:"teams"`
 	Deliver  *DeliverConfig   `yaml:"deliver"`
 }
 
@@ -465,6 +466,7 @@ func (c *Config) defaults() {
 		c.Store.KeyPrefix = "chatwire"
 	}
 	for i := range c.Bots {
+		teamsDefaults(c.Bots[i].Teams)
 		if g := c.Bots[i].Graph; g != nil {
 			if g.Auth == "" {
 				g.Auth = "delegated"
@@ -564,10 +566,15 @@ func (c *Config) validate(cerr *ConfigError) {
 			} else {
 				c.validateGraph(at+".graph", b.Graph, p)
 			}
+		case adapter.PlatformTeams:
+			c.validateTeamsBot(at, b, p)
 		case "":
-			p(at+".platform", "required: wecom or graph")
+			p(at+".platform", "required: wecom, graph or teams")
 		default:
-			p(at+".platform", "%s: want wecom or graph", c.show(at+".platform", b.Platform))
+			p(at+".platform", "%s: want wecom, graph or teams", c.show(at+".platform", b.Platform))
+		}
+		if b.Teams != nil && b.Platform != adapter.PlatformTeams && b.Platform != "" {
+			p(at+".teams", "not allowed on a %s bot", b.Platform)
 		}
 		if d := b.Deliver; d != nil {
 			switch u, err := url.Parse(d.WebhookURL); {

@@ -64,9 +64,9 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "\ndemo summary: %d user messages, %d echoes; %d token fetches (%d refreshes); %d early revocations injected, %d rejected tokens replaced by a transparent retry (wecom %d, graph %d); %d duplicate dropped; %d plugin restarts\n",
+	fmt.Fprintf(stdout, "\ndemo summary: %d user messages, %d echoes; %d token fetches (%d refreshes); %d early revocations injected, %d rejected tokens replaced by a transparent retry (wecom %d, graph %d, teams %d); %d duplicate dropped; %d plugin restarts\n",
 		s.UsersSent, s.EchoesSeen, s.TokenFetches, s.Refreshes, s.Revocations, s.Invalidations,
-		s.InvalidationsBy[adapter.PlatformWeCom], s.InvalidationsBy[adapter.PlatformGraph], s.Duplicates, s.Restarts)
+		s.InvalidationsBy[adapter.PlatformWeCom], s.InvalidationsBy[adapter.PlatformGraph], s.InvalidationsBy[adapter.PlatformTeams], s.Duplicates, s.Restarts)
 	if s.EchoesSeen != s.UsersSent {
 		return fmt.Errorf("demo: %d of %d messages got no echo", s.UsersSent-s.EchoesSeen, s.UsersSent)
 	}
@@ -118,6 +118,11 @@ func runDemo(ctx context.Context, o demoOptions) (demoSummary, error) {
 	defer graphSrv.Close()
 	defer gemu.Flush()
 
+	// Emulated Teams (Bot Connector): a bot installed by one user.
+	// Its tokens live twice as long, so the early revocation below hits a token still in use.
+	temu := newDemoTeams(2 * o.TokenLifetime)
+	defer temu.srv.Close()
+
 	dir, err := os.MkdirTemp("", "chatwire-demo-")
 	if err != nil {
 		return sum, err
@@ -141,6 +146,7 @@ func runDemo(ctx context.Context, o demoOptions) (demoSummary, error) {
 		Bots: []BotConfig{
 			{Name: "echo", Platform: adapter.PlatformWeCom, WeCom: wc},
 			{Name: "teams", Platform: adapter.PlatformGraph, Graph: gc},
+			{Name: "tbot", Platform: adapter.PlatformTeams, Teams: temu.cfg},
 		},
 	}
 	cfg.defaults()
@@ -162,12 +168,12 @@ func runDemo(ctx context.Context, o demoOptions) (demoSummary, error) {
 	}
 	defer h.shutdown()
 	sum.PluginPid = h.plugin.Pid()
-	fmt.Fprintf(out, "host listening on %s; bots echo (wecom) and teams (graph) run in plugin process %d\n\n", h.URL(), sum.PluginPid)
+	fmt.Fprintf(out, "host listening on %s; bots echo (wecom), teams (graph) and tbot (teams bot) run in plugin process %d\n\n", h.URL(), sum.PluginPid)
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var echoes atomic.Int64
-	echoErr := make(chan error, 2)
+	echoErr := make(chan error, 3)
 	if o.NoEcho {
 		// One bot process per bot: each answers the events of the bot it is named after.
 		fmt.Fprintln(out, "connect your bots now (events wait for them), one process per bot, for example:")
@@ -176,11 +182,11 @@ func runDemo(ctx context.Context, o demoOptions) (demoSummary, error) {
 		}
 		fmt.Fprintln(out)
 	} else {
-		for _, b := range []string{"echo", "teams"} {
+		for _, b := range []string{"echo", "teams", "tbot"} {
 			go func() { echoErr <- echoBot(ctx, h.URL(), apiKey, b, &echoes, o.Log) }()
 		}
 	}
-	replies := func() int { return len(wemu.Sent()) + len(gemu.Sent()) }
+	replies := func() int { return len(wemu.Sent()) + len(gemu.Sent()) + len(temu.replies()) }
 
 	cb := wecomtest.Callback{URL: h.URL() + "/webhook/echo", Token: wc.Token, EncodingAESKey: wc.EncodingAESKey, CorpID: corpID, AgentID: agentID}
 	if err := wemu.VerifyURL(ctx, cb); err != nil {
@@ -195,9 +201,13 @@ func runDemo(ctx context.Context, o demoOptions) (demoSummary, error) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	fmt.Fprintln(out, "Graph validated the notification URL /webhook/teams; the teams bot is subscribed to its chats")
+	if err := temu.install(ctx, h.URL()+"/webhook/tbot"); err != nil {
+		return sum, fmt.Errorf("demo: installing the Teams bot: %w", err)
+	}
+	fmt.Fprintln(out, "Erin installed the Teams bot tbot; Teams posts signed activities to /webhook/tbot")
 
 	// Print the bots' replies as the platforms receive them.
-	var wPrinted, gPrinted int
+	var wPrinted, gPrinted, tPrinted int
 	printSent := func() {
 		sent := wemu.Sent()
 		for ; wPrinted < len(sent); wPrinted++ {
@@ -207,10 +217,14 @@ func runDemo(ctx context.Context, o demoOptions) (demoSummary, error) {
 		for ; gPrinted < len(gsent); gPrinted++ {
 			fmt.Fprintf(out, "  [teams] teams → chat : %s\n", gsent[gPrinted].Content)
 		}
+		tsent := temu.replies()
+		for ; tPrinted < len(tsent); tPrinted++ {
+			fmt.Fprintf(out, "  [tbot]  tbot  → Erin : %s (in reply to %s)\n", tsent[tPrinted].Activity.Text, tsent[tPrinted].ReplyToID)
+		}
 	}
 
 	type user struct{ name, platform string }
-	users := []user{{"alice", "wecom"}, {"Carol", "teams"}, {"bob", "wecom"}, {"Dave", "teams"}}
+	users := []user{{"alice", "wecom"}, {"Carol", "teams"}, {"Erin", "tbot"}, {"bob", "wecom"}, {"Dave", "teams"}}
 	lines := []string{"hello!", "what's the weather?", "tell me a joke", "are you a bot?", "ping", "thanks"}
 	start := time.Now()
 	revoked, duplicated := false, false
@@ -223,12 +237,25 @@ func runDemo(ctx context.Context, o demoOptions) (demoSummary, error) {
 			sum.Revocations++
 			gemu.RevokeTokens()
 			sum.Revocations++
+			temu.emu.RevokeTokens()
+			sum.Revocations++
 			revoked = true
-			fmt.Fprintln(out, "*** both platforms revoke their access tokens early (WeCom 42001, Graph 401 InvalidAuthenticationToken);\n    the next call refreshes and retries once, transparently")
+			fmt.Fprintln(out, "*** the platforms revoke their access tokens early (WeCom 42001, Graph and the Bot Connector 401);\n    the next call refreshes and retries once, transparently")
+			// Erin writes at once: the bot's answer meets the revoked Bot Connector token.
+			fmt.Fprintf(out, "  [tbot]  %-5s → tbot : %s\n", "Erin", "still there?")
+			if err := temu.say(ctx, "still there?"); err != nil {
+				return sum, fmt.Errorf("demo: Teams message: %w", err)
+			}
+			sum.UsersSent++
 		}
 		u := users[i%len(users)]
 		text := fmt.Sprintf("%s (#%d)", lines[i%len(lines)], i+1)
-		if u.platform == "teams" {
+		if u.platform == "tbot" {
+			fmt.Fprintf(out, "  [tbot]  %-5s → tbot : %s\n", u.name, text)
+			if err := temu.say(ctx, text); err != nil {
+				return sum, fmt.Errorf("demo: Teams message: %w", err)
+			}
+		} else if u.platform == "teams" {
 			fmt.Fprintf(out, "  [teams] %-5s → chat : %s\n", u.name, text)
 			gemu.AddChatMessage(chatID, "user-"+strings.ToLower(u.name), u.name, text)
 		} else {
@@ -272,6 +299,7 @@ func runDemo(ctx context.Context, o demoOptions) (demoSummary, error) {
 	sum.EchoesSeen = replies() // as the platforms received them
 	sum.TokenFetches = wemu.TokensIssued()
 	sum.TokenFetches += len(gemu.TokenRequests())
+	sum.TokenFetches += temu.tokenFetches()
 	sum.Restarts = h.plugin.Restarts()
 	for _, st := range h.srv.statuses(ctx) {
 		for _, t := range st.Tokens {
@@ -331,11 +359,14 @@ func echoBot(ctx context.Context, base, key, bot string, echoes *atomic.Int64, l
 		if strings.HasPrefix(ev.Text, "echo: ") {
 			return nil // never answer an echo
 		}
-		to := map[string]string{"user": ev.Sender.ID}
-		if ev.Platform == adapter.PlatformGraph {
-			to = map[string]string{"chat": ev.Chat.ID}
+		msg := map[string]any{"to": map[string]string{"user": ev.Sender.ID}, "text": "echo: " + ev.Text}
+		switch ev.Platform {
+		case adapter.PlatformGraph:
+			msg["to"] = map[string]string{"chat": ev.Chat.ID}
+		case adapter.PlatformTeams:
+			msg["to"], msg["reply_to"] = map[string]string{"chat": ev.Chat.ID}, ev.ID // in the message's thread
 		}
-		body, _ := json.Marshal(map[string]any{"to": to, "text": "echo: " + ev.Text})
+		body, _ := json.Marshal(msg)
 		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/bots/"+bot+"/messages", bytes.NewReader(body))
 		req.Header.Set("Authorization", "Bearer "+key)
 		req.Header.Set("Content-Type", "application/json")

@@ -89,10 +89,7 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 	}
 	var bots []plugin.BotConfig
 	for _, b := range cfg.Bots {
-		var section any = b.WeCom
-		if b.Graph != nil {
-			section = b.Graph
-		}
+		section := b.pluginSection()
 		data, err := json.Marshal(section)
 		if err != nil {
 			return nil, err

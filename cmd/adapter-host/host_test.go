@@ -662,12 +662,12 @@ func TestDemo(t *testing.T) {
 		t.Errorf("summary = %q (%v); want at least 5 messages, each echoed", strings.SplitN(stdout[i:], "\n", 2)[0], err)
 	}
 	for _, want := range []string{"demo ok: every message was echoed; nothing lost, nothing doubled", "1 duplicate dropped", "0 plugin restarts",
-		"echo  → alice: echo: hello!", "teams → chat : echo: "} {
+		"echo  → alice: echo: hello!", "teams → chat : echo: ", "tbot  → Erin : echo: "} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("demo output lacks %q:\n%s", want, stdout)
 		}
 	}
-	for _, platform := range []string{"wecom", "graph"} {
+	for _, platform := range []string{"wecom", "graph", "teams"} {
 		found := false
 		for _, line := range strings.Split(logs, "\n") {
 			if strings.Contains(line, `msg="token refreshed"`) && strings.Contains(line, "reason=invalidated") && strings.Contains(line, "platform="+platform) {
@@ -679,11 +679,11 @@ func TestDemo(t *testing.T) {
 		}
 	}
 	// The summary counts them from the metrics, per platform.
-	var wecomInv, graphInv int
+	var wecomInv, graphInv, teamsInv int
 	if i := strings.Index(stdout, "transparent retry (wecom "); i < 0 {
 		t.Error("summary lacks the invalidations per platform")
-	} else if _, err := fmt.Sscanf(stdout[i:], "transparent retry (wecom %d, graph %d)", &wecomInv, &graphInv); err != nil || wecomInv < 1 || graphInv < 1 {
-		t.Errorf("summary counts wecom %d, graph %d invalidations (%v); want at least 1 each", wecomInv, graphInv, err)
+	} else if _, err := fmt.Sscanf(stdout[i:], "transparent retry (wecom %d, graph %d, teams %d)", &wecomInv, &graphInv, &teamsInv); err != nil || wecomInv < 1 || graphInv < 1 || teamsInv < 1 {
+		t.Errorf("summary counts wecom %d, graph %d, teams %d invalidations (%v); want at least 1 each", wecomInv, graphInv, teamsInv, err)
 	}
 	for _, want := range []string{"reason=initial", "duplicate event dropped"} {
 		if !strings.Contains(logs, want) {

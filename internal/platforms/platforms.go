@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
 	"github.com/seed-a64d9e1f/chatwire/adapter/graph"
@@ -120,7 +122,9 @@ func (o *Opener) start(bot string, a *graph.Adapter, log *slog.Logger) {
 }
 
 // Supported lists the platforms this build can open.
-func Supported() []string { return []string{adapter.PlatformWeCom, adapter.PlatformGraph} }
+func Supported() []string {
+	return []string{adapter.PlatformWeCom, adapter.PlatformGraph, adapter.PlatformTeams}
+}
 
 // Opener opens bots for a plugin [plugin.Server]. Its zero value is not usable: use New.
 type Opener struct {
@@ -132,8 +136,9 @@ type Opener struct {
 	m      *Metrics
 	health *health
 
-	mu     sync.Mutex                // guards stores
-	stores map[string]tokenmgr.Store // by storeID
+	mu      sync.Mutex                       // guards stores and clients
+	stores  map[string]tokenmgr.Store        // by storeID
+	clients map[string]redis.UniversalClient // the Redis stores' clients, by storeID
 }
 
 // New returns an Opener logging to log (nil: nowhere) and counting in reg (nil: nowhere).
@@ -141,7 +146,8 @@ func New(log *slog.Logger, reg prometheus.Registerer) *Opener {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	o := &Opener{log: log, m: NewMetrics(reg), health: newHealth(), stores: make(map[string]tokenmgr.Store)}
+	o := &Opener{log: log, m: NewMetrics(reg), health: newHealth(), stores: make(map[string]tokenmgr.Store),
+		clients: make(map[string]redis.UniversalClient)}
 	if reg != nil {
 		reg.MustRegister(prometheus.CollectorFunc(o.collectStores), prometheus.CollectorFunc(o.health.collect))
 	}
@@ -207,7 +213,11 @@ func (o *Opener) store(cfg plugin.StoreConfig) (tokenmgr.Store, error) {
 	)
 	switch {
 	case cfg.UsesRedis():
-		s, _, err = OpenRedisStore(cfg, o.log) // kept for the life of the process, as the store
+		var rs *redisstore.Store
+		// Kept for the life of the process, as the store; Teams references use it too.
+		if rs, err = o.openRedisStore(cfg); err == nil {
+			s = rs
+		}
 	case cfg.Dir != "":
 		s, err = filestore.Open(cfg.Dir)
 	default:
@@ -217,6 +227,24 @@ func (o *Opener) store(cfg plugin.StoreConfig) (tokenmgr.Store, error) {
 		return nil, err
 	}
 	o.stores[id] = s
+	return s, nil
+}
+
+// openRedisStore opens the Redis store of cfg and records its client.
+func (o *Opener) openRedisStore(cfg plugin.StoreConfig) (*redisstore.Store, error) {
+	rdb, err := RedisClient(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if rdb == nil {
+		return nil, errors.New("store: no Redis configured")
+	}
+	s, err := redisstore.New(rdb, RedisStoreOptions(cfg, o.log))
+	if err != nil {
+		rdb.Close()
+		return nil, err
+	}
+	o.clients[storeID(cfg)] = rdb
 	return s, nil
 }
 
@@ -270,6 +298,8 @@ func (o *Opener) Open(ctx context.Context, sc plugin.StoreConfig, bot plugin.Bot
 			go o.start(bot.Name, a, log)
 		}
 		return a, nil
+	case adapter.PlatformTeams:
+		return o.openTeams(sc, store, bot, hc, log, topts)
 	}
 	return nil, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: fmt.Sprintf("unknown platform %q", bot.Platform)}
 }
