@@ -120,8 +120,21 @@ func (c *Client) newRequest(ctx context.Context, method, u string, body io.Reade
 	return req, nil
 }
 
-// do sends req and returns its response if it is a 2xx, else the host's error as an *Error.
-// The caller closes the body of a returned response.
+// NewRequest returns a request for path ("/v1/tokens") on the host, with the API key and,
+// when body is not nil, Content-Type application/json; for endpoints this package has no
+// method for, or to read an answer as it is. Send it with [Client.Do].
+func (c *Client) NewRequest(ctx context.Context, method, path string, body io.Reader) (*http.Request, error) {
+	if !strings.HasPrefix(path, "/") {
+		path = "/" + path
+	}
+	return c.newRequest(ctx, method, c.base.String()+path, body)
+}
+
+// Do sends req and returns the response if its status is 2xx, else the host's error as an
+// *Error (see [CheckResponse]). The caller closes the body of a returned response.
+func (c *Client) Do(req *http.Request) (*http.Response, error) { return c.do(req) }
+
+// do is Do.
 func (c *Client) do(req *http.Request) (*http.Response, error) {
 	resp, err := c.http.Do(req)
 	if err != nil {
