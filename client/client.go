@@ -259,6 +259,9 @@ type Receipt struct {
 	// Invalid lists recipients the platform refused while sending to the others
 	// ("user:zhangsan").
 	Invalid []string `json:"invalid"`
+	// Replayed is true when the host answered from an earlier send with the same
+	// idempotency key (header Idempotent-Replayed): the message was not sent again.
+	Replayed bool `json:"-"`
 }
 
 // A SendOption changes how [Client.Send] sends.
@@ -270,14 +273,41 @@ type sendOptions struct {
 
 // WithIdempotencyKey sends key as the Idempotency-Key header: the host sends a message once
 // for each key (for 24 h, across a fleet), so a send retried with the same key after a lost
-// answer is not sent twice; the same key with another message is refused (409). An empty key
-// sends no header. See [NewIdempotencyKey].
+// answer is not sent twice ([Receipt.Replayed]); the same key with another message is
+// refused (409, [KindConflict]). A key has 1 to 255 printable ASCII characters; Send refuses
+// others with an *adapter.Error of KindInvalidRequest before sending. An empty key sends no
+// header. See [NewIdempotencyKey].
 func WithIdempotencyKey(key string) SendOption {
 	return func(o *sendOptions) { o.idempotencyKey = key }
 }
 
 // NewIdempotencyKey returns a random key for [WithIdempotencyKey] (26 characters, 130 bits).
 func NewIdempotencyKey() string { return rand.Text() }
+
+// maxKeyLen bounds an idempotency key, as the host does.
+const maxKeyLen = 255
+
+// CheckIdempotencyKey returns nil if key is an idempotency key the host takes (1 to 255
+// printable ASCII characters), else an *adapter.Error of KindInvalidRequest saying so.
+func CheckIdempotencyKey(key string) error {
+	if key == "" {
+		return &adapter.Error{Kind: adapter.KindInvalidRequest, Message: "client: an idempotency key must not be empty"}
+	}
+	return checkKey(key)
+}
+
+// checkKey is CheckIdempotencyKey, also taking "" (no key).
+func checkKey(key string) error {
+	bad := len(key) > maxKeyLen
+	for i := 0; i < len(key) && !bad; i++ {
+		bad = key[i] < 0x20 || key[i] > 0x7e
+	}
+	if bad {
+		return &adapter.Error{Kind: adapter.KindInvalidRequest,
+			Message: fmt.Sprintf("client: an idempotency key has 1 to %d printable ASCII characters", maxKeyLen)}
+	}
+	return nil
+}
 
 // Send sends msg through bot (POST /v1/bots/{bot}/messages) and returns the receipt once the
 // platform has it. A host's refusal is an *Error (errors.Is(err, adapter.ErrRateLimited)
@@ -292,6 +322,9 @@ func (c *Client) Send(ctx context.Context, bot string, msg Message, opts ...Send
 		if opt != nil {
 			opt(&o)
 		}
+	}
+	if err := checkKey(o.idempotencyKey); err != nil {
+		return nil, err
 	}
 	body, length, wait, err := encodeMessage(msg)
 	if err != nil {
@@ -319,6 +352,7 @@ func (c *Client) Send(ctx context.Context, bot string, msg Message, opts ...Send
 	if err := json.NewDecoder(resp.Body).Decode(&rc); err != nil {
 		return nil, fmt.Errorf("client: send: decoding the answer: %w", err)
 	}
+	rc.Replayed = resp.Header.Get("Idempotent-Replayed") == "true"
 	return &rc, nil
 }
 

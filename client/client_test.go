@@ -72,6 +72,9 @@ func TestSend(t *testing.T) {
 		got, bodies = append(got, r), append(bodies, m)
 		mu.Unlock()
 		w.Header().Set("Content-Type", "application/json")
+		if r.Header.Get("Idempotency-Key") == "seen" {
+			w.Header().Set("Idempotent-Replayed", "true")
+		}
 		fmt.Fprintf(w, `{"id":"m1","bot":%q,"platform":"wecom","invalid":["user:bob"]}`, r.PathValue("bot"))
 	})
 	msg := client.Message{To: client.Target{User: "alice"}, Text: "hi"}
@@ -107,6 +110,22 @@ func TestSend(t *testing.T) {
 	}
 	if strings.Contains(logs.String(), testKey) {
 		t.Errorf("log holds the API key:\n%s", logs)
+	}
+	if rc, err := c.Send(t.Context(), "hr", msg, client.WithIdempotencyKey("seen")); err != nil || !rc.Replayed {
+		t.Errorf("Send() answered with Idempotent-Replayed = %+v, %v; want Replayed", rc, err)
+	}
+	if rc.Replayed {
+		t.Errorf("first Send() = %+v; want not Replayed", rc)
+	}
+	for _, bad := range []string{"tab\tkey", strings.Repeat("k", 256), "é"} {
+		if _, err := c.Send(t.Context(), "hr", msg, client.WithIdempotencyKey(bad)); !errors.Is(err, adapter.ErrInvalidRequest) {
+			t.Errorf("Send(WithIdempotencyKey(%.10q)) = %v; want invalid_request", bad, err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 3 {
+		t.Errorf("host got %d sends; want 3 (none with a bad key)", len(got))
 	}
 }
 
@@ -185,7 +204,9 @@ func TestErrors(t *testing.T) {
 			w.WriteHeader(502)
 			io.WriteString(w, "<html>bad gateway</html>")
 		case "conflict":
-			writeError(w, 409, "invalid_request", "idempotency key reused with another body", "")
+			writeError(w, 409, "conflict", "idempotency key reused with another body", "")
+		case "future":
+			writeError(w, 418, "teapot", "a kind from a newer host", "")
 		}
 	})
 	tests := []struct {
@@ -201,7 +222,8 @@ func TestErrors(t *testing.T) {
 		{"dated", 503, adapter.KindUnavailable, "", 90 * time.Second, adapter.ErrUnavailable, true},
 		{"nobody", 400, adapter.KindInvalidRecipient, "81013", 0, adapter.ErrInvalidRecipient, false},
 		{"proxy", 502, adapter.KindUnavailable, "", 0, adapter.ErrUnavailable, true},
-		{"conflict", 409, adapter.KindInvalidRequest, "", 0, adapter.ErrInvalidRequest, false},
+		{"conflict", 409, client.KindConflict, "", 0, client.ErrConflict, false},
+		{"future", 418, "teapot", "", 0, adapter.ErrInternal, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.bot, func(t *testing.T) {
@@ -219,7 +241,7 @@ func TestErrors(t *testing.T) {
 			if !errors.Is(err, tc.sentinel) || errors.Is(err, tokenmgr.ErrTemporary) != tc.temporary || ae.Temporary() != tc.temporary {
 				t.Errorf("errors.Is(%v, %v) = false, or Temporary() != %v", err, tc.sentinel, tc.temporary)
 			}
-			if errors.Is(err, adapter.ErrInternal) {
+			if tc.sentinel != adapter.ErrInternal && errors.Is(err, adapter.ErrInternal) {
 				t.Errorf("errors.Is(%v, ErrInternal) = true", err)
 			}
 			if tc.code != "" && !strings.Contains(err.Error(), tc.code) {

@@ -2,6 +2,7 @@ package client
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -13,13 +14,22 @@ import (
 	"github.com/seed-a64d9e1f/chatwire/tokenmgr"
 )
 
+// KindConflict is the kind of a send refused because its idempotency key was used for
+// another message, or its first request never finished (409); nothing was sent. The
+// other kinds are [adapter.Kind]'s.
+const KindConflict adapter.Kind = "conflict"
+
+// ErrConflict matches an *Error of [KindConflict] with errors.Is.
+var ErrConflict = errors.New("client: idempotency key conflict")
+
 // Error is a host's error answer: {"error": {"kind", "message", "platform_code"}} with its
 // HTTP status and Retry-After. An answer that is not the host's error JSON (a proxy's page)
 // gets the kind its status implies.
 //
 // errors.Is(err, k.Err()) holds for its Kind's sentinel (adapter.ErrRateLimited,
-// adapter.ErrUnavailable, ...), and rate_limited and unavailable errors also match
-// tokenmgr.ErrTemporary.
+// adapter.ErrUnavailable, ...; [ErrConflict] for KindConflict), and rate_limited and
+// unavailable errors also match tokenmgr.ErrTemporary. Kind is the host's kind verbatim, so a
+// kind newer than this package is kept (and matches adapter.ErrInternal).
 type Error struct {
 	StatusCode int          // the HTTP status, e.g. 429
 	Kind       adapter.Kind // adapter.KindRateLimited, ...
@@ -55,6 +65,8 @@ func (e *Error) Error() string {
 // rate_limited or unavailable error.
 func (e *Error) Is(target error) bool {
 	switch {
+	case e.Kind == KindConflict:
+		return target == ErrConflict
 	case target == e.Kind.Err():
 		return true
 	case target == tokenmgr.ErrTemporary:
@@ -85,7 +97,7 @@ func CheckResponse(resp *http.Response) error {
 		} `json:"error"`
 	}
 	if json.Unmarshal(data, &body) == nil && body.Error != nil && body.Error.Kind != "" {
-		e.Kind = adapter.ParseKind(body.Error.Kind)
+		e.Kind = adapter.Kind(body.Error.Kind)
 		e.Message = body.Error.Message
 		e.PlatformCode = body.Error.PlatformCode
 	} else {
@@ -104,7 +116,9 @@ func CheckResponse(resp *http.Response) error {
 // kindOfStatus is the kind an HTTP status implies when the body does not say.
 func kindOfStatus(status int) adapter.Kind {
 	switch status {
-	case http.StatusBadRequest, http.StatusRequestTimeout, http.StatusConflict, http.StatusUnsupportedMediaType:
+	case http.StatusConflict:
+		return KindConflict
+	case http.StatusBadRequest, http.StatusRequestTimeout, http.StatusUnsupportedMediaType:
 		return adapter.KindInvalidRequest
 	case http.StatusUnauthorized, http.StatusForbidden:
 		return adapter.KindUnauthorized

@@ -199,11 +199,21 @@ func cmdSend(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	file := fs.String("file", "", "file to attach (uploaded with a progress bar)")
 	contentType := fs.String("content-type", "", "the file's content type (default from its extension)")
 	quiet := fs.Bool("quiet", false, "no progress bar")
-	idemKey := fs.String("idempotency-key", "", "Idempotency-Key of the send: the host sends a message once per key (default: a random key per invocation, logged at debug)")
+	idemKey := fs.String("idempotency-key", "", "Idempotency-Key of this send (default: a new random key): a retry with the same key within 24 h is answered without sending again")
+	verbose := fs.Bool("verbose", false, "print the Idempotency-Key sent")
 	var lf logFlags
 	lf.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	key := *idemKey
+	if key == "" {
+		key = "cli-" + client.NewIdempotencyKey()
+	} else if err := client.CheckIdempotencyKey(key); err != nil {
+		return fmt.Errorf("send: --idempotency-key: %w", err)
+	}
+	if *verbose {
+		fmt.Fprintf(stderr, "Idempotency-Key: %s\n", key)
 	}
 	if *botName == "" || *to == "" {
 		fs.Usage()
@@ -223,9 +233,6 @@ func cmdSend(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	c, err := af.newClient(log)
 	if err != nil {
 		return err
-	}
-	if *idemKey == "" {
-		*idemKey = client.NewIdempotencyKey()
 	}
 	msg := client.Message{To: target, Text: *text, Markdown: *markdown, HTML: *html, Subject: *subject}
 	var size int64
@@ -258,16 +265,35 @@ func cmdSend(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	} else {
 		close(stopped)
 	}
-	r, err := c.Send(ctx, *botName, msg, client.WithIdempotencyKey(*idemKey))
+	var ae *client.Error
+	r, err := c.Send(ctx, *botName, msg, client.WithIdempotencyKey(key))
+	// A message without a file can be sent again: when no answer came, try twice more with
+	// the same key, which the host answers at most once.
+	for wait := 500 * time.Millisecond; err != nil && !errors.As(err, &ae) && !errors.Is(err, adapter.ErrInvalidRequest) &&
+		*file == "" && wait <= time.Second && ctx.Err() == nil; wait *= 2 {
+		if *verbose {
+			fmt.Fprintf(stderr, "send failed (%v); retrying in %v with the same Idempotency-Key\n", err, wait)
+		}
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+		}
+		r, err = c.Send(ctx, *botName, msg, client.WithIdempotencyKey(key))
+	}
 	close(done)
 	<-stopped
-	var ae *client.Error
 	if size > 0 && !*quiet && (err == nil || errors.As(err, &ae)) {
 		drawBar(stderr, filepath.Base(*file), size, sent.Load())
 		fmt.Fprintln(stderr)
 	}
-	if err != nil {
+	switch {
+	case err != nil && (!errors.As(err, &ae) || ae.StatusCode == http.StatusTooManyRequests || ae.StatusCode >= 500):
+		return fmt.Errorf("%w (to retry without sending twice: --idempotency-key %s)", cliError(err), key)
+	case err != nil:
 		return cliError(err)
+	}
+	if r.Replayed {
+		fmt.Fprintf(stdout, "already sent under Idempotency-Key %s; not sent again\n", key)
 	}
 	fmt.Fprintf(stdout, "sent: bot %s (%s), message id %q\n", r.Bot, r.Platform, r.ID)
 	if len(r.Invalid) > 0 {

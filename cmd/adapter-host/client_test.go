@@ -269,41 +269,71 @@ func TestClientGroupAgainstHost(t *testing.T) {
 	}
 }
 
-// TestCLISendIdempotencyKey: adapter-host send sends an Idempotency-Key: a random one per
-// invocation (logged at debug) unless --idempotency-key names it.
-func TestCLISendIdempotencyKey(t *testing.T) {
+// TestCLISendIdempotencyKeyThroughClient: adapter-host send sends an Idempotency-Key
+// through package client: a random one per invocation ("cli-…", printed by --verbose and
+// logged at --log-level debug) unless --idempotency-key names it; a send that got no answer
+// is retried with the same key; a replayed answer is said so.
+func TestCLISendIdempotencyKeyThroughClient(t *testing.T) {
 	var mu sync.Mutex
 	var keys []string
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
 		keys = append(keys, r.Header.Get("Idempotency-Key"))
+		n := len(keys)
 		mu.Unlock()
 		if r.Header.Get("Content-Type") != "application/json" {
 			w.WriteHeader(415)
 			return
 		}
+		if r.URL.Query().Has("drop") || strings.HasPrefix(r.Header.Get("Idempotency-Key"), "drop") && n%2 == 0 {
+			panic(http.ErrAbortHandler) // no answer: the connection drops
+		}
+		if r.Header.Get("Idempotency-Key") == "seen" {
+			w.Header().Set("Idempotent-Replayed", "true")
+		}
 		writeJSON(w, 200, sendResponse{ID: "m1", Bot: "hr", Platform: "wecom", Invalid: []string{}})
 	}))
 	defer srv.Close()
-	send := func(extra ...string) string {
+	send := func(extra ...string) (string, string, error) {
 		t.Helper()
 		var out, errb bytes.Buffer
 		args := append([]string{"send", "--url", srv.URL, "--api-key", testAPIKey, "--bot", "hr", "--to", "user:alice", "--text", "x"}, extra...)
-		if err := run(t.Context(), args, &out, &errb); err != nil || !strings.Contains(out.String(), `sent: bot hr (wecom), message id "m1"`) {
-			t.Fatalf("send = %v\n%s%s", err, out.String(), errb.String())
+		err := run(t.Context(), args, &out, &errb)
+		if strings.Contains(errb.String()+out.String(), testAPIKey) {
+			t.Errorf("send printed the API key: %s", errb.String())
 		}
-		if strings.Contains(errb.String(), testAPIKey) {
-			t.Errorf("send logged the API key: %s", errb.String())
-		}
-		return errb.String()
+		return out.String(), errb.String(), err
 	}
-	send()
-	logs := send("--log-level", "debug")
-	send("--idempotency-key", "my-key-1")
+	const sentLine = `sent: bot hr (wecom), message id "m1"`
+	out, verbose, err := send("--verbose")
+	if err != nil || !strings.Contains(out, sentLine) {
+		t.Fatalf("send --verbose = %v\n%s%s", err, out, verbose)
+	}
+	_, logs, err := send("--log-level", "debug")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, _, err := send("--idempotency-key", "seen"); err != nil || !strings.Contains(out, "already sent under Idempotency-Key seen; not sent again") {
+		t.Errorf("send of a replayed key = %v\n%s", err, out)
+	}
+	if _, _, err := send("--idempotency-key", "bad\tkey"); err == nil || !strings.Contains(err.Error(), "--idempotency-key") {
+		t.Errorf("send --idempotency-key with a tab = %v; want an error naming the flag", err)
+	}
+	if out, _, err := send("--idempotency-key", "drop-1"); err != nil || !strings.Contains(out, sentLine) {
+		t.Errorf("send whose first answer was lost = %v\n%s", err, out)
+	}
 	mu.Lock()
 	defer mu.Unlock()
-	if len(keys) != 3 || len(keys[0]) < 20 || len(keys[1]) < 20 || keys[0] == keys[1] || keys[2] != "my-key-1" {
-		t.Fatalf("Idempotency-Keys = %q; want two distinct random ones, then my-key-1", keys)
+	if len(keys) != 5 || keys[0] == keys[1] || keys[2] != "seen" || keys[3] != "drop-1" || keys[4] != "drop-1" {
+		t.Fatalf("Idempotency-Keys = %q; want two distinct random ones, seen, then drop-1 twice", keys)
+	}
+	for _, k := range keys[:2] {
+		if !strings.HasPrefix(k, "cli-") || len(k) < 20 {
+			t.Errorf("random Idempotency-Key %q; want cli- and a random text", k)
+		}
+	}
+	if strings.TrimSpace(verbose) != "Idempotency-Key: "+keys[0] {
+		t.Errorf("--verbose printed %q; want the Idempotency-Key line only", verbose)
 	}
 	if !strings.Contains(logs, keys[1]) {
 		t.Errorf("--log-level debug did not log the idempotency key %q:\n%s", keys[1], logs)
