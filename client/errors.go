@@ -19,8 +19,14 @@ import (
 // other kinds are [adapter.Kind]'s.
 const KindConflict adapter.Kind = "conflict"
 
-// ErrConflict matches an *Error of [KindConflict] with errors.Is.
-var ErrConflict = errors.New("client: idempotency key conflict")
+// Sentinel errors of this package.
+var (
+	// ErrConflict matches an *Error of [KindConflict] with errors.Is.
+	ErrConflict = errors.New("client: idempotency key conflict")
+	// ErrSignature is the error [VerifySignature] wraps for a missing, malformed or wrong
+	// signature.
+	ErrSignature = errors.New("client: bad webhook signature")
+)
 
 // Error is a host's error answer: {"error": {"kind", "message", "platform_code"}} with its
 // HTTP status and Retry-After. An answer that is not the host's error JSON (a proxy's page)

@@ -18,10 +18,6 @@ import (
 // deliver.webhook_secret.
 const SignatureHeader = "X-Chatwire-Signature"
 
-// ErrSignature is the error VerifySignature wraps for a missing, malformed or wrong
-// signature.
-var ErrSignature = errors.New("client: bad webhook signature")
-
 // Sign returns the X-Chatwire-Signature value of body under secret, as the host sends it.
 func Sign(secret string, body []byte) string {
 	mac := hmac.New(sha256.New, []byte(secret))
