@@ -2,12 +2,12 @@ package main
 
 import (
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"mime"
 	"net/http"
 	"os"
@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
+	"github.com/seed-a64d9e1f/chatwire/client"
 )
 
 // apiFlags say how to reach a running host.
@@ -53,24 +54,49 @@ func (a *apiFlags) resolve() (base, key string, err error) {
 	return strings.TrimRight(base, "/"), key, nil
 }
 
+// newClient returns a client of the host the flags name.
+func (a *apiFlags) newClient(log *slog.Logger) (*client.Client, error) {
+	base, key, err := a.resolve()
+	if err != nil {
+		return nil, err
+	}
+	return client.New(base, client.Options{APIKey: key, Logger: log})
+}
+
 // apiError turns an error response of the host into an error with its kind and message.
 func apiError(resp *http.Response) error {
-	data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	var eb errorBody
-	if json.Unmarshal(data, &eb) == nil && eb.Error.Kind != "" {
-		msg := fmt.Sprintf("%s (%s)", eb.Error.Message, eb.Error.Kind)
-		if eb.Error.PlatformCode != "" {
-			msg += ", platform code " + eb.Error.PlatformCode
-			if ex := explain(eb.Error.PlatformCode); ex != "" {
-				msg += ": " + ex
-			}
-		}
-		if ra := resp.Header.Get("Retry-After"); ra != "" {
-			msg += ", retry after " + ra + "s"
-		}
-		return errors.New(msg)
+	if err := cliError(client.CheckResponse(resp)); err != nil {
+		return err
 	}
-	return fmt.Errorf("host answered %s: %s", resp.Status, strings.TrimSpace(string(data)))
+	return fmt.Errorf("host answered %s", resp.Status)
+}
+
+// cliError words an error of the client for the command line: the host's message and kind,
+// the platform code explained, the retry-after; a request that got no answer asks whether
+// the host runs.
+func cliError(err error) error {
+	if err == nil {
+		return nil
+	}
+	var ae *client.Error
+	if !errors.As(err, &ae) {
+		return fmt.Errorf("is the host running? %w", err)
+	}
+	var eb errorBody
+	if json.Unmarshal(ae.Body, &eb) != nil || eb.Error.Kind == "" {
+		return fmt.Errorf("host answered %d %s: %s", ae.StatusCode, http.StatusText(ae.StatusCode), strings.TrimSpace(string(ae.Body)))
+	}
+	msg := fmt.Sprintf("%s (%s)", ae.Message, ae.Kind)
+	if ae.PlatformCode != "" {
+		msg += ", platform code " + ae.PlatformCode
+		if ex := explain(ae.PlatformCode); ex != "" {
+			msg += ": " + ex
+		}
+	}
+	if ae.RetryAfter > 0 {
+		msg += fmt.Sprintf(", retry after %.0fs", ae.RetryAfter.Seconds())
+	}
+	return errors.New(msg)
 }
 
 func cmdTokenStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -81,35 +107,30 @@ func cmdTokenStatus(ctx context.Context, args []string, stdout, stderr io.Writer
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	base, key, err := af.resolve()
+	c, err := af.newClient(nil)
 	if err != nil {
 		return err
-	}
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/tokens", nil)
-	if key != "" {
-		req.Header.Set("Authorization", "Bearer "+key)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return fmt.Errorf("is the host running? %w", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return apiError(resp)
 	}
 	if *asJSON {
-		_, err := io.Copy(stdout, resp.Body)
+		req, err := c.NewRequest(ctx, http.MethodGet, "/v1/tokens", nil)
+		if err != nil {
+			return err
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			return cliError(err)
+		}
+		defer resp.Body.Close()
+		_, err = io.Copy(stdout, resp.Body)
 		return err
 	}
-	var body struct {
-		Bots []botStatus `json:"bots"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
-		return err
+	bots, err := c.Tokens(ctx)
+	if err != nil {
+		return cliError(err)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "BOT\tPLATFORM\tKEY\tSTATE\tEXPIRES IN\tREFRESHES\tFAILURES\tFP\tLAST ERROR")
-	for _, b := range body.Bots {
+	for _, b := range bots {
 		if len(b.Tokens) == 0 {
 			fmt.Fprintf(tw, "%s\t%s\t-\t%s\t-\t-\t-\t-\t%s\n", b.Bot, b.Platform, healthWord(b.Healthy), b.Detail)
 		}
@@ -178,8 +199,21 @@ func cmdSend(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	file := fs.String("file", "", "file to attach (uploaded with a progress bar)")
 	contentType := fs.String("content-type", "", "the file's content type (default from its extension)")
 	quiet := fs.Bool("quiet", false, "no progress bar")
+	idemKey := fs.String("idempotency-key", "", "Idempotency-Key of this send (default: a new random key): a retry with the same key within 24 h is answered without sending again")
+	verbose := fs.Bool("verbose", false, "print the Idempotency-Key sent")
+	var lf logFlags
+	lf.register(fs.FlagSet)
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	key := *idemKey
+	if key == "" {
+		key = "cli-" + client.NewIdempotencyKey()
+	} else if err := client.CheckIdempotencyKey(key); err != nil {
+		return fmt.Errorf("send: --idempotency-key: %w", err)
+	}
+	if *verbose {
+		fmt.Fprintf(stderr, "Idempotency-Key: %s\n", key)
 	}
 	if *botName == "" || *to == "" {
 		fs.Usage()
@@ -192,18 +226,16 @@ func cmdSend(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if *text == "" && *markdown == "" && *html == "" && *file == "" {
 		return errors.New("send: nothing to send: give --text, --markdown, --html or --file")
 	}
-	base, key, err := af.resolve()
+	log, _, err := lf.logger(stderr)
 	if err != nil {
 		return err
 	}
-	msg := adapter.Message{To: target, Text: *text, Markdown: *markdown, HTML: *html, Subject: *subject}
-	head, err := json.Marshal(msg)
+	c, err := af.newClient(log)
 	if err != nil {
 		return err
 	}
-	var body io.Reader = strings.NewReader(string(head))
+	msg := client.Message{To: target, Text: *text, Markdown: *markdown, HTML: *html, Subject: *subject}
 	var size int64
-	length := int64(len(head))
 	var sent atomic.Int64
 	if *file != "" {
 		f, err := os.Open(*file)
@@ -223,31 +255,9 @@ func cmdSend(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if ct == "" {
 			ct = "application/octet-stream"
 		}
-		// {...message, "attachments":[{"name":..,"content_type":..,"data":"<base64 streamed>"}]}
-		meta, _ := json.Marshal(map[string]string{"name": filepath.Base(*file), "content_type": ct})
-		prefix := string(head[:len(head)-1]) + `,"attachments":[` + string(meta[:len(meta)-1]) + `,"data":"`
-		pr, pw := io.Pipe()
-		go func() {
-			io.WriteString(pw, prefix)
-			enc := base64.NewEncoder(base64.StdEncoding, pw)
-			_, err := io.Copy(enc, io.TeeReader(f, countWriter{&sent}))
-			if err == nil {
-				err = enc.Close()
-			}
-			if err == nil {
-				_, err = io.WriteString(pw, `"}]}`)
-			}
-			pw.CloseWithError(err)
-		}()
-		body = pr
-		// The exact length, so the host can reserve the body's memory rather than its largest.
-		length = int64(len(prefix)) + int64(base64.StdEncoding.EncodedLen(int(size))) + int64(len(`"}]}`))
-	}
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/bots/"+*botName+"/messages", body)
-	req.Header.Set("Content-Type", "application/json")
-	req.ContentLength = length
-	if key != "" {
-		req.Header.Set("Authorization", "Bearer "+key)
+		// Streamed from the file (base64 inside the JSON), counted for the progress bar.
+		msg.Attachments = []client.Attachment{{Name: filepath.Base(*file), ContentType: ct,
+			Body: io.TeeReader(f, countWriter{&sent}), Size: size}}
 	}
 	done, stopped := make(chan struct{}), make(chan struct{})
 	if size > 0 && !*quiet {
@@ -255,23 +265,35 @@ func cmdSend(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	} else {
 		close(stopped)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	var ae *client.Error
+	r, err := c.Send(ctx, *botName, msg, client.WithIdempotencyKey(key))
+	// A message without a file can be sent again: when no answer came, try twice more with
+	// the same key, which the host answers at most once.
+	for wait := 500 * time.Millisecond; err != nil && !errors.As(err, &ae) && !errors.Is(err, adapter.ErrInvalidRequest) &&
+		*file == "" && wait <= time.Second && ctx.Err() == nil; wait *= 2 {
+		if *verbose {
+			fmt.Fprintf(stderr, "send failed (%v); retrying in %v with the same Idempotency-Key\n", err, wait)
+		}
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+		}
+		r, err = c.Send(ctx, *botName, msg, client.WithIdempotencyKey(key))
+	}
 	close(done)
 	<-stopped
-	if err != nil {
-		return fmt.Errorf("is the host running? %w", err)
-	}
-	defer resp.Body.Close()
-	if size > 0 && !*quiet {
+	if size > 0 && !*quiet && (err == nil || errors.As(err, &ae)) {
 		drawBar(stderr, filepath.Base(*file), size, sent.Load())
 		fmt.Fprintln(stderr)
 	}
-	if resp.StatusCode != http.StatusOK {
-		return apiError(resp)
+	switch {
+	case err != nil && (!errors.As(err, &ae) || ae.StatusCode == http.StatusTooManyRequests || ae.StatusCode >= 500):
+		return fmt.Errorf("%w (to retry without sending twice: --idempotency-key %s)", cliError(err), key)
+	case err != nil:
+		return cliError(err)
 	}
-	var r sendResponse
-	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
-		return err
+	if r.Replayed {
+		fmt.Fprintf(stdout, "already sent under Idempotency-Key %s; not sent again\n", key)
 	}
 	fmt.Fprintf(stdout, "sent: bot %s (%s), message id %q\n", r.Bot, r.Platform, r.ID)
 	if len(r.Invalid) > 0 {
