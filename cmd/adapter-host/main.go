@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 
@@ -149,6 +150,19 @@ func (l *logFlags) logger(w io.Writer) (*slog.Logger, slog.Level, error) {
 	return nil, 0, fmt.Errorf("--log-format %q: want text or json", l.format)
 }
 
+// startCPUProfile profiles the CPU into path until the returned function is called.
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("--cpuprofile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("--cpuprofile: %w", err)
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
+}
+
 func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -160,8 +174,9 @@ func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
 }
 
 func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("run", "run --config FILE [--log-format text|json] [--log-level info]", stderr)
+	fs := newFlagSet("run", "run --config FILE [--log-format text|json] [--log-level info] [--cpuprofile FILE]", stderr)
 	config := fs.String("config", os.Getenv("CHATWIRE_CONFIG"), "config file (default $CHATWIRE_CONFIG)")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of this process (not the plugin) from start to shutdown to `FILE`, for go tool pprof (bench/load uses it)")
 	var lf logFlags
 	lf.register(fs)
 	if err := fs.Parse(args); err != nil {
@@ -177,6 +192,13 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	cfg, err := LoadConfig(*config)
 	if err != nil {
 		return err
+	}
+	if *cpuprofile != "" {
+		stop, err := startCPUProfile(*cpuprofile)
+		if err != nil {
+			return err
+		}
+		defer stop()
 	}
 	h, err := startHost(ctx, cfg, hostOptions{Logger: log, PluginDebug: level <= slog.LevelDebug})
 	if err != nil {

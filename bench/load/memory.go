@@ -1,0 +1,101 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// memSample is a host with some number of WeCom bots, settled after start.
+type memSample struct {
+	Bots          int
+	Ready         time.Duration // from exec to /readyz 200
+	HostKB        int           // VmRSS
+	PluginKB      int
+	HostPeakKB    int // VmHWM
+	PluginPeakKB  int
+	TokenRequests int // gettoken calls the emulator saw while the host started
+}
+
+// memResult compares a host with one bot and one with many.
+type memResult struct {
+	One, Many memSample
+}
+
+// perBotKB is the RSS a bot adds, host and plugin: (many - one) / (bots - 1).
+func (m *memResult) perBotKB() (host, plugin float64) {
+	n := float64(m.Many.Bots - m.One.Bots)
+	return float64(m.Many.HostKB-m.One.HostKB) / n, float64(m.Many.PluginKB-m.One.PluginKB) / n
+}
+
+// runMemory starts a host with 1 bot, then one with bots bots (each its own corp on the
+// emulator), lets each settle for settle, and reads their RSS.
+func runMemory(ctx context.Context, e *env, bots int, settle time.Duration) (*memResult, error) {
+	var res memResult
+	for i, n := range []int{1, bots} {
+		s, err := memoryHost(ctx, e, n, settle)
+		if err != nil {
+			return nil, err
+		}
+		if i == 0 {
+			res.One = *s
+		} else {
+			res.Many = *s
+		}
+	}
+	return &res, nil
+}
+
+func memoryHost(ctx context.Context, e *env, n int, settle time.Duration) (*memSample, error) {
+	rds, raddr, err := startRedis(e.redisBin, e.dir)
+	if err != nil {
+		return nil, err
+	}
+	defer rds.stop()
+	addr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "server:\n  listen: %q\n  api_keys: [\"${CHATWIRE_API_KEY}\"]\nstore:\n  redis_url: \"redis://%s/0\"\n  key_prefix: mem\nbots:\n", addr, raddr)
+	for i := range n {
+		corp := fmt.Sprintf("wwmem%d%06d", n, i)
+		e.emu.AddApp(corp, e.sec.corpSecret, e.sec.agentID)
+		b.WriteString(wecomBot(fmt.Sprintf("bot%d", i), corp, e.sec.agentID, e.emu.url))
+	}
+	label := fmt.Sprintf("memory-%d", n)
+	cfg := filepath.Join(e.dir, label+".yaml")
+	if err := os.WriteFile(cfg, []byte(b.String()), 0o600); err != nil {
+		return nil, err
+	}
+	tokens0 := e.emu.TokenRequests()
+	t0 := time.Now()
+	p, err := startProc("adapter-host", filepath.Join(e.dir, label+".log"), e.hostEnv(), e.hostBin, "run", "--config", cfg, "--log-format", "json")
+	if err != nil {
+		return nil, err
+	}
+	defer p.stop()
+	if err := waitHTTP(p, "http://"+addr+"/readyz", 5*time.Minute); err != nil {
+		return nil, err
+	}
+	s := &memSample{Bots: n, Ready: time.Since(t0)}
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-time.After(settle):
+	}
+	kids := children(p.pid())
+	if len(kids) != 1 {
+		return nil, fmt.Errorf("adapter-host with %d bots has %d child processes, want its one plugin", n, len(kids))
+	}
+	s.HostKB, s.HostPeakKB = statusKiB(p.pid(), "VmRSS"), statusKiB(p.pid(), "VmHWM")
+	s.PluginKB, s.PluginPeakKB = statusKiB(kids[0], "VmRSS"), statusKiB(kids[0], "VmHWM")
+	s.TokenRequests = e.emu.TokenRequests() - tokens0
+	if s.HostKB == 0 || s.PluginKB == 0 {
+		return nil, fmt.Errorf("no RSS read for the host (%d KiB) or its plugin (%d KiB)", s.HostKB, s.PluginKB)
+	}
+	return s, nil
+}

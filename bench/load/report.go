@@ -1,0 +1,104 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"time"
+)
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond)) }
+func us(d time.Duration) string { return fmt.Sprintf("%.0f µs", float64(d)/float64(time.Microsecond)) }
+
+func ratio(a, b float64) string {
+	if b == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.2f×", a/b)
+}
+
+// printReport writes rep as Markdown tables.
+func printReport(w io.Writer, rep *report) {
+	if len(rep.Events) > 0 {
+		fmt.Fprintln(w, "\n### Webhook → event on SSE (open loop, latency from each callback's scheduled time)")
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "| offered/s | target | achieved/s | SSE p50 | SSE p99 | SSE max | 200 p99 | lost | dup | non-200 | CPU per event | peak RSS |")
+		fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|")
+		for _, r := range rep.Events {
+			var parts, rss []string
+			for _, p := range r.CPU {
+				if r.Events > 0 {
+					parts = append(parts, fmt.Sprintf("%s %.0f", p.Name, float64(p.CPU)/float64(r.Events)/float64(time.Microsecond)))
+				}
+				rss = append(rss, fmt.Sprintf("%s %.1f", p.Name, float64(p.PeakKB)/1024))
+			}
+			fmt.Fprintf(w, "| %d | %s | %.0f | %s | %s | %s | %s | %d | %d | %d | %s (%s) | %s MiB |\n",
+				r.Rate, r.Target, r.Achieved, ms(r.P50), ms(r.P99), ms(r.Max), ms(r.AckP99), r.Lost, r.Dup, r.Errors,
+				us(r.cpuPerEvent()), strings.Join(parts, ", "), strings.Join(rss, ", "))
+		}
+		if rows := eventRatios(rep.Events); len(rows) > 0 {
+			fmt.Fprintln(w)
+			fmt.Fprintln(w, "| offered/s | chatwire / baseline: SSE p50 | SSE p99 | CPU per event |")
+			fmt.Fprintln(w, "|---|---|---|---|")
+			for _, row := range rows {
+				fmt.Fprintln(w, row)
+			}
+		}
+	}
+	if len(rep.Sends) > 0 {
+		fmt.Fprintln(w, "\n### Sends: POST /v1/bots/hr/messages → answer (closed loop)")
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "| callers | target | sends/s | p50 | p99 | max | CPU per send | non-200 | not at WeCom exactly once |")
+		fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
+		for _, r := range rep.Sends {
+			fmt.Fprintf(w, "| %d | %s | %.0f | %s | %s | %s | %s | %d | %d |\n",
+				r.Callers, r.Target, r.PerSec, ms(r.P50), ms(r.P99), ms(r.Max), us(r.CPUPerSend), r.Errors, r.Mismatch)
+		}
+		var rows []string
+		for _, a := range rep.Sends {
+			for _, b := range rep.Sends {
+				if a.Target == targetChatwire && b.Target == targetBaseline && a.Callers == b.Callers {
+					rows = append(rows, fmt.Sprintf("| %d | %s | %s | %s | %s |", a.Callers, ratio(float64(a.P50), float64(b.P50)),
+						ratio(float64(a.P99), float64(b.P99)), ratio(a.PerSec, b.PerSec), ratio(float64(a.CPUPerSend), float64(b.CPUPerSend))))
+				}
+			}
+		}
+		if len(rows) > 0 {
+			fmt.Fprintln(w)
+			fmt.Fprintln(w, "| callers | chatwire / baseline: p50 | p99 | throughput | CPU per send |")
+			fmt.Fprintln(w, "|---|---|---|---|---|")
+			for _, row := range rows {
+				fmt.Fprintln(w, row)
+			}
+		}
+	}
+	if m := rep.Memory; m != nil {
+		fmt.Fprintln(w, "\n### Memory: a host with N WeCom bots (emulator), RSS after start")
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "| bots | ready after | host RSS | plugin RSS | host + plugin peak | gettoken calls at start |")
+		fmt.Fprintln(w, "|---|---|---|---|---|---|")
+		for _, s := range []memSample{m.One, m.Many} {
+			fmt.Fprintf(w, "| %d | %.1f s | %.1f MiB | %.1f MiB | %.1f MiB | %d |\n", s.Bots, s.Ready.Seconds(),
+				float64(s.HostKB)/1024, float64(s.PluginKB)/1024, float64(s.HostPeakKB+s.PluginPeakKB)/1024, s.TokenRequests)
+		}
+		h, p := m.perBotKB()
+		fmt.Fprintf(w, "\nRSS per bot: host %.1f KiB + plugin %.1f KiB = %.1f KiB ((%d-bot RSS − 1-bot RSS) / %d)\n",
+			h, p, h+p, m.Many.Bots, m.Many.Bots-m.One.Bots)
+	}
+	if rep.Dir != "" {
+		fmt.Fprintf(w, "\nlogs and configs: %s\n", rep.Dir)
+	}
+}
+
+func eventRatios(rs []*eventResult) []string {
+	var rows []string
+	for _, a := range rs {
+		for _, b := range rs {
+			if a.Target == targetChatwire && b.Target == targetBaseline && a.Rate == b.Rate {
+				rows = append(rows, fmt.Sprintf("| %d | %s | %s | %s |", a.Rate, ratio(float64(a.P50), float64(b.P50)),
+					ratio(float64(a.P99), float64(b.P99)), ratio(float64(a.cpuPerEvent()), float64(b.cpuPerEvent()))))
+			}
+		}
+	}
+	return rows
+}
