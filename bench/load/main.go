@@ -218,7 +218,7 @@ func bench(ctx context.Context, o *options, progress io.Writer) (*report, error)
 				rep.Events = append(rep.Events, res)
 			}
 			if err != nil {
-				return rep, fmt.Errorf("%s: %w (log: %s)", label, err, r.main.log)
+				return rep, fmt.Errorf("%s: %w\n%s log, its end:\n%s", label, err, r.main.name, r.main.tail())
 			}
 		}
 	}

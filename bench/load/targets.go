@@ -64,23 +64,12 @@ type running struct {
 	name   string
 	addr   string
 	apiKey string
-	main   *proc // the host or the baseline
+	main   *proc // the host or the baseline; nil for a target the caller runs itself
 	redis  *proc
-	plugin int // the host's plugin pid; 0 for the baseline
+	procs  []namedPID // measured: "host", "plugin", "redis" or "server", "redis"
 }
 
-// pids names every measured process: "host"/"server", "plugin", "redis".
-func (r *running) pids() []namedPID {
-	first := "host"
-	if r.name == targetBaseline {
-		first = "server"
-	}
-	out := []namedPID{{first, r.main.pid()}}
-	if r.plugin != 0 {
-		out = append(out, namedPID{"plugin", r.plugin})
-	}
-	return append(out, namedPID{"redis", r.redis.pid()})
-}
+func (r *running) pids() []namedPID { return r.procs }
 
 type namedPID struct {
 	name string
@@ -88,8 +77,12 @@ type namedPID struct {
 }
 
 func (r *running) stop() {
-	r.main.stop()
-	r.redis.stop()
+	if r.main != nil {
+		r.main.stop()
+	}
+	if r.redis != nil {
+		r.redis.stop()
+	}
 }
 
 // env is what starting a target needs.
@@ -180,7 +173,9 @@ func (e *env) start(target, label, cpuprofile string) (*running, error) {
 			r.stop()
 			return nil, fmt.Errorf("adapter-host has %d child processes, want its one plugin", len(kids))
 		}
-		r.plugin = kids[0]
+		r.procs = []namedPID{{"host", r.main.pid()}, {"plugin", kids[0]}, {"redis", rds.pid()}}
+	} else {
+		r.procs = []namedPID{{"server", r.main.pid()}, {"redis", rds.pid()}}
 	}
 	return r, nil
 }

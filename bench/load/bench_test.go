@@ -1,0 +1,31 @@
+package main
+
+import (
+	"context"
+	"testing"
+	"time"
+)
+
+// BenchmarkHostMemory starts a host with one WeCom bot and one with 1,000 (each its own corp
+// on the emulator, Redis store) and reports the RSS a configured bot adds, for planning
+// multi-tenant deployments. It builds and starts real processes (about 20 s): `make bench`
+// runs it; `go run ./bench/load --memory-bots N` is the same measurement with any N.
+func BenchmarkHostMemory(b *testing.B) {
+	const bots = 1000
+	o := &options{targets: nil, memoryBots: bots, settle: 3 * time.Second, redisBin: "redis-server", quiet: true}
+	var m *memResult
+	for b.Loop() {
+		rep, err := bench(context.Background(), o, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		m = rep.Memory
+	}
+	host, plugin := m.perBotKB()
+	b.ReportMetric(0, "ns/op")
+	b.ReportMetric(host+plugin, "KiB-RSS/bot")
+	b.ReportMetric(host, "host-KiB/bot")
+	b.ReportMetric(plugin, "plugin-KiB/bot")
+	b.ReportMetric(float64(m.Many.HostKB+m.Many.PluginKB)/1024, "MiB-RSS/1000-bots")
+	b.ReportMetric(m.Many.Ready.Seconds(), "s-ready/1000-bots")
+}
