@@ -22,10 +22,12 @@ func BenchmarkHostMemory(b *testing.B) {
 		m = rep.Memory
 	}
 	host, plugin := m.perBotKB()
+	ha, pa := m.perActiveBotKB()
 	b.ReportMetric(0, "ns/op")
 	b.ReportMetric(host+plugin, "KiB-RSS/bot")
+	b.ReportMetric(ha+pa, "KiB-RSS/bot-after-send")
 	b.ReportMetric(host, "host-KiB/bot")
 	b.ReportMetric(plugin, "plugin-KiB/bot")
-	b.ReportMetric(float64(m.Many.HostKB+m.Many.PluginKB)/1024, "MiB-RSS/1000-bots")
+	b.ReportMetric(float64(m.Many.HostActiveKB+m.Many.PluginActiveKB)/1024, "MiB-RSS/1000-bots-after-send")
 	b.ReportMetric(m.Many.Ready.Seconds(), "s-ready/1000-bots")
 }

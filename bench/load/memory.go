@@ -3,9 +3,13 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -18,6 +22,8 @@ type memSample struct {
 	HostPeakKB    int // VmHWM
 	PluginPeakKB  int
 	TokenRequests int // gettoken calls the emulator saw while the host started
+	// After every bot has sent one message (so each holds a token and a connection pool).
+	HostActiveKB, PluginActiveKB int
 }
 
 // memResult compares a host with one bot and one with many.
@@ -25,10 +31,16 @@ type memResult struct {
 	One, Many memSample
 }
 
-// perBotKB is the RSS a bot adds, host and plugin: (many - one) / (bots - 1).
+// perBotKB is the RSS a bot adds, host and plugin: (many - one) / (bots - 1), right after
+// start, or once every bot has sent a message.
 func (m *memResult) perBotKB() (host, plugin float64) {
 	n := float64(m.Many.Bots - m.One.Bots)
 	return float64(m.Many.HostKB-m.One.HostKB) / n, float64(m.Many.PluginKB-m.One.PluginKB) / n
+}
+
+func (m *memResult) perActiveBotKB() (host, plugin float64) {
+	n := float64(m.Many.Bots - m.One.Bots)
+	return float64(m.Many.HostActiveKB-m.One.HostActiveKB) / n, float64(m.Many.PluginActiveKB-m.One.PluginActiveKB) / n
 }
 
 // runMemory starts a host with 1 bot, then one with bots bots (each its own corp on the
@@ -97,5 +109,49 @@ func memoryHost(ctx context.Context, e *env, n int, settle time.Duration) (*memS
 	if s.HostKB == 0 || s.PluginKB == 0 {
 		return nil, fmt.Errorf("no RSS read for the host (%d KiB) or its plugin (%d KiB)", s.HostKB, s.PluginKB)
 	}
+	// Every bot sends one message, 8 at a time: each then holds a token and its HTTP state.
+	client := &http.Client{Timeout: 30 * time.Second}
+	defer client.CloseIdleConnections()
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	var firstErr atomic.Value
+	next := make(chan int)
+	for range 8 {
+		wg.Go(func() {
+			for i := range next {
+				req, _ := http.NewRequestWithContext(ctx, "POST", fmt.Sprintf("http://%s/v1/bots/bot%d/messages", addr, i),
+					strings.NewReader(`{"to":{"user":"user1"},"text":"memory"}`))
+				req.Header.Set("Authorization", "Bearer "+e.sec.apiKey)
+				req.Header.Set("Content-Type", "application/json")
+				resp, err := client.Do(req)
+				if err != nil {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+					continue
+				}
+				out, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, fmt.Sprintf("bot%d: %d %s", i, resp.StatusCode, out))
+				}
+			}
+		})
+	}
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	if f := failed.Load(); f > 0 {
+		return nil, fmt.Errorf("%d of %d bots could not send; first: %v", f, n, firstErr.Load())
+	}
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-time.After(settle):
+	}
+	s.HostActiveKB, s.PluginActiveKB = statusKiB(p.pid(), "VmRSS"), statusKiB(kids[0], "VmRSS")
+	s.HostPeakKB, s.PluginPeakKB = statusKiB(p.pid(), "VmHWM"), statusKiB(kids[0], "VmHWM")
 	return s, nil
 }

@@ -10,6 +10,8 @@ import (
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond)) }
 func us(d time.Duration) string { return fmt.Sprintf("%.0f µs", float64(d)/float64(time.Microsecond)) }
 
+func mib(kb int) float64 { return float64(kb) / 1024 }
+
 func ratio(a, b float64) string {
 	if b == 0 {
 		return "–"
@@ -75,15 +77,16 @@ func printReport(w io.Writer, rep *report) {
 	if m := rep.Memory; m != nil {
 		fmt.Fprintln(w, "\n### Memory: a host with N WeCom bots (emulator), RSS after start")
 		fmt.Fprintln(w)
-		fmt.Fprintln(w, "| bots | ready after | host RSS | plugin RSS | host + plugin peak | gettoken calls at start |")
-		fmt.Fprintln(w, "|---|---|---|---|---|---|")
+		fmt.Fprintln(w, "| bots | ready after | host RSS | plugin RSS | after each bot sent once: host | plugin | host + plugin peak | gettoken calls at start |")
+		fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
 		for _, s := range []memSample{m.One, m.Many} {
-			fmt.Fprintf(w, "| %d | %.1f s | %.1f MiB | %.1f MiB | %.1f MiB | %d |\n", s.Bots, s.Ready.Seconds(),
-				float64(s.HostKB)/1024, float64(s.PluginKB)/1024, float64(s.HostPeakKB+s.PluginPeakKB)/1024, s.TokenRequests)
+			fmt.Fprintf(w, "| %d | %.1f s | %.1f MiB | %.1f MiB | %.1f MiB | %.1f MiB | %.1f MiB | %d |\n", s.Bots, s.Ready.Seconds(),
+				mib(s.HostKB), mib(s.PluginKB), mib(s.HostActiveKB), mib(s.PluginActiveKB), mib(s.HostPeakKB+s.PluginPeakKB), s.TokenRequests)
 		}
 		h, p := m.perBotKB()
-		fmt.Fprintf(w, "\nRSS per bot: host %.1f KiB + plugin %.1f KiB = %.1f KiB ((%d-bot RSS − 1-bot RSS) / %d)\n",
-			h, p, h+p, m.Many.Bots, m.Many.Bots-m.One.Bots)
+		ha, pa := m.perActiveBotKB()
+		fmt.Fprintf(w, "\nRSS per bot ((%d-bot RSS − 1-bot RSS) / %d): after start host %.1f + plugin %.1f = %.1f KiB; "+
+			"once each bot has sent: host %.1f + plugin %.1f = %.1f KiB\n", m.Many.Bots, m.Many.Bots-m.One.Bots, h, p, h+p, ha, pa, ha+pa)
 	}
 	if rep.Dir != "" {
 		fmt.Fprintf(w, "\nlogs and configs: %s\n", rep.Dir)
