@@ -79,7 +79,7 @@ bench:
 # 2 minutes). Flags: BENCH_HOST_FLAGS="--cpuprofile prof --duration 20s" (go run ./bench/load --help).
 BENCH_HOST_FLAGS ?=
 bench-host:
-	$(GO) run ./bench/load $(BENCH_HOST_FLAGS) | tee bench-host.md
+	$(GO) run ./bench/load $(BENCH_HOST_FLAGS) >bench-host.md; status=$$?; cat bench-host.md; exit $$status
 
 # bench-smoke checks that bench/load works (a short low-rate run of the whole tool, about 20 s:
 # nothing lost or doubled, numbers present; no timing asserted). Behind -tags bench because it
