@@ -61,31 +61,17 @@ func main() {
 		flag.PrintDefaults()
 	}
 	flag.Parse()
-	key, err := base64.StdEncoding.DecodeString(os.Getenv("BASELINE_AES_KEY") + "=")
-	if err != nil || len(key) != 32 {
-		log.Fatal("baseline: BASELINE_AES_KEY must be 43 base64 characters")
-	}
-	block, _ := aes.NewCipher(key)
-	s := &server{
-		bot: *bot, corpID: *corpID, agentID: *agentID, apiBase: strings.TrimSuffix(*apiBase, "/"),
-		corpSecret: os.Getenv("BASELINE_CORP_SECRET"), token: os.Getenv("BASELINE_TOKEN"),
-		apiKey: os.Getenv("BASELINE_API_KEY"), block: block, iv: key[:16],
-		rdb:  redis.NewClient(&redis.Options{Addr: *redisAddr, PoolSize: 64}),
-		http: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}},
-	}
-	if s.corpID == "" || s.corpSecret == "" || s.token == "" {
-		log.Fatal("baseline: --corp-id, BASELINE_CORP_SECRET and BASELINE_TOKEN are required")
+	s, err := newServer(*bot, *corpID, *agentID, *apiBase, os.Getenv("BASELINE_CORP_SECRET"), os.Getenv("BASELINE_TOKEN"),
+		os.Getenv("BASELINE_AES_KEY"), os.Getenv("BASELINE_API_KEY"), *redisAddr)
+	if err != nil {
+		log.Fatalf("baseline: %v", err)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := s.rdb.Ping(ctx).Err(); err != nil {
 		log.Fatalf("baseline: redis: %v", err)
 	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("POST /webhook/{bot}", s.webhook)
-	mux.HandleFunc("GET /v1/bots/{bot}/events", s.auth(s.events))
-	mux.HandleFunc("POST /v1/bots/{bot}/messages", s.auth(s.send))
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
+	mux := s.routes()
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		log.Fatalf("baseline: %v", err)
@@ -95,6 +81,32 @@ func main() {
 	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		log.Fatalf("baseline: %v", err)
 	}
+}
+
+func newServer(bot, corpID string, agentID int64, apiBase, corpSecret, token, aesKey, apiKey, redisAddr string) (*server, error) {
+	key, err := base64.StdEncoding.DecodeString(aesKey + "=")
+	if err != nil || len(key) != 32 {
+		return nil, errors.New("BASELINE_AES_KEY must be 43 base64 characters")
+	}
+	if corpID == "" || corpSecret == "" || token == "" {
+		return nil, errors.New("--corp-id, BASELINE_CORP_SECRET and BASELINE_TOKEN are required")
+	}
+	block, _ := aes.NewCipher(key)
+	return &server{
+		bot: bot, corpID: corpID, agentID: agentID, apiBase: strings.TrimSuffix(apiBase, "/"),
+		corpSecret: corpSecret, token: token, apiKey: apiKey, block: block, iv: key[:16],
+		rdb:  redis.NewClient(&redis.Options{Addr: redisAddr, PoolSize: 64}),
+		http: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}},
+	}, nil
+}
+
+func (s *server) routes() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /webhook/{bot}", s.webhook)
+	mux.HandleFunc("GET /v1/bots/{bot}/events", s.auth(s.events))
+	mux.HandleFunc("POST /v1/bots/{bot}/messages", s.auth(s.send))
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
+	return mux
 }
 
 type server struct {
