@@ -277,12 +277,18 @@ func (s *server) events(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var buf bytes.Buffer
+	idle := 0
 	for {
-		res, err := s.rdb.XRead(r.Context(), &redis.XReadArgs{Streams: []string{s.stream(), last}, Count: 100, Block: 15 * time.Second}).Result()
+		// go-redis does not abort a blocked read when the context ends, so block 1 s at a
+		// time to notice a client that went away; ping the client every 15 s.
+		res, err := s.rdb.XRead(r.Context(), &redis.XReadArgs{Streams: []string{s.stream(), last}, Count: 100, Block: time.Second}).Result()
 		if r.Context().Err() != nil {
 			return
 		}
 		if errors.Is(err, redis.Nil) {
+			if idle++; idle%15 != 0 {
+				continue
+			}
 			io.WriteString(w, ": ping\n\n")
 		} else if err != nil {
 			time.Sleep(100 * time.Millisecond)
