@@ -266,7 +266,18 @@ func (s *server) decrypt(b64 string) ([]byte, error) {
 func (s *server) events(w http.ResponseWriter, r *http.Request) {
 	last := r.Header.Get("Last-Event-ID")
 	if last == "" {
-		last = "$"
+		// Start after the newest event stored now. Resolved before the client sees the
+		// headers: XREAD "$" would mean "after the newest at the time of the read", and an
+		// event stored between the headers and the first read would be lost.
+		last = "0-0"
+		msgs, err := s.rdb.XRevRangeN(r.Context(), s.stream(), "+", "-", 1).Result()
+		if err != nil {
+			http.Error(w, `{"error":{"kind":"unavailable"}}`, http.StatusServiceUnavailable)
+			return
+		}
+		if len(msgs) == 1 {
+			last = msgs[0].ID
+		}
 	}
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")

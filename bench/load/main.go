@@ -215,6 +215,7 @@ func bench(ctx context.Context, o *options, progress io.Writer) (*report, error)
 			res, err := runEvents(ctx, r, e.sec, stepOptions{rate: rate, warmup: o.warmup, duration: o.duration, conns: o.conns, drain: o.drain})
 			r.stop()
 			if res != nil {
+				res.Warnings, res.TopWarning = logProblems(r.main.log)
 				rep.Events = append(rep.Events, res)
 			}
 			if err != nil {
@@ -232,6 +233,7 @@ func bench(ctx context.Context, o *options, progress io.Writer) (*report, error)
 				logf("%s: sends with %d callers for %v", t, c, o.sendDuration)
 				res, err := runSends(ctx, r, emu, c, o.sendDuration, fmt.Sprintf("bench-%s-%d", t, c))
 				if res != nil {
+					res.Warnings, res.TopWarning = logProblems(r.main.log) // so far: the log is shared by the steps
 					rep.Sends = append(rep.Sends, res)
 				}
 				if err != nil {

@@ -24,6 +24,8 @@ type memSample struct {
 	TokenRequests int // gettoken calls the emulator saw while the host started
 	// After every bot has sent one message (so each holds a token and a connection pool).
 	HostActiveKB, PluginActiveKB int
+	Warnings                     int // WARN and ERROR lines in the host's log (its plugin's included)
+	TopWarning                   string
 }
 
 // memResult compares a host with one bot and one with many.
@@ -153,5 +155,6 @@ func memoryHost(ctx context.Context, e *env, n int, settle time.Duration) (*memS
 	}
 	s.HostActiveKB, s.PluginActiveKB = statusKiB(p.pid(), "VmRSS"), statusKiB(kids[0], "VmRSS")
 	s.HostPeakKB, s.PluginPeakKB = statusKiB(p.pid(), "VmHWM"), statusKiB(kids[0], "VmHWM")
+	s.Warnings, s.TopWarning = logProblems(p.log)
 	return s, nil
 }

@@ -80,6 +80,48 @@ func children(pid int) []int {
 	return out
 }
 
+// loadAvg returns the 1-minute load average of the machine.
+func loadAvg() float64 {
+	data, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(data))
+	if len(f) == 0 {
+		return 0
+	}
+	v, _ := strconv.ParseFloat(f[0], 64)
+	return v
+}
+
+// logProblems counts the WARN and ERROR lines of a JSON log (slog's JSON handler: the host
+// and its plugin) and names the most frequent message.
+func logProblems(path string) (n int, top string) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0, ""
+	}
+	counts := map[string]int{}
+	for line := range strings.SplitSeq(string(data), "\n") {
+		if !strings.Contains(line, `"level":"WARN"`) && !strings.Contains(line, `"level":"ERROR"`) {
+			continue
+		}
+		n++
+		msg := line
+		if _, after, ok := strings.Cut(line, `"msg":"`); ok {
+			msg, _, _ = strings.Cut(after, `"`)
+		}
+		counts[msg]++
+	}
+	best := 0
+	for m, c := range counts {
+		if c > best || (c == best && m < top) {
+			best, top = c, m
+		}
+	}
+	if n > 0 {
+		top = fmt.Sprintf("%dx %q", best, top)
+	}
+	return n, top
+}
+
 // freeAddr returns a free 127.0.0.1:port.
 func freeAddr() (string, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")

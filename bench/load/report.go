@@ -24,8 +24,8 @@ func printReport(w io.Writer, rep *report) {
 	if len(rep.Events) > 0 {
 		fmt.Fprintln(w, "\n### Webhook → event on SSE (open loop, latency from each callback's scheduled time)")
 		fmt.Fprintln(w)
-		fmt.Fprintln(w, "| offered/s | target | achieved/s | SSE p50 | SSE p99 | SSE max | 200 p99 | lost | dup | non-200 | CPU per event | peak RSS |")
-		fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|")
+		fmt.Fprintln(w, "| offered/s | target | achieved/s | SSE p50 | SSE p99 | SSE max | 200 p99 | lost | dup | non-200 | CPU per event | peak RSS | load avg |")
+		fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 		for _, r := range rep.Events {
 			var parts, rss []string
 			for _, p := range r.CPU {
@@ -34,10 +34,17 @@ func printReport(w io.Writer, rep *report) {
 				}
 				rss = append(rss, fmt.Sprintf("%s %.1f", p.Name, float64(p.PeakKB)/1024))
 			}
-			fmt.Fprintf(w, "| %d | %s | %.0f | %s | %s | %s | %s | %d | %d | %d | %s (%s) | %s MiB |\n",
+			fmt.Fprintf(w, "| %d | %s | %.0f | %s | %s | %s | %s | %d | %d | %d | %s (%s) | %s MiB | %.1f |\n",
 				r.Rate, r.Target, r.Achieved, ms(r.P50), ms(r.P99), ms(r.Max), ms(r.AckP99), r.Lost, r.Dup, r.Errors,
-				us(r.cpuPerEvent()), strings.Join(parts, ", "), strings.Join(rss, ", "))
+				us(r.cpuPerEvent()), strings.Join(parts, ", "), strings.Join(rss, ", "), r.Load1)
 		}
+		var notes []string
+		for _, r := range rep.Events {
+			if r.Warnings > 0 {
+				notes = append(notes, fmt.Sprintf("%s at %d/s: %d WARN/ERROR log lines, most often %s", r.Target, r.Rate, r.Warnings, r.TopWarning))
+			}
+		}
+		printNotes(w, notes)
 		if rows := eventRatios(rep.Events); len(rows) > 0 {
 			fmt.Fprintln(w)
 			fmt.Fprintln(w, "| offered/s | chatwire / baseline: SSE p50 | SSE p99 | CPU per event |")
@@ -56,6 +63,13 @@ func printReport(w io.Writer, rep *report) {
 			fmt.Fprintf(w, "| %d | %s | %.0f | %s | %s | %s | %s | %d | %d |\n",
 				r.Callers, r.Target, r.PerSec, ms(r.P50), ms(r.P99), ms(r.Max), us(r.CPUPerSend), r.Errors, r.Mismatch)
 		}
+		var notes []string
+		for _, r := range rep.Sends {
+			if r.Warnings > 0 {
+				notes = append(notes, fmt.Sprintf("%s sends, up to %d callers: %d WARN/ERROR log lines, most often %s", r.Target, r.Callers, r.Warnings, r.TopWarning))
+			}
+		}
+		printNotes(w, notes)
 		var rows []string
 		for _, a := range rep.Sends {
 			for _, b := range rep.Sends {
@@ -83,6 +97,13 @@ func printReport(w io.Writer, rep *report) {
 			fmt.Fprintf(w, "| %d | %.1f s | %.1f MiB | %.1f MiB | %.1f MiB | %.1f MiB | %.1f MiB | %d |\n", s.Bots, s.Ready.Seconds(),
 				mib(s.HostKB), mib(s.PluginKB), mib(s.HostActiveKB), mib(s.PluginActiveKB), mib(s.HostPeakKB+s.PluginPeakKB), s.TokenRequests)
 		}
+		var notes []string
+		for _, s := range []memSample{m.One, m.Many} {
+			if s.Warnings > 0 {
+				notes = append(notes, fmt.Sprintf("host with %d bots: %d WARN/ERROR log lines, most often %s", s.Bots, s.Warnings, s.TopWarning))
+			}
+		}
+		printNotes(w, notes)
 		h, p := m.perBotKB()
 		ha, pa := m.perActiveBotKB()
 		fmt.Fprintf(w, "\nRSS per bot ((%d-bot RSS − 1-bot RSS) / %d): after start host %.1f + plugin %.1f = %.1f KiB; "+
@@ -90,6 +111,17 @@ func printReport(w io.Writer, rep *report) {
 	}
 	if rep.Dir != "" {
 		fmt.Fprintf(w, "\nlogs and configs: %s\n", rep.Dir)
+	}
+}
+
+// printNotes prints lines under a table, as a list.
+func printNotes(w io.Writer, notes []string) {
+	if len(notes) == 0 {
+		return
+	}
+	fmt.Fprintln(w)
+	for _, n := range notes {
+		fmt.Fprintln(w, "- "+n)
 	}
 }
 

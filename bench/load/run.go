@@ -34,6 +34,9 @@ type eventResult struct {
 	P50, P99, Max, AckP99 time.Duration
 	CPU                   []procCPU // per measured process, over the measured window
 	Events                int       // events the CPU is divided by (measured, delivered)
+	Load1                 float64   // the machine's 1-minute load average at the end
+	Warnings              int       // WARN and ERROR lines in the target's log
+	TopWarning            string
 }
 
 type procCPU struct {
@@ -238,7 +241,7 @@ func runEvents(ctx context.Context, r *running, sec secrets, o stepOptions) (*ev
 		}
 	}
 	cpu1 := snapshot(pids)
-	res := &eventResult{Target: r.name, Rate: o.rate, Offered: total - warm, Errors: int(errs.Load())}
+	res := &eventResult{Target: r.name, Rate: o.rate, Offered: total - warm, Errors: int(errs.Load()), Load1: loadAvg()}
 	for i, p := range pids {
 		res.CPU = append(res.CPU, procCPU{Name: p.name, CPU: cpu1[i] - cpu0[i], PeakKB: statusKiB(p.pid, "VmHWM")})
 	}
@@ -308,6 +311,8 @@ type sendResult struct {
 	P50, P99, Max time.Duration
 	CPUPerSend    time.Duration // host+plugin+Redis (or server+Redis) CPU per answered send
 	Mismatch      int           // answered sends the emulator did not get exactly once
+	Warnings      int           // WARN and ERROR lines in the target's log so far
+	TopWarning    string
 }
 
 // runSends has callers send text messages to r for d, each as soon as its previous one is
