@@ -74,8 +74,10 @@ func TestSmoke(t *testing.T) {
 	if m.One.Bots != 1 || m.Many.Bots != 5 || m.One.HostKB <= 0 || m.Many.PluginKB <= 0 {
 		t.Errorf("memory: %+v", m)
 	}
-	data, err := os.ReadFile(filepath.Join(prof, "host-100.pprof"))
-	if err != nil || len(data) < 100 || data[0] != 0x1f || data[1] != 0x8b { // a pprof profile is gzipped protobuf
-		t.Errorf("host CPU profile: %d bytes, %v", len(data), err)
+	for _, name := range []string{"host-100.pprof", "plugin-100.pprof"} {
+		data, err := os.ReadFile(filepath.Join(prof, name))
+		if err != nil || len(data) < 100 || data[0] != 0x1f || data[1] != 0x8b { // a pprof profile is gzipped protobuf
+			t.Errorf("CPU profile %s: %d bytes, %v", name, len(data), err)
+		}
 	}
 }

@@ -126,7 +126,8 @@ func (e *env) hostEnv() []string {
 		"WECOM_TOKEN=" + e.sec.token, "WECOM_AES_KEY=" + e.sec.aesKey}
 }
 
-// start starts a fresh Redis and target; cpuprofile, if set, is passed to the host.
+// start starts a fresh Redis and target; cpuprofile, if set, is the host's profile path
+// (…/host-<rate>.pprof) and the plugin's is the same with plugin- for host-.
 func (e *env) start(target, label, cpuprofile string) (*running, error) {
 	rds, raddr, err := startRedis(e.redisBin, e.dir)
 	if err != nil {
@@ -147,7 +148,7 @@ func (e *env) start(target, label, cpuprofile string) (*running, error) {
 		}
 		args := []string{"run", "--config", cfg, "--log-format", "json"}
 		if cpuprofile != "" {
-			args = append(args, "--cpuprofile", cpuprofile)
+			args = append(args, "--cpuprofile", cpuprofile, "--plugin-cpuprofile", strings.Replace(cpuprofile, "host-", "plugin-", 1))
 		}
 		r.main, err = startProc("adapter-host", filepath.Join(e.dir, label+".log"), e.hostEnv(), e.hostBin, args...)
 	case targetBaseline:

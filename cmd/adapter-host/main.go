@@ -94,10 +94,21 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	case "plugin":
 		level := slog.LevelInfo
-		for _, a := range rest {
-			if a == "--debug" {
+		profile := ""
+		for i, a := range rest {
+			switch {
+			case a == "--debug":
 				level = slog.LevelDebug
+			case a == "--cpuprofile" && i+1 < len(rest):
+				profile = rest[i+1]
 			}
+		}
+		if profile != "" {
+			stop, err := startCPUProfile(profile)
+			if err != nil {
+				return err
+			}
+			defer stop()
 		}
 		platforms.Serve(version, level)
 		return nil
@@ -174,9 +185,10 @@ func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
 }
 
 func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("run", "run --config FILE [--log-format text|json] [--log-level info] [--cpuprofile FILE]", stderr)
+	fs := newFlagSet("run", "run --config FILE [--log-format text|json] [--log-level info] [--cpuprofile FILE] [--plugin-cpuprofile FILE]", stderr)
 	config := fs.String("config", os.Getenv("CHATWIRE_CONFIG"), "config file (default $CHATWIRE_CONFIG)")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of this process (not the plugin) from start to shutdown to `FILE`, for go tool pprof (bench/load uses it)")
+	pluginProfile := fs.String("plugin-cpuprofile", "", "write a CPU profile of the built-in plugin process from its start to its shutdown to `FILE` (a restarted plugin starts it over)")
 	var lf logFlags
 	lf.register(fs)
 	if err := fs.Parse(args); err != nil {
@@ -200,7 +212,14 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		}
 		defer stop()
 	}
-	h, err := startHost(ctx, cfg, hostOptions{Logger: log, PluginDebug: level <= slog.LevelDebug})
+	opts := hostOptions{Logger: log, PluginDebug: level <= slog.LevelDebug}
+	if *pluginProfile != "" {
+		if cfg.Plugin.Path != "" {
+			return errors.New("--plugin-cpuprofile works with the built-in plugin only (plugin.path is set)")
+		}
+		opts.PluginArgs = []string{"plugin", "--cpuprofile", *pluginProfile}
+	}
+	h, err := startHost(ctx, cfg, opts)
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -27,5 +29,11 @@ func TestStartCPUProfile(t *testing.T) {
 	}
 	if _, err := startCPUProfile(filepath.Join(t.TempDir(), "missing", "host.pprof")); err == nil || !strings.Contains(err.Error(), "--cpuprofile") {
 		t.Errorf("uncreatable path: %v", err)
+	}
+	// The plugin takes the flag from the host (run --plugin-cpuprofile): a bad path fails it
+	// before it serves anything.
+	err = run(context.Background(), []string{"plugin", "--cpuprofile", filepath.Join(t.TempDir(), "missing", "plugin.pprof")}, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "--cpuprofile") {
+		t.Errorf("plugin --cpuprofile with an uncreatable path: %v", err)
 	}
 }
