@@ -1,16 +1,19 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
+
+	"github.com/seed-a64d9e1f/chatwire/adapter/wecom/wecomtest"
 )
 
 // memSample is a host with some number of WeCom bots, settled after start.
@@ -24,8 +27,54 @@ type memSample struct {
 	TokenRequests int // gettoken calls the emulator saw while the host started
 	// After every bot has sent one message (so each holds a token and a connection pool).
 	HostActiveKB, PluginActiveKB int
-	Warnings                     int // WARN and ERROR lines in the host's log (its plugin's included)
+	Warnings                     int // WARN and ERROR lines in the host's log (its plugin's included), shutdown included
 	TopWarning                   string
+	Stop                         time.Duration // SIGTERM to exit
+	Killed                       bool          // it did not exit within stopGrace and was killed
+	// One send from and one callback to every bot, 8 at a time.
+	Sends, Callbacks tally
+}
+
+// tally counts requests: answered 200, or not (with the first failure), and the slowest.
+type tally struct {
+	OK, Failed int
+	First      string
+	Max        time.Duration
+}
+
+func (t *tally) add(d time.Duration, status int, err error) {
+	t.Max = max(t.Max, d)
+	if err == nil && status == 200 {
+		t.OK++
+		return
+	}
+	t.Failed++
+	if t.First == "" {
+		if err != nil {
+			t.First = err.Error()
+		} else {
+			t.First = fmt.Sprintf("status %d", status)
+		}
+	}
+}
+
+func (t tally) String() string {
+	s := fmt.Sprintf("%d/%d answered 200, slowest %.0f ms", t.OK, t.OK+t.Failed, float64(t.Max)/float64(time.Millisecond))
+	if t.Failed > 0 {
+		s += ", first failure: " + t.First
+	}
+	return s
+}
+
+// do sends req and returns the status, the body read and closed.
+func do(c *http.Client, req *http.Request) (int, error) {
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode, nil
 }
 
 // memResult compares a host with one bot and one with many.
@@ -111,12 +160,12 @@ func memoryHost(ctx context.Context, e *env, n int, settle time.Duration) (*memS
 	if s.HostKB == 0 || s.PluginKB == 0 {
 		return nil, fmt.Errorf("no RSS read for the host (%d KiB) or its plugin (%d KiB)", s.HostKB, s.PluginKB)
 	}
-	// Every bot sends one message, 8 at a time: each then holds a token and its HTTP state.
+	// Every bot sends one message and takes one callback, 8 at a time: each then holds a
+	// token and its HTTP state, and every bot's path through the host has been used.
 	client := &http.Client{Timeout: 30 * time.Second}
 	defer client.CloseIdleConnections()
+	var mu sync.Mutex
 	var wg sync.WaitGroup
-	var failed atomic.Int64
-	var firstErr atomic.Value
 	next := make(chan int)
 	for range 8 {
 		wg.Go(func() {
@@ -125,18 +174,25 @@ func memoryHost(ctx context.Context, e *env, n int, settle time.Duration) (*memS
 					strings.NewReader(`{"to":{"user":"user1"},"text":"memory"}`))
 				req.Header.Set("Authorization", "Bearer "+e.sec.apiKey)
 				req.Header.Set("Content-Type", "application/json")
-				resp, err := client.Do(req)
+				t0 := time.Now()
+				status, err := do(client, req)
+				mu.Lock()
+				s.Sends.add(time.Since(t0), status, err)
+				mu.Unlock()
+
+				cb := e.sec.callback()
+				cb.CorpID = fmt.Sprintf("wwmem%d%06d", n, i)
+				msg := wecomtest.TextMessage(cb.CorpID, cb.AgentID, "user1", "memory", 8_000_000_000_000_000+int64(i), time.Now())
+				body, q, err := wecomtest.Encrypt(cb, msg, time.Now().Unix(), "m"+strconv.Itoa(i))
 				if err != nil {
-					failed.Add(1)
-					firstErr.CompareAndSwap(nil, err.Error())
-					continue
+					panic(err) // only a broken random source fails here
 				}
-				out, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != 200 {
-					failed.Add(1)
-					firstErr.CompareAndSwap(nil, fmt.Sprintf("bot%d: %d %s", i, resp.StatusCode, out))
-				}
+				req, _ = http.NewRequestWithContext(ctx, "POST", fmt.Sprintf("http://%s/webhook/bot%d?%s", addr, i, q.Encode()), bytes.NewReader(body))
+				t0 = time.Now()
+				status, err = do(client, req)
+				mu.Lock()
+				s.Callbacks.add(time.Since(t0), status, err)
+				mu.Unlock()
 			}
 		})
 	}
@@ -145,9 +201,6 @@ func memoryHost(ctx context.Context, e *env, n int, settle time.Duration) (*memS
 	}
 	close(next)
 	wg.Wait()
-	if f := failed.Load(); f > 0 {
-		return nil, fmt.Errorf("%d of %d bots could not send; first: %v", f, n, firstErr.Load())
-	}
 	select {
 	case <-ctx.Done():
 		return nil, ctx.Err()
@@ -155,6 +208,9 @@ func memoryHost(ctx context.Context, e *env, n int, settle time.Duration) (*memS
 	}
 	s.HostActiveKB, s.PluginActiveKB = statusKiB(p.pid(), "VmRSS"), statusKiB(kids[0], "VmRSS")
 	s.HostPeakKB, s.PluginPeakKB = statusKiB(p.pid(), "VmHWM"), statusKiB(kids[0], "VmHWM")
+	t1 := time.Now()
+	s.Killed = p.stop()
+	s.Stop = time.Since(t1)
 	s.Warnings, s.TopWarning = logProblems(p.log)
 	return s, nil
 }

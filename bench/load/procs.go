@@ -181,20 +181,25 @@ func (p *proc) tail() string {
 	return string(data)
 }
 
+// stopGrace is how long a process may take to stop after SIGTERM.
+const stopGrace = 20 * time.Second
+
 // stop ends the process with SIGTERM (a host then stops its plugin and writes its profile),
-// then SIGKILLs its process group if it lingers.
-func (p *proc) stop() {
+// then SIGKILLs its process group if it lingers past stopGrace; it reports whether it had to.
+func (p *proc) stop() (killed bool) {
 	if p == nil || p.exited() {
-		return
+		return false
 	}
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-p.done:
-	case <-time.After(20 * time.Second):
+	case <-time.After(stopGrace):
+		killed = true
 		syscall.Kill(-p.pid(), syscall.SIGKILL)
 		<-p.done
 	}
 	syscall.Kill(-p.pid(), syscall.SIGKILL) // anything left in the group (a plugin)
+	return killed
 }
 
 // waitHTTP polls url until it answers 200, the process exits, or limit passes.

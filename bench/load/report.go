@@ -91,14 +91,19 @@ func printReport(w io.Writer, rep *report) {
 	if m := rep.Memory; m != nil {
 		fmt.Fprintln(w, "\n### Memory: a host with N WeCom bots (emulator), RSS after start")
 		fmt.Fprintln(w)
-		fmt.Fprintln(w, "| bots | ready after | host RSS | plugin RSS | after each bot sent once: host | plugin | host + plugin peak | gettoken calls at start |")
-		fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
+		fmt.Fprintln(w, "| bots | ready after | host RSS | plugin RSS | after each bot sent once: host | plugin | host + plugin peak | gettoken calls at start | stopped after SIGTERM |")
+		fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
 		for _, s := range []memSample{m.One, m.Many} {
-			fmt.Fprintf(w, "| %d | %.1f s | %.1f MiB | %.1f MiB | %.1f MiB | %.1f MiB | %.1f MiB | %d |\n", s.Bots, s.Ready.Seconds(),
-				mib(s.HostKB), mib(s.PluginKB), mib(s.HostActiveKB), mib(s.PluginActiveKB), mib(s.HostPeakKB+s.PluginPeakKB), s.TokenRequests)
+			stop := fmt.Sprintf("%.1f s", s.Stop.Seconds())
+			if s.Killed {
+				stop = fmt.Sprintf("no: killed after %.0f s", stopGrace.Seconds())
+			}
+			fmt.Fprintf(w, "| %d | %.1f s | %.1f MiB | %.1f MiB | %.1f MiB | %.1f MiB | %.1f MiB | %d | %s |\n", s.Bots, s.Ready.Seconds(),
+				mib(s.HostKB), mib(s.PluginKB), mib(s.HostActiveKB), mib(s.PluginActiveKB), mib(s.HostPeakKB+s.PluginPeakKB), s.TokenRequests, stop)
 		}
 		var notes []string
 		for _, s := range []memSample{m.One, m.Many} {
+			notes = append(notes, fmt.Sprintf("host with %d bots: one send per bot: %v; one callback per bot: %v", s.Bots, s.Sends, s.Callbacks))
 			if s.Warnings > 0 {
 				notes = append(notes, fmt.Sprintf("host with %d bots: %d WARN/ERROR log lines, most often %s", s.Bots, s.Warnings, s.TopWarning))
 			}

@@ -71,8 +71,13 @@ func TestSmoke(t *testing.T) {
 		}
 	}
 	m := rep.Memory
-	if m.One.Bots != 1 || m.Many.Bots != 5 || m.One.HostKB <= 0 || m.Many.PluginKB <= 0 {
+	if m.One.Bots != 1 || m.Many.Bots != 5 || m.One.HostKB <= 0 || m.Many.PluginKB <= 0 || m.Many.HostActiveKB <= 0 {
 		t.Errorf("memory: %+v", m)
+	}
+	for _, s := range []memSample{m.One, m.Many} {
+		if s.Sends.OK != s.Bots || s.Callbacks.OK != s.Bots || s.Killed {
+			t.Errorf("host with %d bots: sends %v; callbacks %v; killed at stop: %v", s.Bots, s.Sends, s.Callbacks, s.Killed)
+		}
 	}
 	for _, name := range []string{"host-100.pprof", "plugin-100.pprof"} {
 		data, err := os.ReadFile(filepath.Join(prof, name))
