@@ -35,9 +35,14 @@ type memSample struct {
 	Sends, Callbacks tally
 }
 
+// maxFailures is how many callbacks may fail in the memory step before the rest are skipped
+// (a host that refuses them may take seconds for each).
+const maxFailures = 32
+
 // tally counts requests: answered 200, or not (with the first failure), and the slowest.
 type tally struct {
 	OK, Failed int
+	Skipped    int // not sent: too many had failed
 	First      string
 	Max        time.Duration
 }
@@ -62,6 +67,9 @@ func (t tally) String() string {
 	s := fmt.Sprintf("%d/%d answered 200, slowest %.0f ms", t.OK, t.OK+t.Failed, float64(t.Max)/float64(time.Millisecond))
 	if t.Failed > 0 {
 		s += ", first failure: " + t.First
+	}
+	if t.Skipped > 0 {
+		s += fmt.Sprintf(", %d not tried after %d failures", t.Skipped, t.Failed)
 	}
 	return s
 }
@@ -180,6 +188,15 @@ func memoryHost(ctx context.Context, e *env, n int, settle time.Duration) (*memS
 				s.Sends.add(time.Since(t0), status, err)
 				mu.Unlock()
 
+				mu.Lock()
+				giveUp := s.Callbacks.Failed >= maxFailures
+				if giveUp {
+					s.Callbacks.Skipped++
+				}
+				mu.Unlock()
+				if giveUp {
+					continue
+				}
 				cb := e.sec.callback()
 				cb.CorpID = fmt.Sprintf("wwmem%d%06d", n, i)
 				msg := wecomtest.TextMessage(cb.CorpID, cb.AgentID, "user1", "memory", 8_000_000_000_000_000+int64(i), time.Now())
