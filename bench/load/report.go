@@ -91,7 +91,7 @@ func printReport(w io.Writer, rep *report) {
 	if m := rep.Memory; m != nil {
 		fmt.Fprintln(w, "\n### Memory: a host with N WeCom bots (emulator), RSS after start")
 		fmt.Fprintln(w)
-		fmt.Fprintln(w, "| bots | ready after | host RSS | plugin RSS | after each bot sent once: host | plugin | host + plugin peak | gettoken calls at start | stopped after SIGTERM |")
+		fmt.Fprintln(w, "| bots | ready after | host RSS | plugin RSS | after a send and a callback per bot: host | plugin | host + plugin peak | gettoken calls at start | stopped after SIGTERM |")
 		fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
 		for _, s := range []memSample{m.One, m.Many} {
 			stop := fmt.Sprintf("%.1f s", s.Stop.Seconds())
@@ -103,16 +103,16 @@ func printReport(w io.Writer, rep *report) {
 		}
 		var notes []string
 		for _, s := range []memSample{m.One, m.Many} {
-			notes = append(notes, fmt.Sprintf("host with %d bots: one send per bot: %v; one callback per bot: %v", s.Bots, s.Sends, s.Callbacks))
+			notes = append(notes, fmt.Sprintf("host with %d bot(s): one send per bot: %v; one callback per bot: %v", s.Bots, s.Sends, s.Callbacks))
 			if s.Warnings > 0 {
-				notes = append(notes, fmt.Sprintf("host with %d bots: %d WARN/ERROR log lines, most often %s", s.Bots, s.Warnings, s.TopWarning))
+				notes = append(notes, fmt.Sprintf("host with %d bot(s): %d WARN/ERROR log lines, most often %s", s.Bots, s.Warnings, s.TopWarning))
 			}
 		}
 		printNotes(w, notes)
 		h, p := m.perBotKB()
 		ha, pa := m.perActiveBotKB()
 		fmt.Fprintf(w, "\nRSS per bot ((%d-bot RSS − 1-bot RSS) / %d): after start host %.1f + plugin %.1f = %.1f KiB; "+
-			"once each bot has sent: host %.1f + plugin %.1f = %.1f KiB\n", m.Many.Bots, m.Many.Bots-m.One.Bots, h, p, h+p, ha, pa, ha+pa)
+			"after a send and a callback per bot: host %.1f + plugin %.1f = %.1f KiB\n", m.Many.Bots, m.Many.Bots-m.One.Bots, h, p, h+p, ha, pa, ha+pa)
 	}
 	if rep.Dir != "" {
 		fmt.Fprintf(w, "\nlogs and configs: %s\n", rep.Dir)
