@@ -5,7 +5,7 @@ RACE      ?= -race
 BENCH     ?= .
 COUNT     ?= 5
 
-.PHONY: all test deps vet rules unit conformance bench fmt build
+.PHONY: all test deps vet rules unit conformance bench bench-host bench-smoke fmt build
 
 all: test
 
@@ -76,11 +76,33 @@ conformance:
 test: deps vet rules unit conformance
 
 # bench runs every benchmark (ours and the anchors they are compared with) in one run, COUNT
-# times, so medians can be read with benchstat; then the refresh-stream comparison once (it runs
-# 100 one-second token lifetimes per contender: about 6 minutes). Never part of `make test`.
+# times, so medians can be read with benchstat (BenchmarkHostMemory in ./bench/load among them:
+# RSS per configured WeCom bot of a real host with 1,000 bots); then the refresh-stream
+# comparison once (it runs 100 one-second token lifetimes per contender: about 6 minutes); then
+# bench-smoke. The host as a whole against the least code that does the same work is
+# `make bench-host` (below), run separately: it loads the machine for minutes.
+# Never part of `make test`.
 bench:
 	GOMAXPROCS=2 $(GO) test -run='^$$' -bench='$(BENCH)' -skip='RefreshStream' -benchmem -count=$(COUNT) ./... | tee bench.txt
 	GOMAXPROCS=2 $(GO) test -run='^$$' -bench='RefreshStream' -benchtime=1x -timeout=30m ./tokenmgr | tee -a bench.txt
+	$(MAKE) bench-smoke
+
+# bench-host measures adapter-host (with its plugin subprocess and Redis) against bench/baseline
+# (net/http, stdlib crypto, encoding/xml, one Redis round trip per event, SSE on XREAD BLOCK, one
+# POST per send) in one run: webhook → SSE latency at 500/1000/2000 events/s offered open loop,
+# lost/duplicated events, CPU per event and peak RSS per process, sends sequential and with 8
+# callers, RSS per bot with 1,000 bots; Markdown tables with the ratio (issue 18). It starts
+# redis-server, the WeCom emulator and both servers on 127.0.0.1 and stops by itself (about
+# 2 minutes). Flags: BENCH_HOST_FLAGS="--cpuprofile prof --duration 20s" (go run ./bench/load --help).
+BENCH_HOST_FLAGS ?=
+bench-host:
+	$(GO) run ./bench/load $(BENCH_HOST_FLAGS) >bench-host.md; status=$$?; cat bench-host.md; exit $$status
+
+# bench-smoke checks that bench/load works (a short low-rate run of the whole tool, about 20 s:
+# nothing lost or doubled, numbers present; no timing asserted). Behind -tags bench because it
+# builds and starts real processes, too slow for `go test ./...`.
+bench-smoke:
+	$(GO) test -tags bench -count=1 -run TestSmoke ./bench/load
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 
@@ -108,10 +109,21 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return nil
 		}
 		level := slog.LevelInfo
-		for _, a := range rest {
-			if a == "--debug" {
+		profile := ""
+		for i, a := range rest {
+			switch {
+			case a == "--debug":
 				level = slog.LevelDebug
+			case a == "--cpuprofile" && i+1 < len(rest):
+				profile = rest[i+1]
 			}
+		}
+		if profile != "" {
+			stop, err := startCPUProfile(profile)
+			if err != nil {
+				return err
+			}
+			defer stop()
 		}
 		v, _ := buildVersion()
 		platforms.Serve(v, level)
@@ -177,6 +189,19 @@ func (l *logFlags) logger(w io.Writer) (*slog.Logger, slog.Level, error) {
 	return nil, 0, fmt.Errorf("--log-format %q: want text or json", l.format)
 }
 
+// startCPUProfile profiles the CPU into path until the returned function is called.
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("--cpuprofile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("--cpuprofile: %w", err)
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
+}
+
 // newFlagSet returns the flag set of a command; see flagSet.
 func newFlagSet(name, synopsis string, stdout, stderr io.Writer) *flagSet {
 	f := &flagSet{FlagSet: flag.NewFlagSet(name, flag.ContinueOnError), synopsis: synopsis, stdout: stdout, stderr: stderr}
@@ -189,8 +214,10 @@ func newFlagSet(name, synopsis string, stdout, stderr io.Writer) *flagSet {
 }
 
 func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("run", "run --config FILE [--log-format text|json] [--log-level info]", stdout, stderr)
+	fs := newFlagSet("run", "run --config FILE [--log-format text|json] [--log-level info] [--cpuprofile FILE] [--plugin-cpuprofile FILE]", stdout, stderr)
 	config := fs.String("config", os.Getenv("CHATWIRE_CONFIG"), "config file (default $CHATWIRE_CONFIG)")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of this process (not the plugin) from start to shutdown to `FILE`, for go tool pprof (bench/load uses it)")
+	pluginProfile := fs.String("plugin-cpuprofile", "", "write a CPU profile of the built-in plugin process from its start to its shutdown to `FILE` (a restarted plugin starts it over)")
 	var lf logFlags
 	lf.register(fs.FlagSet)
 	if err := fs.Parse(args); err != nil {
@@ -210,7 +237,21 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	// Every line of this host, the plugin's included, says which host wrote it.
 	log = log.With("instance", instanceID())
 	platforms.InstallRedisLog(log)
-	h, err := startHost(ctx, cfg, hostOptions{Logger: log, PluginDebug: level <= slog.LevelDebug})
+	if *cpuprofile != "" {
+		stop, err := startCPUProfile(*cpuprofile)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+	opts := hostOptions{Logger: log, PluginDebug: level <= slog.LevelDebug}
+	if *pluginProfile != "" {
+		if cfg.Plugin.Path != "" {
+			return errors.New("--plugin-cpuprofile works with the built-in plugin only (plugin.path is set)")
+		}
+		opts.PluginArgs = []string{"plugin", "--cpuprofile", *pluginProfile}
+	}
+	h, err := startHost(ctx, cfg, opts)
 	if err != nil {
 		return err
 	}
