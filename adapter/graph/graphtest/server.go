@@ -181,6 +181,8 @@ type Subscription struct {
 	ID, Resource, ChangeType, NotificationURL, LifecycleURL, ClientState string
 	Expiration                                                           time.Time
 	Creator                                                              string
+	// App is the client id of the app that created it (applicationId).
+	App string
 	// LatestSupportedTLSVersion is latestSupportedTlsVersion as asked, "v1_2" by default.
 	LatestSupportedTLSVersion string
 }

@@ -132,7 +132,7 @@ func subJSON(sub *Subscription) map[string]any {
 	v := map[string]any{"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#subscriptions/$entity",
 		"id": sub.ID, "resource": sub.Resource, "changeType": sub.ChangeType,
 		"notificationUrl": sub.NotificationURL, "expirationDateTime": sub.Expiration.Format(time.RFC3339Nano),
-		"clientState": cs, "applicationId": "app", "creatorId": sub.Creator,
+		"clientState": cs, "applicationId": sub.App, "creatorId": sub.Creator,
 		"latestSupportedTlsVersion": cmp.Or(sub.LatestSupportedTLSVersion, "v1_2"), "notificationContentType": "application/json"}
 	if sub.LifecycleURL != "" {
 		v["lifecycleNotificationUrl"] = sub.LifecycleURL
@@ -190,7 +190,7 @@ func (s *Server) createSubscription(w http.ResponseWriter, r *http.Request, tok 
 	}
 	s.mu.Lock()
 	sub := &Subscription{ID: newGUID(), Resource: b.Resource, ChangeType: b.ChangeType, NotificationURL: b.NotificationURL,
-		LifecycleURL: b.LifecycleURL, ClientState: b.ClientState, Expiration: exp, Creator: tok.user, LatestSupportedTLSVersion: b.TLS}
+		LifecycleURL: b.LifecycleURL, ClientState: b.ClientState, Expiration: exp, Creator: tok.user, App: tok.client, LatestSupportedTLSVersion: b.TLS}
 	s.subs[sub.ID] = sub
 	v := subJSON(sub)
 	s.mu.Unlock()
