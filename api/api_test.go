@@ -80,14 +80,15 @@ func atoi(s string) int {
 	return n
 }
 
-// serverRoutes returns the "METHOD /path" patterns cmd/adapter-host registers on its mux.
+// serverRoutes returns the "METHOD /path" patterns cmd/adapter-host registers on its server's
+// mux (named mux; the emulators of `emulate` use other muxes).
 func serverRoutes(t *testing.T) []string {
 	t.Helper()
 	files, err := filepath.Glob(filepath.Join("..", "cmd", "adapter-host", "*.go"))
 	if err != nil || len(files) == 0 {
 		t.Fatalf("cmd/adapter-host sources: %v", err)
 	}
-	re := regexp.MustCompile(`mux\.Handle(?:Func)?\("([A-Z]+ /[^"]*)"`)
+	re := regexp.MustCompile(`\bmux\.Handle(?:Func)?\("([A-Z]+ /[^"]*)"`)
 	var routes []string
 	for _, f := range files {
 		if strings.HasSuffix(f, "_test.go") {
