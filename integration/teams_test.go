@@ -149,9 +149,12 @@ func newTeamsEmulator(t *testing.T, tokenLifetime time.Duration) (*teamstest.Ser
 // no secret or token leaks into the logs.
 func TestTeamsBlackBox(t *testing.T) {
 	emu, tap := newTeamsEmulator(t, 0)
+	// The app is registered before the host starts (it fetches its token at start); its
+	// messaging endpoint is known once the host listens.
+	emu.AddBot(teamstest.Bot{AppID: teamsApp, Password: teamsPassword, TenantID: teamsTenant, Name: "Helper"})
 	h := startHost(t, "teams", teamsHostConfig(emu.URL, emu.MetadataURL(), "  dir: "+t.TempDir()), teamsEnv()...)
 	h.apiKey = apiKey
-	emu.AddBot(teamstest.Bot{AppID: teamsApp, Password: teamsPassword, TenantID: teamsTenant, Name: "Helper", Endpoint: "http://" + h.addr + "/webhook/tbot"})
+	emu.SetEndpoint(teamsApp, "http://"+h.addr+"/webhook/tbot")
 	sse := streamTeams(t, h)
 	ctx := t.Context()
 
@@ -275,13 +278,14 @@ func TestTeamsFleet(t *testing.T) {
 	emu.NoThrottle = true
 	store := fmt.Sprintf("  redis_url: \"redis://%s/0\"\n  key_prefix: itestteams", rds.Addr())
 	cfg := teamsHostConfig(emu.URL, emu.MetadataURL(), store)
+	emu.AddBot(teamstest.Bot{AppID: teamsApp, Password: teamsPassword, TenantID: teamsTenant})
 	var hosts []*host
 	for i := range 3 {
 		h := startHost(t, fmt.Sprintf("teams%d", i), cfg, teamsEnv()...)
 		h.apiKey = apiKey
 		hosts = append(hosts, h)
 	}
-	emu.AddBot(teamstest.Bot{AppID: teamsApp, Password: teamsPassword, TenantID: teamsTenant, Endpoint: "http://" + hosts[0].addr + "/webhook/tbot"})
+	emu.SetEndpoint(teamsApp, "http://"+hosts[0].addr+"/webhook/tbot")
 	megan := emu.NewUser("Megan Bowen", teamsTenant)
 	conv, err := emu.InstallPersonal(t.Context(), teamsApp, megan)
 	if err != nil {

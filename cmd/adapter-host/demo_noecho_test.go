@@ -50,8 +50,8 @@ func TestDemoNoEchoCommandPerBot(t *testing.T) {
 		}
 		t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); cmd.Wait() })
 	}
-	if strings.Join(bots, ",") != "echo,teams" {
-		t.Errorf("commands for bots %v; want echo and teams", bots)
+	if strings.Join(bots, ",") != "echo,teams,tbot" {
+		t.Errorf("commands for bots %v; want echo, teams and tbot", bots)
 	}
 	r := <-done
 	if r.err != nil {

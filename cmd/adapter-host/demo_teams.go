@@ -31,13 +31,16 @@ func newDemoTeams(lifetime time.Duration) *demoTeams {
 	u, _ := url.Parse(d.srv.URL)
 	d.cfg = &platforms.Teams{AppID: demoTeamsApp, AppPassword: randomString(32), TenantID: demoTeamsTenant,
 		LoginBase: d.srv.URL, OpenIDMetadataURL: d.emu.MetadataURL(), ServiceHosts: []string{u.Host}}
+	// The Azure Bot exists before the host starts (the host fetches its token at start); its
+	// messaging endpoint is set by install, once the host listens.
+	d.emu.AddBot(teamstest.Bot{AppID: demoTeamsApp, Password: d.cfg.AppPassword, TenantID: demoTeamsTenant, Name: "chatwire"})
 	return d
 }
 
 // install points the Azure Bot's messaging endpoint at the host and installs the bot for Erin:
 // Teams tells the bot, which learns the conversation.
 func (d *demoTeams) install(ctx context.Context, endpoint string) error {
-	d.emu.AddBot(teamstest.Bot{AppID: demoTeamsApp, Password: d.cfg.AppPassword, TenantID: demoTeamsTenant, Name: "chatwire", Endpoint: endpoint})
+	d.emu.SetEndpoint(demoTeamsApp, endpoint)
 	d.user = d.emu.NewUser("Erin", demoTeamsTenant)
 	var err error
 	d.conv, err = d.emu.InstallPersonal(ctx, demoTeamsApp, d.user)
