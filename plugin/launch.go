@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"strings"
@@ -16,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
+	"github.com/seed-a64d9e1f/chatwire/internal/backoff"
 )
 
 // LaunchOptions configure [Launch].
@@ -288,28 +288,10 @@ func (p *Plugin) stopProcess(gp *goplugin.Client, proc *os.Process, hung bool) {
 	}
 }
 
-// backoff is the restart delay: it doubles from min up to max with each consecutive failure
-// and starts again at min once a plugin has run for stable.
-type backoff struct {
-	min, max, stable time.Duration
-	next             time.Duration // zero before the first failure
-}
-
-// failed returns the (unjittered) wait before the next start, after a plugin that ran for
-// uptime failed; a failed start counts as zero uptime.
-func (b *backoff) failed(uptime time.Duration) time.Duration {
-	if b.next == 0 || uptime >= b.stable {
-		b.next = b.min
-	}
-	d := b.next
-	b.next = min(2*b.next, b.max)
-	return d
-}
-
 // supervise waits for the current process to exit or stop answering, then replaces it.
 func (p *Plugin) supervise() {
 	defer close(p.done)
-	bo := backoff{min: p.opts.BackoffMin, max: p.opts.BackoffMax, stable: p.opts.StableAfter}
+	bo := backoff.Backoff{Base: p.opts.BackoffMin, Max: p.opts.BackoffMax, Jitter: 0.5}
 	up := time.Now() // when the current process became ready
 	for {
 		p.mu.Lock()
@@ -324,15 +306,14 @@ func (p *Plugin) supervise() {
 		p.setHung(false) // the next process starts with a clean record
 		p.log.Error("plugin failed; restarting", "error", why, "uptime", uptime.Round(time.Millisecond))
 		p.kill(hung)
+		if uptime >= p.opts.StableAfter {
+			bo.Reset() // a stable plugin failed: start again at BackoffMin
+		}
 		for attempt := 1; ; attempt++ {
-			d := bo.failed(uptime)
-			uptime = 0
-			wait := jitter(d)
-			p.log.Info("plugin restart scheduled", "attempt", attempt, "backoff", d, "wait", wait)
-			select {
-			case <-p.stop:
-				return
-			case <-time.After(wait):
+			wait := bo.Next()
+			p.log.Info("plugin restart scheduled", "attempt", attempt, "wait", wait)
+			if backoff.Sleep(p.ctx, wait) != nil {
+				return // closed
 			}
 			err := p.start(p.ctx)
 			if err == nil {
@@ -410,10 +391,6 @@ func (p *Plugin) watch(cur *Client) (why error, hung bool) {
 			}
 		}
 	}
-}
-
-func jitter(d time.Duration) time.Duration {
-	return d/2 + rand.N(d/2+1)
 }
 
 // Ready reports whether the plugin is running with its bots configured and answered its

@@ -484,6 +484,10 @@ func (a *Adapter) Status(ctx context.Context) (adapter.Status, error) {
 	return s, nil
 }
 
+// Done returns a channel that is closed when the adapter is closed, so background work for
+// it (a host retrying [Adapter.Start]) can end with it.
+func (a *Adapter) Done() <-chan struct{} { return a.closed }
+
 func (a *Adapter) isClosed() bool {
 	select {
 	case <-a.closed:

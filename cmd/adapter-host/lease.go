@@ -3,10 +3,11 @@ package main
 import (
 	"context"
 	"log/slog"
-	"math/rand/v2"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/seed-a64d9e1f/chatwire/internal/backoff"
 )
 
 // redisOpTimeout bounds a Redis call made after its caller's ctx ended (releasing a lease).
@@ -25,16 +26,14 @@ return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 // ctx ends when the lease is lost or ctx ends. asLeader returns when ctx ends.
 func asLeader(ctx context.Context, rdb redis.UniversalClient, key string, ttl time.Duration, log *slog.Logger, fn func(ctx context.Context)) {
 	owner := randomString(16)
+	retry := backoff.Backoff{Base: 2 * ttl / 3, Max: 2 * ttl / 3, Jitter: 0.5} // [ttl/3, 2ttl/3]
 	for ctx.Err() == nil {
 		ok, err := rdb.SetNX(ctx, key, owner, ttl).Result()
 		if err != nil && ctx.Err() == nil {
 			log.Warn("lease: Redis failed", "key", key, "error", err)
 		}
 		if !ok {
-			select {
-			case <-time.After(ttl/3 + rand.N(ttl/3)):
-			case <-ctx.Done():
-			}
+			backoff.Sleep(ctx, retry.Next())
 			continue
 		}
 		lctx, cancel := context.WithCancel(ctx)

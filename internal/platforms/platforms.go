@@ -19,6 +19,7 @@ import (
 	"github.com/seed-a64d9e1f/chatwire/adapter"
 	"github.com/seed-a64d9e1f/chatwire/adapter/graph"
 	"github.com/seed-a64d9e1f/chatwire/adapter/wecom"
+	"github.com/seed-a64d9e1f/chatwire/internal/backoff"
 	"github.com/seed-a64d9e1f/chatwire/internal/filestore"
 	"github.com/seed-a64d9e1f/chatwire/plugin"
 	"github.com/seed-a64d9e1f/chatwire/tokenmgr"
@@ -97,25 +98,42 @@ func GraphKey(c Graph) string {
 	return GraphConfig(c, nil).Key(cmp.Or(c.User, "me"))
 }
 
+// starter is what start needs of a [graph.Adapter].
+type starter interface {
+	Start(ctx context.Context) error
+	Done() <-chan struct{}
+}
+
 // start runs the Graph adapter's Start (subscriptions, which Graph validates by calling the
-// host's webhook) once the host can answer, retrying with backoff until it succeeds or the
-// adapter is closed.
-func (o *Opener) start(bot string, a *graph.Adapter, log *slog.Logger) {
-	wait := 500 * time.Millisecond
+// host's webhook) once the host can answer, retrying with backoff (500ms doubling to 1
+// minute) until it succeeds or the adapter is closed; closing it ends a wait or an attempt
+// at once.
+func (o *Opener) start(a starter, log *slog.Logger) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-a.Done():
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	bo := backoff.Backoff{Base: 500 * time.Millisecond, Max: time.Minute}
 	for attempt := 1; ; attempt++ {
-		time.Sleep(wait)
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		err := a.Start(ctx)
-		cancel()
+		if backoff.Sleep(ctx, bo.Next()) != nil {
+			return // closed
+		}
+		actx, acancel := context.WithTimeout(ctx, time.Minute)
+		err := a.Start(actx)
+		acancel()
 		if err == nil {
 			log.Info("graph bot started", "attempt", attempt)
 			return
 		}
-		if st, _ := a.Status(context.Background()); st.Detail == "closed" {
+		if ctx.Err() != nil {
 			return
 		}
-		log.Warn("graph bot start failed; retrying", "attempt", attempt, "in", wait*2, "error", err)
-		wait = min(2*wait, time.Minute)
+		log.Warn("graph bot start failed; retrying", "attempt", attempt, "error", err)
 	}
 }
 
@@ -255,7 +273,7 @@ func (o *Opener) Open(ctx context.Context, sc plugin.StoreConfig, bot plugin.Bot
 		o.m.watch(a.Tokens())
 		log.Info("bot opened", "platform", bot.Platform, "tenant", c.TenantID, "auth", c.Auth, "notifications", c.NotificationURL != "")
 		if !o.NoStart {
-			go o.start(bot.Name, a, log)
+			go o.start(a, log)
 		}
 		return a, nil
 	}
