@@ -13,7 +13,7 @@ import (
 type fakeStarter struct {
 	done     chan struct{}
 	attempts atomic.Int32
-	block    bool          // Start waits for its ctx instead of failing at once
+	block    bool // Start waits for its ctx instead of failing at once
 }
 
 func (f *fakeStarter) Start(ctx context.Context) error {
