@@ -4,14 +4,15 @@ package backoff
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"math/rand/v2"
 	"time"
 )
 
 // ErrDeadline is returned by [Sleep] when ctx's deadline comes before the wait would end: the
-// caller gives up at once instead of sleeping into a deadline it cannot meet.
-var ErrDeadline = errors.New("backoff: the wait would pass the context's deadline")
+// caller gives up at once instead of sleeping into a deadline it cannot meet. It matches
+// [context.DeadlineExceeded] with errors.Is.
+var ErrDeadline = fmt.Errorf("backoff: the wait would pass the context's deadline: %w", context.DeadlineExceeded)
 
 // Backoff computes the waits of one retry loop: Base, 2·Base, 4·Base … up to Max, each
 // jittered. The zero value waits 1 s, doubling up to 1 minute, without jitter. A Backoff is
@@ -30,6 +31,13 @@ type Backoff struct {
 
 // Next returns the wait before the next retry and advances the sequence.
 func (b *Backoff) Next() time.Duration {
+	b.n++
+	return b.Nth(b.n)
+}
+
+// Nth returns the wait before retry n (1 for the first), for loops that count their own
+// attempts; it does not touch the sequence Next advances.
+func (b *Backoff) Nth(n int) time.Duration {
 	base := b.Base
 	if base <= 0 {
 		base = time.Second
@@ -40,11 +48,10 @@ func (b *Backoff) Next() time.Duration {
 	}
 	ceil = max(ceil, base)
 	d := base
-	for i := 0; i < b.n && d < ceil; i++ {
+	for i := 1; i < n && d < ceil; i++ {
 		d *= 2
 	}
 	d = min(d, ceil)
-	b.n++
 	return jitter(d, b.Jitter)
 }
 

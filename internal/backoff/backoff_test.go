@@ -32,6 +32,9 @@ func TestNext(t *testing.T) {
 			if got, want := tc.b.Next(), tc.want[len(tc.want)-1]; got != want {
 				t.Errorf("Next() after many = %v; want %v", got, want)
 			}
+			if got := tc.b.Nth(2); len(tc.want) > 1 && got != tc.want[1] {
+				t.Errorf("Nth(2) = %v; want %v", got, tc.want[1])
+			}
 			tc.b.Reset()
 			if got := tc.b.Next(); got != tc.want[0] {
 				t.Errorf("Next() after Reset = %v; want %v", got, tc.want[0])
@@ -104,8 +107,9 @@ func TestSleep(t *testing.T) {
 			ctx, cancel := context.WithTimeout(t.Context(), time.Second)
 			defer cancel()
 			start := time.Now()
-			if err := Sleep(ctx, 2*time.Second); !errors.Is(err, ErrDeadline) {
-				t.Errorf("Sleep(2s) with 1s left = %v; want ErrDeadline", err)
+			err := Sleep(ctx, 2*time.Second)
+			if !errors.Is(err, ErrDeadline) || !errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("Sleep(2s) with 1s left = %v; want ErrDeadline, a context.DeadlineExceeded", err)
 			}
 			if time.Since(start) != 0 {
 				t.Errorf("Sleep slept %v before giving up; want 0", time.Since(start))

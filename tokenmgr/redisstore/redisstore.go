@@ -13,7 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	mrand "math/rand/v2"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/seed-a64d9e1f/chatwire/internal/backoff"
 	"github.com/seed-a64d9e1f/chatwire/tokenmgr"
 )
 
@@ -355,6 +355,7 @@ func (s *Store) Refresh(ctx context.Context, key string, have uint64, fetch toke
 	defer s.removeWaiter(sl, wake)
 	owner := newOwner()
 	lk := s.lockKey(key)
+	poll := pollBackoff(s.opts.PollInterval)
 	for waited := false; ; waited = true {
 		lctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
 		got, err := s.client.SetNX(lctx, lk, owner, s.opts.LockTTL).Result()
@@ -368,7 +369,7 @@ func (s *Store) Refresh(ctx context.Context, key string, have uint64, fetch toke
 		if !waited {
 			s.stats.waits.Add(1)
 		}
-		t := time.NewTimer(jitter(s.opts.PollInterval))
+		t := time.NewTimer(poll.Next())
 		select {
 		case w := <-wake:
 			if w.kind == "f" {
@@ -832,7 +833,8 @@ func newOwner() string {
 	return hex.EncodeToString(b[:])
 }
 
-// jitter spreads d over [d/2, 3d/2).
-func jitter(d time.Duration) time.Duration {
-	return d/2 + mrand.N(d)
+// pollBackoff returns the waits between a lock waiter's polls: d each time, spread over
+// [d/2, 3d/2].
+func pollBackoff(d time.Duration) backoff.Backoff {
+	return backoff.Backoff{Base: d * 3 / 2, Max: d * 3 / 2, Jitter: 2.0 / 3}
 }
