@@ -90,6 +90,7 @@ type Plugin struct {
 	closed   bool
 	restarts int
 	lastErr  error
+	caps     map[string][]string // each bot's capabilities, as the first process reported them
 
 	ctx    context.Context // cancelled by Close: bounds restarts' RPCs
 	cancel context.CancelFunc
@@ -196,8 +197,13 @@ func (p *Plugin) start(ctx context.Context) error {
 	if err != nil {
 		return fail(fmt.Errorf("plugin: info: %w", err))
 	}
-	if _, err := c.Configure(ctx, p.opts.Store, p.opts.Bots); err != nil {
+	bots, err := c.Configure(ctx, p.opts.Store, p.opts.Bots)
+	if err != nil {
 		return fail(fmt.Errorf("plugin: configuring bots: %w", err))
+	}
+	caps := make(map[string][]string, len(bots))
+	for _, b := range bots {
+		caps[b.Name] = b.Capabilities
 	}
 	pid := 0
 	if rc := gp.ReattachConfig(); rc != nil {
@@ -207,6 +213,9 @@ func (p *Plugin) start(ctx context.Context) error {
 		"protocol", gp.NegotiatedVersion(), "bots", len(p.opts.Bots))
 	p.mu.Lock()
 	p.gp, p.proc, p.cur, p.sockDir = gp, cmd.Process, c, sockDir
+	if p.caps == nil { // the first process's answer: Bot's adapters keep their type for life
+		p.caps = caps
+	}
 	p.mu.Unlock()
 	return nil
 }
@@ -457,8 +466,15 @@ func (p *Plugin) Metrics(ctx context.Context) ([]byte, error) {
 
 // Bot returns the adapter of a configured bot. It follows the plugin across restarts; while
 // the plugin is down, calls fail fast with an error of kind unavailable (webhooks get a 503
-// response, so the platform redelivers).
-func (p *Plugin) Bot(name string) adapter.Adapter { return &supervisedBot{p: p, name: name} }
+// response, so the platform redelivers). It implements [adapter.Uploader], [adapter.Poller]
+// and [adapter.Recaller] exactly when the bot's adapter does inside the plugin (as the
+// plugin reported in Configure).
+func (p *Plugin) Bot(name string) adapter.Adapter {
+	p.mu.Lock()
+	caps := p.caps[name]
+	p.mu.Unlock()
+	return withCapabilities(&supervisedBot{p: p, name: name}, caps)
+}
 
 // Close stops supervising, stops the plugin (asking it to shut down, then killing it after 2s,
 // or after 3s if it does not even answer) and removes its socket directory.
@@ -483,11 +499,7 @@ type supervisedBot struct {
 	name string
 }
 
-var (
-	_ adapter.Adapter  = (*supervisedBot)(nil)
-	_ adapter.Uploader = (*supervisedBot)(nil)
-	_ adapter.Poller   = (*supervisedBot)(nil)
-)
+var _ adapter.Adapter = (*supervisedBot)(nil) // the optional interfaces: withCapabilities
 
 func (b *supervisedBot) Send(ctx context.Context, msg adapter.Message) (adapter.Receipt, error) {
 	c, err := b.p.current()
@@ -519,7 +531,7 @@ func (b *supervisedBot) Status(ctx context.Context) (adapter.Status, error) {
 	return st, err
 }
 
-func (b *supervisedBot) Upload(ctx context.Context, a adapter.Attachment) (adapter.Attachment, error) {
+func (b *supervisedBot) upload(ctx context.Context, a adapter.Attachment) (adapter.Attachment, error) {
 	c, err := b.p.current()
 	if err != nil {
 		return adapter.Attachment{}, err
@@ -529,12 +541,22 @@ func (b *supervisedBot) Upload(ctx context.Context, a adapter.Attachment) (adapt
 	return att, err
 }
 
-func (b *supervisedBot) Poll(ctx context.Context) ([]adapter.Event, error) {
+func (b *supervisedBot) poll(ctx context.Context) ([]adapter.Event, error) {
 	c, err := b.p.current()
 	if err != nil {
 		return nil, err
 	}
 	return c.Bot(b.name).Poll(ctx)
+}
+
+func (b *supervisedBot) recall(ctx context.Context, id string) error {
+	c, err := b.p.current()
+	if err != nil {
+		return err
+	}
+	err = c.Bot(b.name).Recall(ctx, id)
+	b.p.checkAfter(ctx, err)
+	return err
 }
 
 // Close closes the bot in the plugin; the plugin itself keeps running.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"log/slog"
 	"time"
 
@@ -25,7 +26,7 @@ return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 // every ttl/3), so one host of a fleet does a job such as delivering a bot's events. fn's
 // ctx ends when the lease is lost or ctx ends. asLeader returns when ctx ends.
 func asLeader(ctx context.Context, rdb redis.UniversalClient, key string, ttl time.Duration, log *slog.Logger, fn func(ctx context.Context)) {
-	owner := randomString(16)
+	owner := rand.Text()
 	retry := backoff.Backoff{Base: 2 * ttl / 3, Max: 2 * ttl / 3, Jitter: 0.5} // [ttl/3, 2ttl/3]
 	for ctx.Err() == nil {
 		ok, err := rdb.SetNX(ctx, key, owner, ttl).Result()
