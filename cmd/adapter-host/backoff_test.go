@@ -87,3 +87,20 @@ func TestLeaseWaitStopsWhenCancelled(t *testing.T) {
 		t.Fatal("asLeader did not return after its ctx was cancelled")
 	}
 }
+
+func TestReadFailedStopsWhenCancelled(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := &server{log: slog.New(slog.DiscardHandler)}
+		ctx, cancel := context.WithCancel(t.Context())
+		go func() { time.Sleep(100 * time.Millisecond); cancel() }()
+		start := time.Now()
+		failing := false
+		s.readFailed(ctx, &bot{name: "hr"}, errors.New("redis down"), &failing)
+		if got := time.Since(start); got != 100*time.Millisecond {
+			t.Errorf("readFailed returned after %v; want 100ms (when ctx was cancelled)", got)
+		}
+		if !failing {
+			t.Error("readFailed did not record the outage")
+		}
+	})
+}
