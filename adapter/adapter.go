@@ -80,15 +80,6 @@ type Poller interface {
 	Poll(ctx context.Context) ([]Event, error)
 }
 
-// A Receiver delivers events that do not arrive through a webhook by calling emit from a
-// background loop, for in-process hosts that prefer a callback to [Poller]. Receive runs
-// until ctx is done or a permanent error occurs, and returns that error (ctx.Err() when
-// ctx ended it). An event counts as delivered only when emit returns nil; if emit fails,
-// the adapter offers the same events again later.
-type Receiver interface {
-	Receive(ctx context.Context, emit func(ctx context.Context, events []Event) error) error
-}
-
 // Status is an adapter's health for operators. It holds no secret.
 type Status struct {
 	Bot      string `json:"bot"`

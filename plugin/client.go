@@ -143,6 +143,16 @@ func (b *Bot) Poll(ctx context.Context) ([]adapter.Event, error) {
 	return eventsFromProto(r.Events), nil
 }
 
+// Recall withdraws a message the bot sent (the Recall RPC), given the id from its
+// [adapter.Receipt]. A bot whose capabilities lack "recall" answers with an error of kind
+// invalid_request.
+func (b *Bot) Recall(ctx context.Context, id string) error {
+	if _, err := b.c.rpc.Recall(ctx, &pb.RecallRequest{Bot: b.name, Id: id}); err != nil {
+		return fromStatus(ctx, err)
+	}
+	return nil
+}
+
 // Close closes the bot in the plugin.
 func (b *Bot) Close() error {
 	ctx := context.Background()

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"strings"
@@ -16,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
+	"github.com/seed-a64d9e1f/chatwire/internal/backoff"
 )
 
 // LaunchOptions configure [Launch].
@@ -90,6 +90,7 @@ type Plugin struct {
 	closed   bool
 	restarts int
 	lastErr  error
+	caps     map[string][]string // each bot's capabilities, as the first process reported them
 
 	ctx    context.Context // cancelled by Close: bounds restarts' RPCs
 	cancel context.CancelFunc
@@ -196,8 +197,13 @@ func (p *Plugin) start(ctx context.Context) error {
 	if err != nil {
 		return fail(fmt.Errorf("plugin: info: %w", err))
 	}
-	if _, err := c.Configure(ctx, p.opts.Store, p.opts.Bots); err != nil {
+	bots, err := c.Configure(ctx, p.opts.Store, p.opts.Bots)
+	if err != nil {
 		return fail(fmt.Errorf("plugin: configuring bots: %w", err))
+	}
+	caps := make(map[string][]string, len(bots))
+	for _, b := range bots {
+		caps[b.Name] = b.Capabilities
 	}
 	pid := 0
 	if rc := gp.ReattachConfig(); rc != nil {
@@ -207,6 +213,9 @@ func (p *Plugin) start(ctx context.Context) error {
 		"protocol", gp.NegotiatedVersion(), "bots", len(p.opts.Bots))
 	p.mu.Lock()
 	p.gp, p.proc, p.cur, p.sockDir = gp, cmd.Process, c, sockDir
+	if p.caps == nil { // the first process's answer: Bot's adapters keep their type for life
+		p.caps = caps
+	}
 	p.mu.Unlock()
 	return nil
 }
@@ -288,28 +297,10 @@ func (p *Plugin) stopProcess(gp *goplugin.Client, proc *os.Process, hung bool) {
 	}
 }
 
-// backoff is the restart delay: it doubles from min up to max with each consecutive failure
-// and starts again at min once a plugin has run for stable.
-type backoff struct {
-	min, max, stable time.Duration
-	next             time.Duration // zero before the first failure
-}
-
-// failed returns the (unjittered) wait before the next start, after a plugin that ran for
-// uptime failed; a failed start counts as zero uptime.
-func (b *backoff) failed(uptime time.Duration) time.Duration {
-	if b.next == 0 || uptime >= b.stable {
-		b.next = b.min
-	}
-	d := b.next
-	b.next = min(2*b.next, b.max)
-	return d
-}
-
 // supervise waits for the current process to exit or stop answering, then replaces it.
 func (p *Plugin) supervise() {
 	defer close(p.done)
-	bo := backoff{min: p.opts.BackoffMin, max: p.opts.BackoffMax, stable: p.opts.StableAfter}
+	bo := backoff.Backoff{Base: p.opts.BackoffMin, Max: p.opts.BackoffMax, Jitter: 0.5}
 	up := time.Now() // when the current process became ready
 	for {
 		p.mu.Lock()
@@ -324,15 +315,14 @@ func (p *Plugin) supervise() {
 		p.setHung(false) // the next process starts with a clean record
 		p.log.Error("plugin failed; restarting", "error", why, "uptime", uptime.Round(time.Millisecond))
 		p.kill(hung)
+		if uptime >= p.opts.StableAfter {
+			bo.Reset() // a stable plugin failed: start again at BackoffMin
+		}
 		for attempt := 1; ; attempt++ {
-			d := bo.failed(uptime)
-			uptime = 0
-			wait := jitter(d)
-			p.log.Info("plugin restart scheduled", "attempt", attempt, "backoff", d, "wait", wait)
-			select {
-			case <-p.stop:
-				return
-			case <-time.After(wait):
+			wait := bo.Next()
+			p.log.Info("plugin restart scheduled", "attempt", attempt, "wait", wait)
+			if backoff.Sleep(p.ctx, wait) != nil {
+				return // closed
 			}
 			err := p.start(p.ctx)
 			if err == nil {
@@ -412,10 +402,6 @@ func (p *Plugin) watch(cur *Client) (why error, hung bool) {
 	}
 }
 
-func jitter(d time.Duration) time.Duration {
-	return d/2 + rand.N(d/2+1)
-}
-
 // Ready reports whether the plugin is running with its bots configured and answered its
 // last health check.
 func (p *Plugin) Ready() bool {
@@ -480,8 +466,15 @@ func (p *Plugin) Metrics(ctx context.Context) ([]byte, error) {
 
 // Bot returns the adapter of a configured bot. It follows the plugin across restarts; while
 // the plugin is down, calls fail fast with an error of kind unavailable (webhooks get a 503
-// response, so the platform redelivers).
-func (p *Plugin) Bot(name string) adapter.Adapter { return &supervisedBot{p: p, name: name} }
+// response, so the platform redelivers). It implements [adapter.Uploader], [adapter.Poller]
+// and [adapter.Recaller] exactly when the bot's adapter does inside the plugin (as the
+// plugin reported in Configure).
+func (p *Plugin) Bot(name string) adapter.Adapter {
+	p.mu.Lock()
+	caps := p.caps[name]
+	p.mu.Unlock()
+	return withCapabilities(&supervisedBot{p: p, name: name}, caps)
+}
 
 // Close stops supervising, stops the plugin (asking it to shut down, then killing it after 2s,
 // or after 3s if it does not even answer) and removes its socket directory.
@@ -506,11 +499,7 @@ type supervisedBot struct {
 	name string
 }
 
-var (
-	_ adapter.Adapter  = (*supervisedBot)(nil)
-	_ adapter.Uploader = (*supervisedBot)(nil)
-	_ adapter.Poller   = (*supervisedBot)(nil)
-)
+var _ adapter.Adapter = (*supervisedBot)(nil) // the optional interfaces: withCapabilities
 
 func (b *supervisedBot) Send(ctx context.Context, msg adapter.Message) (adapter.Receipt, error) {
 	c, err := b.p.current()
@@ -542,7 +531,7 @@ func (b *supervisedBot) Status(ctx context.Context) (adapter.Status, error) {
 	return st, err
 }
 
-func (b *supervisedBot) Upload(ctx context.Context, a adapter.Attachment) (adapter.Attachment, error) {
+func (b *supervisedBot) upload(ctx context.Context, a adapter.Attachment) (adapter.Attachment, error) {
 	c, err := b.p.current()
 	if err != nil {
 		return adapter.Attachment{}, err
@@ -552,12 +541,22 @@ func (b *supervisedBot) Upload(ctx context.Context, a adapter.Attachment) (adapt
 	return att, err
 }
 
-func (b *supervisedBot) Poll(ctx context.Context) ([]adapter.Event, error) {
+func (b *supervisedBot) poll(ctx context.Context) ([]adapter.Event, error) {
 	c, err := b.p.current()
 	if err != nil {
 		return nil, err
 	}
 	return c.Bot(b.name).Poll(ctx)
+}
+
+func (b *supervisedBot) recall(ctx context.Context, id string) error {
+	c, err := b.p.current()
+	if err != nil {
+		return err
+	}
+	err = c.Bot(b.name).Recall(ctx, id)
+	b.p.checkAfter(ctx, err)
+	return err
 }
 
 // Close closes the bot in the plugin; the plugin itself keeps running.

@@ -17,6 +17,10 @@ import (
 // adapter.proto (which then moves to a new package version).
 const ProtocolVersion = 1
 
+// ProtocolMinor grows with additive changes to adapter.proto; a plugin reports it in Info.
+// 1 added the Recall RPC.
+const ProtocolMinor = 1
+
 // PluginName is the name the adapter service is dispensed under.
 const PluginName = "adapter"
 

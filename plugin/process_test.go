@@ -567,19 +567,19 @@ func TestProcessCrashBackoff(t *testing.T) {
 	}
 	defer p.Close()
 	type sched struct {
-		at      time.Time
-		backoff time.Duration
+		at   time.Time
+		wait time.Duration
 	}
 	scheduled := func() []sched {
 		var out []sched
 		for _, line := range strings.Split(logs.String(), "\n") {
 			var e struct {
-				Time    time.Time     `json:"time"`
-				Msg     string        `json:"msg"`
-				Backoff time.Duration `json:"backoff"`
+				Time time.Time     `json:"time"`
+				Msg  string        `json:"msg"`
+				Wait time.Duration `json:"wait"`
 			}
 			if json.Unmarshal([]byte(line), &e) == nil && e.Msg == "plugin restart scheduled" {
-				out = append(out, sched{e.Time, e.Backoff})
+				out = append(out, sched{e.Time, e.Wait})
 			}
 		}
 		return out
@@ -588,12 +588,12 @@ func TestProcessCrashBackoff(t *testing.T) {
 	s := scheduled()[:5]
 	want := opts.BackoffMin
 	for i, e := range s {
-		if e.backoff != want {
-			t.Errorf("restart %d: backoff %v; want %v", i+1, e.backoff, want)
+		if e.wait < want/2 || e.wait > want {
+			t.Errorf("restart %d: wait %v; want within [%v, %v] (the backoff jittered down to half)", i+1, e.wait, want/2, want)
 		}
 		if i > 0 {
-			// the jittered wait is at least half the backoff, and a crash comes after it
-			if gap, low := e.at.Sub(s[i-1].at), s[i-1].backoff/2; gap < low {
+			// a crash comes after the previous wait
+			if gap, low := e.at.Sub(s[i-1].at), s[i-1].wait; gap < low {
 				t.Errorf("restart %d came %v after the previous one; want >= %v", i+1, gap, low)
 			}
 		}
@@ -604,30 +604,25 @@ func TestProcessCrashBackoff(t *testing.T) {
 	}
 }
 
-func TestBackoff(t *testing.T) {
-	ms := time.Millisecond
-	b := backoff{min: 100 * ms, max: 1000 * ms, stable: 30 * time.Second}
-	var got []time.Duration
-	for range 6 {
-		got = append(got, b.failed(time.Second)) // crashes after 1s: not stable
+// TestProcessCloseDuringBackoff: Close returns at once while a restart waits out its backoff.
+func TestProcessCloseDuringBackoff(t *testing.T) {
+	var logs syncBuffer
+	opts := testLaunchOptions(slog.New(slog.NewJSONHandler(&logs, nil)))
+	opts.Env = []string{roleEnv + "=plugin-crash"}
+	opts.BackoffMin, opts.BackoffMax = time.Hour, time.Hour
+	p, err := Launch(t.Context(), opts)
+	if err != nil {
+		t.Fatal(err)
 	}
-	want := []time.Duration{100 * ms, 200 * ms, 400 * ms, 800 * ms, 1000 * ms, 1000 * ms}
-	if !slices.Equal(got, want) {
-		t.Errorf("waits after consecutive crashes = %v; want %v", got, want)
-	}
-	if d := b.failed(30 * time.Second); d != 100*ms {
-		t.Errorf("wait after a stable run = %v; want BackoffMin again", d)
-	}
-	if d := b.failed(0); d != 200*ms {
-		t.Errorf("wait after a failed start following a reset = %v; want 200ms", d)
-	}
-}
-
-func TestJitterRange(t *testing.T) {
-	for range 1000 {
-		if d := jitter(time.Second); d < 500*time.Millisecond || d > time.Second {
-			t.Fatalf("jitter(1s) = %v; want within [500ms, 1s]", d)
-		}
+	eventually(t, 30*time.Second, "a restart scheduled", func() bool {
+		return strings.Contains(logs.String(), "plugin restart scheduled")
+	})
+	closed := make(chan struct{})
+	go func() { p.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(20 * time.Second): // far below the 30 min the shortest wait could be
+		t.Fatal("Close did not return while a restart waited out a 1h backoff")
 	}
 }
 

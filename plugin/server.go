@@ -115,7 +115,7 @@ func (s *Server) bot(name string) (adapter.Adapter, error) {
 
 // Info implements the Info RPC.
 func (s *Server) Info(ctx context.Context, _ *pb.InfoRequest) (*pb.InfoResponse, error) {
-	return &pb.InfoResponse{Version: s.opts.Version, Platforms: s.opts.Platforms, ProtocolMinor: 0}, nil
+	return &pb.InfoResponse{Version: s.opts.Version, Platforms: s.opts.Platforms, ProtocolMinor: ProtocolMinor}, nil
 }
 
 // Configure opens every bot in the request and then replaces the set of bots with them,
@@ -168,13 +168,13 @@ func (s *Server) Configure(ctx context.Context, req *pb.ConfigureRequest) (*pb.C
 func capabilities(a adapter.Adapter) []string {
 	var caps []string
 	if _, ok := a.(adapter.Uploader); ok {
-		caps = append(caps, "upload")
+		caps = append(caps, CapUpload)
 	}
 	if _, ok := a.(adapter.Poller); ok {
-		caps = append(caps, "poll")
+		caps = append(caps, CapPoll)
 	}
 	if _, ok := a.(adapter.Recaller); ok {
-		caps = append(caps, "recall")
+		caps = append(caps, CapRecall)
 	}
 	return caps
 }
@@ -249,6 +249,22 @@ func (s *Server) Poll(ctx context.Context, req *pb.PollRequest) (*pb.PollRespons
 		return nil, toStatus(err)
 	}
 	return &pb.PollResponse{Events: eventsToProto(events)}, nil
+}
+
+// Recall implements the Recall RPC.
+func (s *Server) Recall(ctx context.Context, req *pb.RecallRequest) (*pb.RecallResponse, error) {
+	a, err := s.bot(req.Bot)
+	if err != nil {
+		return nil, err
+	}
+	r, ok := a.(adapter.Recaller)
+	if !ok {
+		return nil, toStatus(&adapter.Error{Kind: adapter.KindInvalidRequest, Message: "bot " + req.Bot + " cannot recall messages"})
+	}
+	if err := r.Recall(ctx, req.Id); err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.RecallResponse{}, nil
 }
 
 // CloseBot implements the CloseBot RPC.

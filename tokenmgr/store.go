@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync"
 	"time"
+
+	"golang.org/x/sync/semaphore"
 )
 
 // Entry is what a [Store] keeps for one key: the token, the source state that must survive a
@@ -71,7 +73,7 @@ type MemoryStore struct {
 }
 
 type memSlot struct {
-	lock     chan struct{} // holds one value while a fetch of this key runs
+	lock     *semaphore.Weighted // of size 1: held while a fetch of this key runs
 	e        Entry
 	watchers map[int]func(Change)
 	next     int
@@ -90,7 +92,7 @@ func (s *MemoryStore) slot(key string) *memSlot {
 	}
 	sl := s.slots[key]
 	if sl == nil {
-		sl = &memSlot{lock: make(chan struct{}, 1), watchers: make(map[int]func(Change))}
+		sl = &memSlot{lock: semaphore.NewWeighted(1), watchers: make(map[int]func(Change))}
 		s.slots[key] = sl
 	}
 	return sl
@@ -107,12 +109,10 @@ func (s *MemoryStore) Load(ctx context.Context, key string) (Entry, error) {
 // Refresh implements [Store.Refresh].
 func (s *MemoryStore) Refresh(ctx context.Context, key string, have uint64, fetch FetchFunc) (Entry, bool, error) {
 	sl := s.slot(key)
-	select {
-	case sl.lock <- struct{}{}:
-	case <-ctx.Done():
-		return Entry{}, false, ctx.Err()
+	if err := sl.lock.Acquire(ctx, 1); err != nil {
+		return Entry{}, false, err
 	}
-	defer func() { <-sl.lock }()
+	defer sl.lock.Release(1)
 
 	s.mu.Lock()
 	cur := sl.e

@@ -17,6 +17,9 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sync/semaphore"
+	"golang.org/x/sync/singleflight"
+
 	"github.com/seed-a64d9e1f/chatwire/adapter"
 	"github.com/seed-a64d9e1f/chatwire/tokenmgr"
 )
@@ -105,13 +108,14 @@ type Adapter struct {
 	subIDs     map[string]string
 	subIDOrder []string
 
-	meMu   sync.Mutex // guards me
-	me     *User
-	pollMu sync.Mutex // guards poll
-	poll   pollState
+	meMu    sync.Mutex         // guards me; never held across a call
+	me      *User              // the bot's user, once self succeeded
+	meGroup singleflight.Group // collapses concurrent self lookups
+	pollMu  sync.Mutex         // guards poll
+	poll    pollState
 
-	fetchSem chan struct{} // bounds concurrent notification fetches (maxConcurrentFetches)
-	fetched  fetchCache    // recent notification fetch outcomes, for redeliveries
+	fetchSem *semaphore.Weighted // bounds concurrent notification fetches (maxConcurrentFetches)
+	fetched  fetchCache          // recent notification fetch outcomes, for redeliveries
 
 	closeOnce sync.Once
 	closed    chan struct{}
@@ -187,7 +191,7 @@ func New(opts Options) (*Adapter, error) {
 		opts.Config.HTTPClient = opts.HTTPClient
 	}
 	a := &Adapter{opts: opts, log: opts.Logger, subs: map[string]*subscription{}, closed: make(chan struct{}),
-		fetchSem: make(chan struct{}, maxConcurrentFetches)}
+		fetchSem: semaphore.NewWeighted(maxConcurrentFetches)}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
 	}
@@ -223,19 +227,37 @@ func (a *Adapter) mailbox() string {
 	return "me"
 }
 
-// self returns the bot's user (cached after the first success).
+// self returns the bot's user, cached after the first success. Concurrent callers share one
+// GetUser call (no lock is held across it); a failure is not cached, and a caller whose ctx
+// ends leaves while the shared call finishes for the others.
 func (a *Adapter) self(ctx context.Context) (*User, error) {
 	a.meMu.Lock()
-	defer a.meMu.Unlock()
-	if a.me != nil {
-		return a.me, nil
+	me := a.me
+	a.meMu.Unlock()
+	if me != nil {
+		return me, nil
 	}
-	u, err := a.client.GetUser(ctx, a.mailbox())
-	if err != nil {
-		return nil, err
+	ch := a.meGroup.DoChan("me", func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		u, err := a.client.GetUser(ctx, a.mailbox())
+		if err != nil {
+			return nil, err
+		}
+		a.meMu.Lock()
+		a.me = u
+		a.meMu.Unlock()
+		return u, nil
+	})
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return r.Val.(*User), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
-	a.me = u
-	return u, nil
 }
 
 // errDelegated is returned for Teams sends with client credentials.
@@ -483,6 +505,10 @@ func (a *Adapter) Status(ctx context.Context) (adapter.Status, error) {
 	a.subsMu.Unlock()
 	return s, nil
 }
+
+// Done returns a channel that is closed when the adapter is closed, so background work for
+// it (a host retrying [Adapter.Start]) can end with it.
+func (a *Adapter) Done() <-chan struct{} { return a.closed }
 
 func (a *Adapter) isClosed() bool {
 	select {

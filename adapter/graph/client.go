@@ -10,13 +10,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"strings"
 	"time"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
+	"github.com/seed-a64d9e1f/chatwire/internal/backoff"
 	"github.com/seed-a64d9e1f/chatwire/tokenmgr"
 )
 
@@ -263,6 +263,7 @@ func idempotent(method string) bool {
 func (c *Client) send(ctx context.Context, method, path string, body []byte, contentType string) (*http.Response, error) {
 	authRetried, caeRetried := false, false
 	retries := 0
+	bo := c.backoffs()
 	for {
 		tok, err := c.tokens.Token(ctx)
 		if err != nil {
@@ -296,7 +297,7 @@ func (c *Client) send(ctx context.Context, method, path string, body []byte, con
 			uerr := redactURLError(err)
 			if idempotent(method) && retries < c.opts.MaxRetries {
 				retries++
-				if c.wait(ctx, c.backoff(retries), method, path, retries, 0) {
+				if c.wait(ctx, bo.Next(), method, path, retries, 0) {
 					continue
 				}
 			}
@@ -327,10 +328,7 @@ func (c *Client) send(ctx context.Context, method, path string, body []byte, con
 			continue
 		case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable ||
 			resp.StatusCode == http.StatusGatewayTimeout:
-			d := apiErr.RetryAfter
-			if d <= 0 {
-				d = c.backoff(retries + 1)
-			}
+			d := bo.NextAfter(apiErr.RetryAfter) // Retry-After wins
 			if retries < c.opts.MaxRetries && c.wait(ctx, d, method, path, retries+1, resp.StatusCode) {
 				retries++
 				continue
@@ -342,13 +340,16 @@ func (c *Client) send(ctx context.Context, method, path string, body []byte, con
 	}
 }
 
+// backoffs returns the retry waits of one call: BackoffBase doubling up to MaxRetryWait,
+// each jittered down to half.
+func (c *Client) backoffs() backoff.Backoff {
+	return backoff.Backoff{Base: c.opts.BackoffBase, Max: c.opts.MaxRetryWait, Jitter: 0.5}
+}
+
 // backoff returns the jittered exponential wait before retry n (n >= 1), in [d/2, d].
 func (c *Client) backoff(n int) time.Duration {
-	d := c.opts.BackoffBase << min(n-1, 20)
-	if d > c.opts.MaxRetryWait || d <= 0 {
-		d = c.opts.MaxRetryWait
-	}
-	return d/2 + rand.N(d/2+1)
+	bo := c.backoffs()
+	return bo.Nth(n)
 }
 
 // wait sleeps d if d fits MaxRetryWait and ctx's deadline; it reports whether it did.
@@ -362,14 +363,7 @@ func (c *Client) wait(ctx context.Context, d time.Duration, method, path string,
 	c.log.LogAttrs(ctx, slog.LevelDebug, "graph retry",
 		slog.String("platform", "graph"), slog.String("method", method), slog.String("path", redactURL(path)),
 		slog.Int("status", status), slog.Int("attempt", attempt), slog.Duration("wait", d))
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
+	return backoff.Sleep(ctx, d) == nil
 }
 
 // errorsAs is errors.As with a type parameter.

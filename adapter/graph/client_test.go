@@ -315,3 +315,22 @@ func TestParseRetryAfterBadValues(t *testing.T) {
 		}
 	}
 }
+
+// TestThrottleWaitStopsWhenCancelled: a cancelled ctx ends the wait for a Retry-After at once.
+func TestThrottleWaitStopsWhenCancelled(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t)
+		_, c := e.delegated(t, nil)
+		e.srv.InjectThrottle(1, 5*time.Second)
+		ctx, cancel := context.WithCancel(t.Context())
+		go func() { time.Sleep(time.Second); cancel() }()
+		start := time.Now()
+		_, err := c.PostChatMessage(ctx, "chat-1", &NewChatMessage{Body: ChatBody{Content: "x"}})
+		if err == nil {
+			t.Fatal("PostChatMessage succeeded; want the throttle's error after the cancel")
+		}
+		if got := time.Since(start); got != time.Second {
+			t.Errorf("PostChatMessage returned after %v; want 1s (when ctx was cancelled, not the 5 s Retry-After)", got)
+		}
+	})
+}

@@ -300,13 +300,11 @@ func (a *Adapter) HandleWebhook(ctx context.Context, req *adapter.WebhookRequest
 	// fetch budget ends asks for a redelivery.
 	run := func(f func()) {
 		wg.Go(func() {
-			select {
-			case a.fetchSem <- struct{}{}:
-			case <-fctx.Done():
-				addEvents(nil, fctx.Err())
+			if err := a.fetchSem.Acquire(fctx, 1); err != nil {
+				addEvents(nil, err)
 				return
 			}
-			defer func() { <-a.fetchSem }()
+			defer a.fetchSem.Release(1)
 			f()
 		})
 	}

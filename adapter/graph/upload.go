@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
+	"github.com/seed-a64d9e1f/chatwire/internal/backoff"
 )
 
 // Upload limits (spec §7).
@@ -315,8 +316,8 @@ func (c *Client) putSession(ctx context.Context, uploadURL string, ra io.ReaderA
 			if e := fail(err); e != nil {
 				return &APIError{StatusCode: http.StatusBadGateway, Code: "connectionError", Message: "upload: " + err.Error()}
 			}
-			if !c.sleep(ctx, c.backoff(failures)) {
-				return ctx.Err()
+			if err := c.sleep(ctx, c.backoff(failures)); err != nil {
+				return err
 			}
 			if offset, err = c.sessionOffset(ctx, uploadURL, offset, size); err != nil {
 				if ok, err := gone(err, end == size-1); ok || err != nil {
@@ -372,8 +373,8 @@ func (c *Client) putSession(ctx context.Context, uploadURL string, ra io.ReaderA
 			if apiErr.RetryAfter > d {
 				d = apiErr.RetryAfter
 			}
-			if !c.sleep(ctx, d) {
-				return ctx.Err()
+			if err := c.sleep(ctx, d); err != nil {
+				return err
 			}
 		default:
 			// Other 4xx: not retried with backoff (spec §7: limit attempts, no backoff).
@@ -468,8 +469,8 @@ func (c *Client) sessionOffset(ctx context.Context, uploadURL string, fallback, 
 		if attempt > 8 {
 			return 0, err
 		}
-		if !c.sleep(ctx, c.backoff(attempt)) {
-			return 0, ctx.Err()
+		if err := c.sleep(ctx, c.backoff(attempt)); err != nil {
+			return 0, err
 		}
 	}
 }
@@ -493,13 +494,6 @@ func uploadURLHost(raw string) string {
 	return u.Scheme + "://" + u.Host
 }
 
-func (c *Client) sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}
+// sleep is [backoff.Sleep]: nil after waiting d, else why not (ctx ended, or its deadline
+// comes first).
+func (c *Client) sleep(ctx context.Context, d time.Duration) error { return backoff.Sleep(ctx, d) }

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -17,6 +16,7 @@ import (
 	"time"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
+	"github.com/seed-a64d9e1f/chatwire/internal/backoff"
 	"github.com/seed-a64d9e1f/chatwire/tokenmgr"
 )
 
@@ -278,11 +278,8 @@ func (c *connector) do(ctx context.Context, method, serviceURL, path string, in,
 }
 
 func (c *connector) jitter(n int) time.Duration {
-	d := c.backoff0 << min(n-1, 20)
-	if d > c.maxWait || d <= 0 {
-		d = c.maxWait
-	}
-	return d/2 + rand.N(d/2+1)
+	bo := backoff.Backoff{Base: c.backoff0, Max: c.maxWait, Jitter: 0.5}
+	return bo.Nth(n)
 }
 
 // wait sleeps d if it fits maxWait and ctx's deadline; it reports whether it did.
@@ -295,14 +292,7 @@ func (c *connector) wait(ctx context.Context, d time.Duration, method, path stri
 	}
 	c.log.LogAttrs(ctx, slog.LevelDebug, "teams connector retry", slog.String("platform", Platform),
 		slog.String("method", method), slog.String("path", path), slog.Int("status", status), slog.Duration("wait", d))
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
+	return backoff.Sleep(ctx, d) == nil
 }
 
 // convPath returns "v3/conversations/{id}" with the id percent-encoded as botbuilder does.

@@ -337,3 +337,21 @@ func TestTokenRequestsAndErrors(t *testing.T) {
 		t.Errorf("status = %+v", st)
 	}
 }
+
+// TestConnectorThrottleWaitEndsWithCtx: a cancelled ctx ends the wait for a Retry-After at
+// once instead of sleeping it out.
+func TestConnectorThrottleWaitEndsWithCtx(t *testing.T) {
+	e := setup(t, nil)
+	_, c := e.install(t, "Megan")
+	e.srv.Inject(teamstest.Fault{Status: 429, RetryAfter: 9 * time.Second})
+	ctx, cancel := context.WithCancel(t.Context())
+	time.AfterFunc(100*time.Millisecond, cancel)
+	start := time.Now()
+	_, err := e.a.Send(ctx, adapter.Message{To: adapter.Target{Chat: c.ID}, Text: "throttled"})
+	if err == nil {
+		t.Fatal("Send succeeded; want the throttle's error after the cancel")
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("Send returned after %v; want soon after the cancel at 100ms, not after the 9 s Retry-After", took)
+	}
+}

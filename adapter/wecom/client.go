@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -19,6 +18,7 @@ import (
 	"time"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
+	"github.com/seed-a64d9e1f/chatwire/internal/backoff"
 	"github.com/seed-a64d9e1f/chatwire/tokenmgr"
 )
 
@@ -235,18 +235,14 @@ func (s *TokenSource) Token(ctx context.Context) (tokenmgr.Token, error) {
 	}
 	// -1 (busy) is retried here, at most 3 times with backoff, as WeCom advises; anything
 	// else goes back to the Manager, which backs off by itself.
-	for attempt := 0; ; attempt++ {
+	busy := backoff.Backoff{Base: 500 * time.Millisecond, Max: 2 * time.Second, Jitter: 0.5}
+	for {
 		err = roundTrip(ctx, hc, http.MethodGet, base, EndpointGetToken, q, nil, &out)
 		var apiErr *APIError
-		if err == nil || attempt == 3 || !errors.As(err, &apiErr) || apiErr.Code != -1 {
+		if err == nil || busy.Attempts() == 3 || !errors.As(err, &apiErr) || apiErr.Code != -1 {
 			break
 		}
-		wait := 500 * time.Millisecond << attempt
-		t := time.NewTimer(wait/2 + rand.N(wait/2+1))
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
+		if backoff.Sleep(ctx, busy.Next()) != nil {
 			return tokenmgr.Token{}, err
 		}
 	}
@@ -452,8 +448,11 @@ func (c *Client) call(ctx context.Context, method, endpoint string, q url.Values
 
 // retrying calls f, and again after a backoff while it fails with -1 (at most 3 retries) or
 // 45033 (at most 2), as long as the wait fits MaxWait and ctx's deadline.
+// The waits are 500ms, 1s, 2s after -1 and 1s, 2s after 45033, each jittered down to half.
 func (c *Client) retrying(ctx context.Context, endpoint string, f func() error) error {
-	for attempt := 0; ; attempt++ {
+	busy := backoff.Backoff{Base: 500 * time.Millisecond, Max: 2 * time.Second, Jitter: 0.5} // -1
+	limited := backoff.Backoff{Base: time.Second, Max: 2 * time.Second, Jitter: 0.5}         // 45033
+	for attempt := 1; ; attempt++ {
 		err := f()
 		var apiErr *APIError
 		if err == nil || !errors.As(err, &apiErr) {
@@ -461,28 +460,20 @@ func (c *Client) retrying(ctx context.Context, endpoint string, f func() error) 
 		}
 		var wait time.Duration
 		switch {
-		case apiErr.Code == -1 && attempt < 3:
-			wait = 500 * time.Millisecond << attempt
-		case apiErr.Code == 45033 && attempt < 2:
-			wait = time.Second << attempt
+		case apiErr.Code == -1 && busy.Attempts() < 3:
+			wait = busy.Next()
+		case apiErr.Code == 45033 && limited.Attempts() < 2:
+			wait = limited.Next()
 		default:
 			return err
 		}
-		wait = wait/2 + rand.N(wait/2+1)
 		if wait > c.maxWait {
-			return err
-		}
-		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait {
 			return err
 		}
 		c.log.LogAttrs(ctx, slog.LevelDebug, "wecom: retrying", slog.String("platform", adapter.PlatformWeCom),
 			slog.String("key", c.tokens.Key()), slog.String("endpoint", endpoint), slog.Int("errcode", apiErr.Code),
-			slog.Int("attempt", attempt+1), slog.Duration("wait", wait))
-		t := time.NewTimer(wait)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
+			slog.Int("attempt", attempt), slog.Duration("wait", wait))
+		if backoff.Sleep(ctx, wait) != nil { // ctx ended, or its deadline comes before the wait ends
 			return err
 		}
 	}

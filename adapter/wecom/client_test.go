@@ -847,3 +847,29 @@ func TestStatus(t *testing.T) {
 		t.Errorf("Status after Close is healthy")
 	}
 }
+
+// TestRetryStopsWhenCancelled: a cancelled ctx ends the -1 backoff of a send and of gettoken at
+// once, with the platform's error.
+func TestRetryStopsWhenCancelled(t *testing.T) {
+	for _, endpoint := range []string{"message/send", "gettoken"} {
+		t.Run(endpoint, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				c, srv := setup(t, wecom.Options{})
+				srv.Fail(endpoint, -1, -1)
+				ctx, cancel := context.WithCancel(t.Context())
+				go func() { time.Sleep(100 * time.Millisecond); cancel() }()
+				start := time.Now()
+				_, err := c.Send(ctx, text(adapter.Target{User: "u"}, "x"))
+				if err == nil {
+					t.Fatal("Send succeeded against a busy server")
+				}
+				if got := time.Since(start); got != 100*time.Millisecond {
+					t.Errorf("Send returned %v after the start; want 100ms (when ctx was cancelled)", got)
+				}
+				if got := srv.Calls(endpoint); got != 1 {
+					t.Errorf("%s called %d times; want 1 (cancelled during the first backoff)", endpoint, got)
+				}
+			})
+		})
+	}
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"crypto/rand"
 	"errors"
 	"flag"
 	"fmt"
@@ -125,5 +126,15 @@ func instanceID() string {
 	if err != nil || name == "" {
 		name = "host"
 	}
-	return name + "-" + randomString(4)
+	return name + "-" + randomText(4)
+}
+
+// randomText returns n random characters of crypto/rand.Text's alphabet (A-Z, 2-7: also
+// valid base64, so it serves for a WeCom EncodingAESKey too).
+func randomText(n int) string {
+	var b strings.Builder
+	for b.Len() < n {
+		b.WriteString(rand.Text())
+	}
+	return b.String()[:n]
 }

@@ -10,11 +10,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net/http"
 	"sync"
 	"time"
 
+	"github.com/seed-a64d9e1f/chatwire/internal/backoff"
 	"github.com/seed-a64d9e1f/chatwire/internal/eventlog"
 )
 
@@ -78,10 +78,7 @@ func (d *deliverer) run(ctx context.Context) {
 				d.log.Warn("reading the event log failed; retrying", "bot", d.bot, "error", err)
 				failing = true
 			}
-			select {
-			case <-time.After(time.Second):
-			case <-ctx.Done():
-			}
+			backoff.Sleep(ctx, time.Second)
 			continue
 		}
 		failing = false
@@ -180,7 +177,7 @@ func laneHash(s string) uint32 {
 
 // deliver posts one event until it is accepted; false if ctx ended first.
 func (d *deliverer) deliver(ctx context.Context, ev eventlog.Entry) bool {
-	wait := d.backoffMin
+	bo := backoff.Backoff{Base: d.backoffMin, Max: d.backoffMax, Jitter: 0.5}
 	for attempt := 1; ; attempt++ {
 		err := d.post(ctx, ev)
 		if err == nil {
@@ -191,13 +188,11 @@ func (d *deliverer) deliver(ctx context.Context, ev eventlog.Entry) bool {
 		if ctx.Err() != nil {
 			return false
 		}
+		wait := bo.Next()
 		d.log.Warn("event delivery failed; retrying", "bot", d.bot, "event", ev.ID.String(), "attempt", attempt, "in", wait, "error", err)
-		select {
-		case <-time.After(wait/2 + rand.N(wait/2+1)):
-		case <-ctx.Done():
+		if backoff.Sleep(ctx, wait) != nil {
 			return false
 		}
-		wait = min(2*wait, d.backoffMax)
 	}
 }
 

@@ -83,16 +83,6 @@ type demoOptions struct {
 	NoEcho                         bool     // an external bot answers; wait up to a minute for it
 }
 
-func randomString(n int) string {
-	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
-	b := make([]byte, n)
-	rand.Read(b)
-	for i := range b {
-		b[i] = alphabet[int(b[i])%len(alphabet)]
-	}
-	return string(b)
-}
-
 // runDemo runs emulated WeCom and Microsoft Graph, a host with a real plugin subprocess, an
 // echo bot on the HTTP API (SSE in, POST out) and simulated users, then reports what happened.
 func runDemo(ctx context.Context, o demoOptions) (demoSummary, error) {
@@ -101,7 +91,7 @@ func runDemo(ctx context.Context, o demoOptions) (demoSummary, error) {
 
 	// Emulated WeCom: one app, two members.
 	const corpID, agentID = "wwdemo00000000001", int64(1000002)
-	secret := randomString(32)
+	secret := rand.Text()
 	wemu := &wecomtest.Server{TokenLifetime: o.TokenLifetime, PushRetryDelay: 200 * time.Millisecond}
 	wemu.AddApp(corpID, secret, agentID)
 	wemu.AddUsers("alice", "bob")
@@ -111,7 +101,7 @@ func runDemo(ctx context.Context, o demoOptions) (demoSummary, error) {
 	// Emulated identity platform + Graph: a delegated bot already signed in (as after
 	// "adapter-host graph login"), a Teams group chat with two people.
 	const clientID, chatID, botUser = "demo-client", "19:demo-chat@thread.v2", "chatwire-bot"
-	gsecret := randomString(32)
+	gsecret := rand.Text()
 	gemu := &graphtest.Server{TokenLifetime: o.TokenLifetime, LoginUser: botUser}
 	gemu.AddClient(clientID, gsecret)
 	graphSrv := httptest.NewServer(gemu)
@@ -134,11 +124,11 @@ func runDemo(ctx context.Context, o demoOptions) (demoSummary, error) {
 	}
 	hostURL := "http://" + ln.Addr().String()
 
-	apiKey := randomString(24)
+	apiKey := rand.Text()
 	wc := &platforms.WeCom{CorpID: corpID, CorpSecret: secret, AgentID: agentID,
-		Token: randomString(16), EncodingAESKey: randomString(43), APIBase: wecomSrv.URL}
+		Token: rand.Text(), EncodingAESKey: (rand.Text() + rand.Text())[:43], APIBase: wecomSrv.URL}
 	gc := &platforms.Graph{TenantID: "demo-tenant", ClientID: clientID, ClientSecret: gsecret, Auth: "delegated",
-		NotificationURL: hostURL + "/webhook/teams", ClientState: randomString(20), Subscribe: []string{"chats"},
+		NotificationURL: hostURL + "/webhook/teams", ClientState: rand.Text(), Subscribe: []string{"chats"},
 		LoginBase: graphSrv.URL, GraphBase: graphSrv.URL}
 	cfg := &Config{
 		Server: ServerConfig{Listen: ln.Addr().String(), APIKeys: []string{apiKey}},

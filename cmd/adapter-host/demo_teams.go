@@ -29,7 +29,7 @@ func newDemoTeams(lifetime time.Duration) *demoTeams {
 	d.srv = httptest.NewServer(d.emu)
 	d.emu.URL = d.srv.URL
 	u, _ := url.Parse(d.srv.URL)
-	d.cfg = &platforms.Teams{AppID: demoTeamsApp, AppPassword: randomString(32), TenantID: demoTeamsTenant,
+	d.cfg = &platforms.Teams{AppID: demoTeamsApp, AppPassword: randomText(32), TenantID: demoTeamsTenant,
 		LoginBase: d.srv.URL, OpenIDMetadataURL: d.emu.MetadataURL(), ServiceHosts: []string{u.Host}}
 	// The Azure Bot exists before the host starts (the host fetches its token at start); its
 	// messaging endpoint is set by install, once the host listens.

@@ -86,9 +86,9 @@ func cmdEmulate(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err := os.MkdirAll(state, 0o700); err != nil {
 		return err
 	}
-	v := emulateVars{Listen: *listen, APIKey: randomString(24), State: state,
-		CorpID: emuCorpID, CorpSecret: randomString(32), Token: randomString(16), AESKey: randomString(43), AgentID: emuAgentID,
-		Tenant: emuTenant, ClientID: emuClientID, ClientSecret: randomString(32), User: emuUser, ClientState: randomString(20)}
+	v := emulateVars{Listen: *listen, APIKey: randomText(24), State: state,
+		CorpID: emuCorpID, CorpSecret: randomText(32), Token: randomText(16), AESKey: randomText(43), AgentID: emuAgentID,
+		Tenant: emuTenant, ClientID: emuClientID, ClientSecret: randomText(32), User: emuUser, ClientState: randomText(20)}
 
 	wemu := &wecomtest.Server{TokenLifetime: *lifetime}
 	wemu.AddApp(v.CorpID, v.CorpSecret, v.AgentID)

@@ -17,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
+	"github.com/seed-a64d9e1f/chatwire/internal/backoff"
 	"github.com/seed-a64d9e1f/chatwire/internal/eventlog"
 	"github.com/seed-a64d9e1f/chatwire/internal/platforms"
 	"github.com/seed-a64d9e1f/chatwire/plugin"
@@ -251,7 +252,7 @@ func (h *host) trackConn(c net.Conn, st http.ConnState) {
 // poll receives the events of a bot without webhooks (Graph with no notification_url): it
 // queues each batch before asking for the next, which is when the adapter commits it.
 func (h *host) poll(ctx context.Context, b *bot, p adapter.Poller) {
-	wait := time.Second
+	bo := backoff.Backoff{Base: time.Second, Max: time.Minute}
 	rl := newRetryLog(h.log, "poll")
 	for ctx.Err() == nil {
 		events, err := p.Poll(ctx)
@@ -260,24 +261,18 @@ func (h *host) poll(ctx context.Context, b *bot, p adapter.Poller) {
 				return
 			}
 			rl.failed(err, "bot", b.name)
-			select {
-			case <-time.After(wait):
-			case <-ctx.Done():
+			if backoff.Sleep(ctx, bo.Next()) != nil {
 				return
 			}
-			wait = min(2*wait, time.Minute)
 			continue
 		}
-		wait = time.Second
+		bo.Reset()
 		rl.ok("bot", b.name)
 		for ctx.Err() == nil {
 			if err := h.srv.enqueue(ctx, b, events); err == nil {
 				break
 			}
-			select {
-			case <-time.After(time.Second):
-			case <-ctx.Done():
-			}
+			backoff.Sleep(ctx, time.Second)
 		}
 	}
 }

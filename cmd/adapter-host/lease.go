@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"log/slog"
-	"math/rand/v2"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/seed-a64d9e1f/chatwire/internal/backoff"
 )
 
 // redisOpTimeout bounds a Redis call made after its caller's ctx ended (releasing a lease).
@@ -24,8 +26,9 @@ return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 // every ttl/3), so one host of a fleet does a job such as delivering a bot's events. fn's
 // ctx ends when the lease is lost or ctx ends. asLeader returns when ctx ends.
 func asLeader(ctx context.Context, rdb redis.UniversalClient, key string, ttl time.Duration, log *slog.Logger, fn func(ctx context.Context)) {
-	owner := randomString(16)
+	owner := rand.Text()
 	rl := newRetryLog(log, "lease")
+	retry := backoff.Backoff{Base: 2 * ttl / 3, Max: 2 * ttl / 3, Jitter: 0.5} // [ttl/3, 2ttl/3]
 	for ctx.Err() == nil {
 		ok, err := rdb.SetNX(ctx, key, owner, ttl).Result()
 		if err != nil && ctx.Err() == nil {
@@ -34,10 +37,7 @@ func asLeader(ctx context.Context, rdb redis.UniversalClient, key string, ttl ti
 			rl.ok("key", key)
 		}
 		if !ok {
-			select {
-			case <-time.After(ttl/3 + rand.N(ttl/3)):
-			case <-ctx.Done():
-			}
+			backoff.Sleep(ctx, retry.Next())
 			continue
 		}
 		lctx, cancel := context.WithCancel(ctx)

@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
+	"github.com/seed-a64d9e1f/chatwire/internal/backoff"
 	"github.com/seed-a64d9e1f/chatwire/internal/eventlog"
 )
 
@@ -664,10 +665,7 @@ func (s *server) readFailed(ctx context.Context, b *bot, err error, failing *boo
 		s.log.Warn("reading the event log failed; retrying", "bot", b.name, "error", err)
 		*failing = true
 	}
-	select {
-	case <-time.After(time.Second):
-	case <-ctx.Done():
-	}
+	backoff.Sleep(ctx, time.Second)
 }
 
 // isDigits reports whether s is a non-empty run of ASCII digits.

@@ -13,7 +13,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -41,16 +40,6 @@ func main() {
 	}
 }
 
-// wecomConfig is the bot's config as the plugin expects it (JSON, sent over RPC only).
-type wecomConfig struct {
-	CorpID         string `json:"corp_id"`
-	CorpSecret     string `json:"corp_secret"`
-	AgentID        int64  `json:"agent_id"`
-	Token          string `json:"token"`
-	EncodingAESKey string `json:"encoding_aes_key"`
-	APIBase        string `json:"api_base,omitempty"`
-}
-
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("goecho", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -62,7 +51,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 
-	cfg := wecomConfig{CorpID: os.Getenv("WECOM_CORP_ID"), CorpSecret: os.Getenv("WECOM_SECRET"),
+	// plugin.WeComConfig is the bot's config as the plugin expects it (sent over RPC only).
+	cfg := plugin.WeComConfig{CorpID: os.Getenv("WECOM_CORP_ID"), CorpSecret: os.Getenv("WECOM_SECRET"),
 		Token: os.Getenv("WECOM_TOKEN"), EncodingAESKey: os.Getenv("WECOM_AES_KEY")}
 	cfg.AgentID, _ = strconv.ParseInt(os.Getenv("WECOM_AGENT_ID"), 10, 64)
 	emulated := cfg.CorpID == ""
@@ -71,11 +61,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		emu = &wecomtest.Server{}
 		srv := httptest.NewServer(emu)
 		defer srv.Close()
-		cfg = wecomConfig{CorpID: "wwexample0000001", CorpSecret: "example-secret", AgentID: 1000002,
+		cfg = plugin.WeComConfig{CorpID: "wwexample0000001", CorpSecret: "example-secret", AgentID: 1000002,
 			Token: "exampletoken", EncodingAESKey: "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG", APIBase: srv.URL}
 		fmt.Fprintln(stdout, "no WECOM_CORP_ID: using an in-process WeCom emulator")
 	}
-	raw, _ := json.Marshal(cfg)
 
 	var pargs []string
 	if *pluginArg != "" {
@@ -86,7 +75,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	p, err := plugin.Launch(ctx, plugin.LaunchOptions{
 		Path:   *pluginPath,
 		Args:   pargs,
-		Bots:   []plugin.BotConfig{{Name: "echo", Platform: adapter.PlatformWeCom, Config: raw}},
+		Bots:   []plugin.BotConfig{plugin.WeComBot("echo", cfg)},
 		Logger: log,
 	})
 	if err != nil {

@@ -4,13 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/seed-a64d9e1f/chatwire/internal/backoff"
 )
 
 // opTimeout bounds an append, which runs detached from its caller's ctx so that a caller
@@ -718,7 +719,7 @@ func (l *Redis) watch(ctx context.Context) {
 	defer close(l.done)
 	last := ID{}
 	failing := false
-	wait := 100 * time.Millisecond
+	bo := backoff.Backoff{Base: 100 * time.Millisecond, Max: 5 * time.Second, Jitter: 0.5}
 	lookNext := time.Time{}
 	for ctx.Err() == nil {
 		if time.Now().After(lookNext) {
@@ -735,7 +736,8 @@ func (l *Redis) watch(ctx context.Context) {
 				if failing {
 					l.opts.Logger.Info("event stream reachable again", "stream", l.stream,
 						"failures", l.outageFailures, "took_ms", time.Since(l.outageStart).Milliseconds())
-					failing, wait = false, 100*time.Millisecond
+					failing = false
+					bo.Reset()
 				}
 				l.mu.Lock()
 				l.looking = false
@@ -769,7 +771,7 @@ func (l *Redis) watch(ctx context.Context) {
 					last = maxID(last, now.last)
 				}
 				lookNext = time.Now().Add(watchEvery)
-			} else if !l.watchFailed(ctx, err, &failing, &wait) {
+			} else if !l.watchFailed(ctx, err, &failing, &bo) {
 				return
 			} else {
 				continue
@@ -789,7 +791,7 @@ func (l *Redis) watch(ctx context.Context) {
 		case ctx.Err() != nil:
 			return
 		default:
-			if !l.watchFailed(ctx, err, &failing, &wait) {
+			if !l.watchFailed(ctx, err, &failing, &bo) {
 				return
 			}
 			lookNext = time.Time{}
@@ -799,7 +801,7 @@ func (l *Redis) watch(ctx context.Context) {
 
 // watchFailed logs a failing Redis once per outage and waits (jittered, growing to 5 s);
 // false if ctx ended. Readers are woken so they see the error themselves.
-func (l *Redis) watchFailed(ctx context.Context, err error, failing *bool, wait *time.Duration) bool {
+func (l *Redis) watchFailed(ctx context.Context, err error, failing *bool, bo *backoff.Backoff) bool {
 	if ctx.Err() != nil {
 		return false
 	}
@@ -810,15 +812,7 @@ func (l *Redis) watchFailed(ctx context.Context, err error, failing *bool, wait 
 	}
 	l.outageFailures++
 	l.broadcast()
-	t := time.NewTimer(*wait/2 + rand.N(*wait/2+1))
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-ctx.Done():
-		return false
-	}
-	*wait = min(2**wait, 5*time.Second)
-	return true
+	return backoff.Sleep(ctx, bo.Next()) == nil
 }
 
 // String names the log for messages.

@@ -18,6 +18,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sync/semaphore"
+
 	"github.com/seed-a64d9e1f/chatwire/tokenmgr"
 )
 
@@ -39,9 +41,9 @@ type Store struct {
 	path string
 	lock string // path of the lock file
 
-	files chan struct{}     // holds one value while this process uses the file: a mutex honouring ctx
-	mu    sync.Mutex        // guards state; held only while locked runs its fn, never while waiting
-	state map[string][]byte // key → source state as this process last read or wrote it
+	files *semaphore.Weighted // of size 1: held while this process uses the file (a mutex honouring ctx)
+	mu    sync.Mutex          // guards state; held only while locked runs its fn, never while waiting
+	state map[string][]byte   // key → source state as this process last read or wrote it
 }
 
 var (
@@ -60,7 +62,7 @@ func Open(dir string) (*Store, error) {
 		return nil, fmt.Errorf("filestore: %w", err)
 	}
 	s := &Store{path: filepath.Join(dir, FileName), lock: filepath.Join(dir, LockName),
-		files: make(chan struct{}, 1), state: make(map[string][]byte)}
+		files: semaphore.NewWeighted(1), state: make(map[string][]byte)}
 	var disk map[string][]byte
 	err := s.locked(context.Background(), func() (err error) { disk, err = s.read(); return err })
 	if err != nil {
@@ -76,12 +78,10 @@ func Open(dir string) (*Store, error) {
 // locked runs fn holding this process's turn at the file, the directory's file lock (on
 // Unix; see lockFile) and s.mu. Waiting for the turn or the lock ends when ctx does.
 func (s *Store) locked(ctx context.Context, fn func() error) error {
-	select {
-	case s.files <- struct{}{}:
-	case <-ctx.Done():
+	if s.files.Acquire(ctx, 1) != nil {
 		return fmt.Errorf("filestore: waiting for %s: %w", s.path, context.Cause(ctx))
 	}
-	defer func() { <-s.files }()
+	defer s.files.Release(1)
 	f, err := os.OpenFile(s.lock, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return fmt.Errorf("filestore: %w", err)

@@ -278,8 +278,10 @@ func TestRefreshHonoursContextWhileWaiting(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.files <- struct{}{} // another goroutine of this process is using the file
-	defer func() { <-s.files }()
+	if err := s.files.Acquire(t.Context(), 1); err != nil { // another goroutine of this process is using the file
+		t.Fatal(err)
+	}
+	defer s.files.Release(1)
 	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
 	defer cancel()
 	fetch := func(ctx context.Context, prev tokenmgr.Entry) (tokenmgr.Entry, error) {

@@ -8,12 +8,14 @@ import (
 	"os"
 	"syscall"
 	"time"
+
+	"github.com/seed-a64d9e1f/chatwire/internal/backoff"
 )
 
 // lockFile takes an exclusive flock on f, released when f is closed. It polls with LOCK_NB
 // so that waiting for a process holding the lock ends when ctx does.
 func lockFile(ctx context.Context, f *os.File) error {
-	wait := time.Millisecond
+	poll := backoff.Backoff{Base: time.Millisecond, Max: 50 * time.Millisecond}
 	for {
 		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
 		switch {
@@ -24,13 +26,8 @@ func lockFile(ctx context.Context, f *os.File) error {
 		case !errors.Is(err, syscall.EWOULDBLOCK):
 			return err
 		}
-		t := time.NewTimer(wait)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return context.Cause(ctx)
+		if err := backoff.Sleep(ctx, poll.Next()); err != nil {
+			return err
 		}
-		wait = min(2*wait, 50*time.Millisecond)
 	}
 }

@@ -21,43 +21,19 @@ import (
 	"github.com/seed-a64d9e1f/chatwire/adapter"
 	"github.com/seed-a64d9e1f/chatwire/adapter/graph"
 	"github.com/seed-a64d9e1f/chatwire/adapter/wecom"
+	"github.com/seed-a64d9e1f/chatwire/internal/backoff"
 	"github.com/seed-a64d9e1f/chatwire/internal/filestore"
 	"github.com/seed-a64d9e1f/chatwire/plugin"
 	"github.com/seed-a64d9e1f/chatwire/tokenmgr"
 	"github.com/seed-a64d9e1f/chatwire/tokenmgr/redisstore"
 )
 
-// WeCom is a WeCom bot's configuration section. CorpSecret, Token and EncodingAESKey are
-// secrets.
-type WeCom struct {
-	CorpID         string `yaml:"corp_id" json:"corp_id"`
-	CorpSecret     string `yaml:"corp_secret" json:"corp_secret"`
-	AgentID        int64  `yaml:"agent_id" json:"agent_id"`
-	Token          string `yaml:"token" json:"token,omitempty"`
-	EncodingAESKey string `yaml:"encoding_aes_key" json:"encoding_aes_key,omitempty"`
-	APIBase        string `yaml:"api_base" json:"api_base,omitempty"`
-}
+// WeCom is a WeCom bot's configuration section, published as [plugin.WeComConfig] so a Go
+// framework configuring the plugin uses the same type.
+type WeCom = plugin.WeComConfig
 
-// Graph is a Microsoft Graph bot's configuration section. ClientSecret and ClientState are
-// secrets.
-type Graph struct {
-	TenantID        string   `yaml:"tenant_id" json:"tenant_id"`
-	ClientID        string   `yaml:"client_id" json:"client_id"`
-	ClientSecret    string   `yaml:"client_secret" json:"client_secret"`
-	Auth            string   `yaml:"auth" json:"auth"` // "delegated" or "client_credentials"
-	User            string   `yaml:"user" json:"user,omitempty"`
-	NotificationURL string   `yaml:"notification_url" json:"notification_url,omitempty"`
-	ClientState     string   `yaml:"client_state" json:"client_state,omitempty"`
-	Subscribe       []string `yaml:"subscribe" json:"subscribe,omitempty"`
-	LoginBase       string   `yaml:"login_base" json:"login_base,omitempty"`
-	GraphBase       string   `yaml:"graph_base" json:"graph_base,omitempty"`
-	// Chats limits chat subscriptions to these chat ids, and names the chats polled when
-	// there is no notification URL. Empty: every chat of the user (subscriptions only).
-	Chats []string `yaml:"chats" json:"chats,omitempty"`
-	// PollInterval is how often a bot without a notification URL looks for new mail and
-	// chat messages, as a Go duration ("30s"). Empty means 30s.
-	PollInterval string `yaml:"poll_interval" json:"poll_interval,omitempty"`
-}
+// Graph is a Microsoft Graph bot's configuration section, published as [plugin.GraphConfig].
+type Graph = plugin.GraphConfig
 
 // GraphOptions turns a bot's Graph section into the adapter's options.
 func GraphOptions(bot string, c Graph, hc *http.Client, store tokenmgr.Store, log *slog.Logger, topts tokenmgr.Options) graph.Options {
@@ -99,25 +75,42 @@ func GraphKey(c Graph) string {
 	return GraphConfig(c, nil).Key(cmp.Or(c.User, "me"))
 }
 
+// starter is what start needs of a [graph.Adapter].
+type starter interface {
+	Start(ctx context.Context) error
+	Done() <-chan struct{}
+}
+
 // start runs the Graph adapter's Start (subscriptions, which Graph validates by calling the
-// host's webhook) once the host can answer, retrying with backoff until it succeeds or the
-// adapter is closed.
-func (o *Opener) start(bot string, a *graph.Adapter, log *slog.Logger) {
-	wait := 500 * time.Millisecond
+// host's webhook) once the host can answer, retrying with backoff (500ms doubling to 1
+// minute) until it succeeds or the adapter is closed; closing it ends a wait or an attempt
+// at once.
+func (o *Opener) start(a starter, log *slog.Logger) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-a.Done():
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	bo := backoff.Backoff{Base: 500 * time.Millisecond, Max: time.Minute}
 	for attempt := 1; ; attempt++ {
-		time.Sleep(wait)
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		err := a.Start(ctx)
-		cancel()
+		if backoff.Sleep(ctx, bo.Next()) != nil {
+			return // closed
+		}
+		actx, acancel := context.WithTimeout(ctx, time.Minute)
+		err := a.Start(actx)
+		acancel()
 		if err == nil {
 			log.Info("graph bot started", "attempt", attempt)
 			return
 		}
-		if st, _ := a.Status(context.Background()); st.Detail == "closed" {
+		if ctx.Err() != nil {
 			return
 		}
-		log.Warn("graph bot start failed; retrying", "attempt", attempt, "in", wait*2, "error", err)
-		wait = min(2*wait, time.Minute)
+		log.Warn("graph bot start failed; retrying", "attempt", attempt, "error", err)
 	}
 }
 
@@ -264,7 +257,7 @@ func (o *Opener) Open(ctx context.Context, sc plugin.StoreConfig, bot plugin.Bot
 	case adapter.PlatformWeCom:
 		var c WeCom
 		if err := json.Unmarshal(bot.Config, &c); err != nil {
-			return nil, fmt.Errorf("wecom config: %w", err)
+			return nil, err // "wecom config: …", naming the expected keys if one is unknown
 		}
 		cl, err := wecom.New(wecom.Config{Bot: bot.Name, CorpID: c.CorpID, CorpSecret: c.CorpSecret, AgentID: c.AgentID,
 			Token: c.Token, EncodingAESKey: c.EncodingAESKey, APIBase: c.APIBase},
@@ -282,7 +275,7 @@ func (o *Opener) Open(ctx context.Context, sc plugin.StoreConfig, bot plugin.Bot
 	case adapter.PlatformGraph:
 		var c Graph
 		if err := json.Unmarshal(bot.Config, &c); err != nil {
-			return nil, fmt.Errorf("graph config: %w", err)
+			return nil, err // "graph config: …", naming the expected keys if one is unknown
 		}
 		a, err := graph.New(GraphOptions(bot.Name, c, hc, store, log, topts))
 		if err != nil {
@@ -295,7 +288,7 @@ func (o *Opener) Open(ctx context.Context, sc plugin.StoreConfig, bot plugin.Bot
 		}
 		log.Info("bot opened", "platform", bot.Platform, "tenant", c.TenantID, "auth", c.Auth, "notifications", c.NotificationURL != "")
 		if !o.NoStart {
-			go o.start(bot.Name, a, log)
+			go o.start(a, log)
 		}
 		return a, nil
 	case adapter.PlatformTeams:

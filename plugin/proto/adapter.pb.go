@@ -2120,6 +2120,94 @@ func (x *PollResponse) GetEvents() []*Event {
 	return nil
 }
 
+type RecallRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Bot           string                 `protobuf:"bytes,1,opt,name=bot,proto3" json:"bot,omitempty"`
+	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"` // the message's id from its Receipt
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecallRequest) Reset() {
+	*x = RecallRequest{}
+	mi := &file_adapter_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecallRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecallRequest) ProtoMessage() {}
+
+func (x *RecallRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_adapter_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecallRequest.ProtoReflect.Descriptor instead.
+func (*RecallRequest) Descriptor() ([]byte, []int) {
+	return file_adapter_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *RecallRequest) GetBot() string {
+	if x != nil {
+		return x.Bot
+	}
+	return ""
+}
+
+func (x *RecallRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type RecallResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecallResponse) Reset() {
+	*x = RecallResponse{}
+	mi := &file_adapter_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecallResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecallResponse) ProtoMessage() {}
+
+func (x *RecallResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_adapter_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecallResponse.ProtoReflect.Descriptor instead.
+func (*RecallResponse) Descriptor() ([]byte, []int) {
+	return file_adapter_proto_rawDescGZIP(), []int{32}
+}
+
 type CloseBotRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Bot           string                 `protobuf:"bytes,1,opt,name=bot,proto3" json:"bot,omitempty"`
@@ -2129,7 +2217,7 @@ type CloseBotRequest struct {
 
 func (x *CloseBotRequest) Reset() {
 	*x = CloseBotRequest{}
-	mi := &file_adapter_proto_msgTypes[31]
+	mi := &file_adapter_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2141,7 +2229,7 @@ func (x *CloseBotRequest) String() string {
 func (*CloseBotRequest) ProtoMessage() {}
 
 func (x *CloseBotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[31]
+	mi := &file_adapter_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2154,7 +2242,7 @@ func (x *CloseBotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseBotRequest.ProtoReflect.Descriptor instead.
 func (*CloseBotRequest) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{31}
+	return file_adapter_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *CloseBotRequest) GetBot() string {
@@ -2172,7 +2260,7 @@ type CloseBotResponse struct {
 
 func (x *CloseBotResponse) Reset() {
 	*x = CloseBotResponse{}
-	mi := &file_adapter_proto_msgTypes[32]
+	mi := &file_adapter_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2184,7 +2272,7 @@ func (x *CloseBotResponse) String() string {
 func (*CloseBotResponse) ProtoMessage() {}
 
 func (x *CloseBotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[32]
+	mi := &file_adapter_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2197,7 +2285,7 @@ func (x *CloseBotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseBotResponse.ProtoReflect.Descriptor instead.
 func (*CloseBotResponse) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{32}
+	return file_adapter_proto_rawDescGZIP(), []int{34}
 }
 
 type MetricsRequest struct {
@@ -2208,7 +2296,7 @@ type MetricsRequest struct {
 
 func (x *MetricsRequest) Reset() {
 	*x = MetricsRequest{}
-	mi := &file_adapter_proto_msgTypes[33]
+	mi := &file_adapter_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2220,7 +2308,7 @@ func (x *MetricsRequest) String() string {
 func (*MetricsRequest) ProtoMessage() {}
 
 func (x *MetricsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[33]
+	mi := &file_adapter_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2233,7 +2321,7 @@ func (x *MetricsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetricsRequest.ProtoReflect.Descriptor instead.
 func (*MetricsRequest) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{33}
+	return file_adapter_proto_rawDescGZIP(), []int{35}
 }
 
 type MetricsResponse struct {
@@ -2245,7 +2333,7 @@ type MetricsResponse struct {
 
 func (x *MetricsResponse) Reset() {
 	*x = MetricsResponse{}
-	mi := &file_adapter_proto_msgTypes[34]
+	mi := &file_adapter_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2257,7 +2345,7 @@ func (x *MetricsResponse) String() string {
 func (*MetricsResponse) ProtoMessage() {}
 
 func (x *MetricsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[34]
+	mi := &file_adapter_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2270,7 +2358,7 @@ func (x *MetricsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetricsResponse.ProtoReflect.Descriptor instead.
 func (*MetricsResponse) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{34}
+	return file_adapter_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *MetricsResponse) GetText() []byte {
@@ -2463,13 +2551,17 @@ const file_adapter_proto_rawDesc = "" +
 	"\vPollRequest\x12\x10\n" +
 	"\x03bot\x18\x01 \x01(\tR\x03bot\"B\n" +
 	"\fPollResponse\x122\n" +
-	"\x06events\x18\x01 \x03(\v2\x1a.chatwire.adapter.v1.EventR\x06events\"#\n" +
+	"\x06events\x18\x01 \x03(\v2\x1a.chatwire.adapter.v1.EventR\x06events\"1\n" +
+	"\rRecallRequest\x12\x10\n" +
+	"\x03bot\x18\x01 \x01(\tR\x03bot\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\"\x10\n" +
+	"\x0eRecallResponse\"#\n" +
 	"\x0fCloseBotRequest\x12\x10\n" +
 	"\x03bot\x18\x01 \x01(\tR\x03bot\"\x12\n" +
 	"\x10CloseBotResponse\"\x10\n" +
 	"\x0eMetricsRequest\"%\n" +
 	"\x0fMetricsResponse\x12\x12\n" +
-	"\x04text\x18\x01 \x01(\fR\x04text2\x90\x06\n" +
+	"\x04text\x18\x01 \x01(\fR\x04text2\xe3\x06\n" +
 	"\x0eAdapterService\x12K\n" +
 	"\x04Info\x12 .chatwire.adapter.v1.InfoRequest\x1a!.chatwire.adapter.v1.InfoResponse\x12Z\n" +
 	"\tConfigure\x12%.chatwire.adapter.v1.ConfigureRequest\x1a&.chatwire.adapter.v1.ConfigureResponse\x12K\n" +
@@ -2477,7 +2569,8 @@ const file_adapter_proto_rawDesc = "" +
 	"\rHandleWebhook\x12).chatwire.adapter.v1.HandleWebhookRequest\x1a*.chatwire.adapter.v1.HandleWebhookResponse\x12Q\n" +
 	"\x06Status\x12\".chatwire.adapter.v1.StatusRequest\x1a#.chatwire.adapter.v1.StatusResponse\x12Q\n" +
 	"\x06Upload\x12\".chatwire.adapter.v1.UploadRequest\x1a#.chatwire.adapter.v1.UploadResponse\x12K\n" +
-	"\x04Poll\x12 .chatwire.adapter.v1.PollRequest\x1a!.chatwire.adapter.v1.PollResponse\x12W\n" +
+	"\x04Poll\x12 .chatwire.adapter.v1.PollRequest\x1a!.chatwire.adapter.v1.PollResponse\x12Q\n" +
+	"\x06Recall\x12\".chatwire.adapter.v1.RecallRequest\x1a#.chatwire.adapter.v1.RecallResponse\x12W\n" +
 	"\bCloseBot\x12$.chatwire.adapter.v1.CloseBotRequest\x1a%.chatwire.adapter.v1.CloseBotResponse\x12T\n" +
 	"\aMetrics\x12#.chatwire.adapter.v1.MetricsRequest\x1a$.chatwire.adapter.v1.MetricsResponseB:Z8github.com/seed-a64d9e1f/chatwire/plugin/proto;adapterpbb\x06proto3"
 
@@ -2493,7 +2586,7 @@ func file_adapter_proto_rawDescGZIP() []byte {
 	return file_adapter_proto_rawDescData
 }
 
-var file_adapter_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_adapter_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_adapter_proto_goTypes = []any{
 	(*InfoRequest)(nil),           // 0: chatwire.adapter.v1.InfoRequest
 	(*InfoResponse)(nil),          // 1: chatwire.adapter.v1.InfoResponse
@@ -2526,15 +2619,17 @@ var file_adapter_proto_goTypes = []any{
 	(*UploadResponse)(nil),        // 28: chatwire.adapter.v1.UploadResponse
 	(*PollRequest)(nil),           // 29: chatwire.adapter.v1.PollRequest
 	(*PollResponse)(nil),          // 30: chatwire.adapter.v1.PollResponse
-	(*CloseBotRequest)(nil),       // 31: chatwire.adapter.v1.CloseBotRequest
-	(*CloseBotResponse)(nil),      // 32: chatwire.adapter.v1.CloseBotResponse
-	(*MetricsRequest)(nil),        // 33: chatwire.adapter.v1.MetricsRequest
-	(*MetricsResponse)(nil),       // 34: chatwire.adapter.v1.MetricsResponse
-	nil,                           // 35: chatwire.adapter.v1.WebhookRequest.QueryEntry
-	nil,                           // 36: chatwire.adapter.v1.WebhookRequest.HeaderEntry
-	nil,                           // 37: chatwire.adapter.v1.WebhookResponse.HeaderEntry
-	(*timestamppb.Timestamp)(nil), // 38: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 39: google.protobuf.Duration
+	(*RecallRequest)(nil),         // 31: chatwire.adapter.v1.RecallRequest
+	(*RecallResponse)(nil),        // 32: chatwire.adapter.v1.RecallResponse
+	(*CloseBotRequest)(nil),       // 33: chatwire.adapter.v1.CloseBotRequest
+	(*CloseBotResponse)(nil),      // 34: chatwire.adapter.v1.CloseBotResponse
+	(*MetricsRequest)(nil),        // 35: chatwire.adapter.v1.MetricsRequest
+	(*MetricsResponse)(nil),       // 36: chatwire.adapter.v1.MetricsResponse
+	nil,                           // 37: chatwire.adapter.v1.WebhookRequest.QueryEntry
+	nil,                           // 38: chatwire.adapter.v1.WebhookRequest.HeaderEntry
+	nil,                           // 39: chatwire.adapter.v1.WebhookResponse.HeaderEntry
+	(*timestamppb.Timestamp)(nil), // 40: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 41: google.protobuf.Duration
 }
 var file_adapter_proto_depIdxs = []int32{
 	3,  // 0: chatwire.adapter.v1.ConfigureRequest.bots:type_name -> chatwire.adapter.v1.BotConfig
@@ -2546,22 +2641,22 @@ var file_adapter_proto_depIdxs = []int32{
 	10, // 6: chatwire.adapter.v1.Message.attachments:type_name -> chatwire.adapter.v1.Attachment
 	11, // 7: chatwire.adapter.v1.SendRequest.message:type_name -> chatwire.adapter.v1.Message
 	12, // 8: chatwire.adapter.v1.SendResponse.receipt:type_name -> chatwire.adapter.v1.Receipt
-	35, // 9: chatwire.adapter.v1.WebhookRequest.query:type_name -> chatwire.adapter.v1.WebhookRequest.QueryEntry
-	36, // 10: chatwire.adapter.v1.WebhookRequest.header:type_name -> chatwire.adapter.v1.WebhookRequest.HeaderEntry
-	37, // 11: chatwire.adapter.v1.WebhookResponse.header:type_name -> chatwire.adapter.v1.WebhookResponse.HeaderEntry
+	37, // 9: chatwire.adapter.v1.WebhookRequest.query:type_name -> chatwire.adapter.v1.WebhookRequest.QueryEntry
+	38, // 10: chatwire.adapter.v1.WebhookRequest.header:type_name -> chatwire.adapter.v1.WebhookRequest.HeaderEntry
+	39, // 11: chatwire.adapter.v1.WebhookResponse.header:type_name -> chatwire.adapter.v1.WebhookResponse.HeaderEntry
 	18, // 12: chatwire.adapter.v1.Event.chat:type_name -> chatwire.adapter.v1.Chat
 	19, // 13: chatwire.adapter.v1.Event.sender:type_name -> chatwire.adapter.v1.Sender
 	10, // 14: chatwire.adapter.v1.Event.attachments:type_name -> chatwire.adapter.v1.Attachment
-	38, // 15: chatwire.adapter.v1.Event.time:type_name -> google.protobuf.Timestamp
-	39, // 16: chatwire.adapter.v1.Error.retry_after:type_name -> google.protobuf.Duration
+	40, // 15: chatwire.adapter.v1.Event.time:type_name -> google.protobuf.Timestamp
+	41, // 16: chatwire.adapter.v1.Error.retry_after:type_name -> google.protobuf.Duration
 	16, // 17: chatwire.adapter.v1.HandleWebhookRequest.request:type_name -> chatwire.adapter.v1.WebhookRequest
 	17, // 18: chatwire.adapter.v1.HandleWebhookResponse.response:type_name -> chatwire.adapter.v1.WebhookResponse
 	20, // 19: chatwire.adapter.v1.HandleWebhookResponse.events:type_name -> chatwire.adapter.v1.Event
 	21, // 20: chatwire.adapter.v1.HandleWebhookResponse.error:type_name -> chatwire.adapter.v1.Error
-	38, // 21: chatwire.adapter.v1.TokenStatus.expires_at:type_name -> google.protobuf.Timestamp
-	38, // 22: chatwire.adapter.v1.TokenStatus.refresh_at:type_name -> google.protobuf.Timestamp
-	38, // 23: chatwire.adapter.v1.TokenStatus.last_refresh:type_name -> google.protobuf.Timestamp
-	38, // 24: chatwire.adapter.v1.TokenStatus.next_attempt:type_name -> google.protobuf.Timestamp
+	40, // 21: chatwire.adapter.v1.TokenStatus.expires_at:type_name -> google.protobuf.Timestamp
+	40, // 22: chatwire.adapter.v1.TokenStatus.refresh_at:type_name -> google.protobuf.Timestamp
+	40, // 23: chatwire.adapter.v1.TokenStatus.last_refresh:type_name -> google.protobuf.Timestamp
+	40, // 24: chatwire.adapter.v1.TokenStatus.next_attempt:type_name -> google.protobuf.Timestamp
 	25, // 25: chatwire.adapter.v1.StatusResponse.tokens:type_name -> chatwire.adapter.v1.TokenStatus
 	10, // 26: chatwire.adapter.v1.UploadRequest.attachment:type_name -> chatwire.adapter.v1.Attachment
 	10, // 27: chatwire.adapter.v1.UploadResponse.attachment:type_name -> chatwire.adapter.v1.Attachment
@@ -2576,19 +2671,21 @@ var file_adapter_proto_depIdxs = []int32{
 	24, // 36: chatwire.adapter.v1.AdapterService.Status:input_type -> chatwire.adapter.v1.StatusRequest
 	27, // 37: chatwire.adapter.v1.AdapterService.Upload:input_type -> chatwire.adapter.v1.UploadRequest
 	29, // 38: chatwire.adapter.v1.AdapterService.Poll:input_type -> chatwire.adapter.v1.PollRequest
-	31, // 39: chatwire.adapter.v1.AdapterService.CloseBot:input_type -> chatwire.adapter.v1.CloseBotRequest
-	33, // 40: chatwire.adapter.v1.AdapterService.Metrics:input_type -> chatwire.adapter.v1.MetricsRequest
-	1,  // 41: chatwire.adapter.v1.AdapterService.Info:output_type -> chatwire.adapter.v1.InfoResponse
-	6,  // 42: chatwire.adapter.v1.AdapterService.Configure:output_type -> chatwire.adapter.v1.ConfigureResponse
-	14, // 43: chatwire.adapter.v1.AdapterService.Send:output_type -> chatwire.adapter.v1.SendResponse
-	23, // 44: chatwire.adapter.v1.AdapterService.HandleWebhook:output_type -> chatwire.adapter.v1.HandleWebhookResponse
-	26, // 45: chatwire.adapter.v1.AdapterService.Status:output_type -> chatwire.adapter.v1.StatusResponse
-	28, // 46: chatwire.adapter.v1.AdapterService.Upload:output_type -> chatwire.adapter.v1.UploadResponse
-	30, // 47: chatwire.adapter.v1.AdapterService.Poll:output_type -> chatwire.adapter.v1.PollResponse
-	32, // 48: chatwire.adapter.v1.AdapterService.CloseBot:output_type -> chatwire.adapter.v1.CloseBotResponse
-	34, // 49: chatwire.adapter.v1.AdapterService.Metrics:output_type -> chatwire.adapter.v1.MetricsResponse
-	41, // [41:50] is the sub-list for method output_type
-	32, // [32:41] is the sub-list for method input_type
+	31, // 39: chatwire.adapter.v1.AdapterService.Recall:input_type -> chatwire.adapter.v1.RecallRequest
+	33, // 40: chatwire.adapter.v1.AdapterService.CloseBot:input_type -> chatwire.adapter.v1.CloseBotRequest
+	35, // 41: chatwire.adapter.v1.AdapterService.Metrics:input_type -> chatwire.adapter.v1.MetricsRequest
+	1,  // 42: chatwire.adapter.v1.AdapterService.Info:output_type -> chatwire.adapter.v1.InfoResponse
+	6,  // 43: chatwire.adapter.v1.AdapterService.Configure:output_type -> chatwire.adapter.v1.ConfigureResponse
+	14, // 44: chatwire.adapter.v1.AdapterService.Send:output_type -> chatwire.adapter.v1.SendResponse
+	23, // 45: chatwire.adapter.v1.AdapterService.HandleWebhook:output_type -> chatwire.adapter.v1.HandleWebhookResponse
+	26, // 46: chatwire.adapter.v1.AdapterService.Status:output_type -> chatwire.adapter.v1.StatusResponse
+	28, // 47: chatwire.adapter.v1.AdapterService.Upload:output_type -> chatwire.adapter.v1.UploadResponse
+	30, // 48: chatwire.adapter.v1.AdapterService.Poll:output_type -> chatwire.adapter.v1.PollResponse
+	32, // 49: chatwire.adapter.v1.AdapterService.Recall:output_type -> chatwire.adapter.v1.RecallResponse
+	34, // 50: chatwire.adapter.v1.AdapterService.CloseBot:output_type -> chatwire.adapter.v1.CloseBotResponse
+	36, // 51: chatwire.adapter.v1.AdapterService.Metrics:output_type -> chatwire.adapter.v1.MetricsResponse
+	42, // [42:52] is the sub-list for method output_type
+	32, // [32:42] is the sub-list for method input_type
 	32, // [32:32] is the sub-list for extension type_name
 	32, // [32:32] is the sub-list for extension extendee
 	0,  // [0:32] is the sub-list for field type_name
@@ -2605,7 +2702,7 @@ func file_adapter_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_adapter_proto_rawDesc), len(file_adapter_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   38,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -30,6 +30,7 @@ const (
 	AdapterService_Status_FullMethodName        = "/chatwire.adapter.v1.AdapterService/Status"
 	AdapterService_Upload_FullMethodName        = "/chatwire.adapter.v1.AdapterService/Upload"
 	AdapterService_Poll_FullMethodName          = "/chatwire.adapter.v1.AdapterService/Poll"
+	AdapterService_Recall_FullMethodName        = "/chatwire.adapter.v1.AdapterService/Recall"
 	AdapterService_CloseBot_FullMethodName      = "/chatwire.adapter.v1.AdapterService/CloseBot"
 	AdapterService_Metrics_FullMethodName       = "/chatwire.adapter.v1.AdapterService/Metrics"
 )
@@ -54,6 +55,9 @@ type AdapterServiceClient interface {
 	Upload(ctx context.Context, in *UploadRequest, opts ...grpc.CallOption) (*UploadResponse, error)
 	// Poll returns events that do not arrive through webhooks, where the platform has them.
 	Poll(ctx context.Context, in *PollRequest, opts ...grpc.CallOption) (*PollResponse, error)
+	// Recall withdraws a message the bot sent, given its receipt id, where the platform can
+	// (the bot's capabilities list "recall"). Since protocol_minor 1.
+	Recall(ctx context.Context, in *RecallRequest, opts ...grpc.CallOption) (*RecallResponse, error)
 	// CloseBot closes one bot.
 	CloseBot(ctx context.Context, in *CloseBotRequest, opts ...grpc.CallOption) (*CloseBotResponse, error)
 	// Metrics returns the plugin's Prometheus metrics in the text exposition format.
@@ -138,6 +142,16 @@ func (c *adapterServiceClient) Poll(ctx context.Context, in *PollRequest, opts .
 	return out, nil
 }
 
+func (c *adapterServiceClient) Recall(ctx context.Context, in *RecallRequest, opts ...grpc.CallOption) (*RecallResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RecallResponse)
+	err := c.cc.Invoke(ctx, AdapterService_Recall_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adapterServiceClient) CloseBot(ctx context.Context, in *CloseBotRequest, opts ...grpc.CallOption) (*CloseBotResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(CloseBotResponse)
@@ -178,6 +192,9 @@ type AdapterServiceServer interface {
 	Upload(context.Context, *UploadRequest) (*UploadResponse, error)
 	// Poll returns events that do not arrive through webhooks, where the platform has them.
 	Poll(context.Context, *PollRequest) (*PollResponse, error)
+	// Recall withdraws a message the bot sent, given its receipt id, where the platform can
+	// (the bot's capabilities list "recall"). Since protocol_minor 1.
+	Recall(context.Context, *RecallRequest) (*RecallResponse, error)
 	// CloseBot closes one bot.
 	CloseBot(context.Context, *CloseBotRequest) (*CloseBotResponse, error)
 	// Metrics returns the plugin's Prometheus metrics in the text exposition format.
@@ -212,6 +229,9 @@ func (UnimplementedAdapterServiceServer) Upload(context.Context, *UploadRequest)
 }
 func (UnimplementedAdapterServiceServer) Poll(context.Context, *PollRequest) (*PollResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Poll not implemented")
+}
+func (UnimplementedAdapterServiceServer) Recall(context.Context, *RecallRequest) (*RecallResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Recall not implemented")
 }
 func (UnimplementedAdapterServiceServer) CloseBot(context.Context, *CloseBotRequest) (*CloseBotResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CloseBot not implemented")
@@ -366,6 +386,24 @@ func _AdapterService_Poll_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdapterService_Recall_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RecallRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdapterServiceServer).Recall(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdapterService_Recall_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdapterServiceServer).Recall(ctx, req.(*RecallRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _AdapterService_CloseBot_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(CloseBotRequest)
 	if err := dec(in); err != nil {
@@ -436,6 +474,10 @@ var AdapterService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Poll",
 			Handler:    _AdapterService_Poll_Handler,
+		},
+		{
+			MethodName: "Recall",
+			Handler:    _AdapterService_Recall_Handler,
 		},
 		{
 			MethodName: "CloseBot",

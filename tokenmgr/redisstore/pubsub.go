@@ -9,6 +9,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/seed-a64d9e1f/chatwire/internal/backoff"
 	"github.com/seed-a64d9e1f/chatwire/tokenmgr"
 )
 
@@ -30,27 +31,23 @@ const (
 func (s *Store) subscribe() {
 	defer close(s.done)
 	first := true
-	backoff := 50 * time.Millisecond
+	// Waits of 50ms doubling to 1s, each spread over [d/2, 3d/2].
+	bo := backoff.Backoff{Base: 75 * time.Millisecond, Max: 1500 * time.Millisecond, Jitter: 2.0 / 3}
 	for s.ctx.Err() == nil {
 		ps := s.client.Subscribe(s.ctx, s.channel)
 		s.psMu.Lock()
 		s.ps = ps
 		s.psMu.Unlock()
 		if s.ctx.Err() == nil { // Close did not see ps
-			s.receive(ps, &first, func() { backoff = 50 * time.Millisecond })
+			s.receive(ps, &first, bo.Reset)
 		}
 		s.psMu.Lock()
 		s.ps = nil
 		s.psMu.Unlock()
 		_ = ps.Close()
-		t := time.NewTimer(jitter(backoff))
-		select {
-		case <-s.ctx.Done():
-			t.Stop()
+		if backoff.Sleep(s.ctx, bo.Next()) != nil {
 			return
-		case <-t.C:
 		}
-		backoff = min(2*backoff, time.Second)
 	}
 }
 

@@ -13,14 +13,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	mrand "math/rand/v2"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/semaphore"
 
+	"github.com/seed-a64d9e1f/chatwire/internal/backoff"
 	"github.com/seed-a64d9e1f/chatwire/tokenmgr"
 )
 
@@ -185,10 +186,10 @@ type Store struct {
 
 // slot is what the Store keeps in this process for one key.
 type slot struct {
-	lock     chan struct{}  // holds a value while a Refresh of the key runs here
-	local    tokenmgr.Entry // the newest entry seen or fetched here
-	dirty    bool           // local was fetched without Redis and is not stored yet
-	foreign  bool           // the stored entry is sealed with a key we lack: local is our own (fetchHere)
+	lock     *semaphore.Weighted // of size 1: held while a Refresh of the key runs here
+	local    tokenmgr.Entry      // the newest entry seen or fetched here
+	dirty    bool                // local was fetched without Redis and is not stored yet
+	foreign  bool                // the stored entry is sealed with a key we lack: local is our own (fetchHere)
 	watchers map[int]func(tokenmgr.Change)
 	nextID   int
 	waiters  map[chan wakeup]struct{} // Refresh calls waiting for another process's fetch
@@ -291,7 +292,7 @@ func (s *Store) slot(key string) *slot {
 	sl := s.slots[key]
 	if sl == nil {
 		sl = &slot{
-			lock:     make(chan struct{}, 1),
+			lock:     semaphore.NewWeighted(1),
 			watchers: make(map[int]func(tokenmgr.Change)),
 			waiters:  make(map[chan wakeup]struct{}),
 		}
@@ -327,12 +328,10 @@ func (s *Store) Refresh(ctx context.Context, key string, have uint64, fetch toke
 		return tokenmgr.Entry{}, false, errors.New("redisstore: empty key")
 	}
 	sl := s.slot(key)
-	select { // one Refresh of a key at a time in this process
-	case sl.lock <- struct{}{}:
-	case <-ctx.Done():
-		return tokenmgr.Entry{}, false, fmt.Errorf("redisstore: refresh %s: %w", key, ctx.Err())
+	if err := sl.lock.Acquire(ctx, 1); err != nil { // one Refresh of a key at a time in this process
+		return tokenmgr.Entry{}, false, fmt.Errorf("redisstore: refresh %s: %w", key, err)
 	}
-	defer func() { <-sl.lock }()
+	defer sl.lock.Release(1)
 
 	if s.skip() {
 		return s.fetchLocal(ctx, key, sl, have, fetch, "", nil)
@@ -355,6 +354,7 @@ func (s *Store) Refresh(ctx context.Context, key string, have uint64, fetch toke
 	defer s.removeWaiter(sl, wake)
 	owner := newOwner()
 	lk := s.lockKey(key)
+	poll := pollBackoff(s.opts.PollInterval)
 	for waited := false; ; waited = true {
 		lctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
 		got, err := s.client.SetNX(lctx, lk, owner, s.opts.LockTTL).Result()
@@ -368,7 +368,7 @@ func (s *Store) Refresh(ctx context.Context, key string, have uint64, fetch toke
 		if !waited {
 			s.stats.waits.Add(1)
 		}
-		t := time.NewTimer(jitter(s.opts.PollInterval))
+		t := time.NewTimer(poll.Next())
 		select {
 		case w := <-wake:
 			if w.kind == "f" {
@@ -832,7 +832,8 @@ func newOwner() string {
 	return hex.EncodeToString(b[:])
 }
 
-// jitter spreads d over [d/2, 3d/2).
-func jitter(d time.Duration) time.Duration {
-	return d/2 + mrand.N(d)
+// pollBackoff returns the waits between a lock waiter's polls: d each time, spread over
+// [d/2, 3d/2].
+func pollBackoff(d time.Duration) backoff.Backoff {
+	return backoff.Backoff{Base: d * 3 / 2, Max: d * 3 / 2, Jitter: 2.0 / 3}
 }
