@@ -1,5 +1,5 @@
 // Package tokenmgr keeps platform access tokens fresh: it refreshes them ahead of expiry in the
-// background, makes one upstream fetch per key however many goroutines (or, with a shared
+// background, early enough for how long its fetches take, makes one upstream fetch per key however many goroutines (or, with a shared
 // [Store], processes) need it, drops a token the platform rejected only if it is still the
 // current one, and never puts a token or secret in a log line or an error.
 //
