@@ -18,6 +18,8 @@ import (
 const (
 	PlatformWeCom = "wecom"
 	PlatformGraph = "graph"
+	// PlatformWeComAIBot is WeCom's 智能机器人 (AI Bot) API, long connection or webhook.
+	PlatformWeComAIBot = "wecom_aibot"
 )
 
 // An Adapter connects one bot to one platform. Its methods are safe for concurrent use and
