@@ -3,6 +3,7 @@ module github.com/seed-a64d9e1f/chatwire
 go 1.25.0
 
 require (
+	github.com/coder/websocket v1.8.15
 	github.com/hashicorp/go-hclog v1.6.3
 	github.com/hashicorp/go-plugin v1.8.0
 	github.com/prometheus/client_golang v1.24.1
