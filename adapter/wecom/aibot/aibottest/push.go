@@ -182,8 +182,9 @@ func (s *Server) Drop() {
 // DelayAcks delays the ack of every later reply and send by d (0: no delay).
 func (s *Server) DelayAcks(d time.Duration) { s.init(); s.mu.Lock(); s.ackDelay = d; s.mu.Unlock() }
 
-// DropAcks makes the server apply replies and sends but never ack them (on true).
-func (s *Server) DropAcks(on bool) { s.init(); s.mu.Lock(); s.dropAcks = on; s.mu.Unlock() }
+// DropAcks makes the server apply later frames of cmd ("*": every reply and send) but
+// never ack them; "" acks everything again.
+func (s *Server) DropAcks(cmd string) { s.init(); s.mu.Lock(); s.dropAcks = cmd; s.mu.Unlock() }
 
 // IgnorePings stops acking pings (on true), as a half-dead connection would.
 func (s *Server) IgnorePings(on bool) { s.init(); s.mu.Lock(); s.noPingAck = on; s.mu.Unlock() }

@@ -72,7 +72,7 @@ type Server struct {
 	subscribes int
 	failSub    []int // errcodes for the next subscribes
 	ackDelay   time.Duration
-	dropAcks   bool
+	dropAcks   string // cmd whose acks are dropped
 	noPingAck  bool
 	reqs       map[string]*callback
 	streams    map[streamKey]*Bubble
@@ -263,9 +263,10 @@ func (c *conn) serve(ctx context.Context) {
 		var code int
 		var body json.RawMessage
 		delay := time.Duration(0)
+		var kick []*conn
 		switch f.Cmd {
 		case "aibot_subscribe":
-			code = c.subscribe(f.Body)
+			code, kick = c.subscribe(f.Body)
 		case "ping":
 			select {
 			case c.lastPing <- struct{}{}:
@@ -285,7 +286,7 @@ func (c *conn) serve(ctx context.Context) {
 			fr.Reason = reason
 			s.mu.Lock()
 			delay = s.ackDelay
-			if s.dropAcks {
+			if s.dropAcks != "" && (s.dropAcks == "*" || s.dropAcks == f.Cmd) {
 				delay = -1
 			}
 			s.mu.Unlock()
@@ -310,8 +311,8 @@ func (c *conn) serve(ctx context.Context) {
 				return
 			}
 		}
-		if f.Cmd == "aibot_subscribe" && code == 0 {
-			c.s.kickOthers(c)
+		for _, old := range kick {
+			s.kick(old)
 		}
 	}
 }
@@ -335,7 +336,9 @@ func (c *conn) watchPings(ctx context.Context, cancel func()) {
 	}
 }
 
-func (c *conn) subscribe(body json.RawMessage) int {
+// subscribe checks a subscribe and returns its errcode and the older connections it kicks
+// (marked kicked at once, so pushes go to the newest).
+func (c *conn) subscribe(body json.RawMessage) (int, []*conn) {
 	s := c.s
 	var b struct {
 		BotID  string `json:"bot_id"`
@@ -348,33 +351,24 @@ func (c *conn) subscribe(body json.RawMessage) int {
 	if len(s.failSub) > 0 {
 		code := s.failSub[0]
 		s.failSub = s.failSub[1:]
-		return code
+		return code, nil
 	}
 	if b.BotID != s.botID() || b.Secret != s.secret() {
-		return CodeBadSecret
+		return CodeBadSecret, nil
+	}
+	var old []*conn
+	for _, x := range s.conns {
+		if x != c && !x.kicked {
+			x.kicked = true
+			old = append(old, x)
+		}
 	}
 	c.authed = true
 	s.conns = append(s.conns, c)
-	return 0
+	return 0, old
 }
 
-// kickOthers sends disconnected_event to every older connection and closes it after
-// KickCloseDelay.
-func (s *Server) kickOthers(newest *conn) {
-	s.mu.Lock()
-	var old []*conn
-	for _, c := range s.conns {
-		if c != newest && !c.kicked {
-			c.kicked = true
-			old = append(old, c)
-		}
-	}
-	s.mu.Unlock()
-	for _, c := range old {
-		s.kick(c)
-	}
-}
-
+// kick sends disconnected_event to c and closes it after KickCloseDelay.
 func (s *Server) kick(c *conn) {
 	s.mu.Lock()
 	s.seq++
