@@ -34,6 +34,19 @@ func (h *hookState) init() {
 	h.byEvent = map[string]*hookStream{}
 }
 
+// sweep forgets streams WeCom no longer polls (closed, or an hour old); h.mu is held.
+func (h *hookState) sweep() {
+	for id, hs := range h.streams {
+		hs.mu.Lock()
+		old := hs.closed || time.Since(hs.created) > time.Hour
+		hs.mu.Unlock()
+		if old {
+			delete(h.streams, id)
+			delete(h.byEvent, hs.call.eventID)
+		}
+	}
+}
+
 // hookStream is a stream WeCom polls for a message callback.
 type hookStream struct {
 	id      string
@@ -147,6 +160,9 @@ func (b *Bot) HandleWebhook(ctx context.Context, req *adapter.WebhookRequest) (*
 	case kindMsg:
 		hs := &hookStream{id: newStreamID(), call: c, created: time.Now(), done: make(chan struct{})}
 		b.hooks.mu.Lock()
+		if len(b.hooks.streams) >= maxHookReplies {
+			b.hooks.sweep()
+		}
 		b.hooks.streams[hs.id] = hs
 		b.hooks.byEvent[c.eventID] = hs
 		b.hooks.mu.Unlock()

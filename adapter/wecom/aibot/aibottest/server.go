@@ -1,6 +1,7 @@
 // Package aibottest is an emulator of WeCom's 智能机器人 (AI Bot) long connection, written from
-// specs/wecom-aibot.md §7: an [http.Handler] that serves the WebSocket (any path but /media/)
-// and encrypted media downloads (/media/). Serve it with httptest. The zero [Server] is ready:
+// specs/wecom-aibot.md §7: an [http.Handler] that serves the WebSocket (on any other path),
+// encrypted media downloads (/media/) and response_url (/cgi-bin/aibot/response); [Webhook]
+// plays WeCom's side of the webhook mode. Serve it with httptest. The zero [Server] is ready:
 // bot "BOT1" with secret "S1" (vector A's), the platform's limits and durations.
 package aibottest
 
@@ -62,6 +63,8 @@ type Server struct {
 	MediaTTL time.Duration
 	// ReadLimit is the largest frame read. Zero means 4 MiB.
 	ReadLimit int64
+	// ResponseHost is the host:port response_url links point to (the httptest listener's).
+	ResponseHost string
 
 	once sync.Once
 	mu   sync.Mutex // protects everything below
@@ -84,6 +87,9 @@ type Server struct {
 	rate       map[string][]time.Time
 	media      map[string]*mediaFile
 	closed     bool
+	codes      map[string]*responseCode
+	// responsePosts counts POSTs to response_url endpoints.
+	responsePosts int
 }
 
 type streamKey struct{ reqID, id string }
@@ -167,6 +173,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.init()
 	if strings.HasPrefix(r.URL.Path, "/media/") {
 		s.serveMedia(w, r)
+		return
+	}
+	if r.URL.Path == "/cgi-bin/aibot/response" {
+		s.serveResponse(w, r)
 		return
 	}
 	c, err := websocket.Accept(w, r, nil)
