@@ -285,3 +285,15 @@ func (s *Server) newest() *conn {
 	}
 	return nil
 }
+
+// RefuseConnections makes the next n WebSocket handshakes fail with HTTP 503, as an
+// unreachable endpoint would.
+func (s *Server) RefuseConnections(n int) { s.init(); s.mu.Lock(); s.refuse += n; s.mu.Unlock() }
+
+// Handshakes returns when each WebSocket handshake (refused or not) arrived.
+func (s *Server) Handshakes() []time.Time {
+	s.init()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]time.Time(nil), s.handshakes...)
+}

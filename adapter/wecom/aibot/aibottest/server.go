@@ -88,6 +88,8 @@ type Server struct {
 	media      map[string]*mediaFile
 	closed     bool
 	codes      map[string]*responseCode
+	refuse     int         // WebSocket handshakes still to refuse
+	handshakes []time.Time // every WebSocket handshake attempt
 	// responsePosts counts POSTs to response_url endpoints.
 	responsePosts int
 }
@@ -177,6 +179,17 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if r.URL.Path == "/cgi-bin/aibot/response" {
 		s.serveResponse(w, r)
+		return
+	}
+	s.mu.Lock()
+	s.handshakes = append(s.handshakes, time.Now())
+	refuse := s.refuse > 0
+	if refuse {
+		s.refuse--
+	}
+	s.mu.Unlock()
+	if refuse {
+		http.Error(w, "refused by RefuseConnections", http.StatusServiceUnavailable)
 		return
 	}
 	c, err := websocket.Accept(w, r, nil)

@@ -304,3 +304,20 @@ func TestLargeFrame(t *testing.T) {
 		t.Errorf("1 MiB markdown = %d; want 40058 (read, then refused as over 20480 bytes)", got)
 	}
 }
+
+func TestRefuseConnections(t *testing.T) {
+	s := &aibottest.Server{}
+	srv := httptest.NewServer(s)
+	defer srv.Close()
+	s.RefuseConnections(1)
+	if _, _, err := websocket.Dial(t.Context(), aibottest.WSURL(srv.URL), nil); err == nil {
+		t.Fatal("refused handshake succeeded")
+	}
+	c := dialURL(t, srv)
+	if code := c.subscribe("BOT1", "S1"); code != 0 {
+		t.Fatalf("subscribe after the refusal = %d", code)
+	}
+	if n := len(s.Handshakes()); n != 2 {
+		t.Errorf("Handshakes() = %d; want 2", n)
+	}
+}
