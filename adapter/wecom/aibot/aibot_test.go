@@ -1,10 +1,12 @@
 package aibot_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http/httptest"
 	"strings"
 	"sync"
@@ -437,7 +439,9 @@ func TestBadSecretIsACredentialError(t *testing.T) {
 	s := &aibottest.Server{}
 	srv := httptest.NewServer(s)
 	defer srv.Close()
-	bot, _ := aibot.New(aibot.Options{BotID: "BOT1", Secret: "wrong-secret-value", WSURL: aibottest.WSURL(srv.URL)})
+	var logs bytes.Buffer
+	logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	bot, _ := aibot.New(aibot.Options{BotID: "BOT1", Secret: "wrong-secret-value", WSURL: aibottest.WSURL(srv.URL), Logger: logger})
 	defer bot.Close()
 	err := bot.Receive(t.Context(), func(context.Context, []adapter.Event) error { return nil })
 	if !errors.Is(err, adapter.ErrUnauthorized) || adapter.Code(err) != "853000" {
@@ -448,6 +452,12 @@ func TestBadSecretIsACredentialError(t *testing.T) {
 	}
 	if s.Subscribes() != 1 {
 		t.Errorf("%d subscribes; want 1 (no retry loop on bad credentials)", s.Subscribes())
+	}
+	if st, _ := bot.Status(t.Context()); st.Healthy || strings.Contains(st.Detail, "wrong-secret-value") || !strings.Contains(st.Detail, "853000") {
+		t.Errorf("Status = %+v; want unhealthy, naming 853000, without the secret", st)
+	}
+	if logs.Len() == 0 || strings.Contains(logs.String(), "wrong-secret-value") {
+		t.Errorf("logs hold the secret (or nothing): %s", logs.String())
 	}
 }
 
@@ -561,4 +571,58 @@ func TestStreamDeltaSplittingACharacter(t *testing.T) {
 	if got := h.s.Shown("u"); len(got) != 1 || got[0] != "ab字c" {
 		t.Errorf("Shown = %q; want [ab字c]", got)
 	}
+}
+
+func TestUploadAndSendAttachments(t *testing.T) {
+	h := start(t, &aibottest.Server{}, aibot.Options{})
+	ctx := t.Context()
+	data := make([]byte, 1200<<10) // 3 chunks, each a ≈700 KB frame
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	up, err := h.bot.Upload(ctx, adapter.Attachment{Name: "big.bin", Data: data})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := h.s.Uploaded(up.ID)
+	if m == nil || !bytes.Equal(m.Data, data) || m.Filename != "big.bin" || m.Type != "file" || up.Type != adapter.AttachFile || up.Data != nil {
+		t.Fatalf("uploaded %+v as %+v", up, m)
+	}
+	if n := len(frames(h.s, "aibot_upload_media_chunk")); n != 3 {
+		t.Errorf("%d chunk frames; want 3", n)
+	}
+	h.s.PushText(aibottest.Conv{User: "u"}, "send me files")
+	ev := h.next(t)
+	img := []byte("\x89PNG\r\n\x1a\nimg")
+	r, err := h.bot.Send(ctx, adapter.Message{ReplyTo: ev.ID, Text: "here:", Attachments: []adapter.Attachment{{Name: "a.png", ContentType: "image/png", Data: img}, up}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.IDs) != 3 {
+		t.Errorf("receipt ids %q; want 3 (text, image, file)", r.IDs)
+	}
+	if _, err := h.bot.Send(ctx, adapter.Message{To: adapter.Target{User: "u"}, Attachments: []adapter.Attachment{up}}); err != nil {
+		t.Fatal(err)
+	}
+	noRefused(t, h.s)
+	var got []string
+	for _, m := range h.s.Sent() {
+		got = append(got, m.Cmd+"/"+m.MsgType)
+	}
+	if want := "aibot_respond_msg/image aibot_respond_msg/file aibot_send_msg/file"; strings.Join(got, " ") != want {
+		t.Errorf("sent %s; want %s", strings.Join(got, " "), want)
+	}
+	if _, err := h.bot.Upload(ctx, adapter.Attachment{Type: adapter.AttachVoice, Data: make([]byte, 3<<20)}); !errors.Is(err, adapter.ErrTooLarge) {
+		t.Errorf("3 MB voice upload = %v; want too large", err)
+	}
+}
+
+func frames(s *aibottest.Server, cmd string) []aibottest.Frame {
+	var out []aibottest.Frame
+	for _, f := range s.Frames() {
+		if f.Cmd == cmd {
+			out = append(out, f)
+		}
+	}
+	return out
 }

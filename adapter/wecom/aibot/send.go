@@ -97,8 +97,8 @@ func (b *Bot) Send(ctx context.Context, msg adapter.Message) (adapter.Receipt, e
 	if b.ctx.Err() != nil {
 		return adapter.Receipt{}, errClosed
 	}
-	if len(msg.Attachments) > 0 || msg.HTML != "" {
-		return adapter.Receipt{}, adapter.Errorf(adapter.KindInvalidRequest, "wecom_aibot: attachments and HTML are not supported: send text, markdown or a template card")
+	if msg.HTML != "" {
+		return adapter.Receipt{}, adapter.Errorf(adapter.KindInvalidRequest, "wecom_aibot: HTML is not supported: send text, markdown, a template card or attachments")
 	}
 	n := 0
 	for _, set := range []bool{msg.Text != "", msg.Markdown != "", len(msg.Card) > 0} {
@@ -106,8 +106,38 @@ func (b *Bot) Send(ctx context.Context, msg adapter.Message) (adapter.Receipt, e
 			n++
 		}
 	}
-	if n != 1 {
-		return adapter.Receipt{}, adapter.Errorf(adapter.KindInvalidRequest, "wecom_aibot: set exactly one of text, markdown and card")
+	if n > 1 || n == 0 && len(msg.Attachments) == 0 {
+		return adapter.Receipt{}, adapter.Errorf(adapter.KindInvalidRequest, "wecom_aibot: set exactly one of text, markdown and card, or attachments only")
+	}
+	if len(msg.Attachments) > 0 {
+		if b.webhook {
+			return adapter.Receipt{}, adapter.Errorf(adapter.KindInvalidRequest, "wecom_aibot: attachments need the long connection")
+		}
+		if n > 0 {
+			// Text first, then each attachment as its own message.
+			first := msg
+			first.Attachments = nil
+			r, err := b.Send(ctx, first)
+			if err != nil {
+				return r, err
+			}
+			rest := msg
+			rest.Text, rest.Markdown, rest.Card = "", "", nil
+			r2, err := b.Send(ctx, rest)
+			r.IDs = append(append([]string{}, orIDs(r)...), r2.IDs...)
+			return r, err
+		}
+		var c *call
+		if msg.ReplyTo != "" {
+			if c = b.calls.get(msg.ReplyTo); c == nil {
+				return adapter.Receipt{}, adapter.Errorf(adapter.KindNotFound, "wecom_aibot: reply_to %q: no such callback (callbacks are kept 24 h)", msg.ReplyTo)
+			}
+		}
+		chat, group, err := b.target(msg, c)
+		if err != nil {
+			return adapter.Receipt{}, err
+		}
+		return b.sendAttachments(ctx, c, chat, group, msg.Attachments)
 	}
 	var card json.RawMessage
 	if len(msg.Card) > 0 {
@@ -286,3 +316,11 @@ func (b *Bot) sendMarkdown(ctx context.Context, chat string, group bool, text st
 }
 
 func newStreamID() string { return "stream_" + strings.TrimPrefix(newReqID(""), "_") }
+
+// orIDs returns r.IDs, or [r.ID] when the receipt names only one message.
+func orIDs(r adapter.Receipt) []string {
+	if len(r.IDs) > 0 || r.ID == "" {
+		return r.IDs
+	}
+	return []string{r.ID}
+}

@@ -3,6 +3,7 @@ package aibottest
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 	"unicode/utf8"
 )
@@ -22,6 +23,23 @@ type replyBody struct {
 	Stream       *streamBody     `json:"stream"`
 	TemplateCard json.RawMessage `json:"template_card"`
 	ResponseType string          `json:"response_type"`
+	File         *mediaRef       `json:"file"`
+	Image        *mediaRef       `json:"image"`
+	Voice        *mediaRef       `json:"voice"`
+	Video        *mediaRef       `json:"video"`
+}
+
+type mediaRef struct {
+	MediaID string `json:"media_id"`
+}
+
+func (b replyBody) mediaID() string {
+	for _, m := range []*mediaRef{b.File, b.Image, b.Voice, b.Video} {
+		if m != nil {
+			return m.MediaID
+		}
+	}
+	return ""
 }
 
 type streamBody struct {
@@ -37,11 +55,16 @@ type streamBody struct {
 // handle applies one reply or send and returns the errcode, the ack body and why a frame
 // was refused.
 func (s *Server) handle(f inFrame) (int, json.RawMessage, string) {
+	now := time.Now()
+	if strings.HasPrefix(f.Cmd, "aibot_upload_media_") {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.handleUpload(f.Cmd, f.Body, now)
+	}
 	var b replyBody
 	if err := json.Unmarshal(f.Body, &b); err != nil {
 		return CodeBadParam, nil, "body is not a JSON object: " + err.Error()
 	}
-	now := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch f.Cmd {
@@ -123,6 +146,9 @@ func (s *Server) accept(f inFrame, b replyBody, chat string, now time.Time, send
 		}
 		s.show(chat, nil, "", "template_card")
 	case "file", "image", "voice", "video":
+		if id := b.mediaID(); s.mediaIDs[id] == nil {
+			return CodeInvalidMedia, nil, fmt.Sprintf("%s media_id %q was never uploaded", b.MsgType, id)
+		}
 		if code, why := s.count(chat, now); code != 0 {
 			return code, nil, why
 		}

@@ -71,25 +71,28 @@ type Server struct {
 	seq  int
 	// conns are the authenticated connections, oldest first; the last is the one that gets
 	// pushes.
-	conns      []*conn
-	subscribes int
-	failSub    []int // errcodes for the next subscribes
-	ackDelay   time.Duration
-	dropAcks   string // cmd whose acks are dropped
-	noPingAck  bool
-	reqs       map[string]*callback
-	streams    map[streamKey]*Bubble
-	shown      []shownItem
-	sent       []Sent
-	frames     []Frame
-	refused    []Frame
-	chats      map[string]bool // conversations that messaged the bot
-	rate       map[string][]time.Time
-	media      map[string]*mediaFile
-	closed     bool
-	codes      map[string]*responseCode
-	refuse     int         // WebSocket handshakes still to refuse
-	handshakes []time.Time // every WebSocket handshake attempt
+	conns       []*conn
+	subscribes  int
+	failSub     []int // errcodes for the next subscribes
+	ackDelay    time.Duration
+	dropAcks    string // cmd whose acks are dropped
+	noPingAck   bool
+	reqs        map[string]*callback
+	streams     map[streamKey]*Bubble
+	shown       []shownItem
+	sent        []Sent
+	frames      []Frame
+	refused     []Frame
+	chats       map[string]bool // conversations that messaged the bot
+	rate        map[string][]time.Time
+	media       map[string]*mediaFile
+	closed      bool
+	codes       map[string]*responseCode
+	uploads     map[string]*upload
+	mediaIDs    map[string]*Media
+	uploadTimes []time.Time
+	refuse      int         // WebSocket handshakes still to refuse
+	handshakes  []time.Time // every WebSocket handshake attempt
 	// responsePosts counts POSTs to response_url endpoints.
 	responsePosts int
 }

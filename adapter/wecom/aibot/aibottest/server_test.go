@@ -1,7 +1,11 @@
 package aibottest_test
 
 import (
+	"bytes"
 	"context"
+	"crypto/md5"
+	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net/http/httptest"
@@ -319,5 +323,68 @@ func TestRefuseConnections(t *testing.T) {
 	}
 	if n := len(s.Handshakes()); n != 2 {
 		t.Errorf("Handshakes() = %d; want 2", n)
+	}
+}
+
+func TestUpload(t *testing.T) {
+	s := &aibottest.Server{}
+	c, _ := dial(t, s)
+	c.subscribe("BOT1", "S1")
+	s.PushText(aibottest.Conv{User: "u"}, "hi")
+	c.read()
+	callBody := func(cmd, reqID, body string) (int, map[string]string) {
+		c.send(fmt.Sprintf(`{"cmd":%q,"headers":{"req_id":%q},"body":%s}`, cmd, reqID, body))
+		var ack struct {
+			Errcode int               `json:"errcode"`
+			Body    map[string]string `json:"body"`
+		}
+		json.Unmarshal([]byte(c.read()), &ack)
+		return ack.Errcode, ack.Body
+	}
+	part := func(b byte, n int) string { return base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{b}, n)) }
+	data := append(bytes.Repeat([]byte{'a'}, aibottest.MaxChunkBytes), 'b', 'b')
+	sum := md5.Sum(data)
+	code, init := callBody("aibot_upload_media_init", "i1", fmt.Sprintf(`{"type":"file","filename":"f.txt","total_size":%d,"total_chunks":2,"md5":%q}`, len(data), hex.EncodeToString(sum[:])))
+	id := init["upload_id"]
+	if code != 0 || id == "" {
+		t.Fatalf("init = %d %v", code, init)
+	}
+	steps := []struct {
+		name, body string
+		want       int
+	}{
+		{"finish before the chunks", `{"upload_id":"` + id + `"}`, aibottest.CodeBadParam},
+		{"chunk 1 first", `{"upload_id":"` + id + `","chunk_index":1,"base64_data":"` + part('b', 2) + `"}`, 0},
+		{"1-based index out of range", `{"upload_id":"` + id + `","chunk_index":2,"base64_data":"` + part('b', 2) + `"}`, aibottest.CodeBadParam},
+		{"chunk over 512 KB", `{"upload_id":"` + id + `","chunk_index":0,"base64_data":"` + part('a', aibottest.MaxChunkBytes+1) + `"}`, aibottest.CodeBadParam},
+		{"chunk 0 (a ≈700 KB frame)", `{"upload_id":"` + id + `","chunk_index":0,"base64_data":"` + part('a', aibottest.MaxChunkBytes) + `"}`, 0},
+		{"duplicate chunk ignored", `{"upload_id":"` + id + `","chunk_index":1,"base64_data":"` + part('x', 2) + `"}`, 0},
+	}
+	for _, st := range steps {
+		cmd := "aibot_upload_media_chunk"
+		if strings.HasPrefix(st.name, "finish") {
+			cmd = "aibot_upload_media_finish"
+		}
+		if got, _ := callBody(cmd, "c", st.body); got != st.want {
+			t.Errorf("%s: %d; want %d", st.name, got, st.want)
+		}
+	}
+	code, fin := callBody("aibot_upload_media_finish", "f1", `{"upload_id":"`+id+`"}`)
+	if code != 0 || fin["media_id"] == "" || fin["type"] != "file" || fin["created_at"] == "" {
+		t.Fatalf("finish = %d %v", code, fin)
+	}
+	if m := s.Uploaded(fin["media_id"]); m == nil || !bytes.Equal(m.Data, data) {
+		t.Fatalf("Uploaded = %+v", m)
+	}
+	if got := c.call("aibot_send_msg", "s1", `{"chatid":"u","msgtype":"file","file":{"media_id":"`+fin["media_id"]+`"}}`); got != 0 {
+		t.Errorf("send of the uploaded file = %d", got)
+	}
+	if got := c.call("aibot_send_msg", "s2", `{"chatid":"u","msgtype":"file","file":{"media_id":"nope"}}`); got != aibottest.CodeInvalidMedia {
+		t.Errorf("send of an unknown media_id = %d; want 40007", got)
+	}
+	_, init = callBody("aibot_upload_media_init", "i2", `{"type":"image","filename":"x","total_size":3,"total_chunks":1,"md5":"00000000000000000000000000000000"}`)
+	callBody("aibot_upload_media_chunk", "c2", `{"upload_id":"`+init["upload_id"]+`","chunk_index":0,"base64_data":"`+part('z', 3)+`"}`)
+	if code, _ := callBody("aibot_upload_media_finish", "f2", `{"upload_id":"`+init["upload_id"]+`"}`); code != aibottest.CodeBadParam {
+		t.Errorf("finish with a wrong md5 = %d; want 40058", code)
 	}
 }
