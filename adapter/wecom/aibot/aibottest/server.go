@@ -65,6 +65,9 @@ type Server struct {
 	ReadLimit int64
 	// ResponseHost is the host:port response_url links point to (the httptest listener's).
 	ResponseHost string
+	// OnFrame, if set, is called with every client frame after it is handled (for
+	// benchmarks and tests that wait for a frame). It must not block for long.
+	OnFrame func(Frame)
 
 	once sync.Once
 	mu   sync.Mutex // protects everything below
@@ -423,9 +426,12 @@ func (s *Server) forget(c *conn) {
 
 func (s *Server) record(f Frame, refused bool) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.frames = append(s.frames, f)
 	if refused {
 		s.refused = append(s.refused, f)
+	}
+	s.mu.Unlock()
+	if s.OnFrame != nil {
+		s.OnFrame(f)
 	}
 }
