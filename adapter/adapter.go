@@ -20,6 +20,8 @@ const (
 	PlatformGraph = "graph"
 	// PlatformWeComAIBot is WeCom's 智能机器人 (AI Bot) API, long connection or webhook.
 	PlatformWeComAIBot = "wecom_aibot"
+	// PlatformWeComRobot is a WeCom group robot (群机器人) webhook: send-only.
+	PlatformWeComRobot = "wecom_robot"
 )
 
 // An Adapter connects one bot to one platform. Its methods are safe for concurrent use and
