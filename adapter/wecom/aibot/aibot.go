@@ -116,12 +116,14 @@ type Bot struct {
 	locks map[string]*reqLock // per-req_id queues, guarded by qmu
 
 	hooks hookState // webhook mode: streams and dedup
+	poll  pollState // Poll's background Receive
 }
 
 var (
 	_ adapter.Adapter  = (*Bot)(nil)
 	_ adapter.Receiver = (*Bot)(nil)
 	_ adapter.Streamer = (*Bot)(nil)
+	_ adapter.Uploader = (*Bot)(nil)
 )
 
 // New returns a Bot. It checks the options but does not connect: call [Bot.Receive] to run

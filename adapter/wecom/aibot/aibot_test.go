@@ -626,3 +626,41 @@ func frames(s *aibottest.Server, cmd string) []aibottest.Frame {
 	}
 	return out
 }
+
+func TestPollRunsTheConnection(t *testing.T) {
+	s := &aibottest.Server{}
+	srv := httptest.NewServer(s)
+	defer srv.Close()
+	bot, _ := aibot.New(aibot.Options{BotID: "BOT1", Secret: "S1", WSURL: aibottest.WSURL(srv.URL)})
+	defer bot.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+	evs, err := bot.Poll(ctx) // starts the connection; nothing to return yet
+	cancel()
+	if err != nil || len(evs) != 0 {
+		t.Fatalf("first Poll = %v, %v", evs, err)
+	}
+	eventually(t, "the connection", func() bool { return s.Connections() == 1 })
+	for i := 0; i < 3; i++ {
+		s.PushText(aibottest.Conv{User: "u"}, fmt.Sprint("m", i))
+	}
+	var got []string
+	for len(got) < 3 {
+		evs, err := bot.Poll(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ev := range evs {
+			got = append(got, ev.Text)
+		}
+	}
+	if strings.Join(got, ",") != "m0,m1,m2" {
+		t.Errorf("polled %q; want m0..m2 in order", got)
+	}
+	if _, err := bot.Send(t.Context(), adapter.Message{To: adapter.Target{User: "u"}, Text: "reply"}); err != nil {
+		t.Errorf("Send on the polled connection: %v", err)
+	}
+	s.Kick()
+	if _, err := bot.Poll(t.Context()); !errors.Is(err, aibot.ErrKicked) {
+		t.Errorf("Poll after a kick = %v; want ErrKicked", err)
+	}
+}
