@@ -59,6 +59,15 @@ type Options struct {
 	AllowShortRateLimitWait bool
 	// ConnectWait is how long a reply or send waits for a live connection. Zero means 30 s.
 	ConnectWait time.Duration
+	// Lease, if set, makes Receive run the connection only while this process holds it,
+	// so a fleet keeps exactly one connection per bot (internal/lease.Redis is one). Nil:
+	// connect at once.
+	Lease Lease
+	// KickGrace (with Lease) is how long after disconnected_event Receive waits to learn
+	// that it lost the lease (another host took over: it waits to hold it again) before
+	// deciding the kick came from outside the fleet (it stops with [ErrKicked]). Zero means
+	// 5 s.
+	KickGrace time.Duration
 
 	// StreamPace is the least time between two frames of one stream: deltas arriving
 	// faster are merged into one cumulative frame. Zero means 500 ms. At most one frame per
@@ -85,6 +94,13 @@ type Options struct {
 	// reply before it is finished empty; the reply then goes to response_url. Zero means
 	// 5 minutes 30 seconds (WeCom polls for 6 minutes).
 	StreamWait time.Duration
+}
+
+// A Lease grants one process of a fleet at a time the right to run a bot's long connection.
+type Lease interface {
+	// Acquire blocks until the caller holds the lease or ctx ends. held is cancelled when the
+	// lease is lost; release gives it up (and cancels held).
+	Acquire(ctx context.Context) (held context.Context, release func(), err error)
 }
 
 func orDur(d, def time.Duration) time.Duration {

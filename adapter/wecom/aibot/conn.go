@@ -117,13 +117,58 @@ func (b *Bot) Receive(ctx context.Context, emit func(ctx context.Context, events
 		defer close(emitted)
 		b.emitLoop(ctx, in, emit)
 	}()
-	err := b.connectLoop(ctx, in)
+	var err error
+	if b.opts.Lease == nil {
+		err = b.connectLoop(ctx, in)
+	} else {
+		err = b.leasedLoop(ctx, in)
+	}
 	in.close()
 	<-emitted
 	if b.ctx.Err() != nil {
 		return errClosed
 	}
 	return err
+}
+
+// leasedLoop runs connectLoop while this process holds the lease, and waits to hold it
+// again after losing it.
+func (b *Bot) leasedLoop(ctx context.Context, in *inbox) error {
+	for {
+		held, release, err := b.opts.Lease.Acquire(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return &adapter.Error{Kind: adapter.KindUnavailable, Platform: adapter.PlatformWeComAIBot, Message: "acquiring the connection lease", Err: err}
+		}
+		b.log.InfoContext(ctx, "wecom_aibot: holding the connection lease")
+		hctx, cancel := context.WithCancel(ctx)
+		stop := context.AfterFunc(held, cancel)
+		err = b.connectLoop(hctx, in)
+		stop()
+		cancel()
+		if errors.Is(err, ErrKicked) {
+			// Another host that took the lease over, or something outside the fleet?
+			t := time.NewTimer(orDur(b.opts.KickGrace, 5*time.Second))
+			select {
+			case <-held.Done():
+			case <-t.C:
+			case <-ctx.Done():
+			}
+			t.Stop()
+		}
+		lost := held.Err() != nil
+		release()
+		switch {
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case lost:
+			b.log.WarnContext(ctx, "wecom_aibot: lost the connection lease; waiting to hold it again")
+			continue
+		}
+		return err
+	}
 }
 
 func (b *Bot) connectLoop(ctx context.Context, in *inbox) error {

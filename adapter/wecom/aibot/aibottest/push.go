@@ -297,3 +297,7 @@ func (s *Server) Handshakes() []time.Time {
 	defer s.mu.Unlock()
 	return append([]time.Time(nil), s.handshakes...)
 }
+
+// MaxConnections returns the most authenticated connections that were open at once (a
+// kicked connection counts until it is closed).
+func (s *Server) MaxConnections() int { s.init(); s.mu.Lock(); defer s.mu.Unlock(); return s.maxConns }

@@ -75,6 +75,7 @@ type Server struct {
 	// conns are the authenticated connections, oldest first; the last is the one that gets
 	// pushes.
 	conns       []*conn
+	maxConns    int // most authenticated connections open at once
 	subscribes  int
 	failSub     []int // errcodes for the next subscribes
 	ackDelay    time.Duration
@@ -394,6 +395,7 @@ func (c *conn) subscribe(body json.RawMessage) (int, []*conn) {
 	}
 	c.authed = true
 	s.conns = append(s.conns, c)
+	s.maxConns = max(s.maxConns, len(s.conns))
 	return 0, old
 }
 
