@@ -120,7 +120,9 @@ func (o *Opener) start(bot string, a *graph.Adapter, log *slog.Logger) {
 }
 
 // Supported lists the platforms this build can open.
-func Supported() []string { return []string{adapter.PlatformWeCom, adapter.PlatformGraph} }
+func Supported() []string {
+	return []string{adapter.PlatformWeCom, adapter.PlatformGraph, adapter.PlatformWeComAIBot, adapter.PlatformWeComRobot}
+}
 
 // Opener opens bots for a plugin [plugin.Server]. Its zero value is not usable: use New.
 type Opener struct {
@@ -258,6 +260,9 @@ func (o *Opener) Open(ctx context.Context, sc plugin.StoreConfig, bot plugin.Bot
 			go o.start(bot.Name, a, log)
 		}
 		return a, nil
+	}
+	if a, ok, err := openWeComBot(sc, bot, hc, log); ok {
+		return a, err
 	}
 	return nil, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: fmt.Sprintf("unknown platform %q", bot.Platform)}
 }
