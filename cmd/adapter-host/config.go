@@ -157,7 +157,10 @@ type BotConfig struct {
 	Platform string           `yaml:"platform"`
 	WeCom    *platforms.WeCom `yaml:"wecom"`
 	Graph    *platforms.Graph `yaml:"graph"`
-	Deliver  *DeliverConfig   `yaml:"deliver"`
+	// WeComAIBot and WeComRobot are the sections of platforms wecom_aibot and wecom_robot.
+	WeComAIBot *platforms.WeComAIBot `yaml:"wecom_aibot"`
+	WeComRobot *platforms.WeComRobot `yaml:"wecom_robot"`
+	Deliver    *DeliverConfig        `yaml:"deliver"`
 }
 
 // DeliverConfig makes the host POST every event to a URL, signed with the secret.
@@ -488,10 +491,18 @@ func (c *Config) validate(cerr *ConfigError) {
 			} else {
 				c.validateGraph(at+".graph", b.Graph, p)
 			}
+		case adapter.PlatformWeComAIBot, adapter.PlatformWeComRobot:
+			c.validateWeComBot(at, b, p)
 		case "":
-			p(at+".platform", "required: wecom or graph")
+			p(at+".platform", "required: wecom, graph, wecom_aibot or wecom_robot")
 		default:
-			p(at+".platform", "%s: want wecom or graph", c.show(at+".platform", b.Platform))
+			p(at+".platform", "%s: want wecom, graph, wecom_aibot or wecom_robot", c.show(at+".platform", b.Platform))
+		}
+		if b.Platform != adapter.PlatformWeComAIBot && b.WeComAIBot != nil {
+			p(at+".wecom_aibot", "only on a wecom_aibot bot")
+		}
+		if b.Platform != adapter.PlatformWeComRobot && b.WeComRobot != nil {
+			p(at+".wecom_robot", "only on a wecom_robot bot")
 		}
 		if d := b.Deliver; d != nil {
 			if d.WebhookURL == "" {

@@ -85,8 +85,13 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 	var bots []plugin.BotConfig
 	for _, b := range cfg.Bots {
 		var section any = b.WeCom
-		if b.Graph != nil {
+		switch {
+		case b.Graph != nil:
 			section = b.Graph
+		case b.WeComAIBot != nil:
+			section = b.WeComAIBot
+		case b.WeComRobot != nil:
+			section = b.WeComRobot
 		}
 		data, err := json.Marshal(section)
 		if err != nil {
@@ -207,7 +212,8 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 		}()
 	}
 	for _, b := range cfg.Bots {
-		if b.Graph == nil || b.Graph.NotificationURL != "" {
+		longConn := b.WeComAIBot != nil && b.WeComAIBot.Secret != "" // the AI bot's long connection runs under Poll
+		if !longConn && (b.Graph == nil || b.Graph.NotificationURL != "") {
 			continue
 		}
 		if poller, ok := h.srv.bots[b.Name].adapter.(adapter.Poller); ok {
