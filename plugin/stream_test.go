@@ -47,7 +47,10 @@ func (r *recStream) Finish(ctx context.Context) (adapter.Receipt, error) {
 	r.done <- "finish"
 	return r.receipt, nil
 }
-func (r *recStream) Abort(ctx context.Context, reason string) error { r.done <- "abort:" + reason; return nil }
+func (r *recStream) Abort(ctx context.Context, reason string) error {
+	r.done <- "abort:" + reason
+	return nil
+}
 
 func setupAdapter(t *testing.T, a adapter.Adapter) *Client {
 	t.Helper()
