@@ -1,11 +1,16 @@
 package main
 
 import (
+	"encoding/json"
+	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
 	"github.com/seed-a64d9e1f/chatwire/adapter/wecom/aibot/aibottest"
@@ -15,10 +20,11 @@ import (
 // TestWeComAIBotThroughTheHost: a wecom_aibot bot configured in the host runs its long
 // connection in the plugin (through Poll); a message pushed by the emulator reaches the SSE
 // stream, and a reply sent with reply_to reaches the emulator on the callback's req_id.
-func TestWeComAIBotThroughTheHost(t *testing.T) {
-	emu := &aibottest.Server{}
+// aibotHost runs a host with one wecom_aibot bot "hr" on the emulator emu.
+func aibotHost(t *testing.T, emu *aibottest.Server) *env {
+	t.Helper()
 	srv := httptest.NewServer(emu)
-	defer srv.Close()
+	t.Cleanup(srv.Close)
 	cfg := &Config{
 		Server: ServerConfig{Listen: "127.0.0.1:0", APIKeys: []string{testAPIKey}},
 		Bots: []BotConfig{{Name: "hr", Platform: adapter.PlatformWeComAIBot,
@@ -34,8 +40,12 @@ func TestWeComAIBotThroughTheHost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { h.shutdown() })
-	e := &env{t: t, h: h, logs: logs}
+	t.Cleanup(func() {
+		h.shutdown()
+		if strings.Contains(logs.String(), `"S1"`) {
+			t.Error("logs hold the secret")
+		}
+	})
 	deadline := time.Now().Add(20 * time.Second)
 	for emu.Connections() != 1 {
 		if time.Now().After(deadline) {
@@ -43,6 +53,15 @@ func TestWeComAIBotThroughTheHost(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+	return &env{t: t, h: h, logs: logs}
+}
+
+// TestWeComAIBotThroughTheHost: a wecom_aibot bot configured in the host runs its long
+// connection in the plugin (through Poll); a message pushed by the emulator reaches the SSE
+// stream, and a reply sent with reply_to reaches the emulator on the callback's req_id.
+func TestWeComAIBotThroughTheHost(t *testing.T) {
+	emu := &aibottest.Server{}
+	e := aibotHost(t, emu)
 	events := e.subscribe("")
 	p, err := emu.PushText(aibottest.Conv{User: "zhangsan"}, "hello host")
 	if err != nil {
@@ -61,8 +80,146 @@ func TestWeComAIBotThroughTheHost(t *testing.T) {
 	if len(sent) != 1 || sent[0].Cmd != "aibot_respond_msg" || sent[0].ReqID != p.ReqID || sent[0].Content != "**hi** back" {
 		t.Errorf("emulator got %+v", sent)
 	}
-	if strings.Contains(logs.String(), `"S1"`) {
-		t.Error("logs hold the secret")
+}
+
+// streamReply POSTs text to the host as an NDJSON stream of n deltas replying to eventID,
+// written as the request goes (chunked), and returns the status and body.
+func streamReply(t *testing.T, e *env, eventID, text string, n int) (int, []byte) {
+	t.Helper()
+	pr, pw := io.Pipe()
+	go func() {
+		enc := json.NewEncoder(pw)
+		enc.Encode(map[string]string{"reply_to": eventID})
+		size := (len(text) + n - 1) / n
+		for i := 0; i < len(text); i += size {
+			// Deltas cut anywhere, even inside a character, are JSON strings: cut at a
+			// character boundary as an LLM client would.
+			end := min(i+size, len(text))
+			for end < len(text) && !utf8.RuneStart(text[end]) {
+				end++
+			}
+			enc.Encode(map[string]string{"delta": text[i:end]})
+			i = end - size
+		}
+		pw.Close()
+	}()
+	req, _ := http.NewRequestWithContext(t.Context(), "POST", e.h.URL()+"/v1/bots/hr/messages", pr)
+	req.Header.Set("Authorization", "Bearer "+testAPIKey)
+	req.Header.Set("Content-Type", "application/x-ndjson")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, body
+}
+
+func longAnswer() string {
+	var b strings.Builder
+	for i := 0; b.Len() < 60000; i++ {
+		fmt.Fprintf(&b, "token%d 字 ", i)
+	}
+	return b.String()
+}
+
+// TestStreamedReplyThroughTheHost is the issue's proof: a 60 KB answer streamed as 3,000
+// small deltas in one HTTP request reaches the emulator as ≤ 3 bubbles whose final texts
+// concatenate to exactly the input, no frame over 20,480 bytes, frames at least the
+// adapter's 500 ms pace apart.
+func TestStreamedReplyThroughTheHost(t *testing.T) {
+	emu := &aibottest.Server{}
+	e := aibotHost(t, emu)
+	events := e.subscribe("")
+	emu.PushText(aibottest.Conv{User: "u"}, "write a lot")
+	ev := next(t, events).ev
+	text := longAnswer()
+	status, body := streamReply(t, e, ev.ID, text, 3000)
+	if status != 200 {
+		t.Fatalf("streamed reply = %d %s", status, body)
+	}
+	var r streamResponse
+	json.Unmarshal(body, &r)
+	bubbles := emu.Bubbles()
+	if len(bubbles) == 0 || len(bubbles) > 3 || len(r.IDs) != len(bubbles) {
+		t.Errorf("%d bubbles, answer %s; want 1 to 3, each named in ids", len(bubbles), body)
+	}
+	var last time.Time
+	for i, b := range bubbles {
+		if !b.Finished {
+			t.Errorf("bubble %d not finished", i)
+		}
+		for _, f := range b.Frames {
+			if len(f.Content) > aibottest.MaxStreamBytes {
+				t.Errorf("a frame of %d bytes", len(f.Content))
+			}
+			if !last.IsZero() && f.At.Sub(last) < 500*time.Millisecond {
+				t.Errorf("frames %s apart; want ≥ 500ms", f.At.Sub(last))
+			}
+			last = f.At
+		}
+	}
+	if got := strings.Join(emu.Shown("u"), ""); got != text {
+		t.Errorf("the user sees %d bytes; want exactly the %d streamed", len(got), len(text))
+	}
+	for _, f := range emu.Refused() {
+		t.Errorf("emulator refused %s: %d %s", f.Cmd, f.Errcode, f.Reason)
+	}
+}
+
+// TestStreamedReplySurvivesExpiry: the same answer over streams the emulator expires right
+// after their first frame (846608) still arrives whole, the rest by aibot_send_msg.
+func TestStreamedReplySurvivesExpiry(t *testing.T) {
+	emu := &aibottest.Server{StreamTTL: time.Nanosecond}
+	e := aibotHost(t, emu)
+	events := e.subscribe("")
+	emu.PushText(aibottest.Conv{User: "u"}, "write a lot")
+	ev := next(t, events).ev
+	text := longAnswer()
+	if status, body := streamReply(t, e, ev.ID, text, 3000); status != 200 {
+		t.Fatalf("streamed reply = %d %s", status, body)
+	}
+	if got := strings.Join(emu.Shown("u"), ""); got != text {
+		t.Errorf("the user sees %d bytes; want exactly the %d streamed", len(got), len(text))
+	}
+	if n := len(emu.Sent()); n < 2 {
+		t.Errorf("%d aibot_send_msg; want the rest of 60 KB in ≥ 2", n)
+	}
+}
+
+func TestStreamedSendErrors(t *testing.T) {
+	emu := &aibottest.Server{}
+	e := aibotHost(t, emu)
+	post := func(body string) (int, string) {
+		req, _ := http.NewRequestWithContext(t.Context(), "POST", e.h.URL()+"/v1/bots/hr/messages", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+testAPIKey)
+		req.Header.Set("Content-Type", "application/x-ndjson")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	emu.PushText(aibottest.Conv{User: "u"}, "q")
+	events := e.subscribe("")
+	ev := next(t, events).ev
+	tests := []struct {
+		name, body string
+		status     int
+	}{
+		{"empty", "", 400},
+		{"content in the header", `{"reply_to":"` + ev.ID + `","text":"x"}` + "\n", 400},
+		{"unknown reply_to", `{"reply_to":"wecom_aibot:nope"}` + "\n", 404},
+		{"bad format", `{"reply_to":"` + ev.ID + `","format":"html"}` + "\n", 400},
+		{"malformed line", `{"reply_to":"` + ev.ID + `"}` + "\n" + `{"delta":"a"}` + "\n" + `{"text":"b"}` + "\n", 400},
+		{"no text", `{"reply_to":"` + ev.ID + `"}` + "\n", 400},
+	}
+	for _, tc := range tests {
+		if status, body := post(tc.body); status != tc.status {
+			t.Errorf("%s: %d %s; want %d", tc.name, status, body, tc.status)
+		}
 	}
 }
 

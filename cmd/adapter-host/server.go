@@ -263,6 +263,10 @@ func (s *server) send(w http.ResponseWriter, r *http.Request) {
 	if b == nil {
 		return
 	}
+	if isStreamedSend(r) {
+		s.streamSend(w, r, b)
+		return
+	}
 	var msg adapter.Message
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxSendBody))
 	dec.DisallowUnknownFields()
