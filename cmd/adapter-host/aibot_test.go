@@ -1,12 +1,15 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -250,5 +253,35 @@ func TestWeComBotConfigValidation(t *testing.T) {
 				t.Errorf("problems = %q; want one at %q", got, tc.want)
 			}
 		})
+	}
+}
+
+func TestCheckWeComBots(t *testing.T) {
+	emu := &aibottest.Server{}
+	srv := httptest.NewServer(emu)
+	defer srv.Close()
+	dir := t.TempDir()
+	write := func(secret string) string {
+		p := filepath.Join(dir, "c.yaml")
+		os.WriteFile(p, []byte(fmt.Sprintf("bots:\n"+
+			"  - name: ai\n    platform: wecom_aibot\n    wecom_aibot: {bot_id: BOT1, secret: %q, ws_url: %q}\n"+
+			"  - name: robot\n    platform: wecom_robot\n    wecom_robot: {webhook_key: k}\n", secret, aibottest.WSURL(srv.URL))), 0o600)
+		return p
+	}
+	var out, errb bytes.Buffer
+	if err := run(t.Context(), []string{"check", "--config", write("S1")}, &out, &errb); err != nil ||
+		!strings.Contains(out.String(), "bot ai (wecom_aibot): ok") || !strings.Contains(out.String(), "bot robot (wecom_robot): not probed") {
+		t.Errorf("check good = %v\n%s", err, out.String())
+	}
+	out.Reset()
+	err := run(t.Context(), []string{"check", "--config", write("wrong-aibot-secret")}, &out, &errb)
+	if err == nil || exitCode(err) != 2 || !strings.Contains(out.String(), "853000") || !strings.Contains(out.String(), "长连接专用密钥") {
+		t.Errorf("check bad secret = %v (exit %d)\n%s", err, exitCode(err), out.String())
+	}
+	if strings.Contains(out.String(), "wrong-aibot-secret") {
+		t.Error("check output holds the secret")
+	}
+	if n := emu.Subscribes(); n != 2 || emu.Connections() != 0 {
+		t.Errorf("%d subscribes, %d connections left; want 2, 0", n, emu.Connections())
 	}
 }

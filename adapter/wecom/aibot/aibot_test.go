@@ -664,3 +664,21 @@ func TestPollRunsTheConnection(t *testing.T) {
 		t.Errorf("Poll after a kick = %v; want ErrKicked", err)
 	}
 }
+
+func TestCheck(t *testing.T) {
+	s := &aibottest.Server{}
+	srv := httptest.NewServer(s)
+	defer srv.Close()
+	good, _ := aibot.New(aibot.Options{BotID: "BOT1", Secret: "S1", WSURL: aibottest.WSURL(srv.URL)})
+	if err := good.Check(t.Context()); err != nil {
+		t.Fatalf("Check with good credentials: %v", err)
+	}
+	bad, _ := aibot.New(aibot.Options{BotID: "BOT1", Secret: "nope", WSURL: aibottest.WSURL(srv.URL)})
+	if err := bad.Check(t.Context()); !errors.Is(err, adapter.ErrUnauthorized) || adapter.Code(err) != "853000" {
+		t.Errorf("Check with a wrong secret = %v; want unauthorized 853000", err)
+	}
+	eventually(t, "the checked connection to close", func() bool { return s.Connections() == 0 })
+	if s.Subscribes() != 2 {
+		t.Errorf("%d subscribes; want 2", s.Subscribes())
+	}
+}

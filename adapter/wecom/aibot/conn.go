@@ -228,44 +228,12 @@ func sleep(ctx context.Context, d time.Duration) bool {
 // session dials, subscribes and serves one connection until it drops. subscribed reports
 // whether the subscribe succeeded.
 func (b *Bot) session(ctx context.Context, in *inbox) (subscribed bool, err error) {
-	ackTimeout := orDur(b.opts.AckTimeout, 5*time.Second)
-	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	ws, _, err := websocket.Dial(dctx, b.opts.WSURL, &websocket.DialOptions{HTTPClient: b.opts.HTTPClient})
-	cancel()
+	ws, err := b.dialSubscribe(ctx)
 	if err != nil {
-		return false, fmt.Errorf("wecom_aibot: dial: %w", err)
-	}
-	defer ws.CloseNow()
-	ws.SetReadLimit(orDurInt(b.opts.ReadLimit, 4<<20))
-	c := &wsConn{ws: ws, pending: map[string]chan ack{}, done: make(chan struct{})}
-
-	// Subscribe: nothing else is sent before its ack.
-	reqID := newReqID("aibot_subscribe")
-	if err := c.write(ctx, outFrame{Cmd: "aibot_subscribe", Headers: frameHeaders{reqID},
-		Body: map[string]string{"bot_id": b.opts.BotID, "secret": b.opts.Secret}}); err != nil {
 		return false, err
 	}
-	sctx, cancel := context.WithTimeout(ctx, ackTimeout)
-	defer cancel()
-	for {
-		_, data, err := ws.Read(sctx)
-		if err != nil {
-			return false, fmt.Errorf("wecom_aibot: waiting for the subscribe ack: %w", err)
-		}
-		var f inFrame
-		if json.Unmarshal(sanitize(data), &f) != nil || f.Cmd != "" || f.Headers.ReqID != reqID {
-			continue
-		}
-		if f.Errcode == nil || *f.Errcode != 0 {
-			code := -1
-			if f.Errcode != nil {
-				code = *f.Errcode
-			}
-			return false, &APIError{Code: code, Msg: f.Errmsg, Cmd: "aibot_subscribe"}
-		}
-		break
-	}
-	cancel()
+	defer ws.CloseNow()
+	c := &wsConn{ws: ws, pending: map[string]chan ack{}, done: make(chan struct{})}
 	b.log.InfoContext(ctx, "wecom_aibot: subscribed", "bot_id", b.opts.BotID)
 
 	b.setConn(c)
@@ -278,6 +246,48 @@ func (b *Bot) session(ctx context.Context, in *inbox) (subscribed bool, err erro
 		return true, ErrKicked
 	}
 	return true, err
+}
+
+// dialSubscribe dials and subscribes; nothing else is sent before the subscribe ack. A
+// refused subscribe is an *APIError.
+func (b *Bot) dialSubscribe(ctx context.Context) (*websocket.Conn, error) {
+	ackTimeout := orDur(b.opts.AckTimeout, 5*time.Second)
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	ws, _, err := websocket.Dial(dctx, b.opts.WSURL, &websocket.DialOptions{HTTPClient: b.opts.HTTPClient})
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("wecom_aibot: dial: %w", err)
+	}
+	ws.SetReadLimit(orDurInt(b.opts.ReadLimit, 4<<20))
+	reqID := newReqID("aibot_subscribe")
+	c := &wsConn{ws: ws}
+	if err := c.write(ctx, outFrame{Cmd: "aibot_subscribe", Headers: frameHeaders{reqID},
+		Body: map[string]string{"bot_id": b.opts.BotID, "secret": b.opts.Secret}}); err != nil {
+		ws.CloseNow()
+		return nil, err
+	}
+	sctx, cancel := context.WithTimeout(ctx, ackTimeout)
+	defer cancel()
+	for {
+		_, data, err := ws.Read(sctx)
+		if err != nil {
+			ws.CloseNow()
+			return nil, fmt.Errorf("wecom_aibot: waiting for the subscribe ack: %w", err)
+		}
+		var f inFrame
+		if json.Unmarshal(sanitize(data), &f) != nil || f.Cmd != "" || f.Headers.ReqID != reqID {
+			continue
+		}
+		if f.Errcode == nil || *f.Errcode != 0 {
+			code := -1
+			if f.Errcode != nil {
+				code = *f.Errcode
+			}
+			ws.CloseNow()
+			return nil, &APIError{Code: code, Msg: f.Errmsg, Cmd: "aibot_subscribe"}
+		}
+		return ws, nil
+	}
 }
 
 func orDurInt(v, def int64) int64 {
