@@ -67,7 +67,8 @@ func openWeComBot(sc plugin.StoreConfig, bot plugin.BotConfig, hc *http.Client, 
 		opts := aibot.Options{Name: bot.Name, BotID: c.BotID, Secret: c.Secret, Token: c.Token, EncodingAESKey: c.EncodingAESKey,
 			WSURL: c.WSURL, Welcome: c.Welcome, HTTPClient: hc, Logger: log}
 		if c.Secret != "" && sc.UsesRedis() {
-			// In a fleet, one host at a time holds the bot's one long connection.
+			// In a fleet, one host at a time holds the bot's one long connection; the others
+			// relay their frames to it.
 			rdb, err := leaseClient(sc)
 			if err != nil {
 				return nil, true, err
@@ -77,6 +78,8 @@ func openWeComBot(sc plugin.StoreConfig, bot plugin.BotConfig, hc *http.Client, 
 				prefix += ":"
 			}
 			opts.Lease = &lease.Redis{Client: rdb, Key: prefix + "aibot:" + c.BotID + ":lease", Logger: log}
+			// Any host answers any callback: replies reach the holder's socket by relay.
+			opts.Redis, opts.RedisKeyPrefix = rdb, sc.KeyPrefix
 		}
 		b, err := aibot.New(opts)
 		if err != nil {

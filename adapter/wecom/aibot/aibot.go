@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/seed-a64d9e1f/chatwire/adapter"
 	"github.com/seed-a64d9e1f/chatwire/adapter/wecom"
 )
@@ -63,6 +65,11 @@ type Options struct {
 	// so a fleet keeps exactly one connection per bot (internal/lease.Redis is one). Nil:
 	// connect at once.
 	Lease Lease
+	// Redis, if set, makes the bot part of a fleet: each callback is recorded under
+	// RedisKeyPrefix so any host can answer it, and a host without the connection relays its
+	// frames to the one that holds it. Nil: this host answers only what it received.
+	Redis          redis.UniversalClient
+	RedisKeyPrefix string
 	// KickGrace (with Lease) is how long after disconnected_event Receive waits to learn
 	// that it lost the lease (another host took over: it waits to hold it again) before
 	// deciding the kick came from outside the fleet (it stops with [ErrKicked]). Zero means

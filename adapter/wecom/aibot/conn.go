@@ -241,6 +241,7 @@ func (b *Bot) session(ctx context.Context, in *inbox) (subscribed bool, err erro
 	hctx, stopHeartbeat := context.WithCancel(ctx)
 	defer stopHeartbeat()
 	go b.heartbeat(hctx, c)
+	go b.serveRelay(hctx)
 	err = b.readLoop(ctx, c, in)
 	if c.kicked.Load() {
 		return true, ErrKicked
@@ -445,11 +446,34 @@ func (e *ackTimeoutError) Is(target error) bool { return target == adapter.ErrUn
 // timed out), waiting up to ConnectWait for a connection, and returns its ack. A non-zero
 // errcode is an *APIError.
 func (b *Bot) call(ctx context.Context, cmd, reqID string, body any) (json.RawMessage, error) {
+	if b.opts.Redis != nil && !b.webhook {
+		b.mu.Lock()
+		local := b.conn != nil
+		b.mu.Unlock()
+		if !local {
+			unlock, err := b.lockReq(ctx, reqID)
+			if err != nil {
+				return nil, err
+			}
+			defer unlock()
+			return b.relayWait(ctx, cmd, reqID, body)
+		}
+	}
+	return b.callLocal(ctx, cmd, reqID, body)
+}
+
+// callLocal is call on this host's own connection.
+func (b *Bot) callLocal(ctx context.Context, cmd, reqID string, body any) (json.RawMessage, error) {
 	unlock, err := b.lockReq(ctx, reqID)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
+	return b.callConn(ctx, cmd, reqID, body)
+}
+
+// callConn sends one frame on this host's connection; the caller holds reqID's lock.
+func (b *Bot) callConn(ctx context.Context, cmd, reqID string, body any) (json.RawMessage, error) {
 	c, err := b.waitConn(ctx)
 	if err != nil {
 		return nil, err

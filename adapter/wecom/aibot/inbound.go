@@ -229,10 +229,12 @@ func (b *Bot) callback(ctx context.Context, f inFrame, in *inbox) (kicked bool) 
 		b.log.WarnContext(ctx, "wecom_aibot: dropping a callback without msgid", "msgtype", body.MsgType)
 		return false
 	}
-	if !b.calls.add(newCall(&body, f.Headers.ReqID)) {
+	c := newCall(&body, f.Headers.ReqID)
+	if !b.calls.add(c) {
 		b.log.DebugContext(ctx, "wecom_aibot: duplicate msgid dropped", "msgid", body.MsgID)
 		return false
 	}
+	b.storeCall(c)
 	in.put(inbound{body: body, raw: f.Body})
 	return false
 }

@@ -129,7 +129,7 @@ func (b *Bot) Send(ctx context.Context, msg adapter.Message) (adapter.Receipt, e
 		}
 		var c *call
 		if msg.ReplyTo != "" {
-			if c = b.calls.get(msg.ReplyTo); c == nil {
+			if c = b.lookup(ctx, msg.ReplyTo); c == nil {
 				return adapter.Receipt{}, adapter.Errorf(adapter.KindNotFound, "wecom_aibot: reply_to %q: no such callback (callbacks are kept 24 h)", msg.ReplyTo)
 			}
 		}
@@ -152,7 +152,7 @@ func (b *Bot) Send(ctx context.Context, msg adapter.Message) (adapter.Receipt, e
 	}
 	var c *call
 	if msg.ReplyTo != "" {
-		if c = b.calls.get(msg.ReplyTo); c == nil {
+		if c = b.lookup(ctx, msg.ReplyTo); c == nil {
 			return adapter.Receipt{}, adapter.Errorf(adapter.KindNotFound, "wecom_aibot: reply_to %q: no such callback (callbacks are kept 24 h)", msg.ReplyTo)
 		}
 		r, done, err := b.respond(ctx, c, msg, text, card)

@@ -33,7 +33,7 @@ func (b *Bot) OpenStream(ctx context.Context, msg adapter.Message) (adapter.Stre
 		maxBytes: orInt(b.opts.MaxReplyBytes, 1<<20), bubble: MaxBubbleBytes}
 	var c *call
 	if msg.ReplyTo != "" {
-		if c = b.calls.get(msg.ReplyTo); c == nil {
+		if c = b.lookup(ctx, msg.ReplyTo); c == nil {
 			return nil, adapter.Errorf(adapter.KindNotFound, "wecom_aibot: reply_to %q: no such callback (callbacks are kept 24 h)", msg.ReplyTo)
 		}
 	}
