@@ -66,20 +66,22 @@ func openWeComBot(sc plugin.StoreConfig, bot plugin.BotConfig, hc *http.Client, 
 		}
 		opts := aibot.Options{Name: bot.Name, BotID: c.BotID, Secret: c.Secret, Token: c.Token, EncodingAESKey: c.EncodingAESKey,
 			WSURL: c.WSURL, Welcome: c.Welcome, HTTPClient: hc, Logger: log}
-		if c.Secret != "" && sc.UsesRedis() {
-			// In a fleet, one host at a time holds the bot's one long connection; the others
-			// relay their frames to it.
+		if sc.UsesRedis() {
 			rdb, err := leaseClient(sc)
 			if err != nil {
 				return nil, true, err
 			}
-			prefix := sc.KeyPrefix
-			if prefix != "" {
-				prefix += ":"
-			}
-			opts.Lease = &lease.Redis{Client: rdb, Key: prefix + "aibot:" + c.BotID + ":lease", Logger: log}
-			// Any host answers any callback: replies reach the holder's socket by relay.
+			// Any host answers any callback: long-connection frames are relayed to the lease
+			// holder, webhook streams live in Redis so any host answers WeCom's polls.
 			opts.Redis, opts.RedisKeyPrefix = rdb, sc.KeyPrefix
+			if c.Secret != "" {
+				// One host at a time holds the bot's one long connection.
+				prefix := sc.KeyPrefix
+				if prefix != "" {
+					prefix += ":"
+				}
+				opts.Lease = &lease.Redis{Client: rdb, Key: prefix + "aibot:" + c.BotID + ":lease", Logger: log}
+			}
 		}
 		b, err := aibot.New(opts)
 		if err != nil {

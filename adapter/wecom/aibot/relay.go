@@ -51,7 +51,7 @@ func (b *Bot) relayKey(parts ...string) string {
 	if k != "" {
 		k += ":"
 	}
-	k += "aibot:" + b.opts.BotID
+	k += "aibot:" + b.hookID()
 	for _, p := range parts {
 		k += ":" + p
 	}

@@ -27,7 +27,7 @@ func (b *Bot) OpenStream(ctx context.Context, msg adapter.Message) (adapter.Stre
 		return nil, errClosed
 	}
 	if b.webhook {
-		return b.webhookStream(msg)
+		return b.webhookStream(ctx, msg)
 	}
 	s := &stream{b: b, wake: make(chan struct{}, 1), done: make(chan struct{}),
 		maxBytes: orInt(b.opts.MaxReplyBytes, 1<<20), bubble: MaxBubbleBytes}

@@ -143,6 +143,11 @@ func (b *Bot) HandleWebhook(ctx context.Context, req *adapter.WebhookRequest) (*
 		if body.Stream != nil {
 			id = body.Stream.ID
 		}
+		if b.opts.Redis != nil {
+			content, finish, _ := b.rRefresh(ctx, id)
+			out, _ := json.Marshal(streamMsg{MsgType: "stream", Stream: streamFrame{ID: id, Finish: finish, Content: content}})
+			return b.passive(nonce, out), nil, nil
+		}
 		return b.passive(nonce, b.refresh(id)), nil, nil
 	}
 	if body.MsgID == "" {
@@ -166,6 +171,12 @@ func (b *Bot) HandleWebhook(ctx context.Context, req *adapter.WebhookRequest) (*
 		b.hooks.streams[hs.id] = hs
 		b.hooks.byEvent[c.eventID] = hs
 		b.hooks.mu.Unlock()
+		if b.opts.Redis != nil {
+			if err := b.rCreate(ctx, hs.id, c.eventID, hs.created); err != nil {
+				// Answer 503: WeCom retries, and nothing was promised yet.
+				return webhookError(http.StatusServiceUnavailable, adapter.KindUnavailable, "recording the stream in Redis", err)
+			}
+		}
 		reply, _ = json.Marshal(streamMsg{MsgType: "stream", Stream: streamFrame{ID: hs.id}})
 	case kindEnterChat:
 		if b.opts.Welcome != "" {
@@ -173,6 +184,7 @@ func (b *Bot) HandleWebhook(ctx context.Context, req *adapter.WebhookRequest) (*
 		}
 	}
 	b.calls.add(c)
+	b.storeCall(c)
 	b.hooks.mu.Lock()
 	b.hooks.replies[body.MsgID] = reply
 	b.hooks.order = append(b.hooks.order, body.MsgID)
@@ -239,9 +251,19 @@ func (b *Bot) webhookSend(ctx context.Context, msg adapter.Message, text string,
 	if msg.ReplyTo == "" {
 		return adapter.Receipt{}, adapter.Errorf(adapter.KindInvalidRequest, "wecom_aibot: webhook mode can only reply (reply_to): proactive sends need the long connection")
 	}
-	c := b.calls.get(msg.ReplyTo)
+	c := b.lookup(ctx, msg.ReplyTo)
 	if c == nil {
 		return adapter.Receipt{}, adapter.Errorf(adapter.KindNotFound, "wecom_aibot: reply_to %q: no such callback", msg.ReplyTo)
+	}
+	if b.opts.Redis != nil && c.kind == kindMsg && card == nil {
+		w, err := b.remoteStream(ctx, c)
+		if err != nil {
+			return adapter.Receipt{}, err
+		}
+		if err := w.Append(ctx, text); err != nil {
+			return adapter.Receipt{}, err
+		}
+		return w.Finish(ctx)
 	}
 	b.hooks.mu.Lock()
 	hs := b.hooks.byEvent[msg.ReplyTo]
@@ -305,9 +327,16 @@ func (b *Bot) postResponseURL(ctx context.Context, c *call, body any) (adapter.R
 }
 
 // webhookStream opens a stream that fills a message's polled stream.
-func (b *Bot) webhookStream(msg adapter.Message) (adapter.Stream, error) {
+func (b *Bot) webhookStream(ctx context.Context, msg adapter.Message) (adapter.Stream, error) {
 	if msg.ReplyTo == "" {
 		return nil, adapter.Errorf(adapter.KindInvalidRequest, "wecom_aibot: webhook mode can only reply (reply_to)")
+	}
+	if b.opts.Redis != nil {
+		c := b.lookup(ctx, msg.ReplyTo)
+		if c == nil {
+			return nil, adapter.Errorf(adapter.KindNotFound, "wecom_aibot: reply_to %q: no such callback", msg.ReplyTo)
+		}
+		return b.remoteStream(ctx, c)
 	}
 	b.hooks.mu.Lock()
 	hs := b.hooks.byEvent[msg.ReplyTo]
@@ -400,4 +429,13 @@ func (w *hookWriter) Abort(ctx context.Context, reason string) error {
 	hs.final = true
 	hs.mu.Unlock()
 	return nil
+}
+
+// remoteStream claims c's stream in Redis for one writer.
+func (b *Bot) remoteStream(ctx context.Context, c *call) (*remoteWriter, error) {
+	id, created, err := b.rTake(ctx, c.eventID)
+	if err != nil {
+		return nil, err
+	}
+	return &remoteWriter{b: b, id: id, call: c, created: created, max: orInt(b.opts.MaxReplyBytes, 1<<20)}, nil
 }

@@ -11,9 +11,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/seed-a64d9e1f/chatwire/adapter"
 	"github.com/seed-a64d9e1f/chatwire/adapter/wecom/aibot"
 	"github.com/seed-a64d9e1f/chatwire/adapter/wecom/aibot/aibottest"
+	"github.com/seed-a64d9e1f/chatwire/internal/redistest"
 )
 
 const (
@@ -281,5 +284,52 @@ func TestWebhookMediaUseTheEncodingAESKey(t *testing.T) {
 	evs := h.events()
 	if len(evs) != 1 || len(evs[0].Attachments) != 1 || string(evs[0].Attachments[0].Data) != string(img) || evs[0].Attachments[0].Name != "photo one.jpg" {
 		t.Errorf("image event = %+v", evs)
+	}
+}
+
+// TestWebhookFleetStreams: two webhook hosts share Redis. The message reaches host A; the
+// bot's reply is accepted by host B; WeCom's polls go to either host and see the same stream.
+func TestWebhookFleetStreams(t *testing.T) {
+	rs := redistest.Start(t)
+	rdb := redis.NewClient(&redis.Options{Addr: rs.Addr()})
+	defer rdb.Close()
+	a := serveHook(t, aibot.Options{Redis: rdb, RedisKeyPrefix: "cw"})
+	b := serveHook(t, aibot.Options{Redis: rdb, RedisKeyPrefix: "cw"})
+	b.s.ResponseHost = a.s.ResponseHost // one WeCom
+	bWH := *b.wh
+	bWH.Server = a.s
+	ctx := t.Context()
+	u := aibottest.Conv{User: "u"}
+	_, reply, err := a.wh.Message(ctx, u, "q")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var open aibottest.StreamReply
+	json.Unmarshal(reply, &open)
+	ev := a.events()[0]
+	eventually(t, "the callback record", func() bool { keys, _ := rdb.Keys(ctx, "cw:aibot:*:call:"+ev.ID).Result(); return len(keys) == 1 })
+	st, err := b.bot.OpenStream(ctx, adapter.Message{ReplyTo: ev.ID})
+	if err != nil {
+		t.Fatalf("host B opening the stream of a message host A received: %v", err)
+	}
+	st.Append(ctx, "partial ")
+	if r, err := bWH.Refresh(ctx, u, open.Stream.ID); err != nil || r.Stream.Content != "partial " || r.Stream.Finish {
+		t.Fatalf("poll on host B = %+v, %v", r.Stream, err)
+	}
+	if r, err := a.wh.Refresh(ctx, u, open.Stream.ID); err != nil || r.Stream.Content != "partial " {
+		t.Fatalf("poll on host A = %+v, %v", r.Stream, err)
+	}
+	st.Append(ctx, "and the rest")
+	done := make(chan error, 1)
+	go func() { _, err := st.Finish(ctx); done <- err }()
+	final, _, err := bWH.PollStream(ctx, u, open.Stream.ID, time.Millisecond, 0)
+	if err != nil || !final.Stream.Finish || final.Stream.Content != "partial and the rest" {
+		t.Fatalf("final poll = %+v, %v", final.Stream, err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.bot.OpenStream(ctx, adapter.Message{ReplyTo: ev.ID}); !errors.Is(err, adapter.ErrInvalidRequest) {
+		t.Errorf("a second writer = %v; want invalid request (one writer per stream)", err)
 	}
 }
