@@ -24,7 +24,9 @@ import (
 // connection in the plugin (through Poll); a message pushed by the emulator reaches the SSE
 // stream, and a reply sent with reply_to reaches the emulator on the callback's req_id.
 // aibotHost runs a host with one wecom_aibot bot "hr" on the emulator emu.
-func aibotHost(t *testing.T, emu *aibottest.Server) *env {
+func aibotHost(t *testing.T, emu *aibottest.Server) *env { return aibotHostB(t, emu) }
+
+func aibotHostB(t testing.TB, emu *aibottest.Server) *env {
 	t.Helper()
 	srv := httptest.NewServer(emu)
 	t.Cleanup(srv.Close)

@@ -64,9 +64,12 @@ func TestFleetOneConnection(t *testing.T) {
 		t.Fatal("no host got the message")
 	}
 	// The holder dies: its Redis connection and its socket go away, nothing is released.
+	died := time.Now()
 	hosts[holder].rdb.Close()
 	hosts[holder].bot.Close()
 	eventually(t, "a second connection", func() bool { return s.Subscribes() == 2 && s.Connections() == 1 })
+	// Messages WeCom pushes in this window reach no connection (it does not redeliver).
+	t.Logf("no connection for %s after the holder died (lease TTL %s)", time.Since(died).Round(time.Millisecond), ttl)
 	s.PushText(aibottest.Conv{User: "u"}, "two")
 	got := false
 	for i, h := range hosts {
