@@ -19,8 +19,8 @@ import (
 // hookState is the webhook mode's memory: passive replies by msgid (for redeliveries) and
 // the streams WeCom polls.
 type hookState struct {
-	mu      sync.Mutex        // protects all below
-	replies map[string][]byte // msgid → passive reply plaintext
+	mu      sync.Mutex           // protects all below
+	replies map[string]hookReply // by msgid
 	order   []string
 	streams map[string]*hookStream // by stream id
 	byEvent map[string]*hookStream // by event id
@@ -29,7 +29,7 @@ type hookState struct {
 const maxHookReplies = 10000
 
 func (h *hookState) init() {
-	h.replies = map[string][]byte{}
+	h.replies = map[string]hookReply{}
 	h.streams = map[string]*hookStream{}
 	h.byEvent = map[string]*hookStream{}
 }
@@ -45,6 +45,12 @@ func (h *hookState) sweep() {
 			delete(h.byEvent, hs.call.eventID)
 		}
 	}
+}
+
+// hookReply is what a message got: its passive reply (plaintext) and its event.
+type hookReply struct {
+	reply []byte
+	event adapter.Event
 }
 
 // hookStream is a stream WeCom polls for a message callback.
@@ -69,7 +75,8 @@ func webhookError(status int, kind adapter.Kind, msg string, err error) (*adapte
 
 // HandleWebhook serves the webhook mode: URL verification (GET) and encrypted callbacks
 // (POST). The signature is checked before anything is decrypted, POSTs outside ReplayWindow
-// are refused, and a msgid seen before gets its first answer again without a second event.
+// are refused, and a msgid seen before gets its first answer and its event again (same id:
+// the host drops the duplicate, or queues it if the first delivery failed before it could).
 // A message is answered with an empty stream that WeCom then polls: each poll gets the
 // bot's reply as it stands (finish:true once [Bot.Send] or a [adapter.Stream] completed it,
 // or for an unknown stream id).
@@ -157,7 +164,9 @@ func (b *Bot) HandleWebhook(ctx context.Context, req *adapter.WebhookRequest) (*
 	prev, seen := b.hooks.replies[body.MsgID]
 	b.hooks.mu.Unlock()
 	if seen {
-		return b.passive(nonce, prev), nil, nil
+		// A redelivery: the same answer, and the event again (the host drops it by id if it
+		// queued it; if it could not, this delivery is its second chance).
+		return b.passive(nonce, prev.reply), []adapter.Event{prev.event}, nil
 	}
 	c := newCall(&body, "")
 	var reply []byte
@@ -185,15 +194,15 @@ func (b *Bot) HandleWebhook(ctx context.Context, req *adapter.WebhookRequest) (*
 	}
 	b.calls.add(c)
 	b.storeCall(c)
+	ev := b.event(ctx, inbound{body: body, raw: plain, key: b.opts.EncodingAESKey})
 	b.hooks.mu.Lock()
-	b.hooks.replies[body.MsgID] = reply
+	b.hooks.replies[body.MsgID] = hookReply{reply, ev}
 	b.hooks.order = append(b.hooks.order, body.MsgID)
 	if len(b.hooks.order) > maxHookReplies {
 		delete(b.hooks.replies, b.hooks.order[0])
 		b.hooks.order = b.hooks.order[1:]
 	}
 	b.hooks.mu.Unlock()
-	ev := b.event(ctx, inbound{body: body, raw: plain, key: b.opts.EncodingAESKey})
 	return b.passive(nonce, reply), []adapter.Event{ev}, nil
 }
 

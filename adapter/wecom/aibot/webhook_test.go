@@ -179,8 +179,8 @@ func TestWebhookDedupByMsgID(t *testing.T) {
 	if err1 != nil || err2 != nil || string(r1) != string(r2) {
 		t.Errorf("replies to a redelivery differ: %s / %s (%v, %v)", r1, r2, err1, err2)
 	}
-	if n := len(h.events()); n != 1 {
-		t.Errorf("%d events for one msgid delivered twice; want 1", n)
+	if evs := h.events(); len(evs) != 2 || evs[0].ID != evs[1].ID {
+		t.Errorf("events for one msgid delivered twice: %+v; want the same event id twice (the host dedups)", evs)
 	}
 }
 
@@ -296,8 +296,7 @@ func TestWebhookFleetStreams(t *testing.T) {
 	a := serveHook(t, aibot.Options{Redis: rdb, RedisKeyPrefix: "cw"})
 	b := serveHook(t, aibot.Options{Redis: rdb, RedisKeyPrefix: "cw"})
 	b.s.ResponseHost = a.s.ResponseHost // one WeCom
-	bWH := *b.wh
-	bWH.Server = a.s
+	bWH := &aibottest.Webhook{URL: b.wh.URL, Token: vbToken, EncodingAESKey: vbKey, Server: a.s}
 	ctx := t.Context()
 	u := aibottest.Conv{User: "u"}
 	_, reply, err := a.wh.Message(ctx, u, "q")
@@ -331,5 +330,48 @@ func TestWebhookFleetStreams(t *testing.T) {
 	}
 	if _, err := a.bot.OpenStream(ctx, adapter.Message{ReplyTo: ev.ID}); !errors.Is(err, adapter.ErrInvalidRequest) {
 		t.Errorf("a second writer = %v; want invalid request (one writer per stream)", err)
+	}
+}
+
+// TestWebhookRedeliveryAfter503: WeCom sends a callback again after a non-200 answer; the
+// bot acknowledges the second delivery with the same passive reply and one event.
+func TestWebhookRedeliveryAfter503(t *testing.T) {
+	bot, err := aibot.New(aibot.Options{Token: vbToken, EncodingAESKey: vbKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bot.Close()
+	var mu sync.Mutex
+	calls := 0
+	var ids []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		calls++
+		first := calls == 1
+		mu.Unlock()
+		req, _ := adapter.NewWebhookRequest(r, 0)
+		resp, evs, _ := bot.HandleWebhook(r.Context(), req)
+		mu.Lock()
+		for _, ev := range evs {
+			ids = append(ids, ev.ID)
+		}
+		mu.Unlock()
+		if first { // the host could not queue the event: ask for redelivery
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		resp.Write(w)
+	}))
+	defer srv.Close()
+	wh := &aibottest.Webhook{URL: srv.URL, Token: vbToken, EncodingAESKey: vbKey, Retries: 2}
+	_, reply, err := wh.Message(t.Context(), aibottest.Conv{User: "u"}, "hi")
+	if err != nil || !strings.Contains(string(reply), `"msgtype":"stream"`) {
+		t.Fatalf("Message = %s, %v", reply, err)
+	}
+	if wh.Redeliveries() != 1 || calls != 2 {
+		t.Errorf("redeliveries %d, calls %d; want 1 and 2", wh.Redeliveries(), calls)
+	}
+	if len(ids) != 2 || ids[0] != ids[1] {
+		t.Errorf("events over two deliveries: %q; want the same event both times (the host dedups by id, so a 503 loses nothing)", ids)
 	}
 }

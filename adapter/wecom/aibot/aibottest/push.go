@@ -78,6 +78,9 @@ func (s *Server) Push(cmd, reqID string, body json.RawMessage) (Pushed, error) {
 	if c == nil {
 		return Pushed{}, ErrNoConnection
 	}
+	if err := c.waitReady(); err != nil {
+		return Pushed{}, err
+	}
 	err := c.write(context.Background(), inFrame{Cmd: cmd, Headers: headers{reqID}, Body: body})
 	return Pushed{ReqID: reqID, MsgID: b.MsgID}, err
 }
@@ -91,6 +94,9 @@ func (s *Server) PushRaw(data []byte) error {
 	s.mu.Unlock()
 	if c == nil {
 		return ErrNoConnection
+	}
+	if err := c.waitReady(); err != nil {
+		return err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -301,3 +307,13 @@ func (s *Server) Handshakes() []time.Time {
 // MaxConnections returns the most authenticated connections that were open at once (a
 // kicked connection counts until it is closed).
 func (s *Server) MaxConnections() int { s.init(); s.mu.Lock(); defer s.mu.Unlock(); return s.maxConns }
+
+// waitReady waits until c's subscribe ack is written.
+func (c *conn) waitReady() error {
+	select {
+	case <-c.ready:
+		return nil
+	case <-time.After(10 * time.Second):
+		return errors.New("aibottest: the connection's subscribe ack was never written")
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -204,7 +205,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c.SetReadLimit(or(s.ReadLimit, 4<<20))
-	cn := &conn{s: s, ws: c, host: r.Host, lastPing: make(chan struct{}, 1)}
+	cn := &conn{s: s, ws: c, host: r.Host, lastPing: make(chan struct{}, 1), ready: make(chan struct{})}
 	cn.serve(r.Context())
 }
 
@@ -254,6 +255,10 @@ type conn struct {
 	authed   bool
 	lastPing chan struct{}
 	kicked   bool
+	// ready is closed once the subscribe ack is written: pushes wait for it, as WeCom sends
+	// nothing before it.
+	ready     chan struct{}
+	readyOnce sync.Once
 }
 
 func (c *conn) write(ctx context.Context, v any) error {
@@ -341,6 +346,9 @@ func (c *conn) serve(ctx context.Context) {
 				return
 			}
 		}
+		if f.Cmd == "aibot_subscribe" && code == 0 {
+			c.readyOnce.Do(func() { close(c.ready) }) // pushes may follow the ack now
+		}
 		for _, old := range kick {
 			s.kick(old)
 		}
@@ -394,8 +402,10 @@ func (c *conn) subscribe(body json.RawMessage) (int, []*conn) {
 		}
 	}
 	c.authed = true
-	s.conns = append(s.conns, c)
-	s.maxConns = max(s.maxConns, len(s.conns))
+	if !slices.Contains(s.conns, c) {
+		s.conns = append(s.conns, c)
+		s.maxConns = max(s.maxConns, len(s.conns))
+	}
 	return 0, old
 }
 

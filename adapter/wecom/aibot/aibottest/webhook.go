@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter/wecom"
@@ -30,6 +31,14 @@ type Webhook struct {
 	// Server, if set, is told about messages (so its response_url endpoint knows the
 	// conversation) and records what polls show in its inspectors.
 	Server *Server
+	// Retries is how many times a POST answered with a non-200 status or not answered
+	// within Timeout is sent again, byte for byte, as WeCom redelivers. Zero: none.
+	Retries int
+	// Timeout bounds each POST. Zero means 5 s.
+	Timeout time.Duration
+
+	mu           sync.Mutex // protects redeliveries
+	redeliveries int
 }
 
 // ErrPassiveReply means a passive reply was malformed: bad JSON, wrong nonce, a signature
@@ -91,7 +100,32 @@ func (w *Webhook) PostRaw(ctx context.Context, plaintext []byte, ts time.Time) (
 	tss, n := strconv.FormatInt(ts.Unix(), 10), nonce()
 	q := url.Values{"msg_signature": {c.Signature(tss, n, enc)}, "timestamp": {tss}, "nonce": {n}}
 	body, _ := json.Marshal(map[string]string{"encrypt": enc})
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, w.URL+"?"+q.Encode(), bytes.NewReader(body))
+	timeout := w.Timeout
+	if timeout <= 0 {
+		timeout = 5 * time.Second
+	}
+	var status int
+	var raw []byte
+	for try := 0; ; try++ {
+		status, raw, err = w.post(ctx, w.URL+"?"+q.Encode(), body, timeout)
+		if err == nil && status == http.StatusOK || try >= w.Retries || ctx.Err() != nil {
+			break
+		}
+		w.mu.Lock()
+		w.redeliveries++
+		w.mu.Unlock()
+	}
+	if err != nil || status != http.StatusOK {
+		return status, nil, err
+	}
+	reply, err := openPassive(c, raw, n)
+	return status, reply, err
+}
+
+func (w *Webhook) post(ctx context.Context, u string, body []byte, timeout time.Duration) (int, []byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := w.client().Do(req)
 	if err != nil {
@@ -99,11 +133,14 @@ func (w *Webhook) PostRaw(ctx context.Context, plaintext []byte, ts time.Time) (
 	}
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if resp.StatusCode != http.StatusOK {
-		return resp.StatusCode, nil, nil
-	}
-	reply, err := openPassive(c, raw, n)
-	return resp.StatusCode, reply, err
+	return resp.StatusCode, raw, nil
+}
+
+// Redeliveries returns how many POSTs were sent again after a failure.
+func (w *Webhook) Redeliveries() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.redeliveries
 }
 
 // openPassive checks a passive reply: an empty body, or {"encrypt","msgsignature",
