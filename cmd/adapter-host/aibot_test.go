@@ -30,10 +30,18 @@ func aibotHostB(t testing.TB, emu *aibottest.Server) *env {
 	t.Helper()
 	srv := httptest.NewServer(emu)
 	t.Cleanup(srv.Close)
+	return aibotHostAt(t, emu, aibottest.WSURL(srv.URL), "", true)
+}
+
+// aibotHostAt runs a host whose bot "hr" dials wsURL, on the Redis at redisURL ("" for
+// none); with wait it waits for the emulator to see one connection.
+func aibotHostAt(t testing.TB, emu *aibottest.Server, wsURL, redisURL string, wait bool) *env {
+	t.Helper()
 	cfg := &Config{
 		Server: ServerConfig{Listen: "127.0.0.1:0", APIKeys: []string{testAPIKey}},
+		Store:  StoreConfig{RedisURL: redisURL},
 		Bots: []BotConfig{{Name: "hr", Platform: adapter.PlatformWeComAIBot,
-			WeComAIBot: &platforms.WeComAIBot{BotID: "BOT1", Secret: "S1", WSURL: aibottest.WSURL(srv.URL)}}},
+			WeComAIBot: &platforms.WeComAIBot{BotID: "BOT1", Secret: "S1", WSURL: wsURL}}},
 	}
 	cfg.defaults()
 	cerr := &ConfigError{}
@@ -52,7 +60,7 @@ func aibotHostB(t testing.TB, emu *aibottest.Server) *env {
 		}
 	})
 	deadline := time.Now().Add(20 * time.Second)
-	for emu.Connections() != 1 {
+	for wait && emu.Connections() != 1 {
 		if time.Now().After(deadline) {
 			t.Fatalf("the plugin did not connect; logs:\n%s", logs)
 		}

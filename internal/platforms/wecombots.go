@@ -1,10 +1,13 @@
 package platforms
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/http"
+	"os"
 	"sync"
 
 	"github.com/redis/go-redis/v9"
@@ -35,6 +38,12 @@ type WeComRobot struct {
 	WebhookKey string `yaml:"webhook_key" json:"webhook_key"`
 	// APIBase is where the webhook API lives. Empty means https://qyapi.weixin.qq.com.
 	APIBase string `yaml:"api_base" json:"api_base,omitempty"`
+}
+
+func randomID() string {
+	b := make([]byte, 6)
+	rand.Read(b)
+	return hex.EncodeToString(b)
 }
 
 // leaseClients are the Redis clients the AI bots' connection leases use, one per store.
@@ -80,7 +89,9 @@ func openWeComBot(sc plugin.StoreConfig, bot plugin.BotConfig, hc *http.Client, 
 				if prefix != "" {
 					prefix += ":"
 				}
-				opts.Lease = &lease.Redis{Client: rdb, Key: prefix + "aibot:" + c.BotID + ":lease", Logger: log}
+				// The owner names the process, for operators (and tests) reading the key.
+				opts.Lease = &lease.Redis{Client: rdb, Key: prefix + "aibot:" + c.BotID + ":lease", Logger: log,
+					Owner: fmt.Sprintf("pid%d-%s", os.Getpid(), randomID())}
 			}
 		}
 		b, err := aibot.New(opts)
