@@ -3,6 +3,7 @@ module github.com/seed-a64d9e1f/chatwire
 go 1.25.0
 
 require (
+	github.com/coder/websocket v1.8.15
 	github.com/getkin/kin-openapi v0.153.0
 	github.com/golang-jwt/jwt/v5 v5.3.1
 	github.com/hashicorp/go-hclog v1.6.3

@@ -19,6 +19,10 @@ const (
 	PlatformWeCom = "wecom"
 	PlatformGraph = "graph"
 	PlatformTeams = "teams" // Teams bots over the Bot Connector (adapter/teams)
+	// PlatformWeComAIBot is WeCom's 智能机器人 (AI Bot) API, long connection or webhook.
+	PlatformWeComAIBot = "wecom_aibot"
+	// PlatformWeComRobot is a WeCom group robot (群机器人) webhook: send-only.
+	PlatformWeComRobot = "wecom_robot"
 )
 
 // An Adapter connects one bot to one platform. Its methods are safe for concurrent use and
@@ -78,6 +82,15 @@ type Recaller interface {
 // Poller.
 type Poller interface {
 	Poll(ctx context.Context) ([]Event, error)
+}
+
+// A Receiver delivers events that do not arrive through a webhook by calling emit from a
+// background loop, for in-process hosts that prefer a callback to [Poller] (the WeCom AI Bot's
+// long connection implements both). Receive runs until ctx is done or a permanent error
+// occurs, and returns that error (ctx.Err() when ctx ended it). An event counts as delivered
+// only when emit returns nil; if emit fails, the adapter offers the same events again later.
+type Receiver interface {
+	Receive(ctx context.Context, emit func(ctx context.Context, events []Event) error) error
 }
 
 // Status is an adapter's health for operators. It holds no secret.

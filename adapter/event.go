@@ -25,7 +25,7 @@ type Event struct {
 	// ID is stable across redeliveries of the same event, for dedup: WeCom "wecom:<MsgId>"
 	// or, for events (which have no MsgId), "wecom:<FromUserName>:<CreateTime>:<Event>:<digest>"
 	// with a digest of every field, so distinct events in one second keep distinct ids;
-	// Graph its resource id.
+	// WeCom AI bot "wecom_aibot:<msgid>" (events carry a msgid too); Graph its resource id.
 	ID       string `json:"id"`
 	Bot      string `json:"bot"`      // the configured bot name
 	Platform string `json:"platform"` // PlatformWeCom, PlatformGraph

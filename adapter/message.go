@@ -143,7 +143,9 @@ const (
 
 // An Attachment is a file or image, sent or received. To send one, set Name, ContentType and
 // either Data, or Body and Size for large files; or set ID to something already uploaded
-// through an [Uploader]. Received attachments carry ID and/or URL, never the content.
+// through an [Uploader]. Received attachments carry ID and/or URL, not the content, except
+// WeCom AI bot media: their URLs expire within 5 minutes and are encrypted, so that adapter
+// delivers the decrypted content in Data (and keeps the URL).
 type Attachment struct {
 	// Type is one of the Attach constants. If empty when sending, it follows ContentType:
 	// image/* → image, audio/* → voice, video/* → video, anything else → file.

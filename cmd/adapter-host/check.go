@@ -41,6 +41,9 @@ var explanations = map[string]string{
 	"81013":  "none of the recipients exists or may receive messages from this app",
 	"82001":  "all recipients are invalid or outside the app's visible range",
 	"301002": "the app may not read this member",
+	// WeCom AI bot (智能机器人) and group robot codes
+	"853000": "the AI bot's bot_id or secret is wrong: copy the BotID and the long-connection secret (长连接专用密钥) from the bot's API mode page (API 模式 → 长连接) in the WeCom admin console; resetting the secret there invalidates the old one",
+	"93000":  "the group robot's webhook_key is wrong, or the robot was removed from its group: copy the key= of its webhook URL again",
 	// Microsoft identity platform (AADSTS) and Graph codes
 	"AADSTS7000215":              "the client_secret is wrong: use the secret's Value (not its ID) from App registrations → Certificates & secrets",
 	"AADSTS7000222":              "the client_secret expired: create a new one in App registrations → Certificates & secrets",
@@ -155,6 +158,14 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			}
 			continue
 		}
+		switch {
+		case b.WeComRobot != nil:
+			fmt.Fprintf(stdout, "bot %s (%s): not probed: a group robot's key can be tried only by sending a message\n", b.Name, b.Platform)
+			continue
+		case b.WeComAIBot != nil && b.WeComAIBot.Secret == "":
+			fmt.Fprintf(stdout, "bot %s (%s): webhook mode, nothing to contact; callback URL to set in the WeCom console: <your public URL>/webhook/%s\n", b.Name, b.Platform, b.Name)
+			continue
+		}
 		fmt.Fprintf(stdout, "bot %s (%s): ok, credentials accepted\n", b.Name, b.Platform)
 		if b.WeCom != nil && b.WeCom.Token != "" {
 			fmt.Fprintf(stdout, "    callback URL to set in the WeCom console: <your public URL>/webhook/%s\n", b.Name)
@@ -215,11 +226,17 @@ func probe(ctx context.Context, opener *platforms.Opener, store plugin.StoreConf
 	if err != nil {
 		return err
 	}
+	if b.WeComAIBot != nil {
+		store = plugin.StoreConfig{} // no fleet lease: a check subscribes once and closes
+	}
 	a, err := opener.Open(ctx, store, plugin.BotConfig{Name: b.Name, Platform: b.Platform, Config: data})
 	if err != nil {
 		return err
 	}
 	defer a.Close()
+	if c, ok := a.(interface{ Check(context.Context) error }); ok {
+		return c.Check(ctx) // the AI bot: subscribe and close
+	}
 	tp, ok := a.(interface{ Tokens() *tokenmgr.Manager })
 	if !ok {
 		_, err := a.Status(ctx)

@@ -199,7 +199,10 @@ type BotConfig struct {
 	WeCom    *platforms.WeCom `yaml:"wecom"`
 	Graph    *platforms.Graph `yaml:"graph"`
 	Teams    *platforms.Teams `yaml:"teams"`
-	Deliver  *DeliverConfig   `yaml:"deliver"`
+	// WeComAIBot and WeComRobot are the sections of platforms wecom_aibot and wecom_robot.
+	WeComAIBot *platforms.WeComAIBot `yaml:"wecom_aibot"`
+	WeComRobot *platforms.WeComRobot `yaml:"wecom_robot"`
+	Deliver    *DeliverConfig        `yaml:"deliver"`
 }
 
 // DeliverConfig makes the host POST every event to a URL, signed with the secret, and sets
@@ -568,13 +571,21 @@ func (c *Config) validate(cerr *ConfigError) {
 			}
 		case adapter.PlatformTeams:
 			c.validateTeamsBot(at, b, p)
+		case adapter.PlatformWeComAIBot, adapter.PlatformWeComRobot:
+			c.validateWeComBot(at, b, p)
 		case "":
-			p(at+".platform", "required: wecom, graph or teams")
+			p(at+".platform", "required: wecom, graph, teams, wecom_aibot or wecom_robot")
 		default:
-			p(at+".platform", "%s: want wecom, graph or teams", c.show(at+".platform", b.Platform))
+			p(at+".platform", "%s: want wecom, graph, teams, wecom_aibot or wecom_robot", c.show(at+".platform", b.Platform))
 		}
 		if b.Teams != nil && b.Platform != adapter.PlatformTeams && b.Platform != "" {
 			p(at+".teams", "not allowed on a %s bot", b.Platform)
+		}
+		if b.Platform != adapter.PlatformWeComAIBot && b.WeComAIBot != nil {
+			p(at+".wecom_aibot", "only on a wecom_aibot bot")
+		}
+		if b.Platform != adapter.PlatformWeComRobot && b.WeComRobot != nil {
+			p(at+".wecom_robot", "only on a wecom_robot bot")
 		}
 		if d := b.Deliver; d != nil {
 			switch u, err := url.Parse(d.WebhookURL); {

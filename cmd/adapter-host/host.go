@@ -222,7 +222,8 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 		}()
 	}
 	for _, b := range cfg.Bots {
-		if b.Graph == nil || b.Graph.NotificationURL != "" {
+		longConn := b.WeComAIBot != nil && b.WeComAIBot.Secret != "" // the AI bot's long connection runs under Poll
+		if !longConn && (b.Graph == nil || b.Graph.NotificationURL != "") {
 			continue
 		}
 		if poller, ok := h.srv.bots[b.Name].adapter.(adapter.Poller); ok {

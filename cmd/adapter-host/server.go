@@ -122,7 +122,10 @@ func jsonBody(s *server, next http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodPost {
 			ct := r.Header.Get("Content-Type")
-			if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
+			mt, _, err := mime.ParseMediaType(ct)
+			// A streamed send (NDJSON deltas) is the one other body /v1 takes.
+			streamed := r.Pattern == "POST /v1/bots/{bot}/messages" && mt == "application/x-ndjson"
+			if err != nil || (mt != "application/json" && !streamed) {
 				w.Header().Set("Accept-Post", "application/json")
 				s.refuse(w, r, &statusError{status: http.StatusUnsupportedMediaType, Err: &adapter.Error{Kind: adapter.KindInvalidRequest,
 					Message: "send the body as JSON with Content-Type: application/json; got " + strconv.Quote(clip(ct, 64))}})
@@ -387,6 +390,10 @@ type sendResponse struct {
 func (s *server) send(w http.ResponseWriter, r *http.Request) {
 	b := s.bot(w, r)
 	if b == nil {
+		return
+	}
+	if isStreamedSend(r) {
+		s.streamSend(w, r, b)
 		return
 	}
 	release, err := s.bodies.hold(r, maxSendBody)

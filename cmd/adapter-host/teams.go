@@ -102,6 +102,10 @@ func (b BotConfig) pluginSection() any {
 			t.MSIEndpoint, t.MSIHeader = os.Getenv("IDENTITY_ENDPOINT"), os.Getenv("IDENTITY_HEADER")
 		}
 		return &t
+	case b.WeComAIBot != nil:
+		return b.WeComAIBot
+	case b.WeComRobot != nil:
+		return b.WeComRobot
 	}
 	return b.WeCom
 }

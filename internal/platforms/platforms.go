@@ -116,7 +116,7 @@ func (o *Opener) start(a starter, log *slog.Logger) {
 
 // Supported lists the platforms this build can open.
 func Supported() []string {
-	return []string{adapter.PlatformWeCom, adapter.PlatformGraph, adapter.PlatformTeams}
+	return []string{adapter.PlatformWeCom, adapter.PlatformGraph, adapter.PlatformTeams, adapter.PlatformWeComAIBot, adapter.PlatformWeComRobot}
 }
 
 // Opener opens bots for a plugin [plugin.Server]. Its zero value is not usable: use New.
@@ -293,6 +293,9 @@ func (o *Opener) Open(ctx context.Context, sc plugin.StoreConfig, bot plugin.Bot
 		return a, nil
 	case adapter.PlatformTeams:
 		return o.openTeams(sc, store, bot, hc, log, topts)
+	}
+	if a, ok, err := openWeComBot(sc, bot, hc, log); ok {
+		return a, err
 	}
 	return nil, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: fmt.Sprintf("unknown platform %q", bot.Platform)}
 }

@@ -27,6 +27,134 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type StreamRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Bot           string                 `protobuf:"bytes,1,opt,name=bot,proto3" json:"bot,omitempty"`            // first request only
+	Message       *Message               `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`    // first request only: the header, without content
+	Markdown      bool                   `protobuf:"varint,3,opt,name=markdown,proto3" json:"markdown,omitempty"` // first request only: send collected text as markdown (platforms that cannot stream)
+	Delta         string                 `protobuf:"bytes,4,opt,name=delta,proto3" json:"delta,omitempty"`
+	Abort         bool                   `protobuf:"varint,5,opt,name=abort,proto3" json:"abort,omitempty"`
+	Reason        string                 `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"` // with abort, for logs
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamRequest) Reset() {
+	*x = StreamRequest{}
+	mi := &file_adapter_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamRequest) ProtoMessage() {}
+
+func (x *StreamRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_adapter_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamRequest.ProtoReflect.Descriptor instead.
+func (*StreamRequest) Descriptor() ([]byte, []int) {
+	return file_adapter_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *StreamRequest) GetBot() string {
+	if x != nil {
+		return x.Bot
+	}
+	return ""
+}
+
+func (x *StreamRequest) GetMessage() *Message {
+	if x != nil {
+		return x.Message
+	}
+	return nil
+}
+
+func (x *StreamRequest) GetMarkdown() bool {
+	if x != nil {
+		return x.Markdown
+	}
+	return false
+}
+
+func (x *StreamRequest) GetDelta() string {
+	if x != nil {
+		return x.Delta
+	}
+	return ""
+}
+
+func (x *StreamRequest) GetAbort() bool {
+	if x != nil {
+		return x.Abort
+	}
+	return false
+}
+
+func (x *StreamRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type StreamResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Receipt       *Receipt               `protobuf:"bytes,1,opt,name=receipt,proto3" json:"receipt,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamResponse) Reset() {
+	*x = StreamResponse{}
+	mi := &file_adapter_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamResponse) ProtoMessage() {}
+
+func (x *StreamResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_adapter_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamResponse.ProtoReflect.Descriptor instead.
+func (*StreamResponse) Descriptor() ([]byte, []int) {
+	return file_adapter_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *StreamResponse) GetReceipt() *Receipt {
+	if x != nil {
+		return x.Receipt
+	}
+	return nil
+}
+
 type InfoRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -35,7 +163,7 @@ type InfoRequest struct {
 
 func (x *InfoRequest) Reset() {
 	*x = InfoRequest{}
-	mi := &file_adapter_proto_msgTypes[0]
+	mi := &file_adapter_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -47,7 +175,7 @@ func (x *InfoRequest) String() string {
 func (*InfoRequest) ProtoMessage() {}
 
 func (x *InfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[0]
+	mi := &file_adapter_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -60,7 +188,7 @@ func (x *InfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoRequest.ProtoReflect.Descriptor instead.
 func (*InfoRequest) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{0}
+	return file_adapter_proto_rawDescGZIP(), []int{2}
 }
 
 type InfoResponse struct {
@@ -74,7 +202,7 @@ type InfoResponse struct {
 
 func (x *InfoResponse) Reset() {
 	*x = InfoResponse{}
-	mi := &file_adapter_proto_msgTypes[1]
+	mi := &file_adapter_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -86,7 +214,7 @@ func (x *InfoResponse) String() string {
 func (*InfoResponse) ProtoMessage() {}
 
 func (x *InfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[1]
+	mi := &file_adapter_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -99,7 +227,7 @@ func (x *InfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoResponse.ProtoReflect.Descriptor instead.
 func (*InfoResponse) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{1}
+	return file_adapter_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *InfoResponse) GetVersion() string {
@@ -150,7 +278,7 @@ type StoreConfig struct {
 
 func (x *StoreConfig) Reset() {
 	*x = StoreConfig{}
-	mi := &file_adapter_proto_msgTypes[2]
+	mi := &file_adapter_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -162,7 +290,7 @@ func (x *StoreConfig) String() string {
 func (*StoreConfig) ProtoMessage() {}
 
 func (x *StoreConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[2]
+	mi := &file_adapter_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -175,7 +303,7 @@ func (x *StoreConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreConfig.ProtoReflect.Descriptor instead.
 func (*StoreConfig) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{2}
+	return file_adapter_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *StoreConfig) GetRedisUrl() string {
@@ -281,7 +409,7 @@ type BotConfig struct {
 
 func (x *BotConfig) Reset() {
 	*x = BotConfig{}
-	mi := &file_adapter_proto_msgTypes[3]
+	mi := &file_adapter_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -293,7 +421,7 @@ func (x *BotConfig) String() string {
 func (*BotConfig) ProtoMessage() {}
 
 func (x *BotConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[3]
+	mi := &file_adapter_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -306,7 +434,7 @@ func (x *BotConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BotConfig.ProtoReflect.Descriptor instead.
 func (*BotConfig) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{3}
+	return file_adapter_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *BotConfig) GetName() string {
@@ -340,7 +468,7 @@ type ConfigureRequest struct {
 
 func (x *ConfigureRequest) Reset() {
 	*x = ConfigureRequest{}
-	mi := &file_adapter_proto_msgTypes[4]
+	mi := &file_adapter_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -352,7 +480,7 @@ func (x *ConfigureRequest) String() string {
 func (*ConfigureRequest) ProtoMessage() {}
 
 func (x *ConfigureRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[4]
+	mi := &file_adapter_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -365,7 +493,7 @@ func (x *ConfigureRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigureRequest.ProtoReflect.Descriptor instead.
 func (*ConfigureRequest) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{4}
+	return file_adapter_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ConfigureRequest) GetBots() []*BotConfig {
@@ -393,7 +521,7 @@ type BotInfo struct {
 
 func (x *BotInfo) Reset() {
 	*x = BotInfo{}
-	mi := &file_adapter_proto_msgTypes[5]
+	mi := &file_adapter_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -405,7 +533,7 @@ func (x *BotInfo) String() string {
 func (*BotInfo) ProtoMessage() {}
 
 func (x *BotInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[5]
+	mi := &file_adapter_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -418,7 +546,7 @@ func (x *BotInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BotInfo.ProtoReflect.Descriptor instead.
 func (*BotInfo) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{5}
+	return file_adapter_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *BotInfo) GetName() string {
@@ -451,7 +579,7 @@ type ConfigureResponse struct {
 
 func (x *ConfigureResponse) Reset() {
 	*x = ConfigureResponse{}
-	mi := &file_adapter_proto_msgTypes[6]
+	mi := &file_adapter_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -463,7 +591,7 @@ func (x *ConfigureResponse) String() string {
 func (*ConfigureResponse) ProtoMessage() {}
 
 func (x *ConfigureResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[6]
+	mi := &file_adapter_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -476,7 +604,7 @@ func (x *ConfigureResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigureResponse.ProtoReflect.Descriptor instead.
 func (*ConfigureResponse) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{6}
+	return file_adapter_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ConfigureResponse) GetBots() []*BotInfo {
@@ -496,7 +624,7 @@ type Channel struct {
 
 func (x *Channel) Reset() {
 	*x = Channel{}
-	mi := &file_adapter_proto_msgTypes[7]
+	mi := &file_adapter_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -508,7 +636,7 @@ func (x *Channel) String() string {
 func (*Channel) ProtoMessage() {}
 
 func (x *Channel) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[7]
+	mi := &file_adapter_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -521,7 +649,7 @@ func (x *Channel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Channel.ProtoReflect.Descriptor instead.
 func (*Channel) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{7}
+	return file_adapter_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Channel) GetTeam() string {
@@ -555,7 +683,7 @@ type Target struct {
 
 func (x *Target) Reset() {
 	*x = Target{}
-	mi := &file_adapter_proto_msgTypes[8]
+	mi := &file_adapter_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -567,7 +695,7 @@ func (x *Target) String() string {
 func (*Target) ProtoMessage() {}
 
 func (x *Target) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[8]
+	mi := &file_adapter_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -580,7 +708,7 @@ func (x *Target) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Target.ProtoReflect.Descriptor instead.
 func (*Target) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{8}
+	return file_adapter_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Target) GetUser() string {
@@ -656,7 +784,7 @@ type Mention struct {
 
 func (x *Mention) Reset() {
 	*x = Mention{}
-	mi := &file_adapter_proto_msgTypes[9]
+	mi := &file_adapter_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -668,7 +796,7 @@ func (x *Mention) String() string {
 func (*Mention) ProtoMessage() {}
 
 func (x *Mention) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[9]
+	mi := &file_adapter_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -681,7 +809,7 @@ func (x *Mention) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mention.ProtoReflect.Descriptor instead.
 func (*Mention) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{9}
+	return file_adapter_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Mention) GetId() string {
@@ -715,7 +843,7 @@ type Attachment struct {
 
 func (x *Attachment) Reset() {
 	*x = Attachment{}
-	mi := &file_adapter_proto_msgTypes[10]
+	mi := &file_adapter_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -727,7 +855,7 @@ func (x *Attachment) String() string {
 func (*Attachment) ProtoMessage() {}
 
 func (x *Attachment) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[10]
+	mi := &file_adapter_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -740,7 +868,7 @@ func (x *Attachment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Attachment.ProtoReflect.Descriptor instead.
 func (*Attachment) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{10}
+	return file_adapter_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Attachment) GetType() string {
@@ -823,7 +951,7 @@ type Message struct {
 
 func (x *Message) Reset() {
 	*x = Message{}
-	mi := &file_adapter_proto_msgTypes[11]
+	mi := &file_adapter_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -835,7 +963,7 @@ func (x *Message) String() string {
 func (*Message) ProtoMessage() {}
 
 func (x *Message) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[11]
+	mi := &file_adapter_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -848,7 +976,7 @@ func (x *Message) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Message.ProtoReflect.Descriptor instead.
 func (*Message) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{11}
+	return file_adapter_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Message) GetTo() *Target {
@@ -925,7 +1053,7 @@ type Receipt struct {
 
 func (x *Receipt) Reset() {
 	*x = Receipt{}
-	mi := &file_adapter_proto_msgTypes[12]
+	mi := &file_adapter_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -937,7 +1065,7 @@ func (x *Receipt) String() string {
 func (*Receipt) ProtoMessage() {}
 
 func (x *Receipt) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[12]
+	mi := &file_adapter_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -950,7 +1078,7 @@ func (x *Receipt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Receipt.ProtoReflect.Descriptor instead.
 func (*Receipt) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{12}
+	return file_adapter_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Receipt) GetId() string {
@@ -984,7 +1112,7 @@ type SendRequest struct {
 
 func (x *SendRequest) Reset() {
 	*x = SendRequest{}
-	mi := &file_adapter_proto_msgTypes[13]
+	mi := &file_adapter_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -996,7 +1124,7 @@ func (x *SendRequest) String() string {
 func (*SendRequest) ProtoMessage() {}
 
 func (x *SendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[13]
+	mi := &file_adapter_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1009,7 +1137,7 @@ func (x *SendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendRequest.ProtoReflect.Descriptor instead.
 func (*SendRequest) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{13}
+	return file_adapter_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SendRequest) GetBot() string {
@@ -1035,7 +1163,7 @@ type SendResponse struct {
 
 func (x *SendResponse) Reset() {
 	*x = SendResponse{}
-	mi := &file_adapter_proto_msgTypes[14]
+	mi := &file_adapter_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1047,7 +1175,7 @@ func (x *SendResponse) String() string {
 func (*SendResponse) ProtoMessage() {}
 
 func (x *SendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[14]
+	mi := &file_adapter_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1060,7 +1188,7 @@ func (x *SendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendResponse.ProtoReflect.Descriptor instead.
 func (*SendResponse) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{14}
+	return file_adapter_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SendResponse) GetReceipt() *Receipt {
@@ -1079,7 +1207,7 @@ type Values struct {
 
 func (x *Values) Reset() {
 	*x = Values{}
-	mi := &file_adapter_proto_msgTypes[15]
+	mi := &file_adapter_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1091,7 +1219,7 @@ func (x *Values) String() string {
 func (*Values) ProtoMessage() {}
 
 func (x *Values) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[15]
+	mi := &file_adapter_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1104,7 +1232,7 @@ func (x *Values) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Values.ProtoReflect.Descriptor instead.
 func (*Values) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{15}
+	return file_adapter_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Values) GetValues() []string {
@@ -1128,7 +1256,7 @@ type WebhookRequest struct {
 
 func (x *WebhookRequest) Reset() {
 	*x = WebhookRequest{}
-	mi := &file_adapter_proto_msgTypes[16]
+	mi := &file_adapter_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1140,7 +1268,7 @@ func (x *WebhookRequest) String() string {
 func (*WebhookRequest) ProtoMessage() {}
 
 func (x *WebhookRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[16]
+	mi := &file_adapter_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1153,7 +1281,7 @@ func (x *WebhookRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WebhookRequest.ProtoReflect.Descriptor instead.
 func (*WebhookRequest) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{16}
+	return file_adapter_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *WebhookRequest) GetMethod() string {
@@ -1209,7 +1337,7 @@ type WebhookResponse struct {
 
 func (x *WebhookResponse) Reset() {
 	*x = WebhookResponse{}
-	mi := &file_adapter_proto_msgTypes[17]
+	mi := &file_adapter_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1221,7 +1349,7 @@ func (x *WebhookResponse) String() string {
 func (*WebhookResponse) ProtoMessage() {}
 
 func (x *WebhookResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[17]
+	mi := &file_adapter_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1234,7 +1362,7 @@ func (x *WebhookResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WebhookResponse.ProtoReflect.Descriptor instead.
 func (*WebhookResponse) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{17}
+	return file_adapter_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *WebhookResponse) GetStatus() int32 {
@@ -1268,7 +1396,7 @@ type Chat struct {
 
 func (x *Chat) Reset() {
 	*x = Chat{}
-	mi := &file_adapter_proto_msgTypes[18]
+	mi := &file_adapter_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1280,7 +1408,7 @@ func (x *Chat) String() string {
 func (*Chat) ProtoMessage() {}
 
 func (x *Chat) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[18]
+	mi := &file_adapter_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1293,7 +1421,7 @@ func (x *Chat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Chat.ProtoReflect.Descriptor instead.
 func (*Chat) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{18}
+	return file_adapter_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Chat) GetId() string {
@@ -1320,7 +1448,7 @@ type Sender struct {
 
 func (x *Sender) Reset() {
 	*x = Sender{}
-	mi := &file_adapter_proto_msgTypes[19]
+	mi := &file_adapter_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1332,7 +1460,7 @@ func (x *Sender) String() string {
 func (*Sender) ProtoMessage() {}
 
 func (x *Sender) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[19]
+	mi := &file_adapter_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1345,7 +1473,7 @@ func (x *Sender) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sender.ProtoReflect.Descriptor instead.
 func (*Sender) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{19}
+	return file_adapter_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Sender) GetId() string {
@@ -1380,7 +1508,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_adapter_proto_msgTypes[20]
+	mi := &file_adapter_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1392,7 +1520,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[20]
+	mi := &file_adapter_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1405,7 +1533,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{20}
+	return file_adapter_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Event) GetId() string {
@@ -1493,7 +1621,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_adapter_proto_msgTypes[21]
+	mi := &file_adapter_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1505,7 +1633,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[21]
+	mi := &file_adapter_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1518,7 +1646,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{21}
+	return file_adapter_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Error) GetKind() string {
@@ -1566,7 +1694,7 @@ type HandleWebhookRequest struct {
 
 func (x *HandleWebhookRequest) Reset() {
 	*x = HandleWebhookRequest{}
-	mi := &file_adapter_proto_msgTypes[22]
+	mi := &file_adapter_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1578,7 +1706,7 @@ func (x *HandleWebhookRequest) String() string {
 func (*HandleWebhookRequest) ProtoMessage() {}
 
 func (x *HandleWebhookRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[22]
+	mi := &file_adapter_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1591,7 +1719,7 @@ func (x *HandleWebhookRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HandleWebhookRequest.ProtoReflect.Descriptor instead.
 func (*HandleWebhookRequest) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{22}
+	return file_adapter_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *HandleWebhookRequest) GetBot() string {
@@ -1619,7 +1747,7 @@ type HandleWebhookResponse struct {
 
 func (x *HandleWebhookResponse) Reset() {
 	*x = HandleWebhookResponse{}
-	mi := &file_adapter_proto_msgTypes[23]
+	mi := &file_adapter_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1631,7 +1759,7 @@ func (x *HandleWebhookResponse) String() string {
 func (*HandleWebhookResponse) ProtoMessage() {}
 
 func (x *HandleWebhookResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[23]
+	mi := &file_adapter_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1644,7 +1772,7 @@ func (x *HandleWebhookResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HandleWebhookResponse.ProtoReflect.Descriptor instead.
 func (*HandleWebhookResponse) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{23}
+	return file_adapter_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *HandleWebhookResponse) GetResponse() *WebhookResponse {
@@ -1677,7 +1805,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_adapter_proto_msgTypes[24]
+	mi := &file_adapter_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1689,7 +1817,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[24]
+	mi := &file_adapter_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1702,7 +1830,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{24}
+	return file_adapter_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *StatusRequest) GetBot() string {
@@ -1734,7 +1862,7 @@ type TokenStatus struct {
 
 func (x *TokenStatus) Reset() {
 	*x = TokenStatus{}
-	mi := &file_adapter_proto_msgTypes[25]
+	mi := &file_adapter_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1746,7 +1874,7 @@ func (x *TokenStatus) String() string {
 func (*TokenStatus) ProtoMessage() {}
 
 func (x *TokenStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[25]
+	mi := &file_adapter_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1759,7 +1887,7 @@ func (x *TokenStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenStatus.ProtoReflect.Descriptor instead.
 func (*TokenStatus) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{25}
+	return file_adapter_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *TokenStatus) GetKey() string {
@@ -1873,7 +2001,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_adapter_proto_msgTypes[26]
+	mi := &file_adapter_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1885,7 +2013,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[26]
+	mi := &file_adapter_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1898,7 +2026,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{26}
+	return file_adapter_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *StatusResponse) GetBot() string {
@@ -1946,7 +2074,7 @@ type UploadRequest struct {
 
 func (x *UploadRequest) Reset() {
 	*x = UploadRequest{}
-	mi := &file_adapter_proto_msgTypes[27]
+	mi := &file_adapter_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1958,7 +2086,7 @@ func (x *UploadRequest) String() string {
 func (*UploadRequest) ProtoMessage() {}
 
 func (x *UploadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[27]
+	mi := &file_adapter_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1971,7 +2099,7 @@ func (x *UploadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UploadRequest.ProtoReflect.Descriptor instead.
 func (*UploadRequest) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{27}
+	return file_adapter_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *UploadRequest) GetBot() string {
@@ -1997,7 +2125,7 @@ type UploadResponse struct {
 
 func (x *UploadResponse) Reset() {
 	*x = UploadResponse{}
-	mi := &file_adapter_proto_msgTypes[28]
+	mi := &file_adapter_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2009,7 +2137,7 @@ func (x *UploadResponse) String() string {
 func (*UploadResponse) ProtoMessage() {}
 
 func (x *UploadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[28]
+	mi := &file_adapter_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2022,7 +2150,7 @@ func (x *UploadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UploadResponse.ProtoReflect.Descriptor instead.
 func (*UploadResponse) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{28}
+	return file_adapter_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *UploadResponse) GetAttachment() *Attachment {
@@ -2041,7 +2169,7 @@ type PollRequest struct {
 
 func (x *PollRequest) Reset() {
 	*x = PollRequest{}
-	mi := &file_adapter_proto_msgTypes[29]
+	mi := &file_adapter_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2053,7 +2181,7 @@ func (x *PollRequest) String() string {
 func (*PollRequest) ProtoMessage() {}
 
 func (x *PollRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[29]
+	mi := &file_adapter_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2066,7 +2194,7 @@ func (x *PollRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PollRequest.ProtoReflect.Descriptor instead.
 func (*PollRequest) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{29}
+	return file_adapter_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *PollRequest) GetBot() string {
@@ -2085,7 +2213,7 @@ type PollResponse struct {
 
 func (x *PollResponse) Reset() {
 	*x = PollResponse{}
-	mi := &file_adapter_proto_msgTypes[30]
+	mi := &file_adapter_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2097,7 +2225,7 @@ func (x *PollResponse) String() string {
 func (*PollResponse) ProtoMessage() {}
 
 func (x *PollResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[30]
+	mi := &file_adapter_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2110,7 +2238,7 @@ func (x *PollResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PollResponse.ProtoReflect.Descriptor instead.
 func (*PollResponse) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{30}
+	return file_adapter_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *PollResponse) GetEvents() []*Event {
@@ -2130,7 +2258,7 @@ type RecallRequest struct {
 
 func (x *RecallRequest) Reset() {
 	*x = RecallRequest{}
-	mi := &file_adapter_proto_msgTypes[31]
+	mi := &file_adapter_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2142,7 +2270,7 @@ func (x *RecallRequest) String() string {
 func (*RecallRequest) ProtoMessage() {}
 
 func (x *RecallRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[31]
+	mi := &file_adapter_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2155,7 +2283,7 @@ func (x *RecallRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecallRequest.ProtoReflect.Descriptor instead.
 func (*RecallRequest) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{31}
+	return file_adapter_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RecallRequest) GetBot() string {
@@ -2180,7 +2308,7 @@ type RecallResponse struct {
 
 func (x *RecallResponse) Reset() {
 	*x = RecallResponse{}
-	mi := &file_adapter_proto_msgTypes[32]
+	mi := &file_adapter_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2192,7 +2320,7 @@ func (x *RecallResponse) String() string {
 func (*RecallResponse) ProtoMessage() {}
 
 func (x *RecallResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[32]
+	mi := &file_adapter_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2205,7 +2333,7 @@ func (x *RecallResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecallResponse.ProtoReflect.Descriptor instead.
 func (*RecallResponse) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{32}
+	return file_adapter_proto_rawDescGZIP(), []int{34}
 }
 
 type CloseBotRequest struct {
@@ -2217,7 +2345,7 @@ type CloseBotRequest struct {
 
 func (x *CloseBotRequest) Reset() {
 	*x = CloseBotRequest{}
-	mi := &file_adapter_proto_msgTypes[33]
+	mi := &file_adapter_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2229,7 +2357,7 @@ func (x *CloseBotRequest) String() string {
 func (*CloseBotRequest) ProtoMessage() {}
 
 func (x *CloseBotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[33]
+	mi := &file_adapter_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2242,7 +2370,7 @@ func (x *CloseBotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseBotRequest.ProtoReflect.Descriptor instead.
 func (*CloseBotRequest) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{33}
+	return file_adapter_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *CloseBotRequest) GetBot() string {
@@ -2260,7 +2388,7 @@ type CloseBotResponse struct {
 
 func (x *CloseBotResponse) Reset() {
 	*x = CloseBotResponse{}
-	mi := &file_adapter_proto_msgTypes[34]
+	mi := &file_adapter_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2272,7 +2400,7 @@ func (x *CloseBotResponse) String() string {
 func (*CloseBotResponse) ProtoMessage() {}
 
 func (x *CloseBotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[34]
+	mi := &file_adapter_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2285,7 +2413,7 @@ func (x *CloseBotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseBotResponse.ProtoReflect.Descriptor instead.
 func (*CloseBotResponse) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{34}
+	return file_adapter_proto_rawDescGZIP(), []int{36}
 }
 
 type MetricsRequest struct {
@@ -2296,7 +2424,7 @@ type MetricsRequest struct {
 
 func (x *MetricsRequest) Reset() {
 	*x = MetricsRequest{}
-	mi := &file_adapter_proto_msgTypes[35]
+	mi := &file_adapter_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2308,7 +2436,7 @@ func (x *MetricsRequest) String() string {
 func (*MetricsRequest) ProtoMessage() {}
 
 func (x *MetricsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[35]
+	mi := &file_adapter_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2321,7 +2449,7 @@ func (x *MetricsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetricsRequest.ProtoReflect.Descriptor instead.
 func (*MetricsRequest) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{35}
+	return file_adapter_proto_rawDescGZIP(), []int{37}
 }
 
 type MetricsResponse struct {
@@ -2333,7 +2461,7 @@ type MetricsResponse struct {
 
 func (x *MetricsResponse) Reset() {
 	*x = MetricsResponse{}
-	mi := &file_adapter_proto_msgTypes[36]
+	mi := &file_adapter_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2345,7 +2473,7 @@ func (x *MetricsResponse) String() string {
 func (*MetricsResponse) ProtoMessage() {}
 
 func (x *MetricsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[36]
+	mi := &file_adapter_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2358,7 +2486,7 @@ func (x *MetricsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetricsResponse.ProtoReflect.Descriptor instead.
 func (*MetricsResponse) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{36}
+	return file_adapter_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *MetricsResponse) GetText() []byte {
@@ -2372,7 +2500,16 @@ var File_adapter_proto protoreflect.FileDescriptor
 
 const file_adapter_proto_rawDesc = "" +
 	"\n" +
-	"\radapter.proto\x12\x13chatwire.adapter.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\r\n" +
+	"\radapter.proto\x12\x13chatwire.adapter.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb9\x01\n" +
+	"\rStreamRequest\x12\x10\n" +
+	"\x03bot\x18\x01 \x01(\tR\x03bot\x126\n" +
+	"\amessage\x18\x02 \x01(\v2\x1c.chatwire.adapter.v1.MessageR\amessage\x12\x1a\n" +
+	"\bmarkdown\x18\x03 \x01(\bR\bmarkdown\x12\x14\n" +
+	"\x05delta\x18\x04 \x01(\tR\x05delta\x12\x14\n" +
+	"\x05abort\x18\x05 \x01(\bR\x05abort\x12\x16\n" +
+	"\x06reason\x18\x06 \x01(\tR\x06reason\"H\n" +
+	"\x0eStreamResponse\x126\n" +
+	"\areceipt\x18\x01 \x01(\v2\x1c.chatwire.adapter.v1.ReceiptR\areceipt\"\r\n" +
 	"\vInfoRequest\"m\n" +
 	"\fInfoResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x1c\n" +
@@ -2561,7 +2698,7 @@ const file_adapter_proto_rawDesc = "" +
 	"\x10CloseBotResponse\"\x10\n" +
 	"\x0eMetricsRequest\"%\n" +
 	"\x0fMetricsResponse\x12\x12\n" +
-	"\x04text\x18\x01 \x01(\fR\x04text2\xe3\x06\n" +
+	"\x04text\x18\x01 \x01(\fR\x04text2\xb8\a\n" +
 	"\x0eAdapterService\x12K\n" +
 	"\x04Info\x12 .chatwire.adapter.v1.InfoRequest\x1a!.chatwire.adapter.v1.InfoResponse\x12Z\n" +
 	"\tConfigure\x12%.chatwire.adapter.v1.ConfigureRequest\x1a&.chatwire.adapter.v1.ConfigureResponse\x12K\n" +
@@ -2572,7 +2709,8 @@ const file_adapter_proto_rawDesc = "" +
 	"\x04Poll\x12 .chatwire.adapter.v1.PollRequest\x1a!.chatwire.adapter.v1.PollResponse\x12Q\n" +
 	"\x06Recall\x12\".chatwire.adapter.v1.RecallRequest\x1a#.chatwire.adapter.v1.RecallResponse\x12W\n" +
 	"\bCloseBot\x12$.chatwire.adapter.v1.CloseBotRequest\x1a%.chatwire.adapter.v1.CloseBotResponse\x12T\n" +
-	"\aMetrics\x12#.chatwire.adapter.v1.MetricsRequest\x1a$.chatwire.adapter.v1.MetricsResponseB:Z8github.com/seed-a64d9e1f/chatwire/plugin/proto;adapterpbb\x06proto3"
+	"\aMetrics\x12#.chatwire.adapter.v1.MetricsRequest\x1a$.chatwire.adapter.v1.MetricsResponse\x12S\n" +
+	"\x06Stream\x12\".chatwire.adapter.v1.StreamRequest\x1a#.chatwire.adapter.v1.StreamResponse(\x01B:Z8github.com/seed-a64d9e1f/chatwire/plugin/proto;adapterpbb\x06proto3"
 
 var (
 	file_adapter_proto_rawDescOnce sync.Once
@@ -2586,109 +2724,115 @@ func file_adapter_proto_rawDescGZIP() []byte {
 	return file_adapter_proto_rawDescData
 }
 
-var file_adapter_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
+var file_adapter_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
 var file_adapter_proto_goTypes = []any{
-	(*InfoRequest)(nil),           // 0: chatwire.adapter.v1.InfoRequest
-	(*InfoResponse)(nil),          // 1: chatwire.adapter.v1.InfoResponse
-	(*StoreConfig)(nil),           // 2: chatwire.adapter.v1.StoreConfig
-	(*BotConfig)(nil),             // 3: chatwire.adapter.v1.BotConfig
-	(*ConfigureRequest)(nil),      // 4: chatwire.adapter.v1.ConfigureRequest
-	(*BotInfo)(nil),               // 5: chatwire.adapter.v1.BotInfo
-	(*ConfigureResponse)(nil),     // 6: chatwire.adapter.v1.ConfigureResponse
-	(*Channel)(nil),               // 7: chatwire.adapter.v1.Channel
-	(*Target)(nil),                // 8: chatwire.adapter.v1.Target
-	(*Mention)(nil),               // 9: chatwire.adapter.v1.Mention
-	(*Attachment)(nil),            // 10: chatwire.adapter.v1.Attachment
-	(*Message)(nil),               // 11: chatwire.adapter.v1.Message
-	(*Receipt)(nil),               // 12: chatwire.adapter.v1.Receipt
-	(*SendRequest)(nil),           // 13: chatwire.adapter.v1.SendRequest
-	(*SendResponse)(nil),          // 14: chatwire.adapter.v1.SendResponse
-	(*Values)(nil),                // 15: chatwire.adapter.v1.Values
-	(*WebhookRequest)(nil),        // 16: chatwire.adapter.v1.WebhookRequest
-	(*WebhookResponse)(nil),       // 17: chatwire.adapter.v1.WebhookResponse
-	(*Chat)(nil),                  // 18: chatwire.adapter.v1.Chat
-	(*Sender)(nil),                // 19: chatwire.adapter.v1.Sender
-	(*Event)(nil),                 // 20: chatwire.adapter.v1.Event
-	(*Error)(nil),                 // 21: chatwire.adapter.v1.Error
-	(*HandleWebhookRequest)(nil),  // 22: chatwire.adapter.v1.HandleWebhookRequest
-	(*HandleWebhookResponse)(nil), // 23: chatwire.adapter.v1.HandleWebhookResponse
-	(*StatusRequest)(nil),         // 24: chatwire.adapter.v1.StatusRequest
-	(*TokenStatus)(nil),           // 25: chatwire.adapter.v1.TokenStatus
-	(*StatusResponse)(nil),        // 26: chatwire.adapter.v1.StatusResponse
-	(*UploadRequest)(nil),         // 27: chatwire.adapter.v1.UploadRequest
-	(*UploadResponse)(nil),        // 28: chatwire.adapter.v1.UploadResponse
-	(*PollRequest)(nil),           // 29: chatwire.adapter.v1.PollRequest
-	(*PollResponse)(nil),          // 30: chatwire.adapter.v1.PollResponse
-	(*RecallRequest)(nil),         // 31: chatwire.adapter.v1.RecallRequest
-	(*RecallResponse)(nil),        // 32: chatwire.adapter.v1.RecallResponse
-	(*CloseBotRequest)(nil),       // 33: chatwire.adapter.v1.CloseBotRequest
-	(*CloseBotResponse)(nil),      // 34: chatwire.adapter.v1.CloseBotResponse
-	(*MetricsRequest)(nil),        // 35: chatwire.adapter.v1.MetricsRequest
-	(*MetricsResponse)(nil),       // 36: chatwire.adapter.v1.MetricsResponse
-	nil,                           // 37: chatwire.adapter.v1.WebhookRequest.QueryEntry
-	nil,                           // 38: chatwire.adapter.v1.WebhookRequest.HeaderEntry
-	nil,                           // 39: chatwire.adapter.v1.WebhookResponse.HeaderEntry
-	(*timestamppb.Timestamp)(nil), // 40: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 41: google.protobuf.Duration
+	(*StreamRequest)(nil),         // 0: chatwire.adapter.v1.StreamRequest
+	(*StreamResponse)(nil),        // 1: chatwire.adapter.v1.StreamResponse
+	(*InfoRequest)(nil),           // 2: chatwire.adapter.v1.InfoRequest
+	(*InfoResponse)(nil),          // 3: chatwire.adapter.v1.InfoResponse
+	(*StoreConfig)(nil),           // 4: chatwire.adapter.v1.StoreConfig
+	(*BotConfig)(nil),             // 5: chatwire.adapter.v1.BotConfig
+	(*ConfigureRequest)(nil),      // 6: chatwire.adapter.v1.ConfigureRequest
+	(*BotInfo)(nil),               // 7: chatwire.adapter.v1.BotInfo
+	(*ConfigureResponse)(nil),     // 8: chatwire.adapter.v1.ConfigureResponse
+	(*Channel)(nil),               // 9: chatwire.adapter.v1.Channel
+	(*Target)(nil),                // 10: chatwire.adapter.v1.Target
+	(*Mention)(nil),               // 11: chatwire.adapter.v1.Mention
+	(*Attachment)(nil),            // 12: chatwire.adapter.v1.Attachment
+	(*Message)(nil),               // 13: chatwire.adapter.v1.Message
+	(*Receipt)(nil),               // 14: chatwire.adapter.v1.Receipt
+	(*SendRequest)(nil),           // 15: chatwire.adapter.v1.SendRequest
+	(*SendResponse)(nil),          // 16: chatwire.adapter.v1.SendResponse
+	(*Values)(nil),                // 17: chatwire.adapter.v1.Values
+	(*WebhookRequest)(nil),        // 18: chatwire.adapter.v1.WebhookRequest
+	(*WebhookResponse)(nil),       // 19: chatwire.adapter.v1.WebhookResponse
+	(*Chat)(nil),                  // 20: chatwire.adapter.v1.Chat
+	(*Sender)(nil),                // 21: chatwire.adapter.v1.Sender
+	(*Event)(nil),                 // 22: chatwire.adapter.v1.Event
+	(*Error)(nil),                 // 23: chatwire.adapter.v1.Error
+	(*HandleWebhookRequest)(nil),  // 24: chatwire.adapter.v1.HandleWebhookRequest
+	(*HandleWebhookResponse)(nil), // 25: chatwire.adapter.v1.HandleWebhookResponse
+	(*StatusRequest)(nil),         // 26: chatwire.adapter.v1.StatusRequest
+	(*TokenStatus)(nil),           // 27: chatwire.adapter.v1.TokenStatus
+	(*StatusResponse)(nil),        // 28: chatwire.adapter.v1.StatusResponse
+	(*UploadRequest)(nil),         // 29: chatwire.adapter.v1.UploadRequest
+	(*UploadResponse)(nil),        // 30: chatwire.adapter.v1.UploadResponse
+	(*PollRequest)(nil),           // 31: chatwire.adapter.v1.PollRequest
+	(*PollResponse)(nil),          // 32: chatwire.adapter.v1.PollResponse
+	(*RecallRequest)(nil),         // 33: chatwire.adapter.v1.RecallRequest
+	(*RecallResponse)(nil),        // 34: chatwire.adapter.v1.RecallResponse
+	(*CloseBotRequest)(nil),       // 35: chatwire.adapter.v1.CloseBotRequest
+	(*CloseBotResponse)(nil),      // 36: chatwire.adapter.v1.CloseBotResponse
+	(*MetricsRequest)(nil),        // 37: chatwire.adapter.v1.MetricsRequest
+	(*MetricsResponse)(nil),       // 38: chatwire.adapter.v1.MetricsResponse
+	nil,                           // 39: chatwire.adapter.v1.WebhookRequest.QueryEntry
+	nil,                           // 40: chatwire.adapter.v1.WebhookRequest.HeaderEntry
+	nil,                           // 41: chatwire.adapter.v1.WebhookResponse.HeaderEntry
+	(*timestamppb.Timestamp)(nil), // 42: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 43: google.protobuf.Duration
 }
 var file_adapter_proto_depIdxs = []int32{
-	3,  // 0: chatwire.adapter.v1.ConfigureRequest.bots:type_name -> chatwire.adapter.v1.BotConfig
-	2,  // 1: chatwire.adapter.v1.ConfigureRequest.store:type_name -> chatwire.adapter.v1.StoreConfig
-	5,  // 2: chatwire.adapter.v1.ConfigureResponse.bots:type_name -> chatwire.adapter.v1.BotInfo
-	7,  // 3: chatwire.adapter.v1.Target.channel:type_name -> chatwire.adapter.v1.Channel
-	8,  // 4: chatwire.adapter.v1.Message.to:type_name -> chatwire.adapter.v1.Target
-	9,  // 5: chatwire.adapter.v1.Message.mentions:type_name -> chatwire.adapter.v1.Mention
-	10, // 6: chatwire.adapter.v1.Message.attachments:type_name -> chatwire.adapter.v1.Attachment
-	11, // 7: chatwire.adapter.v1.SendRequest.message:type_name -> chatwire.adapter.v1.Message
-	12, // 8: chatwire.adapter.v1.SendResponse.receipt:type_name -> chatwire.adapter.v1.Receipt
-	37, // 9: chatwire.adapter.v1.WebhookRequest.query:type_name -> chatwire.adapter.v1.WebhookRequest.QueryEntry
-	38, // 10: chatwire.adapter.v1.WebhookRequest.header:type_name -> chatwire.adapter.v1.WebhookRequest.HeaderEntry
-	39, // 11: chatwire.adapter.v1.WebhookResponse.header:type_name -> chatwire.adapter.v1.WebhookResponse.HeaderEntry
-	18, // 12: chatwire.adapter.v1.Event.chat:type_name -> chatwire.adapter.v1.Chat
-	19, // 13: chatwire.adapter.v1.Event.sender:type_name -> chatwire.adapter.v1.Sender
-	10, // 14: chatwire.adapter.v1.Event.attachments:type_name -> chatwire.adapter.v1.Attachment
-	40, // 15: chatwire.adapter.v1.Event.time:type_name -> google.protobuf.Timestamp
-	41, // 16: chatwire.adapter.v1.Error.retry_after:type_name -> google.protobuf.Duration
-	16, // 17: chatwire.adapter.v1.HandleWebhookRequest.request:type_name -> chatwire.adapter.v1.WebhookRequest
-	17, // 18: chatwire.adapter.v1.HandleWebhookResponse.response:type_name -> chatwire.adapter.v1.WebhookResponse
-	20, // 19: chatwire.adapter.v1.HandleWebhookResponse.events:type_name -> chatwire.adapter.v1.Event
-	21, // 20: chatwire.adapter.v1.HandleWebhookResponse.error:type_name -> chatwire.adapter.v1.Error
-	40, // 21: chatwire.adapter.v1.TokenStatus.expires_at:type_name -> google.protobuf.Timestamp
-	40, // 22: chatwire.adapter.v1.TokenStatus.refresh_at:type_name -> google.protobuf.Timestamp
-	40, // 23: chatwire.adapter.v1.TokenStatus.last_refresh:type_name -> google.protobuf.Timestamp
-	40, // 24: chatwire.adapter.v1.TokenStatus.next_attempt:type_name -> google.protobuf.Timestamp
-	25, // 25: chatwire.adapter.v1.StatusResponse.tokens:type_name -> chatwire.adapter.v1.TokenStatus
-	10, // 26: chatwire.adapter.v1.UploadRequest.attachment:type_name -> chatwire.adapter.v1.Attachment
-	10, // 27: chatwire.adapter.v1.UploadResponse.attachment:type_name -> chatwire.adapter.v1.Attachment
-	20, // 28: chatwire.adapter.v1.PollResponse.events:type_name -> chatwire.adapter.v1.Event
-	15, // 29: chatwire.adapter.v1.WebhookRequest.QueryEntry.value:type_name -> chatwire.adapter.v1.Values
-	15, // 30: chatwire.adapter.v1.WebhookRequest.HeaderEntry.value:type_name -> chatwire.adapter.v1.Values
-	15, // 31: chatwire.adapter.v1.WebhookResponse.HeaderEntry.value:type_name -> chatwire.adapter.v1.Values
-	0,  // 32: chatwire.adapter.v1.AdapterService.Info:input_type -> chatwire.adapter.v1.InfoRequest
-	4,  // 33: chatwire.adapter.v1.AdapterService.Configure:input_type -> chatwire.adapter.v1.ConfigureRequest
-	13, // 34: chatwire.adapter.v1.AdapterService.Send:input_type -> chatwire.adapter.v1.SendRequest
-	22, // 35: chatwire.adapter.v1.AdapterService.HandleWebhook:input_type -> chatwire.adapter.v1.HandleWebhookRequest
-	24, // 36: chatwire.adapter.v1.AdapterService.Status:input_type -> chatwire.adapter.v1.StatusRequest
-	27, // 37: chatwire.adapter.v1.AdapterService.Upload:input_type -> chatwire.adapter.v1.UploadRequest
-	29, // 38: chatwire.adapter.v1.AdapterService.Poll:input_type -> chatwire.adapter.v1.PollRequest
-	31, // 39: chatwire.adapter.v1.AdapterService.Recall:input_type -> chatwire.adapter.v1.RecallRequest
-	33, // 40: chatwire.adapter.v1.AdapterService.CloseBot:input_type -> chatwire.adapter.v1.CloseBotRequest
-	35, // 41: chatwire.adapter.v1.AdapterService.Metrics:input_type -> chatwire.adapter.v1.MetricsRequest
-	1,  // 42: chatwire.adapter.v1.AdapterService.Info:output_type -> chatwire.adapter.v1.InfoResponse
-	6,  // 43: chatwire.adapter.v1.AdapterService.Configure:output_type -> chatwire.adapter.v1.ConfigureResponse
-	14, // 44: chatwire.adapter.v1.AdapterService.Send:output_type -> chatwire.adapter.v1.SendResponse
-	23, // 45: chatwire.adapter.v1.AdapterService.HandleWebhook:output_type -> chatwire.adapter.v1.HandleWebhookResponse
-	26, // 46: chatwire.adapter.v1.AdapterService.Status:output_type -> chatwire.adapter.v1.StatusResponse
-	28, // 47: chatwire.adapter.v1.AdapterService.Upload:output_type -> chatwire.adapter.v1.UploadResponse
-	30, // 48: chatwire.adapter.v1.AdapterService.Poll:output_type -> chatwire.adapter.v1.PollResponse
-	32, // 49: chatwire.adapter.v1.AdapterService.Recall:output_type -> chatwire.adapter.v1.RecallResponse
-	34, // 50: chatwire.adapter.v1.AdapterService.CloseBot:output_type -> chatwire.adapter.v1.CloseBotResponse
-	36, // 51: chatwire.adapter.v1.AdapterService.Metrics:output_type -> chatwire.adapter.v1.MetricsResponse
-	42, // [42:52] is the sub-list for method output_type
-	32, // [32:42] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	13, // 0: chatwire.adapter.v1.StreamRequest.message:type_name -> chatwire.adapter.v1.Message
+	14, // 1: chatwire.adapter.v1.StreamResponse.receipt:type_name -> chatwire.adapter.v1.Receipt
+	5,  // 2: chatwire.adapter.v1.ConfigureRequest.bots:type_name -> chatwire.adapter.v1.BotConfig
+	4,  // 3: chatwire.adapter.v1.ConfigureRequest.store:type_name -> chatwire.adapter.v1.StoreConfig
+	7,  // 4: chatwire.adapter.v1.ConfigureResponse.bots:type_name -> chatwire.adapter.v1.BotInfo
+	9,  // 5: chatwire.adapter.v1.Target.channel:type_name -> chatwire.adapter.v1.Channel
+	10, // 6: chatwire.adapter.v1.Message.to:type_name -> chatwire.adapter.v1.Target
+	11, // 7: chatwire.adapter.v1.Message.mentions:type_name -> chatwire.adapter.v1.Mention
+	12, // 8: chatwire.adapter.v1.Message.attachments:type_name -> chatwire.adapter.v1.Attachment
+	13, // 9: chatwire.adapter.v1.SendRequest.message:type_name -> chatwire.adapter.v1.Message
+	14, // 10: chatwire.adapter.v1.SendResponse.receipt:type_name -> chatwire.adapter.v1.Receipt
+	39, // 11: chatwire.adapter.v1.WebhookRequest.query:type_name -> chatwire.adapter.v1.WebhookRequest.QueryEntry
+	40, // 12: chatwire.adapter.v1.WebhookRequest.header:type_name -> chatwire.adapter.v1.WebhookRequest.HeaderEntry
+	41, // 13: chatwire.adapter.v1.WebhookResponse.header:type_name -> chatwire.adapter.v1.WebhookResponse.HeaderEntry
+	20, // 14: chatwire.adapter.v1.Event.chat:type_name -> chatwire.adapter.v1.Chat
+	21, // 15: chatwire.adapter.v1.Event.sender:type_name -> chatwire.adapter.v1.Sender
+	12, // 16: chatwire.adapter.v1.Event.attachments:type_name -> chatwire.adapter.v1.Attachment
+	42, // 17: chatwire.adapter.v1.Event.time:type_name -> google.protobuf.Timestamp
+	43, // 18: chatwire.adapter.v1.Error.retry_after:type_name -> google.protobuf.Duration
+	18, // 19: chatwire.adapter.v1.HandleWebhookRequest.request:type_name -> chatwire.adapter.v1.WebhookRequest
+	19, // 20: chatwire.adapter.v1.HandleWebhookResponse.response:type_name -> chatwire.adapter.v1.WebhookResponse
+	22, // 21: chatwire.adapter.v1.HandleWebhookResponse.events:type_name -> chatwire.adapter.v1.Event
+	23, // 22: chatwire.adapter.v1.HandleWebhookResponse.error:type_name -> chatwire.adapter.v1.Error
+	42, // 23: chatwire.adapter.v1.TokenStatus.expires_at:type_name -> google.protobuf.Timestamp
+	42, // 24: chatwire.adapter.v1.TokenStatus.refresh_at:type_name -> google.protobuf.Timestamp
+	42, // 25: chatwire.adapter.v1.TokenStatus.last_refresh:type_name -> google.protobuf.Timestamp
+	42, // 26: chatwire.adapter.v1.TokenStatus.next_attempt:type_name -> google.protobuf.Timestamp
+	27, // 27: chatwire.adapter.v1.StatusResponse.tokens:type_name -> chatwire.adapter.v1.TokenStatus
+	12, // 28: chatwire.adapter.v1.UploadRequest.attachment:type_name -> chatwire.adapter.v1.Attachment
+	12, // 29: chatwire.adapter.v1.UploadResponse.attachment:type_name -> chatwire.adapter.v1.Attachment
+	22, // 30: chatwire.adapter.v1.PollResponse.events:type_name -> chatwire.adapter.v1.Event
+	17, // 31: chatwire.adapter.v1.WebhookRequest.QueryEntry.value:type_name -> chatwire.adapter.v1.Values
+	17, // 32: chatwire.adapter.v1.WebhookRequest.HeaderEntry.value:type_name -> chatwire.adapter.v1.Values
+	17, // 33: chatwire.adapter.v1.WebhookResponse.HeaderEntry.value:type_name -> chatwire.adapter.v1.Values
+	2,  // 34: chatwire.adapter.v1.AdapterService.Info:input_type -> chatwire.adapter.v1.InfoRequest
+	6,  // 35: chatwire.adapter.v1.AdapterService.Configure:input_type -> chatwire.adapter.v1.ConfigureRequest
+	15, // 36: chatwire.adapter.v1.AdapterService.Send:input_type -> chatwire.adapter.v1.SendRequest
+	24, // 37: chatwire.adapter.v1.AdapterService.HandleWebhook:input_type -> chatwire.adapter.v1.HandleWebhookRequest
+	26, // 38: chatwire.adapter.v1.AdapterService.Status:input_type -> chatwire.adapter.v1.StatusRequest
+	29, // 39: chatwire.adapter.v1.AdapterService.Upload:input_type -> chatwire.adapter.v1.UploadRequest
+	31, // 40: chatwire.adapter.v1.AdapterService.Poll:input_type -> chatwire.adapter.v1.PollRequest
+	33, // 41: chatwire.adapter.v1.AdapterService.Recall:input_type -> chatwire.adapter.v1.RecallRequest
+	35, // 42: chatwire.adapter.v1.AdapterService.CloseBot:input_type -> chatwire.adapter.v1.CloseBotRequest
+	37, // 43: chatwire.adapter.v1.AdapterService.Metrics:input_type -> chatwire.adapter.v1.MetricsRequest
+	0,  // 44: chatwire.adapter.v1.AdapterService.Stream:input_type -> chatwire.adapter.v1.StreamRequest
+	3,  // 45: chatwire.adapter.v1.AdapterService.Info:output_type -> chatwire.adapter.v1.InfoResponse
+	8,  // 46: chatwire.adapter.v1.AdapterService.Configure:output_type -> chatwire.adapter.v1.ConfigureResponse
+	16, // 47: chatwire.adapter.v1.AdapterService.Send:output_type -> chatwire.adapter.v1.SendResponse
+	25, // 48: chatwire.adapter.v1.AdapterService.HandleWebhook:output_type -> chatwire.adapter.v1.HandleWebhookResponse
+	28, // 49: chatwire.adapter.v1.AdapterService.Status:output_type -> chatwire.adapter.v1.StatusResponse
+	30, // 50: chatwire.adapter.v1.AdapterService.Upload:output_type -> chatwire.adapter.v1.UploadResponse
+	32, // 51: chatwire.adapter.v1.AdapterService.Poll:output_type -> chatwire.adapter.v1.PollResponse
+	34, // 52: chatwire.adapter.v1.AdapterService.Recall:output_type -> chatwire.adapter.v1.RecallResponse
+	36, // 53: chatwire.adapter.v1.AdapterService.CloseBot:output_type -> chatwire.adapter.v1.CloseBotResponse
+	38, // 54: chatwire.adapter.v1.AdapterService.Metrics:output_type -> chatwire.adapter.v1.MetricsResponse
+	1,  // 55: chatwire.adapter.v1.AdapterService.Stream:output_type -> chatwire.adapter.v1.StreamResponse
+	45, // [45:56] is the sub-list for method output_type
+	34, // [34:45] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_adapter_proto_init() }
@@ -2702,7 +2846,7 @@ func file_adapter_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_adapter_proto_rawDesc), len(file_adapter_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   40,
+			NumMessages:   42,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

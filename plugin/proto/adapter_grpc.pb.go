@@ -33,6 +33,7 @@ const (
 	AdapterService_Recall_FullMethodName        = "/chatwire.adapter.v1.AdapterService/Recall"
 	AdapterService_CloseBot_FullMethodName      = "/chatwire.adapter.v1.AdapterService/CloseBot"
 	AdapterService_Metrics_FullMethodName       = "/chatwire.adapter.v1.AdapterService/Metrics"
+	AdapterService_Stream_FullMethodName        = "/chatwire.adapter.v1.AdapterService/Stream"
 )
 
 // AdapterServiceClient is the client API for AdapterService service.
@@ -62,6 +63,12 @@ type AdapterServiceClient interface {
 	CloseBot(ctx context.Context, in *CloseBotRequest, opts ...grpc.CallOption) (*CloseBotResponse, error)
 	// Metrics returns the plugin's Prometheus metrics in the text exposition format.
 	Metrics(ctx context.Context, in *MetricsRequest, opts ...grpc.CallOption) (*MetricsResponse, error)
+	// Stream streams one reply (adapter.Streamer): the first request names the bot and carries
+	// the message header (no content); every request may carry a delta, appended in order; the
+	// end of the request stream finishes the reply, a request with abort set aborts it. The
+	// answer is the receipt, sent when the platform has the whole reply. A bot whose platform
+	// cannot stream collects the text and sends it once.
+	Stream(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[StreamRequest, StreamResponse], error)
 }
 
 type adapterServiceClient struct {
@@ -172,6 +179,19 @@ func (c *adapterServiceClient) Metrics(ctx context.Context, in *MetricsRequest, 
 	return out, nil
 }
 
+func (c *adapterServiceClient) Stream(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[StreamRequest, StreamResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AdapterService_ServiceDesc.Streams[0], AdapterService_Stream_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[StreamRequest, StreamResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdapterService_StreamClient = grpc.ClientStreamingClient[StreamRequest, StreamResponse]
+
 // AdapterServiceServer is the server API for AdapterService service.
 // All implementations must embed UnimplementedAdapterServiceServer
 // for forward compatibility.
@@ -199,6 +219,12 @@ type AdapterServiceServer interface {
 	CloseBot(context.Context, *CloseBotRequest) (*CloseBotResponse, error)
 	// Metrics returns the plugin's Prometheus metrics in the text exposition format.
 	Metrics(context.Context, *MetricsRequest) (*MetricsResponse, error)
+	// Stream streams one reply (adapter.Streamer): the first request names the bot and carries
+	// the message header (no content); every request may carry a delta, appended in order; the
+	// end of the request stream finishes the reply, a request with abort set aborts it. The
+	// answer is the receipt, sent when the platform has the whole reply. A bot whose platform
+	// cannot stream collects the text and sends it once.
+	Stream(grpc.ClientStreamingServer[StreamRequest, StreamResponse]) error
 	mustEmbedUnimplementedAdapterServiceServer()
 }
 
@@ -238,6 +264,9 @@ func (UnimplementedAdapterServiceServer) CloseBot(context.Context, *CloseBotRequ
 }
 func (UnimplementedAdapterServiceServer) Metrics(context.Context, *MetricsRequest) (*MetricsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Metrics not implemented")
+}
+func (UnimplementedAdapterServiceServer) Stream(grpc.ClientStreamingServer[StreamRequest, StreamResponse]) error {
+	return status.Error(codes.Unimplemented, "method Stream not implemented")
 }
 func (UnimplementedAdapterServiceServer) mustEmbedUnimplementedAdapterServiceServer() {}
 func (UnimplementedAdapterServiceServer) testEmbeddedByValue()                        {}
@@ -440,6 +469,13 @@ func _AdapterService_Metrics_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdapterService_Stream_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(AdapterServiceServer).Stream(&grpc.GenericServerStream[StreamRequest, StreamResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdapterService_StreamServer = grpc.ClientStreamingServer[StreamRequest, StreamResponse]
+
 // AdapterService_ServiceDesc is the grpc.ServiceDesc for AdapterService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -488,6 +524,12 @@ var AdapterService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _AdapterService_Metrics_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Stream",
+			Handler:       _AdapterService_Stream_Handler,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "adapter.proto",
 }
