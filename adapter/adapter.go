@@ -19,6 +19,8 @@ const (
 	PlatformWeCom = "wecom"
 	PlatformGraph = "graph"
 	PlatformTeams = "teams" // Teams bots over the Bot Connector (adapter/teams)
+	// PlatformWeComAIBot is WeCom's 智能机器人 (AI Bot) API, long connection or webhook.
+	PlatformWeComAIBot = "wecom_aibot"
 )
 
 // An Adapter connects one bot to one platform. Its methods are safe for concurrent use and
