@@ -82,6 +82,9 @@ type Server struct {
 	// StrictStream refuses (400) a final stream message that carries streamSequence, as the
 	// documentation says it must not (the Teams SDK sends one, spec §4).
 	StrictStream bool
+	// RefuseStreams answers every streaming request with 403 "Content stream is not
+	// allowed", as Teams does where streaming is not enabled for the bot or client.
+	RefuseStreams bool
 	// OnStream, if not nil, is called after every streaming request (accepted or refused),
 	// outside the server's lock.
 	OnStream func(StreamUpdate)

@@ -171,7 +171,7 @@ func (s *Server) streamLocked(w http.ResponseWriter, c *conversation, convID, re
 		answer(http.StatusBadRequest, "BadArgument", "Unknown streamType "+strconv.Quote(si.typ), nil)
 		return
 	}
-	if c.ConversationType != "personal" {
+	if c.ConversationType != "personal" || s.RefuseStreams {
 		answer(http.StatusForbidden, "ContentStreamNotAllowed", StreamNotAllowed, nil)
 		return
 	}
