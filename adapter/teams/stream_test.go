@@ -399,6 +399,31 @@ func TestStreamErrors(t *testing.T) {
 		}
 	})
 
+	t.Run("transient connector errors", func(t *testing.T) {
+		// A 502 before the connector took the chunk, then one after it took it ("accepted then
+		// 5xx"): the chunk is sent again with its sequence number, and a sequence the
+		// connector already has (202 out of order) moves the stream on.
+		e, _, updates := streamEnv(t)
+		_, c := e.install(t, "Megan")
+		s, _ := e.a.OpenStream(t.Context(), adapter.Message{To: adapter.Target{Chat: c.ID}})
+		s.Append(t.Context(), "one")
+		wait(t, updates)
+		e.srv.Inject(teamstest.Fault{Status: 502}, teamstest.Fault{Status: 502, Deliver: true})
+		s.Append(t.Context(), " two")
+		for u := wait(t, updates); u.Code != teamstest.StreamOutOfOrder; u = wait(t, updates) {
+		}
+		s.Append(t.Context(), " three")
+		if _, err := s.Finish(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		if text, n := visible(e.srv, c.ID); text != "one two three" || n != 1 {
+			t.Errorf("chat shows %q in %d messages; want one message with the whole text", text, n)
+		}
+		if st := e.srv.Streams(); len(st) != 1 || !st[0].Final {
+			t.Errorf("streams %+v", st)
+		}
+	})
+
 	t.Run("stream time exceeded", func(t *testing.T) {
 		e, _, updates := streamEnv(t)
 		e.srv.StreamTimeout = 4 * time.Second // shorter than the adapter renews: Teams ends it
