@@ -413,6 +413,15 @@ func TestStreamErrors(t *testing.T) {
 		for u := wait(t, updates); u.Code != teamstest.StreamOutOfOrder; u = wait(t, updates) {
 		}
 		s.Append(t.Context(), " three")
+		for i := 0; ; i++ {
+			u := wait(t, updates)
+			if u.Accepted() && u.Type == "streaming" && u.Text == "one two three" {
+				break
+			}
+			if i == 10 {
+				t.Fatalf("no update accepted after the out-of-order answer; last %+v", u)
+			}
+		}
 		if _, err := s.Finish(t.Context()); err != nil {
 			t.Fatal(err)
 		}
