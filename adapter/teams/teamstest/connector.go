@@ -298,8 +298,8 @@ func (s *Server) serveConnector(w http.ResponseWriter, r *http.Request) {
 	}
 	s.route(rw, r.Method, segs, body, appID)
 	s.mu.Lock()
-	notify := s.streamNotify
-	s.streamNotify = nil
+	notify := s.onStreamQ
+	s.onStreamQ = nil
 	s.mu.Unlock()
 	if s.OnStream != nil {
 		for _, u := range notify {

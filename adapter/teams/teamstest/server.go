@@ -89,35 +89,35 @@ type Server struct {
 	// outside the server's lock.
 	OnStream func(StreamUpdate)
 
-	mu           sync.Mutex // guards everything below
-	inited       bool
-	bots         map[string]*Bot // by app id
-	keys         []*signingKey   // published keys, oldest first
-	hidden       map[string]*signingKey
-	signKid      string
-	unendorsed   string // kid of a published key endorsing only "webchat"
-	entraKey     *rsa.PrivateKey
-	tokens       map[string]*issued // access tokens issued by the token endpoint
-	users        map[string]User    // by MRI
-	convs        map[string]*conversation
-	personal     map[string]string // appID|MRI → personal conversation id (created on install)
-	installed    map[string]bool   // appID|MRI → the app is installed in the user's personal scope
-	blocked      map[string]bool   // appID|MRI → the user blocked the bot
-	windows      map[string][]time.Time
-	faults       []Fault
-	streams      map[string]*streamState // by stream id
-	streamOrder  []string
-	streamLast   map[string]time.Time // conversation → last streaming request
-	streamAll    []StreamUpdate
-	streamNotify []StreamUpdate // for OnStream, called after the request
-	lastID       int64
-	seq          int
-	sent         []Sent
-	requests     []Request
-	tokenReqs    []TokenRequest
-	attempts     []Attempt
-	keyFetches   int
-	metaFetches  int
+	mu          sync.Mutex // guards everything below
+	inited      bool
+	bots        map[string]*Bot // by app id
+	keys        []*signingKey   // published keys, oldest first
+	hidden      map[string]*signingKey
+	signKid     string
+	unendorsed  string // kid of a published key endorsing only "webchat"
+	entraKey    *rsa.PrivateKey
+	tokens      map[string]*issued // access tokens issued by the token endpoint
+	users       map[string]User    // by MRI
+	convs       map[string]*conversation
+	personal    map[string]string // appID|MRI → personal conversation id (created on install)
+	installed   map[string]bool   // appID|MRI → the app is installed in the user's personal scope
+	blocked     map[string]bool   // appID|MRI → the user blocked the bot
+	windows     map[string][]time.Time
+	faults      []Fault
+	streams     map[string]*streamState // by stream id
+	streamOrder []string
+	streamLast  map[string]time.Time // conversation → last streaming request
+	streamAll   []StreamUpdate
+	onStreamQ   []StreamUpdate // for OnStream, called after the request
+	lastID      int64
+	seq         int
+	sent        []Sent
+	requests    []Request
+	tokenReqs   []TokenRequest
+	attempts    []Attempt
+	keyFetches  int
+	metaFetches int
 }
 
 // A Bot is an app registered with the emulator: its Entra app (id, password, tenant) and its

@@ -152,7 +152,7 @@ func (s *Server) streamLocked(w http.ResponseWriter, c *conversation, convID, re
 			st.Updates = append(st.Updates, u)
 		}
 		s.streamAll = append(s.streamAll, u)
-		s.streamNotify = append(s.streamNotify, u)
+		s.onStreamQ = append(s.onStreamQ, u)
 		if v != nil {
 			writeJSON(w, status, v)
 		} else {
