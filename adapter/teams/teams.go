@@ -119,8 +119,8 @@ type InvokeResponse struct {
 	Value      any    `json:"value"`
 }
 
-// Adapter is a Teams bot over the Bot Connector. It implements [adapter.Adapter] and
-// [adapter.Recaller]. Its methods are safe for concurrent use.
+// Adapter is a Teams bot over the Bot Connector. It implements [adapter.Adapter],
+// [adapter.Recaller] and [adapter.Streamer]. Its methods are safe for concurrent use.
 type Adapter struct {
 	opts   Options
 	tokens *tokenmgr.Manager
@@ -128,6 +128,7 @@ type Adapter struct {
 	keys   *keySet
 	refs   ReferenceStore
 	log    *slog.Logger
+	clock  clock // of streams
 
 	invokeMu sync.Mutex // guards invokes
 	invokes  map[string]invokeAnswer
@@ -203,7 +204,7 @@ func New(opts Options) (*Adapter, error) {
 	if opts.InvokeMessage == "" {
 		opts.InvokeMessage = "Received."
 	}
-	a := &Adapter{opts: opts, log: opts.Logger, refs: opts.References, invokes: map[string]invokeAnswer{}, closed: make(chan struct{})}
+	a := &Adapter{opts: opts, log: opts.Logger, refs: opts.References, invokes: map[string]invokeAnswer{}, closed: make(chan struct{}), clock: realClock{}}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
 	}

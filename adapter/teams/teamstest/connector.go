@@ -297,6 +297,15 @@ func (s *Server) serveConnector(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.route(rw, r.Method, segs, body, appID)
+	s.mu.Lock()
+	notify := s.onStreamQ
+	s.onStreamQ = nil
+	s.mu.Unlock()
+	if s.OnStream != nil {
+		for _, u := range notify {
+			s.OnStream(u)
+		}
+	}
 }
 
 func writeFault(w http.ResponseWriter, f Fault) {
@@ -358,6 +367,10 @@ func (s *Server) postActivity(w http.ResponseWriter, convID, replyTo string, bod
 	defer s.mu.Unlock()
 	c := s.convLocked(w, convID, appID)
 	if c == nil {
+		return
+	}
+	if si, ok := streamInfoOf(a); ok {
+		s.streamLocked(w, c, convID, replyTo, a, si, body, appID)
 		return
 	}
 	if a.Type == "message" && a.Text == "" && len(a.Attachments) == 0 {
@@ -430,6 +443,7 @@ func (s *Server) changeActivity(w http.ResponseWriter, method, convID, id string
 	}
 	a.ID = id
 	old.act = a
+	s.streamUpdatedLocked(id, a.Text)
 	s.sent = append(s.sent, Sent{Kind: "update", AppID: appID, ConversationID: convID, ActivityID: id, Activity: a, Raw: body})
 	writeJSON(w, http.StatusOK, map[string]string{"id": id})
 }

@@ -69,6 +69,25 @@ type Server struct {
 	// NoThrottle turns off the per-thread limits of spec §3.5 (7/1 s, 8/2 s, 60/30 s,
 	// 1800/h per bot and conversation).
 	NoThrottle bool
+	// Now is the clock of the connector's streaming rules and of the timestamps of
+	// [StreamUpdate]s. Nil means time.Now. Tests share a virtual clock with the bot here.
+	Now func() time.Time
+	// StreamInterval is the least time between two streaming requests in one conversation
+	// (spec §4: at most 1 request per second); a faster request gets 429. Zero means 1 s.
+	StreamInterval time.Duration
+	// StreamTimeout is the longest a stream may last from its first request (spec §4: 2
+	// minutes); a later request gets 403 "Content stream finished due to exceeded streaming
+	// time." and the stream ends with the text streamed so far. Zero means 2 minutes.
+	StreamTimeout time.Duration
+	// StrictStream refuses (400) a final stream message that carries streamSequence, as the
+	// documentation says it must not (the Teams SDK sends one, spec §4).
+	StrictStream bool
+	// RefuseStreams answers every streaming request with 403 "Content stream is not
+	// allowed", as Teams does where streaming is not enabled for the bot or client.
+	RefuseStreams bool
+	// OnStream, if not nil, is called after every streaming request (accepted or refused),
+	// outside the server's lock.
+	OnStream func(StreamUpdate)
 
 	mu          sync.Mutex // guards everything below
 	inited      bool
@@ -86,6 +105,11 @@ type Server struct {
 	blocked     map[string]bool   // appID|MRI → the user blocked the bot
 	windows     map[string][]time.Time
 	faults      []Fault
+	streams     map[string]*streamState // by stream id
+	streamOrder []string
+	streamLast  map[string]time.Time // conversation → last streaming request
+	streamAll   []StreamUpdate
+	onStreamQ   []StreamUpdate // for OnStream, called after the request
 	lastID      int64
 	seq         int
 	sent        []Sent
@@ -204,6 +228,8 @@ func (s *Server) initLocked() {
 	s.installed = map[string]bool{}
 	s.blocked = map[string]bool{}
 	s.windows = map[string][]time.Time{}
+	s.streams = map[string]*streamState{}
+	s.streamLast = map[string]time.Time{}
 	s.entraKey = newRSAKey()
 	k := newSigningKey("msteams")
 	s.keys = append(s.keys, k)
