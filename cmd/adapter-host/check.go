@@ -200,6 +200,21 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 func probeDelegated(ctx context.Context, sc StoreConfig, configPath string, b BotConfig, timeout time.Duration) (note string, err error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	// The client secret first: a wrong tenant_id or secret (AADSTS90002, AADSTS7000215) is
+	// the more basic mistake, and the stored sign-in's key holds the tenant.
+	secretNote := "public client (no client_secret to try); "
+	if b.Graph.ClientSecret != "" {
+		if t := strings.ToLower(b.Graph.TenantID); t == "" || t == "common" || t == "consumers" || t == "organizations" {
+			// The only request that tries a secret without the user is client credentials, and the
+			// identity platform refuses it for these multi-tenant endpoints (AADSTS9001023), so a
+			// working bot would fail here.
+			secretNote = fmt.Sprintf("client secret not tried (tenant %q allows no client credentials request; it is tried at the host's next refresh); ", b.Graph.TenantID)
+		} else if _, err := platforms.GraphConfig(*b.Graph, nil).ClientCredentials().Token(ctx); err != nil {
+			return "", err
+		} else {
+			secretNote = "client secret accepted; "
+		}
+	}
 	key := platforms.GraphKey(*b.Graph)
 	store, _, closeStore, err := openStore(sc)
 	if err != nil {
@@ -213,20 +228,7 @@ func probeDelegated(ctx context.Context, sc StoreConfig, configPath string, b Bo
 	if len(e.State) == 0 {
 		return "", fmt.Errorf("no sign-in stored under %s: run adapter-host graph login --config %s --bot %s", key, shellQuote(configPath), b.Name)
 	}
-	note = "a sign-in is stored (check does not redeem it, so a running host keeps its refresh token; the sign-in itself is tried at the host's next refresh)"
-	if b.Graph.ClientSecret == "" {
-		return "public client (no client_secret to try); " + note, nil
-	}
-	if t := strings.ToLower(b.Graph.TenantID); t == "" || t == "common" || t == "consumers" || t == "organizations" {
-		// The only request that tries a secret without the user is client credentials, and the
-		// identity platform refuses it for these multi-tenant endpoints (AADSTS9001023), so a
-		// working bot would fail here.
-		return fmt.Sprintf("client secret not tried (tenant %q allows no client credentials request; it is tried at the host's next refresh); ", b.Graph.TenantID) + note, nil
-	}
-	if _, err := platforms.GraphConfig(*b.Graph, nil).ClientCredentials().Token(ctx); err != nil {
-		return "", err
-	}
-	return "client secret accepted; " + note, nil
+	return secretNote + "a sign-in is stored (check does not redeem it, so a running host keeps its refresh token; the sign-in itself is tried at the host's next refresh)", nil
 }
 
 // probe opens the bot in process and fetches a token, and for a WeCom app reads its agent
