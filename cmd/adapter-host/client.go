@@ -194,7 +194,7 @@ func cmdSend(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	to := fs.String("to", "", "recipient: user:ID, users:A,B, party:ID, tag:ID, all, chat:ID, channel:TEAM/CHANNEL, email:ADDRESS")
 	text := fs.String("text", "", "text to send")
 	markdown := fs.String("markdown", "", "markdown to send")
-	html := fs.String("html", "", "HTML to send (Graph)")
+	html := fs.String("html", "", "HTML to send (Graph, Teams; WeCom refuses it: use --markdown)")
 	subject := fs.String("subject", "", "mail subject")
 	file := fs.String("file", "", "file to attach (uploaded with a progress bar)")
 	contentType := fs.String("content-type", "", "the file's content type (default from its extension)")
