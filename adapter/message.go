@@ -14,9 +14,14 @@ import (
 type Message struct {
 	To Target `json:"to"`
 
-	Text     string `json:"text,omitempty"`
+	Text string `json:"text,omitempty"`
+	// Markdown is sent as WeCom markdown, as Teams markdown by a Teams bot (textFormat
+	// "markdown", which Teams renders), and as the HTML it stands for to Graph chats and
+	// mail (which have no markdown type); raw HTML inside it is dropped there.
 	Markdown string `json:"markdown,omitempty"`
-	HTML     string `json:"html,omitempty"` // Graph only
+	// HTML is for Graph (chats, channels, mail) and Teams bots. WeCom shows no HTML: it
+	// refuses the message with KindInvalidRequest rather than guess (send Markdown or Text).
+	HTML string `json:"html,omitempty"`
 	// Card is a platform card as raw JSON with a "type": WeCom "news", "textcard",
 	// "template_card" or "mpnews" (a WeCom video is an [Attachment] of type video, with Title
 	// and Description); the card's fields sit either under a key named like its type

@@ -304,7 +304,12 @@ func (a *Adapter) sendTeams(ctx context.Context, kind string, msg adapter.Messag
 	case msg.Text != "":
 		m.Body.Content = msg.Text
 	case msg.Markdown != "":
-		m.Body.Content = msg.Markdown // Teams chat bodies have no markdown type: sent as text
+		// Teams chat bodies have no markdown type: sent as the HTML it stands for.
+		h, err := markdownHTML(msg.Markdown)
+		if err != nil {
+			return "", adapter.Errorf(adapter.KindInvalidRequest, "graph: markdown: %v", err)
+		}
+		m.Body.Content, isHTML = h, true
 	}
 	if len(msg.Card) > 0 {
 		att, err := cardAttachment(msg.Card)
@@ -429,7 +434,11 @@ func (a *Adapter) sendMail(ctx context.Context, msg adapter.Message) error {
 	case msg.Text != "":
 		m.Body = ChatBody{ContentType: "Text", Content: msg.Text}
 	case msg.Markdown != "":
-		m.Body = ChatBody{ContentType: "Text", Content: msg.Markdown}
+		h, err := markdownHTML(msg.Markdown) // mail has no markdown type either
+		if err != nil {
+			return adapter.Errorf(adapter.KindInvalidRequest, "graph: markdown: %v", err)
+		}
+		m.Body = ChatBody{ContentType: "HTML", Content: h}
 	default:
 		m.Body = ChatBody{ContentType: "Text"}
 	}

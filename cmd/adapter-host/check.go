@@ -15,6 +15,7 @@ import (
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
 	"github.com/seed-a64d9e1f/chatwire/adapter/graph"
+	"github.com/seed-a64d9e1f/chatwire/adapter/wecom"
 	"github.com/seed-a64d9e1f/chatwire/internal/filestore"
 	"github.com/seed-a64d9e1f/chatwire/internal/platforms"
 	"github.com/seed-a64d9e1f/chatwire/plugin"
@@ -40,7 +41,7 @@ var explanations = map[string]string{
 	"60020":  "this host's IP address is not on the app's trusted IP list (App → Enterprise trusted IP)",
 	"81013":  "none of the recipients exists or may receive messages from this app",
 	"82001":  "all recipients are invalid or outside the app's visible range",
-	"301002": "the app may not read this member",
+	"301002": "the agent_id is not the app of this corp_secret: use the AgentId shown on the same app's page as the Secret (App Management → your app)",
 	// WeCom AI bot (智能机器人) and group robot codes
 	"853000": "the AI bot's bot_id or secret is wrong: copy the BotID and the long-connection secret (长连接专用密钥) from the bot's API mode page (API 模式 → 长连接) in the WeCom admin console; resetting the secret there invalidates the old one",
 	"93000":  "the group robot's webhook_key is wrong, or the robot was removed from its group: copy the key= of its webhook URL again",
@@ -75,11 +76,21 @@ func explain(code string) string {
 	return ""
 }
 
-var codeInText = regexp.MustCompile(`errcode (-?\d+)|(AADSTS\d+)|\b(invalid_client|invalid_grant)\b`)
+// Codes named in an error's text, most specific first: an AADSTS number says more than the
+// OAuth error (invalid_client) it comes with, whichever is written first.
+var codesInText = []*regexp.Regexp{
+	regexp.MustCompile(`AADSTS\d+`),
+	regexp.MustCompile(`errcode (-?\d+)`),
+	regexp.MustCompile(`\b(invalid_client|invalid_grant)\b`),
+}
 
 // platformCode finds the platform's code in err: an adapter.Error's, a
 // tokenmgr.PlatformError's, or one named in the message ("errcode 40001", "AADSTS7000215").
 func platformCode(err error) string {
+	var pc interface{ PlatformCode() string } // graph.AuthError: "AADSTS7000215", not "invalid_client"
+	if errors.As(err, &pc) && pc.PlatformCode() != "" {
+		return pc.PlatformCode()
+	}
 	if c := adapter.Code(err); c != "" {
 		return c
 	}
@@ -87,14 +98,43 @@ func platformCode(err error) string {
 	if errors.As(err, &pe) && pe.Code != "" {
 		return pe.Code
 	}
-	if m := codeInText.FindStringSubmatch(err.Error()); m != nil {
-		for _, g := range m[1:] {
-			if g != "" {
-				return g
-			}
+	for _, re := range codesInText {
+		if m := re.FindStringSubmatch(err.Error()); m != nil {
+			return m[len(m)-1]
 		}
 	}
 	return ""
+}
+
+// describeFailure splits a failed probe into what happened and the one fix to show: the most
+// specific there is (Teams' own, else the explanation of the exact code, else the
+// platform's hint). The platform's "(fix: …)" is cut from the message when another fix is
+// shown, so the user reads one fix, once.
+func describeFailure(err error) (msg, fix string) {
+	msg = err.Error()
+	var hint string
+	var ph interface{ PlatformHint() string }
+	if errors.As(err, &ph) {
+		hint = ph.PlatformHint()
+	}
+	var pe *tokenmgr.PlatformError
+	if hint == "" && errors.As(err, &pe) {
+		hint = pe.Hint
+	}
+	fix = cmp.Or(teamsExplain(err), explain(platformCode(err)), hint)
+	if hint != "" && fix != "" {
+		msg = strings.Replace(msg, " (fix: "+hint+")", "", 1)
+	}
+	return msg, fix
+}
+
+// reportFailure prints a bot's failed check: the error, then the fix once.
+func reportFailure(w io.Writer, b BotConfig, err error) {
+	msg, fix := describeFailure(err)
+	fmt.Fprintf(w, "bot %s (%s): FAILED: %s\n", b.Name, b.Platform, msg)
+	if fix != "" {
+		fmt.Fprintf(w, "    what it means: %s\n", fix)
+	}
 }
 
 type checkFailed struct{ n, of int }
@@ -123,39 +163,22 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	opener := platforms.New(slog.New(slog.DiscardHandler), nil)
 	opener.NoStart = true // a probe creates no Graph subscriptions
-	store, err := cfg.Store.plugin()
-	if err != nil {
-		return err
-	}
 	failed := 0
 	for _, b := range cfg.Bots {
 		if b.Graph != nil && b.Graph.Auth == graph.AuthDelegated {
 			// Redeeming the stored refresh token would rotate it under a running host.
-			note, err := probeDelegated(ctx, cfg.Store, b, *timeout)
+			note, err := probeDelegated(ctx, cfg.Store, *config, b, *timeout)
 			if err != nil {
 				failed++
-				fmt.Fprintf(stdout, "bot %s (%s): FAILED: %v\n", b.Name, b.Platform, err)
-				if ex := explain(platformCode(err)); ex != "" {
-					fmt.Fprintf(stdout, "    what it means: %s\n", ex)
-				}
+				reportFailure(stdout, b, err)
 				continue
 			}
 			fmt.Fprintf(stdout, "bot %s (%s): ok, %s\n", b.Name, b.Platform, note)
 			continue
 		}
-		if err := probe(ctx, opener, store, b, *timeout); err != nil {
+		if err := probe(ctx, opener, b, *timeout); err != nil {
 			failed++
-			fmt.Fprintf(stdout, "bot %s (%s): FAILED: %v\n", b.Name, b.Platform, err)
-			code := platformCode(err)
-			var pe *tokenmgr.PlatformError
-			errors.As(err, &pe)
-			if ex := teamsExplain(err); ex != "" {
-				fmt.Fprintf(stdout, "    what it means: %s\n", ex)
-			} else if ex := explain(code); ex != "" {
-				fmt.Fprintf(stdout, "    what it means: %s\n", ex)
-			} else if pe != nil && pe.Hint != "" {
-				fmt.Fprintf(stdout, "    what it means: %s\n", pe.Hint)
-			}
+			reportFailure(stdout, b, err)
 			continue
 		}
 		switch {
@@ -185,9 +208,24 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 // credentials token request, and that a sign-in is stored. note says what was checked.
 // For the multi-tenant endpoints (common, consumers, organizations) the secret is not
 // tried: the identity platform takes no client credentials request there.
-func probeDelegated(ctx context.Context, sc StoreConfig, b BotConfig, timeout time.Duration) (note string, err error) {
+func probeDelegated(ctx context.Context, sc StoreConfig, configPath string, b BotConfig, timeout time.Duration) (note string, err error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	// The client secret first: a wrong tenant_id or secret (AADSTS90002, AADSTS7000215) is
+	// the more basic mistake, and the stored sign-in's key holds the tenant.
+	secretNote := "public client (no client_secret to try); "
+	if b.Graph.ClientSecret != "" {
+		if t := strings.ToLower(b.Graph.TenantID); t == "" || t == "common" || t == "consumers" || t == "organizations" {
+			// The only request that tries a secret without the user is client credentials, and the
+			// identity platform refuses it for these multi-tenant endpoints (AADSTS9001023), so a
+			// working bot would fail here.
+			secretNote = fmt.Sprintf("client secret not tried (tenant %q allows no client credentials request; it is tried at the host's next refresh); ", b.Graph.TenantID)
+		} else if _, err := platforms.GraphConfig(*b.Graph, nil).ClientCredentials().Token(ctx); err != nil {
+			return "", err
+		} else {
+			secretNote = "client secret accepted; "
+		}
+	}
 	key := platforms.GraphKey(*b.Graph)
 	store, _, closeStore, err := openStore(sc)
 	if err != nil {
@@ -199,26 +237,16 @@ func probeDelegated(ctx context.Context, sc StoreConfig, b BotConfig, timeout ti
 		return "", fmt.Errorf("reading the stored sign-in: %w", err)
 	}
 	if len(e.State) == 0 {
-		return "", fmt.Errorf("no sign-in stored under %s: run adapter-host graph login --config FILE --bot %s", key, b.Name)
+		return "", fmt.Errorf("no sign-in stored under %s: run adapter-host graph login --config %s --bot %s", key, shellQuote(configPath), b.Name)
 	}
-	note = "a sign-in is stored (check does not redeem it, so a running host keeps its refresh token; the sign-in itself is tried at the host's next refresh)"
-	if b.Graph.ClientSecret == "" {
-		return "public client (no client_secret to try); " + note, nil
-	}
-	if t := strings.ToLower(b.Graph.TenantID); t == "" || t == "common" || t == "consumers" || t == "organizations" {
-		// The only request that tries a secret without the user is client credentials, and the
-		// identity platform refuses it for these multi-tenant endpoints (AADSTS9001023), so a
-		// working bot would fail here.
-		return fmt.Sprintf("client secret not tried (tenant %q allows no client credentials request; it is tried at the host's next refresh); ", b.Graph.TenantID) + note, nil
-	}
-	if _, err := platforms.GraphConfig(*b.Graph, nil).ClientCredentials().Token(ctx); err != nil {
-		return "", err
-	}
-	return "client secret accepted; " + note, nil
+	return secretNote + "a sign-in is stored (check does not redeem it, so a running host keeps its refresh token; the sign-in itself is tried at the host's next refresh)", nil
 }
 
-// probe opens the bot in process and fetches a token.
-func probe(ctx context.Context, opener *platforms.Opener, store plugin.StoreConfig, b BotConfig, timeout time.Duration) error {
+// probe opens the bot in process and fetches a token, and for a WeCom app reads its agent
+// with agent/get (gettoken never sees agent_id). The bot is opened on a store of its own in
+// memory, never the config's: the token check fetches stays in this process, so a shared
+// Redis (which running hosts read) is left as it was.
+func probe(ctx context.Context, opener *platforms.Opener, b BotConfig, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	section := b.pluginSection()
@@ -226,10 +254,9 @@ func probe(ctx context.Context, opener *platforms.Opener, store plugin.StoreConf
 	if err != nil {
 		return err
 	}
-	if b.WeComAIBot != nil {
-		store = plugin.StoreConfig{} // no fleet lease: a check subscribes once and closes
-	}
-	a, err := opener.Open(ctx, store, plugin.BotConfig{Name: b.Name, Platform: b.Platform, Config: data})
+	// A check opens the bot with no store: no fleet lease (an AI bot subscribes once and
+	// closes) and no token written to the shared Redis.
+	a, err := opener.Open(ctx, plugin.StoreConfig{}, plugin.BotConfig{Name: b.Name, Platform: b.Platform, Config: data})
 	if err != nil {
 		return err
 	}
@@ -242,8 +269,26 @@ func probe(ctx context.Context, opener *platforms.Opener, store plugin.StoreConf
 		_, err := a.Status(ctx)
 		return err
 	}
-	_, err = tp.Tokens().Token(ctx)
-	return err
+	if _, err := tp.Tokens().Token(ctx); err != nil {
+		return err
+	}
+	if ag, ok := a.(interface {
+		Agent(context.Context) (wecom.Agent, error)
+	}); ok {
+		if _, err := ag.Agent(ctx); err != nil {
+			return fmt.Errorf("the credentials are accepted, but agent/get refused agent_id: %w", err)
+		}
+	}
+	return nil
+}
+
+// shellQuote quotes s for a POSIX shell when it needs it, so a printed command can be
+// pasted as is.
+func shellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789@%+=:,./-_") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 func cmdGraphLogin(ctx context.Context, args []string, stdout, stderr io.Writer) error {

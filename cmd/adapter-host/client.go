@@ -194,7 +194,7 @@ func cmdSend(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	to := fs.String("to", "", "recipient: user:ID, users:A,B, party:ID, tag:ID, all, chat:ID, channel:TEAM/CHANNEL, email:ADDRESS")
 	text := fs.String("text", "", "text to send")
 	markdown := fs.String("markdown", "", "markdown to send")
-	html := fs.String("html", "", "HTML to send (Graph)")
+	html := fs.String("html", "", "HTML to send (Graph, Teams; WeCom refuses it: use --markdown)")
 	subject := fs.String("subject", "", "mail subject")
 	file := fs.String("file", "", "file to attach (uploaded with a progress bar)")
 	contentType := fs.String("content-type", "", "the file's content type (default from its extension)")
@@ -260,8 +260,9 @@ func cmdSend(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			Body: io.TeeReader(f, countWriter{&sent}), Size: size}}
 	}
 	done, stopped := make(chan struct{}), make(chan struct{})
+	pv := newProgress(stderr, filepath.Base(*file), size, *botName)
 	if size > 0 && !*quiet {
-		go func() { defer close(stopped); progress(stderr, filepath.Base(*file), size, &sent, done) }()
+		go func() { defer close(stopped); pv.run(&sent, done) }()
 	} else {
 		close(stopped)
 	}
@@ -283,8 +284,7 @@ func cmdSend(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	close(done)
 	<-stopped
 	if size > 0 && !*quiet && (err == nil || errors.As(err, &ae)) {
-		drawBar(stderr, filepath.Base(*file), size, sent.Load())
-		fmt.Fprintln(stderr)
+		pv.finish(sent.Load())
 	}
 	switch {
 	case err != nil && (!errors.As(err, &ae) || ae.StatusCode == http.StatusTooManyRequests || ae.StatusCode >= 500):
@@ -305,30 +305,6 @@ func cmdSend(ctx context.Context, args []string, stdout, stderr io.Writer) error
 type countWriter struct{ n *atomic.Int64 }
 
 func (c countWriter) Write(p []byte) (int, error) { c.n.Add(int64(len(p))); return len(p), nil }
-
-func progress(w io.Writer, name string, size int64, sent *atomic.Int64, done <-chan struct{}) {
-	t := time.NewTicker(100 * time.Millisecond)
-	defer t.Stop()
-	for {
-		select {
-		case <-done:
-			return
-		case <-t.C:
-			drawBar(w, name, size, sent.Load())
-		}
-	}
-}
-
-func drawBar(w io.Writer, name string, size, n int64) {
-	const width = 30
-	frac := float64(n) / float64(size)
-	if frac > 1 {
-		frac = 1
-	}
-	filled := int(frac * width)
-	fmt.Fprintf(w, "\r%s [%s%s] %3.0f%% %s/%s", name, strings.Repeat("=", filled), strings.Repeat(" ", width-filled),
-		frac*100, byteSize(n), byteSize(size))
-}
 
 func byteSize(n int64) string {
 	switch {

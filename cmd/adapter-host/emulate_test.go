@@ -4,9 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -34,7 +37,7 @@ func TestEmulate(t *testing.T) {
 	var stdout, stderr syncBuffer
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"emulate", "--dir", t.TempDir(), "--listen", listen, "--wecom", "127.0.0.1:0", "--graph", "127.0.0.1:0"}, &stdout, &stderr)
+		done <- run(ctx, []string{"emulate", "--dir", t.TempDir(), "--listen", listen, "--wecom", "127.0.0.1:0", "--graph", "127.0.0.1:0", "--teams", "127.0.0.1:0"}, &stdout, &stderr)
 	}()
 	wrote := regexp.MustCompile(`Wrote (\S+bots\.yaml)`)
 	var cfgPath string
@@ -53,7 +56,8 @@ func TestEmulate(t *testing.T) {
 	}
 	out := stdout.String()
 	for _, want := range []string{"check --config " + cfgPath, "run --config " + cfgPath, "graph login --config " + cfgPath + " --bot teams",
-		"send --config " + cfgPath + " --bot hr", "curl -N", "echo_bot.py hr", "echo_bot.py teams"} {
+		"send --config " + cfgPath + " --bot hr", "curl -N", "echo_bot.py hr", "echo_bot.py teams",
+		"send --config " + cfgPath + " --bot helpdesk --to user:ID", "echo_bot.py helpdesk", "tenant_id (AADSTS90002"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("emulate does not print %q:\n%s", want, out)
 		}
@@ -61,6 +65,22 @@ func TestEmulate(t *testing.T) {
 	var checkOut, checkErr syncBuffer
 	if err := run(ctx, []string{"check", "--config", cfgPath}, &checkOut, &checkErr); err != nil {
 		t.Fatalf("check of the written config: %v\n%s%s", err, checkOut.String(), checkErr.String())
+	}
+	if !strings.Contains(checkOut.String(), "bot helpdesk (teams): ok") {
+		t.Errorf("check does not pass the teams bot:\n%s", checkOut.String())
+	}
+	// A wrong tenant_id is rehearsed: the emulated identity platform answers AADSTS90002.
+	written, err := os.ReadFile(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrongTenant := filepath.Join(filepath.Dir(cfgPath), "wrong-tenant.yaml")
+	os.WriteFile(wrongTenant, []byte(strings.Replace(string(written), "graph: {tenant_id: "+emuTenant, "graph: {tenant_id: contoso-typo", 1)), 0o600)
+	var wrongOut syncBuffer
+	if err := run(ctx, []string{"check", "--config", wrongTenant}, &wrongOut, &checkErr); err == nil ||
+		!strings.Contains(wrongOut.String(), "bot teams (graph): FAILED") || !strings.Contains(wrongOut.String(), "AADSTS90002") ||
+		!strings.Contains(wrongOut.String(), "what it means: "+explanations["AADSTS90002"]) {
+		t.Errorf("check with a wrong tenant_id = %v\n%s", err, wrongOut.String())
 	}
 
 	cfg, err := LoadConfig(cfgPath)
@@ -90,6 +110,23 @@ func TestEmulate(t *testing.T) {
 	post("/v1/bots/hr/messages", `{"to":{"user":"alice"},"text":"hi alice"}`)
 	post("/v1/bots/teams/messages", `{"to":{"chat":"`+emuChatID+`"},"text":"hi chat"}`)
 
+	// Erin writes to the helpdesk bot on the emulated Teams; the bot then writes to her.
+	teamsURL := regexp.MustCompile(`curl -d user=Erin -d text=hi (\S+)`).FindStringSubmatch(out)
+	if teamsURL == nil {
+		t.Fatalf("no Teams say command in:\n%s", out)
+	}
+	resp, err := http.PostForm(teamsURL[1], url.Values{"user": {"Erin"}, "text": {"hello helpdesk"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	said, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	oid := regexp.MustCompile(`Entra object id ([^)\s]+)\) wrote in .*: host answered 200`).FindStringSubmatch(string(said))
+	if resp.StatusCode != 200 || oid == nil {
+		t.Fatalf("Teams say = %d %s", resp.StatusCode, said)
+	}
+	post("/v1/bots/helpdesk/messages", `{"to":{"user":"`+oid[1]+`"},"text":"hi Erin"}`)
+
 	// alice writes to hr through the emulator; the event reaches a bot on SSE.
 	wecomURL := regexp.MustCompile(`curl -d user=alice -d text=hi (\S+)`).FindStringSubmatch(out)
 	if wecomURL == nil {
@@ -106,7 +143,7 @@ func TestEmulate(t *testing.T) {
 		return errors.New("done")
 	})
 	<-connected
-	resp, err := http.PostForm(wecomURL[1], url.Values{"user": {"alice"}, "text": {"hello hr"}})
+	resp, err = http.PostForm(wecomURL[1], url.Values{"user": {"alice"}, "text": {"hello hr"}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -304,6 +304,7 @@ func TestSendErrors(t *testing.T) {
 		{"no target", testAPIKey, "/v1/bots/hr/messages", `{"text":"x"}`, nil, 400, "invalid_request", ""},
 		{"two targets", testAPIKey, "/v1/bots/hr/messages", `{"to":{"user":"a","party":"2"},"text":"x"}`, nil, 400, "invalid_request", ""},
 		{"invalid recipient", testAPIKey, "/v1/bots/hr/messages", `{"to":{"user":"nobody"},"text":"x"}`, nil, 400, "invalid_recipient", "81013"},
+		{"html to wecom", testAPIKey, "/v1/bots/hr/messages", `{"to":{"user":"alice"},"html":"<b>x</b>"}`, nil, 400, "invalid_request", ""},
 		{"rate limited", testAPIKey, "/v1/bots/hr/messages", `{"to":{"user":"alice"},"text":"x"}`, func() { e.emu.Fail("message/send", 45009, 1) }, 429, "rate_limited", "45009"},
 	}
 	for _, tc := range tests {

@@ -165,6 +165,10 @@ func (s *Server) serveAuthorize(w http.ResponseWriter, r *http.Request, tenant s
 	defer s.mu.Unlock()
 	s.initLocked()
 	id := q.Get("client_id")
+	if s.unknownTenantLocked(tenant) {
+		aadPage(w, 90002, tenantNotFound(tenant))
+		return
+	}
 	c := s.clients[id]
 	if c == nil && len(s.clients) > 0 {
 		aadPage(w, 700016, fmt.Sprintf("Application with identifier '%s' was not found in the directory '%s'.", id, tenant))
@@ -221,6 +225,10 @@ func (s *Server) serveDeviceCode(w http.ResponseWriter, r *http.Request, tenant 
 		aadError(w, 400, "invalid_request", 900144, "The request body must contain the following parameter: 'client_id'.")
 		return
 	}
+	if s.unknownTenantLocked(tenant) {
+		aadError(w, 400, "invalid_request", 90002, tenantNotFound(tenant))
+		return
+	}
 	if s.clients[id] == nil && len(s.clients) > 0 {
 		aadError(w, 400, "unauthorized_client", 700016, fmt.Sprintf("Application with identifier '%s' was not found in the directory '%s'.", id, tenant))
 		return
@@ -268,8 +276,8 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request, tenant strin
 		fail(400, "invalid_request", 900144, "The request body must contain the following parameter: 'grant_type'.")
 		return
 	}
-	if tenant == "" || strings.Contains(tenant, "/") {
-		fail(400, "invalid_request", 90002, fmt.Sprintf("Tenant '%s' not found.", tenant))
+	if tenant == "" || strings.Contains(tenant, "/") || s.unknownTenantLocked(tenant) {
+		fail(400, "invalid_request", 90002, tenantNotFound(tenant))
 		return
 	}
 	if grant == "client_credentials" && (tenant == "common" || tenant == "consumers") {

@@ -86,3 +86,31 @@ func TestOpenIDConfigurationServed(t *testing.T) {
 		t.Fatalf("jwks %d %s", resp.StatusCode, b)
 	}
 }
+
+// TestUnknownTenant: with tenants registered, a wrong tenant_id gets AADSTS90002 from the
+// token, device code and authorize endpoints, as from Entra; registered tenants, their
+// GUIDs and the multi-tenant endpoints still work.
+func TestUnknownTenant(t *testing.T) {
+	s := &graphtest.Server{}
+	s.AddClient("app", "x", "http://localhost/cb")
+	s.AddTenant("contoso")
+	cc := url.Values{"client_id": {"app"}, "client_secret": {"x"}, "grant_type": {"client_credentials"}, "scope": {"https://graph.microsoft.com/.default"}}
+	for _, tenant := range []string{"contoso", "CONTOSO", "organizations"} {
+		if resp, m := form(t, s, tenant, cc); resp.StatusCode != 200 {
+			t.Errorf("tenant %s: status %d, body %v", tenant, resp.StatusCode, m)
+		}
+	}
+	resp, m := form(t, s, "fabrikam", cc)
+	if desc, _ := m["error_description"].(string); resp.StatusCode != 400 || m["error"] != "invalid_request" || !strings.HasPrefix(desc, "AADSTS90002: Tenant 'fabrikam' not found.") {
+		t.Errorf("unknown tenant: status %d, body %v", resp.StatusCode, m)
+	}
+	resp, b := do(t, s, "POST", "http://login.test/fabrikam/oauth2/v2.0/devicecode", map[string]string{"Content-Type": "application/x-www-form-urlencoded"},
+		[]byte(url.Values{"client_id": {"app"}, "scope": {"Mail.Send"}}.Encode()))
+	if resp.StatusCode != 400 || !strings.Contains(string(b), "AADSTS90002") {
+		t.Errorf("devicecode for an unknown tenant: %d %s", resp.StatusCode, b)
+	}
+	resp, b = do(t, s, "GET", "http://login.test/fabrikam/oauth2/v2.0/authorize?client_id=app&redirect_uri=http%3A%2F%2Flocalhost%2Fcb&response_type=code", nil, nil)
+	if resp.StatusCode != 400 || !strings.Contains(string(b), "AADSTS90002") {
+		t.Errorf("authorize for an unknown tenant: %d %s", resp.StatusCode, b)
+	}
+}

@@ -71,6 +71,7 @@ type Server struct {
 	mu          sync.Mutex // guards everything below
 	seq         int
 	clients     map[string]*client
+	tenants     map[string]bool // registered tenants (lower case), and their GUIDs
 	tokens      map[string]*accessToken
 	refresh     map[string]*refreshToken
 	codes       map[string]*authCode
@@ -246,6 +247,7 @@ func (s *Server) initLocked() {
 		return
 	}
 	s.clients = map[string]*client{}
+	s.tenants = map[string]bool{}
 	s.tokens = map[string]*accessToken{}
 	s.refresh = map[string]*refreshToken{}
 	s.codes = map[string]*authCode{}
@@ -266,6 +268,39 @@ func (s *Server) AddClient(id, secret string, redirectURIs ...string) {
 	defer s.mu.Unlock()
 	s.initLocked()
 	s.clients[id] = &client{secret: secret, redirects: redirectURIs, public: secret == ""}
+}
+
+// AddTenant registers tenants (a name such as "contoso.onmicrosoft.com" or an id). Once one
+// is registered, the token, authorize and device code endpoints answer AADSTS90002 ("Tenant
+// '…' not found") for a tenant that is none of them, the GUID graphtest gives one of them,
+// or a multi-tenant endpoint (common, organizations, consumers), as Entra does for a wrong
+// tenant_id. With none registered every tenant is accepted.
+func (s *Server) AddTenant(ids ...string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.initLocked()
+	for _, id := range ids {
+		s.tenants[strings.ToLower(id)] = true
+		s.tenants[strings.ToLower(tenantID(id))] = true
+	}
+}
+
+// unknownTenantLocked reports whether tenant is not registered while some are.
+func (s *Server) unknownTenantLocked(tenant string) bool {
+	if len(s.tenants) == 0 {
+		return false
+	}
+	switch t := strings.ToLower(tenant); t {
+	case "common", "organizations", "consumers":
+		return false
+	default:
+		return !s.tenants[t]
+	}
+}
+
+// tenantNotFound is Entra's description of AADSTS90002.
+func tenantNotFound(tenant string) string {
+	return fmt.Sprintf("Tenant '%s' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud. Check with your subscription administrator, this may happen if there are no active subscriptions for the tenant.", tenant)
 }
 
 // ServeHTTP implements http.Handler.

@@ -6,6 +6,7 @@
 package wecomtest
 
 import (
+	"cmp"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -15,6 +16,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -58,6 +60,12 @@ type Server struct {
 	PushRetryDelay time.Duration
 	// HTTPClient makes callback deliveries. If nil, http.DefaultClient is used.
 	HTTPClient *http.Client
+	// OtherAgentCode is the errcode agent/get answers for an agentid that is not the
+	// token's app. Zero means 301002 ("not allow operate another agent with this
+	// accesstoken", as WeCom answers a token used for another app's id); whether WeCom
+	// answers 40056 instead for an id no app of the corp has is unverified, so a test can
+	// set 40056.
+	OtherAgentCode int
 
 	mu       sync.Mutex        // guards the fields below
 	apps     map[string]*app   // by corpid+"\x00"+secret
@@ -364,39 +372,40 @@ func (t handlerTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 
 // errmsgs gives WeCom's English errmsg texts.
 var errmsgs = map[int]string{
-	-1:    "system busy",
-	40001: "invalid credential",
-	40003: "invalid userid",
-	40005: "invalid media type",
-	40006: "invalid file size",
-	40007: "invalid media_id",
-	40008: "invalid message type",
-	40009: "invalid image size",
-	40011: "invalid video size",
-	40013: "invalid corpid",
-	40014: "invalid access_token",
-	40056: "invalid agentid",
-	41001: "access_token missing",
-	41002: "corpid missing",
-	41004: "corpsecret missing",
-	41009: "missing touser, toparty and totag",
-	41011: "agentid missing",
-	41033: "description missing",
-	42001: "access_token expired",
-	43001: "message not found or older than 24 hours",
-	44001: "empty media data",
-	44004: "empty content",
-	45001: "media size out of limit",
-	45008: "article size out of limit",
-	45009: "api freq out of limit",
-	45033: "api concurrent out of limit",
-	47001: "data format error",
-	48001: "api unauthorized",
-	60020: "not allow to access from your ip",
-	81013: "user & party & tag all invalid",
-	86001: "invalid chatid",
-	86003: "chatid not found",
-	86004: "invalid userlist",
+	-1:     "system busy",
+	40001:  "invalid credential",
+	40003:  "invalid userid",
+	40005:  "invalid media type",
+	40006:  "invalid file size",
+	40007:  "invalid media_id",
+	40008:  "invalid message type",
+	40009:  "invalid image size",
+	40011:  "invalid video size",
+	40013:  "invalid corpid",
+	40014:  "invalid access_token",
+	40056:  "invalid agentid",
+	41001:  "access_token missing",
+	41002:  "corpid missing",
+	41004:  "corpsecret missing",
+	41009:  "missing touser, toparty and totag",
+	41011:  "agentid missing",
+	41033:  "description missing",
+	42001:  "access_token expired",
+	43001:  "message not found or older than 24 hours",
+	44001:  "empty media data",
+	44004:  "empty content",
+	45001:  "media size out of limit",
+	45008:  "article size out of limit",
+	45009:  "api freq out of limit",
+	45033:  "api concurrent out of limit",
+	47001:  "data format error",
+	48001:  "api unauthorized",
+	60020:  "not allow to access from your ip",
+	81013:  "user & party & tag all invalid",
+	86001:  "invalid chatid",
+	301002: "not allow operate another agent with this accesstoken",
+	86003:  "chatid not found",
+	86004:  "invalid userlist",
 }
 
 // errBody is an error answer in WeCom's format.
@@ -484,6 +493,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		resp = s.uploadLocked(r, data)
 	case "media/uploadimg":
 		resp = s.uploadImgLocked(r, data)
+	case "agent/get":
+		resp = s.agentLocked(tok, r.URL.Query().Get("agentid"))
 	case "media/get":
 		m, code := s.mediaLocked(r.URL.Query().Get("media_id"))
 		if code != 0 {
@@ -504,6 +515,30 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		resp = errBody(48001, nil)
 	}
 	writeJSON(w, resp)
+}
+
+// agentLocked answers agent/get: a corp may read only the app its token belongs to (doc
+// 90227: "企业仅可获取当前凭证对应的应用").
+func (s *Server) agentLocked(tok *token, raw string) map[string]any {
+	if raw == "" {
+		return errBody(41011, nil)
+	}
+	id, err := strconv.ParseInt(raw, 10, 64)
+	if err != nil || id <= 0 {
+		return errBody(40056, nil)
+	}
+	if tok.agentID != 0 && id != tok.agentID {
+		return errBody(cmp.Or(s.OtherAgentCode, 301002), nil)
+	}
+	users := []map[string]string{}
+	for u := range s.users {
+		users = append(users, map[string]string{"userid": u})
+	}
+	sort.Slice(users, func(i, j int) bool { return users[i]["userid"] < users[j]["userid"] })
+	return map[string]any{"errcode": 0, "errmsg": "ok", "agentid": id, "name": "emulated app " + raw,
+		"square_logo_url": "", "description": "", "allow_userinfos": map[string]any{"user": users},
+		"allow_partys": map[string]any{"partyid": []int{}}, "allow_tags": map[string]any{"tagid": []int{}},
+		"close": 0, "redirect_domain": "", "report_location_flag": 0, "isreportenter": 0, "home_url": ""}
 }
 
 // serveImage serves an image uploaded with media/uploadimg; the URL needs no token and

@@ -504,3 +504,27 @@ func TestUploadImg(t *testing.T) {
 		t.Errorf("uploadimg with a bad token = %v; want 40014", r)
 	}
 }
+
+// TestAgentGet reads the token's app with agent/get; another app's id is refused as WeCom
+// refuses it (301002, or the code OtherAgentCode names).
+func TestAgentGet(t *testing.T) {
+	srv := &wecomtest.Server{}
+	srv.AddApp("ww1", "right", 1000002)
+	srv.AddUsers("alice")
+	tok, _, _ := getToken(t, srv, "ww1", "right")
+	get := func(agent string) map[string]any {
+		return call(t, srv, "GET", "agent/get", url.Values{"access_token": {tok}, "agentid": {agent}}, "")
+	}
+	if m := get("1000002"); code(m) != 0 || m["agentid"] != float64(1000002) {
+		t.Errorf("agent/get of the token's app = %v", m)
+	}
+	for agent, want := range map[string]int{"1000003": 301002, "": 41011, "x": 40056} {
+		if m := get(agent); code(m) != want {
+			t.Errorf("agent/get(%q) = %v; want errcode %d", agent, m, want)
+		}
+	}
+	srv.OtherAgentCode = 40056
+	if m := get("1000003"); code(m) != 40056 {
+		t.Errorf("agent/get of another app with OtherAgentCode 40056 = %v", m)
+	}
+}
