@@ -291,6 +291,10 @@ func TestCheckWeComBots(t *testing.T) {
 	if strings.Contains(out.String(), "wrong-aibot-secret") {
 		t.Error("check output holds the secret")
 	}
+	// check closes its connection; the emulator notices the close asynchronously.
+	for deadline := time.Now().Add(5 * time.Second); emu.Connections() != 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
 	if n := emu.Subscribes(); n != 2 || emu.Connections() != 0 {
 		t.Errorf("%d subscribes, %d connections left; want 2, 0", n, emu.Connections())
 	}
