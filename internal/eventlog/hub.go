@@ -17,6 +17,17 @@ import (
 // Cluster, Ring) polls them.
 const pollEvery = 100 * time.Millisecond
 
+// lookHooks holds, for tests, a func(phase string) per client that the hub calls at each
+// phase of a look: "start" (before it), "snapshot" (the streams were looked at, nothing was
+// handed to the logs yet) and "done".
+var lookHooks sync.Map
+
+func (h *hub) hook(phase string) {
+	if f, ok := lookHooks.Load(h.rdb); ok {
+		f.(func(string))(phase)
+	}
+}
+
 // hubs holds the watcher hub of each Redis client that has open Logs.
 var hubs = struct {
 	mu sync.Mutex
@@ -162,9 +173,11 @@ func (h *hub) run(ctx context.Context) {
 // when no look succeeded (Redis unreachable); a stream whose look failed alone is looked at
 // again next time.
 func (h *hub) lookAll(ctx context.Context, logs []*Redis) error {
+	h.hook("start")
+	defer h.hook("done")
 	for _, l := range logs {
 		l.mu.Lock()
-		l.looking, l.lookSaw = true, l.lookSaw[:0]
+		l.looking, l.lookSaw, l.lookAppended = true, l.lookSaw[:0], l.lookAppended[:0]
 		l.mu.Unlock()
 	}
 	cmds := make([]*redis.Cmd, len(logs))
@@ -186,6 +199,7 @@ func (h *hub) lookAll(ctx context.Context, logs []*Redis) error {
 			return nil
 		})
 	}
+	h.hook("snapshot")
 	ok := 0
 	var lastErr error
 	h.proc.Lock()

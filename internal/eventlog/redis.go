@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -213,17 +214,19 @@ type Redis struct {
 
 	mu sync.Mutex // guards the fields below
 	// looking is set while the watcher looks at the stream; lookSaw collects the ids saw()
-	// got meanwhile.
-	looking bool
-	lookSaw []ID
-	wake    chan struct{} // closed and replaced when the watcher sees new entries
-	floor   ID            // the highest id this process has seen in the stream
-	groups  map[string]ID // groups this process created or used: the last id they handed out here
+	// got meanwhile, lookAppended those this process appended.
+	looking      bool
+	lookSaw      []ID
+	lookAppended []ID
+	wake         chan struct{} // closed and replaced when the watcher sees new entries
+	floor        ID            // the highest id this process has seen in the stream
+	groups       map[string]ID // groups this process created or used: the last id they handed out here
 	// view is the stream as the watcher last looked at it, updated with the entries this
 	// process has seen since (appended, read, watched), so a reset found soon after
-	// activity still reports what was lost.
-	view      streamState
-	viewKnown bool
+	// activity still reports what was lost. Before the first look it holds what this process
+	// has seen (nothing: no stream), so a reset before the watcher's first look is reported
+	// with the entries this process appended.
+	view streamState
 
 	closed chan struct{}
 }
@@ -252,7 +255,7 @@ func (l *Redis) saw(ids ...ID) {
 		if l.looking {
 			l.lookSaw = append(l.lookSaw, id)
 		}
-		if l.viewKnown && l.view.last.Less(id) {
+		if !l.view.exists || l.view.last.Less(id) {
 			l.view.last = id
 			l.view.exists = true
 			l.view.entriesAdded++
@@ -260,6 +263,16 @@ func (l *Redis) saw(ids ...ID) {
 			l.view.unconsumed++
 		}
 	}
+}
+
+// sawAppended is saw for the ids of entries this process appended.
+func (l *Redis) sawAppended(ids ...ID) {
+	l.mu.Lock()
+	if l.looking {
+		l.lookAppended = append(l.lookAppended, ids...)
+	}
+	l.mu.Unlock()
+	l.saw(ids...)
 }
 
 func (l *Redis) broadcast() {
@@ -337,7 +350,7 @@ func (l *Redis) Append(ctx context.Context, recs ...Record) ([]Appended, error) 
 			added = append(added, id)
 		}
 	}
-	l.saw(added...)
+	l.sawAppended(added...)
 	if len(added) > 0 {
 		l.broadcast() // this process's readers need not wait for the watcher
 	}
@@ -695,21 +708,27 @@ func ids(es []Entry) []ID {
 func (l *Redis) looked(now streamState) (Reset, bool) {
 	l.mu.Lock()
 	l.looking = false
-	if now.exists {
-		for _, id := range l.lookSaw {
-			if now.last.Less(id) {
-				now.last = id
-				now.entriesAdded++
-				now.held++
-				now.unconsumed++
-			}
+	// When the look found no stream, only entries this process appended since are known to
+	// be in it: an entry read meanwhile may have been read before the stream was lost.
+	merge := l.lookSaw
+	if !now.exists {
+		merge = l.lookAppended
+	}
+	slices.SortFunc(merge, ID.Compare)
+	for _, id := range merge {
+		if !now.exists || now.last.Less(id) {
+			now.exists = true
+			now.last = id
+			now.entriesAdded++
+			now.held++
+			now.unconsumed++
 		}
 	}
-	prev, known, floor := l.view, l.viewKnown, l.floor
-	l.view, l.viewKnown = now, true
+	prev, floor := l.view, l.floor
+	l.view = now
 	l.mu.Unlock()
 	cause := resetCause(prev, now)
-	if !known || cause == "" {
+	if cause == "" {
 		if now.exists && l.watchLast.Less(now.last) {
 			// The look found entries the hub's XREAD has not delivered, and the XREAD now
 			// starts after them: wake the readers, or one waiting for them would sleep on.
