@@ -63,6 +63,7 @@ type hub struct {
 
 	// Outage state; only the hub goroutine uses it.
 	failing        bool
+	partial        int // streams whose last look failed while others succeeded
 	wait           time.Duration
 	outageStart    time.Time
 	outageFailures int
@@ -224,8 +225,12 @@ func (h *hub) lookAll(ctx context.Context, logs []*Redis) error {
 	if ok == 0 && lastErr != nil {
 		return lastErr
 	}
-	if ok < len(logs) && lastErr != nil {
-		h.logger(logs).Warn("event stream look failed for some streams", "failed", len(logs)-ok, "error", lastErr)
+	// Logged when the number of streams that cannot be looked at changes, not every look.
+	if failed := len(logs) - ok; failed != h.partial && lastErr != nil {
+		h.logger(logs).Warn("event stream look failed for some streams", "failed", failed, "streams", len(logs), "error", lastErr)
+		h.partial = failed
+	} else if lastErr == nil {
+		h.partial = 0
 	}
 	return nil
 }
