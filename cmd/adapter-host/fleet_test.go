@@ -332,3 +332,42 @@ func TestSSEResumeAcrossHostRestartWithRedis(t *testing.T) {
 		}
 	}
 }
+
+// TestManyRedisBotsAcknowledgeEveryCallback: a host with 100 WeCom bots on Redis (go-redis's
+// default pool, 10 connections per CPU) acknowledges a callback to every bot, all at once,
+// and each lands in its bot's log. With a watcher per bot blocked in XREAD, the watchers held
+// every connection of the pool and callbacks waited for one until they were refused (503).
+func TestManyRedisBotsAcknowledgeEveryCallback(t *testing.T) {
+	const bots = 100
+	rs := redistest.Start(t)
+	e := setup(t, setupOpts{redisURL: "redis://" + rs.Addr() + "/0", extraBots: bots - 1, quiet: true})
+	names := []string{"hr"}
+	for i := 1; i < bots; i++ {
+		names = append(names, fmt.Sprintf("bot%d", i))
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, bots)
+	for _, name := range names {
+		wg.Go(func() {
+			cb := e.cb
+			cb.URL = e.h.URL() + "/webhook/" + name
+			msg := wecomtest.TextMessage(testCorp, testAgent, "alice", "hi "+name, msgIDs.Add(1), time.Now())
+			if p, err := e.emu.Push(t.Context(), cb, msg); err != nil || p.Status != 200 {
+				errs <- fmt.Errorf("callback to %s: status %d, %v", name, p.Status, err)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	for _, name := range names {
+		if n, err := e.h.srv.bots[name].events.Len(t.Context()); err != nil || n.Held != 1 {
+			t.Errorf("bot %s holds %d events (%v); want 1", name, n.Held, err)
+		}
+	}
+	if s := e.h.redis.PoolStats(); s.Timeouts != 0 {
+		t.Errorf("Redis pool %+v: commands waited for a connection in vain", *s)
+	}
+}

@@ -86,6 +86,8 @@ type setupOpts struct {
 	server ServerConfig
 	// ping tunes the plugin's health checks (PingInterval, PingTimeout, PingMisses only).
 	ping hostOptions
+	// extraBots adds WeCom bots bot1 … botN, configured as hr is.
+	extraBots int
 }
 
 func newEmulator() *wecomtest.Server {
@@ -111,6 +113,12 @@ func setup(t testing.TB, o setupOpts) *env {
 		Store:  StoreConfig{RedisURL: o.redisURL},
 		Bots: []BotConfig{{Name: "hr", Platform: adapter.PlatformWeCom, WeCom: &platforms.WeCom{
 			CorpID: testCorp, CorpSecret: testSecret, AgentID: testAgent, Token: testToken, EncodingAESKey: testAESKey, APIBase: apiBase}}},
+	}
+	for i := 1; i <= o.extraBots; i++ {
+		b := cfg.Bots[0]
+		w := *b.WeCom
+		b.Name, b.WeCom = fmt.Sprintf("bot%d", i), &w
+		cfg.Bots = append(cfg.Bots, b)
 	}
 	if o.store != nil {
 		cfg.Store = *o.store

@@ -231,7 +231,9 @@ type Options struct {
 	AckTimeout time.Duration
 	// Logger receives warnings (a reset, a failing Redis). Nil means slog.Default().
 	Logger *slog.Logger
-	// OnReset, if set, is called (besides the log line) when a Redis stream is found reset.
+	// OnReset, if set, is called (besides the log line) when a Redis stream is found reset,
+	// on the watcher's goroutine that every log of the Redis client shares: it must return
+	// soon and must not open or close a log of that client.
 	OnReset func(Reset)
 	// Now is the clock of a Memory log. Nil means time.Now.
 	Now func() time.Time

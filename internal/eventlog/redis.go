@@ -4,14 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
-
-	"github.com/seed-a64d9e1f/chatwire/internal/backoff"
 )
 
 // opTimeout bounds an append, which runs detached from its caller's ctx so that a caller
@@ -199,50 +198,50 @@ return {n, count}
 // consumer group "_consumed" in the stream. No other key exists, so deleting any single key
 // other than the stream only forgets that key's dedup record.
 //
-// A background watcher (one connection blocked in XREAD) wakes this process's waiting
-// readers when any process appends, and looks at the stream every second: when it finds the
-// stream gone or recreated, it logs one line saying what was lost and calls OnReset.
+// A background watcher, one per Redis client shared by all its logs (see hub), wakes this
+// process's waiting readers when any process appends, and looks at the stream every second:
+// when it finds the stream gone or recreated, it logs one line saying what was lost and
+// calls OnReset.
 type Redis struct {
 	rdb    redis.UniversalClient
 	stream string
 	dedup  string // prefix of dedup keys
 	opts   Options
 
-	// outageStart and outageFailures describe the current Redis outage; only the watcher
-	// goroutine uses them.
-	outageStart    time.Time
-	outageFailures int
+	hub *hub // the watcher of every log of rdb
+	// watchLast is the last id the hub read from the stream; only the hub goroutine uses it.
+	watchLast ID
 
 	mu sync.Mutex // guards the fields below
 	// looking is set while the watcher looks at the stream; lookSaw collects the ids saw()
-	// got meanwhile.
-	looking bool
-	lookSaw []ID
-	wake    chan struct{} // closed and replaced when the watcher sees new entries
-	floor   ID            // the highest id this process has seen in the stream
-	groups  map[string]ID // groups this process created or used: the last id they handed out here
+	// got meanwhile, lookAppended those this process appended.
+	looking      bool
+	lookSaw      []ID
+	lookAppended []ID
+	wake         chan struct{} // closed and replaced when the watcher sees new entries
+	floor        ID            // the highest id this process has seen in the stream
+	groups       map[string]ID // groups this process created or used: the last id they handed out here
 	// view is the stream as the watcher last looked at it, updated with the entries this
 	// process has seen since (appended, read, watched), so a reset found soon after
-	// activity still reports what was lost.
-	view      streamState
-	viewKnown bool
+	// activity still reports what was lost. Before the first look it holds what this process
+	// has seen (nothing: no stream), so a reset before the watcher's first look is reported
+	// with the entries this process appended.
+	view streamState
 
-	stop   context.CancelFunc
-	done   chan struct{} // closed when the watcher has returned
 	closed chan struct{}
 }
 
 var _ Log = (*Redis)(nil)
 
 // NewRedis returns the log on the stream at key stream, with dedup keys named dedupPrefix +
-// Record.Dedup (in Redis Cluster, give both the same hash tag, e.g. "{bot}"), and starts its
-// watcher. Close stops it.
+// Record.Dedup (in Redis Cluster, give both the same hash tag, e.g. "{bot}"), and registers
+// it with the watcher of rdb (see hub), which one goroutine runs for all the logs of a
+// client. Close unregisters it.
 func NewRedis(rdb redis.UniversalClient, stream, dedupPrefix string, opts Options) *Redis {
-	ctx, cancel := context.WithCancel(context.Background())
 	l := &Redis{rdb: rdb, stream: stream, dedup: dedupPrefix, opts: opts.withDefaults(),
 		wake: make(chan struct{}), groups: map[string]ID{},
-		stop: cancel, done: make(chan struct{}), closed: make(chan struct{})}
-	go l.watch(ctx)
+		closed: make(chan struct{})}
+	l.hub = register(l)
 	return l
 }
 
@@ -256,7 +255,7 @@ func (l *Redis) saw(ids ...ID) {
 		if l.looking {
 			l.lookSaw = append(l.lookSaw, id)
 		}
-		if l.viewKnown && l.view.last.Less(id) {
+		if !l.view.exists || l.view.last.Less(id) {
 			l.view.last = id
 			l.view.exists = true
 			l.view.entriesAdded++
@@ -264,6 +263,16 @@ func (l *Redis) saw(ids ...ID) {
 			l.view.unconsumed++
 		}
 	}
+}
+
+// sawAppended is saw for the ids of entries this process appended.
+func (l *Redis) sawAppended(ids ...ID) {
+	l.mu.Lock()
+	if l.looking {
+		l.lookAppended = append(l.lookAppended, ids...)
+	}
+	l.mu.Unlock()
+	l.saw(ids...)
 }
 
 func (l *Redis) broadcast() {
@@ -341,7 +350,10 @@ func (l *Redis) Append(ctx context.Context, recs ...Record) ([]Appended, error) 
 			added = append(added, id)
 		}
 	}
-	l.saw(added...)
+	l.sawAppended(added...)
+	if len(added) > 0 {
+		l.broadcast() // this process's readers need not wait for the watcher
+	}
 	return out, nil
 }
 
@@ -644,7 +656,9 @@ func (l *Redis) Pending(ctx context.Context, group string) (Pending, error) {
 	return out, nil
 }
 
-// Close implements Log: it stops the watcher; blocked reads return ErrClosed.
+// Close implements Log: it unregisters the log from the watcher (which stops with the last
+// log of its client); blocked reads return ErrClosed. OnReset is not called once Close has
+// returned.
 func (l *Redis) Close() error {
 	l.mu.Lock()
 	if l.isClosed() {
@@ -653,8 +667,7 @@ func (l *Redis) Close() error {
 	}
 	close(l.closed)
 	l.mu.Unlock()
-	l.stop()
-	<-l.done
+	l.hub.unregister(l)
 	return nil
 }
 
@@ -664,31 +677,6 @@ type streamState struct {
 	entriesAdded     int64
 	last             ID
 	held, unconsumed int64
-}
-
-// look returns the stream's state.
-func (l *Redis) look(ctx context.Context) (streamState, error) {
-	// One script, so the last id, the entries added and the counts are one snapshot: looked
-	// up in separate calls, an append in between made a reset report count it twice or not at all.
-	res, err := lookScript.Run(ctx, l.rdb, []string{l.stream}).Slice()
-	if err != nil {
-		return streamState{}, err
-	}
-	if len(res) == 1 {
-		return streamState{}, nil // no stream
-	}
-	if len(res) != 4 {
-		return streamState{}, fmt.Errorf("eventlog: look at %s: script answered %d values", l.stream, len(res))
-	}
-	lastS, _ := res[0].(string)
-	last, err := ParseID(lastS)
-	if err != nil {
-		return streamState{}, err
-	}
-	added, _ := res[1].(int64)
-	held, _ := res[2].(int64)
-	unconsumed, _ := res[3].(int64)
-	return streamState{exists: true, entriesAdded: added, last: last, held: held, unconsumed: unconsumed}, nil
 }
 
 // resetCause compares two looks at the stream and says why it was reset, or "".
@@ -713,106 +701,58 @@ func ids(es []Entry) []ID {
 	return out
 }
 
-// watch wakes readers when any process appends (XREAD BLOCK from the last id seen) and
-// every watchEvery looks for a reset.
-func (l *Redis) watch(ctx context.Context) {
-	defer close(l.done)
-	last := ID{}
-	failing := false
-	bo := backoff.Backoff{Base: 100 * time.Millisecond, Max: 5 * time.Second, Jitter: 0.5}
-	lookNext := time.Time{}
-	for ctx.Err() == nil {
-		if time.Now().After(lookNext) {
-			l.mu.Lock()
-			l.looking, l.lookSaw = true, l.lookSaw[:0]
-			l.mu.Unlock()
-			now, err := l.look(ctx)
-			if err != nil {
-				l.mu.Lock()
-				l.looking = false
-				l.mu.Unlock()
-			}
-			if err == nil {
-				if failing {
-					l.opts.Logger.Info("event stream reachable again", "stream", l.stream,
-						"failures", l.outageFailures, "took_ms", time.Since(l.outageStart).Milliseconds())
-					failing = false
-					bo.Reset()
-				}
-				l.mu.Lock()
-				l.looking = false
-				if now.exists {
-					// Entries this process appended or read while the look was under way and
-					// after its snapshot are not in it: count them, or a reset right after would
-					// under-report what was lost.
-					for _, id := range l.lookSaw {
-						if now.last.Less(id) {
-							now.last = id
-							now.entriesAdded++
-							now.held++
-							now.unconsumed++
-						}
-					}
-				}
-				prev, known, floor := l.view, l.viewKnown, l.floor
-				l.view, l.viewKnown = now, true
-				l.mu.Unlock()
-				if cause := resetCause(prev, now); known && cause != "" {
-					r := Reset{Stream: l.stream, Cause: cause, LastID: maxID(floor, prev.last), Held: prev.held, Unconsumed: prev.unconsumed}
-					l.opts.Logger.Warn(r.String())
-					if l.opts.OnReset != nil {
-						l.opts.OnReset(r)
-					}
-					last = ID{} // the new stream's ids may all be below the old position
-					l.broadcast()
-				}
-				if now.exists {
-					l.saw(now.last)
-					last = maxID(last, now.last)
-				}
-				lookNext = time.Now().Add(watchEvery)
-			} else if !l.watchFailed(ctx, err, &failing, &bo) {
-				return
-			} else {
-				continue
-			}
-		}
-		res, err := l.rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{l.stream, last.String()}, Count: 100, Block: watchEvery}).Result()
-		switch {
-		case err == nil:
-			for _, s := range res {
-				if m := toEntries(s.Messages); len(m) > 0 {
-					last = maxID(last, m[len(m)-1].ID)
-					l.saw(ids(m)...)
-				}
-			}
-			l.broadcast()
-		case errors.Is(err, redis.Nil):
-		case ctx.Err() != nil:
-			return
-		default:
-			if !l.watchFailed(ctx, err, &failing, &bo) {
-				return
-			}
-			lookNext = time.Time{}
+// looked takes the stream's state now (one look of the hub) as the view, and returns the
+// reset it shows, if any. Entries this process appended or read while the look was under
+// way and after its snapshot are not in it: they are counted, or a reset right after would
+// under-report what was lost.
+func (l *Redis) looked(now streamState) (Reset, bool) {
+	l.mu.Lock()
+	l.looking = false
+	// When the look found no stream, only entries this process appended since are known to
+	// be in it: an entry read meanwhile may have been read before the stream was lost.
+	merge := l.lookSaw
+	if !now.exists {
+		merge = l.lookAppended
+	}
+	slices.SortFunc(merge, ID.Compare)
+	for _, id := range merge {
+		if !now.exists || now.last.Less(id) {
+			now.exists = true
+			now.last = id
+			now.entriesAdded++
+			now.held++
+			now.unconsumed++
 		}
 	}
+	prev, floor := l.view, l.floor
+	l.view = now
+	l.mu.Unlock()
+	cause := resetCause(prev, now)
+	if cause == "" {
+		if now.exists && l.watchLast.Less(now.last) {
+			// The look found entries the hub's XREAD has not delivered, and the XREAD now
+			// starts after them: wake the readers, or one waiting for them would sleep on.
+			l.saw(now.last)
+			l.watchLast = now.last
+			l.broadcast()
+		}
+		return Reset{}, false
+	}
+	l.watchLast = ID{} // the new stream's ids may all be below the old position
+	if now.exists {
+		l.saw(now.last)
+		l.watchLast = now.last
+	}
+	return Reset{Stream: l.stream, Cause: cause, LastID: maxID(floor, prev.last), Held: prev.held, Unconsumed: prev.unconsumed}, true
 }
 
-// watchFailed logs a failing Redis once per outage and waits (jittered, growing to 5 s);
-// false if ctx ended. Readers are woken so they see the error themselves.
-func (l *Redis) watchFailed(ctx context.Context, err error, failing *bool, bo *backoff.Backoff) bool {
-	if ctx.Err() != nil {
-		return false
+// reportReset logs r and calls OnReset, and wakes the readers.
+func (l *Redis) reportReset(r Reset) {
+	l.opts.Logger.Warn(r.String())
+	if l.opts.OnReset != nil {
+		l.opts.OnReset(r)
 	}
-	if !*failing {
-		l.opts.Logger.Warn("event stream unreachable; retrying", "stream", l.stream, "error", err)
-		*failing = true
-		l.outageStart, l.outageFailures = time.Now(), 0
-	}
-	l.outageFailures++
 	l.broadcast()
-	return backoff.Sleep(ctx, bo.Next()) == nil
 }
 
 // String names the log for messages.

@@ -283,3 +283,111 @@ func TestRedisAppendOutOfMemory(t *testing.T) {
 		t.Fatal("the record refused under OOM was taken for a duplicate")
 	}
 }
+
+// lookGate stops the watcher of a client at each phase of a look until the test lets it go on.
+type lookGate struct {
+	t       *testing.T
+	phases  chan string
+	release chan struct{}
+}
+
+func gateLooks(t *testing.T, env *redisEnv) *lookGate {
+	g := &lookGate{t: t, phases: make(chan string), release: make(chan struct{})}
+	lookHooks.Store(env.rdb, func(phase string) {
+		select {
+		case g.phases <- phase:
+		case <-t.Context().Done():
+			return
+		}
+		select {
+		case <-g.release:
+		case <-t.Context().Done():
+		}
+	})
+	t.Cleanup(func() { lookHooks.Delete(env.rdb) })
+	return g
+}
+
+// at lets the watcher go on until it stops at phase.
+func (g *lookGate) at(phase string) {
+	for p := range g.phases {
+		if p == phase {
+			return
+		}
+		g.release <- struct{}{}
+	}
+}
+
+// next lets the watcher go on from where it stopped.
+func (g *lookGate) next() { g.release <- struct{}{} }
+
+// free lets the watcher run on for the rest of the test.
+func (g *lookGate) free() {
+	g.next()
+	go func() {
+		for {
+			select {
+			case <-g.phases:
+				g.release <- struct{}{}
+			case <-g.t.Context().Done():
+				return
+			}
+		}
+	}()
+}
+
+// TestRedisResetBeforeFirstLookIsReported: entries appended before the watcher first looked
+// at the stream are known to be there; a reset before that first look is reported with them.
+// (The view of the stream used to be unknown until the first look, so such a reset went
+// unreported: TestRedisReaderContinuesAfterReset failed "the reset was not reported" when
+// the machine was slow to start the watcher.)
+func TestRedisResetBeforeFirstLookIsReported(t *testing.T) {
+	env := newRedisEnv(t)
+	g := gateLooks(t, env)
+	reports := make(chan Reset, 4)
+	l := env.open(t, Options{OnReset: func(r Reset) { reports <- r }})
+	g.at("start") // the watcher waits before its first look
+	for i := range 5 {
+		mustAppend(t, l, rec(i))
+	}
+	env.rdb.Del(testCtx(t), l.stream)
+	g.next()
+	g.at("done") // the first look, after the reset
+	select {
+	case r := <-reports:
+		if r.Held != 5 {
+			t.Fatalf("report %+v; want 5 entries held", r)
+		}
+	default:
+		t.Fatal("a reset before the watcher's first look was not reported")
+	}
+	g.free()
+}
+
+// TestRedisAppendDuringLookAtNoStreamIsCounted: an entry appended while the watcher looks
+// and finds no stream yet (the append comes after its snapshot) is counted in what a later
+// reset reports. (It used to be dropped: TestRedisReaderContinuesAfterReset failed with a
+// report of 4 entries held where 5 were appended.)
+func TestRedisAppendDuringLookAtNoStreamIsCounted(t *testing.T) {
+	env := newRedisEnv(t)
+	g := gateLooks(t, env)
+	reports := make(chan Reset, 4)
+	l := env.open(t, Options{OnReset: func(r Reset) { reports <- r }})
+	g.at("snapshot") // the first look found no stream
+	mustAppend(t, l, rec(0))
+	g.next()
+	g.at("done") // before the watcher reads the stream
+	for i := 1; i < 5; i++ {
+		mustAppend(t, l, rec(i))
+	}
+	env.rdb.Del(testCtx(t), l.stream)
+	g.free()
+	select {
+	case r := <-reports:
+		if r.Held != 5 || !strings.Contains(r.String(), "5 entries") {
+			t.Fatalf("report %+v (%q); want 5 entries held", r, r.String())
+		}
+	case <-testCtx(t).Done():
+		t.Fatal("the reset was not reported")
+	}
+}

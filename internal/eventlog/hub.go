@@ -1,0 +1,430 @@
+package eventlog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/seed-a64d9e1f/chatwire/internal/backoff"
+)
+
+// pollEvery is how often a hub that cannot block on all its streams in one XREAD (Redis
+// Cluster, Ring) polls them.
+const pollEvery = 100 * time.Millisecond
+
+// lookHooks holds, for tests, a func(phase string) per client that the hub calls at each
+// phase of a look: "start" (before it), "snapshot" (the streams were looked at, nothing was
+// handed to the logs yet) and "done".
+var lookHooks sync.Map
+
+func (h *hub) hook(phase string) {
+	if f, ok := lookHooks.Load(h.rdb); ok {
+		f.(func(string))(phase)
+	}
+}
+
+// hubs holds the watcher hub of each Redis client that has open Logs.
+var hubs = struct {
+	mu sync.Mutex
+	m  map[redis.UniversalClient]*hub
+}{m: map[redis.UniversalClient]*hub{}}
+
+// A hub watches every Redis Log of one client with one goroutine, so that watching costs
+// one connection per process however many logs (bots) it has, not one per log: a blocking
+// XREAD per log held every connection of the client's pool once a host had more logs than
+// the pool has connections, and appends, reads and leases waited for a connection.
+//
+// On one server (redis.Client, Sentinel failover included) the hub runs one XREAD BLOCK over
+// all streams, which returns as soon as any of them gets an entry. Keys of different hash
+// slots cannot be in one command in Redis Cluster, and a Ring shards by key, so there the
+// hub groups the streams by hash slot and polls them every pollEvery with one pipeline of
+// non-blocking XREADs, one per slot (go-redis sends each node its part of a pipeline on one
+// connection): a blocking XREAD per slot would again hold a connection per bot, since each
+// bot's keys have a hash tag of their own.
+//
+// Every watchEvery it looks at every stream (lookScript) in one pipeline, and reports resets.
+type hub struct {
+	rdb     redis.UniversalClient
+	cluster bool // group by slot and poll, see above
+
+	mu   sync.Mutex // guards logs
+	logs map[*Redis]struct{}
+	// proc is held while the hub hands a round's results to its logs, so that once
+	// unregister returns the hub no longer touches that log.
+	proc sync.Mutex
+
+	stop context.CancelFunc
+	done chan struct{}
+
+	// Outage state; only the hub goroutine uses it.
+	failing        bool
+	partial        int             // streams whose last look failed while others succeeded
+	retry          backoff.Backoff // waits between failed rounds: 100 ms doubling to 5 s, half jittered
+	outageStart    time.Time
+	outageFailures int
+}
+
+// register adds l to the hub of its client, starting the hub if l is its first log.
+func register(l *Redis) *hub {
+	hubs.mu.Lock()
+	defer hubs.mu.Unlock()
+	h := hubs.m[l.rdb]
+	if h == nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		h = &hub{rdb: l.rdb, logs: map[*Redis]struct{}{}, stop: cancel, done: make(chan struct{}),
+			retry: backoff.Backoff{Base: 100 * time.Millisecond, Max: 5 * time.Second, Jitter: 0.5}}
+		switch l.rdb.(type) {
+		case *redis.ClusterClient, *redis.Ring:
+			h.cluster = true
+		}
+		hubs.m[l.rdb] = h
+		h.logs[l] = struct{}{}
+		go h.run(ctx)
+		return h
+	}
+	h.mu.Lock()
+	h.logs[l] = struct{}{}
+	h.mu.Unlock()
+	return h
+}
+
+// unregister removes l from h, stopping h when l was its last log. Once it returns, the hub
+// does not call l's OnReset.
+func (h *hub) unregister(l *Redis) {
+	hubs.mu.Lock()
+	h.proc.Lock()
+	h.mu.Lock()
+	delete(h.logs, l)
+	last := len(h.logs) == 0
+	h.mu.Unlock()
+	h.proc.Unlock()
+	if last && hubs.m[h.rdb] == h {
+		delete(hubs.m, h.rdb)
+	}
+	hubs.mu.Unlock()
+	if last {
+		h.stop()
+		<-h.done
+	}
+}
+
+func (h *hub) snapshot() []*Redis {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make([]*Redis, 0, len(h.logs))
+	for l := range h.logs {
+		out = append(out, l)
+	}
+	return out
+}
+
+// registered reports whether l is still watched; call with h.proc held.
+func (h *hub) registered(l *Redis) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	_, ok := h.logs[l]
+	return ok
+}
+
+func (h *hub) logger(logs []*Redis) *slog.Logger {
+	if len(logs) > 0 {
+		return logs[0].opts.Logger
+	}
+	return slog.Default()
+}
+
+func (h *hub) run(ctx context.Context) {
+	defer close(h.done)
+	lookNext := time.Time{}
+	for ctx.Err() == nil {
+		logs := h.snapshot()
+		if len(logs) == 0 {
+			return
+		}
+		if time.Now().After(lookNext) {
+			if err := h.lookAll(ctx, logs); err != nil {
+				if !h.failed(ctx, logs, err) {
+					return
+				}
+				continue
+			}
+			h.recovered(logs)
+			lookNext = time.Now().Add(watchEvery)
+		}
+		var err error
+		if h.cluster {
+			err = h.poll(ctx, logs)
+		} else {
+			err = h.block(ctx, logs)
+		}
+		if err != nil {
+			if ctx.Err() != nil || !h.failed(ctx, logs, err) {
+				return
+			}
+			lookNext = time.Time{}
+		}
+	}
+}
+
+// lookAll looks at every stream in one pipeline and hands each log its state. It fails only
+// when no look succeeded (Redis unreachable); a stream whose look failed alone is looked at
+// again next time.
+func (h *hub) lookAll(ctx context.Context, logs []*Redis) error {
+	h.hook("start")
+	defer h.hook("done")
+	for _, l := range logs {
+		l.mu.Lock()
+		l.looking, l.lookSaw, l.lookAppended = true, l.lookSaw[:0], l.lookAppended[:0]
+		l.mu.Unlock()
+	}
+	cmds := make([]*redis.Cmd, len(logs))
+	// Errors are per command (below).
+	h.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, l := range logs {
+			cmds[i] = lookScript.EvalSha(ctx, p, []string{l.stream})
+		}
+		return nil
+	})
+	if anyNoScript(cmds) {
+		// Redis lost its script cache (restart, failover, SCRIPT FLUSH): send the script.
+		h.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i, l := range logs {
+				if redis.HasErrorPrefix(cmds[i].Err(), "NOSCRIPT") {
+					cmds[i] = lookScript.Eval(ctx, p, []string{l.stream})
+				}
+			}
+			return nil
+		})
+	}
+	h.hook("snapshot")
+	ok := 0
+	var lastErr error
+	h.proc.Lock()
+	defer h.proc.Unlock()
+	for i, l := range logs {
+		if !h.registered(l) {
+			continue
+		}
+		now, err := parseLook(l.stream, cmds[i])
+		if err != nil {
+			l.mu.Lock()
+			l.looking = false
+			l.mu.Unlock()
+			lastErr = err
+			continue
+		}
+		ok++
+		if r, reset := l.looked(now); reset {
+			l.reportReset(r)
+		}
+	}
+	if ok == 0 && lastErr != nil {
+		return lastErr
+	}
+	// Logged when the number of streams that cannot be looked at changes, not every look.
+	if failed := len(logs) - ok; failed != h.partial && lastErr != nil {
+		h.logger(logs).Warn("event stream look failed for some streams", "failed", failed, "streams", len(logs), "error", lastErr)
+		h.partial = failed
+	} else if lastErr == nil {
+		h.partial = 0
+	}
+	return nil
+}
+
+func anyNoScript(cmds []*redis.Cmd) bool {
+	for _, c := range cmds {
+		if c != nil && redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
+			return true
+		}
+	}
+	return false
+}
+
+// parseLook reads lookScript's answer.
+func parseLook(stream string, cmd *redis.Cmd) (streamState, error) {
+	res, err := cmd.Slice()
+	if err != nil {
+		return streamState{}, err
+	}
+	if len(res) == 1 {
+		return streamState{}, nil // no stream
+	}
+	if len(res) != 4 {
+		return streamState{}, fmt.Errorf("eventlog: look at %s: script answered %d values", stream, len(res))
+	}
+	lastS, _ := res[0].(string)
+	last, err := ParseID(lastS)
+	if err != nil {
+		return streamState{}, err
+	}
+	added, _ := res[1].(int64)
+	held, _ := res[2].(int64)
+	unconsumed, _ := res[3].(int64)
+	return streamState{exists: true, entriesAdded: added, last: last, held: held, unconsumed: unconsumed}, nil
+}
+
+// streamArgs returns the XREAD STREAMS arguments for logs (each stream once, from the lowest
+// position of the logs on it).
+func streamArgs(logs []*Redis) []string {
+	pos := map[string]ID{}
+	var order []string
+	for _, l := range logs {
+		p, ok := pos[l.stream]
+		if !ok {
+			order = append(order, l.stream)
+			pos[l.stream] = l.watchLast
+		} else if l.watchLast.Less(p) {
+			pos[l.stream] = l.watchLast
+		}
+	}
+	args := make([]string, 0, 2*len(order))
+	args = append(args, order...)
+	for _, s := range order {
+		args = append(args, pos[s].String())
+	}
+	return args
+}
+
+// block waits up to watchEvery in one XREAD over every stream.
+func (h *hub) block(ctx context.Context, logs []*Redis) error {
+	res, err := h.rdb.XRead(ctx, &redis.XReadArgs{Streams: streamArgs(logs), Count: 100, Block: watchEvery}).Result()
+	if errors.Is(err, redis.Nil) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	h.deliver(logs, res)
+	return nil
+}
+
+// poll reads every slot group's streams without blocking, in one pipeline, and waits
+// pollEvery when nothing came.
+func (h *hub) poll(ctx context.Context, logs []*Redis) error {
+	bySlot := map[int][]*Redis{}
+	for _, l := range logs {
+		s := slot(l.stream)
+		bySlot[s] = append(bySlot[s], l)
+	}
+	cmds := make([]*redis.XStreamSliceCmd, 0, len(bySlot))
+	_, err := h.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, group := range bySlot {
+			cmds = append(cmds, p.XRead(ctx, &redis.XReadArgs{Streams: streamArgs(group), Count: 100, Block: -1}))
+		}
+		return nil
+	})
+	var res []redis.XStream
+	failed := 0
+	for _, c := range cmds {
+		r, err := c.Result()
+		switch {
+		case err == nil:
+			res = append(res, r...)
+		case errors.Is(err, redis.Nil):
+		default:
+			failed++
+		}
+	}
+	if failed == len(cmds) && err != nil {
+		return err
+	}
+	h.deliver(logs, res)
+	if len(res) == 0 {
+		t := time.NewTimer(pollEvery)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+		}
+	}
+	return nil
+}
+
+// deliver hands what XREAD returned to the logs on those streams and wakes their readers.
+func (h *hub) deliver(logs []*Redis, res []redis.XStream) {
+	if len(res) == 0 {
+		return
+	}
+	got := make(map[string][]Entry, len(res))
+	for _, s := range res {
+		got[s.Stream] = append(got[s.Stream], toEntries(s.Messages)...)
+	}
+	h.proc.Lock()
+	defer h.proc.Unlock()
+	for _, l := range logs {
+		es := got[l.stream]
+		if len(es) == 0 || !h.registered(l) {
+			continue
+		}
+		l.watchLast = maxID(l.watchLast, es[len(es)-1].ID)
+		l.saw(ids(es)...)
+		l.broadcast()
+	}
+}
+
+// failed logs a failing Redis once per outage and waits (jittered, growing to 5 s); false if
+// ctx ended. Readers are woken so they see the error themselves.
+func (h *hub) failed(ctx context.Context, logs []*Redis, err error) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	if !h.failing {
+		h.logger(logs).Warn("event stream unreachable; retrying", "stream", streamsName(logs), "streams", len(logs), "error", err)
+		h.failing = true
+		h.outageStart, h.outageFailures = time.Now(), 0
+	}
+	h.outageFailures++
+	for _, l := range logs {
+		l.broadcast()
+	}
+	return backoff.Sleep(ctx, h.retry.Next()) == nil
+}
+
+func (h *hub) recovered(logs []*Redis) {
+	if !h.failing {
+		return
+	}
+	h.logger(logs).Info("event stream reachable again", "stream", streamsName(logs), "streams", len(logs),
+		"failures", h.outageFailures, "took_ms", time.Since(h.outageStart).Milliseconds())
+	h.failing = false
+	h.retry.Reset()
+}
+
+// streamsName names the streams of logs for a log line: the stream, or the first and a count.
+func streamsName(logs []*Redis) string {
+	switch len(logs) {
+	case 0:
+		return ""
+	case 1:
+		return logs[0].stream
+	}
+	return fmt.Sprintf("%s and %d more", logs[0].stream, len(logs)-1)
+}
+
+// slot returns the Redis Cluster hash slot of key: CRC16 (XMODEM) of the key's hash tag (the
+// part between the first { and the next }, when not empty) or of the whole key, mod 16384.
+func slot(key string) int {
+	if i := strings.IndexByte(key, '{'); i >= 0 {
+		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {
+			key = key[i+1 : i+1+j]
+		}
+	}
+	var crc uint16
+	for k := 0; k < len(key); k++ {
+		crc ^= uint16(key[k]) << 8
+		for range 8 {
+			if crc&0x8000 != 0 {
+				crc = crc<<1 ^ 0x1021
+			} else {
+				crc <<= 1
+			}
+		}
+	}
+	return int(crc) % 16384
+}
