@@ -17,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
+	"github.com/seed-a64d9e1f/chatwire/internal/pacing"
 	"github.com/seed-a64d9e1f/chatwire/internal/platforms"
 	"github.com/seed-a64d9e1f/chatwire/plugin"
 )
@@ -35,6 +36,8 @@ type hostOptions struct {
 	QueueSize int
 	// Listener, if not nil, is served instead of listening on cfg.Server.Listen.
 	Listener net.Listener
+	// PacingClock is the clock of send pacing (tests shorten time with it); nil: real time.
+	PacingClock pacing.Clock
 }
 
 // host is a running adapter-host: plugin, HTTP server, deliverers.
@@ -137,6 +140,13 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 	}
 	if h.redis == nil {
 		h.srv.dedup = NewLRU(0) // Redis queues deduplicate events themselves (dedupAppender)
+	}
+	if h.srv.sends, err = newSendGate(cfg, h.redis, h.m.reg, log, opts.PacingClock); err != nil {
+		p.Close()
+		if h.redis != nil {
+			h.redis.Close()
+		}
+		return nil, err
 	}
 	for _, b := range cfg.Bots {
 		var q eventQueue

@@ -20,6 +20,7 @@ import (
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
 	"github.com/seed-a64d9e1f/chatwire/adapter/wecom/wecomtest"
+	"github.com/seed-a64d9e1f/chatwire/internal/pacing"
 	"github.com/seed-a64d9e1f/chatwire/internal/platforms"
 )
 
@@ -77,8 +78,11 @@ type setupOpts struct {
 	redisURL   string
 	store      *StoreConfig // instead of redisURL
 	// emu and apiBase share an emulator between hosts; nil: a new one.
-	emu     *wecomtest.Server
-	apiBase string
+	emu      *wecomtest.Server
+	apiBase  string
+	pacing   *PacingConfig // the bot's pacing section
+	clock    pacing.Clock  // the pacing clock; nil: real time
+	dupCheck string        // the bot's wecom.duplicate_check
 }
 
 func newEmulator() *wecomtest.Server {
@@ -111,6 +115,7 @@ func setup(t testing.TB, o setupOpts) *env {
 	if o.noKeys {
 		cfg.Server.APIKeys = nil
 	}
+	cfg.Bots[0].Pacing, cfg.Bots[0].WeCom.DuplicateCheck = o.pacing, o.dupCheck
 	if o.deliverURL != "" {
 		cfg.Bots[0].Deliver = &DeliverConfig{WebhookURL: o.deliverURL, WebhookSecret: hookSecret}
 	}
@@ -126,7 +131,7 @@ func setup(t testing.TB, o setupOpts) *env {
 		level = slog.LevelInfo
 	}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: level}))
-	h, err := startHost(t.Context(), cfg, hostOptions{Logger: log, PluginDebug: !o.quiet, DeliverBackoff: 20 * time.Millisecond})
+	h, err := startHost(t.Context(), cfg, hostOptions{Logger: log, PluginDebug: !o.quiet, DeliverBackoff: 20 * time.Millisecond, PacingClock: o.clock})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -51,6 +51,7 @@ type server struct {
 	m       *metrics
 	gather  prometheus.Gatherer
 	closing chan struct{} // closed when the host shuts down: SSE streams end
+	sends   *sendGate     // Idempotency-Key and pacing of sends
 
 	sseMu      sync.Mutex // guards sseClients
 	sseClients int
@@ -279,22 +280,7 @@ func (s *server) send(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Minute)
-	defer cancel()
-	rc, err := b.adapter.Send(ctx, msg)
-	if err != nil {
-		s.m.sends.WithLabelValues(b.name, string(adapter.KindOf(err)), adapter.Code(err)).Inc()
-		s.log.Warn("send failed", "bot", b.name, "to", msg.To.String(), "error", err)
-		writeError(w, err)
-		return
-	}
-	s.m.sends.WithLabelValues(b.name, "ok", "").Inc()
-	s.log.Info("message sent", "bot", b.name, "to", msg.To.String(), "id", rc.ID, "invalid", len(rc.Invalid))
-	invalid := rc.Invalid
-	if invalid == nil {
-		invalid = []string{}
-	}
-	writeJSON(w, http.StatusOK, sendResponse{ID: rc.ID, Bot: b.name, Platform: b.platform, Invalid: invalid})
+	s.deliver(w, r, b, msg) // sendgate.go: Idempotency-Key, pacing, the send
 }
 
 // events streams a bot's events as Server-Sent Events.

@@ -59,13 +59,15 @@ func (e *AbandonedError) Is(target error) bool { return target == ErrConflict }
 
 // Answer is what a request answered, stored and replayed for its key.
 type Answer struct {
-	Status int    `json:"status"`
-	Body   []byte `json:"body"`
+	Status int               `json:"status"`
+	Header map[string]string `json:"header,omitempty"` // headers to send again, e.g. Retry-After
+	Body   []byte            `json:"body"`
 }
 
 // Request names one idempotent request.
 type Request struct {
-	// Key is the client's Idempotency-Key, scoped by the caller (the host prefixes the bot).
+	// Key is the client's Idempotency-Key (checked with [CheckKey]), scoped by the caller:
+	// the host prefixes the bot's name and "/".
 	Key string
 	// Fingerprint identifies the request's content (the host uses the SHA-256 of the bot and
 	// the canonical JSON of the message); the same key with another fingerprint is a
@@ -141,8 +143,8 @@ type Work func(ctx context.Context) (ans Answer, keep bool)
 // [ErrInvalidKey], [ErrConflict], [*AbandonedError], ctx's error while waiting, or the
 // Store's error (the work has not run).
 func (k *Keeper) Do(ctx context.Context, req Request, work Work) (ans Answer, replayed bool, err error) {
-	if err := CheckKey(req.Key); err != nil {
-		return Answer{}, false, err
+	if req.Key == "" {
+		return Answer{}, false, fmt.Errorf("%w: empty", ErrInvalidKey)
 	}
 	owner := rand.Text()
 	fp := hex.EncodeToString(req.Fingerprint[:])

@@ -273,9 +273,15 @@ func testStore(t *testing.T, stores storesFunc) {
 	t.Run("BadKey", func(t *testing.T) {
 		k := New(stores(t, 1)[0], Options{})
 		for _, key := range []string{"", string(make([]byte, MaxKeyLen+1)), "a\nb", "é"} {
-			if _, _, err := k.Do(t.Context(), Request{Key: key}, nil); !errors.Is(err, ErrInvalidKey) {
-				t.Errorf("Do(key %q) = %v; want ErrInvalidKey", key, err)
+			if err := CheckKey(key); !errors.Is(err, ErrInvalidKey) {
+				t.Errorf("CheckKey(%q) = %v; want ErrInvalidKey", key, err)
 			}
+		}
+		if err := CheckKey("order-42:retry"); err != nil {
+			t.Errorf("CheckKey(order-42:retry) = %v", err)
+		}
+		if _, _, err := k.Do(t.Context(), Request{}, nil); !errors.Is(err, ErrInvalidKey) {
+			t.Errorf("Do(empty key) = %v; want ErrInvalidKey", err)
 		}
 	})
 }

@@ -2,6 +2,8 @@ package idempotency
 
 import (
 	"context"
+	"encoding/hex"
+	"maps"
 	"sync"
 	"time"
 )
@@ -156,7 +158,7 @@ func (m *memory) finish(_ context.Context, key, owner string, ans Answer) (bool,
 	if r == nil || r.done || r.owner != owner {
 		return false, nil
 	}
-	r.done, r.answer = true, Answer{Status: ans.Status, Body: append([]byte(nil), ans.Body...)}
+	r.done, r.answer = true, Answer{Status: ans.Status, Header: maps.Clone(ans.Header), Body: append([]byte(nil), ans.Body...)}
 	m.notifyLocked()
 	return true, nil
 }
@@ -194,4 +196,15 @@ func (m *memory) expireLease(_ context.Context, key string) error {
 		m.notifyLocked()
 	}
 	return nil
+}
+
+// ClaimAbandoned records req's key as claimed at started by a holder that then stopped
+// without an answer (its lease lapsed), as a host killed mid-send leaves it. For tests of
+// what follows.
+func ClaimAbandoned(ctx context.Context, s Store, req Request, started time.Time) error {
+	fp := hex.EncodeToString(req.Fingerprint[:])
+	if _, err := s.claim(ctx, req.Key, fp, "stopped-holder", started, time.Minute, DefaultRetention); err != nil {
+		return err
+	}
+	return s.expireLease(ctx, req.Key)
 }

@@ -174,7 +174,7 @@ func (s *Scheduler) Reserve(ctx context.Context, msg adapter.Message, maxWait ti
 	}
 	wait := at.Sub(now)
 	if !ok {
-		return Reservation{}, &adapter.Error{Kind: adapter.KindRateLimited, Platform: s.platform, RetryAfter: wait,
+		return Reservation{}, &adapter.Error{Kind: adapter.KindRateLimited, RetryAfter: wait,
 			Message: fmt.Sprintf("sending now would exceed %s's limits for %s (it drops what exceeds them): this send could go in %s, after this request's deadline; retry later",
 				s.platform, msg.To.String(), wait.Round(time.Millisecond))}
 	}

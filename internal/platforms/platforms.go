@@ -34,6 +34,10 @@ type WeCom struct {
 	Token          string `yaml:"token" json:"token,omitempty"`
 	EncodingAESKey string `yaml:"encoding_aes_key" json:"encoding_aes_key,omitempty"`
 	APIBase        string `yaml:"api_base" json:"api_base,omitempty"`
+	// DuplicateCheck turns on WeCom's enable_duplicate_check with this interval, as a Go
+	// duration ("30m", at most 4h): a message/send identical to one WeCom accepted within
+	// it is accepted but not shown again (see wecom.Options.DuplicateCheck). Empty: off.
+	DuplicateCheck string `yaml:"duplicate_check" json:"duplicate_check,omitempty"`
 }
 
 // Graph is a Microsoft Graph bot's configuration section. ClientSecret and ClientState are
@@ -236,7 +240,7 @@ func (o *Opener) Open(ctx context.Context, sc plugin.StoreConfig, bot plugin.Bot
 		}
 		cl, err := wecom.New(wecom.Config{Bot: bot.Name, CorpID: c.CorpID, CorpSecret: c.CorpSecret, AgentID: c.AgentID,
 			Token: c.Token, EncodingAESKey: c.EncodingAESKey, APIBase: c.APIBase},
-			wecom.Options{HTTPClient: hc, Logger: log, TokenOptions: topts, SplitText: true})
+			wecom.Options{HTTPClient: hc, Logger: log, TokenOptions: topts, SplitText: true, DuplicateCheck: pollInterval(c.DuplicateCheck)})
 		if err != nil {
 			return nil, err
 		}

@@ -49,6 +49,11 @@ type Server struct {
 	// any recipient fail with this errcode (45009, say) instead of dropping silently. Whether
 	// real WeCom errors here is unverified.
 	MemberLimitCode int
+	// IgnoreDuplicateCheck makes message/send deliver a request identical to an earlier one
+	// even when it sets enable_duplicate_check (as if WeCom had no such check). If false, such
+	// a request within duplicate_check_interval is accepted, answered with the first
+	// message's msgid, recorded with Duplicate set, and not delivered.
+	IgnoreDuplicateCheck bool
 	// PushTimeout bounds each callback delivery. Zero means 5 s.
 	PushTimeout time.Duration
 	// PushRetries is how many times a failed callback delivery (non-200 or timeout) is
@@ -117,6 +122,9 @@ type Sent struct {
 	// Delivered lists the members the message reached; Dropped those over MemberLimit.
 	Delivered []string
 	Dropped   []string
+	// Duplicate is set on a request WeCom accepted but did not show, as identical to one
+	// shown within its duplicate_check_interval; MsgID is then the first message's.
+	Duplicate bool
 	Invalid   []string // "user:x", "party:2", "tag:1"
 	MsgID     string
 	Recalled  bool

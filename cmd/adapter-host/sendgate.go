@@ -1,0 +1,341 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/seed-a64d9e1f/chatwire/adapter"
+	"github.com/seed-a64d9e1f/chatwire/internal/idempotency"
+	"github.com/seed-a64d9e1f/chatwire/internal/pacing"
+)
+
+// sendTimeout bounds one synchronous send, pacing wait included.
+const sendTimeout = 2 * time.Minute
+
+// defaultMaxWait is how long a synchronous send waits for its turn under the platform's
+// limits before it is answered 429 with Retry-After instead.
+const defaultMaxWait = 30 * time.Second
+
+// PacingConfig is a bot's pacing section: the platform's published limits apply without it.
+type PacingConfig struct {
+	// Limits replace the platform's limits scope by scope; an empty list turns a scope off.
+	Limits PacingLimits `yaml:"limits"`
+	// Concurrency bounds the bot's sends in flight in this host. 0 means 32.
+	Concurrency int `yaml:"concurrency"`
+	// MaxWait is the longest a synchronous send waits for its turn, as a Go duration; a
+	// longer wait is answered 429 with Retry-After. Empty means 30s. A request's
+	// "Prefer: wait=N" (seconds) can only lower it.
+	MaxWait string `yaml:"max_wait"`
+}
+
+// PacingLimits are limits by scope (see package pacing), each "N/duration" such as "30/1m".
+// WeCom scopes: member, app, appchat; Graph: chat, chats, channel, channels, mail.
+type PacingLimits struct {
+	Member   []string `yaml:"member"`
+	App      []string `yaml:"app"`
+	AppChat  []string `yaml:"appchat"`
+	Chat     []string `yaml:"chat"`
+	Chats    []string `yaml:"chats"`
+	Channel  []string `yaml:"channel"`
+	Channels []string `yaml:"channels"`
+	Mail     []string `yaml:"mail"`
+}
+
+// scopes returns the scopes set (nil lists are not).
+func (l PacingLimits) scopes() map[string][]string {
+	out := map[string][]string{}
+	for scope, ls := range map[string][]string{pacing.ScopeMember: l.Member, pacing.ScopeApp: l.App, pacing.ScopeAppChat: l.AppChat,
+		pacing.ScopeChat: l.Chat, pacing.ScopeChats: l.Chats, pacing.ScopeChannel: l.Channel, pacing.ScopeChannels: l.Channels, pacing.ScopeMail: l.Mail} {
+		if ls != nil {
+			out[scope] = ls
+		}
+	}
+	return out
+}
+
+// options returns the pacing options and the max wait of pc (nil: defaults). pc must be
+// valid.
+func (pc *PacingConfig) options() (pacing.Options, time.Duration) {
+	if pc == nil {
+		return pacing.Options{}, defaultMaxWait
+	}
+	var o pacing.Options
+	if set := pc.Limits.scopes(); len(set) > 0 {
+		o.Limits = map[string][]pacing.Limit{}
+		for scope, ls := range set {
+			o.Limits[scope] = []pacing.Limit{}
+			for _, s := range ls {
+				l, _ := pacing.ParseLimit(s)
+				o.Limits[scope] = append(o.Limits[scope], l)
+			}
+		}
+	}
+	o.Concurrency = pc.Concurrency
+	mw := defaultMaxWait
+	if pc.MaxWait != "" {
+		mw, _ = time.ParseDuration(pc.MaxWait)
+	}
+	return o, mw
+}
+
+// validate reports the problems of pc (nil is valid) at path at.
+func (pc *PacingConfig) validate(at, platform string, p func(string, string, ...any)) {
+	if pc == nil {
+		return
+	}
+	scopes := pc.Limits.scopes()
+	names := make([]string, 0, len(scopes))
+	for scope := range scopes {
+		names = append(names, scope)
+	}
+	sort.Strings(names)
+	for _, scope := range names {
+		for i, s := range scopes[scope] {
+			if _, err := pacing.ParseLimit(s); err != nil {
+				p(fmt.Sprintf("%s.limits.%s[%d]", at, scope, i), "%q: want N/duration such as 30/1m", s)
+			}
+		}
+		if _, err := pacing.Merge(platform, map[string][]pacing.Limit{scope: nil}); err != nil {
+			p(at+".limits."+scope, "%v", strings.TrimPrefix(err.Error(), "pacing: "))
+		}
+	}
+	if pc.Concurrency < 0 || pc.Concurrency > 1000 {
+		p(at+".concurrency", "%d: want 1 to 1000 (0 means %d)", pc.Concurrency, pacing.DefaultConcurrency)
+	}
+	if pc.MaxWait != "" {
+		if d, err := time.ParseDuration(pc.MaxWait); err != nil || d < 0 || d > sendTimeout {
+			p(at+".max_wait", "%q: want a duration from 0s to %v such as 30s", pc.MaxWait, sendTimeout)
+		}
+	}
+}
+
+// sendGate is what a send passes through before the plugin: the Idempotency-Key and the
+// bot's pacing.
+type sendGate struct {
+	idem    *idempotency.Keeper
+	istore  idempotency.Store
+	pace    map[string]*pacing.Scheduler // by bot
+	maxWait map[string]time.Duration     // by bot
+	retake  map[string]time.Duration     // by bot: WeCom duplicate_check interval; 0: never retake
+	waits   *prometheus.HistogramVec
+	log     *slog.Logger
+}
+
+// newSendGate builds the gate of cfg's bots: keys and limits on rdb when the host has a
+// Redis (fleet-wide), else in memory. clock nil is the real clock.
+func newSendGate(cfg *Config, rdb redis.UniversalClient, reg prometheus.Registerer, log *slog.Logger, clock pacing.Clock) (*sendGate, error) {
+	g := &sendGate{pace: map[string]*pacing.Scheduler{}, maxWait: map[string]time.Duration{}, retake: map[string]time.Duration{}, log: log,
+		waits: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "chatwire_send_paced_wait_seconds",
+			Help:    "How long synchronous sends waited for their turn under the platform's limits, by bot and outcome (sent, refused: answered 429).",
+			Buckets: []float64{0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300}}, []string{"bot", "outcome"})}
+	if reg != nil {
+		reg.MustRegister(g.waits)
+	}
+	var (
+		istore idempotency.Store
+		pstore pacing.Store
+	)
+	if rdb != nil {
+		istore, pstore = idempotency.NewRedis(rdb, cfg.Store.KeyPrefix), pacing.NewRedis(rdb, cfg.Store.KeyPrefix)
+	} else {
+		istore, pstore = idempotency.NewMemory(0), pacing.NewMemory()
+	}
+	g.idem, g.istore = idempotency.New(istore, idempotency.Options{Logger: log}), istore
+	for _, b := range cfg.Bots {
+		opts, mw := b.Pacing.options()
+		opts.Clock, opts.Logger = clock, log
+		sc, err := pacing.New(pstore, b.Name, b.Platform, opts)
+		if err != nil {
+			return nil, fmt.Errorf("bots %s: %w", b.Name, err)
+		}
+		g.pace[b.Name], g.maxWait[b.Name] = sc, mw
+		if b.WeCom != nil && b.WeCom.DuplicateCheck != "" {
+			g.retake[b.Name], _ = time.ParseDuration(b.WeCom.DuplicateCheck)
+		}
+	}
+	return g, nil
+}
+
+// outcome is one send's answer.
+type outcome struct {
+	status int
+	header map[string]string
+	body   []byte
+	keep   bool // false: nothing reached the platform; a retry with the same key sends
+}
+
+// deliver sends msg for b and writes the answer, through the Idempotency-Key (if the
+// request has one) and the bot's pacing.
+func (s *server) deliver(w http.ResponseWriter, r *http.Request, b *bot, msg adapter.Message) {
+	g := s.sends
+	key := r.Header.Get("Idempotency-Key")
+	maxWait := requestMaxWait(r, g.maxWait[b.name])
+	if key == "" {
+		ctx, cancel := context.WithTimeout(r.Context(), sendTimeout)
+		defer cancel()
+		writeOutcome(w, s.sendPaced(ctx, b, msg, maxWait), false)
+		return
+	}
+	if err := idempotency.CheckKey(key); err != nil {
+		writeError(w, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: strings.TrimPrefix(err.Error(), "idempotency: ")})
+		return
+	}
+	req, err := g.request(b.name, key, msg)
+	if err != nil {
+		writeError(w, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: "message: " + err.Error()})
+		return
+	}
+	var fresh outcome
+	ans, replayed, err := g.idem.Do(r.Context(), req, func(ctx context.Context) (idempotency.Answer, bool) {
+		// The send finishes and its answer is kept even if this client goes away: a retry
+		// with the key gets it.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), sendTimeout)
+		defer cancel()
+		fresh = s.sendPaced(ctx, b, msg, maxWait)
+		return idempotency.Answer{Status: fresh.status, Header: fresh.header, Body: fresh.body}, fresh.keep
+	})
+	switch {
+	case errors.Is(err, idempotency.ErrConflict):
+		s.log.Warn("send refused: Idempotency-Key reused", "bot", b.name, "error", err)
+		writeConflict(w, err)
+		return
+	case err != nil:
+		s.log.Warn("send refused: Idempotency-Key not checked", "bot", b.name, "error", err)
+		writeError(w, &adapter.Error{Kind: adapter.KindUnavailable, Message: "Idempotency-Key could not be checked (store unavailable); nothing was sent: " + err.Error()})
+		return
+	}
+	if replayed {
+		s.log.Info("send answered from its Idempotency-Key", "bot", b.name, "status", ans.Status)
+	}
+	writeOutcome(w, outcome{status: ans.Status, header: ans.Header, body: ans.Body}, replayed)
+}
+
+// request is the idempotent request of bot's message msg under key: the key is scoped by
+// the bot, and the fingerprint is the SHA-256 of the bot and msg's canonical JSON (as the
+// host decoded it, so the same message encoded differently is the same request).
+func (g *sendGate) request(bot, key string, msg adapter.Message) (idempotency.Request, error) {
+	canon, err := json.Marshal(msg)
+	if err != nil {
+		return idempotency.Request{}, err
+	}
+	req := idempotency.Request{Key: bot + "/" + key, Fingerprint: sha256.Sum256(append([]byte(bot+"\x00"), canon...))}
+	if d := g.retake[bot]; d > 0 {
+		// WeCom shows a message/send identical to one it accepted within the interval only
+		// once, so an attempt abandoned by a stopped host may be repeated within it (less the
+		// send timeout: the first attempt may have reached WeCom that much after it began).
+		req.Retake = func(started time.Time) bool { return time.Since(started) < d-sendTimeout }
+	}
+	return req, nil
+}
+
+// requestMaxWait is the bot's max wait, lowered by "Prefer: wait=N" (RFC 7240).
+func requestMaxWait(r *http.Request, d time.Duration) time.Duration {
+	for _, v := range r.Header.Values("Prefer") {
+		for _, pref := range strings.Split(v, ",") {
+			name, val, ok := strings.Cut(strings.TrimSpace(pref), "=")
+			if !ok || !strings.EqualFold(strings.TrimSpace(name), "wait") {
+				continue
+			}
+			if n, err := strconv.Atoi(strings.Trim(strings.TrimSpace(val), `"`)); err == nil && n >= 0 {
+				d = min(d, time.Duration(n)*time.Second)
+			}
+		}
+	}
+	return d
+}
+
+// sendPaced waits for msg's turn under the bot's pacing (at most maxWait), sends it, and
+// returns the answer to give.
+func (s *server) sendPaced(ctx context.Context, b *bot, msg adapter.Message, maxWait time.Duration) outcome {
+	g := s.sends
+	sc := g.pace[b.name]
+	var rc adapter.Receipt
+	start := time.Now()
+	waited := false
+	err := sc.Do(ctx, msg, maxWait, func(ctx context.Context) error {
+		if w := time.Since(start); w >= time.Millisecond {
+			waited = true
+			g.waits.WithLabelValues(b.name, "sent").Observe(w.Seconds())
+		}
+		var err error
+		rc, err = b.adapter.Send(ctx, msg)
+		return err
+	})
+	if err != nil {
+		kind := adapter.KindOf(err)
+		keep := kind != adapter.KindRateLimited // throttled (by pacing or the platform): nothing was shown
+		if !waited && kind == adapter.KindRateLimited && adapter.Code(err) == "" {
+			g.waits.WithLabelValues(b.name, "refused").Observe(adapter.RetryAfter(err).Seconds())
+		}
+		s.m.sends.WithLabelValues(b.name, string(kind), adapter.Code(err)).Inc()
+		s.log.Warn("send failed", "bot", b.name, "to", msg.To.String(), "error", err)
+		return errorOutcome(err, keep)
+	}
+	s.m.sends.WithLabelValues(b.name, "ok", "").Inc()
+	s.log.Info("message sent", "bot", b.name, "to", msg.To.String(), "id", rc.ID, "invalid", len(rc.Invalid))
+	invalid := rc.Invalid
+	if invalid == nil {
+		invalid = []string{}
+	}
+	return jsonOutcome(http.StatusOK, nil, sendResponse{ID: rc.ID, Bot: b.name, Platform: b.platform, Invalid: invalid}, true)
+}
+
+// errorOutcome is writeError's answer as an outcome.
+func errorOutcome(err error, keep bool) outcome {
+	kind := adapter.KindOf(err)
+	var body errorBody
+	body.Error.Kind = kind.Public()
+	body.Error.Message = err.Error()
+	body.Error.PlatformCode = adapter.Code(err)
+	var h map[string]string
+	if d := adapter.RetryAfter(err); d > 0 || kind == adapter.KindRateLimited || kind == adapter.KindUnavailable {
+		h = map[string]string{"Retry-After": strconv.Itoa(max(1, int(math.Ceil(d.Seconds()))))}
+	}
+	return jsonOutcome(kind.HTTPStatus(), h, body, keep)
+}
+
+func jsonOutcome(status int, h map[string]string, v any, keep bool) outcome {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	enc.Encode(v)
+	return outcome{status: status, header: h, body: buf.Bytes(), keep: keep}
+}
+
+// writeOutcome writes o; a replayed answer carries Idempotent-Replayed: true.
+func writeOutcome(w http.ResponseWriter, o outcome, replayed bool) {
+	for k, v := range o.header {
+		w.Header().Set(k, v)
+	}
+	if replayed {
+		w.Header().Set("Idempotent-Replayed", "true")
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(o.status)
+	w.Write(o.body)
+}
+
+// writeConflict answers 409 for a reused or abandoned Idempotency-Key, with kind "conflict".
+func writeConflict(w http.ResponseWriter, err error) {
+	var body errorBody
+	body.Error.Kind = "conflict"
+	body.Error.Message = err.Error()
+	if !errors.As(err, new(*idempotency.AbandonedError)) {
+		body.Error.Message = "this Idempotency-Key was used for a different message (another body or bot) within 24 hours; nothing was sent: use a new key for a new message"
+	}
+	writeJSON(w, http.StatusConflict, body)
+}
