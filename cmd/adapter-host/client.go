@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
+	"github.com/seed-a64d9e1f/chatwire/internal/idempotency"
 )
 
 // apiFlags say how to reach a running host.
@@ -178,8 +180,19 @@ func cmdSend(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	file := fs.String("file", "", "file to attach (uploaded with a progress bar)")
 	contentType := fs.String("content-type", "", "the file's content type (default from its extension)")
 	quiet := fs.Bool("quiet", false, "no progress bar")
+	idemKey := fs.String("idempotency-key", "", "Idempotency-Key of this send (default: a new random key): a retry with the same key within 24 h is answered without sending again")
+	verbose := fs.Bool("verbose", false, "print the Idempotency-Key sent")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	key := *idemKey
+	if key == "" {
+		key = "cli-" + rand.Text()
+	} else if err := idempotency.CheckKey(key); err != nil {
+		return fmt.Errorf("send: --idempotency-key: %w", err)
+	}
+	if *verbose {
+		fmt.Fprintf(stderr, "Idempotency-Key: %s\n", key)
 	}
 	if *botName == "" || *to == "" {
 		fs.Usage()
@@ -192,7 +205,7 @@ func cmdSend(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if *text == "" && *markdown == "" && *html == "" && *file == "" {
 		return errors.New("send: nothing to send: give --text, --markdown, --html or --file")
 	}
-	base, key, err := af.resolve()
+	base, apiKey, err := af.resolve()
 	if err != nil {
 		return err
 	}
@@ -240,10 +253,14 @@ func cmdSend(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}()
 		body = pr
 	}
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/bots/"+*botName+"/messages", body)
-	req.Header.Set("Content-Type", "application/json")
-	if key != "" {
-		req.Header.Set("Authorization", "Bearer "+key)
+	newReq := func() *http.Request {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/bots/"+*botName+"/messages", body)
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Idempotency-Key", key)
+		if apiKey != "" {
+			req.Header.Set("Authorization", "Bearer "+apiKey)
+		}
+		return req
 	}
 	done, stopped := make(chan struct{}), make(chan struct{})
 	if size > 0 && !*quiet {
@@ -251,11 +268,24 @@ func cmdSend(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	} else {
 		close(stopped)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := http.DefaultClient.Do(newReq())
+	// A message without a file can be sent again: when the connection failed, try twice
+	// more with the same key, which the host answers at most once.
+	for wait := 500 * time.Millisecond; err != nil && *file == "" && wait <= time.Second && ctx.Err() == nil; wait *= 2 {
+		if *verbose {
+			fmt.Fprintf(stderr, "send failed (%v); retrying in %v with the same Idempotency-Key\n", err, wait)
+		}
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+		}
+		body = strings.NewReader(string(head))
+		resp, err = http.DefaultClient.Do(newReq())
+	}
 	close(done)
 	<-stopped
 	if err != nil {
-		return fmt.Errorf("is the host running? %w", err)
+		return fmt.Errorf("is the host running? %w (to retry without sending twice: --idempotency-key %s)", err, key)
 	}
 	defer resp.Body.Close()
 	if size > 0 && !*quiet {
@@ -263,7 +293,14 @@ func cmdSend(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprintln(stderr)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return apiError(resp)
+		err := apiError(resp)
+		if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500 {
+			err = fmt.Errorf("%w (to retry without sending twice: --idempotency-key %s)", err, key)
+		}
+		return err
+	}
+	if resp.Header.Get("Idempotent-Replayed") == "true" {
+		fmt.Fprintf(stdout, "already sent under Idempotency-Key %s; not sent again\n", key)
 	}
 	var r sendResponse
 	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {

@@ -235,3 +235,36 @@ func TestPacingConfig(t *testing.T) {
 		}
 	}
 }
+
+// TestCLISendIdempotencyKey: adapter-host send sends an Idempotency-Key, a new one per
+// invocation unless given; --verbose prints it, and a retry with it does not send again.
+func TestCLISendIdempotencyKey(t *testing.T) {
+	e := setup(t, setupOpts{quiet: true})
+	send := func(extra ...string) (string, string, error) {
+		var out, errb strings.Builder
+		args := append([]string{"send", "--url", e.h.URL(), "--api-key", testAPIKey, "--bot", "hr", "--to", "user:alice", "--text", "hi"}, extra...)
+		err := run(t.Context(), args, &out, &errb)
+		return out.String(), errb.String(), err
+	}
+	_, stderr, err := send("--verbose")
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, ok := strings.CutPrefix(strings.TrimSpace(stderr), "Idempotency-Key: ")
+	if !ok || idempotency.CheckKey(key) != nil {
+		t.Fatalf("--verbose printed %q; want the Idempotency-Key", stderr)
+	}
+	out, _, err := send("--idempotency-key", key)
+	if err != nil || !strings.Contains(out, "not sent again") {
+		t.Errorf("retry with the printed key: %q, %v; want not sent again", out, err)
+	}
+	if _, _, err := send(); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(e.emu.Sent()); n != 2 {
+		t.Errorf("WeCom got %d sends; want 2 (the retry answered from its key, a new invocation sent)", n)
+	}
+	if _, _, err := send("--idempotency-key", "bad\tkey"); err == nil {
+		t.Error("send --idempotency-key with a tab: no error")
+	}
+}
