@@ -75,7 +75,9 @@ func TestIdempotencyKeyFleet(t *testing.T) {
 	answers := make([]sendAnswer, 10)
 	var wg sync.WaitGroup
 	for i := range answers {
-		wg.Go(func() { answers[i] = postKeyed(hosts[i%3], "invoice-7", `{"to":{"user":"zhangsan"},"text":"invoice 7 is paid"}`) })
+		wg.Go(func() {
+			answers[i] = postKeyed(hosts[i%3], "invoice-7", `{"to":{"user":"zhangsan"},"text":"invoice 7 is paid"}`)
+		})
 	}
 	wg.Wait()
 	replayed := 0
