@@ -146,18 +146,19 @@ func newSendGate(cfg *Config, rdb redis.UniversalClient, reg prometheus.Register
 		reg.MustRegister(g.waits)
 	}
 	var (
-		istore idempotency.Store
-		pstore pacing.Store
+		istore   idempotency.Store
+		pstore   pacing.Store
+		fallback pacing.Store // while Redis fails, sends are paced in this host
 	)
 	if rdb != nil {
-		istore, pstore = idempotency.NewRedis(rdb, cfg.Store.KeyPrefix), pacing.NewRedis(rdb, cfg.Store.KeyPrefix)
+		istore, pstore, fallback = idempotency.NewRedis(rdb, cfg.Store.KeyPrefix), pacing.NewRedis(rdb, cfg.Store.KeyPrefix), pacing.NewMemory()
 	} else {
 		istore, pstore = idempotency.NewMemory(0), pacing.NewMemory()
 	}
 	g.idem, g.istore = idempotency.New(istore, idempotency.Options{Logger: log}), istore
 	for _, b := range cfg.Bots {
 		opts, mw := b.Pacing.options()
-		opts.Clock, opts.Logger = clock, log
+		opts.Clock, opts.Logger, opts.Fallback = clock, log, fallback
 		sc, err := pacing.New(pstore, b.Name, b.Platform, opts)
 		if err != nil {
 			return nil, fmt.Errorf("bots %s: %w", b.Name, err)

@@ -87,8 +87,11 @@ type Options struct {
 	Concurrency int
 	// Clock is the time; nil means the real clock.
 	Clock Clock
-	// Logger receives pauses (Info). nil: no logging.
+	// Logger receives pauses (Info) and store failures (Warn). nil: no logging.
 	Logger *slog.Logger
+	// Fallback, if not nil, is used while the Store fails (Redis down): sends stay paced
+	// within this host instead of stopping. nil: a Store error fails the send (unavailable).
+	Fallback Store
 }
 
 // Scheduler paces one bot's sends. It is safe for concurrent use; Schedulers of the same
@@ -97,6 +100,7 @@ type Scheduler struct {
 	bot, platform string
 	limits        Limits
 	store         Store
+	fallback      Store
 	clock         Clock
 	log           *slog.Logger
 	conc          *limiter
@@ -120,7 +124,7 @@ func New(store Store, bot, platform string, opts Options) (*Scheduler, error) {
 	if c <= 0 {
 		c = DefaultConcurrency
 	}
-	s := &Scheduler{bot: bot, platform: platform, limits: limits, store: store, clock: opts.Clock,
+	s := &Scheduler{bot: bot, platform: platform, limits: limits, store: store, fallback: opts.Fallback, clock: opts.Clock,
 		log: opts.Logger, conc: newLimiter(c)}
 	if s.clock == nil {
 		s.clock = realClock{}
@@ -169,6 +173,10 @@ func (s *Scheduler) Reserve(ctx context.Context, msg adapter.Message, maxWait ti
 	}
 	now := s.clock.Now()
 	at, ok, err := s.store.reserve(ctx, s.bot, cs, pauses, now, maxWait)
+	if err != nil && s.fallback != nil && ctx.Err() == nil {
+		s.log.Warn("pacing: store failed; pacing within this host only", "bot", s.bot, "error", err)
+		at, ok, err = s.fallback.reserve(ctx, s.bot, cs, pauses, now, maxWait)
+	}
 	if err != nil {
 		return Reservation{}, &adapter.Error{Kind: adapter.KindUnavailable, Message: "pacing: " + err.Error(), Err: err}
 	}
@@ -216,9 +224,7 @@ func (s *Scheduler) Report(ctx context.Context, slots []Slot, err error) {
 	case s.platform == adapter.PlatformWeCom && code == "45009":
 		d := max(adapter.RetryAfter(err), WeComBlock)
 		s.log.Info("pacing: WeCom blocked the app (45009); pausing the bot's sends", "bot", s.bot, "pause", d)
-		if perr := s.store.pause(ctx, s.bot, "", now, now.Add(d)); perr != nil {
-			s.log.Warn("pacing: pause not stored", "bot", s.bot, "error", perr)
-		}
+		s.pause(ctx, "", now, now.Add(d))
 	case s.platform == adapter.PlatformWeCom && code == "45033":
 		n := s.conc.lower()
 		s.log.Info("pacing: WeCom refused concurrent calls (45033); lowering concurrency", "bot", s.bot, "concurrency", n)
@@ -232,9 +238,17 @@ func (s *Scheduler) Report(ctx context.Context, slots []Slot, err error) {
 			key = slots[0].key()
 		}
 		s.log.Info("pacing: the platform asked to wait; pausing", "bot", s.bot, "counter", key, "pause", d, "code", code)
-		if perr := s.store.pause(ctx, s.bot, key, now, now.Add(d)); perr != nil {
-			s.log.Warn("pacing: pause not stored", "bot", s.bot, "error", perr)
-		}
+		s.pause(ctx, key, now, now.Add(d))
+	}
+}
+
+// pause pauses key in the store and in the fallback (so a pause survives a Redis outage).
+func (s *Scheduler) pause(ctx context.Context, key string, now, until time.Time) {
+	if err := s.store.pause(ctx, s.bot, key, now, until); err != nil {
+		s.log.Warn("pacing: pause not stored", "bot", s.bot, "error", err)
+	}
+	if s.fallback != nil {
+		s.fallback.pause(ctx, s.bot, key, now, until)
 	}
 }
 

@@ -364,3 +364,34 @@ func TestBurstReachesTheEmulator(t *testing.T) {
 		})
 	}
 }
+
+// TestRedisDownFallsBack: with Redis gone, a Scheduler with a Fallback keeps pacing in this
+// host (and keeps a pause it learned), and without one the send fails as unavailable.
+func TestRedisDownFallsBack(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr(), MaxRetries: -1})
+	defer rdb.Close()
+	clock := newManual()
+	limits := map[string][]Limit{ScopeMember: {{2, time.Minute}}}
+	withFB, err := New(NewRedis(rdb, "t"), "hr", adapter.PlatformWeCom, Options{Clock: clock, Limits: limits, Fallback: NewMemory()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	without, _ := New(NewRedis(rdb, "t"), "hr", adapter.PlatformWeCom, Options{Clock: clock, Limits: limits})
+	srv.Kill()
+	t0 := clock.Now()
+	var got []time.Duration
+	for range 3 {
+		r, err := withFB.Reserve(t.Context(), toUser("a"), -1)
+		if err != nil {
+			t.Fatalf("Reserve with a fallback while Redis is down: %v", err)
+		}
+		got = append(got, r.At.Sub(t0))
+	}
+	if fmt.Sprint(got) != "[0s 0s 1m0s]" {
+		t.Errorf("waits while Redis is down = %v; want [0s 0s 1m0s] (paced in this host)", got)
+	}
+	if _, err := without.Reserve(t.Context(), toUser("b"), -1); adapter.KindOf(err) != adapter.KindUnavailable {
+		t.Errorf("Reserve without a fallback while Redis is down = %v; want unavailable", err)
+	}
+}
