@@ -1,0 +1,760 @@
+package eventlog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// opTimeout bounds an append, which runs detached from its caller's ctx so that a caller
+// leaving does not leave the outcome of a script in flight unknown.
+const opTimeout = 5 * time.Second
+
+// watchEvery is how often the watcher looks at the stream (XREAD BLOCK timeout, XINFO).
+const watchEvery = time.Second
+
+// luaIDs are the id helpers every script uses. Ids are compared as numbers (ms fit a Lua
+// double exactly); ms is kept as a string when an id is written back.
+const luaIDs = `
+local function split(id)
+  local d = string.find(id, '-', 1, true)
+  return tonumber(string.sub(id, 1, d - 1)), tonumber(string.sub(id, d + 1))
+end
+local function le(a, b)
+  local am, as = split(a)
+  local bm, bs = split(b)
+  return am < bm or (am == bm and as <= bs)
+end
+local function nextid(id)
+  local d = string.find(id, '-', 1, true)
+  return string.sub(id, 1, d - 1) .. '-' .. (tonumber(string.sub(id, d + 1)) + 1)
+end
+local function consumed(stream)
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+    local f = {}
+    for j = 1, #g, 2 do f[g[j]] = g[j + 1] end
+    if f['name'] == '_consumed' then return f['last-delivered-id'] end
+  end
+  return nil
+end
+local function lastgen(stream)
+  local info = redis.call('XINFO', 'STREAM', stream)
+  for j = 1, #info, 2 do
+    if info[j] == 'last-generated-id' then return info[j + 1] end
+  end
+end
+`
+
+// appendScript deduplicates and appends in one atomic step. A Lua script rather than
+// MULTI/EXEC because what it writes depends on what it reads (whether each dedup key exists,
+// the consumed mark, the id XADD generated), which a transaction cannot branch on without
+// WATCH and retries. A dedup key exists if and only if its entry was appended, and it holds
+// that entry's id, so a duplicate is answered with the original id.
+//
+// Ids: XADD * (the server clock, after the stream's last id). If that id is not above floor
+// (the highest id this process has seen) the stream was reset and the server's clock is
+// behind the ids readers hold, so the entry is added again with the explicit id after floor.
+//
+// Redis does not roll back a script that fails part way, so if an XADD fails (out of
+// memory) the entries added before it are deleted and the error returned; nothing else was
+// written (the dedup keys come last).
+//
+// KEYS: stream, then the dedup keys. ARGV: max, ttl ms, floor, the id after floor, then per
+// record: index of its dedup key in KEYS (0: none), kind, key, data.
+// Returns {'full'} or {'ok', then per record: id, 1 if a duplicate else 0}.
+var appendScript = redis.NewScript(luaIDs + `
+local max, ttl, floor, floornext = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
+local n = (#ARGV - 4) / 4
+local ids, dup, first, fresh = {}, {}, {}, 0
+for i = 1, n do
+  local k = tonumber(ARGV[1 + 4 * i])
+  dup[i] = 0
+  if k > 0 then
+    local key = KEYS[k]
+    if first[key] then
+      dup[i] = first[key]
+    else
+      local v = redis.call('GET', key)
+      if v then dup[i] = -1; ids[i] = v else first[key] = i end
+    end
+  end
+  if dup[i] == 0 then fresh = fresh + 1 end
+end
+if fresh > 0 then
+  local over = redis.call('XLEN', KEYS[1]) + fresh - max
+  if over > 0 then
+    local c = redis.call('EXISTS', KEYS[1]) == 1 and consumed(KEYS[1])
+    local drop = 0
+    if c then
+      for _, e in ipairs(redis.call('XRANGE', KEYS[1], '-', c, 'COUNT', over)) do
+        drop = drop + 1
+        if drop == over then redis.call('XTRIM', KEYS[1], 'MINID', nextid(e[1])) end
+      end
+    end
+    if drop < over then return {'full'} end
+  end
+end
+local added = {}
+for i = 1, n do
+  if dup[i] == 0 then
+    local a = 4 * i
+    local r = redis.pcall('XADD', KEYS[1], '*', 'k', ARGV[a + 2], 'c', ARGV[a + 3], 'd', ARGV[a + 4])
+    if type(r) == 'string' and le(r, floor) then
+      redis.call('XDEL', KEYS[1], r)
+      r = redis.pcall('XADD', KEYS[1], floornext, 'k', ARGV[a + 2], 'c', ARGV[a + 3], 'd', ARGV[a + 4])
+    end
+    if type(r) == 'table' and r.err then
+      if #added > 0 then redis.call('XDEL', KEYS[1], unpack(added)) end
+      return r
+    end
+    added[#added + 1] = r
+    ids[i] = r
+  end
+end
+local out = {'ok'}
+for i = 1, n do
+  local k = tonumber(ARGV[1 + 4 * i])
+  if dup[i] == 0 then
+    if k > 0 then redis.call('SET', KEYS[k], ids[i], 'PX', ttl) end
+    out[#out + 1] = ids[i]
+    out[#out + 1] = 0
+  elseif dup[i] == -1 then
+    out[#out + 1] = ids[i]
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = ids[dup[i]]
+    out[#out + 1] = 1
+  end
+end
+return out
+`)
+
+// consumedScript raises the consumed mark: the last-delivered id of the group _consumed,
+// kept inside the stream key. It never lowers it and never raises it past the stream's last
+// id. KEYS: stream. ARGV: id.
+var consumedScript = redis.NewScript(luaIDs + `
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local id = ARGV[1]
+local last = lastgen(KEYS[1])
+if le(last, id) then id = last end
+local cur = consumed(KEYS[1])
+if not cur then
+  redis.call('XGROUP', 'CREATE', KEYS[1], '_consumed', id)
+elseif not le(id, cur) then
+  redis.call('XGROUP', 'SETID', KEYS[1], '_consumed', id)
+end
+return 1
+`)
+
+// lenScript returns {entries held, entries after the consumed mark}. KEYS: stream.
+var lenScript = redis.NewScript(luaIDs + `
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0} end
+local n = redis.call('XLEN', KEYS[1])
+local c = consumed(KEYS[1])
+if not c then return {n, n} end
+local count, start = 0, '(' .. c
+while true do
+  local r = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', 1000)
+  count = count + #r
+  if #r < 1000 then break end
+  start = '(' .. r[#r][1]
+end
+return {n, count}
+`)
+
+// Redis is a Log on a Redis stream, shared by every process using the same key. Entries are
+// stream entries with fields k (kind), c (key) and d (data); a dedup key per Record.Dedup
+// holds its entry's id for DedupTTL; the consumed mark is the last-delivered id of the
+// consumer group "_consumed" in the stream. No other key exists, so deleting any single key
+// other than the stream only forgets that key's dedup record.
+//
+// A background watcher (one connection blocked in XREAD) wakes this process's waiting
+// readers when any process appends, and looks at the stream every second: when it finds the
+// stream gone or recreated, it logs one line saying what was lost and calls OnReset.
+type Redis struct {
+	rdb    redis.UniversalClient
+	stream string
+	dedup  string // prefix of dedup keys
+	opts   Options
+
+	mu     sync.Mutex    // guards the fields below
+	wake   chan struct{} // closed and replaced when the watcher sees new entries
+	floor  ID            // the highest id this process has seen in the stream
+	groups map[string]ID // groups this process created or used: the last id they handed out here
+	// view is the stream as the watcher last looked at it, updated with the entries this
+	// process has seen since (appended, read, watched), so a reset found soon after
+	// activity still reports what was lost.
+	view      streamState
+	viewKnown bool
+
+	stop   context.CancelFunc
+	done   chan struct{} // closed when the watcher has returned
+	closed chan struct{}
+}
+
+var _ Log = (*Redis)(nil)
+
+// NewRedis returns the log on the stream at key stream, with dedup keys named dedupPrefix +
+// Record.Dedup (in Redis Cluster, give both the same hash tag, e.g. "{bot}"), and starts its
+// watcher. Close stops it.
+func NewRedis(rdb redis.UniversalClient, stream, dedupPrefix string, opts Options) *Redis {
+	ctx, cancel := context.WithCancel(context.Background())
+	l := &Redis{rdb: rdb, stream: stream, dedup: dedupPrefix, opts: opts.withDefaults(),
+		wake: make(chan struct{}), groups: map[string]ID{},
+		stop: cancel, done: make(chan struct{}), closed: make(chan struct{})}
+	go l.watch(ctx)
+	return l
+}
+
+// saw raises the floor to the highest of ids and counts the ones after the view's last id
+// as new entries of the stream.
+func (l *Redis) saw(ids ...ID) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, id := range ids {
+		l.floor = maxID(l.floor, id)
+		if l.viewKnown && l.view.last.Less(id) {
+			l.view.last = id
+			l.view.exists = true
+			l.view.entriesAdded++
+			l.view.held++
+			l.view.unconsumed++
+		}
+	}
+}
+
+func (l *Redis) broadcast() {
+	l.mu.Lock()
+	close(l.wake)
+	l.wake = make(chan struct{})
+	l.mu.Unlock()
+}
+
+func (l *Redis) wakeCh() <-chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.wake
+}
+
+func (l *Redis) isClosed() bool {
+	select {
+	case <-l.closed:
+		return true
+	default:
+		return false
+	}
+}
+
+// Append implements Log with one script: see appendScript.
+func (l *Redis) Append(ctx context.Context, recs ...Record) ([]Appended, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if l.isClosed() {
+		return nil, ErrClosed
+	}
+	if len(recs) == 0 {
+		return nil, nil
+	}
+	l.mu.Lock()
+	floor := l.floor
+	l.mu.Unlock()
+	keys := []string{l.stream}
+	args := make([]any, 0, 4+4*len(recs))
+	args = append(args, l.opts.MaxLen, l.opts.DedupTTL.Milliseconds(), floor.String(), floor.Next().String())
+	for _, r := range recs {
+		k := 0
+		if r.Dedup != "" {
+			keys = append(keys, l.dedup+r.Dedup)
+			k = len(keys)
+		}
+		args = append(args, k, r.Kind, r.Key, r.Data)
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
+	defer cancel()
+	res, err := appendScript.Run(ctx, l.rdb, keys, args...).Slice()
+	if err != nil {
+		return nil, fmt.Errorf("eventlog: append to %s: %w", l.stream, err)
+	}
+	if len(res) == 1 && res[0] == "full" {
+		return nil, ErrFull
+	}
+	if len(res) != 1+2*len(recs) || res[0] != "ok" {
+		return nil, fmt.Errorf("eventlog: append to %s: script answered %d values for %d records", l.stream, len(res), len(recs))
+	}
+	out := make([]Appended, len(recs))
+	var added []ID
+	for i := range out {
+		s, _ := res[1+2*i].(string)
+		id, err := ParseID(s)
+		dup := res[2+2*i] == int64(1)
+		if err != nil && !dup {
+			return nil, fmt.Errorf("eventlog: append to %s: script answered id %q", l.stream, s)
+		}
+		// A duplicate whose dedup key does not hold an id (written by an earlier version)
+		// keeps the zero ID.
+		out[i] = Appended{ID: id, Duplicate: dup}
+		if !dup {
+			added = append(added, id)
+		}
+	}
+	l.saw(added...)
+	return out, nil
+}
+
+// rangeArg is the exclusive XRANGE start after id.
+func rangeArg(id ID) string {
+	if id.IsZero() {
+		return "-"
+	}
+	return "(" + id.String()
+}
+
+func toEntries(msgs []redis.XMessage) []Entry {
+	out := make([]Entry, 0, len(msgs))
+	for _, m := range msgs {
+		id, err := ParseID(m.ID)
+		if err != nil {
+			continue
+		}
+		kind, _ := m.Values["k"].(string)
+		key, _ := m.Values["c"].(string)
+		data, _ := m.Values["d"].(string)
+		out = append(out, Entry{ID: id, Kind: kind, Key: key, Data: []byte(data)})
+	}
+	return out
+}
+
+// lastGenerated returns the stream's last id and whether the stream exists.
+func (l *Redis) lastGenerated(ctx context.Context) (ID, bool, error) {
+	info, err := l.rdb.XInfoStream(ctx, l.stream).Result()
+	if isNoSuchKey(err) {
+		return ID{}, false, nil
+	}
+	if err != nil {
+		return ID{}, false, err
+	}
+	id, err := ParseID(info.LastGeneratedID)
+	return id, true, err
+}
+
+func isNoSuchKey(err error) bool { return err != nil && strings.Contains(err.Error(), "no such key") }
+func isNoGroup(err error) bool   { return err != nil && strings.HasPrefix(err.Error(), "NOGROUP") }
+
+// Read implements Log: XRANGE after the position; when there is nothing, it checks that the
+// position is not beyond the stream's last id (else reads from the first entry) and waits
+// for the watcher to see an append.
+func (l *Redis) Read(ctx context.Context, after ID, n int) ([]Entry, error) {
+	n = max(n, 1)
+	for {
+		if l.isClosed() {
+			return nil, ErrClosed
+		}
+		wake := l.wakeCh()
+		msgs, err := l.rdb.XRangeN(ctx, l.stream, rangeArg(after), "+", int64(n)).Result()
+		if err != nil {
+			return nil, fmt.Errorf("eventlog: read %s: %w", l.stream, err)
+		}
+		if out := toEntries(msgs); len(out) > 0 {
+			l.saw(ids(out)...)
+			return out, nil
+		}
+		last, _, err := l.lastGenerated(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("eventlog: read %s: %w", l.stream, err)
+		}
+		if last.Less(after) {
+			l.opts.Logger.Debug("reader beyond the event stream's last id; reading from its first entry",
+				"stream", l.stream, "position", after.String(), "last", last.String())
+			after = ID{}
+			continue
+		}
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-l.closed:
+			return nil, ErrClosed
+		}
+	}
+}
+
+// Consumed implements Log.
+func (l *Redis) Consumed(ctx context.Context, upTo ID) error {
+	if err := consumedScript.Run(ctx, l.rdb, []string{l.stream}, upTo.String()).Err(); err != nil {
+		return fmt.Errorf("eventlog: mark %s consumed: %w", l.stream, err)
+	}
+	return nil
+}
+
+// ConsumedID implements Log.
+func (l *Redis) ConsumedID(ctx context.Context) (ID, error) {
+	groups, err := l.rdb.XInfoGroups(ctx, l.stream).Result()
+	if isNoSuchKey(err) {
+		return ID{}, nil
+	}
+	if err != nil {
+		return ID{}, fmt.Errorf("eventlog: consumed mark of %s: %w", l.stream, err)
+	}
+	for _, g := range groups {
+		if g.Name == consumedGroup {
+			return ParseID(g.LastDeliveredID)
+		}
+	}
+	return ID{}, nil
+}
+
+// Len implements Log.
+func (l *Redis) Len(ctx context.Context) (Length, error) {
+	res, err := lenScript.Run(ctx, l.rdb, []string{l.stream}).Int64Slice()
+	if err != nil {
+		return Length{}, fmt.Errorf("eventlog: length of %s: %w", l.stream, err)
+	}
+	if len(res) != 2 {
+		return Length{}, fmt.Errorf("eventlog: length of %s: script answered %d values", l.stream, len(res))
+	}
+	return Length{Held: res[0], Unconsumed: res[1]}, nil
+}
+
+// CreateGroup implements Log (XGROUP CREATE … MKSTREAM; BUSYGROUP is success).
+func (l *Redis) CreateGroup(ctx context.Context, group string, start ID) error {
+	if err := CheckName(group); err != nil {
+		return err
+	}
+	err := l.rdb.XGroupCreateMkStream(ctx, l.stream, group, start.String()).Err()
+	if err != nil && !strings.HasPrefix(err.Error(), "BUSYGROUP") {
+		return fmt.Errorf("eventlog: create group %s on %s: %w", group, l.stream, err)
+	}
+	l.mu.Lock()
+	if _, ok := l.groups[group]; !ok {
+		l.groups[group] = start
+	}
+	l.mu.Unlock()
+	return nil
+}
+
+// recreate creates again a group this process knows after Redis lost it (the stream was
+// reset): from the last id it handed out here if the stream reaches that far, else from the
+// stream's start. ErrNoGroup if this process never created the group.
+func (l *Redis) recreate(ctx context.Context, group string) error {
+	l.mu.Lock()
+	pos, ok := l.groups[group]
+	l.mu.Unlock()
+	if !ok {
+		return ErrNoGroup
+	}
+	last, _, err := l.lastGenerated(ctx)
+	if err != nil {
+		return fmt.Errorf("eventlog: recreate group %s on %s: %w", group, l.stream, err)
+	}
+	if last.Less(pos) {
+		pos = ID{}
+	}
+	err = l.rdb.XGroupCreateMkStream(ctx, l.stream, group, pos.String()).Err()
+	if err != nil && !strings.HasPrefix(err.Error(), "BUSYGROUP") {
+		return fmt.Errorf("eventlog: recreate group %s on %s: %w", group, l.stream, err)
+	}
+	if err == nil {
+		l.opts.Logger.Warn("consumer group recreated: the event stream lost it (reset); its unacknowledged entries are gone",
+			"stream", l.stream, "group", group, "from", pos.String())
+	}
+	return nil
+}
+
+func (l *Redis) handed(group string, out []Entry) {
+	if len(out) == 0 {
+		return
+	}
+	last := out[len(out)-1].ID
+	l.saw(ids(out)...)
+	l.mu.Lock()
+	if p, ok := l.groups[group]; !ok || p.Less(last) {
+		l.groups[group] = last
+	}
+	l.mu.Unlock()
+}
+
+// ReadGroup implements Log: XAUTOCLAIM of entries idle for AckTimeout, else XREADGROUP >;
+// a NOGROUP answer for a group this process created recreates it.
+func (l *Redis) ReadGroup(ctx context.Context, group, consumer string, n int) ([]Entry, error) {
+	if err := CheckName(consumer); err != nil {
+		return nil, err
+	}
+	n = max(n, 1)
+	for {
+		if l.isClosed() {
+			return nil, ErrClosed
+		}
+		wake := l.wakeCh()
+		out, err := l.claim(ctx, group, consumer, l.opts.AckTimeout, n)
+		if err == nil && len(out) == 0 {
+			var res []redis.XStream
+			res, err = l.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{Group: group, Consumer: consumer,
+				Streams: []string{l.stream, ">"}, Count: int64(n), Block: -1}).Result()
+			if errors.Is(err, redis.Nil) {
+				err = nil
+			}
+			for _, s := range res {
+				out = append(out, toEntries(s.Messages)...)
+			}
+			l.handed(group, out)
+		}
+		if isNoGroup(err) {
+			if err := l.recreate(ctx, group); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("eventlog: read group %s of %s: %w", group, l.stream, err)
+		}
+		if len(out) > 0 {
+			return out, nil
+		}
+		t := time.NewTimer(l.opts.claimEvery())
+		select {
+		case <-wake:
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-l.closed:
+			t.Stop()
+			return nil, ErrClosed
+		}
+		t.Stop()
+	}
+}
+
+// claim runs XAUTOCLAIM over the whole pending list until it has n entries.
+func (l *Redis) claim(ctx context.Context, group, consumer string, minIdle time.Duration, n int) ([]Entry, error) {
+	var out []Entry
+	start := "0-0"
+	for len(out) < n {
+		msgs, next, err := l.rdb.XAutoClaim(ctx, &redis.XAutoClaimArgs{Stream: l.stream, Group: group,
+			Consumer: consumer, MinIdle: minIdle, Start: start, Count: int64(n - len(out))}).Result()
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range toEntries(msgs) {
+			e.Redelivered = true
+			out = append(out, e)
+		}
+		if next == "0-0" || next == "" {
+			break
+		}
+		start = next
+	}
+	return out, nil
+}
+
+// Ack implements Log.
+func (l *Redis) Ack(ctx context.Context, group string, ids ...ID) (int, error) {
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	s := make([]string, len(ids))
+	for i, id := range ids {
+		s[i] = id.String()
+	}
+	n, err := l.rdb.XAck(ctx, l.stream, group, s...).Result()
+	if err != nil {
+		return 0, fmt.Errorf("eventlog: ack on %s: %w", l.stream, err)
+	}
+	return int(n), nil
+}
+
+// Claim implements Log.
+func (l *Redis) Claim(ctx context.Context, group, consumer string, minIdle time.Duration, n int) ([]Entry, error) {
+	if err := CheckName(consumer); err != nil {
+		return nil, err
+	}
+	out, err := l.claim(ctx, group, consumer, minIdle, max(n, 1))
+	if isNoGroup(err) {
+		return nil, l.recreate(ctx, group) // a group lost with its stream has nothing pending
+	}
+	if err != nil {
+		return nil, fmt.Errorf("eventlog: claim in group %s of %s: %w", group, l.stream, err)
+	}
+	return out, nil
+}
+
+// Pending implements Log.
+func (l *Redis) Pending(ctx context.Context, group string) (Pending, error) {
+	p, err := l.rdb.XPending(ctx, l.stream, group).Result()
+	if isNoGroup(err) {
+		if err := l.recreate(ctx, group); err != nil {
+			return Pending{}, err
+		}
+		return Pending{Consumers: map[string]int64{}}, nil
+	}
+	if err != nil {
+		return Pending{}, fmt.Errorf("eventlog: pending of group %s of %s: %w", group, l.stream, err)
+	}
+	out := Pending{Count: p.Count, Consumers: p.Consumers}
+	if out.Consumers == nil {
+		out.Consumers = map[string]int64{}
+	}
+	if p.Count > 0 {
+		out.Oldest, _ = ParseID(p.Lower)
+	}
+	return out, nil
+}
+
+// Close implements Log: it stops the watcher; blocked reads return ErrClosed.
+func (l *Redis) Close() error {
+	l.mu.Lock()
+	if l.isClosed() {
+		l.mu.Unlock()
+		return nil
+	}
+	close(l.closed)
+	l.mu.Unlock()
+	l.stop()
+	<-l.done
+	return nil
+}
+
+// streamState is what the watcher saw of the stream at one look.
+type streamState struct {
+	exists           bool
+	entriesAdded     int64
+	last             ID
+	held, unconsumed int64
+}
+
+// look returns the stream's state.
+func (l *Redis) look(ctx context.Context) (streamState, error) {
+	info, err := l.rdb.XInfoStream(ctx, l.stream).Result()
+	if isNoSuchKey(err) {
+		return streamState{}, nil
+	}
+	if err != nil {
+		return streamState{}, err
+	}
+	last, err := ParseID(info.LastGeneratedID)
+	if err != nil {
+		return streamState{}, err
+	}
+	st := streamState{exists: true, entriesAdded: info.EntriesAdded, last: last, held: info.Length, unconsumed: info.Length}
+	if n, err := l.Len(ctx); err == nil {
+		st.held, st.unconsumed = n.Held, n.Unconsumed
+	}
+	return st, nil
+}
+
+// resetCause compares two looks at the stream and says why it was reset, or "".
+func resetCause(prev, now streamState) string {
+	switch {
+	case !prev.exists:
+		return ""
+	case !now.exists:
+		return "the stream is gone: Redis restarted empty, FLUSHALL/FLUSHDB, DEL or eviction"
+	case now.entriesAdded < prev.entriesAdded || now.last.Less(prev.last):
+		return "the stream was recreated with fewer entries than before: Redis restarted empty or failed over to a replica without them, or the key was deleted and written again"
+	}
+	return ""
+}
+
+// ids returns the ids of es.
+func ids(es []Entry) []ID {
+	out := make([]ID, len(es))
+	for i, e := range es {
+		out[i] = e.ID
+	}
+	return out
+}
+
+// watch wakes readers when any process appends (XREAD BLOCK from the last id seen) and
+// every watchEvery looks for a reset.
+func (l *Redis) watch(ctx context.Context) {
+	defer close(l.done)
+	last := ID{}
+	failing := false
+	wait := 100 * time.Millisecond
+	lookNext := time.Time{}
+	for ctx.Err() == nil {
+		if time.Now().After(lookNext) {
+			now, err := l.look(ctx)
+			if err == nil {
+				if failing {
+					l.opts.Logger.Info("event stream reachable again", "stream", l.stream)
+					failing, wait = false, 100*time.Millisecond
+				}
+				l.mu.Lock()
+				prev, known, floor := l.view, l.viewKnown, l.floor
+				l.view, l.viewKnown = now, true
+				l.mu.Unlock()
+				if cause := resetCause(prev, now); known && cause != "" {
+					r := Reset{Stream: l.stream, Cause: cause, LastID: maxID(floor, prev.last), Held: prev.held, Unconsumed: prev.unconsumed}
+					l.opts.Logger.Warn(r.String())
+					if l.opts.OnReset != nil {
+						l.opts.OnReset(r)
+					}
+					last = ID{} // the new stream's ids may all be below the old position
+					l.broadcast()
+				}
+				if now.exists {
+					l.saw(now.last)
+					last = maxID(last, now.last)
+				}
+				lookNext = time.Now().Add(watchEvery)
+			} else if !l.watchFailed(ctx, err, &failing, &wait) {
+				return
+			} else {
+				continue
+			}
+		}
+		res, err := l.rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{l.stream, last.String()}, Count: 100, Block: watchEvery}).Result()
+		switch {
+		case err == nil:
+			for _, s := range res {
+				if m := toEntries(s.Messages); len(m) > 0 {
+					last = maxID(last, m[len(m)-1].ID)
+					l.saw(ids(m)...)
+				}
+			}
+			l.broadcast()
+		case errors.Is(err, redis.Nil):
+		case ctx.Err() != nil:
+			return
+		default:
+			if !l.watchFailed(ctx, err, &failing, &wait) {
+				return
+			}
+			lookNext = time.Time{}
+		}
+	}
+}
+
+// watchFailed logs a failing Redis once per outage and waits (jittered, growing to 5 s);
+// false if ctx ended. Readers are woken so they see the error themselves.
+func (l *Redis) watchFailed(ctx context.Context, err error, failing *bool, wait *time.Duration) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	if !*failing {
+		l.opts.Logger.Warn("event stream unreachable; retrying", "stream", l.stream, "error", err)
+		*failing = true
+	}
+	l.broadcast()
+	t := time.NewTimer(*wait/2 + rand.N(*wait/2+1))
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+		return false
+	}
+	*wait = min(2**wait, 5*time.Second)
+	return true
+}
+
+// String names the log for messages.
+func (l *Redis) String() string { return "redis stream " + strconv.Quote(l.stream) }
