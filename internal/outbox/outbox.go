@@ -165,11 +165,9 @@ func (o *Outbox) Run(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			for e := range lanes[i] {
-				o.deliver(ctx, e)
-				if ctx.Err() != nil {
-					continue // not finished: the next sender rechecks it
-				}
-				finish(e.ID)
+				if o.deliver(ctx, e) {
+					finish(e.ID)
+				} // else not finished: the next sender rechecks it
 			}
 		}()
 	}
@@ -207,19 +205,21 @@ func (o *Outbox) Run(ctx context.Context) error {
 	}
 }
 
-// deliver sends one stored message and records its outcome.
-func (o *Outbox) deliver(ctx context.Context, e eventlog.Entry) {
+// sendTimeout bounds one platform send; a send under way when Run stops is let finish.
+const sendTimeout = time.Minute
+
+// deliver sends one stored message and records its outcome; false if Run stopped first.
+func (o *Outbox) deliver(ctx context.Context, e eventlog.Entry) bool {
 	id := e.ID.String()
 	var msg adapter.Message
 	if err := json.Unmarshal(e.Data, &msg); err != nil {
-		o.fail(ctx, msg, Status{ID: id, Bot: o.bot}, &adapter.Error{Kind: adapter.KindInternal, Message: "stored message unreadable: " + err.Error()})
-		return
+		return o.fail(ctx, msg, Status{ID: id, Bot: o.bot}, &adapter.Error{Kind: adapter.KindInternal, Message: "stored message unreadable: " + err.Error()})
 	}
 	st, known, err := o.status.Get(ctx, o.bot, id)
 	for err != nil {
 		o.logger.Warn("outbox: status store failed; waiting", "bot", o.bot, "error", err)
 		if sleep(ctx, time.Second) != nil {
-			return
+			return false
 		}
 		st, known, err = o.status.Get(ctx, o.bot, id)
 	}
@@ -228,13 +228,12 @@ func (o *Outbox) deliver(ctx context.Context, e eventlog.Entry) {
 	}
 	switch st.State {
 	case StateSent, StateFailed:
-		return // recorded by an earlier sender
+		return true // recorded by an earlier sender
 	case StateSending:
 		// A stopped sender (or this host before it lost its lease) was sending it.
 		if !o.opts.RepeatUnknown {
-			o.fail(ctx, msg, st, &adapter.Error{Kind: adapter.KindUnavailable,
+			return o.fail(ctx, msg, st, &adapter.Error{Kind: adapter.KindUnavailable,
 				Message: "outcome unknown: the host sending this message stopped mid-send; it may or may not have been delivered, and it is not sent again"})
-			return
 		}
 		o.logger.Info("outbox: sending again a message a stopped host was sending (the platform drops a repeat)", "bot", o.bot, "id", id)
 		st.State = StateQueued
@@ -257,7 +256,9 @@ func (o *Outbox) deliver(ctx context.Context, e eventlog.Entry) {
 			}
 			started = true
 			st.Attempts++
-			rc, err = o.send(ctx, msg)
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), sendTimeout) // let it finish if Run stops
+			defer cancel()
+			rc, err = o.send(sctx, msg)
 			return err
 		}
 		if o.pace != nil {
@@ -267,13 +268,12 @@ func (o *Outbox) deliver(ctx context.Context, e eventlog.Entry) {
 		}
 		switch {
 		case errors.Is(err, errTaken):
-			return // another sender has it
-		case ctx.Err() != nil:
-			return // queued, or left "sending" if the send began: the next sender decides
-		case err == nil:
+			return true // another sender has it
+		case started && err == nil:
 			st.State, st.PlatformID, st.Invalid, st.Updated = StateSent, rc.ID, rc.Invalid, time.Now()
-			o.record(ctx, msg, st)
-			return
+			return o.record(ctx, msg, st)
+		case ctx.Err() != nil:
+			return false // queued, or "sending" if the send began: the next sender decides
 		}
 		kind := adapter.KindOf(err)
 		// Rate limited: nothing was shown, send again. Unavailable may have reached the
@@ -281,8 +281,7 @@ func (o *Outbox) deliver(ctx context.Context, e eventlog.Entry) {
 		again := kind == adapter.KindRateLimited || !started ||
 			o.opts.RepeatUnknown && (kind == adapter.KindUnavailable || kind == adapter.KindTokenExpired)
 		if !again || st.Attempts >= o.opts.MaxAttempts {
-			o.fail(ctx, msg, st, err)
-			return
+			return o.fail(ctx, msg, st, err)
 		}
 		o.logger.Info("outbox: send refused for now; retrying", "bot", o.bot, "id", id, "attempt", st.Attempts, "in", wait, "error", err)
 		st.State, st.Updated = StateQueued, time.Now()
@@ -290,7 +289,7 @@ func (o *Outbox) deliver(ctx context.Context, e eventlog.Entry) {
 			o.status.Set(ctx, st)
 		}
 		if sleep(ctx, wait) != nil {
-			return
+			return false
 		}
 		wait = min(2*wait, time.Minute)
 	}
@@ -299,20 +298,23 @@ func (o *Outbox) deliver(ctx context.Context, e eventlog.Entry) {
 // errTaken means another sender marked the message first.
 var errTaken = errors.New("outbox: another sender has the message")
 
-func (o *Outbox) fail(ctx context.Context, msg adapter.Message, st Status, err error) {
+func (o *Outbox) fail(ctx context.Context, msg adapter.Message, st Status, err error) bool {
 	st.State, st.Updated = StateFailed, time.Now()
 	st.Error = &Failure{Kind: string(adapter.KindOf(err).Public()), Message: err.Error(), PlatformCode: adapter.Code(err)}
-	o.record(ctx, msg, st)
+	return o.record(ctx, msg, st)
 }
 
-// record stores the final status and emits its event; both are retried until they succeed
-// or ctx ends (then the next sender finds the status, or the message still "sending").
-func (o *Outbox) record(ctx context.Context, msg adapter.Message, st Status) {
+// record stores the final status and emits its event, retrying each for up to a minute
+// even if Run stops meanwhile. false if the status could not be stored (the next sender
+// finds the message still "sending").
+func (o *Outbox) record(ctx context.Context, msg adapter.Message, st Status) bool {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
 	st.Owner = ""
 	for err := o.status.Set(ctx, st); err != nil; err = o.status.Set(ctx, st) {
 		o.logger.Warn("outbox: status not stored; retrying", "bot", o.bot, "id", st.ID, "error", err)
 		if sleep(ctx, time.Second) != nil {
-			return
+			return false
 		}
 	}
 	kind := EventSent
@@ -326,7 +328,7 @@ func (o *Outbox) record(ctx context.Context, msg adapter.Message, st Status) {
 		for err := o.emit(ctx, ev); err != nil; err = o.emit(ctx, ev) {
 			o.logger.Warn("outbox: status event not queued; retrying", "bot", o.bot, "id", st.ID, "error", err)
 			if sleep(ctx, time.Second) != nil {
-				return
+				break // the status is stored; the event is lost
 			}
 		}
 	}
@@ -338,6 +340,7 @@ func (o *Outbox) record(ctx context.Context, msg adapter.Message, st Status) {
 	} else {
 		o.logger.Info("outbox: message sent", "bot", o.bot, "id", st.ID, "to", msg.To.String(), "platform_id", st.PlatformID)
 	}
+	return true
 }
 
 func chatType(t adapter.Target) string {

@@ -2,8 +2,10 @@ package outbox
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -145,6 +147,19 @@ func TestRateLimitedRetried(t *testing.T) {
 	})
 }
 
+// deadStatus is a StatusStore whose writes fail once dead is set.
+type deadStatus struct {
+	StatusStore
+	dead *atomic.Bool
+}
+
+func (d deadStatus) Set(ctx context.Context, st Status) error {
+	if d.dead.Load() {
+		return errors.New("dead host")
+	}
+	return d.StatusStore.Set(ctx, st)
+}
+
 // TestStoppedSenderRedis: an outbox on Redis whose first sender stopped: messages it
 // finished are not sent again, one it left "sending" fails as outcome unknown (at most once)
 // unless a repeat is dropped by the platform (then it is sent, and shown once), and the rest
@@ -174,27 +189,28 @@ func TestStoppedSenderRedis(t *testing.T) {
 				}
 				ids = append(ids, id)
 			}
-			// The first sender sends 10 and stops while sending the 11th: WeCom accepted it,
-			// the host never recorded it.
-			ctx, cancel := context.WithCancel(t.Context())
-			var n int
-			var mu sync.Mutex
+			// The first sender sends 10 and dies while sending the 11th: WeCom accepted it,
+			// the host never recorded it (its writes fail from then on, as a dead host's).
+			var dead atomic.Bool
+			block := make(chan struct{})
+			defer close(block)
+			first.status = deadStatus{status, &dead}
+			var n atomic.Int32
 			first.send = func(sctx context.Context, msg adapter.Message) (adapter.Receipt, error) {
-				mu.Lock()
-				n++
-				k := n
-				mu.Unlock()
 				rc, err := c.Send(sctx, msg)
-				if k == 11 {
-					cancel() // the host dies after WeCom accepted
-					<-sctx.Done()
+				if n.Add(1) == 11 {
+					dead.Store(true)
+					<-block // never returns while the test looks
+					return rc, errors.New("killed")
 				}
 				return rc, err
 			}
-			first.Run(ctx)
-			if got := len(srv.Sent()); got != 11 {
-				t.Fatalf("first sender: %d sends; want 11", got)
+			ctx, cancel := context.WithCancel(t.Context())
+			go first.Run(ctx)
+			for len(srv.Sent()) < 11 {
+				time.Sleep(5 * time.Millisecond)
 			}
+			cancel()
 			second := New("hr", adapter.PlatformWeCom, log, status, nil, c.Send, ev.emit, Options{Owner: "b", RepeatUnknown: repeat})
 			ctx2, cancel2 := context.WithCancel(t.Context())
 			done := make(chan struct{})
