@@ -141,7 +141,7 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 	if h.redis == nil {
 		h.srv.dedup = NewLRU(0) // Redis queues deduplicate events themselves (dedupAppender)
 	}
-	if h.srv.sends, err = newSendGate(cfg, h.redis, h.m.reg, log, opts.PacingClock); err != nil {
+	if h.srv.sends, err = newSendGate(cfg, h.srv, h.redis, h.m.reg, log, opts.PacingClock); err != nil {
 		p.Close()
 		if h.redis != nil {
 			h.redis.Close()
@@ -216,6 +216,7 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 			asLeader(dctx, h.redis, cfg.Store.KeyPrefix+":deliver:{"+b.Name+"}", 10*time.Second, log, d.run)
 		}()
 	}
+	h.srv.sends.start(dctx, &h.wg, h.redis, cfg.Store.KeyPrefix) // asynchronous sends
 	for _, b := range cfg.Bots {
 		if b.Graph == nil || b.Graph.NotificationURL != "" {
 			continue
@@ -320,6 +321,7 @@ func (h *host) drain() error {
 	for _, name := range h.srv.names {
 		h.srv.bots[name].queue.Close()
 	}
+	h.srv.sends.close()
 	h.plugin.Close()
 	if h.redis != nil {
 		h.redis.Close()

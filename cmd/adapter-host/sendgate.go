@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
@@ -13,13 +14,16 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
+	"github.com/seed-a64d9e1f/chatwire/internal/eventlog"
 	"github.com/seed-a64d9e1f/chatwire/internal/idempotency"
+	"github.com/seed-a64d9e1f/chatwire/internal/outbox"
 	"github.com/seed-a64d9e1f/chatwire/internal/pacing"
 )
 
@@ -133,12 +137,17 @@ type sendGate struct {
 	retake  map[string]time.Duration     // by bot: WeCom duplicate_check interval; 0: never retake
 	waits   *prometheus.HistogramVec
 	log     *slog.Logger
+
+	outboxes map[string]*outbox.Outbox // by bot: asynchronous sends
+	oblogs   map[string]eventlog.Log
+	repeat   map[string]bool // by bot: the platform drops a repeated send (WeCom duplicate_check)
 }
 
 // newSendGate builds the gate of cfg's bots: keys and limits on rdb when the host has a
 // Redis (fleet-wide), else in memory. clock nil is the real clock.
-func newSendGate(cfg *Config, rdb redis.UniversalClient, reg prometheus.Registerer, log *slog.Logger, clock pacing.Clock) (*sendGate, error) {
+func newSendGate(cfg *Config, s *server, rdb redis.UniversalClient, reg prometheus.Registerer, log *slog.Logger, clock pacing.Clock) (*sendGate, error) {
 	g := &sendGate{pace: map[string]*pacing.Scheduler{}, maxWait: map[string]time.Duration{}, retake: map[string]time.Duration{}, log: log,
+		outboxes: map[string]*outbox.Outbox{}, oblogs: map[string]eventlog.Log{}, repeat: map[string]bool{},
 		waits: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "chatwire_send_paced_wait_seconds",
 			Help:    "How long synchronous sends waited for their turn under the platform's limits, by bot and outcome (sent, refused: answered 429).",
 			Buckets: []float64{0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300}}, []string{"bot", "outcome"})}
@@ -166,9 +175,169 @@ func newSendGate(cfg *Config, rdb redis.UniversalClient, reg prometheus.Register
 		g.pace[b.Name], g.maxWait[b.Name] = sc, mw
 		if b.WeCom != nil && b.WeCom.DuplicateCheck != "" {
 			g.retake[b.Name], _ = time.ParseDuration(b.WeCom.DuplicateCheck)
+			g.repeat[b.Name] = true
 		}
+		g.newOutbox(cfg, s, rdb, reg, b, sc)
 	}
 	return g, nil
+}
+
+// newOutbox makes bot b's outbox: a Redis stream "<prefix>:outbox:{bot}" with statuses
+// beside it when the host has Redis, memory otherwise (lost with the process).
+func (g *sendGate) newOutbox(cfg *Config, s *server, rdb redis.UniversalClient, reg prometheus.Registerer, b BotConfig, sc *pacing.Scheduler) {
+	name := b.Name
+	var (
+		l  eventlog.Log
+		st outbox.StatusStore
+	)
+	if rdb != nil {
+		base := cfg.Store.KeyPrefix + ":outbox:{" + name + "}"
+		l, st = eventlog.NewRedis(rdb, base, base+":dedup:", eventlog.Options{Logger: g.log}), outbox.NewRedisStatus(rdb, cfg.Store.KeyPrefix)
+	} else {
+		l, st = eventlog.NewMemory(eventlog.Options{Logger: g.log}), outbox.NewMemoryStatus()
+	}
+	outcomes := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "chatwire_outbox_outcomes_total",
+		Help: "Asynchronous sends finished, by outcome (sent, failed) and error kind.", ConstLabels: prometheus.Labels{"bot": name}}, []string{"outcome", "kind"})
+	send := func(ctx context.Context, msg adapter.Message) (adapter.Receipt, error) {
+		rc, err := s.bots[name].adapter.Send(ctx, msg)
+		s.m.sends.WithLabelValues(name, cmpKind(err), adapter.Code(err)).Inc()
+		return rc, err
+	}
+	emit := func(ctx context.Context, ev adapter.Event) error {
+		return s.enqueue(ctx, s.bots[name], []adapter.Event{ev})
+	}
+	g.outboxes[name] = outbox.New(name, b.Platform, l, st, sc, send, emit, outbox.Options{
+		RepeatUnknown: g.repeat[name], Logger: g.log, Owner: rand.Text(),
+		OnOutcome: func(st outbox.Status) {
+			kind := ""
+			if st.Error != nil {
+				kind = st.Error.Kind
+			}
+			outcomes.WithLabelValues(st.State, kind).Inc()
+		}})
+	g.oblogs[name] = l
+	if reg != nil {
+		depth := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "chatwire_outbox_depth",
+			Help: "Asynchronous sends accepted and not yet finished.", ConstLabels: prometheus.Labels{"bot": name}}, func() float64 {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			n, _ := l.Len(ctx)
+			return float64(n.Unconsumed)
+		})
+		oldest := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "chatwire_outbox_oldest_seconds",
+			Help: "Age of the oldest asynchronous send not yet finished (0 when none waits).", ConstLabels: prometheus.Labels{"bot": name}}, func() float64 {
+			ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+			defer cancel()
+			if n, err := l.Len(ctx); err != nil || n.Unconsumed == 0 {
+				return 0
+			}
+			mark, err := l.ConsumedID(ctx)
+			if err != nil {
+				return 0
+			}
+			es, err := l.Read(ctx, mark, 1)
+			if err != nil || len(es) == 0 {
+				return 0
+			}
+			return max(0, time.Since(time.UnixMilli(int64(es[0].ID.Ms))).Seconds())
+		})
+		reg.MustRegister(outcomes, depth, oldest)
+	}
+}
+
+func cmpKind(err error) string {
+	if err == nil {
+		return "ok"
+	}
+	return string(adapter.KindOf(err))
+}
+
+// start runs each bot's outbox until ctx ends: with Redis in the one host holding the bot's
+// outbox lease, else here.
+func (g *sendGate) start(ctx context.Context, wg *sync.WaitGroup, rdb redis.UniversalClient, prefix string) {
+	for name, ob := range g.outboxes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			run := func(ctx context.Context) {
+				if err := ob.Run(ctx); err != nil && ctx.Err() == nil {
+					g.log.Error("outbox stopped", "bot", name, "error", err)
+				}
+			}
+			if rdb == nil {
+				run(ctx)
+				return
+			}
+			asLeader(ctx, rdb, prefix+":outbox-lease:{"+name+"}", 10*time.Second, g.log, run)
+		}()
+	}
+}
+
+// close releases the outbox logs (after start's goroutines ended).
+func (g *sendGate) close() {
+	for _, l := range g.oblogs {
+		l.Close()
+	}
+}
+
+// preferAsync reports whether the request asks for Prefer: respond-async.
+func preferAsync(r *http.Request) bool {
+	for _, v := range r.Header.Values("Prefer") {
+		for _, p := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(p), "respond-async") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// acceptResponse is the answer to an asynchronous send.
+type acceptResponse struct {
+	ID       string `json:"id"`
+	Bot      string `json:"bot"`
+	Platform string `json:"platform"`
+	State    string `json:"state"`
+}
+
+// accept stores msg in b's outbox.
+func (s *server) accept(ctx context.Context, b *bot, msg adapter.Message) outcome {
+	id, err := s.sends.outboxes[b.name].Accept(ctx, msg)
+	if err != nil {
+		kind := adapter.KindUnavailable
+		m := "the outbox could not store the message; nothing was accepted: " + err.Error()
+		if errors.Is(err, eventlog.ErrFull) {
+			m = "the outbox is full (10,000 messages not yet sent); nothing was accepted: retry later"
+		}
+		s.log.Warn("async send not accepted", "bot", b.name, "error", err)
+		return errorOutcome(&adapter.Error{Kind: kind, Message: m, Err: err}, false)
+	}
+	o := jsonOutcome(http.StatusAccepted, map[string]string{"Preference-Applied": "respond-async", "Location": "/v1/bots/" + b.name + "/messages/" + id},
+		acceptResponse{ID: id, Bot: b.name, Platform: b.platform, State: outbox.StateQueued}, true)
+	s.log.Debug("message accepted into the outbox", "bot", b.name, "id", id, "to", msg.To.String())
+	return o
+}
+
+// messageStatus answers GET /v1/bots/{bot}/messages/{id}: an asynchronous send's status.
+func (s *server) messageStatus(w http.ResponseWriter, r *http.Request) {
+	b := s.bot(w, r)
+	if b == nil {
+		return
+	}
+	id := r.PathValue("id")
+	if _, err := eventlog.ParseID(id); err != nil {
+		writeError(w, &adapter.Error{Kind: adapter.KindNotFound, Message: fmt.Sprintf("no message %q: ids are those a 202 answered", clip(id, 64))})
+		return
+	}
+	st, ok, err := s.sends.outboxes[b.name].Status(r.Context(), id)
+	switch {
+	case err != nil:
+		writeError(w, &adapter.Error{Kind: adapter.KindUnavailable, Message: "status store: " + err.Error()})
+	case !ok:
+		writeError(w, &adapter.Error{Kind: adapter.KindNotFound, Message: fmt.Sprintf("no message %s (statuses are kept a day)", id)})
+	default:
+		writeJSON(w, http.StatusOK, st)
+	}
 }
 
 // outcome is one send's answer.
@@ -185,10 +354,14 @@ func (s *server) deliver(w http.ResponseWriter, r *http.Request, b *bot, msg ada
 	g := s.sends
 	key := r.Header.Get("Idempotency-Key")
 	maxWait := requestMaxWait(r, g.maxWait[b.name])
+	work := func(ctx context.Context) outcome { return s.sendPaced(ctx, b, msg, maxWait) }
+	if preferAsync(r) {
+		work = func(ctx context.Context) outcome { return s.accept(ctx, b, msg) }
+	}
 	if key == "" {
 		ctx, cancel := context.WithTimeout(r.Context(), sendTimeout)
 		defer cancel()
-		writeOutcome(w, s.sendPaced(ctx, b, msg, maxWait), false)
+		writeOutcome(w, work(ctx), false)
 		return
 	}
 	if err := idempotency.CheckKey(key); err != nil {
@@ -206,7 +379,7 @@ func (s *server) deliver(w http.ResponseWriter, r *http.Request, b *bot, msg ada
 		// with the key gets it.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), sendTimeout)
 		defer cancel()
-		fresh = s.sendPaced(ctx, b, msg, maxWait)
+		fresh = work(ctx)
 		return idempotency.Answer{Status: fresh.status, Header: fresh.header, Body: fresh.body}, fresh.keep
 	})
 	switch {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -266,5 +267,71 @@ func TestCLISendIdempotencyKey(t *testing.T) {
 	}
 	if _, _, err := send("--idempotency-key", "bad\tkey"); err == nil {
 		t.Error("send --idempotency-key with a tab: no error")
+	}
+}
+
+// TestAsyncSend: Prefer: respond-async answers 202 with the message id once it is stored;
+// the outbox sends it within the pacing limits, in order, and message.sent events and GET
+// /v1/bots/hr/messages/{id} report each outcome, failures with kind and platform code.
+func TestAsyncSend(t *testing.T) {
+	clock := &jumpClock{t: time.Date(2026, 3, 2, 10, 0, 0, 0, time.UTC)}
+	e := setup(t, setupOpts{quiet: true, clock: clock, pacing: &PacingConfig{Limits: PacingLimits{Member: []string{"2/1m"}}}})
+	events := e.subscribe("")
+	var ids []string
+	for i := range 5 {
+		a := e.post(fmt.Sprintf(`{"to":{"user":"alice"},"text":"async %d"}`, i), "Prefer", "respond-async")
+		var acc acceptResponse
+		if err := json.Unmarshal([]byte(a.body), &acc); err != nil || a.status != 202 || acc.State != "queued" || acc.ID == "" ||
+			a.header.Get("Location") != "/v1/bots/hr/messages/"+acc.ID || a.header.Get("Preference-Applied") != "respond-async" {
+			t.Fatalf("async send = %d %s %v; want 202 with an id, Location and Preference-Applied", a.status, a.body, a.header)
+		}
+		ids = append(ids, acc.ID)
+	}
+	bad := e.post(`{"to":{"user":"nobody"},"text":"x"}`, "Prefer", "respond-async")
+	var badAcc acceptResponse
+	json.Unmarshal([]byte(bad.body), &badAcc)
+	got := map[string]string{}
+	for len(got) < 6 {
+		ev := next(t, events)
+		var st struct{ ID, State string }
+		json.Unmarshal(ev.ev.Raw, &st)
+		if ev.kind != "message.sent" && ev.kind != "message.failed" {
+			t.Fatalf("event %+v; want message.sent or message.failed", ev)
+		}
+		got[st.ID] = ev.kind
+	}
+	sent := e.emu.Sent()
+	if len(sent) != 5 {
+		t.Fatalf("WeCom got %d messages; want 5", len(sent))
+	}
+	for i, s := range sent {
+		if s.Content != fmt.Sprint("async ", i) || len(s.Dropped) > 0 {
+			t.Errorf("message %d = %q (dropped %v); want async %d, delivered", i, s.Content, s.Dropped, i)
+		}
+		if got[ids[i]] != "message.sent" {
+			t.Errorf("message %d: event %q; want message.sent", i, got[ids[i]])
+		}
+	}
+	var st struct {
+		State      string `json:"state"`
+		PlatformID string `json:"platform_id"`
+		Error      *struct {
+			Kind, PlatformCode string
+		} `json:"error"`
+	}
+	status, _, body := e.do("GET", "/v1/bots/hr/messages/"+ids[4], testAPIKey, nil)
+	if json.Unmarshal(body, &st); status != 200 || st.State != "sent" || st.PlatformID != sent[4].MsgID {
+		t.Errorf("GET status = %d %s; want sent with WeCom's msgid %s", status, body, sent[4].MsgID)
+	}
+	status, _, body = e.do("GET", "/v1/bots/hr/messages/"+badAcc.ID, testAPIKey, nil)
+	if json.Unmarshal(body, &st); status != 200 || st.State != "failed" || !strings.Contains(string(body), `"platform_code":"81013"`) {
+		t.Errorf("GET status of the bad one = %d %s; want failed with platform_code 81013", status, body)
+	}
+	if status, _, _ := e.do("GET", "/v1/bots/hr/messages/1-0", testAPIKey, nil); status != 404 {
+		t.Errorf("GET unknown id = %d; want 404", status)
+	}
+	// Pacing spread them: 2 a minute.
+	if d := clock.Now().Sub(time.Date(2026, 3, 2, 10, 0, 0, 0, time.UTC)); d < 2*time.Minute {
+		t.Errorf("the pacing clock moved %v; want ≥ 2m (5 messages at 2 a minute)", d)
 	}
 }

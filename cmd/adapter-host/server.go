@@ -62,6 +62,7 @@ func (s *server) routes() http.Handler {
 	mux.HandleFunc("GET /webhook/{bot}", s.webhook)
 	mux.HandleFunc("POST /webhook/{bot}", s.webhook)
 	mux.Handle("POST /v1/bots/{bot}/messages", s.auth(http.HandlerFunc(s.send)))
+	mux.Handle("GET /v1/bots/{bot}/messages/{id}", s.auth(http.HandlerFunc(s.messageStatus)))
 	mux.Handle("GET /v1/bots/{bot}/events", s.auth(http.HandlerFunc(s.events)))
 	mux.Handle("GET /v1/tokens", s.auth(http.HandlerFunc(s.tokens)))
 	mux.Handle("GET /v1/bots", s.auth(http.HandlerFunc(s.listBots)))

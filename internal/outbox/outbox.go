@@ -49,6 +49,10 @@ type Options struct {
 	// Backoff is the first wait between such attempts, doubling up to a minute. Zero
 	// means 1 s. (Pacing adds the platform's pauses: 45009 holds the bot ≥ 60 s.)
 	Backoff time.Duration
+	// SendTimeout bounds one platform send; a send under way when Run stops is let finish
+	// within it. A message another sender marked "sending" less than twice this ago is
+	// waited for, not judged abandoned. Zero means 1 minute.
+	SendTimeout time.Duration
 	// Owner names this host in "sending" marks. Empty: a random name.
 	Owner string
 	// Logger receives outcomes and failures. nil: no logging.
@@ -87,6 +91,9 @@ func New(bot, platform string, log eventlog.Log, status StatusStore, pace *pacin
 	}
 	if opts.Backoff <= 0 {
 		opts.Backoff = time.Second
+	}
+	if opts.SendTimeout <= 0 {
+		opts.SendTimeout = time.Minute
 	}
 	if opts.Owner == "" {
 		opts.Owner = fmt.Sprintf("host-%d", time.Now().UnixNano())
@@ -205,9 +212,6 @@ func (o *Outbox) Run(ctx context.Context) error {
 	}
 }
 
-// sendTimeout bounds one platform send; a send under way when Run stops is let finish.
-const sendTimeout = time.Minute
-
 // deliver sends one stored message and records its outcome; false if Run stopped first.
 func (o *Outbox) deliver(ctx context.Context, e eventlog.Entry) bool {
 	id := e.ID.String()
@@ -230,7 +234,21 @@ func (o *Outbox) deliver(ctx context.Context, e eventlog.Entry) bool {
 	case StateSent, StateFailed:
 		return true // recorded by an earlier sender
 	case StateSending:
-		// A stopped sender (or this host before it lost its lease) was sending it.
+		// Another sender was sending it. If it may still be at it (a sender that lost its
+		// lease lets a send under way finish and records it), wait for its record.
+		grace := 2 * o.opts.SendTimeout
+		for st.State == StateSending && time.Since(st.Updated) < grace {
+			if sleep(ctx, time.Until(st.Updated.Add(grace))) != nil {
+				return false
+			}
+			if cur, ok, err := o.status.Get(ctx, o.bot, id); err == nil && ok {
+				st = cur
+			}
+		}
+		if st.State == StateSent || st.State == StateFailed {
+			return true
+		}
+		// Its sender stopped mid-send.
 		if !o.opts.RepeatUnknown {
 			return o.fail(ctx, msg, st, &adapter.Error{Kind: adapter.KindUnavailable,
 				Message: "outcome unknown: the host sending this message stopped mid-send; it may or may not have been delivered, and it is not sent again"})
@@ -256,7 +274,7 @@ func (o *Outbox) deliver(ctx context.Context, e eventlog.Entry) bool {
 			}
 			started = true
 			st.Attempts++
-			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), sendTimeout) // let it finish if Run stops
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), o.opts.SendTimeout) // let it finish if Run stops
 			defer cancel()
 			rc, err = o.send(sctx, msg)
 			return err

@@ -180,7 +180,7 @@ func TestStoppedSenderRedis(t *testing.T) {
 			defer log.Close()
 			status := NewRedisStatus(rdb, "t")
 			var ev events
-			first := New("hr", adapter.PlatformWeCom, log, status, nil, c.Send, ev.emit, Options{Owner: "a", Lanes: 1})
+			first := New("hr", adapter.PlatformWeCom, log, status, nil, c.Send, ev.emit, Options{Owner: "a", Lanes: 1, SendTimeout: 2 * time.Second})
 			var ids []string
 			for i := range 20 {
 				id, err := first.Accept(t.Context(), text(i))
@@ -211,7 +211,7 @@ func TestStoppedSenderRedis(t *testing.T) {
 				time.Sleep(5 * time.Millisecond)
 			}
 			cancel()
-			second := New("hr", adapter.PlatformWeCom, log, status, nil, c.Send, ev.emit, Options{Owner: "b", RepeatUnknown: repeat})
+			second := New("hr", adapter.PlatformWeCom, log, status, nil, c.Send, ev.emit, Options{Owner: "b", RepeatUnknown: repeat, SendTimeout: 2 * time.Second})
 			ctx2, cancel2 := context.WithCancel(t.Context())
 			done := make(chan struct{})
 			go func() { second.Run(ctx2); close(done) }()
