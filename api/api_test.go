@@ -36,7 +36,7 @@ func TestOpenAPIDocumentValid(t *testing.T) {
 	// The routes of cmd/adapter-host/server.go (routes()).
 	want := []string{
 		"GET /healthz", "GET /metrics", "GET /readyz",
-		"GET /v1/bots", "GET /v1/bots/{bot}/events", "GET /v1/tokens",
+		"GET /v1/bots", "GET /v1/bots/{bot}/events", "GET /v1/bots/{bot}/messages/{id}", "GET /v1/tokens",
 		"GET /webhook/{bot}", "POST /v1/bots/{bot}/messages", "POST /webhook/{bot}",
 	}
 	if !slices.Equal(got, want) {
