@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -177,4 +178,95 @@ func TestIdempotencyKeyHostKilledMidSend(t *testing.T) {
 			}
 		})
 	}
+}
+
+// slowSends delays each message/send a little, so a host can be killed mid-way.
+type slowSends struct{ next http.Handler }
+
+func (s slowSends) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if strings.HasSuffix(r.URL.Path, "/message/send") {
+		time.Sleep(20 * time.Millisecond)
+	}
+	s.next.ServeHTTP(w, r)
+}
+
+// TestOutboxHostKilled: 500 messages accepted asynchronously by a host that is SIGKILLed while
+// sending them, another host alive on the same redis-server: every message is shown exactly
+// once (by text), none lost, and each ends "sent".
+func TestOutboxHostKilled(t *testing.T) {
+	rds := redistest.Start(t)
+	emu := &wecomtest.Server{}
+	emu.AddApp(corpID, corpSecret, agentID)
+	api := httptest.NewServer(slowSends{emu})
+	defer api.Close()
+	cfg := sendConfig(api.URL, rds.Addr(), "      duplicate_check: 30m\n")
+	a := startHost(t, "a", cfg, secretEnv()...) // first: it holds the outbox lease
+	a.apiKey = apiKey
+	b := startHost(t, "b", cfg, secretEnv()...)
+	b.apiKey = apiKey
+	const n = 500
+	ids := make([]string, n)
+	for i := range n {
+		body := fmt.Sprintf(`{"to":{"user":"user%d"},"text":"outbox %d"}`, i%50, i)
+		req, _ := http.NewRequest("POST", "http://"+a.addr+"/v1/bots/hr/messages", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+apiKey)
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Prefer", "respond-async")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		var acc struct{ ID string }
+		if json.Unmarshal(data, &acc); resp.StatusCode != 202 || acc.ID == "" {
+			t.Fatalf("accept %d = %d %s", i, resp.StatusCode, data)
+		}
+		ids[i] = acc.ID
+	}
+	for len(emu.Sent()) < 100 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	a.kill()
+	killedAt := len(emu.Sent())
+	if killedAt >= n {
+		t.Fatalf("host a sent all %d before it was killed; the test proves nothing", n)
+	}
+	shown := func() map[string]int {
+		m := map[string]int{}
+		for _, s := range emu.Sent() {
+			if !s.Duplicate {
+				m[s.Content]++
+			}
+		}
+		return m
+	}
+	// b takes the lease within 10 s, waits up to 35 s for the sends a was making, then sends.
+	deadline := time.Now().Add(3 * time.Minute)
+	for len(shown()) < n && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	m := shown()
+	for i := range n {
+		if c := m[fmt.Sprint("outbox ", i)]; c != 1 {
+			t.Errorf("outbox %d shown %d times; want once", i, c)
+		}
+	}
+	for i, id := range ids {
+		var st struct{ State string }
+		for {
+			status, body, _ := b.do("GET", "/v1/bots/hr/messages/"+id, nil)
+			if json.Unmarshal(body, &st); status != 200 {
+				t.Fatalf("status of %d = %d %s", i, status, body)
+			}
+			if st.State == "sent" || st.State == "failed" || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if st.State != "sent" {
+			t.Errorf("message %d ended %q; want sent", i, st.State)
+		}
+	}
+	t.Logf("host a was killed after %d sends; WeCom got %d requests for %d messages", killedAt, len(emu.Sent()), n)
 }

@@ -50,8 +50,10 @@ type Options struct {
 	// means 1 s. (Pacing adds the platform's pauses: 45009 holds the bot ≥ 60 s.)
 	Backoff time.Duration
 	// SendTimeout bounds one platform send; a send under way when Run stops is let finish
-	// within it. A message another sender marked "sending" less than twice this ago is
-	// waited for, not judged abandoned. Zero means 1 minute.
+	// within it. A message another sender marked "sending" less than this plus 5 s ago is
+	// waited for (that sender may have lost its lease but still be sending), not judged
+	// abandoned: after a takeover, each lane holding such a message waits that long. Zero
+	// means 30 s.
 	SendTimeout time.Duration
 	// Owner names this host in "sending" marks. Empty: a random name.
 	Owner string
@@ -93,7 +95,7 @@ func New(bot, platform string, log eventlog.Log, status StatusStore, pace *pacin
 		opts.Backoff = time.Second
 	}
 	if opts.SendTimeout <= 0 {
-		opts.SendTimeout = time.Minute
+		opts.SendTimeout = 30 * time.Second
 	}
 	if opts.Owner == "" {
 		opts.Owner = fmt.Sprintf("host-%d", time.Now().UnixNano())
@@ -236,7 +238,7 @@ func (o *Outbox) deliver(ctx context.Context, e eventlog.Entry) bool {
 	case StateSending:
 		// Another sender was sending it. If it may still be at it (a sender that lost its
 		// lease lets a send under way finish and records it), wait for its record.
-		grace := 2 * o.opts.SendTimeout
+		grace := o.opts.SendTimeout + 5*time.Second
 		for st.State == StateSending && time.Since(st.Updated) < grace {
 			if sleep(ctx, time.Until(st.Updated.Add(grace))) != nil {
 				return false
