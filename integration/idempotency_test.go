@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter/wecom/wecomtest"
+	"github.com/seed-a64d9e1f/chatwire/internal/pacing"
 	"github.com/seed-a64d9e1f/chatwire/internal/redistest"
 )
 
@@ -269,4 +270,51 @@ func TestOutboxHostKilled(t *testing.T) {
 		}
 	}
 	t.Logf("host a was killed after %d sends; WeCom got %d requests for %d messages", killedAt, len(emu.Sent()), n)
+}
+
+// TestOutboxBurstPaced: 120 messages to one member accepted at once are all delivered by an
+// emulator that drops what exceeds 30 a minute, none dropped, in order, spread over at least
+// 3 minutes of emulated time (host and emulator share a clock 20 times faster than real).
+func TestOutboxBurstPaced(t *testing.T) {
+	rds := redistest.Start(t)
+	origin := time.Now()
+	clock := pacing.Scaled(origin, 20)
+	emu := &wecomtest.Server{Now: clock.Now}
+	emu.AddApp(corpID, corpSecret, agentID)
+	api := httptest.NewServer(emu)
+	defer api.Close()
+	env := append(secretEnv(), fmt.Sprintf("CHATWIRE_TEST_TIME_SCALE=%d:20", origin.UnixMilli()))
+	h := startHost(t, "a", sendConfig(api.URL, rds.Addr(), ""), env...)
+	for i := range 120 {
+		body := fmt.Sprintf(`{"to":{"user":"zhangsan"},"text":"burst %d"}`, i)
+		req, _ := http.NewRequest("POST", "http://"+h.addr+"/v1/bots/hr/messages", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+apiKey)
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Prefer", "respond-async")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 202 {
+			t.Fatalf("accept %d = %d", i, resp.StatusCode)
+		}
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for len(emu.Sent()) < 120 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	sent := emu.Sent()
+	if len(sent) != 120 {
+		t.Fatalf("emulator got %d messages; want 120", len(sent))
+	}
+	for i, s := range sent {
+		if s.Content != fmt.Sprint("burst ", i) || len(s.Dropped) > 0 {
+			t.Errorf("message %d = %q, dropped %v; want burst %d delivered", i, s.Content, s.Dropped, i)
+		}
+	}
+	if span := sent[119].Time.Sub(sent[0].Time); span < 3*time.Minute {
+		t.Errorf("120 messages spread over %v of emulated time; want ≥ 3m (30 a minute)", span)
+	}
+	t.Logf("120 messages over %v of emulated time", sent[119].Time.Sub(sent[0].Time))
 }

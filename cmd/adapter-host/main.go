@@ -178,7 +178,11 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	h, err := startHost(ctx, cfg, hostOptions{Logger: log, PluginDebug: level <= slog.LevelDebug})
+	clock, err := pacingClockFromEnv(log)
+	if err != nil {
+		return err
+	}
+	h, err := startHost(ctx, cfg, hostOptions{Logger: log, PluginDebug: level <= slog.LevelDebug, PacingClock: clock})
 	if err != nil {
 		return err
 	}

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -512,4 +513,23 @@ func writeConflict(w http.ResponseWriter, err error) {
 		body.Error.Message = "this Idempotency-Key was used for a different message (another body or bot) within 24 hours; nothing was sent: use a new key for a new message"
 	}
 	writeJSON(w, http.StatusConflict, body)
+}
+
+// pacingClockFromEnv reads CHATWIRE_TEST_TIME_SCALE="<origin, Unix ms>:<factor>", which
+// makes pacing run on [pacing.Scaled] time, factor times faster from origin, so black-box
+// tests can spread sends over minutes of emulated time in seconds. For tests only; unset:
+// real time.
+func pacingClockFromEnv(log *slog.Logger) (pacing.Clock, error) {
+	v := os.Getenv("CHATWIRE_TEST_TIME_SCALE")
+	if v == "" {
+		return nil, nil
+	}
+	o, f, ok := strings.Cut(v, ":")
+	ms, err1 := strconv.ParseInt(o, 10, 64)
+	factor, err2 := strconv.ParseFloat(f, 64)
+	if !ok || err1 != nil || err2 != nil || factor <= 0 {
+		return nil, fmt.Errorf("CHATWIRE_TEST_TIME_SCALE=%q: want <origin Unix ms>:<factor>", v)
+	}
+	log.Warn("pacing runs on a shortened clock (CHATWIRE_TEST_TIME_SCALE): for tests only", "factor", factor)
+	return pacing.Scaled(time.UnixMilli(ms), factor), nil
 }

@@ -150,16 +150,16 @@ func TestPacedSendGets429(t *testing.T) {
 		}
 	}
 	a := e.post(body, "Idempotency-Key", "third")
-	if a.status != 429 || a.header.Get("Retry-After") != "60" || errKind(t, a.body) != "rate_limited" {
-		t.Fatalf("third send in a minute = %d %s (Retry-After %q); want 429, Retry-After 60", a.status, a.body, a.header.Get("Retry-After"))
+	if a.status != 429 || a.header.Get("Retry-After") != "62" || errKind(t, a.body) != "rate_limited" {
+		t.Fatalf("third send in a minute = %d %s (Retry-After %q); want 429, Retry-After 62 (a minute and pacing's margin)", a.status, a.body, a.header.Get("Retry-After"))
 	}
 	if n := len(e.emu.Sent()); n != 2 {
 		t.Fatalf("WeCom got %d sends; want 2 (the third refused before sending)", n)
 	}
 	clock.advance(50 * time.Second)
-	// 10 s to go: the bot's 20 s max wait covers it, a request's Prefer: wait=5 does not.
-	if a := e.post(body, "Idempotency-Key", "third", "Prefer", "wait=5"); a.status != 429 || a.header.Get("Retry-After") != "10" {
-		t.Errorf("with Prefer: wait=5 = %d %s (Retry-After %q); want 429, Retry-After 10", a.status, a.body, a.header.Get("Retry-After"))
+	// 12 s to go: the bot's 20 s max wait covers it, a request's Prefer: wait=5 does not.
+	if a := e.post(body, "Idempotency-Key", "third", "Prefer", "wait=5"); a.status != 429 || a.header.Get("Retry-After") != "12" {
+		t.Errorf("with Prefer: wait=5 = %d %s (Retry-After %q); want 429, Retry-After 12", a.status, a.body, a.header.Get("Retry-After"))
 	}
 	if a := e.post(body, "Idempotency-Key", "third"); a.status != 200 || a.header.Get("Idempotent-Replayed") != "" {
 		t.Errorf("retry after the wait = %d %s (%v); want 200, sent now", a.status, a.body, a.header)
@@ -168,8 +168,8 @@ func TestPacedSendGets429(t *testing.T) {
 		t.Errorf("WeCom got %d sends; want 3", n)
 	}
 	// The hour allows 3: the next waits an hour, far past the max wait.
-	if a := e.post(body); a.status != 429 || a.header.Get("Retry-After") != "3540" {
-		t.Errorf("fourth send in an hour = %d %s (Retry-After %q); want 429, Retry-After 3540", a.status, a.body, a.header.Get("Retry-After"))
+	if a := e.post(body); a.status != 429 || a.header.Get("Retry-After") != "3658" {
+		t.Errorf("fourth send in an hour = %d %s (Retry-After %q); want 429, Retry-After 3658 (62 min after the first, from 62 s)", a.status, a.body, a.header.Get("Retry-After"))
 	}
 }
 

@@ -20,6 +20,12 @@ import (
 // 60 min or the rest of the day (doc 90454).
 const WeComBlock = 60 * time.Second
 
+// marginDivisor sets the safety margin of every window: a limit of N per P is kept as N per
+// P + P/30 (a minute: 62 s). The platform counts by the times it receives sends, and a
+// send's latency varies: without the margin, the 31st message reserved exactly a minute
+// after the first can reach WeCom less than a minute after the first did, and be dropped.
+const marginDivisor = 30
+
 // DefaultConcurrency is the default bound on one bot's sends in flight in one host.
 const DefaultConcurrency = 32
 
@@ -168,6 +174,7 @@ func (s *Scheduler) Reserve(ctx context.Context, msg adapter.Message, maxWait ti
 			if cost > l.N { // more parts than the limit allows at all: take the whole window
 				cost = l.N
 			}
+			l.Per += (l.Per / marginDivisor).Truncate(time.Millisecond) // Redis keeps milliseconds
 			cs = append(cs, counter{key: sl.key(), limit: l, cost: cost})
 		}
 	}

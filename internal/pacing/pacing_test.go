@@ -16,6 +16,9 @@ import (
 	"github.com/seed-a64d9e1f/chatwire/internal/redistest"
 )
 
+// m is a window with pacing's safety margin.
+func m(d time.Duration) time.Duration { return d + (d / marginDivisor).Truncate(time.Millisecond) }
+
 // manual is a clock that moves only when told to, or when a sleeper sleeps past it.
 type manual struct {
 	mu sync.Mutex
@@ -110,7 +113,7 @@ func testStore(t *testing.T, stores storesFunc) {
 			times = append(times, r.At)
 		}
 		for i, at := range times {
-			if want := t0.Add(time.Duration(i/30) * time.Minute); !at.Equal(want) {
+			if want := t0.Add(time.Duration(i/30) * m(time.Minute)); !at.Equal(want) {
 				t.Fatalf("send %d at %v; want %v (30 a minute)", i, at.Sub(t0), want.Sub(t0))
 			}
 		}
@@ -132,13 +135,13 @@ func testStore(t *testing.T, stores storesFunc) {
 		}
 		clock.Advance(15 * time.Second)
 		_, err := scs[1].Reserve(t.Context(), toUser("a"), 10*time.Second)
-		if adapter.KindOf(err) != adapter.KindRateLimited || adapter.RetryAfter(err) != 45*time.Second {
-			t.Fatalf("31st with 10 s to spare: %v (retry after %v); want rate_limited, retry after 45s", err, adapter.RetryAfter(err))
+		if adapter.KindOf(err) != adapter.KindRateLimited || adapter.RetryAfter(err) != 47*time.Second {
+			t.Fatalf("31st with 10 s to spare: %v (retry after %v); want rate_limited, retry after 47s (a minute and its 2 s margin)", err, adapter.RetryAfter(err))
 		}
 		// The refused send recorded nothing.
 		r, err := scs[1].Reserve(t.Context(), toUser("a"), time.Minute)
-		if err != nil || !r.At.Equal(t0.Add(time.Minute)) || r.Wait != 45*time.Second {
-			t.Errorf("31st with a minute to spare: At %v Wait %v, %v; want 1m, 45s", r.At.Sub(t0), r.Wait, err)
+		if err != nil || !r.At.Equal(t0.Add(m(time.Minute))) || r.Wait != 47*time.Second {
+			t.Errorf("31st with a minute to spare: At %v Wait %v, %v; want 1m2s, 47s", r.At.Sub(t0), r.Wait, err)
 		}
 	})
 
@@ -146,7 +149,8 @@ func testStore(t *testing.T, stores storesFunc) {
 		clock := newManual()
 		scs := schedulers(t, stores(t, 1), adapter.PlatformWeCom, clock, map[string][]Limit{ScopeMember: {{2, time.Minute}, {3, time.Hour}}})
 		t0 := clock.Now()
-		want := []time.Duration{0, 0, time.Minute, time.Hour, time.Hour, time.Hour + time.Minute}
+		mi, h := m(time.Minute), m(time.Hour)
+		want := []time.Duration{0, 0, mi, h, h, h + mi}
 		for i, w := range want {
 			r, err := scs[0].Reserve(t.Context(), toUser("a"), -1)
 			if err != nil || r.At.Sub(t0) != w {
@@ -166,10 +170,10 @@ func testStore(t *testing.T, stores storesFunc) {
 		}{
 			{adapter.Message{To: adapter.Target{Users: []string{"a", "B"}}, Text: "x"}, 0},
 			{toUser("a"), 0},
-			{toUser("a"), time.Minute}, // a: 2 in the first minute
-			{toUser("b"), time.Minute}, // b is "B" (ids are case-insensitive); app: 5th person-send
-			{toUser("c"), time.Hour},   // app: 5 person-sends an hour
-			{adapter.Message{To: adapter.Target{Party: "2"}, Text: "x"}, time.Hour}, // the app log keeps order
+			{toUser("a"), m(time.Minute)}, // a: 2 in the first minute
+			{toUser("b"), m(time.Minute)}, // b is "B" (ids are case-insensitive); app: 5th person-send
+			{toUser("c"), m(time.Hour)},   // app: 5 person-sends an hour
+			{adapter.Message{To: adapter.Target{Party: "2"}, Text: "x"}, m(time.Hour)}, // the app log keeps order
 		}
 		for i, st := range steps {
 			r, err := sc.Reserve(t.Context(), st.msg, -1)
@@ -230,8 +234,8 @@ func testStore(t *testing.T, stores storesFunc) {
 			times = append(times, r.At)
 		}
 		checkWindows(t, times, Limit{2, time.Second})
-		if last := times[5].Sub(t0); last != 2*time.Second {
-			t.Errorf("6th chat post at %v; want 2s (2 a second)", last)
+		if last := times[5].Sub(t0); last != 2*m(time.Second) {
+			t.Errorf("6th chat post at %v; want 2.066s (2 a second, with the margin)", last)
 		}
 	})
 }
@@ -354,8 +358,8 @@ func TestBurstReachesTheEmulator(t *testing.T) {
 					t.Fatalf("emulator got %d messages; want 120", len(sent))
 				}
 				span := sent[119].Time.Sub(start)
-				if paced && (dropped != 0 || span != 3*time.Minute) {
-					t.Errorf("paced: %d dropped, last at %v; want 0 dropped, last at 3m", dropped, span)
+				if paced && (dropped != 0 || span != 3*m(time.Minute)) {
+					t.Errorf("paced: %d dropped, last at %v; want 0 dropped, last at 3×1m2s", dropped, span)
 				}
 				if !paced && dropped != 90 {
 					t.Errorf("unpaced: %d dropped; want 90 (the control: the emulator enforces 30 a minute)", dropped)
@@ -388,8 +392,8 @@ func TestRedisDownFallsBack(t *testing.T) {
 		}
 		got = append(got, r.At.Sub(t0))
 	}
-	if fmt.Sprint(got) != "[0s 0s 1m0s]" {
-		t.Errorf("waits while Redis is down = %v; want [0s 0s 1m0s] (paced in this host)", got)
+	if fmt.Sprint(got) != "[0s 0s 1m2s]" {
+		t.Errorf("waits while Redis is down = %v; want [0s 0s 1m2s] (paced in this host)", got)
 	}
 	if _, err := without.Reserve(t.Context(), toUser("b"), -1); adapter.KindOf(err) != adapter.KindUnavailable {
 		t.Errorf("Reserve without a fallback while Redis is down = %v; want unavailable", err)

@@ -90,7 +90,7 @@ func (s *Server) sendLocked(tok *token, data []byte, appchat bool) map[string]an
 		return errBody(47001, nil)
 	}
 	rec := Sent{Endpoint: "message/send", MsgType: b.MsgType, ToUser: b.ToUser, ToParty: b.ToParty, ToTag: b.ToTag,
-		ChatID: b.ChatID, Time: time.Now(), Body: append(json.RawMessage(nil), data...)}
+		ChatID: b.ChatID, Time: s.now(), Body: append(json.RawMessage(nil), data...)}
 	var chat *Chat
 	if appchat {
 		rec.Endpoint = "appchat/send"
@@ -259,7 +259,7 @@ func (s *Server) duplicateLocked(agentID int64, data []byte, interval int) *Sent
 	}
 	interval = min(interval, 4*3600)
 	want := canonical(data)
-	now := time.Now()
+	now := s.now()
 	for i := len(s.sent) - 1; i >= 0; i-- {
 		p := &s.sent[i]
 		if now.Sub(p.Time) >= time.Duration(interval)*time.Second {
@@ -291,7 +291,7 @@ func (s *Server) overLimitLocked(agentID int64, users []string) bool {
 	if limit < 0 {
 		return false
 	}
-	now := time.Now()
+	now := s.now()
 	for _, u := range users {
 		n := 0
 		for _, t := range s.recv[strconv.FormatInt(agentID, 10)+"/"+u] {
@@ -312,7 +312,7 @@ func (s *Server) deliverLocked(agentID int64, users []string, rec *Sent) []strin
 	if limit == 0 {
 		limit = 30
 	}
-	now := time.Now()
+	now := s.now()
 	var out []string
 	for _, u := range users {
 		if limit < 0 {

@@ -54,6 +54,10 @@ type Server struct {
 	// a request within duplicate_check_interval is accepted, answered with the first
 	// message's msgid, recorded with Duplicate set, and not delivered.
 	IgnoreDuplicateCheck bool
+	// Now, if not nil, is the clock of message delivery (MemberLimit windows, duplicate_check
+	// intervals, Sent.Time), so a test can shorten time as the sender's pacing does. nil:
+	// time.Now.
+	Now func() time.Time
 	// PushTimeout bounds each callback delivery. Zero means 5 s.
 	PushTimeout time.Duration
 	// PushRetries is how many times a failed callback delivery (non-200 or timeout) is
@@ -150,6 +154,13 @@ type Chat struct {
 	Owner   string
 	Users   []string
 	AgentID int64 // the app that created it
+}
+
+func (s *Server) now() time.Time {
+	if s.Now != nil {
+		return s.Now()
+	}
+	return time.Now()
 }
 
 // defaults
