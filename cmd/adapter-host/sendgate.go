@@ -200,6 +200,13 @@ func (g *sendGate) newOutbox(cfg *Config, s *server, rdb redis.UniversalClient, 
 	outcomes := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "chatwire_outbox_outcomes_total",
 		Help: "Asynchronous sends finished, by outcome (sent, failed) and error kind.", ConstLabels: prometheus.Labels{"bot": name}}, []string{"outcome", "kind"})
 	send := func(ctx context.Context, msg adapter.Message) (adapter.Receipt, error) {
+		for !s.ready() { // the plugin restarts: wait rather than fail a message never sent
+			select {
+			case <-time.After(200 * time.Millisecond):
+			case <-ctx.Done():
+				return adapter.Receipt{}, &adapter.Error{Kind: adapter.KindRateLimited, Message: "plugin not ready; nothing sent", Err: ctx.Err()}
+			}
+		}
 		rc, err := s.bots[name].adapter.Send(ctx, msg)
 		s.m.sends.WithLabelValues(name, cmpKind(err), adapter.Code(err)).Inc()
 		return rc, err

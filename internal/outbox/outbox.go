@@ -122,7 +122,7 @@ func (o *Outbox) Accept(ctx context.Context, msg adapter.Message) (string, error
 		return "", err
 	}
 	id := res[0].ID.String()
-	if err := o.status.Set(ctx, Status{ID: id, Bot: o.bot, State: StateQueued, Updated: time.Now()}); err != nil {
+	if err := o.status.Init(ctx, Status{ID: id, Bot: o.bot, State: StateQueued, Updated: time.Now()}); err != nil {
 		o.logger.Warn("outbox: queued status not stored", "bot", o.bot, "id", id, "error", err)
 	}
 	return id, nil

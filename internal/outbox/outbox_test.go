@@ -245,3 +245,28 @@ func TestStoppedSenderRedis(t *testing.T) {
 		})
 	}
 }
+
+// TestStatusInitKeepsProgress: the queued status Accept writes never overwrites a status a
+// sender already recorded (a fast sender on another host can get to the message first).
+func TestStatusInitKeepsProgress(t *testing.T) {
+	rs := redistest.Start(t)
+	rdb := redis.NewClient(&redis.Options{Addr: rs.Addr()})
+	defer rdb.Close()
+	for name, s := range map[string]StatusStore{"memory": NewMemoryStatus(), "redis": NewRedisStatus(rdb, "t")} {
+		if err := s.Set(t.Context(), Status{ID: "1-0", Bot: "hr", State: StateSent, PlatformID: "p"}); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Init(t.Context(), Status{ID: "1-0", Bot: "hr", State: StateQueued}); err != nil {
+			t.Fatal(err)
+		}
+		if st, ok, _ := s.Get(t.Context(), "hr", "1-0"); !ok || st.State != StateSent {
+			t.Errorf("%s: after Init, status %+v; want sent kept", name, st)
+		}
+		if err := s.Init(t.Context(), Status{ID: "2-0", Bot: "hr", State: StateQueued}); err != nil {
+			t.Fatal(err)
+		}
+		if st, ok, _ := s.Get(t.Context(), "hr", "2-0"); !ok || st.State != StateQueued {
+			t.Errorf("%s: Init of a new message: %+v; want queued", name, st)
+		}
+	}
+}

@@ -44,6 +44,9 @@ type Failure struct {
 type StatusStore interface {
 	Get(ctx context.Context, bot, id string) (Status, bool, error)
 	Set(ctx context.Context, st Status) error
+	// Init stores st unless the message already has a status (a sender may have got to it
+	// first).
+	Init(ctx context.Context, st Status) error
 	// Begin makes owner the sender of a message that has no status or is queued, and
 	// returns true; otherwise it returns the status it has.
 	Begin(ctx context.Context, bot, id, owner string, now time.Time) (Status, bool, error)
@@ -74,6 +77,9 @@ func (s *memoryStatus) Get(_ context.Context, bot, id string) (Status, bool, err
 func (s *memoryStatus) Set(_ context.Context, st Status) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if st.Updated.IsZero() {
+		st.Updated = time.Now()
+	}
 	s.m[st.Bot+"/"+st.ID] = st
 	if len(s.m) > 200_000 { // forget the oldest finished ones
 		cut := time.Now().Add(-Retention)
@@ -82,6 +88,18 @@ func (s *memoryStatus) Set(_ context.Context, st Status) error {
 				delete(s.m, k)
 			}
 		}
+	}
+	return nil
+}
+
+func (s *memoryStatus) Init(_ context.Context, st Status) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.m[st.Bot+"/"+st.ID]; !ok {
+		if st.Updated.IsZero() {
+			st.Updated = time.Now()
+		}
+		s.m[st.Bot+"/"+st.ID] = st
 	}
 	return nil
 }
@@ -135,6 +153,17 @@ func (s *redisStatus) Set(ctx context.Context, st Status) error {
 		return err
 	}
 	if err := s.rdb.Set(ctx, s.key(st.Bot, st.ID), data, Retention).Err(); err != nil {
+		return fmt.Errorf("outbox: redis: %w", err)
+	}
+	return nil
+}
+
+func (s *redisStatus) Init(ctx context.Context, st Status) error {
+	data, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	if err := s.rdb.SetNX(ctx, s.key(st.Bot, st.ID), data, Retention).Err(); err != nil {
 		return fmt.Errorf("outbox: redis: %w", err)
 	}
 	return nil
