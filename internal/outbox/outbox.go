@@ -293,6 +293,10 @@ func (o *Outbox) deliver(ctx context.Context, e eventlog.Entry) bool {
 			st.State, st.PlatformID, st.Invalid, st.Updated = StateSent, rc.ID, rc.Invalid, time.Now()
 			return o.record(ctx, msg, st)
 		case ctx.Err() != nil:
+			if started && adapter.KindOf(err) == adapter.KindRateLimited { // nothing was shown
+				st.State, st.Updated = StateQueued, time.Now()
+				o.status.Set(context.WithoutCancel(ctx), st)
+			}
 			return false // queued, or "sending" if the send began: the next sender decides
 		}
 		kind := adapter.KindOf(err)
