@@ -448,7 +448,7 @@ func (s *server) sendPaced(ctx context.Context, b *bot, msg adapter.Message, max
 	var rc adapter.Receipt
 	start := time.Now()
 	waited := false
-	err := sc.Do(ctx, msg, maxWait, func(ctx context.Context) error {
+	err := sc.DoSync(ctx, msg, maxWait, func(ctx context.Context) error {
 		if w := time.Since(start); w >= time.Millisecond {
 			waited = true
 			g.waits.WithLabelValues(b.name, "sent").Observe(w.Seconds())

@@ -221,6 +221,12 @@ func (r Reservation) Acquire(ctx context.Context) (done func(ctx context.Context
 // rate-limited answer with a Retry-After (Graph 429) pauses the send's first counter (its
 // chat, channel or member) for that long; success lets the concurrency bound grow back.
 func (s *Scheduler) Report(ctx context.Context, slots []Slot, err error) {
+	s.report(ctx, slots, err, true)
+}
+
+// report is Report; retryAfter false leaves a platform's Retry-After to the caller (a
+// synchronous send passes it on to its client, who decides when to try again).
+func (s *Scheduler) report(ctx context.Context, slots []Slot, err error, retryAfter bool) {
 	if err == nil {
 		s.conc.success()
 		return
@@ -235,7 +241,7 @@ func (s *Scheduler) Report(ctx context.Context, slots []Slot, err error) {
 	case s.platform == adapter.PlatformWeCom && code == "45033":
 		n := s.conc.lower()
 		s.log.Info("pacing: WeCom refused concurrent calls (45033); lowering concurrency", "bot", s.bot, "concurrency", n)
-	case adapter.KindOf(err) == adapter.KindRateLimited:
+	case retryAfter && adapter.KindOf(err) == adapter.KindRateLimited:
 		d := adapter.RetryAfter(err)
 		if d <= 0 {
 			d = time.Second
@@ -262,6 +268,18 @@ func (s *Scheduler) pause(ctx context.Context, key string, now, until time.Time)
 // Do reserves msg's place with maxWait, waits for it and for room under the concurrency
 // bound, runs send, and reports its outcome. The error is Reserve's, ctx's, or send's.
 func (s *Scheduler) Do(ctx context.Context, msg adapter.Message, maxWait time.Duration, send func(ctx context.Context) error) error {
+	return s.do(ctx, msg, maxWait, send, true)
+}
+
+// DoSync is Do for a synchronous send whose caller gets the platform's answer: a platform's
+// Retry-After (Graph 429) is passed back, not turned into a pause of later sends (which
+// keeps the host's synchronous contract: the next send is tried at once). WeCom 45009 still
+// pauses the bot: WeCom extends the block of an app that keeps calling.
+func (s *Scheduler) DoSync(ctx context.Context, msg adapter.Message, maxWait time.Duration, send func(ctx context.Context) error) error {
+	return s.do(ctx, msg, maxWait, send, false)
+}
+
+func (s *Scheduler) do(ctx context.Context, msg adapter.Message, maxWait time.Duration, send func(ctx context.Context) error, retryAfter bool) error {
 	r, err := s.Reserve(ctx, msg, maxWait)
 	if err != nil {
 		return err
@@ -269,12 +287,12 @@ func (s *Scheduler) Do(ctx context.Context, msg adapter.Message, maxWait time.Du
 	if err := r.Sleep(ctx); err != nil {
 		return err
 	}
-	done, err := r.Acquire(ctx)
-	if err != nil {
+	if err := s.conc.acquire(ctx); err != nil {
 		return err
 	}
 	err = send(ctx)
-	done(context.WithoutCancel(ctx), err)
+	s.conc.release()
+	s.report(context.WithoutCancel(ctx), r.slots, err, retryAfter)
 	return err
 }
 

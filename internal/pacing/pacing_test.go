@@ -399,3 +399,31 @@ func TestRedisDownFallsBack(t *testing.T) {
 		t.Errorf("Reserve without a fallback while Redis is down = %v; want unavailable", err)
 	}
 }
+
+// TestDoSyncPassesRetryAfterOn: a synchronous send's Graph 429 is its caller's to handle (the
+// next send is tried at once); an outbox send's pauses the chat; WeCom 45009 pauses the bot
+// either way.
+func TestDoSyncPassesRetryAfterOn(t *testing.T) {
+	clock := newManual()
+	chat := adapter.Message{To: adapter.Target{Chat: "A"}, Text: "x"}
+	throttled := func(context.Context) error {
+		return &adapter.Error{Kind: adapter.KindRateLimited, Code: "TooManyRequests", RetryAfter: time.Minute}
+	}
+	g, _ := New(NewMemory(), "teams", adapter.PlatformGraph, Options{Clock: clock})
+	g.DoSync(t.Context(), chat, 0, throttled)
+	if err := g.DoSync(t.Context(), chat, 0, func(context.Context) error { return nil }); err != nil {
+		t.Errorf("sync send after a sync 429: %v; want tried at once", err)
+	}
+	g2, _ := New(NewMemory(), "teams", adapter.PlatformGraph, Options{Clock: clock})
+	g2.Do(t.Context(), chat, 0, throttled)
+	if _, err := g2.Reserve(t.Context(), chat, 0); adapter.RetryAfter(err) != time.Minute {
+		t.Errorf("after an outbox 429: %v; want the chat paused a minute", err)
+	}
+	w, _ := New(NewMemory(), "hr", adapter.PlatformWeCom, Options{Clock: clock})
+	w.DoSync(t.Context(), toUser("a"), 0, func(context.Context) error {
+		return &adapter.Error{Kind: adapter.KindRateLimited, Code: "45009", RetryAfter: time.Minute}
+	})
+	if _, err := w.Reserve(t.Context(), toUser("b"), 0); adapter.RetryAfter(err) != WeComBlock {
+		t.Errorf("after a sync 45009: %v; want the bot paused %v", err, WeComBlock)
+	}
+}
