@@ -4,13 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/seed-a64d9e1f/chatwire/internal/backoff"
 )
 
 // opTimeout bounds an append, which runs detached from its caller's ctx so that a caller
@@ -153,6 +154,29 @@ end
 return 1
 `)
 
+// lookScript returns {0} when the stream does not exist, else {last-generated-id,
+// entries-added, entries held, entries after the consumed mark}, as one snapshot. KEYS: stream.
+var lookScript = redis.NewScript(luaIDs + `
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+local last, added
+for j = 1, #info, 2 do
+  if info[j] == 'last-generated-id' then last = info[j + 1] end
+  if info[j] == 'entries-added' then added = info[j + 1] end
+end
+local n = redis.call('XLEN', KEYS[1])
+local c = consumed(KEYS[1])
+if not c then return {last, added or n, n, n} end
+local count, start = 0, '(' .. c
+while true do
+  local r = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', 1000)
+  count = count + #r
+  if #r < 1000 then break end
+  start = '(' .. r[#r][1]
+end
+return {last, added or n, n, count}
+`)
+
 // lenScript returns {entries held, entries after the consumed mark}. KEYS: stream.
 var lenScript = redis.NewScript(luaIDs + `
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0} end
@@ -184,10 +208,19 @@ type Redis struct {
 	dedup  string // prefix of dedup keys
 	opts   Options
 
-	mu     sync.Mutex    // guards the fields below
-	wake   chan struct{} // closed and replaced when the watcher sees new entries
-	floor  ID            // the highest id this process has seen in the stream
-	groups map[string]ID // groups this process created or used: the last id they handed out here
+	// outageStart and outageFailures describe the current Redis outage; only the watcher
+	// goroutine uses them.
+	outageStart    time.Time
+	outageFailures int
+
+	mu sync.Mutex // guards the fields below
+	// looking is set while the watcher looks at the stream; lookSaw collects the ids saw()
+	// got meanwhile.
+	looking bool
+	lookSaw []ID
+	wake    chan struct{} // closed and replaced when the watcher sees new entries
+	floor   ID            // the highest id this process has seen in the stream
+	groups  map[string]ID // groups this process created or used: the last id they handed out here
 	// view is the stream as the watcher last looked at it, updated with the entries this
 	// process has seen since (appended, read, watched), so a reset found soon after
 	// activity still reports what was lost.
@@ -220,6 +253,9 @@ func (l *Redis) saw(ids ...ID) {
 	defer l.mu.Unlock()
 	for _, id := range ids {
 		l.floor = maxID(l.floor, id)
+		if l.looking {
+			l.lookSaw = append(l.lookSaw, id)
+		}
 		if l.viewKnown && l.view.last.Less(id) {
 			l.view.last = id
 			l.view.exists = true
@@ -632,22 +668,27 @@ type streamState struct {
 
 // look returns the stream's state.
 func (l *Redis) look(ctx context.Context) (streamState, error) {
-	info, err := l.rdb.XInfoStream(ctx, l.stream).Result()
-	if isNoSuchKey(err) {
-		return streamState{}, nil
-	}
+	// One script, so the last id, the entries added and the counts are one snapshot: looked
+	// up in separate calls, an append in between made a reset report count it twice or not at all.
+	res, err := lookScript.Run(ctx, l.rdb, []string{l.stream}).Slice()
 	if err != nil {
 		return streamState{}, err
 	}
-	last, err := ParseID(info.LastGeneratedID)
+	if len(res) == 1 {
+		return streamState{}, nil // no stream
+	}
+	if len(res) != 4 {
+		return streamState{}, fmt.Errorf("eventlog: look at %s: script answered %d values", l.stream, len(res))
+	}
+	lastS, _ := res[0].(string)
+	last, err := ParseID(lastS)
 	if err != nil {
 		return streamState{}, err
 	}
-	st := streamState{exists: true, entriesAdded: info.EntriesAdded, last: last, held: info.Length, unconsumed: info.Length}
-	if n, err := l.Len(ctx); err == nil {
-		st.held, st.unconsumed = n.Held, n.Unconsumed
-	}
-	return st, nil
+	added, _ := res[1].(int64)
+	held, _ := res[2].(int64)
+	unconsumed, _ := res[3].(int64)
+	return streamState{exists: true, entriesAdded: added, last: last, held: held, unconsumed: unconsumed}, nil
 }
 
 // resetCause compares two looks at the stream and says why it was reset, or "".
@@ -678,17 +719,41 @@ func (l *Redis) watch(ctx context.Context) {
 	defer close(l.done)
 	last := ID{}
 	failing := false
-	wait := 100 * time.Millisecond
+	bo := backoff.Backoff{Base: 100 * time.Millisecond, Max: 5 * time.Second, Jitter: 0.5}
 	lookNext := time.Time{}
 	for ctx.Err() == nil {
 		if time.Now().After(lookNext) {
+			l.mu.Lock()
+			l.looking, l.lookSaw = true, l.lookSaw[:0]
+			l.mu.Unlock()
 			now, err := l.look(ctx)
+			if err != nil {
+				l.mu.Lock()
+				l.looking = false
+				l.mu.Unlock()
+			}
 			if err == nil {
 				if failing {
-					l.opts.Logger.Info("event stream reachable again", "stream", l.stream)
-					failing, wait = false, 100*time.Millisecond
+					l.opts.Logger.Info("event stream reachable again", "stream", l.stream,
+						"failures", l.outageFailures, "took_ms", time.Since(l.outageStart).Milliseconds())
+					failing = false
+					bo.Reset()
 				}
 				l.mu.Lock()
+				l.looking = false
+				if now.exists {
+					// Entries this process appended or read while the look was under way and
+					// after its snapshot are not in it: count them, or a reset right after would
+					// under-report what was lost.
+					for _, id := range l.lookSaw {
+						if now.last.Less(id) {
+							now.last = id
+							now.entriesAdded++
+							now.held++
+							now.unconsumed++
+						}
+					}
+				}
 				prev, known, floor := l.view, l.viewKnown, l.floor
 				l.view, l.viewKnown = now, true
 				l.mu.Unlock()
@@ -706,7 +771,7 @@ func (l *Redis) watch(ctx context.Context) {
 					last = maxID(last, now.last)
 				}
 				lookNext = time.Now().Add(watchEvery)
-			} else if !l.watchFailed(ctx, err, &failing, &wait) {
+			} else if !l.watchFailed(ctx, err, &failing, &bo) {
 				return
 			} else {
 				continue
@@ -726,7 +791,7 @@ func (l *Redis) watch(ctx context.Context) {
 		case ctx.Err() != nil:
 			return
 		default:
-			if !l.watchFailed(ctx, err, &failing, &wait) {
+			if !l.watchFailed(ctx, err, &failing, &bo) {
 				return
 			}
 			lookNext = time.Time{}
@@ -736,24 +801,18 @@ func (l *Redis) watch(ctx context.Context) {
 
 // watchFailed logs a failing Redis once per outage and waits (jittered, growing to 5 s);
 // false if ctx ended. Readers are woken so they see the error themselves.
-func (l *Redis) watchFailed(ctx context.Context, err error, failing *bool, wait *time.Duration) bool {
+func (l *Redis) watchFailed(ctx context.Context, err error, failing *bool, bo *backoff.Backoff) bool {
 	if ctx.Err() != nil {
 		return false
 	}
 	if !*failing {
 		l.opts.Logger.Warn("event stream unreachable; retrying", "stream", l.stream, "error", err)
 		*failing = true
+		l.outageStart, l.outageFailures = time.Now(), 0
 	}
+	l.outageFailures++
 	l.broadcast()
-	t := time.NewTimer(*wait/2 + rand.N(*wait/2+1))
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-ctx.Done():
-		return false
-	}
-	*wait = min(2**wait, 5*time.Second)
-	return true
+	return backoff.Sleep(ctx, bo.Next()) == nil
 }
 
 // String names the log for messages.
