@@ -107,6 +107,8 @@ bots:
       subscribe: %s
       login_base: %q
       graph_base: %q
+    # graphtest has no rate limits and these tests send many posts a second: pacing off.
+    pacing: {limits: {chats: [], channels: [], channel: [], mail: []}}
 `, store, bot, graphTenant, graphClientID, auth, graphUser, notifyURL, subscribe, base, base)
 	if hookURL != "" {
 		cfg += fmt.Sprintf(`    deliver:

@@ -22,6 +22,10 @@ type WeComConfig struct {
 	EncodingAESKey string `yaml:"encoding_aes_key" json:"encoding_aes_key,omitempty"`
 	// APIBase is WeCom's API base URL. Empty means the public one.
 	APIBase string `yaml:"api_base" json:"api_base,omitempty"`
+	// DuplicateCheck turns on WeCom's enable_duplicate_check with this interval, as a Go
+	// duration ("30m", at most 4h): a message/send identical to one WeCom accepted within
+	// it is accepted but not shown again (see wecom.Options.DuplicateCheck). Empty: off.
+	DuplicateCheck string `yaml:"duplicate_check" json:"duplicate_check,omitempty"`
 }
 
 // GraphConfig is the platform section of a Microsoft Graph bot: [BotConfig.Config] as JSON,

@@ -17,7 +17,7 @@ func TestWeComConfigDecode(t *testing.T) {
 		{"all keys", `{"corp_id":"ww1","corp_secret":"s","agent_id":7,"token":"t","encoding_aes_key":"k","api_base":"http://x"}`,
 			WeComConfig{CorpID: "ww1", CorpSecret: "s", AgentID: 7, Token: "t", EncodingAESKey: "k", APIBase: "http://x"}, ""},
 		{"unknown key", `{"corp_id":"ww1","corp_secrt":"s"}`, WeComConfig{},
-			`wecom config: unknown key "corp_secrt"; expected corp_id, corp_secret, agent_id, token, encoding_aes_key, api_base`},
+			`wecom config: unknown key "corp_secrt"; expected corp_id, corp_secret, agent_id, token, encoding_aes_key, api_base, duplicate_check`},
 		{"two unknown keys", `{"corpid":"ww1","agentid":7}`, WeComConfig{}, `unknown keys "agentid", "corpid"; expected corp_id,`},
 		{"key in another case", `{"Corp_ID":"ww1"}`, WeComConfig{}, `unknown key "Corp_ID"`},
 		{"wrong type", `{"agent_id":"seven"}`, WeComConfig{}, "wecom config: json: cannot unmarshal"},

@@ -71,6 +71,14 @@ type Options struct {
 	// messages at line or character boundaries. If false, such content is refused with a
 	// too_large error. WeCom itself would silently truncate it.
 	SplitText bool
+	// DuplicateCheck, if positive, sets enable_duplicate_check on every message/send with
+	// duplicate_check_interval DuplicateCheck (whole seconds, at most [MaxDuplicateCheck]):
+	// WeCom then accepts a request identical to one it accepted within the interval but
+	// does not show it again, so a retry of a send whose answer was lost (a host that
+	// crashed between WeCom's acceptance and recording it) is not shown twice. The price: an
+	// identical message meant to be shown again within the interval is not. Zero: off.
+	// appchat/send has no such check.
+	DuplicateCheck time.Duration
 	// MaxWebhookBody caps callback bodies. Zero means 64 KiB.
 	MaxWebhookBody int64
 	// TimestampWindow is how far a callback POST's timestamp may be from now before it is
@@ -78,6 +86,10 @@ type Options struct {
 	// verification GETs are never time-checked.
 	TimestampWindow time.Duration
 }
+
+// MaxDuplicateCheck is the longest duplicate_check_interval WeCom takes (4 h; its default
+// is 1800 s).
+const MaxDuplicateCheck = 4 * time.Hour
 
 // Client is a WeCom app: an [adapter.Adapter], [adapter.Uploader] and [adapter.Recaller].
 // Its methods are safe for concurrent use.
@@ -91,6 +103,7 @@ type Client struct {
 	crypto  *Crypto // nil if callbacks are not configured
 	maxWait time.Duration
 	split   bool
+	dupSecs int // duplicate_check_interval; 0: off
 	maxBody int64
 	window  time.Duration
 }
@@ -112,6 +125,8 @@ func New(cfg Config, opts Options) (*Client, error) {
 		return nil, errors.New("wecom: config: corp_secret is empty")
 	case cfg.AgentID <= 0:
 		return nil, errors.New("wecom: config: agent_id must be a positive number")
+	case opts.DuplicateCheck < 0 || opts.DuplicateCheck > MaxDuplicateCheck || (opts.DuplicateCheck > 0 && opts.DuplicateCheck < time.Second):
+		return nil, fmt.Errorf("wecom: duplicate check interval %v: want 1s to %v", opts.DuplicateCheck, MaxDuplicateCheck)
 	}
 	base, err := apiBase(cfg.APIBase)
 	if err != nil {
@@ -125,6 +140,7 @@ func New(cfg Config, opts Options) (*Client, error) {
 		tokens:  opts.Tokens,
 		maxWait: opts.MaxWait,
 		split:   opts.SplitText,
+		dupSecs: int(opts.DuplicateCheck / time.Second),
 		maxBody: opts.MaxWebhookBody,
 		window:  opts.TimestampWindow,
 	}

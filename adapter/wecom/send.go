@@ -26,6 +26,10 @@ type sendRequest struct {
 	ChatID  string `json:"chatid,omitempty"`
 	MsgType string `json:"msgtype"`
 	AgentID int64  `json:"agentid,omitempty"`
+	// EnableDuplicateCheck and DuplicateCheckInterval (seconds) make WeCom accept but not
+	// show a request identical to one accepted within the interval (message/send only).
+	EnableDuplicateCheck   int `json:"enable_duplicate_check,omitempty"`
+	DuplicateCheckInterval int `json:"duplicate_check_interval,omitempty"`
 
 	Text         *content        `json:"text,omitempty"`
 	Markdown     *content        `json:"markdown,omitempty"`
@@ -99,6 +103,9 @@ func (c *Client) Send(ctx context.Context, msg adapter.Message) (adapter.Receipt
 		}
 		req := p.req
 		req.ToUser, req.ToParty, req.ToTag, req.ChatID, req.AgentID = base.ToUser, base.ToParty, base.ToTag, base.ChatID, base.AgentID
+		if c.dupSecs > 0 && endpoint == EndpointSend {
+			req.EnableDuplicateCheck, req.DuplicateCheckInterval = 1, c.dupSecs
+		}
 		data, err := json.Marshal(req)
 		if err != nil {
 			return rc, &adapter.Error{Kind: adapter.KindInvalidRequest, Platform: adapter.PlatformWeCom, Message: "encoding message", Err: err}

@@ -19,6 +19,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
+	"github.com/seed-a64d9e1f/chatwire/adapter/wecom"
 	"github.com/seed-a64d9e1f/chatwire/internal/platforms"
 	"github.com/seed-a64d9e1f/chatwire/plugin"
 )
@@ -203,6 +204,7 @@ type BotConfig struct {
 	WeComAIBot *platforms.WeComAIBot `yaml:"wecom_aibot"`
 	WeComRobot *platforms.WeComRobot `yaml:"wecom_robot"`
 	Deliver    *DeliverConfig        `yaml:"deliver"`
+	Pacing     *PacingConfig         `yaml:"pacing"`
 }
 
 // DeliverConfig makes the host POST every event to a URL, signed with the secret, and sets
@@ -607,6 +609,7 @@ func (c *Config) validate(cerr *ConfigError) {
 				p(at+".deliver.concurrency", "%d: want 1 to 64 (0 means 4)", d.Concurrency)
 			}
 		}
+		b.Pacing.validate(at+".pacing", b.Platform, p)
 	}
 }
 
@@ -712,6 +715,11 @@ func (c *Config) validateWeCom(at string, w *platforms.WeCom, p func(string, str
 	}
 	if w.EncodingAESKey != "" && len(w.EncodingAESKey) != 43 {
 		p(at+".encoding_aes_key", "must be 43 characters (as shown in the WeCom admin console)")
+	}
+	if w.DuplicateCheck != "" {
+		if d, err := time.ParseDuration(w.DuplicateCheck); err != nil || d < time.Second || d > wecom.MaxDuplicateCheck {
+			p(at+".duplicate_check", "want a duration from 1s to 4h such as 30m (WeCom's duplicate_check_interval), got %s", c.show(at+".duplicate_check", w.DuplicateCheck))
+		}
 	}
 	c.checkBase(at+".api_base", w.APIBase, p)
 }

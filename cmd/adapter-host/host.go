@@ -19,6 +19,7 @@ import (
 	"github.com/seed-a64d9e1f/chatwire/adapter"
 	"github.com/seed-a64d9e1f/chatwire/internal/backoff"
 	"github.com/seed-a64d9e1f/chatwire/internal/eventlog"
+	"github.com/seed-a64d9e1f/chatwire/internal/pacing"
 	"github.com/seed-a64d9e1f/chatwire/internal/platforms"
 	"github.com/seed-a64d9e1f/chatwire/plugin"
 )
@@ -41,6 +42,8 @@ type hostOptions struct {
 	// plugin.LaunchOptions); zero means its defaults.
 	PingInterval, PingTimeout time.Duration
 	PingMisses                int
+	// PacingClock is the clock of send pacing (tests shorten time with it); nil: real time.
+	PacingClock pacing.Clock
 }
 
 // host is a running adapter-host: plugin, HTTP server, deliverers.
@@ -147,6 +150,13 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 
 		pluginMetrics: p.Metrics,
 	}
+	if h.srv.sends, err = newSendGate(cfg, h.srv, h.redis, h.m.reg, log, opts.PacingClock); err != nil {
+		p.Close()
+		if h.redis != nil {
+			h.redis.Close()
+		}
+		return nil, err
+	}
 	for _, b := range cfg.Bots {
 		// The stream and dedup keys are those the host used before its ids came from the
 		// log, so an upgraded fleet keeps its events and dedup records.
@@ -221,6 +231,7 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 			asLeader(dctx, h.redis, cfg.Store.KeyPrefix+":deliver:{"+b.Name+"}", 10*time.Second, log, d.run)
 		}()
 	}
+	h.srv.sends.start(dctx, &h.wg, h.redis, cfg.Store.KeyPrefix) // asynchronous sends
 	for _, b := range cfg.Bots {
 		longConn := b.WeComAIBot != nil && b.WeComAIBot.Secret != "" // the AI bot's long connection runs under Poll
 		if !longConn && (b.Graph == nil || b.Graph.NotificationURL != "") {
@@ -323,6 +334,7 @@ func (h *host) drain() error {
 	for _, name := range h.srv.names {
 		h.srv.bots[name].events.Close()
 	}
+	h.srv.sends.close()
 	h.plugin.Close()
 	if h.redis != nil {
 		h.redis.Close()

@@ -21,6 +21,7 @@ import (
 	"github.com/seed-a64d9e1f/chatwire/adapter"
 	"github.com/seed-a64d9e1f/chatwire/adapter/wecom/wecomtest"
 	"github.com/seed-a64d9e1f/chatwire/internal/eventlog"
+	"github.com/seed-a64d9e1f/chatwire/internal/pacing"
 	"github.com/seed-a64d9e1f/chatwire/internal/platforms"
 )
 
@@ -88,6 +89,9 @@ type setupOpts struct {
 	ping hostOptions
 	// extraBots adds WeCom bots bot1 … botN, configured as hr is.
 	extraBots int
+	pacing    *PacingConfig // the bot's pacing section
+	clock     pacing.Clock  // the pacing clock; nil: real time
+	dupCheck  string        // the bot's wecom.duplicate_check
 }
 
 func newEmulator() *wecomtest.Server {
@@ -128,6 +132,7 @@ func setup(t testing.TB, o setupOpts) *env {
 	}
 	cfg.Server.ReadTimeout, cfg.Server.IdleTimeout, cfg.Server.WebhookTimeout = o.server.ReadTimeout, o.server.IdleTimeout, o.server.WebhookTimeout
 	cfg.Server.BodyMemoryMiB = o.server.BodyMemoryMiB
+	cfg.Bots[0].Pacing, cfg.Bots[0].WeCom.DuplicateCheck = o.pacing, o.dupCheck
 	if o.deliverURL != "" {
 		cfg.Bots[0].Deliver = &DeliverConfig{WebhookURL: o.deliverURL, WebhookSecret: hookSecret}
 	}
@@ -150,7 +155,7 @@ func setup(t testing.TB, o setupOpts) *env {
 	}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: level}))
 	h, err := startHost(t.Context(), cfg, hostOptions{Logger: log, PluginDebug: !o.quiet, DeliverBackoff: 20 * time.Millisecond,
-		PingInterval: o.ping.PingInterval, PingTimeout: o.ping.PingTimeout, PingMisses: o.ping.PingMisses})
+		PingInterval: o.ping.PingInterval, PingTimeout: o.ping.PingTimeout, PingMisses: o.ping.PingMisses, PacingClock: o.clock})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -244,7 +244,11 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		}
 		defer stop()
 	}
-	opts := hostOptions{Logger: log, PluginDebug: level <= slog.LevelDebug}
+	clock, err := pacingClockFromEnv(log)
+	if err != nil {
+		return err
+	}
+	opts := hostOptions{Logger: log, PluginDebug: level <= slog.LevelDebug, PacingClock: clock}
 	if *pluginProfile != "" {
 		if cfg.Plugin.Path != "" {
 			return errors.New("--plugin-cpuprofile works with the built-in plugin only (plugin.path is set)")

@@ -63,6 +63,8 @@ type server struct {
 	// checks are what /readyz runs (readiness.go); pluginMetrics reads the plugin's metrics.
 	checks        []readyCheck
 	pluginMetrics func(ctx context.Context) ([]byte, error)
+	// sends is what a send passes through: Idempotency-Key, pacing, the outbox (sendgate.go).
+	sends *sendGate
 
 	sseMu      sync.Mutex // guards sseClients
 	sseClients int
@@ -73,6 +75,7 @@ func (s *server) routes() http.Handler {
 	mux.HandleFunc("GET /webhook/{bot}", s.webhook)
 	mux.HandleFunc("POST /webhook/{bot}", s.webhook)
 	mux.Handle("POST /v1/bots/{bot}/messages", s.api(s.send))
+	mux.Handle("GET /v1/bots/{bot}/messages/{id}", s.api(s.messageStatus))
 	mux.Handle("GET /v1/bots/{bot}/events", s.api(s.events))
 	mux.Handle("POST /v1/bots/{bot}/events/ack", s.api(s.ack))
 	mux.Handle("GET /v1/tokens", s.api(s.tokens))
@@ -417,24 +420,7 @@ func (s *server) send(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, r, err, "bot", b.name)
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Minute)
-	defer cancel()
-	start := time.Now()
-	rc, err := b.adapter.Send(ctx, msg)
-	s.m.observeSend(b.name, err, start)
-	if err != nil {
-		s.m.sends.WithLabelValues(b.name, string(adapter.KindOf(err)), adapter.Code(err)).Inc()
-		s.log.Warn("send failed", "bot", b.name, "to", msg.To.String(), "error", err)
-		writeError(w, err)
-		return
-	}
-	s.m.sends.WithLabelValues(b.name, "ok", "").Inc()
-	s.log.Info("message sent", "bot", b.name, "to", msg.To.String(), "id", rc.ID, "invalid", len(rc.Invalid))
-	invalid := rc.Invalid
-	if invalid == nil {
-		invalid = []string{}
-	}
-	writeJSON(w, http.StatusOK, sendResponse{ID: rc.ID, Bot: b.name, Platform: b.platform, Invalid: invalid})
+	s.deliver(w, r, b, msg) // sendgate.go: Idempotency-Key, pacing, the send
 }
 
 // decodeSend reads a send request's body: exactly one JSON object (whitespace may follow,

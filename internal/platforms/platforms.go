@@ -261,7 +261,7 @@ func (o *Opener) Open(ctx context.Context, sc plugin.StoreConfig, bot plugin.Bot
 		}
 		cl, err := wecom.New(wecom.Config{Bot: bot.Name, CorpID: c.CorpID, CorpSecret: c.CorpSecret, AgentID: c.AgentID,
 			Token: c.Token, EncodingAESKey: c.EncodingAESKey, APIBase: c.APIBase},
-			wecom.Options{HTTPClient: hc, Logger: log, TokenOptions: topts, SplitText: true})
+			wecom.Options{HTTPClient: hc, Logger: log, TokenOptions: topts, SplitText: true, DuplicateCheck: pollInterval(c.DuplicateCheck)})
 		if err != nil {
 			return nil, err
 		}

@@ -18,19 +18,22 @@ import (
 const maxContent = 2048
 
 type sendBody struct {
-	ToUser   string          `json:"touser"`
-	ToParty  string          `json:"toparty"`
-	ToTag    string          `json:"totag"`
-	ChatID   string          `json:"chatid"`
-	MsgType  string          `json:"msgtype"`
-	AgentID  json.RawMessage `json:"agentid"`
-	Text     *contentBody    `json:"text"`
-	Markdown *contentBody    `json:"markdown"`
-	Image    *mediaBody      `json:"image"`
-	Voice    *mediaBody      `json:"voice"`
-	Video    *mediaBody      `json:"video"`
-	File     *mediaBody      `json:"file"`
-	TextCard *struct {
+	ToUser  string          `json:"touser"`
+	ToParty string          `json:"toparty"`
+	ToTag   string          `json:"totag"`
+	ChatID  string          `json:"chatid"`
+	MsgType string          `json:"msgtype"`
+	AgentID json.RawMessage `json:"agentid"`
+	// enable_duplicate_check and duplicate_check_interval (seconds; default 1800, at most 4 h)
+	DupCheck    int          `json:"enable_duplicate_check"`
+	DupInterval int          `json:"duplicate_check_interval"`
+	Text        *contentBody `json:"text"`
+	Markdown    *contentBody `json:"markdown"`
+	Image       *mediaBody   `json:"image"`
+	Voice       *mediaBody   `json:"voice"`
+	Video       *mediaBody   `json:"video"`
+	File        *mediaBody   `json:"file"`
+	TextCard    *struct {
 		Title, Description, URL string
 	} `json:"textcard"`
 	News *struct {
@@ -87,7 +90,7 @@ func (s *Server) sendLocked(tok *token, data []byte, appchat bool) map[string]an
 		return errBody(47001, nil)
 	}
 	rec := Sent{Endpoint: "message/send", MsgType: b.MsgType, ToUser: b.ToUser, ToParty: b.ToParty, ToTag: b.ToTag,
-		ChatID: b.ChatID, Time: time.Now(), Body: append(json.RawMessage(nil), data...)}
+		ChatID: b.ChatID, Time: s.now(), Body: append(json.RawMessage(nil), data...)}
 	var chat *Chat
 	if appchat {
 		rec.Endpoint = "appchat/send"
@@ -216,6 +219,20 @@ func (s *Server) sendLocked(tok *token, data []byte, appchat bool) map[string]an
 	for _, t := range invTags {
 		rec.Invalid = append(rec.Invalid, "tag:"+t)
 	}
+	if b.DupCheck == 1 && !s.IgnoreDuplicateCheck {
+		if first := s.duplicateLocked(rec.AgentID, data, b.DupInterval); first != nil {
+			// Accepted, not shown again: the answer names the first message (assumed; the
+			// doc says only that the duplicate is not sent).
+			rec.Duplicate, rec.MsgID = true, first.MsgID
+			s.sent = append(s.sent, rec)
+			for k, v := range extra {
+				resp[k] = v
+			}
+			resp["unlicenseduser"] = ""
+			resp["msgid"] = first.MsgID
+			return resp
+		}
+	}
 	if s.MemberLimitCode != 0 && s.overLimitLocked(rec.AgentID, users) {
 		return errBody(s.MemberLimitCode, nil)
 	}
@@ -234,6 +251,37 @@ func (s *Server) sendLocked(tok *token, data []byte, appchat bool) map[string]an
 	return resp
 }
 
+// duplicateLocked returns the message/send of app agentID shown within the last interval
+// seconds (0: 1800; at most 4 h) whose request JSON is the same as data's, or nil.
+func (s *Server) duplicateLocked(agentID int64, data []byte, interval int) *Sent {
+	if interval <= 0 {
+		interval = 1800
+	}
+	interval = min(interval, 4*3600)
+	want := canonical(data)
+	now := s.now()
+	for i := len(s.sent) - 1; i >= 0; i-- {
+		p := &s.sent[i]
+		if now.Sub(p.Time) >= time.Duration(interval)*time.Second {
+			break
+		}
+		if p.Endpoint == "message/send" && p.AgentID == agentID && !p.Duplicate && canonical(p.Body) == want {
+			return p
+		}
+	}
+	return nil
+}
+
+// canonical returns JSON with its object keys sorted and no insignificant space.
+func canonical(data []byte) string {
+	var v any
+	if err := json.Unmarshal(data, &v); err != nil {
+		return string(data)
+	}
+	out, _ := json.Marshal(v)
+	return string(out)
+}
+
 // overLimitLocked reports whether one more message would exceed MemberLimit for a user.
 func (s *Server) overLimitLocked(agentID int64, users []string) bool {
 	limit := s.MemberLimit
@@ -243,7 +291,7 @@ func (s *Server) overLimitLocked(agentID int64, users []string) bool {
 	if limit < 0 {
 		return false
 	}
-	now := time.Now()
+	now := s.now()
 	for _, u := range users {
 		n := 0
 		for _, t := range s.recv[strconv.FormatInt(agentID, 10)+"/"+u] {
@@ -264,7 +312,7 @@ func (s *Server) deliverLocked(agentID int64, users []string, rec *Sent) []strin
 	if limit == 0 {
 		limit = 30
 	}
-	now := time.Now()
+	now := s.now()
 	var out []string
 	for _, u := range users {
 		if limit < 0 {

@@ -51,6 +51,15 @@ type Server struct {
 	// any recipient fail with this errcode (45009, say) instead of dropping silently. Whether
 	// real WeCom errors here is unverified.
 	MemberLimitCode int
+	// IgnoreDuplicateCheck makes message/send deliver a request identical to an earlier one
+	// even when it sets enable_duplicate_check (as if WeCom had no such check). If false, such
+	// a request within duplicate_check_interval is accepted, answered with the first
+	// message's msgid, recorded with Duplicate set, and not delivered.
+	IgnoreDuplicateCheck bool
+	// Now, if not nil, is the clock of message delivery (MemberLimit windows, duplicate_check
+	// intervals, Sent.Time), so a test can shorten time as the sender's pacing does. nil:
+	// time.Now.
+	Now func() time.Time
 	// PushTimeout bounds each callback delivery. Zero means 5 s.
 	PushTimeout time.Duration
 	// PushRetries is how many times a failed callback delivery (non-200 or timeout) is
@@ -125,6 +134,9 @@ type Sent struct {
 	// Delivered lists the members the message reached; Dropped those over MemberLimit.
 	Delivered []string
 	Dropped   []string
+	// Duplicate is set on a request WeCom accepted but did not show, as identical to one
+	// shown within its duplicate_check_interval; MsgID is then the first message's.
+	Duplicate bool
 	Invalid   []string // "user:x", "party:2", "tag:1"
 	MsgID     string
 	Recalled  bool
@@ -150,6 +162,13 @@ type Chat struct {
 	Owner   string
 	Users   []string
 	AgentID int64 // the app that created it
+}
+
+func (s *Server) now() time.Time {
+	if s.Now != nil {
+		return s.Now()
+	}
+	return time.Now()
 }
 
 // defaults

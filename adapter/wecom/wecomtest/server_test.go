@@ -528,3 +528,36 @@ func TestAgentGet(t *testing.T) {
 		t.Errorf("agent/get of another app with OtherAgentCode 40056 = %v", m)
 	}
 }
+
+// TestDuplicateCheck: a message/send identical (as JSON, whatever its key order) to one shown
+// within duplicate_check_interval is accepted with the first msgid and not delivered; a
+// different body, another interval, or the IgnoreDuplicateCheck knob delivers it.
+func TestDuplicateCheck(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var srv wecomtest.Server
+		tok, _, _ := getToken(t, &srv, "ww1", "s")
+		a := `{"touser":"u","msgtype":"text","agentid":1,"text":{"content":"x"},"enable_duplicate_check":1,"duplicate_check_interval":60}`
+		aReordered := `{"agentid":1,"enable_duplicate_check":1,"msgtype":"text","duplicate_check_interval":60,"touser":"u","text":{"content":"x"}}`
+		r1 := send(t, &srv, tok, a)
+		r2 := send(t, &srv, tok, aReordered)
+		if code(r1) != 0 || code(r2) != 0 || r1["msgid"] != r2["msgid"] {
+			t.Fatalf("send, repeat = %v, %v; want both accepted with one msgid", r1, r2)
+		}
+		other := strings.Replace(a, `"x"`, `"y"`, 1)
+		send(t, &srv, tok, other)
+		time.Sleep(time.Minute)
+		send(t, &srv, tok, a) // past the interval
+		srv.IgnoreDuplicateCheck = true
+		send(t, &srv, tok, a)
+		var got []bool
+		for _, s := range srv.Sent() {
+			got = append(got, s.Duplicate)
+			if s.Duplicate == (len(s.Delivered) > 0) {
+				t.Errorf("%+v: a duplicate must not be delivered, others must", s)
+			}
+		}
+		if fmt.Sprint(got) != "[false true false false false]" {
+			t.Errorf("duplicates %v; want [false true false false false]", got)
+		}
+	})
+}
