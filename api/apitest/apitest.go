@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/getkin/kin-openapi/openapi3filter"
@@ -42,8 +43,33 @@ type Validator struct {
 	router routers.Router
 }
 
+// NDJSON is the content type of a streamed send's body.
+const NDJSON = "application/x-ndjson"
+
+var registerNDJSON sync.Once
+
+// decodeNDJSON decodes a streamed send's body for openapi3filter (which knows no NDJSON):
+// every non-empty line must be a JSON object; the body is the string the document declares.
+func decodeNDJSON(body io.Reader, _ http.Header, _ *openapi3.SchemaRef, _ openapi3filter.EncodingFn) (any, error) {
+	data, err := io.ReadAll(body)
+	if err != nil {
+		return nil, err
+	}
+	for i, line := range strings.Split(string(data), "\n") {
+		if line = strings.TrimSpace(line); line == "" {
+			continue
+		}
+		var obj map[string]any
+		if err := json.Unmarshal([]byte(line), &obj); err != nil {
+			return nil, fmt.Errorf("NDJSON line %d is not a JSON object: %v", i+1, err)
+		}
+	}
+	return string(data), nil
+}
+
 // New returns a Validator for api/openapi.yaml.
 func New() (*Validator, error) {
+	registerNDJSON.Do(func() { openapi3filter.RegisterBodyDecoder(NDJSON, decodeNDJSON) })
 	doc, err := Load()
 	if err != nil {
 		return nil, err
@@ -185,7 +211,17 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return next.RoundTrip(req)
 	}
 	var reqBody []byte
-	if req.Body != nil && req.Body != http.NoBody {
+	var streamed *recorder
+	if req.Body != nil && req.Body != http.NoBody && isNDJSON(req.Header.Get("Content-Type")) {
+		// A streamed send goes out as it is written (the server acts on each line as it
+		// arrives); the body is recorded for validation. The server answers once it has read
+		// the whole body, or early with an error, so the record is complete or the part the
+		// answer is about.
+		streamed = &recorder{r: req.Body}
+		req = req.Clone(req.Context())
+		req.Body = streamed
+		req.GetBody = nil
+	} else if req.Body != nil && req.Body != http.NoBody {
 		var err error
 		reqBody, err = io.ReadAll(req.Body)
 		req.Body.Close()
@@ -213,6 +249,9 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			return resp, nil
 		}
 	}
+	if streamed != nil {
+		reqBody = streamed.bytes()
+	}
 	if verr := t.Validator.Check(req, reqBody, resp, respBody); verr != nil && t.Report != nil {
 		t.Report(req, verr)
 	}
@@ -220,6 +259,34 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		t.Observe(req, resp)
 	}
 	return resp, nil
+}
+
+func isNDJSON(ct string) bool {
+	mt, _, _ := mime.ParseMediaType(ct)
+	return mt == NDJSON
+}
+
+// recorder is a request body that keeps a copy of what was read from it.
+type recorder struct {
+	r   io.ReadCloser
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (r *recorder) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	r.mu.Lock()
+	r.buf.Write(p[:n])
+	r.mu.Unlock()
+	return n, err
+}
+
+func (r *recorder) Close() error { return r.r.Close() }
+
+func (r *recorder) bytes() []byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return bytes.Clone(r.buf.Bytes())
 }
 
 type errReader struct{ err error }

@@ -42,6 +42,9 @@ type demoSummary struct {
 	Restarts        int
 	PluginPid       int
 	EventsHandled   int64
+	// The AI bot: messages Frank wrote, answers shown to him exactly as their echo, how many
+	// of those were streamed into a bubble, and the stream frames used.
+	AISent, AIWhole, AIStreamed, AIFrames int
 }
 
 func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -67,8 +70,13 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fmt.Fprintf(stdout, "\ndemo summary: %d user messages, %d echoes; %d token fetches (%d refreshes); %d early revocations injected, %d rejected tokens replaced by a transparent retry (wecom %d, graph %d, teams %d); %d duplicate dropped; %d plugin restarts\n",
 		s.UsersSent, s.EchoesSeen, s.TokenFetches, s.Refreshes, s.Revocations, s.Invalidations,
 		s.InvalidationsBy[adapter.PlatformWeCom], s.InvalidationsBy[adapter.PlatformGraph], s.InvalidationsBy[adapter.PlatformTeams], s.Duplicates, s.Restarts)
+	fmt.Fprintf(stdout, "AI bot: %d of %d answers shown to the user exactly as the echo, %d streamed word by word in %d frames\n",
+		s.AIWhole, s.AISent, s.AIStreamed, s.AIFrames)
 	if s.EchoesSeen != s.UsersSent {
 		return fmt.Errorf("demo: %d of %d messages got no echo", s.UsersSent-s.EchoesSeen, s.UsersSent)
+	}
+	if s.AIWhole != s.AISent {
+		return fmt.Errorf("demo: %d of %d AI bot answers are not shown as their echo", s.AISent-s.AIWhole, s.AISent)
 	}
 	fmt.Fprintln(stdout, "demo ok: every message was echoed; nothing lost, nothing doubled")
 	return nil
@@ -113,6 +121,10 @@ func runDemo(ctx context.Context, o demoOptions) (demoSummary, error) {
 	temu := newDemoTeams(2 * o.TokenLifetime)
 	defer temu.srv.Close()
 
+	// Emulated WeCom AI Bot (long connection): the plugin dials it; answers stream.
+	ai := newDemoAIBot()
+	defer ai.srv.Close()
+
 	dir, err := os.MkdirTemp("", "chatwire-demo-")
 	if err != nil {
 		return sum, err
@@ -137,6 +149,7 @@ func runDemo(ctx context.Context, o demoOptions) (demoSummary, error) {
 			{Name: "echo", Platform: adapter.PlatformWeCom, WeCom: wc},
 			{Name: "teams", Platform: adapter.PlatformGraph, Graph: gc},
 			{Name: "tbot", Platform: adapter.PlatformTeams, Teams: temu.cfg},
+			{Name: "ai", Platform: adapter.PlatformWeComAIBot, WeComAIBot: ai.cfg},
 		},
 	}
 	cfg.defaults()
@@ -158,12 +171,12 @@ func runDemo(ctx context.Context, o demoOptions) (demoSummary, error) {
 	}
 	defer h.shutdown()
 	sum.PluginPid = h.plugin.Pid()
-	fmt.Fprintf(out, "host listening on %s; bots echo (wecom), teams (graph) and tbot (teams bot) run in plugin process %d\n\n", h.URL(), sum.PluginPid)
+	fmt.Fprintf(out, "host listening on %s; bots echo (wecom), teams (graph), tbot (teams bot) and ai (wecom AI bot) run in plugin process %d\n\n", h.URL(), sum.PluginPid)
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var echoes atomic.Int64
-	echoErr := make(chan error, 3)
+	echoErr := make(chan error, 4)
 	if o.NoEcho {
 		// One bot process per bot: each answers the events of the bot it is named after.
 		fmt.Fprintln(out, "connect your bots now (events wait for them), one process per bot, for example:")
@@ -172,11 +185,11 @@ func runDemo(ctx context.Context, o demoOptions) (demoSummary, error) {
 		}
 		fmt.Fprintln(out)
 	} else {
-		for _, b := range []string{"echo", "teams", "tbot"} {
+		for _, b := range []string{"echo", "teams", "tbot", "ai"} {
 			go func() { echoErr <- echoBot(ctx, h.URL(), apiKey, b, &echoes, o.Log) }()
 		}
 	}
-	replies := func() int { return len(wemu.Sent()) + len(gemu.Sent()) + len(temu.replies()) }
+	replies := func() int { return len(wemu.Sent()) + len(gemu.Sent()) + len(temu.replies()) + ai.answered() }
 
 	cb := wecomtest.Callback{URL: h.URL() + "/webhook/echo", Token: wc.Token, EncodingAESKey: wc.EncodingAESKey, CorpID: corpID, AgentID: agentID}
 	if err := wemu.VerifyURL(ctx, cb); err != nil {
@@ -195,9 +208,14 @@ func runDemo(ctx context.Context, o demoOptions) (demoSummary, error) {
 		return sum, fmt.Errorf("demo: installing the Teams bot: %w", err)
 	}
 	fmt.Fprintln(out, "Erin installed the Teams bot tbot; Teams posts signed activities to /webhook/tbot")
+	if err := ai.connected(ctx, 20*time.Second); err != nil {
+		return sum, fmt.Errorf("demo: %w", err)
+	}
+	fmt.Fprintln(out, "the AI bot ai holds its long connection to WeCom; answers to it stream into one bubble")
 
 	// Print the bots' replies as the platforms receive them.
 	var wPrinted, gPrinted, tPrinted int
+	var aiPrinted demoAIPrinter
 	printSent := func() {
 		sent := wemu.Sent()
 		for ; wPrinted < len(sent); wPrinted++ {
@@ -211,10 +229,11 @@ func runDemo(ctx context.Context, o demoOptions) (demoSummary, error) {
 		for ; tPrinted < len(tsent); tPrinted++ {
 			fmt.Fprintf(out, "  [tbot]  tbot  → Erin : %s (in reply to %s)\n", tsent[tPrinted].Activity.Text, tsent[tPrinted].ReplyToID)
 		}
+		aiPrinted.print(out, ai)
 	}
 
 	type user struct{ name, platform string }
-	users := []user{{"alice", "wecom"}, {"Carol", "teams"}, {"Erin", "tbot"}, {"bob", "wecom"}, {"Dave", "teams"}}
+	users := []user{{"alice", "wecom"}, {demoAIUser, "ai"}, {"Carol", "teams"}, {"Erin", "tbot"}, {"bob", "wecom"}, {"Dave", "teams"}}
 	lines := []string{"hello!", "what's the weather?", "tell me a joke", "are you a bot?", "ping", "thanks"}
 	start := time.Now()
 	revoked, duplicated := false, false
@@ -240,7 +259,12 @@ func runDemo(ctx context.Context, o demoOptions) (demoSummary, error) {
 		}
 		u := users[i%len(users)]
 		text := fmt.Sprintf("%s (#%d)", lines[i%len(lines)], i+1)
-		if u.platform == "tbot" {
+		if u.platform == "ai" {
+			fmt.Fprintf(out, "  [ai]    %-5s → ai   : %s\n", u.name, text)
+			if err := ai.say(text); err != nil {
+				return sum, fmt.Errorf("demo: AI bot message: %w", err)
+			}
+		} else if u.platform == "tbot" {
 			fmt.Fprintf(out, "  [tbot]  %-5s → tbot : %s\n", u.name, text)
 			if err := temu.say(ctx, text); err != nil {
 				return sum, fmt.Errorf("demo: Teams message: %w", err)
@@ -287,6 +311,7 @@ func runDemo(ctx context.Context, o demoOptions) (demoSummary, error) {
 	printSent()
 
 	sum.EchoesSeen = replies() // as the platforms received them
+	sum.AISent, sum.AIWhole, sum.AIStreamed, sum.AIFrames = ai.check()
 	sum.TokenFetches = wemu.TokensIssued()
 	sum.TokenFetches += len(gemu.TokenRequests())
 	sum.TokenFetches += temu.tokenFetches()
@@ -348,6 +373,14 @@ func echoBot(ctx context.Context, base, key, bot string, echoes *atomic.Int64, l
 		}
 		if strings.HasPrefix(ev.Text, "echo: ") {
 			return nil // never answer an echo
+		}
+		if ev.Platform == adapter.PlatformWeComAIBot {
+			// An LLM's answer: streamed, word by word, into one growing bubble.
+			if err := streamEcho(ctx, base, key, bot, ev); err != nil {
+				return err
+			}
+			echoes.Add(1)
+			return nil
 		}
 		msg := map[string]any{"to": map[string]string{"user": ev.Sender.ID}, "text": "echo: " + ev.Text}
 		switch ev.Platform {

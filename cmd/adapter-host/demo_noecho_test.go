@@ -11,7 +11,8 @@ import (
 )
 
 // demo --no-echo prints a command for every bot; run as printed, they echo every message
-// (it printed one, and the demo ended with "3 of 6 messages got no echo").
+// (it printed one, and the demo ended with "3 of 6 messages got no echo"), and the Python
+// bot streams its answers to the AI bot word by word.
 func TestDemoNoEchoCommandPerBot(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
@@ -50,8 +51,8 @@ func TestDemoNoEchoCommandPerBot(t *testing.T) {
 		}
 		t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); cmd.Wait() })
 	}
-	if strings.Join(bots, ",") != "echo,teams,tbot" {
-		t.Errorf("commands for bots %v; want echo, teams and tbot", bots)
+	if strings.Join(bots, ",") != "echo,teams,tbot,ai" {
+		t.Errorf("commands for bots %v; want echo, teams, tbot and ai", bots)
 	}
 	r := <-done
 	if r.err != nil {
@@ -59,5 +60,10 @@ func TestDemoNoEchoCommandPerBot(t *testing.T) {
 	}
 	if r.s.UsersSent == 0 || r.s.EchoesSeen != r.s.UsersSent {
 		t.Errorf("%d of %d messages echoed:\n%s", r.s.EchoesSeen, r.s.UsersSent, out.String())
+	}
+	// echo_bot.py streams its answers to the AI bot word by word: the user sees the echo.
+	if r.s.AISent == 0 || r.s.AIWhole != r.s.AISent || r.s.AIStreamed != r.s.AISent || r.s.AIFrames < 2*r.s.AISent {
+		t.Errorf("AI bot: %d of %d answers shown as the echo, %d streamed in %d frames; want all, streamed in more than one frame each:\n%s",
+			r.s.AIWhole, r.s.AISent, r.s.AIStreamed, r.s.AIFrames, out.String())
 	}
 }

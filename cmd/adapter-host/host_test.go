@@ -676,10 +676,18 @@ func TestDemo(t *testing.T) {
 		t.Errorf("summary = %q (%v); want at least 5 messages, each echoed", strings.SplitN(stdout[i:], "\n", 2)[0], err)
 	}
 	for _, want := range []string{"demo ok: every message was echoed; nothing lost, nothing doubled", "1 duplicate dropped", "0 plugin restarts",
-		"echo  → alice: echo: hello!", "teams → chat : echo: ", "tbot  → Erin : echo: "} {
+		"echo  → alice: echo: hello!", "teams → chat : echo: ", "tbot  → Erin : echo: ", "ai    → Frank: echo: what's the weather? (#2) (streamed in "} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("demo output lacks %q:\n%s", want, stdout)
 		}
+	}
+	// The AI bot's answers stream word by word; what the user sees is exactly the echo.
+	var aiWhole, aiSent, aiStreamed, aiFrames int
+	if i := strings.Index(stdout, "AI bot: "); i < 0 {
+		t.Error("no AI bot line in the summary")
+	} else if _, err := fmt.Sscanf(stdout[i:], "AI bot: %d of %d answers shown to the user exactly as the echo, %d streamed word by word in %d frames",
+		&aiWhole, &aiSent, &aiStreamed, &aiFrames); err != nil || aiSent < 1 || aiWhole != aiSent || aiStreamed != aiSent || aiFrames < 2*aiSent {
+		t.Errorf("AI bot summary %q (%v): want every answer shown as its echo and streamed in more than one frame", strings.SplitN(stdout[i:], "\n", 2)[0], err)
 	}
 	for _, platform := range []string{"wecom", "graph", "teams"} {
 		found := false

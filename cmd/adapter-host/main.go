@@ -49,13 +49,14 @@ func exitCode(err error) int {
 	return 1
 }
 
-const usage = `adapter-host: WeCom and Microsoft Graph bots over a local HTTP API.
+const usage = `adapter-host: WeCom (apps, AI bots, group robots), Microsoft Graph and Teams bots over a
+local HTTP API.
 
 Usage:
   adapter-host demo [--duration 40s] [--no-echo]
-                                            see it work: emulated WeCom and Graph, a real plugin
-                                            process, an echo bot; no credentials, no network
-  adapter-host emulate [--dir DIR]          run emulated WeCom and Graph on fixed loopback ports,
+                                            see it work: emulated WeCom, AI Bot, Graph and Teams, a
+                                            real plugin process, an echo bot; no credentials, no network
+  adapter-host emulate [--dir DIR]          run emulated WeCom, Graph and Teams on fixed loopback ports,
                                             write DIR/bots.yaml for them and print commands to try
   adapter-host run --config FILE            serve the HTTP API for the bots in FILE
   adapter-host check --config FILE          validate FILE and try each bot's credentials

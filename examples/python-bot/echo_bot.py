@@ -3,7 +3,9 @@
 
 It reads the bot's events over Server-Sent Events (GET /v1/bots/{bot}/events), answers every
 message with POST /v1/bots/{bot}/messages, and resumes with Last-Event-ID after a reconnect,
-so it misses nothing while the host or the network hiccups.
+so it misses nothing while the host or the network hiccups. A WeCom AI Bot's messages are
+answered as an LLM framework would: one streamed send (Content-Type application/x-ndjson,
+chunked) replying to the event, the echo written word by word into one growing bubble.
 
     CHATWIRE_URL=http://127.0.0.1:8080 CHATWIRE_API_KEY=... python3 echo_bot.py hr
 
@@ -27,12 +29,14 @@ KEY = os.environ.get("CHATWIRE_API_KEY", "")
 MAX = int(os.environ.get("ECHO_MAX", "0"))
 
 
-def request(method, path, body=None, headers=None):
-    data = json.dumps(body).encode() if body is not None else None
+def request(method, path, body=None, headers=None, data=None):
+    """Sends a request: body as JSON, or data as it is (an iterable of bytes is sent chunked)."""
+    if body is not None:
+        data = json.dumps(body).encode()
     req = urllib.request.Request(BASE + path, data=data, method=method)
     if KEY:
         req.add_header("Authorization", "Bearer " + KEY)
-    if data is not None:
+    if body is not None:
         req.add_header("Content-Type", "application/json")
     for k, v in (headers or {}).items():
         req.add_header(k, v)
@@ -92,14 +96,32 @@ def retry_after(e):
     return max(MIN_RETRY_WAIT, min(wait, MAX_RETRY_AFTER))
 
 
-def send(bot, to, text):
-    """Sends text. On 429 (rate limited) or 503 (the host's plugin restarting, the platform
+def words(header, text, pause=0.1):
+    """The NDJSON body of a streamed send: the header line, then text word by word, one
+    {"delta": ...} line each, as a model produces them."""
+    yield (json.dumps(header) + "\n").encode()
+    for i, word in enumerate(text.split(" ")):
+        if i:
+            word = " " + word
+            time.sleep(pause)
+        yield (json.dumps({"delta": word}) + "\n").encode()
+
+
+def send(bot, to, text, stream_reply_to=None):
+    """Sends text, or with stream_reply_to (an event id) streams it word by word as the reply
+    to that event. On 429 (rate limited) or 503 (the host's plugin restarting, the platform
     unavailable) it waits Retry-After (at most MAX_RETRY_AFTER) and tries again, for up to
     SEND_BUDGET seconds in all. Raises SendFailed when it gives up."""
     deadline = time.monotonic() + SEND_BUDGET
     while True:
         try:
-            with request("POST", "/v1/bots/%s/messages" % bot, {"to": to, "text": text}) as resp:
+            path = "/v1/bots/%s/messages" % bot
+            if stream_reply_to:
+                resp = request("POST", path, headers={"Content-Type": "application/x-ndjson"},
+                               data=words({"reply_to": stream_reply_to}, text))
+            else:
+                resp = request("POST", path, {"to": to, "text": text})
+            with resp:
                 return json.load(resp)
         except urllib.error.HTTPError as e:
             try:
@@ -127,7 +149,8 @@ def main():
                 backoff = 1
                 if kind == "message" and not event["text"].startswith("echo: "):
                     try:
-                        receipt = send(bot, reply_target(event), "echo: " + event["text"])
+                        streamed = event["id"] if event["platform"] == "wecom_aibot" else None
+                        receipt = send(bot, reply_target(event), "echo: " + event["text"], streamed)
                     except SendFailed as e:
                         # Give this message up and keep serving the others; the stream
                         # position stays, so a reconnect resumes after this event.
