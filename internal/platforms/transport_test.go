@@ -1,0 +1,65 @@
+package platforms
+
+import (
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"sync/atomic"
+	"testing"
+)
+
+// TestUpstreamReusesConnectionsOfConcurrentCalls: rounds of 8 platform calls in flight at
+// once (the server answers none before all 8 have arrived) go over 8 connections in total,
+// not 8 new ones per round (http.DefaultTransport keeps 2 idle per host and dialed 6 per round).
+func TestUpstreamReusesConnectionsOfConcurrentCalls(t *testing.T) {
+	const callers, rounds = 8, 5
+	var dialed atomic.Int32
+	var mu sync.Mutex
+	arrived := 0
+	release := make(chan struct{})
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		arrived++
+		if arrived == callers {
+			arrived = 0
+			close(release)
+			release = make(chan struct{})
+			mu.Unlock()
+		} else {
+			ch := release
+			mu.Unlock()
+			<-ch
+		}
+		io.WriteString(w, `{"errcode":0}`)
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			dialed.Add(1)
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+
+	o := New(nil, nil)
+	hc := &http.Client{Transport: o.m.transport("wecom", o.upstream)}
+	for range rounds {
+		var wg sync.WaitGroup
+		for range callers {
+			wg.Go(func() {
+				resp, err := hc.Get(srv.URL)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			})
+		}
+		wg.Wait()
+	}
+	if n := dialed.Load(); n != callers {
+		t.Errorf("%d rounds of %d concurrent calls opened %d connections, want %d (one per caller, reused)", rounds, callers, n, callers)
+	}
+}
