@@ -545,6 +545,16 @@ func (s *server) events(w http.ResponseWriter, r *http.Request) {
 		s.sseClients--
 		s.sseMu.Unlock()
 	}()
+	// The consumed mark follows what this stream flushed, beside it (consumed.go); the last
+	// one is written when the stream ends.
+	marker := newConsumedMarker(b.events, consumedEvery, func(err error) {
+		if !errors.Is(err, eventlog.ErrClosed) {
+			s.log.Warn("recording consumed events failed", "bot", b.name, "error", err)
+		}
+	})
+	marked := make(chan struct{})
+	go func() { defer close(marked); marker.run(ctx) }()
+	defer func() { cancel(); <-marked; marker.stop() }()
 	failing := false
 	// retry runs fn until it succeeds or ctx ends, logging a failing log once.
 	retry := func(fn func() error) bool {
@@ -601,9 +611,7 @@ func (s *server) events(w http.ResponseWriter, r *http.Request) {
 		if group == "" {
 			pos = events[len(events)-1].ID
 		}
-		if err := b.events.Consumed(ctx, high); err != nil && ctx.Err() == nil {
-			s.log.Warn("recording consumed events failed", "bot", b.name, "error", err)
-		}
+		marker.sent(high)
 	}
 }
 
