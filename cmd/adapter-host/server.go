@@ -579,6 +579,7 @@ func (s *server) events(w http.ResponseWriter, r *http.Request) {
 			return b.events.ReadGroup(ctx, group, consumer, 100)
 		}
 	}
+	var buf []byte // a batch's events as SSE, written at once
 	for ctx.Err() == nil {
 		rctx, rcancel := context.WithTimeout(ctx, 15*time.Second)
 		events, err := read(rctx)
@@ -601,9 +602,16 @@ func (s *server) events(w http.ResponseWriter, r *http.Request) {
 			failing = false
 		}
 		high := pos
+		buf = buf[:0]
 		for _, ev := range events {
-			fmt.Fprintf(w, "id: %s\nevent: %s\ndata: %s\n\n", ev.ID, ev.Kind, ev.Data)
+			buf = appendSSE(buf, ev)
 			high = max2(high, ev.ID)
+		}
+		if _, err := w.Write(buf); err != nil {
+			return
+		}
+		if cap(buf) > 1<<20 {
+			buf = nil // not kept for the stream's life after a batch of large events
 		}
 		if err := rc.Flush(); err != nil {
 			return
@@ -613,6 +621,20 @@ func (s *server) events(w http.ResponseWriter, r *http.Request) {
 		}
 		marker.sent(high)
 	}
+}
+
+// appendSSE appends ev as one Server-Sent Event (id:, event:, data: lines) to buf. Kind and
+// Data hold no newline: Kind is a word and Data compact JSON.
+func appendSSE(buf []byte, ev eventlog.Entry) []byte {
+	buf = append(buf, "id: "...)
+	buf = strconv.AppendUint(buf, ev.ID.Ms, 10)
+	buf = append(buf, '-')
+	buf = strconv.AppendUint(buf, ev.ID.Seq, 10)
+	buf = append(buf, "\nevent: "...)
+	buf = append(buf, ev.Kind...)
+	buf = append(buf, "\ndata: "...)
+	buf = append(buf, ev.Data...)
+	return append(buf, "\n\n"...)
 }
 
 func max2(a, b eventlog.ID) eventlog.ID {
