@@ -72,9 +72,16 @@ func (s *Server) newGRPCServer(opts []grpc.ServerOption) *grpc.Server {
 }
 
 func newGRPCServer(opts []grpc.ServerOption) *grpc.Server {
-	opts = append(opts, grpc.MaxRecvMsgSize(MaxMessageSize), grpc.MaxSendMsgSize(MaxMessageSize))
+	opts = append(opts, grpc.MaxRecvMsgSize(MaxMessageSize), grpc.MaxSendMsgSize(MaxMessageSize),
+		grpc.NumStreamWorkers(streamWorkers))
 	return grpc.NewServer(opts...)
 }
+
+// streamWorkers is how many long-lived goroutines serve the plugin's calls. Without them gRPC
+// starts a goroutine per call, whose stack grows (copied) on every call: 8% of the plugin's
+// CPU at 2,000 webhooks/s under bench/load (runtime.newstack). When all are busy (long sends)
+// a call gets its own goroutine as before, so they never limit concurrency.
+const streamWorkers = 16
 
 // socketDirPrefix names the per-process socket directories [Launch] creates.
 const socketDirPrefix = "chatwire-plugin-"

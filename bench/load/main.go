@@ -97,7 +97,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	callers := fs.String("send-callers", "1,8", "concurrent `callers` of each sends step, comma-separated; each sends its next message when the last is answered")
 	fs.IntVar(&o.memoryBots, "memory-bots", 1000, "WeCom bots configured in the memory step's host, compared with a host with one (0: no memory step)")
 	fs.DurationVar(&o.settle, "settle", 3*time.Second, "memory step: wait this long after /readyz before reading RSS")
-	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write CPU profiles of each chatwire rate step to `DIR`/host-<rate>.pprof and plugin-<rate>.pprof (adapter-host run --cpuprofile, --plugin-cpuprofile; read with go tool pprof -top)")
+	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write CPU profiles of each chatwire rate step to `DIR`/host-<rate>.pprof and plugin-<rate>.pprof (and of the sends steps, together, to host-sends.pprof and plugin-sends.pprof) (adapter-host run --cpuprofile, --plugin-cpuprofile; read with go tool pprof -top)")
 	fs.StringVar(&o.redisBin, "redis-server", "redis-server", "redis-server executable")
 	fs.StringVar(&o.dir, "dir", "", "keep logs and configs in `DIR` (default: a temporary directory, removed at the end)")
 	fs.BoolVar(&o.quiet, "quiet", false, "no progress lines on stderr")
@@ -225,7 +225,13 @@ func bench(ctx context.Context, o *options, progress io.Writer) (*report, error)
 	}
 	if o.sendDuration > 0 {
 		for _, t := range o.targets {
-			r, err := e.start(t, t+"-sends", "")
+			prof := ""
+			if t == targetChatwire && o.cpuprofile != "" {
+				if prof, err = filepath.Abs(filepath.Join(o.cpuprofile, "host-sends.pprof")); err != nil {
+					return rep, err
+				}
+			}
+			r, err := e.start(t, t+"-sends", prof)
 			if err != nil {
 				return rep, fmt.Errorf("%s sends: %w", t, err)
 			}

@@ -289,11 +289,33 @@ func TestSend(t *testing.T) {
 	if sent := e.emu.Sent(); len(sent) != 1 || sent[0].Content != "hi" || sent[0].ToUser != "alice" {
 		t.Errorf("WeCom got %+v", sent)
 	}
+	if !strings.Contains(e.logs.String(), `"level":"DEBUG","msg":"message sent","bot":"hr","to":"user alice","id":"`+r.ID+`"`) {
+		t.Errorf("no debug line for the send in the log:\n%s", e.logs)
+	}
 	// A message with an attachment goes through the plugin and WeCom's media upload.
 	status, _, body = e.do("POST", "/v1/bots/hr/messages", testAPIKey, map[string]any{"to": map[string]any{"users": []string{"alice", "nobody"}},
 		"attachments": []map[string]any{{"name": "a.txt", "content_type": "text/plain", "data": []byte("hello file")}}})
 	if status != 200 {
 		t.Fatalf("send file = %d %s", status, body)
+	}
+}
+
+// TestSendLogsNoInfoLine: at level info a successful send writes no log line (it is counted
+// in chatwire_sends_total); a failed one is still logged at warn.
+func TestSendLogsNoInfoLine(t *testing.T) {
+	e := setup(t, setupOpts{quiet: true})
+	if status, _, body := e.do("POST", "/v1/bots/hr/messages", testAPIKey, `{"to":{"user":"alice"},"text":"hi"}`); status != 200 {
+		t.Fatalf("send = %d %s", status, body)
+	}
+	if s := e.logs.String(); strings.Contains(s, "message sent") {
+		t.Errorf("a successful send logged at level info:\n%s", s)
+	}
+	e.emu.Fail("message/send", 60020, 1) // not allowed to send from this IP
+	if status, _, body := e.do("POST", "/v1/bots/hr/messages", testAPIKey, `{"to":{"user":"alice"},"text":"hi"}`); status == 200 {
+		t.Fatalf("send with WeCom failing = %d %s", status, body)
+	}
+	if s := e.logs.String(); !strings.Contains(s, `"msg":"send failed"`) {
+		t.Errorf("a failed send not logged:\n%s", s)
 	}
 }
 

@@ -532,6 +532,16 @@ func (s *server) events(w http.ResponseWriter, r *http.Request) {
 		s.sseClients--
 		s.sseMu.Unlock()
 	}()
+	// The consumed mark follows what this stream flushed, beside it (consumed.go); the last
+	// one is written when the stream ends.
+	marker := newConsumedMarker(b.events, consumedEvery, func(err error) {
+		if !errors.Is(err, eventlog.ErrClosed) {
+			s.log.Warn("recording consumed events failed", "bot", b.name, "error", err)
+		}
+	})
+	marked := make(chan struct{})
+	go func() { defer close(marked); marker.run(ctx) }()
+	defer func() { cancel(); <-marked; marker.stop() }()
 	failing := false
 	// retry runs fn until it succeeds or ctx ends, logging a failing log once.
 	retry := func(fn func() error) bool {
@@ -556,6 +566,7 @@ func (s *server) events(w http.ResponseWriter, r *http.Request) {
 			return b.events.ReadGroup(ctx, group, consumer, 100)
 		}
 	}
+	var buf []byte // a batch's events as SSE, written at once
 	for ctx.Err() == nil {
 		rctx, rcancel := context.WithTimeout(ctx, 15*time.Second)
 		events, err := read(rctx)
@@ -578,9 +589,16 @@ func (s *server) events(w http.ResponseWriter, r *http.Request) {
 			failing = false
 		}
 		high := pos
+		buf = buf[:0]
 		for _, ev := range events {
-			fmt.Fprintf(w, "id: %s\nevent: %s\ndata: %s\n\n", ev.ID, ev.Kind, ev.Data)
+			buf = appendSSE(buf, ev)
 			high = max2(high, ev.ID)
+		}
+		if _, err := w.Write(buf); err != nil {
+			return
+		}
+		if cap(buf) > 1<<20 {
+			buf = nil // not kept for the stream's life after a batch of large events
 		}
 		if err := rc.Flush(); err != nil {
 			return
@@ -588,10 +606,22 @@ func (s *server) events(w http.ResponseWriter, r *http.Request) {
 		if group == "" {
 			pos = events[len(events)-1].ID
 		}
-		if err := b.events.Consumed(ctx, high); err != nil && ctx.Err() == nil {
-			s.log.Warn("recording consumed events failed", "bot", b.name, "error", err)
-		}
+		marker.sent(high)
 	}
+}
+
+// appendSSE appends ev as one Server-Sent Event (id:, event:, data: lines) to buf. Kind and
+// Data hold no newline: Kind is a word and Data compact JSON.
+func appendSSE(buf []byte, ev eventlog.Entry) []byte {
+	buf = append(buf, "id: "...)
+	buf = strconv.AppendUint(buf, ev.ID.Ms, 10)
+	buf = append(buf, '-')
+	buf = strconv.AppendUint(buf, ev.ID.Seq, 10)
+	buf = append(buf, "\nevent: "...)
+	buf = append(buf, ev.Kind...)
+	buf = append(buf, "\ndata: "...)
+	buf = append(buf, ev.Data...)
+	return append(buf, "\n\n"...)
 }
 
 func max2(a, b eventlog.ID) eventlog.ID {
