@@ -359,13 +359,14 @@ type outcome struct {
 }
 
 // deliver sends msg for b and writes the answer, through the Idempotency-Key (if the
-// request has one) and the bot's pacing.
-func (s *server) deliver(w http.ResponseWriter, r *http.Request, b *bot, msg adapter.Message) {
+// request has one) and the bot's pacing; async (Prefer: respond-async or "async": true)
+// stores it in the bot's outbox and answers 202.
+func (s *server) deliver(w http.ResponseWriter, r *http.Request, b *bot, msg adapter.Message, async bool) {
 	g := s.sends
 	key := r.Header.Get("Idempotency-Key")
 	maxWait := requestMaxWait(r, g.maxWait[b.name])
 	work := func(ctx context.Context) outcome { return s.sendPaced(ctx, b, msg, maxWait) }
-	if preferAsync(r) {
+	if async {
 		work = func(ctx context.Context) outcome { return s.accept(ctx, b, msg) }
 	}
 	if key == "" {

@@ -353,3 +353,58 @@ func TestAsyncSend(t *testing.T) {
 		t.Errorf("the pacing clock moved %v; want ≥ 2m (5 messages at 2 a minute)", d)
 	}
 }
+
+// TestAsyncBodyField: "async": true in the body is the alternative to Prefer:
+// respond-async (issue 14): 202 exactly as with the header, and the message sent is the
+// body without the field; "async": false is a synchronous send.
+func TestAsyncBodyField(t *testing.T) {
+	e := setup(t, setupOpts{quiet: true})
+	events := e.subscribe("")
+	a := e.post(`{"to":{"user":"alice"},"text":"by body","async":true}`)
+	var acc acceptResponse
+	if err := json.Unmarshal([]byte(a.body), &acc); err != nil || a.status != 202 || acc.State != "queued" || acc.ID == "" ||
+		a.header.Get("Location") != "/v1/bots/hr/messages/"+acc.ID || a.header.Get("Preference-Applied") != "respond-async" {
+		t.Fatalf(`"async": true = %d %s %v; want 202 with an id, Location and Preference-Applied as with Prefer: respond-async`, a.status, a.body, a.header)
+	}
+	ev := next(t, events)
+	if ev.kind != "message.sent" || !strings.Contains(string(ev.ev.Raw), acc.ID) {
+		t.Fatalf("event %s %s; want message.sent for %s", ev.kind, ev.ev.Raw, acc.ID)
+	}
+	if sent := e.emu.Sent(); len(sent) != 1 || sent[0].Content != "by body" {
+		t.Fatalf("WeCom got %+v; want the one message \"by body\"", sent)
+	}
+	s := e.post(`{"to":{"user":"alice"},"text":"sync","async":false}`)
+	if s.status != 200 || !strings.Contains(s.body, `"invalid":[]`) {
+		t.Fatalf(`"async": false = %d %s; want 200, sent synchronously`, s.status, s.body)
+	}
+	if sent := e.emu.Sent(); len(sent) != 2 || sent[1].Content != "sync" {
+		t.Fatalf("WeCom got %+v; want \"sync\" second", sent)
+	}
+	if b := e.post(`{"to":{"user":"alice"},"text":"x","async":"yes"}`); b.status != 400 {
+		t.Errorf(`"async": "yes" = %d %s; want 400`, b.status, b.body)
+	}
+}
+
+// TestDecodeSendAsyncNotInMessage: the async field is the host's, not the adapter
+// message's: the decoded message (what the plugin gets, what an Idempotency-Key
+// fingerprints) is the same with and without it.
+func TestDecodeSendAsyncNotInMessage(t *testing.T) {
+	dec := func(body string) sendRequest {
+		t.Helper()
+		r := httptest.NewRequest("POST", "/v1/bots/hr/messages", strings.NewReader(body))
+		sr, err := decodeSend(httptest.NewRecorder(), r)
+		if err != nil {
+			t.Fatalf("decodeSend(%s): %v", body, err)
+		}
+		return sr
+	}
+	with, without := dec(`{"to":{"user":"alice"},"text":"x","async":true}`), dec(`{"to":{"user":"alice"},"text":"x"}`)
+	if !with.Async || without.Async {
+		t.Fatalf("Async = %v, %v; want true, false", with.Async, without.Async)
+	}
+	a, _ := json.Marshal(with.Message)
+	b, _ := json.Marshal(without.Message)
+	if string(a) != string(b) || strings.Contains(string(a), "async") {
+		t.Errorf("message with async = %s, without = %s; want the same, without the field", a, b)
+	}
+}

@@ -406,7 +406,7 @@ func (s *server) send(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer release() // the decoded message lives until the send is done
-	msg, err := decodeSend(w, r)
+	req, err := decodeSend(w, r)
 	if err != nil {
 		// The rest of the body may never come: close rather than wait to drain it.
 		w.Header().Set("Connection", "close")
@@ -416,17 +416,26 @@ func (s *server) send(w http.ResponseWriter, r *http.Request) {
 	// Read (under server.read_timeout): a deadline left set would cancel the request's ctx
 	// when it passes, in the middle of a long send.
 	http.NewResponseController(w).SetReadDeadline(time.Time{})
-	if _, err := msg.To.Kind(); err != nil {
+	if _, err := req.To.Kind(); err != nil {
 		s.refuse(w, r, err, "bot", b.name)
 		return
 	}
-	s.deliver(w, r, b, msg) // sendgate.go: Idempotency-Key, pacing, the send
+	s.deliver(w, r, b, req.Message, req.Async || preferAsync(r)) // sendgate.go: Idempotency-Key, pacing, the send
+}
+
+// sendRequest is a send request's body: the message, and the host's own fields beside it
+// (not passed to the adapter, not part of an Idempotency-Key's fingerprint).
+type sendRequest struct {
+	adapter.Message
+	// Async is the body's alternative to "Prefer: respond-async": answer 202 once the
+	// message is stored in the bot's outbox.
+	Async bool `json:"async"`
 }
 
 // decodeSend reads a send request's body: exactly one JSON object (whitespace may follow,
 // nothing else), no unknown fields, at most maxSendBody bytes.
-func decodeSend(w http.ResponseWriter, r *http.Request) (adapter.Message, error) {
-	var msg adapter.Message
+func decodeSend(w http.ResponseWriter, r *http.Request) (sendRequest, error) {
+	var msg sendRequest
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxSendBody))
 	dec.DisallowUnknownFields()
 	bad := func(err error) error {
