@@ -48,7 +48,8 @@ type PacingConfig struct {
 }
 
 // PacingLimits are limits by scope (see package pacing), each "N/duration" such as "30/1m".
-// WeCom scopes: member, app, appchat; Graph: chat, chats, channel, channels, mail.
+// WeCom scopes: member, app, appchat; Graph: chat, chats, channel, channels, mail; Teams:
+// conversation.
 type PacingLimits struct {
 	Member   []string `yaml:"member"`
 	App      []string `yaml:"app"`
@@ -58,13 +59,16 @@ type PacingLimits struct {
 	Channel  []string `yaml:"channel"`
 	Channels []string `yaml:"channels"`
 	Mail     []string `yaml:"mail"`
+	// Conversation (Teams): sends to one conversation; default 7/1s, 8/2s, 60/30s, 1800/1h.
+	Conversation []string `yaml:"conversation"`
 }
 
 // scopes returns the scopes set (nil lists are not).
 func (l PacingLimits) scopes() map[string][]string {
 	out := map[string][]string{}
 	for scope, ls := range map[string][]string{pacing.ScopeMember: l.Member, pacing.ScopeApp: l.App, pacing.ScopeAppChat: l.AppChat,
-		pacing.ScopeChat: l.Chat, pacing.ScopeChats: l.Chats, pacing.ScopeChannel: l.Channel, pacing.ScopeChannels: l.Channels, pacing.ScopeMail: l.Mail} {
+		pacing.ScopeChat: l.Chat, pacing.ScopeChats: l.Chats, pacing.ScopeChannel: l.Channel, pacing.ScopeChannels: l.Channels, pacing.ScopeMail: l.Mail,
+		pacing.ScopeConversation: l.Conversation} {
 		if ls != nil {
 			out[scope] = ls
 		}

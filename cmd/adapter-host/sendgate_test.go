@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
 	"github.com/seed-a64d9e1f/chatwire/internal/idempotency"
+	"github.com/seed-a64d9e1f/chatwire/internal/pacing"
 	"github.com/seed-a64d9e1f/chatwire/internal/redistest"
 )
 
@@ -406,5 +408,38 @@ func TestDecodeSendAsyncNotInMessage(t *testing.T) {
 	b, _ := json.Marshal(without.Message)
 	if string(a) != string(b) || strings.Contains(string(a), "async") {
 		t.Errorf("message with async = %s, without = %s; want the same, without the field", a, b)
+	}
+}
+
+// TestTeamsPacingConfig: a Teams bot is paced per conversation by Teams' per-thread limits
+// unless its pacing.limits.conversation replaces them; the scope is refused on WeCom.
+func TestTeamsPacingConfig(t *testing.T) {
+	env := envOf(map[string]string{"TEAMS_APP": "app-1", "TEAMS_PASSWORD": "pw"})
+	sched := func(cfg *Config) *pacing.Scheduler {
+		t.Helper()
+		g, err := newSendGate(cfg, &server{}, nil, nil, slog.New(slog.DiscardHandler), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return g.pace["tbot"]
+	}
+	cfg, err := ParseConfig("c.yaml", []byte(teamsConfig), env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := sched(cfg).Limits()[pacing.ScopeConversation]; fmt.Sprint(got) != "[7/1s 8/2s 60/30s 1800/1h0m0s]" {
+		t.Errorf("teams bot's conversation limits = %v; want Teams' 7/1s, 8/2s, 60/30s, 1800/1h", got)
+	}
+	over := teamsConfig + "    pacing: {limits: {conversation: [\"3/1s\"]}}\n"
+	if cfg, err = ParseConfig("c.yaml", []byte(over), env); err != nil {
+		t.Fatal(err)
+	}
+	if got := sched(cfg).Limits()[pacing.ScopeConversation]; fmt.Sprint(got) != "[3/1s]" {
+		t.Errorf("with pacing.limits.conversation [3/1s]: %v", got)
+	}
+	wecom := strings.Replace(goodConfig, `    deliver: {webhook_url`, `    pacing: {limits: {conversation: ["3/1s"]}}
+    deliver: {webhook_url`, 1)
+	if _, err := ParseConfig("c.yaml", []byte(wecom), envOf(goodEnv)); err == nil || !strings.Contains(err.Error(), `wecom has no scope "conversation"`) {
+		t.Errorf("conversation on a wecom bot: %v; want refused", err)
 	}
 }

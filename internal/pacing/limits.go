@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
+	"github.com/seed-a64d9e1f/chatwire/adapter/teams"
 )
 
 // A Limit allows at most N sends in any window of length Per.
@@ -61,6 +62,11 @@ const (
 	ScopeChannels = "channels"
 	// ScopeMail (Graph): mail sends of the bot's mailbox.
 	ScopeMail = "mail"
+	// ScopeConversation (Teams bots): sends to one conversation (a 1:1 chat, group chat or
+	// channel, all its reply threads together); paused alone on a 429 with Retry-After. A
+	// send to a user counts on "user:<id>" (their 1:1 chat, whose id the adapter finds when
+	// sending), apart from sends addressed to that chat's id.
+	ScopeConversation = "conversation"
 )
 
 // Limits are the limits of each scope; a scope with no limits is not counted (but can
@@ -76,6 +82,9 @@ type Limits map[string][]Limit
 //     per tenant), channels 2/1s, channel 4/1s and 3000/24h (per team channel), mail
 //     10000/10m (per app and mailbox), chat none (a chat is paced by the Retry-After of its
 //     429s).
+//   - Teams bots (specs/botconnector.md §3.5, [teams.ThreadLimits]): conversation 7/1s,
+//     8/2s, 60/30s and 1800/1h (per bot per thread: 1:1, group chat or channel; "for
+//     estimation only").
 func Defaults(platform string) Limits {
 	switch platform {
 	case adapter.PlatformWeCom:
@@ -92,6 +101,12 @@ func Defaults(platform string) Limits {
 			ScopeChannels: {{2, time.Second}},
 			ScopeMail:     {{10000, 10 * time.Minute}},
 		}
+	case adapter.PlatformTeams:
+		var conv []Limit
+		for _, l := range teams.ThreadLimits {
+			conv = append(conv, Limit{l.N, l.Per})
+		}
+		return Limits{ScopeConversation: conv}
 	}
 	return nil
 }
@@ -136,6 +151,11 @@ const wecomTextBytes = 2048
 func Plan(platform string, msg adapter.Message) []Slot {
 	kind, err := msg.To.Kind()
 	if err != nil {
+		if platform == adapter.PlatformTeams { // a reply with no target goes to reply_to's conversation
+			if conv, _, ok := teams.ParseID(msg.ReplyTo); ok {
+				return []Slot{{ScopeConversation, teamsConversation(conv), 1}}
+			}
+		}
 		return nil
 	}
 	switch platform {
@@ -180,6 +200,22 @@ func Plan(platform string, msg adapter.Message) []Slot {
 		case adapter.TargetEmail, adapter.TargetEmails:
 			return []Slot{{ScopeMail, "", 1}}
 		}
+	case adapter.PlatformTeams:
+		switch kind {
+		case adapter.TargetChat:
+			return []Slot{{ScopeConversation, teamsConversation(msg.To.Chat), 1}}
+		case adapter.TargetChannel:
+			return []Slot{{ScopeConversation, teamsConversation(msg.To.Channel.Channel), 1}}
+		case adapter.TargetUser:
+			return []Slot{{ScopeConversation, "user:" + strings.ToLower(msg.To.User), 1}}
+		}
 	}
 	return nil
+}
+
+// teamsConversation is the conversation of a Teams conversation id: a channel thread's id
+// ("…;messageid=…") without its thread.
+func teamsConversation(id string) string {
+	base, _, _ := strings.Cut(id, ";messageid=")
+	return base
 }

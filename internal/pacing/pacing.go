@@ -112,7 +112,7 @@ type Scheduler struct {
 	conc          *limiter
 }
 
-// New returns the Scheduler of bot on platform ("wecom", "graph"; other platforms are not
+// New returns the Scheduler of bot on platform ("wecom", "graph", "teams"; other platforms are not
 // paced but still honour pauses and the concurrency bound).
 func New(store Store, bot, platform string, opts Options) (*Scheduler, error) {
 	limits, err := Merge(platform, opts.Limits)
