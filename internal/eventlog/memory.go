@@ -22,6 +22,9 @@ type Memory struct {
 	dedup    dedupLRU
 	groups   map[string]*memGroup
 	closed   chan struct{}
+	// journal, if set, makes appends durable (see [File]): it is called with m.mu held
+	// before the new entries are added; an error adds nothing.
+	journal func(recs []Record, out []Appended, added []Entry, now time.Time) error
 }
 
 type memGroup struct {
@@ -83,24 +86,36 @@ func (m *Memory) Append(ctx context.Context, recs ...Record) ([]Appended, error)
 		}
 		fresh++
 	}
+	drop := 0
 	if fresh > 0 && len(m.entries)+fresh > m.opts.MaxLen {
-		drop := sort.Search(len(m.entries), func(i int) bool { return m.consumed.Less(m.entries[i].ID) })
+		drop = sort.Search(len(m.entries), func(i int) bool { return m.consumed.Less(m.entries[i].ID) })
 		drop = min(drop, len(m.entries)+fresh-m.opts.MaxLen)
 		if len(m.entries)-drop+fresh > m.opts.MaxLen {
 			return nil, ErrFull
 		}
-		m.entries = slices.Delete(m.entries, 0, drop)
 	}
+	added := make([]Entry, 0, fresh)
+	last := m.last
 	for i, r := range recs {
 		if out[i].Duplicate {
 			continue
 		}
 		id := m.nextID()
 		m.last = id
-		m.entries = append(m.entries, Entry{ID: id, Kind: r.Kind, Key: r.Key, Data: slices.Clone(r.Data)})
+		added = append(added, Entry{ID: id, Kind: r.Kind, Key: r.Key, Data: slices.Clone(r.Data)})
 		out[i].ID = id
-		if r.Dedup != "" {
-			m.dedup.add(r.Dedup, id, now)
+	}
+	if m.journal != nil && fresh > 0 {
+		if err := m.journal(recs, out, added, now); err != nil {
+			m.last = last // nothing added
+			return nil, err
+		}
+	}
+	m.entries = slices.Delete(m.entries, 0, drop)
+	m.entries = append(m.entries, added...)
+	for i, r := range recs {
+		if !out[i].Duplicate && r.Dedup != "" {
+			m.dedup.add(r.Dedup, out[i].ID, now)
 		}
 	}
 	for i, j := range dupOf {
