@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -164,6 +165,17 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 		var l eventlog.Log
 		if h.redis != nil {
 			l = eventlog.NewRedis(h.redis, cfg.Store.KeyPrefix+":events:{"+b.Name+"}", cfg.Store.KeyPrefix+":dedup:{"+b.Name+"}:", lopts)
+		} else if cfg.Store.Dir != "" {
+			fl, err := eventlog.OpenFile(filepath.Join(cfg.Store.Dir, "events", b.Name+".log"), lopts)
+			if err != nil {
+				for _, o := range h.srv.bots {
+					o.events.Close()
+				}
+				h.srv.sends.close()
+				p.Close()
+				return nil, fmt.Errorf("bots %s: events: %w", b.Name, err)
+			}
+			l = fl
 		} else {
 			l = eventlog.NewMemory(lopts)
 		}
@@ -327,7 +339,7 @@ func (h *host) drain() error {
 	h.wg.Wait()
 	h.log.Debug("deliveries stopped")
 	for _, name := range h.srv.names {
-		if n, _ := h.srv.bots[name].events.Len(ctx); n.Unconsumed > 0 && h.redis == nil {
+		if n, _ := h.srv.bots[name].events.Len(ctx); n.Unconsumed > 0 && h.redis == nil && h.cfg.Store.Dir == "" {
 			h.log.Warn("events never consumed are lost with this process", "bot", name, "events", n.Unconsumed, "held", n.Held)
 		}
 	}

@@ -8,10 +8,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"net/http"
 	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -146,6 +148,7 @@ type sendGate struct {
 	outboxes map[string]*outbox.Outbox // by bot: asynchronous sends
 	oblogs   map[string]eventlog.Log
 	repeat   map[string]bool // by bot: the platform drops a repeated send (WeCom duplicate_check)
+	closers  []io.Closer     // status journals under store.dir
 }
 
 // newSendGate builds the gate of cfg's bots: keys and limits on rdb when the host has a
@@ -182,14 +185,19 @@ func newSendGate(cfg *Config, s *server, rdb redis.UniversalClient, reg promethe
 			g.retake[b.Name], _ = time.ParseDuration(b.WeCom.DuplicateCheck)
 			g.repeat[b.Name] = true
 		}
-		g.newOutbox(cfg, s, rdb, reg, b, sc)
+		if err := g.newOutbox(cfg, s, rdb, reg, b, sc); err != nil {
+			g.close()
+			return nil, fmt.Errorf("bots %s: outbox: %w", b.Name, err)
+		}
 	}
 	return g, nil
 }
 
 // newOutbox makes bot b's outbox: a Redis stream "<prefix>:outbox:{bot}" with statuses
-// beside it when the host has Redis, memory otherwise (lost with the process).
-func (g *sendGate) newOutbox(cfg *Config, s *server, rdb redis.UniversalClient, reg prometheus.Registerer, b BotConfig, sc *pacing.Scheduler) {
+// beside it when the host has Redis; with store.dir, journal files
+// "<dir>/outbox/<bot>.log" and "<dir>/outbox/<bot>.status"; memory otherwise (lost with the
+// process).
+func (g *sendGate) newOutbox(cfg *Config, s *server, rdb redis.UniversalClient, reg prometheus.Registerer, b BotConfig, sc *pacing.Scheduler) error {
 	name := b.Name
 	var (
 		l  eventlog.Log
@@ -198,6 +206,18 @@ func (g *sendGate) newOutbox(cfg *Config, s *server, rdb redis.UniversalClient, 
 	if rdb != nil {
 		base := cfg.Store.KeyPrefix + ":outbox:{" + name + "}"
 		l, st = eventlog.NewRedis(rdb, base, base+":dedup:", eventlog.Options{Logger: g.log}), outbox.NewRedisStatus(rdb, cfg.Store.KeyPrefix)
+	} else if cfg.Store.Dir != "" {
+		fl, err := eventlog.OpenFile(filepath.Join(cfg.Store.Dir, "outbox", name+".log"), eventlog.Options{Logger: g.log})
+		if err != nil {
+			return err
+		}
+		fs, err := outbox.OpenFileStatus(filepath.Join(cfg.Store.Dir, "outbox", name+".status"))
+		if err != nil {
+			fl.Close()
+			return err
+		}
+		l, st = fl, fs
+		g.closers = append(g.closers, fs)
 	} else {
 		l, st = eventlog.NewMemory(eventlog.Options{Logger: g.log}), outbox.NewMemoryStatus()
 	}
@@ -257,6 +277,7 @@ func (g *sendGate) newOutbox(cfg *Config, s *server, rdb redis.UniversalClient, 
 		})
 		reg.MustRegister(outcomes, depth, oldest)
 	}
+	return nil
 }
 
 func cmpKind(err error) string {
@@ -291,6 +312,9 @@ func (g *sendGate) start(ctx context.Context, wg *sync.WaitGroup, rdb redis.Univ
 func (g *sendGate) close() {
 	for _, l := range g.oblogs {
 		l.Close()
+	}
+	for _, c := range g.closers {
+		c.Close()
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -252,7 +253,12 @@ func TestStatusInitKeepsProgress(t *testing.T) {
 	rs := redistest.Start(t)
 	rdb := redis.NewClient(&redis.Options{Addr: rs.Addr()})
 	defer rdb.Close()
-	for name, s := range map[string]StatusStore{"memory": NewMemoryStatus(), "redis": NewRedisStatus(rdb, "t")} {
+	fs, err := OpenFileStatus(filepath.Join(t.TempDir(), "st"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fs.Close()
+	for name, s := range map[string]StatusStore{"memory": NewMemoryStatus(), "redis": NewRedisStatus(rdb, "t"), "file": fs} {
 		if err := s.Set(t.Context(), Status{ID: "1-0", Bot: "hr", State: StateSent, PlatformID: "p"}); err != nil {
 			t.Fatal(err)
 		}
@@ -268,5 +274,43 @@ func TestStatusInitKeepsProgress(t *testing.T) {
 		if st, ok, _ := s.Get(t.Context(), "hr", "2-0"); !ok || st.State != StateQueued {
 			t.Errorf("%s: Init of a new message: %+v; want queued", name, st)
 		}
+	}
+}
+
+// TestFileStatusSurvivesReopen: statuses written before the store is closed are there after
+// it is opened again: a message recorded sent, one left sending (not taken by Begin), one
+// queued (taken by Begin).
+func TestFileStatusSurvivesReopen(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "outbox", "hr.status")
+	s, err := OpenFileStatus(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	s.Set(ctx, Status{ID: "1-0", Bot: "hr", State: StateSent, PlatformID: "p1"})
+	if _, mine, err := s.Begin(ctx, "hr", "2-0", "a", time.Now()); !mine || err != nil {
+		t.Fatalf("Begin = %v, %v", mine, err)
+	}
+	s.Init(ctx, Status{ID: "3-0", Bot: "hr", State: StateQueued})
+	s.Set(ctx, Status{ID: "4-0", Bot: "hr", State: StateSent, Updated: time.Now().Add(-Retention - time.Minute)})
+	s.Close()
+	for round := range 2 {
+		s, err = OpenFileStatus(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st, ok, _ := s.Get(ctx, "hr", "1-0"); !ok || st.State != StateSent || st.PlatformID != "p1" {
+			t.Fatalf("round %d: 1-0 = %+v, %v; want sent p1", round, st, ok)
+		}
+		if st, mine, _ := s.Begin(ctx, "hr", "2-0", "b", time.Now()); mine || st.State != StateSending || st.Owner != "a" {
+			t.Fatalf("round %d: Begin of 2-0 = %+v, %v; want sending by a kept", round, st, mine)
+		}
+		if st, ok, _ := s.Get(ctx, "hr", "3-0"); !ok || st.State != StateQueued {
+			t.Fatalf("round %d: 3-0 = %+v, %v; want queued", round, st, ok)
+		}
+		if _, ok, _ := s.Get(ctx, "hr", "4-0"); ok {
+			t.Fatalf("round %d: a status older than Retention was kept", round)
+		}
+		s.Close()
 	}
 }
