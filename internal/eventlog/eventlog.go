@@ -1,8 +1,8 @@
 // Package eventlog is a bot's event log: an append-only sequence of entries with ids from the
 // engine, deduplication of appends, broadcast readers that resume from a position, and
-// consumer groups whose members compete for entries and acknowledge them. It has two
-// implementations passing one test suite: [Memory] for one process and [Redis] (Redis
-// Streams) for a fleet.
+// consumer groups whose members compete for entries and acknowledge them. It has three
+// implementations passing one test suite: [Memory] for one process, [File] (Memory with a
+// journal file, surviving a restart) for one host, and [Redis] (Redis Streams) for a fleet.
 //
 // Ids are Redis stream ids, "<ms>-<n>", in both implementations: opaque to clients, and
 // increasing. A log never hands out an id at or below one it has already issued or read,

@@ -1,5 +1,6 @@
 // Package outbox delivers a bot's asynchronous sends: Accept stores a message in the bot's
-// outbox (an [eventlog.Log]: a Redis stream in a fleet, memory otherwise) and returns its id;
+// outbox (an [eventlog.Log]: a Redis stream in a fleet, a journal file on one host with a
+// store directory, memory otherwise) and returns its id;
 // Run, in the one host that holds the bot's outbox lease, sends what is stored, in order per
 // recipient and within the platform's limits ([pacing]), retries what the platform refused
 // for now, and reports each outcome (message.sent, message.failed) and its status.
