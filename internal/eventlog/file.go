@@ -21,10 +21,12 @@ import (
 // process stopping, not the machine losing power: then some entries are read again). Opening
 // replays the journal and rewrites it compacted, as does Consumed once the journal has grown
 // well past what the log holds. Entries a group handed out before a restart are handed out
-// again (Redelivered) right after it. One process may have a file open at a time.
+// again (Redelivered) right after it. One process at a time has a journal open: opening one
+// that another process (or another File) holds fails (on Unix: a lock file beside it).
 type File struct {
 	*Memory
 	path string
+	lock *os.File // held open: the process's exclusive lock on the journal
 
 	wmu   sync.Mutex // guards f, lines; taken after Memory.mu when both are
 	f     *os.File
@@ -52,13 +54,19 @@ func OpenFile(path string, opts Options) (*File, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("eventlog: %w", err)
 	}
-	l := &File{Memory: NewMemory(opts), path: path}
+	lock, err := lockPath(path + ".lock")
+	if err != nil {
+		return nil, err
+	}
+	l := &File{Memory: NewMemory(opts), path: path, lock: lock}
 	if err := l.replay(); err != nil {
+		lock.Close()
 		return nil, err
 	}
 	l.Memory.mu.Lock()
 	defer l.Memory.mu.Unlock()
 	if err := l.compact(); err != nil {
+		lock.Close()
 		return nil, err
 	}
 	l.Memory.journal = l.journalAppend
@@ -349,5 +357,6 @@ func (l *File) Close() error {
 	}
 	err := l.f.Close()
 	l.f = nil
+	l.lock.Close()
 	return err
 }

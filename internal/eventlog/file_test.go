@@ -3,6 +3,7 @@ package eventlog
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -141,4 +142,19 @@ func TestFileCompactsWhenConsumed(t *testing.T) {
 	if c, _ := l.ConsumedID(ctx); c != last {
 		t.Fatalf("consumed = %v, want %v", c, last)
 	}
+}
+
+// TestFileOneAtATime: a journal another holder has open is refused with a clear error (two
+// hosts on one store directory would both deliver); once closed it opens.
+func TestFileOneAtATime(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "log")
+	l := openFile(t, path, Options{})
+	if l2, err := OpenFile(path, Options{}); err == nil || !strings.Contains(err.Error(), "in use by another process") {
+		if l2 != nil {
+			l2.Close()
+		}
+		t.Fatalf("second OpenFile = %v; want in use", err)
+	}
+	l.Close()
+	openFile(t, path, Options{})
 }
