@@ -74,10 +74,10 @@ func (s *Server) keeper(store StoreConfig) (*idempotency.Keeper, func() error, e
 			return nil, nil, err
 		}
 		if rdb != nil {
-			return idempotency.New(idempotency.NewRedis(rdb, store.KeyPrefix), idempotency.Options{Logger: s.log}), rdb.Close, nil
+			return idempotency.New(idempotency.NewRedis(rdb, store.KeyPrefix), idempotency.Options{Logger: s.log, Lease: s.opts.IdempotencyLease}), rdb.Close, nil
 		}
 	}
-	return idempotency.New(idempotency.NewMemory(0), idempotency.Options{Logger: s.log}), func() error { return nil }, nil
+	return idempotency.New(idempotency.NewMemory(0), idempotency.Options{Logger: s.log, Lease: s.opts.IdempotencyLease}), func() error { return nil }, nil
 }
 
 // defaultRedisClient builds a client from RedisURL or RedisAddrs (one node, Sentinel with

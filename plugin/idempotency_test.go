@@ -3,9 +3,13 @@ package plugin
 import (
 	"context"
 	"errors"
+	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
 	"github.com/seed-a64d9e1f/chatwire/adapter/wecom/wecomtest"
@@ -107,5 +111,59 @@ func TestIdempotencyKeyContext(t *testing.T) {
 	ctx := context.Background()
 	if IdempotencyKey(WithIdempotencyKey(ctx, "")) != "" || IdempotencyKey(WithIdempotencyKey(ctx, "k")) != "k" {
 		t.Fatal("WithIdempotencyKey/IdempotencyKey do not round-trip")
+	}
+}
+
+// TestProcessIdempotentSendCrashed: a plugin killed while WeCom holds its send leaves the
+// key's outcome unknown; a repeat with the key (to the restarted plugin, on the same Redis)
+// is refused with ErrOutcomeUnknown and never sends again.
+func TestProcessIdempotentSendCrashed(t *testing.T) {
+	srv := &wecomtest.Server{IgnoreDuplicateCheck: true}
+	inSend := make(chan struct{})
+	release := make(chan struct{})
+	var once sync.Once
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/message/send") {
+			first := false
+			once.Do(func() { first = true })
+			if first {
+				close(inSend)
+				<-release // the first send hangs until the test ends
+				return
+			}
+		}
+		srv.ServeHTTP(w, r)
+	}))
+	defer api.Close()
+	defer close(release)
+	rs := redistest.Start(t)
+	p := launchWeCom(t, api.URL, StoreConfig{RedisURL: "redis://" + rs.Addr() + "/0"})
+	ctx := WithIdempotencyKey(t.Context(), "crash-1")
+	first := make(chan error, 1)
+	go func() {
+		_, err := p.Bot("hr").Send(ctx, text("maybe sent"))
+		first <- err
+	}()
+	<-inSend
+	pid := p.Pid()
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-first; err == nil {
+		t.Fatal("the send of a killed plugin succeeded")
+	}
+	var err error
+	eventually(t, 30*time.Second, "the restarted plugin answers", func() bool {
+		_, err = p.Bot("hr").Send(ctx, text("maybe sent"))
+		return adapter.KindOf(err) != adapter.KindUnavailable
+	})
+	if !errors.Is(err, ErrOutcomeUnknown) || !errors.Is(err, ErrIdempotencyConflict) || adapter.Code(err) != CodeOutcomeUnknown {
+		t.Fatalf("repeat after a crash: err = %v (code %q), want ErrOutcomeUnknown", err, adapter.Code(err))
+	}
+	if p.Pid() == pid {
+		t.Fatal("the plugin was not replaced")
+	}
+	if n := srv.Calls("message/send"); n != 0 {
+		t.Fatalf("WeCom's message/send ran %d times after the crash, want 0 (never sent again)", n)
 	}
 }

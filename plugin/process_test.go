@@ -131,6 +131,9 @@ func servePluginForTest(version int) {
 		},
 	}
 	if version == ProtocolVersion {
+		if os.Getenv(roleEnv) == "plugin-wecom" {
+			opts.IdempotencyLease = time.Second // a test kills a plugin mid-send
+		}
 		Serve(ServeOptions{ServerOptions: opts, LogLevel: slog.LevelDebug})
 		return
 	}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/common/expfmt"
@@ -77,6 +78,10 @@ type ServerOptions struct {
 	// idempotent sends ([WithIdempotencyKey]). nil: a plain client from RedisURL or
 	// RedisAddrs. Without a Redis store the keys live in the plugin's memory.
 	RedisClient func(StoreConfig) (redis.UniversalClient, error)
+	// IdempotencyLease is how long a send's claim on its key outlives a plugin process that
+	// died mid-send; a repeat waits that long before it answers "outcome unknown". Zero
+	// means 30 s.
+	IdempotencyLease time.Duration
 }
 
 // Server serves the adapter service: it holds the bots the host configured and routes every
