@@ -3,6 +3,7 @@ package plugin
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"errors"
 	"fmt"
 
@@ -90,8 +91,12 @@ func defaultRedisClient(sc StoreConfig) (redis.UniversalClient, error) {
 		}
 		return redis.NewClient(ro), nil
 	}
-	return redis.NewUniversalClient(&redis.UniversalOptions{Addrs: sc.RedisAddrs, MasterName: sc.RedisMasterName,
-		Username: sc.RedisUsername, Password: sc.RedisPassword, SentinelPassword: sc.RedisSentinelPassword, DB: sc.RedisDB}), nil
+	uo := &redis.UniversalOptions{Addrs: sc.RedisAddrs, MasterName: sc.RedisMasterName,
+		Username: sc.RedisUsername, Password: sc.RedisPassword, SentinelPassword: sc.RedisSentinelPassword, DB: sc.RedisDB}
+	if sc.RedisTLS {
+		uo.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	return redis.NewUniversalClient(uo), nil
 }
 
 // sendOnce runs send once for req's idempotency key: the answer (the SendResponse or the
