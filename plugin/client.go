@@ -90,15 +90,21 @@ var (
 )
 
 // Send implements [adapter.Adapter]. Attachments given as a Body are read into memory first
-// (at most [MaxMessageSize] in all).
+// (at most [MaxMessageSize] in all). Under a ctx from [WithIdempotencyKey] the send is
+// idempotent: the plugin sends at most once per key and answers every repeat with the first
+// receipt.
 func (b *Bot) Send(ctx context.Context, msg adapter.Message) (adapter.Receipt, error) {
 	msg.Attachments = append([]adapter.Attachment(nil), msg.Attachments...) // the caller's stay untouched
 	if err := loadBodies(msg.Attachments); err != nil {
 		return adapter.Receipt{}, err
 	}
-	r, err := b.c.rpc.Send(ctx, &pb.SendRequest{Bot: b.name, Message: messageToProto(msg)})
+	r, err := b.c.rpc.Send(ctx, &pb.SendRequest{Bot: b.name, Message: messageToProto(msg), IdempotencyKey: IdempotencyKey(ctx)})
 	if err != nil {
-		return adapter.Receipt{}, fromStatus(ctx, err)
+		err = fromStatus(ctx, err)
+		if ae, ok := err.(*adapter.Error); ok {
+			idemError(ae)
+		}
+		return adapter.Receipt{}, err
 	}
 	return receiptFromProto(r.Receipt), nil
 }

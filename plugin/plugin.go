@@ -18,8 +18,8 @@ import (
 const ProtocolVersion = 1
 
 // ProtocolMinor grows with additive changes to adapter.proto; a plugin reports it in Info.
-// 1 added the Recall RPC.
-const ProtocolMinor = 1
+// 1 added the Recall RPC; 2 added SendRequest.idempotency_key.
+const ProtocolMinor = 2
 
 // PluginName is the name the adapter service is dispensed under.
 const PluginName = "adapter"

@@ -25,6 +25,7 @@ import (
 	goplugin "github.com/hashicorp/go-plugin"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
+	"github.com/seed-a64d9e1f/chatwire/adapter/wecom"
 )
 
 const roleEnv = "CHATWIRE_TEST_ROLE"
@@ -32,6 +33,9 @@ const roleEnv = "CHATWIRE_TEST_ROLE"
 // gateEnv names the directory of the plugin-gated role's files: "started" once its first
 // process configured, "open" to let later processes configure.
 const gateEnv = "CHATWIRE_TEST_GATE_DIR"
+
+// wecomEnv is the wecomtest API base of the plugin-wecom role.
+const wecomEnv = "CHATWIRE_TEST_WECOM_API"
 
 func TestMain(m *testing.M) {
 	switch os.Getenv(roleEnv) {
@@ -42,6 +46,9 @@ func TestMain(m *testing.M) {
 		servePluginForTest(2)
 		os.Exit(0)
 	case "plugin-crash":
+		servePluginForTest(ProtocolVersion)
+		os.Exit(0)
+	case "plugin-wecom":
 		servePluginForTest(ProtocolVersion)
 		os.Exit(0)
 	case "plugin-hang-configure", "plugin-gated":
@@ -115,10 +122,18 @@ func servePluginForTest(version int) {
 					}
 				}
 			}
+			if os.Getenv(roleEnv) == "plugin-wecom" {
+				// a real WeCom adapter against the wecomtest server the test runs
+				return wecom.New(wecom.Config{Bot: bot.Name, CorpID: "wwidem", CorpSecret: "s3cret", AgentID: 1000002,
+					APIBase: os.Getenv(wecomEnv)}, wecom.Options{})
+			}
 			return testAdapter(), nil
 		},
 	}
 	if version == ProtocolVersion {
+		if os.Getenv(roleEnv) == "plugin-wecom" {
+			opts.IdempotencyLease = time.Second // a test kills a plugin mid-send
+		}
 		Serve(ServeOptions{ServerOptions: opts, LogLevel: slog.LevelDebug})
 		return
 	}

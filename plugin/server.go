@@ -9,11 +9,14 @@ import (
 	"log/slog"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/common/expfmt"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
+	"github.com/seed-a64d9e1f/chatwire/internal/idempotency"
 	pb "github.com/seed-a64d9e1f/chatwire/plugin/proto"
 )
 
@@ -71,6 +74,14 @@ type ServerOptions struct {
 	Gatherer prometheus.Gatherer
 	// Logger receives bot lifecycle lines. If nil, nothing is logged.
 	Logger *slog.Logger
+	// RedisClient builds the client of the Redis store a StoreConfig names, for the keys of
+	// idempotent sends ([WithIdempotencyKey]). nil: a plain client from RedisURL or
+	// RedisAddrs. Without a Redis store the keys live in the plugin's memory.
+	RedisClient func(StoreConfig) (redis.UniversalClient, error)
+	// IdempotencyLease is how long a send's claim on its key outlives a plugin process that
+	// died mid-send; a repeat waits that long before it answers "outcome unknown". Zero
+	// means 30 s.
+	IdempotencyLease time.Duration
 }
 
 // Server serves the adapter service: it holds the bots the host configured and routes every
@@ -83,8 +94,11 @@ type Server struct {
 	reg    *prometheus.Registry   // the Server's own metrics, served with opts.Gatherer's
 	panics *prometheus.CounterVec // recovered panics by gRPC method
 
-	mu   sync.RWMutex // guards bots
-	bots map[string]adapter.Adapter
+	mu        sync.RWMutex // guards bots and the fields below
+	bots      map[string]adapter.Adapter
+	idem      *idempotency.Keeper // keys of idempotent sends; nil before the first Configure
+	idemStore string              // the store idem uses (idemStoreID)
+	idemClose func() error        // closes idem's Redis client
 }
 
 // NewServer returns a Server with no bots.
@@ -126,6 +140,19 @@ func (s *Server) Configure(ctx context.Context, req *pb.ConfigureRequest) (*pb.C
 		return nil, toStatus(&adapter.Error{Kind: adapter.KindInternal, Message: "plugin has no Open function"})
 	}
 	store := storeFromProto(req.GetStore())
+	s.mu.RLock()
+	keepIdem := s.idem != nil && s.idemStore == idemStoreID(store)
+	s.mu.RUnlock()
+	var (
+		idem      *idempotency.Keeper
+		idemClose func() error
+	)
+	if !keepIdem {
+		var err error
+		if idem, idemClose, err = s.keeper(store); err != nil {
+			return nil, toStatus(&adapter.Error{Kind: adapter.KindInvalidRequest, Message: "idempotency store: " + err.Error()})
+		}
+	}
 	opened := make(map[string]adapter.Adapter, len(req.Bots))
 	closeAll := func() {
 		for _, a := range opened {
@@ -136,11 +163,17 @@ func (s *Server) Configure(ctx context.Context, req *pb.ConfigureRequest) (*pb.C
 	for _, b := range req.Bots {
 		if _, dup := opened[b.Name]; dup || b.Name == "" {
 			closeAll()
+			if idemClose != nil {
+				idemClose()
+			}
 			return nil, toStatus(&adapter.Error{Kind: adapter.KindInvalidRequest, Message: fmt.Sprintf("bot name %q empty or repeated", b.Name)})
 		}
 		a, err := s.opts.Open(ctx, store, BotConfig{Name: b.Name, Platform: b.Platform, Config: json.RawMessage(b.Config)})
 		if err != nil {
 			closeAll()
+			if idemClose != nil {
+				idemClose()
+			}
 			ae := &adapter.Error{Kind: adapter.KindOf(err), Message: fmt.Sprintf("bot %s: %v", b.Name, err), Code: adapter.Code(err), Err: err}
 			return nil, toStatus(ae)
 		}
@@ -150,7 +183,15 @@ func (s *Server) Configure(ctx context.Context, req *pb.ConfigureRequest) (*pb.C
 	s.mu.Lock()
 	old := s.bots
 	s.bots = opened
+	var oldIdemClose func() error
+	if idem != nil {
+		oldIdemClose = s.idemClose
+		s.idem, s.idemStore, s.idemClose = idem, idemStoreID(store), idemClose
+	}
 	s.mu.Unlock()
+	if oldIdemClose != nil {
+		oldIdemClose()
+	}
 	for name, a := range old {
 		if err := a.Close(); err != nil {
 			s.log.Warn("closing replaced bot", "bot", name, "error", err)
@@ -185,11 +226,26 @@ func (s *Server) Send(ctx context.Context, req *pb.SendRequest) (*pb.SendRespons
 	if err != nil {
 		return nil, err
 	}
-	r, err := a.Send(ctx, messageFromProto(req.Message))
-	if err != nil {
-		return nil, toStatus(err)
+	send := func(ctx context.Context) (*pb.SendResponse, error) {
+		r, err := a.Send(ctx, messageFromProto(req.Message))
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		return &pb.SendResponse{Receipt: receiptToProto(r)}, nil
 	}
-	return &pb.SendResponse{Receipt: receiptToProto(r)}, nil
+	if req.IdempotencyKey == "" {
+		return send(ctx)
+	}
+	s.mu.RLock()
+	k := s.idem
+	s.mu.RUnlock()
+	return s.sendOnce(ctx, k, req, send)
+}
+
+// idemStoreID identifies the Redis store (or memory) sc names, so a Configure with the same
+// store keeps the keys.
+func idemStoreID(sc StoreConfig) string {
+	return fmt.Sprintf("%q %q %q %q %q %d %t", sc.RedisURL, sc.RedisAddrs, sc.RedisMasterName, sc.RedisUsername, sc.KeyPrefix, sc.RedisDB, sc.RedisTLS)
 }
 
 // HandleWebhook implements the HandleWebhook RPC. A refused request is not an RPC error:
@@ -306,8 +362,13 @@ func (s *Server) Close() error {
 	s.mu.Lock()
 	bots := s.bots
 	s.bots = make(map[string]adapter.Adapter)
+	idemClose := s.idemClose
+	s.idem, s.idemStore, s.idemClose = nil, "", nil
 	s.mu.Unlock()
 	var errs []error
+	if idemClose != nil {
+		errs = append(errs, idemClose())
+	}
 	for _, a := range bots {
 		errs = append(errs, a.Close())
 	}

@@ -24,6 +24,8 @@ func Serve(version string, level slog.Level) {
 			Version:   version,
 			Gatherer:  reg,
 			Logger:    log,
+			// idempotent sends keep their keys in the store's Redis, built as the token store's
+			RedisClient: RedisClient,
 		},
 		LogLevel: level,
 	})

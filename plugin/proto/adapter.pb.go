@@ -1103,11 +1103,17 @@ func (x *Receipt) GetIds() []string {
 }
 
 type SendRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Bot           string                 `protobuf:"bytes,1,opt,name=bot,proto3" json:"bot,omitempty"`
-	Message       *Message               `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Bot     string                 `protobuf:"bytes,1,opt,name=bot,proto3" json:"bot,omitempty"`
+	Message *Message               `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	// idempotency_key, if set, makes the send idempotent in the plugin: the same key (for this
+	// bot) within 24 h answers the first send's receipt or error and never sends again, across
+	// plugins sharing the store's Redis; the same key with another message is refused (an
+	// error with code "idempotency_conflict"). Empty: no deduplication (the host's own sends:
+	// it deduplicates HTTP Idempotency-Keys before calling). Since protocol_minor 2.
+	IdempotencyKey string `protobuf:"bytes,3,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *SendRequest) Reset() {
@@ -1152,6 +1158,13 @@ func (x *SendRequest) GetMessage() *Message {
 		return x.Message
 	}
 	return nil
+}
+
+func (x *SendRequest) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
 }
 
 type SendResponse struct {
@@ -2585,10 +2598,11 @@ const file_adapter_proto_rawDesc = "" +
 	"\aReceipt\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\ainvalid\x18\x02 \x03(\tR\ainvalid\x12\x10\n" +
-	"\x03ids\x18\x03 \x03(\tR\x03ids\"W\n" +
+	"\x03ids\x18\x03 \x03(\tR\x03ids\"\x80\x01\n" +
 	"\vSendRequest\x12\x10\n" +
 	"\x03bot\x18\x01 \x01(\tR\x03bot\x126\n" +
-	"\amessage\x18\x02 \x01(\v2\x1c.chatwire.adapter.v1.MessageR\amessage\"F\n" +
+	"\amessage\x18\x02 \x01(\v2\x1c.chatwire.adapter.v1.MessageR\amessage\x12'\n" +
+	"\x0fidempotency_key\x18\x03 \x01(\tR\x0eidempotencyKey\"F\n" +
 	"\fSendResponse\x126\n" +
 	"\areceipt\x18\x01 \x01(\v2\x1c.chatwire.adapter.v1.ReceiptR\areceipt\" \n" +
 	"\x06Values\x12\x16\n" +
