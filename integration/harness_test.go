@@ -206,6 +206,16 @@ func (h *host) kill() {
 // do sends an API request and returns the status and body.
 func (h *host) do(method, path string, body any) (int, []byte, http.Header) {
 	h.t.Helper()
+	status, out, hdr, err := h.tryDo(method, path, body)
+	if err != nil {
+		h.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	return status, out, hdr
+}
+
+// tryDo is do that returns a transport error (the host was killed mid-request) instead of
+// failing the test.
+func (h *host) tryDo(method, path string, body any) (int, []byte, http.Header, error) {
 	var rd io.Reader
 	if body != nil {
 		switch b := body.(type) {
@@ -220,7 +230,7 @@ func (h *host) do(method, path string, body any) (int, []byte, http.Header) {
 	}
 	req, err := http.NewRequest(method, "http://"+h.addr+path, rd)
 	if err != nil {
-		h.t.Fatal(err)
+		return 0, nil, nil, err
 	}
 	if h.apiKey != "" {
 		req.Header.Set("Authorization", "Bearer "+h.apiKey)
@@ -232,11 +242,14 @@ func (h *host) do(method, path string, body any) (int, []byte, http.Header) {
 	defer cancel()
 	resp, err := http.DefaultClient.Do(req.WithContext(ctx))
 	if err != nil {
-		h.t.Fatalf("%s %s: %v", method, path, err)
+		return 0, nil, nil, err
 	}
 	defer resp.Body.Close()
-	out, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, out, resp.Header
+	out, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, nil, nil, err
+	}
+	return resp.StatusCode, out, resp.Header, nil
 }
 
 // secretScan fails t if any of secrets appears in any of texts. Secrets shorter than 6
