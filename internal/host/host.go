@@ -1,0 +1,356 @@
+package host
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/seed-a64d9e1f/chatwire/adapter"
+	"github.com/seed-a64d9e1f/chatwire/internal/backoff"
+	"github.com/seed-a64d9e1f/chatwire/internal/eventlog"
+	"github.com/seed-a64d9e1f/chatwire/internal/pacing"
+	"github.com/seed-a64d9e1f/chatwire/internal/platforms"
+	"github.com/seed-a64d9e1f/chatwire/plugin"
+)
+
+// hostOptions tune a host beyond its config file (tests and the demo).
+type hostOptions struct {
+	Logger *slog.Logger
+	// PluginArgs are passed to the plugin executable. Nil means ["plugin"] when the host runs
+	// itself as the plugin, none otherwise.
+	PluginArgs []string
+	// PluginDebug makes the plugin log at debug level.
+	PluginDebug bool
+	// DeliverBackoff is the first wait between delivery retries. Zero means 1s.
+	DeliverBackoff time.Duration
+	// QueueSize bounds each bot's event queue. Zero means 10,000.
+	QueueSize int
+	// Listener, if not nil, is served instead of listening on cfg.Server.Listen.
+	Listener net.Listener
+	// PingInterval, PingTimeout and PingMisses tune the plugin's health checks (see
+	// plugin.LaunchOptions); zero means its defaults.
+	PingInterval, PingTimeout time.Duration
+	PingMisses                int
+	// PacingClock is the clock of send pacing (tests shorten time with it); nil: real time.
+	PacingClock pacing.Clock
+}
+
+// host is a running adapter-host: plugin, HTTP server, deliverers.
+type host struct {
+	cfg    *Config
+	log    *slog.Logger
+	plugin *plugin.Plugin
+	srv    *server
+	http   *http.Server
+	ln     net.Listener
+	m      *metrics
+	redis  redis.UniversalClient // nil without Redis
+
+	connMu   sync.Mutex            // guards newConns
+	newConns map[net.Conn]struct{} // connections that have not sent a request yet
+
+	shutdownOnce sync.Once
+	shutdownErr  error
+
+	stopDeliver context.CancelFunc
+	wg          sync.WaitGroup // deliverers and the HTTP server
+	serveErr    chan error
+}
+
+// startHost launches the plugin, configures the bots, and starts serving HTTP. ctx bounds
+// the start only; call shutdown to stop.
+func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	h := &host{cfg: cfg, log: log, m: newMetrics(), serveErr: make(chan error, 1)}
+
+	path, args := cfg.Plugin.Path, opts.PluginArgs
+	if path == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("finding this executable to run as the plugin: %w", err)
+		}
+		path = exe
+		if args == nil {
+			args = []string{"plugin"}
+		}
+	}
+	if opts.PluginDebug {
+		args = append(args, "--debug")
+	}
+	var bots []plugin.BotConfig
+	for _, b := range cfg.Bots {
+		section := b.pluginSection()
+		data, err := json.Marshal(section)
+		if err != nil {
+			return nil, err
+		}
+		bots = append(bots, plugin.BotConfig{Name: b.Name, Platform: b.Platform, Config: data})
+	}
+	store, err := cfg.Store.plugin()
+	if err != nil {
+		return nil, err
+	}
+	// One client for the host's queues, dedup and leases, built like the plugin's for tokens.
+	h.redis, err = platforms.RedisClient(store)
+	if err != nil {
+		return nil, err
+	}
+	p, err := plugin.Launch(ctx, plugin.LaunchOptions{
+		Path:         path,
+		Args:         args,
+		Store:        store,
+		Bots:         bots,
+		Logger:       log,
+		OnRestart:    h.m.restarts.Inc,
+		PingInterval: opts.PingInterval,
+		PingTimeout:  opts.PingTimeout,
+		PingMisses:   opts.PingMisses,
+		OnState: func(ready bool) {
+			if ready {
+				h.m.ready.Set(1)
+			} else {
+				h.m.ready.Set(0)
+			}
+		},
+	})
+	if err != nil {
+		if h.redis != nil {
+			h.redis.Close()
+		}
+		return nil, err
+	}
+	h.plugin = p
+	h.m.ready.Set(1)
+	readTimeout, idleTimeout, webhookTimeout := cfg.Server.timeouts()
+	h.srv = &server{
+		bots:           make(map[string]*bot),
+		keys:           cfg.Server.APIKeys,
+		ready:          p.Ready,
+		log:            log,
+		m:              h.m,
+		gather:         prometheus.Gatherers{h.m.reg, pluginGatherer{fetch: p.Metrics}},
+		closing:        make(chan struct{}),
+		refusals:       newRefusalLog(log, refusalBurst, refusalWindow),
+		webhookTimeout: webhookTimeout,
+		bodies:         newBodyBudget(cfg.Server.bodyMemory(), h.m.bodyBytes.Add),
+
+		pluginMetrics: p.Metrics,
+	}
+	if h.srv.sends, err = newSendGate(cfg, h.srv, h.redis, h.m.reg, log, opts.PacingClock); err != nil {
+		p.Close()
+		if h.redis != nil {
+			h.redis.Close()
+		}
+		return nil, err
+	}
+	for _, b := range cfg.Bots {
+		// The stream and dedup keys are those the host used before its ids came from the
+		// log, so an upgraded fleet keeps its events and dedup records.
+		lopts := eventlog.Options{MaxLen: opts.QueueSize, Logger: log, AckTimeout: b.ackTimeout()}
+		var l eventlog.Log
+		if h.redis != nil {
+			l = eventlog.NewRedis(h.redis, cfg.Store.KeyPrefix+":events:{"+b.Name+"}", cfg.Store.KeyPrefix+":dedup:{"+b.Name+"}:", lopts)
+		} else if cfg.Store.Dir != "" {
+			fl, err := eventlog.OpenFile(filepath.Join(cfg.Store.Dir, "events", b.Name+".log"), lopts)
+			if err != nil {
+				for _, o := range h.srv.bots {
+					o.events.Close()
+				}
+				h.srv.sends.close()
+				p.Close()
+				return nil, fmt.Errorf("bots %s: events: %w", b.Name, err)
+			}
+			l = fl
+		} else {
+			l = eventlog.NewMemory(lopts)
+		}
+		h.srv.bots[b.Name] = newBot(b.Name, b.Platform, p.Bot(b.Name), l)
+		h.srv.names = append(h.srv.names, b.Name)
+	}
+	h.registerChecks()
+	h.m.reg.MustRegister(prometheus.CollectorFunc(h.srv.collectServer))
+
+	ln := opts.Listener
+	if ln == nil {
+		ln, err = net.Listen("tcp", cfg.Server.Listen)
+		if err != nil {
+			p.Close()
+			if h.redis != nil {
+				h.redis.Close()
+			}
+			return nil, fmt.Errorf("server.listen: %w", err)
+		}
+	}
+	h.ln = ln
+	h.http = &http.Server{Handler: h.srv.routes(), ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout: readTimeout, IdleTimeout: idleTimeout,
+		ErrorLog:  slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		ConnState: h.trackConn}
+	h.wg.Add(1)
+	go func() {
+		defer h.wg.Done()
+		if err := h.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			h.serveErr <- err
+		}
+	}()
+
+	dctx, cancel := context.WithCancel(context.Background())
+	h.stopDeliver = cancel
+	backoff := opts.DeliverBackoff
+	if backoff <= 0 {
+		backoff = time.Second
+	}
+	for _, b := range cfg.Bots {
+		if b.Deliver == nil || b.Deliver.WebhookURL == "" {
+			continue
+		}
+		lanes := cmp.Or(b.Deliver.Concurrency, defaultDeliverLanes)
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.MaxIdleConnsPerHost = lanes // keep one connection per lane
+		d := &deliverer{bot: b.Name, url: b.Deliver.WebhookURL, secret: b.Deliver.WebhookSecret,
+			events: h.srv.bots[b.Name].events, client: &http.Client{Transport: tr}, log: log, lanes: lanes,
+			backoffMin: backoff, backoffMax: time.Minute,
+			result: func(ok bool) {
+				r := "ok"
+				if !ok {
+					r = "error"
+				}
+				h.m.deliveries.WithLabelValues(b.Name, r).Inc()
+			}}
+		h.wg.Add(1)
+		go func() {
+			defer h.wg.Done()
+			if h.redis == nil {
+				d.run(dctx)
+				return
+			}
+			// One host of the fleet delivers a bot's events (in order within each chat).
+			asLeader(dctx, h.redis, cfg.Store.KeyPrefix+":deliver:{"+b.Name+"}", 10*time.Second, log, d.run)
+		}()
+	}
+	h.srv.sends.start(dctx, &h.wg, h.redis, cfg.Store.KeyPrefix) // asynchronous sends
+	for _, b := range cfg.Bots {
+		longConn := b.WeComAIBot != nil && b.WeComAIBot.Secret != "" // the AI bot's long connection runs under Poll
+		if !longConn && (b.Graph == nil || b.Graph.NotificationURL != "") {
+			continue
+		}
+		if poller, ok := h.srv.bots[b.Name].adapter.(adapter.Poller); ok {
+			h.wg.Add(1)
+			go func() { defer h.wg.Done(); h.poll(dctx, h.srv.bots[b.Name], poller) }()
+		}
+	}
+	log.Info("adapter-host listening", "addr", ln.Addr().String(), "bots", len(cfg.Bots), "api_keys", len(cfg.Server.APIKeys) > 0)
+	return h, nil
+}
+
+// trackConn remembers connections that sent no request yet: http.Server.Shutdown waits up to
+// 5 s for them (clients open spare connections), so shutdown closes them itself.
+func (h *host) trackConn(c net.Conn, st http.ConnState) {
+	h.connMu.Lock()
+	defer h.connMu.Unlock()
+	if h.newConns == nil {
+		h.newConns = make(map[net.Conn]struct{})
+	}
+	if st == http.StateNew {
+		h.newConns[c] = struct{}{}
+	} else {
+		delete(h.newConns, c)
+	}
+}
+
+// poll receives the events of a bot without webhooks (Graph with no notification_url): it
+// queues each batch before asking for the next, which is when the adapter commits it.
+func (h *host) poll(ctx context.Context, b *bot, p adapter.Poller) {
+	bo := backoff.Backoff{Base: time.Second, Max: time.Minute}
+	rl := newRetryLog(h.log, "poll")
+	for ctx.Err() == nil {
+		events, err := p.Poll(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			rl.failed(err, "bot", b.name)
+			if backoff.Sleep(ctx, bo.Next()) != nil {
+				return
+			}
+			continue
+		}
+		bo.Reset()
+		rl.ok("bot", b.name)
+		for ctx.Err() == nil {
+			if err := h.srv.enqueue(ctx, b, events); err == nil {
+				break
+			}
+			backoff.Sleep(ctx, time.Second)
+		}
+	}
+}
+
+// URL returns the base URL the host serves on.
+func (h *host) URL() string { return "http://" + h.ln.Addr().String() }
+
+// wait blocks until ctx is done or the server fails, then shuts down.
+func (h *host) wait(ctx context.Context) error {
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-h.serveErr:
+	}
+	return errors.Join(err, h.shutdown())
+}
+
+// shutdown drains: /readyz turns 503 at once, in-flight requests finish (up to 15s), SSE
+// streams end, deliverers stop after their current attempt, then the plugin is stopped.
+// Later calls return the first call's result.
+func (h *host) shutdown() error {
+	h.shutdownOnce.Do(func() { h.shutdownErr = h.drain() })
+	return h.shutdownErr
+}
+
+func (h *host) drain() error {
+	h.log.Info("shutting down: draining requests")
+	close(h.srv.closing)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	h.connMu.Lock()
+	for c := range h.newConns {
+		c.Close()
+	}
+	h.connMu.Unlock()
+	err := h.http.Shutdown(ctx)
+	h.log.Debug("HTTP requests drained")
+	h.srv.refusals.close()
+	h.stopDeliver()
+	h.wg.Wait()
+	h.log.Debug("deliveries stopped")
+	for _, name := range h.srv.names {
+		if n, _ := h.srv.bots[name].events.Len(ctx); n.Unconsumed > 0 && h.redis == nil && h.cfg.Store.Dir == "" {
+			h.log.Warn("events never consumed are lost with this process", "bot", name, "events", n.Unconsumed, "held", n.Held)
+		}
+	}
+	for _, name := range h.srv.names {
+		h.srv.bots[name].events.Close()
+	}
+	h.srv.sends.close()
+	h.plugin.Close()
+	if h.redis != nil {
+		h.redis.Close()
+	}
+	h.log.Info("stopped")
+	return err
+}
