@@ -80,13 +80,13 @@ func atoi(s string) int {
 	return n
 }
 
-// serverRoutes returns the "METHOD /path" patterns cmd/adapter-host registers on its server's
-// mux (named mux; the emulators of `emulate` use other muxes).
+// serverRoutes returns the "METHOD /path" patterns internal/host registers on its server's
+// mux (named mux; the emulators of `adapter-host emulate` are in internal/demo).
 func serverRoutes(t *testing.T) []string {
 	t.Helper()
-	files, err := filepath.Glob(filepath.Join("..", "cmd", "adapter-host", "*.go"))
+	files, err := filepath.Glob(filepath.Join("..", "internal", "host", "*.go"))
 	if err != nil || len(files) == 0 {
-		t.Fatalf("cmd/adapter-host sources: %v", err)
+		t.Fatalf("internal/host sources: %v", err)
 	}
 	re := regexp.MustCompile(`\bmux\.Handle(?:Func)?\("([A-Z]+ /[^"]*)"`)
 	var routes []string
@@ -103,7 +103,7 @@ func serverRoutes(t *testing.T) []string {
 		}
 	}
 	if len(routes) == 0 {
-		t.Fatal("found no mux.Handle routes in cmd/adapter-host: the pattern is out of date")
+		t.Fatal("found no mux.Handle routes in internal/host: the pattern is out of date")
 	}
 	slices.Sort(routes)
 	return routes

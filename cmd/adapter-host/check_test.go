@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/seed-a64d9e1f/chatwire/adapter/graph/graphtest"
 	"github.com/seed-a64d9e1f/chatwire/adapter/wecom/wecomtest"
+	"github.com/seed-a64d9e1f/chatwire/internal/check"
 	"github.com/seed-a64d9e1f/chatwire/internal/redistest"
 )
 
@@ -78,10 +79,10 @@ func TestCheckMostSpecificExplanation(t *testing.T) {
 	var out bytes.Buffer
 	err := cmdCheck(t.Context(), []string{"--config", p}, &out, io.Discard)
 	s := out.String()
-	if err == nil || !strings.Contains(s, "what it means: "+explanations["AADSTS7000215"]) {
+	if err == nil || !strings.Contains(s, "what it means: "+check.Explain("AADSTS7000215")) {
 		t.Errorf("check with a wrong client secret = %v\n%s\nwant AADSTS7000215's explanation", err, s)
 	}
-	if strings.Contains(s, explanations["invalid_client"]) {
+	if strings.Contains(s, check.Explain("invalid_client")) {
 		t.Errorf("check gave the generic invalid_client explanation too:\n%s", s)
 	}
 	if n := strings.Count(s, "what it means:"); n != 1 {

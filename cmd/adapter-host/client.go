@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -19,6 +18,8 @@ import (
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
 	"github.com/seed-a64d9e1f/chatwire/client"
+	"github.com/seed-a64d9e1f/chatwire/internal/check"
+	"github.com/seed-a64d9e1f/chatwire/internal/config"
 )
 
 // apiFlags say how to reach a running host.
@@ -37,7 +38,7 @@ func (a *apiFlags) register(fs *flag.FlagSet) {
 func (a *apiFlags) resolve() (base, key string, err error) {
 	base, key = a.url, a.key
 	if a.config != "" && (base == "" || key == "") {
-		cfg, err := LoadConfig(a.config)
+		cfg, err := config.Load(a.config)
 		if err != nil {
 			return "", "", err
 		}
@@ -63,42 +64,6 @@ func (a *apiFlags) newClient(log *slog.Logger) (*client.Client, error) {
 	return client.New(base, client.Options{APIKey: key, Logger: log})
 }
 
-// apiError turns an error response of the host into an error with its kind and message.
-func apiError(resp *http.Response) error {
-	if err := cliError(client.CheckResponse(resp)); err != nil {
-		return err
-	}
-	return fmt.Errorf("host answered %s", resp.Status)
-}
-
-// cliError words an error of the client for the command line: the host's message and kind,
-// the platform code explained, the retry-after; a request that got no answer asks whether
-// the host runs.
-func cliError(err error) error {
-	if err == nil {
-		return nil
-	}
-	var ae *client.Error
-	if !errors.As(err, &ae) {
-		return fmt.Errorf("is the host running? %w", err)
-	}
-	var eb errorBody
-	if json.Unmarshal(ae.Body, &eb) != nil || eb.Error.Kind == "" {
-		return fmt.Errorf("host answered %d %s: %s", ae.StatusCode, http.StatusText(ae.StatusCode), strings.TrimSpace(string(ae.Body)))
-	}
-	msg := fmt.Sprintf("%s (%s)", ae.Message, ae.Kind)
-	if ae.PlatformCode != "" {
-		msg += ", platform code " + ae.PlatformCode
-		if ex := explain(ae.PlatformCode); ex != "" {
-			msg += ": " + ex
-		}
-	}
-	if ae.RetryAfter > 0 {
-		msg += fmt.Sprintf(", retry after %.0fs", ae.RetryAfter.Seconds())
-	}
-	return errors.New(msg)
-}
-
 func cmdTokenStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("token status", "token status [--config FILE | --url URL --api-key KEY] [--json]", stdout, stderr)
 	var af apiFlags
@@ -118,7 +83,7 @@ func cmdTokenStatus(ctx context.Context, args []string, stdout, stderr io.Writer
 		}
 		resp, err := c.Do(req)
 		if err != nil {
-			return cliError(err)
+			return check.ClientError(err)
 		}
 		defer resp.Body.Close()
 		_, err = io.Copy(stdout, resp.Body)
@@ -126,7 +91,7 @@ func cmdTokenStatus(ctx context.Context, args []string, stdout, stderr io.Writer
 	}
 	bots, err := c.Tokens(ctx)
 	if err != nil {
-		return cliError(err)
+		return check.ClientError(err)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "BOT\tPLATFORM\tKEY\tSTATE\tEXPIRES IN\tREFRESHES\tFAILURES\tFP\tLAST ERROR")
@@ -288,9 +253,9 @@ func cmdSend(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	switch {
 	case err != nil && (!errors.As(err, &ae) || ae.StatusCode == http.StatusTooManyRequests || ae.StatusCode >= 500):
-		return fmt.Errorf("%w (to retry without sending twice: --idempotency-key %s)", cliError(err), key)
+		return fmt.Errorf("%w (to retry without sending twice: --idempotency-key %s)", check.ClientError(err), key)
 	case err != nil:
-		return cliError(err)
+		return check.ClientError(err)
 	}
 	if r.Replayed {
 		fmt.Fprintf(stdout, "already sent under Idempotency-Key %s; not sent again\n", key)

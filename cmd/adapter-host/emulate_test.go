@@ -16,6 +16,11 @@ import (
 	"time"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
+	"github.com/seed-a64d9e1f/chatwire/internal/check"
+	"github.com/seed-a64d9e1f/chatwire/internal/config"
+	"github.com/seed-a64d9e1f/chatwire/internal/demo"
+	"github.com/seed-a64d9e1f/chatwire/internal/host"
+	"github.com/seed-a64d9e1f/chatwire/internal/sse"
 )
 
 func freeAddr(t *testing.T) string {
@@ -75,23 +80,23 @@ func TestEmulate(t *testing.T) {
 		t.Fatal(err)
 	}
 	wrongTenant := filepath.Join(filepath.Dir(cfgPath), "wrong-tenant.yaml")
-	os.WriteFile(wrongTenant, []byte(strings.Replace(string(written), "graph: {tenant_id: "+emuTenant, "graph: {tenant_id: contoso-typo", 1)), 0o600)
+	os.WriteFile(wrongTenant, []byte(strings.Replace(string(written), "graph: {tenant_id: "+demo.EmuTenant, "graph: {tenant_id: contoso-typo", 1)), 0o600)
 	var wrongOut syncBuffer
 	if err := run(ctx, []string{"check", "--config", wrongTenant}, &wrongOut, &checkErr); err == nil ||
 		!strings.Contains(wrongOut.String(), "bot teams (graph): FAILED") || !strings.Contains(wrongOut.String(), "AADSTS90002") ||
-		!strings.Contains(wrongOut.String(), "what it means: "+explanations["AADSTS90002"]) {
+		!strings.Contains(wrongOut.String(), "what it means: "+check.Explain("AADSTS90002")) {
 		t.Errorf("check with a wrong tenant_id = %v\n%s", err, wrongOut.String())
 	}
 
-	cfg, err := LoadConfig(cfgPath)
+	cfg, err := config.Load(cfgPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := startHost(ctx, cfg, hostOptions{})
+	h, err := host.Start(ctx, cfg, host.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer h.shutdown()
+	defer h.Shutdown()
 	key := cfg.Server.APIKeys[0]
 	post := func(path, body string) {
 		t.Helper()
@@ -108,7 +113,7 @@ func TestEmulate(t *testing.T) {
 		}
 	}
 	post("/v1/bots/hr/messages", `{"to":{"user":"alice"},"text":"hi alice"}`)
-	post("/v1/bots/teams/messages", `{"to":{"chat":"`+emuChatID+`"},"text":"hi chat"}`)
+	post("/v1/bots/teams/messages", `{"to":{"chat":"`+demo.EmuChatID+`"},"text":"hi chat"}`)
 
 	// Erin writes to the helpdesk bot on the emulated Teams; the bot then writes to her.
 	teamsURL := regexp.MustCompile(`curl -d user=Erin -d text=hi (\S+)`).FindStringSubmatch(out)
@@ -136,7 +141,7 @@ func TestEmulate(t *testing.T) {
 	sctx, stop := context.WithCancel(ctx)
 	defer stop()
 	connected := make(chan struct{})
-	go readSSEWithHook(sctx, h.URL()+"/v1/bots/hr/events", key, "", func() { close(connected) }, func(id, kind string, data []byte) error {
+	go sse.ReadWithHook(sctx, h.URL()+"/v1/bots/hr/events", key, "", func() { close(connected) }, func(id, kind string, data []byte) error {
 		var ev adapter.Event
 		json.Unmarshal(data, &ev)
 		got <- ev

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/seed-a64d9e1f/chatwire/internal/config"
+	"github.com/seed-a64d9e1f/chatwire/internal/host"
 	"github.com/seed-a64d9e1f/chatwire/internal/platforms"
 	"github.com/seed-a64d9e1f/chatwire/plugin"
 )
@@ -216,7 +218,7 @@ func newFlagSet(name, synopsis string, stdout, stderr io.Writer) *flagSet {
 
 func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("run", "run --config FILE [--log-format text|json] [--log-level info] [--cpuprofile FILE] [--plugin-cpuprofile FILE]", stdout, stderr)
-	config := fs.String("config", os.Getenv("CHATWIRE_CONFIG"), "config file (default $CHATWIRE_CONFIG)")
+	configPath := fs.String("config", os.Getenv("CHATWIRE_CONFIG"), "config file (default $CHATWIRE_CONFIG)")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of this process (not the plugin) from start to shutdown to `FILE`, for go tool pprof (bench/load uses it)")
 	pluginProfile := fs.String("plugin-cpuprofile", "", "write a CPU profile of the built-in plugin process from its start to its shutdown to `FILE` (a restarted plugin starts it over)")
 	var lf logFlags
@@ -224,14 +226,14 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *config == "" {
+	if *configPath == "" {
 		return errNoConfig
 	}
 	log, level, err := lf.logger(stderr)
 	if err != nil {
 		return err
 	}
-	cfg, err := LoadConfig(*config)
+	cfg, err := config.Load(*configPath)
 	if err != nil {
 		return err
 	}
@@ -245,20 +247,21 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		}
 		defer stop()
 	}
-	clock, err := pacingClockFromEnv(log)
+	clock, err := host.PacingClockFromEnv(log)
 	if err != nil {
 		return err
 	}
-	opts := hostOptions{Logger: log, PluginDebug: level <= slog.LevelDebug, PacingClock: clock}
+	v, rev := buildVersion()
+	opts := host.Options{Logger: log, PluginDebug: level <= slog.LevelDebug, PacingClock: clock, Version: v, Revision: rev}
 	if *pluginProfile != "" {
 		if cfg.Plugin.Path != "" {
 			return errors.New("--plugin-cpuprofile works with the built-in plugin only (plugin.path is set)")
 		}
 		opts.PluginArgs = []string{"plugin", "--cpuprofile", *pluginProfile}
 	}
-	h, err := startHost(ctx, cfg, opts)
+	h, err := host.Start(ctx, cfg, opts)
 	if err != nil {
 		return err
 	}
-	return h.wait(ctx)
+	return h.Wait(ctx)
 }

@@ -8,14 +8,15 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"regexp"
 	"strings"
 	"time"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
 	"github.com/seed-a64d9e1f/chatwire/adapter/graph"
+	"github.com/seed-a64d9e1f/chatwire/adapter/teams"
 	"github.com/seed-a64d9e1f/chatwire/adapter/wecom"
+	"github.com/seed-a64d9e1f/chatwire/internal/config"
 	"github.com/seed-a64d9e1f/chatwire/internal/filestore"
 	"github.com/seed-a64d9e1f/chatwire/internal/platforms"
 	"github.com/seed-a64d9e1f/chatwire/plugin"
@@ -65,8 +66,8 @@ var explanations = map[string]string{
 	"TooManyRequests":            "Graph is throttling this app; chatwire waits when it can",
 }
 
-// explain returns the plain-words meaning of a platform code, or "".
-func explain(code string) string {
+// Explain returns the plain-words meaning of a platform code, or "".
+func Explain(code string) string {
 	if ex, ok := explanations[code]; ok {
 		return ex
 	}
@@ -121,7 +122,7 @@ func describeFailure(err error) (msg, fix string) {
 	if hint == "" && errors.As(err, &pe) {
 		hint = pe.Hint
 	}
-	fix = cmp.Or(teamsExplain(err), explain(platformCode(err)), hint)
+	fix = cmp.Or(teamsExplain(err), Explain(platformCode(err)), hint)
 	if hint != "" && fix != "" {
 		msg = strings.Replace(msg, " (fix: "+hint+")", "", 1)
 	}
@@ -129,7 +130,7 @@ func describeFailure(err error) (msg, fix string) {
 }
 
 // reportFailure prints a bot's failed check: the error, then the fix once.
-func reportFailure(w io.Writer, b BotConfig, err error) {
+func reportFailure(w io.Writer, b config.BotConfig, err error) {
 	msg, fix := describeFailure(err)
 	fmt.Fprintf(w, "bot %s (%s): FAILED: %s\n", b.Name, b.Platform, msg)
 	if fix != "" {
@@ -142,32 +143,17 @@ type checkFailed struct{ n, of int }
 func (e checkFailed) Error() string { return fmt.Sprintf("%d of %d bots failed the check", e.n, e.of) }
 func (e checkFailed) ExitCode() int { return 2 }
 
-func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("check", "check --config FILE [--offline]", stdout, stderr)
-	config := fs.String("config", "", "config file to check (required)")
-	offline := fs.Bool("offline", false, "only validate the file; do not contact the platforms")
-	timeout := fs.Duration("timeout", 20*time.Second, "how long each credential probe may take")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if *config == "" {
-		return errNoConfig
-	}
-	cfg, err := LoadConfig(*config)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "config %s: ok (%d bots, listen %s)\n", *config, len(cfg.Bots), cfg.Server.Listen)
-	if *offline {
-		return nil
-	}
+// Bots tries the credentials of every bot of cfg (read from configPath), each probe bounded
+// by timeout, and prints one verdict per bot to stdout. A failed check returns an error whose
+// ExitCode is 2.
+func Bots(ctx context.Context, cfg *config.Config, configPath string, timeout time.Duration, stdout io.Writer) error {
 	opener := platforms.New(slog.New(slog.DiscardHandler), nil)
 	opener.NoStart = true // a probe creates no Graph subscriptions
 	failed := 0
 	for _, b := range cfg.Bots {
 		if b.Graph != nil && b.Graph.Auth == graph.AuthDelegated {
 			// Redeeming the stored refresh token would rotate it under a running host.
-			note, err := probeDelegated(ctx, cfg.Store, *config, b, *timeout)
+			note, err := probeDelegated(ctx, cfg.Store, configPath, b, timeout)
 			if err != nil {
 				failed++
 				reportFailure(stdout, b, err)
@@ -176,7 +162,7 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			fmt.Fprintf(stdout, "bot %s (%s): ok, %s\n", b.Name, b.Platform, note)
 			continue
 		}
-		if err := probe(ctx, opener, b, *timeout); err != nil {
+		if err := probe(ctx, opener, b, timeout); err != nil {
 			failed++
 			reportFailure(stdout, b, err)
 			continue
@@ -208,7 +194,7 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 // credentials token request, and that a sign-in is stored. note says what was checked.
 // For the multi-tenant endpoints (common, consumers, organizations) the secret is not
 // tried: the identity platform takes no client credentials request there.
-func probeDelegated(ctx context.Context, sc StoreConfig, configPath string, b BotConfig, timeout time.Duration) (note string, err error) {
+func probeDelegated(ctx context.Context, sc config.StoreConfig, configPath string, b config.BotConfig, timeout time.Duration) (note string, err error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	// The client secret first: a wrong tenant_id or secret (AADSTS90002, AADSTS7000215) is
@@ -227,7 +213,7 @@ func probeDelegated(ctx context.Context, sc StoreConfig, configPath string, b Bo
 		}
 	}
 	key := platforms.GraphKey(*b.Graph)
-	store, _, closeStore, err := openStore(sc)
+	store, _, closeStore, err := OpenStore(sc)
 	if err != nil {
 		return "", err
 	}
@@ -246,10 +232,10 @@ func probeDelegated(ctx context.Context, sc StoreConfig, configPath string, b Bo
 // with agent/get (gettoken never sees agent_id). The bot is opened on a store of its own in
 // memory, never the config's: the token check fetches stays in this process, so a shared
 // Redis (which running hosts read) is left as it was.
-func probe(ctx context.Context, opener *platforms.Opener, b BotConfig, timeout time.Duration) error {
+func probe(ctx context.Context, opener *platforms.Opener, b config.BotConfig, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	section := b.pluginSection()
+	section := b.PluginSection()
 	data, err := json.Marshal(section)
 	if err != nil {
 		return err
@@ -291,60 +277,49 @@ func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
-func cmdGraphLogin(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("graph login", "graph login --config FILE --bot NAME [--redirect URL | --device]", stdout, stderr)
-	config := fs.String("config", os.Getenv("CHATWIRE_CONFIG"), "config file (required)")
-	botName := fs.String("bot", "", "the delegated Graph bot to sign in (required)")
-	redirect := fs.String("redirect", "http://localhost:8400/callback", "loopback redirect URI registered for the app (Authentication → Mobile and desktop applications)")
-	device := fs.Bool("device", false, "use the device code flow instead (sign in on another device)")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if *config == "" {
-		return errNoConfig
-	}
-	cfg, err := LoadConfig(*config)
-	if err != nil {
-		return err
-	}
+// GraphLogin signs the delegated Graph bot botName of cfg (read from configPath) in, in a
+// browser with the loopback redirect URI, or with the device code flow, and stores its
+// refresh token in cfg's store.
+func GraphLogin(ctx context.Context, cfg *config.Config, configPath, botName, redirect string, device bool, stdout io.Writer) error {
 	var g *platforms.Graph
 	for _, b := range cfg.Bots {
-		if b.Name == *botName && b.Graph != nil {
+		if b.Name == botName && b.Graph != nil {
 			g = b.Graph
 		}
 	}
 	if g == nil {
-		return fmt.Errorf("graph login: no graph bot named %q in %s", *botName, *config)
+		return fmt.Errorf("graph login: no graph bot named %q in %s", botName, configPath)
 	}
 	if g.Auth != "delegated" {
-		return fmt.Errorf("graph login: bot %s uses %s auth; only delegated bots sign in", *botName, g.Auth)
+		return fmt.Errorf("graph login: bot %s uses %s auth; only delegated bots sign in", botName, g.Auth)
 	}
 	gc := platforms.GraphConfig(*g, nil)
 	var res *graph.LoginResult
-	if *device {
+	var err error
+	if device {
 		res, err = gc.DeviceLogin(ctx, func(dc graph.DeviceCode) error {
 			fmt.Fprintf(stdout, "To sign in, open %s and enter the code %s (valid until %s)\n", dc.VerificationURI, dc.UserCode, dc.ExpiresAt.Format(time.Kitchen))
 			return nil
 		})
 	} else {
-		res, err = gc.Login(ctx, graph.LoginOptions{RedirectURL: *redirect, LoginHint: g.User, Open: func(u string) error {
-			fmt.Fprintf(stdout, "Open this URL in a browser and sign in as %s:\n\n  %s\n\nWaiting for the redirect to %s ...\n", cmp.Or(g.User, "the bot's account"), u, *redirect)
+		res, err = gc.Login(ctx, graph.LoginOptions{RedirectURL: redirect, LoginHint: g.User, Open: func(u string) error {
+			fmt.Fprintf(stdout, "Open this URL in a browser and sign in as %s:\n\n  %s\n\nWaiting for the redirect to %s ...\n", cmp.Or(g.User, "the bot's account"), u, redirect)
 			return nil
 		}})
 	}
 	if err != nil {
-		if ex := explain(platformCode(err)); ex != "" {
+		if ex := Explain(platformCode(err)); ex != "" {
 			return fmt.Errorf("%w (%s)", err, ex)
 		}
 		return err
 	}
-	store, where, closeStore, err := openStore(cfg.Store)
+	store, where, closeStore, err := OpenStore(cfg.Store)
 	if err != nil {
 		return err
 	}
 	defer closeStore()
 	key := platforms.GraphKey(*g)
-	if err := seed(ctx, store, key, res); err != nil {
+	if err := Seed(ctx, store, key, res); err != nil {
 		return fmt.Errorf("graph login: storing the sign-in: %w", err)
 	}
 	fmt.Fprintf(stdout, "signed in; the refresh token is stored in %s under %s\n", where, key)
@@ -354,12 +329,12 @@ func cmdGraphLogin(ctx context.Context, args []string, stdout, stderr io.Writer)
 	return nil
 }
 
-// openStore opens the token store a config names, for commands that write to it. where
+// OpenStore opens the token store a config names, for commands that write to it. where
 // names it for messages; closeStore releases it (for Redis, the store and its client).
-func openStore(sc StoreConfig) (store tokenmgr.Store, where string, closeStore func() error, err error) {
+func OpenStore(sc config.StoreConfig) (store tokenmgr.Store, where string, closeStore func() error, err error) {
 	switch {
-	case sc.usesRedis():
-		ps, err := sc.plugin()
+	case sc.UsesRedis():
+		ps, err := sc.Plugin()
 		if err != nil {
 			return nil, "", nil, err
 		}
@@ -378,8 +353,8 @@ func openStore(sc StoreConfig) (store tokenmgr.Store, where string, closeStore f
 	return nil, "", nil, errors.New("no store configured: set store.dir or store.redis_url (or store.redis) so the sign-in survives")
 }
 
-// seed writes a login's tokens as the newest entry of key.
-func seed(ctx context.Context, store tokenmgr.Store, key string, res *graph.LoginResult) error {
+// Seed writes a login's tokens as the newest entry of key.
+func Seed(ctx context.Context, store tokenmgr.Store, key string, res *graph.LoginResult) error {
 	cur, err := store.Load(ctx, key)
 	if err != nil {
 		return err
@@ -388,4 +363,14 @@ func seed(ctx context.Context, store tokenmgr.Store, key string, res *graph.Logi
 		return tokenmgr.Entry{Token: tokenmgr.Token{Value: res.AccessToken, ExpiresAt: res.ExpiresAt}, State: res.State(), Issued: time.Now()}, nil
 	})
 	return err
+}
+
+// teamsExplain says what a Teams bot's token error means (the Entra errors of a Bot
+// Framework app, spec §6), or "".
+func teamsExplain(err error) string {
+	var ae *teams.AuthError
+	if errors.As(err, &ae) {
+		return ae.TeamsHint()
+	}
+	return ""
 }

@@ -76,23 +76,23 @@ type ServerConfig struct {
 const (
 	defaultReadTimeout    = 2 * time.Minute
 	defaultIdleTimeout    = 2 * time.Minute
-	defaultWebhookTimeout = 4 * time.Second
+	DefaultWebhookTimeout = 4 * time.Second
 	defaultBodyMemoryMiB  = 256
 )
 
 // timeouts returns the server's timeouts, defaults resolved. It assumes validate passed.
-func (s ServerConfig) timeouts() (read, idle, webhook time.Duration) {
+func (s ServerConfig) Timeouts() (read, idle, webhook time.Duration) {
 	parse := func(v string, def time.Duration) time.Duration {
 		if d, err := time.ParseDuration(v); err == nil && d > 0 {
 			return d
 		}
 		return def
 	}
-	return parse(s.ReadTimeout, defaultReadTimeout), parse(s.IdleTimeout, defaultIdleTimeout), parse(s.WebhookTimeout, defaultWebhookTimeout)
+	return parse(s.ReadTimeout, defaultReadTimeout), parse(s.IdleTimeout, defaultIdleTimeout), parse(s.WebhookTimeout, DefaultWebhookTimeout)
 }
 
 // bodyMemory returns the body memory budget in bytes.
-func (s ServerConfig) bodyMemory() int64 {
+func (s ServerConfig) BodyMemory() int64 {
 	if s.BodyMemoryMiB <= 0 {
 		return defaultBodyMemoryMiB << 20
 	}
@@ -130,11 +130,11 @@ type RedisConfig struct {
 }
 
 // usesRedis reports whether the store is on Redis.
-func (s StoreConfig) usesRedis() bool { return s.RedisURL != "" || s.Redis != nil }
+func (s StoreConfig) UsesRedis() bool { return s.RedisURL != "" || s.Redis != nil }
 
 // plugin returns the store configuration sent to the plugin, keys decoded. It fails only on
 // a key that validate rejects.
-func (s StoreConfig) plugin() (plugin.StoreConfig, error) {
+func (s StoreConfig) Plugin() (plugin.StoreConfig, error) {
 	sc := plugin.StoreConfig{RedisURL: s.RedisURL, KeyPrefix: s.KeyPrefix, Dir: s.Dir, AcceptPlaintext: s.AcceptPlaintext}
 	if r := s.Redis; r != nil {
 		sc.RedisAddrs, sc.RedisMasterName, sc.RedisUsername, sc.RedisPassword = r.Addrs, r.MasterName, r.Username, r.Password
@@ -223,7 +223,7 @@ type DeliverConfig struct {
 }
 
 // ackTimeout returns deliver.ack_timeout, 0 (the log's default, 30 s) when unset.
-func (b BotConfig) ackTimeout() time.Duration {
+func (b BotConfig) AckTimeout() time.Duration {
 	if b.Deliver == nil {
 		return 0
 	}
@@ -241,17 +241,17 @@ func (e *ConfigError) Error() string {
 	return fmt.Sprintf("config %s:\n  %s", e.File, strings.Join(e.Problems, "\n  "))
 }
 
-// LoadConfig reads, expands, checks and validates the config file at path.
-func LoadConfig(path string) (*Config, error) {
+// Load reads, expands, checks and validates the config file at path.
+func Load(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	return ParseConfig(path, data, os.LookupEnv)
+	return Parse(path, data, os.LookupEnv)
 }
 
 // ParseConfig parses data as a config named name, expanding ${VAR} with lookup.
-func ParseConfig(name string, data []byte, lookup func(string) (string, bool)) (*Config, error) {
+func Parse(name string, data []byte, lookup func(string) (string, bool)) (*Config, error) {
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
 		return nil, &ConfigError{File: name, Problems: []string{strings.TrimPrefix(err.Error(), "yaml: ")}}
@@ -463,6 +463,18 @@ func join(path, key string) string {
 	return path + "." + key
 }
 
+// Validate fills the defaults of a Config built in code (as Parse does for a file) and
+// checks it as Parse would: a *ConfigError lists every problem.
+func (c *Config) Validate() error {
+	c.defaults()
+	cerr := &ConfigError{}
+	c.validate(cerr)
+	if len(cerr.Problems) > 0 {
+		return cerr
+	}
+	return nil
+}
+
 func (c *Config) defaults() {
 	if c.Server.Listen == "" {
 		c.Server.Listen = "127.0.0.1:8080"
@@ -525,7 +537,7 @@ func (c *Config) validate(cerr *ConfigError) {
 	if m := c.Server.BodyMemoryMiB; m < 0 || m > 1<<20 {
 		p("server.body_memory_mib", "%d: want 1 to %d, or 0 for %d", m, 1<<20, defaultBodyMemoryMiB)
 	}
-	if err == nil && len(c.Server.APIKeys) == 0 && !isLoopback(host) {
+	if err == nil && len(c.Server.APIKeys) == 0 && !IsLoopback(host) {
 		p("server.api_keys", "required when server.listen is not a loopback address %s: without keys anyone who can reach it can send as your bots", c.show("server.listen", c.Server.Listen))
 	}
 	if c.Store.RedisURL != "" && c.Store.Dir != "" {
@@ -677,7 +689,7 @@ func (c *Config) validateStore(p func(string, string, ...any)) {
 		keyProblem(path, k)
 	}
 	encrypting := st.EncryptionKey != "" || len(st.PreviousEncryptionKeys) > 0 || st.AcceptPlaintext
-	if encrypting && !st.usesRedis() {
+	if encrypting && !st.UsesRedis() {
 		p("store.encryption_key", "the encryption keys need a Redis store (store.redis_url or store.redis): they seal what is stored in Redis; store.dir and memory are not encrypted")
 	}
 	if st.EncryptionKey == "" {
@@ -737,7 +749,7 @@ func (c *Config) validateGraph(at string, g *platforms.Graph, p func(string, str
 		if g.User == "" {
 			p(at+".user", "required for delegated auth: the account the bot acts as")
 		}
-		if store.Dir == "" && !store.usesRedis() {
+		if store.Dir == "" && !store.UsesRedis() {
 			p("store", "a delegated graph bot (%s) needs store.dir or store.redis_url (or store.redis) to keep its refresh token", at)
 		}
 	case "client_credentials":
@@ -762,7 +774,7 @@ func (c *Config) validateGraph(at string, g *platforms.Graph, p func(string, str
 		if g.ClientState == "" {
 			p(at+".client_state", "required with notification_url: it proves notifications come from Microsoft")
 		}
-		if u, err := url.Parse(g.NotificationURL); err != nil || u.Scheme != "https" && !isLoopback(u.Hostname()) {
+		if u, err := url.Parse(g.NotificationURL); err != nil || u.Scheme != "https" && !IsLoopback(u.Hostname()) {
 			p(at+".notification_url", "want an https URL (Graph only calls https)")
 		}
 	}
@@ -784,13 +796,10 @@ func (c *Config) checkBase(at, base string, p func(string, string, ...any)) {
 	}
 }
 
-func isLoopback(host string) bool {
+func IsLoopback(host string) bool {
 	if host == "localhost" {
 		return true
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
 }
-
-// errNoConfig is returned when no --config was given.
-var errNoConfig = errors.New("no config file: pass --config FILE (see adapter-host --help)")

@@ -28,7 +28,7 @@ func envOf(m map[string]string) func(string) (string, bool) {
 var goodEnv = map[string]string{"KEY": "0123456789abcdef0123", "WECOM_SECRET": "s3cret: with # chars", "HOOK": "h", "GRAPH_SECRET": "g"}
 
 func TestParseConfig(t *testing.T) {
-	cfg, err := ParseConfig("c.yaml", []byte(goodConfig), envOf(goodEnv))
+	cfg, err := Parse("c.yaml", []byte(goodConfig), envOf(goodEnv))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,7 +77,7 @@ func TestParseConfigErrors(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := ParseConfig("c.yaml", []byte(tc.config), envOf(tc.env))
+			_, err := Parse("c.yaml", []byte(tc.config), envOf(tc.env))
 			if tc.want == "" {
 				if err != nil {
 					t.Errorf("ParseConfig = %v; want nil", err)
@@ -119,7 +119,7 @@ func TestConfigErrorsHideExpandedValues(t *testing.T) {
 			if config == goodConfig {
 				t.Fatalf("%q not in the config", tc.from)
 			}
-			_, err := ParseConfig("c.yaml", []byte(config), envOf(env))
+			_, err := Parse("c.yaml", []byte(config), envOf(env))
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("ParseConfig error = %v; want it to contain %q", err, tc.want)
 			}
@@ -137,7 +137,7 @@ func TestAPIKeyWhitespaceRejected(t *testing.T) {
 	const key = "0123456789abcdef0123"
 	for _, v := range []string{key + "\n", " " + key, "\t" + key + " ", key + "\r\n"} {
 		env := map[string]string{"KEY": v, "WECOM_SECRET": "s", "HOOK": "h", "GRAPH_SECRET": "g"}
-		_, err := ParseConfig("c.yaml", []byte(goodConfig), envOf(env))
+		_, err := Parse("c.yaml", []byte(goodConfig), envOf(env))
 		want := "server.api_keys[0]: surrounding whitespace"
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("key %q: ParseConfig error = %v; want it to contain %q", v, err, want)
@@ -149,7 +149,7 @@ func TestAPIKeyWhitespaceRejected(t *testing.T) {
 	}
 	// Written in the file rather than from the environment, too.
 	config := strings.Replace(goodConfig, `api_keys: ["${KEY}"]`, `api_keys: ["ok-key-0123456789abcdef", " `+key+`"]`, 1)
-	if _, err := ParseConfig("c.yaml", []byte(config), envOf(goodEnv)); err == nil || !strings.Contains(err.Error(), "server.api_keys[1]: surrounding whitespace") {
+	if _, err := Parse("c.yaml", []byte(config), envOf(goodEnv)); err == nil || !strings.Contains(err.Error(), "server.api_keys[1]: surrounding whitespace") {
 		t.Errorf("ParseConfig error = %v; want server.api_keys[1] refused", err)
 	}
 }

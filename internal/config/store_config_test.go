@@ -34,7 +34,7 @@ func TestParseConfigStore(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			env := map[string]string{"KEY": text, "OLD": base64.URLEncoding.EncodeToString(old), "PW": storeMarker}
-			cfg, err := ParseConfig("c.yaml", []byte(storeConfig(`  redis:
+			cfg, err := Parse("c.yaml", []byte(storeConfig(`  redis:
     addrs: ["10.0.0.1:26379", "10.0.0.2:26379"]
     master_name: mymaster
     username: bot
@@ -48,7 +48,7 @@ func TestParseConfigStore(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			sc, err := cfg.Store.plugin()
+			sc, err := cfg.Store.Plugin()
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -63,12 +63,12 @@ func TestParseConfigStore(t *testing.T) {
 	}
 	// The existing forms still parse, with no keys.
 	for _, store := range []string{`  redis_url: "redis://127.0.0.1:6379/0"`, "  dir: ./state", `  redis: {addrs: ["127.0.0.1:6379"]}`, `  redis: {addrs: [a:1, b:2, c:3]}`} {
-		cfg, err := ParseConfig("c.yaml", []byte(storeConfig(store)), envOf(nil))
+		cfg, err := Parse("c.yaml", []byte(storeConfig(store)), envOf(nil))
 		if err != nil {
 			t.Errorf("%s: %v", store, err)
 			continue
 		}
-		if sc, err := cfg.Store.plugin(); err != nil || sc.EncryptionKey != nil || sc.PreviousEncryptionKeys != nil {
+		if sc, err := cfg.Store.Plugin(); err != nil || sc.EncryptionKey != nil || sc.PreviousEncryptionKeys != nil {
 			t.Errorf("%s: plugin store has keys or fails (%v)", store, err)
 		}
 	}
@@ -115,7 +115,7 @@ func TestParseConfigStoreErrors(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := ParseConfig("c.yaml", []byte(storeConfig(tc.store)), envOf(env))
+			_, err := Parse("c.yaml", []byte(storeConfig(tc.store)), envOf(env))
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("ParseConfig = %v; want %q", err, tc.want)
 			}

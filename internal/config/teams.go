@@ -1,7 +1,6 @@
 package config
 
 import (
-	"errors"
 	"fmt"
 	"net/url"
 	"os"
@@ -92,7 +91,7 @@ func teamsHost(host string) bool {
 // pluginSection is the bot's platform section as sent to the plugin. A managed identity
 // Teams bot gets the identity endpoint of the host's environment (App Service's
 // IDENTITY_ENDPOINT and IDENTITY_HEADER), which the plugin does not see.
-func (b BotConfig) pluginSection() any {
+func (b BotConfig) PluginSection() any {
 	switch {
 	case b.Graph != nil:
 		return b.Graph
@@ -108,14 +107,4 @@ func (b BotConfig) pluginSection() any {
 		return b.WeComRobot
 	}
 	return b.WeCom
-}
-
-// teamsExplain says what a Teams bot's token error means (the Entra errors of a Bot
-// Framework app, spec §6), or "".
-func teamsExplain(err error) string {
-	var ae *teams.AuthError
-	if errors.As(err, &ae) {
-		return ae.TeamsHint()
-	}
-	return ""
 }

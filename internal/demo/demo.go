@@ -1,7 +1,6 @@
 package demo
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -25,7 +24,11 @@ import (
 	"github.com/seed-a64d9e1f/chatwire/adapter/graph"
 	"github.com/seed-a64d9e1f/chatwire/adapter/graph/graphtest"
 	"github.com/seed-a64d9e1f/chatwire/adapter/wecom/wecomtest"
+	"github.com/seed-a64d9e1f/chatwire/internal/check"
+	"github.com/seed-a64d9e1f/chatwire/internal/config"
+	"github.com/seed-a64d9e1f/chatwire/internal/host"
 	"github.com/seed-a64d9e1f/chatwire/internal/platforms"
+	"github.com/seed-a64d9e1f/chatwire/internal/sse"
 )
 
 // demoSummary is what a demo run counted.
@@ -47,23 +50,11 @@ type demoSummary struct {
 	AISent, AIWhole, AIStreamed, AIFrames int
 }
 
-func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("demo", "demo [--duration 40s] [--token-lifetime 12s] [--log-format text|json]", stdout, stderr)
-	duration := fs.Duration("duration", 40*time.Second, "how long the simulated users talk")
-	lifetime := fs.Duration("token-lifetime", 12*time.Second, "lifetime of the access tokens both emulators issue, WeCom's and Graph's (real ones live 2h and 60-90 min)")
-	every := fs.Duration("every", 2*time.Second, "time between simulated user messages")
-	noEcho := fs.Bool("no-echo", false, "do not run the built-in echo bot: print how to connect your own (e.g. examples/python-bot) and wait for it")
-	var lf logFlags
-	lf.register(fs.FlagSet)
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	log, level, err := lf.logger(stderr)
-	if err != nil {
-		return err
-	}
-	s, err := runDemo(ctx, demoOptions{Duration: *duration, TokenLifetime: *lifetime, Every: *every,
-		Log: log, PluginDebug: level <= slog.LevelDebug, Out: stdout, NoEcho: *noEcho})
+// Run runs the demo (see runDemo) and prints its summary on o.Out: an error if a message got
+// no echo.
+func Run(ctx context.Context, o Options) error {
+	stdout := o.Out
+	s, err := runDemo(ctx, o)
 	if err != nil {
 		return err
 	}
@@ -82,7 +73,8 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	return nil
 }
 
-type demoOptions struct {
+// Options tune a demo run.
+type Options struct {
 	Duration, TokenLifetime, Every time.Duration
 	Log                            *slog.Logger
 	PluginDebug                    bool
@@ -93,7 +85,7 @@ type demoOptions struct {
 
 // runDemo runs emulated WeCom and Microsoft Graph, a host with a real plugin subprocess, an
 // echo bot on the HTTP API (SSE in, POST out) and simulated users, then reports what happened.
-func runDemo(ctx context.Context, o demoOptions) (demoSummary, error) {
+func runDemo(ctx context.Context, o Options) (demoSummary, error) {
 	var sum demoSummary
 	out := &lockedWriter{w: o.Out}
 
@@ -142,35 +134,37 @@ func runDemo(ctx context.Context, o demoOptions) (demoSummary, error) {
 	gc := &platforms.Graph{TenantID: "demo-tenant", ClientID: clientID, ClientSecret: gsecret, Auth: "delegated",
 		NotificationURL: hostURL + "/webhook/teams", ClientState: rand.Text(), Subscribe: []string{"chats"},
 		LoginBase: graphSrv.URL, GraphBase: graphSrv.URL}
-	cfg := &Config{
-		Server: ServerConfig{Listen: ln.Addr().String(), APIKeys: []string{apiKey}},
-		Store:  StoreConfig{Dir: dir},
-		Bots: []BotConfig{
+	cfg := &config.Config{
+		Server: config.ServerConfig{Listen: ln.Addr().String(), APIKeys: []string{apiKey}},
+		Store:  config.StoreConfig{Dir: dir},
+		Bots: []config.BotConfig{
 			{Name: "echo", Platform: adapter.PlatformWeCom, WeCom: wc},
 			{Name: "teams", Platform: adapter.PlatformGraph, Graph: gc},
 			{Name: "tbot", Platform: adapter.PlatformTeams, Teams: temu.cfg},
 			{Name: "ai", Platform: adapter.PlatformWeComAIBot, WeComAIBot: ai.cfg},
 		},
 	}
-	cfg.defaults()
-	store, _, closeStore, err := openStore(cfg.Store)
+	if err := cfg.Validate(); err != nil {
+		return sum, err
+	}
+	store, _, closeStore, err := check.OpenStore(cfg.Store)
 	if err != nil {
 		return sum, err
 	}
 	defer closeStore()
 	rt := gemu.IssueRefreshToken(clientID, botUser, strings.Join(graph.DefaultDelegatedScopes, " "))
-	if err := seed(ctx, store, platforms.GraphKey(*gc), &graph.LoginResult{RefreshToken: rt}); err != nil {
+	if err := check.Seed(ctx, store, platforms.GraphKey(*gc), &graph.LoginResult{RefreshToken: rt}); err != nil {
 		return sum, err
 	}
 
 	fmt.Fprintf(out, "chatwire demo: emulated WeCom at %s and Microsoft Graph at %s; tokens live %s\n", wecomSrv.URL, graphSrv.URL, o.TokenLifetime)
-	h, err := startHost(ctx, cfg, hostOptions{Logger: o.Log, PluginDebug: o.PluginDebug, PluginArgs: o.PluginArgs, Listener: ln})
+	h, err := host.Start(ctx, cfg, host.Options{Logger: o.Log, PluginDebug: o.PluginDebug, PluginArgs: o.PluginArgs, Listener: ln})
 	if err != nil {
 		ln.Close()
 		return sum, err
 	}
-	defer h.shutdown()
-	sum.PluginPid = h.plugin.Pid()
+	defer h.Shutdown()
+	sum.PluginPid = h.PluginPid()
 	fmt.Fprintf(out, "host listening on %s; bots echo (wecom), teams (graph), tbot (teams bot) and ai (wecom AI bot) run in plugin process %d\n\n", h.URL(), sum.PluginPid)
 
 	ctx, cancel := context.WithCancel(ctx)
@@ -180,7 +174,7 @@ func runDemo(ctx context.Context, o demoOptions) (demoSummary, error) {
 	if o.NoEcho {
 		// One bot process per bot: each answers the events of the bot it is named after.
 		fmt.Fprintln(out, "connect your bots now (events wait for them), one process per bot, for example:")
-		for _, b := range h.srv.names {
+		for _, b := range h.Bots() {
 			fmt.Fprintf(out, "  CHATWIRE_URL=%s CHATWIRE_API_KEY=%s python3 examples/python-bot/echo_bot.py %s\n", h.URL(), apiKey, b)
 		}
 		fmt.Fprintln(out)
@@ -315,15 +309,15 @@ func runDemo(ctx context.Context, o demoOptions) (demoSummary, error) {
 	sum.TokenFetches = wemu.TokensIssued()
 	sum.TokenFetches += len(gemu.TokenRequests())
 	sum.TokenFetches += temu.tokenFetches()
-	sum.Restarts = h.plugin.Restarts()
-	for _, st := range h.srv.statuses(ctx) {
+	sum.Restarts = h.PluginRestarts()
+	for _, st := range h.Statuses(ctx) {
 		for _, t := range st.Tokens {
 			if !strings.Contains(t.Key, "/subscription/") {
 				sum.Refreshes += t.Refreshes
 			}
 		}
 	}
-	mfs, _ := h.srv.gather.Gather() // host and plugin metrics
+	mfs, _ := h.Gather() // host and plugin metrics
 	sum.Duplicates = int(counterSum(mfs, "chatwire_events_total", "outcome", "duplicate"))
 	sum.Invalidations = int(counterSum(mfs, "chatwire_token_refreshes_total", "result", "invalidation"))
 	sum.InvalidationsBy = map[string]int{}
@@ -363,7 +357,7 @@ func counterSum(mfs []*dto.MetricFamily, name string, labelValues ...string) flo
 // echoBot is a bot written against the HTTP API only: it reads events over SSE and answers
 // each message with a POST.
 func echoBot(ctx context.Context, base, key, bot string, echoes *atomic.Int64, log *slog.Logger) error {
-	return readSSE(ctx, base+"/v1/bots/"+bot+"/events", key, "", func(id, kind string, data []byte) error {
+	return sse.Read(ctx, base+"/v1/bots/"+bot+"/events", key, "", func(id, kind string, data []byte) error {
 		var ev adapter.Event
 		if err := json.Unmarshal(data, &ev); err != nil {
 			return err
@@ -399,75 +393,11 @@ func echoBot(ctx context.Context, base, key, bot string, echoes *atomic.Int64, l
 		}
 		defer resp.Body.Close()
 		if resp.StatusCode != http.StatusOK {
-			return apiError(resp)
+			return check.APIError(resp)
 		}
 		echoes.Add(1)
 		return nil
 	})
-}
-
-// readSSE reads a Server-Sent Events stream, calling fn for each event, until ctx is done
-// (nil) or the stream or fn fails.
-func readSSE(ctx context.Context, url, key, lastID string, fn func(id, kind string, data []byte) error) error {
-	return readSSEWithHook(ctx, url, key, lastID, nil, fn)
-}
-
-// readSSEWithHook is readSSE calling connected (if not nil) once the stream is open.
-func readSSEWithHook(ctx context.Context, url, key, lastID string, connected func(), fn func(id, kind string, data []byte) error) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return err
-	}
-	if key != "" {
-		req.Header.Set("Authorization", "Bearer "+key)
-	}
-	if lastID != "" {
-		req.Header.Set("Last-Event-ID", lastID)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil
-		}
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return apiError(resp)
-	}
-	if connected != nil {
-		connected()
-	}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 16<<20)
-	var id, kind string
-	var data []byte
-	for sc.Scan() {
-		line := sc.Text()
-		switch {
-		case line == "":
-			if data != nil {
-				if err := fn(id, kind, data); err != nil {
-					return err
-				}
-			}
-			id, kind, data = "", "", nil
-		case strings.HasPrefix(line, ":"):
-		case strings.HasPrefix(line, "id: "):
-			id = line[4:]
-		case strings.HasPrefix(line, "event: "):
-			kind = line[7:]
-		case strings.HasPrefix(line, "data: "):
-			data = append(data, line[6:]...)
-		}
-	}
-	if ctx.Err() != nil {
-		return nil
-	}
-	if err := sc.Err(); err != nil {
-		return err
-	}
-	return errors.New("event stream ended")
 }
 
 // lockedWriter serializes writes to the demo's stdout.
@@ -480,4 +410,14 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(p)
+}
+
+// randomText returns n random characters of crypto/rand.Text's alphabet (A-Z, 2-7: also
+// valid base64, so it serves for a WeCom EncodingAESKey too).
+func randomText(n int) string {
+	var b strings.Builder
+	for b.Len() < n {
+		b.WriteString(rand.Text())
+	}
+	return b.String()[:n]
 }

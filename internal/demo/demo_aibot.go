@@ -13,6 +13,7 @@ import (
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
 	"github.com/seed-a64d9e1f/chatwire/adapter/wecom/aibot/aibottest"
+	"github.com/seed-a64d9e1f/chatwire/internal/check"
 	"github.com/seed-a64d9e1f/chatwire/internal/platforms"
 )
 
@@ -155,14 +156,14 @@ func streamEcho(ctx context.Context, base, key, bot string, ev adapter.Event) er
 		return err
 	}
 	req.Header.Set("Authorization", "Bearer "+key)
-	req.Header.Set("Content-Type", ndjson)
+	req.Header.Set("Content-Type", "application/x-ndjson")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return apiError(resp)
+		return check.APIError(resp)
 	}
 	io.Copy(io.Discard, resp.Body)
 	return nil

@@ -23,7 +23,7 @@ func TestDemoNoEchoCommandPerBot(t *testing.T) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		s, err := runDemo(ctx, demoOptions{Duration: 4 * time.Second, TokenLifetime: 12 * time.Second, Every: time.Second,
+		s, err := runDemo(ctx, Options{Duration: 4 * time.Second, TokenLifetime: 12 * time.Second, Every: time.Second,
 			Out: &out, NoEcho: true})
 		done <- result{s, err}
 	}()

@@ -18,6 +18,8 @@ import (
 	"github.com/seed-a64d9e1f/chatwire/adapter/graph/graphtest"
 	"github.com/seed-a64d9e1f/chatwire/adapter/teams/teamstest"
 	"github.com/seed-a64d9e1f/chatwire/adapter/wecom/wecomtest"
+	"github.com/seed-a64d9e1f/chatwire/internal/check"
+	"github.com/seed-a64d9e1f/chatwire/internal/config"
 	"github.com/seed-a64d9e1f/chatwire/internal/platforms"
 )
 
@@ -35,10 +37,10 @@ const (
 const (
 	emuCorpID   = "wwemulated0000001"
 	emuAgentID  = int64(1000002)
-	emuTenant   = "emulated-tenant"
+	EmuTenant   = "emulated-tenant"
 	emuClientID = "emulated-client"
 	emuUser     = "bot@contoso.example"
-	emuChatID   = "19:emulated-chat@thread.v2"
+	EmuChatID   = "19:emulated-chat@thread.v2"
 	emuTeamsApp = "00000000-0000-4000-8000-0000000e3a7e" // the Azure Bot's app id
 )
 
@@ -74,60 +76,68 @@ type emulateVars struct {
 	Tenant, ClientID, ClientSecret, User, ClientState, ConfigPath string
 }
 
-func cmdEmulate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("emulate", "emulate [--dir DIR] [--listen ADDR] [--wecom ADDR] [--graph ADDR] [--teams ADDR]", stdout, stderr)
-	dir := fs.String("dir", "chatwire-emulate", "directory for the bots.yaml written and the token state")
-	listen := fs.String("listen", emulateHostAddr, "server.listen written into bots.yaml (the host you run)")
-	wecomAddr := fs.String("wecom", emulateWeComAddr, "loopback address of the emulated WeCom API")
-	graphAddr := fs.String("graph", emulateGraphAddr, "loopback address of the emulated identity platform and Graph")
-	teamsAddr := fs.String("teams", emulateTeamsAddr, "loopback address of the emulated Azure Bot Service and Teams (identity, Bot Connector)")
-	lifetime := fs.Duration("token-lifetime", 0, "lifetime of the access tokens the emulators issue (default theirs: 2h WeCom, 1h Graph)")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	for _, a := range []struct{ flag, addr string }{{"--listen", *listen}, {"--wecom", *wecomAddr}, {"--graph", *graphAddr}, {"--teams", *teamsAddr}} {
+// EmulateOptions say where `adapter-host emulate` listens and writes.
+type EmulateOptions struct {
+	// Dir holds the bots.yaml written and the token state.
+	Dir string
+	// Listen is the server.listen written into bots.yaml (the host the user runs).
+	Listen string
+	// WeCom, Graph and Teams are the loopback addresses of the emulators.
+	WeCom, Graph, Teams string
+	// TokenLifetime is the lifetime of the access tokens the emulators issue; 0: theirs.
+	TokenLifetime time.Duration
+}
+
+// EmulateDefaults are the fixed loopback addresses of `adapter-host emulate`.
+var EmulateDefaults = EmulateOptions{Dir: "chatwire-emulate", Listen: emulateHostAddr, WeCom: emulateWeComAddr,
+	Graph: emulateGraphAddr, Teams: emulateTeamsAddr}
+
+// Emulate runs emulated WeCom, Graph and Teams on o's loopback addresses, writes
+// o.Dir/bots.yaml for them, prints commands to try on stdout and serves until ctx is done.
+func Emulate(ctx context.Context, o EmulateOptions, stdout io.Writer) error {
+	for _, a := range []struct{ flag, addr string }{{"--listen", o.Listen}, {"--wecom", o.WeCom}, {"--graph", o.Graph}, {"--teams", o.Teams}} {
 		host, _, err := net.SplitHostPort(a.addr)
 		if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
 			return fmt.Errorf("%s %q: want a loopback host:port such as 127.0.0.1:8701", a.flag, a.addr)
 		}
 	}
-	state, err := filepath.Abs(filepath.Join(*dir, "state"))
+	state, err := filepath.Abs(filepath.Join(o.Dir, "state"))
 	if err != nil {
 		return err
 	}
 	if err := os.MkdirAll(state, 0o700); err != nil {
 		return err
 	}
-	v := emulateVars{Listen: *listen, APIKey: randomText(24), State: state,
+	v := emulateVars{Listen: o.Listen, APIKey: randomText(24), State: state,
 		CorpID: emuCorpID, CorpSecret: randomText(32), Token: randomText(16), AESKey: randomText(43), AgentID: emuAgentID,
-		Tenant: emuTenant, ClientID: emuClientID, ClientSecret: randomText(32), User: emuUser, ClientState: randomText(20),
+		Tenant: EmuTenant, ClientID: emuClientID, ClientSecret: randomText(32), User: emuUser, ClientState: randomText(20),
 		TeamsApp: emuTeamsApp, TeamsPassword: randomText(32)}
 
-	wemu := &wecomtest.Server{TokenLifetime: *lifetime}
+	wemu := &wecomtest.Server{TokenLifetime: o.TokenLifetime}
 	wemu.AddApp(v.CorpID, v.CorpSecret, v.AgentID)
 	wemu.AddUsers("alice", "bob")
-	gemu := &graphtest.Server{TokenLifetime: *lifetime, LoginUser: v.User}
+	gemu := &graphtest.Server{TokenLifetime: o.TokenLifetime, LoginUser: v.User}
 	gemu.AddClient(v.ClientID, v.ClientSecret, emulateLoginURI)
 	gemu.AddTenant(v.Tenant) // a wrong tenant_id gets AADSTS90002, as from Entra
 	defer gemu.Flush()
 
-	wln, err := net.Listen("tcp", *wecomAddr)
+	wln, err := net.Listen("tcp", o.WeCom)
 	if err != nil {
 		return fmt.Errorf("emulated WeCom: %w (another emulate running? pick another --wecom)", err)
 	}
-	gln, err := net.Listen("tcp", *graphAddr)
+	gln, err := net.Listen("tcp", o.Graph)
 	if err != nil {
 		wln.Close()
 		return fmt.Errorf("emulated Graph: %w (another emulate running? pick another --graph)", err)
 	}
-	tln, err := net.Listen("tcp", *teamsAddr)
+	tln, err := net.Listen("tcp", o.Teams)
 	if err != nil {
 		wln.Close()
 		gln.Close()
 		return fmt.Errorf("emulated Teams: %w (another emulate running? pick another --teams)", err)
 	}
 	v.WeCom, v.Graph, v.Teams = wln.Addr().String(), gln.Addr().String(), tln.Addr().String()
-	temu := &teamstest.Server{URL: "http://" + v.Teams, TokenLifetime: *lifetime}
+	temu := &teamstest.Server{URL: "http://" + v.Teams, TokenLifetime: o.TokenLifetime}
 	temu.AddBot(teamstest.Bot{AppID: v.TeamsApp, Password: v.TeamsPassword, TenantID: v.Tenant, Name: "chatwire",
 		Endpoint: "http://" + v.Listen + "/webhook/helpdesk"})
 
@@ -160,8 +170,8 @@ func cmdEmulate(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			http.Error(w, "want user=NAME&text=TEXT", http.StatusBadRequest)
 			return
 		}
-		m := gemu.AddChatMessage(emuChatID, "user-"+strings.ToLower(user), user, text)
-		fmt.Fprintf(w, "posted message %s in chat %s\n", m.ID, emuChatID)
+		m := gemu.AddChatMessage(EmuChatID, "user-"+strings.ToLower(user), user, text)
+		fmt.Fprintf(w, "posted message %s in chat %s\n", m.ID, EmuChatID)
 	})
 	tmux := http.NewServeMux()
 	tmux.Handle("/", temu)
@@ -178,7 +188,7 @@ func cmdEmulate(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}()
 
 	// The teams bot starts signed in, as after "graph login" (which can be rehearsed too).
-	cfgPath, err := filepath.Abs(filepath.Join(*dir, "bots.yaml"))
+	cfgPath, err := filepath.Abs(filepath.Join(o.Dir, "bots.yaml"))
 	if err != nil {
 		return err
 	}
@@ -190,11 +200,11 @@ func cmdEmulate(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err := os.WriteFile(cfgPath, []byte(yaml.String()), 0o600); err != nil {
 		return err
 	}
-	cfg, err := LoadConfig(cfgPath)
+	cfg, err := config.Load(cfgPath)
 	if err != nil {
 		return fmt.Errorf("the written %s does not load: %w", cfgPath, err)
 	}
-	store, _, closeStore, err := openStore(cfg.Store)
+	store, _, closeStore, err := check.OpenStore(cfg.Store)
 	if err != nil {
 		return err
 	}
@@ -205,7 +215,7 @@ func cmdEmulate(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			gc = *b.Graph
 		}
 	}
-	err = seed(ctx, store, platforms.GraphKey(gc), &graph.LoginResult{RefreshToken: rt})
+	err = check.Seed(ctx, store, platforms.GraphKey(gc), &graph.LoginResult{RefreshToken: rt})
 	closeStore()
 	if err != nil {
 		return err
@@ -288,5 +298,5 @@ In another terminal, try:
 To rehearse mistakes, edit %[8]s and run check again: a wrong corp_secret (WeCom 40001), a
 wrong agent_id (301002), a wrong client_secret or app_password (AADSTS7000215), a wrong
 tenant_id (AADSTS90002 for the graph bot, AADSTS700016 for the teams bot).
-`, v.WeCom, v.Graph, v.CorpID, v.AgentID, v.Tenant, v.User, emuChatID, v.ConfigPath, self, v.APIKey, v.Listen, v.Teams, v.TeamsApp)
+`, v.WeCom, v.Graph, v.CorpID, v.AgentID, v.Tenant, v.User, EmuChatID, v.ConfigPath, self, v.APIKey, v.Listen, v.Teams, v.TeamsApp)
 }

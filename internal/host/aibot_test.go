@@ -1,15 +1,12 @@
 package host
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +14,7 @@ import (
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
 	"github.com/seed-a64d9e1f/chatwire/adapter/wecom/aibot/aibottest"
+	"github.com/seed-a64d9e1f/chatwire/internal/config"
 	"github.com/seed-a64d9e1f/chatwire/internal/platforms"
 )
 
@@ -37,24 +35,22 @@ func aibotHostB(t testing.TB, emu *aibottest.Server) *env {
 // none); with wait it waits for the emulator to see one connection.
 func aibotHostAt(t testing.TB, emu *aibottest.Server, wsURL, redisURL string, wait bool) *env {
 	t.Helper()
-	cfg := &Config{
-		Server: ServerConfig{Listen: "127.0.0.1:0", APIKeys: []string{testAPIKey}},
-		Store:  StoreConfig{RedisURL: redisURL},
-		Bots: []BotConfig{{Name: "hr", Platform: adapter.PlatformWeComAIBot,
+	cfg := &config.Config{
+		Server: config.ServerConfig{Listen: "127.0.0.1:0", APIKeys: []string{testAPIKey}},
+		Store:  config.StoreConfig{RedisURL: redisURL},
+		Bots: []config.BotConfig{{Name: "hr", Platform: adapter.PlatformWeComAIBot,
 			WeComAIBot: &platforms.WeComAIBot{BotID: "BOT1", Secret: "S1", WSURL: wsURL}}},
 	}
-	cfg.defaults()
-	cerr := &ConfigError{}
-	if cfg.validate(cerr); len(cerr.Problems) > 0 {
-		t.Fatal(cerr)
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
 	}
 	logs := &syncBuffer{}
-	h, err := startHost(t.Context(), cfg, hostOptions{Logger: slog.New(slog.NewJSONHandler(logs, nil))})
+	h, err := Start(t.Context(), cfg, Options{Logger: slog.New(slog.NewJSONHandler(logs, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		h.shutdown()
+		h.Shutdown()
 		if strings.Contains(logs.String(), `"S1"`) {
 			t.Error("logs hold the secret")
 		}
@@ -233,69 +229,5 @@ func TestStreamedSendErrors(t *testing.T) {
 		if status, body := post(tc.body); status != tc.status {
 			t.Errorf("%s: %d %s; want %d", tc.name, status, body, tc.status)
 		}
-	}
-}
-
-func TestWeComBotConfigValidation(t *testing.T) {
-	tests := []struct {
-		name string
-		bot  BotConfig
-		want string // a problem's path; "" for none
-	}{
-		{"long connection", BotConfig{Name: "a", Platform: "wecom_aibot", WeComAIBot: &platforms.WeComAIBot{BotID: "B", Secret: "s"}}, ""},
-		{"webhook", BotConfig{Name: "a", Platform: "wecom_aibot", WeComAIBot: &platforms.WeComAIBot{Token: "t", EncodingAESKey: strings.Repeat("k", 43)}}, ""},
-		{"both modes", BotConfig{Name: "a", Platform: "wecom_aibot", WeComAIBot: &platforms.WeComAIBot{BotID: "B", Secret: "s", Token: "t", EncodingAESKey: strings.Repeat("k", 43)}}, "bots[0].wecom_aibot"},
-		{"no section", BotConfig{Name: "a", Platform: "wecom_aibot"}, "bots[0].wecom_aibot"},
-		{"short key", BotConfig{Name: "a", Platform: "wecom_aibot", WeComAIBot: &platforms.WeComAIBot{Token: "t", EncodingAESKey: "short"}}, "bots[0].wecom_aibot.encoding_aes_key"},
-		{"http ws_url", BotConfig{Name: "a", Platform: "wecom_aibot", WeComAIBot: &platforms.WeComAIBot{BotID: "B", Secret: "s", WSURL: "http://x"}}, "bots[0].wecom_aibot.ws_url"},
-		{"robot", BotConfig{Name: "r", Platform: "wecom_robot", WeComRobot: &platforms.WeComRobot{WebhookKey: "k"}}, ""},
-		{"robot without key", BotConfig{Name: "r", Platform: "wecom_robot", WeComRobot: &platforms.WeComRobot{}}, "bots[0].wecom_robot.webhook_key"},
-		{"aibot section on a robot", BotConfig{Name: "r", Platform: "wecom_robot", WeComRobot: &platforms.WeComRobot{WebhookKey: "k"}, WeComAIBot: &platforms.WeComAIBot{}}, "bots[0].wecom_aibot"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			cfg := &Config{Server: ServerConfig{Listen: "127.0.0.1:0", APIKeys: []string{testAPIKey}}, Bots: []BotConfig{tc.bot}}
-			cfg.defaults()
-			cerr := &ConfigError{}
-			cfg.validate(cerr)
-			got := strings.Join(cerr.Problems, "; ")
-			if tc.want == "" && got != "" || tc.want != "" && !strings.HasPrefix(got, tc.want+":") && !strings.Contains(got, "; "+tc.want+":") {
-				t.Errorf("problems = %q; want one at %q", got, tc.want)
-			}
-		})
-	}
-}
-
-func TestCheckWeComBots(t *testing.T) {
-	emu := &aibottest.Server{}
-	srv := httptest.NewServer(emu)
-	defer srv.Close()
-	dir := t.TempDir()
-	write := func(secret string) string {
-		p := filepath.Join(dir, "c.yaml")
-		os.WriteFile(p, []byte(fmt.Sprintf("bots:\n"+
-			"  - name: ai\n    platform: wecom_aibot\n    wecom_aibot: {bot_id: BOT1, secret: %q, ws_url: %q}\n"+
-			"  - name: robot\n    platform: wecom_robot\n    wecom_robot: {webhook_key: k}\n", secret, aibottest.WSURL(srv.URL))), 0o600)
-		return p
-	}
-	var out, errb bytes.Buffer
-	if err := run(t.Context(), []string{"check", "--config", write("S1")}, &out, &errb); err != nil ||
-		!strings.Contains(out.String(), "bot ai (wecom_aibot): ok") || !strings.Contains(out.String(), "bot robot (wecom_robot): not probed") {
-		t.Errorf("check good = %v\n%s", err, out.String())
-	}
-	out.Reset()
-	err := run(t.Context(), []string{"check", "--config", write("wrong-aibot-secret")}, &out, &errb)
-	if err == nil || exitCode(err) != 2 || !strings.Contains(out.String(), "853000") || !strings.Contains(out.String(), "长连接专用密钥") {
-		t.Errorf("check bad secret = %v (exit %d)\n%s", err, exitCode(err), out.String())
-	}
-	if strings.Contains(out.String(), "wrong-aibot-secret") {
-		t.Error("check output holds the secret")
-	}
-	// check closes its connection; the emulator notices the close asynchronously.
-	for deadline := time.Now().Add(5 * time.Second); emu.Connections() != 0 && time.Now().Before(deadline); {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if n := emu.Subscribes(); n != 2 || emu.Connections() != 0 {
-		t.Errorf("%d subscribes, %d connections left; want 2, 0", n, emu.Connections())
 	}
 }

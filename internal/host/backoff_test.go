@@ -50,7 +50,7 @@ func (p *failingPoller) Poll(context.Context) ([]adapter.Event, error) {
 
 func TestPollStopsWhenCancelledDuringBackoff(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		h := &host{log: slog.New(slog.DiscardHandler)}
+		h := &Host{log: slog.New(slog.DiscardHandler)}
 		p := &failingPoller{}
 		ctx, cancel := context.WithCancel(t.Context())
 		go func() { time.Sleep(10 * time.Second); cancel() }()

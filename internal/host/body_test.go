@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/seed-a64d9e1f/chatwire/internal/config"
 )
 
 // rawRequest opens a connection to the host and sends a request's head with the given
@@ -50,7 +51,7 @@ func readResponse(t *testing.T, c net.Conn) *http.Response {
 // passes (a webhook's budget, server.read_timeout for the API), and what it held is
 // released (issue 11 item 6).
 func TestSlowBodiesCutOff(t *testing.T) {
-	e := setup(t, setupOpts{server: ServerConfig{WebhookTimeout: "300ms", ReadTimeout: "300ms"}})
+	e := setup(t, setupOpts{server: config.ServerConfig{WebhookTimeout: "300ms", ReadTimeout: "300ms"}})
 	hook := rawRequest(t, e, "POST", "/webhook/hr?msg_signature=x&timestamp=1&nonce=1", map[string]string{"Content-Type": "text/xml"}, 100_000, "<xml>")
 	if resp := readResponse(t, hook); resp.StatusCode != http.StatusRequestTimeout {
 		t.Errorf("slow webhook body = %d; want 408", resp.StatusCode)
@@ -76,7 +77,7 @@ func TestSlowBodiesCutOff(t *testing.T) {
 // TestBodyBudget: concurrent bodies beyond server.body_memory_mib are refused at once (503,
 // Retry-After), not buffered; the budget is free again when they are done.
 func TestBodyBudget(t *testing.T) {
-	e := setup(t, setupOpts{server: ServerConfig{BodyMemoryMiB: 3}})
+	e := setup(t, setupOpts{server: config.ServerConfig{BodyMemoryMiB: 3}})
 	const big = 3 << 19 // 1.5 MiB: two fill the budget
 	hdr := map[string]string{"Content-Type": "application/json", "Authorization": "Bearer " + testAPIKey}
 	a := rawRequest(t, e, "POST", "/v1/bots/hr/messages", hdr, big, `{"to":{"user":"alice"},"text":"`)

@@ -19,19 +19,19 @@ import (
 )
 
 // SignatureHeader carries the HMAC-SHA256 of a delivered event's body.
-const SignatureHeader = "X-Chatwire-Signature"
+const signatureHeader = "X-Chatwire-Signature"
 
 // Sign returns the X-Chatwire-Signature value for body: "sha256=" and the hex HMAC-SHA256
 // of body keyed with secret.
-func Sign(secret string, body []byte) string {
+func sign(secret string, body []byte) string {
 	mac := hmac.New(sha256.New, []byte(secret))
 	mac.Write(body)
 	return "sha256=" + hex.EncodeToString(mac.Sum(nil))
 }
 
 // Verify reports whether sig is body's signature under secret, in constant time.
-func Verify(secret string, body []byte, sig string) bool {
-	return hmac.Equal([]byte(Sign(secret, body)), []byte(sig))
+func verify(secret string, body []byte, sig string) bool {
+	return hmac.Equal([]byte(sign(secret, body)), []byte(sig))
 }
 
 // deliverer POSTs a bot's events to its webhook URL, retrying each with jittered
@@ -204,7 +204,7 @@ func (d *deliverer) post(ctx context.Context, ev eventlog.Entry) error {
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set(SignatureHeader, Sign(d.secret, ev.Data))
+	req.Header.Set(signatureHeader, sign(d.secret, ev.Data))
 	req.Header.Set("X-Chatwire-Event-Id", ev.ID.String())
 	req.Header.Set("X-Chatwire-Bot", d.bot)
 	resp, err := d.client.Do(req)

@@ -23,11 +23,11 @@ func TestSign(t *testing.T) {
 	body := []byte(`{"id":"x"}`)
 	// echo -n '{"id":"x"}' | openssl dgst -sha256 -hmac secret
 	const want = "sha256=ebf5302b9c8bc5e255e0d2135c1a75138c004e631d57c70e6081aa366c1de3b9"
-	got := Sign("secret", body)
+	got := sign("secret", body)
 	if got != want {
 		t.Errorf("Sign = %q; want %q", got, want)
 	}
-	if !Verify("secret", body, got) || Verify("other", body, got) || Verify("secret", append(body, ' '), got) {
+	if !verify("secret", body, got) || verify("other", body, got) || verify("secret", append(body, ' '), got) {
 		t.Error("Verify does not match Sign")
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -17,26 +16,6 @@ import (
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
 )
-
-// TestExampleConfigs keeps the commented example configs valid.
-func TestExampleConfigs(t *testing.T) {
-	env := map[string]string{"CHATWIRE_API_KEY": "0123456789abcdef0123", "WECOM_SECRET": "s", "WECOM_TOKEN": "t",
-		"WECOM_AES_KEY": "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG", "HOOK_SECRET": "h", "GRAPH_SECRET": "g", "GRAPH_CLIENT_STATE": "cs", "TEAMS_PASSWORD": "p",
-		"AIBOT_SECRET": "a", "ROBOT_KEY": "r"}
-	files, _ := filepath.Glob("../../examples/configs/*.yaml")
-	if len(files) == 0 {
-		t.Fatal("no example configs found")
-	}
-	for _, f := range files {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := ParseConfig(f, data, envOf(env)); err != nil {
-			t.Errorf("%s: %v", f, err)
-		}
-	}
-}
 
 // TestPythonBotRetriesSend runs examples/python-bot/echo_bot.py against a fake host whose
 // sends answer 503 with Retry-After, as while the plugin restarts: first with Retry-After 1,

@@ -320,7 +320,7 @@ func TestSSEResumeAcrossHostRestartWithRedis(t *testing.T) {
 	last := next(t, ch).id
 	a.push("alice", "three") // received by the stream, maybe not by this client
 	stop()
-	if err := a.h.shutdown(); err != nil {
+	if err := a.h.Shutdown(); err != nil {
 		t.Fatal(err)
 	}
 	b := setup(t, setupOpts{redisURL: url, emu: emu, apiBase: ws.URL})

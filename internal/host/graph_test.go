@@ -11,7 +11,9 @@ import (
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
 	"github.com/seed-a64d9e1f/chatwire/adapter/graph/graphtest"
+	"github.com/seed-a64d9e1f/chatwire/internal/config"
 	"github.com/seed-a64d9e1f/chatwire/internal/platforms"
+	"github.com/seed-a64d9e1f/chatwire/internal/sse"
 )
 
 // TestGraphMailPolling runs an app-only Graph mail bot with no public URL: the host polls
@@ -21,28 +23,26 @@ func TestGraphMailPolling(t *testing.T) {
 	emu.AddClient("client-1", "graph-secret-value")
 	gs := httptest.NewServer(emu)
 	defer gs.Close()
-	cfg := &Config{
-		Server: ServerConfig{Listen: "127.0.0.1:0", APIKeys: []string{testAPIKey}},
-		Bots: []BotConfig{{Name: "mail", Platform: adapter.PlatformGraph, Graph: &platforms.Graph{
+	cfg := &config.Config{
+		Server: config.ServerConfig{Listen: "127.0.0.1:0", APIKeys: []string{testAPIKey}},
+		Bots: []config.BotConfig{{Name: "mail", Platform: adapter.PlatformGraph, Graph: &platforms.Graph{
 			TenantID: "t1", ClientID: "client-1", ClientSecret: "graph-secret-value", Auth: "client_credentials",
 			User: "bot@contoso.com", PollInterval: "100ms", LoginBase: gs.URL, GraphBase: gs.URL}}},
 	}
-	cfg.defaults()
-	cerr := &ConfigError{}
-	if cfg.validate(cerr); len(cerr.Problems) > 0 {
-		t.Fatal(cerr)
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
 	}
 	var logs syncBuffer
-	h, err := startHost(t.Context(), cfg, hostOptions{Logger: slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	h, err := Start(t.Context(), cfg, Options{Logger: slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer h.shutdown()
+	defer h.Shutdown()
 
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	got := make(chan adapter.Event, 10)
-	go readSSE(ctx, h.URL()+"/v1/bots/mail/events", testAPIKey, "", func(id, kind string, data []byte) error {
+	go sse.Read(ctx, h.URL()+"/v1/bots/mail/events", testAPIKey, "", func(id, kind string, data []byte) error {
 		var ev adapter.Event
 		json.Unmarshal(data, &ev)
 		got <- ev

@@ -15,10 +15,12 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
 	"github.com/seed-a64d9e1f/chatwire/internal/backoff"
+	"github.com/seed-a64d9e1f/chatwire/internal/config"
 	"github.com/seed-a64d9e1f/chatwire/internal/eventlog"
 	"github.com/seed-a64d9e1f/chatwire/internal/pacing"
 	"github.com/seed-a64d9e1f/chatwire/internal/platforms"
@@ -26,7 +28,7 @@ import (
 )
 
 // hostOptions tune a host beyond its config file (tests and the demo).
-type hostOptions struct {
+type Options struct {
 	Logger *slog.Logger
 	// PluginArgs are passed to the plugin executable. Nil means ["plugin"] when the host runs
 	// itself as the plugin, none otherwise.
@@ -45,11 +47,13 @@ type hostOptions struct {
 	PingMisses                int
 	// PacingClock is the clock of send pacing (tests shorten time with it); nil: real time.
 	PacingClock pacing.Clock
+	// Version and Revision label chatwire_build_info; empty: "(devel)" and "unknown".
+	Version, Revision string
 }
 
 // host is a running adapter-host: plugin, HTTP server, deliverers.
-type host struct {
-	cfg    *Config
+type Host struct {
+	cfg    *config.Config
 	log    *slog.Logger
 	plugin *plugin.Plugin
 	srv    *server
@@ -71,12 +75,13 @@ type host struct {
 
 // startHost launches the plugin, configures the bots, and starts serving HTTP. ctx bounds
 // the start only; call shutdown to stop.
-func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error) {
+func Start(ctx context.Context, cfg *config.Config, opts Options) (*Host, error) {
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	h := &host{cfg: cfg, log: log, m: newMetrics(), serveErr: make(chan error, 1)}
+	h := &Host{cfg: cfg, log: log, m: newMetrics(), serveErr: make(chan error, 1)}
+	h.m.reg.MustRegister(buildInfo(opts.Version, opts.Revision))
 
 	path, args := cfg.Plugin.Path, opts.PluginArgs
 	if path == "" {
@@ -94,14 +99,14 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 	}
 	var bots []plugin.BotConfig
 	for _, b := range cfg.Bots {
-		section := b.pluginSection()
+		section := b.PluginSection()
 		data, err := json.Marshal(section)
 		if err != nil {
 			return nil, err
 		}
 		bots = append(bots, plugin.BotConfig{Name: b.Name, Platform: b.Platform, Config: data})
 	}
-	store, err := cfg.Store.plugin()
+	store, err := cfg.Store.Plugin()
 	if err != nil {
 		return nil, err
 	}
@@ -136,7 +141,7 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 	}
 	h.plugin = p
 	h.m.ready.Set(1)
-	readTimeout, idleTimeout, webhookTimeout := cfg.Server.timeouts()
+	readTimeout, idleTimeout, webhookTimeout := cfg.Server.Timeouts()
 	h.srv = &server{
 		bots:           make(map[string]*bot),
 		keys:           cfg.Server.APIKeys,
@@ -147,7 +152,7 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 		closing:        make(chan struct{}),
 		refusals:       newRefusalLog(log, refusalBurst, refusalWindow),
 		webhookTimeout: webhookTimeout,
-		bodies:         newBodyBudget(cfg.Server.bodyMemory(), h.m.bodyBytes.Add),
+		bodies:         newBodyBudget(cfg.Server.BodyMemory(), h.m.bodyBytes.Add),
 
 		pluginMetrics: p.Metrics,
 	}
@@ -161,7 +166,7 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 	for _, b := range cfg.Bots {
 		// The stream and dedup keys are those the host used before its ids came from the
 		// log, so an upgraded fleet keeps its events and dedup records.
-		lopts := eventlog.Options{MaxLen: opts.QueueSize, Logger: log, AckTimeout: b.ackTimeout()}
+		lopts := eventlog.Options{MaxLen: opts.QueueSize, Logger: log, AckTimeout: b.AckTimeout()}
 		var l eventlog.Log
 		if h.redis != nil {
 			l = eventlog.NewRedis(h.redis, cfg.Store.KeyPrefix+":events:{"+b.Name+"}", cfg.Store.KeyPrefix+":dedup:{"+b.Name+"}:", lopts)
@@ -260,7 +265,7 @@ func startHost(ctx context.Context, cfg *Config, opts hostOptions) (*host, error
 
 // trackConn remembers connections that sent no request yet: http.Server.Shutdown waits up to
 // 5 s for them (clients open spare connections), so shutdown closes them itself.
-func (h *host) trackConn(c net.Conn, st http.ConnState) {
+func (h *Host) trackConn(c net.Conn, st http.ConnState) {
 	h.connMu.Lock()
 	defer h.connMu.Unlock()
 	if h.newConns == nil {
@@ -275,7 +280,7 @@ func (h *host) trackConn(c net.Conn, st http.ConnState) {
 
 // poll receives the events of a bot without webhooks (Graph with no notification_url): it
 // queues each batch before asking for the next, which is when the adapter commits it.
-func (h *host) poll(ctx context.Context, b *bot, p adapter.Poller) {
+func (h *Host) poll(ctx context.Context, b *bot, p adapter.Poller) {
 	bo := backoff.Backoff{Base: time.Second, Max: time.Minute}
 	rl := newRetryLog(h.log, "poll")
 	for ctx.Err() == nil {
@@ -302,27 +307,27 @@ func (h *host) poll(ctx context.Context, b *bot, p adapter.Poller) {
 }
 
 // URL returns the base URL the host serves on.
-func (h *host) URL() string { return "http://" + h.ln.Addr().String() }
+func (h *Host) URL() string { return "http://" + h.ln.Addr().String() }
 
 // wait blocks until ctx is done or the server fails, then shuts down.
-func (h *host) wait(ctx context.Context) error {
+func (h *Host) Wait(ctx context.Context) error {
 	var err error
 	select {
 	case <-ctx.Done():
 	case err = <-h.serveErr:
 	}
-	return errors.Join(err, h.shutdown())
+	return errors.Join(err, h.Shutdown())
 }
 
 // shutdown drains: /readyz turns 503 at once, in-flight requests finish (up to 15s), SSE
 // streams end, deliverers stop after their current attempt, then the plugin is stopped.
 // Later calls return the first call's result.
-func (h *host) shutdown() error {
+func (h *Host) Shutdown() error {
 	h.shutdownOnce.Do(func() { h.shutdownErr = h.drain() })
 	return h.shutdownErr
 }
 
-func (h *host) drain() error {
+func (h *Host) drain() error {
 	h.log.Info("shutting down: draining requests")
 	close(h.srv.closing)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
@@ -354,3 +359,24 @@ func (h *host) drain() error {
 	h.log.Info("stopped")
 	return err
 }
+
+// Bots returns the names of the bots served, in the config's order.
+func (h *Host) Bots() []string { return h.srv.names }
+
+// PluginPid returns the id of the plugin process running now (0: none).
+func (h *Host) PluginPid() int { return h.plugin.Pid() }
+
+// PluginRestarts returns how many crashed or hung plugin processes were replaced.
+func (h *Host) PluginRestarts() int { return h.plugin.Restarts() }
+
+// Statuses returns each bot's status, its tokens' included, as GET /v1/tokens does.
+func (h *Host) Statuses(ctx context.Context) []adapter.Status {
+	var out []adapter.Status
+	for _, st := range h.srv.statuses(ctx) {
+		out = append(out, st.Status)
+	}
+	return out
+}
+
+// Gather gathers the host's and the plugin's metrics, as GET /metrics serves them.
+func (h *Host) Gather() ([]*dto.MetricFamily, error) { return h.srv.gather.Gather() }

@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,9 +19,11 @@ import (
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
 	"github.com/seed-a64d9e1f/chatwire/adapter/wecom/wecomtest"
+	"github.com/seed-a64d9e1f/chatwire/internal/config"
 	"github.com/seed-a64d9e1f/chatwire/internal/eventlog"
 	"github.com/seed-a64d9e1f/chatwire/internal/pacing"
 	"github.com/seed-a64d9e1f/chatwire/internal/platforms"
+	"github.com/seed-a64d9e1f/chatwire/internal/sse"
 )
 
 // TestMain lets the test binary serve as the plugin, as adapter-host does ("plugin").
@@ -67,7 +68,7 @@ func (s *syncBuffer) String() string {
 type env struct {
 	t    testing.TB
 	emu  *wecomtest.Server
-	h    *host
+	h    *Host
 	logs *syncBuffer
 	cb   wecomtest.Callback
 }
@@ -77,21 +78,21 @@ type setupOpts struct {
 	noKeys     bool
 	quiet      bool // log at Info (benchmarks), not Debug
 	redisURL   string
-	store      *StoreConfig // instead of redisURL
+	store      *config.StoreConfig // instead of redisURL
 	// emu and apiBase share an emulator between hosts; nil: a new one.
 	emu     *wecomtest.Server
 	apiBase string
 	// ackTimeout is deliver.ack_timeout.
 	ackTimeout string
 	// server overrides the server section's timeouts and body budget (listen and keys stay).
-	server ServerConfig
+	server config.ServerConfig
 	// ping tunes the plugin's health checks (PingInterval, PingTimeout, PingMisses only).
-	ping hostOptions
+	ping Options
 	// extraBots adds WeCom bots bot1 … botN, configured as hr is.
 	extraBots int
-	pacing    *PacingConfig // the bot's pacing section
-	clock     pacing.Clock  // the pacing clock; nil: real time
-	dupCheck  string        // the bot's wecom.duplicate_check
+	pacing    *config.PacingConfig // the bot's pacing section
+	clock     pacing.Clock         // the pacing clock; nil: real time
+	dupCheck  string               // the bot's wecom.duplicate_check
 }
 
 func newEmulator() *wecomtest.Server {
@@ -112,10 +113,10 @@ func setup(t testing.TB, o setupOpts) *env {
 		t.Cleanup(ws.Close)
 		apiBase = ws.URL
 	}
-	cfg := &Config{
-		Server: ServerConfig{Listen: "127.0.0.1:0", APIKeys: []string{testAPIKey}},
-		Store:  StoreConfig{RedisURL: o.redisURL},
-		Bots: []BotConfig{{Name: "hr", Platform: adapter.PlatformWeCom, WeCom: &platforms.WeCom{
+	cfg := &config.Config{
+		Server: config.ServerConfig{Listen: "127.0.0.1:0", APIKeys: []string{testAPIKey}},
+		Store:  config.StoreConfig{RedisURL: o.redisURL},
+		Bots: []config.BotConfig{{Name: "hr", Platform: adapter.PlatformWeCom, WeCom: &platforms.WeCom{
 			CorpID: testCorp, CorpSecret: testSecret, AgentID: testAgent, Token: testToken, EncodingAESKey: testAESKey, APIBase: apiBase}}},
 	}
 	for i := 1; i <= o.extraBots; i++ {
@@ -134,19 +135,16 @@ func setup(t testing.TB, o setupOpts) *env {
 	cfg.Server.BodyMemoryMiB = o.server.BodyMemoryMiB
 	cfg.Bots[0].Pacing, cfg.Bots[0].WeCom.DuplicateCheck = o.pacing, o.dupCheck
 	if o.deliverURL != "" {
-		cfg.Bots[0].Deliver = &DeliverConfig{WebhookURL: o.deliverURL, WebhookSecret: hookSecret}
+		cfg.Bots[0].Deliver = &config.DeliverConfig{WebhookURL: o.deliverURL, WebhookSecret: hookSecret}
 	}
 	if o.ackTimeout != "" {
 		if cfg.Bots[0].Deliver == nil {
-			cfg.Bots[0].Deliver = &DeliverConfig{}
+			cfg.Bots[0].Deliver = &config.DeliverConfig{}
 		}
 		cfg.Bots[0].Deliver.AckTimeout = o.ackTimeout
 	}
-	cfg.defaults()
-	cerr := &ConfigError{}
-	cfg.validate(cerr)
-	if len(cerr.Problems) > 0 {
-		t.Fatal(cerr)
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
 	}
 	logs := &syncBuffer{}
 	level := slog.LevelDebug
@@ -154,7 +152,7 @@ func setup(t testing.TB, o setupOpts) *env {
 		level = slog.LevelInfo
 	}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: level}))
-	h, err := startHost(t.Context(), cfg, hostOptions{Logger: log, PluginDebug: !o.quiet, DeliverBackoff: 20 * time.Millisecond,
+	h, err := Start(t.Context(), cfg, Options{Logger: log, PluginDebug: !o.quiet, DeliverBackoff: 20 * time.Millisecond,
 		PingInterval: o.ping.PingInterval, PingTimeout: o.ping.PingTimeout, PingMisses: o.ping.PingMisses, PacingClock: o.clock})
 	if err != nil {
 		t.Fatal(err)
@@ -163,7 +161,7 @@ func setup(t testing.TB, o setupOpts) *env {
 		cb: wecomtest.Callback{URL: h.URL() + "/webhook/hr", Token: testToken, EncodingAESKey: testAESKey, CorpID: testCorp, AgentID: testAgent}}
 	t.Cleanup(func() {
 		pid := h.plugin.Pid()
-		h.shutdown()
+		h.Shutdown()
 		if pid != 0 && syscall.Kill(pid, 0) == nil {
 			if stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); !strings.Contains(string(stat), ") Z") {
 				t.Errorf("plugin %d still running after shutdown", pid)
@@ -248,7 +246,7 @@ func (e *env) subscribeTo(query, lastID string) (ch <-chan sseEvent, stop func()
 	go func() {
 		defer close(done)
 		var once sync.Once
-		readSSEWithHook(ctx, e.h.URL()+"/v1/bots/hr/events"+query, testAPIKey, lastID, func() { once.Do(func() { close(ready) }) },
+		sse.ReadWithHook(ctx, e.h.URL()+"/v1/bots/hr/events"+query, testAPIKey, lastID, func() { once.Do(func() { close(ready) }) },
 			func(id, kind string, data []byte) error {
 				var ev adapter.Event
 				json.Unmarshal(data, &ev)
@@ -478,8 +476,8 @@ func TestDelivery(t *testing.T) {
 			http.Error(w, "not yet", 500) // the first attempt fails: delivery retries
 			return
 		}
-		if !Verify(hookSecret, body, r.Header.Get(SignatureHeader)) {
-			t.Errorf("bad signature %q", r.Header.Get(SignatureHeader))
+		if !verify(hookSecret, body, r.Header.Get(signatureHeader)) {
+			t.Errorf("bad signature %q", r.Header.Get(signatureHeader))
 		}
 		var ev adapter.Event
 		json.Unmarshal(body, &ev)
@@ -613,129 +611,6 @@ func TestNoKeysLoopback(t *testing.T) {
 	}
 }
 
-func TestCLIAgainstHost(t *testing.T) {
-	e := setup(t, setupOpts{})
-	file := filepath.Join(t.TempDir(), "report.txt")
-	os.WriteFile(file, bytes.Repeat([]byte("chatwire "), 50000), 0o600)
-	var out, errb bytes.Buffer
-	err := run(t.Context(), []string{"send", "--url", e.h.URL(), "--api-key", testAPIKey, "--bot", "hr", "--to", "user:alice", "--file", file}, &out, &errb)
-	if err != nil || !strings.Contains(out.String(), "sent: bot hr") || !strings.Contains(errb.String(), "100%") {
-		t.Errorf("send --file = %v\nstdout %s\nstderr %s", err, out.String(), errb.String())
-	}
-	out.Reset()
-	err = run(t.Context(), []string{"send", "--url", e.h.URL(), "--api-key", testAPIKey, "--bot", "hr", "--to", "user:nobody", "--text", "x"}, &out, &errb)
-	if err == nil || !strings.Contains(err.Error(), "81013") {
-		t.Errorf("send to nobody = %v; want an error with the platform code explained", err)
-	}
-	out.Reset()
-	err = run(t.Context(), []string{"token", "status", "--url", e.h.URL(), "--api-key", testAPIKey}, &out, &errb)
-	if err != nil || !strings.Contains(out.String(), "wecom/"+testCorp) {
-		t.Errorf("token status = %v\n%s", err, out.String())
-	}
-}
-
-func TestCLI(t *testing.T) {
-	var out, errb bytes.Buffer
-	if err := run(t.Context(), []string{"--help"}, &out, &errb); err != nil || !strings.Contains(out.String(), "adapter-host demo") {
-		t.Errorf("--help = %v %s", err, out.String())
-	}
-	out.Reset()
-	if err := run(t.Context(), []string{"version"}, &out, &errb); err != nil || !strings.HasPrefix(out.String(), "adapter-host ") {
-		t.Errorf("version = %v %s", err, out.String())
-	}
-	if err := run(t.Context(), []string{"frobnicate"}, &out, &errb); err == nil {
-		t.Error("unknown command accepted")
-	}
-	dir := t.TempDir()
-	bad := filepath.Join(dir, "bad.yaml")
-	os.WriteFile(bad, []byte("bots:\n  - name: hr\n    platform: wecom\n    wecom: {corp_id: ww1, agent_id: 1}\n"), 0o600)
-	err := run(t.Context(), []string{"run", "--config", bad}, &out, &errb)
-	if err == nil || !strings.Contains(err.Error(), "bots[0].wecom.corp_secret: required") {
-		t.Errorf("run with a bad config = %v", err)
-	}
-}
-
-func TestCheck(t *testing.T) {
-	emu := &wecomtest.Server{}
-	emu.AddApp(testCorp, testSecret, testAgent)
-	ws := httptest.NewServer(emu)
-	defer ws.Close()
-	dir := t.TempDir()
-	write := func(secret string) string {
-		p := filepath.Join(dir, "c.yaml")
-		os.WriteFile(p, []byte(fmt.Sprintf("bots:\n  - name: hr\n    platform: wecom\n    wecom: {corp_id: %s, corp_secret: %q, agent_id: %d, api_base: %q}\n",
-			testCorp, secret, testAgent, ws.URL)), 0o600)
-		return p
-	}
-	var out, errb bytes.Buffer
-	if err := run(t.Context(), []string{"check", "--config", write(testSecret)}, &out, &errb); err != nil || !strings.Contains(out.String(), "bot hr (wecom): ok") {
-		t.Errorf("check good = %v\n%s", err, out.String())
-	}
-	out.Reset()
-	err := run(t.Context(), []string{"check", "--config", write("wrong-secret")}, &out, &errb)
-	if err == nil || exitCode(err) != 2 || !strings.Contains(out.String(), "what it means:") || !strings.Contains(out.String(), "Secret") {
-		t.Errorf("check bad secret = %v (exit %d)\n%s", err, exitCode(err), out.String())
-	}
-	if strings.Contains(out.String(), "wrong-secret") {
-		t.Error("check output holds the secret")
-	}
-}
-
-// TestDemo runs the demo command as a user would (short durations): exit status 0, the
-// summary, the conversation on screen, and on each platform a rejected token replaced by a
-// refresh, as the plugin's log shows.
-func TestDemo(t *testing.T) {
-	var out, errb syncBuffer
-	err := run(t.Context(), []string{"demo", "--duration", "4s", "--token-lifetime", "2s", "--every", "400ms"}, &out, &errb)
-	if err != nil || exitCode(err) != 0 {
-		t.Fatalf("demo = %v (exit %d)\nstdout:\n%s\nstderr:\n%s", err, exitCode(err), out.String(), errb.String())
-	}
-	stdout, logs := out.String(), errb.String()
-	var sent, echoed int
-	if i := strings.Index(stdout, "demo summary: "); i < 0 {
-		t.Errorf("no summary in the output:\n%s", stdout)
-	} else if _, err := fmt.Sscanf(stdout[i:], "demo summary: %d user messages, %d echoes", &sent, &echoed); err != nil || sent < 5 || echoed != sent {
-		t.Errorf("summary = %q (%v); want at least 5 messages, each echoed", strings.SplitN(stdout[i:], "\n", 2)[0], err)
-	}
-	for _, want := range []string{"demo ok: every message was echoed; nothing lost, nothing doubled", "1 duplicate dropped", "0 plugin restarts",
-		"echo  → alice: echo: hello!", "teams → chat : echo: ", "tbot  → Erin : echo: ", "ai    → Frank: echo: what's the weather? (#2) (streamed in "} {
-		if !strings.Contains(stdout, want) {
-			t.Errorf("demo output lacks %q:\n%s", want, stdout)
-		}
-	}
-	// The AI bot's answers stream word by word; what the user sees is exactly the echo.
-	var aiWhole, aiSent, aiStreamed, aiFrames int
-	if i := strings.Index(stdout, "AI bot: "); i < 0 {
-		t.Error("no AI bot line in the summary")
-	} else if _, err := fmt.Sscanf(stdout[i:], "AI bot: %d of %d answers shown to the user exactly as the echo, %d streamed word by word in %d frames",
-		&aiWhole, &aiSent, &aiStreamed, &aiFrames); err != nil || aiSent < 1 || aiWhole != aiSent || aiStreamed != aiSent || aiFrames < 2*aiSent {
-		t.Errorf("AI bot summary %q (%v): want every answer shown as its echo and streamed in more than one frame", strings.SplitN(stdout[i:], "\n", 2)[0], err)
-	}
-	for _, platform := range []string{"wecom", "graph", "teams"} {
-		found := false
-		for _, line := range strings.Split(logs, "\n") {
-			if strings.Contains(line, `msg="token refreshed"`) && strings.Contains(line, "reason=invalidated") && strings.Contains(line, "platform="+platform) {
-				found = true
-			}
-		}
-		if !found {
-			t.Errorf("the log shows no %s token refreshed with reason=invalidated", platform)
-		}
-	}
-	// The summary counts them from the metrics, per platform.
-	var wecomInv, graphInv, teamsInv int
-	if i := strings.Index(stdout, "transparent retry (wecom "); i < 0 {
-		t.Error("summary lacks the invalidations per platform")
-	} else if _, err := fmt.Sscanf(stdout[i:], "transparent retry (wecom %d, graph %d, teams %d)", &wecomInv, &graphInv, &teamsInv); err != nil || wecomInv < 1 || graphInv < 1 || teamsInv < 1 {
-		t.Errorf("summary counts wecom %d, graph %d, teams %d invalidations (%v); want at least 1 each", wecomInv, graphInv, teamsInv, err)
-	}
-	for _, want := range []string{"reason=initial", "duplicate event dropped"} {
-		if !strings.Contains(logs, want) {
-			t.Errorf("demo log lacks %q", want)
-		}
-	}
-}
-
 func TestShutdownDrains(t *testing.T) {
 	e := setup(t, setupOpts{})
 	e.emu.Fail("message/send", 45033, 1) // "too many concurrent calls": the adapter waits 1s and retries
@@ -751,7 +626,7 @@ func TestShutdownDrains(t *testing.T) {
 	for e.emu.Calls("message/send") == 0 {
 		time.Sleep(10 * time.Millisecond)
 	}
-	if err := e.h.shutdown(); err != nil {
+	if err := e.h.Shutdown(); err != nil {
 		t.Errorf("shutdown = %v", err)
 	}
 	r := <-done

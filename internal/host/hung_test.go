@@ -10,15 +10,16 @@ import (
 	"time"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter/wecom/wecomtest"
+	"github.com/seed-a64d9e1f/chatwire/internal/config"
 )
 
 // TestWebhookHungPlugin: a plugin that stops answering (SIGSTOP: its socket stays open) gets
 // a webhook answered 503 within the configured budget, not after 30 s, the host turns not
 // ready, and it is ready again and takes webhooks once the plugin answers (issue 11 item 13).
 func TestWebhookHungPlugin(t *testing.T) {
-	e := setup(t, setupOpts{server: ServerConfig{WebhookTimeout: "300ms"},
+	e := setup(t, setupOpts{server: config.ServerConfig{WebhookTimeout: "300ms"},
 		// no periodic check during the test, a quick one when a webhook times out, no replacement
-		ping: hostOptions{PingInterval: 10 * time.Second, PingTimeout: 200 * time.Millisecond, PingMisses: 1000}})
+		ping: Options{PingInterval: 10 * time.Second, PingTimeout: 200 * time.Millisecond, PingMisses: 1000}})
 	pid := e.h.plugin.Pid()
 	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGCONT) }) // before the host shuts down
 	stopProcess(t, pid)

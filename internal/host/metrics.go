@@ -53,8 +53,7 @@ func newMetrics() *metrics {
 	m.hookTime = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "chatwire_webhook_duration_seconds",
 		Help:    "How long platform webhook requests took to answer (checked, parsed, events queued), by bot.",
 		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 5}}, []string{"bot"})
-	m.reg.MustRegister(m.sends, m.webhooks, m.events, m.deliveries, m.refused, m.bodyBytes, m.restarts, m.ready, m.sendTime, m.hookTime,
-		buildInfo())
+	m.reg.MustRegister(m.sends, m.webhooks, m.events, m.deliveries, m.refused, m.bodyBytes, m.restarts, m.ready, m.sendTime, m.hookTime)
 	return m
 }
 

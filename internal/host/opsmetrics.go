@@ -1,6 +1,7 @@
 package host
 
 import (
+	"cmp"
 	"context"
 	"runtime"
 	"time"
@@ -8,10 +9,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// buildInfo is chatwire_build_info{version,revision,goversion} 1, from the binary's build
-// information (see buildVersion).
-func buildInfo() prometheus.Collector {
-	v, rev := buildVersion()
+// buildInfo is chatwire_build_info{version,revision,goversion} 1: the version and revision
+// the binary reports (Options.Version, Options.Revision).
+func buildInfo(v, rev string) prometheus.Collector {
+	v, rev = cmp.Or(v, "(devel)"), cmp.Or(rev, "unknown")
 	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "chatwire_build_info",
 		Help:        "Always 1; the labels say which build runs: module version, VCS revision, Go version.",
 		ConstLabels: prometheus.Labels{"version": v, "revision": rev, "goversion": runtime.Version()}},

@@ -103,7 +103,7 @@ func (s *server) runChecks(ctx context.Context) []string {
 
 // registerChecks registers the host's readiness checks: the plugin runs, the store answers,
 // every bot can get a token.
-func (h *host) registerChecks() {
+func (h *Host) registerChecks() {
 	s := h.srv
 	s.addCheck("plugin", func(ctx context.Context) []problem {
 		if !s.ready() {

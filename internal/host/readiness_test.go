@@ -11,6 +11,7 @@ import (
 	"github.com/seed-a64d9e1f/chatwire/adapter"
 	"github.com/seed-a64d9e1f/chatwire/adapter/graph/graphtest"
 	"github.com/seed-a64d9e1f/chatwire/adapter/wecom/wecomtest"
+	"github.com/seed-a64d9e1f/chatwire/internal/config"
 	"github.com/seed-a64d9e1f/chatwire/internal/platforms"
 	"github.com/seed-a64d9e1f/chatwire/internal/redistest"
 )
@@ -118,23 +119,20 @@ func TestReadyzGraphCredentialsRejected(t *testing.T) {
 	gemu.AddClient("mail-client", "the-secret-entra-knows")
 	gs := httptest.NewServer(gemu)
 	t.Cleanup(gs.Close)
-	cfg := &Config{
-		Server: ServerConfig{Listen: "127.0.0.1:0", APIKeys: []string{testAPIKey}},
-		Bots: []BotConfig{{Name: "mail", Platform: adapter.PlatformGraph, Graph: &platforms.Graph{
+	cfg := &config.Config{
+		Server: config.ServerConfig{Listen: "127.0.0.1:0", APIKeys: []string{testAPIKey}},
+		Bots: []config.BotConfig{{Name: "mail", Platform: adapter.PlatformGraph, Graph: &platforms.Graph{
 			TenantID: "contoso", ClientID: "mail-client", ClientSecret: "not-the-secret", Auth: "client_credentials",
 			User: "bot@contoso.example", LoginBase: gs.URL, GraphBase: gs.URL}}},
 	}
-	cfg.defaults()
-	cerr := &ConfigError{}
-	cfg.validate(cerr)
-	if len(cerr.Problems) > 0 {
-		t.Fatal(cerr)
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
 	}
-	h, err := startHost(t.Context(), cfg, hostOptions{})
+	h, err := Start(t.Context(), cfg, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { h.shutdown() })
+	t.Cleanup(func() { h.Shutdown() })
 	e := &env{t: t, h: h, logs: &syncBuffer{}}
 	_, body := e.waitReadyz("names the bot", func(s int, b readyBody) bool { return s == 503 && len(b.Failing) > 0 })
 	if !slices.Equal(body.Failing, []string{"bot mail: credentials rejected (AADSTS7000215)"}) {

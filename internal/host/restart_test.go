@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/seed-a64d9e1f/chatwire/internal/config"
 )
 
 // frozenClock is a pacing clock that never moves: a send that must wait for its turn waits
@@ -34,8 +36,8 @@ func TestStoreDirSurvivesRestart(t *testing.T) {
 	ws := httptest.NewServer(emu)
 	t.Cleanup(ws.Close)
 	start := time.Date(2026, 3, 2, 10, 0, 0, 0, time.UTC)
-	pace := &PacingConfig{Limits: PacingLimits{Member: []string{"1/1m"}}}
-	e1 := setup(t, setupOpts{emu: emu, apiBase: ws.URL, store: &StoreConfig{Dir: dir}, pacing: pace, clock: frozenClock{start}})
+	pace := &config.PacingConfig{Limits: config.PacingLimits{Member: []string{"1/1m"}}}
+	e1 := setup(t, setupOpts{emu: emu, apiBase: ws.URL, store: &config.StoreConfig{Dir: dir}, pacing: pace, clock: frozenClock{start}})
 
 	var ids []string
 	for i := range 3 {
@@ -64,7 +66,7 @@ func TestStoreDirSurvivesRestart(t *testing.T) {
 		}
 	}
 	e1.push("alice", "before restart")
-	if err := e1.h.shutdown(); err != nil {
+	if err := e1.h.Shutdown(); err != nil {
 		t.Fatalf("shutdown: %v", err)
 	}
 	if n := len(emu.Sent()); n != 1 {
@@ -76,7 +78,7 @@ func TestStoreDirSurvivesRestart(t *testing.T) {
 		}
 	}
 
-	e2 := setup(t, setupOpts{emu: emu, apiBase: ws.URL, store: &StoreConfig{Dir: dir}, pacing: pace, clock: &jumpClock{t: start}})
+	e2 := setup(t, setupOpts{emu: emu, apiBase: ws.URL, store: &config.StoreConfig{Dir: dir}, pacing: pace, clock: &jumpClock{t: start}})
 	events := e2.subscribe("")
 	sawPush, sent := false, map[string]bool{}
 	for !sawPush || !sent[ids[1]] || !sent[ids[2]] {

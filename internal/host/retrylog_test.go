@@ -1,30 +1,15 @@
 package host
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"log/slog"
-	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/seed-a64d9e1f/chatwire/adapter/wecom/wecomtest"
 	"github.com/seed-a64d9e1f/chatwire/internal/redistest"
 )
-
-func httptestServer(t *testing.T, emu *wecomtest.Server) string {
-	ws := httptest.NewServer(emu)
-	t.Cleanup(ws.Close)
-	return ws.URL
-}
-
-func contextWithCancel(t *testing.T) (context.Context, context.CancelFunc) {
-	return context.WithCancel(t.Context())
-}
 
 func jsonLines(t *testing.T, s string) []map[string]any {
 	t.Helper()
@@ -98,62 +83,5 @@ func TestRedisOutageWarnsOnce(t *testing.T) {
 	}
 	if _, ok := summary["took_ms"].(float64); !ok {
 		t.Errorf("summary took_ms = %#v; want a number", summary["took_ms"])
-	}
-}
-
-// `adapter-host run` tags every line with the host's instance id, the plugin's included; the
-// plugin's refresh line carries numbers for durations and when the next refresh comes.
-func TestRunLogLines(t *testing.T) {
-	emu := newEmulator()
-	ws := httptestServer(t, emu)
-	cfg := filepath.Join(t.TempDir(), "bots.yaml")
-	os.WriteFile(cfg, []byte(`server: {listen: "127.0.0.1:0", api_keys: ["`+testAPIKey+`"]}
-bots:
-  - name: hr
-    platform: wecom
-    wecom: {corp_id: `+testCorp+`, corp_secret: "`+testSecret+`", agent_id: 1000002, api_base: "`+ws+`"}
-`), 0o600)
-	var stderr syncBuffer
-	ctx, cancel := contextWithCancel(t)
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, []string{"run", "--config", cfg, "--log-format", "json"}, new(syncBuffer), &stderr)
-	}()
-	deadline := time.Now().Add(30 * time.Second)
-	var refreshed map[string]any
-	for refreshed == nil {
-		if time.Now().After(deadline) {
-			cancel()
-			t.Fatalf("no token refreshed line:\n%s", stderr.String())
-		}
-		for _, l := range jsonLines(t, stderr.String()) {
-			if l["msg"] == "token refreshed" {
-				refreshed = l
-			}
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Errorf("run: %v", err)
-	}
-	if _, ok := refreshed["took_ms"].(float64); !ok {
-		t.Errorf("refresh line took_ms = %#v; want a number (%v)", refreshed["took_ms"], refreshed)
-	}
-	if n, ok := refreshed["next_refresh_in_ms"].(float64); !ok || n <= 0 {
-		t.Errorf("refresh line next_refresh_in_ms = %#v; want a positive number (%v)", refreshed["next_refresh_in_ms"], refreshed)
-	}
-	lines := jsonLines(t, stderr.String())
-	id, _ := lines[len(lines)-1]["instance"].(string)
-	if id == "" {
-		t.Fatalf("last line has no instance: %v", lines[len(lines)-1])
-	}
-	for _, l := range lines {
-		if l["instance"] != id {
-			t.Errorf("line without instance %q: %v", id, l)
-		}
-	}
-	if strings.Contains(stderr.String(), testSecret) {
-		t.Error("log holds the secret")
 	}
 }

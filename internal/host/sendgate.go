@@ -14,7 +14,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,6 +23,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
+	"github.com/seed-a64d9e1f/chatwire/internal/config"
 	"github.com/seed-a64d9e1f/chatwire/internal/eventlog"
 	"github.com/seed-a64d9e1f/chatwire/internal/idempotency"
 	"github.com/seed-a64d9e1f/chatwire/internal/outbox"
@@ -31,108 +31,7 @@ import (
 )
 
 // sendTimeout bounds one synchronous send, pacing wait included.
-const sendTimeout = 2 * time.Minute
-
-// defaultMaxWait is how long a synchronous send waits for its turn under the platform's
-// limits before it is answered 429 with Retry-After instead.
-const defaultMaxWait = 30 * time.Second
-
-// PacingConfig is a bot's pacing section: the platform's published limits apply without it.
-type PacingConfig struct {
-	// Limits replace the platform's limits scope by scope; an empty list turns a scope off.
-	Limits PacingLimits `yaml:"limits"`
-	// Concurrency bounds the bot's sends in flight in this host. 0 means 32.
-	Concurrency int `yaml:"concurrency"`
-	// MaxWait is the longest a synchronous send waits for its turn, as a Go duration; a
-	// longer wait is answered 429 with Retry-After. Empty means 30s. A request's
-	// "Prefer: wait=N" (seconds) can only lower it.
-	MaxWait string `yaml:"max_wait"`
-}
-
-// PacingLimits are limits by scope (see package pacing), each "N/duration" such as "30/1m".
-// WeCom scopes: member, app, appchat; Graph: chat, chats, channel, channels, mail; Teams:
-// conversation.
-type PacingLimits struct {
-	Member   []string `yaml:"member"`
-	App      []string `yaml:"app"`
-	AppChat  []string `yaml:"appchat"`
-	Chat     []string `yaml:"chat"`
-	Chats    []string `yaml:"chats"`
-	Channel  []string `yaml:"channel"`
-	Channels []string `yaml:"channels"`
-	Mail     []string `yaml:"mail"`
-	// Conversation (Teams): sends to one conversation; default 7/1s, 8/2s, 60/30s, 1800/1h.
-	Conversation []string `yaml:"conversation"`
-}
-
-// scopes returns the scopes set (nil lists are not).
-func (l PacingLimits) scopes() map[string][]string {
-	out := map[string][]string{}
-	for scope, ls := range map[string][]string{pacing.ScopeMember: l.Member, pacing.ScopeApp: l.App, pacing.ScopeAppChat: l.AppChat,
-		pacing.ScopeChat: l.Chat, pacing.ScopeChats: l.Chats, pacing.ScopeChannel: l.Channel, pacing.ScopeChannels: l.Channels, pacing.ScopeMail: l.Mail,
-		pacing.ScopeConversation: l.Conversation} {
-		if ls != nil {
-			out[scope] = ls
-		}
-	}
-	return out
-}
-
-// options returns the pacing options and the max wait of pc (nil: defaults). pc must be
-// valid.
-func (pc *PacingConfig) options() (pacing.Options, time.Duration) {
-	if pc == nil {
-		return pacing.Options{}, defaultMaxWait
-	}
-	var o pacing.Options
-	if set := pc.Limits.scopes(); len(set) > 0 {
-		o.Limits = map[string][]pacing.Limit{}
-		for scope, ls := range set {
-			o.Limits[scope] = []pacing.Limit{}
-			for _, s := range ls {
-				l, _ := pacing.ParseLimit(s)
-				o.Limits[scope] = append(o.Limits[scope], l)
-			}
-		}
-	}
-	o.Concurrency = pc.Concurrency
-	mw := defaultMaxWait
-	if pc.MaxWait != "" {
-		mw, _ = time.ParseDuration(pc.MaxWait)
-	}
-	return o, mw
-}
-
-// validate reports the problems of pc (nil is valid) at path at.
-func (pc *PacingConfig) validate(at, platform string, p func(string, string, ...any)) {
-	if pc == nil {
-		return
-	}
-	scopes := pc.Limits.scopes()
-	names := make([]string, 0, len(scopes))
-	for scope := range scopes {
-		names = append(names, scope)
-	}
-	sort.Strings(names)
-	for _, scope := range names {
-		for i, s := range scopes[scope] {
-			if _, err := pacing.ParseLimit(s); err != nil {
-				p(fmt.Sprintf("%s.limits.%s[%d]", at, scope, i), "%q: want N/duration such as 30/1m", s)
-			}
-		}
-		if _, err := pacing.Merge(platform, map[string][]pacing.Limit{scope: nil}); err != nil {
-			p(at+".limits."+scope, "%v", strings.TrimPrefix(err.Error(), "pacing: "))
-		}
-	}
-	if pc.Concurrency < 0 || pc.Concurrency > 1000 {
-		p(at+".concurrency", "%d: want 1 to 1000 (0 means %d)", pc.Concurrency, pacing.DefaultConcurrency)
-	}
-	if pc.MaxWait != "" {
-		if d, err := time.ParseDuration(pc.MaxWait); err != nil || d < 0 || d > sendTimeout {
-			p(at+".max_wait", "%q: want a duration from 0s to %v such as 30s", pc.MaxWait, sendTimeout)
-		}
-	}
-}
+const sendTimeout = config.SendTimeout
 
 // sendGate is what a send passes through before the plugin: the Idempotency-Key and the
 // bot's pacing.
@@ -153,7 +52,7 @@ type sendGate struct {
 
 // newSendGate builds the gate of cfg's bots: keys and limits on rdb when the host has a
 // Redis (fleet-wide), else in memory. clock nil is the real clock.
-func newSendGate(cfg *Config, s *server, rdb redis.UniversalClient, reg prometheus.Registerer, log *slog.Logger, clock pacing.Clock) (*sendGate, error) {
+func newSendGate(cfg *config.Config, s *server, rdb redis.UniversalClient, reg prometheus.Registerer, log *slog.Logger, clock pacing.Clock) (*sendGate, error) {
 	g := &sendGate{pace: map[string]*pacing.Scheduler{}, maxWait: map[string]time.Duration{}, retake: map[string]time.Duration{}, log: log,
 		outboxes: map[string]*outbox.Outbox{}, oblogs: map[string]eventlog.Log{}, repeat: map[string]bool{},
 		waits: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "chatwire_send_paced_wait_seconds",
@@ -174,7 +73,7 @@ func newSendGate(cfg *Config, s *server, rdb redis.UniversalClient, reg promethe
 	}
 	g.idem, g.istore = idempotency.New(istore, idempotency.Options{Logger: log}), istore
 	for _, b := range cfg.Bots {
-		opts, mw := b.Pacing.options()
+		opts, mw := b.Pacing.Options()
 		opts.Clock, opts.Logger, opts.Fallback = clock, log, fallback
 		sc, err := pacing.New(pstore, b.Name, b.Platform, opts)
 		if err != nil {
@@ -197,7 +96,7 @@ func newSendGate(cfg *Config, s *server, rdb redis.UniversalClient, reg promethe
 // beside it when the host has Redis; with store.dir, journal files
 // "<dir>/outbox/<bot>.log" and "<dir>/outbox/<bot>.status"; memory otherwise (lost with the
 // process).
-func (g *sendGate) newOutbox(cfg *Config, s *server, rdb redis.UniversalClient, reg prometheus.Registerer, b BotConfig, sc *pacing.Scheduler) error {
+func (g *sendGate) newOutbox(cfg *config.Config, s *server, rdb redis.UniversalClient, reg prometheus.Registerer, b config.BotConfig, sc *pacing.Scheduler) error {
 	name := b.Name
 	var (
 		l  eventlog.Log
@@ -565,7 +464,7 @@ func writeConflict(w http.ResponseWriter, err error) {
 // makes pacing run on [pacing.Scaled] time, factor times faster from origin, so black-box
 // tests can spread sends over minutes of emulated time in seconds. For tests only; unset:
 // real time.
-func pacingClockFromEnv(log *slog.Logger) (pacing.Clock, error) {
+func PacingClockFromEnv(log *slog.Logger) (pacing.Clock, error) {
 	v := os.Getenv("CHATWIRE_TEST_TIME_SCALE")
 	if v == "" {
 		return nil, nil

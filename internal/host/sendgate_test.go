@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
+	"github.com/seed-a64d9e1f/chatwire/internal/config"
 	"github.com/seed-a64d9e1f/chatwire/internal/idempotency"
 	"github.com/seed-a64d9e1f/chatwire/internal/pacing"
 	"github.com/seed-a64d9e1f/chatwire/internal/redistest"
@@ -144,7 +145,7 @@ func (c *jumpClock) advance(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.
 // sends.
 func TestPacedSendGets429(t *testing.T) {
 	clock := &jumpClock{t: time.Date(2026, 3, 2, 10, 0, 0, 0, time.UTC)}
-	e := setup(t, setupOpts{quiet: true, clock: clock, pacing: &PacingConfig{Limits: PacingLimits{Member: []string{"2/1m", "3/1h"}}, MaxWait: "20s"}})
+	e := setup(t, setupOpts{quiet: true, clock: clock, pacing: &config.PacingConfig{Limits: config.PacingLimits{Member: []string{"2/1m", "3/1h"}}, MaxWait: "20s"}})
 	const body = `{"to":{"user":"alice"},"text":"hi"}`
 	for i := range 2 {
 		if a := e.post(body); a.status != 200 {
@@ -211,73 +212,12 @@ func TestAbandonedKey(t *testing.T) {
 	}
 }
 
-// TestPacingConfig: a bot's pacing section and wecom.duplicate_check are read and checked.
-func TestPacingConfig(t *testing.T) {
-	good := strings.Replace(goodConfig, `    deliver: {webhook_url`, `    pacing: {limits: {member: ["20/1m"], app: ["5000/24h"]}, concurrency: 4, max_wait: 10s}
-    deliver: {webhook_url`, 1)
-	good = strings.Replace(good, "agent_id: 1000002,", "agent_id: 1000002, duplicate_check: 30m,", 1)
-	cfg, err := ParseConfig("c.yaml", []byte(good), envOf(goodEnv))
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts, mw := cfg.Bots[0].Pacing.options()
-	if mw != 10*time.Second || opts.Concurrency != 4 || len(opts.Limits["member"]) != 1 || opts.Limits["member"][0].N != 20 || cfg.Bots[0].WeCom.DuplicateCheck != "30m" {
-		t.Errorf("pacing options %+v, max wait %v, duplicate check %q", opts, mw, cfg.Bots[0].WeCom.DuplicateCheck)
-	}
-	for _, tc := range []struct{ from, to, want string }{
-		{`member: ["20/1m"]`, `member: ["20 a minute"]`, `bots[0].pacing.limits.member[0]: "20 a minute": want N/duration`},
-		{`member: ["20/1m"]`, `members: ["20/1m"]`, `bots[0].pacing.limits: unknown key "members"`},
-		{`member: ["20/1m"]`, `channel: ["20/1m"]`, `bots[0].pacing.limits.channel: wecom has no scope "channel" (it has app, appchat, member)`},
-		{`max_wait: 10s`, `max_wait: 5m`, `bots[0].pacing.max_wait: "5m": want a duration from 0s to 2m0s`},
-		{`duplicate_check: 30m`, `duplicate_check: 5h`, `bots[0].wecom.duplicate_check: want a duration from 1s to 4h`},
-		{`concurrency: 4`, `concurrency: 4, burst: 2`, `bots[0].pacing: unknown key "burst"`},
-	} {
-		_, err := ParseConfig("c.yaml", []byte(strings.Replace(good, tc.from, tc.to, 1)), envOf(goodEnv))
-		if err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("%s → %s: %v; want %q", tc.from, tc.to, err, tc.want)
-		}
-	}
-}
-
-// TestCLISendIdempotencyKey: adapter-host send sends an Idempotency-Key, a new one per
-// invocation unless given; --verbose prints it, and a retry with it does not send again.
-func TestCLISendIdempotencyKey(t *testing.T) {
-	e := setup(t, setupOpts{quiet: true})
-	send := func(extra ...string) (string, string, error) {
-		var out, errb strings.Builder
-		args := append([]string{"send", "--url", e.h.URL(), "--api-key", testAPIKey, "--bot", "hr", "--to", "user:alice", "--text", "hi"}, extra...)
-		err := run(t.Context(), args, &out, &errb)
-		return out.String(), errb.String(), err
-	}
-	_, stderr, err := send("--verbose")
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, ok := strings.CutPrefix(strings.TrimSpace(stderr), "Idempotency-Key: ")
-	if !ok || idempotency.CheckKey(key) != nil {
-		t.Fatalf("--verbose printed %q; want the Idempotency-Key", stderr)
-	}
-	out, _, err := send("--idempotency-key", key)
-	if err != nil || !strings.Contains(out, "not sent again") {
-		t.Errorf("retry with the printed key: %q, %v; want not sent again", out, err)
-	}
-	if _, _, err := send(); err != nil {
-		t.Fatal(err)
-	}
-	if n := len(e.emu.Sent()); n != 2 {
-		t.Errorf("WeCom got %d sends; want 2 (the retry answered from its key, a new invocation sent)", n)
-	}
-	if _, _, err := send("--idempotency-key", "bad\tkey"); err == nil {
-		t.Error("send --idempotency-key with a tab: no error")
-	}
-}
-
 // TestAsyncSend: Prefer: respond-async answers 202 with the message id once it is stored;
 // the outbox sends it within the pacing limits, in order, and message.sent events and GET
 // /v1/bots/hr/messages/{id} report each outcome, failures with kind and platform code.
 func TestAsyncSend(t *testing.T) {
 	clock := &jumpClock{t: time.Date(2026, 3, 2, 10, 0, 0, 0, time.UTC)}
-	e := setup(t, setupOpts{quiet: true, clock: clock, pacing: &PacingConfig{Limits: PacingLimits{Member: []string{"2/1m"}}}})
+	e := setup(t, setupOpts{quiet: true, clock: clock, pacing: &config.PacingConfig{Limits: config.PacingLimits{Member: []string{"2/1m"}}}})
 	events := e.subscribe("")
 	var ids []string
 	for i := range 5 {
@@ -415,7 +355,7 @@ func TestDecodeSendAsyncNotInMessage(t *testing.T) {
 // unless its pacing.limits.conversation replaces them; the scope is refused on WeCom.
 func TestTeamsPacingConfig(t *testing.T) {
 	env := envOf(map[string]string{"TEAMS_APP": "app-1", "TEAMS_PASSWORD": "pw"})
-	sched := func(cfg *Config) *pacing.Scheduler {
+	sched := func(cfg *config.Config) *pacing.Scheduler {
 		t.Helper()
 		g, err := newSendGate(cfg, &server{}, nil, nil, slog.New(slog.DiscardHandler), nil)
 		if err != nil {
@@ -423,7 +363,7 @@ func TestTeamsPacingConfig(t *testing.T) {
 		}
 		return g.pace["tbot"]
 	}
-	cfg, err := ParseConfig("c.yaml", []byte(teamsConfig), env)
+	cfg, err := config.Parse("c.yaml", []byte(teamsConfig), env)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -431,7 +371,7 @@ func TestTeamsPacingConfig(t *testing.T) {
 		t.Errorf("teams bot's conversation limits = %v; want Teams' 7/1s, 8/2s, 60/30s, 1800/1h", got)
 	}
 	over := teamsConfig + "    pacing: {limits: {conversation: [\"3/1s\"]}}\n"
-	if cfg, err = ParseConfig("c.yaml", []byte(over), env); err != nil {
+	if cfg, err = config.Parse("c.yaml", []byte(over), env); err != nil {
 		t.Fatal(err)
 	}
 	if got := sched(cfg).Limits()[pacing.ScopeConversation]; fmt.Sprint(got) != "[3/1s]" {
@@ -439,7 +379,7 @@ func TestTeamsPacingConfig(t *testing.T) {
 	}
 	wecom := strings.Replace(goodConfig, `    deliver: {webhook_url`, `    pacing: {limits: {conversation: ["3/1s"]}}
     deliver: {webhook_url`, 1)
-	if _, err := ParseConfig("c.yaml", []byte(wecom), envOf(goodEnv)); err == nil || !strings.Contains(err.Error(), `wecom has no scope "conversation"`) {
+	if _, err := config.Parse("c.yaml", []byte(wecom), envOf(goodEnv)); err == nil || !strings.Contains(err.Error(), `wecom has no scope "conversation"`) {
 		t.Errorf("conversation on a wecom bot: %v; want refused", err)
 	}
 }

@@ -25,6 +25,7 @@ import (
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
 	"github.com/seed-a64d9e1f/chatwire/internal/backoff"
+	"github.com/seed-a64d9e1f/chatwire/internal/config"
 	"github.com/seed-a64d9e1f/chatwire/internal/eventlog"
 )
 
@@ -56,7 +57,7 @@ type server struct {
 	// refusals logs refused API requests, rate-limited; nil logs none.
 	refusals *refusalLog
 	// webhookTimeout bounds a webhook from its body to the plugin's answer (and queueing):
-	// the platform's budget. Zero means defaultWebhookTimeout.
+	// the platform's budget. Zero means config.DefaultWebhookTimeout.
 	webhookTimeout time.Duration
 	// bodies bounds the request bodies held at once; nil: no bound.
 	bodies *bodyBudget
@@ -149,7 +150,7 @@ func loopbackHost(hostport string) bool {
 		host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
 	}
 	host = strings.TrimSuffix(host, ".")
-	return strings.EqualFold(host, "localhost") || isLoopback(host)
+	return strings.EqualFold(host, "localhost") || config.IsLoopback(host)
 }
 
 // loopbackOrigin reports whether an Origin header is an http(s) origin on a loopback host;
@@ -271,7 +272,7 @@ func (s *server) webhook(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "restarting, try again", http.StatusServiceUnavailable)
 		return
 	}
-	budget := cmp.Or(s.webhookTimeout, defaultWebhookTimeout)
+	budget := cmp.Or(s.webhookTimeout, config.DefaultWebhookTimeout)
 	ctx, cancel := context.WithTimeout(r.Context(), budget)
 	defer cancel()
 	release, err := s.bodies.hold(r, adapter.DefaultMaxWebhookBody)

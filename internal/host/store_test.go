@@ -1,17 +1,12 @@
 package host
 
 import (
-	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
-	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -21,9 +16,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
-	"github.com/seed-a64d9e1f/chatwire/adapter/graph"
 	"github.com/seed-a64d9e1f/chatwire/adapter/wecom/wecomtest"
-	"github.com/seed-a64d9e1f/chatwire/internal/platforms"
+	"github.com/seed-a64d9e1f/chatwire/internal/config"
 	"github.com/seed-a64d9e1f/chatwire/internal/redistest"
 )
 
@@ -109,7 +103,7 @@ func TestStoreEncrypted(t *testing.T) {
 	ws := httptest.NewServer(rec)
 	defer ws.Close()
 	key := newStoreKey(t)
-	store := &StoreConfig{RedisURL: "redis://" + rs.Addr() + "/0", EncryptionKey: key}
+	store := &config.StoreConfig{RedisURL: "redis://" + rs.Addr() + "/0", EncryptionKey: key}
 	rawKey, err := base64.StdEncoding.DecodeString(key)
 	if err != nil {
 		t.Fatal(err)
@@ -150,7 +144,7 @@ func TestStoreEncrypted(t *testing.T) {
 
 	// A host with another key cannot read the entry: it fetches its own token and leaves the
 	// sealed entry alone.
-	other := &StoreConfig{RedisURL: store.RedisURL, EncryptionKey: newStoreKey(t)}
+	other := &config.StoreConfig{RedisURL: store.RedisURL, EncryptionKey: newStoreKey(t)}
 	c := setup(t, setupOpts{store: other, emu: emu, apiBase: ws.URL})
 	sendOK(t, c, "other key")
 	if n := emu.TokenRequests(); n != 2 {
@@ -190,7 +184,7 @@ func TestStoreSentinel(t *testing.T) {
 	}))
 	defer recv.Close()
 	e := setup(t, setupOpts{deliverURL: recv.URL,
-		store: &StoreConfig{Redis: &RedisConfig{Addrs: []string{sentinel.Addr()}, MasterName: redistest.MasterName}, EncryptionKey: newStoreKey(t)}})
+		store: &config.StoreConfig{Redis: &config.RedisConfig{Addrs: []string{sentinel.Addr()}, MasterName: redistest.MasterName}, EncryptionKey: newStoreKey(t)}})
 	sendOK(t, e, "via sentinel")
 	if n, err := admin.Exists(t.Context(), tokenEntry).Result(); err != nil || n != 1 {
 		t.Errorf("token entry on the master: %d, %v; want it stored through the Sentinel", n, err)
@@ -245,7 +239,7 @@ func TestStoreCluster(t *testing.T) {
 	emu := newEmulator()
 	ws := httptest.NewServer(emu)
 	defer ws.Close()
-	store := &StoreConfig{Redis: &RedisConfig{Addrs: []string{nodes[0].Addr(), nodes[1].Addr()}}, EncryptionKey: newStoreKey(t)}
+	store := &config.StoreConfig{Redis: &config.RedisConfig{Addrs: []string{nodes[0].Addr(), nodes[1].Addr()}}, EncryptionKey: newStoreKey(t)}
 	a := setup(t, setupOpts{store: store, emu: emu, apiBase: ws.URL})
 	b := setup(t, setupOpts{store: store, emu: emu, apiBase: ws.URL})
 	sendOK(t, a, "cluster a")
@@ -306,79 +300,5 @@ func waitDelivered(t *testing.T, e *env, mu *sync.Mutex, got *[]string, want ...
 	defer mu.Unlock()
 	if strings.Join(*got, ",") != strings.Join(want, ",") {
 		t.Errorf("delivered %v; want %v", *got, want)
-	}
-}
-
-// TestCheckOfflineStoreSecrets runs check --offline on a config with Redis passwords and
-// encryption keys: its output holds none of them.
-func TestCheckOfflineStoreSecrets(t *testing.T) {
-	key, prev := newStoreKey(t), newStoreKey(t)
-	t.Setenv("STORE_KEY", key)
-	t.Setenv("REDIS_PW", storeMarker)
-	path := filepath.Join(t.TempDir(), "c.yaml")
-	cfg := storeConfig(`  redis: {addrs: ["127.0.0.1:26379"], master_name: m, password: "${REDIS_PW}", sentinel_password: "${REDIS_PW}"}
-  encryption_key: "${STORE_KEY}"
-  previous_encryption_keys: ["` + prev + `"]`)
-	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	var out bytes.Buffer
-	if err := cmdCheck(t.Context(), []string{"--config", path, "--offline"}, &out, io.Discard); err != nil {
-		t.Fatalf("check --offline = %v\n%s", err, out.String())
-	}
-	if !strings.Contains(out.String(), "ok") || strings.Contains(out.String(), key) || strings.Contains(out.String(), prev) || strings.Contains(out.String(), storeMarker) {
-		t.Errorf("check output:\n%s\nwant ok and no secret", out.String())
-	}
-}
-
-// TestCheckDelegatedClosesRedis runs check on three delegated Graph bots whose sign-ins live
-// in Redis: each probe opens the store, and once check returns none of their connections
-// may be left open on the server.
-func TestCheckDelegatedClosesRedis(t *testing.T) {
-	rs := redistest.Start(t)
-	admin := redis.NewClient(&redis.Options{Addr: rs.Addr()})
-	defer admin.Close()
-	sc := StoreConfig{RedisURL: "redis://" + rs.Addr() + "/0"}
-	var bots strings.Builder
-	for i := range 3 {
-		g := platforms.Graph{TenantID: "t1", ClientID: "client-1", Auth: "delegated", User: fmt.Sprintf("bot%d@contoso.com", i)}
-		fmt.Fprintf(&bots, "  - name: teams%d\n    platform: graph\n    graph: {tenant_id: t1, client_id: client-1, auth: delegated, user: %s, login_base: \"http://127.0.0.1:1\", graph_base: \"http://127.0.0.1:1\"}\n", i, g.User)
-		store, _, closeStore, err := openStore(sc)
-		if err != nil {
-			t.Fatal(err)
-		}
-		err = seed(t.Context(), store, platforms.GraphKey(g), &graph.LoginResult{RefreshToken: "rt"})
-		closeStore()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	path := filepath.Join(t.TempDir(), "c.yaml")
-	if err := os.WriteFile(path, []byte("store: {redis_url: \""+sc.RedisURL+"\"}\nbots:\n"+bots.String()), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	var out bytes.Buffer
-	if err := cmdCheck(t.Context(), []string{"--config", path}, &out, io.Discard); err != nil {
-		t.Fatalf("check = %v\n%s", err, out.String())
-	}
-	if n := strings.Count(out.String(), "ok, public client"); n != 3 {
-		t.Errorf("check passed %d bots; want 3\n%s", n, out.String())
-	}
-	// the server notices closed connections a moment later: only admin's may stay
-	var list string
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		var err error
-		list, err = admin.ClientList(t.Context()).Result()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if strings.Count(strings.TrimSpace(list), "\n") == 0 || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if n := strings.Count(strings.TrimSpace(list), "\n") + 1; n != 1 {
-		t.Errorf("%d Redis connections open after check; want 1 (the test's own):\n%s", n, list)
 	}
 }
