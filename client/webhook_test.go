@@ -16,7 +16,7 @@ import (
 
 const hookSecret = "hook-secret-do-not-log"
 
-// hostSign signs as the host's deliverer does (cmd/adapter-host deliver.go), written out
+// hostSign signs as the host's deliverer does (internal/host deliver.go), written out
 // here so the test does not check Sign against itself.
 func hostSign(secret, body string) string {
 	mac := hmac.New(sha256.New, []byte(secret))

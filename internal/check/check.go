@@ -1,3 +1,6 @@
+// Package check tries a config's credentials against the platforms (adapter-host check),
+// signs a delegated Graph bot in (graph login), and words platform and API errors for a
+// person.
 package check
 
 import (

@@ -1,3 +1,6 @@
+// Package config loads and validates adapter-host's config file (bots.yaml): ${VAR}
+// expansion, unknown keys refused naming the expected ones, and errors that name the key and
+// never quote a secret. The platform sections are the plugin's typed configs.
 package config
 
 import (
@@ -195,11 +198,11 @@ type PluginConfig struct {
 
 // BotConfig is one bot.
 type BotConfig struct {
-	Name     string           `yaml:"name"`
-	Platform string           `yaml:"platform"`
-	WeCom    *platforms.WeCom `yaml:"wecom"`
-	Graph    *platforms.Graph `yaml:"graph"`
-	Teams    *platforms.Teams `yaml:"teams"`
+	Name     string              `yaml:"name"`
+	Platform string              `yaml:"platform"`
+	WeCom    *plugin.WeComConfig `yaml:"wecom"`
+	Graph    *plugin.GraphConfig `yaml:"graph"`
+	Teams    *platforms.Teams    `yaml:"teams"`
 	// WeComAIBot and WeComRobot are the sections of platforms wecom_aibot and wecom_robot.
 	WeComAIBot *platforms.WeComAIBot `yaml:"wecom_aibot"`
 	WeComRobot *platforms.WeComRobot `yaml:"wecom_robot"`
@@ -250,7 +253,7 @@ func Load(path string) (*Config, error) {
 	return Parse(path, data, os.LookupEnv)
 }
 
-// ParseConfig parses data as a config named name, expanding ${VAR} with lookup.
+// Parse parses data as a config named name, expanding ${VAR} with lookup.
 func Parse(name string, data []byte, lookup func(string) (string, bool)) (*Config, error) {
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {

@@ -1,3 +1,5 @@
+// Package demo runs adapter-host's demo (emulated platforms, a real plugin process, an echo
+// bot) and its emulate command (emulators on fixed loopback ports for a host run by hand).
 package demo
 
 import (

@@ -1,3 +1,6 @@
+// Package host is adapter-host's server: it launches the plugin, serves the HTTP API (sends,
+// events over SSE and consumer groups, webhooks, ops endpoints), delivers events to
+// webhooks and runs the asynchronous sends. Start starts one; cmd/adapter-host wires it.
 package host
 
 import (
@@ -27,7 +30,7 @@ import (
 	"github.com/seed-a64d9e1f/chatwire/plugin"
 )
 
-// hostOptions tune a host beyond its config file (tests and the demo).
+// Options tune a host beyond its config file (tests and the demo).
 type Options struct {
 	Logger *slog.Logger
 	// PluginArgs are passed to the plugin executable. Nil means ["plugin"] when the host runs
@@ -51,7 +54,7 @@ type Options struct {
 	Version, Revision string
 }
 
-// host is a running adapter-host: plugin, HTTP server, deliverers.
+// Host is a running adapter-host: plugin, HTTP server, deliverers.
 type Host struct {
 	cfg    *config.Config
 	log    *slog.Logger
@@ -73,8 +76,8 @@ type Host struct {
 	serveErr    chan error
 }
 
-// startHost launches the plugin, configures the bots, and starts serving HTTP. ctx bounds
-// the start only; call shutdown to stop.
+// Start launches the plugin, configures the bots, and starts serving HTTP. ctx bounds
+// the start only; call Shutdown to stop. A failed start stops what it started.
 func Start(ctx context.Context, cfg *config.Config, opts Options) (*Host, error) {
 	log := opts.Logger
 	if log == nil {
@@ -82,12 +85,49 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (*Host, error)
 	}
 	h := &Host{cfg: cfg, log: log, m: newMetrics(), serveErr: make(chan error, 1)}
 	h.m.reg.MustRegister(buildInfo(opts.Version, opts.Revision))
+	for _, start := range []func() error{
+		func() error { return h.connectRedis() },                // one client for queues, dedup and leases
+		func() error { return h.launchPlugin(ctx, opts) },       // the adapters, in a supervised process
+		func() error { return h.newServer(opts.PacingClock) },   // the HTTP API and its send gate
+		func() error { return h.openEventLogs(opts.QueueSize) }, // each bot's events
+		func() error { return h.listen(opts.Listener) },
+	} {
+		if err := start(); err != nil {
+			h.closeStarted()
+			return nil, err
+		}
+	}
+	h.registerChecks()
+	h.m.reg.MustRegister(prometheus.CollectorFunc(h.srv.collectServer))
+	h.serve()
+	dctx, cancel := context.WithCancel(context.Background())
+	h.stopDeliver = cancel
+	h.startDeliverers(dctx, opts.DeliverBackoff)                 // webhook delivery of events
+	h.srv.sends.start(dctx, &h.wg, h.redis, cfg.Store.KeyPrefix) // asynchronous sends
+	h.startPollers(dctx)                                         // bots without webhooks
+	log.Info("adapter-host listening", "addr", h.ln.Addr().String(), "bots", len(cfg.Bots), "api_keys", len(cfg.Server.APIKeys) > 0)
+	return h, nil
+}
 
-	path, args := cfg.Plugin.Path, opts.PluginArgs
+// connectRedis makes the host's Redis client (nil without Redis), built like the plugin's
+// for tokens.
+func (h *Host) connectRedis() error {
+	store, err := h.cfg.Store.Plugin()
+	if err != nil {
+		return err
+	}
+	h.redis, err = platforms.RedisClient(store)
+	return err
+}
+
+// launchPlugin starts the plugin process (this executable unless plugin.path is set) with
+// every bot configured.
+func (h *Host) launchPlugin(ctx context.Context, opts Options) error {
+	path, args := h.cfg.Plugin.Path, opts.PluginArgs
 	if path == "" {
 		exe, err := os.Executable()
 		if err != nil {
-			return nil, fmt.Errorf("finding this executable to run as the plugin: %w", err)
+			return fmt.Errorf("finding this executable to run as the plugin: %w", err)
 		}
 		path = exe
 		if args == nil {
@@ -98,29 +138,24 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (*Host, error)
 		args = append(args, "--debug")
 	}
 	var bots []plugin.BotConfig
-	for _, b := range cfg.Bots {
+	for _, b := range h.cfg.Bots {
 		section := b.PluginSection()
 		data, err := json.Marshal(section)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		bots = append(bots, plugin.BotConfig{Name: b.Name, Platform: b.Platform, Config: data})
 	}
-	store, err := cfg.Store.Plugin()
+	store, err := h.cfg.Store.Plugin()
 	if err != nil {
-		return nil, err
-	}
-	// One client for the host's queues, dedup and leases, built like the plugin's for tokens.
-	h.redis, err = platforms.RedisClient(store)
-	if err != nil {
-		return nil, err
+		return err
 	}
 	p, err := plugin.Launch(ctx, plugin.LaunchOptions{
 		Path:         path,
 		Args:         args,
 		Store:        store,
 		Bots:         bots,
-		Logger:       log,
+		Logger:       h.log,
 		OnRestart:    h.m.restarts.Inc,
 		PingInterval: opts.PingInterval,
 		PingTimeout:  opts.PingTimeout,
@@ -134,93 +169,117 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (*Host, error)
 		},
 	})
 	if err != nil {
-		if h.redis != nil {
-			h.redis.Close()
-		}
-		return nil, err
+		return err
 	}
 	h.plugin = p
 	h.m.ready.Set(1)
-	readTimeout, idleTimeout, webhookTimeout := cfg.Server.Timeouts()
+	return nil
+}
+
+// newServer makes the HTTP API's server and the send gate (idempotency, pacing, outboxes).
+func (h *Host) newServer(clock pacing.Clock) error {
+	cfg, p := h.cfg, h.plugin
+	_, _, webhookTimeout := cfg.Server.Timeouts()
 	h.srv = &server{
 		bots:           make(map[string]*bot),
 		keys:           cfg.Server.APIKeys,
 		ready:          p.Ready,
-		log:            log,
+		log:            h.log,
 		m:              h.m,
 		gather:         prometheus.Gatherers{h.m.reg, pluginGatherer{fetch: p.Metrics}},
 		closing:        make(chan struct{}),
-		refusals:       newRefusalLog(log, refusalBurst, refusalWindow),
+		refusals:       newRefusalLog(h.log, refusalBurst, refusalWindow),
 		webhookTimeout: webhookTimeout,
 		bodies:         newBodyBudget(cfg.Server.BodyMemory(), h.m.bodyBytes.Add),
 
 		pluginMetrics: p.Metrics,
 	}
-	if h.srv.sends, err = newSendGate(cfg, h.srv, h.redis, h.m.reg, log, opts.PacingClock); err != nil {
-		p.Close()
-		if h.redis != nil {
-			h.redis.Close()
-		}
-		return nil, err
-	}
+	var err error
+	h.srv.sends, err = newSendGate(cfg, h.srv, h.redis, h.m.reg, h.log, clock)
+	return err
+}
+
+// openEventLogs opens each bot's event log: on Redis, in store.dir, else in memory.
+func (h *Host) openEventLogs(queueSize int) error {
+	cfg := h.cfg
 	for _, b := range cfg.Bots {
 		// The stream and dedup keys are those the host used before its ids came from the
 		// log, so an upgraded fleet keeps its events and dedup records.
-		lopts := eventlog.Options{MaxLen: opts.QueueSize, Logger: log, AckTimeout: b.AckTimeout()}
+		lopts := eventlog.Options{MaxLen: queueSize, Logger: h.log, AckTimeout: b.AckTimeout()}
 		var l eventlog.Log
 		if h.redis != nil {
 			l = eventlog.NewRedis(h.redis, cfg.Store.KeyPrefix+":events:{"+b.Name+"}", cfg.Store.KeyPrefix+":dedup:{"+b.Name+"}:", lopts)
 		} else if cfg.Store.Dir != "" {
 			fl, err := eventlog.OpenFile(filepath.Join(cfg.Store.Dir, "events", b.Name+".log"), lopts)
 			if err != nil {
-				for _, o := range h.srv.bots {
-					o.events.Close()
-				}
-				h.srv.sends.close()
-				p.Close()
-				return nil, fmt.Errorf("bots %s: events: %w", b.Name, err)
+				return fmt.Errorf("bots %s: events: %w", b.Name, err)
 			}
 			l = fl
 		} else {
 			l = eventlog.NewMemory(lopts)
 		}
-		h.srv.bots[b.Name] = newBot(b.Name, b.Platform, p.Bot(b.Name), l)
+		h.srv.bots[b.Name] = newBot(b.Name, b.Platform, h.plugin.Bot(b.Name), l)
 		h.srv.names = append(h.srv.names, b.Name)
 	}
-	h.registerChecks()
-	h.m.reg.MustRegister(prometheus.CollectorFunc(h.srv.collectServer))
+	return nil
+}
 
-	ln := opts.Listener
+// listen listens on server.listen, or takes ln if not nil.
+func (h *Host) listen(ln net.Listener) error {
 	if ln == nil {
-		ln, err = net.Listen("tcp", cfg.Server.Listen)
-		if err != nil {
-			p.Close()
-			if h.redis != nil {
-				h.redis.Close()
-			}
-			return nil, fmt.Errorf("server.listen: %w", err)
+		var err error
+		if ln, err = net.Listen("tcp", h.cfg.Server.Listen); err != nil {
+			return fmt.Errorf("server.listen: %w", err)
 		}
 	}
 	h.ln = ln
+	return nil
+}
+
+// closeStarted stops what a failed Start started, in reverse order.
+func (h *Host) closeStarted() {
+	if h.ln != nil {
+		h.ln.Close()
+	}
+	if h.srv != nil {
+		for _, b := range h.srv.bots {
+			b.events.Close()
+		}
+		if h.srv.sends != nil {
+			h.srv.sends.close()
+		}
+	}
+	if h.plugin != nil {
+		h.plugin.Close()
+	}
+	if h.redis != nil {
+		h.redis.Close()
+	}
+}
+
+// serve serves the HTTP API on the listener until shutdown.
+func (h *Host) serve() {
+	readTimeout, idleTimeout, _ := h.cfg.Server.Timeouts()
 	h.http = &http.Server{Handler: h.srv.routes(), ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout: readTimeout, IdleTimeout: idleTimeout,
-		ErrorLog:  slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		ErrorLog:  slog.NewLogLogger(h.log.Handler(), slog.LevelWarn),
 		ConnState: h.trackConn}
 	h.wg.Add(1)
 	go func() {
 		defer h.wg.Done()
-		if err := h.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := h.http.Serve(h.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			h.serveErr <- err
 		}
 	}()
+}
 
-	dctx, cancel := context.WithCancel(context.Background())
-	h.stopDeliver = cancel
-	backoff := opts.DeliverBackoff
+// startDeliverers POSTs the events of every bot with deliver.webhook_url; with Redis, one
+// host of the fleet delivers a bot's events (in order within each chat).
+func (h *Host) startDeliverers(ctx context.Context, backoff time.Duration) {
 	if backoff <= 0 {
 		backoff = time.Second
 	}
-	for _, b := range cfg.Bots {
+	for _, b := range h.cfg.Bots {
 		if b.Deliver == nil || b.Deliver.WebhookURL == "" {
 			continue
 		}
@@ -228,7 +287,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (*Host, error)
 		tr := http.DefaultTransport.(*http.Transport).Clone()
 		tr.MaxIdleConnsPerHost = lanes // keep one connection per lane
 		d := &deliverer{bot: b.Name, url: b.Deliver.WebhookURL, secret: b.Deliver.WebhookSecret,
-			events: h.srv.bots[b.Name].events, client: &http.Client{Transport: tr}, log: log, lanes: lanes,
+			events: h.srv.bots[b.Name].events, client: &http.Client{Transport: tr}, log: h.log, lanes: lanes,
 			backoffMin: backoff, backoffMax: time.Minute,
 			result: func(ok bool) {
 				r := "ok"
@@ -241,26 +300,27 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (*Host, error)
 		go func() {
 			defer h.wg.Done()
 			if h.redis == nil {
-				d.run(dctx)
+				d.run(ctx)
 				return
 			}
-			// One host of the fleet delivers a bot's events (in order within each chat).
-			asLeader(dctx, h.redis, cfg.Store.KeyPrefix+":deliver:{"+b.Name+"}", 10*time.Second, log, d.run)
+			asLeader(ctx, h.redis, h.cfg.Store.KeyPrefix+":deliver:{"+b.Name+"}", 10*time.Second, h.log, d.run)
 		}()
 	}
-	h.srv.sends.start(dctx, &h.wg, h.redis, cfg.Store.KeyPrefix) // asynchronous sends
-	for _, b := range cfg.Bots {
-		longConn := b.WeComAIBot != nil && b.WeComAIBot.Secret != "" // the AI bot's long connection runs under Poll
+}
+
+// startPollers receives the events of the bots without webhooks: a Graph bot with no
+// notification_url, and an AI bot's long connection (which runs under Poll).
+func (h *Host) startPollers(ctx context.Context) {
+	for _, b := range h.cfg.Bots {
+		longConn := b.WeComAIBot != nil && b.WeComAIBot.Secret != ""
 		if !longConn && (b.Graph == nil || b.Graph.NotificationURL != "") {
 			continue
 		}
 		if poller, ok := h.srv.bots[b.Name].adapter.(adapter.Poller); ok {
 			h.wg.Add(1)
-			go func() { defer h.wg.Done(); h.poll(dctx, h.srv.bots[b.Name], poller) }()
+			go func() { defer h.wg.Done(); h.poll(ctx, h.srv.bots[b.Name], poller) }()
 		}
 	}
-	log.Info("adapter-host listening", "addr", ln.Addr().String(), "bots", len(cfg.Bots), "api_keys", len(cfg.Server.APIKeys) > 0)
-	return h, nil
 }
 
 // trackConn remembers connections that sent no request yet: http.Server.Shutdown waits up to
