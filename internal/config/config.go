@@ -282,7 +282,7 @@ func Parse(name string, data []byte, lookup func(string) (string, bool)) (*Confi
 		return nil, &ConfigError{File: name, Problems: decodeProblems(err, expanded, raw)}
 	}
 	cfg.raw = raw
-	cfg.defaults()
+	cfg.Defaults()
 	cfg.validate(cerr)
 	if len(cerr.Problems) > 0 {
 		return nil, cerr
@@ -469,7 +469,7 @@ func join(path, key string) string {
 // Validate fills the defaults of a Config built in code (as Parse does for a file) and
 // checks it as Parse would: a *ConfigError lists every problem.
 func (c *Config) Validate() error {
-	c.defaults()
+	c.Defaults()
 	cerr := &ConfigError{}
 	c.validate(cerr)
 	if len(cerr.Problems) > 0 {
@@ -478,7 +478,8 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-func (c *Config) defaults() {
+// Defaults fills the defaults of the values left empty (Parse and Validate call it).
+func (c *Config) Defaults() {
 	if c.Server.Listen == "" {
 		c.Server.Listen = "127.0.0.1:8080"
 	}

@@ -26,7 +26,7 @@ func TestWeComBotConfigValidation(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := &Config{Server: ServerConfig{Listen: "127.0.0.1:0", APIKeys: []string{"api-key-0123456789abcdef"}}, Bots: []BotConfig{tc.bot}}
-			cfg.defaults()
+			cfg.Defaults()
 			cerr := &ConfigError{}
 			cfg.validate(cerr)
 			got := strings.Join(cerr.Problems, "; ")

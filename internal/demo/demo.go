@@ -146,9 +146,7 @@ func runDemo(ctx context.Context, o Options) (demoSummary, error) {
 			{Name: "ai", Platform: adapter.PlatformWeComAIBot, WeComAIBot: ai.cfg},
 		},
 	}
-	if err := cfg.Validate(); err != nil {
-		return sum, err
-	}
+	cfg.Defaults()
 	store, _, closeStore, err := check.OpenStore(cfg.Store)
 	if err != nil {
 		return sum, err
