@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"mime"
 	"net/http"
+	"strings"
 
 	"time"
 
@@ -92,31 +93,40 @@ func (s *server) streamSend(w http.ResponseWriter, r *http.Request, b *bot) {
 		writeError(w, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: fmt.Sprintf("stream header: format %q: want text or markdown", h.Format)})
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Minute)
+	s.gateStream(w, r, b, h, func(ctx context.Context) outcome { return s.runStream(ctx, r, b, h, markdown, next) })
+}
+
+// runStream opens the bot's stream, hands it the deltas as they arrive and finishes it; its
+// platform calls are paced as sends (streamgate.go). The outcome is the send answer.
+func (s *server) runStream(ctx context.Context, r *http.Request, b *bot, h streamHeader, markdown bool, next func() ([]byte, error)) outcome {
+	p := newStreamPacing(s.sends, r, b)
 	var st adapter.Stream
-	if ms, ok := b.adapter.(markdownStreamer); ok && markdown {
-		st, err = ms.OpenMarkdownStream(ctx, h.Message)
-	} else {
-		st, err = adapter.OpenStream(ctx, b.adapter, h.Message, markdown)
-	}
-	cancel()
+	err := p.open(ctx, h.Message, func(ctx context.Context) (err error) {
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		defer cancel()
+		if ms, ok := b.adapter.(markdownStreamer); ok && markdown {
+			st, err = ms.OpenMarkdownStream(ctx, h.Message)
+		} else {
+			st, err = adapter.OpenStream(ctx, b.adapter, h.Message, markdown)
+		}
+		return err
+	})
 	if err != nil {
 		s.m.sends.WithLabelValues(b.name, string(adapter.KindOf(err)), adapter.Code(err)).Inc()
-		writeError(w, err)
-		return
+		return errorOutcome(err, adapter.KindOf(err) != adapter.KindRateLimited)
 	}
-	fail := func(err error, why string) {
-		st.Abort(context.WithoutCancel(r.Context()), why)
+	fail := func(err error, why string) outcome {
+		st.Abort(context.WithoutCancel(ctx), why)
 		s.m.sends.WithLabelValues(b.name, string(adapter.KindOf(err)), adapter.Code(err)).Inc()
 		s.log.Warn("streamed send failed", "bot", b.name, "error", err)
-		writeError(w, err)
+		return errorOutcome(err, p.shown())
 	}
 	deltas := 0
+	var text strings.Builder
 	for {
 		line, err := next()
 		if err != nil {
-			fail(err, "request body failed")
-			return
+			return fail(err, "request body failed")
 		}
 		if line == nil {
 			break
@@ -125,23 +135,37 @@ func (s *server) streamSend(w http.ResponseWriter, r *http.Request, b *bot) {
 		dec := json.NewDecoder(bytes.NewReader(line))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&l); err != nil || l.Delta == nil {
-			fail(&adapter.Error{Kind: adapter.KindInvalidRequest, Message: fmt.Sprintf("stream line %d: want {\"delta\":\"...\"}", deltas+2)}, "malformed line")
-			return
+			return fail(&adapter.Error{Kind: adapter.KindInvalidRequest, Message: fmt.Sprintf("stream line %d: want {\"delta\":\"...\"}", deltas+2)}, "malformed line")
 		}
-		if err := st.Append(r.Context(), *l.Delta); err != nil {
-			fail(err, "append failed")
-			return
+		if err := st.Append(ctx, *l.Delta); err != nil {
+			return fail(err, "append failed")
 		}
+		text.WriteString(*l.Delta)
 		deltas++
 	}
-	fctx, fcancel := context.WithTimeout(r.Context(), 10*time.Minute)
+	// The whole text is here: the reply is finished even if the client goes away now.
+	fctx, fcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Minute)
 	defer fcancel()
-	rc, err := st.Finish(fctx)
+	whole := h.Message
+	if markdown {
+		whole.Markdown = text.String()
+	} else {
+		whole.Text = text.String()
+	}
+	var rc adapter.Receipt
+	finished := false
+	err = p.finish(fctx, whole, func(ctx context.Context) (err error) {
+		finished = true
+		rc, err = st.Finish(ctx)
+		return err
+	})
 	if err != nil {
+		if !finished { // refused by pacing: nothing more reaches the platform
+			st.Abort(fctx, "paced")
+		}
 		s.m.sends.WithLabelValues(b.name, string(adapter.KindOf(err)), adapter.Code(err)).Inc()
 		s.log.Warn("streamed send failed", "bot", b.name, "error", err)
-		writeError(w, err)
-		return
+		return errorOutcome(err, finished || p.shown())
 	}
 	s.m.sends.WithLabelValues(b.name, "ok", "").Inc()
 	s.log.Info("streamed message sent", "bot", b.name, "deltas", deltas, "id", rc.ID, "messages", max(1, len(rc.IDs)))
@@ -149,7 +173,7 @@ func (s *server) streamSend(w http.ResponseWriter, r *http.Request, b *bot) {
 	if invalid == nil {
 		invalid = []string{}
 	}
-	writeJSON(w, http.StatusOK, streamResponse{sendResponse: sendResponse{ID: rc.ID, Bot: b.name, Platform: b.platform, Invalid: invalid}, IDs: rc.IDs})
+	return jsonOutcome(http.StatusOK, nil, streamResponse{sendResponse: sendResponse{ID: rc.ID, Bot: b.name, Platform: b.platform, Invalid: invalid}, IDs: rc.IDs}, true)
 }
 
 // streamResponse is the send answer plus the ids of every platform message the reply used.
