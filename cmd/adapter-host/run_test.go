@@ -88,7 +88,7 @@ func TestCheck(t *testing.T) {
 // refresh, as the plugin's log shows.
 func TestDemo(t *testing.T) {
 	var out, errb syncBuffer
-	err := run(t.Context(), []string{"demo", "--duration", "4s", "--token-lifetime", "2s", "--every", "400ms"}, &out, &errb)
+	err := run(t.Context(), []string{"demo", "--duration", "4s", "--token-lifetime", "30s", "--every", "400ms"}, &out, &errb)
 	if err != nil || exitCode(err) != 0 {
 		t.Fatalf("demo = %v (exit %d)\nstdout:\n%s\nstderr:\n%s", err, exitCode(err), out.String(), errb.String())
 	}
