@@ -320,3 +320,39 @@ func FuzzWebhookCallback(f *testing.F) {
 		}
 	})
 }
+
+// TestWebhookStreamsBounded: message callbacks whose streams WeCom never polls to the end do
+// not pile up: the bot keeps at most maxHookReplies of them, forgetting the oldest. (Found by
+// FuzzWebhookCallback: past 10,000 such streams every callback swept them all under the lock
+// and forgot none, so each took longer than the last — 8 ms each at 25,000 — and memory grew
+// for an hour.)
+func TestWebhookStreamsBounded(t *testing.T) {
+	c, err := wecom.NewCrypto(hookToken, hookKey, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bot, err := New(Options{Name: "ai", Token: hookToken, EncodingAESKey: hookKey, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bot.Close()
+	ts := strconv.FormatInt(time.Now().Unix(), 10)
+	const n = maxHookReplies + 200
+	for i := range n {
+		enc, _ := c.Encrypt([]byte(`{"msgid":"M` + strconv.Itoa(i) + `","msgtype":"text","chattype":"single","from":{"userid":"u"},"text":{"content":"x"}}`))
+		q := url.Values{"msg_signature": {c.Signature(ts, "n", enc)}, "timestamp": {ts}, "nonce": {"n"}}
+		body, _ := json.Marshal(map[string]string{"encrypt": enc})
+		if resp, evs, err := bot.HandleWebhook(t.Context(), &adapter.WebhookRequest{Method: "POST", Query: q, Body: body}); err != nil || resp.Status != 200 || len(evs) != 1 {
+			t.Fatalf("callback %d = %v, %d events, %v", i, resp, len(evs), err)
+		}
+	}
+	bot.hooks.mu.Lock()
+	streams, byEvent := len(bot.hooks.streams), len(bot.hooks.byEvent)
+	_, newest := bot.hooks.byEvent[eventID("M"+strconv.Itoa(n-1))]
+	_, oldest := bot.hooks.byEvent[eventID("M0")]
+	bot.hooks.mu.Unlock()
+	if streams > maxHookReplies || byEvent > maxHookReplies || !newest || oldest {
+		t.Errorf("after %d unanswered messages the bot keeps %d streams (%d by event; newest kept %v, oldest kept %v); want at most %d, the newest",
+			n, streams, byEvent, newest, oldest, maxHookReplies)
+	}
+}
