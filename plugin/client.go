@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"sync"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
 	pb "github.com/seed-a64d9e1f/chatwire/plugin/proto"
@@ -14,6 +15,9 @@ import (
 type Client struct {
 	rpc    pb.AdapterServiceClient
 	exited <-chan struct{} // closed when the plugin process exits (nil in tests without a process)
+
+	pollMu sync.Mutex
+	polled map[string]string // by bot: the last Poll batch returned to the caller
 }
 
 // NewClient returns a Client over an existing connection's service client; for tests and
@@ -140,11 +144,25 @@ func (b *Bot) Upload(ctx context.Context, a adapter.Attachment) (adapter.Attachm
 	return attachmentFromProto(r.Attachment), nil
 }
 
-// Poll implements [adapter.Poller].
+// Poll implements [adapter.Poller]. As the contract says, the caller has queued the batch
+// the previous Poll returned when it calls Poll again: Poll names that batch to the plugin,
+// which keeps every batch until it is named, so a batch whose answer was lost on the way
+// (ctx ended as the plugin answered) is returned again.
 func (b *Bot) Poll(ctx context.Context) ([]adapter.Event, error) {
-	r, err := b.c.rpc.Poll(ctx, &pb.PollRequest{Bot: b.name})
+	b.c.pollMu.Lock()
+	queued := b.c.polled[b.name]
+	b.c.pollMu.Unlock()
+	r, err := b.c.rpc.Poll(ctx, &pb.PollRequest{Bot: b.name, Acks: true, Queued: queued})
 	if err != nil {
 		return nil, fromStatus(ctx, err)
+	}
+	if r.Batch != "" {
+		b.c.pollMu.Lock()
+		if b.c.polled == nil {
+			b.c.polled = make(map[string]string)
+		}
+		b.c.polled[b.name] = r.Batch
+		b.c.pollMu.Unlock()
 	}
 	return eventsFromProto(r.Events), nil
 }

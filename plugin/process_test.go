@@ -83,6 +83,18 @@ func testAdapter() adapter.Adapter {
 			}
 			return adapter.Receipt{ID: strconv.Itoa(n)}, nil
 		},
+		PollFn: func(ctx context.Context) ([]adapter.Event, error) {
+			// Poll returns batch n once (event "poll-n"), like the AI Bot's receive queue;
+			// the first batch is returned only once the caller has given up, so its answer
+			// is lost on the way back.
+			polls.Lock()
+			defer polls.Unlock()
+			polls.n++
+			if polls.n == 1 {
+				<-ctx.Done()
+			}
+			return []adapter.Event{{ID: fmt.Sprint("poll-", polls.n), Bot: "hr"}}, nil
+		},
 		WebhookFn: func(ctx context.Context, req *adapter.WebhookRequest) (*adapter.WebhookResponse, []adapter.Event, error) {
 			if string(req.Body) == "panic" {
 				panic("test panic in HandleWebhook")
@@ -90,6 +102,12 @@ func testAdapter() adapter.Adapter {
 			return &adapter.WebhookResponse{Status: 200, Body: req.Body}, []adapter.Event{{ID: "e", Bot: "hr"}}, nil
 		},
 	}
+}
+
+// polls counts the test adapter's Poll calls in the plugin process.
+var polls struct {
+	sync.Mutex
+	n int
 }
 
 func servePluginForTest(version int) {
@@ -751,5 +769,37 @@ func TestProcessTimedOutCallMarksNotReady(t *testing.T) {
 	defer mu.Unlock()
 	if !slices.Equal(states, []bool{true, false, true}) {
 		t.Errorf("readiness changes = %v; want [true false true]", states)
+	}
+}
+
+// TestProcessPollAnswerLost: a Poll answer that the plugin sent as the host's call timed out
+// never reached the host; the next Poll returns that batch again before any new one, so the
+// at-least-once promise of adapter.Poller holds across the process boundary.
+func TestProcessPollAnswerLost(t *testing.T) {
+	p, _ := launchForTest(t)
+	poller, ok := p.Bot("hr").(adapter.Poller)
+	if !ok {
+		t.Fatal("the test bot is not a Poller")
+	}
+	// the plugin answers this call only when its deadline passes
+	ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+	defer cancel()
+	if evs, err := poller.Poll(ctx); err == nil {
+		t.Fatalf("Poll past its deadline = %v, nil; want an error", evs)
+	}
+	var got []string
+	for range 2 {
+		ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+		evs, err := poller.Poll(ctx)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ev := range evs {
+			got = append(got, ev.ID)
+		}
+	}
+	if strings.Join(got, ",") != "poll-1,poll-2" {
+		t.Errorf("polled %q after a lost answer; want poll-1,poll-2", got)
 	}
 }

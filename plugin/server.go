@@ -3,6 +3,7 @@ package plugin
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -99,6 +100,19 @@ type Server struct {
 	idem      *idempotency.Keeper // keys of idempotent sends; nil before the first Configure
 	idemStore string              // the store idem uses (idemStoreID)
 	idemClose func() error        // closes idem's Redis client
+
+	pollNonce string // names this process's Poll batches, so a batch id from a previous plugin never matches
+	pollMu    sync.Mutex
+	polls     map[string]*keptBatch // by bot
+}
+
+// keptBatch is the last Poll batch answered to an acking host, kept until the host names it
+// as queued (PollRequest.queued): an answer lost on the way back is answered again.
+type keptBatch struct {
+	turn   chan struct{} // one Poll per bot at a time
+	seq    uint64
+	id     string // "" when nothing is kept
+	events []adapter.Event
 }
 
 // NewServer returns a Server with no bots.
@@ -114,6 +128,7 @@ func NewServer(opts ServerOptions) *Server {
 		panics: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "chatwire_plugin_panics_total",
 			Help: "Panics in plugin calls recovered into internal errors, by gRPC method."}, []string{"method"})}
 	s.reg.MustRegister(s.panics)
+	s.pollNonce = rand.Text()[:10]
 	return s
 }
 
@@ -290,7 +305,11 @@ func (s *Server) Upload(ctx context.Context, req *pb.UploadRequest) (*pb.UploadR
 	return &pb.UploadResponse{Attachment: attachmentToProto(att)}, nil
 }
 
-// Poll implements the Poll RPC.
+// Poll implements the Poll RPC. For a host that acknowledges batches (req.Acks) it keeps
+// each non-empty batch it answers and answers it again, without polling the adapter, until a
+// request names it as queued; only then does it poll the adapter again, which commits the
+// adapter's cursor for that batch. A Poll answer lost between plugin and host (the host's
+// call ended as the plugin answered) is thus not lost, as [adapter.Poller] promises.
 func (s *Server) Poll(ctx context.Context, req *pb.PollRequest) (*pb.PollResponse, error) {
 	a, err := s.bot(req.Bot)
 	if err != nil {
@@ -300,11 +319,52 @@ func (s *Server) Poll(ctx context.Context, req *pb.PollRequest) (*pb.PollRespons
 	if !ok {
 		return nil, toStatus(&adapter.Error{Kind: adapter.KindInvalidRequest, Message: "bot " + req.Bot + " has nothing to poll"})
 	}
+	if !req.Acks {
+		events, err := p.Poll(ctx)
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		return &pb.PollResponse{Events: eventsToProto(events)}, nil
+	}
+	k := s.keptBatch(req.Bot)
+	select {
+	case k.turn <- struct{}{}:
+		defer func() { <-k.turn }()
+	case <-ctx.Done():
+		return nil, toStatus(&adapter.Error{Kind: adapter.KindUnavailable, Message: "bot " + req.Bot + " is still answering an earlier Poll", Err: ctx.Err()})
+	}
+	if k.id != "" {
+		if req.Queued != k.id {
+			return &pb.PollResponse{Events: eventsToProto(k.events), Batch: k.id}, nil
+		}
+		k.id, k.events = "", nil
+	}
 	events, err := p.Poll(ctx)
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return &pb.PollResponse{Events: eventsToProto(events)}, nil
+	resp := &pb.PollResponse{Events: eventsToProto(events)}
+	if len(events) > 0 {
+		k.seq++
+		k.id, k.events = fmt.Sprintf("%s-%d", s.pollNonce, k.seq), events
+		resp.Batch = k.id
+	}
+	return resp, nil
+}
+
+// keptBatch returns the Poll state of a bot.
+func (s *Server) keptBatch(bot string) *keptBatch {
+	s.pollMu.Lock()
+	defer s.pollMu.Unlock()
+	if s.polls == nil {
+		s.polls = make(map[string]*keptBatch)
+	}
+	k := s.polls[bot]
+	if k == nil {
+		k = &keptBatch{turn: make(chan struct{}, 1)}
+		s.polls[bot] = k
+	}
+	return k
 }
 
 // Recall implements the Recall RPC.

@@ -117,3 +117,34 @@ func TestStoreDirSurvivesRestart(t *testing.T) {
 		}
 	}
 }
+
+// TestStoreDirKeepsIdempotencyKeys: with store.dir (no Redis), an Idempotency-Key answered
+// before the host restarts is answered from the store after it, and the message is not sent
+// again; the same key with another message is still a conflict.
+func TestStoreDirKeepsIdempotencyKeys(t *testing.T) {
+	dir := t.TempDir()
+	emu := newEmulator()
+	ws := httptest.NewServer(emu)
+	t.Cleanup(ws.Close)
+	const body = `{"to":{"user":"alice"},"text":"pay invoice 7"}`
+	e1 := setup(t, setupOpts{emu: emu, apiBase: ws.URL, store: &StoreConfig{Dir: dir}, quiet: true})
+	first := e1.post(body, "Idempotency-Key", "invoice-7")
+	if first.status != 200 {
+		t.Fatalf("first send = %d %s", first.status, first.body)
+	}
+	if err := e1.h.shutdown(); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	e2 := setup(t, setupOpts{emu: emu, apiBase: ws.URL, store: &StoreConfig{Dir: dir}, quiet: true})
+	again := e2.post(body, "Idempotency-Key", "invoice-7")
+	if again.status != 200 || again.body != first.body || again.header.Get("Idempotent-Replayed") != "true" {
+		t.Errorf("after the restart, the same key = %d %s (replayed %q); want the first answer %s, replayed",
+			again.status, again.body, again.header.Get("Idempotent-Replayed"), first.body)
+	}
+	if n := len(emu.Sent()); n != 1 {
+		t.Errorf("WeCom got %d sends; want 1: the retry across the restart sent again", n)
+	}
+	if a := e2.post(`{"to":{"user":"alice"},"text":"pay invoice 8"}`, "Idempotency-Key", "invoice-7"); a.status != 409 {
+		t.Errorf("same key, other message, after the restart = %d %s; want 409", a.status, a.body)
+	}
+}

@@ -68,6 +68,12 @@ func newSendGate(cfg *config.Config, s *server, rdb redis.UniversalClient, reg p
 	)
 	if rdb != nil {
 		istore, pstore, fallback = idempotency.NewRedis(rdb, cfg.Store.KeyPrefix), pacing.NewRedis(rdb, cfg.Store.KeyPrefix), pacing.NewMemory()
+	} else if cfg.Store.Dir != "" { // keys survive a restart: "<dir>/idempotency.keys"
+		fs, err := idempotency.OpenFile(filepath.Join(cfg.Store.Dir, "idempotency.keys"), 0)
+		if err != nil {
+			return nil, fmt.Errorf("store.dir: %w", err)
+		}
+		istore, pstore, g.closers = fs, pacing.NewMemory(), append(g.closers, fs)
 	} else {
 		istore, pstore = idempotency.NewMemory(0), pacing.NewMemory()
 	}

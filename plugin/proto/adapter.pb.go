@@ -2174,8 +2174,15 @@ func (x *UploadResponse) GetAttachment() *Attachment {
 }
 
 type PollRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Bot           string                 `protobuf:"bytes,1,opt,name=bot,proto3" json:"bot,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Bot   string                 `protobuf:"bytes,1,opt,name=bot,proto3" json:"bot,omitempty"`
+	// acks says the host acknowledges batches: queued names the last batch
+	// (PollResponse.batch) it received and queued, "" for none yet. The plugin keeps each
+	// batch it answers until a Poll names it, returning the same batch again until then, so a
+	// Poll answer lost on the way (the host's call ended as the plugin answered) is not lost.
+	// Without acks the plugin forgets a batch once answered (hosts before this field).
+	Acks          bool   `protobuf:"varint,2,opt,name=acks,proto3" json:"acks,omitempty"`
+	Queued        string `protobuf:"bytes,3,opt,name=queued,proto3" json:"queued,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2217,9 +2224,26 @@ func (x *PollRequest) GetBot() string {
 	return ""
 }
 
+func (x *PollRequest) GetAcks() bool {
+	if x != nil {
+		return x.Acks
+	}
+	return false
+}
+
+func (x *PollRequest) GetQueued() string {
+	if x != nil {
+		return x.Queued
+	}
+	return ""
+}
+
 type PollResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Events        []*Event               `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Events []*Event               `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	// batch names a non-empty batch kept for an acking host (PollRequest.acks), to be named in
+	// the next PollRequest.queued once queued; "" when the plugin does not keep batches.
+	Batch         string `protobuf:"bytes,2,opt,name=batch,proto3" json:"batch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2259,6 +2283,13 @@ func (x *PollResponse) GetEvents() []*Event {
 		return x.Events
 	}
 	return nil
+}
+
+func (x *PollResponse) GetBatch() string {
+	if x != nil {
+		return x.Batch
+	}
+	return ""
 }
 
 type RecallRequest struct {
@@ -2698,11 +2729,14 @@ const file_adapter_proto_rawDesc = "" +
 	"\x0eUploadResponse\x12?\n" +
 	"\n" +
 	"attachment\x18\x01 \x01(\v2\x1f.chatwire.adapter.v1.AttachmentR\n" +
-	"attachment\"\x1f\n" +
+	"attachment\"K\n" +
 	"\vPollRequest\x12\x10\n" +
-	"\x03bot\x18\x01 \x01(\tR\x03bot\"B\n" +
+	"\x03bot\x18\x01 \x01(\tR\x03bot\x12\x12\n" +
+	"\x04acks\x18\x02 \x01(\bR\x04acks\x12\x16\n" +
+	"\x06queued\x18\x03 \x01(\tR\x06queued\"X\n" +
 	"\fPollResponse\x122\n" +
-	"\x06events\x18\x01 \x03(\v2\x1a.chatwire.adapter.v1.EventR\x06events\"1\n" +
+	"\x06events\x18\x01 \x03(\v2\x1a.chatwire.adapter.v1.EventR\x06events\x12\x14\n" +
+	"\x05batch\x18\x02 \x01(\tR\x05batch\"1\n" +
 	"\rRecallRequest\x12\x10\n" +
 	"\x03bot\x18\x01 \x01(\tR\x03bot\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\"\x10\n" +

@@ -357,41 +357,65 @@ func (b *Bot) readLoop(ctx context.Context, c *wsConn, in *inbox) error {
 		if err != nil {
 			return fmt.Errorf("wecom_aibot: connection: %w", err)
 		}
-		data = sanitize(data)
-		var f inFrame
-		if err := json.Unmarshal(data, &f); err != nil {
-			b.log.WarnContext(ctx, "wecom_aibot: dropping a frame that is not JSON", "err", err, "bytes", len(data))
-			continue
-		}
-		switch f.Cmd {
-		case "":
-			if strings.HasPrefix(f.Headers.ReqID, "ping") {
-				c.missed.Store(0)
-				continue
-			}
-			a := ack{code: -1, msg: f.Errmsg, body: f.Body}
-			if f.Errcode != nil {
-				a.code = *f.Errcode // an ack without errcode is a failure, as in the SDK
-			}
-			c.mu.Lock()
-			ch := c.pending[f.Headers.ReqID]
-			delete(c.pending, f.Headers.ReqID)
-			c.mu.Unlock()
-			if ch == nil {
-				b.log.DebugContext(ctx, "wecom_aibot: ack for no pending frame", "req_id", f.Headers.ReqID)
-				continue
-			}
-			ch <- a
-		case "aibot_msg_callback", "aibot_event_callback":
-			if b.callback(ctx, f, in) {
-				c.kicked.Store(true)
-				c.ws.Close(websocket.StatusNormalClosure, "disconnected_event")
-				return ErrKicked
-			}
-		default:
-			b.log.WarnContext(ctx, "wecom_aibot: dropping a frame with an unknown cmd", "cmd", f.Cmd)
+		if err := b.dispatch(ctx, c, data, in); err == ErrKicked {
+			c.kicked.Store(true)
+			c.ws.Close(websocket.StatusNormalClosure, "disconnected_event")
+			return ErrKicked
 		}
 	}
+}
+
+// errBadFrame means a frame read from the connection is not a JSON frame object; it is
+// logged and dropped.
+var errBadFrame = errors.New("wecom_aibot: frame is not a JSON object")
+
+// parseFrame decodes one frame as the SDK does: control characters stripped, then JSON. An
+// error wraps errBadFrame.
+func parseFrame(data []byte) (inFrame, error) {
+	var f inFrame
+	if err := json.Unmarshal(sanitize(data), &f); err != nil {
+		return inFrame{}, fmt.Errorf("%w: %w", errBadFrame, err)
+	}
+	return f, nil
+}
+
+// dispatch handles one frame read from c: an ack goes to the frame waiting for it (a ping's
+// resets the missed count), a callback to in. It returns [ErrKicked] after
+// disconnected_event, an error wrapping errBadFrame for a frame that is not JSON (logged and
+// dropped), and nil otherwise; frames it cannot use are logged and dropped.
+func (b *Bot) dispatch(ctx context.Context, c *wsConn, data []byte, in *inbox) error {
+	f, err := parseFrame(data)
+	if err != nil {
+		b.log.WarnContext(ctx, "wecom_aibot: dropping a frame that is not JSON", "err", err, "bytes", len(data))
+		return err
+	}
+	switch f.Cmd {
+	case "":
+		if strings.HasPrefix(f.Headers.ReqID, "ping") {
+			c.missed.Store(0)
+			return nil
+		}
+		a := ack{code: -1, msg: f.Errmsg, body: f.Body}
+		if f.Errcode != nil {
+			a.code = *f.Errcode // an ack without errcode is a failure, as in the SDK
+		}
+		c.mu.Lock()
+		ch := c.pending[f.Headers.ReqID]
+		delete(c.pending, f.Headers.ReqID)
+		c.mu.Unlock()
+		if ch == nil {
+			b.log.DebugContext(ctx, "wecom_aibot: ack for no pending frame", "req_id", f.Headers.ReqID)
+			return nil
+		}
+		ch <- a
+	case "aibot_msg_callback", "aibot_event_callback":
+		if b.callback(ctx, f, in) {
+			return ErrKicked
+		}
+	default:
+		b.log.WarnContext(ctx, "wecom_aibot: dropping a frame with an unknown cmd", "cmd", f.Cmd)
+	}
+	return nil
 }
 
 // reqLock is one req_id's queue: one frame in flight at a time.

@@ -28,7 +28,9 @@ var _ adapter.Poller = (*Bot)(nil)
 // for the bot's lifetime; each call returns the events received since the previous batch
 // (at most 100, in order), waiting up to 25 s (or until ctx ends) for the first. The events
 // wait in memory and each is returned once: WeCom does not redeliver over the long
-// connection, so there is no cursor to replay from. When the connection has stopped for
+// connection, so there is no cursor to replay from. Across the plugin boundary the plugin
+// server keeps each returned batch until the host names it as queued (PollRequest.queued),
+// so an answer lost on the way back is answered again. When the connection has stopped for
 // good (853000, disconnected_event, Close) Poll returns the remaining events, then that
 // error.
 func (b *Bot) Poll(ctx context.Context) ([]adapter.Event, error) {

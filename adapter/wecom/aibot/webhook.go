@@ -24,6 +24,7 @@ type hookState struct {
 	order   []string
 	streams map[string]*hookStream // by stream id
 	byEvent map[string]*hookStream // by event id
+	created []*hookStream          // streams in creation order, for sweep
 }
 
 const maxHookReplies = 10000
@@ -34,16 +35,25 @@ func (h *hookState) init() {
 	h.byEvent = map[string]*hookStream{}
 }
 
-// sweep forgets streams WeCom no longer polls (closed, or an hour old); h.mu is held.
-func (h *hookState) sweep() {
-	for id, hs := range h.streams {
+// sweep forgets, oldest first, the streams WeCom no longer polls (closed, or an hour old),
+// and the oldest beyond maxHookReplies even if open (a late reply to one goes to its
+// response_url). It stops at the first stream it keeps, so each call costs what it forgets;
+// a stream closed behind a younger open one waits for its turn. h.mu is held.
+func (h *hookState) sweep(now time.Time) {
+	for len(h.created) > 0 {
+		hs := h.created[0]
 		hs.mu.Lock()
-		old := hs.closed || time.Since(hs.created) > time.Hour
+		old := hs.closed || now.Sub(hs.created) > time.Hour
 		hs.mu.Unlock()
-		if old {
-			delete(h.streams, id)
+		if !old && len(h.created) <= maxHookReplies {
+			return
+		}
+		delete(h.streams, hs.id)
+		if h.byEvent[hs.call.eventID] == hs {
 			delete(h.byEvent, hs.call.eventID)
 		}
+		h.created[0] = nil
+		h.created = h.created[1:]
 	}
 }
 
@@ -174,11 +184,10 @@ func (b *Bot) HandleWebhook(ctx context.Context, req *adapter.WebhookRequest) (*
 	case kindMsg:
 		hs := &hookStream{id: newStreamID(), call: c, created: time.Now(), done: make(chan struct{})}
 		b.hooks.mu.Lock()
-		if len(b.hooks.streams) >= maxHookReplies {
-			b.hooks.sweep()
-		}
 		b.hooks.streams[hs.id] = hs
 		b.hooks.byEvent[c.eventID] = hs
+		b.hooks.created = append(b.hooks.created, hs)
+		b.hooks.sweep(hs.created)
 		b.hooks.mu.Unlock()
 		if b.opts.Redis != nil {
 			if err := b.rCreate(ctx, hs.id, c.eventID, hs.created); err != nil {
