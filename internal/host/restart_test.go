@@ -127,15 +127,15 @@ func TestStoreDirKeepsIdempotencyKeys(t *testing.T) {
 	ws := httptest.NewServer(emu)
 	t.Cleanup(ws.Close)
 	const body = `{"to":{"user":"alice"},"text":"pay invoice 7"}`
-	e1 := setup(t, setupOpts{emu: emu, apiBase: ws.URL, store: &StoreConfig{Dir: dir}, quiet: true})
+	e1 := setup(t, setupOpts{emu: emu, apiBase: ws.URL, store: &config.StoreConfig{Dir: dir}, quiet: true})
 	first := e1.post(body, "Idempotency-Key", "invoice-7")
 	if first.status != 200 {
 		t.Fatalf("first send = %d %s", first.status, first.body)
 	}
-	if err := e1.h.shutdown(); err != nil {
+	if err := e1.h.Shutdown(); err != nil {
 		t.Fatalf("shutdown: %v", err)
 	}
-	e2 := setup(t, setupOpts{emu: emu, apiBase: ws.URL, store: &StoreConfig{Dir: dir}, quiet: true})
+	e2 := setup(t, setupOpts{emu: emu, apiBase: ws.URL, store: &config.StoreConfig{Dir: dir}, quiet: true})
 	again := e2.post(body, "Idempotency-Key", "invoice-7")
 	if again.status != 200 || again.body != first.body || again.header.Get("Idempotent-Replayed") != "true" {
 		t.Errorf("after the restart, the same key = %d %s (replayed %q); want the first answer %s, replayed",
