@@ -379,7 +379,7 @@ func (h *Host) Wait(ctx context.Context) error {
 	return errors.Join(err, h.Shutdown())
 }
 
-// shutdown drains: /readyz turns 503 at once, in-flight requests finish (up to 15s), SSE
+// Shutdown drains: /readyz turns 503 at once, in-flight requests finish (up to 15s), SSE
 // streams end, deliverers stop after their current attempt, then the plugin is stopped.
 // Later calls return the first call's result.
 func (h *Host) Shutdown() error {
