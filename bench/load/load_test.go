@@ -132,8 +132,9 @@ func TestPercentile(t *testing.T) {
 	}
 }
 
-// paceTarget is a host stand-in with chatwire's default WeCom pacing (package pacing, a
-// synchronous send that would have to wait is answered 429) in front of the emulator, whose
+// paceTarget is a host stand-in with chatwire's default WeCom pacing (package pacing; a
+// synchronous send that would have to wait more than the host's default 30 s is answered
+// 429) in front of the emulator, whose
 // per-member limit drops silently as WeCom does.
 type paceTarget struct {
 	sc      *pacing.Scheduler
@@ -152,9 +153,14 @@ func (p *paceTarget) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	msg := adapter.Message{To: adapter.Target{User: req.To.User}, Text: req.Text}
-	if _, err := p.sc.Reserve(r.Context(), msg, 0); err != nil {
+	res, err := p.sc.Reserve(r.Context(), msg, 30*time.Second) // the host's default max_wait
+	if err != nil {
 		p.refused.Add(1)
 		http.Error(w, err.Error(), http.StatusTooManyRequests)
+		return
+	}
+	if err := res.Sleep(r.Context()); err != nil {
+		http.Error(w, err.Error(), 503)
 		return
 	}
 	body, _ := json.Marshal(map[string]any{"touser": req.To.User, "msgtype": "text", "agentid": 1000002, "text": map[string]string{"content": req.Text}})

@@ -313,6 +313,8 @@ type sendResult struct {
 	PerSec        float64
 	P50, P99, Max time.Duration
 	CPUPerSend    time.Duration // host+plugin+Redis (or server+Redis) CPU per answered send
+	CPU           []procCPU     // per measured process, over the step
+	Load1         float64       // the machine's 1-minute load average at the end
 	Mismatch      int           // answered sends the emulator did not get exactly once
 	Warnings      int           // WARN and ERROR lines in the target's log so far
 	TopWarning    string
@@ -380,10 +382,11 @@ func runSends(ctx context.Context, r *running, emu *emulator, callers int, d tim
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	res := &sendResult{Target: r.name, Callers: callers, OK: len(lat), Errors: errs, PerSec: float64(len(lat)) / elapsed.Seconds()}
+	res := &sendResult{Target: r.name, Callers: callers, OK: len(lat), Errors: errs, PerSec: float64(len(lat)) / elapsed.Seconds(), Load1: loadAvg()}
 	var cpu time.Duration
-	for i := range pids {
+	for i, p := range pids {
 		cpu += cpu1[i] - cpu0[i]
+		res.CPU = append(res.CPU, procCPU{Name: p.name, CPU: cpu1[i] - cpu0[i], PeakKB: statusKiB(p.pid, "VmHWM")})
 	}
 	if len(lat) > 0 {
 		res.CPUPerSend = cpu / time.Duration(len(lat))
