@@ -9,14 +9,21 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// redisStore keeps each log in a Redis list of Unix milliseconds,
-// "<prefix>:pace:{<bot>}:log:<scope>:<id>|<limit>", and a bot's pauses in the hash
-// "<prefix>:pace:{<bot>}:pause" (key → until, ms). One Lua script reserves on every log of a
-// send at once, so hosts sharing the Redis share the limits. Times are the callers' clocks
-// (the hosts are assumed NTP-synchronised; a host whose clock runs ahead by d may send up to
-// d early in a window), not Redis TIME: the caller's clock is what tests shorten, and the
-// same clock then drives both the reservation and the wait. Key expiry is Redis's clock,
-// set generously (the log's window past its newest entry).
+// redisStore keeps one log per counted thing in a Redis list of Unix milliseconds,
+// "<prefix>:pace:{<bot>}:log:<scope>:<id>|<longest limit>", which every limit of that thing
+// reads (WeCom's member 30/1m and 1000/1h share one list, pruned by the hour), and a bot's
+// pauses in the hash "<prefix>:pace:{<bot>}:pause" (key → until, ms). One Lua script reserves
+// on every log of a send at once, so hosts sharing the Redis share the limits. Times are the
+// callers' clocks (the hosts are assumed NTP-synchronised; a host whose clock runs ahead by d
+// may send up to d early in a window), not Redis TIME: the caller's clock is what tests
+// shorten, and the same clock then drives both the reservation and the wait. Key expiry is
+// Redis's clock, set generously (the longest window past the newest entry).
+//
+// A list per limit (as hosts before 2026-12 kept) costs twice the Redis work of a WeCom send
+// for the same answer: a log sorted by time answers "may one more go at t under N per P" from
+// the entry N−cost from its end, whatever older entries it keeps. The shared list has the
+// name the longest limit's list had, so a host of either kind sees the other's sends there;
+// while both kinds share a Redis, only the older kind's shorter limits miss the newer's sends.
 type redisStore struct {
 	rdb    redis.UniversalClient
 	prefix string
@@ -34,46 +41,64 @@ func NewRedis(rdb redis.UniversalClient, prefix string) Store {
 func (s *redisStore) base(bot string) string { return s.prefix + ":pace:{" + bot + "}:" }
 
 // reserveScript: KEYS[1] the pause hash, KEYS[2..] the logs. ARGV: now, maxWait (-1: no
-// bound), the number of pause fields p, the p fields, then per log N, per (ms), cost.
+// bound), the number of pause fields p, the p fields, then per log: its number of limits m
+// and m times N, per (ms), cost. A log is pruned by its longest window and gets the largest
+// cost appended; each limit reads the entry N−cost+1 from its end.
 var reserveScript = redis.NewScript(`
 local now = tonumber(ARGV[1])
 local maxwait = tonumber(ARGV[2])
 local np = tonumber(ARGV[3])
 local at = now
-for i = 1, np do
-  local u = redis.call('HGET', KEYS[1], ARGV[3 + i])
-  if u then
-    u = tonumber(u)
-    if u <= now then redis.call('HDEL', KEYS[1], ARGV[3 + i]) elseif u > at then at = u end
+if np > 0 then
+  local us = redis.call('HMGET', KEYS[1], unpack(ARGV, 4, 3 + np))
+  for i = 1, np do
+    local u = us[i]
+    if u then
+      u = tonumber(u)
+      if u <= now then redis.call('HDEL', KEYS[1], ARGV[3 + i]) elseif u > at then at = u end
+    end
   end
 end
-local base = 3 + np
+local logs = {}
+local j = 4 + np
 for i = 2, #KEYS do
   local k = KEYS[i]
-  local j = base + (i - 2) * 3
-  local lim, per, cost = tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3])
-  while true do
-    local first = redis.call('LINDEX', k, 0)
-    if not first or tonumber(first) > now - per then break end
-    redis.call('LPOP', k)
+  local m = tonumber(ARGV[j])
+  local lims = {}
+  local maxper, add = 0, 0
+  for l = 1, m do
+    local b = j + (l - 1) * 3
+    local lim = {tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])}
+    lims[l] = lim
+    if lim[2] > maxper then maxper = lim[2] end
+    if lim[3] > add then add = lim[3] end
   end
+  logs[i] = {maxper, add}
+  j = j + 1 + m * 3
   local n = redis.call('LLEN', k)
+  while n > 0 do
+    if tonumber(redis.call('LINDEX', k, 0)) > now - maxper then break end
+    redis.call('LPOP', k)
+    n = n - 1
+  end
   if n > 0 then
     local last = tonumber(redis.call('LINDEX', k, -1))
     if last > at then at = last end
-    local room = lim - cost
-    if n > room then
-      local t = tonumber(redis.call('LINDEX', k, n - room - 1)) + per
-      if t > at then at = t end
+    for l = 1, m do
+      local room = lims[l][1] - lims[l][3]
+      if n > room then
+        local t = tonumber(redis.call('LINDEX', k, -(room + 1))) + lims[l][2]
+        if t > at then at = t end
+      end
     end
   end
 end
 if maxwait >= 0 and at - now > maxwait then return {0, at} end
 for i = 2, #KEYS do
-  local j = base + (i - 2) * 3
-  local per, cost = tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3])
-  for c = 1, cost do redis.call('RPUSH', KEYS[i], at) end
-  redis.call('PEXPIRE', KEYS[i], at - now + per + 1000)
+  local entries = {}
+  for c = 1, logs[i][2] do entries[c] = at end
+  if #entries > 0 then redis.call('RPUSH', KEYS[i], unpack(entries)) end
+  redis.call('PEXPIRE', KEYS[i], at - now + logs[i][1] + 1000)
 end
 return {1, at}
 `)
@@ -86,13 +111,26 @@ func (s *redisStore) reserve(ctx context.Context, bot string, cs []counter, paus
 	if maxWait >= 0 {
 		mw = maxWait.Milliseconds()
 	}
-	args := []any{now.UnixMilli(), mw, len(pauses)}
+	args := make([]any, 0, 3+len(pauses)+4*len(cs))
+	args = append(args, now.UnixMilli(), mw, len(pauses))
 	for _, p := range pauses {
 		args = append(args, p)
 	}
-	for _, c := range cs {
-		keys = append(keys, base+"log:"+c.logKey())
-		args = append(args, c.limit.N, c.limit.Per.Milliseconds(), c.cost)
+	// One log per counted thing: cs lists a thing's limits one after the other.
+	for i := 0; i < len(cs); {
+		j, longest := i+1, cs[i].limit
+		for j < len(cs) && cs[j].key == cs[i].key {
+			if cs[j].limit.Per > longest.Per {
+				longest = cs[j].limit
+			}
+			j++
+		}
+		keys = append(keys, base+"log:"+cs[i].key+"|"+longest.String())
+		args = append(args, j-i)
+		for _, c := range cs[i:j] {
+			args = append(args, c.limit.N, c.limit.Per.Milliseconds(), c.cost)
+		}
+		i = j
 	}
 	res, err := reserveScript.Run(ctx, s.rdb, keys, args...).Int64Slice()
 	if err != nil {
