@@ -6,7 +6,9 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -18,9 +20,15 @@ import (
 
 // BenchmarkRedisReserve: one WeCom send's reservation on a real redis-server with the
 // default limits (member 30/1m and 1000/1h), each send to its own member as bench/load's
-// sends step does, from 8 goroutines; redis-µs/op is the script's own time in Redis (INFO
-// commandstats), the part of Redis's CPU a send costs beyond reading and writing.
+// sends step does, from 1 and from 8 goroutines: CPU per reservation in this process and in
+// Redis, and redis-µs/op, the script's own time in Redis (INFO commandstats).
 func BenchmarkRedisReserve(b *testing.B) {
+	for _, callers := range []int{1, 8} {
+		b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) { benchReserve(b, callers) })
+	}
+}
+
+func benchReserve(b *testing.B, callers int) {
 	srv := redistest.Start(b)
 	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr()})
 	defer rdb.Close()
@@ -31,40 +39,64 @@ func BenchmarkRedisReserve(b *testing.B) {
 	ctx := context.Background()
 	var n atomic.Int64
 	rdb.ConfigResetStat(ctx)
-	b.SetParallelism(4) // 8 goroutines on 2 cores
+	cpu0, rcpu0 := processCPU(), redisCPU(ctx, rdb)
 	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			u := "u" + strconv.FormatInt(n.Add(1), 10)
-			if _, err := s.Reserve(ctx, adapter.Message{To: adapter.Target{User: u}, Text: "x"}, 30*time.Second); err != nil {
-				b.Error(err)
-				return
+	var wg sync.WaitGroup
+	for range callers {
+		wg.Go(func() {
+			for {
+				i := n.Add(1)
+				if i > int64(b.N) {
+					return
+				}
+				u := "u" + strconv.FormatInt(i, 10)
+				if _, err := s.Reserve(ctx, adapter.Message{To: adapter.Target{User: u}, Text: "x"}, 30*time.Second); err != nil {
+					b.Error(err)
+					return
+				}
 			}
-		}
-	})
+		})
+	}
+	wg.Wait()
 	b.StopTimer()
+	b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/float64(b.N), "client-cpu-µs/op")
+	b.ReportMetric(float64((redisCPU(ctx, rdb)-rcpu0).Microseconds())/float64(b.N), "redis-cpu-µs/op")
 	info, _ := rdb.Info(ctx, "commandstats").Result()
-	var usec, calls float64
+	var usec float64
 	for _, line := range strings.Split(info, "\n") {
 		if !strings.HasPrefix(line, "cmdstat_eval") {
 			continue
 		}
 		_, fields, _ := strings.Cut(line, ":")
 		for _, f := range strings.Split(strings.TrimSpace(fields), ",") {
-			k, v, _ := strings.Cut(f, "=")
-			x, _ := strconv.ParseFloat(v, 64)
-			switch k {
-			case "calls":
-				calls += x
-			case "usec":
+			if k, v, _ := strings.Cut(f, "="); k == "usec" {
+				x, _ := strconv.ParseFloat(v, 64)
 				usec += x
 			}
 		}
 	}
-	if calls > 0 {
-		b.ReportMetric(usec/calls, "redis-µs/call")
-		b.ReportMetric(usec/float64(b.N), "redis-µs/op")
+	b.ReportMetric(usec/float64(b.N), "redis-script-µs/op")
+}
+
+// processCPU is this process's CPU time (user + system).
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// redisCPU is the server's CPU time (INFO cpu: used_cpu_user + used_cpu_sys).
+func redisCPU(ctx context.Context, rdb *redis.Client) time.Duration {
+	info, _ := rdb.Info(ctx, "cpu").Result()
+	var sec float64
+	for _, line := range strings.Split(info, "\n") {
+		k, v, _ := strings.Cut(strings.TrimSpace(line), ":")
+		if k == "used_cpu_user" || k == "used_cpu_sys" {
+			x, _ := strconv.ParseFloat(v, 64)
+			sec += x
+		}
 	}
+	return time.Duration(sec * float64(time.Second))
 }
 
 // TestRedisOneLogPerMember: a WeCom send keeps one list per member in Redis, read by both of
@@ -140,5 +172,98 @@ func TestRedisMatchesMemory(t *testing.T) {
 		if refused < 20 || waited < 20 {
 			t.Errorf("run %d: %d sends refused, %d waited: the test does not reach the limits", run, refused, waited)
 		}
+	}
+}
+
+// gateHook holds the first script call until released, and records pipeline sizes; before
+// a pipeline it can flush Redis's scripts (as a restart would).
+type gateHook struct {
+	held      chan struct{} // closed when the first call is held
+	release   chan struct{}
+	once      sync.Once
+	flush     *redis.Client // if set, SCRIPT FLUSH before each pipeline
+	mu        sync.Mutex
+	pipelines []int
+}
+
+func (h *gateHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *gateHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if name := cmd.Name(); name == "evalsha" || name == "eval" {
+			h.once.Do(func() { close(h.held); <-h.release })
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (h *gateHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if cmds[0].Name() != "evalsha" { // the connection's HELLO
+			return next(ctx, cmds)
+		}
+		h.mu.Lock()
+		h.pipelines = append(h.pipelines, len(cmds))
+		h.mu.Unlock()
+		if h.flush != nil {
+			h.flush.ScriptFlush(ctx)
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// TestRedisBatchesConcurrentReservations: reservations made while one is in Redis go
+// together as one pipeline once it is back, each answered as if alone and in order (8
+// sends to a member allowed 3 a minute: 3 now, 3 a minute on, 2 two minutes on), also when
+// Redis lost its scripts in between (NOSCRIPT: each runs again alone).
+func TestRedisBatchesConcurrentReservations(t *testing.T) {
+	for _, flush := range []bool{false, true} {
+		t.Run(fmt.Sprint("flushed=", flush), func(t *testing.T) {
+			srv := redistest.Start(t)
+			rdb := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+			defer rdb.Close()
+			h := &gateHook{held: make(chan struct{}), release: make(chan struct{})}
+			if flush {
+				h.flush = redis.NewClient(&redis.Options{Addr: srv.Addr()})
+				defer h.flush.Close()
+			}
+			rdb.AddHook(h)
+			clock := newManual()
+			st := NewRedis(rdb, "test").(*redisStore)
+			sc := schedulers(t, []Store{st}, adapter.PlatformWeCom, clock, map[string][]Limit{ScopeMember: {{3, time.Minute}}})[0]
+			t0 := clock.Now()
+			ats := make(chan time.Duration, 8)
+			reserve := func() {
+				r, err := sc.Reserve(t.Context(), toUser("a"), -1)
+				if err != nil {
+					t.Error(err)
+				}
+				ats <- r.At.Sub(t0)
+			}
+			go reserve()
+			<-h.held
+			for range 7 {
+				go reserve()
+			}
+			for queued := 0; queued < 7; {
+				time.Sleep(time.Millisecond)
+				st.mu.Lock()
+				queued = len(st.queue)
+				st.mu.Unlock()
+			}
+			close(h.release)
+			count := map[time.Duration]int{}
+			for range 8 {
+				count[<-ats]++
+			}
+			if mi := m(time.Minute); count[0] != 3 || count[mi] != 3 || count[2*mi] != 2 {
+				t.Errorf("reserved at %v; want 3 at 0, 3 at %v, 2 at %v", count, mi, 2*mi)
+			}
+			h.mu.Lock()
+			defer h.mu.Unlock()
+			if len(h.pipelines) != 1 || h.pipelines[0] != 7 {
+				t.Errorf("pipelines of %v; want one of 7", h.pipelines)
+			}
+		})
 	}
 }

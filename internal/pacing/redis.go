@@ -2,8 +2,10 @@ package pacing
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -24,9 +26,32 @@ import (
 // the entry N−cost from its end, whatever older entries it keeps. The shared list has the
 // name the longest limit's list had, so a host of either kind sees the other's sends there;
 // while both kinds share a Redis, only the older kind's shorter limits miss the newer's sends.
+//
+// Reservations made at the same time in one host go to Redis together, as one pipeline
+// (see [redisStore.run]): each is still its own atomic script, run in the order they were
+// queued, but they share one write and one read on each side.
 type redisStore struct {
 	rdb    redis.UniversalClient
 	prefix string
+
+	mu    sync.Mutex     // guards the fields below
+	busy  bool           // a batch is in Redis
+	queue []*reserveCall // waiting for the next batch
+}
+
+// maxBatch bounds the reservations in one pipeline.
+const maxBatch = 64
+
+// reserveCall is one reservation: the script's keys and arguments, and its answer.
+type reserveCall struct {
+	keys []string
+	args []any
+	res  []int64
+	err  error
+	done chan struct{} // closed when res and err are set, or batch is
+	// batch, set when done is closed, makes this call the leader of the next batch (it is
+	// batch[0]).
+	batch []*reserveCall
 }
 
 // NewRedis returns a Store on rdb under keys starting with prefix + ":pace:" (prefix ""
@@ -132,7 +157,9 @@ func (s *redisStore) reserve(ctx context.Context, bot string, cs []counter, paus
 		}
 		i = j
 	}
-	res, err := reserveScript.Run(ctx, s.rdb, keys, args...).Int64Slice()
+	c := &reserveCall{keys: keys, args: args}
+	s.run(ctx, c)
+	res, err := c.res, c.err
 	if err != nil {
 		return time.Time{}, false, fmt.Errorf("pacing: redis: %w", err)
 	}
@@ -144,6 +171,75 @@ func (s *redisStore) reserve(ctx context.Context, bot string, cs []counter, paus
 		at = now
 	}
 	return at, res[0] == 1, nil
+}
+
+// run runs c's reservation. With no batch in Redis it runs c at once; otherwise c waits for
+// the batch to end and goes with the others that queued meanwhile, led by the first of them
+// (no goroutine of its own: a reservation alone costs one round trip, as without batching).
+// A queued call waits for its batch whatever ctx does (at most two round trips, each bounded
+// by the client's read and write timeouts): its reservation may already be in Redis.
+func (s *redisStore) run(ctx context.Context, c *reserveCall) {
+	s.mu.Lock()
+	if s.busy {
+		c.done = make(chan struct{})
+		s.queue = append(s.queue, c)
+		s.mu.Unlock()
+		<-c.done
+		if c.batch == nil {
+			return
+		}
+		s.lead(ctx, c.batch)
+		return
+	}
+	s.busy = true
+	s.mu.Unlock()
+	s.lead(ctx, []*reserveCall{c})
+}
+
+// lead runs batch (led by batch[0], the caller), hands the queue to its first call as the
+// next batch, and wakes the rest of batch with their answers.
+func (s *redisStore) lead(ctx context.Context, batch []*reserveCall) {
+	s.exec(context.WithoutCancel(ctx), batch)
+	s.mu.Lock()
+	var next *reserveCall
+	if n := min(len(s.queue), maxBatch); n > 0 {
+		next = s.queue[0]
+		next.batch = s.queue[:n:n]
+		s.queue = s.queue[n:]
+	} else {
+		s.busy = false
+	}
+	s.mu.Unlock()
+	if next != nil {
+		close(next.done)
+	}
+	for _, c := range batch[1:] {
+		close(c.done)
+	}
+}
+
+// exec runs the reservations of batch: one alone as a script call, several as a pipeline of
+// them (a script Redis no longer has is loaded again by running it alone).
+func (s *redisStore) exec(ctx context.Context, batch []*reserveCall) {
+	if len(batch) == 1 {
+		c := batch[0]
+		c.res, c.err = reserveScript.Run(ctx, s.rdb, c.keys, c.args...).Int64Slice()
+		return
+	}
+	cmds := make([]*redis.Cmd, len(batch))
+	s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, c := range batch {
+			cmds[i] = reserveScript.EvalSha(ctx, p, c.keys, c.args...)
+		}
+		return nil
+	})
+	for i, c := range batch {
+		cmd := cmds[i]
+		if err := cmd.Err(); err != nil && (errors.Is(err, redis.ErrNoScript) || redis.HasErrorPrefix(err, "NOSCRIPT")) {
+			cmd = reserveScript.Run(ctx, s.rdb, c.keys, c.args...)
+		}
+		c.res, c.err = cmd.Int64Slice()
+	}
 }
 
 var pauseScript = redis.NewScript(`
