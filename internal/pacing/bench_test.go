@@ -267,3 +267,108 @@ func TestRedisBatchesConcurrentReservations(t *testing.T) {
 		})
 	}
 }
+
+// TestRedisClusterBatch: on a two-node Redis Cluster, a batch with the reservations of two
+// bots whose keys live on different nodes is answered as if each went alone (a host's bots
+// share its Store, so one pipeline can span the nodes).
+func TestRedisClusterBatch(t *testing.T) {
+	nodes := []*redistest.Server{
+		redistest.StartArgs(t, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
+		redistest.StartArgs(t, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
+	}
+	ctx := t.Context()
+	var raws []*redis.Client
+	for i, n := range nodes {
+		raw := redis.NewClient(&redis.Options{Addr: n.Addr()})
+		defer raw.Close()
+		raws = append(raws, raw)
+		if err := raw.Do(ctx, "CLUSTER", "ADDSLOTSRANGE", i*8192, i*8192+8191).Err(); err != nil {
+			t.Fatalf("CLUSTER ADDSLOTSRANGE: %v", err)
+		}
+	}
+	host, port, _ := strings.Cut(nodes[1].Addr(), ":")
+	if err := raws[0].Do(ctx, "CLUSTER", "MEET", host, port).Err(); err != nil {
+		t.Fatalf("CLUSTER MEET: %v", err)
+	}
+	for deadline := time.Now().Add(15 * time.Second); ; {
+		ok := true
+		for _, raw := range raws {
+			info := raw.ClusterInfo(ctx).Val()
+			ok = ok && strings.Contains(info, "cluster_state:ok") && strings.Contains(info, "cluster_known_nodes:2")
+		}
+		if ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cluster not ok after 15s:\n%s", raws[0].ClusterInfo(ctx).Val())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// Two bots on different nodes.
+	var bots []string
+	half := map[bool]bool{}
+	for i := 0; len(bots) < 2; i++ {
+		bot := fmt.Sprint("b", i)
+		slot, err := raws[0].ClusterKeySlot(ctx, "{"+bot+"}").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !half[slot >= 8192] {
+			half[slot >= 8192] = true
+			bots = append(bots, bot)
+		}
+	}
+	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{nodes[0].Addr(), nodes[1].Addr()}})
+	defer cc.Close()
+	h := &gateHook{held: make(chan struct{}), release: make(chan struct{})}
+	cc.AddHook(h)
+	st := NewRedis(cc, "test").(*redisStore)
+	clock := newManual()
+	limits := Options{Clock: clock, Limits: map[string][]Limit{ScopeMember: {{3, time.Minute}}}}
+	var scs []*Scheduler
+	for _, bot := range bots {
+		sc, err := New(st, bot, adapter.PlatformWeCom, limits)
+		if err != nil {
+			t.Fatal(err)
+		}
+		scs = append(scs, sc)
+	}
+	t0 := clock.Now()
+	type res struct {
+		bot int
+		at  time.Duration
+	}
+	ats := make(chan res, 8)
+	reserve := func(i int) {
+		r, err := scs[i].Reserve(ctx, toUser("a"), -1)
+		if err != nil {
+			t.Error(err)
+		}
+		ats <- res{i, r.At.Sub(t0)}
+	}
+	go reserve(0)
+	<-h.held
+	for i := range 7 {
+		go reserve((i + 1) % 2)
+	}
+	for queued := 0; queued < 7; {
+		time.Sleep(time.Millisecond)
+		st.mu.Lock()
+		queued = len(st.queue)
+		st.mu.Unlock()
+	}
+	close(h.release)
+	count := map[res]int{}
+	for range 8 {
+		count[<-ats]++
+	}
+	mi := m(time.Minute)
+	for i := range 2 {
+		if count[res{i, 0}] != 3 || count[res{i, mi}] != 1 {
+			t.Errorf("bot %s reserved at %v; want 3 at 0 and 1 at %v", bots[i], count, mi)
+		}
+	}
+	if len(h.pipelines) != 1 || h.pipelines[0] != 7 {
+		t.Errorf("pipelines of %v; want one of 7", h.pipelines)
+	}
+}
