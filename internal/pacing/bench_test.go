@@ -372,3 +372,64 @@ func TestRedisClusterBatch(t *testing.T) {
 		t.Errorf("pipelines of %v; want one of 7", h.pipelines)
 	}
 }
+
+// panicHook panics in the first script call, once released.
+type panicHook struct{ gateHook }
+
+func (h *panicHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if name := cmd.Name(); name == "evalsha" || name == "eval" {
+			first := false
+			h.once.Do(func() { first = true; close(h.held); <-h.release })
+			if first {
+				panic("client bug")
+			}
+		}
+		return next(ctx, cmd)
+	}
+}
+
+// TestRedisBatchLeaderPanics: if running a batch panics, the reservations queued behind it
+// still run (or fail), and later ones are not stuck behind it.
+func TestRedisBatchLeaderPanics(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer rdb.Close()
+	h := &panicHook{gateHook{held: make(chan struct{}), release: make(chan struct{})}}
+	rdb.AddHook(h)
+	st := NewRedis(rdb, "test").(*redisStore)
+	sc := schedulers(t, []Store{st}, adapter.PlatformWeCom, newManual(), nil)[0]
+	panicked := make(chan any, 1)
+	go func() {
+		defer func() { panicked <- recover() }()
+		sc.Reserve(t.Context(), toUser("a"), -1)
+	}()
+	<-h.held
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() { _, err := sc.Reserve(t.Context(), toUser("a"), -1); errs <- err }()
+	}
+	for queued := 0; queued < 2; {
+		time.Sleep(time.Millisecond)
+		st.mu.Lock()
+		queued = len(st.queue)
+		st.mu.Unlock()
+	}
+	close(h.release)
+	if p := <-panicked; p == nil {
+		t.Fatal("the hook did not panic")
+	}
+	for range 2 {
+		select {
+		case err := <-errs:
+			if err != nil {
+				t.Errorf("queued reservation: %v", err)
+			}
+		case <-time.After(30 * time.Second): // a stuck queue; nothing here takes a second
+			t.Fatal("the reservations queued behind the panic never returned")
+		}
+	}
+	if _, err := sc.Reserve(t.Context(), toUser("b"), -1); err != nil {
+		t.Errorf("after the panic: %v", err)
+	}
+}

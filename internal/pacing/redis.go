@@ -197,9 +197,21 @@ func (s *redisStore) run(ctx context.Context, c *reserveCall) {
 }
 
 // lead runs batch (led by batch[0], the caller), hands the queue to its first call as the
-// next batch, and wakes the rest of batch with their answers.
+// next batch, and wakes the rest of batch with their answers: even if running it panicked
+// (each then has errNotRun), so that no later reservation waits for ever.
 func (s *redisStore) lead(ctx context.Context, batch []*reserveCall) {
+	for _, c := range batch {
+		c.err = errNotRun
+	}
+	defer s.handoff(batch)
 	s.exec(context.WithoutCancel(ctx), batch)
+}
+
+var errNotRun = errors.New("reservation not run")
+
+// handoff ends batch: the queue goes to its first call as the next batch, and the rest of
+// batch wakes with its answers.
+func (s *redisStore) handoff(batch []*reserveCall) {
 	s.mu.Lock()
 	var next *reserveCall
 	if n := min(len(s.queue), maxBatch); n > 0 {
