@@ -433,3 +433,24 @@ func TestRedisBatchLeaderPanics(t *testing.T) {
 		t.Errorf("after the panic: %v", err)
 	}
 }
+
+// TestRedisSeesOlderHostsLog: a host that kept a list per limit (before one log per member)
+// wrote every send to the member's hour list, which is the name of the one log now: its
+// sends count against both limits here.
+func TestRedisSeesOlderHostsLog(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer rdb.Close()
+	clock := newManual()
+	t0 := clock.Now()
+	old := "test:pace:{hr}:log:member:a|1000/1h2m0s"
+	for range 30 { // an older host's 30 sends to a, just now
+		rdb.RPush(t.Context(), old, t0.UnixMilli())
+	}
+	rdb.RPush(t.Context(), "test:pace:{hr}:log:member:a|30/1m2s", t0.UnixMilli()) // its minute list, not read
+	sc := schedulers(t, []Store{NewRedis(rdb, "test")}, adapter.PlatformWeCom, clock, nil)[0]
+	r, err := sc.Reserve(t.Context(), toUser("a"), -1)
+	if err != nil || r.At.Sub(t0) != m(time.Minute) {
+		t.Errorf("31st send to a: At %v, %v; want %v (after the older host's 30)", r.At.Sub(t0), err, m(time.Minute))
+	}
+}
