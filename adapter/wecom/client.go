@@ -357,27 +357,74 @@ func redirectTarget(resp *http.Response) string {
 
 // decode checks errcode in data and decodes data into out.
 func decode(endpoint string, data []byte, out any) error {
-	var st struct {
-		ErrCode *int   `json:"errcode"`
-		ErrMsg  string `json:"errmsg"`
-		User    string `json:"invaliduser"`
-		Party   string `json:"invalidparty"`
-		Tag     string `json:"invalidtag"`
+	if a, ok := out.(answer); ok {
+		return decodeOnce(endpoint, data, a)
 	}
+	var st apiStatus
 	if err := json.Unmarshal(data, &st); err != nil {
 		return fmt.Errorf("wecom: %s: %w: answer is not JSON: %w", endpoint, tokenmgr.ErrTemporary, err)
 	}
+	if err := st.err(endpoint); err != nil {
+		return err
+	}
+	if out != nil {
+		if err := json.Unmarshal(data, out); err != nil {
+			return fmt.Errorf("wecom: %s: %w: bad answer: %w", endpoint, tokenmgr.ErrTemporary, err)
+		}
+	}
+	return nil
+}
+
+// apiStatus is the part of every WeCom answer that says how the call went.
+type apiStatus struct {
+	ErrCode *int   `json:"errcode"`
+	ErrMsg  string `json:"errmsg"`
+	User    string `json:"invaliduser"`
+	Party   string `json:"invalidparty"`
+	Tag     string `json:"invalidtag"`
+}
+
+// An answer embeds apiStatus, so [decode] reads it in one pass instead of two (message/send's
+// answer, once per send: half of reading it).
+type answer interface{ status() *apiStatus }
+
+func (s *apiStatus) status() *apiStatus { return s }
+
+// decodeOnce is decode for an answer: the same errors, from one json.Unmarshal (which
+// completes after a field of the wrong type and reports it).
+func decodeOnce(endpoint string, data []byte, out answer) error {
+	err := json.Unmarshal(data, out)
+	var te *json.UnmarshalTypeError
+	if err != nil && (!errors.As(err, &te) || statusField(te.Field)) {
+		return fmt.Errorf("wecom: %s: %w: answer is not JSON: %w", endpoint, tokenmgr.ErrTemporary, err)
+	}
+	if err := out.status().err(endpoint); err != nil {
+		return err
+	}
+	if err != nil {
+		return fmt.Errorf("wecom: %s: %w: bad answer: %w", endpoint, tokenmgr.ErrTemporary, err)
+	}
+	return nil
+}
+
+// statusField reports whether a field path of a json.UnmarshalTypeError names one of
+// apiStatus's fields ("apiStatus.errcode": the embedded struct is part of the path).
+func statusField(f string) bool {
+	switch strings.TrimPrefix(f, "apiStatus.") {
+	case "errcode", "errmsg", "invaliduser", "invalidparty", "invalidtag":
+		return true
+	}
+	return false
+}
+
+// err returns the answer's WeCom error, or nil.
+func (st *apiStatus) err(endpoint string) error {
 	if st.ErrCode != nil && *st.ErrCode != 0 {
 		e := &APIError{Code: *st.ErrCode, Msg: truncate(st.ErrMsg, 300), Endpoint: endpoint}
 		if e.Code == 81013 || e.Code == 82001 {
 			e.Invalid = invalidList(st.User, st.Party, st.Tag)
 		}
 		return e
-	}
-	if out != nil {
-		if err := json.Unmarshal(data, out); err != nil {
-			return fmt.Errorf("wecom: %s: %w: bad answer: %w", endpoint, tokenmgr.ErrTemporary, err)
-		}
 	}
 	return nil
 }

@@ -59,9 +59,7 @@ type video struct {
 
 // sendResponse is message/send's answer (the fields of silenceper's message.SendResponse).
 type sendResponse struct {
-	InvalidUser    string `json:"invaliduser"`
-	InvalidParty   string `json:"invalidparty"`
-	InvalidTag     string `json:"invalidtag"`
+	apiStatus             // errcode, errmsg, invaliduser, invalidparty, invalidtag
 	UnlicensedUser string `json:"unlicenseduser"`
 	MsgID          string `json:"msgid"`
 	ResponseCode   string `json:"response_code"`
@@ -120,7 +118,7 @@ func (c *Client) Send(ctx context.Context, msg adapter.Message) (adapter.Receipt
 			}
 			rc.IDs = append(rc.IDs, out.MsgID)
 		}
-		for _, inv := range invalidList(out.InvalidUser, out.InvalidParty, out.InvalidTag) {
+		for _, inv := range invalidList(out.User, out.Party, out.Tag) {
 			if !seen[inv] {
 				seen[inv] = true
 				rc.Invalid = append(rc.Invalid, inv)

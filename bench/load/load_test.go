@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -10,8 +11,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/seed-a64d9e1f/chatwire/adapter"
+	"github.com/seed-a64d9e1f/chatwire/internal/pacing"
 )
 
 // fakeTarget acknowledges every callback and publishes it on its SSE stream, except that it
@@ -124,5 +129,106 @@ func TestPercentile(t *testing.T) {
 	}
 	if pct(d, 0.5) != 50 || pct(d, 0.99) != 99 || pct(d, 1) != 100 || pct(nil, 0.5) != 0 || pct(d[:1], 0.99) != 1 {
 		t.Errorf("pct: %v %v %v", pct(d, 0.5), pct(d, 0.99), pct(d, 1))
+	}
+}
+
+// paceTarget is a host stand-in with chatwire's default WeCom pacing (package pacing; a
+// synchronous send that would have to wait more than the host's default 30 s is answered
+// 429) in front of the emulator, whose
+// per-member limit drops silently as WeCom does.
+type paceTarget struct {
+	sc      *pacing.Scheduler
+	emu     *emulator
+	tok     string
+	refused atomic.Int64
+}
+
+func (p *paceTarget) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		To   struct{ User string } `json:"to"`
+		Text string                `json:"text"`
+	}
+	if r.URL.Path != "/v1/bots/hr/messages" || json.NewDecoder(r.Body).Decode(&req) != nil || req.To.User == "" {
+		http.Error(w, "bad request", 400)
+		return
+	}
+	msg := adapter.Message{To: adapter.Target{User: req.To.User}, Text: req.Text}
+	res, err := p.sc.Reserve(r.Context(), msg, 30*time.Second) // the host's default max_wait
+	if err != nil {
+		p.refused.Add(1)
+		http.Error(w, err.Error(), http.StatusTooManyRequests)
+		return
+	}
+	if err := res.Sleep(r.Context()); err != nil {
+		http.Error(w, err.Error(), 503)
+		return
+	}
+	body, _ := json.Marshal(map[string]any{"touser": req.To.User, "msgtype": "text", "agentid": 1000002, "text": map[string]string{"content": req.Text}})
+	resp, err := http.Post(p.emu.url+"/cgi-bin/message/send?access_token="+p.tok, "application/json", bytes.NewReader(body))
+	if err != nil {
+		http.Error(w, err.Error(), 502)
+		return
+	}
+	defer resp.Body.Close()
+	var out struct {
+		ErrCode int    `json:"errcode"`
+		MsgID   string `json:"msgid"`
+	}
+	if json.NewDecoder(resp.Body).Decode(&out) != nil || out.ErrCode != 0 {
+		http.Error(w, fmt.Sprintf("errcode %d", out.ErrCode), 502)
+		return
+	}
+	fmt.Fprintf(w, `{"id":%q}`, out.MsgID)
+}
+
+// TestSendsWithinWeComLimits: the sends step offers what a real deployment sending this
+// volume must: no member gets more than WeCom's documented 30 a minute and 1,000 an hour,
+// so a host with its default pacing answers every send 200 and the emulator (which drops
+// what exceeds a member's limit, as WeCom does) shows every one. 2,000 sends are more than
+// 50 members × 30 (what the step once spread its sends over: 429 from the 1,501st).
+func TestSendsWithinWeComLimits(t *testing.T) {
+	emu, err := startEmulator()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer emu.srv.Close()
+	sec := newSecrets()
+	emu.AddApp(sec.corpID, sec.corpSecret, sec.agentID)
+	resp, err := http.Get(emu.url + "/cgi-bin/gettoken?corpid=" + sec.corpID + "&corpsecret=" + sec.corpSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tok struct {
+		AccessToken string `json:"access_token"`
+	}
+	json.NewDecoder(resp.Body).Decode(&tok)
+	resp.Body.Close()
+	sc, err := pacing.New(pacing.NewMemory(), "hr", adapter.PlatformWeCom, pacing.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fake := &paceTarget{sc: sc, emu: emu, tok: tok.AccessToken}
+	srv := httptest.NewServer(fake)
+	defer srv.Close()
+	r := &running{name: "fake", addr: strings.TrimPrefix(srv.URL, "http://"), apiKey: "k", procs: []namedPID{{"server", os.Getpid()}}}
+	const want = 2000
+	for _, callers := range []int{1, 4} {
+		res, err := runSends(context.Background(), r, emu, callers, 10*time.Millisecond, want, fmt.Sprintf("t-%d", callers))
+		if err != nil {
+			t.Fatalf("%d callers: %v", callers, err)
+		}
+		if res.OK < want || res.Errors != 0 || res.Mismatch != 0 {
+			t.Errorf("%d callers: %d answered 200, %d not, %d not shown once by the emulator; want ≥ %d, 0, 0", callers, res.OK, res.Errors, res.Mismatch, want)
+		}
+	}
+	if n := fake.refused.Load(); n != 0 {
+		t.Errorf("pacing refused %d sends", n)
+	}
+	var dropped int
+	for _, s := range emu.Sent() {
+		dropped += len(s.Dropped)
+	}
+	if dropped != 0 {
+		t.Errorf("the emulator dropped %d sends over a member's limit", dropped)
 	}
 }

@@ -55,6 +55,7 @@ type options struct {
 	drain        time.Duration
 	sendDuration time.Duration
 	sendCallers  []int
+	minSends     int // each sends step sends at least this many (tests: enough to reach the platform's limits)
 	memoryBots   int
 	settle       time.Duration
 	cpuprofile   string
@@ -237,7 +238,7 @@ func bench(ctx context.Context, o *options, progress io.Writer) (*report, error)
 			}
 			for _, c := range o.sendCallers {
 				logf("%s: sends with %d callers for %v", t, c, o.sendDuration)
-				res, err := runSends(ctx, r, emu, c, o.sendDuration, fmt.Sprintf("bench-%s-%d", t, c))
+				res, err := runSends(ctx, r, emu, c, o.sendDuration, o.minSends, fmt.Sprintf("bench-%s-%d", t, c))
 				if res != nil {
 					res.Warnings, res.TopWarning = logProblems(r.main.log) // so far: the log is shared by the steps
 					rep.Sends = append(rep.Sends, res)

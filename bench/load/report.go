@@ -57,11 +57,17 @@ func printReport(w io.Writer, rep *report) {
 	if len(rep.Sends) > 0 {
 		fmt.Fprintln(w, "\n### Sends: POST /v1/bots/hr/messages → answer (closed loop)")
 		fmt.Fprintln(w)
-		fmt.Fprintln(w, "| callers | target | sends/s | p50 | p99 | max | CPU per send | non-200 | not at WeCom exactly once |")
-		fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
+		fmt.Fprintln(w, "| callers | target | sends/s | p50 | p99 | max | CPU per send | non-200 | not at WeCom exactly once | load avg |")
+		fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|")
 		for _, r := range rep.Sends {
-			fmt.Fprintf(w, "| %d | %s | %.0f | %s | %s | %s | %s | %d | %d |\n",
-				r.Callers, r.Target, r.PerSec, ms(r.P50), ms(r.P99), ms(r.Max), us(r.CPUPerSend), r.Errors, r.Mismatch)
+			var parts []string
+			for _, p := range r.CPU {
+				if r.OK > 0 {
+					parts = append(parts, fmt.Sprintf("%s %.0f", p.Name, float64(p.CPU)/float64(r.OK)/float64(time.Microsecond)))
+				}
+			}
+			fmt.Fprintf(w, "| %d | %s | %.0f | %s | %s | %s | %s (%s) | %d | %d | %.1f |\n",
+				r.Callers, r.Target, r.PerSec, ms(r.P50), ms(r.P99), ms(r.Max), us(r.CPUPerSend), strings.Join(parts, ", "), r.Errors, r.Mismatch, r.Load1)
 		}
 		var notes []string
 		for _, r := range rep.Sends {

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"net/http"
 	"slices"
@@ -16,7 +17,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/seed-a64d9e1f/chatwire/adapter"
 	"github.com/seed-a64d9e1f/chatwire/adapter/wecom/wecomtest"
+	"github.com/seed-a64d9e1f/chatwire/internal/pacing"
 )
 
 // eventResult is one target at one offered rate.
@@ -310,14 +313,17 @@ type sendResult struct {
 	PerSec        float64
 	P50, P99, Max time.Duration
 	CPUPerSend    time.Duration // host+plugin+Redis (or server+Redis) CPU per answered send
+	CPU           []procCPU     // per measured process, over the step
+	Load1         float64       // the machine's 1-minute load average at the end
 	Mismatch      int           // answered sends the emulator did not get exactly once
 	Warnings      int           // WARN and ERROR lines in the target's log so far
 	TopWarning    string
 }
 
-// runSends has callers send text messages to r for d, each as soon as its previous one is
-// answered, and checks that every answered send reached the emulator exactly once.
-func runSends(ctx context.Context, r *running, emu *emulator, callers int, d time.Duration, tag string) (*sendResult, error) {
+// runSends has callers send text messages to r for d (and until at least minSends were
+// sent), each as soon as its previous one is answered, and checks that every answered send
+// reached the emulator exactly once.
+func runSends(ctx context.Context, r *running, emu *emulator, callers int, d time.Duration, minSends int, tag string) (*sendResult, error) {
 	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: callers}}
 	defer client.CloseIdleConnections()
 	url := "http://" + r.addr + "/v1/bots/hr/messages"
@@ -331,13 +337,15 @@ func runSends(ctx context.Context, r *running, emu *emulator, callers int, d tim
 	start := time.Now()
 	deadline := start.Add(d)
 	var wg sync.WaitGroup
+	var started atomic.Int64 // sends begun
 	for c := range callers {
 		wg.Go(func() {
 			var mine []time.Duration
 			var sent []string
-			for i := 0; time.Now().Before(deadline) && ctx.Err() == nil; i++ {
+			for i := 0; (time.Now().Before(deadline) || started.Load() < int64(minSends)) && ctx.Err() == nil; i++ {
+				n := started.Add(1) - 1
 				text := fmt.Sprintf("%s %d-%d", tag, c, i)
-				body := fmt.Sprintf(`{"to":{"user":"user%d"},"text":%q}`, i%50, text)
+				body := fmt.Sprintf(`{"to":{"user":%q},"text":%q}`, member(tag, n), text)
 				req, _ := http.NewRequestWithContext(ctx, "POST", url, strings.NewReader(body))
 				req.Header.Set("Authorization", "Bearer "+r.apiKey)
 				req.Header.Set("Content-Type", "application/json")
@@ -374,10 +382,11 @@ func runSends(ctx context.Context, r *running, emu *emulator, callers int, d tim
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	res := &sendResult{Target: r.name, Callers: callers, OK: len(lat), Errors: errs, PerSec: float64(len(lat)) / elapsed.Seconds()}
+	res := &sendResult{Target: r.name, Callers: callers, OK: len(lat), Errors: errs, PerSec: float64(len(lat)) / elapsed.Seconds(), Load1: loadAvg()}
 	var cpu time.Duration
-	for i := range pids {
+	for i, p := range pids {
 		cpu += cpu1[i] - cpu0[i]
+		res.CPU = append(res.CPU, procCPU{Name: p.name, CPU: cpu1[i] - cpu0[i], PeakKB: statusKiB(p.pid, "VmHWM")})
 	}
 	if len(lat) > 0 {
 		res.CPUPerSend = cpu / time.Duration(len(lat))
@@ -386,7 +395,7 @@ func runSends(ctx context.Context, r *running, emu *emulator, callers int, d tim
 	res.P50, res.P99, res.Max = pct(lat, 0.5), pct(lat, 0.99), pct(lat, 1)
 	got := map[string]int{}
 	for _, s := range emu.Sent() {
-		if strings.HasPrefix(s.Content, tag+" ") {
+		if strings.HasPrefix(s.Content, tag+" ") && len(s.Delivered) > 0 { // not dropped over a member's limit
 			got[s.Content]++
 		}
 	}
@@ -399,6 +408,27 @@ func runSends(ctx context.Context, r *running, emu *emulator, callers int, d tim
 		return res, fmt.Errorf("%d sends not answered 200; first: %s", errs, firstErr)
 	}
 	return res, nil
+}
+
+// perMember is how many sends the sends step gives one member: the tightest of WeCom's
+// documented per-member limits, 30 a minute and 1,000 an hour from one app (specs/wecom.md
+// §3, chatwire's default pacing). WeCom drops what exceeds them without an error, so a
+// deployment sending thousands a second sends them to thousands of members, and so does the
+// bench: send n of a step goes to member n/perMember of that step, each member getting its
+// 30 in one burst and never again. Sending more to fewer members would measure pacing's 429
+// (chatwire) against messages WeCom would drop (the baseline), not the send path.
+var perMember = func() int {
+	n := math.MaxInt
+	for _, l := range pacing.Defaults(adapter.PlatformWeCom)[pacing.ScopeMember] {
+		n = min(n, l.N)
+	}
+	return n
+}()
+
+// member is the recipient of a step's send n: "<tag>-u<n/perMember>" (a valid WeCom userid:
+// letters, digits, "-", at most 64 bytes for the bench's tags).
+func member(tag string, n int64) string {
+	return tag + "-u" + strconv.FormatInt(n/int64(perMember), 10)
 }
 
 // cmp keeps the first non-empty string.

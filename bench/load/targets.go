@@ -48,7 +48,7 @@ type emulator struct {
 }
 
 func startEmulator() (*emulator, error) {
-	emu := &wecomtest.Server{LenientAgentID: true, MemberLimit: -1}
+	emu := &wecomtest.Server{LenientAgentID: true}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
