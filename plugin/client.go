@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"sync/atomic"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
 	pb "github.com/seed-a64d9e1f/chatwire/plugin/proto"
@@ -14,6 +15,7 @@ import (
 type Client struct {
 	rpc    pb.AdapterServiceClient
 	exited <-chan struct{} // closed when the plugin process exits (nil in tests without a process)
+	minor  atomic.Int32    // the plugin's ProtocolMinor plus one, once Info answered; 0: not known yet
 }
 
 // NewClient returns a Client over an existing connection's service client; for tests and
@@ -43,7 +45,17 @@ func (c *Client) Info(ctx context.Context) (Info, error) {
 	if err != nil {
 		return Info{}, fromStatus(ctx, err)
 	}
+	c.minor.Store(max(r.ProtocolMinor, 0) + 1)
 	return Info{Version: r.Version, Platforms: r.Platforms, ProtocolMinor: int(r.ProtocolMinor)}, nil
+}
+
+// protocolMinor returns the plugin's ProtocolMinor, asking its Info the first time.
+func (c *Client) protocolMinor(ctx context.Context) (int, error) {
+	if m := c.minor.Load(); m > 0 {
+		return int(m - 1), nil
+	}
+	info, err := c.Info(ctx)
+	return info.ProtocolMinor, err
 }
 
 // Configure opens bots in the plugin, replacing any it had.
@@ -98,7 +110,19 @@ func (b *Bot) Send(ctx context.Context, msg adapter.Message) (adapter.Receipt, e
 	if err := loadBodies(msg.Attachments); err != nil {
 		return adapter.Receipt{}, err
 	}
-	r, err := b.c.rpc.Send(ctx, &pb.SendRequest{Bot: b.name, Message: messageToProto(msg), IdempotencyKey: IdempotencyKey(ctx)})
+	key := IdempotencyKey(ctx)
+	if key != "" {
+		// A plugin before minor 2 would ignore the key and send every repeat.
+		minor, err := b.c.protocolMinor(ctx)
+		if err != nil {
+			return adapter.Receipt{}, err
+		}
+		if minor < minorIdempotencyKey {
+			return adapter.Receipt{}, &adapter.Error{Kind: adapter.KindInvalidRequest, Err: ErrIdempotencyUnsupported,
+				Message: fmt.Sprintf("plugin: idempotency keys need a plugin of protocol minor %d or later, and this one is %d: nothing was sent (upgrade the plugin, or send without a key)", minorIdempotencyKey, minor)}
+		}
+	}
+	r, err := b.c.rpc.Send(ctx, &pb.SendRequest{Bot: b.name, Message: messageToProto(msg), IdempotencyKey: key})
 	if err != nil {
 		err = fromStatus(ctx, err)
 		if ae, ok := err.(*adapter.Error); ok {

@@ -21,6 +21,9 @@ const ProtocolVersion = 1
 // 1 added the Recall RPC; 2 added SendRequest.idempotency_key.
 const ProtocolMinor = 2
 
+// minorIdempotencyKey is the first ProtocolMinor whose plugins honour SendRequest.idempotency_key.
+const minorIdempotencyKey = 2
+
 // PluginName is the name the adapter service is dispensed under.
 const PluginName = "adapter"
 
