@@ -173,8 +173,8 @@ func procCPU(b *testing.B, pid int) time.Duration {
 	}
 	s := string(stat)
 	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:]) // fields from the 3rd (state) on
-	ut, err1 := strconv.ParseInt(f[11], 10, 64)                // utime, field 14
-	st, err2 := strconv.ParseInt(f[12], 10, 64)                // stime, field 15
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)              // utime, field 14
+	st, err2 := strconv.ParseInt(f[12], 10, 64)              // stime, field 15
 	if err1 != nil || err2 != nil {
 		b.Fatalf("parsing /proc/%d/stat: %q", pid, s)
 	}
