@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"sync"
 	"sync/atomic"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
@@ -16,6 +17,10 @@ type Client struct {
 	rpc    pb.AdapterServiceClient
 	exited <-chan struct{} // closed when the plugin process exits (nil in tests without a process)
 	minor  atomic.Int32    // the plugin's ProtocolMinor plus one, once Info answered; 0: not known yet
+
+	noCalls atomic.Bool // the plugin refused the Calls stream: calls are unary RPCs
+	callsMu sync.Mutex  // guards cs
+	cs      *callStream // the Calls stream (calls.go); nil until the first call, or after it failed
 }
 
 // NewClient returns a Client over an existing connection's service client; for tests and
@@ -122,7 +127,7 @@ func (b *Bot) Send(ctx context.Context, msg adapter.Message) (adapter.Receipt, e
 				Message: fmt.Sprintf("plugin: idempotency keys need a plugin of protocol minor %d or later, and this one is %d: nothing was sent (upgrade the plugin, or send without a key)", minorIdempotencyKey, minor)}
 		}
 	}
-	r, err := b.c.rpc.Send(ctx, &pb.SendRequest{Bot: b.name, Message: messageToProto(msg), IdempotencyKey: key})
+	r, err := b.c.sendRPC(ctx, &pb.SendRequest{Bot: b.name, Message: messageToProto(msg), IdempotencyKey: key})
 	if err != nil {
 		err = fromStatus(ctx, err)
 		if ae, ok := err.(*adapter.Error); ok {
@@ -135,7 +140,7 @@ func (b *Bot) Send(ctx context.Context, msg adapter.Message) (adapter.Receipt, e
 
 // HandleWebhook implements [adapter.Adapter].
 func (b *Bot) HandleWebhook(ctx context.Context, req *adapter.WebhookRequest) (*adapter.WebhookResponse, []adapter.Event, error) {
-	r, err := b.c.rpc.HandleWebhook(ctx, &pb.HandleWebhookRequest{Bot: b.name, Request: webhookRequestToProto(req)})
+	r, err := b.c.webhookRPC(ctx, &pb.HandleWebhookRequest{Bot: b.name, Request: webhookRequestToProto(req)})
 	if err != nil {
 		return nil, nil, fromStatus(ctx, err)
 	}
