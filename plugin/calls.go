@@ -20,8 +20,8 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 
+	"github.com/seed-a64d9e1f/chatwire/adapter"
 	pb "github.com/seed-a64d9e1f/chatwire/plugin/proto"
 )
 
@@ -106,15 +106,20 @@ func (c *Client) receive(cs *callStream) {
 	}
 }
 
-// call makes req on the Calls stream and returns its response. ok is false when the call
-// must be a unary RPC instead (no stream, or req too big for it); err is then nil. Errors are
-// gRPC status errors, as a unary call returns them, for fromStatus.
-func (c *Client) call(ctx context.Context, req *pb.CallRequest) (resp *pb.CallResponse, ok bool, err error) {
+// call makes req on the Calls stream and returns its response. size is the bytes of
+// content req carries (sizeOfMessage, sizeOfWebhook: proto.Size costs as much as a quarter of
+// the marshalling). ok is false when the call must be a unary RPC instead (no stream, or req
+// too big for it); err is then nil. Errors are gRPC status errors, as a unary call returns
+// them, for fromStatus.
+func (c *Client) call(ctx context.Context, req *pb.CallRequest, size int) (resp *pb.CallResponse, ok bool, err error) {
+	if size > maxStreamedCall {
+		return nil, false, nil
+	}
 	cs, err := c.calls()
 	if err != nil {
 		return nil, true, err
 	}
-	if cs == nil || proto.Size(req) > maxStreamedCall {
+	if cs == nil {
 		return nil, false, nil
 	}
 	if dl, has := ctx.Deadline(); has {
@@ -222,9 +227,52 @@ func callResult(r *pb.CallResponse) error {
 	return st.Err()
 }
 
-// sendRPC makes a Send call, on the Calls stream when it can.
-func (c *Client) sendRPC(ctx context.Context, req *pb.SendRequest) (*pb.SendResponse, error) {
-	r, ok, err := c.call(ctx, &pb.CallRequest{Call: &pb.CallRequest_Send{Send: req}})
+// sizeOfMessage is the bytes of content m carries, give or take its fixed fields.
+func sizeOfMessage(m adapter.Message) int {
+	n := len(m.Text) + len(m.Markdown) + len(m.HTML) + len(m.Card) + len(m.Subject) + len(m.ReplyTo) +
+		sizeOfTarget(m.To)
+	for _, a := range m.Attachments {
+		n += len(a.Data) + len(a.Name) + len(a.URL) + len(a.Title) + len(a.Description) + len(a.ID) + len(a.ContentType) + len(a.Type)
+	}
+	for _, mn := range m.Mentions {
+		n += len(mn.ID) + len(mn.Name)
+	}
+	return n
+}
+
+func sizeOfTarget(t adapter.Target) int {
+	n := len(t.User) + len(t.Party) + len(t.Tag) + len(t.Chat) + len(t.Email)
+	for _, ss := range [][]string{t.Users, t.Emails} {
+		for _, s := range ss {
+			n += len(s) + 2
+		}
+	}
+	if t.Channel != nil {
+		n += len(t.Channel.Team) + len(t.Channel.Channel)
+	}
+	return n
+}
+
+// sizeOfWebhook is the bytes of content r carries, give or take its fixed fields.
+func sizeOfWebhook(r *adapter.WebhookRequest) int {
+	if r == nil {
+		return 0
+	}
+	n := len(r.Body) + len(r.Method) + len(r.Path) + len(r.RemoteAddr)
+	for _, vs := range []map[string][]string{r.Query, r.Header} {
+		for k, v := range vs {
+			n += len(k) + 4
+			for _, s := range v {
+				n += len(s) + 2
+			}
+		}
+	}
+	return n
+}
+
+// sendRPC makes a Send call, on the Calls stream when it can; size is sizeOfMessage.
+func (c *Client) sendRPC(ctx context.Context, req *pb.SendRequest, size int) (*pb.SendResponse, error) {
+	r, ok, err := c.call(ctx, &pb.CallRequest{Call: &pb.CallRequest_Send{Send: req}}, size)
 	if !ok {
 		return c.rpc.Send(ctx, req)
 	}
@@ -237,9 +285,10 @@ func (c *Client) sendRPC(ctx context.Context, req *pb.SendRequest) (*pb.SendResp
 	return nil, callResult(r)
 }
 
-// webhookRPC makes a HandleWebhook call, on the Calls stream when it can.
-func (c *Client) webhookRPC(ctx context.Context, req *pb.HandleWebhookRequest) (*pb.HandleWebhookResponse, error) {
-	r, ok, err := c.call(ctx, &pb.CallRequest{Call: &pb.CallRequest_Webhook{Webhook: req}})
+// webhookRPC makes a HandleWebhook call, on the Calls stream when it can; size is
+// sizeOfWebhook.
+func (c *Client) webhookRPC(ctx context.Context, req *pb.HandleWebhookRequest, size int) (*pb.HandleWebhookResponse, error) {
+	r, ok, err := c.call(ctx, &pb.CallRequest{Call: &pb.CallRequest_Webhook{Webhook: req}}, size)
 	if !ok {
 		return c.rpc.HandleWebhook(ctx, req)
 	}

@@ -127,7 +127,7 @@ func (b *Bot) Send(ctx context.Context, msg adapter.Message) (adapter.Receipt, e
 				Message: fmt.Sprintf("plugin: idempotency keys need a plugin of protocol minor %d or later, and this one is %d: nothing was sent (upgrade the plugin, or send without a key)", minorIdempotencyKey, minor)}
 		}
 	}
-	r, err := b.c.sendRPC(ctx, &pb.SendRequest{Bot: b.name, Message: messageToProto(msg), IdempotencyKey: key})
+	r, err := b.c.sendRPC(ctx, &pb.SendRequest{Bot: b.name, Message: messageToProto(msg), IdempotencyKey: key}, sizeOfMessage(msg))
 	if err != nil {
 		err = fromStatus(ctx, err)
 		if ae, ok := err.(*adapter.Error); ok {
@@ -140,7 +140,7 @@ func (b *Bot) Send(ctx context.Context, msg adapter.Message) (adapter.Receipt, e
 
 // HandleWebhook implements [adapter.Adapter].
 func (b *Bot) HandleWebhook(ctx context.Context, req *adapter.WebhookRequest) (*adapter.WebhookResponse, []adapter.Event, error) {
-	r, err := b.c.webhookRPC(ctx, &pb.HandleWebhookRequest{Bot: b.name, Request: webhookRequestToProto(req)})
+	r, err := b.c.webhookRPC(ctx, &pb.HandleWebhookRequest{Bot: b.name, Request: webhookRequestToProto(req)}, sizeOfWebhook(req))
 	if err != nil {
 		return nil, nil, fromStatus(ctx, err)
 	}

@@ -286,8 +286,14 @@ func TestCallsBigCallGoesUnary(t *testing.T) {
 			t.Errorf("Send of %d bytes = %+v, %v", size, r, err)
 		}
 	}
-	if n, u := sv.calls.Load(), sv.unary.Load(); n != 1 || u != 1 {
-		t.Errorf("%d Calls streams opened, %d unary calls; want 1 and 1", n, u)
+	for _, size := range []int{1000, maxStreamedCall + 1} {
+		body := make([]byte, size)
+		if resp, _, err := sv.c.Bot("hr").HandleWebhook(t.Context(), &adapter.WebhookRequest{Method: "POST", Body: body}); err != nil || len(resp.Body) != size {
+			t.Errorf("webhook of %d bytes = %v", size, err)
+		}
+	}
+	if n, u := sv.calls.Load(), sv.unary.Load(); n != 1 || u != 2 {
+		t.Errorf("%d Calls streams opened, %d unary calls; want 1 and 2", n, u)
 	}
 }
 
