@@ -106,22 +106,21 @@ func (c *Client) receive(cs *callStream) {
 	}
 }
 
-// call makes req on the Calls stream and returns its response. size is the bytes of
-// content req carries (sizeOfMessage, sizeOfWebhook: proto.Size costs as much as a quarter of
-// the marshalling). ok is false when the call must be a unary RPC instead (no stream, or req
-// too big for it); err is then nil. Errors are gRPC status errors, as a unary call returns
-// them, for fromStatus.
-func (c *Client) call(ctx context.Context, req *pb.CallRequest, size int) (resp *pb.CallResponse, ok bool, err error) {
+// streamFor returns the Calls stream a call of size bytes of content (sizeOfMessage,
+// sizeOfWebhook: proto.Size costs as much as a quarter of the marshalling) should take, or nil
+// when it must be a unary RPC (no stream, or the call too big for it). Errors are gRPC status
+// errors, as a unary call returns them, for fromStatus.
+func (c *Client) streamFor(size int) (*callStream, error) {
 	if size > maxStreamedCall {
-		return nil, false, nil
+		return nil, nil
 	}
-	cs, err := c.calls()
-	if err != nil {
-		return nil, true, err
-	}
-	if cs == nil {
-		return nil, false, nil
-	}
+	return c.calls()
+}
+
+// call makes req on the stream cs and returns its response. ok is false when the plugin
+// refused the stream, without seeing req: the call must be a unary RPC; err is then nil.
+// Errors are gRPC status errors, as a unary call returns them, for fromStatus.
+func (c *Client) call(ctx context.Context, cs *callStream, req *pb.CallRequest) (resp *pb.CallResponse, ok bool, err error) {
 	if dl, has := ctx.Deadline(); has {
 		left := time.Until(dl)
 		if left <= 0 {
@@ -272,33 +271,46 @@ func sizeOfWebhook(r *adapter.WebhookRequest) int {
 
 // sendRPC makes a Send call, on the Calls stream when it can; size is sizeOfMessage.
 func (c *Client) sendRPC(ctx context.Context, req *pb.SendRequest, size int) (*pb.SendResponse, error) {
-	r, ok, err := c.call(ctx, &pb.CallRequest{Call: &pb.CallRequest_Send{Send: req}}, size)
-	if !ok {
-		return c.rpc.Send(ctx, req)
-	}
+	cs, err := c.streamFor(size)
 	if err != nil {
 		return nil, err
 	}
-	if s := r.GetSend(); s != nil {
-		return s, nil
+	if cs != nil {
+		r, ok, err := c.call(ctx, cs, &pb.CallRequest{Call: &pb.CallRequest_Send{Send: req}})
+		if ok {
+			if err != nil {
+				return nil, err
+			}
+			if s := r.GetSend(); s != nil {
+				return s, nil
+			}
+			return nil, callResult(r)
+		}
 	}
-	return nil, callResult(r)
+	return c.rpc.Send(ctx, req)
 }
 
-// webhookRPC makes a HandleWebhook call, on the Calls stream when it can; size is
-// sizeOfWebhook.
-func (c *Client) webhookRPC(ctx context.Context, req *pb.HandleWebhookRequest, size int) (*pb.HandleWebhookResponse, error) {
-	r, ok, err := c.call(ctx, &pb.CallRequest{Call: &pb.CallRequest_Webhook{Webhook: req}}, size)
-	if !ok {
-		return c.rpc.HandleWebhook(ctx, req)
-	}
+// webhookRPC makes a HandleWebhook call for bot, on the Calls stream when it can (with the
+// query and header as pairs, which only a plugin with the stream reads).
+func (c *Client) webhookRPC(ctx context.Context, bot string, req *adapter.WebhookRequest) (*pb.HandleWebhookResponse, error) {
+	cs, err := c.streamFor(sizeOfWebhook(req))
 	if err != nil {
 		return nil, err
 	}
-	if w := r.GetWebhook(); w != nil {
-		return w, nil
+	if cs != nil {
+		wr := &pb.HandleWebhookRequest{Bot: bot, Request: webhookRequestToProto(req, true)}
+		r, ok, err := c.call(ctx, cs, &pb.CallRequest{Call: &pb.CallRequest_Webhook{Webhook: wr}})
+		if ok {
+			if err != nil {
+				return nil, err
+			}
+			if w := r.GetWebhook(); w != nil {
+				return w, nil
+			}
+			return nil, callResult(r)
+		}
 	}
-	return nil, callResult(r)
+	return c.rpc.HandleWebhook(ctx, &pb.HandleWebhookRequest{Bot: bot, Request: webhookRequestToProto(req, false)})
 }
 
 // Calls implements the Calls RPC: it serves each call in a goroutine of its own (from a

@@ -140,7 +140,7 @@ func (b *Bot) Send(ctx context.Context, msg adapter.Message) (adapter.Receipt, e
 
 // HandleWebhook implements [adapter.Adapter].
 func (b *Bot) HandleWebhook(ctx context.Context, req *adapter.WebhookRequest) (*adapter.WebhookResponse, []adapter.Event, error) {
-	r, err := b.c.webhookRPC(ctx, &pb.HandleWebhookRequest{Bot: b.name, Request: webhookRequestToProto(req)}, sizeOfWebhook(req))
+	r, err := b.c.webhookRPC(ctx, b.name, req)
 	if err != nil {
 		return nil, nil, fromStatus(ctx, err)
 	}

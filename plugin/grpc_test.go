@@ -114,8 +114,9 @@ func testHandleWebhookRoundTrip(t *testing.T, stream bool) {
 		return &adapter.WebhookResponse{Status: 200, Header: http.Header{"Content-Type": {"text/plain"}}, Body: []byte("success")}, events, nil
 	}}
 	c := setupHop(t, fake, stream)
-	req := &adapter.WebhookRequest{Method: "POST", Path: "/webhook/hr", Query: map[string][]string{"msg_signature": {"s"}},
-		Header: http.Header{"Content-Type": {"text/xml"}}, Body: []byte("<xml/>"), RemoteAddr: "1.2.3.4:5"}
+	req := &adapter.WebhookRequest{Method: "POST", Path: "/webhook/hr", Query: map[string][]string{"msg_signature": {"s"}, "a": {"1", "2"}},
+		Header: http.Header{"Content-Type": {"text/xml"}, "X-Forwarded-For": {"10.0.0.1", "10.0.0.2", "10.0.0.3"}},
+		Body:   []byte("<xml/>"), RemoteAddr: "1.2.3.4:5"}
 	resp, evs, err := c.Bot("hr").HandleWebhook(t.Context(), req)
 	if err != nil {
 		t.Fatal(err)

@@ -1529,13 +1529,19 @@ func (x *Values) GetValues() []string {
 }
 
 type WebhookRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Method        string                 `protobuf:"bytes,1,opt,name=method,proto3" json:"method,omitempty"`
-	Path          string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
-	Query         map[string]*Values     `protobuf:"bytes,3,rep,name=query,proto3" json:"query,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Header        map[string]*Values     `protobuf:"bytes,4,rep,name=header,proto3" json:"header,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Body          []byte                 `protobuf:"bytes,5,opt,name=body,proto3" json:"body,omitempty"`
-	RemoteAddr    string                 `protobuf:"bytes,6,opt,name=remote_addr,json=remoteAddr,proto3" json:"remote_addr,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Method     string                 `protobuf:"bytes,1,opt,name=method,proto3" json:"method,omitempty"`
+	Path       string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	Query      map[string]*Values     `protobuf:"bytes,3,rep,name=query,proto3" json:"query,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Header     map[string]*Values     `protobuf:"bytes,4,rep,name=header,proto3" json:"header,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Body       []byte                 `protobuf:"bytes,5,opt,name=body,proto3" json:"body,omitempty"`
+	RemoteAddr string                 `protobuf:"bytes,6,opt,name=remote_addr,json=remoteAddr,proto3" json:"remote_addr,omitempty"`
+	// query_pairs and header_pairs, since protocol_minor 3 (the host sends them on the Calls
+	// stream), carry query and header as a flat list name, value, name, value, ... (a name
+	// repeats for each of its values, in order) instead of the maps, which cost several times as
+	// much to encode and decode. A plugin reads the maps when the pairs are empty.
+	QueryPairs    []string `protobuf:"bytes,7,rep,name=query_pairs,json=queryPairs,proto3" json:"query_pairs,omitempty"`
+	HeaderPairs   []string `protobuf:"bytes,8,rep,name=header_pairs,json=headerPairs,proto3" json:"header_pairs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1610,6 +1616,20 @@ func (x *WebhookRequest) GetRemoteAddr() string {
 		return x.RemoteAddr
 	}
 	return ""
+}
+
+func (x *WebhookRequest) GetQueryPairs() []string {
+	if x != nil {
+		return x.QueryPairs
+	}
+	return nil
+}
+
+func (x *WebhookRequest) GetHeaderPairs() []string {
+	if x != nil {
+		return x.HeaderPairs
+	}
+	return nil
 }
 
 type WebhookResponse struct {
@@ -2896,7 +2916,7 @@ const file_adapter_proto_rawDesc = "" +
 	"\fSendResponse\x126\n" +
 	"\areceipt\x18\x01 \x01(\v2\x1c.chatwire.adapter.v1.ReceiptR\areceipt\" \n" +
 	"\x06Values\x12\x16\n" +
-	"\x06values\x18\x01 \x03(\tR\x06values\"\xaf\x03\n" +
+	"\x06values\x18\x01 \x03(\tR\x06values\"\xf3\x03\n" +
 	"\x0eWebhookRequest\x12\x16\n" +
 	"\x06method\x18\x01 \x01(\tR\x06method\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12D\n" +
@@ -2904,7 +2924,10 @@ const file_adapter_proto_rawDesc = "" +
 	"\x06header\x18\x04 \x03(\v2/.chatwire.adapter.v1.WebhookRequest.HeaderEntryR\x06header\x12\x12\n" +
 	"\x04body\x18\x05 \x01(\fR\x04body\x12\x1f\n" +
 	"\vremote_addr\x18\x06 \x01(\tR\n" +
-	"remoteAddr\x1aU\n" +
+	"remoteAddr\x12\x1f\n" +
+	"\vquery_pairs\x18\a \x03(\tR\n" +
+	"queryPairs\x12!\n" +
+	"\fheader_pairs\x18\b \x03(\tR\vheaderPairs\x1aU\n" +
 	"\n" +
 	"QueryEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x121\n" +
