@@ -95,8 +95,8 @@ func hopRequest() *adapter.WebhookRequest {
 // BenchmarkHop measures the plugin hop itself: per op, one HandleWebhook and one Send to a
 // real plugin subprocess (AutoMTLS, unix socket), as the host makes them. Besides ns/op it
 // reports the CPU each op costs the host (this process: getrusage) and the plugin
-// (/proc/<pid>/stat, 10 ms ticks: run with -benchtime of a second or more), sequentially and
-// from 8 goroutines at once (the load generator's connections).
+// (/proc/<pid>/stat, 10 ms ticks: run with -benchtime of a second or more) and the plugin's
+// peak RSS, sequentially and from 8 goroutines at once (the load generator's connections).
 func BenchmarkHop(b *testing.B) {
 	msg := adapter.Message{To: adapter.Target{User: "zhangsan"}, Text: "hello from the benchmark"}
 	req := hopRequest()
@@ -131,6 +131,7 @@ func BenchmarkHop(b *testing.B) {
 		h1, p1 := hostCPU(b), procCPU(b, pid)
 		b.ReportMetric(float64((h1-h0).Microseconds())/float64(b.N), "host-µs/op")
 		b.ReportMetric(float64((p1-p0).Microseconds())/float64(b.N), "plugin-µs/op")
+		b.ReportMetric(float64(peakRSS(b, pid))/(1<<20), "plugin-peak-MiB")
 	}
 	b.Run("sequential", func(b *testing.B) {
 		measure(b, func() {
@@ -179,4 +180,23 @@ func procCPU(b *testing.B, pid int) time.Duration {
 		b.Fatalf("parsing /proc/%d/stat: %q", pid, s)
 	}
 	return time.Duration(ut+st) * 10 * time.Millisecond
+}
+
+// peakRSS is process pid's peak resident set size (VmHWM), in bytes.
+func peakRSS(b *testing.B, pid int) int64 {
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			if err != nil {
+				b.Fatalf("parsing VmHWM %q: %v", v, err)
+			}
+			return kb << 10
+		}
+	}
+	b.Fatalf("no VmHWM in /proc/%d/status", pid)
+	return 0
 }
