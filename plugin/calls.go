@@ -149,8 +149,9 @@ func (c *Client) call(ctx context.Context, cs *callStream, req *pb.CallRequest) 
 		return c.streamFailed(cs.err)
 	}
 	// Send blocks only while the stream's flow-control window is full: a plugin that stopped
-	// reading 4 MiB of calls ago. Calls behind it wait for the token until their deadlines,
-	// which start the health check that replaces such a plugin, ending the stream.
+	// reading 4 MiB of calls ago, that is a hung one (its Calls loop never waits for a call to
+	// finish). Calls behind it wait for the token until their deadlines, which start the
+	// health check that replaces such a plugin, ending the stream.
 	serr := cs.st.Send(req)
 	<-cs.sendSem
 	if serr != nil { // the stream ended; receive reports why
@@ -343,9 +344,14 @@ func (s *Server) Calls(st pb.AdapterService_CallsServer) error {
 			}
 			continue
 		}
-		cctx, cancel := context.WithCancel(ctx)
+		var (
+			cctx   context.Context
+			cancel context.CancelFunc
+		)
 		if req.TimeoutMicros > 0 {
 			cctx, cancel = context.WithTimeout(ctx, time.Duration(req.TimeoutMicros)*time.Microsecond)
+		} else {
+			cctx, cancel = context.WithCancel(ctx)
 		}
 		mu.Lock()
 		inflight[req.Id] = cancel
