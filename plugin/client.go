@@ -44,7 +44,9 @@ type BotInfo struct {
 // Exited returns a channel closed when the plugin process exits; nil if unknown.
 func (c *Client) Exited() <-chan struct{} { return c.exited }
 
-// Info asks the plugin what it is.
+// Info asks the plugin what it is. The Client remembers the plugin's protocol minor: it
+// decides whether Send and HandleWebhook take the Calls stream (minor 3) and whether an
+// idempotency key can be honoured (minor 2).
 func (c *Client) Info(ctx context.Context) (Info, error) {
 	r, err := c.rpc.Info(ctx, &pb.InfoRequest{})
 	if err != nil {
@@ -109,7 +111,8 @@ var (
 // Send implements [adapter.Adapter]. Attachments given as a Body are read into memory first
 // (at most [MaxMessageSize] in all). Under a ctx from [WithIdempotencyKey] the send is
 // idempotent: the plugin sends at most once per key and answers every repeat with the first
-// receipt.
+// receipt; a plugin older than protocol minor 2, which would ignore the key, gets no such
+// send: it fails with an error matching [ErrIdempotencyUnsupported].
 func (b *Bot) Send(ctx context.Context, msg adapter.Message) (adapter.Receipt, error) {
 	msg.Attachments = append([]adapter.Attachment(nil), msg.Attachments...) // the caller's stay untouched
 	if err := loadBodies(msg.Attachments); err != nil {
