@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -327,4 +329,51 @@ func testCallerCancelReachesPlugin(t *testing.T, stream bool) {
 	case <-time.After(30 * time.Second):
 		t.Error("the plugin's ctx was not cancelled within 30s of the caller's")
 	}
+}
+
+// TestCallsConcurrentNoMixups: many callers at once on one stream, some giving up before
+// the plugin answers, each get their own call's answer or their own ctx's error, never
+// another call's response.
+func TestCallsConcurrentNoMixups(t *testing.T) {
+	fake := &fakeAdapter{
+		SendFn: func(ctx context.Context, msg adapter.Message) (adapter.Receipt, error) {
+			if msg.Subject == "slow" {
+				<-ctx.Done()
+				return adapter.Receipt{}, &adapter.Error{Kind: adapter.KindUnavailable, Err: ctx.Err()}
+			}
+			return adapter.Receipt{ID: msg.Text}, nil
+		},
+		WebhookFn: func(_ context.Context, req *adapter.WebhookRequest) (*adapter.WebhookResponse, []adapter.Event, error) {
+			return &adapter.WebhookResponse{Status: 200, Body: req.Body}, []adapter.Event{{ID: string(req.Body)}}, nil
+		},
+	}
+	c := setupHop(t, fake, true)
+	bot := c.Bot("hr")
+	var wg sync.WaitGroup
+	for g := range 16 {
+		wg.Go(func() {
+			for i := range 100 {
+				id := fmt.Sprintf("%d-%d", g, i)
+				switch i % 4 {
+				case 0: // gives up: the plugin waits for its deadline or the cancel, whichever comes first
+					ctx, cancel := context.WithTimeout(t.Context(), time.Millisecond)
+					r, err := bot.Send(ctx, adapter.Message{Text: id, Subject: "slow"})
+					cancel()
+					if !errors.Is(err, adapter.ErrUnavailable) {
+						t.Errorf("send %s past its deadline = %+v, %v; want unavailable", id, r, err)
+					}
+				case 1, 2:
+					if r, err := bot.Send(t.Context(), adapter.Message{Text: id}); err != nil || r.ID != id {
+						t.Errorf("send %s = %+v, %v", id, r, err)
+					}
+				case 3:
+					resp, evs, err := bot.HandleWebhook(t.Context(), &adapter.WebhookRequest{Method: "POST", Body: []byte(id)})
+					if err != nil || string(resp.Body) != id || len(evs) != 1 || evs[0].ID != id {
+						t.Errorf("webhook %s = %+v, %+v, %v", id, resp, evs, err)
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
 }
