@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
 	pb "github.com/seed-a64d9e1f/chatwire/plugin/proto"
@@ -15,9 +16,14 @@ import (
 type Client struct {
 	rpc    pb.AdapterServiceClient
 	exited <-chan struct{} // closed when the plugin process exits (nil in tests without a process)
+	minor  atomic.Int32    // the plugin's ProtocolMinor plus one, once Info answered; 0: not known yet
 
 	pollMu sync.Mutex
 	polled map[string]string // by bot: the last Poll batch returned to the caller
+
+	noCalls atomic.Bool // the plugin refused the Calls stream: calls are unary RPCs
+	callsMu sync.Mutex  // guards cs
+	cs      *callStream // the Calls stream (calls.go); nil until the first call, or after it failed
 }
 
 // NewClient returns a Client over an existing connection's service client; for tests and
@@ -41,13 +47,25 @@ type BotInfo struct {
 // Exited returns a channel closed when the plugin process exits; nil if unknown.
 func (c *Client) Exited() <-chan struct{} { return c.exited }
 
-// Info asks the plugin what it is.
+// Info asks the plugin what it is. The Client remembers the plugin's protocol minor: it
+// decides whether Send and HandleWebhook take the Calls stream (minor 3) and whether an
+// idempotency key can be honoured (minor 2).
 func (c *Client) Info(ctx context.Context) (Info, error) {
 	r, err := c.rpc.Info(ctx, &pb.InfoRequest{})
 	if err != nil {
 		return Info{}, fromStatus(ctx, err)
 	}
+	c.minor.Store(max(r.ProtocolMinor, 0) + 1)
 	return Info{Version: r.Version, Platforms: r.Platforms, ProtocolMinor: int(r.ProtocolMinor)}, nil
+}
+
+// protocolMinor returns the plugin's ProtocolMinor, asking its Info the first time.
+func (c *Client) protocolMinor(ctx context.Context) (int, error) {
+	if m := c.minor.Load(); m > 0 {
+		return int(m - 1), nil
+	}
+	info, err := c.Info(ctx)
+	return info.ProtocolMinor, err
 }
 
 // Configure opens bots in the plugin, replacing any it had.
@@ -96,13 +114,26 @@ var (
 // Send implements [adapter.Adapter]. Attachments given as a Body are read into memory first
 // (at most [MaxMessageSize] in all). Under a ctx from [WithIdempotencyKey] the send is
 // idempotent: the plugin sends at most once per key and answers every repeat with the first
-// receipt.
+// receipt; a plugin older than protocol minor 2, which would ignore the key, gets no such
+// send: it fails with an error matching [ErrIdempotencyUnsupported].
 func (b *Bot) Send(ctx context.Context, msg adapter.Message) (adapter.Receipt, error) {
 	msg.Attachments = append([]adapter.Attachment(nil), msg.Attachments...) // the caller's stay untouched
 	if err := loadBodies(msg.Attachments); err != nil {
 		return adapter.Receipt{}, err
 	}
-	r, err := b.c.rpc.Send(ctx, &pb.SendRequest{Bot: b.name, Message: messageToProto(msg), IdempotencyKey: IdempotencyKey(ctx)})
+	key := IdempotencyKey(ctx)
+	if key != "" {
+		// A plugin before minor 2 would ignore the key and send every repeat.
+		minor, err := b.c.protocolMinor(ctx)
+		if err != nil {
+			return adapter.Receipt{}, err
+		}
+		if minor < minorIdempotencyKey {
+			return adapter.Receipt{}, &adapter.Error{Kind: adapter.KindInvalidRequest, Err: ErrIdempotencyUnsupported,
+				Message: fmt.Sprintf("plugin: idempotency keys need a plugin of protocol minor %d or later, and this one is %d: nothing was sent (upgrade the plugin, or send without a key)", minorIdempotencyKey, minor)}
+		}
+	}
+	r, err := b.c.sendRPC(ctx, &pb.SendRequest{Bot: b.name, Message: messageToProto(msg), IdempotencyKey: key}, sizeOfMessage(msg))
 	if err != nil {
 		err = fromStatus(ctx, err)
 		if ae, ok := err.(*adapter.Error); ok {
@@ -115,7 +146,7 @@ func (b *Bot) Send(ctx context.Context, msg adapter.Message) (adapter.Receipt, e
 
 // HandleWebhook implements [adapter.Adapter].
 func (b *Bot) HandleWebhook(ctx context.Context, req *adapter.WebhookRequest) (*adapter.WebhookResponse, []adapter.Event, error) {
-	r, err := b.c.rpc.HandleWebhook(ctx, &pb.HandleWebhookRequest{Bot: b.name, Request: webhookRequestToProto(req)})
+	r, err := b.c.webhookRPC(ctx, b.name, req)
 	if err != nil {
 		return nil, nil, fromStatus(ctx, err)
 	}

@@ -147,20 +147,65 @@ func valuesFromProto(p map[string]*pb.Values) map[string][]string {
 	return out
 }
 
-func webhookRequestToProto(r *adapter.WebhookRequest) *pb.WebhookRequest {
+// webhookRequestToProto maps r, with its query and header as pairs (for a plugin of protocol
+// minor 3, on the Calls stream) or as maps.
+func webhookRequestToProto(r *adapter.WebhookRequest, pairs bool) *pb.WebhookRequest {
 	if r == nil {
 		return nil
 	}
-	return &pb.WebhookRequest{Method: r.Method, Path: r.Path, Query: valuesToProto(r.Query),
-		Header: valuesToProto(r.Header), Body: r.Body, RemoteAddr: r.RemoteAddr}
+	p := &pb.WebhookRequest{Method: r.Method, Path: r.Path, Body: r.Body, RemoteAddr: r.RemoteAddr}
+	if pairs {
+		p.QueryPairs, p.HeaderPairs = valuesToPairs(r.Query), valuesToPairs(r.Header)
+	} else {
+		p.Query, p.Header = valuesToProto(r.Query), valuesToProto(r.Header)
+	}
+	return p
 }
 
 func webhookRequestFromProto(p *pb.WebhookRequest) *adapter.WebhookRequest {
 	if p == nil {
 		return &adapter.WebhookRequest{}
 	}
-	return &adapter.WebhookRequest{Method: p.Method, Path: p.Path, Query: url.Values(valuesFromProto(p.Query)),
-		Header: http.Header(valuesFromProto(p.Header)), Body: p.Body, RemoteAddr: p.RemoteAddr}
+	r := &adapter.WebhookRequest{Method: p.Method, Path: p.Path, Body: p.Body, RemoteAddr: p.RemoteAddr}
+	if len(p.QueryPairs) > 0 {
+		r.Query = url.Values(valuesFromPairs(p.QueryPairs))
+	} else {
+		r.Query = url.Values(valuesFromProto(p.Query))
+	}
+	if len(p.HeaderPairs) > 0 {
+		r.Header = http.Header(valuesFromPairs(p.HeaderPairs))
+	} else {
+		r.Header = http.Header(valuesFromProto(p.Header))
+	}
+	return r
+}
+
+// valuesToPairs flattens v into name, value, name, value, ...; nil if v has no values.
+func valuesToPairs(v map[string][]string) []string {
+	n := 0
+	for _, vs := range v {
+		n += 2 * len(vs)
+	}
+	if n == 0 {
+		return nil
+	}
+	out := make([]string, 0, n)
+	for k, vs := range v {
+		for _, s := range vs {
+			out = append(out, k, s)
+		}
+	}
+	return out
+}
+
+// valuesFromPairs rebuilds the map valuesToPairs flattened; a trailing name without a value
+// (from a broken host) is dropped.
+func valuesFromPairs(p []string) map[string][]string {
+	out := make(map[string][]string, len(p)/2)
+	for i := 0; i+1 < len(p); i += 2 {
+		out[p[i]] = append(out[p[i]], p[i+1])
+	}
+	return out
 }
 
 func webhookResponseToProto(r *adapter.WebhookResponse) *pb.WebhookResponse {

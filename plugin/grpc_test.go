@@ -9,38 +9,27 @@ import (
 	"testing"
 	"time"
 
-	goplugin "github.com/hashicorp/go-plugin"
-
 	"github.com/seed-a64d9e1f/chatwire/adapter"
 	"github.com/seed-a64d9e1f/chatwire/tokenmgr"
 )
 
-// setup serves fake as bot "hr" over an in-process gRPC connection and returns the client.
+// setup serves fake as bot "hr" over an in-process gRPC connection and returns the client,
+// which makes its calls on the Calls stream.
 func setup(t *testing.T, fake *fakeAdapter) *Client {
 	t.Helper()
-	srv := NewServer(ServerOptions{
-		Platforms: []string{"wecom"},
-		Open: func(ctx context.Context, store StoreConfig, bot BotConfig) (adapter.Adapter, error) {
-			if bot.Name == "broken" {
-				return nil, &adapter.Error{Kind: adapter.KindUnauthorized, Platform: "wecom", Code: "40001", Message: "invalid corp_secret"}
-			}
-			return fake, nil
-		},
-	})
-	client, _ := goplugin.TestPluginGRPCConn(t, false, PluginMap(srv))
-	t.Cleanup(func() { client.Close() })
-	raw, err := client.Dispense(PluginName)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := raw.(*Client)
-	if _, err := c.Configure(t.Context(), StoreConfig{}, []BotConfig{{Name: "hr", Platform: "wecom", Config: json.RawMessage(`{}`)}}); err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return setupHop(t, fake, true)
 }
 
-func TestSendRoundTrip(t *testing.T) {
+// forHops runs test once per hop (the Calls stream, unary RPCs).
+func forHops(t *testing.T, test func(t *testing.T, stream bool)) {
+	for _, h := range hops {
+		t.Run(h.name, func(t *testing.T) { test(t, h.stream) })
+	}
+}
+
+func TestSendRoundTrip(t *testing.T) { forHops(t, testSendRoundTrip) }
+
+func testSendRoundTrip(t *testing.T, stream bool) {
 	var got adapter.Message
 	fake := &fakeAdapter{SendFn: func(ctx context.Context, msg adapter.Message) (adapter.Receipt, error) {
 		got = msg
@@ -49,7 +38,7 @@ func TestSendRoundTrip(t *testing.T) {
 		}
 		return adapter.Receipt{ID: "m1", Invalid: []string{"user:x"}, IDs: []string{"m1", "m2"}}, nil
 	}}
-	c := setup(t, fake)
+	c := setupHop(t, fake, stream)
 	msg := adapter.Message{
 		To:          adapter.Target{Channel: &adapter.Channel{Team: "T", Channel: "C"}},
 		Markdown:    "**hi**",
@@ -73,19 +62,23 @@ func TestSendRoundTrip(t *testing.T) {
 	}
 }
 
-func TestSendErrorKeepsKind(t *testing.T) {
+func TestSendErrorKeepsKind(t *testing.T) { forHops(t, testSendErrorKeepsKind) }
+
+func testSendErrorKeepsKind(t *testing.T, stream bool) {
 	fake := &fakeAdapter{SendFn: func(ctx context.Context, msg adapter.Message) (adapter.Receipt, error) {
 		return adapter.Receipt{}, &adapter.Error{Kind: adapter.KindRateLimited, Platform: "wecom", Code: "45009", RetryAfter: time.Minute, Message: "api freq out of limit"}
 	}}
-	c := setup(t, fake)
+	c := setupHop(t, fake, stream)
 	_, err := c.Bot("hr").Send(t.Context(), adapter.Message{To: adapter.Target{User: "u"}, Text: "x"})
 	if !errors.Is(err, adapter.ErrRateLimited) || adapter.Code(err) != "45009" || adapter.RetryAfter(err) != time.Minute {
 		t.Errorf("Send error = %v (code %q, retry %v); want rate limited 45009 after 1m", err, adapter.Code(err), adapter.RetryAfter(err))
 	}
 }
 
-func TestUnknownBot(t *testing.T) {
-	c := setup(t, &fakeAdapter{})
+func TestUnknownBot(t *testing.T) { forHops(t, testUnknownBot) }
+
+func testUnknownBot(t *testing.T, stream bool) {
+	c := setupHop(t, &fakeAdapter{}, stream)
 	_, err := c.Bot("nobody").Send(t.Context(), adapter.Message{})
 	if !errors.Is(err, adapter.ErrNotFound) {
 		t.Errorf("Send to unknown bot = %v; want not found", err)
@@ -104,7 +97,9 @@ func TestConfigureFailureNamesBot(t *testing.T) {
 	}
 }
 
-func TestHandleWebhookRoundTrip(t *testing.T) {
+func TestHandleWebhookRoundTrip(t *testing.T) { forHops(t, testHandleWebhookRoundTrip) }
+
+func testHandleWebhookRoundTrip(t *testing.T, stream bool) {
 	when := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	events := []adapter.Event{{ID: "wecom:1", Bot: "hr", Platform: "wecom", Kind: "message",
 		Chat: adapter.Chat{ID: "u", Type: "direct"}, Sender: adapter.Sender{ID: "u", Name: "U"}, Text: "hi",
@@ -118,9 +113,10 @@ func TestHandleWebhookRoundTrip(t *testing.T) {
 		}
 		return &adapter.WebhookResponse{Status: 200, Header: http.Header{"Content-Type": {"text/plain"}}, Body: []byte("success")}, events, nil
 	}}
-	c := setup(t, fake)
-	req := &adapter.WebhookRequest{Method: "POST", Path: "/webhook/hr", Query: map[string][]string{"msg_signature": {"s"}},
-		Header: http.Header{"Content-Type": {"text/xml"}}, Body: []byte("<xml/>"), RemoteAddr: "1.2.3.4:5"}
+	c := setupHop(t, fake, stream)
+	req := &adapter.WebhookRequest{Method: "POST", Path: "/webhook/hr", Query: map[string][]string{"msg_signature": {"s"}, "a": {"1", "2"}},
+		Header: http.Header{"Content-Type": {"text/xml"}, "X-Forwarded-For": {"10.0.0.1", "10.0.0.2", "10.0.0.3"}},
+		Body:   []byte("<xml/>"), RemoteAddr: "1.2.3.4:5"}
 	resp, evs, err := c.Bot("hr").HandleWebhook(t.Context(), req)
 	if err != nil {
 		t.Fatal(err)
@@ -171,12 +167,14 @@ func TestStatusUploadPoll(t *testing.T) {
 	}
 }
 
-func TestCallerDeadlineReachesPlugin(t *testing.T) {
+func TestCallerDeadlineReachesPlugin(t *testing.T) { forHops(t, testCallerDeadlineReachesPlugin) }
+
+func testCallerDeadlineReachesPlugin(t *testing.T, stream bool) {
 	fake := &fakeAdapter{SendFn: func(ctx context.Context, msg adapter.Message) (adapter.Receipt, error) {
 		<-ctx.Done()
 		return adapter.Receipt{}, &adapter.Error{Kind: adapter.KindUnavailable, Err: ctx.Err()}
 	}}
-	c := setup(t, fake)
+	c := setupHop(t, fake, stream)
 	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
 	defer cancel()
 	_, err := c.Bot("hr").Send(ctx, adapter.Message{})

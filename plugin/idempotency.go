@@ -29,6 +29,9 @@ var (
 	// started and never finished (its plugin process died): it may or may not have been
 	// delivered, and it is not sent again under that key. It matches ErrIdempotencyConflict too.
 	ErrOutcomeUnknown = errors.New("idempotency key's first attempt never finished: outcome unknown")
+	// ErrIdempotencyUnsupported matches (errors.Is) the error of a Send with an idempotency
+	// key to a plugin older than protocol minor 2, which would ignore the key: nothing was sent.
+	ErrIdempotencyUnsupported = errors.New("idempotency key not supported by this plugin")
 )
 
 type idemKeyCtx struct{}

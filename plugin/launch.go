@@ -172,7 +172,8 @@ func (p *Plugin) start(ctx context.Context) error {
 		SyncStdout:       &lineLogger{log: p.log, level: slog.LevelWarn, what: "stdout"},
 		SyncStderr:       &lineLogger{log: p.log, level: slog.LevelWarn, what: "stderr"},
 		GRPCDialOptions: []grpc.DialOption{grpc.WithDefaultCallOptions(
-			grpc.MaxCallRecvMsgSize(MaxMessageSize), grpc.MaxCallSendMsgSize(MaxMessageSize))},
+			grpc.MaxCallRecvMsgSize(MaxMessageSize), grpc.MaxCallSendMsgSize(MaxMessageSize)),
+			grpc.WithStaticStreamWindowSize(streamWindow), grpc.WithStaticConnWindowSize(connWindow)},
 	})
 	fail := func(err error) error {
 		// Past the deadline (Info or Configure unanswered) the plugin is taken as hung: a

@@ -18,8 +18,13 @@ import (
 const ProtocolVersion = 1
 
 // ProtocolMinor grows with additive changes to adapter.proto; a plugin reports it in Info.
-// 1 added the Recall RPC; 2 added SendRequest.idempotency_key.
-const ProtocolMinor = 2
+// 1 added the Recall RPC; 2 added SendRequest.idempotency_key; 3 added the Calls stream, which
+// the host uses for Send and HandleWebhook when the plugin has it, with WebhookRequest's
+// query_pairs and header_pairs (see calls.go).
+const ProtocolMinor = 3
+
+// minorIdempotencyKey is the first ProtocolMinor whose plugins honour SendRequest.idempotency_key.
+const minorIdempotencyKey = 2
 
 // PluginName is the name the adapter service is dispensed under.
 const PluginName = "adapter"

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -37,10 +38,14 @@ const gateEnv = "CHATWIRE_TEST_GATE_DIR"
 // wecomEnv is the wecomtest API base of the plugin-wecom role.
 const wecomEnv = "CHATWIRE_TEST_WECOM_API"
 
+// pluginProfileEnv, set for a benchmark run, names the file the plugin role writes its CPU
+// profile to (go test -bench Hop -cpuprofile host.pprof with CHATWIRE_BENCH_PLUGIN_PROFILE=plugin.pprof).
+const pluginProfileEnv = "CHATWIRE_BENCH_PLUGIN_PROFILE"
+
 func TestMain(m *testing.M) {
 	switch os.Getenv(roleEnv) {
 	case "plugin":
-		servePluginForTest(ProtocolVersion)
+		profilePlugin(func() { servePluginForTest(ProtocolVersion) })
 		os.Exit(0)
 	case "plugin-v2":
 		servePluginForTest(2)
@@ -59,6 +64,17 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	}
 	os.Exit(m.Run())
+}
+
+// profilePlugin runs serve under a CPU profile when pluginProfileEnv names a file.
+func profilePlugin(serve func()) {
+	if path := os.Getenv(pluginProfileEnv); path != "" {
+		if f, err := os.Create(path); err == nil && pprof.StartCPUProfile(f) == nil {
+			defer f.Close()
+			defer pprof.StopCPUProfile()
+		}
+	}
+	serve()
 }
 
 // testAdapter echoes: Send answers with the attachment bytes it got; text "panic" panics,

@@ -73,7 +73,8 @@ func (s *Server) newGRPCServer(opts []grpc.ServerOption) *grpc.Server {
 
 func newGRPCServer(opts []grpc.ServerOption) *grpc.Server {
 	opts = append(opts, grpc.MaxRecvMsgSize(MaxMessageSize), grpc.MaxSendMsgSize(MaxMessageSize),
-		grpc.NumStreamWorkers(streamWorkers))
+		grpc.NumStreamWorkers(streamWorkers),
+		grpc.StaticStreamWindowSize(streamWindow), grpc.StaticConnWindowSize(connWindow))
 	return grpc.NewServer(opts...)
 }
 
@@ -82,6 +83,14 @@ func newGRPCServer(opts []grpc.ServerOption) *grpc.Server {
 // CPU at 2,000 webhooks/s under bench/load (runtime.newstack). When all are busy (long sends)
 // a call gets its own goroutine as before, so they never limit concurrency.
 const streamWorkers = 16
+
+// streamWindow and connWindow are the HTTP/2 flow-control windows of the plugin connection,
+// on both sides: fixed, which turns off gRPC's BDP estimator (a PING and its ack on every
+// call that carries data, at a low call rate).
+const (
+	streamWindow = 4 << 20
+	connWindow   = 16 << 20
+)
 
 // socketDirPrefix names the per-process socket directories [Launch] creates.
 const socketDirPrefix = "chatwire-plugin-"

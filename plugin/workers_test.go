@@ -15,10 +15,14 @@ import (
 )
 
 // TestGRPCServerCallsBeyondStreamWorkers: the plugin's gRPC server (newGRPCServer, with its
-// streamWorkers) serves more calls at once than it has workers: 2×streamWorkers+1 sends that
+// streamWorkers), and its Calls stream, serve more calls at once than it has workers: 2×streamWorkers+1 sends that
 // each wait in the adapter until all of them have arrived all complete. A worker pool that
 // queued calls instead would never let the last one in.
 func TestGRPCServerCallsBeyondStreamWorkers(t *testing.T) {
+	forHops(t, testGRPCServerCallsBeyondStreamWorkers)
+}
+
+func testGRPCServerCallsBeyondStreamWorkers(t *testing.T, stream bool) {
 	const calls = 2*streamWorkers + 1
 	var mu sync.Mutex
 	arrived := 0
@@ -53,6 +57,11 @@ func TestGRPCServerCallsBeyondStreamWorkers(t *testing.T) {
 	}
 	defer cc.Close()
 	c := NewClient(pb.NewAdapterServiceClient(cc))
+	if stream { // the Calls stream has workers of its own, likewise
+		if _, err := c.Info(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if _, err := c.Configure(t.Context(), StoreConfig{}, []BotConfig{{Name: "hr", Platform: "wecom", Config: json.RawMessage(`{}`)}}); err != nil {
 		t.Fatal(err)
 	}

@@ -27,6 +27,279 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type CallRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`                                            // chosen by the host, unique among the stream's calls in flight
+	TimeoutMicros int64                  `protobuf:"varint,2,opt,name=timeout_micros,json=timeoutMicros,proto3" json:"timeout_micros,omitempty"` // the caller's deadline, as the time left; 0: none
+	Cancel        bool                   `protobuf:"varint,3,opt,name=cancel,proto3" json:"cancel,omitempty"`                                    // cancel call id; no call
+	// Types that are valid to be assigned to Call:
+	//
+	//	*CallRequest_Send
+	//	*CallRequest_Webhook
+	Call          isCallRequest_Call `protobuf_oneof:"call"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CallRequest) Reset() {
+	*x = CallRequest{}
+	mi := &file_adapter_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CallRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CallRequest) ProtoMessage() {}
+
+func (x *CallRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_adapter_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CallRequest.ProtoReflect.Descriptor instead.
+func (*CallRequest) Descriptor() ([]byte, []int) {
+	return file_adapter_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *CallRequest) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *CallRequest) GetTimeoutMicros() int64 {
+	if x != nil {
+		return x.TimeoutMicros
+	}
+	return 0
+}
+
+func (x *CallRequest) GetCancel() bool {
+	if x != nil {
+		return x.Cancel
+	}
+	return false
+}
+
+func (x *CallRequest) GetCall() isCallRequest_Call {
+	if x != nil {
+		return x.Call
+	}
+	return nil
+}
+
+func (x *CallRequest) GetSend() *SendRequest {
+	if x != nil {
+		if x, ok := x.Call.(*CallRequest_Send); ok {
+			return x.Send
+		}
+	}
+	return nil
+}
+
+func (x *CallRequest) GetWebhook() *HandleWebhookRequest {
+	if x != nil {
+		if x, ok := x.Call.(*CallRequest_Webhook); ok {
+			return x.Webhook
+		}
+	}
+	return nil
+}
+
+type isCallRequest_Call interface {
+	isCallRequest_Call()
+}
+
+type CallRequest_Send struct {
+	Send *SendRequest `protobuf:"bytes,4,opt,name=send,proto3,oneof"`
+}
+
+type CallRequest_Webhook struct {
+	Webhook *HandleWebhookRequest `protobuf:"bytes,5,opt,name=webhook,proto3,oneof"`
+}
+
+func (*CallRequest_Send) isCallRequest_Call() {}
+
+func (*CallRequest_Webhook) isCallRequest_Call() {}
+
+type CallResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Types that are valid to be assigned to Result:
+	//
+	//	*CallResponse_Send
+	//	*CallResponse_Webhook
+	//	*CallResponse_Error
+	Result        isCallResponse_Result `protobuf_oneof:"result"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CallResponse) Reset() {
+	*x = CallResponse{}
+	mi := &file_adapter_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CallResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CallResponse) ProtoMessage() {}
+
+func (x *CallResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_adapter_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CallResponse.ProtoReflect.Descriptor instead.
+func (*CallResponse) Descriptor() ([]byte, []int) {
+	return file_adapter_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *CallResponse) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *CallResponse) GetResult() isCallResponse_Result {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+func (x *CallResponse) GetSend() *SendResponse {
+	if x != nil {
+		if x, ok := x.Result.(*CallResponse_Send); ok {
+			return x.Send
+		}
+	}
+	return nil
+}
+
+func (x *CallResponse) GetWebhook() *HandleWebhookResponse {
+	if x != nil {
+		if x, ok := x.Result.(*CallResponse_Webhook); ok {
+			return x.Webhook
+		}
+	}
+	return nil
+}
+
+func (x *CallResponse) GetError() *CallError {
+	if x != nil {
+		if x, ok := x.Result.(*CallResponse_Error); ok {
+			return x.Error
+		}
+	}
+	return nil
+}
+
+type isCallResponse_Result interface {
+	isCallResponse_Result()
+}
+
+type CallResponse_Send struct {
+	Send *SendResponse `protobuf:"bytes,2,opt,name=send,proto3,oneof"`
+}
+
+type CallResponse_Webhook struct {
+	Webhook *HandleWebhookResponse `protobuf:"bytes,3,opt,name=webhook,proto3,oneof"`
+}
+
+type CallResponse_Error struct {
+	Error *CallError `protobuf:"bytes,4,opt,name=error,proto3,oneof"`
+}
+
+func (*CallResponse_Send) isCallResponse_Result() {}
+
+func (*CallResponse_Webhook) isCallResponse_Result() {}
+
+func (*CallResponse_Error) isCallResponse_Result() {}
+
+// CallError is a failed call's gRPC status, as a unary call returns it.
+type CallError struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Code          int32                  `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"` // google.golang.org/grpc/codes
+	Message       string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	Detail        *Error                 `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"` // the adapter error, the status detail of a unary call
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CallError) Reset() {
+	*x = CallError{}
+	mi := &file_adapter_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CallError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CallError) ProtoMessage() {}
+
+func (x *CallError) ProtoReflect() protoreflect.Message {
+	mi := &file_adapter_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CallError.ProtoReflect.Descriptor instead.
+func (*CallError) Descriptor() ([]byte, []int) {
+	return file_adapter_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *CallError) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *CallError) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *CallError) GetDetail() *Error {
+	if x != nil {
+		return x.Detail
+	}
+	return nil
+}
+
 type StreamRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Bot           string                 `protobuf:"bytes,1,opt,name=bot,proto3" json:"bot,omitempty"`            // first request only
@@ -41,7 +314,7 @@ type StreamRequest struct {
 
 func (x *StreamRequest) Reset() {
 	*x = StreamRequest{}
-	mi := &file_adapter_proto_msgTypes[0]
+	mi := &file_adapter_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -53,7 +326,7 @@ func (x *StreamRequest) String() string {
 func (*StreamRequest) ProtoMessage() {}
 
 func (x *StreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[0]
+	mi := &file_adapter_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -66,7 +339,7 @@ func (x *StreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamRequest.ProtoReflect.Descriptor instead.
 func (*StreamRequest) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{0}
+	return file_adapter_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *StreamRequest) GetBot() string {
@@ -120,7 +393,7 @@ type StreamResponse struct {
 
 func (x *StreamResponse) Reset() {
 	*x = StreamResponse{}
-	mi := &file_adapter_proto_msgTypes[1]
+	mi := &file_adapter_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -132,7 +405,7 @@ func (x *StreamResponse) String() string {
 func (*StreamResponse) ProtoMessage() {}
 
 func (x *StreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[1]
+	mi := &file_adapter_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -145,7 +418,7 @@ func (x *StreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamResponse.ProtoReflect.Descriptor instead.
 func (*StreamResponse) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{1}
+	return file_adapter_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *StreamResponse) GetReceipt() *Receipt {
@@ -163,7 +436,7 @@ type InfoRequest struct {
 
 func (x *InfoRequest) Reset() {
 	*x = InfoRequest{}
-	mi := &file_adapter_proto_msgTypes[2]
+	mi := &file_adapter_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -175,7 +448,7 @@ func (x *InfoRequest) String() string {
 func (*InfoRequest) ProtoMessage() {}
 
 func (x *InfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[2]
+	mi := &file_adapter_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -188,7 +461,7 @@ func (x *InfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoRequest.ProtoReflect.Descriptor instead.
 func (*InfoRequest) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{2}
+	return file_adapter_proto_rawDescGZIP(), []int{5}
 }
 
 type InfoResponse struct {
@@ -202,7 +475,7 @@ type InfoResponse struct {
 
 func (x *InfoResponse) Reset() {
 	*x = InfoResponse{}
-	mi := &file_adapter_proto_msgTypes[3]
+	mi := &file_adapter_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -214,7 +487,7 @@ func (x *InfoResponse) String() string {
 func (*InfoResponse) ProtoMessage() {}
 
 func (x *InfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[3]
+	mi := &file_adapter_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -227,7 +500,7 @@ func (x *InfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoResponse.ProtoReflect.Descriptor instead.
 func (*InfoResponse) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{3}
+	return file_adapter_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *InfoResponse) GetVersion() string {
@@ -278,7 +551,7 @@ type StoreConfig struct {
 
 func (x *StoreConfig) Reset() {
 	*x = StoreConfig{}
-	mi := &file_adapter_proto_msgTypes[4]
+	mi := &file_adapter_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -290,7 +563,7 @@ func (x *StoreConfig) String() string {
 func (*StoreConfig) ProtoMessage() {}
 
 func (x *StoreConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[4]
+	mi := &file_adapter_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -303,7 +576,7 @@ func (x *StoreConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreConfig.ProtoReflect.Descriptor instead.
 func (*StoreConfig) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{4}
+	return file_adapter_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *StoreConfig) GetRedisUrl() string {
@@ -409,7 +682,7 @@ type BotConfig struct {
 
 func (x *BotConfig) Reset() {
 	*x = BotConfig{}
-	mi := &file_adapter_proto_msgTypes[5]
+	mi := &file_adapter_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -421,7 +694,7 @@ func (x *BotConfig) String() string {
 func (*BotConfig) ProtoMessage() {}
 
 func (x *BotConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[5]
+	mi := &file_adapter_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -434,7 +707,7 @@ func (x *BotConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BotConfig.ProtoReflect.Descriptor instead.
 func (*BotConfig) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{5}
+	return file_adapter_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *BotConfig) GetName() string {
@@ -468,7 +741,7 @@ type ConfigureRequest struct {
 
 func (x *ConfigureRequest) Reset() {
 	*x = ConfigureRequest{}
-	mi := &file_adapter_proto_msgTypes[6]
+	mi := &file_adapter_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -480,7 +753,7 @@ func (x *ConfigureRequest) String() string {
 func (*ConfigureRequest) ProtoMessage() {}
 
 func (x *ConfigureRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[6]
+	mi := &file_adapter_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -493,7 +766,7 @@ func (x *ConfigureRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigureRequest.ProtoReflect.Descriptor instead.
 func (*ConfigureRequest) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{6}
+	return file_adapter_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ConfigureRequest) GetBots() []*BotConfig {
@@ -521,7 +794,7 @@ type BotInfo struct {
 
 func (x *BotInfo) Reset() {
 	*x = BotInfo{}
-	mi := &file_adapter_proto_msgTypes[7]
+	mi := &file_adapter_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -533,7 +806,7 @@ func (x *BotInfo) String() string {
 func (*BotInfo) ProtoMessage() {}
 
 func (x *BotInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[7]
+	mi := &file_adapter_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -546,7 +819,7 @@ func (x *BotInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BotInfo.ProtoReflect.Descriptor instead.
 func (*BotInfo) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{7}
+	return file_adapter_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *BotInfo) GetName() string {
@@ -579,7 +852,7 @@ type ConfigureResponse struct {
 
 func (x *ConfigureResponse) Reset() {
 	*x = ConfigureResponse{}
-	mi := &file_adapter_proto_msgTypes[8]
+	mi := &file_adapter_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -591,7 +864,7 @@ func (x *ConfigureResponse) String() string {
 func (*ConfigureResponse) ProtoMessage() {}
 
 func (x *ConfigureResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[8]
+	mi := &file_adapter_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -604,7 +877,7 @@ func (x *ConfigureResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigureResponse.ProtoReflect.Descriptor instead.
 func (*ConfigureResponse) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{8}
+	return file_adapter_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ConfigureResponse) GetBots() []*BotInfo {
@@ -624,7 +897,7 @@ type Channel struct {
 
 func (x *Channel) Reset() {
 	*x = Channel{}
-	mi := &file_adapter_proto_msgTypes[9]
+	mi := &file_adapter_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -636,7 +909,7 @@ func (x *Channel) String() string {
 func (*Channel) ProtoMessage() {}
 
 func (x *Channel) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[9]
+	mi := &file_adapter_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -649,7 +922,7 @@ func (x *Channel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Channel.ProtoReflect.Descriptor instead.
 func (*Channel) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{9}
+	return file_adapter_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Channel) GetTeam() string {
@@ -683,7 +956,7 @@ type Target struct {
 
 func (x *Target) Reset() {
 	*x = Target{}
-	mi := &file_adapter_proto_msgTypes[10]
+	mi := &file_adapter_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -695,7 +968,7 @@ func (x *Target) String() string {
 func (*Target) ProtoMessage() {}
 
 func (x *Target) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[10]
+	mi := &file_adapter_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -708,7 +981,7 @@ func (x *Target) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Target.ProtoReflect.Descriptor instead.
 func (*Target) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{10}
+	return file_adapter_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Target) GetUser() string {
@@ -784,7 +1057,7 @@ type Mention struct {
 
 func (x *Mention) Reset() {
 	*x = Mention{}
-	mi := &file_adapter_proto_msgTypes[11]
+	mi := &file_adapter_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -796,7 +1069,7 @@ func (x *Mention) String() string {
 func (*Mention) ProtoMessage() {}
 
 func (x *Mention) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[11]
+	mi := &file_adapter_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -809,7 +1082,7 @@ func (x *Mention) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mention.ProtoReflect.Descriptor instead.
 func (*Mention) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{11}
+	return file_adapter_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Mention) GetId() string {
@@ -843,7 +1116,7 @@ type Attachment struct {
 
 func (x *Attachment) Reset() {
 	*x = Attachment{}
-	mi := &file_adapter_proto_msgTypes[12]
+	mi := &file_adapter_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -855,7 +1128,7 @@ func (x *Attachment) String() string {
 func (*Attachment) ProtoMessage() {}
 
 func (x *Attachment) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[12]
+	mi := &file_adapter_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -868,7 +1141,7 @@ func (x *Attachment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Attachment.ProtoReflect.Descriptor instead.
 func (*Attachment) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{12}
+	return file_adapter_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Attachment) GetType() string {
@@ -951,7 +1224,7 @@ type Message struct {
 
 func (x *Message) Reset() {
 	*x = Message{}
-	mi := &file_adapter_proto_msgTypes[13]
+	mi := &file_adapter_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -963,7 +1236,7 @@ func (x *Message) String() string {
 func (*Message) ProtoMessage() {}
 
 func (x *Message) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[13]
+	mi := &file_adapter_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -976,7 +1249,7 @@ func (x *Message) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Message.ProtoReflect.Descriptor instead.
 func (*Message) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{13}
+	return file_adapter_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Message) GetTo() *Target {
@@ -1053,7 +1326,7 @@ type Receipt struct {
 
 func (x *Receipt) Reset() {
 	*x = Receipt{}
-	mi := &file_adapter_proto_msgTypes[14]
+	mi := &file_adapter_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1065,7 +1338,7 @@ func (x *Receipt) String() string {
 func (*Receipt) ProtoMessage() {}
 
 func (x *Receipt) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[14]
+	mi := &file_adapter_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1078,7 +1351,7 @@ func (x *Receipt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Receipt.ProtoReflect.Descriptor instead.
 func (*Receipt) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{14}
+	return file_adapter_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Receipt) GetId() string {
@@ -1118,7 +1391,7 @@ type SendRequest struct {
 
 func (x *SendRequest) Reset() {
 	*x = SendRequest{}
-	mi := &file_adapter_proto_msgTypes[15]
+	mi := &file_adapter_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1130,7 +1403,7 @@ func (x *SendRequest) String() string {
 func (*SendRequest) ProtoMessage() {}
 
 func (x *SendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[15]
+	mi := &file_adapter_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1143,7 +1416,7 @@ func (x *SendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendRequest.ProtoReflect.Descriptor instead.
 func (*SendRequest) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{15}
+	return file_adapter_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SendRequest) GetBot() string {
@@ -1176,7 +1449,7 @@ type SendResponse struct {
 
 func (x *SendResponse) Reset() {
 	*x = SendResponse{}
-	mi := &file_adapter_proto_msgTypes[16]
+	mi := &file_adapter_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1188,7 +1461,7 @@ func (x *SendResponse) String() string {
 func (*SendResponse) ProtoMessage() {}
 
 func (x *SendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[16]
+	mi := &file_adapter_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1201,7 +1474,7 @@ func (x *SendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendResponse.ProtoReflect.Descriptor instead.
 func (*SendResponse) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{16}
+	return file_adapter_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SendResponse) GetReceipt() *Receipt {
@@ -1220,7 +1493,7 @@ type Values struct {
 
 func (x *Values) Reset() {
 	*x = Values{}
-	mi := &file_adapter_proto_msgTypes[17]
+	mi := &file_adapter_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1232,7 +1505,7 @@ func (x *Values) String() string {
 func (*Values) ProtoMessage() {}
 
 func (x *Values) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[17]
+	mi := &file_adapter_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1245,7 +1518,7 @@ func (x *Values) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Values.ProtoReflect.Descriptor instead.
 func (*Values) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{17}
+	return file_adapter_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Values) GetValues() []string {
@@ -1256,20 +1529,26 @@ func (x *Values) GetValues() []string {
 }
 
 type WebhookRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Method        string                 `protobuf:"bytes,1,opt,name=method,proto3" json:"method,omitempty"`
-	Path          string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
-	Query         map[string]*Values     `protobuf:"bytes,3,rep,name=query,proto3" json:"query,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Header        map[string]*Values     `protobuf:"bytes,4,rep,name=header,proto3" json:"header,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Body          []byte                 `protobuf:"bytes,5,opt,name=body,proto3" json:"body,omitempty"`
-	RemoteAddr    string                 `protobuf:"bytes,6,opt,name=remote_addr,json=remoteAddr,proto3" json:"remote_addr,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Method     string                 `protobuf:"bytes,1,opt,name=method,proto3" json:"method,omitempty"`
+	Path       string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	Query      map[string]*Values     `protobuf:"bytes,3,rep,name=query,proto3" json:"query,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Header     map[string]*Values     `protobuf:"bytes,4,rep,name=header,proto3" json:"header,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Body       []byte                 `protobuf:"bytes,5,opt,name=body,proto3" json:"body,omitempty"`
+	RemoteAddr string                 `protobuf:"bytes,6,opt,name=remote_addr,json=remoteAddr,proto3" json:"remote_addr,omitempty"`
+	// query_pairs and header_pairs, since protocol_minor 3 (the host sends them on the Calls
+	// stream), carry query and header as a flat list name, value, name, value, ... (a name
+	// repeats for each of its values, in order) instead of the maps, which cost several times as
+	// much to encode and decode. A plugin reads the maps when the pairs are empty.
+	QueryPairs    []string `protobuf:"bytes,7,rep,name=query_pairs,json=queryPairs,proto3" json:"query_pairs,omitempty"`
+	HeaderPairs   []string `protobuf:"bytes,8,rep,name=header_pairs,json=headerPairs,proto3" json:"header_pairs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *WebhookRequest) Reset() {
 	*x = WebhookRequest{}
-	mi := &file_adapter_proto_msgTypes[18]
+	mi := &file_adapter_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1281,7 +1560,7 @@ func (x *WebhookRequest) String() string {
 func (*WebhookRequest) ProtoMessage() {}
 
 func (x *WebhookRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[18]
+	mi := &file_adapter_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1294,7 +1573,7 @@ func (x *WebhookRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WebhookRequest.ProtoReflect.Descriptor instead.
 func (*WebhookRequest) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{18}
+	return file_adapter_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *WebhookRequest) GetMethod() string {
@@ -1339,6 +1618,20 @@ func (x *WebhookRequest) GetRemoteAddr() string {
 	return ""
 }
 
+func (x *WebhookRequest) GetQueryPairs() []string {
+	if x != nil {
+		return x.QueryPairs
+	}
+	return nil
+}
+
+func (x *WebhookRequest) GetHeaderPairs() []string {
+	if x != nil {
+		return x.HeaderPairs
+	}
+	return nil
+}
+
 type WebhookResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Status        int32                  `protobuf:"varint,1,opt,name=status,proto3" json:"status,omitempty"`
@@ -1350,7 +1643,7 @@ type WebhookResponse struct {
 
 func (x *WebhookResponse) Reset() {
 	*x = WebhookResponse{}
-	mi := &file_adapter_proto_msgTypes[19]
+	mi := &file_adapter_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1362,7 +1655,7 @@ func (x *WebhookResponse) String() string {
 func (*WebhookResponse) ProtoMessage() {}
 
 func (x *WebhookResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[19]
+	mi := &file_adapter_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1375,7 +1668,7 @@ func (x *WebhookResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WebhookResponse.ProtoReflect.Descriptor instead.
 func (*WebhookResponse) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{19}
+	return file_adapter_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *WebhookResponse) GetStatus() int32 {
@@ -1409,7 +1702,7 @@ type Chat struct {
 
 func (x *Chat) Reset() {
 	*x = Chat{}
-	mi := &file_adapter_proto_msgTypes[20]
+	mi := &file_adapter_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1421,7 +1714,7 @@ func (x *Chat) String() string {
 func (*Chat) ProtoMessage() {}
 
 func (x *Chat) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[20]
+	mi := &file_adapter_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1434,7 +1727,7 @@ func (x *Chat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Chat.ProtoReflect.Descriptor instead.
 func (*Chat) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{20}
+	return file_adapter_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Chat) GetId() string {
@@ -1461,7 +1754,7 @@ type Sender struct {
 
 func (x *Sender) Reset() {
 	*x = Sender{}
-	mi := &file_adapter_proto_msgTypes[21]
+	mi := &file_adapter_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1473,7 +1766,7 @@ func (x *Sender) String() string {
 func (*Sender) ProtoMessage() {}
 
 func (x *Sender) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[21]
+	mi := &file_adapter_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1486,7 +1779,7 @@ func (x *Sender) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sender.ProtoReflect.Descriptor instead.
 func (*Sender) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{21}
+	return file_adapter_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Sender) GetId() string {
@@ -1521,7 +1814,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_adapter_proto_msgTypes[22]
+	mi := &file_adapter_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1533,7 +1826,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[22]
+	mi := &file_adapter_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1546,7 +1839,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{22}
+	return file_adapter_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Event) GetId() string {
@@ -1634,7 +1927,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_adapter_proto_msgTypes[23]
+	mi := &file_adapter_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1646,7 +1939,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[23]
+	mi := &file_adapter_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1659,7 +1952,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{23}
+	return file_adapter_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Error) GetKind() string {
@@ -1707,7 +2000,7 @@ type HandleWebhookRequest struct {
 
 func (x *HandleWebhookRequest) Reset() {
 	*x = HandleWebhookRequest{}
-	mi := &file_adapter_proto_msgTypes[24]
+	mi := &file_adapter_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1719,7 +2012,7 @@ func (x *HandleWebhookRequest) String() string {
 func (*HandleWebhookRequest) ProtoMessage() {}
 
 func (x *HandleWebhookRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[24]
+	mi := &file_adapter_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1732,7 +2025,7 @@ func (x *HandleWebhookRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HandleWebhookRequest.ProtoReflect.Descriptor instead.
 func (*HandleWebhookRequest) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{24}
+	return file_adapter_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *HandleWebhookRequest) GetBot() string {
@@ -1760,7 +2053,7 @@ type HandleWebhookResponse struct {
 
 func (x *HandleWebhookResponse) Reset() {
 	*x = HandleWebhookResponse{}
-	mi := &file_adapter_proto_msgTypes[25]
+	mi := &file_adapter_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1772,7 +2065,7 @@ func (x *HandleWebhookResponse) String() string {
 func (*HandleWebhookResponse) ProtoMessage() {}
 
 func (x *HandleWebhookResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[25]
+	mi := &file_adapter_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1785,7 +2078,7 @@ func (x *HandleWebhookResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HandleWebhookResponse.ProtoReflect.Descriptor instead.
 func (*HandleWebhookResponse) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{25}
+	return file_adapter_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *HandleWebhookResponse) GetResponse() *WebhookResponse {
@@ -1818,7 +2111,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_adapter_proto_msgTypes[26]
+	mi := &file_adapter_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1830,7 +2123,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[26]
+	mi := &file_adapter_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1843,7 +2136,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{26}
+	return file_adapter_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *StatusRequest) GetBot() string {
@@ -1875,7 +2168,7 @@ type TokenStatus struct {
 
 func (x *TokenStatus) Reset() {
 	*x = TokenStatus{}
-	mi := &file_adapter_proto_msgTypes[27]
+	mi := &file_adapter_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1887,7 +2180,7 @@ func (x *TokenStatus) String() string {
 func (*TokenStatus) ProtoMessage() {}
 
 func (x *TokenStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[27]
+	mi := &file_adapter_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1900,7 +2193,7 @@ func (x *TokenStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenStatus.ProtoReflect.Descriptor instead.
 func (*TokenStatus) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{27}
+	return file_adapter_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *TokenStatus) GetKey() string {
@@ -2014,7 +2307,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_adapter_proto_msgTypes[28]
+	mi := &file_adapter_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2026,7 +2319,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[28]
+	mi := &file_adapter_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2039,7 +2332,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{28}
+	return file_adapter_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *StatusResponse) GetBot() string {
@@ -2087,7 +2380,7 @@ type UploadRequest struct {
 
 func (x *UploadRequest) Reset() {
 	*x = UploadRequest{}
-	mi := &file_adapter_proto_msgTypes[29]
+	mi := &file_adapter_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2099,7 +2392,7 @@ func (x *UploadRequest) String() string {
 func (*UploadRequest) ProtoMessage() {}
 
 func (x *UploadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[29]
+	mi := &file_adapter_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2112,7 +2405,7 @@ func (x *UploadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UploadRequest.ProtoReflect.Descriptor instead.
 func (*UploadRequest) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{29}
+	return file_adapter_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *UploadRequest) GetBot() string {
@@ -2138,7 +2431,7 @@ type UploadResponse struct {
 
 func (x *UploadResponse) Reset() {
 	*x = UploadResponse{}
-	mi := &file_adapter_proto_msgTypes[30]
+	mi := &file_adapter_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2150,7 +2443,7 @@ func (x *UploadResponse) String() string {
 func (*UploadResponse) ProtoMessage() {}
 
 func (x *UploadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[30]
+	mi := &file_adapter_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2163,7 +2456,7 @@ func (x *UploadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UploadResponse.ProtoReflect.Descriptor instead.
 func (*UploadResponse) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{30}
+	return file_adapter_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *UploadResponse) GetAttachment() *Attachment {
@@ -2189,7 +2482,7 @@ type PollRequest struct {
 
 func (x *PollRequest) Reset() {
 	*x = PollRequest{}
-	mi := &file_adapter_proto_msgTypes[31]
+	mi := &file_adapter_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2201,7 +2494,7 @@ func (x *PollRequest) String() string {
 func (*PollRequest) ProtoMessage() {}
 
 func (x *PollRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[31]
+	mi := &file_adapter_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2214,7 +2507,7 @@ func (x *PollRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PollRequest.ProtoReflect.Descriptor instead.
 func (*PollRequest) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{31}
+	return file_adapter_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *PollRequest) GetBot() string {
@@ -2250,7 +2543,7 @@ type PollResponse struct {
 
 func (x *PollResponse) Reset() {
 	*x = PollResponse{}
-	mi := &file_adapter_proto_msgTypes[32]
+	mi := &file_adapter_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2262,7 +2555,7 @@ func (x *PollResponse) String() string {
 func (*PollResponse) ProtoMessage() {}
 
 func (x *PollResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[32]
+	mi := &file_adapter_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2275,7 +2568,7 @@ func (x *PollResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PollResponse.ProtoReflect.Descriptor instead.
 func (*PollResponse) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{32}
+	return file_adapter_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *PollResponse) GetEvents() []*Event {
@@ -2302,7 +2595,7 @@ type RecallRequest struct {
 
 func (x *RecallRequest) Reset() {
 	*x = RecallRequest{}
-	mi := &file_adapter_proto_msgTypes[33]
+	mi := &file_adapter_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2314,7 +2607,7 @@ func (x *RecallRequest) String() string {
 func (*RecallRequest) ProtoMessage() {}
 
 func (x *RecallRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[33]
+	mi := &file_adapter_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2327,7 +2620,7 @@ func (x *RecallRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecallRequest.ProtoReflect.Descriptor instead.
 func (*RecallRequest) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{33}
+	return file_adapter_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *RecallRequest) GetBot() string {
@@ -2352,7 +2645,7 @@ type RecallResponse struct {
 
 func (x *RecallResponse) Reset() {
 	*x = RecallResponse{}
-	mi := &file_adapter_proto_msgTypes[34]
+	mi := &file_adapter_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2364,7 +2657,7 @@ func (x *RecallResponse) String() string {
 func (*RecallResponse) ProtoMessage() {}
 
 func (x *RecallResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[34]
+	mi := &file_adapter_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2377,7 +2670,7 @@ func (x *RecallResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecallResponse.ProtoReflect.Descriptor instead.
 func (*RecallResponse) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{34}
+	return file_adapter_proto_rawDescGZIP(), []int{37}
 }
 
 type CloseBotRequest struct {
@@ -2389,7 +2682,7 @@ type CloseBotRequest struct {
 
 func (x *CloseBotRequest) Reset() {
 	*x = CloseBotRequest{}
-	mi := &file_adapter_proto_msgTypes[35]
+	mi := &file_adapter_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2401,7 +2694,7 @@ func (x *CloseBotRequest) String() string {
 func (*CloseBotRequest) ProtoMessage() {}
 
 func (x *CloseBotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[35]
+	mi := &file_adapter_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2414,7 +2707,7 @@ func (x *CloseBotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseBotRequest.ProtoReflect.Descriptor instead.
 func (*CloseBotRequest) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{35}
+	return file_adapter_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *CloseBotRequest) GetBot() string {
@@ -2432,7 +2725,7 @@ type CloseBotResponse struct {
 
 func (x *CloseBotResponse) Reset() {
 	*x = CloseBotResponse{}
-	mi := &file_adapter_proto_msgTypes[36]
+	mi := &file_adapter_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2444,7 +2737,7 @@ func (x *CloseBotResponse) String() string {
 func (*CloseBotResponse) ProtoMessage() {}
 
 func (x *CloseBotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[36]
+	mi := &file_adapter_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2457,7 +2750,7 @@ func (x *CloseBotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseBotResponse.ProtoReflect.Descriptor instead.
 func (*CloseBotResponse) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{36}
+	return file_adapter_proto_rawDescGZIP(), []int{39}
 }
 
 type MetricsRequest struct {
@@ -2468,7 +2761,7 @@ type MetricsRequest struct {
 
 func (x *MetricsRequest) Reset() {
 	*x = MetricsRequest{}
-	mi := &file_adapter_proto_msgTypes[37]
+	mi := &file_adapter_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2480,7 +2773,7 @@ func (x *MetricsRequest) String() string {
 func (*MetricsRequest) ProtoMessage() {}
 
 func (x *MetricsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[37]
+	mi := &file_adapter_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2493,7 +2786,7 @@ func (x *MetricsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetricsRequest.ProtoReflect.Descriptor instead.
 func (*MetricsRequest) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{37}
+	return file_adapter_proto_rawDescGZIP(), []int{40}
 }
 
 type MetricsResponse struct {
@@ -2505,7 +2798,7 @@ type MetricsResponse struct {
 
 func (x *MetricsResponse) Reset() {
 	*x = MetricsResponse{}
-	mi := &file_adapter_proto_msgTypes[38]
+	mi := &file_adapter_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2517,7 +2810,7 @@ func (x *MetricsResponse) String() string {
 func (*MetricsResponse) ProtoMessage() {}
 
 func (x *MetricsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_adapter_proto_msgTypes[38]
+	mi := &file_adapter_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2530,7 +2823,7 @@ func (x *MetricsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetricsResponse.ProtoReflect.Descriptor instead.
 func (*MetricsResponse) Descriptor() ([]byte, []int) {
-	return file_adapter_proto_rawDescGZIP(), []int{38}
+	return file_adapter_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *MetricsResponse) GetText() []byte {
@@ -2544,7 +2837,24 @@ var File_adapter_proto protoreflect.FileDescriptor
 
 const file_adapter_proto_rawDesc = "" +
 	"\n" +
-	"\radapter.proto\x12\x13chatwire.adapter.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb9\x01\n" +
+	"\radapter.proto\x12\x13chatwire.adapter.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe3\x01\n" +
+	"\vCallRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12%\n" +
+	"\x0etimeout_micros\x18\x02 \x01(\x03R\rtimeoutMicros\x12\x16\n" +
+	"\x06cancel\x18\x03 \x01(\bR\x06cancel\x126\n" +
+	"\x04send\x18\x04 \x01(\v2 .chatwire.adapter.v1.SendRequestH\x00R\x04send\x12E\n" +
+	"\awebhook\x18\x05 \x01(\v2).chatwire.adapter.v1.HandleWebhookRequestH\x00R\awebhookB\x06\n" +
+	"\x04call\"\xe1\x01\n" +
+	"\fCallResponse\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x127\n" +
+	"\x04send\x18\x02 \x01(\v2!.chatwire.adapter.v1.SendResponseH\x00R\x04send\x12F\n" +
+	"\awebhook\x18\x03 \x01(\v2*.chatwire.adapter.v1.HandleWebhookResponseH\x00R\awebhook\x126\n" +
+	"\x05error\x18\x04 \x01(\v2\x1e.chatwire.adapter.v1.CallErrorH\x00R\x05errorB\b\n" +
+	"\x06result\"m\n" +
+	"\tCallError\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x122\n" +
+	"\x06detail\x18\x03 \x01(\v2\x1a.chatwire.adapter.v1.ErrorR\x06detail\"\xb9\x01\n" +
 	"\rStreamRequest\x12\x10\n" +
 	"\x03bot\x18\x01 \x01(\tR\x03bot\x126\n" +
 	"\amessage\x18\x02 \x01(\v2\x1c.chatwire.adapter.v1.MessageR\amessage\x12\x1a\n" +
@@ -2637,7 +2947,7 @@ const file_adapter_proto_rawDesc = "" +
 	"\fSendResponse\x126\n" +
 	"\areceipt\x18\x01 \x01(\v2\x1c.chatwire.adapter.v1.ReceiptR\areceipt\" \n" +
 	"\x06Values\x12\x16\n" +
-	"\x06values\x18\x01 \x03(\tR\x06values\"\xaf\x03\n" +
+	"\x06values\x18\x01 \x03(\tR\x06values\"\xf3\x03\n" +
 	"\x0eWebhookRequest\x12\x16\n" +
 	"\x06method\x18\x01 \x01(\tR\x06method\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12D\n" +
@@ -2645,7 +2955,10 @@ const file_adapter_proto_rawDesc = "" +
 	"\x06header\x18\x04 \x03(\v2/.chatwire.adapter.v1.WebhookRequest.HeaderEntryR\x06header\x12\x12\n" +
 	"\x04body\x18\x05 \x01(\fR\x04body\x12\x1f\n" +
 	"\vremote_addr\x18\x06 \x01(\tR\n" +
-	"remoteAddr\x1aU\n" +
+	"remoteAddr\x12\x1f\n" +
+	"\vquery_pairs\x18\a \x03(\tR\n" +
+	"queryPairs\x12!\n" +
+	"\fheader_pairs\x18\b \x03(\tR\vheaderPairs\x1aU\n" +
 	"\n" +
 	"QueryEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x121\n" +
@@ -2746,7 +3059,7 @@ const file_adapter_proto_rawDesc = "" +
 	"\x10CloseBotResponse\"\x10\n" +
 	"\x0eMetricsRequest\"%\n" +
 	"\x0fMetricsResponse\x12\x12\n" +
-	"\x04text\x18\x01 \x01(\fR\x04text2\xb8\a\n" +
+	"\x04text\x18\x01 \x01(\fR\x04text2\x8a\b\n" +
 	"\x0eAdapterService\x12K\n" +
 	"\x04Info\x12 .chatwire.adapter.v1.InfoRequest\x1a!.chatwire.adapter.v1.InfoResponse\x12Z\n" +
 	"\tConfigure\x12%.chatwire.adapter.v1.ConfigureRequest\x1a&.chatwire.adapter.v1.ConfigureResponse\x12K\n" +
@@ -2758,7 +3071,8 @@ const file_adapter_proto_rawDesc = "" +
 	"\x06Recall\x12\".chatwire.adapter.v1.RecallRequest\x1a#.chatwire.adapter.v1.RecallResponse\x12W\n" +
 	"\bCloseBot\x12$.chatwire.adapter.v1.CloseBotRequest\x1a%.chatwire.adapter.v1.CloseBotResponse\x12T\n" +
 	"\aMetrics\x12#.chatwire.adapter.v1.MetricsRequest\x1a$.chatwire.adapter.v1.MetricsResponse\x12S\n" +
-	"\x06Stream\x12\".chatwire.adapter.v1.StreamRequest\x1a#.chatwire.adapter.v1.StreamResponse(\x01B:Z8github.com/seed-a64d9e1f/chatwire/plugin/proto;adapterpbb\x06proto3"
+	"\x06Stream\x12\".chatwire.adapter.v1.StreamRequest\x1a#.chatwire.adapter.v1.StreamResponse(\x01\x12P\n" +
+	"\x05Calls\x12 .chatwire.adapter.v1.CallRequest\x1a!.chatwire.adapter.v1.CallResponse(\x010\x01B:Z8github.com/seed-a64d9e1f/chatwire/plugin/proto;adapterpbb\x06proto3"
 
 var (
 	file_adapter_proto_rawDescOnce sync.Once
@@ -2772,115 +3086,126 @@ func file_adapter_proto_rawDescGZIP() []byte {
 	return file_adapter_proto_rawDescData
 }
 
-var file_adapter_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
+var file_adapter_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
 var file_adapter_proto_goTypes = []any{
-	(*StreamRequest)(nil),         // 0: chatwire.adapter.v1.StreamRequest
-	(*StreamResponse)(nil),        // 1: chatwire.adapter.v1.StreamResponse
-	(*InfoRequest)(nil),           // 2: chatwire.adapter.v1.InfoRequest
-	(*InfoResponse)(nil),          // 3: chatwire.adapter.v1.InfoResponse
-	(*StoreConfig)(nil),           // 4: chatwire.adapter.v1.StoreConfig
-	(*BotConfig)(nil),             // 5: chatwire.adapter.v1.BotConfig
-	(*ConfigureRequest)(nil),      // 6: chatwire.adapter.v1.ConfigureRequest
-	(*BotInfo)(nil),               // 7: chatwire.adapter.v1.BotInfo
-	(*ConfigureResponse)(nil),     // 8: chatwire.adapter.v1.ConfigureResponse
-	(*Channel)(nil),               // 9: chatwire.adapter.v1.Channel
-	(*Target)(nil),                // 10: chatwire.adapter.v1.Target
-	(*Mention)(nil),               // 11: chatwire.adapter.v1.Mention
-	(*Attachment)(nil),            // 12: chatwire.adapter.v1.Attachment
-	(*Message)(nil),               // 13: chatwire.adapter.v1.Message
-	(*Receipt)(nil),               // 14: chatwire.adapter.v1.Receipt
-	(*SendRequest)(nil),           // 15: chatwire.adapter.v1.SendRequest
-	(*SendResponse)(nil),          // 16: chatwire.adapter.v1.SendResponse
-	(*Values)(nil),                // 17: chatwire.adapter.v1.Values
-	(*WebhookRequest)(nil),        // 18: chatwire.adapter.v1.WebhookRequest
-	(*WebhookResponse)(nil),       // 19: chatwire.adapter.v1.WebhookResponse
-	(*Chat)(nil),                  // 20: chatwire.adapter.v1.Chat
-	(*Sender)(nil),                // 21: chatwire.adapter.v1.Sender
-	(*Event)(nil),                 // 22: chatwire.adapter.v1.Event
-	(*Error)(nil),                 // 23: chatwire.adapter.v1.Error
-	(*HandleWebhookRequest)(nil),  // 24: chatwire.adapter.v1.HandleWebhookRequest
-	(*HandleWebhookResponse)(nil), // 25: chatwire.adapter.v1.HandleWebhookResponse
-	(*StatusRequest)(nil),         // 26: chatwire.adapter.v1.StatusRequest
-	(*TokenStatus)(nil),           // 27: chatwire.adapter.v1.TokenStatus
-	(*StatusResponse)(nil),        // 28: chatwire.adapter.v1.StatusResponse
-	(*UploadRequest)(nil),         // 29: chatwire.adapter.v1.UploadRequest
-	(*UploadResponse)(nil),        // 30: chatwire.adapter.v1.UploadResponse
-	(*PollRequest)(nil),           // 31: chatwire.adapter.v1.PollRequest
-	(*PollResponse)(nil),          // 32: chatwire.adapter.v1.PollResponse
-	(*RecallRequest)(nil),         // 33: chatwire.adapter.v1.RecallRequest
-	(*RecallResponse)(nil),        // 34: chatwire.adapter.v1.RecallResponse
-	(*CloseBotRequest)(nil),       // 35: chatwire.adapter.v1.CloseBotRequest
-	(*CloseBotResponse)(nil),      // 36: chatwire.adapter.v1.CloseBotResponse
-	(*MetricsRequest)(nil),        // 37: chatwire.adapter.v1.MetricsRequest
-	(*MetricsResponse)(nil),       // 38: chatwire.adapter.v1.MetricsResponse
-	nil,                           // 39: chatwire.adapter.v1.WebhookRequest.QueryEntry
-	nil,                           // 40: chatwire.adapter.v1.WebhookRequest.HeaderEntry
-	nil,                           // 41: chatwire.adapter.v1.WebhookResponse.HeaderEntry
-	(*timestamppb.Timestamp)(nil), // 42: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 43: google.protobuf.Duration
+	(*CallRequest)(nil),           // 0: chatwire.adapter.v1.CallRequest
+	(*CallResponse)(nil),          // 1: chatwire.adapter.v1.CallResponse
+	(*CallError)(nil),             // 2: chatwire.adapter.v1.CallError
+	(*StreamRequest)(nil),         // 3: chatwire.adapter.v1.StreamRequest
+	(*StreamResponse)(nil),        // 4: chatwire.adapter.v1.StreamResponse
+	(*InfoRequest)(nil),           // 5: chatwire.adapter.v1.InfoRequest
+	(*InfoResponse)(nil),          // 6: chatwire.adapter.v1.InfoResponse
+	(*StoreConfig)(nil),           // 7: chatwire.adapter.v1.StoreConfig
+	(*BotConfig)(nil),             // 8: chatwire.adapter.v1.BotConfig
+	(*ConfigureRequest)(nil),      // 9: chatwire.adapter.v1.ConfigureRequest
+	(*BotInfo)(nil),               // 10: chatwire.adapter.v1.BotInfo
+	(*ConfigureResponse)(nil),     // 11: chatwire.adapter.v1.ConfigureResponse
+	(*Channel)(nil),               // 12: chatwire.adapter.v1.Channel
+	(*Target)(nil),                // 13: chatwire.adapter.v1.Target
+	(*Mention)(nil),               // 14: chatwire.adapter.v1.Mention
+	(*Attachment)(nil),            // 15: chatwire.adapter.v1.Attachment
+	(*Message)(nil),               // 16: chatwire.adapter.v1.Message
+	(*Receipt)(nil),               // 17: chatwire.adapter.v1.Receipt
+	(*SendRequest)(nil),           // 18: chatwire.adapter.v1.SendRequest
+	(*SendResponse)(nil),          // 19: chatwire.adapter.v1.SendResponse
+	(*Values)(nil),                // 20: chatwire.adapter.v1.Values
+	(*WebhookRequest)(nil),        // 21: chatwire.adapter.v1.WebhookRequest
+	(*WebhookResponse)(nil),       // 22: chatwire.adapter.v1.WebhookResponse
+	(*Chat)(nil),                  // 23: chatwire.adapter.v1.Chat
+	(*Sender)(nil),                // 24: chatwire.adapter.v1.Sender
+	(*Event)(nil),                 // 25: chatwire.adapter.v1.Event
+	(*Error)(nil),                 // 26: chatwire.adapter.v1.Error
+	(*HandleWebhookRequest)(nil),  // 27: chatwire.adapter.v1.HandleWebhookRequest
+	(*HandleWebhookResponse)(nil), // 28: chatwire.adapter.v1.HandleWebhookResponse
+	(*StatusRequest)(nil),         // 29: chatwire.adapter.v1.StatusRequest
+	(*TokenStatus)(nil),           // 30: chatwire.adapter.v1.TokenStatus
+	(*StatusResponse)(nil),        // 31: chatwire.adapter.v1.StatusResponse
+	(*UploadRequest)(nil),         // 32: chatwire.adapter.v1.UploadRequest
+	(*UploadResponse)(nil),        // 33: chatwire.adapter.v1.UploadResponse
+	(*PollRequest)(nil),           // 34: chatwire.adapter.v1.PollRequest
+	(*PollResponse)(nil),          // 35: chatwire.adapter.v1.PollResponse
+	(*RecallRequest)(nil),         // 36: chatwire.adapter.v1.RecallRequest
+	(*RecallResponse)(nil),        // 37: chatwire.adapter.v1.RecallResponse
+	(*CloseBotRequest)(nil),       // 38: chatwire.adapter.v1.CloseBotRequest
+	(*CloseBotResponse)(nil),      // 39: chatwire.adapter.v1.CloseBotResponse
+	(*MetricsRequest)(nil),        // 40: chatwire.adapter.v1.MetricsRequest
+	(*MetricsResponse)(nil),       // 41: chatwire.adapter.v1.MetricsResponse
+	nil,                           // 42: chatwire.adapter.v1.WebhookRequest.QueryEntry
+	nil,                           // 43: chatwire.adapter.v1.WebhookRequest.HeaderEntry
+	nil,                           // 44: chatwire.adapter.v1.WebhookResponse.HeaderEntry
+	(*timestamppb.Timestamp)(nil), // 45: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 46: google.protobuf.Duration
 }
 var file_adapter_proto_depIdxs = []int32{
-	13, // 0: chatwire.adapter.v1.StreamRequest.message:type_name -> chatwire.adapter.v1.Message
-	14, // 1: chatwire.adapter.v1.StreamResponse.receipt:type_name -> chatwire.adapter.v1.Receipt
-	5,  // 2: chatwire.adapter.v1.ConfigureRequest.bots:type_name -> chatwire.adapter.v1.BotConfig
-	4,  // 3: chatwire.adapter.v1.ConfigureRequest.store:type_name -> chatwire.adapter.v1.StoreConfig
-	7,  // 4: chatwire.adapter.v1.ConfigureResponse.bots:type_name -> chatwire.adapter.v1.BotInfo
-	9,  // 5: chatwire.adapter.v1.Target.channel:type_name -> chatwire.adapter.v1.Channel
-	10, // 6: chatwire.adapter.v1.Message.to:type_name -> chatwire.adapter.v1.Target
-	11, // 7: chatwire.adapter.v1.Message.mentions:type_name -> chatwire.adapter.v1.Mention
-	12, // 8: chatwire.adapter.v1.Message.attachments:type_name -> chatwire.adapter.v1.Attachment
-	13, // 9: chatwire.adapter.v1.SendRequest.message:type_name -> chatwire.adapter.v1.Message
-	14, // 10: chatwire.adapter.v1.SendResponse.receipt:type_name -> chatwire.adapter.v1.Receipt
-	39, // 11: chatwire.adapter.v1.WebhookRequest.query:type_name -> chatwire.adapter.v1.WebhookRequest.QueryEntry
-	40, // 12: chatwire.adapter.v1.WebhookRequest.header:type_name -> chatwire.adapter.v1.WebhookRequest.HeaderEntry
-	41, // 13: chatwire.adapter.v1.WebhookResponse.header:type_name -> chatwire.adapter.v1.WebhookResponse.HeaderEntry
-	20, // 14: chatwire.adapter.v1.Event.chat:type_name -> chatwire.adapter.v1.Chat
-	21, // 15: chatwire.adapter.v1.Event.sender:type_name -> chatwire.adapter.v1.Sender
-	12, // 16: chatwire.adapter.v1.Event.attachments:type_name -> chatwire.adapter.v1.Attachment
-	42, // 17: chatwire.adapter.v1.Event.time:type_name -> google.protobuf.Timestamp
-	43, // 18: chatwire.adapter.v1.Error.retry_after:type_name -> google.protobuf.Duration
-	18, // 19: chatwire.adapter.v1.HandleWebhookRequest.request:type_name -> chatwire.adapter.v1.WebhookRequest
-	19, // 20: chatwire.adapter.v1.HandleWebhookResponse.response:type_name -> chatwire.adapter.v1.WebhookResponse
-	22, // 21: chatwire.adapter.v1.HandleWebhookResponse.events:type_name -> chatwire.adapter.v1.Event
-	23, // 22: chatwire.adapter.v1.HandleWebhookResponse.error:type_name -> chatwire.adapter.v1.Error
-	42, // 23: chatwire.adapter.v1.TokenStatus.expires_at:type_name -> google.protobuf.Timestamp
-	42, // 24: chatwire.adapter.v1.TokenStatus.refresh_at:type_name -> google.protobuf.Timestamp
-	42, // 25: chatwire.adapter.v1.TokenStatus.last_refresh:type_name -> google.protobuf.Timestamp
-	42, // 26: chatwire.adapter.v1.TokenStatus.next_attempt:type_name -> google.protobuf.Timestamp
-	27, // 27: chatwire.adapter.v1.StatusResponse.tokens:type_name -> chatwire.adapter.v1.TokenStatus
-	12, // 28: chatwire.adapter.v1.UploadRequest.attachment:type_name -> chatwire.adapter.v1.Attachment
-	12, // 29: chatwire.adapter.v1.UploadResponse.attachment:type_name -> chatwire.adapter.v1.Attachment
-	22, // 30: chatwire.adapter.v1.PollResponse.events:type_name -> chatwire.adapter.v1.Event
-	17, // 31: chatwire.adapter.v1.WebhookRequest.QueryEntry.value:type_name -> chatwire.adapter.v1.Values
-	17, // 32: chatwire.adapter.v1.WebhookRequest.HeaderEntry.value:type_name -> chatwire.adapter.v1.Values
-	17, // 33: chatwire.adapter.v1.WebhookResponse.HeaderEntry.value:type_name -> chatwire.adapter.v1.Values
-	2,  // 34: chatwire.adapter.v1.AdapterService.Info:input_type -> chatwire.adapter.v1.InfoRequest
-	6,  // 35: chatwire.adapter.v1.AdapterService.Configure:input_type -> chatwire.adapter.v1.ConfigureRequest
-	15, // 36: chatwire.adapter.v1.AdapterService.Send:input_type -> chatwire.adapter.v1.SendRequest
-	24, // 37: chatwire.adapter.v1.AdapterService.HandleWebhook:input_type -> chatwire.adapter.v1.HandleWebhookRequest
-	26, // 38: chatwire.adapter.v1.AdapterService.Status:input_type -> chatwire.adapter.v1.StatusRequest
-	29, // 39: chatwire.adapter.v1.AdapterService.Upload:input_type -> chatwire.adapter.v1.UploadRequest
-	31, // 40: chatwire.adapter.v1.AdapterService.Poll:input_type -> chatwire.adapter.v1.PollRequest
-	33, // 41: chatwire.adapter.v1.AdapterService.Recall:input_type -> chatwire.adapter.v1.RecallRequest
-	35, // 42: chatwire.adapter.v1.AdapterService.CloseBot:input_type -> chatwire.adapter.v1.CloseBotRequest
-	37, // 43: chatwire.adapter.v1.AdapterService.Metrics:input_type -> chatwire.adapter.v1.MetricsRequest
-	0,  // 44: chatwire.adapter.v1.AdapterService.Stream:input_type -> chatwire.adapter.v1.StreamRequest
-	3,  // 45: chatwire.adapter.v1.AdapterService.Info:output_type -> chatwire.adapter.v1.InfoResponse
-	8,  // 46: chatwire.adapter.v1.AdapterService.Configure:output_type -> chatwire.adapter.v1.ConfigureResponse
-	16, // 47: chatwire.adapter.v1.AdapterService.Send:output_type -> chatwire.adapter.v1.SendResponse
-	25, // 48: chatwire.adapter.v1.AdapterService.HandleWebhook:output_type -> chatwire.adapter.v1.HandleWebhookResponse
-	28, // 49: chatwire.adapter.v1.AdapterService.Status:output_type -> chatwire.adapter.v1.StatusResponse
-	30, // 50: chatwire.adapter.v1.AdapterService.Upload:output_type -> chatwire.adapter.v1.UploadResponse
-	32, // 51: chatwire.adapter.v1.AdapterService.Poll:output_type -> chatwire.adapter.v1.PollResponse
-	34, // 52: chatwire.adapter.v1.AdapterService.Recall:output_type -> chatwire.adapter.v1.RecallResponse
-	36, // 53: chatwire.adapter.v1.AdapterService.CloseBot:output_type -> chatwire.adapter.v1.CloseBotResponse
-	38, // 54: chatwire.adapter.v1.AdapterService.Metrics:output_type -> chatwire.adapter.v1.MetricsResponse
-	1,  // 55: chatwire.adapter.v1.AdapterService.Stream:output_type -> chatwire.adapter.v1.StreamResponse
-	45, // [45:56] is the sub-list for method output_type
-	34, // [34:45] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	18, // 0: chatwire.adapter.v1.CallRequest.send:type_name -> chatwire.adapter.v1.SendRequest
+	27, // 1: chatwire.adapter.v1.CallRequest.webhook:type_name -> chatwire.adapter.v1.HandleWebhookRequest
+	19, // 2: chatwire.adapter.v1.CallResponse.send:type_name -> chatwire.adapter.v1.SendResponse
+	28, // 3: chatwire.adapter.v1.CallResponse.webhook:type_name -> chatwire.adapter.v1.HandleWebhookResponse
+	2,  // 4: chatwire.adapter.v1.CallResponse.error:type_name -> chatwire.adapter.v1.CallError
+	26, // 5: chatwire.adapter.v1.CallError.detail:type_name -> chatwire.adapter.v1.Error
+	16, // 6: chatwire.adapter.v1.StreamRequest.message:type_name -> chatwire.adapter.v1.Message
+	17, // 7: chatwire.adapter.v1.StreamResponse.receipt:type_name -> chatwire.adapter.v1.Receipt
+	8,  // 8: chatwire.adapter.v1.ConfigureRequest.bots:type_name -> chatwire.adapter.v1.BotConfig
+	7,  // 9: chatwire.adapter.v1.ConfigureRequest.store:type_name -> chatwire.adapter.v1.StoreConfig
+	10, // 10: chatwire.adapter.v1.ConfigureResponse.bots:type_name -> chatwire.adapter.v1.BotInfo
+	12, // 11: chatwire.adapter.v1.Target.channel:type_name -> chatwire.adapter.v1.Channel
+	13, // 12: chatwire.adapter.v1.Message.to:type_name -> chatwire.adapter.v1.Target
+	14, // 13: chatwire.adapter.v1.Message.mentions:type_name -> chatwire.adapter.v1.Mention
+	15, // 14: chatwire.adapter.v1.Message.attachments:type_name -> chatwire.adapter.v1.Attachment
+	16, // 15: chatwire.adapter.v1.SendRequest.message:type_name -> chatwire.adapter.v1.Message
+	17, // 16: chatwire.adapter.v1.SendResponse.receipt:type_name -> chatwire.adapter.v1.Receipt
+	42, // 17: chatwire.adapter.v1.WebhookRequest.query:type_name -> chatwire.adapter.v1.WebhookRequest.QueryEntry
+	43, // 18: chatwire.adapter.v1.WebhookRequest.header:type_name -> chatwire.adapter.v1.WebhookRequest.HeaderEntry
+	44, // 19: chatwire.adapter.v1.WebhookResponse.header:type_name -> chatwire.adapter.v1.WebhookResponse.HeaderEntry
+	23, // 20: chatwire.adapter.v1.Event.chat:type_name -> chatwire.adapter.v1.Chat
+	24, // 21: chatwire.adapter.v1.Event.sender:type_name -> chatwire.adapter.v1.Sender
+	15, // 22: chatwire.adapter.v1.Event.attachments:type_name -> chatwire.adapter.v1.Attachment
+	45, // 23: chatwire.adapter.v1.Event.time:type_name -> google.protobuf.Timestamp
+	46, // 24: chatwire.adapter.v1.Error.retry_after:type_name -> google.protobuf.Duration
+	21, // 25: chatwire.adapter.v1.HandleWebhookRequest.request:type_name -> chatwire.adapter.v1.WebhookRequest
+	22, // 26: chatwire.adapter.v1.HandleWebhookResponse.response:type_name -> chatwire.adapter.v1.WebhookResponse
+	25, // 27: chatwire.adapter.v1.HandleWebhookResponse.events:type_name -> chatwire.adapter.v1.Event
+	26, // 28: chatwire.adapter.v1.HandleWebhookResponse.error:type_name -> chatwire.adapter.v1.Error
+	45, // 29: chatwire.adapter.v1.TokenStatus.expires_at:type_name -> google.protobuf.Timestamp
+	45, // 30: chatwire.adapter.v1.TokenStatus.refresh_at:type_name -> google.protobuf.Timestamp
+	45, // 31: chatwire.adapter.v1.TokenStatus.last_refresh:type_name -> google.protobuf.Timestamp
+	45, // 32: chatwire.adapter.v1.TokenStatus.next_attempt:type_name -> google.protobuf.Timestamp
+	30, // 33: chatwire.adapter.v1.StatusResponse.tokens:type_name -> chatwire.adapter.v1.TokenStatus
+	15, // 34: chatwire.adapter.v1.UploadRequest.attachment:type_name -> chatwire.adapter.v1.Attachment
+	15, // 35: chatwire.adapter.v1.UploadResponse.attachment:type_name -> chatwire.adapter.v1.Attachment
+	25, // 36: chatwire.adapter.v1.PollResponse.events:type_name -> chatwire.adapter.v1.Event
+	20, // 37: chatwire.adapter.v1.WebhookRequest.QueryEntry.value:type_name -> chatwire.adapter.v1.Values
+	20, // 38: chatwire.adapter.v1.WebhookRequest.HeaderEntry.value:type_name -> chatwire.adapter.v1.Values
+	20, // 39: chatwire.adapter.v1.WebhookResponse.HeaderEntry.value:type_name -> chatwire.adapter.v1.Values
+	5,  // 40: chatwire.adapter.v1.AdapterService.Info:input_type -> chatwire.adapter.v1.InfoRequest
+	9,  // 41: chatwire.adapter.v1.AdapterService.Configure:input_type -> chatwire.adapter.v1.ConfigureRequest
+	18, // 42: chatwire.adapter.v1.AdapterService.Send:input_type -> chatwire.adapter.v1.SendRequest
+	27, // 43: chatwire.adapter.v1.AdapterService.HandleWebhook:input_type -> chatwire.adapter.v1.HandleWebhookRequest
+	29, // 44: chatwire.adapter.v1.AdapterService.Status:input_type -> chatwire.adapter.v1.StatusRequest
+	32, // 45: chatwire.adapter.v1.AdapterService.Upload:input_type -> chatwire.adapter.v1.UploadRequest
+	34, // 46: chatwire.adapter.v1.AdapterService.Poll:input_type -> chatwire.adapter.v1.PollRequest
+	36, // 47: chatwire.adapter.v1.AdapterService.Recall:input_type -> chatwire.adapter.v1.RecallRequest
+	38, // 48: chatwire.adapter.v1.AdapterService.CloseBot:input_type -> chatwire.adapter.v1.CloseBotRequest
+	40, // 49: chatwire.adapter.v1.AdapterService.Metrics:input_type -> chatwire.adapter.v1.MetricsRequest
+	3,  // 50: chatwire.adapter.v1.AdapterService.Stream:input_type -> chatwire.adapter.v1.StreamRequest
+	0,  // 51: chatwire.adapter.v1.AdapterService.Calls:input_type -> chatwire.adapter.v1.CallRequest
+	6,  // 52: chatwire.adapter.v1.AdapterService.Info:output_type -> chatwire.adapter.v1.InfoResponse
+	11, // 53: chatwire.adapter.v1.AdapterService.Configure:output_type -> chatwire.adapter.v1.ConfigureResponse
+	19, // 54: chatwire.adapter.v1.AdapterService.Send:output_type -> chatwire.adapter.v1.SendResponse
+	28, // 55: chatwire.adapter.v1.AdapterService.HandleWebhook:output_type -> chatwire.adapter.v1.HandleWebhookResponse
+	31, // 56: chatwire.adapter.v1.AdapterService.Status:output_type -> chatwire.adapter.v1.StatusResponse
+	33, // 57: chatwire.adapter.v1.AdapterService.Upload:output_type -> chatwire.adapter.v1.UploadResponse
+	35, // 58: chatwire.adapter.v1.AdapterService.Poll:output_type -> chatwire.adapter.v1.PollResponse
+	37, // 59: chatwire.adapter.v1.AdapterService.Recall:output_type -> chatwire.adapter.v1.RecallResponse
+	39, // 60: chatwire.adapter.v1.AdapterService.CloseBot:output_type -> chatwire.adapter.v1.CloseBotResponse
+	41, // 61: chatwire.adapter.v1.AdapterService.Metrics:output_type -> chatwire.adapter.v1.MetricsResponse
+	4,  // 62: chatwire.adapter.v1.AdapterService.Stream:output_type -> chatwire.adapter.v1.StreamResponse
+	1,  // 63: chatwire.adapter.v1.AdapterService.Calls:output_type -> chatwire.adapter.v1.CallResponse
+	52, // [52:64] is the sub-list for method output_type
+	40, // [40:52] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_adapter_proto_init() }
@@ -2888,13 +3213,22 @@ func file_adapter_proto_init() {
 	if File_adapter_proto != nil {
 		return
 	}
+	file_adapter_proto_msgTypes[0].OneofWrappers = []any{
+		(*CallRequest_Send)(nil),
+		(*CallRequest_Webhook)(nil),
+	}
+	file_adapter_proto_msgTypes[1].OneofWrappers = []any{
+		(*CallResponse_Send)(nil),
+		(*CallResponse_Webhook)(nil),
+		(*CallResponse_Error)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_adapter_proto_rawDesc), len(file_adapter_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   42,
+			NumMessages:   45,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

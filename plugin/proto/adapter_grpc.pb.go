@@ -34,6 +34,7 @@ const (
 	AdapterService_CloseBot_FullMethodName      = "/chatwire.adapter.v1.AdapterService/CloseBot"
 	AdapterService_Metrics_FullMethodName       = "/chatwire.adapter.v1.AdapterService/Metrics"
 	AdapterService_Stream_FullMethodName        = "/chatwire.adapter.v1.AdapterService/Stream"
+	AdapterService_Calls_FullMethodName         = "/chatwire.adapter.v1.AdapterService/Calls"
 )
 
 // AdapterServiceClient is the client API for AdapterService service.
@@ -69,6 +70,13 @@ type AdapterServiceClient interface {
 	// answer is the receipt, sent when the platform has the whole reply. A bot whose platform
 	// cannot stream collects the text and sends it once.
 	Stream(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[StreamRequest, StreamResponse], error)
+	// Calls carries Send and HandleWebhook calls, any number at a time, on one long-lived
+	// stream: each request has an id its response repeats, so responses come in any order. It
+	// costs far less per call than a unary RPC (no HTTP/2 stream, headers or trailers per call).
+	// A request with cancel set cancels the call with its id (the host gave up on it); a call
+	// that fails answers with error, the status a unary call would have returned. Since
+	// protocol_minor 3; the host makes unary calls to older plugins.
+	Calls(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[CallRequest, CallResponse], error)
 }
 
 type adapterServiceClient struct {
@@ -192,6 +200,19 @@ func (c *adapterServiceClient) Stream(ctx context.Context, opts ...grpc.CallOpti
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AdapterService_StreamClient = grpc.ClientStreamingClient[StreamRequest, StreamResponse]
 
+func (c *adapterServiceClient) Calls(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[CallRequest, CallResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AdapterService_ServiceDesc.Streams[1], AdapterService_Calls_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[CallRequest, CallResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdapterService_CallsClient = grpc.BidiStreamingClient[CallRequest, CallResponse]
+
 // AdapterServiceServer is the server API for AdapterService service.
 // All implementations must embed UnimplementedAdapterServiceServer
 // for forward compatibility.
@@ -225,6 +246,13 @@ type AdapterServiceServer interface {
 	// answer is the receipt, sent when the platform has the whole reply. A bot whose platform
 	// cannot stream collects the text and sends it once.
 	Stream(grpc.ClientStreamingServer[StreamRequest, StreamResponse]) error
+	// Calls carries Send and HandleWebhook calls, any number at a time, on one long-lived
+	// stream: each request has an id its response repeats, so responses come in any order. It
+	// costs far less per call than a unary RPC (no HTTP/2 stream, headers or trailers per call).
+	// A request with cancel set cancels the call with its id (the host gave up on it); a call
+	// that fails answers with error, the status a unary call would have returned. Since
+	// protocol_minor 3; the host makes unary calls to older plugins.
+	Calls(grpc.BidiStreamingServer[CallRequest, CallResponse]) error
 	mustEmbedUnimplementedAdapterServiceServer()
 }
 
@@ -267,6 +295,9 @@ func (UnimplementedAdapterServiceServer) Metrics(context.Context, *MetricsReques
 }
 func (UnimplementedAdapterServiceServer) Stream(grpc.ClientStreamingServer[StreamRequest, StreamResponse]) error {
 	return status.Error(codes.Unimplemented, "method Stream not implemented")
+}
+func (UnimplementedAdapterServiceServer) Calls(grpc.BidiStreamingServer[CallRequest, CallResponse]) error {
+	return status.Error(codes.Unimplemented, "method Calls not implemented")
 }
 func (UnimplementedAdapterServiceServer) mustEmbedUnimplementedAdapterServiceServer() {}
 func (UnimplementedAdapterServiceServer) testEmbeddedByValue()                        {}
@@ -476,6 +507,13 @@ func _AdapterService_Stream_Handler(srv interface{}, stream grpc.ServerStream) e
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AdapterService_StreamServer = grpc.ClientStreamingServer[StreamRequest, StreamResponse]
 
+func _AdapterService_Calls_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(AdapterServiceServer).Calls(&grpc.GenericServerStream[CallRequest, CallResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdapterService_CallsServer = grpc.BidiStreamingServer[CallRequest, CallResponse]
+
 // AdapterService_ServiceDesc is the grpc.ServiceDesc for AdapterService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -528,6 +566,12 @@ var AdapterService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "Stream",
 			Handler:       _AdapterService_Stream_Handler,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "Calls",
+			Handler:       _AdapterService_Calls_Handler,
+			ServerStreams: true,
 			ClientStreams: true,
 		},
 	},
