@@ -369,9 +369,6 @@ func (s *server) enqueue(ctx context.Context, b *bot, events []adapter.Event) er
 	return nil
 }
 
-// jsonEvent is an event's JSON as SSE and delivery send it.
-func jsonEvent(e adapter.Event) ([]byte, error) { return json.Marshal(e) }
-
 // countQueued logs and counts an event queued or dropped as a duplicate.
 func (s *server) countQueued(b *bot, e adapter.Event, dup bool) {
 	if dup {
