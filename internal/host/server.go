@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -38,6 +39,7 @@ type bot struct {
 	platform string
 	adapter  adapter.Adapter
 	events   eventlog.Log // deduplicates and holds the bot's events
+	hot      atomic.Pointer[hotMetrics]
 }
 
 func newBot(name, platform string, a adapter.Adapter, l eventlog.Log) *bot {
@@ -265,7 +267,8 @@ func (s *server) webhook(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
-	defer observeSince(s.m.hookTime.WithLabelValues(b.name), time.Now())
+	hot := s.m.hot(b)
+	defer observeSince(hot.hookTime, time.Now())
 	if !s.ready() {
 		s.m.webhooks.WithLabelValues(b.name, "unavailable").Inc()
 		w.Header().Set("Retry-After", "1")
@@ -295,7 +298,7 @@ func (s *server) webhook(w http.ResponseWriter, r *http.Request) {
 	rc := http.NewResponseController(w)
 	deadline, _ := ctx.Deadline()
 	rc.SetReadDeadline(deadline)
-	req, err := adapter.NewWebhookRequest(r, 0)
+	req, err := webhookRequest(r, adapter.DefaultMaxWebhookBody)
 	rc.SetReadDeadline(time.Time{}) // read: a deadline left set would cancel ctx when it passes
 	if err != nil {
 		status := adapter.HTTPStatus(err)
@@ -340,7 +343,7 @@ func (s *server) webhook(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "try again", http.StatusServiceUnavailable)
 		return
 	}
-	s.m.webhooks.WithLabelValues(b.name, "ok").Inc()
+	hot.webhooksOK.Inc()
 	resp.Write(w)
 }
 
@@ -363,21 +366,28 @@ func (s *server) enqueue(ctx context.Context, b *bot, events []adapter.Event) er
 	if err != nil {
 		return err
 	}
-	for i, e := range events {
-		s.countQueued(b, e, out[i].Duplicate)
+	for i := range events {
+		s.countQueued(ctx, b, &events[i], out[i].Duplicate)
 	}
 	return nil
 }
 
 // countQueued logs and counts an event queued or dropped as a duplicate.
-func (s *server) countQueued(b *bot, e adapter.Event, dup bool) {
+// A line's attributes are built only when its level is enabled: boxing them costs an
+// allocation per event even when the line is dropped.
+func (s *server) countQueued(ctx context.Context, b *bot, e *adapter.Event, dup bool) {
+	hot := s.m.hot(b)
 	if dup {
-		s.m.events.WithLabelValues(b.name, "duplicate").Inc()
-		s.log.Info("duplicate event dropped", "bot", b.name, "event", e.ID)
+		hot.duplicate.Inc()
+		if s.log.Enabled(ctx, slog.LevelInfo) {
+			s.log.InfoContext(ctx, "duplicate event dropped", "bot", b.name, "event", e.ID)
+		}
 		return
 	}
-	s.m.events.WithLabelValues(b.name, "queued").Inc()
-	s.log.Debug("event queued", "bot", b.name, "event", e.ID, "kind", e.Kind)
+	hot.queued.Inc()
+	if s.log.Enabled(ctx, slog.LevelDebug) {
+		s.log.DebugContext(ctx, "event queued", "bot", b.name, "event", e.ID, "kind", e.Kind)
+	}
 }
 
 // sendResponse is the answer to a successful send.
@@ -616,6 +626,11 @@ func (s *server) events(w http.ResponseWriter, r *http.Request) {
 		marker.sent(high)
 	}
 }
+
+const (
+	ssePing  = 15 * time.Second
+	sseRenew = time.Second
+)
 
 // appendSSE appends ev as one Server-Sent Event (id:, event:, data: lines) to buf. Kind and
 // Data hold no newline: Kind is a word and Data compact JSON.
