@@ -5,10 +5,12 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -111,5 +113,39 @@ func TestCountQueuedNoAllocs(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(s.m.events.WithLabelValues("hr", "duplicate")); n != 1 {
 		t.Errorf("chatwire_events_total{outcome=duplicate} = %v; want 1", n)
+	}
+}
+
+// TestWebhookDateHeader: a webhook's answer carries one Date header, this second's in the
+// HTTP format, also across a change of second (the host sets it from a per-second cache).
+func TestWebhookDateHeader(t *testing.T) {
+	ev, body := wecomEvent(t)
+	l := eventlog.NewMemory(eventlog.Options{})
+	defer l.Close()
+	m := newMetrics()
+	s := &server{
+		bots:  map[string]*bot{"hr": newBot("hr", adapter.PlatformWeCom, &hookAdapter{ev: ev}, l)},
+		names: []string{"hr"}, ready: func() bool { return true },
+		log: slog.New(slog.DiscardHandler), m: m, closing: make(chan struct{}),
+	}
+	srv := httptest.NewServer(s.routes())
+	defer srv.Close()
+	for range 3 {
+		before := time.Now().Truncate(time.Second)
+		resp, err := http.Post(srv.URL+"/webhook/hr", "text/xml", bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		after := time.Now()
+		dates := resp.Header.Values("Date")
+		if resp.StatusCode != 200 || len(dates) != 1 {
+			t.Fatalf("answer %d with Date %q; want 200 and one Date", resp.StatusCode, dates)
+		}
+		d, err := http.ParseTime(dates[0])
+		if err != nil || d.Before(before) || d.After(after) || dates[0] != d.UTC().Format(http.TimeFormat) {
+			t.Fatalf("Date %q (%v): want this second (%v to %v) in the HTTP format", dates[0], err, before, after)
+		}
+		time.Sleep(time.Second / 2) // the next one may be in the next second
 	}
 }
