@@ -3,6 +3,7 @@ package host
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"time"
@@ -56,6 +57,30 @@ func (b *bodyBudget) hold(r *http.Request, limit int64) (release func(), err err
 		if b.held != nil {
 			b.held(-float64(n))
 		}
+	}, nil
+}
+
+// webhookRequest reads r's body, at most limit bytes, and returns r as the adapter's
+// request. A body with a Content-Length (the budget has held that many bytes) is read into a
+// buffer of its size, not grown from 512 bytes as io.ReadAll does; the adapter gets r's
+// header itself, not a copy: the plugin client copies it into its RPC and the host does not
+// read it after. Otherwise it is what adapter.NewWebhookRequest(r, limit) returns.
+func webhookRequest(r *http.Request, limit int64) (*adapter.WebhookRequest, error) {
+	n := r.ContentLength
+	if n < 0 || n > limit {
+		return adapter.NewWebhookRequest(r, limit)
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(r.Body, body); err != nil {
+		return nil, &adapter.Error{Kind: adapter.KindInvalidRequest, Message: "reading webhook body", Err: err}
+	}
+	return &adapter.WebhookRequest{
+		Method:     r.Method,
+		Path:       r.URL.Path,
+		Query:      r.URL.Query(),
+		Header:     r.Header,
+		Body:       body,
+		RemoteAddr: r.RemoteAddr,
 	}, nil
 }
 

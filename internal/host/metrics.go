@@ -57,6 +57,31 @@ func newMetrics() *metrics {
 	return m
 }
 
+// hotMetrics are a bot's metric children on the webhook path, looked up once rather than
+// per request: WithLabelValues hashes the labels and takes a lock every time.
+type hotMetrics struct {
+	m          *metrics // whose children these are
+	hookTime   prometheus.Observer
+	webhooksOK prometheus.Counter
+	queued     prometheus.Counter
+	duplicate  prometheus.Counter
+}
+
+// hot returns b's webhook path metrics, looking them up on first use.
+func (m *metrics) hot(b *bot) *hotMetrics {
+	if h := b.hot.Load(); h != nil && h.m == m {
+		return h
+	}
+	h := &hotMetrics{m: m,
+		hookTime:   m.hookTime.WithLabelValues(b.name),
+		webhooksOK: m.webhooks.WithLabelValues(b.name, "ok"),
+		queued:     m.events.WithLabelValues(b.name, "queued"),
+		duplicate:  m.events.WithLabelValues(b.name, "duplicate"),
+	}
+	b.hot.Store(h) // a racing lookup stores the same children
+	return h
+}
+
 // pluginGatherer gathers the plugin's metrics over RPC; while the plugin is down it
 // contributes nothing rather than failing the scrape.
 type pluginGatherer struct {
