@@ -53,8 +53,13 @@ type hub struct {
 	rdb     redis.UniversalClient
 	cluster bool // group by slot and poll, see above
 
-	mu   sync.Mutex // guards logs
+	mu   sync.Mutex // guards logs and lookSoon
 	logs map[*Redis]struct{}
+	// lookSoon asks for a look before the next read: a log was added, and its readers read
+	// with XRANGE until the hub's first look at its stream gives the hub a position there.
+	lookSoon bool
+	// kick wakes a polling hub (cluster) early: this process appended.
+	kick chan struct{}
 	// proc is held while the hub hands a round's results to its logs, so that once
 	// unregister returns the hub no longer touches that log.
 	proc sync.Mutex
@@ -77,7 +82,7 @@ func register(l *Redis) *hub {
 	h := hubs.m[l.rdb]
 	if h == nil {
 		ctx, cancel := context.WithCancel(context.Background())
-		h = &hub{rdb: l.rdb, logs: map[*Redis]struct{}{}, stop: cancel, done: make(chan struct{}),
+		h = &hub{rdb: l.rdb, logs: map[*Redis]struct{}{}, stop: cancel, done: make(chan struct{}), kick: make(chan struct{}, 1),
 			retry: backoff.Backoff{Base: 100 * time.Millisecond, Max: 5 * time.Second, Jitter: 0.5}}
 		switch l.rdb.(type) {
 		case *redis.ClusterClient, *redis.Ring:
@@ -90,8 +95,17 @@ func register(l *Redis) *hub {
 	}
 	h.mu.Lock()
 	h.logs[l] = struct{}{}
+	h.lookSoon = true
 	h.mu.Unlock()
 	return h
+}
+
+// pollNow makes a polling hub poll without waiting out pollEvery.
+func (h *hub) pollNow() {
+	select {
+	case h.kick <- struct{}{}:
+	default:
+	}
 }
 
 // unregister removes l from h, stopping h when l was its last log. Once it returns, the hub
@@ -114,14 +128,17 @@ func (h *hub) unregister(l *Redis) {
 	}
 }
 
-func (h *hub) snapshot() []*Redis {
+// snapshot returns the logs, and whether one of them was added since the last snapshot.
+func (h *hub) snapshot() ([]*Redis, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	out := make([]*Redis, 0, len(h.logs))
 	for l := range h.logs {
 		out = append(out, l)
 	}
-	return out
+	added := h.lookSoon
+	h.lookSoon = false
+	return out, added
 }
 
 // registered reports whether l is still watched; call with h.proc held.
@@ -143,11 +160,11 @@ func (h *hub) run(ctx context.Context) {
 	defer close(h.done)
 	lookNext := time.Time{}
 	for ctx.Err() == nil {
-		logs := h.snapshot()
+		logs, added := h.snapshot()
 		if len(logs) == 0 {
 			return
 		}
-		if time.Now().After(lookNext) {
+		if added || time.Now().After(lookNext) {
 			if err := h.lookAll(ctx, logs); err != nil {
 				if !h.failed(ctx, logs, err) {
 					return
@@ -313,26 +330,32 @@ func (h *hub) poll(ctx context.Context, logs []*Redis) error {
 		bySlot[s] = append(bySlot[s], l)
 	}
 	cmds := make([]*redis.XStreamSliceCmd, 0, len(bySlot))
+	groups := make([][]*Redis, 0, len(bySlot))
 	_, err := h.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, group := range bySlot {
 			cmds = append(cmds, p.XRead(ctx, &redis.XReadArgs{Streams: streamArgs(group), Count: 100, Block: -1}))
+			groups = append(groups, group)
 		}
 		return nil
 	})
 	var res []redis.XStream
-	failed := 0
-	for _, c := range cmds {
+	var failedLogs []*Redis
+	for i, c := range cmds {
 		r, err := c.Result()
 		switch {
 		case err == nil:
 			res = append(res, r...)
 		case errors.Is(err, redis.Nil):
 		default:
-			failed++
+			failedLogs = append(failedLogs, groups[i]...)
 		}
 	}
-	if failed == len(cmds) && err != nil {
+	if len(failedLogs) == len(logs) && err != nil {
 		return err
+	}
+	// The readers of a slot that failed read themselves until the next look succeeds.
+	for _, l := range failedLogs {
+		l.hubFailing()
 	}
 	h.deliver(logs, res)
 	if len(res) == 0 {
@@ -340,6 +363,7 @@ func (h *hub) poll(ctx context.Context, logs []*Redis) error {
 		defer t.Stop()
 		select {
 		case <-t.C:
+		case <-h.kick:
 		case <-ctx.Done():
 		}
 	}
@@ -355,6 +379,7 @@ func (h *hub) deliver(logs []*Redis, res []redis.XStream) {
 	for _, s := range res {
 		got[s.Stream] = append(got[s.Stream], toEntries(s.Messages)...)
 	}
+	now := time.Now().UnixNano()
 	h.proc.Lock()
 	defer h.proc.Unlock()
 	for _, l := range logs {
@@ -362,9 +387,7 @@ func (h *hub) deliver(logs []*Redis, res []redis.XStream) {
 		if len(es) == 0 || !h.registered(l) {
 			continue
 		}
-		l.watchLast = maxID(l.watchLast, es[len(es)-1].ID)
-		l.saw(ids(es)...)
-		l.broadcast()
+		l.delivered(es, now)
 	}
 }
 
@@ -381,7 +404,7 @@ func (h *hub) failed(ctx context.Context, logs []*Redis, err error) bool {
 	}
 	h.outageFailures++
 	for _, l := range logs {
-		l.broadcast()
+		l.hubFailing()
 	}
 	return backoff.Sleep(ctx, h.retry.Next()) == nil
 }
