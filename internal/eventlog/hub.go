@@ -60,6 +60,7 @@ type hub struct {
 	lookSoon bool
 	// kick wakes a polling hub (cluster) early: this process appended.
 	kick chan struct{}
+	seen map[string]int // streamArgs' scratch space; only the hub goroutine uses it
 	// proc is held while the hub hands a round's results to its logs, so that once
 	// unregister returns the hub no longer touches that log.
 	proc sync.Mutex
@@ -82,7 +83,7 @@ func register(l *Redis) *hub {
 	h := hubs.m[l.rdb]
 	if h == nil {
 		ctx, cancel := context.WithCancel(context.Background())
-		h = &hub{rdb: l.rdb, logs: map[*Redis]struct{}{}, stop: cancel, done: make(chan struct{}), kick: make(chan struct{}, 1),
+		h = &hub{rdb: l.rdb, logs: map[*Redis]struct{}{}, stop: cancel, done: make(chan struct{}), kick: make(chan struct{}, 1), seen: map[string]int{},
 			retry: backoff.Backoff{Base: 100 * time.Millisecond, Max: 5 * time.Second, Jitter: 0.5}}
 		switch l.rdb.(type) {
 		case *redis.ClusterClient, *redis.Ring:
@@ -287,30 +288,31 @@ func parseLook(stream string, cmd *redis.Cmd) (streamState, error) {
 }
 
 // streamArgs returns the XREAD STREAMS arguments for logs (each stream once, from the lowest
-// position of the logs on it).
-func streamArgs(logs []*Redis) []string {
-	pos := map[string]ID{}
-	var order []string
+// position of the logs on it). seen is scratch space, kept from call to call.
+func streamArgs(logs []*Redis, seen map[string]int) []string {
+	clear(seen)
+	args := make([]string, 0, 2*len(logs))
+	lows := make([]*Redis, 0, len(logs))
 	for _, l := range logs {
-		p, ok := pos[l.stream]
-		if !ok {
-			order = append(order, l.stream)
-			pos[l.stream] = l.watchLast
-		} else if l.watchLast.Less(p) {
-			pos[l.stream] = l.watchLast
+		if i, ok := seen[l.stream]; ok {
+			if l.watchLast.Less(lows[i].watchLast) {
+				lows[i] = l
+			}
+			continue
 		}
+		seen[l.stream] = len(lows)
+		lows = append(lows, l)
+		args = append(args, l.stream)
 	}
-	args := make([]string, 0, 2*len(order))
-	args = append(args, order...)
-	for _, s := range order {
-		args = append(args, pos[s].String())
+	for _, l := range lows {
+		args = append(args, l.watchPos)
 	}
 	return args
 }
 
 // block waits up to watchEvery in one XREAD over every stream.
 func (h *hub) block(ctx context.Context, logs []*Redis) error {
-	res, err := h.rdb.XRead(ctx, &redis.XReadArgs{Streams: streamArgs(logs), Count: 100, Block: watchEvery}).Result()
+	res, err := h.rdb.XRead(ctx, &redis.XReadArgs{Streams: streamArgs(logs, h.seen), Count: 100, Block: watchEvery}).Result()
 	if errors.Is(err, redis.Nil) {
 		return nil
 	}
@@ -333,7 +335,7 @@ func (h *hub) poll(ctx context.Context, logs []*Redis) error {
 	groups := make([][]*Redis, 0, len(bySlot))
 	_, err := h.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, group := range bySlot {
-			cmds = append(cmds, p.XRead(ctx, &redis.XReadArgs{Streams: streamArgs(group), Count: 100, Block: -1}))
+			cmds = append(cmds, p.XRead(ctx, &redis.XReadArgs{Streams: streamArgs(group, h.seen), Count: 100, Block: -1}))
 			groups = append(groups, group)
 		}
 		return nil

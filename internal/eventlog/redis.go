@@ -211,8 +211,9 @@ type Redis struct {
 	hub *hub // the watcher of every log of rdb
 	// watchLast is the hub's position in the stream: the last id it read (or skipped to);
 	// only the hub goroutine changes it, under mu. While the tail is positioned, it is the
-	// tail's last().
+	// tail's last(). watchPos is watchLast.String(), for the hub's XREAD.
 	watchLast ID
+	watchPos  string
 
 	mu sync.Mutex // guards the fields below
 	// tail holds the entries the hub read last, for readers that are caught up (see tail).
@@ -247,7 +248,7 @@ var _ Log = (*Redis)(nil)
 // client. Close unregisters it.
 func NewRedis(rdb redis.UniversalClient, stream, dedupPrefix string, opts Options) *Redis {
 	l := &Redis{rdb: rdb, stream: stream, dedup: dedupPrefix, opts: opts.withDefaults(),
-		wake: make(chan struct{}), groups: map[string]ID{},
+		wake: make(chan struct{}), groups: map[string]ID{}, watchPos: ID{}.String(),
 		closed: make(chan struct{})}
 	l.hub = register(l)
 	return l
@@ -287,7 +288,7 @@ func (l *Redis) delivered(es []Entry, now int64) {
 	if !l.watchLast.Less(last) {
 		return
 	}
-	l.watchLast = last
+	l.setWatch(last)
 	for i := range es {
 		l.sawLocked(es[i].ID)
 	}
@@ -296,6 +297,13 @@ func (l *Redis) delivered(es []Entry, now int64) {
 	}
 	close(l.wake)
 	l.wake = make(chan struct{})
+}
+
+// setWatch sets the hub's position in the stream.
+func (l *Redis) setWatch(id ID) {
+	if id != l.watchLast || l.watchPos == "" {
+		l.watchLast, l.watchPos = id, id.String()
+	}
 }
 
 // hubFailing marks the tail unusable while the hub's reads fail, and wakes the readers so
@@ -857,7 +865,7 @@ func (l *Redis) looked(now streamState) (Reset, bool) {
 			// to the XREAD, which returns every entry after it: the tail stays unbroken.
 			if now.exists {
 				l.sawLocked(now.last)
-				l.watchLast = maxID(l.watchLast, now.last)
+				l.setWatch(maxID(l.watchLast, now.last))
 			}
 			t.reposition(l.watchLast)
 			changed = true
@@ -869,10 +877,10 @@ func (l *Redis) looked(now streamState) (Reset, bool) {
 		l.mu.Unlock()
 		return Reset{}, false
 	}
-	l.watchLast = ID{} // the new stream's ids may all be below the old position
+	l.setWatch(ID{}) // the new stream's ids may all be below the old position
 	if now.exists {
 		l.sawLocked(now.last)
-		l.watchLast = now.last
+		l.setWatch(now.last)
 	}
 	t.reposition(l.watchLast)
 	l.mu.Unlock()
