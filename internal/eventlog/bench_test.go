@@ -77,3 +77,34 @@ func BenchmarkAppendToRead(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkAppendFullLog: one event appended to a log at MaxLen whose entries a reader has
+// consumed, the steady state of a host that has run for a while: appends make room.
+func BenchmarkAppendFullLog(b *testing.B) {
+	srv := redistest.Start(b)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer rdb.Close()
+	l := NewRedis(rdb, "bench:events:{f}", "bench:dedup:{f}:", Options{MaxLen: 10000})
+	defer l.Close()
+	ctx := context.Background()
+	i := 0
+	appendOne := func() {
+		i++
+		a, err := l.Append(ctx, Record{Kind: "message", Key: "zhangsan", Data: benchData, Dedup: "ev-" + strconv.Itoa(i)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if i%100 == 0 { // a reader marks what it received, as an SSE stream does every 50 ms
+			if err := l.Consumed(ctx, a[0].ID); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	for range 10000 {
+		appendOne()
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		appendOne()
+	}
+}
