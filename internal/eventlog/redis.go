@@ -199,10 +199,11 @@ return {n, count}
 // consumer group "_consumed" in the stream. No other key exists, so deleting any single key
 // other than the stream only forgets that key's dedup record.
 //
-// A background watcher, one per Redis client shared by all its logs (see hub), wakes this
-// process's waiting readers when any process appends, and looks at the stream every second:
-// when it finds the stream gone or recreated, it logs one line saying what was lost and
-// calls OnReset.
+// A background watcher, one per Redis client shared by all its logs (see hub), reads what
+// any process appends with one XREAD and hands the entries to this process's readers (a
+// reader that keeps up sends no command of its own; see tail and Read), and looks at the
+// stream every second: when it finds the stream gone or recreated, it logs one line saying
+// what was lost and calls OnReset.
 type Redis struct {
 	rdb    redis.UniversalClient
 	stream string
