@@ -3,6 +3,7 @@ package eventlog
 import (
 	"context"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/redis/go-redis/v9"
@@ -23,8 +24,36 @@ func benchLogs(b *testing.B, fn func(b *testing.B, l Log)) {
 		defer rdb.Close()
 		l := NewRedis(rdb, "bench:events:{b}", "bench:dedup:{b}:", Options{MaxLen: 1 << 30})
 		defer l.Close()
+		cpu := redisCPU(b, rdb)
 		fn(b, l)
+		reportRedisCPU(b, rdb, cpu)
 	})
+}
+
+// redisCPU returns the CPU time redis-server has used, in seconds (INFO cpu).
+func redisCPU(b *testing.B, rdb *redis.Client) float64 {
+	info, err := rdb.Info(context.Background(), "cpu").Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var total float64
+	for _, line := range strings.Split(info, "\n") {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if ok && (k == "used_cpu_sys" || k == "used_cpu_user") {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				b.Fatal(err)
+			}
+			total += f
+		}
+	}
+	return total
+}
+
+// reportRedisCPU reports redis-server's CPU time since start per operation: what Redis
+// spends on one, whatever the machine's load does to the wall time.
+func reportRedisCPU(b *testing.B, rdb *redis.Client, start float64) {
+	b.ReportMetric((redisCPU(b, rdb)-start)*1e6/float64(b.N), "redis-µs/op")
 }
 
 var benchData = []byte(`{"id":"msg-1","bot":"hr","platform":"wecom","kind":"message","chat":{"id":"zhangsan","type":"direct"},"sender":{"id":"zhangsan","name":"Zhang San"},"text":"hello there","time":"2026-12-04T20:00:00Z"}`)
@@ -76,4 +105,37 @@ func BenchmarkAppendToRead(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkAppendFullLog: one event appended to a log at MaxLen whose entries a reader has
+// consumed, the steady state of a host that has run for a while: appends make room.
+func BenchmarkAppendFullLog(b *testing.B) {
+	srv := redistest.Start(b)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer rdb.Close()
+	l := NewRedis(rdb, "bench:events:{f}", "bench:dedup:{f}:", Options{MaxLen: 10000})
+	defer l.Close()
+	ctx := context.Background()
+	i := 0
+	appendOne := func() {
+		i++
+		a, err := l.Append(ctx, Record{Kind: "message", Key: "zhangsan", Data: benchData, Dedup: "ev-" + strconv.Itoa(i)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if i%100 == 0 { // a reader marks what it received, as an SSE stream does every 50 ms
+			if err := l.Consumed(ctx, a[0].ID); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	for range 10000 {
+		appendOne()
+	}
+	b.ReportAllocs()
+	cpu := redisCPU(b, rdb)
+	for b.Loop() {
+		appendOne()
+	}
+	reportRedisCPU(b, rdb, cpu)
 }

@@ -53,8 +53,14 @@ type hub struct {
 	rdb     redis.UniversalClient
 	cluster bool // group by slot and poll, see above
 
-	mu   sync.Mutex // guards logs
+	mu   sync.Mutex // guards logs and lookSoon
 	logs map[*Redis]struct{}
+	// lookSoon asks for a look before the next read: a log was added, and its readers read
+	// with XRANGE until the hub's first look at its stream gives the hub a position there.
+	lookSoon bool
+	// kick wakes a polling hub (cluster) early: this process appended.
+	kick chan struct{}
+	seen map[string]int // streamArgs' scratch space; only the hub goroutine uses it
 	// proc is held while the hub hands a round's results to its logs, so that once
 	// unregister returns the hub no longer touches that log.
 	proc sync.Mutex
@@ -77,7 +83,7 @@ func register(l *Redis) *hub {
 	h := hubs.m[l.rdb]
 	if h == nil {
 		ctx, cancel := context.WithCancel(context.Background())
-		h = &hub{rdb: l.rdb, logs: map[*Redis]struct{}{}, stop: cancel, done: make(chan struct{}),
+		h = &hub{rdb: l.rdb, logs: map[*Redis]struct{}{}, stop: cancel, done: make(chan struct{}), kick: make(chan struct{}, 1), seen: map[string]int{},
 			retry: backoff.Backoff{Base: 100 * time.Millisecond, Max: 5 * time.Second, Jitter: 0.5}}
 		switch l.rdb.(type) {
 		case *redis.ClusterClient, *redis.Ring:
@@ -90,8 +96,17 @@ func register(l *Redis) *hub {
 	}
 	h.mu.Lock()
 	h.logs[l] = struct{}{}
+	h.lookSoon = true
 	h.mu.Unlock()
 	return h
+}
+
+// pollNow makes a polling hub poll without waiting out pollEvery.
+func (h *hub) pollNow() {
+	select {
+	case h.kick <- struct{}{}:
+	default:
+	}
 }
 
 // unregister removes l from h, stopping h when l was its last log. Once it returns, the hub
@@ -114,14 +129,17 @@ func (h *hub) unregister(l *Redis) {
 	}
 }
 
-func (h *hub) snapshot() []*Redis {
+// snapshot returns the logs, and whether one of them was added since the last snapshot.
+func (h *hub) snapshot() ([]*Redis, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	out := make([]*Redis, 0, len(h.logs))
 	for l := range h.logs {
 		out = append(out, l)
 	}
-	return out
+	added := h.lookSoon
+	h.lookSoon = false
+	return out, added
 }
 
 // registered reports whether l is still watched; call with h.proc held.
@@ -143,11 +161,11 @@ func (h *hub) run(ctx context.Context) {
 	defer close(h.done)
 	lookNext := time.Time{}
 	for ctx.Err() == nil {
-		logs := h.snapshot()
+		logs, added := h.snapshot()
 		if len(logs) == 0 {
 			return
 		}
-		if time.Now().After(lookNext) {
+		if added || time.Now().After(lookNext) {
 			if err := h.lookAll(ctx, logs); err != nil {
 				if !h.failed(ctx, logs, err) {
 					return
@@ -270,30 +288,31 @@ func parseLook(stream string, cmd *redis.Cmd) (streamState, error) {
 }
 
 // streamArgs returns the XREAD STREAMS arguments for logs (each stream once, from the lowest
-// position of the logs on it).
-func streamArgs(logs []*Redis) []string {
-	pos := map[string]ID{}
-	var order []string
+// position of the logs on it). seen is scratch space, kept from call to call.
+func streamArgs(logs []*Redis, seen map[string]int) []string {
+	clear(seen)
+	args := make([]string, 0, 2*len(logs))
+	lows := make([]*Redis, 0, len(logs))
 	for _, l := range logs {
-		p, ok := pos[l.stream]
-		if !ok {
-			order = append(order, l.stream)
-			pos[l.stream] = l.watchLast
-		} else if l.watchLast.Less(p) {
-			pos[l.stream] = l.watchLast
+		if i, ok := seen[l.stream]; ok {
+			if l.watchLast.Less(lows[i].watchLast) {
+				lows[i] = l
+			}
+			continue
 		}
+		seen[l.stream] = len(lows)
+		lows = append(lows, l)
+		args = append(args, l.stream)
 	}
-	args := make([]string, 0, 2*len(order))
-	args = append(args, order...)
-	for _, s := range order {
-		args = append(args, pos[s].String())
+	for _, l := range lows {
+		args = append(args, l.watchPos)
 	}
 	return args
 }
 
 // block waits up to watchEvery in one XREAD over every stream.
 func (h *hub) block(ctx context.Context, logs []*Redis) error {
-	res, err := h.rdb.XRead(ctx, &redis.XReadArgs{Streams: streamArgs(logs), Count: 100, Block: watchEvery}).Result()
+	res, err := h.rdb.XRead(ctx, &redis.XReadArgs{Streams: streamArgs(logs, h.seen), Count: 100, Block: watchEvery}).Result()
 	if errors.Is(err, redis.Nil) {
 		return nil
 	}
@@ -313,26 +332,32 @@ func (h *hub) poll(ctx context.Context, logs []*Redis) error {
 		bySlot[s] = append(bySlot[s], l)
 	}
 	cmds := make([]*redis.XStreamSliceCmd, 0, len(bySlot))
+	groups := make([][]*Redis, 0, len(bySlot))
 	_, err := h.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, group := range bySlot {
-			cmds = append(cmds, p.XRead(ctx, &redis.XReadArgs{Streams: streamArgs(group), Count: 100, Block: -1}))
+			cmds = append(cmds, p.XRead(ctx, &redis.XReadArgs{Streams: streamArgs(group, h.seen), Count: 100, Block: -1}))
+			groups = append(groups, group)
 		}
 		return nil
 	})
 	var res []redis.XStream
-	failed := 0
-	for _, c := range cmds {
+	var failedLogs []*Redis
+	for i, c := range cmds {
 		r, err := c.Result()
 		switch {
 		case err == nil:
 			res = append(res, r...)
 		case errors.Is(err, redis.Nil):
 		default:
-			failed++
+			failedLogs = append(failedLogs, groups[i]...)
 		}
 	}
-	if failed == len(cmds) && err != nil {
+	if len(failedLogs) == len(logs) && err != nil {
 		return err
+	}
+	// The readers of a slot that failed read themselves until the next look succeeds.
+	for _, l := range failedLogs {
+		l.hubFailing()
 	}
 	h.deliver(logs, res)
 	if len(res) == 0 {
@@ -340,6 +365,7 @@ func (h *hub) poll(ctx context.Context, logs []*Redis) error {
 		defer t.Stop()
 		select {
 		case <-t.C:
+		case <-h.kick:
 		case <-ctx.Done():
 		}
 	}
@@ -355,6 +381,7 @@ func (h *hub) deliver(logs []*Redis, res []redis.XStream) {
 	for _, s := range res {
 		got[s.Stream] = append(got[s.Stream], toEntries(s.Messages)...)
 	}
+	now := time.Now().UnixNano()
 	h.proc.Lock()
 	defer h.proc.Unlock()
 	for _, l := range logs {
@@ -362,9 +389,7 @@ func (h *hub) deliver(logs []*Redis, res []redis.XStream) {
 		if len(es) == 0 || !h.registered(l) {
 			continue
 		}
-		l.watchLast = maxID(l.watchLast, es[len(es)-1].ID)
-		l.saw(ids(es)...)
-		l.broadcast()
+		l.delivered(es, now)
 	}
 }
 
@@ -381,7 +406,7 @@ func (h *hub) failed(ctx context.Context, logs []*Redis, err error) bool {
 	}
 	h.outageFailures++
 	for _, l := range logs {
-		l.broadcast()
+		l.hubFailing()
 	}
 	return backoff.Sleep(ctx, h.retry.Next()) == nil
 }

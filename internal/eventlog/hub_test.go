@@ -127,6 +127,7 @@ func BenchmarkAppendToReadManyLogs(b *testing.B) {
 	ctx := context.Background()
 	pos := make([]ID, n)
 	i := 0
+	cpu := redisCPU(b, rdb)
 	for b.Loop() {
 		l := logs[i%n]
 		done := make(chan error, 1)
@@ -144,6 +145,7 @@ func BenchmarkAppendToReadManyLogs(b *testing.B) {
 		pos[i%n], _ = ParseID(id)
 		i++
 	}
+	reportRedisCPU(b, rdb, cpu)
 }
 
 // TestRedisClusterWatcher: on Redis Cluster (streams in many hash slots) the shared watcher

@@ -62,6 +62,11 @@ end
 // (the highest id this process has seen) the stream was reset and the server's clock is
 // behind the ids readers hold, so the entry is added again with the explicit id after floor.
 //
+// Room: when the stream would hold more than max entries, consumed entries are trimmed from
+// its start, up to max/100 more than needed, so a full log trims once every max/100 appends:
+// trimming one entry per append cost an XINFO GROUPS, an XRANGE and an XTRIM in every
+// script, and made the XADD itself ten times slower.
+//
 // Redis does not roll back a script that fails part way, so if an XADD fails (out of
 // memory) the entries added before it are deleted and the error returned; nothing else was
 // written (the dedup keys come last).
@@ -91,14 +96,10 @@ if fresh > 0 then
   local over = redis.call('XLEN', KEYS[1]) + fresh - max
   if over > 0 then
     local c = redis.call('EXISTS', KEYS[1]) == 1 and consumed(KEYS[1])
-    local drop = 0
-    if c then
-      for _, e in ipairs(redis.call('XRANGE', KEYS[1], '-', c, 'COUNT', over)) do
-        drop = drop + 1
-        if drop == over then redis.call('XTRIM', KEYS[1], 'MINID', nextid(e[1])) end
-      end
-    end
-    if drop < over then return {'full'} end
+    local room = {}
+    if c then room = redis.call('XRANGE', KEYS[1], '-', c, 'COUNT', over + math.floor(max / 100)) end
+    if #room < over then return {'full'} end
+    redis.call('XTRIM', KEYS[1], 'MINID', nextid(room[#room][1]))
   end
 end
 local added = {}
@@ -198,10 +199,11 @@ return {n, count}
 // consumer group "_consumed" in the stream. No other key exists, so deleting any single key
 // other than the stream only forgets that key's dedup record.
 //
-// A background watcher, one per Redis client shared by all its logs (see hub), wakes this
-// process's waiting readers when any process appends, and looks at the stream every second:
-// when it finds the stream gone or recreated, it logs one line saying what was lost and
-// calls OnReset.
+// A background watcher, one per Redis client shared by all its logs (see hub), reads what
+// any process appends with one XREAD and hands the entries to this process's readers (a
+// reader that keeps up sends no command of its own; see tail and Read), and looks at the
+// stream every second: when it finds the stream gone or recreated, it logs one line saying
+// what was lost and calls OnReset.
 type Redis struct {
 	rdb    redis.UniversalClient
 	stream string
@@ -209,10 +211,19 @@ type Redis struct {
 	opts   Options
 
 	hub *hub // the watcher of every log of rdb
-	// watchLast is the last id the hub read from the stream; only the hub goroutine uses it.
+	// watchLast is the hub's position in the stream: the last id it read (or skipped to);
+	// only the hub goroutine changes it, under mu. While the tail is positioned, it is the
+	// tail's last(). watchPos is watchLast.String(), for the hub's XREAD.
 	watchLast ID
+	watchPos  string
 
 	mu sync.Mutex // guards the fields below
+	// tail holds the entries the hub read last, for readers that are caught up (see tail).
+	tail tail
+	// mine is the highest id this process appended while the tail's generation was mineGen:
+	// an entry in the stream (unless deleted by hand) that the hub's XREAD is about to return.
+	mine    ID
+	mineGen uint64
 	// looking is set while the watcher looks at the stream; lookSaw collects the ids saw()
 	// got meanwhile, lookAppended those this process appended.
 	looking      bool
@@ -239,7 +250,7 @@ var _ Log = (*Redis)(nil)
 // client. Close unregisters it.
 func NewRedis(rdb redis.UniversalClient, stream, dedupPrefix string, opts Options) *Redis {
 	l := &Redis{rdb: rdb, stream: stream, dedup: dedupPrefix, opts: opts.withDefaults(),
-		wake: make(chan struct{}), groups: map[string]ID{},
+		wake: make(chan struct{}), groups: map[string]ID{}, watchPos: ID{}.String(),
 		closed: make(chan struct{})}
 	l.hub = register(l)
 	return l
@@ -250,6 +261,10 @@ func NewRedis(rdb redis.UniversalClient, stream, dedupPrefix string, opts Option
 func (l *Redis) saw(ids ...ID) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.sawLocked(ids...)
+}
+
+func (l *Redis) sawLocked(ids ...ID) {
 	for _, id := range ids {
 		l.floor = maxID(l.floor, id)
 		if l.looking {
@@ -265,14 +280,68 @@ func (l *Redis) saw(ids ...ID) {
 	}
 }
 
-// sawAppended is saw for the ids of entries this process appended.
+// delivered takes entries the hub's XREAD returned for the stream (in id order, following
+// on from the position the hub gave it): into the tail, and wakes the readers. Entries at or
+// before the hub's position for this log (another log on the stream was behind) are skipped.
+func (l *Redis) delivered(es []Entry, now int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	last := es[len(es)-1].ID
+	if !l.watchLast.Less(last) {
+		return
+	}
+	l.setWatch(last)
+	for i := range es {
+		l.sawLocked(es[i].ID)
+	}
+	if l.tail.positioned {
+		l.tail.add(es, now)
+	}
+	close(l.wake)
+	l.wake = make(chan struct{})
+}
+
+// setWatch sets the hub's position in the stream.
+func (l *Redis) setWatch(id ID) {
+	if id != l.watchLast || l.watchPos == "" {
+		l.watchLast, l.watchPos = id, id.String()
+	}
+}
+
+// hubFailing marks the tail unusable while the hub's reads fail, and wakes the readers so
+// they read (and see the error) themselves.
+func (l *Redis) hubFailing() {
+	l.mu.Lock()
+	l.tail.setFailing(true)
+	close(l.wake)
+	l.wake = make(chan struct{})
+	l.mu.Unlock()
+}
+
+// sawAppended is saw for the ids of entries this process appended. It wakes this process's
+// readers at once only when they do not wait for the hub (whose XREAD returns the entries as
+// soon as Redis added them), and asks a polling hub to poll now.
 func (l *Redis) sawAppended(ids ...ID) {
+	if len(ids) == 0 {
+		return
+	}
 	l.mu.Lock()
 	if l.looking {
 		l.lookAppended = append(l.lookAppended, ids...)
 	}
+	l.sawLocked(ids...)
+	high := slices.MaxFunc(ids, ID.Compare)
+	if l.mineGen != l.tail.gen || l.mine.Less(high) {
+		l.mine, l.mineGen = high, l.tail.gen
+	}
+	if !l.tail.usable() {
+		close(l.wake)
+		l.wake = make(chan struct{})
+	}
 	l.mu.Unlock()
-	l.saw(ids...)
+	if l.hub.cluster {
+		l.hub.pollNow()
+	}
 }
 
 func (l *Redis) broadcast() {
@@ -351,9 +420,6 @@ func (l *Redis) Append(ctx context.Context, recs ...Record) ([]Appended, error) 
 		}
 	}
 	l.sawAppended(added...)
-	if len(added) > 0 {
-		l.broadcast() // this process's readers need not wait for the watcher
-	}
 	return out, nil
 }
 
@@ -396,16 +462,71 @@ func (l *Redis) lastGenerated(ctx context.Context) (ID, bool, error) {
 func isNoSuchKey(err error) bool { return err != nil && strings.Contains(err.Error(), "no such key") }
 func isNoGroup(err error) bool   { return err != nil && strings.HasPrefix(err.Error(), "NOGROUP") }
 
-// Read implements Log: XRANGE after the position; when there is nothing, it checks that the
-// position is not beyond the stream's last id (else reads from the first entry) and waits
-// for the watcher to see an append.
+// Read implements Log. A reader at or after the start of the tail (the entries the hub read
+// last) takes the entries after its position from it, and waits for the hub when it has them
+// all: a reader that keeps up costs no Redis command. A reader behind the tail, or on a
+// stream the hub does not watch yet or fails to read, reads with XRANGE; when there is
+// nothing after its position it checks the position is not beyond the stream's last id
+// (else it reads from the first entry) and waits.
+//
+// A Read sees what this process appended before it: when the tail ends before an entry this
+// process appended, it waits for the hub to read it (at most watchEvery, in case someone
+// deleted it) rather than return a short batch.
 func (l *Redis) Read(ctx context.Context, after ID, n int) ([]Entry, error) {
 	n = max(n, 1)
+	// checked: after is not beyond the stream's last id, as XINFO said while the tail's
+	// generation was checkedGen.
+	checked, checkedGen := false, uint64(0)
+	var mineWait *time.Timer // bounds the wait for this process's appends
+	defer func() {
+		if mineWait != nil {
+			mineWait.Stop()
+		}
+	}()
+	waitedMine := false
 	for {
 		if l.isClosed() {
 			return nil, ErrClosed
 		}
-		wake := l.wakeCh()
+		l.mu.Lock()
+		wake, t := l.wake, &l.tail
+		if t.usable() {
+			last := t.last()
+			var mine ID
+			if l.mineGen == t.gen {
+				mine = l.mine
+			}
+			switch {
+			case !after.Less(t.from) && after.Less(last):
+				out := t.read(after, n)
+				l.mu.Unlock()
+				if len(out) == n || !last.Less(mine) || waitedMine {
+					return out, nil
+				}
+				if mineWait == nil {
+					mineWait = time.NewTimer(watchEvery)
+				}
+				select {
+				case <-wake:
+				case <-mineWait.C:
+					waitedMine = true
+				case <-ctx.Done():
+					return nil, ctx.Err()
+				case <-l.closed:
+					return nil, ErrClosed
+				}
+				continue
+			case after == last || last.Less(after) && (!mine.Less(after) || checked && checkedGen == t.gen):
+				// Caught up with the hub, or ahead of it at a position the stream reaches.
+				l.mu.Unlock()
+				if err := l.wait(ctx, wake); err != nil {
+					return nil, err
+				}
+				continue
+			}
+		}
+		gen := t.gen
+		l.mu.Unlock()
 		msgs, err := l.rdb.XRangeN(ctx, l.stream, rangeArg(after), "+", int64(n)).Result()
 		if err != nil {
 			return nil, fmt.Errorf("eventlog: read %s: %w", l.stream, err)
@@ -421,16 +542,25 @@ func (l *Redis) Read(ctx context.Context, after ID, n int) ([]Entry, error) {
 		if last.Less(after) {
 			l.opts.Logger.Debug("reader beyond the event stream's last id; reading from its first entry",
 				"stream", l.stream, "position", after.String(), "last", last.String())
-			after = ID{}
+			after, checked = ID{}, false
 			continue
 		}
-		select {
-		case <-wake:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-l.closed:
-			return nil, ErrClosed
+		checked, checkedGen = true, gen
+		if err := l.wait(ctx, wake); err != nil {
+			return nil, err
 		}
+	}
+}
+
+// wait waits for wake, ctx or Close.
+func (l *Redis) wait(ctx context.Context, wake <-chan struct{}) error {
+	select {
+	case <-wake:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-l.closed:
+		return ErrClosed
 	}
 }
 
@@ -726,23 +856,36 @@ func (l *Redis) looked(now streamState) (Reset, bool) {
 	}
 	prev, floor := l.view, l.floor
 	l.view = now
-	l.mu.Unlock()
+	t := &l.tail
+	t.prune(time.Now().Add(-tailAge).UnixNano())
+	changed := t.setFailing(false) // the hub reads the stream again
 	cause := resetCause(prev, now)
 	if cause == "" {
-		if now.exists && l.watchLast.Less(now.last) {
-			// The look found entries the hub's XREAD has not delivered, and the XREAD now
-			// starts after them: wake the readers, or one waiting for them would sleep on.
-			l.saw(now.last)
-			l.watchLast = now.last
-			l.broadcast()
+		if !t.positioned {
+			// The hub's first look: its XREAD starts at the stream's end, not at its first
+			// entry; readers behind that read with XRANGE. Later looks leave the position
+			// to the XREAD, which returns every entry after it: the tail stays unbroken.
+			if now.exists {
+				l.sawLocked(now.last)
+				l.setWatch(maxID(l.watchLast, now.last))
+			}
+			t.reposition(l.watchLast)
+			changed = true
 		}
+		if changed {
+			close(l.wake)
+			l.wake = make(chan struct{})
+		}
+		l.mu.Unlock()
 		return Reset{}, false
 	}
-	l.watchLast = ID{} // the new stream's ids may all be below the old position
+	l.setWatch(ID{}) // the new stream's ids may all be below the old position
 	if now.exists {
-		l.saw(now.last)
-		l.watchLast = now.last
+		l.sawLocked(now.last)
+		l.setWatch(now.last)
 	}
+	t.reposition(l.watchLast)
+	l.mu.Unlock()
 	return Reset{Stream: l.stream, Cause: cause, LastID: maxID(floor, prev.last), Held: prev.held, Unconsumed: prev.unconsumed}, true
 }
 

@@ -391,3 +391,59 @@ func TestRedisAppendDuringLookAtNoStreamIsCounted(t *testing.T) {
 		t.Fatal("the reset was not reported")
 	}
 }
+
+// commandCalls returns how many times Redis ran each command (INFO commandstats: commands
+// scripts run count too), and resets the counts.
+func commandCalls(t *testing.T, rdb *redis.Client) map[string]int {
+	t.Helper()
+	ctx := testCtx(t)
+	info, err := rdb.Info(ctx, "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb.ConfigResetStat(ctx)
+	out := map[string]int{}
+	for _, line := range strings.Split(info, "\n") {
+		name, rest, ok := strings.Cut(strings.TrimPrefix(strings.TrimSpace(line), "cmdstat_"), ":calls=")
+		if !ok {
+			continue
+		}
+		n, _, _ := strings.Cut(rest, ",")
+		var calls int
+		fmt.Sscan(n, &calls)
+		out[name] = calls
+	}
+	return out
+}
+
+// TestRedisFullLogTrimsInBatches: a log at MaxLen whose entries were consumed makes room for
+// MaxLen/100 appends at a time, not one entry per append (which cost an XINFO GROUPS, an
+// XRANGE and an XTRIM in every append script, and made each XADD ten times slower); it never
+// holds more than MaxLen entries and never drops one that was not consumed.
+func TestRedisFullLogTrimsInBatches(t *testing.T) {
+	env := newRedisEnv(t)
+	l := env.open(t, Options{MaxLen: 1000})
+	ctx := testCtx(t)
+	var last ID
+	for i := range 1000 {
+		last = mustAppend(t, l, rec(i))[0].ID
+	}
+	if err := l.Consumed(ctx, last); err != nil {
+		t.Fatal(err)
+	}
+	commandCalls(t, env.rdb)
+	var fresh []ID
+	for i := range 500 {
+		fresh = append(fresh, mustAppend(t, l, rec(i))[0].ID)
+		if n, err := l.Len(ctx); err != nil || n.Held > 1000 || n.Unconsumed != int64(i+1) {
+			t.Fatalf("after %d appends: Len = %+v, %v; want at most 1000 held, %d unconsumed", i+1, n, err, i+1)
+		}
+	}
+	if c := commandCalls(t, env.rdb); c["xtrim"] > 500/10+1 {
+		t.Fatalf("500 appends to a full log trimmed it %d times; want one per 10 appends (MaxLen/100)", c["xtrim"])
+	}
+	es := readAll(t, l, last)
+	if len(es) != 500 || es[0].ID != fresh[0] || es[499].ID != fresh[499] {
+		t.Fatalf("read %d entries after the consumed mark; want the 500 appended", len(es))
+	}
+}
