@@ -92,8 +92,9 @@ func TestRedisCaughtUpReaderSendsNoCommandPerEntry(t *testing.T) {
 	ctx, cancel := context.WithCancel(testCtx(t))
 	defer cancel()
 	got := reader(ctx, t, l, ID{})
-	// The first entry: the reader may have started before the hub first looked at the
-	// stream, and then read with XRANGE.
+	// Until the hub has first looked at the stream the reader reads with XRANGE; the read
+	// that returns the entry after that is the last one that may have.
+	waitPositioned(t, l)
 	a := mustAppend(t, l, rec(0))[0]
 	if e := <-got; e.ID != a.ID {
 		t.Fatalf("reader got %v, want %v", e.ID, a.ID)
@@ -113,6 +114,26 @@ func TestRedisCaughtUpReaderSendsNoCommandPerEntry(t *testing.T) {
 	}
 	if c["evalsha"] < n || c["xread"] > 2*n+10 {
 		t.Fatalf("commands for %d entries: %v; want %d appends and at most one XREAD each", n, c, n)
+	}
+}
+
+// waitPositioned waits for the hub's first look at l's stream, which gives it a position
+// there (before it, l's readers read with XRANGE and the hub keeps no entries of l).
+func waitPositioned(t *testing.T, l *Redis) {
+	t.Helper()
+	ctx := testCtx(t)
+	for {
+		l.mu.Lock()
+		ok, wake := l.tail.usable(), l.wake
+		l.mu.Unlock()
+		if ok {
+			return
+		}
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			t.Fatal("the hub never looked at the stream")
+		}
 	}
 }
 
@@ -150,6 +171,7 @@ func TestRedisSlowReaderReadsWithXRANGE(t *testing.T) {
 	env := newRedisEnv(t)
 	count := countCommands(env.rdb)
 	l := env.open(t, Options{})
+	waitPositioned(t, l)
 	var all []ID
 	for i := range 50 {
 		all = append(all, mustAppend(t, l, rec(i))[0].ID)
@@ -199,6 +221,7 @@ func TestRedisTailBytesBound(t *testing.T) {
 	lowerTail(t, 1000, 10<<10)
 	env := newRedisEnv(t)
 	l := env.open(t, Options{})
+	waitPositioned(t, l)
 	big := Record{Kind: "message", Key: "k", Data: []byte(strings.Repeat("x", 1000))}
 	var last ID
 	for range 40 {
