@@ -250,7 +250,9 @@ func writeError(w http.ResponseWriter, err error) {
 	writeJSON(w, status, body)
 }
 
+// writeJSON answers status with v as JSON and this second's Date (setDate).
 func writeJSON(w http.ResponseWriter, status int, v any) {
+	setDate(w.Header())
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	enc := json.NewEncoder(w)

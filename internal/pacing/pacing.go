@@ -166,8 +166,8 @@ type Reservation struct {
 // Reserve reserves msg's place: the earliest time at which every counter msg draws on (see
 // [Plan]) and every pause on the bot and on those counters allow it. If that is no more
 // than maxWait away (and a millisecond, sameMoment; maxWait < 0: any wait), the place is
-// recorded, fleet-wide, and returned; the caller waits with [Reservation.Sleep] and then sends. Otherwise nothing is
-// recorded and the error is an *adapter.Error of KindRateLimited whose RetryAfter is the
+// recorded, fleet-wide, and returned; the caller waits with [Reservation.Sleep] and then
+// sends. Otherwise nothing is recorded and the error is an *adapter.Error of KindRateLimited whose RetryAfter is the
 // wait. A reservation whose send is then abandoned still counts: pacing errs on the side of
 // sending later, never of the platform dropping.
 func (s *Scheduler) Reserve(ctx context.Context, msg adapter.Message, maxWait time.Duration) (Reservation, error) {
