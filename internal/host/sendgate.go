@@ -442,11 +442,13 @@ func jsonOutcome(status int, h map[string]string, v any, keep bool) outcome {
 	return outcome{status: status, header: h, body: buf.Bytes(), keep: keep}
 }
 
-// writeOutcome writes o; a replayed answer carries Idempotent-Replayed: true.
+// writeOutcome writes o with this second's Date (setDate); a replayed answer carries
+// Idempotent-Replayed: true.
 func writeOutcome(w http.ResponseWriter, o outcome, replayed bool) {
 	for k, v := range o.header {
 		w.Header().Set(k, v)
 	}
+	setDate(w.Header())
 	if replayed {
 		w.Header().Set("Idempotent-Replayed", "true")
 	}

@@ -250,7 +250,9 @@ func writeError(w http.ResponseWriter, err error) {
 	writeJSON(w, status, body)
 }
 
+// writeJSON answers status with v as JSON and this second's Date (setDate).
 func writeJSON(w http.ResponseWriter, status int, v any) {
+	setDate(w.Header())
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	enc := json.NewEncoder(w)
@@ -555,6 +557,27 @@ func (s *server) events(w http.ResponseWriter, r *http.Request) {
 	}()
 	rc := http.NewResponseController(w)
 	rc.SetReadDeadline(time.Time{}) // a stream outlives server.read_timeout
+	failing := false
+	// retry runs fn until it succeeds or ctx ends, logging a failing log once.
+	retry := func(fn func() error) bool {
+		for ctx.Err() == nil {
+			err := fn()
+			if err == nil {
+				return true
+			}
+			s.readFailed(ctx, b, err, &failing)
+		}
+		return false
+	}
+	// Where the stream starts is fixed before its headers are sent: a client that has them
+	// gets every event appended after, even if other consumers (group streams, the
+	// deliverer) raise the consumed mark past it meanwhile. A new group starts there too.
+	if !resume && !retry(func() (err error) { pos, err = b.events.ConsumedID(ctx); return err }) {
+		return
+	}
+	if group != "" && !retry(func() error { return b.events.CreateGroup(ctx, group, pos) }) {
+		return
+	}
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
 	w.Header().Set("X-Accel-Buffering", "no")
@@ -584,26 +607,8 @@ func (s *server) events(w http.ResponseWriter, r *http.Request) {
 	marked := make(chan struct{})
 	go func() { defer close(marked); marker.run(ctx) }()
 	defer func() { cancel(); <-marked; marker.stop() }()
-	failing := false
-	// retry runs fn until it succeeds or ctx ends, logging a failing log once.
-	retry := func(fn func() error) bool {
-		for ctx.Err() == nil {
-			err := fn()
-			if err == nil {
-				return true
-			}
-			s.readFailed(ctx, b, err, &failing)
-		}
-		return false
-	}
-	if !resume && !retry(func() (err error) { pos, err = b.events.ConsumedID(ctx); return err }) {
-		return
-	}
 	read := func(ctx context.Context) ([]eventlog.Entry, error) { return b.events.Read(ctx, pos, 100) }
 	if group != "" {
-		if !retry(func() error { return b.events.CreateGroup(ctx, group, pos) }) {
-			return
-		}
 		read = func(ctx context.Context) ([]eventlog.Entry, error) {
 			return b.events.ReadGroup(ctx, group, consumer, 100)
 		}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
+	"github.com/seed-a64d9e1f/chatwire/adapter/teams"
 	"github.com/seed-a64d9e1f/chatwire/internal/idempotency"
 )
 
@@ -26,9 +27,10 @@ import (
 //     text to the same target (WeCom: one per 2,048 bytes), reserved when the body has ended,
 //     just before the final message; over the max wait (pacing.max_wait, Prefer: wait=N) it
 //     is answered 429 with Retry-After and nothing is sent. A bot whose platform streams with
-//     limits (Teams) also reserves the stream's opening request before it opens; its in-
-//     between updates (at most one per 1.5 s per stream) are paced by the adapter and not
-//     counted. A Teams reply in a group chat (sent whole at the end) thus counts twice.
+//     limits (Teams, in 1:1 chats) also reserves the stream's opening request before it
+//     opens; its in-between updates (at most one per 1.5 s per stream) are paced by the
+//     adapter and not counted. A Teams reply in a group chat or a channel, where Teams does
+//     not stream and the text goes whole at the end, counts once, as the one message it is.
 //   - The outbox: not used. A stream's text arrives on its request, so it cannot wait in the
 //     outbox: Prefer: respond-async is not applied, and the answer is always the synchronous
 //     one (200 when the platform has the whole reply).
@@ -47,17 +49,38 @@ func newStreamPacing(g *sendGate, r *http.Request, b *bot) *streamPacing {
 		native: b.platform == adapter.PlatformTeams || b.platform == adapter.PlatformWeComAIBot}
 }
 
-// open opens the stream with open: for Teams in its turn under the limits, as the stream's
-// first request.
+// open opens the stream with open: for a Teams stream that streams (a 1:1 chat) in its turn
+// under the limits, as the stream's first request.
 func (p *streamPacing) open(ctx context.Context, header adapter.Message, open func(ctx context.Context) error) error {
 	var err error
-	if p.b.platform == adapter.PlatformTeams {
+	if p.b.platform == adapter.PlatformTeams && !teamsGroupConversation(header) {
 		err = p.g.pace[p.b.name].DoSync(ctx, header, p.maxWait, open)
 	} else {
+		if p.b.platform == adapter.PlatformTeams {
+			p.native = false // collected and sent whole at the end: nothing shows before
+		}
 		err = open(ctx)
 	}
 	p.opened = err == nil
 	return err
+}
+
+// teamsGroupConversation reports whether a Teams message goes to a group chat or a channel,
+// where Teams does not stream (specs/botconnector.md §4): a channel target, or a conversation
+// id of the group chat and channel form "19:…@thread.…". The conversation's type is kept by
+// the plugin, not the host; an id of another form (a 1:1 chat's "a:…", a user target) is
+// taken as a stream's, whose opening request counts: pacing errs on the side of later.
+func teamsGroupConversation(msg adapter.Message) bool {
+	conv := msg.To.Chat
+	switch {
+	case msg.To.Channel != nil:
+		return true
+	case msg.To.User != "" || len(msg.To.Users) > 0:
+		return false
+	case conv == "":
+		conv, _, _ = teams.ParseID(msg.ReplyTo)
+	}
+	return strings.HasPrefix(conv, "19:") && strings.Contains(conv, "@thread.")
 }
 
 // finish finishes the stream with finish in the turn of an ordinary send of whole. A reply

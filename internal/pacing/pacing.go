@@ -26,6 +26,13 @@ const WeComBlock = 60 * time.Second
 // after the first can reach WeCom less than a minute after the first did, and be dropped.
 const marginDivisor = 30
 
+// sameMoment is how far past its maxWait a send may still be placed: concurrent sends on one
+// counter are ordered by when they reach the store, a few µs (memory) or a millisecond
+// (Redis keeps milliseconds) after they read the clock, so a send that could go at once
+// may find the counter's last entry just after its now. A wait that short is no wait (the
+// margin of every window is far longer), and refusing it said "could go in 0s".
+const sameMoment = time.Millisecond
+
 // DefaultConcurrency is the default bound on one bot's sends in flight in one host.
 const DefaultConcurrency = 32
 
@@ -158,9 +165,9 @@ type Reservation struct {
 
 // Reserve reserves msg's place: the earliest time at which every counter msg draws on (see
 // [Plan]) and every pause on the bot and on those counters allow it. If that is no more
-// than maxWait away (maxWait < 0: any wait), the place is recorded, fleet-wide, and
-// returned; the caller waits with [Reservation.Sleep] and then sends. Otherwise nothing is
-// recorded and the error is an *adapter.Error of KindRateLimited whose RetryAfter is the
+// than maxWait away (and a millisecond, sameMoment; maxWait < 0: any wait), the place is
+// recorded, fleet-wide, and returned; the caller waits with [Reservation.Sleep] and then
+// sends. Otherwise nothing is recorded and the error is an *adapter.Error of KindRateLimited whose RetryAfter is the
 // wait. A reservation whose send is then abandoned still counts: pacing errs on the side of
 // sending later, never of the platform dropping.
 func (s *Scheduler) Reserve(ctx context.Context, msg adapter.Message, maxWait time.Duration) (Reservation, error) {
@@ -179,10 +186,14 @@ func (s *Scheduler) Reserve(ctx context.Context, msg adapter.Message, maxWait ti
 		}
 	}
 	now := s.clock.Now()
-	at, ok, err := s.store.reserve(ctx, s.bot, cs, pauses, now, maxWait)
+	allow := maxWait
+	if allow >= 0 {
+		allow += sameMoment
+	}
+	at, ok, err := s.store.reserve(ctx, s.bot, cs, pauses, now, allow)
 	if err != nil && s.fallback != nil && ctx.Err() == nil {
 		s.log.Warn("pacing: store failed; pacing within this host only", "bot", s.bot, "error", err)
-		at, ok, err = s.fallback.reserve(ctx, s.bot, cs, pauses, now, maxWait)
+		at, ok, err = s.fallback.reserve(ctx, s.bot, cs, pauses, now, allow)
 	}
 	if err != nil {
 		return Reservation{}, &adapter.Error{Kind: adapter.KindUnavailable, Message: "pacing: " + err.Error(), Err: err}

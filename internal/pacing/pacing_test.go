@@ -145,6 +145,41 @@ func testStore(t *testing.T, stores storesFunc) {
 		}
 	})
 
+	t.Run("ConcurrentSendsWithNoWait", func(t *testing.T) {
+		// Concurrent sends to one member: a reserves first with a clock read a little later
+		// than b's (b read the time, then a overtook it). b could go 0.3 ms after it read the
+		// time, in the same millisecond as a, well inside the window's margin: with no wait
+		// allowed (Prefer: wait=0) it goes, not refused "could go in 0s". c, 2.3 ms late,
+		// is refused.
+		ss := stores(t, 3)
+		t0 := newManual().Now() // a whole second
+		clock := func(d time.Duration) *manual { return &manual{t: t0.Add(d)} }
+		sc := func(i int, c Clock) *Scheduler {
+			s, err := New(ss[i], "hr", adapter.PlatformWeCom, Options{Clock: c})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		}
+		a := sc(0, clock(1200*time.Microsecond))
+		b := sc(1, clock(900*time.Microsecond))
+		c := sc(2, clock(-1100*time.Microsecond))
+		ra, err := a.Reserve(t.Context(), toUser("zhangsan"), 0)
+		if err != nil || ra.Wait != 0 {
+			t.Fatalf("a: Wait %v, %v; want at once", ra.Wait, err)
+		}
+		rb, err := b.Reserve(t.Context(), toUser("zhangsan"), 0)
+		if err != nil {
+			t.Fatalf("b, 0.3 ms behind a, with no wait allowed: %v; want it to go", err)
+		}
+		if rb.Wait < 0 || rb.Wait > time.Millisecond || rb.At.Before(ra.At.Truncate(time.Millisecond)) {
+			t.Errorf("b: At %v Wait %v; want at a's time (%v), within a millisecond", rb.At.Sub(t0), rb.Wait, ra.At.Sub(t0))
+		}
+		if _, err := c.Reserve(t.Context(), toUser("zhangsan"), 0); adapter.KindOf(err) != adapter.KindRateLimited {
+			t.Errorf("c, 2.3 ms behind a, with no wait allowed: %v; want rate_limited", err)
+		}
+	})
+
 	t.Run("HourLimit", func(t *testing.T) {
 		clock := newManual()
 		scs := schedulers(t, stores(t, 1), adapter.PlatformWeCom, clock, map[string][]Limit{ScopeMember: {{2, time.Minute}, {3, time.Hour}}})
