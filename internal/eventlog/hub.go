@@ -58,9 +58,22 @@ type hub struct {
 	// lookSoon asks for a look before the next read: a log was added, and its readers read
 	// with XRANGE until the hub's first look at its stream gives the hub a position there.
 	lookSoon bool
-	// kick wakes a polling hub (cluster) early: this process appended.
+	// kick wakes a polling hub (cluster) early: this process appended, or a reader came to a
+	// stream the current poll does not name; and a hub with no stream to read.
 	kick chan struct{}
-	seen map[string]int // streamArgs' scratch space; only the hub goroutine uses it
+	// conn is the connection of the hub's XREAD on one server, and connID its CLIENT ID, so
+	// that a reader coming to a stream the current XREAD does not name can end it early
+	// (CLIENT UNBLOCK). Only the hub goroutine uses them.
+	conn   *redis.Conn
+	connID int64
+	// Under mu: wanted is set when a reader came to a stream the round being prepared or
+	// under way does not name; blockID is the connection's id while its XREAD is under way,
+	// round counts the XREADs, unblocking is set while one goroutine ends the current one.
+	wanted     bool
+	blockID    int64
+	round      uint64
+	unblocking bool
+	seen       map[string]int // streamArgs' scratch space; only the hub goroutine uses it
 	// proc is held while the hub hands a round's results to its logs, so that once
 	// unregister returns the hub no longer touches that log.
 	proc sync.Mutex
@@ -159,6 +172,7 @@ func (h *hub) logger(logs []*Redis) *slog.Logger {
 
 func (h *hub) run(ctx context.Context) {
 	defer close(h.done)
+	defer h.closeConn()
 	lookNext := time.Time{}
 	for ctx.Err() == nil {
 		logs, added := h.snapshot()
@@ -175,11 +189,21 @@ func (h *hub) run(ctx context.Context) {
 			h.recovered(logs)
 			lookNext = time.Now().Add(watchEvery)
 		}
+		h.mu.Lock()
+		h.wanted = false
+		h.mu.Unlock()
+		round := h.roundLogs(logs)
+		if _, ok := h.rdb.(*redis.Client); !ok && !h.cluster {
+			round = logs // no connection of its own to end an XREAD early: name every stream
+		}
 		var err error
-		if h.cluster {
-			err = h.poll(ctx, logs)
-		} else {
-			err = h.block(ctx, logs)
+		switch {
+		case h.cluster:
+			err = h.poll(ctx, round)
+		case len(round) == 0:
+			h.idle(ctx, lookNext)
+		default:
+			err = h.block(ctx, round)
 		}
 		if err != nil {
 			if ctx.Err() != nil || !h.failed(ctx, logs, err) {
@@ -310,13 +334,124 @@ func streamArgs(logs []*Redis, seen map[string]int) []string {
 	return args
 }
 
-// block waits up to watchEvery in one XREAD over every stream.
+// roundLogs returns the logs whose streams the next XREAD names: those with a Read under
+// way, and those it delivered to last time (their readers are about to read again). A round's
+// cost in Redis grows with the streams it names, and a host has logs (bots) nobody reads
+// (every stream is looked at every watchEvery regardless, for resets: lookAll).
+func (h *hub) roundLogs(logs []*Redis) []*Redis {
+	out := make([]*Redis, 0, 8)
+	for _, l := range logs {
+		l.mu.Lock()
+		in := l.readers > 0 || l.fresh
+		l.fresh, l.inRound = false, in
+		l.mu.Unlock()
+		if in {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// want asks for an XREAD that names a stream a reader came to: the current one may not.
+func (h *hub) want() {
+	h.pollNow()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.wanted = true
+	if h.blockID == 0 || h.unblocking {
+		return
+	}
+	h.unblocking = true
+	go h.unblock(h.blockID, h.round)
+}
+
+// unblock ends the XREAD of round on the connection id early. CLIENT UNBLOCK may reach
+// Redis before the XREAD it is meant for (it is sent on another connection), so it is sent
+// again until it ended that XREAD or the XREAD returned by itself.
+func (h *hub) unblock(id int64, round uint64) {
+	defer func() {
+		h.mu.Lock()
+		h.unblocking = false
+		h.mu.Unlock()
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), watchEvery)
+	defer cancel()
+	for ctx.Err() == nil {
+		if n, err := h.rdb.ClientUnblock(ctx, id).Result(); err != nil || n == 1 {
+			return
+		}
+		h.mu.Lock()
+		same := h.blockID == id && h.round == round
+		h.mu.Unlock()
+		if !same {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// idle waits, when no stream has a reader, for one (want) or the next look.
+func (h *hub) idle(ctx context.Context, lookNext time.Time) {
+	h.mu.Lock()
+	wanted := h.wanted
+	h.mu.Unlock()
+	if wanted {
+		return
+	}
+	t := time.NewTimer(time.Until(lookNext))
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-h.kick:
+	case <-ctx.Done():
+	}
+}
+
+func (h *hub) closeConn() {
+	if h.conn != nil {
+		h.conn.Close()
+		h.conn, h.connID = nil, 0
+	}
+}
+
+// block waits up to watchEvery in one XREAD over the streams of logs. On one server
+// (redis.Client) it runs on a connection of its own whose XREAD a reader ends early (want);
+// on another single-server client it names every stream (see run).
 func (h *hub) block(ctx context.Context, logs []*Redis) error {
-	res, err := h.rdb.XRead(ctx, &redis.XReadArgs{Streams: streamArgs(logs, h.seen), Count: 100, Block: watchEvery}).Result()
+	if c, ok := h.rdb.(*redis.Client); ok && h.conn == nil {
+		conn := c.Conn()
+		id, err := conn.ClientID(ctx).Result()
+		if err != nil {
+			conn.Close()
+			return err
+		}
+		h.conn, h.connID = conn, id
+	}
+	args := streamArgs(logs, h.seen)
+	h.mu.Lock()
+	if h.wanted {
+		// A reader came while the round was prepared: prepare it again.
+		h.mu.Unlock()
+		return nil
+	}
+	h.round++
+	h.blockID = h.connID
+	h.mu.Unlock()
+	var res []redis.XStream
+	var err error
+	if h.conn != nil {
+		res, err = h.conn.XRead(ctx, &redis.XReadArgs{Streams: args, Count: 100, Block: watchEvery}).Result()
+	} else {
+		res, err = h.rdb.XRead(ctx, &redis.XReadArgs{Streams: args, Count: 100, Block: watchEvery}).Result()
+	}
+	h.mu.Lock()
+	h.blockID = 0
+	h.mu.Unlock()
 	if errors.Is(err, redis.Nil) {
 		return nil
 	}
 	if err != nil {
+		h.closeConn() // a new one next time (after a failover, say)
 		return err
 	}
 	h.deliver(logs, res)
