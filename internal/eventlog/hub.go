@@ -73,6 +73,7 @@ type hub struct {
 	blockID    int64
 	round      uint64
 	unblocking bool
+	roundDone  chan struct{}  // closed when the XREAD of round returned
 	seen       map[string]int // streamArgs' scratch space; only the hub goroutine uses it
 	// proc is held while the hub hands a round's results to its logs, so that once
 	// unregister returns the hub no longer touches that log.
@@ -359,34 +360,55 @@ func (h *hub) want() {
 	defer h.mu.Unlock()
 	h.wanted = true
 	if h.blockID == 0 || h.unblocking {
-		return
+		return // the hub prepares its next round and sees wanted, or unblock runs and does
 	}
 	h.unblocking = true
-	go h.unblock(h.blockID, h.round)
+	go h.unblock()
 }
 
-// unblock ends the XREAD of round on the connection id early. CLIENT UNBLOCK may reach
-// Redis before the XREAD it is meant for (it is sent on another connection), so it is sent
-// again until it ended that XREAD or the XREAD returned by itself.
-func (h *hub) unblock(id int64, round uint64) {
-	defer func() {
-		h.mu.Lock()
-		h.unblocking = false
-		h.mu.Unlock()
-	}()
-	ctx, cancel := context.WithTimeout(context.Background(), watchEvery)
+// unblock ends the hub's XREAD early (CLIENT UNBLOCK) while a reader wants a round it does
+// not name: the one under way when want was called, and any later one that a reader wanted
+// meanwhile (their want left it to this goroutine). CLIENT UNBLOCK may reach Redis before
+// the XREAD it is meant for (it is sent on another connection): it is sent again until it
+// ended that XREAD or the XREAD returned by itself.
+func (h *hub) unblock() {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*watchEvery)
 	defer cancel()
-	for ctx.Err() == nil {
-		if n, err := h.rdb.ClientUnblock(ctx, id).Result(); err != nil || n == 1 {
-			return
-		}
+	var ended uint64 // the round a CLIENT UNBLOCK ended
+	for {
 		h.mu.Lock()
-		same := h.blockID == id && h.round == round
-		h.mu.Unlock()
-		if !same {
+		id, round, done := h.blockID, h.round, h.roundDone
+		if id == 0 || !h.wanted || ctx.Err() != nil {
+			h.unblocking = false
+			h.mu.Unlock()
 			return
 		}
-		time.Sleep(time.Millisecond)
+		h.mu.Unlock()
+		if round == ended {
+			select { // the hub is about to see its XREAD ended
+			case <-done:
+			case <-ctx.Done():
+			}
+			continue
+		}
+		n, err := h.rdb.ClientUnblock(ctx, id).Result()
+		if err != nil {
+			h.mu.Lock()
+			h.unblocking = false
+			h.mu.Unlock()
+			return
+		}
+		if n == 1 {
+			ended = round
+			continue
+		}
+		// Not blocked yet (or it has just returned): try again shortly.
+		t := time.NewTimer(50 * time.Microsecond)
+		select {
+		case <-t.C:
+		case <-done:
+			t.Stop()
+		}
 	}
 }
 
@@ -436,6 +458,7 @@ func (h *hub) block(ctx context.Context, logs []*Redis) error {
 	}
 	h.round++
 	h.blockID = h.connID
+	h.roundDone = make(chan struct{})
 	h.mu.Unlock()
 	var res []redis.XStream
 	var err error
@@ -446,6 +469,7 @@ func (h *hub) block(ctx context.Context, logs []*Redis) error {
 	}
 	h.mu.Lock()
 	h.blockID = 0
+	close(h.roundDone)
 	h.mu.Unlock()
 	if errors.Is(err, redis.Nil) {
 		return nil
