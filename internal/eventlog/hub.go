@@ -40,15 +40,20 @@ var hubs = struct {
 // XREAD per log held every connection of the client's pool once a host had more logs than
 // the pool has connections, and appends, reads and leases waited for a connection.
 //
-// On one server (redis.Client, Sentinel failover included) the hub runs one XREAD BLOCK over
-// all streams, which returns as soon as any of them gets an entry. Keys of different hash
+// On one server (redis.Client, Sentinel failover included) the hub runs one XREAD BLOCK, on a
+// connection of its own, over the streams that have a Read under way (or that it just
+// delivered to: their readers are about to read again), which returns as soon as any of them
+// gets an entry; a reader coming to a stream it does not name ends it early (CLIENT UNBLOCK,
+// see want). Naming only those keeps a round's cost in Redis to what the events need: an
+// XREAD's cost grows with the streams it names, and a host may have 1,000 bots. Keys of different hash
 // slots cannot be in one command in Redis Cluster, and a Ring shards by key, so there the
 // hub groups the streams by hash slot and polls them every pollEvery with one pipeline of
 // non-blocking XREADs, one per slot (go-redis sends each node its part of a pipeline on one
 // connection): a blocking XREAD per slot would again hold a connection per bot, since each
 // bot's keys have a hash tag of their own.
 //
-// Every watchEvery it looks at every stream (lookScript) in one pipeline, and reports resets.
+// Every watchEvery it looks at every stream (lookScript) in one pipeline, read or not, and
+// reports resets; a stream nobody reads has its position moved to its end then (looked).
 type hub struct {
 	rdb     redis.UniversalClient
 	cluster bool // group by slot and poll, see above
