@@ -40,15 +40,20 @@ var hubs = struct {
 // XREAD per log held every connection of the client's pool once a host had more logs than
 // the pool has connections, and appends, reads and leases waited for a connection.
 //
-// On one server (redis.Client, Sentinel failover included) the hub runs one XREAD BLOCK over
-// all streams, which returns as soon as any of them gets an entry. Keys of different hash
+// On one server (redis.Client, Sentinel failover included) the hub runs one XREAD BLOCK, on a
+// connection of its own, over the streams that have a Read under way (or that it just
+// delivered to: their readers are about to read again), which returns as soon as any of them
+// gets an entry; a reader coming to a stream it does not name ends it early (CLIENT UNBLOCK,
+// see want). Naming only those keeps a round's cost in Redis to what the events need: an
+// XREAD's cost grows with the streams it names, and a host may have 1,000 bots. Keys of different hash
 // slots cannot be in one command in Redis Cluster, and a Ring shards by key, so there the
 // hub groups the streams by hash slot and polls them every pollEvery with one pipeline of
 // non-blocking XREADs, one per slot (go-redis sends each node its part of a pipeline on one
 // connection): a blocking XREAD per slot would again hold a connection per bot, since each
 // bot's keys have a hash tag of their own.
 //
-// Every watchEvery it looks at every stream (lookScript) in one pipeline, and reports resets.
+// Every watchEvery it looks at every stream (lookScript) in one pipeline, read or not, and
+// reports resets; a stream nobody reads has its position moved to its end then (looked).
 type hub struct {
 	rdb     redis.UniversalClient
 	cluster bool // group by slot and poll, see above
@@ -58,9 +63,23 @@ type hub struct {
 	// lookSoon asks for a look before the next read: a log was added, and its readers read
 	// with XRANGE until the hub's first look at its stream gives the hub a position there.
 	lookSoon bool
-	// kick wakes a polling hub (cluster) early: this process appended.
+	// kick wakes a polling hub (cluster) early: this process appended, or a reader came to a
+	// stream the current poll does not name; and a hub with no stream to read.
 	kick chan struct{}
-	seen map[string]int // streamArgs' scratch space; only the hub goroutine uses it
+	// conn is the connection of the hub's XREAD on one server, and connID its CLIENT ID, so
+	// that a reader coming to a stream the current XREAD does not name can end it early
+	// (CLIENT UNBLOCK). Only the hub goroutine uses them.
+	conn   *redis.Conn
+	connID int64
+	// Under mu: wanted is set when a reader came to a stream the round being prepared or
+	// under way does not name; blockID is the connection's id while its XREAD is under way,
+	// round counts the XREADs, unblocking is set while one goroutine ends the current one.
+	wanted     bool
+	blockID    int64
+	round      uint64
+	unblocking bool
+	roundDone  chan struct{}  // closed when the XREAD of round returned
+	seen       map[string]int // streamArgs' scratch space; only the hub goroutine uses it
 	// proc is held while the hub hands a round's results to its logs, so that once
 	// unregister returns the hub no longer touches that log.
 	proc sync.Mutex
@@ -159,6 +178,7 @@ func (h *hub) logger(logs []*Redis) *slog.Logger {
 
 func (h *hub) run(ctx context.Context) {
 	defer close(h.done)
+	defer h.closeConn()
 	lookNext := time.Time{}
 	for ctx.Err() == nil {
 		logs, added := h.snapshot()
@@ -175,11 +195,21 @@ func (h *hub) run(ctx context.Context) {
 			h.recovered(logs)
 			lookNext = time.Now().Add(watchEvery)
 		}
+		h.mu.Lock()
+		h.wanted = false
+		h.mu.Unlock()
+		round := h.roundLogs(logs)
+		if _, ok := h.rdb.(*redis.Client); !ok && !h.cluster {
+			round = logs // no connection of its own to end an XREAD early: name every stream
+		}
 		var err error
-		if h.cluster {
-			err = h.poll(ctx, logs)
-		} else {
-			err = h.block(ctx, logs)
+		switch {
+		case h.cluster:
+			err = h.poll(ctx, round)
+		case len(round) == 0:
+			h.idle(ctx, lookNext)
+		default:
+			err = h.block(ctx, round)
 		}
 		if err != nil {
 			if ctx.Err() != nil || !h.failed(ctx, logs, err) {
@@ -310,13 +340,147 @@ func streamArgs(logs []*Redis, seen map[string]int) []string {
 	return args
 }
 
-// block waits up to watchEvery in one XREAD over every stream.
+// roundLogs returns the logs whose streams the next XREAD names: those with a Read under
+// way, and those it delivered to last time (their readers are about to read again). A round's
+// cost in Redis grows with the streams it names, and a host has logs (bots) nobody reads
+// (every stream is looked at every watchEvery regardless, for resets: lookAll).
+func (h *hub) roundLogs(logs []*Redis) []*Redis {
+	out := make([]*Redis, 0, 8)
+	for _, l := range logs {
+		l.mu.Lock()
+		in := l.readers > 0 || l.fresh
+		l.fresh, l.inRound = false, in
+		l.mu.Unlock()
+		if in {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// want asks for an XREAD that names a stream a reader came to: the current one may not.
+func (h *hub) want() {
+	h.pollNow()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.wanted = true
+	if h.blockID == 0 || h.unblocking {
+		return // the hub prepares its next round and sees wanted, or unblock runs and does
+	}
+	h.unblocking = true
+	go h.unblock()
+}
+
+// unblock ends the hub's XREAD early (CLIENT UNBLOCK) while a reader wants a round it does
+// not name: the one under way when want was called, and any later one that a reader wanted
+// meanwhile (their want left it to this goroutine). CLIENT UNBLOCK may reach Redis before
+// the XREAD it is meant for (it is sent on another connection): it is sent again until it
+// ended that XREAD or the XREAD returned by itself.
+func (h *hub) unblock() {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*watchEvery)
+	defer cancel()
+	var ended uint64 // the round a CLIENT UNBLOCK ended
+	for {
+		h.mu.Lock()
+		id, round, done := h.blockID, h.round, h.roundDone
+		if id == 0 || !h.wanted || ctx.Err() != nil {
+			h.unblocking = false
+			h.mu.Unlock()
+			return
+		}
+		h.mu.Unlock()
+		if round == ended {
+			select { // the hub is about to see its XREAD ended
+			case <-done:
+			case <-ctx.Done():
+			}
+			continue
+		}
+		n, err := h.rdb.ClientUnblock(ctx, id).Result()
+		if err != nil {
+			h.mu.Lock()
+			h.unblocking = false
+			h.mu.Unlock()
+			return
+		}
+		if n == 1 {
+			ended = round
+			continue
+		}
+		// Not blocked yet (or it has just returned): try again shortly.
+		t := time.NewTimer(50 * time.Microsecond)
+		select {
+		case <-t.C:
+		case <-done:
+			t.Stop()
+		}
+	}
+}
+
+// idle waits, when no stream has a reader, for one (want) or the next look.
+func (h *hub) idle(ctx context.Context, lookNext time.Time) {
+	h.mu.Lock()
+	wanted := h.wanted
+	h.mu.Unlock()
+	if wanted {
+		return
+	}
+	t := time.NewTimer(time.Until(lookNext))
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-h.kick:
+	case <-ctx.Done():
+	}
+}
+
+func (h *hub) closeConn() {
+	if h.conn != nil {
+		h.conn.Close()
+		h.conn, h.connID = nil, 0
+	}
+}
+
+// block waits up to watchEvery in one XREAD over the streams of logs. On one server
+// (redis.Client) it runs on a connection of its own whose XREAD a reader ends early (want);
+// on another single-server client it names every stream (see run).
 func (h *hub) block(ctx context.Context, logs []*Redis) error {
-	res, err := h.rdb.XRead(ctx, &redis.XReadArgs{Streams: streamArgs(logs, h.seen), Count: 100, Block: watchEvery}).Result()
+	if c, ok := h.rdb.(*redis.Client); ok && h.conn == nil {
+		conn := c.Conn()
+		id, err := conn.ClientID(ctx).Result()
+		if err != nil {
+			conn.Close()
+			return err
+		}
+		h.conn, h.connID = conn, id
+	}
+	args := streamArgs(logs, h.seen)
+	h.mu.Lock()
+	if h.wanted {
+		// A reader came while the round was prepared: prepare it again.
+		h.mu.Unlock()
+		return nil
+	}
+	h.round++
+	h.blockID = h.connID
+	h.roundDone = make(chan struct{})
+	h.mu.Unlock()
+	var res []redis.XStream
+	var err error
+	if h.conn != nil {
+		res, err = h.conn.XRead(ctx, &redis.XReadArgs{Streams: args, Count: 100, Block: watchEvery}).Result()
+	} else {
+		res, err = h.rdb.XRead(ctx, &redis.XReadArgs{Streams: args, Count: 100, Block: watchEvery}).Result()
+	}
+	h.mu.Lock()
+	h.blockID = 0
+	close(h.roundDone)
+	h.mu.Unlock()
 	if errors.Is(err, redis.Nil) {
 		return nil
 	}
 	if err != nil {
+		h.closeConn() // a new one next time (after a failover, say)
 		return err
 	}
 	h.deliver(logs, res)

@@ -3,6 +3,7 @@ package eventlog
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -229,5 +230,88 @@ func TestRedisClusterWatcher(t *testing.T) {
 		}
 	case <-ctx.Done():
 		t.Fatal("the reset was not reported")
+	}
+}
+
+// xreadStreams is a go-redis hook recording how many streams each XREAD names.
+type xreadStreams struct {
+	mu sync.Mutex
+	n  []int
+}
+
+func (x *xreadStreams) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (x *xreadStreams) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+func (x *xreadStreams) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if cmd.Name() == "xread" {
+			args := cmd.Args()
+			for i, a := range args {
+				if s, ok := a.(string); ok && strings.EqualFold(s, "streams") {
+					x.mu.Lock()
+					x.n = append(x.n, (len(args)-i-1)/2)
+					x.mu.Unlock()
+					break
+				}
+			}
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (x *xreadStreams) take() []int {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	n := x.n
+	x.n = nil
+	return n
+}
+
+// TestRedisHubReadsOnlyStreamsWithReaders: of 200 logs on one client, only one has a
+// reader; the hub's XREADs name that stream alone, not all 200 (an XREAD's cost in Redis
+// grows with the streams it names, and every event waited for one over all of them). Every
+// entry another process appends reaches the reader. It used to name every stream.
+func TestRedisHubReadsOnlyStreamsWithReaders(t *testing.T) {
+	const n = 200
+	srv := redistest.Start(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer rdb.Close()
+	x := &xreadStreams{}
+	rdb.AddHook(x)
+	writer := redis.NewClient(&redis.Options{Addr: srv.Addr()}) // another process
+	defer writer.Close()
+	ctx := testCtx(t)
+	logs := make([]*Redis, n)
+	for i := range logs {
+		bot := fmt.Sprintf("only%d", i)
+		logs[i] = NewRedis(rdb, "chatwire:events:{"+bot+"}", "chatwire:dedup:{"+bot+"}:", Options{})
+		defer logs[i].Close()
+	}
+	for _, l := range logs {
+		waitPositioned(t, l)
+	}
+	l := logs[7]
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	got := reader(rctx, t, l, ID{})
+	x.take()
+	for i := range 20 {
+		id, err := writer.XAdd(ctx, &redis.XAddArgs{Stream: l.stream, Values: []string{"k", "message", "c", "x", "d", strconv.Itoa(i)}}).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e := <-got; e.ID.String() != id {
+			t.Fatalf("reader got %v, want %s", e.ID, id)
+		}
+	}
+	named := x.take()
+	if len(named) == 0 {
+		t.Fatal("no XREAD while the reader read 20 entries")
+	}
+	for _, k := range named {
+		if k != 1 {
+			t.Fatalf("the hub's XREADs named %v streams; want 1 (the one stream with a reader of %d)", named, n)
+		}
 	}
 }

@@ -230,8 +230,14 @@ type Redis struct {
 	lookSaw      []ID
 	lookAppended []ID
 	wake         chan struct{} // closed and replaced when the watcher sees new entries
-	floor        ID            // the highest id this process has seen in the stream
-	groups       map[string]ID // groups this process created or used: the last id they handed out here
+	// readers is the number of Reads under way; the hub's XREAD names the stream only while
+	// one is, or right after it delivered entries (fresh: the reader is about to come back).
+	// inRound is set while the hub's current XREAD names the stream (set by the hub).
+	readers int
+	fresh   bool
+	inRound bool
+	floor   ID            // the highest id this process has seen in the stream
+	groups  map[string]ID // groups this process created or used: the last id they handed out here
 	// view is the stream as the watcher last looked at it, updated with the entries this
 	// process has seen since (appended, read, watched), so a reset found soon after
 	// activity still reports what was lost. Before the first look it holds what this process
@@ -297,6 +303,7 @@ func (l *Redis) delivered(es []Entry, now int64) {
 	if l.tail.positioned {
 		l.tail.add(es, now)
 	}
+	l.fresh = true
 	close(l.wake)
 	l.wake = make(chan struct{})
 }
@@ -484,6 +491,20 @@ func (l *Redis) Read(ctx context.Context, after ID, n int) ([]Entry, error) {
 		}
 	}()
 	waitedMine := false
+	// While a Read is under way, the hub's XREAD names the stream; when its current one does
+	// not, it is asked to start another.
+	l.mu.Lock()
+	l.readers++
+	in := l.inRound
+	l.mu.Unlock()
+	defer func() {
+		l.mu.Lock()
+		l.readers--
+		l.mu.Unlock()
+	}()
+	if !in {
+		l.hub.want()
+	}
 	for {
 		if l.isClosed() {
 			return nil, ErrClosed
@@ -869,6 +890,15 @@ func (l *Redis) looked(now streamState) (Reset, bool) {
 				l.sawLocked(now.last)
 				l.setWatch(maxID(l.watchLast, now.last))
 			}
+			t.reposition(l.watchLast)
+			changed = true
+		} else if !l.inRound && now.exists && l.watchLast.Less(now.last) {
+			// The hub has not read the stream since nobody reads it here: its position
+			// moves to the stream's end, so that the XREAD, when a reader comes, does not
+			// start with what was appended while nobody read (readers behind read with
+			// XRANGE). No XREAD is under way while the hub looks.
+			l.sawLocked(now.last)
+			l.setWatch(now.last)
 			t.reposition(l.watchLast)
 			changed = true
 		}

@@ -59,6 +59,20 @@ func (c *cmdCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.P
 	}
 }
 
+// readUnderWay makes l's hub read its stream as while a Read is under way (the hub's XREAD
+// names only streams with a reader, or just delivered to), for tests of what the hub holds.
+func readUnderWay(t *testing.T, l *Redis) {
+	l.mu.Lock()
+	l.readers++
+	l.mu.Unlock()
+	l.hub.want()
+	t.Cleanup(func() {
+		l.mu.Lock()
+		l.readers--
+		l.mu.Unlock()
+	})
+}
+
 // reader reads l from after into a channel until ctx ends.
 func reader(ctx context.Context, t *testing.T, l Log, after ID) <-chan Entry {
 	got := make(chan Entry, 1000)
@@ -172,6 +186,7 @@ func TestRedisSlowReaderReadsWithXRANGE(t *testing.T) {
 	count := countCommands(env.rdb)
 	l := env.open(t, Options{})
 	waitPositioned(t, l)
+	readUnderWay(t, l)
 	var all []ID
 	for i := range 50 {
 		all = append(all, mustAppend(t, l, rec(i))[0].ID)
@@ -222,6 +237,7 @@ func TestRedisTailBytesBound(t *testing.T) {
 	env := newRedisEnv(t)
 	l := env.open(t, Options{})
 	waitPositioned(t, l)
+	readUnderWay(t, l)
 	big := Record{Kind: "message", Key: "k", Data: []byte(strings.Repeat("x", 1000))}
 	var last ID
 	for range 40 {
@@ -249,6 +265,7 @@ func TestRedisTailDroppedWhenOld(t *testing.T) {
 	g := gateLooks(t, env)
 	l := env.open(t, Options{})
 	g.at("done") // the first look: the hub has a position
+	readUnderWay(t, l)
 	g.next()
 	var all []ID
 	for i := range 5 {
