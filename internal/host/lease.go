@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -41,29 +42,47 @@ func asLeader(ctx context.Context, rdb redis.UniversalClient, key string, ttl ti
 			continue
 		}
 		lctx, cancel := context.WithCancel(ctx)
-		go func() {
-			t := time.NewTicker(ttl / 3)
-			defer t.Stop()
-			for {
-				select {
-				case <-lctx.Done():
-					return
-				case <-t.C:
-					n, err := leaseScript.Run(lctx, rdb, []string{key}, owner, ttl.Milliseconds()).Int()
-					if err != nil || n == 0 {
-						if lctx.Err() == nil {
-							log.Warn("lease lost", "key", key, "error", err)
-						}
-						cancel()
-						return
-					}
-				}
-			}
-		}()
+		stop := renewLease(lctx, cancel, rdb, key, owner, ttl, log)
 		fn(lctx)
 		cancel()
+		stop()
 		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), redisOpTimeout)
 		leaseScript.Run(rctx, rdb, []string{key}, owner, 0)
 		rcancel()
+	}
+}
+
+// renewLease extends the lease every ttl/3 until ctx ends, and cancels ctx when the lease
+// is lost. It runs on a timer, not a goroutine of its own: a host holds a lease per bot
+// (its outbox, its deliverer), and a parked goroutine costs a stack (issue 18). stop
+// stops the renewals (call it after ctx ended).
+func renewLease(ctx context.Context, cancel context.CancelFunc, rdb redis.UniversalClient, key, owner string, ttl time.Duration, log *slog.Logger) (stop func()) {
+	var (
+		mu      sync.Mutex
+		stopped bool
+		t       *time.Timer
+	)
+	mu.Lock()
+	defer mu.Unlock()
+	t = time.AfterFunc(ttl/3, func() {
+		n, err := leaseScript.Run(ctx, rdb, []string{key}, owner, ttl.Milliseconds()).Int()
+		if err != nil || n == 0 {
+			if ctx.Err() == nil {
+				log.Warn("lease lost", "key", key, "error", err)
+			}
+			cancel()
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if !stopped {
+			t.Reset(ttl / 3)
+		}
+	})
+	return func() {
+		mu.Lock()
+		defer mu.Unlock()
+		stopped = true
+		t.Stop()
 	}
 }

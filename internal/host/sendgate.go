@@ -43,6 +43,10 @@ type sendGate struct {
 	retake  map[string]time.Duration     // by bot: WeCom duplicate_check interval; 0: never retake
 	waits   *prometheus.HistogramVec
 	log     *slog.Logger
+	// outcomes counts finished asynchronous sends of every bot: one vector labelled by bot,
+	// not one per bot (with the bot a constant label), which cost ~1.4 KiB per configured bot
+	// with the depth and oldest gauges (now collectOutboxes).
+	outcomes *prometheus.CounterVec
 
 	outboxes map[string]*outbox.Outbox // by bot: asynchronous sends
 	oblogs   map[string]eventlog.Log
@@ -58,8 +62,10 @@ func newSendGate(cfg *config.Config, s *server, rdb redis.UniversalClient, reg p
 		waits: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "chatwire_send_paced_wait_seconds",
 			Help:    "How long synchronous sends waited for their turn under the platform's limits, by bot and outcome (sent, refused: answered 429).",
 			Buckets: []float64{0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300}}, []string{"bot", "outcome"})}
+	g.outcomes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "chatwire_outbox_outcomes_total",
+		Help: "Asynchronous sends finished, by outcome (sent, failed) and error kind."}, []string{"bot", "outcome", "kind"})
 	if reg != nil {
-		reg.MustRegister(g.waits)
+		reg.MustRegister(g.waits, g.outcomes, prometheus.CollectorFunc(g.collectOutboxes))
 	}
 	var (
 		istore   idempotency.Store
@@ -90,7 +96,7 @@ func newSendGate(cfg *config.Config, s *server, rdb redis.UniversalClient, reg p
 			g.retake[b.Name], _ = time.ParseDuration(b.WeCom.DuplicateCheck)
 			g.repeat[b.Name] = true
 		}
-		if err := g.newOutbox(cfg, s, rdb, reg, b, sc); err != nil {
+		if err := g.newOutbox(cfg, s, rdb, b, sc); err != nil {
 			g.close()
 			return nil, fmt.Errorf("bots %s: outbox: %w", b.Name, err)
 		}
@@ -102,7 +108,7 @@ func newSendGate(cfg *config.Config, s *server, rdb redis.UniversalClient, reg p
 // beside it when the host has Redis; with store.dir, journal files
 // "<dir>/outbox/<bot>.log" and "<dir>/outbox/<bot>.status"; memory otherwise (lost with the
 // process).
-func (g *sendGate) newOutbox(cfg *config.Config, s *server, rdb redis.UniversalClient, reg prometheus.Registerer, b config.BotConfig, sc *pacing.Scheduler) error {
+func (g *sendGate) newOutbox(cfg *config.Config, s *server, rdb redis.UniversalClient, b config.BotConfig, sc *pacing.Scheduler) error {
 	name := b.Name
 	var (
 		l  eventlog.Log
@@ -126,8 +132,6 @@ func (g *sendGate) newOutbox(cfg *config.Config, s *server, rdb redis.UniversalC
 	} else {
 		l, st = eventlog.NewMemory(eventlog.Options{Logger: g.log}), outbox.NewMemoryStatus()
 	}
-	outcomes := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "chatwire_outbox_outcomes_total",
-		Help: "Asynchronous sends finished, by outcome (sent, failed) and error kind.", ConstLabels: prometheus.Labels{"bot": name}}, []string{"outcome", "kind"})
 	send := func(ctx context.Context, msg adapter.Message) (adapter.Receipt, error) {
 		for !s.ready() { // the plugin restarts: wait rather than fail a message never sent
 			select {
@@ -152,37 +156,50 @@ func (g *sendGate) newOutbox(cfg *config.Config, s *server, rdb redis.UniversalC
 			if st.Error != nil {
 				kind = st.Error.Kind
 			}
-			outcomes.WithLabelValues(st.State, kind).Inc()
+			g.outcomes.WithLabelValues(name, st.State, kind).Inc()
 		}})
 	g.oblogs[name] = l
-	if reg != nil {
-		depth := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "chatwire_outbox_depth",
-			Help: "Asynchronous sends accepted and not yet finished.", ConstLabels: prometheus.Labels{"bot": name}}, func() float64 {
-			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			defer cancel()
-			n, _ := l.Len(ctx)
-			return float64(n.Unconsumed)
-		})
-		oldest := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "chatwire_outbox_oldest_seconds",
-			Help: "Age of the oldest asynchronous send not yet finished (0 when none waits).", ConstLabels: prometheus.Labels{"bot": name}}, func() float64 {
-			ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-			defer cancel()
-			if n, err := l.Len(ctx); err != nil || n.Unconsumed == 0 {
-				return 0
-			}
-			mark, err := l.ConsumedID(ctx)
-			if err != nil {
-				return 0
-			}
-			es, err := l.Read(ctx, mark, 1)
-			if err != nil || len(es) == 0 {
-				return 0
-			}
-			return max(0, time.Since(time.UnixMilli(int64(es[0].ID.Ms))).Seconds())
-		})
-		reg.MustRegister(outcomes, depth, oldest)
-	}
 	return nil
+}
+
+var (
+	outboxDepthDesc = prometheus.NewDesc("chatwire_outbox_depth",
+		"Asynchronous sends accepted and not yet finished.", []string{"bot"}, nil)
+	outboxOldestDesc = prometheus.NewDesc("chatwire_outbox_oldest_seconds",
+		"Age of the oldest asynchronous send not yet finished (0 when none waits).", []string{"bot"}, nil)
+)
+
+// collectOutboxes reports every bot's outbox depth and the age of its oldest message at
+// scrape time.
+func (g *sendGate) collectOutboxes(ch chan<- prometheus.Metric) {
+	for name, l := range g.oblogs {
+		ch <- prometheus.MustNewConstMetric(outboxDepthDesc, prometheus.GaugeValue, outboxDepth(l), name)
+		ch <- prometheus.MustNewConstMetric(outboxOldestDesc, prometheus.GaugeValue, outboxOldest(l), name)
+	}
+}
+
+func outboxDepth(l eventlog.Log) float64 {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	n, _ := l.Len(ctx)
+	return float64(n.Unconsumed)
+}
+
+func outboxOldest(l eventlog.Log) float64 {
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if n, err := l.Len(ctx); err != nil || n.Unconsumed == 0 {
+		return 0
+	}
+	mark, err := l.ConsumedID(ctx)
+	if err != nil {
+		return 0
+	}
+	es, err := l.Read(ctx, mark, 1)
+	if err != nil || len(es) == 0 {
+		return 0
+	}
+	return max(0, time.Since(time.UnixMilli(int64(es[0].ID.Ms))).Seconds())
 }
 
 func cmpKind(err error) string {

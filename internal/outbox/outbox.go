@@ -144,21 +144,30 @@ func (o *Outbox) Run(ctx context.Context) error {
 		return err
 	}
 	var (
-		mu      sync.Mutex
-		order   []eventlog.ID // dispatched, oldest first, not yet below the mark
-		done    = map[eventlog.ID]bool{}
-		lanes   = make([]chan eventlog.Entry, o.opts.Lanes)
-		wg      sync.WaitGroup
+		mu    sync.Mutex
+		order []eventlog.ID        // dispatched, oldest first, not yet below the mark
+		done  map[eventlog.ID]bool // finished, not yet below the mark; made on first use
+		lanes = make([]lane, o.opts.Lanes)
+		wg    sync.WaitGroup
+		// freed gets a token each time a lane takes an entry off its queue: the reader
+		// waits on it while the lane it must queue to is full.
+		freed   = make(chan struct{}, 1)
 		marking = make(chan struct{}, 1)
 	)
 	finish := func(id eventlog.ID) {
 		mu.Lock()
+		if done == nil {
+			done = make(map[eventlog.ID]bool)
+		}
 		done[id] = true
 		var mark eventlog.ID
 		for len(order) > 0 && done[order[0]] {
 			mark = order[0]
 			delete(done, order[0])
 			order = order[1:]
+		}
+		if len(order) == 0 {
+			order = nil // an idle outbox holds no backing array
 		}
 		mu.Unlock()
 		if !mark.IsZero() {
@@ -169,24 +178,55 @@ func (o *Outbox) Run(ctx context.Context) error {
 			<-marking
 		}
 	}
-	for i := range lanes {
-		lanes[i] = make(chan eventlog.Entry, 64)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for e := range lanes[i] {
-				if o.deliver(ctx, e) {
-					finish(e.ID)
-				} // else not finished: the next sender rechecks it
+	// A lane's goroutine runs only while its queue holds entries: an idle outbox (most
+	// configured bots, most of the time) holds no goroutine and no buffer per lane.
+	work := func(l *lane) {
+		defer wg.Done()
+		for {
+			mu.Lock()
+			if len(l.q) == 0 {
+				l.q, l.busy = nil, false
+				mu.Unlock()
+				return
 			}
-		}()
-	}
-	defer func() {
-		for _, l := range lanes {
-			close(l)
+			e := l.q[0]
+			l.q[0] = eventlog.Entry{}
+			l.q = l.q[1:]
+			mu.Unlock()
+			select {
+			case freed <- struct{}{}:
+			default:
+			}
+			if o.deliver(ctx, e) {
+				finish(e.ID)
+			} // else not finished: the next sender rechecks it
 		}
-		wg.Wait()
-	}()
+	}
+	// queue gives e to its lane, waiting while that lane holds laneDepth entries; false if
+	// ctx ended first.
+	queue := func(l *lane, e eventlog.Entry) bool {
+		for {
+			mu.Lock()
+			if len(l.q) < laneDepth {
+				order = append(order, e.ID)
+				l.q = append(l.q, e)
+				if !l.busy {
+					l.busy = true
+					wg.Add(1)
+					go work(l)
+				}
+				mu.Unlock()
+				return true
+			}
+			mu.Unlock()
+			select {
+			case <-freed:
+			case <-ctx.Done():
+				return false
+			}
+		}
+	}
+	defer wg.Wait() // lanes finish what they hold (deliver returns at once once ctx ended)
 	for {
 		entries, err := o.log.Read(ctx, pos, 100)
 		if err != nil {
@@ -200,19 +240,24 @@ func (o *Outbox) Run(ctx context.Context) error {
 			continue
 		}
 		for _, e := range entries {
-			mu.Lock()
-			order = append(order, e.ID)
-			mu.Unlock()
 			h := fnv.New32a()
 			h.Write([]byte(e.Key))
-			select {
-			case lanes[h.Sum32()%uint32(len(lanes))] <- e:
-			case <-ctx.Done():
+			if !queue(&lanes[h.Sum32()%uint32(len(lanes))], e) {
 				return nil
 			}
 			pos = e.ID
 		}
 	}
+}
+
+// laneDepth is how many entries one lane holds before the reader waits for it.
+const laneDepth = 64
+
+// lane is one of Run's lanes: the entries it has yet to send, in order, and whether a
+// goroutine is sending them. Guarded by Run's mutex.
+type lane struct {
+	q    []eventlog.Entry
+	busy bool
 }
 
 // deliver sends one stored message and records its outcome; false if Run stopped first.
