@@ -3,6 +3,7 @@ package host
 import (
 	"bytes"
 	"encoding/json"
+	"reflect"
 	"testing"
 	"time"
 
@@ -99,4 +100,62 @@ func FuzzJSONEvent(f *testing.F) {
 		}
 		checkEventJSON(t, e)
 	})
+}
+
+// TestJSONEventCoversEveryField guards the hand-written encoder against drift: every exported
+// field of adapter.Event and the types inside it (Chat, Sender, Attachment, …) is set to a
+// value JSON writes, by reflection, and the fast path must write exactly what json.Marshal
+// does. A field added to the event later and not to appendEvent fails here, instead of being
+// dropped from every event clients receive.
+func TestJSONEventCoversEveryField(t *testing.T) {
+	var e adapter.Event
+	fill(t, reflect.ValueOf(&e).Elem(), "Event")
+	if !checkEventJSON(t, e) {
+		t.Fatalf("a fully set event went to json.Marshal; want the fast path (event %+v)", e)
+	}
+}
+
+// fill sets every exported field of v (a struct) to a non-zero value, recursively; a field
+// JSON does not write (json:"-") is left alone.
+func fill(t *testing.T, v reflect.Value, path string) {
+	t.Helper()
+	typ := v.Type()
+	for i := range typ.NumField() {
+		f := typ.Field(i)
+		if !f.IsExported() || f.Tag.Get("json") == "-" {
+			continue
+		}
+		fv, at := v.Field(i), path+"."+f.Name
+		switch {
+		case f.Type == reflect.TypeOf(time.Time{}):
+			fv.Set(reflect.ValueOf(time.Date(2026, 12, 5, 1, 2, 3, 4, time.UTC)))
+		case f.Type == reflect.TypeOf(json.RawMessage(nil)):
+			fv.Set(reflect.ValueOf(json.RawMessage(`{"k":[1,"v"]}`)))
+		case f.Type.Kind() == reflect.String:
+			fv.SetString(f.Name + " <&>")
+		case f.Type.Kind() == reflect.Bool:
+			fv.SetBool(true)
+		case f.Type.Kind() >= reflect.Int && f.Type.Kind() <= reflect.Int64:
+			fv.SetInt(7)
+		case f.Type.Kind() >= reflect.Uint && f.Type.Kind() <= reflect.Uint64:
+			fv.SetUint(7)
+		case f.Type.Kind() == reflect.Float64 || f.Type.Kind() == reflect.Float32:
+			fv.SetFloat(1.5)
+		case f.Type.Kind() == reflect.Slice && f.Type.Elem().Kind() == reflect.Uint8:
+			fv.SetBytes([]byte{1, 2, 3})
+		case f.Type.Kind() == reflect.Slice && f.Type.Elem().Kind() == reflect.Struct:
+			s := reflect.MakeSlice(f.Type, 1, 1)
+			fill(t, s.Index(0), at+"[0]")
+			fv.Set(s)
+		case f.Type.Kind() == reflect.Slice && f.Type.Elem().Kind() == reflect.String:
+			fv.Set(reflect.ValueOf([]string{"a", "b"}).Convert(f.Type))
+		case f.Type.Kind() == reflect.Struct:
+			fill(t, fv, at)
+		case f.Type.Kind() == reflect.Interface:
+			// an io.Reader such as Attachment.Body: never serialized (json:"-" is checked above)
+			t.Fatalf("%s: interface field %s without json:\"-\"; teach fill (and appendEvent) about it", at, f.Type)
+		default:
+			t.Fatalf("%s: field of kind %s; teach fill (and appendEvent) about it", at, f.Type.Kind())
+		}
+	}
 }
