@@ -17,8 +17,20 @@ import (
 // calls.
 type Journal struct {
 	path  string
-	f     *os.File
-	lines int // lines written since the last Rewrite, the Rewrite's included
+	f     file
+	size  int64 // bytes in the file: where the next line starts
+	lines int   // lines written since the last Rewrite, the Rewrite's included
+	// broken is set when a failed append could not be undone: the file may end in part of
+	// a line, so nothing more is appended after it until a Rewrite replaces the file.
+	broken error
+}
+
+// file is what a Journal needs of its *os.File (a test substitutes one that fails).
+type file interface {
+	Write(p []byte) (int, error)
+	Sync() error
+	Truncate(size int64) error
+	Close() error
 }
 
 // Open reads the journal at path (creating its directory), calling replay with each line in
@@ -48,21 +60,36 @@ func Open(path string, replay func(line []byte) error) (*Journal, error) {
 	return &Journal{path: path}, nil
 }
 
-// Append writes v as one JSON line and syncs the file.
+// Append writes v as one JSON line and syncs the file. If the write or the sync fails, the
+// file is cut back to where the line began, so a later append never follows part of a line
+// (Open would refuse the journal at that line); if even that fails, later appends fail too
+// until a Rewrite.
 func (j *Journal) Append(v any) error {
 	if j.f == nil {
 		return errors.New("journal " + j.path + " is closed")
+	}
+	if j.broken != nil {
+		return fmt.Errorf("journal %s: an earlier append failed and could not be undone: %w", j.path, j.broken)
 	}
 	data, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	if _, err := j.f.Write(append(data, '\n')); err != nil {
+	n, err := j.f.Write(append(data, '\n'))
+	if err == nil {
+		err = j.f.Sync()
+	}
+	if err != nil {
+		if n > 0 {
+			if terr := j.f.Truncate(j.size); terr != nil {
+				j.broken = terr
+			} else if serr := j.f.Sync(); serr != nil {
+				j.broken = serr
+			}
+		}
 		return fmt.Errorf("journal %s: %w", j.path, err)
 	}
-	if err := j.f.Sync(); err != nil {
-		return fmt.Errorf("journal %s: %w", j.path, err)
-	}
+	j.size += int64(n)
 	j.lines++
 	return nil
 }
@@ -111,10 +138,15 @@ func (j *Journal) Rewrite(write func(put func(v any) error) error) error {
 	if err != nil {
 		return err
 	}
+	st, err := nf.Stat()
+	if err != nil {
+		nf.Close()
+		return err
+	}
 	if j.f != nil {
 		j.f.Close()
 	}
-	j.f, j.lines = nf, n
+	j.f, j.lines, j.size, j.broken = nf, n, st.Size(), nil
 	return nil
 }
 
