@@ -211,7 +211,7 @@ func cmpKind(err error) string {
 
 // start runs each bot's outbox until ctx ends: with Redis in the one host holding the bot's
 // outbox lease, else here.
-func (g *sendGate) start(ctx context.Context, wg *sync.WaitGroup, rdb redis.UniversalClient, prefix string) {
+func (g *sendGate) start(ctx context.Context, wg *sync.WaitGroup, leases *leaseSet, prefix string) {
 	for name, ob := range g.outboxes {
 		wg.Add(1)
 		go func() {
@@ -221,11 +221,11 @@ func (g *sendGate) start(ctx context.Context, wg *sync.WaitGroup, rdb redis.Univ
 					g.log.Error("outbox stopped", "bot", name, "error", err)
 				}
 			}
-			if rdb == nil {
+			if leases == nil {
 				run(ctx)
 				return
 			}
-			asLeader(ctx, rdb, prefix+":outbox-lease:{"+name+"}", 10*time.Second, g.log, run)
+			leases.asLeader(ctx, prefix+":outbox-lease:{"+name+"}", run)
 		}()
 	}
 }
