@@ -76,7 +76,7 @@ func TestLeaseWaitStopsWhenCancelled(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan struct{})
 	go func() {
-		asLeader(ctx, rdb, "lease", 3*time.Hour, slog.New(slog.DiscardHandler), func(context.Context) { t.Error("fn ran without the lease") })
+		newLeaseSet(rdb, 3*time.Hour, slog.New(slog.DiscardHandler)).asLeader(ctx, "lease", func(context.Context) { t.Error("fn ran without the lease") })
 		close(done)
 	}()
 	time.Sleep(100 * time.Millisecond) // let it find the lease taken and start its ≥1h wait

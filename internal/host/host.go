@@ -64,6 +64,7 @@ type Host struct {
 	ln     net.Listener
 	m      *metrics
 	redis  redis.UniversalClient // nil without Redis
+	leases *leaseSet             // the fleet-wide leases this host holds (nil without Redis)
 
 	connMu   sync.Mutex            // guards newConns
 	newConns map[net.Conn]struct{} // connections that have not sent a request yet
@@ -102,9 +103,9 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (*Host, error)
 	h.serve()
 	dctx, cancel := context.WithCancel(context.Background())
 	h.stopDeliver = cancel
-	h.startDeliverers(dctx, opts.DeliverBackoff)                 // webhook delivery of events
-	h.srv.sends.start(dctx, &h.wg, h.redis, cfg.Store.KeyPrefix) // asynchronous sends
-	h.startPollers(dctx)                                         // bots without webhooks
+	h.startDeliverers(dctx, opts.DeliverBackoff)                  // webhook delivery of events
+	h.srv.sends.start(dctx, &h.wg, h.leases, cfg.Store.KeyPrefix) // asynchronous sends
+	h.startPollers(dctx)                                          // bots without webhooks
 	log.Info("adapter-host listening", "addr", h.ln.Addr().String(), "bots", len(cfg.Bots), "api_keys", len(cfg.Server.APIKeys) > 0)
 	return h, nil
 }
@@ -117,6 +118,9 @@ func (h *Host) connectRedis() error {
 		return err
 	}
 	h.redis, err = platforms.RedisClient(store)
+	if h.redis != nil {
+		h.leases = newLeaseSet(h.redis, leaseTTL, h.log)
+	}
 	return err
 }
 
@@ -303,7 +307,7 @@ func (h *Host) startDeliverers(ctx context.Context, backoff time.Duration) {
 				d.run(ctx)
 				return
 			}
-			asLeader(ctx, h.redis, h.cfg.Store.KeyPrefix+":deliver:{"+b.Name+"}", 10*time.Second, h.log, d.run)
+			h.leases.asLeader(ctx, h.cfg.Store.KeyPrefix+":deliver:{"+b.Name+"}", d.run)
 		}()
 	}
 }

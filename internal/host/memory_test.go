@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/seed-a64d9e1f/chatwire/adapter"
 	"github.com/seed-a64d9e1f/chatwire/internal/config"
@@ -140,4 +141,58 @@ func TestOutboxMetricsPerBot(t *testing.T) {
 	if n := strings.Count(text, "\nchatwire_outbox_depth{"); n != 3 {
 		t.Errorf("%d chatwire_outbox_depth series; want 3 (one per bot)", n)
 	}
+}
+
+// TestOutboxScrape: /metrics asks Redis once per idle bot for its outbox gauges (it asked
+// for the length twice), the bots' lookups run side by side, and the whole lookup has one
+// deadline: with Redis not answering, a scrape of many bots answered in about 2 s, not one
+// second per bot (20 bots: 24 s before, past Prometheus's default scrape timeout of 10 s,
+// so every metric was lost exactly when Redis was in trouble).
+func TestOutboxScrape(t *testing.T) {
+	rs := redistest.Start(t)
+	const bots = 20
+	e := setup(t, setupOpts{quiet: true, redisURL: "redis://" + rs.Addr() + "/0", extraBots: bots - 1})
+	hook := &countHook{single: map[string]int{}}
+	e.h.redis.AddHook(hook)
+	scrape := func() string {
+		_, _, body := e.do("GET", "/metrics", testAPIKey, nil)
+		return string(body)
+	}
+	scrape() // warm: connections made
+	hook.mu.Lock()
+	clear(hook.single)
+	hook.mu.Unlock()
+	text := scrape()
+	if n := strings.Count(text, "\nchatwire_outbox_depth{"); n != bots {
+		t.Fatalf("%d chatwire_outbox_depth series; want %d", n, bots)
+	}
+	hook.mu.Lock()
+	scripts := hook.single["evalsha"]
+	hook.mu.Unlock()
+	// Other work of the host (its event-log watcher's XREAD, lease renewals in pipelines) is
+	// not a script call; an idle bot needs two: its outbox's length and its events' (3 before).
+	if scripts > 2*bots+2 {
+		t.Errorf("a scrape of %d idle bots made %d script calls; want two per bot", bots, scripts)
+	}
+
+	admin := redis.NewClient(&redis.Options{Addr: rs.Addr()})
+	defer admin.Close()
+	// Paused for 15 s: the old scrape waited for every bot's lookup in turn, so at least until
+	// Redis answered again.
+	if err := admin.Do(t.Context(), "CLIENT", "PAUSE", "15000", "ALL").Err(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	text = scrape()
+	took := time.Since(start)
+	if strings.Contains(text, `chatwire_outbox_depth{bot="hr"}`) {
+		t.Error("/metrics without Redis reports an outbox depth; want it left out, not a made-up 0")
+	}
+	if !strings.Contains(text, "chatwire_sends_total") && !strings.Contains(text, "chatwire_plugin_ready") {
+		t.Error("/metrics without Redis lost the metrics that do not need it")
+	}
+	if took > 8*time.Second {
+		t.Errorf("/metrics took %v with Redis not answering; want about 2s (one deadline for all bots)", took)
+	}
+	admin.Do(t.Context(), "CLIENT", "UNPAUSE")
 }

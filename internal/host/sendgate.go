@@ -170,36 +170,84 @@ var (
 )
 
 // collectOutboxes reports every bot's outbox depth and the age of its oldest message at
-// scrape time.
+// scrape time. As for chatwire_events_unconsumed, the bots are looked up side by side under
+// one budget, and a bot whose figures do not come within it (Redis slow or away) is left
+// out of this scrape: one deadline for all, not a wait per bot that made a scrape of many
+// bots outlast the scraper's timeout, and no 0 that looks like an empty outbox.
 func (g *sendGate) collectOutboxes(ch chan<- prometheus.Metric) {
+	type gauges struct {
+		name              string
+		depth, oldest     float64
+		depthOK, oldestOK bool
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), scrapeBudget)
+	defer cancel()
+	type outboxLog struct {
+		name string
+		l    eventlog.Log
+	}
+	logs := make([]outboxLog, 0, len(g.oblogs))
 	for name, l := range g.oblogs {
-		ch <- prometheus.MustNewConstMetric(outboxDepthDesc, prometheus.GaugeValue, outboxDepth(l), name)
-		ch <- prometheus.MustNewConstMetric(outboxOldestDesc, prometheus.GaugeValue, outboxOldest(l), name)
+		logs = append(logs, outboxLog{name, l})
+	}
+	res := make(chan gauges, len(logs))
+	sem := make(chan struct{}, scrapeParallel)
+	go func() {
+		for _, ol := range logs {
+			name, l := ol.name, ol.l
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				return
+			}
+			go func() {
+				defer func() { <-sem }()
+				r := gauges{name: name}
+				r.depth, r.oldest, r.depthOK, r.oldestOK = outboxGauges(ctx, l)
+				res <- r
+			}()
+		}
+	}()
+	for range logs {
+		select {
+		case r := <-res:
+			if r.depthOK {
+				ch <- prometheus.MustNewConstMetric(outboxDepthDesc, prometheus.GaugeValue, r.depth, r.name)
+			}
+			if r.oldestOK {
+				ch <- prometheus.MustNewConstMetric(outboxOldestDesc, prometheus.GaugeValue, r.oldest, r.name)
+			}
+		case <-ctx.Done():
+			return
+		}
 	}
 }
 
-func outboxDepth(l eventlog.Log) float64 {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	n, _ := l.Len(ctx)
-	return float64(n.Unconsumed)
-}
+// scrapeParallel is how many bots a scrape looks up at once.
+const scrapeParallel = 16
 
-func outboxOldest(l eventlog.Log) float64 {
-	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-	defer cancel()
-	if n, err := l.Len(ctx); err != nil || n.Unconsumed == 0 {
-		return 0
+// outboxGauges returns an outbox's depth and the age of its oldest message, each with
+// whether it could be read: one Redis call for an empty outbox, three otherwise.
+func outboxGauges(ctx context.Context, l eventlog.Log) (depth, oldest float64, depthOK, oldestOK bool) {
+	n, err := l.Len(ctx)
+	if err != nil {
+		return 0, 0, false, false
+	}
+	if n.Unconsumed == 0 {
+		return 0, 0, true, true
 	}
 	mark, err := l.ConsumedID(ctx)
 	if err != nil {
-		return 0
+		return float64(n.Unconsumed), 0, true, false
 	}
 	es, err := l.Read(ctx, mark, 1)
-	if err != nil || len(es) == 0 {
-		return 0
+	if err != nil {
+		return float64(n.Unconsumed), 0, true, false
 	}
-	return max(0, time.Since(time.UnixMilli(int64(es[0].ID.Ms))).Seconds())
+	if len(es) > 0 {
+		oldest = max(0, time.Since(time.UnixMilli(int64(es[0].ID.Ms))).Seconds())
+	}
+	return float64(n.Unconsumed), oldest, true, true
 }
 
 func cmpKind(err error) string {
@@ -211,7 +259,7 @@ func cmpKind(err error) string {
 
 // start runs each bot's outbox until ctx ends: with Redis in the one host holding the bot's
 // outbox lease, else here.
-func (g *sendGate) start(ctx context.Context, wg *sync.WaitGroup, rdb redis.UniversalClient, prefix string) {
+func (g *sendGate) start(ctx context.Context, wg *sync.WaitGroup, leases *leaseSet, prefix string) {
 	for name, ob := range g.outboxes {
 		wg.Add(1)
 		go func() {
@@ -221,11 +269,11 @@ func (g *sendGate) start(ctx context.Context, wg *sync.WaitGroup, rdb redis.Univ
 					g.log.Error("outbox stopped", "bot", name, "error", err)
 				}
 			}
-			if rdb == nil {
+			if leases == nil {
 				run(ctx)
 				return
 			}
-			asLeader(ctx, rdb, prefix+":outbox-lease:{"+name+"}", 10*time.Second, g.log, run)
+			leases.asLeader(ctx, prefix+":outbox-lease:{"+name+"}", run)
 		}()
 	}
 }
