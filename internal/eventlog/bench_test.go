@@ -27,11 +27,32 @@ func benchLogs(b *testing.B, fn func(b *testing.B, l Log)) {
 		defer rdb.Close()
 		l := NewRedis(rdb, "bench:events:{b}", "bench:dedup:{b}:", Options{MaxLen: 1 << 30})
 		defer l.Close()
+		rdb.ConfigResetStat(context.Background())
 		cpu, host := redisCPU(b, rdb), hostCPU()
 		fn(b, l)
 		reportRedisCPU(b, rdb, cpu)
 		reportHostCPU(b, host)
+		reportScripts(b, rdb)
 	})
+}
+
+// reportScripts reports the script calls (EVALSHA, EVAL) Redis ran per operation since its
+// statistics were reset: below 1 when appends share calls.
+func reportScripts(b *testing.B, rdb *redis.Client) {
+	info, err := rdb.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	calls := 0
+	for _, line := range strings.Split(info, "\n") {
+		name, rest, ok := strings.Cut(strings.TrimPrefix(strings.TrimSpace(line), "cmdstat_"), ":calls=")
+		if ok && (name == "evalsha" || name == "eval") {
+			n, _, _ := strings.Cut(rest, ",")
+			c, _ := strconv.Atoi(n)
+			calls += c
+		}
+	}
+	b.ReportMetric(float64(calls)/float64(b.N), "scripts/op")
 }
 
 // hostCPU returns the CPU time this process has used, in seconds (getrusage).
