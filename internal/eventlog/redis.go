@@ -289,6 +289,16 @@ type Redis struct {
 	batchMu    sync.Mutex    // guards the fields below
 	batchBusy  bool          // an append script is in Redis
 	batchQueue []*appendCall // Appends waiting for the next script call
+
+	// Used by appendBatch only, which runs one batch of the log at a time (the leader's):
+	// buffers kept from one batch to the next, and the script's fixed arguments.
+	keysBuf          []string
+	argsBuf          []any
+	addedBuf         []ID
+	maxArg, ttlArg   any
+	floorArg         ID
+	floorArgs        [2]any // floorArg and the id after it, as strings
+	floorArgsPresent bool
 }
 
 // appendCall is one Append in a batch: its records, and its answer.
@@ -319,6 +329,7 @@ func NewRedis(rdb redis.UniversalClient, stream, dedupPrefix string, opts Option
 	l := &Redis{rdb: rdb, stream: stream, dedup: dedupPrefix, opts: opts.withDefaults(),
 		wake: make(chan struct{}), groups: map[string]ID{}, watchPos: ID{}.String(),
 		closed: make(chan struct{})}
+	l.maxArg, l.ttlArg = l.opts.MaxLen, l.opts.DedupTTL.Milliseconds()
 	l.hub = register(l)
 	return l
 }
@@ -533,9 +544,18 @@ func (l *Redis) appendBatch(ctx context.Context, batch []*appendCall) {
 	for _, c := range batch {
 		nrec += len(c.recs)
 	}
-	keys := []string{l.stream}
-	args := make([]any, 0, 4+len(batch)+4*nrec)
-	args = append(args, l.opts.MaxLen, l.opts.DedupTTL.Milliseconds(), floor.String(), floor.Next().String())
+	if !l.floorArgsPresent || floor != l.floorArg {
+		l.floorArg, l.floorArgsPresent = floor, true
+		l.floorArgs = [2]any{floor.String(), floor.Next().String()}
+	}
+	keys := append(l.keysBuf[:0], l.stream)
+	args := append(slices.Grow(l.argsBuf[:0], 4+len(batch)+4*nrec), l.maxArg, l.ttlArg, l.floorArgs[0], l.floorArgs[1])
+	defer func() {
+		// Keep the buffers for the next batch, without what they point to.
+		clear(keys)
+		clear(args)
+		l.keysBuf, l.argsBuf = keys[:0], args[:0]
+	}()
 	for _, c := range batch {
 		args = append(args, len(c.recs))
 		for _, r := range c.recs {
@@ -557,7 +577,7 @@ func (l *Redis) appendBatch(ctx context.Context, batch []*appendCall) {
 		}
 		return
 	}
-	var added []ID
+	added := l.addedBuf[:0]
 	p := 0
 	for _, c := range batch {
 		c.out, c.err = nil, nil
@@ -612,6 +632,7 @@ func (l *Redis) appendBatch(ctx context.Context, batch []*appendCall) {
 		}
 	}
 	l.sawAppended(added...)
+	l.addedBuf = added[:0]
 }
 
 // rangeArg is the exclusive XRANGE start after id.
