@@ -326,6 +326,7 @@ type appendCall struct {
 	// batch, set when done is closed, makes this call the leader of the next batch (it is
 	// batch[0]).
 	batch []*appendCall
+	one   [1]*appendCall // the batch of a call that goes alone (saves an allocation)
 }
 
 // maxBatch bounds the calls in one batch, and maxBatchRecords the records (a batch takes at
@@ -491,7 +492,8 @@ func (l *Redis) Append(ctx context.Context, recs ...Record) ([]Appended, error) 
 	} else {
 		l.batchBusy = true
 		l.batchMu.Unlock()
-		l.lead(ctx, []*appendCall{c})
+		c.one[0] = c
+		l.lead(ctx, c.one[:])
 	}
 	if c.err == errBatchNotRun {
 		return nil, fmt.Errorf("eventlog: append to %s: %w", l.stream, c.err)
