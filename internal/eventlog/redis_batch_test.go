@@ -154,12 +154,12 @@ func TestRedisConcurrentAppendsShareOneScriptCall(t *testing.T) {
 }
 
 // TestRedisBatchFullFailsOnlyCallsThatWouldNotFit: in a batch at a log near MaxLen, an
-// Append that would not fit alone gets ErrFull and adds nothing, while a later one that fits
-// is added, and a duplicate is answered with its id even though the log is full, as each
-// would be alone in that order.
+// Append that would not fit alone gets ErrFull and adds nothing (nor its dedup keys: a later
+// Append of the same Dedup is new), while later ones that fit are added, and a duplicate is
+// answered with its id even though the log is full, as each would be alone in that order.
 func TestRedisBatchFullFailsOnlyCallsThatWouldNotFit(t *testing.T) {
 	env := newRedisEnv(t)
-	l := env.open(t, Options{MaxLen: 4})
+	l := env.open(t, Options{MaxLen: 5})
 	h := holdScripts(env.rdb, false)
 	ctx := testCtx(t)
 	mustAppend(t, l, rec(0), rec(1))
@@ -167,26 +167,30 @@ func TestRedisBatchFullFailsOnlyCallsThatWouldNotFit(t *testing.T) {
 	h.armed.Store(true)
 	first := startAppend(ctx, l, rec(2)) // 3 held
 	<-h.held
-	a := queueAppend(t, ctx, l, rec(3), rec(4))      // 5 > 4: full
-	b := queueAppend(t, ctx, l, dedupRec(5, "ev-b")) // 4: fits
-	c := queueAppend(t, ctx, l, rec(6))              // 5 > 4: full
-	d := queueAppend(t, ctx, l, dedupRec(7, "ev-b")) // a duplicate of b: no room needed
+	a := queueAppend(t, ctx, l, rec(3), dedupRec(4, "ev-a"), rec(5)) // 6 > 5: full
+	b := queueAppend(t, ctx, l, dedupRec(6, "ev-b"))                 // 4
+	e := queueAppend(t, ctx, l, dedupRec(7, "ev-a"))                 // 5: new, a added nothing
+	c := queueAppend(t, ctx, l, rec(8))                              // 6 > 5: full
+	d := queueAppend(t, ctx, l, dedupRec(9, "ev-b"))                 // a duplicate of b: no room needed
 	close(h.release)
-	rf, ra, rb, rc, rd := recv(t, first), recv(t, a), recv(t, b), recv(t, c), recv(t, d)
-	if rf.err != nil || rb.err != nil || rd.err != nil {
-		t.Fatalf("Appends that fit: %v, %v, %v", rf.err, rb.err, rd.err)
+	rf, ra, rb, re, rc, rd := recv(t, first), recv(t, a), recv(t, b), recv(t, e), recv(t, c), recv(t, d)
+	if rf.err != nil || rb.err != nil || re.err != nil || rd.err != nil {
+		t.Fatalf("Appends that fit: %v, %v, %v, %v", rf.err, rb.err, re.err, rd.err)
 	}
 	if !errors.Is(ra.err, ErrFull) || ra.out != nil || !errors.Is(rc.err, ErrFull) || rc.out != nil {
 		t.Fatalf("Appends that do not fit: %+v, %+v; want ErrFull", ra, rc)
 	}
-	if got := rd.out[0]; !got.Duplicate || got.ID != rb.out[0].ID || rb.out[0].Duplicate {
+	if re.out[0].Duplicate || rb.out[0].Duplicate || !rb.out[0].ID.Less(re.out[0].ID) {
+		t.Fatalf("b %+v, then e %+v: want two new entries (the full Append of ev-a added nothing)", rb.out[0], re.out[0])
+	}
+	if got := rd.out[0]; !got.Duplicate || got.ID != rb.out[0].ID {
 		t.Fatalf("b %+v, its duplicate %+v", rb.out[0], got)
 	}
 	if n := h.appends.Load(); n != 2 {
 		t.Fatalf("%d script calls; want 2 (the held call, then the batch)", n)
 	}
-	if n, err := l.Len(ctx); err != nil || n.Held != 4 {
-		t.Fatalf("Len = %+v, %v; want 4 held", n, err)
+	if n, err := l.Len(ctx); err != nil || n.Held != 5 {
+		t.Fatalf("Len = %+v, %v; want 5 held", n, err)
 	}
 }
 
