@@ -80,13 +80,13 @@ end
 // the error; nothing else of it was written (its dedup keys come last). The calls before it
 // stand; the calls after it are tried, each as if alone.
 //
-// The script defines no function (luaIDs' helpers are inlined where needed): a closure made
-// on every call cost about 0.9 µs of Redis CPU per call (of some 6.5 the script takes).
+// The script defines no function (luaIDs' helpers are inlined where needed, and the floor
+// is passed as numbers): Redis spent 6.2 µs in a one-record call with them, 5.7 without.
 //
 // KEYS: stream, then the dedup keys. ARGV: max, ttl ms, floor's ms and seq, the id after
-// floor, then per call: its number of records m, then per record: index of its dedup key in KEYS (0: none),
-// kind, key, data. Returns per call, in order: 'full'; or 'err' and the error message; or
-// 'ok' and per record its id and 1 if a duplicate else 0.
+// floor, then per call: its number of records m, then per record: index of its dedup key in
+// KEYS (0: none), kind, key, data. Returns per call, in order: 'full'; or 'err' and the
+// error message; or 'ok' and per record its id and 1 if a duplicate else 0.
 var appendScript = redis.NewScript(appendSrc)
 
 const appendSrc = `
@@ -598,59 +598,56 @@ func (l *Redis) appendBatch(ctx context.Context, batch []*appendCall) {
 	added := l.addedBuf[:0]
 	p := 0
 	for _, c := range batch {
-		c.out, c.err = nil, nil
-		var status any
-		if p < len(res) {
-			status = res[p]
-			p++
-		}
-		switch status {
-		case "full":
-			c.err = ErrFull
-			continue
-		case "err":
-			var msg string
-			if p < len(res) {
-				msg, _ = res[p].(string)
-				p++
-			}
-			c.err = fmt.Errorf("eventlog: append to %s: %w", l.stream, scriptError(msg))
-			continue
-		case "ok":
-		default:
-			c.err = fmt.Errorf("eventlog: append to %s: script answered %v for a call of %d records", l.stream, status, len(c.recs))
-			p = len(res) // the rest of the answer cannot be trusted
-			continue
-		}
-		if p+2*len(c.recs) > len(res) {
-			c.err = fmt.Errorf("eventlog: append to %s: script answered %d values for %d records", l.stream, len(res), nrec)
-			p = len(res)
-			continue
-		}
-		out := make([]Appended, len(c.recs))
-		for i := range out {
-			s, _ := res[p].(string)
-			dup := res[p+1] == int64(1)
-			p += 2
-			id, err := ParseID(s)
-			if err != nil && !dup {
-				c.err = fmt.Errorf("eventlog: append to %s: script answered id %q", l.stream, s)
-				p = len(res)
-				break
-			}
-			// A duplicate whose dedup key does not hold an id (written by an earlier
-			// version) keeps the zero ID.
-			out[i] = Appended{ID: id, Duplicate: dup}
-			if !dup {
-				added = append(added, id)
-			}
-		}
-		if c.err == nil {
-			c.out = out
-		}
+		out, err := l.answer(res, &p, len(c.recs), &added)
+		c.out, c.err = out, err
 	}
 	l.sawAppended(added...)
 	l.addedBuf = added[:0]
+}
+
+// answer reads the answer of one call of n records from the script's answer res at *p, moves
+// *p past it, and appends the ids of the entries it added to *added.
+func (l *Redis) answer(res []any, p *int, n int, added *[]ID) ([]Appended, error) {
+	next := func() any {
+		if *p >= len(res) {
+			return nil
+		}
+		*p++
+		return res[*p-1]
+	}
+	switch status := next(); status {
+	case "full":
+		return nil, ErrFull
+	case "err":
+		msg, _ := next().(string)
+		return nil, fmt.Errorf("eventlog: append to %s: %w", l.stream, scriptError(msg))
+	case "ok":
+		if *p+2*n > len(res) {
+			*p = len(res) // the rest of the answer cannot be trusted
+			return nil, fmt.Errorf("eventlog: append to %s: script answered %d values, too few for a call of %d records", l.stream, len(res), n)
+		}
+	default:
+		*p = len(res)
+		return nil, fmt.Errorf("eventlog: append to %s: script answered %v for a call of %d records", l.stream, status, n)
+	}
+	out := make([]Appended, n)
+	for i := range out {
+		s, _ := res[*p].(string)
+		dup := res[*p+1] == int64(1)
+		*p += 2
+		id, err := ParseID(s)
+		if err != nil && !dup {
+			*p = len(res)
+			return nil, fmt.Errorf("eventlog: append to %s: script answered id %q", l.stream, s)
+		}
+		// A duplicate whose dedup key does not hold an id (written by an earlier version)
+		// keeps the zero ID.
+		out[i] = Appended{ID: id, Duplicate: dup}
+		if !dup {
+			*added = append(*added, id)
+		}
+	}
+	return out, nil
 }
 
 // rangeArg is the exclusive XRANGE start after id.
