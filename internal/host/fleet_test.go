@@ -1,8 +1,10 @@
 package host
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -369,5 +371,62 @@ func TestManyRedisBotsAcknowledgeEveryCallback(t *testing.T) {
 	}
 	if s := e.h.redis.PoolStats(); s.Timeouts != 0 {
 		t.Errorf("Redis pool %+v: commands waited for a connection in vain", *s)
+	}
+}
+
+// TestSSEConnectWhileRedisDown: a client connecting while Redis is down (its start, the
+// consumed mark, unknown) gets 503 with Retry-After and an error body within the start
+// budget, not a request that hangs without headers until Redis returns; it connects again
+// once Redis is back. A client resuming with Last-Event-ID needs no Redis to start: it gets
+// its headers at once and its events when Redis returns.
+func TestSSEConnectWhileRedisDown(t *testing.T) {
+	rs := redistest.Start(t)
+	e := setup(t, setupOpts{redisURL: "redis://" + rs.Addr() + "/0"})
+	e.subscribe("") // the host works
+	rs.Kill()
+	for _, query := range []string{"", "?group=g1"} {
+		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+		req, _ := http.NewRequestWithContext(ctx, "GET", e.h.URL()+"/v1/bots/hr/events"+query, nil)
+		req.Header.Set("Authorization", "Bearer "+testAPIKey)
+		start := time.Now()
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			cancel()
+			t.Fatalf("connect %q while Redis is down: %v after %v; want a 503", query, err, time.Since(start))
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		cancel()
+		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" ||
+			!strings.Contains(string(body), `"kind":"unavailable"`) || !strings.Contains(string(body), "event log") {
+			t.Errorf("connect %q while Redis is down = %d, Retry-After %q, %s; want 503, Retry-After and an unavailable error naming the event log",
+				query, resp.StatusCode, resp.Header.Get("Retry-After"), body)
+		}
+	}
+	// Resuming needs no Redis before the headers.
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", e.h.URL()+"/v1/bots/hr/events", nil)
+	req.Header.Set("Authorization", "Bearer "+testAPIKey)
+	req.Header.Set("Last-Event-ID", "1-0")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("resume while Redis is down = %v, %v; want 200 at once", resp, err)
+	}
+	resp.Body.Close()
+	rs.Restart()
+	ch := e.subscribe("") // connects again (subscribe fails the test if the stream does not start)
+	msg := wecomtest.TextMessage(testCorp, testAgent, "alice", "after", msgIDs.Add(1), time.Now())
+	for { // a restarting Redis answers 503 for a moment
+		if p, err := e.emu.Push(t.Context(), e.cb, msg); err == nil && p.Status == 200 {
+			break
+		}
+		if t.Context().Err() != nil {
+			t.Fatal("push after Redis returned never acknowledged")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if ev := next(t, ch); ev.ev.Text != "after" {
+		t.Errorf("after Redis returned got %+v; want the new message", ev.ev)
 	}
 }

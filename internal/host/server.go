@@ -510,6 +510,10 @@ func decodeSend(w http.ResponseWriter, r *http.Request) (sendRequest, error) {
 // to another. ?consumer=NAME names the client (default: a random name, sent in the first
 // comment line); a client that reconnects under its name does not get its unacknowledged
 // events again before the timeout. A new group starts at the consumed mark.
+// sseStartBudget is how long an SSE request waits for the event log to say where its
+// stream starts before it is answered 503.
+const sseStartBudget = 5 * time.Second
+
 func (s *server) events(w http.ResponseWriter, r *http.Request) {
 	b := s.bot(w, r)
 	if b == nil {
@@ -558,26 +562,34 @@ func (s *server) events(w http.ResponseWriter, r *http.Request) {
 	rc := http.NewResponseController(w)
 	rc.SetReadDeadline(time.Time{}) // a stream outlives server.read_timeout
 	failing := false
-	// retry runs fn until it succeeds or ctx ends, logging a failing log once.
-	retry := func(fn func() error) bool {
-		for ctx.Err() == nil {
-			err := fn()
-			if err == nil {
-				return true
-			}
-			s.readFailed(ctx, b, err, &failing)
-		}
-		return false
-	}
 	// Where the stream starts is fixed before its headers are sent: a client that has them
 	// gets every event appended after, even if other consumers (group streams, the
 	// deliverer) raise the consumed mark past it meanwhile. A new group starts there too.
-	if !resume && !retry(func() (err error) { pos, err = b.events.ConsumedID(ctx); return err }) {
+	// Without Redis for sseStartBudget the client gets 503 and Retry-After rather than a
+	// request without headers until Redis returns.
+	startCtx, startCancel := context.WithTimeout(ctx, sseStartBudget)
+	defer startCancel()
+	var startErr error
+	start := func(fn func(ctx context.Context) error) bool {
+		for startCtx.Err() == nil {
+			if startErr = fn(startCtx); startErr == nil {
+				return true
+			}
+			backoff.Sleep(startCtx, 200*time.Millisecond)
+		}
+		return false
+	}
+	if (!resume && !start(func(ctx context.Context) (err error) { pos, err = b.events.ConsumedID(ctx); return err })) ||
+		(group != "" && !start(func(ctx context.Context) error { return b.events.CreateGroup(ctx, group, pos) })) {
+		if ctx.Err() != nil {
+			return
+		}
+		// The cause (a Redis address, say) goes to the log, not to the client.
+		s.log.Warn("SSE stream refused: the event log did not answer", "bot", b.name, "error", startErr)
+		s.refuse(w, r, &adapter.Error{Kind: adapter.KindUnavailable, Message: "event log unavailable; try again"}, "bot", b.name)
 		return
 	}
-	if group != "" && !retry(func() error { return b.events.CreateGroup(ctx, group, pos) }) {
-		return
-	}
+	startCancel()
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
 	w.Header().Set("X-Accel-Buffering", "no")
