@@ -9,7 +9,8 @@ package plugin
 // the plugin (timeout_micros) and a caller that gives up cancels the call there (cancel); a
 // panic fails only its call; a plugin that crashes or is killed fails every call in flight
 // as unavailable; a hung one leaves callers to their deadlines, which start a health check
-// (Plugin.checkAfter) as before.
+// (Plugin.checkAfter) as before. Since protocol minor 4 the same messages take the wire
+// (wire.go) when the plugin opens one, and this stream when it does not.
 
 import (
 	"context"
@@ -33,12 +34,38 @@ const minorCalls = 3
 // queued behind it on the stream.
 const maxStreamedCall = 64 << 10
 
-// callStream is the host's side of one Calls stream.
+// callConn is the transport of a callStream: the Calls gRPC stream or the wire (wire.go).
+type callConn interface {
+	// send sends req, giving up at deadline (zero: never) where the transport can; one at a
+	// time (callStream.sendSem). A notSent error fails only req, which the plugin never saw;
+	// any other means the transport ended, and recv says why.
+	send(req *pb.CallRequest, deadline time.Time) error
+	// recv returns the next response; its error ends the transport.
+	recv() (*pb.CallResponse, error)
+	// close ends the transport: recv fails from then on.
+	close()
+}
+
+// grpcCalls is the Calls gRPC stream as a callConn.
+type grpcCalls struct {
+	st     pb.AdapterService_CallsClient
+	cancel context.CancelFunc // ends the stream
+}
+
+// send blocks only while the stream's flow-control window is full: a plugin that stopped
+// reading 4 MiB of calls ago, that is a hung one (its Calls loop never waits for a call to
+// finish). Calls behind it wait for sendSem until their deadlines, which start the health
+// check that replaces such a plugin, ending the stream; this one waits until then, past its
+// own deadline (the wire's send does not).
+func (g *grpcCalls) send(req *pb.CallRequest, _ time.Time) error { return g.st.Send(req) }
+func (g *grpcCalls) recv() (*pb.CallResponse, error)             { return g.st.Recv() }
+func (g *grpcCalls) close()                                      { g.cancel() }
+
+// callStream is the host's side of one Calls stream or wire.
 type callStream struct {
-	st      pb.AdapterService_CallsClient
-	cancel  context.CancelFunc // ends the stream
-	sendSem chan struct{}      // holds a token while a goroutine sends on st (gRPC allows one at a time)
-	done    chan struct{}      // closed when the stream failed; err says why
+	conn    callConn
+	sendSem chan struct{} // holds a token while a goroutine sends on conn (one at a time)
+	done    chan struct{} // closed when the stream failed; err says why
 
 	mu      sync.Mutex // guards the fields below
 	err     error
@@ -46,40 +73,76 @@ type callStream struct {
 	pending map[uint64]chan *pb.CallResponse // calls sent and not answered, by id
 }
 
-// calls returns the Client's Calls stream, opening it if need be; nil and no error when the
-// plugin has none (older than minor 3, its minor not known, or it refused the stream).
+// errClientClosed fails the calls of a closed Client.
+var errClientClosed = status.Error(codes.Unavailable, "plugin: client closed")
+
+// calls returns the Client's Calls stream, opening it if need be: the wire when the plugin
+// has it (minor 4), else the gRPC stream; nil and no error when the plugin has neither (older
+// than minor 3, its minor not known, or it refused the stream).
 func (c *Client) calls() (*callStream, error) {
-	if c.minor.Load()-1 < minorCalls || c.noCalls.Load() {
+	minor := c.minor.Load() - 1
+	if minor < minorCalls || c.noCalls.Load() {
 		return nil, nil
 	}
 	c.callsMu.Lock()
 	defer c.callsMu.Unlock()
+	if c.closed {
+		return nil, errClientClosed
+	}
 	if c.cs != nil {
 		return c.cs, nil
 	}
-	// The stream outlives every call: it ends when the plugin's connection closes (the
-	// process exited or was killed) or a call finds it broken.
-	ctx, cancel := context.WithCancel(context.Background())
-	st, err := c.rpc.Calls(ctx)
-	if err != nil {
-		cancel()
-		return nil, err
+	var conn callConn
+	if minor >= minorWire && !c.noWire.Load() {
+		w, err := c.openWire()
+		if err != nil {
+			// Once per Client: it keeps the gRPC stream for the plugin's life.
+			c.noWire.Store(true)
+			c.logger().Warn("plugin wire not opened; calls take the gRPC Calls stream", "error", err)
+		} else {
+			conn = w
+		}
 	}
-	cs := &callStream{st: st, cancel: cancel, sendSem: make(chan struct{}, 1), done: make(chan struct{}),
+	if conn == nil {
+		// The stream outlives every call: it ends when the plugin's connection closes (the
+		// process exited or was killed) or a call finds it broken.
+		ctx, cancel := context.WithCancel(context.Background())
+		st, err := c.rpc.Calls(ctx)
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		conn = &grpcCalls{st: st, cancel: cancel}
+	}
+	cs := &callStream{conn: conn, sendSem: make(chan struct{}, 1), done: make(chan struct{}),
 		pending: make(map[uint64]chan *pb.CallResponse)}
 	c.cs = cs
 	go c.receive(cs)
 	return cs, nil
 }
 
+// closeCalls closes the Client's Calls stream or wire for good (the plugin is gone or being
+// replaced): the calls in flight fail as unavailable and no goroutine is left behind.
+func (c *Client) closeCalls() {
+	c.callsMu.Lock()
+	c.closed = true
+	cs := c.cs
+	c.callsMu.Unlock()
+	if cs != nil {
+		cs.conn.close()
+	}
+}
+
 // receive hands each response to its caller until the stream fails, then fails every call
 // still waiting and forgets the stream (the next call opens another).
 func (c *Client) receive(cs *callStream) {
 	for {
-		r, err := cs.st.Recv()
+		r, err := cs.conn.recv()
 		if err != nil {
 			if errors.Is(err, io.EOF) {
 				err = status.Error(codes.Unavailable, "plugin ended the calls stream")
+			} else if _, ok := status.FromError(err); !ok { // the wire's
+				err = status.Error(codes.Unavailable, "plugin wire: "+err.Error())
 			}
 			if status.Code(err) == codes.Unimplemented {
 				c.noCalls.Store(true) // calls go unary from now on
@@ -93,7 +156,7 @@ func (c *Client) receive(cs *callStream) {
 			cs.err, cs.pending = err, nil
 			cs.mu.Unlock()
 			close(cs.done)
-			cs.cancel()
+			cs.conn.close()
 			return
 		}
 		cs.mu.Lock()
@@ -121,7 +184,8 @@ func (c *Client) streamFor(size int) (*callStream, error) {
 // refused the stream, without seeing req: the call must be a unary RPC; err is then nil.
 // Errors are gRPC status errors, as a unary call returns them, for fromStatus.
 func (c *Client) call(ctx context.Context, cs *callStream, req *pb.CallRequest) (resp *pb.CallResponse, ok bool, err error) {
-	if dl, has := ctx.Deadline(); has {
+	dl, _ := ctx.Deadline()
+	if !dl.IsZero() {
 		left := time.Until(dl)
 		if left <= 0 {
 			return nil, true, status.FromContextError(context.DeadlineExceeded).Err()
@@ -148,14 +212,14 @@ func (c *Client) call(ctx context.Context, cs *callStream, req *pb.CallRequest) 
 	case <-cs.done:
 		return c.streamFailed(cs.err)
 	}
-	// Send blocks only while the stream's flow-control window is full: a plugin that stopped
-	// reading 4 MiB of calls ago, that is a hung one (its Calls loop never waits for a call to
-	// finish). Calls behind it wait for the token until their deadlines, which start the
-	// health check that replaces such a plugin, ending the stream.
-	serr := cs.st.Send(req)
+	serr := cs.conn.send(req, dl)
 	<-cs.sendSem
-	if serr != nil { // the stream ended; receive reports why
-		select {
+	if serr != nil {
+		if ns, ok := serr.(notSent); ok {
+			cs.forget(req.Id)
+			return nil, true, ns.err
+		}
+		select { // the stream ended; receive reports why
 		case <-cs.done:
 			return c.streamFailed(cs.err)
 		case <-ctx.Done():
@@ -207,7 +271,7 @@ func (cs *callStream) sendCancel(id uint64) {
 	case <-cs.done:
 		return
 	}
-	cs.st.Send(&pb.CallRequest{Id: id, Cancel: true})
+	cs.conn.send(&pb.CallRequest{Id: id, Cancel: true}, time.Now().Add(cancelWriteTimeout))
 	<-cs.sendSem
 }
 
@@ -314,13 +378,43 @@ func (c *Client) webhookRPC(ctx context.Context, bot string, req *adapter.Webhoo
 	return c.rpc.HandleWebhook(ctx, &pb.HandleWebhookRequest{Bot: bot, Request: webhookRequestToProto(req, false)})
 }
 
-// Calls implements the Calls RPC: it serves each call in a goroutine of its own (from a
-// small pool, as gRPC's stream workers do for unary calls) and sends the responses as they
-// come. The stream's end cancels the calls still running.
+// callServerConn is the plugin's side of a Calls stream or wire.
+type callServerConn interface {
+	// recv returns the next call; its error ends the stream.
+	recv() (*pb.CallRequest, error)
+	// send answers a call; safe for concurrent use. An error means the stream ended.
+	send(*pb.CallResponse) error
+}
+
+// grpcCallServer is the Calls gRPC stream as a callServerConn.
+type grpcCallServer struct {
+	st pb.AdapterService_CallsServer
+	mu sync.Mutex // gRPC allows one Send at a time
+}
+
+func (g *grpcCallServer) recv() (*pb.CallRequest, error) { return g.st.Recv() }
+
+func (g *grpcCallServer) send(r *pb.CallResponse) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.st.Send(r)
+}
+
+// Calls implements the Calls RPC (serveCalls).
 func (s *Server) Calls(st pb.AdapterService_CallsServer) error {
-	ctx := st.Context()
+	err := s.serveCalls(st.Context(), &grpcCallServer{st: st})
+	if errors.Is(err, io.EOF) {
+		return nil
+	}
+	return err
+}
+
+// serveCalls serves the calls of a Calls stream or wire until its recv fails, and returns
+// that error: each call in a goroutine of its own (from a small pool, as gRPC's stream
+// workers do for unary calls), its response sent as soon as it is ready. ctx is the
+// stream's, whose end cancels the calls still running.
+func (s *Server) serveCalls(ctx context.Context, conn callServerConn) error {
 	var (
-		sendMu   sync.Mutex // gRPC allows one Send at a time
 		mu       sync.Mutex // guards inflight
 		inflight = make(map[uint64]context.CancelFunc)
 		work     = make(chan func())
@@ -328,11 +422,8 @@ func (s *Server) Calls(st pb.AdapterService_CallsServer) error {
 	)
 	defer close(work)
 	for {
-		req, err := st.Recv()
+		req, err := conn.recv()
 		if err != nil {
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
 			return err
 		}
 		if req.Cancel {
@@ -362,9 +453,7 @@ func (s *Server) Calls(st pb.AdapterService_CallsServer) error {
 			delete(inflight, req.Id)
 			mu.Unlock()
 			cancel()
-			sendMu.Lock()
-			st.Send(resp) // an error means the stream ended: its caller is gone too
-			sendMu.Unlock()
+			conn.send(resp) // an error means the stream ended: its caller is gone too
 		}
 		select {
 		case work <- serve: // an idle worker took it

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 
@@ -22,8 +23,19 @@ type Client struct {
 	polled map[string]string // by bot: the last Poll batch returned to the caller
 
 	noCalls atomic.Bool // the plugin refused the Calls stream: calls are unary RPCs
-	callsMu sync.Mutex  // guards cs
-	cs      *callStream // the Calls stream (calls.go); nil until the first call, or after it failed
+	noWire  atomic.Bool // the wire did not open: calls take the Calls stream
+	callsMu sync.Mutex  // guards cs and closed
+	cs      *callStream // the wire or Calls stream (calls.go); nil until the first call, or after it failed
+	closed  bool        // closeCalls was called
+
+	log *slog.Logger // nil: slog.Default()
+}
+
+func (c *Client) logger() *slog.Logger {
+	if c.log != nil {
+		return c.log
+	}
+	return slog.Default()
 }
 
 // NewClient returns a Client over an existing connection's service client; for tests and
