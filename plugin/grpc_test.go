@@ -14,10 +14,10 @@ import (
 )
 
 // setup serves fake as bot "hr" over an in-process gRPC connection and returns the client,
-// which makes its calls on the wire.
+// which makes its calls (if any) on the wire.
 func setup(t *testing.T, fake *fakeAdapter) *Client {
 	t.Helper()
-	return setupHop(t, fake, hopWire)
+	return setupHopCalls(t, fake, hopWire, false)
 }
 
 // forHops runs test once per hop (the wire, the Calls stream, unary RPCs).
