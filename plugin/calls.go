@@ -73,6 +73,11 @@ type callStream struct {
 	pending map[uint64]chan *pb.CallResponse // calls sent and not answered, by id
 }
 
+func newCallStream(conn callConn) *callStream {
+	return &callStream{conn: conn, sendSem: make(chan struct{}, 1), done: make(chan struct{}),
+		pending: make(map[uint64]chan *pb.CallResponse)}
+}
+
 // errClientClosed fails the calls of a closed Client.
 var errClientClosed = status.Error(codes.Unavailable, "plugin: client closed")
 
@@ -114,8 +119,7 @@ func (c *Client) calls() (*callStream, error) {
 		}
 		conn = &grpcCalls{st: st, cancel: cancel}
 	}
-	cs := &callStream{conn: conn, sendSem: make(chan struct{}, 1), done: make(chan struct{}),
-		pending: make(map[uint64]chan *pb.CallResponse)}
+	cs := newCallStream(conn)
 	c.cs = cs
 	go c.receive(cs)
 	return cs, nil

@@ -129,7 +129,8 @@ func serveCountingServer(t *testing.T, bots map[string]adapter.Adapter, cs count
 		t.Fatal(err)
 	}
 	sv.c = raw.(*Client)
-	t.Cleanup(func() { closeAndCheck(t, sv) })
+	servedByClient.Store(sv.c, sv)
+	t.Cleanup(func() { closeAndCheck(t, sv); servedByClient.Delete(sv.c) })
 	var cfg []BotConfig
 	for name := range bots {
 		cfg = append(cfg, BotConfig{Name: name, Platform: "wecom", Config: json.RawMessage(`{}`)})

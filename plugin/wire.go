@@ -44,9 +44,6 @@ const minorWire = 4
 const (
 	// wireTokenSize is the length of the host's token, from crypto/rand.
 	wireTokenSize = 32
-	// wireAcceptTimeout bounds how long a plugin waits for the host's connection, and the
-	// host for OpenWire, its dial and the plugin's wireAccepted.
-	wireAcceptTimeout = 10 * time.Second
 	// wireAccepted is the byte the plugin answers a connection whose token it accepted.
 	wireAccepted = 1
 	// wireReadBuffer is each side's read buffer: a frame up to this size is decoded in place.
@@ -62,6 +59,10 @@ const (
 	// wireDirPattern names the directories of the plugin's wire sockets.
 	wireDirPattern = "chatwire-wire-*"
 )
+
+// wireAcceptTimeout bounds how long a plugin waits for the host's connection, and the host
+// for OpenWire, its dial and the plugin's wireAccepted; a variable for a test.
+var wireAcceptTimeout = 10 * time.Second
 
 // errWireProtocol marks a peer that broke the framing: the connection is closed.
 var errWireProtocol = errors.New("plugin wire: protocol error")
@@ -273,20 +274,20 @@ func (s *Server) OpenWire(ctx context.Context, req *pb.OpenWireRequest) (*pb.Ope
 	}
 	ln.SetUnlinkOnClose(true)
 	s.wires.Add(1)
-	go s.acceptWire(ln, dir, bytes.Clone(req.Token))
+	go s.acceptWire(ln, dir, bytes.Clone(req.Token), time.Now().Add(wireAcceptTimeout))
 	return &pb.OpenWireResponse{Network: "unix", Address: path}, nil
 }
 
 // acceptWire waits for the connection with token, removes the socket and serves it.
-func (s *Server) acceptWire(ln *net.UnixListener, dir string, token []byte) {
+func (s *Server) acceptWire(ln *net.UnixListener, dir string, token []byte, deadline time.Time) {
 	defer s.wires.Add(-1)
-	conn := s.acceptToken(ln, token, time.Now().Add(wireAcceptTimeout))
+	conn := s.acceptToken(ln, token, deadline)
 	ln.Close() // removes the socket file
 	if err := os.Remove(dir); err != nil {
 		s.log.Warn("removing the wire socket's directory", "dir", dir, "error", err)
 	}
 	if conn == nil {
-		s.log.Warn("the host did not connect to the wire in time; it uses the Calls stream", "timeout", wireAcceptTimeout)
+		s.log.Warn("the host did not connect to the wire in time; it uses the Calls stream")
 		return
 	}
 	s.serveWire(conn)
