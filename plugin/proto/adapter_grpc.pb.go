@@ -82,10 +82,11 @@ type AdapterServiceClient interface {
 	// the Calls messages (CallRequest, CallResponse, with the same ids, deadlines, cancels and
 	// errors) at a fraction of the stream's cost per call. The host sends a fresh random token;
 	// the plugin listens on a new socket in a new directory only its user can enter, answers
-	// its address, and accepts one connection that starts with that token (for at most 10 s);
-	// then it removes the socket. Every frame on the wire, either way, is a 4-byte big-endian
-	// length and that many bytes of one protobuf message: CallRequest from the host, CallResponse
-	// from the plugin. Since protocol_minor 4; the host uses the Calls stream when it fails.
+	// its address, and accepts one connection that starts with that token (for at most 10 s),
+	// answering it one byte, 1; then it removes the socket. Every frame on the wire, either way,
+	// is a 4-byte big-endian length (at most 64 MiB) and that many bytes of one protobuf
+	// message: CallRequest from the host, CallResponse from the plugin. Since protocol_minor 4;
+	// the host uses the Calls stream when it fails.
 	OpenWire(ctx context.Context, in *OpenWireRequest, opts ...grpc.CallOption) (*OpenWireResponse, error)
 }
 
@@ -277,10 +278,11 @@ type AdapterServiceServer interface {
 	// the Calls messages (CallRequest, CallResponse, with the same ids, deadlines, cancels and
 	// errors) at a fraction of the stream's cost per call. The host sends a fresh random token;
 	// the plugin listens on a new socket in a new directory only its user can enter, answers
-	// its address, and accepts one connection that starts with that token (for at most 10 s);
-	// then it removes the socket. Every frame on the wire, either way, is a 4-byte big-endian
-	// length and that many bytes of one protobuf message: CallRequest from the host, CallResponse
-	// from the plugin. Since protocol_minor 4; the host uses the Calls stream when it fails.
+	// its address, and accepts one connection that starts with that token (for at most 10 s),
+	// answering it one byte, 1; then it removes the socket. Every frame on the wire, either way,
+	// is a 4-byte big-endian length (at most 64 MiB) and that many bytes of one protobuf
+	// message: CallRequest from the host, CallResponse from the plugin. Since protocol_minor 4;
+	// the host uses the Calls stream when it fails.
 	OpenWire(context.Context, *OpenWireRequest) (*OpenWireResponse, error)
 	mustEmbedUnimplementedAdapterServiceServer()
 }
