@@ -337,10 +337,7 @@ func TestWireSlowWebhookHandsOverReading(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 	errc := make(chan error, 1)
-	go func() {
-		_, _, err := c.Bot("hr").HandleWebhook(ctx, &adapter.WebhookRequest{Method: "POST"})
-		errc <- err
-	}()
+	go func() { _, _, err := c.Bot("hr").HandleWebhook(ctx, &adapter.WebhookRequest{Method: "POST"}); errc <- err }()
 	<-started
 	if _, err := c.Bot("hr").Send(ctx, adapter.Message{Text: "x"}); err != nil {
 		t.Errorf("a send behind a webhook that waits for it = %v", err)
