@@ -384,12 +384,10 @@ func (c *Client) webhookRPC(ctx context.Context, bot string, req *adapter.Webhoo
 
 // callServerConn is the plugin's side of a Calls stream or wire.
 type callServerConn interface {
-	// recv returns the next call; its error ends the stream. One goroutine at a time.
+	// recv returns the next call; its error ends the stream.
 	recv() (*pb.CallRequest, error)
 	// send answers a call; safe for concurrent use. An error means the stream ended.
 	send(*pb.CallResponse) error
-	// idle reports that no call is known to wait behind the one recv returned last.
-	idle() bool
 }
 
 // grpcCallServer is the Calls gRPC stream as a callServerConn.
@@ -406,10 +404,6 @@ func (g *grpcCallServer) send(r *pb.CallResponse) error {
 	return g.st.Send(r)
 }
 
-// idle is false: gRPC does not say whether more calls came, and its own goroutines hand each
-// call over anyway.
-func (g *grpcCallServer) idle() bool { return false }
-
 // Calls implements the Calls RPC (serveCalls).
 func (s *Server) Calls(st pb.AdapterService_CallsServer) error {
 	err := s.serveCalls(st.Context(), &grpcCallServer{st: st})
@@ -419,56 +413,27 @@ func (s *Server) Calls(st pb.AdapterService_CallsServer) error {
 	return err
 }
 
-// inlineBudget is how long the goroutine reading a wire may serve a webhook call itself (see
-// callServer.read) before another goroutine takes over the reading: the longest a call that
-// comes behind such a webhook waits to be read.
-const inlineBudget = 250 * time.Microsecond
-
-// callServer serves the calls of one Calls stream or wire.
-type callServer struct {
-	s    *Server
-	ctx  context.Context
-	conn callServerConn
-	work chan func() // idle workers take calls from it
-	done chan struct{}
-	err  error // why the reading ended, once done is closed
-
-	mu       sync.Mutex // guards inflight and workers
-	inflight map[uint64]context.CancelFunc
-	workers  int
-}
-
 // serveCalls serves the calls of a Calls stream or wire until its recv fails, and returns
 // that error: each call in a goroutine of its own (from a small pool, as gRPC's stream
 // workers do for unary calls), its response sent as soon as it is ready. ctx is the
 // stream's, whose end cancels the calls still running.
 func (s *Server) serveCalls(ctx context.Context, conn callServerConn) error {
-	cs := &callServer{s: s, ctx: ctx, conn: conn, work: make(chan func()), done: make(chan struct{}),
-		inflight: make(map[uint64]context.CancelFunc)}
-	cs.read()
-	<-cs.done // another goroutine may have taken over the reading
-	close(cs.work)
-	return cs.err
-}
-
-// read reads calls and starts them until recv fails, or until it handed the reading over to
-// another goroutine. A webhook call with nothing behind it (a wire's idle) it serves itself:
-// handing it to a worker costs more CPU than most webhooks take (a goroutine woken, and the
-// runtime waking a thread to run it: futexwakeup was 12% of the plugin's CPU at 2,000
-// webhooks/s under bench/load). If that webhook takes longer than inlineBudget, a new
-// goroutine takes over the reading (time.AfterFunc), so no call waits behind it longer.
-func (cs *callServer) read() {
+	var (
+		mu       sync.Mutex // guards inflight
+		inflight = make(map[uint64]context.CancelFunc)
+		work     = make(chan func())
+		workers  int
+	)
+	defer close(work)
 	for {
-		req, err := cs.conn.recv()
+		req, err := conn.recv()
 		if err != nil {
-			cs.err = err
-			close(cs.done)
-			return
+			return err
 		}
 		if req.Cancel {
-			cs.mu.Lock()
-			cancel := cs.inflight[req.Id]
-			cs.mu.Unlock()
+			mu.Lock()
+			cancel := inflight[req.Id]
+			mu.Unlock()
 			if cancel != nil {
 				cancel()
 			}
@@ -479,42 +444,29 @@ func (cs *callServer) read() {
 			cancel context.CancelFunc
 		)
 		if req.TimeoutMicros > 0 {
-			cctx, cancel = context.WithTimeout(cs.ctx, time.Duration(req.TimeoutMicros)*time.Microsecond)
+			cctx, cancel = context.WithTimeout(ctx, time.Duration(req.TimeoutMicros)*time.Microsecond)
 		} else {
-			cctx, cancel = context.WithCancel(cs.ctx)
+			cctx, cancel = context.WithCancel(ctx)
 		}
-		cs.mu.Lock()
-		cs.inflight[req.Id] = cancel
-		cs.mu.Unlock()
+		mu.Lock()
+		inflight[req.Id] = cancel
+		mu.Unlock()
 		serve := func() {
-			resp := cs.s.serveCall(cctx, req)
-			cs.mu.Lock()
-			delete(cs.inflight, req.Id)
-			cs.mu.Unlock()
+			resp := s.serveCall(cctx, req)
+			mu.Lock()
+			delete(inflight, req.Id)
+			mu.Unlock()
 			cancel()
-			cs.conn.send(resp) // an error means the stream ended: its caller is gone too
-		}
-		if _, ok := req.Call.(*pb.CallRequest_Webhook); ok && cs.conn.idle() {
-			handover := time.AfterFunc(inlineBudget, cs.read)
-			serve()
-			if !handover.Stop() {
-				return // cs.read runs in another goroutine
-			}
-			continue
+			conn.send(resp) // an error means the stream ended: its caller is gone too
 		}
 		select {
-		case cs.work <- serve: // an idle worker took it
+		case work <- serve: // an idle worker took it
 		default:
-			cs.mu.Lock()
-			spare := cs.workers < streamWorkers
-			if spare {
-				cs.workers++
-			}
-			cs.mu.Unlock()
-			if spare {
+			if workers < streamWorkers {
+				workers++
 				go func() {
 					serve()
-					for f := range cs.work {
+					for f := range work {
 						f()
 					}
 				}()

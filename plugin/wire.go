@@ -368,9 +368,6 @@ func (w *wireServer) recv() (*pb.CallRequest, error) {
 	return r, nil
 }
 
-// idle reports that no byte of another call has been read yet.
-func (w *wireServer) idle() bool { return w.fr.r.Buffered() == w.fr.used }
-
 // send writes r's frame with one Write; an answer that cannot be framed (over maxWireFrame)
 // answers the call with its error instead.
 func (w *wireServer) send(r *pb.CallResponse) error {

@@ -314,39 +314,6 @@ func TestWireBrokenFailsCallsThenReopens(t *testing.T) {
 	}
 }
 
-// TestWireSlowWebhookHandsOverReading: the plugin serves a webhook call in the goroutine
-// that reads the wire, but one that takes long does not hold up the calls behind it: here
-// the webhook waits for a send that comes after it, which is served all the same.
-func TestWireSlowWebhookHandsOverReading(t *testing.T) {
-	started, sent := make(chan struct{}), make(chan struct{})
-	fake := echo()
-	fake.WebhookFn = func(ctx context.Context, req *adapter.WebhookRequest) (*adapter.WebhookResponse, []adapter.Event, error) {
-		close(started)
-		select {
-		case <-sent:
-			return &adapter.WebhookResponse{Status: 200}, nil, nil
-		case <-ctx.Done():
-			return nil, nil, ctx.Err()
-		}
-	}
-	fake.SendFn = func(context.Context, adapter.Message) (adapter.Receipt, error) {
-		close(sent)
-		return adapter.Receipt{ID: "m"}, nil
-	}
-	c := setupHop(t, fake, hopWire)
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	errc := make(chan error, 1)
-	go func() { _, _, err := c.Bot("hr").HandleWebhook(ctx, &adapter.WebhookRequest{Method: "POST"}); errc <- err }()
-	<-started
-	if _, err := c.Bot("hr").Send(ctx, adapter.Message{Text: "x"}); err != nil {
-		t.Errorf("a send behind a webhook that waits for it = %v", err)
-	}
-	if err := <-errc; err != nil {
-		t.Errorf("the webhook = %v", err)
-	}
-}
-
 // servedByClient finds the served plugin of a Client from setupHop.
 var servedByClient sync.Map // *Client → served
 
