@@ -4,7 +4,18 @@ package plugin
 // ids, deadlines, cancels and errors as on the Calls stream) on a plain Unix-domain socket
 // between host and plugin, each framed as a 4-byte big-endian length and the protobuf bytes.
 //
-// Why hand-written framing, when gRPC already carries these messages: MEASURED_REASON
+// Why hand-written framing, when gRPC already carries these messages: measured with
+// BenchmarkHop (per op one webhook and one send to a real plugin subprocess; this project's
+// 2-core VM; four interleaved runs of the Calls stream's build and the wire's, medians), the
+// Calls stream costs about 35 µs of CPU per call on each side (70 µs host + 70 µs plugin per
+// op), the wire about 31 (61 + 63), with 31 allocations per op instead of 53 (3.2 KB instead
+// of 5.7 KB); BenchmarkSend/subprocess 11 allocations instead of 22. With 8 callers at once
+// both cost the same (22 + 24 µs per op): gRPC's writer goroutine batches frames there. The
+// gain is smaller than the profiles promised, because most of what is left of a hop is system
+// calls and thread wake-ups (read, write, epoll_wait, futex: over half of either process's
+// CPU in BenchmarkHop's profiles), which any transport between two processes pays; what the
+// wire drops is TLS records, HTTP/2 frames and window updates, and two goroutine hand-offs
+// per side (gRPC's loopy writer and reader).
 //
 // Setup goes through the gRPC connection, which go-plugin authenticates (AutoMTLS): the host
 // sends a fresh random token in OpenWire; the plugin listens on a socket in a new directory
