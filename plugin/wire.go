@@ -114,14 +114,18 @@ func putFrame(bp *[]byte, b []byte) {
 	framePool.Put(bp)
 }
 
-// frameReader reads frames off one connection; one goroutine at a time.
+// frameReader reads frames off one connection; one goroutine at a time. A read that fails
+// (a deadline, the wire's interrupt) can be resumed: a frame read in part is kept.
 type frameReader struct {
 	r    *bufio.Reader
-	used int // bytes of r's buffer the last frame returned still holds
+	used int    // bytes of r's buffer the last frame returned still holds
+	n    int    // the length of the frame whose header was read; -1: none
+	big  []byte // a frame over r's size, read in part (got bytes)
+	got  int
 }
 
 func newFrameReader(r io.Reader) *frameReader {
-	return &frameReader{r: bufio.NewReaderSize(r, wireReadBuffer)}
+	return &frameReader{r: bufio.NewReaderSize(r, wireReadBuffer), n: -1}
 }
 
 // next returns the next frame's bytes, valid until the following call.
@@ -130,30 +134,39 @@ func (f *frameReader) next() ([]byte, error) {
 		f.r.Discard(f.used)
 		f.used = 0
 	}
-	hdr, err := f.r.Peek(4)
-	if err != nil {
-		if errors.Is(err, io.EOF) && len(hdr) > 0 {
-			err = io.ErrUnexpectedEOF
+	if f.n < 0 {
+		hdr, err := f.r.Peek(4)
+		if err != nil {
+			if errors.Is(err, io.EOF) && len(hdr) > 0 {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, err
 		}
-		return nil, err
+		n := int(binary.BigEndian.Uint32(hdr))
+		if n > maxWireFrame {
+			return nil, fmt.Errorf("%w: a frame of %d bytes is over the limit of %d", errWireProtocol, n, maxWireFrame)
+		}
+		f.r.Discard(4)
+		f.n = n
 	}
-	n := int(binary.BigEndian.Uint32(hdr))
-	f.r.Discard(4)
-	if n > maxWireFrame {
-		return nil, fmt.Errorf("%w: a frame of %d bytes is over the limit of %d", errWireProtocol, n, maxWireFrame)
-	}
-	if n <= f.r.Size() { // decoded in place: proto.Unmarshal copies what it keeps
-		b, err := f.r.Peek(n)
+	if f.n <= f.r.Size() { // decoded in place: proto.Unmarshal copies what it keeps
+		b, err := f.r.Peek(f.n)
 		if err != nil {
 			return nil, unexpectedEOF(err)
 		}
-		f.used = n
+		f.used, f.n = f.n, -1
 		return b, nil
 	}
-	b := make([]byte, n)
-	if _, err := io.ReadFull(f.r, b); err != nil {
+	if f.big == nil {
+		f.big, f.got = make([]byte, f.n), 0
+	}
+	m, err := io.ReadFull(f.r, f.big[f.got:])
+	f.got += m
+	if err != nil {
 		return nil, unexpectedEOF(err)
 	}
+	b := f.big
+	f.big, f.n = nil, -1
 	return b, nil
 }
 
@@ -225,6 +238,9 @@ func (w *wireConn) recv() (*pb.CallResponse, error) {
 }
 
 func (w *wireConn) close() { w.conn.Close() }
+
+// interrupt makes the wire's read in progress, if any, fail with os.ErrDeadlineExceeded.
+func (w *wireConn) interrupt() { w.conn.SetReadDeadline(time.Unix(1, 0)) }
 
 // openWire asks the plugin for the wire and connects to it.
 func (c *Client) openWire() (*wireConn, error) {

@@ -314,6 +314,62 @@ func TestWireBrokenFailsCallsThenReopens(t *testing.T) {
 	}
 }
 
+// TestWireReaderGivesUpReading: on the wire, a caller waiting for its response reads the
+// wire for everyone; when its ctx ends it stops reading and another waiting caller takes
+// over, so that one still gets its response.
+func TestWireReaderGivesUpReading(t *testing.T) {
+	arrived, release := make(chan string, 2), make(chan struct{})
+	fake := echo()
+	fake.SendFn = func(ctx context.Context, msg adapter.Message) (adapter.Receipt, error) {
+		if msg.Text != "a" && msg.Text != "b" {
+			return adapter.Receipt{ID: msg.Text}, nil
+		}
+		arrived <- msg.Text
+		select {
+		case <-release:
+			return adapter.Receipt{ID: msg.Text}, nil
+		case <-ctx.Done():
+			return adapter.Receipt{}, ctx.Err()
+		}
+	}
+	c := setupHop(t, fake, hopWire)
+	roundTrip(t, c, "first")
+	cs := c.cs
+	actx, cancelA := context.WithCancel(t.Context())
+	errA := make(chan error, 1)
+	go func() { _, err := c.Bot("hr").Send(actx, adapter.Message{Text: "a"}); errA <- err }()
+	<-arrived
+	eventually(t, 10*time.Second, "a reads the wire", func() bool { return len(cs.readTok) == 1 })
+	type result struct {
+		r   adapter.Receipt
+		err error
+	}
+	resB := make(chan result, 1)
+	go func() {
+		r, err := c.Bot("hr").Send(t.Context(), adapter.Message{Text: "b"})
+		resB <- result{r, err}
+	}()
+	<-arrived
+	cancelA()
+	select {
+	case err := <-errA:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("a, cancelled while reading the wire = %v; want canceled", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("a, cancelled while reading the wire, still waits 30s on")
+	}
+	close(release)
+	select {
+	case res := <-resB:
+		if res.err != nil || res.r.ID != "b" {
+			t.Errorf("b, after a stopped reading = %+v, %v; want b", res.r, res.err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("b still waits 30s after a stopped reading the wire")
+	}
+}
+
 // servedByClient finds the served plugin of a Client from setupHop.
 var servedByClient sync.Map // *Client → served
 
@@ -336,8 +392,7 @@ func TestWireWriteDeadline(t *testing.T) {
 	host, plugin := net.Pipe() // no buffer: a write waits for the reader
 	defer plugin.Close()
 	c := &Client{}
-	cs := newCallStream(newWireConn(host))
-	go c.receive(cs)
+	cs := newCallStream(newWireConn(host)) // read by its callers
 	send := func(ctx context.Context) <-chan error {
 		errc := make(chan error, 1)
 		go func() {
