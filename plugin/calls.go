@@ -223,8 +223,10 @@ func (c *Client) read(ctx context.Context, cs *callStream, id uint64, ch chan *p
 	default:
 	}
 	w := cs.conn.(*wireConn)
-	stop := context.AfterFunc(ctx, w.interrupt)
-	defer stop()
+	if ctx.Done() != nil { // else it never ends
+		stop := context.AfterFunc(ctx, w.interrupt)
+		defer stop()
+	}
 	for {
 		r, err := w.recv()
 		if err == nil {
