@@ -95,9 +95,11 @@ func newCallStream(conn callConn) *callStream {
 // errClientClosed fails the calls of a closed Client.
 var errClientClosed = status.Error(codes.Unavailable, "plugin: client closed")
 
-// calls returns the Client's Calls stream, opening it if need be: the wire when the plugin
-// has it (minor 4), else the gRPC stream; nil and no error when the plugin has neither (older
-// than minor 3, its minor not known, or it refused the stream).
+// calls returns the callStream a call takes, opening it if need be: the wire when it is open,
+// else the gRPC Calls stream; nil and no error when the plugin has neither (older than minor
+// 3, its minor not known, or it refused the stream). A plugin of minor 4 whose wire is not
+// open gets it opened in the background (openWire), never by a call, which would then wait
+// for a plugin that may be hung past its deadline: calls take the gRPC stream meanwhile.
 func (c *Client) calls() (*callStream, error) {
 	minor := c.minor.Load() - 1
 	if minor < minorCalls || c.noCalls.Load() {
@@ -111,34 +113,59 @@ func (c *Client) calls() (*callStream, error) {
 	if c.cs != nil {
 		return c.cs, nil
 	}
-	var conn callConn
-	if minor >= minorWire && !c.noWire.Load() {
-		w, err := c.openWire()
-		if err != nil {
-			// Once per Client: it keeps the gRPC stream for the plugin's life.
-			c.noWire.Store(true)
-			c.logger().Warn("plugin wire not opened; calls take the gRPC Calls stream", "error", err)
-		} else {
-			conn = w
-		}
+	if minor >= minorWire && !c.noWire.Load() && !c.wireOpening {
+		c.wireOpening = true
+		go c.openWireNow(context.Background())
 	}
-	if conn == nil {
-		// The stream outlives every call: it ends when the plugin's connection closes (the
-		// process exited or was killed) or a call finds it broken.
-		ctx, cancel := context.WithCancel(context.Background())
-		st, err := c.rpc.Calls(ctx)
-		if err != nil {
-			cancel()
-			return nil, err
-		}
-		conn = &grpcCalls{st: st, cancel: cancel}
+	if c.gs != nil {
+		return c.gs, nil
 	}
-	cs := newCallStream(conn)
-	c.cs = cs
-	if cs.readTok == nil {
-		go c.receive(cs)
+	// The stream outlives every call: it ends when the plugin's connection closes (the
+	// process exited or was killed) or a call finds it broken.
+	ctx, cancel := context.WithCancel(context.Background())
+	st, err := c.rpc.Calls(ctx)
+	if err != nil {
+		cancel()
+		return nil, err
 	}
-	return cs, nil
+	c.gs = newCallStream(&grpcCalls{st: st, cancel: cancel})
+	go c.receive(c.gs)
+	return c.gs, nil
+}
+
+// openCalls opens the wire now if the plugin has one and it is not open, so that the first
+// calls take it (Launch calls it once the plugin is configured). That it did not open is
+// logged, once, and is no error: the calls take the gRPC stream.
+func (c *Client) openCalls(ctx context.Context) {
+	if c.minor.Load()-1 < minorWire || c.noWire.Load() {
+		return
+	}
+	c.callsMu.Lock()
+	if c.closed || c.cs != nil || c.wireOpening {
+		c.callsMu.Unlock()
+		return
+	}
+	c.wireOpening = true
+	c.callsMu.Unlock()
+	c.openWireNow(ctx)
+}
+
+// openWireNow opens the wire (c.wireOpening is set) and makes it the calls' stream; if it
+// does not open, the Client keeps the gRPC stream for the plugin's life, and says so once.
+func (c *Client) openWireNow(ctx context.Context) {
+	w, err := c.openWire(ctx)
+	c.callsMu.Lock()
+	defer c.callsMu.Unlock()
+	c.wireOpening = false
+	switch {
+	case err != nil:
+		c.noWire.Store(true)
+		c.logger().Warn("plugin wire not opened; calls take the gRPC Calls stream", "error", err)
+	case c.closed:
+		w.close()
+	default:
+		c.cs = newCallStream(w)
+	}
 }
 
 // closeCalls closes the Client's Calls stream or wire for good (the plugin is gone or being
@@ -146,8 +173,11 @@ func (c *Client) calls() (*callStream, error) {
 func (c *Client) closeCalls() {
 	c.callsMu.Lock()
 	c.closed = true
-	cs := c.cs
+	cs, gs := c.cs, c.gs
 	c.callsMu.Unlock()
+	if gs != nil {
+		gs.conn.close() // its receive fails it
+	}
 	if cs != nil {
 		cs.conn.close()
 		if cs.readTok != nil { // a reading caller, if any, fails the stream; else this does
@@ -207,6 +237,9 @@ func (c *Client) failStream(cs *callStream, err error) {
 	c.callsMu.Lock()
 	if c.cs == cs {
 		c.cs = nil
+	}
+	if c.gs == cs {
+		c.gs = nil
 	}
 	c.callsMu.Unlock()
 	close(cs.done)

@@ -24,9 +24,12 @@ type Client struct {
 
 	noCalls atomic.Bool // the plugin refused the Calls stream: calls are unary RPCs
 	noWire  atomic.Bool // the wire did not open: calls take the Calls stream
-	callsMu sync.Mutex  // guards cs and closed
-	cs      *callStream // the wire or Calls stream (calls.go); nil until the first call, or after it failed
+	callsMu sync.Mutex  // guards the fields below
+	cs      *callStream // the wire (calls.go, wire.go); nil until it opened, or after it failed
+	gs      *callStream // the gRPC Calls stream; nil until a call needed it, or after it failed
 	closed  bool        // closeCalls was called
+	// wireOpening: openWireNow runs
+	wireOpening bool
 
 	log *slog.Logger // nil: slog.Default()
 }

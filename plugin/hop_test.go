@@ -146,14 +146,17 @@ func serveCountingServer(t *testing.T, bots map[string]adapter.Adapter, cs count
 func closeAndCheck(t *testing.T, sv served) {
 	t.Helper()
 	sv.c.callsMu.Lock()
-	cs := sv.c.cs
+	cs, gs := sv.c.cs, sv.c.gs
 	sv.c.callsMu.Unlock()
 	sv.c.closeCalls()
-	if cs != nil {
+	for _, cs := range []*callStream{cs, gs} {
+		if cs == nil {
+			continue
+		}
 		select {
 		case <-cs.done:
 		case <-time.After(10 * time.Second):
-			t.Error("the host's receive goroutine still runs 10s after the Client closed")
+			t.Error("the host's wire or stream still open 10s after the Client closed")
 		}
 	}
 	for deadline := time.Now().Add(10 * time.Second); sv.srv.wires.Load() != 0; time.Sleep(5 * time.Millisecond) {
@@ -176,7 +179,7 @@ func setupOld(t *testing.T, fake *fakeAdapter, minor int32) (c *Client, calls *a
 type hop string
 
 const (
-	hopWire   hop = "wire"   // the wire, to a plugin of minor 4 whose Info it asked (as Launch does)
+	hopWire   hop = "wire"   // the wire, to a plugin of minor 4 whose Info it asked and wire it opened (as Launch does)
 	hopStream hop = "stream" // the Calls stream, as to a plugin whose wire did not open
 	hopUnary  hop = "unary"  // unary RPCs: the Client has not asked the plugin's minor
 )
@@ -202,8 +205,11 @@ func setupHopCalls(t *testing.T, fake adapter.Adapter, h hop, called bool) *Clie
 			t.Fatalf("Info = %+v, %v; want minor %d", info, err, ProtocolMinor)
 		}
 	}
-	if h == hopStream {
+	switch h {
+	case hopStream:
 		sv.c.noWire.Store(true)
+	case hopWire:
+		sv.c.openCalls(t.Context()) // as Launch does
 	}
 	t.Cleanup(func() {
 		calls, wires, wireCalls, unary := sv.calls.Load(), sv.wires.Load(), sv.srv.wireCalls.Load(), sv.unary.Load()
@@ -355,6 +361,7 @@ func TestCallsBigCallGoesUnary(t *testing.T) {
 	if _, err := sv.c.Info(t.Context()); err != nil {
 		t.Fatal(err)
 	}
+	sv.c.openCalls(t.Context())
 	for _, size := range []int{1000, maxStreamedCall + 1} {
 		msg := adapter.Message{Attachments: []adapter.Attachment{{Name: "f", Data: make([]byte, size)}}}
 		if r, err := sv.c.Bot("hr").Send(t.Context(), msg); err != nil || r.ID != strconv.Itoa(size) {

@@ -203,6 +203,7 @@ func (p *Plugin) start(ctx context.Context) error {
 	if err != nil {
 		return fail(fmt.Errorf("plugin: configuring bots: %w", err))
 	}
+	c.openCalls(ctx) // the wire, for the first calls already
 	caps := make(map[string][]string, len(bots))
 	for _, b := range bots {
 		caps[b.Name] = b.Capabilities

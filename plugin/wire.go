@@ -243,10 +243,10 @@ func (w *wireConn) close() { w.conn.Close() }
 func (w *wireConn) interrupt() { w.conn.SetReadDeadline(time.Unix(1, 0)) }
 
 // openWire asks the plugin for the wire and connects to it.
-func (c *Client) openWire() (*wireConn, error) {
+func (c *Client) openWire(ctx context.Context) (*wireConn, error) {
 	token := make([]byte, wireTokenSize)
 	rand.Read(token) // never fails (crypto/rand)
-	ctx, cancel := context.WithTimeout(context.Background(), wireAcceptTimeout)
+	ctx, cancel := context.WithTimeout(ctx, wireAcceptTimeout)
 	defer cancel()
 	r, err := c.rpc.OpenWire(ctx, &pb.OpenWireRequest{Token: token})
 	if err != nil {

@@ -261,6 +261,7 @@ func TestWireOpenFailsFallsBackToStream(t *testing.T) {
 			if _, err := sv.c.Info(t.Context()); err != nil {
 				t.Fatal(err)
 			}
+			sv.c.openCalls(t.Context())
 			roundTrip(t, sv.c, "wire not opened")
 			roundTrip(t, sv.c, "wire not opened, again")
 			if w, n, u := sv.wires.Load(), sv.calls.Load(), sv.unary.Load(); w != 1 || n != 1 || u != 0 {
@@ -291,7 +292,12 @@ func TestWireBrokenFailsCallsThenReopens(t *testing.T) {
 		}
 		return adapter.Receipt{ID: msg.Text}, nil
 	}
-	c := setupHop(t, fake, hopWire)
+	sv := serveCountingServer(t, map[string]adapter.Adapter{"hr": fake}, countingServer{})
+	if _, err := sv.c.Info(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	c := sv.c
+	c.openCalls(t.Context())
 	errs := make(chan error, n)
 	for range n {
 		go func() { _, err := c.Bot("hr").Send(t.Context(), adapter.Message{Text: "block"}); errs <- err }()
@@ -308,9 +314,47 @@ func TestWireBrokenFailsCallsThenReopens(t *testing.T) {
 			t.Fatal("a call in flight on a broken wire still waits after 30s")
 		}
 	}
-	roundTrip(t, c, "after the wire broke")
-	if w := countersOf(t, c).wires.Load(); w != 2 {
-		t.Errorf("%d wires opened; want 2", w)
+	roundTrip(t, c, "after the wire broke") // on the gRPC stream while the wire reopens
+	eventually(t, 10*time.Second, "the wire reopened", func() bool {
+		c.callsMu.Lock()
+		defer c.callsMu.Unlock()
+		return c.cs != nil
+	})
+	before := srvOf(t, c).wireCalls.Load()
+	roundTrip(t, c, "after the wire reopened")
+	if w, n := countersOf(t, c).wires.Load(), srvOf(t, c).wireCalls.Load()-before; w != 2 || n != 2 {
+		t.Errorf("%d wires opened, %d calls on the last; want 2 and 2", w, n)
+	}
+}
+
+// TestWireOpeningHoldsNoCall: the wire opens in the background, never in a call, so a plugin
+// whose OpenWire hangs (a hung plugin) holds no call past its deadline: the calls take the
+// gRPC stream meanwhile.
+func TestWireOpeningHoldsNoCall(t *testing.T) {
+	defer func(d time.Duration) { wireAcceptTimeout = d }(wireAcceptTimeout)
+	wireAcceptTimeout = time.Hour // the host waits for OpenWire as long as the test runs
+	release := make(chan struct{})
+	open := func(ctx context.Context, _ *pb.OpenWireRequest) (*pb.OpenWireResponse, error) {
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return nil, status.Error(codes.Unavailable, "hung")
+	}
+	sv := serveCountingServer(t, map[string]adapter.Adapter{"hr": echo()}, countingServer{openWire: open})
+	defer close(release) // before the cleanups that close the client
+	if _, err := sv.c.Info(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { roundTrip(t, sv.c, "while the wire opens"); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("a call still waits 30s on for a wire that does not open")
+	}
+	if n, u := sv.calls.Load(), sv.unary.Load(); n != 1 || u != 0 {
+		t.Errorf("%d Calls streams, %d unary calls; want the calls on one stream", n, u)
 	}
 }
 

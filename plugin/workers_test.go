@@ -67,6 +67,9 @@ func testGRPCServerCallsBeyondStreamWorkers(t *testing.T, h hop) {
 	if _, err := c.Configure(t.Context(), StoreConfig{}, []BotConfig{{Name: "hr", Platform: "wecom", Config: json.RawMessage(`{}`)}}); err != nil {
 		t.Fatal(err)
 	}
+	if h == hopWire {
+		c.openCalls(t.Context())
+	}
 	bot := c.Bot("hr")
 	var wg sync.WaitGroup
 	for range calls {
