@@ -6,16 +6,18 @@ package plugin
 //
 // Why hand-written framing, when gRPC already carries these messages: measured with
 // BenchmarkHop (per op one webhook and one send to a real plugin subprocess; this project's
-// 2-core VM; four interleaved runs of the Calls stream's build and the wire's, medians), the
-// Calls stream costs about 35 µs of CPU per call on each side (70 µs host + 70 µs plugin per
-// op), the wire about 31 (61 + 63), with 31 allocations per op instead of 53 (3.2 KB instead
-// of 5.7 KB); BenchmarkSend/subprocess 11 allocations instead of 22. With 8 callers at once
-// both cost the same (22 + 24 µs per op): gRPC's writer goroutine batches frames there. The
-// gain is smaller than the profiles promised, because most of what is left of a hop is system
-// calls and thread wake-ups (read, write, epoll_wait, futex: over half of either process's
-// CPU in BenchmarkHop's profiles), which any transport between two processes pays; what the
-// wire drops is TLS records, HTTP/2 frames and window updates, and two goroutine hand-offs
-// per side (gRPC's loopy writer and reader).
+// 2-core VM; the Calls stream's build and the wire's run in turn, medians of three), one call
+// alone costs about 40 µs of CPU on each side on the Calls stream (80 µs host + 81 plugin per
+// op) and 21 µs host + 31 µs plugin on the wire (43 + 63 per op), 31 allocations per op
+// instead of 53; BenchmarkSend/subprocess 39 µs instead of 60, 11 allocations instead of 22.
+// With 8 callers at once both cost the same (about 23 + 25 µs per op): there gRPC's writer
+// goroutine batches frames into one write, which this does not. What the wire drops is TLS
+// records, HTTP/2 frames and window updates, and the goroutine hand-offs (gRPC's loopy writer
+// and reader; on the host, callStream.readTok's callers read their own responses); what is
+// left is system calls and thread wake-ups (read, write, epoll_wait, futex: over half of
+// either process's CPU in BenchmarkHop's profiles), which any transport between two
+// processes pays. Under bench/load at 2,000 webhooks/s the CPU per event fell by 6-25 µs
+// (plugin 62-65 µs instead of 68-70), within that run's noise of about 15.
 //
 // Setup goes through the gRPC connection, which go-plugin authenticates (AutoMTLS): the host
 // sends a fresh random token in OpenWire; the plugin listens on a socket in a new directory
