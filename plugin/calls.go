@@ -9,12 +9,14 @@ package plugin
 // the plugin (timeout_micros) and a caller that gives up cancels the call there (cancel); a
 // panic fails only its call; a plugin that crashes or is killed fails every call in flight
 // as unavailable; a hung one leaves callers to their deadlines, which start a health check
-// (Plugin.checkAfter) as before.
+// (Plugin.checkAfter) as before. Since protocol minor 4 the same messages take the wire
+// (wire.go) when the plugin opens one, and this stream when it does not.
 
 import (
 	"context"
 	"errors"
 	"io"
+	"os"
 	"sync"
 	"time"
 
@@ -33,12 +35,49 @@ const minorCalls = 3
 // queued behind it on the stream.
 const maxStreamedCall = 64 << 10
 
-// callStream is the host's side of one Calls stream.
+// callConn is the transport of a callStream: the Calls gRPC stream or the wire (wire.go).
+type callConn interface {
+	// send sends req, giving up at deadline (zero: never) where the transport can; one at a
+	// time (callStream.sendSem). A notSent error fails only req, which the plugin never saw;
+	// any other means the transport ended, and recv says why.
+	send(req *pb.CallRequest, deadline time.Time) error
+	// recv returns the next response; its error ends the transport.
+	recv() (*pb.CallResponse, error)
+	// close ends the transport: recv fails from then on.
+	close()
+}
+
+// grpcCalls is the Calls gRPC stream as a callConn.
+type grpcCalls struct {
+	st     pb.AdapterService_CallsClient
+	cancel context.CancelFunc // ends the stream
+}
+
+// send blocks only while the stream's flow-control window is full: a plugin that stopped
+// reading 4 MiB of calls ago, that is a hung one (its Calls loop never waits for a call to
+// finish). Calls behind it wait for sendSem until their deadlines, which start the health
+// check that replaces such a plugin, ending the stream; this one waits until then, past its
+// own deadline (the wire's send does not).
+func (g *grpcCalls) send(req *pb.CallRequest, _ time.Time) error { return g.st.Send(req) }
+func (g *grpcCalls) recv() (*pb.CallResponse, error)             { return g.st.Recv() }
+func (g *grpcCalls) close()                                      { g.cancel() }
+
+// callStream is the host's side of one Calls stream or wire.
+//
+// A gRPC stream's responses are read by a goroutine of its own (receive), which hands each to
+// its caller. A wire has no such goroutine: one of the callers waiting for a response reads
+// the wire (it holds readTok) and hands the others theirs, until its own comes, then leaves
+// the reading to another waiting caller. A call alone on the wire so reads its own response,
+// with no goroutine hand-off: BenchmarkHop's sequential host CPU per op fell from about 64 µs
+// to 41 with this (a hand-off is a goroutine and a thread woken, futex and scheduler time).
+// (The plugin's reader does hand each call to a worker: serving a webhook in the reader, with
+// a timer to hand the reading over if it took long, cost more than it saved: each timer woke
+// the netpoller.)
 type callStream struct {
-	st      pb.AdapterService_CallsClient
-	cancel  context.CancelFunc // ends the stream
-	sendSem chan struct{}      // holds a token while a goroutine sends on st (gRPC allows one at a time)
-	done    chan struct{}      // closed when the stream failed; err says why
+	conn    callConn
+	sendSem chan struct{} // holds a token while a goroutine sends on conn (one at a time)
+	readTok chan struct{} // the wire's: holds a token while a caller reads conn; nil: receive reads
+	done    chan struct{} // closed when the stream failed; err says why
 
 	mu      sync.Mutex // guards the fields below
 	err     error
@@ -46,16 +85,43 @@ type callStream struct {
 	pending map[uint64]chan *pb.CallResponse // calls sent and not answered, by id
 }
 
-// calls returns the Client's Calls stream, opening it if need be; nil and no error when the
-// plugin has none (older than minor 3, its minor not known, or it refused the stream).
+// newCallStream returns the callStream of conn; the caller starts receive for a gRPC stream.
+func newCallStream(conn callConn) *callStream {
+	cs := &callStream{conn: conn, sendSem: make(chan struct{}, 1), done: make(chan struct{}),
+		pending: make(map[uint64]chan *pb.CallResponse)}
+	if _, ok := conn.(*wireConn); ok {
+		cs.readTok = make(chan struct{}, 1)
+	}
+	return cs
+}
+
+// errClientClosed fails the calls of a closed Client.
+var errClientClosed = status.Error(codes.Unavailable, "plugin: client closed")
+
+// calls returns the callStream a call takes, opening it if need be: the wire when it is open,
+// else the gRPC Calls stream; nil and no error when the plugin has neither (older than minor
+// 3, its minor not known, or it refused the stream). A plugin of minor 4 whose wire is not
+// open gets it opened in the background (openWire), never by a call, which would then wait
+// for a plugin that may be hung past its deadline: calls take the gRPC stream meanwhile.
 func (c *Client) calls() (*callStream, error) {
-	if c.minor.Load()-1 < minorCalls || c.noCalls.Load() {
+	minor := c.minor.Load() - 1
+	if minor < minorCalls || c.noCalls.Load() {
 		return nil, nil
 	}
 	c.callsMu.Lock()
 	defer c.callsMu.Unlock()
+	if c.closed {
+		return nil, errClientClosed
+	}
 	if c.cs != nil {
 		return c.cs, nil
+	}
+	if minor >= minorWire && !c.noWire.Load() && !c.wireOpening {
+		c.wireOpening = true
+		go c.openWireNow(context.Background())
+	}
+	if c.gs != nil {
+		return c.gs, nil
 	}
 	// The stream outlives every call: it ends when the plugin's connection closes (the
 	// process exited or was killed) or a call finds it broken.
@@ -65,44 +131,163 @@ func (c *Client) calls() (*callStream, error) {
 		cancel()
 		return nil, err
 	}
-	cs := &callStream{st: st, cancel: cancel, sendSem: make(chan struct{}, 1), done: make(chan struct{}),
-		pending: make(map[uint64]chan *pb.CallResponse)}
-	c.cs = cs
-	go c.receive(cs)
-	return cs, nil
+	c.gs = newCallStream(&grpcCalls{st: st, cancel: cancel})
+	go c.receive(c.gs)
+	return c.gs, nil
+}
+
+// openCalls opens the wire now if the plugin has one and it is not open, so that the first
+// calls take it (Launch calls it once the plugin is configured). That it did not open is
+// logged, once, and is no error: the calls take the gRPC stream.
+func (c *Client) openCalls(ctx context.Context) {
+	if c.minor.Load()-1 < minorWire || c.noWire.Load() {
+		return
+	}
+	c.callsMu.Lock()
+	if c.closed || c.cs != nil || c.wireOpening {
+		c.callsMu.Unlock()
+		return
+	}
+	c.wireOpening = true
+	c.callsMu.Unlock()
+	c.openWireNow(ctx)
+}
+
+// openWireNow opens the wire (c.wireOpening is set) and makes it the calls' stream; if it
+// does not open, the Client keeps the gRPC stream for the plugin's life, and says so once.
+func (c *Client) openWireNow(ctx context.Context) {
+	w, err := c.openWire(ctx)
+	c.callsMu.Lock()
+	defer c.callsMu.Unlock()
+	c.wireOpening = false
+	switch {
+	case err != nil:
+		c.noWire.Store(true)
+		c.logger().Warn("plugin wire not opened; calls take the gRPC Calls stream", "error", err)
+	case c.closed:
+		w.close()
+	default:
+		c.cs = newCallStream(w)
+	}
+}
+
+// closeCalls closes the Client's Calls stream or wire for good (the plugin is gone or being
+// replaced): the calls in flight fail as unavailable and no goroutine is left behind.
+func (c *Client) closeCalls() {
+	c.callsMu.Lock()
+	c.closed = true
+	cs, gs := c.cs, c.gs
+	c.callsMu.Unlock()
+	if gs != nil {
+		gs.conn.close() // its receive fails it
+	}
+	if cs != nil {
+		cs.conn.close()
+		if cs.readTok != nil { // a reading caller, if any, fails the stream; else this does
+			select {
+			case cs.readTok <- struct{}{}:
+				c.failStream(cs, errClientClosed)
+				<-cs.readTok
+			default:
+			}
+		}
+	}
 }
 
 // receive hands each response to its caller until the stream fails, then fails every call
 // still waiting and forgets the stream (the next call opens another).
 func (c *Client) receive(cs *callStream) {
 	for {
-		r, err := cs.st.Recv()
+		r, err := cs.conn.recv()
 		if err != nil {
-			if errors.Is(err, io.EOF) {
-				err = status.Error(codes.Unavailable, "plugin ended the calls stream")
-			}
-			if status.Code(err) == codes.Unimplemented {
-				c.noCalls.Store(true) // calls go unary from now on
-			}
-			c.callsMu.Lock()
-			if c.cs == cs {
-				c.cs = nil
-			}
-			c.callsMu.Unlock()
-			cs.mu.Lock()
-			cs.err, cs.pending = err, nil
-			cs.mu.Unlock()
-			close(cs.done)
-			cs.cancel()
+			c.failStream(cs, err)
 			return
 		}
-		cs.mu.Lock()
-		ch := cs.pending[r.Id]
-		delete(cs.pending, r.Id)
+		cs.deliver(r)
+	}
+}
+
+// deliver hands r to its caller, returning the caller's channel (nil: it gave up).
+func (cs *callStream) deliver(r *pb.CallResponse) chan *pb.CallResponse {
+	cs.mu.Lock()
+	ch := cs.pending[r.Id]
+	delete(cs.pending, r.Id)
+	cs.mu.Unlock()
+	if ch != nil {
+		ch <- r
+	}
+	return ch
+}
+
+// failStream ends cs, which failed with err (once; later calls do nothing): every call
+// waiting fails, and the next call opens another stream or wire.
+func (c *Client) failStream(cs *callStream, err error) {
+	if errors.Is(err, io.EOF) {
+		err = status.Error(codes.Unavailable, "plugin ended the calls stream")
+	} else if _, ok := status.FromError(err); !ok { // the wire's
+		err = status.Error(codes.Unavailable, "plugin wire: "+err.Error())
+	}
+	cs.mu.Lock()
+	if cs.err != nil {
 		cs.mu.Unlock()
-		if ch != nil { // nil: its caller gave up
-			ch <- r
+		return
+	}
+	cs.err, cs.pending = err, nil
+	cs.mu.Unlock()
+	if status.Code(err) == codes.Unimplemented {
+		c.noCalls.Store(true) // calls go unary from now on
+	}
+	c.callsMu.Lock()
+	if c.cs == cs {
+		c.cs = nil
+	}
+	if c.gs == cs {
+		c.gs = nil
+	}
+	c.callsMu.Unlock()
+	close(cs.done)
+	cs.conn.close()
+}
+
+// read makes the calling caller, which holds cs.readTok, read the wire for the others until
+// its own response (id, ch) comes, the wire fails, or ctx ends; it then lets go of readTok.
+func (c *Client) read(ctx context.Context, cs *callStream, id uint64, ch chan *pb.CallResponse) (*pb.CallResponse, bool, error) {
+	defer func() { <-cs.readTok }()
+	select {
+	case r := <-ch: // delivered by the reader before
+		return r, true, nil
+	default:
+	}
+	w := cs.conn.(*wireConn)
+	if ctx.Done() != nil { // else it never ends
+		stop := context.AfterFunc(ctx, w.interrupt)
+		defer stop()
+	}
+	for {
+		r, err := w.recv()
+		if err == nil {
+			if cs.deliver(r) == ch {
+				return <-ch, true, nil
+			}
+			continue
 		}
+		if errors.Is(err, os.ErrDeadlineExceeded) { // interrupted: by ctx, or late for an earlier reader
+			w.conn.SetReadDeadline(time.Time{})
+			if ctx.Err() == nil {
+				continue
+			}
+			if cs.forget(id) {
+				go cs.sendCancel(id)
+			}
+			return nil, true, status.FromContextError(ctx.Err()).Err()
+		}
+		c.failStream(cs, err)
+		select {
+		case r := <-ch: // answered just before the wire failed
+			return r, true, nil
+		default:
+		}
+		return c.streamFailed(cs.err)
 	}
 }
 
@@ -121,7 +306,8 @@ func (c *Client) streamFor(size int) (*callStream, error) {
 // refused the stream, without seeing req: the call must be a unary RPC; err is then nil.
 // Errors are gRPC status errors, as a unary call returns them, for fromStatus.
 func (c *Client) call(ctx context.Context, cs *callStream, req *pb.CallRequest) (resp *pb.CallResponse, ok bool, err error) {
-	if dl, has := ctx.Deadline(); has {
+	dl, _ := ctx.Deadline()
+	if !dl.IsZero() {
 		left := time.Until(dl)
 		if left <= 0 {
 			return nil, true, status.FromContextError(context.DeadlineExceeded).Err()
@@ -148,14 +334,17 @@ func (c *Client) call(ctx context.Context, cs *callStream, req *pb.CallRequest) 
 	case <-cs.done:
 		return c.streamFailed(cs.err)
 	}
-	// Send blocks only while the stream's flow-control window is full: a plugin that stopped
-	// reading 4 MiB of calls ago, that is a hung one (its Calls loop never waits for a call to
-	// finish). Calls behind it wait for the token until their deadlines, which start the
-	// health check that replaces such a plugin, ending the stream.
-	serr := cs.st.Send(req)
+	serr := cs.conn.send(req, dl)
 	<-cs.sendSem
-	if serr != nil { // the stream ended; receive reports why
-		select {
+	if serr != nil {
+		if ns, ok := serr.(notSent); ok {
+			cs.forget(req.Id)
+			return nil, true, ns.err
+		}
+		if cs.readTok != nil { // the wire closed itself; no reader may be there to see it
+			c.failStream(cs, serr)
+		}
+		select { // the stream ended; receive reports why
 		case <-cs.done:
 			return c.streamFailed(cs.err)
 		case <-ctx.Done():
@@ -166,6 +355,8 @@ func (c *Client) call(ctx context.Context, cs *callStream, req *pb.CallRequest) 
 	select {
 	case r := <-ch:
 		return r, true, nil
+	case cs.readTok <- struct{}{}: // nobody reads the wire: this caller does
+		return c.read(ctx, cs, req.Id, ch)
 	case <-ctx.Done():
 		if cs.forget(req.Id) {
 			go cs.sendCancel(req.Id)
@@ -207,7 +398,7 @@ func (cs *callStream) sendCancel(id uint64) {
 	case <-cs.done:
 		return
 	}
-	cs.st.Send(&pb.CallRequest{Id: id, Cancel: true})
+	cs.conn.send(&pb.CallRequest{Id: id, Cancel: true}, time.Now().Add(cancelWriteTimeout))
 	<-cs.sendSem
 }
 
@@ -314,13 +505,43 @@ func (c *Client) webhookRPC(ctx context.Context, bot string, req *adapter.Webhoo
 	return c.rpc.HandleWebhook(ctx, &pb.HandleWebhookRequest{Bot: bot, Request: webhookRequestToProto(req, false)})
 }
 
-// Calls implements the Calls RPC: it serves each call in a goroutine of its own (from a
-// small pool, as gRPC's stream workers do for unary calls) and sends the responses as they
-// come. The stream's end cancels the calls still running.
+// callServerConn is the plugin's side of a Calls stream or wire.
+type callServerConn interface {
+	// recv returns the next call; its error ends the stream.
+	recv() (*pb.CallRequest, error)
+	// send answers a call; safe for concurrent use. An error means the stream ended.
+	send(*pb.CallResponse) error
+}
+
+// grpcCallServer is the Calls gRPC stream as a callServerConn.
+type grpcCallServer struct {
+	st pb.AdapterService_CallsServer
+	mu sync.Mutex // gRPC allows one Send at a time
+}
+
+func (g *grpcCallServer) recv() (*pb.CallRequest, error) { return g.st.Recv() }
+
+func (g *grpcCallServer) send(r *pb.CallResponse) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.st.Send(r)
+}
+
+// Calls implements the Calls RPC (serveCalls).
 func (s *Server) Calls(st pb.AdapterService_CallsServer) error {
-	ctx := st.Context()
+	err := s.serveCalls(st.Context(), &grpcCallServer{st: st})
+	if errors.Is(err, io.EOF) {
+		return nil
+	}
+	return err
+}
+
+// serveCalls serves the calls of a Calls stream or wire until its recv fails, and returns
+// that error: each call in a goroutine of its own (from a small pool, as gRPC's stream
+// workers do for unary calls), its response sent as soon as it is ready. ctx is the
+// stream's, whose end cancels the calls still running.
+func (s *Server) serveCalls(ctx context.Context, conn callServerConn) error {
 	var (
-		sendMu   sync.Mutex // gRPC allows one Send at a time
 		mu       sync.Mutex // guards inflight
 		inflight = make(map[uint64]context.CancelFunc)
 		work     = make(chan func())
@@ -328,11 +549,8 @@ func (s *Server) Calls(st pb.AdapterService_CallsServer) error {
 	)
 	defer close(work)
 	for {
-		req, err := st.Recv()
+		req, err := conn.recv()
 		if err != nil {
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
 			return err
 		}
 		if req.Cancel {
@@ -362,9 +580,7 @@ func (s *Server) Calls(st pb.AdapterService_CallsServer) error {
 			delete(inflight, req.Id)
 			mu.Unlock()
 			cancel()
-			sendMu.Lock()
-			st.Send(resp) // an error means the stream ended: its caller is gone too
-			sendMu.Unlock()
+			conn.send(resp) // an error means the stream ended: its caller is gone too
 		}
 		select {
 		case work <- serve: // an idle worker took it

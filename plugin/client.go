@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 
@@ -22,8 +23,22 @@ type Client struct {
 	polled map[string]string // by bot: the last Poll batch returned to the caller
 
 	noCalls atomic.Bool // the plugin refused the Calls stream: calls are unary RPCs
-	callsMu sync.Mutex  // guards cs
-	cs      *callStream // the Calls stream (calls.go); nil until the first call, or after it failed
+	noWire  atomic.Bool // the wire did not open: calls take the Calls stream
+	callsMu sync.Mutex  // guards the fields below
+	cs      *callStream // the wire (calls.go, wire.go); nil until it opened, or after it failed
+	gs      *callStream // the gRPC Calls stream; nil until a call needed it, or after it failed
+	closed  bool        // closeCalls was called
+	// wireOpening: openWireNow runs
+	wireOpening bool
+
+	log *slog.Logger // nil: slog.Default()
+}
+
+func (c *Client) logger() *slog.Logger {
+	if c.log != nil {
+		return c.log
+	}
+	return slog.Default()
 }
 
 // NewClient returns a Client over an existing connection's service client; for tests and

@@ -14,22 +14,22 @@ import (
 )
 
 // setup serves fake as bot "hr" over an in-process gRPC connection and returns the client,
-// which makes its calls on the Calls stream.
+// which makes its calls (if any) on the wire.
 func setup(t *testing.T, fake *fakeAdapter) *Client {
 	t.Helper()
-	return setupHop(t, fake, true)
+	return setupHopCalls(t, fake, hopWire, false)
 }
 
-// forHops runs test once per hop (the Calls stream, unary RPCs).
-func forHops(t *testing.T, test func(t *testing.T, stream bool)) {
+// forHops runs test once per hop (the wire, the Calls stream, unary RPCs).
+func forHops(t *testing.T, test func(t *testing.T, h hop)) {
 	for _, h := range hops {
-		t.Run(h.name, func(t *testing.T) { test(t, h.stream) })
+		t.Run(string(h), func(t *testing.T) { test(t, h) })
 	}
 }
 
 func TestSendRoundTrip(t *testing.T) { forHops(t, testSendRoundTrip) }
 
-func testSendRoundTrip(t *testing.T, stream bool) {
+func testSendRoundTrip(t *testing.T, h hop) {
 	var got adapter.Message
 	fake := &fakeAdapter{SendFn: func(ctx context.Context, msg adapter.Message) (adapter.Receipt, error) {
 		got = msg
@@ -38,7 +38,7 @@ func testSendRoundTrip(t *testing.T, stream bool) {
 		}
 		return adapter.Receipt{ID: "m1", Invalid: []string{"user:x"}, IDs: []string{"m1", "m2"}}, nil
 	}}
-	c := setupHop(t, fake, stream)
+	c := setupHop(t, fake, h)
 	msg := adapter.Message{
 		To:          adapter.Target{Channel: &adapter.Channel{Team: "T", Channel: "C"}},
 		Markdown:    "**hi**",
@@ -64,11 +64,11 @@ func testSendRoundTrip(t *testing.T, stream bool) {
 
 func TestSendErrorKeepsKind(t *testing.T) { forHops(t, testSendErrorKeepsKind) }
 
-func testSendErrorKeepsKind(t *testing.T, stream bool) {
+func testSendErrorKeepsKind(t *testing.T, h hop) {
 	fake := &fakeAdapter{SendFn: func(ctx context.Context, msg adapter.Message) (adapter.Receipt, error) {
 		return adapter.Receipt{}, &adapter.Error{Kind: adapter.KindRateLimited, Platform: "wecom", Code: "45009", RetryAfter: time.Minute, Message: "api freq out of limit"}
 	}}
-	c := setupHop(t, fake, stream)
+	c := setupHop(t, fake, h)
 	_, err := c.Bot("hr").Send(t.Context(), adapter.Message{To: adapter.Target{User: "u"}, Text: "x"})
 	if !errors.Is(err, adapter.ErrRateLimited) || adapter.Code(err) != "45009" || adapter.RetryAfter(err) != time.Minute {
 		t.Errorf("Send error = %v (code %q, retry %v); want rate limited 45009 after 1m", err, adapter.Code(err), adapter.RetryAfter(err))
@@ -77,8 +77,8 @@ func testSendErrorKeepsKind(t *testing.T, stream bool) {
 
 func TestUnknownBot(t *testing.T) { forHops(t, testUnknownBot) }
 
-func testUnknownBot(t *testing.T, stream bool) {
-	c := setupHop(t, &fakeAdapter{}, stream)
+func testUnknownBot(t *testing.T, h hop) {
+	c := setupHop(t, &fakeAdapter{}, h)
 	_, err := c.Bot("nobody").Send(t.Context(), adapter.Message{})
 	if !errors.Is(err, adapter.ErrNotFound) {
 		t.Errorf("Send to unknown bot = %v; want not found", err)
@@ -99,7 +99,7 @@ func TestConfigureFailureNamesBot(t *testing.T) {
 
 func TestHandleWebhookRoundTrip(t *testing.T) { forHops(t, testHandleWebhookRoundTrip) }
 
-func testHandleWebhookRoundTrip(t *testing.T, stream bool) {
+func testHandleWebhookRoundTrip(t *testing.T, h hop) {
 	when := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	events := []adapter.Event{{ID: "wecom:1", Bot: "hr", Platform: "wecom", Kind: "message",
 		Chat: adapter.Chat{ID: "u", Type: "direct"}, Sender: adapter.Sender{ID: "u", Name: "U"}, Text: "hi",
@@ -113,7 +113,7 @@ func testHandleWebhookRoundTrip(t *testing.T, stream bool) {
 		}
 		return &adapter.WebhookResponse{Status: 200, Header: http.Header{"Content-Type": {"text/plain"}}, Body: []byte("success")}, events, nil
 	}}
-	c := setupHop(t, fake, stream)
+	c := setupHop(t, fake, h)
 	req := &adapter.WebhookRequest{Method: "POST", Path: "/webhook/hr", Query: map[string][]string{"msg_signature": {"s"}, "a": {"1", "2"}},
 		Header: http.Header{"Content-Type": {"text/xml"}, "X-Forwarded-For": {"10.0.0.1", "10.0.0.2", "10.0.0.3"}},
 		Body:   []byte("<xml/>"), RemoteAddr: "1.2.3.4:5"}
@@ -169,12 +169,12 @@ func TestStatusUploadPoll(t *testing.T) {
 
 func TestCallerDeadlineReachesPlugin(t *testing.T) { forHops(t, testCallerDeadlineReachesPlugin) }
 
-func testCallerDeadlineReachesPlugin(t *testing.T, stream bool) {
+func testCallerDeadlineReachesPlugin(t *testing.T, h hop) {
 	fake := &fakeAdapter{SendFn: func(ctx context.Context, msg adapter.Message) (adapter.Receipt, error) {
 		<-ctx.Done()
 		return adapter.Receipt{}, &adapter.Error{Kind: adapter.KindUnavailable, Err: ctx.Err()}
 	}}
-	c := setupHop(t, fake, stream)
+	c := setupHop(t, fake, h)
 	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
 	defer cancel()
 	_, err := c.Bot("hr").Send(ctx, adapter.Message{})

@@ -20,25 +20,34 @@ import (
 	pb "github.com/seed-a64d9e1f/chatwire/plugin/proto"
 )
 
-// countingServer serves a Server and counts how the host reaches it: the Calls streams it
-// opens and the unary Send and HandleWebhook RPCs. With old set it is a plugin of an older
-// protocol minor: Info reports minor, and the Calls stream (minor 3) is unimplemented, as in
-// a plugin built before it existed.
+// countingServer serves a Server and counts how the host reaches it: the wires and Calls
+// streams it opens and the unary Send and HandleWebhook RPCs. With old set it is a plugin of
+// an older protocol minor: Info reports minor, and the Calls stream (minor 3) and OpenWire
+// (minor 4) are unimplemented, as in a plugin built before they existed.
 type countingServer struct {
 	*Server
 	old   bool
 	minor int32
-	calls *atomic.Int32 // Calls streams the host opened
-	unary *atomic.Int32 // unary Send and HandleWebhook RPCs
+	// asMinor, if set, makes it a plugin of that minor: Info reports it, and what came after
+	// it (the Calls stream, OpenWire) is unimplemented.
+	asMinor int32
+	calls   *atomic.Int32 // Calls streams the host opened
+	wires   *atomic.Int32 // OpenWire calls
+	unary   *atomic.Int32 // unary Send and HandleWebhook RPCs
 	// failFirst makes the first Calls stream fail as unavailable once its first call arrived,
 	// unanswered, like a plugin connection that broke.
 	failFirst bool
+	// openWire, if set, answers OpenWire instead of the Server.
+	openWire func(context.Context, *pb.OpenWireRequest) (*pb.OpenWireResponse, error)
 }
 
 func (o countingServer) Info(ctx context.Context, req *pb.InfoRequest) (*pb.InfoResponse, error) {
 	r, err := o.Server.Info(ctx, req)
 	if err == nil && o.old {
 		r.ProtocolMinor = o.minor
+	}
+	if err == nil && o.asMinor != 0 {
+		r.ProtocolMinor = o.asMinor
 	}
 	return r, err
 }
@@ -49,10 +58,21 @@ func (o countingServer) Calls(st pb.AdapterService_CallsServer) error {
 		st.Recv()
 		return status.Error(codes.Unavailable, "connection broke")
 	}
-	if o.old {
+	if o.old || (o.asMinor != 0 && o.asMinor < minorCalls) {
 		return status.Error(codes.Unimplemented, "method Calls not implemented")
 	}
 	return o.Server.Calls(st)
+}
+
+func (o countingServer) OpenWire(ctx context.Context, req *pb.OpenWireRequest) (*pb.OpenWireResponse, error) {
+	o.wires.Add(1)
+	if o.old || (o.asMinor != 0 && o.asMinor < minorWire) {
+		return nil, status.Error(codes.Unimplemented, "method OpenWire not implemented")
+	}
+	if o.openWire != nil {
+		return o.openWire(ctx, req)
+	}
+	return o.Server.OpenWire(ctx, req)
 }
 
 func (o countingServer) Send(ctx context.Context, req *pb.SendRequest) (*pb.SendResponse, error) {
@@ -78,8 +98,9 @@ func (p *countingPlugin) GRPCServer(_ *goplugin.GRPCBroker, s *grpc.Server) erro
 
 // served is a plugin served over an in-process gRPC connection, with its counters.
 type served struct {
-	c            *Client
-	calls, unary *atomic.Int32
+	c                   *Client
+	srv                 *Server
+	calls, wires, unary *atomic.Int32
 }
 
 // serveCounting serves the bots in process through a countingServer (old: reporting
@@ -88,7 +109,9 @@ func serveCounting(t *testing.T, bots map[string]adapter.Adapter, old bool, mino
 	return serveCountingServer(t, bots, countingServer{old: old, minor: minor})
 }
 
-// serveCountingServer is serveCounting with cs's settings.
+// serveCountingServer is serveCounting with cs's settings. When the test ends it closes the
+// Client's wire or stream and checks that both sides let go of it: the host's receive
+// goroutine ended and the plugin serves no wire any more (no goroutine left behind).
 func serveCountingServer(t *testing.T, bots map[string]adapter.Adapter, cs countingServer) served {
 	t.Helper()
 	srv := NewServer(ServerOptions{Platforms: []string{"wecom"}, Open: func(_ context.Context, _ StoreConfig, b BotConfig) (adapter.Adapter, error) {
@@ -97,8 +120,8 @@ func serveCountingServer(t *testing.T, bots map[string]adapter.Adapter, cs count
 		}
 		return bots[b.Name], nil
 	}})
-	sv := served{calls: new(atomic.Int32), unary: new(atomic.Int32)}
-	cs.Server, cs.calls, cs.unary = srv, sv.calls, sv.unary
+	sv := served{srv: srv, calls: new(atomic.Int32), wires: new(atomic.Int32), unary: new(atomic.Int32)}
+	cs.Server, cs.calls, cs.wires, cs.unary = srv, sv.calls, sv.wires, sv.unary
 	client, _ := goplugin.TestPluginGRPCConn(t, false, map[string]goplugin.Plugin{PluginName: &countingPlugin{srv: cs}})
 	t.Cleanup(func() { client.Close() })
 	raw, err := client.Dispense(PluginName)
@@ -106,6 +129,8 @@ func serveCountingServer(t *testing.T, bots map[string]adapter.Adapter, cs count
 		t.Fatal(err)
 	}
 	sv.c = raw.(*Client)
+	servedByClient.Store(sv.c, sv)
+	t.Cleanup(func() { closeAndCheck(t, sv); servedByClient.Delete(sv.c) })
 	var cfg []BotConfig
 	for name := range bots {
 		cfg = append(cfg, BotConfig{Name: name, Platform: "wecom", Config: json.RawMessage(`{}`)})
@@ -116,6 +141,32 @@ func serveCountingServer(t *testing.T, bots map[string]adapter.Adapter, cs count
 	return sv
 }
 
+// closeAndCheck closes sv's Client's calls and checks that no goroutine of its wire or stream
+// is left on either side.
+func closeAndCheck(t *testing.T, sv served) {
+	t.Helper()
+	sv.c.callsMu.Lock()
+	cs, gs := sv.c.cs, sv.c.gs
+	sv.c.callsMu.Unlock()
+	sv.c.closeCalls()
+	for _, cs := range []*callStream{cs, gs} {
+		if cs == nil {
+			continue
+		}
+		select {
+		case <-cs.done:
+		case <-time.After(10 * time.Second):
+			t.Error("the host's wire or stream still open 10s after the Client closed")
+		}
+	}
+	for deadline := time.Now().Add(10 * time.Second); sv.srv.wires.Load() != 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Errorf("the plugin still serves %d wires 10s after the Client closed", sv.srv.wires.Load())
+			break
+		}
+	}
+}
+
 // setupOld serves fake as bot "hr" from a plugin reporting protocol minor; calls counts the
 // Calls streams the host opens.
 func setupOld(t *testing.T, fake *fakeAdapter, minor int32) (c *Client, calls *atomic.Int32) {
@@ -124,30 +175,57 @@ func setupOld(t *testing.T, fake *fakeAdapter, minor int32) (c *Client, calls *a
 	return sv.c, sv.calls
 }
 
-// hops are the two ways a host calls Send and HandleWebhook: the Calls stream, with a plugin
-// of minor 3 whose Info it asked (as Launch does), and unary RPCs (the Client has not asked).
-var hops = []struct {
-	name   string
-	stream bool
-}{{"stream", true}, {"unary", false}}
+// hop is a way a host calls Send and HandleWebhook.
+type hop string
+
+const (
+	hopWire   hop = "wire"   // the wire, to a plugin of minor 4 whose Info it asked and wire it opened (as Launch does)
+	hopStream hop = "stream" // the Calls stream, as to a plugin whose wire did not open
+	hopUnary  hop = "unary"  // unary RPCs: the Client has not asked the plugin's minor
+)
+
+// hops are the ways a host calls Send and HandleWebhook.
+var hops = []hop{hopWire, hopStream, hopUnary}
 
 // setupHop serves fake as bot "hr" in process and returns the host's Client, which makes
-// its Send and HandleWebhook calls on the Calls stream (stream) or as unary RPCs; the test
-// fails if they went the other way.
-func setupHop(t *testing.T, fake adapter.Adapter, stream bool) *Client {
+// its Send and HandleWebhook calls on hop h; the test fails if they went another way (the
+// plugin counts the calls it got on each).
+func setupHop(t *testing.T, fake adapter.Adapter, h hop) *Client {
+	t.Helper()
+	return setupHopCalls(t, fake, h, true)
+}
+
+// setupHopCalls is setupHop for a test that makes Send or HandleWebhook calls (called) or
+// may make none: then only calls that went another way fail it.
+func setupHopCalls(t *testing.T, fake adapter.Adapter, h hop, called bool) *Client {
 	t.Helper()
 	sv := serveCounting(t, map[string]adapter.Adapter{"hr": fake}, false, 0)
-	if stream {
+	if h != hopUnary {
 		if info, err := sv.c.Info(t.Context()); err != nil || info.ProtocolMinor != ProtocolMinor {
 			t.Fatalf("Info = %+v, %v; want minor %d", info, err, ProtocolMinor)
 		}
 	}
+	switch h {
+	case hopStream:
+		sv.c.noWire.Store(true)
+	case hopWire:
+		sv.c.openCalls(t.Context()) // as Launch does
+	}
 	t.Cleanup(func() {
-		if stream && sv.unary.Load() != 0 {
-			t.Errorf("%d calls were unary RPCs; want all on the Calls stream", sv.unary.Load())
-		}
-		if !stream && sv.calls.Load() != 0 {
-			t.Errorf("the host opened %d Calls streams; want unary calls only", sv.calls.Load())
+		calls, wires, wireCalls, unary := sv.calls.Load(), sv.wires.Load(), sv.srv.wireCalls.Load(), sv.unary.Load()
+		switch h {
+		case hopWire:
+			if unary != 0 || calls != 0 || (called || wireCalls != 0) && (wires == 0 || wireCalls == 0) {
+				t.Errorf("%d unary calls, %d Calls streams, %d wires, %d calls on the wire; want all calls on the wire", unary, calls, wires, wireCalls)
+			}
+		case hopStream:
+			if unary != 0 || wires != 0 || called && calls == 0 {
+				t.Errorf("%d unary calls, %d wires, %d Calls streams; want all calls on the Calls stream", unary, wires, calls)
+			}
+		case hopUnary:
+			if calls != 0 || wires != 0 {
+				t.Errorf("the host opened %d Calls streams and %d wires; want unary calls only", calls, wires)
+			}
 		}
 	})
 	return sv.c
@@ -235,8 +313,8 @@ func TestCallsOldPluginGetsUnary(t *testing.T) {
 	}
 	roundTrip(t, sv.c, "minor-2 plugin")
 	roundTrip(t, sv.c, "minor-2 plugin, again")
-	if n, u := sv.calls.Load(), sv.unary.Load(); n != 0 || u != 4 {
-		t.Errorf("%d Calls streams opened, %d unary calls; want 0 and 4", n, u)
+	if w, n, u := sv.wires.Load(), sv.calls.Load(), sv.unary.Load(); w != 0 || n != 0 || u != 4 {
+		t.Errorf("%d wires and %d Calls streams opened, %d unary calls; want 0, 0 and 4", w, n, u)
 	}
 }
 
@@ -249,8 +327,8 @@ func TestCallsRefusedFallsBackToUnary(t *testing.T) {
 	}
 	roundTrip(t, sv.c, "refusing plugin")
 	roundTrip(t, sv.c, "refusing plugin, again")
-	if n, u := sv.calls.Load(), sv.unary.Load(); n != 1 || u != 4 {
-		t.Errorf("%d Calls streams opened, %d unary calls; want 1 and 4", n, u)
+	if w, n, u := sv.wires.Load(), sv.calls.Load(), sv.unary.Load(); w != 0 || n != 1 || u != 4 {
+		t.Errorf("%d wires and %d Calls streams opened, %d unary calls; want 0, 1 and 4", w, n, u)
 	}
 }
 
@@ -262,6 +340,7 @@ func TestCallsStreamBrokenFailsCallsThenReopens(t *testing.T) {
 	if _, err := sv.c.Info(t.Context()); err != nil {
 		t.Fatal(err)
 	}
+	sv.c.noWire.Store(true)
 	if _, err := sv.c.Bot("hr").Send(t.Context(), adapter.Message{Text: "hi"}); !errors.Is(err, adapter.ErrUnavailable) {
 		t.Errorf("Send on a stream that broke = %v; want unavailable", err)
 	}
@@ -272,7 +351,7 @@ func TestCallsStreamBrokenFailsCallsThenReopens(t *testing.T) {
 }
 
 // TestCallsBigCallGoesUnary: a call bigger than maxStreamedCall is a unary RPC, so it never
-// holds up the small calls behind it on the stream; smaller ones take the stream.
+// holds up the small calls behind it on the wire; smaller ones take the wire.
 func TestCallsBigCallGoesUnary(t *testing.T) {
 	fake := echo()
 	fake.SendFn = func(_ context.Context, msg adapter.Message) (adapter.Receipt, error) {
@@ -282,6 +361,7 @@ func TestCallsBigCallGoesUnary(t *testing.T) {
 	if _, err := sv.c.Info(t.Context()); err != nil {
 		t.Fatal(err)
 	}
+	sv.c.openCalls(t.Context())
 	for _, size := range []int{1000, maxStreamedCall + 1} {
 		msg := adapter.Message{Attachments: []adapter.Attachment{{Name: "f", Data: make([]byte, size)}}}
 		if r, err := sv.c.Bot("hr").Send(t.Context(), msg); err != nil || r.ID != strconv.Itoa(size) {
@@ -294,8 +374,8 @@ func TestCallsBigCallGoesUnary(t *testing.T) {
 			t.Errorf("webhook of %d bytes = %v", size, err)
 		}
 	}
-	if n, u := sv.calls.Load(), sv.unary.Load(); n != 1 || u != 2 {
-		t.Errorf("%d Calls streams opened, %d unary calls; want 1 and 2", n, u)
+	if w, n, u := sv.wires.Load(), sv.calls.Load(), sv.unary.Load(); w != 1 || n != 0 || u != 2 {
+		t.Errorf("%d wires and %d Calls streams opened, %d unary calls; want 1, 0 and 2", w, n, u)
 	}
 }
 
@@ -303,7 +383,7 @@ func TestCallsBigCallGoesUnary(t *testing.T) {
 // cancels the call's ctx in the plugin, on either hop.
 func TestCallerCancelReachesPlugin(t *testing.T) { forHops(t, testCallerCancelReachesPlugin) }
 
-func testCallerCancelReachesPlugin(t *testing.T, stream bool) {
+func testCallerCancelReachesPlugin(t *testing.T, h hop) {
 	started, cancelled := make(chan struct{}), make(chan struct{})
 	fake := &fakeAdapter{SendFn: func(ctx context.Context, msg adapter.Message) (adapter.Receipt, error) {
 		close(started)
@@ -315,7 +395,7 @@ func testCallerCancelReachesPlugin(t *testing.T, stream bool) {
 			return adapter.Receipt{}, errors.New("plugin ctx never cancelled")
 		}
 	}}
-	c := setupHop(t, fake, stream)
+	c := setupHop(t, fake, h)
 	ctx, cancel := context.WithCancel(t.Context())
 	errc := make(chan error, 1)
 	go func() { _, err := c.Bot("hr").Send(ctx, adapter.Message{Text: "x"}); errc <- err }()
@@ -331,10 +411,16 @@ func testCallerCancelReachesPlugin(t *testing.T, stream bool) {
 	}
 }
 
-// TestCallsConcurrentNoMixups: many callers at once on one stream, some giving up before
-// the plugin answers, each get their own call's answer or their own ctx's error, never
+// TestCallsConcurrentNoMixups: many callers at once on one stream or wire, some giving up
+// before the plugin answers, each get their own call's answer or their own ctx's error, never
 // another call's response.
 func TestCallsConcurrentNoMixups(t *testing.T) {
+	for _, h := range []hop{hopWire, hopStream} {
+		t.Run(string(h), func(t *testing.T) { testCallsConcurrentNoMixups(t, h) })
+	}
+}
+
+func testCallsConcurrentNoMixups(t *testing.T, h hop) {
 	fake := &fakeAdapter{
 		SendFn: func(ctx context.Context, msg adapter.Message) (adapter.Receipt, error) {
 			if msg.Subject == "slow" {
@@ -347,7 +433,7 @@ func TestCallsConcurrentNoMixups(t *testing.T) {
 			return &adapter.WebhookResponse{Status: 200, Body: req.Body}, []adapter.Event{{ID: string(req.Body)}}, nil
 		},
 	}
-	c := setupHop(t, fake, true)
+	c := setupHop(t, fake, h)
 	bot := c.Bot("hr")
 	var wg sync.WaitGroup
 	for g := range 16 {

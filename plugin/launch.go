@@ -194,6 +194,7 @@ func (p *Plugin) start(ctx context.Context) error {
 	if !ok {
 		return fail(fmt.Errorf("plugin: dispensed %T, not a chatwire adapter plugin", raw))
 	}
+	c.log = p.log
 	info, err := c.Info(ctx)
 	if err != nil {
 		return fail(fmt.Errorf("plugin: info: %w", err))
@@ -202,6 +203,7 @@ func (p *Plugin) start(ctx context.Context) error {
 	if err != nil {
 		return fail(fmt.Errorf("plugin: configuring bots: %w", err))
 	}
+	c.openCalls(ctx) // the wire, for the first calls already
 	caps := make(map[string][]string, len(bots))
 	for _, b := range bots {
 		caps[b.Name] = b.Capabilities
@@ -262,9 +264,12 @@ const killGrace = 3 * time.Second
 // plugin stopped answering: it is killed at once instead of being asked to shut down.
 func (p *Plugin) kill(hung bool) {
 	p.mu.Lock()
-	gp, proc, dir := p.gp, p.proc, p.sockDir
+	gp, proc, dir, cur := p.gp, p.proc, p.sockDir, p.cur
 	p.gp, p.proc, p.cur, p.sockDir = nil, nil, nil, ""
 	p.mu.Unlock()
+	if cur != nil {
+		cur.closeCalls() // its calls in flight fail now, not when the process is gone
+	}
 	if gp != nil {
 		p.stopProcess(gp, proc, hung)
 	}

@@ -20,8 +20,9 @@ const ProtocolVersion = 1
 // ProtocolMinor grows with additive changes to adapter.proto; a plugin reports it in Info.
 // 1 added the Recall RPC; 2 added SendRequest.idempotency_key; 3 added the Calls stream, which
 // the host uses for Send and HandleWebhook when the plugin has it, with WebhookRequest's
-// query_pairs and header_pairs (see calls.go).
-const ProtocolMinor = 3
+// query_pairs and header_pairs (see calls.go); 4 added OpenWire, the wire the host then
+// uses instead of the Calls stream (see wire.go).
+const ProtocolMinor = 4
 
 // minorIdempotencyKey is the first ProtocolMinor whose plugins honour SendRequest.idempotency_key.
 const minorIdempotencyKey = 2
@@ -64,7 +65,9 @@ func (p *grpcPlugin) GRPCServer(_ *goplugin.GRPCBroker, s *grpc.Server) error {
 }
 
 // GRPCClient is called by go-plugin with a ctx it cancels when the plugin process exits;
-// the Client keeps only its Done channel, for crash detection.
+// the Client keeps its Done channel, for crash detection, and closes its wire then.
 func (p *grpcPlugin) GRPCClient(ctx context.Context, _ *goplugin.GRPCBroker, cc *grpc.ClientConn) (any, error) {
-	return &Client{rpc: pb.NewAdapterServiceClient(cc), exited: ctx.Done()}, nil
+	c := &Client{rpc: pb.NewAdapterServiceClient(cc), exited: ctx.Done()}
+	context.AfterFunc(ctx, c.closeCalls)
+	return c, nil
 }

@@ -78,7 +78,7 @@ func profilePlugin(serve func()) {
 }
 
 // testAdapter echoes: Send answers with the attachment bytes it got; text "panic" panics,
-// "crash" makes the process exit, "log" logs at warn and debug; HandleWebhook returns the
+// "crash" makes the process exit, "block" waits for its ctx, "log" logs at warn and debug; HandleWebhook returns the
 // body it got, and panics on the body "panic".
 func testAdapter() adapter.Adapter {
 	return &fakeAdapter{
@@ -88,6 +88,9 @@ func testAdapter() adapter.Adapter {
 				panic("test panic in Send")
 			case "crash":
 				os.Exit(3)
+			case "block":
+				<-ctx.Done()
+				return adapter.Receipt{}, ctx.Err()
 			case "log":
 				slog.Warn("plugin-warn-marker", "n", 1)
 				slog.Debug("plugin-debug-marker")

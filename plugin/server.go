@@ -8,8 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -100,6 +102,11 @@ type Server struct {
 	idem      *idempotency.Keeper // keys of idempotent sends; nil before the first Configure
 	idemStore string              // the store idem uses (idemStoreID)
 	idemClose func() error        // closes idem's Redis client
+
+	wires     atomic.Int32 // wire connections awaited or served (wire.go)
+	wireCalls atomic.Int64 // calls received on wires
+	wireMu    sync.Mutex   // guards wireConns
+	wireConns map[net.Conn]struct{}
 
 	pollNonce string // names this process's Poll batches, so a batch id from a previous plugin never matches
 	pollMu    sync.Mutex
@@ -417,8 +424,9 @@ func (s *Server) Metrics(ctx context.Context, _ *pb.MetricsRequest) (*pb.Metrics
 	return &pb.MetricsResponse{Text: buf.Bytes()}, nil
 }
 
-// Close closes every bot.
+// Close closes every bot, and the wires: their calls in flight fail as unavailable.
 func (s *Server) Close() error {
+	s.closeWires()
 	s.mu.Lock()
 	bots := s.bots
 	s.bots = make(map[string]adapter.Adapter)

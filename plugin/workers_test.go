@@ -22,7 +22,7 @@ func TestGRPCServerCallsBeyondStreamWorkers(t *testing.T) {
 	forHops(t, testGRPCServerCallsBeyondStreamWorkers)
 }
 
-func testGRPCServerCallsBeyondStreamWorkers(t *testing.T, stream bool) {
+func testGRPCServerCallsBeyondStreamWorkers(t *testing.T, h hop) {
 	const calls = 2*streamWorkers + 1
 	var mu sync.Mutex
 	arrived := 0
@@ -57,13 +57,18 @@ func testGRPCServerCallsBeyondStreamWorkers(t *testing.T, stream bool) {
 	}
 	defer cc.Close()
 	c := NewClient(pb.NewAdapterServiceClient(cc))
-	if stream { // the Calls stream has workers of its own, likewise
+	defer c.closeCalls()
+	if h != hopUnary { // the wire and the Calls stream have workers of their own, likewise
 		if _, err := c.Info(t.Context()); err != nil {
 			t.Fatal(err)
 		}
+		c.noWire.Store(h == hopStream)
 	}
 	if _, err := c.Configure(t.Context(), StoreConfig{}, []BotConfig{{Name: "hr", Platform: "wecom", Config: json.RawMessage(`{}`)}}); err != nil {
 		t.Fatal(err)
+	}
+	if h == hopWire {
+		c.openCalls(t.Context())
 	}
 	bot := c.Bot("hr")
 	var wg sync.WaitGroup
@@ -75,4 +80,7 @@ func testGRPCServerCallsBeyondStreamWorkers(t *testing.T, stream bool) {
 		})
 	}
 	wg.Wait()
+	if n := srv.wireCalls.Load(); (h == hopWire) != (n == calls) {
+		t.Errorf("%d calls on the wire; want %d on hop %s", n, calls, h)
+	}
 }

@@ -2833,6 +2833,102 @@ func (x *MetricsResponse) GetText() []byte {
 	return nil
 }
 
+type OpenWireRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         []byte                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"` // 32 random bytes; the host writes them first on the connection
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OpenWireRequest) Reset() {
+	*x = OpenWireRequest{}
+	mi := &file_adapter_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OpenWireRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OpenWireRequest) ProtoMessage() {}
+
+func (x *OpenWireRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_adapter_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OpenWireRequest.ProtoReflect.Descriptor instead.
+func (*OpenWireRequest) Descriptor() ([]byte, []int) {
+	return file_adapter_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *OpenWireRequest) GetToken() []byte {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+type OpenWireResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Network       string                 `protobuf:"bytes,1,opt,name=network,proto3" json:"network,omitempty"` // "unix"
+	Address       string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"` // the socket's path
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OpenWireResponse) Reset() {
+	*x = OpenWireResponse{}
+	mi := &file_adapter_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OpenWireResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OpenWireResponse) ProtoMessage() {}
+
+func (x *OpenWireResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_adapter_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OpenWireResponse.ProtoReflect.Descriptor instead.
+func (*OpenWireResponse) Descriptor() ([]byte, []int) {
+	return file_adapter_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *OpenWireResponse) GetNetwork() string {
+	if x != nil {
+		return x.Network
+	}
+	return ""
+}
+
+func (x *OpenWireResponse) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
 var File_adapter_proto protoreflect.FileDescriptor
 
 const file_adapter_proto_rawDesc = "" +
@@ -3059,7 +3155,12 @@ const file_adapter_proto_rawDesc = "" +
 	"\x10CloseBotResponse\"\x10\n" +
 	"\x0eMetricsRequest\"%\n" +
 	"\x0fMetricsResponse\x12\x12\n" +
-	"\x04text\x18\x01 \x01(\fR\x04text2\x8a\b\n" +
+	"\x04text\x18\x01 \x01(\fR\x04text\"'\n" +
+	"\x0fOpenWireRequest\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\fR\x05token\"F\n" +
+	"\x10OpenWireResponse\x12\x18\n" +
+	"\anetwork\x18\x01 \x01(\tR\anetwork\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress2\xe3\b\n" +
 	"\x0eAdapterService\x12K\n" +
 	"\x04Info\x12 .chatwire.adapter.v1.InfoRequest\x1a!.chatwire.adapter.v1.InfoResponse\x12Z\n" +
 	"\tConfigure\x12%.chatwire.adapter.v1.ConfigureRequest\x1a&.chatwire.adapter.v1.ConfigureResponse\x12K\n" +
@@ -3072,7 +3173,8 @@ const file_adapter_proto_rawDesc = "" +
 	"\bCloseBot\x12$.chatwire.adapter.v1.CloseBotRequest\x1a%.chatwire.adapter.v1.CloseBotResponse\x12T\n" +
 	"\aMetrics\x12#.chatwire.adapter.v1.MetricsRequest\x1a$.chatwire.adapter.v1.MetricsResponse\x12S\n" +
 	"\x06Stream\x12\".chatwire.adapter.v1.StreamRequest\x1a#.chatwire.adapter.v1.StreamResponse(\x01\x12P\n" +
-	"\x05Calls\x12 .chatwire.adapter.v1.CallRequest\x1a!.chatwire.adapter.v1.CallResponse(\x010\x01B:Z8github.com/seed-a64d9e1f/chatwire/plugin/proto;adapterpbb\x06proto3"
+	"\x05Calls\x12 .chatwire.adapter.v1.CallRequest\x1a!.chatwire.adapter.v1.CallResponse(\x010\x01\x12W\n" +
+	"\bOpenWire\x12$.chatwire.adapter.v1.OpenWireRequest\x1a%.chatwire.adapter.v1.OpenWireResponseB:Z8github.com/seed-a64d9e1f/chatwire/plugin/proto;adapterpbb\x06proto3"
 
 var (
 	file_adapter_proto_rawDescOnce sync.Once
@@ -3086,7 +3188,7 @@ func file_adapter_proto_rawDescGZIP() []byte {
 	return file_adapter_proto_rawDescData
 }
 
-var file_adapter_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
+var file_adapter_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
 var file_adapter_proto_goTypes = []any{
 	(*CallRequest)(nil),           // 0: chatwire.adapter.v1.CallRequest
 	(*CallResponse)(nil),          // 1: chatwire.adapter.v1.CallResponse
@@ -3130,11 +3232,13 @@ var file_adapter_proto_goTypes = []any{
 	(*CloseBotResponse)(nil),      // 39: chatwire.adapter.v1.CloseBotResponse
 	(*MetricsRequest)(nil),        // 40: chatwire.adapter.v1.MetricsRequest
 	(*MetricsResponse)(nil),       // 41: chatwire.adapter.v1.MetricsResponse
-	nil,                           // 42: chatwire.adapter.v1.WebhookRequest.QueryEntry
-	nil,                           // 43: chatwire.adapter.v1.WebhookRequest.HeaderEntry
-	nil,                           // 44: chatwire.adapter.v1.WebhookResponse.HeaderEntry
-	(*timestamppb.Timestamp)(nil), // 45: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 46: google.protobuf.Duration
+	(*OpenWireRequest)(nil),       // 42: chatwire.adapter.v1.OpenWireRequest
+	(*OpenWireResponse)(nil),      // 43: chatwire.adapter.v1.OpenWireResponse
+	nil,                           // 44: chatwire.adapter.v1.WebhookRequest.QueryEntry
+	nil,                           // 45: chatwire.adapter.v1.WebhookRequest.HeaderEntry
+	nil,                           // 46: chatwire.adapter.v1.WebhookResponse.HeaderEntry
+	(*timestamppb.Timestamp)(nil), // 47: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 48: google.protobuf.Duration
 }
 var file_adapter_proto_depIdxs = []int32{
 	18, // 0: chatwire.adapter.v1.CallRequest.send:type_name -> chatwire.adapter.v1.SendRequest
@@ -3154,22 +3258,22 @@ var file_adapter_proto_depIdxs = []int32{
 	15, // 14: chatwire.adapter.v1.Message.attachments:type_name -> chatwire.adapter.v1.Attachment
 	16, // 15: chatwire.adapter.v1.SendRequest.message:type_name -> chatwire.adapter.v1.Message
 	17, // 16: chatwire.adapter.v1.SendResponse.receipt:type_name -> chatwire.adapter.v1.Receipt
-	42, // 17: chatwire.adapter.v1.WebhookRequest.query:type_name -> chatwire.adapter.v1.WebhookRequest.QueryEntry
-	43, // 18: chatwire.adapter.v1.WebhookRequest.header:type_name -> chatwire.adapter.v1.WebhookRequest.HeaderEntry
-	44, // 19: chatwire.adapter.v1.WebhookResponse.header:type_name -> chatwire.adapter.v1.WebhookResponse.HeaderEntry
+	44, // 17: chatwire.adapter.v1.WebhookRequest.query:type_name -> chatwire.adapter.v1.WebhookRequest.QueryEntry
+	45, // 18: chatwire.adapter.v1.WebhookRequest.header:type_name -> chatwire.adapter.v1.WebhookRequest.HeaderEntry
+	46, // 19: chatwire.adapter.v1.WebhookResponse.header:type_name -> chatwire.adapter.v1.WebhookResponse.HeaderEntry
 	23, // 20: chatwire.adapter.v1.Event.chat:type_name -> chatwire.adapter.v1.Chat
 	24, // 21: chatwire.adapter.v1.Event.sender:type_name -> chatwire.adapter.v1.Sender
 	15, // 22: chatwire.adapter.v1.Event.attachments:type_name -> chatwire.adapter.v1.Attachment
-	45, // 23: chatwire.adapter.v1.Event.time:type_name -> google.protobuf.Timestamp
-	46, // 24: chatwire.adapter.v1.Error.retry_after:type_name -> google.protobuf.Duration
+	47, // 23: chatwire.adapter.v1.Event.time:type_name -> google.protobuf.Timestamp
+	48, // 24: chatwire.adapter.v1.Error.retry_after:type_name -> google.protobuf.Duration
 	21, // 25: chatwire.adapter.v1.HandleWebhookRequest.request:type_name -> chatwire.adapter.v1.WebhookRequest
 	22, // 26: chatwire.adapter.v1.HandleWebhookResponse.response:type_name -> chatwire.adapter.v1.WebhookResponse
 	25, // 27: chatwire.adapter.v1.HandleWebhookResponse.events:type_name -> chatwire.adapter.v1.Event
 	26, // 28: chatwire.adapter.v1.HandleWebhookResponse.error:type_name -> chatwire.adapter.v1.Error
-	45, // 29: chatwire.adapter.v1.TokenStatus.expires_at:type_name -> google.protobuf.Timestamp
-	45, // 30: chatwire.adapter.v1.TokenStatus.refresh_at:type_name -> google.protobuf.Timestamp
-	45, // 31: chatwire.adapter.v1.TokenStatus.last_refresh:type_name -> google.protobuf.Timestamp
-	45, // 32: chatwire.adapter.v1.TokenStatus.next_attempt:type_name -> google.protobuf.Timestamp
+	47, // 29: chatwire.adapter.v1.TokenStatus.expires_at:type_name -> google.protobuf.Timestamp
+	47, // 30: chatwire.adapter.v1.TokenStatus.refresh_at:type_name -> google.protobuf.Timestamp
+	47, // 31: chatwire.adapter.v1.TokenStatus.last_refresh:type_name -> google.protobuf.Timestamp
+	47, // 32: chatwire.adapter.v1.TokenStatus.next_attempt:type_name -> google.protobuf.Timestamp
 	30, // 33: chatwire.adapter.v1.StatusResponse.tokens:type_name -> chatwire.adapter.v1.TokenStatus
 	15, // 34: chatwire.adapter.v1.UploadRequest.attachment:type_name -> chatwire.adapter.v1.Attachment
 	15, // 35: chatwire.adapter.v1.UploadResponse.attachment:type_name -> chatwire.adapter.v1.Attachment
@@ -3189,20 +3293,22 @@ var file_adapter_proto_depIdxs = []int32{
 	40, // 49: chatwire.adapter.v1.AdapterService.Metrics:input_type -> chatwire.adapter.v1.MetricsRequest
 	3,  // 50: chatwire.adapter.v1.AdapterService.Stream:input_type -> chatwire.adapter.v1.StreamRequest
 	0,  // 51: chatwire.adapter.v1.AdapterService.Calls:input_type -> chatwire.adapter.v1.CallRequest
-	6,  // 52: chatwire.adapter.v1.AdapterService.Info:output_type -> chatwire.adapter.v1.InfoResponse
-	11, // 53: chatwire.adapter.v1.AdapterService.Configure:output_type -> chatwire.adapter.v1.ConfigureResponse
-	19, // 54: chatwire.adapter.v1.AdapterService.Send:output_type -> chatwire.adapter.v1.SendResponse
-	28, // 55: chatwire.adapter.v1.AdapterService.HandleWebhook:output_type -> chatwire.adapter.v1.HandleWebhookResponse
-	31, // 56: chatwire.adapter.v1.AdapterService.Status:output_type -> chatwire.adapter.v1.StatusResponse
-	33, // 57: chatwire.adapter.v1.AdapterService.Upload:output_type -> chatwire.adapter.v1.UploadResponse
-	35, // 58: chatwire.adapter.v1.AdapterService.Poll:output_type -> chatwire.adapter.v1.PollResponse
-	37, // 59: chatwire.adapter.v1.AdapterService.Recall:output_type -> chatwire.adapter.v1.RecallResponse
-	39, // 60: chatwire.adapter.v1.AdapterService.CloseBot:output_type -> chatwire.adapter.v1.CloseBotResponse
-	41, // 61: chatwire.adapter.v1.AdapterService.Metrics:output_type -> chatwire.adapter.v1.MetricsResponse
-	4,  // 62: chatwire.adapter.v1.AdapterService.Stream:output_type -> chatwire.adapter.v1.StreamResponse
-	1,  // 63: chatwire.adapter.v1.AdapterService.Calls:output_type -> chatwire.adapter.v1.CallResponse
-	52, // [52:64] is the sub-list for method output_type
-	40, // [40:52] is the sub-list for method input_type
+	42, // 52: chatwire.adapter.v1.AdapterService.OpenWire:input_type -> chatwire.adapter.v1.OpenWireRequest
+	6,  // 53: chatwire.adapter.v1.AdapterService.Info:output_type -> chatwire.adapter.v1.InfoResponse
+	11, // 54: chatwire.adapter.v1.AdapterService.Configure:output_type -> chatwire.adapter.v1.ConfigureResponse
+	19, // 55: chatwire.adapter.v1.AdapterService.Send:output_type -> chatwire.adapter.v1.SendResponse
+	28, // 56: chatwire.adapter.v1.AdapterService.HandleWebhook:output_type -> chatwire.adapter.v1.HandleWebhookResponse
+	31, // 57: chatwire.adapter.v1.AdapterService.Status:output_type -> chatwire.adapter.v1.StatusResponse
+	33, // 58: chatwire.adapter.v1.AdapterService.Upload:output_type -> chatwire.adapter.v1.UploadResponse
+	35, // 59: chatwire.adapter.v1.AdapterService.Poll:output_type -> chatwire.adapter.v1.PollResponse
+	37, // 60: chatwire.adapter.v1.AdapterService.Recall:output_type -> chatwire.adapter.v1.RecallResponse
+	39, // 61: chatwire.adapter.v1.AdapterService.CloseBot:output_type -> chatwire.adapter.v1.CloseBotResponse
+	41, // 62: chatwire.adapter.v1.AdapterService.Metrics:output_type -> chatwire.adapter.v1.MetricsResponse
+	4,  // 63: chatwire.adapter.v1.AdapterService.Stream:output_type -> chatwire.adapter.v1.StreamResponse
+	1,  // 64: chatwire.adapter.v1.AdapterService.Calls:output_type -> chatwire.adapter.v1.CallResponse
+	43, // 65: chatwire.adapter.v1.AdapterService.OpenWire:output_type -> chatwire.adapter.v1.OpenWireResponse
+	53, // [53:66] is the sub-list for method output_type
+	40, // [40:53] is the sub-list for method input_type
 	40, // [40:40] is the sub-list for extension type_name
 	40, // [40:40] is the sub-list for extension extendee
 	0,  // [0:40] is the sub-list for field type_name
@@ -3228,7 +3334,7 @@ func file_adapter_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_adapter_proto_rawDesc), len(file_adapter_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   45,
+			NumMessages:   47,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

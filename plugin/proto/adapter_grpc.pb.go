@@ -35,6 +35,7 @@ const (
 	AdapterService_Metrics_FullMethodName       = "/chatwire.adapter.v1.AdapterService/Metrics"
 	AdapterService_Stream_FullMethodName        = "/chatwire.adapter.v1.AdapterService/Stream"
 	AdapterService_Calls_FullMethodName         = "/chatwire.adapter.v1.AdapterService/Calls"
+	AdapterService_OpenWire_FullMethodName      = "/chatwire.adapter.v1.AdapterService/OpenWire"
 )
 
 // AdapterServiceClient is the client API for AdapterService service.
@@ -77,6 +78,16 @@ type AdapterServiceClient interface {
 	// that fails answers with error, the status a unary call would have returned. Since
 	// protocol_minor 3; the host makes unary calls to older plugins.
 	Calls(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[CallRequest, CallResponse], error)
+	// OpenWire opens the wire: a plain Unix-domain socket between host and plugin that carries
+	// the Calls messages (CallRequest, CallResponse, with the same ids, deadlines, cancels and
+	// errors) at a fraction of the stream's cost per call. The host sends a fresh random token;
+	// the plugin listens on a new socket in a new directory only its user can enter, answers
+	// its address, and accepts one connection that starts with that token (for at most 10 s),
+	// answering it one byte, 1; then it removes the socket. Every frame on the wire, either way,
+	// is a 4-byte big-endian length (at most 64 MiB) and that many bytes of one protobuf
+	// message: CallRequest from the host, CallResponse from the plugin. Since protocol_minor 4;
+	// the host uses the Calls stream when it fails.
+	OpenWire(ctx context.Context, in *OpenWireRequest, opts ...grpc.CallOption) (*OpenWireResponse, error)
 }
 
 type adapterServiceClient struct {
@@ -213,6 +224,16 @@ func (c *adapterServiceClient) Calls(ctx context.Context, opts ...grpc.CallOptio
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AdapterService_CallsClient = grpc.BidiStreamingClient[CallRequest, CallResponse]
 
+func (c *adapterServiceClient) OpenWire(ctx context.Context, in *OpenWireRequest, opts ...grpc.CallOption) (*OpenWireResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(OpenWireResponse)
+	err := c.cc.Invoke(ctx, AdapterService_OpenWire_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdapterServiceServer is the server API for AdapterService service.
 // All implementations must embed UnimplementedAdapterServiceServer
 // for forward compatibility.
@@ -253,6 +274,16 @@ type AdapterServiceServer interface {
 	// that fails answers with error, the status a unary call would have returned. Since
 	// protocol_minor 3; the host makes unary calls to older plugins.
 	Calls(grpc.BidiStreamingServer[CallRequest, CallResponse]) error
+	// OpenWire opens the wire: a plain Unix-domain socket between host and plugin that carries
+	// the Calls messages (CallRequest, CallResponse, with the same ids, deadlines, cancels and
+	// errors) at a fraction of the stream's cost per call. The host sends a fresh random token;
+	// the plugin listens on a new socket in a new directory only its user can enter, answers
+	// its address, and accepts one connection that starts with that token (for at most 10 s),
+	// answering it one byte, 1; then it removes the socket. Every frame on the wire, either way,
+	// is a 4-byte big-endian length (at most 64 MiB) and that many bytes of one protobuf
+	// message: CallRequest from the host, CallResponse from the plugin. Since protocol_minor 4;
+	// the host uses the Calls stream when it fails.
+	OpenWire(context.Context, *OpenWireRequest) (*OpenWireResponse, error)
 	mustEmbedUnimplementedAdapterServiceServer()
 }
 
@@ -298,6 +329,9 @@ func (UnimplementedAdapterServiceServer) Stream(grpc.ClientStreamingServer[Strea
 }
 func (UnimplementedAdapterServiceServer) Calls(grpc.BidiStreamingServer[CallRequest, CallResponse]) error {
 	return status.Error(codes.Unimplemented, "method Calls not implemented")
+}
+func (UnimplementedAdapterServiceServer) OpenWire(context.Context, *OpenWireRequest) (*OpenWireResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method OpenWire not implemented")
 }
 func (UnimplementedAdapterServiceServer) mustEmbedUnimplementedAdapterServiceServer() {}
 func (UnimplementedAdapterServiceServer) testEmbeddedByValue()                        {}
@@ -514,6 +548,24 @@ func _AdapterService_Calls_Handler(srv interface{}, stream grpc.ServerStream) er
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AdapterService_CallsServer = grpc.BidiStreamingServer[CallRequest, CallResponse]
 
+func _AdapterService_OpenWire_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(OpenWireRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdapterServiceServer).OpenWire(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdapterService_OpenWire_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdapterServiceServer).OpenWire(ctx, req.(*OpenWireRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdapterService_ServiceDesc is the grpc.ServiceDesc for AdapterService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -560,6 +612,10 @@ var AdapterService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Metrics",
 			Handler:    _AdapterService_Metrics_Handler,
+		},
+		{
+			MethodName: "OpenWire",
+			Handler:    _AdapterService_OpenWire_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
