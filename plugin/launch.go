@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -28,6 +30,8 @@ type LaunchOptions struct {
 	// never inherited (it may hold secrets). If nil, the non-secret variables in
 	// [DefaultEnvAllowlist] are copied from the host.
 	Env []string
+	// MaxProcs, if above 0, is the plugin process's GOMAXPROCS (set in its environment).
+	MaxProcs int
 	// Store and Bots are sent in a Configure call to every plugin process started.
 	Store StoreConfig
 	Bots  []BotConfig
@@ -133,6 +137,9 @@ func Launch(ctx context.Context, opts LaunchOptions) (*Plugin, error) {
 				opts.Env = append(opts.Env, k+"="+v)
 			}
 		}
+	}
+	if opts.MaxProcs > 0 {
+		opts.Env = append(slices.Clip(opts.Env), "GOMAXPROCS="+strconv.Itoa(opts.MaxProcs))
 	}
 	p := &Plugin{opts: opts, log: opts.Logger, stop: make(chan struct{}), done: make(chan struct{}), probe: make(chan struct{}, 1)}
 	p.ctx, p.cancel = context.WithCancel(context.Background())

@@ -280,6 +280,39 @@ func launchForTest(t *testing.T) (*Plugin, *syncBuffer) {
 	return p, &logs
 }
 
+// TestProcessMaxProcs: LaunchOptions.MaxProcs reaches the plugin process as GOMAXPROCS in
+// its environment (with the rest of the environment it was given); without it the plugin
+// gets no GOMAXPROCS, so Go's default.
+func TestProcessMaxProcs(t *testing.T) {
+	t.Setenv("GOMAXPROCS", "7") // the host's own is never inherited
+	environ := func(p *Plugin) string {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", p.Pid()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return "\x00" + string(data) + "\x00"
+	}
+	log := slog.New(slog.DiscardHandler)
+	opts := testLaunchOptions(log)
+	opts.MaxProcs = 1
+	p, err := Launch(t.Context(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if env := environ(p); !strings.Contains(env, "\x00GOMAXPROCS=1\x00") || !strings.Contains(env, "\x00CHATWIRE_TEST_ROLE=plugin\x00") {
+		t.Errorf("plugin environment %q; want GOMAXPROCS=1 and the test's own variable", env)
+	}
+	q, err := Launch(t.Context(), testLaunchOptions(log))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	if env := environ(q); strings.Contains(env, "GOMAXPROCS") {
+		t.Errorf("plugin launched without MaxProcs has environment %q; want no GOMAXPROCS", env)
+	}
+}
+
 func TestProcessSecretsNotInArgvOrEnv(t *testing.T) {
 	t.Setenv("CHATWIRE_TEST_HOST_SECRET", "host-env-secret") // the host's environment is not inherited
 	p, _ := launchForTest(t)

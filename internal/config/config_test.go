@@ -71,6 +71,8 @@ func TestParseConfigErrors(t *testing.T) {
 		{"bad read timeout", strings.Replace(goodConfig, `api_keys: ["${KEY}"]`, `api_keys: ["${KEY}"], read_timeout: "-1s"`, 1), goodEnv, `server.read_timeout: want a duration`},
 		{"bad body memory", strings.Replace(goodConfig, `api_keys: ["${KEY}"]`, `api_keys: ["${KEY}"], body_memory_mib: -5`, 1), goodEnv, `server.body_memory_mib: -5: want 1 to`},
 		{"good server timeouts", strings.Replace(goodConfig, `api_keys: ["${KEY}"]`, `api_keys: ["${KEY}"], webhook_timeout: 3s, read_timeout: 1m, idle_timeout: 90s, body_memory_mib: 512`, 1), goodEnv, ""},
+		{"negative max_procs", goodConfig + "plugin: {max_procs: -1}\n", goodEnv, "plugin.max_procs: want 0 (every CPU) or a number of CPUs, got -1"},
+		{"max_procs not a number", goodConfig + "plugin: {max_procs: all}\n", goodEnv, `plugin.max_procs: want a whole number, got "all"`},
 		{"list expected", "bots: {name: x}", nil, "bots: want a list"},
 		{"not yaml", "bots: [", nil, "did not find expected"},
 		{"empty", "", nil, "the file is empty"},
@@ -151,5 +153,22 @@ func TestAPIKeyWhitespaceRejected(t *testing.T) {
 	config := strings.Replace(goodConfig, `api_keys: ["${KEY}"]`, `api_keys: ["ok-key-0123456789abcdef", " `+key+`"]`, 1)
 	if _, err := Parse("c.yaml", []byte(config), envOf(goodEnv)); err == nil || !strings.Contains(err.Error(), "server.api_keys[1]: surrounding whitespace") {
 		t.Errorf("ParseConfig error = %v; want server.api_keys[1] refused", err)
+	}
+}
+
+// TestPluginMaxProcs: plugin.max_procs unset is DefaultPluginMaxProcs (one CPU: measured
+// cheaper per call, see its doc); 0 (Go's default, every CPU) and a number are kept.
+func TestPluginMaxProcs(t *testing.T) {
+	for _, tc := range []struct {
+		yaml string
+		want int
+	}{{"", DefaultPluginMaxProcs}, {"plugin: {max_procs: 0}\n", 0}, {"plugin: {max_procs: 3}\n", 3}} {
+		cfg, err := Parse("c.yaml", []byte(goodConfig+tc.yaml), envOf(goodEnv))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cfg.Plugin.MaxProcs == nil || *cfg.Plugin.MaxProcs != tc.want {
+			t.Errorf("%q: max_procs = %v; want %d", tc.yaml, cfg.Plugin.MaxProcs, tc.want)
+		}
 	}
 }

@@ -196,3 +196,16 @@ func TestOutboxScrape(t *testing.T) {
 	}
 	admin.Do(t.Context(), "CLIENT", "UNPAUSE")
 }
+
+// TestPluginOneCPUByDefault: the host starts its plugin with GOMAXPROCS=1 unless
+// plugin.max_procs says otherwise (config.DefaultPluginMaxProcs: measured cheaper per call).
+func TestPluginOneCPUByDefault(t *testing.T) {
+	e := setup(t, setupOpts{quiet: true})
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", e.h.PluginPid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains("\x00"+string(data)+"\x00", "\x00GOMAXPROCS=1\x00") {
+		t.Errorf("the plugin's environment has no GOMAXPROCS=1: %q", strings.ReplaceAll(string(data), "\x00", " "))
+	}
+}
