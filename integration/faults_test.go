@@ -31,7 +31,8 @@ type sendResult struct {
 // while, one after the other: redis-server is killed and restarted; one host's plugin is
 // SIGKILLed; the token endpoint fails with -1 while WeCom revokes the token early; the other
 // host is SIGKILLed and started again. No callback WeCom got a 200 for is lost or delivered
-// twice, every failed send says why, and everything recovers without a restart by hand.
+// twice (except an event the killed host was delivering, as the README says), every failed
+// send says why, and everything recovers without a restart by hand.
 func TestFaultsWeCom(t *testing.T) {
 	rds := redistest.Start(t)
 	emu := &wecomtest.Server{TokenLifetime: 8 * time.Second, ReportRemaining: true, LenientAgentID: true, MemberLimit: -1,
@@ -144,6 +145,7 @@ func TestFaultsWeCom(t *testing.T) {
 	t.Logf("%v: SIGKILL hostB (pid %d, plugins %v)", since(), b.cmd.Process.Pid, bPlugins)
 	bDown.Store(true)
 	b.kill()
+	killedB := time.Now() // every delivery hostB made arrived before this
 	time.Sleep(2 * time.Second)
 	for _, p := range bPlugins {
 		if alive(p) {
@@ -167,10 +169,29 @@ func TestFaultsWeCom(t *testing.T) {
 	if len(ids) != len(pushed) {
 		t.Errorf("bot received %d distinct events for %d acknowledged callbacks", len(ids), len(pushed))
 	}
+	// A host killed mid-delivery can deliver an event twice, never lose one (README, deliver):
+	// the bot may have had its 2xx for an event whose consumed mark the killed host had not
+	// yet written, and the host that takes the delivery lease over sends it again. So an
+	// event may arrive twice only if it arrived first before hostB was SIGKILLed (or within a
+	// second of it: a POST sent just before may be read after) and again after, at most one
+	// per delivery lane (deliver.concurrency, 4) in flight at the kill.
+	inFlight := 0
+	arrivals := bot.arrivals()
 	for id, n := range ids {
-		if n != 1 {
-			t.Errorf("event %s delivered %d times; want once", id, n)
+		at := arrivals[id]
+		switch {
+		case n == 1:
+		case n == 2 && at[0].Before(killedB.Add(time.Second)) && at[1].After(killedB): // a POST it sent just before may be read after
+			inFlight++
+			t.Logf("event %s delivered twice: first %v before hostB was killed, again %v after (it was in flight)",
+				id, killedB.Sub(at[0]), at[1].Sub(killedB))
+		default:
+			t.Errorf("event %s delivered %d times (at %v from the start; hostB killed at %v); want once, or twice across the kill",
+				id, n, sinceAll(start, at), killedB.Sub(start))
 		}
+	}
+	if inFlight > 4 {
+		t.Errorf("%d events delivered twice across hostB's kill; at most 4 (one per delivery lane) can be in flight", inFlight)
 	}
 	retried := 0
 	for _, p := range pushed {
@@ -336,4 +357,13 @@ func TestTokenEndpointFaults(t *testing.T) {
 	}
 	secretScan(t, "logs and responses", []string{h.log.String(), strings.Join(responses, "\n")},
 		append([]string{corpSecret, cbToken, aesKey, apiKey}, tap.issued()...))
+}
+
+// sinceAll is each time in ts as the duration since start.
+func sinceAll(start time.Time, ts []time.Time) []time.Duration {
+	out := make([]time.Duration, len(ts))
+	for i, t := range ts {
+		out[i] = t.Sub(start).Round(time.Millisecond)
+	}
+	return out
 }

@@ -75,6 +75,7 @@ type botReceiver struct {
 	t      testing.TB
 	mu     sync.Mutex
 	events []map[string]any
+	at     []time.Time // when each of events arrived
 	badSig atomic.Int64
 	bodies []string
 }
@@ -98,8 +99,21 @@ func (b *botReceiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	b.mu.Lock()
 	b.events = append(b.events, ev)
+	b.at = append(b.at, time.Now())
 	b.bodies = append(b.bodies, string(body))
 	b.mu.Unlock()
+}
+
+// arrivals returns when each event id arrived, in order.
+func (b *botReceiver) arrivals() map[string][]time.Time {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := map[string][]time.Time{}
+	for i, e := range b.events {
+		id, _ := e["id"].(string)
+		out[id] = append(out[id], b.at[i])
+	}
+	return out
 }
 
 func (b *botReceiver) byID() map[string]int {
