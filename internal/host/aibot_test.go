@@ -94,6 +94,12 @@ func TestWeComAIBotThroughTheHost(t *testing.T) {
 // streamReply POSTs text to the host as an NDJSON stream of n deltas replying to eventID,
 // written as the request goes (chunked), and returns the status and body.
 func streamReply(t *testing.T, e *env, eventID, text string, n int) (int, []byte) {
+	return streamReplyGated(t, e, eventID, text, n, nil)
+}
+
+// streamReplyGated is streamReply calling afterFirst (if not nil) once the first delta is
+// written, before the others.
+func streamReplyGated(t *testing.T, e *env, eventID, text string, n int, afterFirst func()) (int, []byte) {
 	t.Helper()
 	pr, pw := io.Pipe()
 	go func() {
@@ -101,6 +107,10 @@ func streamReply(t *testing.T, e *env, eventID, text string, n int) (int, []byte
 		enc.Encode(map[string]string{"reply_to": eventID})
 		size := (len(text) + n - 1) / n
 		for i := 0; i < len(text); i += size {
+			if i > 0 && afterFirst != nil {
+				afterFirst()
+				afterFirst = nil
+			}
 			// Deltas cut anywhere, even inside a character, are JSON strings: cut at a
 			// character boundary as an LLM client would.
 			end := min(i+size, len(text))
@@ -185,7 +195,15 @@ func TestStreamedReplySurvivesExpiry(t *testing.T) {
 	emu.PushText(aibottest.Conv{User: "u"}, "write a lot")
 	ev := next(t, events).ev
 	text := longAnswer()
-	if status, body := streamReply(t, e, ev.ID, text, 3000); status != 200 {
+	// The rest of the answer comes once the stream's first frame is shown: had the whole
+	// answer arrived before it (a fast host), each 20 KB bubble would go as one frame of a
+	// stream of its own and never meet the expiry.
+	shown := func() {
+		for deadline := time.Now().Add(10 * time.Second); len(emu.Shown("u")) == 0 && time.Now().Before(deadline); {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	if status, body := streamReplyGated(t, e, ev.ID, text, 3000, shown); status != 200 {
 		t.Fatalf("streamed reply = %d %s", status, body)
 	}
 	if got := strings.Join(emu.Shown("u"), ""); got != text {
