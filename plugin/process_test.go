@@ -749,8 +749,21 @@ func TestProcessHostKilled(t *testing.T) {
 		t.Fatalf("host said %q", line)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) }) // only if the test failed
-	if ents, err := os.ReadDir(dir); err != nil || len(ents) != 1 {
-		t.Fatalf("socket dir %s holds %d entries, %v; want the plugin's socket", dir, len(ents), err)
+	// The dir holds the plugin's gRPC socket, and the wire's directory while the host is
+	// still connecting to the wire (it opens in the background).
+	ents, err := os.ReadDir(dir)
+	sockets, others := 0, []string{}
+	for _, e := range ents {
+		switch {
+		case e.Type()&os.ModeSocket != 0:
+			sockets++
+		case e.IsDir() && strings.HasPrefix(e.Name(), strings.TrimSuffix(wireDirPattern, "*")):
+		default:
+			others = append(others, e.Name())
+		}
+	}
+	if err != nil || sockets != 1 || len(others) > 0 {
+		t.Fatalf("socket dir %s holds %d sockets and %v, %v; want the plugin's socket (and the wire's directory while it opens)", dir, sockets, others, err)
 	}
 	host.Process.Signal(syscall.SIGKILL)
 	host.Wait()
@@ -853,5 +866,28 @@ func TestProcessPollAnswerLost(t *testing.T) {
 	}
 	if strings.Join(got, ",") != "poll-1,poll-2" {
 		t.Errorf("polled %q after a lost answer; want poll-1,poll-2", got)
+	}
+}
+
+// TestRemoveSocketDirRemovesWireDir: a plugin whose host died while the wire was opening
+// leaves its wire directory (and the socket in it) inside the socket dir; on exit it removes
+// both, as it removes the socket dir itself. Before, os.Remove failed on the dir not empty
+// and both stayed in the temp directory.
+func TestRemoveSocketDirRemovesWireDir(t *testing.T) {
+	dir, err := os.MkdirTemp(t.TempDir(), socketDirPrefix+"*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wire, err := os.MkdirTemp(dir, wireDirPattern)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(wire, "s"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PLUGIN_UNIX_SOCKET_DIR", dir)
+	removeSocketDir(slog.New(slog.DiscardHandler))
+	if _, err := os.Lstat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("socket dir %s still there (%v) after removeSocketDir with a wire dir in it", dir, err)
 	}
 }

@@ -155,7 +155,7 @@ func (o *orphanWatch) exit() {
 // removeSocketDir removes the socket directory the host gave this plugin, which nobody else
 // will remove once the host is gone. Only a directory made by [Launch] (its name says so)
 // and only once empty, that is with this plugin's socket already removed: os.Remove never
-// deletes anything else in it.
+// deletes anything else in it (but the wire's own directories, below).
 func removeSocketDir(log *slog.Logger) {
 	dir := os.Getenv("PLUGIN_UNIX_SOCKET_DIR")
 	if dir == "" || !strings.HasPrefix(filepath.Base(dir), socketDirPrefix) {
@@ -163,6 +163,13 @@ func removeSocketDir(log *slog.Logger) {
 	}
 	if fi, err := os.Lstat(dir); err != nil || !fi.IsDir() {
 		return
+	}
+	// A wire directory (wireDirPattern) this plugin made for a host that died before it
+	// connected is removed first: nothing else would.
+	if wires, _ := filepath.Glob(filepath.Join(dir, wireDirPattern)); len(wires) > 0 {
+		for _, w := range wires {
+			os.RemoveAll(w)
+		}
 	}
 	if err := os.Remove(dir); err != nil {
 		log.Warn("removing socket directory", "dir", dir, "error", err)
