@@ -25,8 +25,10 @@ package plugin
 // starts with the token (compared in constant time) within wireAcceptTimeout, answering it
 // one byte (wireAccepted); then it closes the listener and removes the socket and its
 // directory. A connection without the token is closed unserved and the plugin keeps waiting
-// for the host's until the timeout: a local process that races the host to the socket cannot
-// take the wire nor deny it to the host. The token is never logged.
+// for the host's until the timeout: a local process that races the host to the socket (it
+// would have to run as the plugin's user: the directory is 0700) cannot take the wire, and a
+// connection that sends nothing holds the accept loop for at most wireTokenWait, not until
+// the timeout. The token is never logged.
 
 import (
 	"bufio"
@@ -322,6 +324,9 @@ func (s *Server) acceptWire(ln *net.UnixListener, dir string, token []byte, dead
 	s.serveWire(conn)
 }
 
+// wireTokenWait is how long a wire connection has to send its token.
+const wireTokenWait = time.Second
+
 // acceptToken returns the first connection that sends token before deadline, or nil.
 func (s *Server) acceptToken(ln *net.UnixListener, token []byte, deadline time.Time) net.Conn {
 	ln.SetDeadline(deadline)
@@ -331,7 +336,13 @@ func (s *Server) acceptToken(ln *net.UnixListener, token []byte, deadline time.T
 		if err != nil {
 			return nil
 		}
-		conn.SetDeadline(deadline)
+		// The host writes the token as soon as it has connected: a connection that does not
+		// gets wireTokenWait, so it cannot keep the host's waiting until the deadline.
+		wait := time.Now().Add(wireTokenWait)
+		if deadline.Before(wait) {
+			wait = deadline
+		}
+		conn.SetDeadline(wait)
 		_, err = io.ReadFull(conn, got)
 		if err == nil && subtle.ConstantTimeCompare(got, token) == 1 {
 			if _, err := conn.Write([]byte{wireAccepted}); err == nil {

@@ -532,3 +532,36 @@ func TestProcessWire(t *testing.T) {
 		t.Errorf("the wire did not open: %s", logs.String())
 	}
 }
+
+// TestWireSilentConnectionHoldsNoLonger: a connection that sends no token (a stray local
+// client) is dropped after wireTokenWait, so the host's own connection behind it is accepted
+// then. Before, the accept loop waited on it until the wire's whole accept timeout, which
+// then ended the loop: the host never got the wire.
+func TestWireSilentConnectionHoldsNoLonger(t *testing.T) {
+	t.Setenv("PLUGIN_UNIX_SOCKET_DIR", t.TempDir())
+	old := wireAcceptTimeout
+	wireAcceptTimeout = 30 * time.Second
+	t.Cleanup(func() { wireAcceptTimeout = old })
+	srv := wireServerForTest(t, &fakeAdapter{}, &syncBuffer{})
+	token := bytes.Repeat([]byte{0x5C}, wireTokenSize)
+	r, err := srv.OpenWire(t.Context(), &pb.OpenWireRequest{Token: token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	silent, err := net.Dial("unix", r.Address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	conn, err := net.Dial("unix", r.Address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.Write(token)
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second)) // a third of the accept timeout
+	var ack [1]byte
+	if _, err := io.ReadFull(conn, ack[:]); err != nil || ack[0] != wireAccepted {
+		t.Fatalf("the host's connection behind a silent one: %v, %v; want accepted after about %v", ack, err, wireTokenWait)
+	}
+}
