@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/pprof"
 	"strings"
 	"syscall"
@@ -19,6 +20,7 @@ import (
 	"github.com/seed-a64d9e1f/chatwire/internal/config"
 	"github.com/seed-a64d9e1f/chatwire/internal/host"
 	"github.com/seed-a64d9e1f/chatwire/internal/platforms"
+	"github.com/seed-a64d9e1f/chatwire/internal/procs"
 	"github.com/seed-a64d9e1f/chatwire/plugin"
 )
 
@@ -193,6 +195,33 @@ func (l *logFlags) logger(w io.Writer) (*slog.Logger, slog.Level, error) {
 }
 
 // startCPUProfile profiles the CPU into path until the returned function is called.
+// runProcs sets how many CPUs run this process's Go code (server.max_procs, unless
+// GOMAXPROCS is in the environment) and returns what undoes it: for auto, a procs.Controller
+// runs until then.
+func runProcs(ctx context.Context, sc config.ServerConfig, log *slog.Logger) (stop func()) {
+	if n, ok := procs.FromEnvironment(); ok {
+		if sc.MaxProcs != "" {
+			log.Warn("GOMAXPROCS is set in the environment: server.max_procs is ignored", "gomaxprocs", n, "max_procs", sc.MaxProcs)
+		}
+		return func() {}
+	}
+	n, auto := sc.Procs()
+	switch {
+	case auto:
+		ctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			(&procs.Controller{Log: log}).Run(ctx)
+		}()
+		return func() { cancel(); <-done }
+	case n > 0:
+		runtime.GOMAXPROCS(n)
+		return runtime.SetDefaultGOMAXPROCS
+	}
+	return func() {}
+}
+
 func startCPUProfile(path string) (stop func(), err error) {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
@@ -247,6 +276,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		}
 		defer stop()
 	}
+	defer runProcs(ctx, cfg.Server, log)()
 	clock, err := host.PacingClockFromEnv(log)
 	if err != nil {
 		return err

@@ -69,6 +69,11 @@ type ServerConfig struct {
 	// answer: past it the platform gets 503 and redelivers (WeCom and Graph give up after
 	// about 5 s). Empty means 4s.
 	WebhookTimeout string `yaml:"webhook_timeout"`
+	// MaxProcs is how many CPUs run the host's Go code (GOMAXPROCS): empty or "auto" means one
+	// while one is enough and every CPU once the host is busy (internal/procs), "0" means
+	// every CPU always (Go's default), a number that many. A GOMAXPROCS set in the
+	// environment wins over it.
+	MaxProcs string `yaml:"max_procs"`
 	// BodyMemoryMiB bounds the request bodies held in memory at once, in MiB: a request
 	// whose body does not fit beside the others gets 503 with Retry-After, one larger than
 	// the whole budget 413. 0 means 256 (a largest send is 96).
@@ -92,6 +97,16 @@ func (s ServerConfig) Timeouts() (read, idle, webhook time.Duration) {
 		return def
 	}
 	return parse(s.ReadTimeout, defaultReadTimeout), parse(s.IdleTimeout, defaultIdleTimeout), parse(s.WebhookTimeout, DefaultWebhookTimeout)
+}
+
+// Procs returns server.max_procs: auto, or a fixed GOMAXPROCS (0: Go's default). It assumes
+// validate passed.
+func (s ServerConfig) Procs() (n int, auto bool) {
+	if s.MaxProcs == "" || s.MaxProcs == "auto" {
+		return 0, true
+	}
+	n, _ = strconv.Atoi(s.MaxProcs)
+	return n, false
 }
 
 // bodyMemory returns the body memory budget in bytes.
@@ -543,6 +558,11 @@ func (c *Config) validate(cerr *ConfigError) {
 			p(at, "surrounding whitespace (spaces, tabs or newlines) in the key%s: no request could ever match it; remove it", from)
 		case len(k) < 16:
 			p(at, "too short: use at least 16 random characters")
+		}
+	}
+	if v := c.Server.MaxProcs; v != "" && v != "auto" {
+		if n, err := strconv.Atoi(v); err != nil || n < 0 {
+			p("server.max_procs", "want auto (one CPU while one is enough, every CPU when busy), 0 (every CPU) or a number of CPUs, got %s", c.show("server.max_procs", v))
 		}
 	}
 	if n := c.Plugin.MaxProcs; n != nil && *n < 0 {

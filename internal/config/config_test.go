@@ -73,6 +73,8 @@ func TestParseConfigErrors(t *testing.T) {
 		{"good server timeouts", strings.Replace(goodConfig, `api_keys: ["${KEY}"]`, `api_keys: ["${KEY}"], webhook_timeout: 3s, read_timeout: 1m, idle_timeout: 90s, body_memory_mib: 512`, 1), goodEnv, ""},
 		{"negative max_procs", goodConfig + "plugin: {max_procs: -1}\n", goodEnv, "plugin.max_procs: want 0 (every CPU) or a number of CPUs, got -1"},
 		{"max_procs not a number", goodConfig + "plugin: {max_procs: all}\n", goodEnv, `plugin.max_procs: want a whole number, got "all"`},
+		{"negative server max_procs", withServerProcs("-1"), goodEnv, `server.max_procs: want auto (one CPU while one is enough, every CPU when busy), 0 (every CPU) or a number of CPUs, got "-1"`},
+		{"server max_procs a word", withServerProcs("all"), goodEnv, `server.max_procs: want auto (one CPU while one is enough, every CPU when busy), 0 (every CPU) or a number of CPUs, got "all"`},
 		{"list expected", "bots: {name: x}", nil, "bots: want a list"},
 		{"not yaml", "bots: [", nil, "did not find expected"},
 		{"empty", "", nil, "the file is empty"},
@@ -153,6 +155,33 @@ func TestAPIKeyWhitespaceRejected(t *testing.T) {
 	config := strings.Replace(goodConfig, `api_keys: ["${KEY}"]`, `api_keys: ["ok-key-0123456789abcdef", " `+key+`"]`, 1)
 	if _, err := Parse("c.yaml", []byte(config), envOf(goodEnv)); err == nil || !strings.Contains(err.Error(), "server.api_keys[1]: surrounding whitespace") {
 		t.Errorf("ParseConfig error = %v; want server.api_keys[1] refused", err)
+	}
+}
+
+// withServerProcs is goodConfig with server.max_procs set to v.
+func withServerProcs(v string) string {
+	return strings.Replace(goodConfig, `api_keys: ["${KEY}"]}`, `api_keys: ["${KEY}"], max_procs: `+v+`}`, 1)
+}
+
+// TestServerMaxProcs: server.max_procs unset or auto is auto (internal/procs chooses by load);
+// 0 and a number are fixed.
+func TestServerMaxProcs(t *testing.T) {
+	for _, tc := range []struct {
+		v    string
+		n    int
+		auto bool
+	}{{"", 0, true}, {"auto", 0, true}, {"0", 0, false}, {"3", 3, false}} {
+		c := goodConfig
+		if tc.v != "" {
+			c = withServerProcs(tc.v)
+		}
+		cfg, err := Parse("c.yaml", []byte(c), envOf(goodEnv))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n, auto := cfg.Server.Procs(); n != tc.n || auto != tc.auto {
+			t.Errorf("max_procs %q: Procs() = %d, %v; want %d, %v", tc.v, n, auto, tc.n, tc.auto)
+		}
 	}
 }
 

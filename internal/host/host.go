@@ -85,7 +85,7 @@ func Start(ctx context.Context, cfg *config.Config, opts Options) (*Host, error)
 		log = slog.New(slog.DiscardHandler)
 	}
 	h := &Host{cfg: cfg, log: log, m: newMetrics(), serveErr: make(chan error, 1)}
-	h.m.reg.MustRegister(buildInfo(opts.Version, opts.Revision))
+	h.m.reg.MustRegister(buildInfo(opts.Version, opts.Revision), goMaxProcs())
 	for _, start := range []func() error{
 		func() error { return h.connectRedis() },                // one client for queues, dedup and leases
 		func() error { return h.launchPlugin(ctx, opts) },       // the adapters, in a supervised process

@@ -19,6 +19,14 @@ func buildInfo(v, rev string) prometheus.Collector {
 		func() float64 { return 1 })
 }
 
+// goMaxProcs is chatwire_gomaxprocs: how many CPUs run the host's Go code now (server.max_procs:
+// with auto it moves between 1 and every CPU with the load).
+func goMaxProcs() prometheus.Collector {
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "chatwire_gomaxprocs",
+		Help: "How many CPUs run the host's Go code now (GOMAXPROCS; server.max_procs auto moves it between 1 and every CPU with the load)."},
+		func() float64 { return float64(runtime.GOMAXPROCS(0)) })
+}
+
 var (
 	unconsumedDesc = prometheus.NewDesc("chatwire_events_unconsumed",
 		"Events received and not yet consumed (SSE, webhook delivery or a group ack), by bot.", []string{"bot"}, nil)
