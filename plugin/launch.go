@@ -32,6 +32,10 @@ type LaunchOptions struct {
 	Env []string
 	// MaxProcs, if above 0, is the plugin process's GOMAXPROCS (set in its environment).
 	MaxProcs int
+	// AutoProcs, with MaxProcs 0, has a plugin built on [Serve] choose its GOMAXPROCS by
+	// load: one CPU while one is enough, every CPU once it is busy ([ProcsEnv]=auto in its
+	// environment; see chatwire's internal/procs).
+	AutoProcs bool
 	// Store and Bots are sent in a Configure call to every plugin process started.
 	Store StoreConfig
 	Bots  []BotConfig
@@ -138,8 +142,11 @@ func Launch(ctx context.Context, opts LaunchOptions) (*Plugin, error) {
 			}
 		}
 	}
-	if opts.MaxProcs > 0 {
+	switch {
+	case opts.MaxProcs > 0:
 		opts.Env = append(slices.Clip(opts.Env), "GOMAXPROCS="+strconv.Itoa(opts.MaxProcs))
+	case opts.AutoProcs:
+		opts.Env = append(slices.Clip(opts.Env), ProcsEnv+"=auto")
 	}
 	p := &Plugin{opts: opts, log: opts.Logger, stop: make(chan struct{}), done: make(chan struct{}), probe: make(chan struct{}, 1)}
 	p.ctx, p.cancel = context.WithCancel(context.Background())

@@ -308,8 +308,18 @@ func TestProcessMaxProcs(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer q.Close()
-	if env := environ(q); strings.Contains(env, "GOMAXPROCS") {
-		t.Errorf("plugin launched without MaxProcs has environment %q; want no GOMAXPROCS", env)
+	if env := environ(q); strings.Contains(env, "GOMAXPROCS") || strings.Contains(env, ProcsEnv) {
+		t.Errorf("plugin launched without MaxProcs has environment %q; want no GOMAXPROCS and no %s", env, ProcsEnv)
+	}
+	opts = testLaunchOptions(log)
+	opts.AutoProcs = true
+	a, err := Launch(t.Context(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if env := environ(a); !strings.Contains(env, "\x00"+ProcsEnv+"=auto\x00") || strings.Contains(env, "GOMAXPROCS") {
+		t.Errorf("plugin launched with AutoProcs has environment %q; want %s=auto and no GOMAXPROCS", env, ProcsEnv)
 	}
 }
 

@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"context"
 	"log"
 	"log/slog"
 	"os"
@@ -15,6 +16,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 	goplugin "github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
+
+	"github.com/seed-a64d9e1f/chatwire/internal/procs"
 )
 
 // ServeOptions configure [Serve].
@@ -26,6 +29,11 @@ type ServeOptions struct {
 	// parent dies, the plugin closes its bots and exits. Zero means 250ms.
 	ParentPoll time.Duration
 }
+
+// ProcsEnv is the environment variable through which the host asks a plugin to choose its
+// GOMAXPROCS by load ([LaunchOptions.AutoProcs]): "auto". A GOMAXPROCS in the plugin's
+// environment wins over it.
+const ProcsEnv = "CHATWIRE_MAX_PROCS"
 
 // Serve serves adapters to a host and returns when the host tells the plugin to stop. It
 // must be called at once in main, before any network work or output: the handshake goes to
@@ -44,6 +52,15 @@ func Serve(opts ServeOptions) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(NewPluginLogHandler(os.Stderr, opts.LogLevel))
 		slog.SetDefault(opts.Logger)
+	}
+	if _, set := procs.FromEnvironment(); os.Getenv(ProcsEnv) == "auto" && !set {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			(&procs.Controller{Log: opts.Logger}).Run(ctx)
+		}()
+		defer func() { cancel(); <-done }()
 	}
 	srv := NewServer(opts.ServerOptions)
 	o := &orphanWatch{srv: srv, log: opts.Logger, served: make(chan struct{})}

@@ -101,11 +101,13 @@ func (s ServerConfig) Timeouts() (read, idle, webhook time.Duration) {
 
 // Procs returns server.max_procs: auto, or a fixed GOMAXPROCS (0: Go's default). It assumes
 // validate passed.
-func (s ServerConfig) Procs() (n int, auto bool) {
-	if s.MaxProcs == "" || s.MaxProcs == "auto" {
+func (s ServerConfig) Procs() (n int, auto bool) { return procsOf(s.MaxProcs) }
+
+func procsOf(v string) (n int, auto bool) {
+	if v == "" || v == "auto" {
 		return 0, true
 	}
-	n, _ = strconv.Atoi(s.MaxProcs)
+	n, _ = strconv.Atoi(v)
 	return n, false
 }
 
@@ -209,19 +211,15 @@ func isHex(s string) bool {
 // subcommand).
 type PluginConfig struct {
 	Path string `yaml:"path"`
-	// MaxProcs is the plugin process's GOMAXPROCS: how many CPUs may run its Go code at
-	// once. Unset means DefaultPluginMaxProcs; 0 means Go's default (every CPU).
-	MaxProcs *int `yaml:"max_procs"`
+	// MaxProcs is how many CPUs run the plugin process's Go code (its GOMAXPROCS): empty or
+	// "auto" means one while one is enough and every CPU once it is busy (see
+	// server.max_procs), "0" every CPU always (Go's default), a number that many.
+	MaxProcs string `yaml:"max_procs"`
 }
 
-// DefaultPluginMaxProcs is plugin.max_procs when unset. The plugin's work per call is small
-// (a webhook's signature, AES and XML; a send's JSON and HTTP request) and mostly waits on
-// I/O; with more than one CPU, Go's scheduler spends more waking idle threads for each call
-// than the call itself costs. Measured with bench/load at 2,000 WeCom events/s on 2 cores:
-// plugin CPU per event 61–66 µs with every CPU, 47–48 µs with one; per send (8 callers)
-// 64–74 µs against 51–52 µs, and more sends per second. One CPU runs about 20,000 plugin
-// calls a second; set 0 (or more CPUs) for a plugin that must do more.
-const DefaultPluginMaxProcs = 1
+// Procs returns plugin.max_procs: auto, or a fixed GOMAXPROCS (0: Go's default). It assumes
+// validate passed.
+func (p PluginConfig) Procs() (n int, auto bool) { return procsOf(p.MaxProcs) }
 
 // BotConfig is one bot.
 type BotConfig struct {
@@ -513,10 +511,6 @@ func (c *Config) Defaults() {
 	if c.Store.KeyPrefix == "" {
 		c.Store.KeyPrefix = "chatwire"
 	}
-	if c.Plugin.MaxProcs == nil {
-		n := DefaultPluginMaxProcs
-		c.Plugin.MaxProcs = &n
-	}
 	for i := range c.Bots {
 		teamsDefaults(c.Bots[i].Teams)
 		if g := c.Bots[i].Graph; g != nil {
@@ -560,13 +554,13 @@ func (c *Config) validate(cerr *ConfigError) {
 			p(at, "too short: use at least 16 random characters")
 		}
 	}
-	if v := c.Server.MaxProcs; v != "" && v != "auto" {
-		if n, err := strconv.Atoi(v); err != nil || n < 0 {
-			p("server.max_procs", "want auto (one CPU while one is enough, every CPU when busy), 0 (every CPU) or a number of CPUs, got %s", c.show("server.max_procs", v))
+	for _, f := range []struct{ path, v string }{{"server.max_procs", c.Server.MaxProcs}, {"plugin.max_procs", c.Plugin.MaxProcs}} {
+		if f.v == "" || f.v == "auto" {
+			continue
 		}
-	}
-	if n := c.Plugin.MaxProcs; n != nil && *n < 0 {
-		p("plugin.max_procs", "want 0 (every CPU) or a number of CPUs, got %d", *n)
+		if n, err := strconv.Atoi(f.v); err != nil || n < 0 {
+			p(f.path, "want auto (one CPU while one is enough, every CPU when busy), 0 (every CPU) or a number of CPUs, got %s", c.show(f.path, f.v))
+		}
 	}
 	for _, f := range []struct{ path, v string }{{"server.read_timeout", c.Server.ReadTimeout},
 		{"server.idle_timeout", c.Server.IdleTimeout}, {"server.webhook_timeout", c.Server.WebhookTimeout}} {

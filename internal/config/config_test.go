@@ -71,8 +71,8 @@ func TestParseConfigErrors(t *testing.T) {
 		{"bad read timeout", strings.Replace(goodConfig, `api_keys: ["${KEY}"]`, `api_keys: ["${KEY}"], read_timeout: "-1s"`, 1), goodEnv, `server.read_timeout: want a duration`},
 		{"bad body memory", strings.Replace(goodConfig, `api_keys: ["${KEY}"]`, `api_keys: ["${KEY}"], body_memory_mib: -5`, 1), goodEnv, `server.body_memory_mib: -5: want 1 to`},
 		{"good server timeouts", strings.Replace(goodConfig, `api_keys: ["${KEY}"]`, `api_keys: ["${KEY}"], webhook_timeout: 3s, read_timeout: 1m, idle_timeout: 90s, body_memory_mib: 512`, 1), goodEnv, ""},
-		{"negative max_procs", goodConfig + "plugin: {max_procs: -1}\n", goodEnv, "plugin.max_procs: want 0 (every CPU) or a number of CPUs, got -1"},
-		{"max_procs not a number", goodConfig + "plugin: {max_procs: all}\n", goodEnv, `plugin.max_procs: want a whole number, got "all"`},
+		{"negative max_procs", goodConfig + "plugin: {max_procs: -1}\n", goodEnv, `plugin.max_procs: want auto (one CPU while one is enough, every CPU when busy), 0 (every CPU) or a number of CPUs, got "-1"`},
+		{"max_procs not a number", goodConfig + "plugin: {max_procs: all}\n", goodEnv, `plugin.max_procs: want auto (one CPU while one is enough, every CPU when busy), 0 (every CPU) or a number of CPUs, got "all"`},
 		{"negative server max_procs", withServerProcs("-1"), goodEnv, `server.max_procs: want auto (one CPU while one is enough, every CPU when busy), 0 (every CPU) or a number of CPUs, got "-1"`},
 		{"server max_procs a word", withServerProcs("all"), goodEnv, `server.max_procs: want auto (one CPU while one is enough, every CPU when busy), 0 (every CPU) or a number of CPUs, got "all"`},
 		{"list expected", "bots: {name: x}", nil, "bots: want a list"},
@@ -185,19 +185,20 @@ func TestServerMaxProcs(t *testing.T) {
 	}
 }
 
-// TestPluginMaxProcs: plugin.max_procs unset is DefaultPluginMaxProcs (one CPU: measured
-// cheaper per call, see its doc); 0 (Go's default, every CPU) and a number are kept.
+// TestPluginMaxProcs: plugin.max_procs unset or auto is auto (the plugin chooses by load, as
+// the host does); 0 (Go's default, every CPU) and a number are kept.
 func TestPluginMaxProcs(t *testing.T) {
 	for _, tc := range []struct {
 		yaml string
-		want int
-	}{{"", DefaultPluginMaxProcs}, {"plugin: {max_procs: 0}\n", 0}, {"plugin: {max_procs: 3}\n", 3}} {
+		n    int
+		auto bool
+	}{{"", 0, true}, {"plugin: {max_procs: auto}\n", 0, true}, {"plugin: {max_procs: 0}\n", 0, false}, {"plugin: {max_procs: 3}\n", 3, false}} {
 		cfg, err := Parse("c.yaml", []byte(goodConfig+tc.yaml), envOf(goodEnv))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if cfg.Plugin.MaxProcs == nil || *cfg.Plugin.MaxProcs != tc.want {
-			t.Errorf("%q: max_procs = %v; want %d", tc.yaml, cfg.Plugin.MaxProcs, tc.want)
+		if n, auto := cfg.Plugin.Procs(); n != tc.n || auto != tc.auto {
+			t.Errorf("%q: Procs() = %d, %v; want %d, %v", tc.yaml, n, auto, tc.n, tc.auto)
 		}
 	}
 }

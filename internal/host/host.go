@@ -154,12 +154,14 @@ func (h *Host) launchPlugin(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
+	procs, autoProcs := h.cfg.Plugin.Procs()
 	p, err := plugin.Launch(ctx, plugin.LaunchOptions{
 		Path:         path,
 		Args:         args,
 		Store:        store,
 		Bots:         bots,
-		MaxProcs:     maxProcs(h.cfg.Plugin.MaxProcs),
+		MaxProcs:     procs,
+		AutoProcs:    autoProcs,
 		Logger:       h.log,
 		OnRestart:    h.m.restarts.Inc,
 		PingInterval: opts.PingInterval,
@@ -445,12 +447,3 @@ func (h *Host) Statuses(ctx context.Context) []adapter.Status {
 
 // Gather gathers the host's and the plugin's metrics, as GET /metrics serves them.
 func (h *Host) Gather() ([]*dto.MetricFamily, error) { return h.srv.gather.Gather() }
-
-// maxProcs is plugin.max_procs for plugin.LaunchOptions: 0 (Go's default) when it is 0,
-// DefaultPluginMaxProcs when unset.
-func maxProcs(n *int) int {
-	if n == nil {
-		return config.DefaultPluginMaxProcs
-	}
-	return *n
-}

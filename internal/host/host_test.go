@@ -93,6 +93,8 @@ type setupOpts struct {
 	pacing    *config.PacingConfig // the bot's pacing section
 	clock     pacing.Clock         // the pacing clock; nil: real time
 	dupCheck  string               // the bot's wecom.duplicate_check
+	// pluginProcs is plugin.max_procs.
+	pluginProcs string
 }
 
 func newEmulator() *wecomtest.Server {
@@ -119,6 +121,7 @@ func setup(t testing.TB, o setupOpts) *env {
 		Bots: []config.BotConfig{{Name: "hr", Platform: adapter.PlatformWeCom, WeCom: &platforms.WeCom{
 			CorpID: testCorp, CorpSecret: testSecret, AgentID: testAgent, Token: testToken, EncodingAESKey: testAESKey, APIBase: apiBase}}},
 	}
+	cfg.Plugin.MaxProcs = o.pluginProcs
 	for i := 1; i <= o.extraBots; i++ {
 		b := cfg.Bots[0]
 		w := *b.WeCom

@@ -197,15 +197,45 @@ func TestOutboxScrape(t *testing.T) {
 	admin.Do(t.Context(), "CLIENT", "UNPAUSE")
 }
 
-// TestPluginOneCPUByDefault: the host starts its plugin with GOMAXPROCS=1 unless
-// plugin.max_procs says otherwise (config.DefaultPluginMaxProcs: measured cheaper per call).
-func TestPluginOneCPUByDefault(t *testing.T) {
+// TestPluginProcsByDefault: the host starts its plugin with plugin.max_procs auto unless
+// configured otherwise: CHATWIRE_MAX_PROCS=auto and no GOMAXPROCS in its environment, and
+// the plugin then runs on one CPU while idle (chatwire_plugin_gomaxprocs, from the plugin
+// process itself). plugin.max_procs 0 leaves it Go's default, every CPU.
+func TestPluginProcsByDefault(t *testing.T) {
+	pluginProcs := func(e *env) float64 {
+		t.Helper()
+		mfs, err := e.h.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() == "chatwire_plugin_gomaxprocs" {
+				return mf.GetMetric()[0].GetGauge().GetValue()
+			}
+		}
+		t.Fatal("/metrics has no chatwire_plugin_gomaxprocs")
+		return 0
+	}
 	e := setup(t, setupOpts{quiet: true})
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", e.h.PluginPid()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains("\x00"+string(data)+"\x00", "\x00GOMAXPROCS=1\x00") {
-		t.Errorf("the plugin's environment has no GOMAXPROCS=1: %q", strings.ReplaceAll(string(data), "\x00", " "))
+	env := "\x00" + string(data) + "\x00"
+	if !strings.Contains(env, "\x00CHATWIRE_MAX_PROCS=auto\x00") || strings.Contains(env, "GOMAXPROCS=") {
+		t.Errorf("the plugin's environment: %q; want CHATWIRE_MAX_PROCS=auto and no GOMAXPROCS", strings.ReplaceAll(string(data), "\x00", " "))
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for pluginProcs(e) != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("idle plugin runs on %v CPUs; want 1", pluginProcs(e))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if cpus := runtime.NumCPU(); cpus > 1 {
+		e := setup(t, setupOpts{quiet: true, pluginProcs: "0"})
+		if got := pluginProcs(e); got != float64(cpus) {
+			t.Errorf("plugin.max_procs 0: the plugin runs on %v CPUs; want every CPU (%d)", got, cpus)
+		}
 	}
 }

@@ -3,6 +3,7 @@ package platforms
 import (
 	"log/slog"
 	"os"
+	"runtime"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -16,6 +17,9 @@ func Serve(version string, level slog.Level) {
 	slog.SetDefault(log)
 	InstallRedisLog(log)
 	reg := prometheus.NewRegistry()
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "chatwire_plugin_gomaxprocs",
+		Help: "How many CPUs run the plugin process's Go code now (GOMAXPROCS; plugin.max_procs auto moves it between 1 and every CPU with the load)."},
+		func() float64 { return float64(runtime.GOMAXPROCS(0)) }))
 	o := New(log, reg)
 	plugin.Serve(plugin.ServeOptions{
 		ServerOptions: plugin.ServerOptions{
