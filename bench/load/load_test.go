@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -230,5 +231,33 @@ func TestSendsWithinWeComLimits(t *testing.T) {
 	}
 	if dropped != 0 {
 		t.Errorf("the emulator dropped %d sends over a member's limit", dropped)
+	}
+}
+
+// TestRedisCommandsPerEvent: INFO commandstats before and after a step become calls and
+// microseconds per event, costliest first, without INFO itself; the report prints them.
+func TestRedisCommandsPerEvent(t *testing.T) {
+	before := parseCommandStats("# Commandstats\r\ncmdstat_evalsha:calls=100,usec=3000,usec_per_call=30.00,rejected_calls=0,failed_calls=0\r\n" +
+		"cmdstat_xread:calls=50,usec=500,usec_per_call=10.00,rejected_calls=0,failed_calls=0\r\ncmdstat_info:calls=1,usec=20,usec_per_call=20.00\r\n")
+	after := parseCommandStats("# Commandstats\r\ncmdstat_evalsha:calls=1100,usec=35000,usec_per_call=31.82,rejected_calls=0,failed_calls=0\r\n" +
+		"cmdstat_xread:calls=850,usec=8500,usec_per_call=10.00,rejected_calls=0,failed_calls=0\r\ncmdstat_info:calls=2,usec=40,usec_per_call=20.00\r\n" +
+		"cmdstat_xgroup|setid:calls=10,usec=20,usec_per_call=2.00,rejected_calls=0,failed_calls=0\r\n")
+	got := perEvent(before, after, 1000)
+	want := []redisCmd{{"evalsha", 1, 32}, {"xread", 0.8, 8}, {"xgroup|setid", 0.01, 0.02}}
+	if len(got) != len(want) {
+		t.Fatalf("perEvent = %+v; want %+v", got, want)
+	}
+	for i := range want {
+		if got[i].Name != want[i].Name || math.Abs(got[i].Calls-want[i].Calls) > 1e-9 || math.Abs(got[i].Usec-want[i].Usec) > 1e-9 {
+			t.Errorf("perEvent[%d] = %+v; want %+v", i, got[i], want[i])
+		}
+	}
+	if perEvent(nil, after, 1000) != nil || perEvent(before, after, 0) != nil {
+		t.Error("perEvent without a snapshot or events is not empty")
+	}
+	var out bytes.Buffer
+	printRedisCommands(&out, []*eventResult{{Rate: 2000, Target: "chatwire", Redis: got}})
+	if !strings.Contains(out.String(), "| 2000 | chatwire | evalsha 1.00 × 32.0 µs; xread 0.80 × 10.0 µs; xgroup\\|setid 0.01 × 2.0 µs |") {
+		t.Errorf("report:\n%s", out.String())
 	}
 }

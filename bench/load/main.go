@@ -76,9 +76,10 @@ const usageHead = `Usage: go run ./bench/load [flags]
 
 Measures adapter-host (with its plugin subprocess and Redis) against bench/baseline in one
 run: webhook → SSE latency, achieved rate, lost/duplicated events, CPU per event and peak RSS
-per process at each offered rate; send latency and throughput; RSS per configured bot. Starts
-redis-server, the WeCom emulator, the host and the baseline on 127.0.0.1 by itself, prints
-Markdown tables with the chatwire/baseline ratio, and stops. Needs redis-server and go in PATH.
+per process and Redis's commands per event (INFO commandstats) at each offered rate; send
+latency and throughput; RSS per configured bot. Starts redis-server, the WeCom emulator, the
+host and the baseline on 127.0.0.1 by itself, prints Markdown tables with the
+chatwire/baseline ratio, and stops. Needs redis-server and go in PATH.
 
 Flags:
 `

@@ -53,6 +53,7 @@ func printReport(w io.Writer, rep *report) {
 				fmt.Fprintln(w, row)
 			}
 		}
+		printRedisCommands(w, rep.Events)
 	}
 	if len(rep.Sends) > 0 {
 		fmt.Fprintln(w, "\n### Sends: POST /v1/bots/hr/messages → answer (closed loop)")

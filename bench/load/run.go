@@ -35,10 +35,11 @@ type eventResult struct {
 	// Latency from the callback's scheduled send time (so a queue in front of the target
 	// counts) to the event on the SSE stream; Ack to the 200.
 	P50, P99, Max, AckP99 time.Duration
-	CPU                   []procCPU // per measured process, over the measured window
-	Events                int       // events the CPU is divided by (measured, delivered)
-	Load1                 float64   // the machine's 1-minute load average at the end
-	Warnings              int       // WARN and ERROR lines in the target's log
+	CPU                   []procCPU  // per measured process, over the measured window
+	Redis                 []redisCmd // Redis's commands per event over the measured window
+	Events                int        // events the CPU is divided by (measured, delivered)
+	Load1                 float64    // the machine's 1-minute load average at the end
+	Warnings              int        // WARN and ERROR lines in the target's log
 	TopWarning            string
 }
 
@@ -194,6 +195,7 @@ func runEvents(ctx context.Context, r *running, sec secrets, o stepOptions) (*ev
 		})
 	}
 	var cpu0 []time.Duration
+	var stats0 map[string]cmdStat
 	pids := r.pids()
 	start := time.Now()
 	period := float64(time.Second) / float64(o.rate)
@@ -209,6 +211,7 @@ func runEvents(ctx context.Context, r *running, sec secrets, o stepOptions) (*ev
 			if next == warm {
 				measureStart = start.Add(time.Duration(float64(next) * period))
 				cpu0 = snapshot(pids)
+				stats0 = commandStats(r.raddr)
 			}
 			due[next] = start.UnixNano() + int64(float64(next)*period)
 			queue <- next
@@ -224,6 +227,7 @@ func runEvents(ctx context.Context, r *running, sec secrets, o stepOptions) (*ev
 	}
 	if cpu0 == nil { // no warm-up
 		cpu0 = snapshot(pids)
+		stats0 = commandStats(r.raddr)
 	}
 	nAcked := 0
 	for _, t := range acked {
@@ -244,6 +248,7 @@ func runEvents(ctx context.Context, r *running, sec secrets, o stepOptions) (*ev
 		}
 	}
 	cpu1 := snapshot(pids)
+	stats1 := commandStats(r.raddr)
 	res := &eventResult{Target: r.name, Rate: o.rate, Offered: total - warm, Errors: int(errs.Load()), Load1: loadAvg()}
 	for i, p := range pids {
 		res.CPU = append(res.CPU, procCPU{Name: p.name, CPU: cpu1[i] - cpu0[i], PeakKB: statusKiB(p.pid, "VmHWM")})
@@ -272,6 +277,7 @@ func runEvents(ctx context.Context, r *running, sec secrets, o stepOptions) (*ev
 		}
 	}
 	res.Events = len(lat)
+	res.Redis = perEvent(stats0, stats1, res.Events)
 	if len(lat) > 0 {
 		res.Achieved = float64(len(lat)) / time.Duration(lastRecv-measureStart.UnixNano()).Seconds()
 	}

@@ -66,6 +66,7 @@ type running struct {
 	apiKey string
 	main   *proc // the host or the baseline; nil for a target the caller runs itself
 	redis  *proc
+	raddr  string     // the Redis's address, for its command stats
 	procs  []namedPID // measured: "host", "plugin", "redis" or "server", "redis"
 }
 
@@ -138,7 +139,7 @@ func (e *env) start(target, label, cpuprofile string) (*running, error) {
 		rds.stop()
 		return nil, err
 	}
-	r := &running{name: target, addr: addr, apiKey: e.sec.apiKey, redis: rds}
+	r := &running{name: target, addr: addr, apiKey: e.sec.apiKey, redis: rds, raddr: raddr}
 	switch target {
 	case targetChatwire:
 		cfg := filepath.Join(e.dir, label+".yaml")
