@@ -14,8 +14,11 @@ import (
 )
 
 // Redis has no CPU profile to read; its INFO commandstats counts, per command, the calls and
-// the microseconds spent in them, which tells where a target's Redis CPU per event goes. A
+// the microseconds spent in them, which tells where a target's Redis time per event goes. A
 // script's commands are counted on their own and again inside the script's time (evalsha).
+// The microseconds are wall time from the command's start to its end: when the machine is
+// busy they include the time Redis waited for a CPU in the middle of a command, so compare
+// targets within one run rather than with a quiet benchmark.
 
 // cmdStat is one command's counters from INFO commandstats.
 type cmdStat struct {
@@ -122,7 +125,7 @@ func printRedisCommands(w io.Writer, events []*eventResult) {
 	if len(rows) == 0 {
 		return
 	}
-	fmt.Fprintln(w, "\nRedis commands per event in the measured window (INFO commandstats: calls per event × µs per call, the costliest first; a script's time includes the commands it runs, which are also listed on their own):")
+	fmt.Fprintln(w, "\nRedis commands per event in the measured window (INFO commandstats: calls per event × µs per call, the costliest first; a script's time includes the commands it runs, which are also listed on their own; the µs are wall time inside Redis, so on a busy machine they include waits for a CPU):")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "| offered/s | target | Redis commands per event |")
 	fmt.Fprintln(w, "|---|---|---|")
