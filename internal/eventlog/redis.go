@@ -97,7 +97,8 @@ end
 // without the answer table (0.1); fewer tables in the general path (-0.3); the two paths as
 // local functions (a closure each per call: -0.7 where inline is -1.0); redis.call instead of
 // redis.pcall (0); SET EX instead of PX (0); SET NX GET after the XADD instead of GET before
-// it (-0.25, and a duplicate would cost an XADD and an XDEL).
+// it (-0.25, and a duplicate would cost an XADD and an XDEL); a #!lua shebang (0, and Redis
+// would refuse a whole batch up front under maxmemory, duplicates included).
 //
 // KEYS: stream, then the dedup keys. ARGV: max, ttl ms, floor's ms and seq, the id after
 // floor, then per call: its number of records m, then per record: index of its dedup key in
