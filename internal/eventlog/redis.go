@@ -83,6 +83,23 @@ end
 // The script defines no function (luaIDs' helpers are inlined where needed, and the floor
 // is passed as numbers): Redis spent 6.2 µs in a one-record call with them, 5.7 without.
 //
+// A call of one record (every Append of one record, alone or in a batch: most calls) takes a
+// short path with no Lua table; the general path, for a call of several records or one that
+// needs the log trimmed, allocates five per call (what it must remember between checking the
+// dedup keys, adding, and writing them). Redis 7.0.15's EVALSHA usec_per_call, before ->
+// after, medians of 40 rounds of 2000 script calls, old and new source in shuffled order on
+// one redis-server: one Append of one record 8.0 -> 6.5 (p25 6.7 -> 6.1), a batch of two
+// 11.4 -> 10.0, of four 19.5 -> 17.1. Where a one-record call's time goes: 1.7 µs is the
+// EVALSHA itself (a script that only returns the answer, same KEYS and ARGV), 3.7 the four
+// commands GET, XLEN, XADD, SET (a script of just those: 5.4), 0.6 the floor check.
+// Measured and not kept, each under 1 µs: the short path only for a script call of one
+// record, at the top (the same for one record alone, nothing for batches); returning from it
+// without the answer table (0.1); fewer tables in the general path (-0.3); the two paths as
+// local functions (a closure each per call: -0.7 where inline is -1.0); redis.call instead of
+// redis.pcall (0); SET EX instead of PX (0); SET NX GET after the XADD instead of GET before
+// it (-0.25, and a duplicate would cost an XADD and an XDEL); a #!lua shebang (0, and Redis
+// would refuse a whole batch up front under maxmemory, duplicates included).
+//
 // KEYS: stream, then the dedup keys. ARGV: max, ttl ms, floor's ms and seq, the id after
 // floor, then per call: its number of records m, then per record: index of its dedup key in
 // KEYS (0: none), kind, key, data. Returns per call, in order: 'full'; or 'err' and the
@@ -93,100 +110,144 @@ const appendSrc = `
 local max, ttl, floorms, floorseq, floornext = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local checkfloor = true
 local len
-local out = {}
 local nargs = #ARGV
+local out = {}
 local a = 6
 while a <= nargs do
   local m = tonumber(ARGV[a])
   local base = a + 1
   a = base + 4 * m
-  local ks, ids, dup, first, fresh = {}, {}, {}, {}, 0
-  for i = 1, m do
-    local k = tonumber(ARGV[base + 4 * (i - 1)])
-    ks[i] = k
-    dup[i] = 0
-    if k > 0 then
-      local key = KEYS[k]
-      if first[key] then
-        dup[i] = first[key]
-      else
-        local v = redis.call('GET', key)
-        if v then dup[i] = -1; ids[i] = v else first[key] = i end
-      end
-    end
-    if dup[i] == 0 then fresh = fresh + 1 end
-  end
-  local status = 'ok'
-  if fresh > 0 then
-    if not len then len = redis.call('XLEN', KEYS[1]) end
-    local over = len + fresh - max
-    if over > 0 then
-      local c
-      if len > 0 then
-        for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-          local f = {}
-          for j = 1, #g, 2 do f[g[j]] = g[j + 1] end
-          if f['name'] == '_consumed' then c = f['last-delivered-id'] end
-        end
-      end
-      local room = {}
-      if c then room = redis.call('XRANGE', KEYS[1], '-', c, 'COUNT', over + math.floor(max / 100)) end
-      if #room < over then
-        status = 'full'
-      else
-        local last = room[#room][1]
-        local d = string.find(last, '-', 1, true)
-        local after = string.sub(last, 1, d - 1) .. '-' .. (tonumber(string.sub(last, d + 1)) + 1)
-        len = len - redis.call('XTRIM', KEYS[1], 'MINID', after)
-      end
-    end
-  end
-  if status == 'ok' then
-    local added = {}
-    for i = 1, m do
-      if dup[i] == 0 then
-        local f = base + 4 * (i - 1)
-        local r = redis.pcall('XADD', KEYS[1], '*', 'k', ARGV[f + 1], 'c', ARGV[f + 2], 'd', ARGV[f + 3])
+  -- A call of one record (most calls) takes this short path, with no Lua table: answered
+  -- here when it is a duplicate or fits without trimming (done), else by the general path
+  -- below (which reads its dedup key again: a full log makes room for max/100 records at a
+  -- time, so that is rare). XADD and the floor check as in the general path.
+  local done = false
+  if m == 1 then
+    local k = tonumber(ARGV[base])
+    local v = k > 0 and redis.call('GET', KEYS[k])
+    if v then
+      out[#out + 1] = 'ok'
+      out[#out + 1] = v
+      out[#out + 1] = 1
+      done = true
+    else
+      if not len then len = redis.call('XLEN', KEYS[1]) end
+      if len < max then
+        local r = redis.pcall('XADD', KEYS[1], '*', 'k', ARGV[base + 1], 'c', ARGV[base + 2], 'd', ARGV[base + 3])
         if checkfloor and type(r) == 'string' then
           local d = string.find(r, '-', 1, true)
           local ms = tonumber(string.sub(r, 1, d - 1))
           if ms < floorms or ms == floorms and tonumber(string.sub(r, d + 1)) <= floorseq then
             redis.call('XDEL', KEYS[1], r)
-            r = redis.pcall('XADD', KEYS[1], floornext, 'k', ARGV[f + 1], 'c', ARGV[f + 2], 'd', ARGV[f + 3])
+            r = redis.pcall('XADD', KEYS[1], floornext, 'k', ARGV[base + 1], 'c', ARGV[base + 2], 'd', ARGV[base + 3])
           end
           if type(r) == 'string' then checkfloor = false end
         end
         if type(r) == 'table' and r.err then
-          if #added > 0 then redis.call('XDEL', KEYS[1], unpack(added)) end
-          status = r.err
-          break
+          out[#out + 1] = 'err'
+          out[#out + 1] = r.err
+        else
+          len = len + 1
+          if k > 0 then redis.call('SET', KEYS[k], r, 'PX', ttl) end
+          out[#out + 1] = 'ok'
+          out[#out + 1] = r
+          out[#out + 1] = 0
         end
-        added[#added + 1] = r
-        ids[i] = r
+        done = true
       end
     end
-    if status == 'ok' then len = len and len + #added end
   end
-  if status == 'ok' then
-    out[#out + 1] = 'ok'
+  if not done then
+    -- The general path: check every dedup key, make room for the call's new records, add
+    -- them (deleting them again if one XADD fails), then write their dedup keys.
+    local ks, ids, dup, first, fresh = {}, {}, {}, {}, 0
     for i = 1, m do
-      if dup[i] == 0 then
-        if ks[i] > 0 then redis.call('SET', KEYS[ks[i]], ids[i], 'PX', ttl) end
-        out[#out + 1] = ids[i]
-        out[#out + 1] = 0
-      elseif dup[i] == -1 then
-        out[#out + 1] = ids[i]
-        out[#out + 1] = 1
-      else
-        out[#out + 1] = ids[dup[i]]
-        out[#out + 1] = 1
+      local k = tonumber(ARGV[base + 4 * (i - 1)])
+      ks[i] = k
+      dup[i] = 0
+      if k > 0 then
+        local key = KEYS[k]
+        if first[key] then
+          dup[i] = first[key]
+        else
+          local v = redis.call('GET', key)
+          if v then dup[i] = -1; ids[i] = v else first[key] = i end
+        end
+      end
+      if dup[i] == 0 then fresh = fresh + 1 end
+    end
+    local status = 'ok'
+    if fresh > 0 then
+      if not len then len = redis.call('XLEN', KEYS[1]) end
+      local over = len + fresh - max
+      if over > 0 then
+        local c
+        if len > 0 then
+          for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+            local f = {}
+            for j = 1, #g, 2 do f[g[j]] = g[j + 1] end
+            if f['name'] == '_consumed' then c = f['last-delivered-id'] end
+          end
+        end
+        local room = {}
+        if c then room = redis.call('XRANGE', KEYS[1], '-', c, 'COUNT', over + math.floor(max / 100)) end
+        if #room < over then
+          status = 'full'
+        else
+          local last = room[#room][1]
+          local d = string.find(last, '-', 1, true)
+          local after = string.sub(last, 1, d - 1) .. '-' .. (tonumber(string.sub(last, d + 1)) + 1)
+          len = len - redis.call('XTRIM', KEYS[1], 'MINID', after)
+        end
       end
     end
-  elseif status == 'full' then
-    out[#out + 1] = 'full'
-  else
-    out[#out + 1] = 'err'
-    out[#out + 1] = status
+    if status == 'ok' then
+      local added = {}
+      for i = 1, m do
+        if dup[i] == 0 then
+          local f = base + 4 * (i - 1)
+          local r = redis.pcall('XADD', KEYS[1], '*', 'k', ARGV[f + 1], 'c', ARGV[f + 2], 'd', ARGV[f + 3])
+          if checkfloor and type(r) == 'string' then
+            local d = string.find(r, '-', 1, true)
+            local ms = tonumber(string.sub(r, 1, d - 1))
+            if ms < floorms or ms == floorms and tonumber(string.sub(r, d + 1)) <= floorseq then
+              redis.call('XDEL', KEYS[1], r)
+              r = redis.pcall('XADD', KEYS[1], floornext, 'k', ARGV[f + 1], 'c', ARGV[f + 2], 'd', ARGV[f + 3])
+            end
+            if type(r) == 'string' then checkfloor = false end
+          end
+          if type(r) == 'table' and r.err then
+            if #added > 0 then redis.call('XDEL', KEYS[1], unpack(added)) end
+            status = r.err
+            break
+          end
+          added[#added + 1] = r
+          ids[i] = r
+        end
+      end
+      if status == 'ok' then len = len and len + #added end
+    end
+    if status == 'ok' then
+      out[#out + 1] = 'ok'
+      for i = 1, m do
+        if dup[i] == 0 then
+          if ks[i] > 0 then redis.call('SET', KEYS[ks[i]], ids[i], 'PX', ttl) end
+          out[#out + 1] = ids[i]
+          out[#out + 1] = 0
+        elseif dup[i] == -1 then
+          out[#out + 1] = ids[i]
+          out[#out + 1] = 1
+        else
+          out[#out + 1] = ids[dup[i]]
+          out[#out + 1] = 1
+        end
+      end
+    elseif status == 'full' then
+      out[#out + 1] = 'full'
+    else
+      out[#out + 1] = 'err'
+      out[#out + 1] = status
+    end
   end
 end
 return out

@@ -288,3 +288,42 @@ func TestRedisQueuedAppendOutlivesItsCtx(t *testing.T) {
 		t.Fatalf("stream holds %d entries; want 4", n)
 	}
 }
+
+// TestRedisBatchIDsStayAboveFloor: a batch of one-record Appends that runs on a stream reset
+// under the ids this process has seen (here: read from a writer an hour ahead, while the
+// call before the batch was in Redis) still gets ids above them, in queue order: the first
+// XADD is redone after the floor, the next ones follow it.
+func TestRedisBatchIDsStayAboveFloor(t *testing.T) {
+	env := newRedisEnv(t)
+	l := env.open(t, Options{})
+	h := holdScripts(env.rdb, false)
+	ctx := testCtx(t)
+	last := mustAppend(t, l, rec(0))[0].ID // loads the script
+	h.appends.Store(0)
+	h.armed.Store(true)
+	first := startAppend(ctx, l, rec(1))
+	<-h.held
+	a := queueAppend(t, ctx, l, dedupRec(2, "ev-a"))
+	b := queueAppend(t, ctx, l, rec(3))
+	future := ID{Ms: uint64(time.Now().Add(time.Hour).UnixMilli()), Seq: 7}
+	env.rdb.XAdd(ctx, &redis.XAddArgs{Stream: l.stream, ID: future.String(), Values: []string{"k", "message", "c", "x", "d", "{}"}})
+	if es, err := l.Read(ctx, last, 10); err != nil || len(es) != 1 || es[0].ID != future {
+		t.Fatalf("Read: %v %v", ids(es), err)
+	}
+	env.rdb.Del(ctx, l.stream)
+	close(h.release)
+	rf, ra, rb := recv(t, first), recv(t, a), recv(t, b)
+	if rf.err != nil || ra.err != nil || rb.err != nil {
+		t.Fatalf("Appends: %v, %v, %v", rf.err, ra.err, rb.err)
+	}
+	if n := h.appends.Load(); n != 2 {
+		t.Fatalf("%d script calls; want 2 (the held call, then the batch)", n)
+	}
+	x, y := ra.out[0].ID, rb.out[0].ID
+	if !future.Less(x) || !x.Less(y) {
+		t.Fatalf("ids of the batch after the reset %v %v, want above %v, increasing", x, y, future)
+	}
+	if again := mustAppend(t, l, dedupRec(2, "ev-a"))[0]; !again.Duplicate || again.ID != x {
+		t.Fatalf("ev-a again = %+v, want a duplicate of %v", again, x)
+	}
+}

@@ -188,6 +188,34 @@ func TestRedisIDsStayAboveFloorWhenServerClockIsBehind(t *testing.T) {
 	}
 }
 
+// TestRedisOneRecordIDsStayAboveFloor is TestRedisIDsStayAboveFloorWhenServerClockIsBehind
+// with one record per Append: appendScript answers a call of one record on a path of its
+// own, which must keep the floor too.
+func TestRedisOneRecordIDsStayAboveFloor(t *testing.T) {
+	env := newRedisEnv(t)
+	l := env.open(t, Options{})
+	ctx := testCtx(t)
+	future := ID{Ms: uint64(time.Now().Add(time.Hour).UnixMilli()), Seq: 7}
+	env.rdb.XAdd(ctx, &redis.XAddArgs{Stream: l.stream, ID: future.String(), Values: []string{"k", "message", "c", "x", "d", "{}"}})
+	if es, err := l.Read(ctx, ID{}, 10); err != nil || len(es) != 1 || es[0].ID != future {
+		t.Fatalf("Read: %v %v", ids(es), err)
+	}
+	env.rdb.Del(ctx, l.stream)
+	r := rec(1)
+	r.Dedup = "ev-1"
+	a := mustAppend(t, l, r)[0]
+	b := mustAppend(t, l, rec(2))[0]
+	if !future.Less(a.ID) || !a.ID.Less(b.ID) {
+		t.Fatalf("ids after the reset %v %v, want above %v", a.ID, b.ID, future)
+	}
+	if again := mustAppend(t, l, r)[0]; !again.Duplicate || again.ID != a.ID {
+		t.Fatalf("ev-1 again = %+v, want a duplicate of %v (its dedup key holds the id above the floor)", again, a.ID)
+	}
+	if es, err := l.Read(ctx, future, 10); err != nil || len(es) != 2 {
+		t.Fatalf("reader at %v got %v %v, want both new entries", future, ids(es), err)
+	}
+}
+
 // TestRedisReaderAheadOfRecreatedStream: if a stream is recreated with ids below a reader's
 // position (written by a process that never saw the old ids), the reader does not wait for
 // ids above its position: it reads the new stream from its first entry.
@@ -271,6 +299,34 @@ func TestRedisAppendOutOfMemory(t *testing.T) {
 	r.Dedup = "ev-oom"
 	if _, err := l.Append(ctx, r, rec(2)); err == nil || !strings.Contains(err.Error(), "OOM") {
 		t.Fatalf("Append over maxmemory: %v, want the OOM error", err)
+	}
+	env.rdb.ConfigSet(ctx, "maxmemory", "0")
+	if n := env.rdb.Exists(ctx, l.dedup+"ev-oom").Val(); n != 0 {
+		t.Fatal("a refused append left its dedup key")
+	}
+	if n := env.rdb.XLen(ctx, l.stream).Val(); n != 1 {
+		t.Fatalf("stream holds %d entries after a refused append; want 1", n)
+	}
+	if a := mustAppend(t, l, r)[0]; a.Duplicate {
+		t.Fatal("the record refused under OOM was taken for a duplicate")
+	}
+}
+
+// TestRedisOneRecordAppendOutOfMemory is TestRedisAppendOutOfMemory with one record per
+// Append (appendScript's path for a call of one record).
+func TestRedisOneRecordAppendOutOfMemory(t *testing.T) {
+	env := newRedisEnv(t)
+	l := env.open(t, Options{})
+	ctx := testCtx(t)
+	mustAppend(t, l, rec(0))
+	env.rdb.ConfigSet(ctx, "maxmemory-policy", "noeviction")
+	env.rdb.ConfigSet(ctx, "maxmemory", "1")
+	r := rec(1)
+	r.Dedup = "ev-oom"
+	_, err := l.Append(ctx, r)
+	var re interface{ RedisError() }
+	if err == nil || !strings.Contains(err.Error(), "OOM") || !errors.As(err, &re) {
+		t.Fatalf("Append over maxmemory: %v, want the OOM error Redis answered", err)
 	}
 	env.rdb.ConfigSet(ctx, "maxmemory", "0")
 	if n := env.rdb.Exists(ctx, l.dedup+"ev-oom").Val(); n != 0 {
