@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -169,6 +170,13 @@ bots:
 			}
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	// server.max_procs is unset (auto): the idle host runs on one CPU (internal/procs).
+	for runtime.GOMAXPROCS(0) != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the idle host runs on %d CPUs; want 1 (server.max_procs auto)", runtime.GOMAXPROCS(0))
+		}
+		time.Sleep(time.Millisecond)
 	}
 	cancel()
 	if err := <-done; err != nil {

@@ -204,19 +204,16 @@ func TestOutboxScrape(t *testing.T) {
 func TestPluginProcsByDefault(t *testing.T) {
 	pluginProcs := func(e *env) float64 {
 		t.Helper()
-		mfs, err := e.h.Gather()
-		if err != nil {
-			t.Fatal(err)
+		v, ok := gaugeValue(t, e, "chatwire_plugin_gomaxprocs")
+		if !ok {
+			t.Fatal("/metrics has no chatwire_plugin_gomaxprocs")
 		}
-		for _, mf := range mfs {
-			if mf.GetName() == "chatwire_plugin_gomaxprocs" {
-				return mf.GetMetric()[0].GetGauge().GetValue()
-			}
-		}
-		t.Fatal("/metrics has no chatwire_plugin_gomaxprocs")
-		return 0
+		return v
 	}
 	e := setup(t, setupOpts{quiet: true})
+	if got, ok := gaugeValue(t, e, "chatwire_gomaxprocs"); !ok || got != float64(runtime.GOMAXPROCS(0)) {
+		t.Errorf("chatwire_gomaxprocs = %v (exported %v); want this process's GOMAXPROCS %d", got, ok, runtime.GOMAXPROCS(0))
+	}
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", e.h.PluginPid()))
 	if err != nil {
 		t.Fatal(err)
@@ -238,4 +235,19 @@ func TestPluginProcsByDefault(t *testing.T) {
 			t.Errorf("plugin.max_procs 0: the plugin runs on %v CPUs; want every CPU (%d)", got, cpus)
 		}
 	}
+}
+
+// gaugeValue is the value of the gauge name (its first series) in the host's /metrics.
+func gaugeValue(t *testing.T, e *env, name string) (float64, bool) {
+	t.Helper()
+	mfs, err := e.h.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) > 0 {
+			return mf.GetMetric()[0].GetGauge().GetValue(), true
+		}
+	}
+	return 0, false
 }
