@@ -183,10 +183,9 @@ func removeSocketDir(log *slog.Logger) {
 	}
 	// A wire directory (wireDirPattern) this plugin made for a host that died before it
 	// connected is removed first: nothing else would.
-	if wires, _ := filepath.Glob(filepath.Join(dir, wireDirPattern)); len(wires) > 0 {
-		for _, w := range wires {
-			os.RemoveAll(w)
-		}
+	wires, _ := filepath.Glob(filepath.Join(dir, wireDirPattern))
+	for _, w := range wires {
+		os.RemoveAll(w)
 	}
 	if err := os.Remove(dir); err != nil {
 		log.Warn("removing socket directory", "dir", dir, "error", err)

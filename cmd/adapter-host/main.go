@@ -194,7 +194,6 @@ func (l *logFlags) logger(w io.Writer) (*slog.Logger, slog.Level, error) {
 	return nil, 0, fmt.Errorf("--log-format %q: want text or json", l.format)
 }
 
-// startCPUProfile profiles the CPU into path until the returned function is called.
 // runProcs sets how many CPUs run this process's Go code (server.max_procs, unless
 // GOMAXPROCS is in the environment) and returns what undoes it: for auto, a procs.Controller
 // runs until then.
@@ -222,6 +221,7 @@ func runProcs(ctx context.Context, sc config.ServerConfig, log *slog.Logger) (st
 	return func() {}
 }
 
+// startCPUProfile profiles the CPU into path until the returned function is called.
 func startCPUProfile(path string) (stop func(), err error) {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {

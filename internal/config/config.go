@@ -88,7 +88,7 @@ const (
 	defaultBodyMemoryMiB  = 256
 )
 
-// timeouts returns the server's timeouts, defaults resolved. It assumes validate passed.
+// Timeouts returns the server's timeouts, defaults resolved. It assumes validate passed.
 func (s ServerConfig) Timeouts() (read, idle, webhook time.Duration) {
 	parse := func(v string, def time.Duration) time.Duration {
 		if d, err := time.ParseDuration(v); err == nil && d > 0 {
@@ -111,7 +111,7 @@ func procsOf(v string) (n int, auto bool) {
 	return n, false
 }
 
-// bodyMemory returns the body memory budget in bytes.
+// BodyMemory returns the body memory budget in bytes.
 func (s ServerConfig) BodyMemory() int64 {
 	if s.BodyMemoryMiB <= 0 {
 		return defaultBodyMemoryMiB << 20
@@ -149,10 +149,10 @@ type RedisConfig struct {
 	TLS              bool     `yaml:"tls"`
 }
 
-// usesRedis reports whether the store is on Redis.
+// UsesRedis reports whether the store is on Redis.
 func (s StoreConfig) UsesRedis() bool { return s.RedisURL != "" || s.Redis != nil }
 
-// plugin returns the store configuration sent to the plugin, keys decoded. It fails only on
+// Plugin returns the store configuration sent to the plugin, keys decoded. It fails only on
 // a key that validate rejects.
 func (s StoreConfig) Plugin() (plugin.StoreConfig, error) {
 	sc := plugin.StoreConfig{RedisURL: s.RedisURL, KeyPrefix: s.KeyPrefix, Dir: s.Dir, AcceptPlaintext: s.AcceptPlaintext}
@@ -250,7 +250,7 @@ type DeliverConfig struct {
 	AckTimeout string `yaml:"ack_timeout"`
 }
 
-// ackTimeout returns deliver.ack_timeout, 0 (the log's default, 30 s) when unset.
+// AckTimeout returns deliver.ack_timeout, 0 (the log's default, 30 s) when unset.
 func (b BotConfig) AckTimeout() time.Duration {
 	if b.Deliver == nil {
 		return 0

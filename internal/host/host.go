@@ -376,7 +376,7 @@ func (h *Host) poll(ctx context.Context, b *bot, p adapter.Poller) {
 // URL returns the base URL the host serves on.
 func (h *Host) URL() string { return "http://" + h.ln.Addr().String() }
 
-// wait blocks until ctx is done or the server fails, then shuts down.
+// Wait blocks until ctx is done or the server fails, then shuts down.
 func (h *Host) Wait(ctx context.Context) error {
 	var err error
 	select {

@@ -533,7 +533,7 @@ func writeConflict(w http.ResponseWriter, err error) {
 	writeJSON(w, http.StatusConflict, body)
 }
 
-// pacingClockFromEnv reads CHATWIRE_TEST_TIME_SCALE="<origin, Unix ms>:<factor>", which
+// PacingClockFromEnv reads CHATWIRE_TEST_TIME_SCALE="<origin, Unix ms>:<factor>", which
 // makes pacing run on [pacing.Scaled] time, factor times faster from origin, so black-box
 // tests can spread sends over minutes of emulated time in seconds. For tests only; unset:
 // real time.

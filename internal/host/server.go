@@ -497,6 +497,10 @@ func decodeSend(w http.ResponseWriter, r *http.Request) (sendRequest, error) {
 	return msg, nil
 }
 
+// sseStartBudget is how long an SSE request waits for the event log to say where its
+// stream starts before it is answered 503.
+const sseStartBudget = 5 * time.Second
+
 // events streams a bot's events as Server-Sent Events. The id: of each is its event log id.
 //
 // Without ?group, every client gets every event (broadcast): a client resuming with
@@ -510,10 +514,6 @@ func decodeSend(w http.ResponseWriter, r *http.Request) (sendRequest, error) {
 // to another. ?consumer=NAME names the client (default: a random name, sent in the first
 // comment line); a client that reconnects under its name does not get its unacknowledged
 // events again before the timeout. A new group starts at the consumed mark.
-// sseStartBudget is how long an SSE request waits for the event log to say where its
-// stream starts before it is answered 503.
-const sseStartBudget = 5 * time.Second
-
 func (s *server) events(w http.ResponseWriter, r *http.Request) {
 	b := s.bot(w, r)
 	if b == nil {
